@@ -35,5 +35,10 @@ extern crate std;
 pub(crate) mod sync;
 
 #[cfg(pinstream_cas)]
+pub mod dedup;
+#[cfg(pinstream_cas)]
 pub mod pool;
 pub mod ring;
+
+#[cfg(all(test, loom))]
+mod loom_tests;

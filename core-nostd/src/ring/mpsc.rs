@@ -132,7 +132,11 @@ impl<T, const N: usize> Mpsc<T, N> {
     /// which a preempted producer holds the consumer back. Tests use it to park a producer
     /// there; `push` passes a no-op that compiles away.
     #[inline(always)]
-    fn push_with_pause(&self, value: T, pause: impl FnOnce()) -> Result<(), PushError<T>> {
+    pub(crate) fn push_with_pause(
+        &self,
+        value: T,
+        pause: impl FnOnce(),
+    ) -> Result<(), PushError<T>> {
         let mut pos = self.enqueue.load(Ordering::Relaxed);
         loop {
             let slot = &self.slots[pos & Self::MASK];

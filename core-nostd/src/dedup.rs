@@ -1,0 +1,280 @@
+//! A fixed-capacity, lock-free set of `u64` idempotency keys with a time window.
+//!
+//! [`DedupTable::check_and_insert`] answers, for a key seen at tick `now`:
+//! - [`Verdict::New`]: no live entry had the key; it is now recorded as first seen at `now`.
+//! - [`Verdict::Duplicate`]: the key was first seen less than `window` ticks ago (or another
+//!   thread is inserting it right now and will report `New`).
+//! - [`Verdict::Full`]: the key is not present, and every slot it may occupy holds a live key;
+//!   nothing was recorded. Never a false `New` for a key that is present.
+//!
+//! ## The window
+//! It counts from a key's **first sighting**, and a repeat does **not** extend it: a key
+//! first seen at `t` is a duplicate for `now` in `t..t + window` and new again from
+//! `t + window` on (NATS refreshes on repeat, which lets a steady trickle of retries keep a
+//! key alive forever). Ticks are the caller's clock units; the core never reads a clock.
+//! Ticks are taken modulo 2^62 (146 years of nanoseconds); `now` older than a recorded tick
+//! (clocks disagreeing between threads) counts as inside the window.
+//!
+//! ## Space, and when it is full
+//! `N` slots (a power of two), 16 bytes each, fixed: memory never grows with distinct keys.
+//! A key hashes to a home slot and may live in any of the `PROBE` slots from there (linear
+//! probing, `PROBE` = 16 by default). Expired entries are reused in place. A key whose
+//! `PROBE` slots all hold live keys gets `Full`: size `N` at about twice the number of keys
+//! live within one window and `Full` stays rare; the caller decides what `Full` means (the
+//! pipeline counts it and, by default, lets the event through unduplicated-checked with a
+//! reason rather than dropping it).
+//!
+//! ## Concurrency
+//! Any number of threads may call `check_and_insert` at once. Each slot is one 128-bit atomic
+//! word (`key`, state, first-seen tick), changed only by compare-and-swap, so an entry is
+//! never seen half-written. Concurrent inserts of one key are resolved so exactly one gets
+//! `New`: an inserter first writes a *pending* entry, then rescans the key's window; a pending
+//! entry of the same key nearer the home slot wins and a farther one is aborted, a committed
+//! live one wins outright. Every loop retries only after another thread's CAS succeeded, so
+//! the table is lock-free. On x86_64 and aarch64 the word is the CPU's 16-byte CAS; on
+//! targets without one (Cortex-M, RISC-V 32) portable-atomic's fallback guards it with a
+//! striped seqlock, which is not lock-free: do not call the table from an interrupt handler
+//! that may preempt a caller there.
+//!
+//! ```
+//! use pinstream_core::dedup::{DedupTable, Verdict};
+//!
+//! let table: DedupTable<64> = DedupTable::new(100); // window: 100 ticks
+//! assert_eq!(table.check_and_insert(7, 1_000), Verdict::New);
+//! assert_eq!(table.check_and_insert(7, 1_099), Verdict::Duplicate); // window - 1
+//! assert_eq!(table.check_and_insert(7, 1_100), Verdict::New); // window: expired
+//! ```
+//!
+//! Figures: see the README's benchmark table (`cargo bench -p pinstream-benches --bench dedup`).
+
+use core::fmt;
+
+use crate::sync::{AtomicU128, Ordering, array_of, const_fn, spin_loop};
+
+/// What [`DedupTable::check_and_insert`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[must_use]
+pub enum Verdict {
+    /// Not seen within the window; recorded now.
+    New,
+    /// First seen less than `window` ticks ago.
+    Duplicate,
+    /// Not present, and no slot could take it: all its probe slots hold live keys.
+    Full,
+}
+
+// Slot word layout: key in the high 64 bits; low 64 bits = state (2 bits) | tick (62 bits).
+const TICK_BITS: u32 = 62;
+const TICK_MASK: u64 = (1 << TICK_BITS) - 1;
+const EMPTY: u64 = 0; // never used since the table was built; the whole word is 0
+const PENDING: u64 = 1; // being inserted: counts as present, not yet reported New
+const COMMITTED: u64 = 2; // recorded; live while `now - tick < window`
+const TOMBSTONE: u64 = 3; // an aborted insert: free for reuse, but probing goes on past it
+
+#[derive(Clone, Copy)]
+struct Entry {
+    key: u64,
+    state: u64,
+    tick: u64,
+}
+
+impl Entry {
+    #[inline(always)]
+    fn decode(word: u128) -> Self {
+        let low = word as u64;
+        Entry {
+            key: (word >> 64) as u64,
+            state: low >> TICK_BITS,
+            tick: low & TICK_MASK,
+        }
+    }
+}
+
+#[inline(always)]
+fn encode(key: u64, state: u64, tick: u64) -> u128 {
+    ((key as u128) << 64) | u128::from((state << TICK_BITS) | (tick & TICK_MASK))
+}
+
+/// A lock-free set of up to `N` `u64` keys, each remembered for `window` ticks from its first
+/// sighting. `N` must be a power of two; a key may live in `PROBE` consecutive slots.
+pub struct DedupTable<const N: usize, const PROBE: usize = 16> {
+    window: u64,
+    /// `slots[i]` is `encode(key, state, tick)`; EMPTY slots are all zero and only ever leave
+    /// that state, which is what lets a probe stop at the first EMPTY slot.
+    slots: [AtomicU128; N],
+}
+
+impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
+    const MASK: usize = N - 1;
+    /// Probe length actually used: `PROBE`, at most `N`.
+    const PROBE_LEN: usize = if PROBE < N { PROBE } else { N };
+
+    const_fn! {
+        /// An empty table remembering keys for `window_ticks` ticks (at least 1).
+        ///
+        /// `N` must be a power of two and `PROBE` at least 1 (checked at compile time).
+        pub fn new(window_ticks: u64) -> Self {
+            const { assert!(N.is_power_of_two(), "DedupTable capacity must be a power of two") };
+            const { assert!(PROBE > 0, "DedupTable probe length must be at least 1") };
+            Self {
+                window: if window_ticks == 0 { 1 } else if window_ticks > TICK_MASK { TICK_MASK } else { window_ticks },
+                slots: array_of!(N, AtomicU128::new(0)),
+            }
+        }
+    }
+
+    /// Number of slots, `N`.
+    pub const fn capacity(&self) -> usize {
+        N
+    }
+
+    /// The window in ticks.
+    pub const fn window(&self) -> u64 {
+        self.window
+    }
+
+    #[inline(always)]
+    pub(crate) fn home(key: u64) -> usize {
+        // Fibonacci hashing: sequential ids spread over the table; take the high bits.
+        let h = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> (64 - N.trailing_zeros().max(1))) as usize & Self::MASK
+    }
+
+    #[inline(always)]
+    fn live(&self, tick: u64, now: u64) -> bool {
+        now.saturating_sub(tick) < self.window
+    }
+
+    /// Records `key` as seen at tick `now` unless it was first seen within the window.
+    /// See [`Verdict`] and the module docs for the exact rules.
+    #[inline]
+    pub fn check_and_insert(&self, key: u64, now: u64) -> Verdict {
+        let now = now & TICK_MASK;
+        let home = Self::home(key);
+        loop {
+            // 1. Look for the key; remember the first slot we could take.
+            let mut free: Option<(usize, usize, u128)> = None; // (distance, index, seen word)
+            for dist in 0..Self::PROBE_LEN {
+                let index = (home + dist) & Self::MASK;
+                let word = self.slots[index].load(Ordering::SeqCst);
+                let e = Entry::decode(word);
+                let reusable = match e.state {
+                    EMPTY => true,
+                    TOMBSTONE => true,
+                    PENDING if e.key == key => return Verdict::Duplicate,
+                    PENDING => false,
+                    _ if self.live(e.tick, now) => {
+                        if e.key == key {
+                            return Verdict::Duplicate;
+                        }
+                        false
+                    }
+                    _ => true, // committed, expired
+                };
+                if reusable && free.is_none() {
+                    free = Some((dist, index, word));
+                }
+                if e.state == EMPTY {
+                    break; // nothing was ever stored past here for any key probing this far
+                }
+            }
+            let Some((dist, index, seen)) = free else {
+                return Verdict::Full;
+            };
+
+            // 2. Claim it with a pending entry.
+            let mine = encode(key, PENDING, now);
+            if self.slots[index]
+                .compare_exchange(seen, mine, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                spin_loop();
+                continue; // the slot changed under us: look again
+            }
+
+            // 3. Rescan for the same key inserted concurrently. Our pending write comes before
+            // this scan and theirs before their scan (SeqCst), so of two racing inserters at
+            // least one sees the other.
+            if !self.wins_race(key, now, home, dist) {
+                // Retract ours. A failed CAS means a nearer inserter already aborted us.
+                let _ = self.slots[index].compare_exchange(
+                    mine,
+                    encode(key, TOMBSTONE, now),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                return Verdict::Duplicate;
+            }
+
+            // 4. Commit. Fails only if a nearer inserter of the same key aborted us; it will
+            // report New.
+            return match self.slots[index].compare_exchange(
+                mine,
+                encode(key, COMMITTED, now),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => Verdict::New,
+                Err(_) => Verdict::Duplicate,
+            };
+        }
+    }
+
+    /// After writing a pending entry for `key` at probe distance `mine`: false if another
+    /// entry of the key must win (a live committed one, or a pending one nearer home); pending
+    /// ones farther from home are aborted on the way.
+    fn wins_race(&self, key: u64, now: u64, home: usize, mine: usize) -> bool {
+        for dist in 0..Self::PROBE_LEN {
+            if dist == mine {
+                continue;
+            }
+            let index = (home + dist) & Self::MASK;
+            loop {
+                let word = self.slots[index].load(Ordering::SeqCst);
+                let e = Entry::decode(word);
+                if e.state == EMPTY {
+                    // Racing inserters of this key took their slot before the first EMPTY
+                    // one, so none is beyond it.
+                    return true;
+                }
+                if e.key != key || e.state == TOMBSTONE {
+                    break;
+                }
+                match e.state {
+                    PENDING if dist < mine => return false,
+                    PENDING => {
+                        // Farther from home: abort it. If the CAS fails, look at it again.
+                        if self.slots[index]
+                            .compare_exchange(
+                                word,
+                                encode(key, TOMBSTONE, e.tick),
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            )
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
+                    _ if self.live(e.tick, now) => return false, // committed and live
+                    _ => break,                                  // committed, expired
+                }
+            }
+        }
+        true
+    }
+}
+
+impl<const N: usize, const PROBE: usize> fmt::Debug for DedupTable<N, PROBE> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DedupTable")
+            .field("capacity", &N)
+            .field("probe", &Self::PROBE_LEN)
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

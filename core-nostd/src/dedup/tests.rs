@@ -1,0 +1,181 @@
+extern crate std;
+
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
+use std::thread;
+use std::vec::Vec;
+
+use super::*;
+
+const KEYS: u64 = if cfg!(miri) { 40 } else { 20_000 };
+
+#[test]
+fn window_edges_count_from_first_sighting() {
+    let t: DedupTable<64> = DedupTable::new(100);
+    assert_eq!(t.check_and_insert(1, 1_000), Verdict::New);
+    assert_eq!(t.check_and_insert(1, 1_000), Verdict::Duplicate);
+    assert_eq!(
+        t.check_and_insert(1, 1_099),
+        Verdict::Duplicate,
+        "window - 1"
+    );
+    assert_eq!(
+        t.check_and_insert(1, 1_100),
+        Verdict::New,
+        "exactly window: expired"
+    );
+    // The re-insert at 1_100 restarted the window there.
+    assert_eq!(t.check_and_insert(1, 1_199), Verdict::Duplicate);
+    assert_eq!(t.check_and_insert(1, 1_201), Verdict::New, "window + 1");
+}
+
+#[test]
+fn a_repeat_does_not_extend_the_window() {
+    let t: DedupTable<64> = DedupTable::new(10);
+    assert_eq!(t.check_and_insert(5, 0), Verdict::New);
+    for now in 1..10 {
+        assert_eq!(t.check_and_insert(5, now), Verdict::Duplicate);
+    }
+    assert_eq!(t.check_and_insert(5, 10), Verdict::New);
+}
+
+#[test]
+fn key_zero_and_tick_zero_are_ordinary() {
+    let t: DedupTable<8> = DedupTable::new(5);
+    assert_eq!(t.check_and_insert(0, 0), Verdict::New);
+    assert_eq!(t.check_and_insert(0, 4), Verdict::Duplicate);
+    assert_eq!(t.check_and_insert(u64::MAX, 0), Verdict::New);
+    assert_eq!(t.check_and_insert(u64::MAX, 1), Verdict::Duplicate);
+}
+
+#[test]
+fn clock_behind_the_record_counts_as_inside_the_window() {
+    let t: DedupTable<8> = DedupTable::new(5);
+    assert_eq!(t.check_and_insert(3, 100), Verdict::New);
+    assert_eq!(t.check_and_insert(3, 90), Verdict::Duplicate);
+}
+
+#[test]
+fn full_of_live_keys_is_a_value_and_present_keys_stay_duplicates() {
+    let t: DedupTable<4, 4> = DedupTable::new(50);
+    for k in 0..4 {
+        assert_eq!(t.check_and_insert(k, 10), Verdict::New);
+    }
+    assert_eq!(t.check_and_insert(99, 20), Verdict::Full);
+    assert_eq!(
+        t.check_and_insert(99, 20),
+        Verdict::Full,
+        "Full records nothing"
+    );
+    for k in 0..4 {
+        assert_eq!(
+            t.check_and_insert(k, 20),
+            Verdict::Duplicate,
+            "never a false New"
+        );
+    }
+    // Once the window passes, expired slots are reused.
+    assert_eq!(t.check_and_insert(99, 60), Verdict::New);
+    assert_eq!(t.check_and_insert(99, 61), Verdict::Duplicate);
+}
+
+#[test]
+fn probe_window_bounds_where_a_key_may_live() {
+    // With PROBE = 1 each key has exactly one slot: a live neighbour there means Full.
+    let t: DedupTable<1024, 1> = DedupTable::new(1_000);
+    let mut full = 0;
+    let mut new = 0;
+    for k in 0..512u64 {
+        match t.check_and_insert(k.wrapping_mul(0x2545_F491_4F6C_DD1D), 0) {
+            Verdict::New => new += 1,
+            Verdict::Full => full += 1,
+            Verdict::Duplicate => panic!("distinct keys"),
+        }
+    }
+    assert_eq!(new + full, 512);
+    assert!(full > 0, "direct-mapped at 50% load must collide");
+    // With the default probe length the same load fits.
+    let t: DedupTable<1024> = DedupTable::new(1_000);
+    for k in 0..512u64 {
+        assert_eq!(
+            t.check_and_insert(k.wrapping_mul(0x2545_F491_4F6C_DD1D), 0),
+            Verdict::New
+        );
+    }
+}
+
+#[test]
+fn steady_stream_reuses_expired_slots_without_filling() {
+    // 64 slots, window 16 ticks, one new key per tick: ~16 live keys at any time.
+    let t: DedupTable<64> = DedupTable::new(16);
+    for k in 0..(KEYS * 5) {
+        let now = k;
+        assert_eq!(t.check_and_insert(k, now), Verdict::New, "key {k}");
+        if k >= 15 {
+            assert_eq!(
+                t.check_and_insert(k - 15, now),
+                Verdict::Duplicate,
+                "key {} at edge",
+                k - 15
+            );
+        }
+        if k >= 16 {
+            // Its window just ended: a retry is New, and is recorded again.
+            assert_eq!(t.check_and_insert(k - 16, now), Verdict::New);
+        }
+    }
+}
+
+const RACE_KEYS: u64 = if cfg!(miri) { 24 } else { 1_024 };
+
+/// Runs `THREADS` threads that all insert keys `0..RACE_KEYS` at tick `now`, all in
+/// the same order so that every key is raced by several threads at once, and returns how
+/// many times each key was `New`.
+fn race<const N: usize>(table: &DedupTable<N>, now: u64) -> Vec<usize> {
+    const THREADS: usize = 4;
+    let news: Vec<StdAtomicUsize> = (0..RACE_KEYS).map(|_| StdAtomicUsize::new(0)).collect();
+    let start = Barrier::new(THREADS);
+    thread::scope(|s| {
+        for id in 0..THREADS as u64 {
+            let (news, start) = (&news, &start);
+            s.spawn(move || {
+                start.wait();
+                for i in 0..RACE_KEYS {
+                    let _ = id; // same order in every thread: they race on each key
+                    let key = i;
+                    match table.check_and_insert(key, now) {
+                        Verdict::New => {
+                            news[key as usize].fetch_add(1, StdOrdering::Relaxed);
+                        }
+                        Verdict::Duplicate => {}
+                        Verdict::Full => panic!("table sized for no Full, key {key}"),
+                    }
+                }
+            });
+        }
+    });
+    news.into_iter().map(StdAtomicUsize::into_inner).collect()
+}
+
+/// Threads insert the same keys at once into empty slots: each key is New exactly once.
+#[test]
+fn racing_inserts_give_exactly_one_new_per_key() {
+    let table: DedupTable<8192> = DedupTable::new(1_000);
+    for (key, n) in race(&table, 0).iter().enumerate() {
+        assert_eq!(*n, 1, "key {key} was New {n} times");
+    }
+}
+
+/// The same race where every slot first holds an expired entry, so inserts go through the
+/// reuse path (CAS over an expired committed word) instead of filling EMPTY slots.
+#[test]
+fn racing_inserts_over_expired_slots_give_exactly_one_new_per_key() {
+    let table: DedupTable<8192> = DedupTable::new(1_000);
+    for (key, n) in race(&table, 0).iter().enumerate() {
+        assert_eq!(*n, 1, "first round: key {key}");
+    }
+    // Every entry expired: each key must be New exactly once again.
+    for (key, n) in race(&table, 5_000).iter().enumerate() {
+        assert_eq!(*n, 1, "after expiry: key {key} was New {n} times");
+    }
+}
