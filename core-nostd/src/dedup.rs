@@ -16,7 +16,7 @@
 //! (clocks disagreeing between threads) counts as inside the window.
 //!
 //! ## Space, and when it is full
-//! `N` slots (a power of two), 16 bytes each, fixed: memory never grows with distinct keys.
+//! `N` slots (a power of two), 24 bytes each, fixed: memory never grows with distinct keys.
 //! A key hashes to a home slot and may live in any of the `PROBE` slots from there (linear
 //! probing, `PROBE` = 16 by default). Expired entries are reused in place. A key whose
 //! `PROBE` slots all hold live keys gets `Full`: size `N` at about twice the number of keys
@@ -27,7 +27,8 @@
 //! ## Concurrency
 //! Any number of threads may call `check_and_insert` at once. Each slot is one 128-bit atomic
 //! word (`key`, state, first-seen tick), changed only by compare-and-swap, so an entry is
-//! never seen half-written. Concurrent inserts of one key are resolved so exactly one gets
+//! never seen half-written. Beside it an 8-byte tag of the key lets probes skip slots without
+//! the costlier 16-byte load; the tag is a filter, the 16-byte word is the truth. Concurrent inserts of one key are resolved so exactly one gets
 //! `New`: an inserter first writes a *pending* entry, then rescans the key's window; a pending
 //! entry of the same key nearer the home slot wins and a farther one is aborted, a committed
 //! live one wins outright. Every loop retries only after another thread's CAS succeeded, so
@@ -49,7 +50,7 @@
 
 use core::fmt;
 
-use crate::sync::{AtomicU128, Ordering, array_of, const_fn, spin_loop};
+use crate::sync::{AtomicU64, AtomicU128, Ordering, array_of, const_fn, fence, spin_loop};
 
 /// What [`DedupTable::check_and_insert`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,9 +101,21 @@ fn encode(key: u64, state: u64, tick: u64) -> u128 {
 /// sighting. `N` must be a power of two; a key may live in `PROBE` consecutive slots.
 pub struct DedupTable<const N: usize, const PROBE: usize = 16> {
     window: u64,
-    /// `slots[i]` is `encode(key, state, tick)`; EMPTY slots are all zero and only ever leave
-    /// that state, which is what lets a probe stop at the first EMPTY slot.
+    /// `slots[i]` is `encode(key, state, tick)`, the truth about slot `i`. EMPTY slots are all
+    /// zero and only ever leave that state, which is what lets a probe stop at the first one.
     slots: [AtomicU128; N],
+    /// `tags[i]` is `tag(key)` of the last key claimed into slot `i`, stored right after the
+    /// claiming CAS and before that entry can commit; 0 while the slot was never claimed.
+    /// Probes read these cheap 8-byte words and load the 16-byte slot only where the tag
+    /// matches (on x86_64 a 16-byte atomic load is an out-of-line call).
+    tags: [AtomicU64; N],
+}
+
+/// Never 0, so a tag of 0 means "never claimed". Two keys differing only in the top bit
+/// share a tag; that costs one extra slot load, never a wrong answer.
+#[inline(always)]
+const fn tag(key: u64) -> u64 {
+    key | 1 << 63
 }
 
 impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
@@ -120,6 +133,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
             Self {
                 window: if window_ticks == 0 { 1 } else if window_ticks > TICK_MASK { TICK_MASK } else { window_ticks },
                 slots: array_of!(N, AtomicU128::new(0)),
+                tags: array_of!(N, AtomicU64::new(0)),
             }
         }
     }
@@ -146,6 +160,32 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
         now.saturating_sub(tick) < self.window
     }
 
+    /// Calls `f(distance, index)` for each slot of `key`'s probe window whose tag matches,
+    /// stopping at the first never-claimed slot or when `f` returns `Some`.
+    #[inline(always)]
+    fn scan_tags<R>(
+        &self,
+        key: u64,
+        home: usize,
+        mut f: impl FnMut(usize, usize) -> Option<R>,
+    ) -> Option<R> {
+        let wanted = tag(key);
+        for dist in 0..Self::PROBE_LEN {
+            let index = (home + dist) & Self::MASK;
+            let t = self.tags[index].load(Ordering::SeqCst);
+            if t == wanted {
+                if let Some(r) = f(dist, index) {
+                    return Some(r);
+                }
+            } else if t == 0 && self.slots[index].load(Ordering::SeqCst) == 0 {
+                // Truly EMPTY (not just claimed a moment ago with its tag not yet stored):
+                // nothing was ever stored past here for a key probing this far.
+                return None;
+            }
+        }
+        None
+    }
+
     /// Records `key` as seen at tick `now` unless it was first seen within the window.
     /// See [`Verdict`] and the module docs for the exact rules.
     #[inline]
@@ -153,37 +193,38 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
         let now = now & TICK_MASK;
         let home = Self::home(key);
         loop {
-            // 1. Look for the key; remember the first slot we could take.
-            let mut free: Option<(usize, usize, u128)> = None; // (distance, index, seen word)
+            // 1. Is the key here? A pending entry counts: its inserter will report New.
+            let present = self.scan_tags(key, home, |_, index| {
+                let e = Entry::decode(self.slots[index].load(Ordering::SeqCst));
+                let here = e.key == key
+                    && (e.state == PENDING || (e.state == COMMITTED && self.live(e.tick, now)));
+                here.then_some(())
+            });
+            if present.is_some() {
+                return Verdict::Duplicate;
+            }
+
+            // 2. The first slot we may take: EMPTY, TOMBSTONE, or committed and expired.
+            let mut free = None;
             for dist in 0..Self::PROBE_LEN {
                 let index = (home + dist) & Self::MASK;
                 let word = self.slots[index].load(Ordering::SeqCst);
                 let e = Entry::decode(word);
                 let reusable = match e.state {
-                    EMPTY => true,
-                    TOMBSTONE => true,
-                    PENDING if e.key == key => return Verdict::Duplicate,
-                    PENDING => false,
-                    _ if self.live(e.tick, now) => {
-                        if e.key == key {
-                            return Verdict::Duplicate;
-                        }
-                        false
-                    }
-                    _ => true, // committed, expired
+                    EMPTY | TOMBSTONE => true,
+                    COMMITTED => !self.live(e.tick, now),
+                    _ => false,
                 };
-                if reusable && free.is_none() {
+                if reusable {
                     free = Some((dist, index, word));
-                }
-                if e.state == EMPTY {
-                    break; // nothing was ever stored past here for any key probing this far
+                    break;
                 }
             }
             let Some((dist, index, seen)) = free else {
                 return Verdict::Full;
             };
 
-            // 2. Claim it with a pending entry.
+            // 3. Claim it with a pending entry, then publish its tag.
             let mine = encode(key, PENDING, now);
             if self.slots[index]
                 .compare_exchange(seen, mine, Ordering::SeqCst, Ordering::SeqCst)
@@ -192,10 +233,14 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                 spin_loop();
                 continue; // the slot changed under us: look again
             }
+            // Release: whoever reads this tag also sees the pending word it points to.
+            self.tags[index].store(tag(key), Ordering::Release);
+            // Store, SeqCst fence, then load (below): of two racing inserters, the one whose
+            // fence comes second in the fences' total order sees the other's tag (C11's fence
+            // rule; loom models SeqCst fences but treats SeqCst loads/stores as AcqRel).
+            fence(Ordering::SeqCst);
 
-            // 3. Rescan for the same key inserted concurrently. Our pending write comes before
-            // this scan and theirs before their scan (SeqCst), so of two racing inserters at
-            // least one sees the other.
+            // 4. Rescan for the same key inserted concurrently.
             if !self.wins_race(key, now, home, dist) {
                 // Retract ours. A failed CAS means a nearer inserter already aborted us.
                 let _ = self.slots[index].compare_exchange(
@@ -207,7 +252,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                 return Verdict::Duplicate;
             }
 
-            // 4. Commit. Fails only if a nearer inserter of the same key aborted us; it will
+            // 5. Commit. Fails only if a nearer inserter of the same key aborted us; it will
             // report New.
             return match self.slots[index].compare_exchange(
                 mine,
@@ -221,28 +266,22 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
         }
     }
 
-    /// After writing a pending entry for `key` at probe distance `mine`: false if another
-    /// entry of the key must win (a live committed one, or a pending one nearer home); pending
-    /// ones farther from home are aborted on the way.
+    /// After claiming the slot at probe distance `mine` for `key`: false if another entry of
+    /// the key must win (a live committed one, or a pending one nearer home); pending ones
+    /// farther from home are aborted on the way.
     fn wins_race(&self, key: u64, now: u64, home: usize, mine: usize) -> bool {
-        for dist in 0..Self::PROBE_LEN {
+        let lost = self.scan_tags(key, home, |dist, index| {
             if dist == mine {
-                continue;
+                return None;
             }
-            let index = (home + dist) & Self::MASK;
             loop {
                 let word = self.slots[index].load(Ordering::SeqCst);
                 let e = Entry::decode(word);
-                if e.state == EMPTY {
-                    // Racing inserters of this key took their slot before the first EMPTY
-                    // one, so none is beyond it.
-                    return true;
-                }
-                if e.key != key || e.state == TOMBSTONE {
-                    break;
+                if e.key != key || e.state == TOMBSTONE || e.state == EMPTY {
+                    return None;
                 }
                 match e.state {
-                    PENDING if dist < mine => return false,
+                    PENDING if dist < mine => return Some(()),
                     PENDING => {
                         // Farther from home: abort it. If the CAS fails, look at it again.
                         if self.slots[index]
@@ -254,15 +293,15 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                             )
                             .is_ok()
                         {
-                            break;
+                            return None;
                         }
                     }
-                    _ if self.live(e.tick, now) => return false, // committed and live
-                    _ => break,                                  // committed, expired
+                    _ if self.live(e.tick, now) => return Some(()), // committed and live
+                    _ => return None,                               // committed, expired
                 }
             }
-        }
-        true
+        });
+        lost.is_none()
     }
 }
 

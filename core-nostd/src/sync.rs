@@ -10,8 +10,10 @@
 mod imp {
     pub(crate) use core::sync::atomic::Ordering;
     #[cfg(pinstream_cas)]
-    pub(crate) use portable_atomic::AtomicU128;
+    pub(crate) use core::sync::atomic::fence;
     pub(crate) use portable_atomic::{AtomicBool, AtomicUsize};
+    #[cfg(pinstream_cas)]
+    pub(crate) use portable_atomic::{AtomicU64, AtomicU128};
 
     /// `core::cell::UnsafeCell` with loom's closure-based access API.
     #[repr(transparent)]
@@ -44,7 +46,7 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub(crate) use loom::cell::UnsafeCell;
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 
     /// Under loom, busy-wait loops must yield or loom only explores one interleaving.
     pub(crate) fn spin_loop() {

@@ -1,1 +1,9 @@
-//! host
+//! # pinstream-host
+//!
+//! The std side of pinstream: it owns threads, sockets, files and memory placement, and
+//! builds the engine out of `pinstream-core` parts. Every system call lives in `sys`; the
+//! rest of the crate has no `unsafe`.
+#![deny(unsafe_code)]
+
+pub mod pin;
+mod sys;

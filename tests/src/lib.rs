@@ -1,1 +1,103 @@
-//! Shared helpers for the cross-crate tests.
+//! Shared helpers for pinstream's cross-crate tests.
+//!
+//! [`CountingAllocator`] wraps the system allocator and counts allocations made by threads
+//! by the calling thread while it is armed ([`CountingAllocator::count_in`]), so a test can
+//! prove a hot path allocates nothing while the harness and other tests allocate freely on
+//! their own threads.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A global allocator that counts allocations (alloc, alloc_zeroed, realloc) made on armed
+/// threads, per thread and in total. Install it in a test binary with `#[global_allocator]`.
+pub struct CountingAllocator {
+    total: AtomicUsize,
+}
+
+thread_local! {
+    // `const` initialisation: using them never allocates (no lazy init, no destructor).
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+    static THREAD_COUNT: Cell<usize> = const { Cell::new(0) };
+}
+
+impl CountingAllocator {
+    /// A counter at zero.
+    pub const fn new() -> Self {
+        Self {
+            total: AtomicUsize::new(0),
+        }
+    }
+
+    /// Starts counting this thread's allocations.
+    pub fn arm(&self) {
+        ARMED.with(|a| a.set(true));
+    }
+
+    /// Stops counting this thread's allocations.
+    pub fn disarm(&self) {
+        ARMED.with(|a| a.set(false));
+    }
+
+    /// Allocations counted so far on all armed threads together.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Allocations counted so far on the calling thread while it was armed.
+    pub fn thread_count(&self) -> usize {
+        THREAD_COUNT.with(Cell::get)
+    }
+
+    /// Runs `f` on this thread with counting armed and returns how many allocations this
+    /// thread made inside it (other threads' allocations are not included).
+    pub fn count_in<R>(&self, f: impl FnOnce() -> R) -> (usize, R) {
+        let before = self.thread_count();
+        self.arm();
+        let r = f();
+        self.disarm();
+        (self.thread_count() - before, r)
+    }
+
+    fn note(&self) {
+        // `try_with`: during thread teardown the TLS slots may be gone; do not count then.
+        if ARMED.try_with(Cell::get).unwrap_or(false) {
+            let _ = THREAD_COUNT.try_with(|c| c.set(c.get() + 1));
+            self.total.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Default for CountingAllocator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds the `GlobalAlloc`
+// contract; counting touches only an atomic and a const thread-local, neither of which
+// allocates.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.note();
+        // SAFETY: forwarded with the caller's layout, as `GlobalAlloc::alloc` requires.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.note();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        self.note();
+        // SAFETY: `ptr`/`layout` came from this allocator, i.e. from `System`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr`/`layout` came from this allocator, i.e. from `System`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}

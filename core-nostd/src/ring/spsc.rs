@@ -53,7 +53,8 @@ pub struct Spsc<T, const N: usize> {
     /// Producer position, in `0..2N`. Stored only by the producer (Release); the consumer
     /// loads it (Acquire) to learn which slots hold items. `tail - head (mod 2N)` is in `0..=N`.
     tail: CachePadded<AtomicUsize>,
-    /// Set once by [`Spsc::try_split`].
+    /// Set once by [`Spsc::try_split`] (which exists only where CAS does).
+    #[cfg_attr(not(pinstream_cas), allow(dead_code))]
     taken: AtomicBool,
     /// Slots `head..tail` (mod 2N, folded into `0..N`) hold initialised items.
     buf: [UnsafeCell<MaybeUninit<T>>; N],
