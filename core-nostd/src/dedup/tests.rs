@@ -1,7 +1,7 @@
 extern crate std;
 
+use core::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
 use std::sync::Barrier;
-use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
 use std::thread;
 use std::vec::Vec;
 

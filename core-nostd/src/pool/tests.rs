@@ -1,6 +1,6 @@
 extern crate std;
 
-use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
+use core::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
 use std::thread;
 use std::vec::Vec;
 

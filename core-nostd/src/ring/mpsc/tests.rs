@@ -1,9 +1,8 @@
 extern crate std;
 
+use core::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
 use std::sync::Barrier;
-use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
 use std::thread;
-use std::vec;
 use std::vec::Vec;
 
 use super::*;
@@ -85,7 +84,7 @@ fn producers_deliver_everything_once_in_per_producer_order() {
                 }
             });
         }
-        let mut next = vec![0usize; PRODUCERS];
+        let mut next = [0usize; PRODUCERS];
         let mut received = 0;
         while received < PRODUCERS * PER_PRODUCER {
             match rx.pop() {

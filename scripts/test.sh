@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Everything that proves pinstream works, in one command (the README's test command; CI runs
+# it through .ci/run). Installs the rustup targets and components it needs first: a no-op
+# when they are there. Stops at the first failure.
+#
+#   ./scripts/test.sh            all steps
+#   ./scripts/test.sh --quick    fmt, clippy, tests (skips miri, loom, bare-metal, benches)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=false
+[ "${1:-}" = "--quick" ] && quick=true
+
+BARE_METAL_TARGETS=(thumbv7em-none-eabihf thumbv6m-none-eabi riscv32imac-unknown-none-elf x86_64-unknown-none)
+passed=0
+step() {
+    local name=$1
+    shift
+    printf '\n==> %s\n' "$name"
+    local t0=$SECONDS
+    "$@"
+    passed=$((passed + 1))
+    printf -- '--- %s: ok (%ss)\n' "$name" $((SECONDS - t0))
+}
+
+setup() {
+    rustup component add clippy rustfmt
+    rustup target add "${BARE_METAL_TARGETS[@]}"
+    if ! rustup toolchain list | grep -q '^nightly'; then
+        rustup toolchain install nightly --profile minimal
+    fi
+    rustup +nightly component add rust-src miri
+}
+
+bare_metal() {
+    # -D warnings: a warning on a target we do not run is still a defect.
+    for t in "${BARE_METAL_TARGETS[@]}"; do
+        echo "pinstream-core for $t"
+        RUSTFLAGS="-D warnings" cargo build -p pinstream-core --target "$t" --target-dir target/bare-metal
+    done
+    # thumbv6m has no CAS: the plain build above has only the Spsc; the final binary picks one
+    # of these to get the CAS-based structures.
+    for f in critical-section unsafe-assume-single-core; do
+        echo "pinstream-core for thumbv6m-none-eabi with feature $f"
+        RUSTFLAGS="-D warnings" cargo build -p pinstream-core --target thumbv6m-none-eabi \
+            --features "$f" --target-dir target/bare-metal
+    done
+    # Only `core` exists in this build: any `alloc` in the dependency tree fails to compile.
+    echo "pinstream-core with -Zbuild-std=core (no alloc anywhere)"
+    cargo +nightly build -Zbuild-std=core --target thumbv7em-none-eabihf -p pinstream-core \
+        --target-dir target/build-std
+}
+
+miri() {
+    # Small iteration counts under cfg(miri); both aliasing models.
+    cargo +nightly miri test -p pinstream-core --lib
+    MIRIFLAGS="-Zmiri-tree-borrows" cargo +nightly miri test -p pinstream-core --lib
+}
+
+loom() {
+    RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 \
+        cargo test -p pinstream-core --lib --release --target-dir target/loom
+}
+
+docs() {
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+}
+
+demo() {
+    # The README's first command, on fewer items.
+    cargo run --release -p pinstream -- demo --items 200000
+}
+
+step "toolchain set-up" setup
+step "cargo fmt --check" cargo fmt --all --check
+step "clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+step "cargo test (debug: unit, doc, zero-allocation)" cargo test --workspace
+if ! $quick; then
+    step "rustdoc -D warnings" docs
+    step "bare-metal builds" bare_metal
+    step "benches compile (never run in CI)" cargo bench --workspace --no-run
+    step "demo (README's run command)" demo
+    step "miri (stacked + tree borrows)" miri
+    step "loom models" loom
+fi
+printf '\nsteps: %d passed, 0 failed\n' "$passed"
