@@ -37,6 +37,11 @@
 //! striped seqlock, which is not lock-free: do not call the table from an interrupt handler
 //! that may preempt a caller there.
 //!
+//! ## One owner
+//! A table owned by one thread (the transactional processor owns its own) can use
+//! [`DedupTable::check_and_insert_mut`]: same answers, same slots, no atomic read-modify-write
+//! and no fence. Shared and exclusive calls can alternate on one table.
+//!
 //! ```
 //! use pinstream_core::dedup::{DedupTable, Verdict};
 //!
@@ -44,12 +49,18 @@
 //! assert_eq!(table.check_and_insert(7, 1_000), Verdict::New);
 //! assert_eq!(table.check_and_insert(7, 1_099), Verdict::Duplicate); // window - 1
 //! assert_eq!(table.check_and_insert(7, 1_100), Verdict::New); // window: expired
+//!
+//! let mut owned: DedupTable<64> = DedupTable::new(100);
+//! assert_eq!(owned.check_and_insert_mut(7, 0), Verdict::New);
+//! assert_eq!(owned.check_and_insert_mut(7, 99), Verdict::Duplicate);
 //! ```
 //!
 //! Figures: see the README's benchmark table (`cargo bench -p pinstream-benches --bench dedup`).
 
 use core::fmt;
 
+#[cfg(not(loom))]
+use crate::sync::WithMut;
 use crate::sync::{AtomicU64, AtomicU128, Ordering, array_of, const_fn, fence, spin_loop};
 
 /// What [`DedupTable::check_and_insert`] found.
@@ -103,13 +114,21 @@ pub struct DedupTable<const N: usize, const PROBE: usize = 16> {
     window: u64,
     /// `slots[i]` is `encode(key, state, tick)`, the truth about slot `i`. EMPTY slots are all
     /// zero and only ever leave that state, which is what lets a probe stop at the first one.
-    slots: [AtomicU128; N],
+    slots: CacheAligned<[AtomicU128; N]>,
     /// `tags[i]` is `tag(key)` of the last key claimed into slot `i`, stored right after the
     /// claiming CAS and before that entry can commit; 0 while the slot was never claimed.
     /// Probes read these cheap 8-byte words and load the 16-byte slot only where the tag
     /// matches (on x86_64 a 16-byte atomic load is an out-of-line call).
-    tags: [AtomicU64; N],
+    tags: CacheAligned<[AtomicU64; N]>,
 }
+
+/// Aligns an array to a cache line, so a probe window that starts at a multiple of
+/// [`GROUP`] slots reads whole lines: 8 tags are one 64-byte line.
+#[repr(C, align(64))]
+struct CacheAligned<T>(T);
+
+/// Probe windows start at a multiple of this many slots.
+const GROUP: usize = 8;
 
 /// Never 0, so a tag of 0 means "never claimed". Two keys differing only in the top bit
 /// share a tag; that costs one extra slot load, never a wrong answer.
@@ -132,8 +151,8 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
             const { assert!(PROBE > 0, "DedupTable probe length must be at least 1") };
             Self {
                 window: if window_ticks == 0 { 1 } else if window_ticks > TICK_MASK { TICK_MASK } else { window_ticks },
-                slots: array_of!(N, AtomicU128::new(0)),
-                tags: array_of!(N, AtomicU64::new(0)),
+                slots: CacheAligned(array_of!(N, AtomicU128::new(0))),
+                tags: CacheAligned(array_of!(N, AtomicU64::new(0))),
             }
         }
     }
@@ -150,14 +169,62 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
 
     #[inline(always)]
     pub(crate) fn home(key: u64) -> usize {
-        // Fibonacci hashing: sequential ids spread over the table; take the high bits.
+        // Fibonacci hashing: sequential ids spread over the table; take the high bits. The
+        // window starts on a group boundary so its tags fill whole cache lines.
         let h = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (h >> (64 - N.trailing_zeros().max(1))) as usize & Self::MASK
+        let group_mask = if N >= GROUP { !(GROUP - 1) } else { !0 };
+        (h >> (64 - N.trailing_zeros().max(1))) as usize & Self::MASK & group_mask
     }
 
     #[inline(always)]
     fn live(&self, tick: u64, now: u64) -> bool {
         now.saturating_sub(tick) < self.window
+    }
+
+    /// [`check_and_insert`](Self::check_and_insert) for a caller that owns the table
+    /// (`&mut self`, e.g. the one processor thread that deduplicates a lane): the same answers
+    /// and the same slot format, through plain reads and writes instead of atomic
+    /// read-modify-writes. Shared and exclusive use can alternate freely.
+    #[inline]
+    pub fn check_and_insert_mut(&mut self, key: u64, now: u64) -> Verdict {
+        #[cfg(loom)]
+        {
+            self.check_and_insert(key, now)
+        }
+        #[cfg(not(loom))]
+        {
+            let now = now & TICK_MASK;
+            let home = Self::home(key);
+            let wanted = tag(key);
+            let mut free = None;
+            for dist in 0..Self::PROBE_LEN {
+                let index = (home + dist) & Self::MASK;
+                let t = self.tags.0[index].with_mut(|t| *t);
+                if t == 0 {
+                    // Without concurrent callers a zero tag means EMPTY: nothing beyond.
+                    free = free.or(Some(index));
+                    break;
+                }
+                if t == wanted || free.is_none() {
+                    let e = Entry::decode(self.slots.0[index].with_mut(|w| *w));
+                    let live = e.state == COMMITTED && self.live(e.tick, now);
+                    if live && e.key == key {
+                        return Verdict::Duplicate;
+                    }
+                    // No PENDING entry exists while we hold `&mut`: every shared call
+                    // resolves its own before returning.
+                    if !live && free.is_none() {
+                        free = Some(index);
+                    }
+                }
+            }
+            let Some(index) = free else {
+                return Verdict::Full;
+            };
+            self.slots.0[index].with_mut(|w| *w = encode(key, COMMITTED, now));
+            self.tags.0[index].with_mut(|t| *t = wanted);
+            Verdict::New
+        }
     }
 
     /// Calls `f(distance, index)` for each slot of `key`'s probe window whose tag matches,
@@ -172,12 +239,12 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
         let wanted = tag(key);
         for dist in 0..Self::PROBE_LEN {
             let index = (home + dist) & Self::MASK;
-            let t = self.tags[index].load(Ordering::SeqCst);
+            let t = self.tags.0[index].load(Ordering::SeqCst);
             if t == wanted {
                 if let Some(r) = f(dist, index) {
                     return Some(r);
                 }
-            } else if t == 0 && self.slots[index].load(Ordering::SeqCst) == 0 {
+            } else if t == 0 && self.slots.0[index].load(Ordering::SeqCst) == 0 {
                 // Truly EMPTY (not just claimed a moment ago with its tag not yet stored):
                 // nothing was ever stored past here for a key probing this far.
                 return None;
@@ -195,7 +262,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
         loop {
             // 1. Is the key here? A pending entry counts: its inserter will report New.
             let present = self.scan_tags(key, home, |_, index| {
-                let e = Entry::decode(self.slots[index].load(Ordering::SeqCst));
+                let e = Entry::decode(self.slots.0[index].load(Ordering::SeqCst));
                 let here = e.key == key
                     && (e.state == PENDING || (e.state == COMMITTED && self.live(e.tick, now)));
                 here.then_some(())
@@ -208,7 +275,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
             let mut free = None;
             for dist in 0..Self::PROBE_LEN {
                 let index = (home + dist) & Self::MASK;
-                let word = self.slots[index].load(Ordering::SeqCst);
+                let word = self.slots.0[index].load(Ordering::SeqCst);
                 let e = Entry::decode(word);
                 let reusable = match e.state {
                     EMPTY | TOMBSTONE => true,
@@ -226,7 +293,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
 
             // 3. Claim it with a pending entry, then publish its tag.
             let mine = encode(key, PENDING, now);
-            if self.slots[index]
+            if self.slots.0[index]
                 .compare_exchange(seen, mine, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
             {
@@ -234,7 +301,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                 continue; // the slot changed under us: look again
             }
             // Release: whoever reads this tag also sees the pending word it points to.
-            self.tags[index].store(tag(key), Ordering::Release);
+            self.tags.0[index].store(tag(key), Ordering::Release);
             // Store, SeqCst fence, then load (below): of two racing inserters, the one whose
             // fence comes second in the fences' total order sees the other's tag (C11's fence
             // rule; loom models SeqCst fences but treats SeqCst loads/stores as AcqRel).
@@ -243,7 +310,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
             // 4. Rescan for the same key inserted concurrently.
             if !self.wins_race(key, now, home, dist) {
                 // Retract ours. A failed CAS means a nearer inserter already aborted us.
-                let _ = self.slots[index].compare_exchange(
+                let _ = self.slots.0[index].compare_exchange(
                     mine,
                     encode(key, TOMBSTONE, now),
                     Ordering::SeqCst,
@@ -254,7 +321,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
 
             // 5. Commit. Fails only if a nearer inserter of the same key aborted us; it will
             // report New.
-            return match self.slots[index].compare_exchange(
+            return match self.slots.0[index].compare_exchange(
                 mine,
                 encode(key, COMMITTED, now),
                 Ordering::SeqCst,
@@ -275,7 +342,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                 return None;
             }
             loop {
-                let word = self.slots[index].load(Ordering::SeqCst);
+                let word = self.slots.0[index].load(Ordering::SeqCst);
                 let e = Entry::decode(word);
                 if e.key != key || e.state == TOMBSTONE || e.state == EMPTY {
                     return None;
@@ -284,7 +351,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                     PENDING if dist < mine => return Some(()),
                     PENDING => {
                         // Farther from home: abort it. If the CAS fails, look at it again.
-                        if self.slots[index]
+                        if self.slots.0[index]
                             .compare_exchange(
                                 word,
                                 encode(key, TOMBSTONE, e.tick),

@@ -35,6 +35,32 @@ mod imp {
         }
     }
 
+    /// Exclusive access to an atomic's value through `&mut`, with loom's method name, so
+    /// single-owner fast paths read and write plain memory.
+    #[cfg(pinstream_cas)]
+    pub(crate) trait WithMut {
+        type Value;
+        fn with_mut<R>(&mut self, f: impl FnOnce(&mut Self::Value) -> R) -> R;
+    }
+
+    #[cfg(pinstream_cas)]
+    impl WithMut for AtomicU64 {
+        type Value = u64;
+        #[inline(always)]
+        fn with_mut<R>(&mut self, f: impl FnOnce(&mut u64) -> R) -> R {
+            f(self.get_mut())
+        }
+    }
+
+    #[cfg(pinstream_cas)]
+    impl WithMut for AtomicU128 {
+        type Value = u128;
+        #[inline(always)]
+        fn with_mut<R>(&mut self, f: impl FnOnce(&mut u128) -> R) -> R {
+            f(self.get_mut())
+        }
+    }
+
     /// Hint inside a busy-wait loop.
     #[inline(always)]
     #[cfg_attr(not(pinstream_cas), allow(dead_code))]

@@ -119,3 +119,15 @@ fn dedup_check_and_insert_allocates_nothing() {
     });
     assert_eq!(count, 0);
 }
+
+#[test]
+fn dedup_exclusive_path_allocates_nothing() {
+    let mut table: DedupTable<1024> = DedupTable::new(100);
+    let (count, ()) = ALLOC.count_in(|| {
+        for i in 0..ROUNDS {
+            assert_eq!(table.check_and_insert_mut(i, i), Verdict::New);
+            assert_eq!(table.check_and_insert_mut(i, i + 1), Verdict::Duplicate);
+        }
+    });
+    assert_eq!(count, 0);
+}

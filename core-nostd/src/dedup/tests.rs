@@ -179,3 +179,80 @@ fn racing_inserts_over_expired_slots_give_exactly_one_new_per_key() {
         assert_eq!(*n, 1, "after expiry: key {key} was New {n} times");
     }
 }
+
+/// A seeded stream of keys (with repeats) and advancing ticks through the shared path, the
+/// exclusive path, and a table alternating between them, against a plain map of the
+/// specified semantics. The tables are sized so that `Full` never happens.
+#[test]
+fn shared_and_exclusive_paths_match_the_reference_model() {
+    use std::collections::HashMap;
+    const OPS: u64 = if cfg!(miri) { 300 } else { 200_000 };
+    const WINDOW: u64 = 50;
+    let shared: DedupTable<1024> = DedupTable::new(WINDOW);
+    let mut exclusive: DedupTable<1024> = DedupTable::new(WINDOW);
+    let mut mixed: DedupTable<1024> = DedupTable::new(WINDOW);
+    let mut first_seen: HashMap<u64, u64> = HashMap::new();
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut now = 0u64;
+    for op in 0..OPS {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        now += rng % 3; // ticks advance by 0, 1 or 2
+        let key = rng % 400; // about 50 keys live per window, many repeats
+        let expected = match first_seen.get(&key) {
+            Some(&t) if now - t < WINDOW => Verdict::Duplicate,
+            _ => {
+                first_seen.insert(key, now);
+                Verdict::New
+            }
+        };
+        assert_eq!(
+            shared.check_and_insert(key, now),
+            expected,
+            "shared, op {op}"
+        );
+        assert_eq!(
+            exclusive.check_and_insert_mut(key, now),
+            expected,
+            "exclusive, op {op}"
+        );
+        let got = if op % 2 == 0 {
+            mixed.check_and_insert(key, now)
+        } else {
+            mixed.check_and_insert_mut(key, now)
+        };
+        assert_eq!(got, expected, "mixed, op {op}");
+    }
+}
+
+#[test]
+fn exclusive_path_full_and_edges() {
+    let mut t: DedupTable<4, 4> = DedupTable::new(50);
+    for k in 0..4 {
+        assert_eq!(t.check_and_insert_mut(k, 10), Verdict::New);
+    }
+    assert_eq!(t.check_and_insert_mut(99, 20), Verdict::Full);
+    for k in 0..4 {
+        assert_eq!(
+            t.check_and_insert_mut(k, 59),
+            Verdict::Duplicate,
+            "window - 1"
+        );
+    }
+    assert_eq!(
+        t.check_and_insert_mut(2, 60),
+        Verdict::New,
+        "exactly window"
+    );
+    assert_eq!(
+        t.check_and_insert_mut(99, 61),
+        Verdict::New,
+        "expired slots reused"
+    );
+    assert_eq!(
+        t.check_and_insert(99, 62),
+        Verdict::Duplicate,
+        "shared path sees it"
+    );
+}
