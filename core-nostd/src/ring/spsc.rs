@@ -207,6 +207,19 @@ fn fold<const N: usize>(pos: usize) -> usize {
     if pos >= N { pos - N } else { pos }
 }
 
+impl<T, const N: usize> Spsc<T, N> {
+    /// The slot of position `pos`, without the bounds check the compiler cannot remove
+    /// (it does not know positions stay below `2N`).
+    #[inline(always)]
+    fn slot(&self, pos: usize) -> &UnsafeCell<MaybeUninit<T>> {
+        let index = fold::<N>(pos);
+        debug_assert!(index < N);
+        // SAFETY: positions are kept in `0..2N` (every update goes through `advance`), so
+        // `fold` returns an index in `0..N`.
+        unsafe { self.buf.get_unchecked(index) }
+    }
+}
+
 /// The writing half of an [`Spsc`]. `Send` when `T: Send`; one per ring.
 pub struct Producer<'a, T, const N: usize> {
     ring: &'a Spsc<T, N>,
@@ -239,7 +252,9 @@ impl<T, const N: usize> Producer<'_, T, N> {
         // SAFETY: by the caller's contract the slot is free: the consumer published that it
         // is done with it (Acquire load of head) and will not read it before we publish a
         // tail past it, so we have exclusive access.
-        self.ring.buf[fold::<N>(pos)].with_mut(|slot| unsafe { (*slot).write(value) });
+        self.ring
+            .slot(pos)
+            .with_mut(|slot| unsafe { (*slot).write(value) });
     }
 
     /// Makes items up to position `tail` visible to the consumer.
@@ -383,8 +398,10 @@ impl<T, const N: usize> Consumer<'_, T, N> {
         // SAFETY: the producer published the item at `head` (Acquire load of tail in
         // `available`) and will not touch the slot until we publish a head past it; we read
         // it out exactly once and then release the slot.
-        let value =
-            self.ring.buf[fold::<N>(self.head)].with(|p| unsafe { (*p).assume_init_read() });
+        let value = self
+            .ring
+            .slot(self.head)
+            .with(|p| unsafe { (*p).assume_init_read() });
         self.release(advance::<N>(self.head, 1));
         Some(value)
     }
@@ -396,7 +413,11 @@ impl<T, const N: usize> Consumer<'_, T, N> {
         }
         // SAFETY: as in `pop`, the item at `head` is initialised and the producer will not
         // touch it while we (borrowed through `&mut self`) have not released it.
-        Some(self.ring.buf[fold::<N>(self.head)].with(|p| unsafe { (*p).assume_init_ref() }))
+        Some(
+            self.ring
+                .slot(self.head)
+                .with(|p| unsafe { (*p).assume_init_ref() }),
+        )
     }
 
     /// Items ready to pop now (reloads the producer's position).
