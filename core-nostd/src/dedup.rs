@@ -16,7 +16,7 @@
 //! (clocks disagreeing between threads) counts as inside the window.
 //!
 //! ## Space, and when it is full
-//! `N` slots (a power of two), 24 bytes each, fixed: memory never grows with distinct keys.
+//! `N` slots (a power of two), 18 bytes each, fixed: memory never grows with distinct keys.
 //! A key hashes to a home slot and may live in any of the `PROBE` slots from there (linear
 //! probing, `PROBE` = 16 by default). Expired entries are reused in place. A key whose
 //! `PROBE` slots all hold live keys gets `Full`: size `N` at about twice the number of keys
@@ -27,8 +27,8 @@
 //! ## Concurrency
 //! Any number of threads may call `check_and_insert` at once. Each slot is one 128-bit atomic
 //! word (`key`, state, first-seen tick), changed only by compare-and-swap, so an entry is
-//! never seen half-written. Beside it an 8-byte tag of the key lets probes skip slots without
-//! the costlier 16-byte load; the tag is a filter, the 16-byte word is the truth. Concurrent inserts of one key are resolved so exactly one gets
+//! never seen half-written. Beside it a 2-byte fingerprint of the key lets probes skip slots without
+//! the costlier 16-byte load; the fingerprint is a filter, the 16-byte word is the truth. Concurrent inserts of one key are resolved so exactly one gets
 //! `New`: an inserter first writes a *pending* entry, then rescans the key's window; a pending
 //! entry of the same key nearer the home slot wins and a farther one is aborted, a committed
 //! live one wins outright. Every loop retries only after another thread's CAS succeeded, so
@@ -61,7 +61,7 @@ use core::fmt;
 
 #[cfg(not(loom))]
 use crate::sync::WithMut;
-use crate::sync::{AtomicU64, AtomicU128, Ordering, array_of, const_fn, fence, spin_loop};
+use crate::sync::{AtomicU16, AtomicU128, Ordering, array_of, const_fn, fence, spin_loop};
 
 /// What [`DedupTable::check_and_insert`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,24 +117,28 @@ pub struct DedupTable<const N: usize, const PROBE: usize = 16> {
     slots: CacheAligned<[AtomicU128; N]>,
     /// `tags[i]` is `tag(key)` of the last key claimed into slot `i`, stored right after the
     /// claiming CAS and before that entry can commit; 0 while the slot was never claimed.
-    /// Probes read these cheap 8-byte words and load the 16-byte slot only where the tag
-    /// matches (on x86_64 a 16-byte atomic load is an out-of-line call).
-    tags: CacheAligned<[AtomicU64; N]>,
+    /// Probes read these 2-byte fingerprints (a window's 16 fit in one cache line) and load
+    /// the 16-byte slot only where the tag matches: on x86_64 a 16-byte atomic load is an
+    /// out-of-line call, and in a table larger than L2 every extra line is a cache miss.
+    tags: CacheAligned<[AtomicU16; N]>,
 }
 
-/// Aligns an array to a cache line, so a probe window that starts at a multiple of
-/// [`GROUP`] slots reads whole lines: 8 tags are one 64-byte line.
+/// Aligns an array to a cache line. Probe windows start at a multiple of [`GROUP`] slots,
+/// so a default window's 16 tags (32 bytes) sit in one 64-byte line for three of the four
+/// possible starts, and windows still overlap (a crowded group spills into the next).
 #[repr(C, align(64))]
 struct CacheAligned<T>(T);
 
 /// Probe windows start at a multiple of this many slots.
 const GROUP: usize = 8;
 
-/// Never 0, so a tag of 0 means "never claimed". Two keys differing only in the top bit
-/// share a tag; that costs one extra slot load, never a wrong answer.
+/// A 16-bit fingerprint of the key, never 0 (so a tag of 0 means "never claimed"). Keys
+/// that share a fingerprint (1 in 32768) cost an extra slot load, never a wrong answer: the
+/// 16-byte slot word holds the whole key.
 #[inline(always)]
-const fn tag(key: u64) -> u64 {
-    key | 1 << 63
+const fn tag(key: u64) -> u16 {
+    // A different multiplier from `home`, so keys sharing a home still differ in tag.
+    ((key.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 48) as u16) | 1
 }
 
 impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
@@ -152,7 +156,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
             Self {
                 window: if window_ticks == 0 { 1 } else if window_ticks > TICK_MASK { TICK_MASK } else { window_ticks },
                 slots: CacheAligned(array_of!(N, AtomicU128::new(0))),
-                tags: CacheAligned(array_of!(N, AtomicU64::new(0))),
+                tags: CacheAligned(array_of!(N, AtomicU16::new(0))),
             }
         }
     }
