@@ -114,6 +114,34 @@ mod imp {
 
 pub(crate) use imp::*;
 
+/// Exponential backoff for a CAS that lost a race: spin 1, 2, 4 ... 64 times before the next
+/// try, so contending threads stop bouncing the cache line between them (crossbeam's
+/// `Backoff::spin`). Under loom a single yield, so the models stay small.
+#[cfg_attr(not(pinstream_cas), allow(dead_code))]
+pub(crate) struct Backoff(u32);
+
+#[cfg_attr(not(pinstream_cas), allow(dead_code))]
+impl Backoff {
+    const LIMIT: u32 = 6;
+
+    pub(crate) const fn new() -> Self {
+        Self(0)
+    }
+
+    #[inline]
+    pub(crate) fn spin(&mut self) {
+        #[cfg(not(loom))]
+        for _ in 0..1u32 << self.0 {
+            core::hint::spin_loop();
+        }
+        #[cfg(loom)]
+        loom::thread::yield_now();
+        if self.0 < Self::LIMIT {
+            self.0 += 1;
+        }
+    }
+}
+
 /// Declares a `const fn` in normal builds and a plain `fn` under loom, whose atomics and
 /// cells have no const constructors. Keeps one body for both.
 macro_rules! const_fn {

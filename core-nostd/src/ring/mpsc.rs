@@ -44,7 +44,7 @@ use core::mem::MaybeUninit;
 use crossbeam_utils::CachePadded;
 
 use super::PushError;
-use crate::sync::{AtomicBool, AtomicUsize, Ordering, UnsafeCell, array_of, const_fn, spin_loop};
+use crate::sync::{AtomicBool, AtomicUsize, Backoff, Ordering, UnsafeCell, array_of, const_fn};
 
 struct Slot<T> {
     /// `p` (free for the producer of position `p`), `p + 1` (holds the item of position `p`),
@@ -138,6 +138,7 @@ impl<T, const N: usize> Mpsc<T, N> {
         pause: impl FnOnce(),
     ) -> Result<(), PushError<T>> {
         let mut pos = self.enqueue.load(Ordering::Relaxed);
+        let mut backoff = Backoff::new();
         loop {
             let slot = &self.slots[pos & Self::MASK];
             let seq = slot.seq.load(Ordering::Acquire);
@@ -160,7 +161,11 @@ impl<T, const N: usize> Mpsc<T, N> {
                         slot.seq.store(pos.wrapping_add(1), Ordering::Release);
                         return Ok(());
                     }
-                    Err(current) => pos = current,
+                    Err(current) => {
+                        // Another producer won this position: back off before the next try.
+                        pos = current;
+                        backoff.spin();
+                    }
                 }
             } else if lag < 0 {
                 // The slot still holds (or is being filled with) the item from one lap ago:
@@ -168,7 +173,7 @@ impl<T, const N: usize> Mpsc<T, N> {
                 return Err(PushError::Full(value));
             } else {
                 // Another producer claimed `pos` already; catch up.
-                spin_loop();
+                backoff.spin();
                 pos = self.enqueue.load(Ordering::Relaxed);
             }
         }
