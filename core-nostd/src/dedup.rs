@@ -2,8 +2,10 @@
 //!
 //! [`DedupTable::check_and_insert`] answers, for a key seen at tick `now`:
 //! - [`Verdict::New`]: no live entry had the key; it is now recorded as first seen at `now`.
-//! - [`Verdict::Duplicate`]: the key was first seen less than `window` ticks ago (or another
-//!   thread is inserting it right now and will report `New`).
+//! - [`Verdict::Duplicate`]: the key was first seen less than `window` ticks ago, or another
+//!   thread is inserting it right now. That thread reports `New`, except in one edge: when
+//!   the callers' clocks disagree and the key's previous entry is live for the inserter but
+//!   expired for us, both answer `Duplicate` (the earlier sighting still counts for one).
 //! - [`Verdict::Full`]: the key is not present, and every slot it may occupy holds a live key;
 //!   nothing was recorded. Never a false `New` for a key that is present.
 //!
@@ -16,7 +18,7 @@
 //! (clocks disagreeing between threads) counts as inside the window.
 //!
 //! ## Space, and when it is full
-//! `N` slots (a power of two), 18 bytes each, fixed: memory never grows with distinct keys.
+//! `N` slots (a power of two), 24 bytes each, fixed: memory never grows with distinct keys.
 //! A key hashes to a home slot (a multiple of 8) and may live in any of the `PROBE` slots
 //! from there (linear probing, `PROBE` = 16 by default). Expired entries are reused in
 //! place. A key whose `PROBE` slots all hold live keys gets `Full`: size `N` at about four
@@ -28,9 +30,9 @@
 //! ## Concurrency
 //! Any number of threads may call `check_and_insert` at once. Each slot is one 128-bit atomic
 //! word (`key`, state, first-seen tick), changed only by compare-and-swap, so an entry is
-//! never seen half-written. Beside it a 2-byte fingerprint of the key lets probes skip slots
-//! without the costlier 16-byte load; the fingerprint is a filter, the 16-byte word is the
-//! truth. Concurrent inserts of one key are resolved so exactly one gets
+//! never seen half-written. Beside it an 8-byte tag (a 16-bit fingerprint of the key under a
+//! generation count) lets probes skip slots without the costlier 16-byte load; the tag is a
+//! filter, the 16-byte word is the truth. Concurrent inserts of one key are resolved so exactly one gets
 //! `New`: an inserter first writes a *pending* entry, then rescans the key's window; a pending
 //! entry of the same key nearer the home slot wins and a farther one is aborted, a committed
 //! live one wins outright. Every loop retries only after another thread's CAS succeeded, so
@@ -63,7 +65,7 @@ use core::fmt;
 
 #[cfg(not(loom))]
 use crate::sync::WithMut;
-use crate::sync::{AtomicU16, AtomicU128, Ordering, array_of, const_fn, fence, spin_loop};
+use crate::sync::{AtomicU64, AtomicU128, Ordering, array_of, const_fn, fence, spin_loop};
 
 /// What [`DedupTable::check_and_insert`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +87,8 @@ const EMPTY: u64 = 0; // never used since the table was built; the whole word is
 const PENDING: u64 = 1; // being inserted: counts as present, not yet reported New
 const COMMITTED: u64 = 2; // recorded; live while `now - tick < window`
 const TOMBSTONE: u64 = 3; // an aborted insert: free for reuse, but probing goes on past it
+/// Longest window: ages above it (half the tick range) mean "clock behind".
+const MAX_WINDOW: u64 = TICK_MASK >> 1;
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -117,12 +121,13 @@ pub struct DedupTable<const N: usize, const PROBE: usize = 16> {
     /// `slots[i]` is `encode(key, state, tick)`, the truth about slot `i`. EMPTY slots are all
     /// zero and only ever leave that state, which is what lets a probe stop at the first one.
     slots: CacheAligned<[AtomicU128; N]>,
-    /// `tags[i]` is `tag(key)` of the last key claimed into slot `i`, stored right after the
-    /// claiming CAS and before that entry can commit; 0 while the slot was never claimed.
-    /// Probes read these 2-byte fingerprints (a window's 16 fit in one cache line) and load
-    /// the 16-byte slot only where the tag matches: on x86_64 a 16-byte atomic load is an
-    /// out-of-line call, and in a table larger than L2 every extra line is a cache miss.
-    tags: CacheAligned<[AtomicU16; N]>,
+    /// `tags[i]` is `generation << 16 | fingerprint(key)` of the last key claimed into slot
+    /// `i`; 0 while the slot was never claimed. Probes read these cheap words and load the
+    /// 16-byte slot only where the fingerprint matches (on x86_64 a 16-byte atomic load is
+    /// an out-of-line call). A claimer publishes its tag only by CAS from a value it read
+    /// while its pending entry still held the slot, and the generation rises with every
+    /// write, so a claimer that lost the slot can never overwrite a newer owner's tag.
+    tags: CacheAligned<[AtomicU64; N]>,
 }
 
 /// Aligns an array to a cache line. Probe windows start at a multiple of [`GROUP`] slots,
@@ -134,13 +139,20 @@ struct CacheAligned<T>(T);
 /// Probe windows start at a multiple of this many slots.
 const GROUP: usize = 8;
 
-/// A 16-bit fingerprint of the key, never 0 (so a tag of 0 means "never claimed"). Keys
-/// that share a fingerprint (1 in 32768) cost an extra slot load, never a wrong answer: the
-/// 16-byte slot word holds the whole key.
+/// A 16-bit fingerprint of the key, never 0. Keys that share one (1 in 32768) cost an extra
+/// slot load, never a wrong answer: the 16-byte slot word holds the whole key.
 #[inline(always)]
-const fn tag(key: u64) -> u16 {
-    // A different multiplier from `home`, so keys sharing a home still differ in tag.
-    ((key.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 48) as u16) | 1
+const fn fingerprint(key: u64) -> u64 {
+    // A different multiplier from `home`, so keys sharing a home still differ here.
+    (key.wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 48) | 1
+}
+
+const FINGERPRINT_MASK: u64 = 0xFFFF;
+
+/// The tag word that follows `current` for a slot now holding `key`: next generation.
+#[inline(always)]
+const fn next_tag(current: u64, key: u64) -> u64 {
+    ((current >> 16).wrapping_add(1) << 16) | fingerprint(key)
 }
 
 impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
@@ -156,9 +168,9 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
             const { assert!(N.is_power_of_two(), "DedupTable capacity must be a power of two") };
             const { assert!(PROBE > 0, "DedupTable probe length must be at least 1") };
             Self {
-                window: if window_ticks == 0 { 1 } else if window_ticks > TICK_MASK { TICK_MASK } else { window_ticks },
+                window: if window_ticks == 0 { 1 } else if window_ticks > MAX_WINDOW { MAX_WINDOW } else { window_ticks },
                 slots: CacheAligned(array_of!(N, AtomicU128::new(0))),
-                tags: CacheAligned(array_of!(N, AtomicU16::new(0))),
+                tags: CacheAligned(array_of!(N, AtomicU64::new(0))),
             }
         }
     }
@@ -182,9 +194,13 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
         (h >> (64 - N.trailing_zeros().max(1))) as usize & Self::MASK & group_mask
     }
 
+    /// Whether an entry first seen at `tick` is still inside the window at `now`. Ticks live
+    /// modulo 2^62: an age in the upper half of that range means `now` is behind `tick`
+    /// (clocks of different callers disagree), which counts as inside the window.
     #[inline(always)]
     fn live(&self, tick: u64, now: u64) -> bool {
-        now.saturating_sub(tick) < self.window
+        let age = now.wrapping_sub(tick) & TICK_MASK;
+        age < self.window || age > MAX_WINDOW
     }
 
     /// [`check_and_insert`](Self::check_and_insert) for a caller that owns the table
@@ -201,7 +217,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
         {
             let now = now & TICK_MASK;
             let home = Self::home(key);
-            let wanted = tag(key);
+            let wanted = fingerprint(key);
             let mut free = None;
             for dist in 0..Self::PROBE_LEN {
                 let index = (home + dist) & Self::MASK;
@@ -211,7 +227,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                     free = free.or(Some(index));
                     break;
                 }
-                if t == wanted || free.is_none() {
+                if t & FINGERPRINT_MASK == wanted || free.is_none() {
                     let e = Entry::decode(self.slots.0[index].with_mut(|w| *w));
                     let live = e.state == COMMITTED && self.live(e.tick, now);
                     if live && e.key == key {
@@ -228,7 +244,7 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                 return Verdict::Full;
             };
             self.slots.0[index].with_mut(|w| *w = encode(key, COMMITTED, now));
-            self.tags.0[index].with_mut(|t| *t = wanted);
+            self.tags.0[index].with_mut(|t| *t = next_tag(*t, key));
             Verdict::New
         }
     }
@@ -242,11 +258,11 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
         home: usize,
         mut f: impl FnMut(usize, usize) -> Option<R>,
     ) -> Option<R> {
-        let wanted = tag(key);
+        let wanted = fingerprint(key);
         for dist in 0..Self::PROBE_LEN {
             let index = (home + dist) & Self::MASK;
-            let t = self.tags.0[index].load(Ordering::SeqCst);
-            if t == wanted {
+            let t = self.tags.0[index].load(Ordering::Acquire);
+            if t & FINGERPRINT_MASK == wanted {
                 if let Some(r) = f(dist, index) {
                     return Some(r);
                 }
@@ -306,11 +322,14 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                 spin_loop();
                 continue; // the slot changed under us: look again
             }
-            // Release: whoever reads this tag also sees the pending word it points to.
-            self.tags.0[index].store(tag(key), Ordering::Release);
-            // Store, SeqCst fence, then load (below): of two racing inserters, the one whose
-            // fence comes second in the fences' total order sees the other's tag (C11's fence
-            // rule; loom models SeqCst fences but treats SeqCst loads/stores as AcqRel).
+            if !self.publish_tag(index, key, mine) {
+                // A nearer inserter of this key aborted our entry and the slot has moved on:
+                // that inserter reports New.
+                return Verdict::Duplicate;
+            }
+            // Tag write, SeqCst fence, then loads (below): of two racing inserters, the one
+            // whose fence comes second in the fences' total order sees the other's tag (C11's
+            // fence rule; loom models SeqCst fences but treats SeqCst accesses as AcqRel).
             fence(Ordering::SeqCst);
 
             // 4. Rescan for the same key inserted concurrently.
@@ -336,6 +355,32 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                 Ok(_) => Verdict::New,
                 Err(_) => Verdict::Duplicate,
             };
+        }
+    }
+
+    /// Writes the tag of `key` into slot `index` while our pending word `mine` still holds
+    /// the slot. Each try reads the tag, checks the slot, then CASes from what it read, so a
+    /// write can only succeed if no later owner wrote in between; the last owner's write
+    /// always lands. Returns false once the slot no longer holds `mine`.
+    fn publish_tag(&self, index: usize, key: u64, mine: u128) -> bool {
+        loop {
+            let current = self.tags.0[index].load(Ordering::Acquire);
+            if self.slots.0[index].load(Ordering::SeqCst) != mine {
+                return false;
+            }
+            // Release: whoever reads this tag also sees the pending word it points to.
+            if self.tags.0[index]
+                .compare_exchange(
+                    current,
+                    next_tag(current, key),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return true;
+            }
+            spin_loop();
         }
     }
 

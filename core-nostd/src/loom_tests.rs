@@ -113,26 +113,29 @@ fn mpsc_two_producers_each_item_once() {
 
 #[test]
 fn mpsc_full_only_when_full() {
+    use loom::sync::atomic::{AtomicBool, Ordering};
     loom::model(|| {
-        // Capacity 2, one item consumed concurrently: a third push may see Full only while
-        // two items are really in the ring.
+        // Capacity 2 and full. Once the producer has seen (through `popped`) that the
+        // consumer finished a pop, a push must succeed: Full only while the ring is full.
         let ring: Arc<Mpsc<u32, 2>> = Arc::new(Mpsc::new());
         ring.push(1).unwrap();
         ring.push(2).unwrap();
-        let r2 = ring.clone();
+        let popped = Arc::new(AtomicBool::new(false));
+        let (r2, p2) = (ring.clone(), popped.clone());
         let consumer = thread::spawn(move || {
             let mut rx = r2.consumer().unwrap();
             assert_eq!(rx.pop(), Some(1));
+            p2.store(true, Ordering::Release);
         });
+        let saw_pop = popped.load(Ordering::Acquire);
         let pushed = ring.push(3).is_ok();
+        if saw_pop {
+            assert!(pushed, "Full reported after a slot was released");
+        }
         consumer.join().unwrap();
         let mut rx = ring.consumer().unwrap();
         assert_eq!(rx.pop(), Some(2));
         assert_eq!(rx.pop(), if pushed { Some(3) } else { None });
-        // After the consumer ran, there is room for sure.
-        if !pushed {
-            ring.push(3).unwrap();
-        }
     });
 }
 
@@ -305,5 +308,45 @@ fn dedup_inserters_that_see_different_free_slots_still_one_new() {
         let news = [early, late].iter().filter(|v| **v == Verdict::New).count();
         assert_eq!(news, 1, "early {early:?} late {late:?}");
         assert_eq!(table.check_and_insert(key, 11), Verdict::Duplicate);
+    });
+}
+
+/// Two inserters of one key with different clocks and a third key racing for the same
+/// window: whatever the interleaving, one of the first two is New, the third key is New, and
+/// afterwards both keys are found (no claimer that lost its slot may leave a stale tag that
+/// hides the key now living there).
+#[test]
+fn dedup_stale_claimers_never_hide_a_key() {
+    loom::model(|| {
+        // N = 8 with 8-slot groups: every key has home 0, so they all share one window.
+        let table: Arc<DedupTable<8, 8>> = Arc::new(DedupTable::new(5));
+        let (a, k, b, c) = (3u64, 7u64, 8u64, 9u64);
+        // Slot 0: a (expired for both racers), slot 1: k (expired), slot 2: b (live at 6).
+        // The racers collide on slot 0, and the loser claims slot 1, whose old tag is k's.
+        assert_eq!(table.check_and_insert(a, 0), Verdict::New);
+        assert_eq!(table.check_and_insert(k, 0), Verdict::New);
+        assert_eq!(table.check_and_insert(b, 5), Verdict::New);
+        let (t1, t2) = (table.clone(), table.clone());
+        let x = thread::spawn(move || t1.check_and_insert(k, 6)); // K expired for X
+        let y = thread::spawn(move || t2.check_and_insert(k, 10)); // and for Y
+        let z = table.check_and_insert(c, 10);
+        let (x, y) = (x.join().unwrap(), y.join().unwrap());
+        assert_eq!(
+            [x, y].iter().filter(|v| **v == Verdict::New).count(),
+            1,
+            "{x:?} {y:?}"
+        );
+        assert_eq!(z, Verdict::New);
+        assert_eq!(
+            table.check_and_insert(c, 11),
+            Verdict::Duplicate,
+            "key c hidden"
+        );
+        // First seen at 6 or 10: at 10 it is inside the window either way.
+        assert_eq!(
+            table.check_and_insert(k, 10),
+            Verdict::Duplicate,
+            "key k hidden"
+        );
     });
 }

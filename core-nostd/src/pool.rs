@@ -7,13 +7,13 @@
 //! `acquire` returns `None`.
 //!
 //! The free list is a Treiber stack of slot indices. Its head packs a **generation tag** with
-//! the index in one atomic word (`usize`: the low half is the index, the high half the tag),
-//! and every successful change bumps the tag. That defeats ABA: a thread that read head `A`
-//! and the next index `B`, then stalled while others popped `A`, popped `B` and pushed `A`
-//! back, fails its CAS because the tag moved on. (heapless's first Treiber pool lacked the
-//! tag and was unsound.) On 64-bit targets the tag has 32 bits, on 32-bit targets 16: a
-//! stalled thread would have to sleep through exactly 2^32 (2^16) pool operations for its
-//! stale CAS to succeed.
+//! the index in one atomic word (`usize`), and every successful change bumps the tag. That
+//! defeats ABA: a thread that read head `A` and the next index `B`, then stalled while others
+//! popped `A`, popped `B` and pushed `A` back, fails its CAS because the tag moved on.
+//! (heapless's first Treiber pool lacked the tag and was unsound.) The index takes only the
+//! bits `N` needs and the tag all the rest: with 1024 slots, 53 bits on 64-bit targets and 21
+//! bits on 32-bit ones, so a stalled thread's stale CAS could succeed only if it slept
+//! through exactly a multiple of 2^21 (two million) pool operations on a 32-bit target.
 //!
 //! Slots are initialised once, with a copy of the `init` value given to [`EventPool::new`],
 //! and keep whatever the last user wrote: ingest overwrites an event in place instead of
@@ -46,19 +46,9 @@ use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicUsize, Ordering, UnsafeCell, array_of, const_fn};
 
-const HALF: u32 = usize::BITS / 2;
-const INDEX_MASK: usize = (1 << HALF) - 1;
-/// The "no slot" index: end of the free list.
-const NIL: usize = INDEX_MASK;
-
-#[inline(always)]
-const fn pack(tag: usize, index: usize) -> usize {
-    (tag << HALF) | index
-}
-
 /// A fixed pool of `N` slots of `T`, usable from many threads, constructible in a `static`.
 pub struct EventPool<T, const N: usize> {
-    /// Free-list head: `tag << HALF | index`; `index == NIL` when every slot is in use.
+    /// Free-list head: `tag << INDEX_BITS | index`; `index == NIL` when every slot is in use.
     head: CachePadded<AtomicUsize>,
     /// `next[i]`: the free slot after `i` while `i` is on the free list (`NIL` at the end).
     /// Read racily by `acquire`; the tag check on `head` discards stale reads.
@@ -80,8 +70,8 @@ impl<T: Copy, const N: usize> EventPool<T, N> {
         /// `N` must be at least 1 and below `2^(usize::BITS / 2) - 1` (checked at compile time).
         pub fn new(init: T) -> Self {
             const { assert!(N > 0, "EventPool needs at least one slot") };
-            const { assert!(N < NIL, "EventPool too large for the index half of the head word") };
-            let mut next: [AtomicUsize; N] = array_of!(N, AtomicUsize::new(NIL));
+            const { assert!(Self::TAG_BITS >= 8, "EventPool too large to leave room for the tag") };
+            let mut next: [AtomicUsize; N] = array_of!(N, AtomicUsize::new(Self::NIL));
             let mut slots: [UnsafeCell<MaybeUninit<T>>; N] =
                 array_of!(N, UnsafeCell::new(MaybeUninit::uninit()));
             let mut i = 0;
@@ -93,7 +83,7 @@ impl<T: Copy, const N: usize> EventPool<T, N> {
                 i += 1;
             }
             Self {
-                head: CachePadded::new(AtomicUsize::new(pack(0, 0))),
+                head: CachePadded::new(AtomicUsize::new(0)), // tag 0, index 0
                 next,
                 slots,
             }
@@ -102,6 +92,22 @@ impl<T: Copy, const N: usize> EventPool<T, N> {
 }
 
 impl<T, const N: usize> EventPool<T, N> {
+    /// Bits of the head word that hold a slot index: just enough for `0..=N`, so the tag
+    /// gets every other bit (e.g. 21 bits on a 32-bit target with 1024 slots).
+    const INDEX_BITS: u32 = usize::BITS - N.leading_zeros();
+    const TAG_BITS: u32 = usize::BITS - Self::INDEX_BITS;
+    const INDEX_MASK: usize = (1 << Self::INDEX_BITS) - 1;
+    /// The "no slot" index, end of the free list: all index bits set, which is `>= N`.
+    const NIL: usize = Self::INDEX_MASK;
+
+    /// Head word holding `index`, with the tag after `head`'s.
+    #[inline(always)]
+    const fn next_head(head: usize, index: usize) -> usize {
+        let tag = (head >> Self::INDEX_BITS).wrapping_add(1);
+        // On a 64-bit target with a tiny pool the shift drops the tag's top bits: it wraps.
+        (tag << Self::INDEX_BITS) | index
+    }
+
     /// Number of slots.
     pub const fn capacity(&self) -> usize {
         N
@@ -113,14 +119,14 @@ impl<T, const N: usize> EventPool<T, N> {
     pub fn acquire(&self) -> Option<Handle<'_, T, N>> {
         let mut head = self.head.load(Ordering::Acquire);
         loop {
-            let index = head & INDEX_MASK;
-            if index == NIL {
+            let index = head & Self::INDEX_MASK;
+            if index == Self::NIL {
                 return None;
             }
             // May be stale if `index` was popped and pushed meanwhile; then `head` has a new
             // tag and the CAS below fails.
             let next = self.next[index].load(Ordering::Relaxed);
-            let new = pack((head >> HALF).wrapping_add(1), next);
+            let new = Self::next_head(head, next);
             match self
                 .head
                 .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
@@ -151,8 +157,8 @@ impl<T, const N: usize> EventPool<T, N> {
     fn release_index(&self, index: usize) {
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
-            self.next[index].store(head & INDEX_MASK, Ordering::Relaxed);
-            let new = pack((head >> HALF).wrapping_add(1), index);
+            self.next[index].store(head & Self::INDEX_MASK, Ordering::Relaxed);
+            let new = Self::next_head(head, index);
             // Release: our writes to the slot (and to `next[index]`) happen before the next
             // acquirer's Acquire pop of it.
             match self

@@ -13,7 +13,7 @@ mod imp {
     pub(crate) use core::sync::atomic::fence;
     pub(crate) use portable_atomic::{AtomicBool, AtomicUsize};
     #[cfg(pinstream_cas)]
-    pub(crate) use portable_atomic::{AtomicU16, AtomicU128};
+    pub(crate) use portable_atomic::{AtomicU64, AtomicU128};
 
     /// `core::cell::UnsafeCell` with loom's closure-based access API.
     #[repr(transparent)]
@@ -44,10 +44,10 @@ mod imp {
     }
 
     #[cfg(pinstream_cas)]
-    impl WithMut for AtomicU16 {
-        type Value = u16;
+    impl WithMut for AtomicU64 {
+        type Value = u64;
         #[inline(always)]
-        fn with_mut<R>(&mut self, f: impl FnOnce(&mut u16) -> R) -> R {
+        fn with_mut<R>(&mut self, f: impl FnOnce(&mut u64) -> R) -> R {
             f(self.get_mut())
         }
     }
@@ -72,7 +72,7 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub(crate) use loom::cell::UnsafeCell;
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering, fence};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 
     /// Under loom, busy-wait loops must yield or loom only explores one interleaving.
     pub(crate) fn spin_loop() {

@@ -56,6 +56,31 @@ fn clock_behind_the_record_counts_as_inside_the_window() {
 }
 
 #[test]
+fn ticks_wrap_modulo_2_pow_62_without_freezing_entries() {
+    let t: DedupTable<8> = DedupTable::new(100);
+    let start = (1u64 << 62) - 10;
+    assert_eq!(t.check_and_insert(4, start), Verdict::New);
+    assert_eq!(
+        t.check_and_insert(4, start + 99),
+        Verdict::Duplicate,
+        "window - 1, across"
+    );
+    assert_eq!(
+        t.check_and_insert(4, start + 100),
+        Verdict::New,
+        "window, across the wrap"
+    );
+    assert_eq!(
+        t.check_and_insert(4, u64::MAX),
+        Verdict::Duplicate,
+        "u64::MAX is tick 2^62 - 1"
+    );
+    // A huge window is clamped to half the tick range.
+    let t: DedupTable<8> = DedupTable::new(u64::MAX);
+    assert_eq!(t.window(), (1u64 << 61) - 1);
+}
+
+#[test]
 fn full_of_live_keys_is_a_value_and_present_keys_stay_duplicates() {
     let t: DedupTable<4, 4> = DedupTable::new(50);
     for k in 0..4 {

@@ -1,4 +1,4 @@
-//! Bounded multi-producer / single-consumer ring of exactly `N` items (`N` a power of two).
+//! Bounded multi-producer / single-consumer ring of exactly `N` items (`N` a power of two, ≥ 2).
 //!
 //! Dmitry Vyukov's bounded queue: every slot carries a sequence number that says whose turn
 //! it is. A producer claims position `p` with one CAS on the shared `enqueue` counter, writes
@@ -76,13 +76,20 @@ impl<T, const N: usize> Mpsc<T, N> {
     const MASK: usize = N - 1;
 
     const_fn! {
-        /// An empty ring. `N` must be a power of two (checked at compile time).
+        /// An empty ring. `N` must be a power of two and at least 2 (checked at compile
+        /// time): with one slot, "published" (`p + 1`) and "released" (`p + N`) would be the
+        /// same sequence number.
         ///
         /// ```compile_fail
         /// let ring = pinstream_core::ring::Mpsc::<u8, 6>::new();
         /// ```
+        ///
+        /// ```compile_fail
+        /// let ring = pinstream_core::ring::Mpsc::<u8, 1>::new();
+        /// ```
         pub fn new() -> Self {
             const { assert!(N.is_power_of_two(), "Mpsc capacity must be a power of two") };
+            const { assert!(N >= 2, "Mpsc capacity must be at least 2") };
             let mut slots: [Slot<T>; N] = array_of!(N, Slot {
                 seq: AtomicUsize::new(0),
                 value: UnsafeCell::new(MaybeUninit::uninit()),

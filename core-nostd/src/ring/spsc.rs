@@ -75,7 +75,8 @@ impl<T, const N: usize> Spsc<T, N> {
         /// ```
         pub fn new() -> Self {
             const { assert!(N > 0, "Spsc capacity must be at least 1") };
-            const { assert!(N <= usize::MAX / 2, "Spsc capacity too large") };
+            // `advance` computes up to `3N - 1` and `distance` up to `4N - 1`.
+            const { assert!(N <= usize::MAX / 4, "Spsc capacity too large") };
             Self {
                 head: CachePadded::new(AtomicUsize::new(0)),
                 tail: CachePadded::new(AtomicUsize::new(0)),
@@ -90,7 +91,9 @@ impl<T, const N: usize> Spsc<T, N> {
         N
     }
 
-    /// Items in the ring at the moment of the call (a snapshot while the halves run).
+    /// Items in the ring, read while the halves may run: a snapshot for metrics, always in
+    /// `0..=N`, that can be off if the other side moves on by more than `N` items during
+    /// the call.
     pub fn len(&self) -> usize {
         // Head first: head only grows towards tail, so a later tail is never behind it.
         let head = self.head.load(Ordering::Acquire);
