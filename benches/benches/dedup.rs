@@ -160,6 +160,21 @@ fn report_fulls(bench: &str) {
     }
 }
 
+/// Times `iters` lookups of the [`HIT_KEYS`] recorded keys through `check`, each of which
+/// must answer `Duplicate`.
+fn time_hits(b: &mut criterion::Bencher<'_>, mut check: impl FnMut(u64) -> Verdict) {
+    b.iter_custom(|iters| {
+        let mut wrong = 0u64;
+        let start = Instant::now();
+        for i in 0..iters {
+            wrong += u64::from(check(mix64(i % HIT_KEYS)) != Verdict::Duplicate);
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(wrong, 0, "a hit was not reported as Duplicate");
+        elapsed
+    });
+}
+
 fn hit(c: &mut Criterion) {
     let mut group = c.benchmark_group("dedup_hit");
     group.throughput(Throughput::Elements(1));
@@ -169,17 +184,7 @@ fn hit(c: &mut Criterion) {
         assert_eq!(table.check_and_insert(mix64(k), 0), Verdict::New);
     }
     group.bench_function("pinstream_dedup_table", |b| {
-        b.iter_custom(|iters| {
-            let mut wrong = 0u64;
-            let start = Instant::now();
-            for i in 0..iters {
-                let v = table.check_and_insert(mix64(i % HIT_KEYS), 1);
-                wrong += u64::from(v != Verdict::Duplicate);
-            }
-            let elapsed = start.elapsed();
-            assert_eq!(wrong, 0, "a hit was not reported as Duplicate");
-            elapsed
-        });
+        time_hits(b, |key| table.check_and_insert(key, 1));
     });
 
     let mut owned = Box::new(Table::new(NO_EXPIRY));
@@ -187,17 +192,7 @@ fn hit(c: &mut Criterion) {
         assert_eq!(owned.check_and_insert_mut(mix64(k), 0), Verdict::New);
     }
     group.bench_function("pinstream_dedup_table_mut", |b| {
-        b.iter_custom(|iters| {
-            let mut wrong = 0u64;
-            let start = Instant::now();
-            for i in 0..iters {
-                let v = owned.check_and_insert_mut(mix64(i % HIT_KEYS), 1);
-                wrong += u64::from(v != Verdict::Duplicate);
-            }
-            let elapsed = start.elapsed();
-            assert_eq!(wrong, 0, "a hit was not reported as Duplicate");
-            elapsed
-        });
+        time_hits(b, |key| owned.check_and_insert_mut(key, 1));
     });
 
     let set = LockedSet::new();
@@ -205,17 +200,7 @@ fn hit(c: &mut Criterion) {
         assert_eq!(set.check_and_insert(mix64(k)), Verdict::New);
     }
     group.bench_function("mutex_hashset", |b| {
-        b.iter_custom(|iters| {
-            let mut wrong = 0u64;
-            let start = Instant::now();
-            for i in 0..iters {
-                let v = set.check_and_insert(mix64(i % HIT_KEYS));
-                wrong += u64::from(v != Verdict::Duplicate);
-            }
-            let elapsed = start.elapsed();
-            assert_eq!(wrong, 0, "a hit was not reported as Duplicate");
-            elapsed
-        });
+        time_hits(b, |key| set.check_and_insert(key));
     });
 
     let map = LockedExpiringMap::new(NO_EXPIRY, HIT_KEYS as usize);
@@ -223,17 +208,7 @@ fn hit(c: &mut Criterion) {
         assert_eq!(map.check_and_insert(mix64(k), 0), Verdict::New);
     }
     group.bench_function("mutex_hashmap_expiry", |b| {
-        b.iter_custom(|iters| {
-            let mut wrong = 0u64;
-            let start = Instant::now();
-            for i in 0..iters {
-                let v = map.check_and_insert(mix64(i % HIT_KEYS), 1);
-                wrong += u64::from(v != Verdict::Duplicate);
-            }
-            let elapsed = start.elapsed();
-            assert_eq!(wrong, 0, "a hit was not reported as Duplicate");
-            elapsed
-        });
+        time_hits(b, |key| map.check_and_insert(key, 1));
     });
     group.finish();
 }
