@@ -4,8 +4,6 @@
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p pinstream-core --lib --release`
 //! (the unit tests are compiled out under loom; only these run).
 
-extern crate std;
-
 use loom::sync::Arc;
 use loom::thread;
 use std::boxed::Box;

@@ -7,12 +7,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A global allocator that counts allocations (alloc, alloc_zeroed, realloc) made on armed
-/// threads, per thread and in total. Install it in a test binary with `#[global_allocator]`.
+/// A global allocator that counts allocations (alloc, alloc_zeroed, realloc) made by each
+/// thread while it is armed. Install it in a test binary with `#[global_allocator]`.
 pub struct CountingAllocator {
-    total: AtomicUsize,
+    _private: (),
 }
 
 thread_local! {
@@ -24,9 +23,7 @@ thread_local! {
 impl CountingAllocator {
     /// A counter at zero.
     pub const fn new() -> Self {
-        Self {
-            total: AtomicUsize::new(0),
-        }
+        Self { _private: () }
     }
 
     /// Starts counting this thread's allocations.
@@ -37,11 +34,6 @@ impl CountingAllocator {
     /// Stops counting this thread's allocations.
     pub fn disarm(&self) {
         ARMED.with(|a| a.set(false));
-    }
-
-    /// Allocations counted so far on all armed threads together.
-    pub fn total(&self) -> usize {
-        self.total.load(Ordering::SeqCst)
     }
 
     /// Allocations counted so far on the calling thread while it was armed.
@@ -63,7 +55,6 @@ impl CountingAllocator {
         // `try_with`: during thread teardown the TLS slots may be gone; do not count then.
         if ARMED.try_with(Cell::get).unwrap_or(false) {
             let _ = THREAD_COUNT.try_with(|c| c.set(c.get() + 1));
-            self.total.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -75,8 +66,7 @@ impl Default for CountingAllocator {
 }
 
 // SAFETY: every call is forwarded unchanged to `System`, which upholds the `GlobalAlloc`
-// contract; counting touches only an atomic and a const thread-local, neither of which
-// allocates.
+// contract; counting touches only const thread-locals, which never allocate.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.note();

@@ -1,5 +1,3 @@
-extern crate std;
-
 use core::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
 use std::thread;
 use std::vec::Vec;
