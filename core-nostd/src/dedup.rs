@@ -249,6 +249,43 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
         }
     }
 
+    /// Forgets the sighting of `key` first seen at tick `first_seen`: that entry (if it is
+    /// still there) becomes a free slot, so the key is new again at once; an entry of the
+    /// same key recorded at another tick stays. Returns whether an entry was removed.
+    ///
+    /// The transactional processor calls this when an event it admitted could not be
+    /// stored after all (dead-lettered), so the producer's retransmission is not dropped as
+    /// a duplicate of an event that was never stored. Exclusive (`&mut self`) only: with
+    /// concurrent inserters a removal could race a pending entry's rescan.
+    pub fn forget_mut(&mut self, key: u64, first_seen: u64) -> bool {
+        let home = Self::home(key);
+        let wanted = fingerprint(key);
+        for dist in 0..Self::PROBE_LEN {
+            let index = (home + dist) & Self::MASK;
+            let t = self.tags.0[index].load(Ordering::Relaxed);
+            if t == 0 {
+                return false; // never claimed: nothing stored past here
+            }
+            if t & FINGERPRINT_MASK != wanted {
+                continue;
+            }
+            let word = self.slots.0[index].load(Ordering::Relaxed);
+            let e = Entry::decode(word);
+            if e.key == key && e.state == COMMITTED && e.tick == first_seen & TICK_MASK {
+                // `&mut self`: no other caller, so this CAS cannot fail; the tag keeps its
+                // fingerprint (a filter only; probes read the tombstone and move on).
+                let _ = self.slots.0[index].compare_exchange(
+                    word,
+                    encode(key, TOMBSTONE, e.tick),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                return true;
+            }
+        }
+        false
+    }
+
     /// Calls `f(distance, index)` for each slot of `key`'s probe window whose tag matches,
     /// stopping at the first never-claimed slot or when `f` returns `Some`.
     #[inline(always)]

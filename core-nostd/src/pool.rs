@@ -137,6 +137,77 @@ impl<T, const N: usize> EventPool<T, N> {
         }
     }
 
+    /// Takes up to `out.len()` free slots with one successful CAS (a batch costs what one
+    /// [`acquire`](Self::acquire) costs) and writes their indices into `out`; returns how
+    /// many. The caller owns those slots as if it had called [`Handle::into_index`] on their
+    /// handles: it turns them into handles with [`from_index`](Self::from_index) or gives them
+    /// back with [`release_many`](Self::release_many).
+    ///
+    /// Sound for the same reason as `acquire`: the chain of `next` links is read between the
+    /// load of `head` and the CAS; if any push or pop happened in between, the tag moved and
+    /// the CAS fails, and if none did, the links read are the ones those slots were pushed with.
+    pub fn acquire_many(&self, out: &mut [usize]) -> usize {
+        if out.is_empty() {
+            return 0;
+        }
+        let mut head = self.head.load(Ordering::Acquire);
+        loop {
+            let mut index = head & Self::INDEX_MASK;
+            let mut taken = 0;
+            // `next` links hold indices below N or NIL; a stale read is still one of those
+            // (and then the CAS fails), so `index < N` holds for every slot indexed here.
+            while taken < out.len() && index < N {
+                out[taken] = index;
+                taken += 1;
+                index = self.next[index].load(Ordering::Relaxed);
+            }
+            if taken == 0 {
+                return 0;
+            }
+            let new = Self::next_head(head, index);
+            match self
+                .head
+                .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => return taken,
+                Err(current) => head = current,
+            }
+        }
+    }
+
+    /// Gives back the slots at `indices` with one successful CAS: they are linked into a
+    /// chain first, then the chain is pushed.
+    ///
+    /// # Safety
+    /// Every index must be owned by the caller (from [`Handle::into_index`] or
+    /// [`acquire_many`](Self::acquire_many)), appear once, and not be used afterwards.
+    ///
+    /// # Panics
+    /// If an index is `>= N` (which the contract above already excludes).
+    pub unsafe fn release_many(&self, indices: &[usize]) {
+        let (Some(&first), Some(&last)) = (indices.first(), indices.last()) else {
+            return;
+        };
+        for pair in indices.windows(2) {
+            // The caller owns both slots: no one else reads or writes their links now.
+            self.next[pair[0]].store(pair[1], Ordering::Relaxed);
+        }
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            self.next[last].store(head & Self::INDEX_MASK, Ordering::Relaxed);
+            let new = Self::next_head(head, first);
+            // Release: our writes to the slots and links happen before the next acquirer's
+            // Acquire pop of any of them.
+            match self
+                .head
+                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(current) => head = current,
+            }
+        }
+    }
+
     /// Takes a free slot and writes `value` into it.
     ///
     /// # Errors

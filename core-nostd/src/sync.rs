@@ -164,7 +164,7 @@ macro_rules! array_of {
         }
         #[cfg(loom)]
         {
-            core::array::from_fn::<_, $n, _>(|_| $make)
+            core::array::from_fn::<_, { $n }, _>(|_| $make)
         }
     }};
 }

@@ -279,3 +279,26 @@ fn exclusive_path_full_and_edges() {
         "shared path sees it"
     );
 }
+
+#[test]
+fn forgotten_keys_are_new_again_and_others_stay() {
+    // A small table so keys share probe windows: forgetting one must not hide the others.
+    let mut t: DedupTable<16, 16> = DedupTable::new(1_000);
+    for k in 0..12u64 {
+        assert_eq!(t.check_and_insert_mut(k, 5), Verdict::New);
+    }
+    assert!(!t.forget_mut(3, 6), "another sighting's tick");
+    assert!(t.forget_mut(3, 5));
+    assert!(!t.forget_mut(3, 5), "already forgotten");
+    assert!(!t.forget_mut(99, 5), "never inserted");
+    for k in (0..12u64).filter(|&k| k != 3) {
+        assert_eq!(t.check_and_insert_mut(k, 6), Verdict::Duplicate, "key {k}");
+        assert_eq!(
+            t.check_and_insert(k, 6),
+            Verdict::Duplicate,
+            "key {k} shared"
+        );
+    }
+    assert_eq!(t.check_and_insert(3, 7), Verdict::New);
+    assert_eq!(t.check_and_insert_mut(3, 8), Verdict::Duplicate);
+}

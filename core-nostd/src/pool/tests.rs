@@ -143,3 +143,65 @@ fn acquire_on_one_thread_release_on_another() {
         4
     );
 }
+
+#[test]
+fn batches_take_and_give_back_in_one_go() {
+    let pool: EventPool<u32, 6> = EventPool::new(0);
+    let mut out = [usize::MAX; 4];
+    assert_eq!(pool.acquire_many(&mut []), 0);
+    assert_eq!(pool.acquire_many(&mut out), 4);
+    let single = pool.acquire().unwrap();
+    let mut rest = [usize::MAX; 4];
+    assert_eq!(pool.acquire_many(&mut rest), 1, "only one slot left");
+    assert_eq!(pool.acquire_many(&mut rest[1..]), 0, "empty");
+    let mut all: Vec<usize> = out.iter().chain(&rest[..1]).copied().collect();
+    all.push(single.index());
+    all.sort();
+    assert_eq!(all, [0, 1, 2, 3, 4, 5]);
+    // SAFETY: the four indices in `out` came from `acquire_many` and are given back once.
+    unsafe { pool.release_many(&out) };
+    // SAFETY: as above, an empty batch is a no-op.
+    unsafe { pool.release_many(&[]) };
+    drop(single);
+    // SAFETY: `rest[0]` came from `acquire_many`.
+    unsafe { pool.release_many(&rest[..1]) };
+    let mut again = [0usize; 8];
+    assert_eq!(pool.acquire_many(&mut again), 6, "all six back");
+}
+
+#[test]
+fn stress_batches_and_singles_never_share_a_slot() {
+    const THREADS: usize = 4;
+    const SLOTS: usize = 16;
+    let pool: EventPool<usize, SLOTS> = EventPool::new(0);
+    let owners: [StdAtomicUsize; SLOTS] = [const { StdAtomicUsize::new(0) }; SLOTS];
+    thread::scope(|s| {
+        for t in 1..=THREADS {
+            let (pool, owners) = (&pool, &owners);
+            s.spawn(move || {
+                let mut batch = [0usize; 3];
+                for round in 0..ROUNDS {
+                    let n = if t % 2 == 0 {
+                        pool.acquire_many(&mut batch[..1 + round % 3])
+                    } else {
+                        pool.acquire().map_or(0, |h| {
+                            batch[0] = h.into_index();
+                            1
+                        })
+                    };
+                    for &i in &batch[..n] {
+                        let prev = owners[i].swap(t, StdOrdering::AcqRel);
+                        assert_eq!(prev, 0, "slot {i} handed to {t} while owned by {prev}");
+                    }
+                    for &i in &batch[..n] {
+                        owners[i].store(0, StdOrdering::Release);
+                    }
+                    // SAFETY: this thread took these `n` indices above and gives each back once.
+                    unsafe { pool.release_many(&batch[..n]) };
+                }
+            });
+        }
+    });
+    let mut all = [0usize; SLOTS + 1];
+    assert_eq!(pool.acquire_many(&mut all), SLOTS);
+}

@@ -186,6 +186,84 @@ impl<T, const N: usize> Mpsc<T, N> {
         }
     }
 
+    /// Pushes as many of `items` as there is room for, in order, with one CAS for the batch
+    /// (one claim of consecutive positions); returns how many. Other producers' items may
+    /// come before or after the batch, never inside it.
+    ///
+    /// Room is judged from the consumer's published position, so a batch may take fewer
+    /// slots than are free at that instant (never more); `0` means the ring was full.
+    pub fn push_slice(&self, items: &[T]) -> usize
+    where
+        T: Copy,
+    {
+        if items.is_empty() {
+            return 0;
+        }
+        let mut pos = self.enqueue.load(Ordering::Relaxed);
+        let mut backoff = Backoff::new();
+        loop {
+            // The first slot decides, exactly as in `push`: full, stale position, or free.
+            let seq = self.slots[pos & Self::MASK].seq.load(Ordering::Acquire);
+            let lag = seq.wrapping_sub(pos) as isize;
+            if lag < 0 {
+                return 0;
+            }
+            if lag > 0 {
+                backoff.spin();
+                pos = self.enqueue.load(Ordering::Relaxed);
+                continue;
+            }
+            // At least one slot is free. How many more: the consumer's published position
+            // bounds it (a stale one only makes the batch smaller).
+            let dequeue = self.dequeue.load(Ordering::Acquire);
+            let used = pos.wrapping_sub(dequeue);
+            let room = if used < N { N - used } else { 1 };
+            let mut k = items.len().min(room);
+            if k > 1 {
+                // The consumer releases slots in position order, so when the batch's last
+                // slot is free for its position, every slot before it is too. The Acquire
+                // load pairs with the consumer's Release store of that slot (made after it
+                // released and read the earlier ones), so its reads of them happen before
+                // our writes. If it is not free (yet), claim just the first slot.
+                let last = pos.wrapping_add(k - 1);
+                if self.slots[last & Self::MASK].seq.load(Ordering::Acquire) != last {
+                    k = 1;
+                }
+            }
+            match self.enqueue.compare_exchange_weak(
+                pos,
+                pos.wrapping_add(k),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    for (i, item) in items[..k].iter().enumerate() {
+                        let p = pos.wrapping_add(i);
+                        let slot = &self.slots[p & Self::MASK];
+                        // SAFETY: winning the CAS for positions `pos..pos + k`, whose slots
+                        // are all free for those positions (checked through the last one
+                        // above), gives this producer sole ownership of them until each is
+                        // published below.
+                        slot.value.with_mut(|v| unsafe { (*v).write(*item) });
+                        slot.seq.store(p.wrapping_add(1), Ordering::Release);
+                    }
+                    return k;
+                }
+                Err(current) => {
+                    pos = current;
+                    backoff.spin();
+                }
+            }
+        }
+    }
+
+    /// Makes the consumer half available again even if the last one was leaked
+    /// (`mem::forget`): with `&mut self` no consumer can exist. A new consumer resumes at
+    /// the published `dequeue` position, which the last one stored after every pop.
+    pub(crate) fn reclaim_consumer(&mut self) {
+        self.consumer_taken.store(false, Ordering::Relaxed);
+    }
+
     /// The consumer half, or `None` while another one exists. Dropping it lets a later
     /// caller take it again, continuing where it stopped.
     pub fn consumer(&self) -> Option<MpscConsumer<'_, T, N>> {

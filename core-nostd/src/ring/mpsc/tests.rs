@@ -157,3 +157,67 @@ fn drop_releases_items_still_inside() {
     }
     assert_eq!(DROPS.load(StdOrdering::Relaxed), 5);
 }
+
+#[test]
+fn push_slice_fills_what_fits_in_order_across_the_wrap() {
+    let ring: Mpsc<u32, 8> = Mpsc::new();
+    let mut rx = ring.consumer().unwrap();
+    assert_eq!(ring.push_slice(&[]), 0);
+    ring.push(100).unwrap();
+    assert_eq!(ring.push_slice(&[1, 2, 3, 4, 5]), 5);
+    assert_eq!(ring.push_slice(&[6, 7, 8, 9]), 2, "two slots left");
+    assert_eq!(ring.push_slice(&[9]), 0, "full");
+    let got: Vec<u32> = core::iter::from_fn(|| rx.pop()).collect();
+    assert_eq!(got, [100, 1, 2, 3, 4, 5, 6, 7]);
+    // Positions now wrap: batches straddle the end of the slot array.
+    for lap in 0..50u32 {
+        assert_eq!(ring.push_slice(&[lap, lap + 1, lap + 2]), 3);
+        ring.push(lap + 3).unwrap();
+        for k in 0..4 {
+            assert_eq!(rx.pop(), Some(lap + k));
+        }
+    }
+    assert_eq!(rx.pop(), None);
+}
+
+#[test]
+fn batch_and_single_producers_deliver_everything_once_in_order() {
+    const PRODUCERS: usize = 3;
+    let ring: Mpsc<u64, 16> = Mpsc::new();
+    let mut rx = ring.consumer().unwrap();
+    let per = PER_PRODUCER as u64;
+    thread::scope(|s| {
+        for p in 0..PRODUCERS as u64 {
+            let ring = &ring;
+            s.spawn(move || {
+                let mut next = 0u64;
+                while next < per {
+                    if p == 0 {
+                        // Single pushes.
+                        if ring.push((p << 32) | next).is_ok() {
+                            next += 1;
+                        }
+                    } else {
+                        let n = (1 + next % 5).min(per - next);
+                        let batch: Vec<u64> = (next..next + n).map(|v| (p << 32) | v).collect();
+                        next += ring.push_slice(&batch) as u64;
+                    }
+                    core::hint::spin_loop();
+                }
+            });
+        }
+        let mut expected = [0u64; PRODUCERS];
+        let mut left = per * PRODUCERS as u64;
+        while left > 0 {
+            if let Some(v) = rx.pop() {
+                let (p, n) = ((v >> 32) as usize, v & 0xFFFF_FFFF);
+                assert_eq!(n, expected[p], "producer {p} out of order");
+                expected[p] += 1;
+                left -= 1;
+            } else {
+                core::hint::spin_loop();
+            }
+        }
+    });
+    assert_eq!(rx.pop(), None);
+}
