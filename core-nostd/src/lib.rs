@@ -38,7 +38,16 @@ pub(crate) mod sync;
 pub mod dedup;
 #[cfg(pinstream_cas)]
 pub mod pool;
+#[cfg(pinstream_cas)]
+pub mod ratelimit;
 pub mod ring;
+
+pub mod control;
+pub mod event;
+#[cfg(pinstream_cas)]
+pub mod metrics;
+pub mod reason;
+pub mod topic;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
