@@ -48,6 +48,7 @@ pub mod event;
 pub mod metrics;
 pub mod reason;
 pub mod topic;
+pub mod wire;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
