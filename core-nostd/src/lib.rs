@@ -14,9 +14,24 @@
 //! | [`pool::EventPool`] | fixed pool of slots, tagged lock-free free list | CAS |
 //! | [`dedup::DedupTable`] | fixed set of `u64` keys with a time window | 128-bit CAS or fallback |
 //!
+//! The pipeline built on them (all of it needs CAS, see below):
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`event`], [`topic`] | the event model: header, payload inline in a pool slot; named topics |
+//! | [`wire`] | the binary frame protocol (`docs/PROTOCOL.md`): zero-copy decode, encode, streaming decoder, CRC32C |
+//! | [`reason`] | why an event was rejected or dead-lettered: one registry of codes |
+//! | [`ratelimit`] | lock-free token buckets per source |
+//! | [`lanes`] | the pool, the realtime / transactional / batch lanes and the dead-letter ring |
+//! | [`dispatch`] | routes events into the lanes, or dead-letters / rejects them with a reason |
+//! | [`process`] | alert rules, deduplication with bounded retry, windowed aggregation, the [`process::Sink`] trait |
+//! | [`control`] | the control plane: five load levels with warm-up and hysteresis |
+//! | [`metrics`], [`accounting`] | counters, a log-linear histogram, and the invariant `ingested == stored + dead_lettered + rejected` |
+//!
 //! ## Targets without compare-and-swap
 //! Atomics come from [`portable_atomic`]. On targets whose CPU has no CAS (`thumbv6m-none-eabi`,
-//! `riscv32i`), only [`ring::Spsc`] is built by default (it needs loads and stores alone). The
+//! `riscv32i`), only [`ring::Spsc`], [`event`], [`topic`], [`wire`], [`reason`] and [`control`]
+//! are built by default (they need loads and stores alone). The
 //! final binary turns on the CAS-based structures with one of this crate's features:
 //! `critical-section` (the binary provides a `critical-section` implementation, e.g.
 //! `cortex-m/critical-section-single-core`) or `unsafe-assume-single-core` (single-core chips;
@@ -42,10 +57,18 @@ pub mod pool;
 pub mod ratelimit;
 pub mod ring;
 
+#[cfg(pinstream_cas)]
+pub mod accounting;
 pub mod control;
+#[cfg(pinstream_cas)]
+pub mod dispatch;
 pub mod event;
 #[cfg(pinstream_cas)]
+pub mod lanes;
+#[cfg(pinstream_cas)]
 pub mod metrics;
+#[cfg(pinstream_cas)]
+pub mod process;
 pub mod reason;
 pub mod topic;
 pub mod wire;

@@ -131,3 +131,121 @@ fn dedup_exclusive_path_allocates_nothing() {
     });
     assert_eq!(count, 0);
 }
+
+/// The whole core pipeline: encode → stream-decode (in odd splits) → dispatch (rate limiter,
+/// topic check, control plane, pool, lanes) → process (alerts, dedup, aggregation, a sink that
+/// refuses now and then so the retry path runs) → dead letters drained.
+#[test]
+fn pipeline_decode_dispatch_process_sink_allocates_nothing() {
+    use pinstream_core::accounting::{Accounting, StageCounters};
+    use pinstream_core::control::{ControlSignal, Level};
+    use pinstream_core::dispatch::Dispatcher;
+    use pinstream_core::event::{EventHeader, Priority};
+    use pinstream_core::lanes::Lanes;
+    use pinstream_core::process::realtime::{AlertRule, Condition, CountAlerts};
+    use pinstream_core::process::{
+        LaneProcessors, Processors, Record, RetryPolicy, Sink, SinkError,
+    };
+    use pinstream_core::ratelimit::{RateConfig, RateLimiter};
+    use pinstream_core::wire::{BatchEncoder, StreamDecoder};
+
+    struct FlakySink {
+        calls: u64,
+        stored: u64,
+    }
+    impl Sink for FlakySink {
+        fn store(&mut self, record: &Record<'_>) -> Result<(), SinkError> {
+            self.calls += 1;
+            if self.calls % 7 == 0 {
+                return Err(SinkError);
+            }
+            if let Record::Event(e) = record {
+                std::hint::black_box(e.payload);
+            }
+            self.stored += 1;
+            Ok(())
+        }
+    }
+
+    // Built before arming: everything the pipeline needs is sized here.
+    let mut lanes: Box<Lanes<64, 256, 64, 256>> = Box::new(Lanes::new());
+    let (input, output, mut dead) = lanes.split();
+    let limiter: RateLimiter<2> = RateLimiter::new(RateConfig::new(1_000, 10, 2_000).unwrap());
+    let signal = ControlSignal::new();
+    let (dc, pc) = (StageCounters::new(), StageCounters::new());
+    let mut dispatcher = Dispatcher::new(input, &limiter, &signal, 3, &dc);
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        backoff: 1,
+        max_backoff: 4,
+    };
+    let mut processors: Processors<'_, 64, 256, 64, 256, 8> = Processors::new(output, policy, &pc);
+    let mut procs: Box<LaneProcessors<2, 4096, 4>> = Box::new(LaneProcessors::new(100, 10));
+    procs
+        .realtime
+        .add_rule(AlertRule {
+            topic: 1,
+            condition: Condition::Above(4),
+        })
+        .unwrap();
+    let mut decoder: Box<StreamDecoder<4096>> = Box::new(StreamDecoder::new());
+    let mut frame = vec![0u8; 4096];
+    let mut alerts = CountAlerts::default();
+    let mut sink = FlakySink {
+        calls: 0,
+        stored: 0,
+    };
+    let rounds = if cfg!(miri) { 4 } else { 400 };
+
+    let (count, ()) = ALLOC.count_in(|| {
+        for round in 0..rounds {
+            let now = round * 3;
+            let mut batch = BatchEncoder::new(&mut frame, round + 1).unwrap();
+            for i in 0..16u64 {
+                // Every fourth id repeats the previous round's: duplicates in the mix.
+                let id = if i % 4 == 0 {
+                    (round.max(1) - 1) * 16 + i
+                } else {
+                    round * 16 + i
+                };
+                let header =
+                    EventHeader::new(id, (i % 4) as u16, Priority::ALL[(i % 5) as usize], now)
+                        .with_value(i as i64);
+                batch.push(&header, &[i as u8; 40]).unwrap();
+            }
+            let len = batch.finish().unwrap();
+            if round == rounds / 2 {
+                signal.publish(Level::Degraded); // shed the batch lane for a round
+            } else {
+                signal.publish(Level::Healthy);
+            }
+            for chunk in frame[..len].chunks(37) {
+                decoder.feed(chunk, |result| match result {
+                    Ok(f) => {
+                        dispatcher.dispatch_frame(&f, (round % 2) as u32, now);
+                    }
+                    Err(e) => dispatcher.reject_frame(e),
+                });
+            }
+            processors.poll(&mut procs, &mut alerts, &mut sink, now, 32);
+            dead.drain(usize::MAX, |d| {
+                std::hint::black_box(d);
+            });
+        }
+        processors.drain(&mut procs, &mut alerts, &mut sink, rounds * 3 + 100);
+        dead.drain(usize::MAX, |d| {
+            std::hint::black_box(d);
+        });
+    });
+    assert_eq!(count, 0, "the pipeline allocated {count} times");
+    let books = Accounting::of(&[&dc, &pc]);
+    books.check(0).unwrap();
+    assert_eq!(books.ingested, rounds * 16);
+    assert!(sink.stored > 0, "stored");
+    assert!(alerts.0 > 0, "alerts");
+    assert!(pc.sink_retries.get() > 0, "retries");
+    assert!(
+        books.dead_lettered > 0,
+        "duplicates, shed and unknown topic 3"
+    );
+}

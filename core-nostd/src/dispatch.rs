@@ -1,0 +1,519 @@
+//! The dispatcher: takes decoded events in, puts each into its lane or accounts for why not.
+//!
+//! For every event of a frame, in order (the first check that fails decides):
+//!
+//! 1. **rate limit**: a frame asks its source's [`Admission`] for as many tokens as it has
+//!    events, once; events past the grant are dead-lettered `RateLimited`;
+//! 2. **size**: a payload larger than the pool slot's `P` bytes is rejected
+//!    `PayloadTooLarge`;
+//! 3. **topic**: an id not registered is dead-lettered `UnknownTopic`;
+//! 4. **control plane**: a priority the current [`Level`](crate::control::Level) sheds is
+//!    dead-lettered `Shed`;
+//! 5. **pool**: no free slot, dead-lettered `PoolExhausted`;
+//! 6. **lane**: the event is copied into its slot and the slot index pushed into the lane of
+//!    its priority; a full lane gives the slot back and dead-letters the event `LaneFull`.
+//!    Within a frame, slots are staged per lane and pushed in one batch per lane (one claim
+//!    on the ring instead of one per event); the events that do not fit are the ones
+//!    dead-lettered, so the order inside a lane is kept.
+//!
+//! Free slots come in batches too: the dispatcher keeps up to [`SLOT_BATCH`] of them,
+//! refilled from the slots the processors handed back (see [`Lanes`](crate::lanes::Lanes))
+//! or, failing that, from the pool with one CAS.
+//!
+//! Dead-lettered events get a [`DeadLetter`] record in the
+//! dead-letter ring. Every event is counted in the dispatcher's [`StageCounters`] as
+//! `ingested` and, unless queued, under its reason; a malformed frame is one ingested unit
+//! rejected with its decode error's reason ([`Dispatcher::reject_frame`]).
+
+use crate::accounting::StageCounters;
+use crate::control::ControlSignal;
+use crate::event::{Event, EventHeader, Lane, Origin};
+use crate::lanes::{DeadLetter, LaneInput};
+use crate::pool::Handle;
+use crate::ratelimit::RateLimiter;
+use crate::reason::Reason;
+use crate::wire::{DecodeError, Frame, FrameKind};
+
+/// Decides how many events a source may send now: the dispatcher's view of a rate limiter.
+/// `Sync`, so a dispatcher can move to its ingest thread.
+pub trait Admission: Sync {
+    /// Grants up to `n` events to `source` at tick `now`; returns how many (`0..=n`).
+    fn admit(&self, source: u32, n: u32, now: u64) -> u32;
+}
+
+/// Admits everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unlimited;
+
+impl Admission for Unlimited {
+    #[inline]
+    fn admit(&self, _source: u32, n: u32, _now: u64) -> u32 {
+        n
+    }
+}
+
+impl<const SOURCES: usize> Admission for RateLimiter<SOURCES> {
+    /// A source id outside the table gets nothing: the ingest side numbers its sources, so
+    /// one out of range is a configuration error, and it shows as `RateLimited` counts.
+    #[inline]
+    fn admit(&self, source: u32, n: u32, now: u64) -> u32 {
+        self.try_acquire(source, n, now).unwrap_or(0)
+    }
+}
+
+/// What happened to one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Outcome {
+    /// In its lane.
+    Queued(Lane),
+    /// Dead-lettered with this reason.
+    DeadLettered(Reason),
+    /// Rejected with this reason.
+    Rejected(Reason),
+}
+
+/// Counts for one frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FrameOutcome {
+    /// Events put into lanes.
+    pub queued: u32,
+    /// Events dead-lettered.
+    pub dead_lettered: u32,
+    /// Events (or the whole frame, as one unit) rejected.
+    pub rejected: u32,
+}
+
+impl FrameOutcome {
+    #[inline]
+    fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Queued(_) => self.queued += 1,
+            Outcome::DeadLettered(_) => self.dead_lettered += 1,
+            Outcome::Rejected(_) => self.rejected += 1,
+        }
+    }
+}
+
+/// Routes events into the lanes. One per ingest thread that owns the realtime lane's
+/// producer side (see [`Lanes`](crate::lanes::Lanes)).
+///
+/// ```
+/// use pinstream_core::accounting::StageCounters;
+/// use pinstream_core::control::ControlSignal;
+/// use pinstream_core::dispatch::{Dispatcher, Outcome, Unlimited};
+/// use pinstream_core::event::{EventHeader, Lane, Origin, Priority};
+/// use pinstream_core::lanes::Lanes;
+/// use pinstream_core::reason::Reason;
+///
+/// let mut lanes: Lanes<64, 16, 8, 8> = Lanes::new();
+/// let (input, _output, mut dead_letters) = lanes.split();
+/// let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+/// let mut dispatcher = Dispatcher::new(input, &Unlimited, &signal, 2, &counters);
+///
+/// let event = EventHeader::new(1, 0, Priority::High, 0);
+/// assert_eq!(dispatcher.dispatch(&event, b"hi", Origin::new(7, 1), 10), Outcome::Queued(Lane::Realtime));
+/// let unknown = EventHeader::new(2, 9, Priority::High, 0); // topic 9 is not registered
+/// assert_eq!(
+///     dispatcher.dispatch(&unknown, b"", Origin::new(7, 1), 10),
+///     Outcome::DeadLettered(Reason::UnknownTopic)
+/// );
+/// assert_eq!(dead_letters.pop().unwrap().reason, Reason::UnknownTopic);
+/// assert_eq!(counters.ingested.get(), 2);
+/// ```
+pub struct Dispatcher<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
+    lanes: LaneInput<'a, P, POOL, LANE, DL>,
+    admission: &'a dyn Admission,
+    control: &'a ControlSignal,
+    /// Topic ids `0..topics` are registered (a [`TopicTable`](crate::topic::TopicTable)
+    /// gives out dense ids).
+    topics: u32,
+    counters: &'a StageCounters,
+    /// Free pool slots taken in batches (one CAS per batch instead of one per event).
+    /// Invariant: `cache[..cached]` are slot indices this dispatcher owns.
+    cache: [usize; SLOT_BATCH],
+    cached: usize,
+    /// Per lane, the current frame's events waiting for their batch push (empty between
+    /// calls).
+    stage: [Stage; 3],
+}
+
+/// Events of one frame staged per lane before one batch push.
+const STAGE: usize = 64;
+
+/// Slots filled for one lane and not yet pushed, with what the outcome report needs.
+/// Invariant: `slots[..n]` are slot indices the dispatcher owns.
+struct Stage {
+    slots: [u32; STAGE],
+    /// Each staged event's index in its frame.
+    at: [u32; STAGE],
+    headers: [EventHeader; STAGE],
+    n: usize,
+}
+
+impl Stage {
+    const EMPTY: Self = Self {
+        slots: [0; STAGE],
+        at: [0; STAGE],
+        headers: [EventHeader::new(0, 0, crate::event::Priority::Batch, 0); STAGE],
+        n: 0,
+    };
+}
+
+/// Most free slots the dispatcher keeps at hand (taken from the pool in batches of at most
+/// an eighth of it, or handed back by the processors); they count as in use for the pool.
+pub const SLOT_BATCH: usize = 32;
+
+impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
+    Dispatcher<'a, P, POOL, LANE, DL>
+{
+    /// A dispatcher over `lanes`, admitting through `admission`, shedding what `control`
+    /// says, accepting topic ids below `topics` (a `TopicTable`'s `len()`), counting into
+    /// `counters` (which this dispatcher alone writes).
+    pub fn new(
+        lanes: LaneInput<'a, P, POOL, LANE, DL>,
+        admission: &'a dyn Admission,
+        control: &'a ControlSignal,
+        topics: usize,
+        counters: &'a StageCounters,
+    ) -> Self {
+        Self {
+            lanes,
+            admission,
+            control,
+            topics: u32::try_from(topics).unwrap_or(u32::MAX),
+            counters,
+            cache: [0; SLOT_BATCH],
+            cached: 0,
+            stage: [Stage::EMPTY, Stage::EMPTY, Stage::EMPTY],
+        }
+    }
+
+    /// How many slots to take per refill: `SLOT_BATCH`, less for small pools so a refill
+    /// takes at most an eighth of them (at least 1).
+    const BATCH: usize = {
+        let eighth = POOL / 8;
+        if eighth >= SLOT_BATCH {
+            SLOT_BATCH
+        } else if eighth == 0 {
+            1
+        } else {
+            eighth
+        }
+    };
+
+    /// A free slot: from the cache, refilled in a batch when empty, first from the slots the
+    /// processors handed back, then from the pool.
+    #[inline]
+    fn take_slot(&mut self) -> Option<Handle<'a, Event<P>, POOL>> {
+        if self.cached == 0 {
+            self.refill();
+            if self.cached == 0 {
+                return None;
+            }
+        }
+        self.cached -= 1;
+        // SAFETY: the index came from the recycle ring, `acquire_many` or a handle's
+        // `into_index`, all slots of this pool owned by this dispatcher now, and it leaves
+        // the cache here, once.
+        Some(unsafe { self.lanes.pool.from_index(self.cache[self.cached]) })
+    }
+
+    #[cold]
+    fn refill(&mut self) {
+        let mut back = [0u32; SLOT_BATCH];
+        let n = self.lanes.recycle.pop_slice(&mut back[..Self::BATCH]);
+        for (dst, &src) in self.cache.iter_mut().zip(&back[..n]) {
+            *dst = src as usize;
+        }
+        self.cached = if n != 0 {
+            n
+        } else {
+            self.lanes.pool.acquire_many(&mut self.cache[..Self::BATCH])
+        };
+    }
+
+    /// Puts a slot back into the cache (there is room: it was taken from it just before).
+    #[inline]
+    fn return_slot(&mut self, slot: Handle<'a, Event<P>, POOL>) {
+        if self.cached < SLOT_BATCH {
+            self.cache[self.cached] = slot.into_index();
+            self.cached += 1;
+        }
+        // else: `slot` drops here and goes straight back to the pool.
+    }
+
+    /// Registered topic ids are `0..n`: call after registering more topics.
+    pub fn set_topics(&mut self, n: usize) {
+        self.topics = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+
+    /// The counters this dispatcher writes.
+    pub fn counters(&self) -> &'a StageCounters {
+        self.counters
+    }
+
+    /// Events waiting in each lane (by [`Lane::index`]).
+    pub fn depths(&self) -> [usize; 3] {
+        self.lanes.depths()
+    }
+
+    /// Dispatches one event that arrived outside a frame (or from a frame the caller
+    /// decoded itself), taking one token from `origin.source`'s rate limit.
+    pub fn dispatch(
+        &mut self,
+        header: &EventHeader,
+        payload: &[u8],
+        origin: Origin,
+        now: u64,
+    ) -> Outcome {
+        self.counters.ingested.incr();
+        let outcome = if self.admission.admit(origin.source, 1, now) == 0 {
+            self.dead_letter(header, origin, Reason::RateLimited, now)
+        } else {
+            let level = self.control.level();
+            self.place(header, payload, origin, level, now)
+        };
+        if let Outcome::Queued(lane) = outcome {
+            self.counters.queued(lane).incr();
+        }
+        outcome
+    }
+
+    /// Dispatches every event of an EVENT or BATCH frame from `source`. Any other kind is
+    /// one unit rejected `UnexpectedKind` (HELLO and ACK are the connection's business, not
+    /// the pipeline's).
+    pub fn dispatch_frame(&mut self, frame: &Frame<'_>, source: u32, now: u64) -> FrameOutcome {
+        self.dispatch_frame_with(frame, source, now, |_, _, _| {})
+    }
+
+    /// [`dispatch_frame`](Self::dispatch_frame), calling `each(index, header, outcome)` for
+    /// every event (the host answers rejected events with REJECT frames from it).
+    pub fn dispatch_frame_with(
+        &mut self,
+        frame: &Frame<'_>,
+        source: u32,
+        now: u64,
+        mut each: impl FnMut(u32, &EventHeader, Outcome),
+    ) -> FrameOutcome {
+        let mut summary = FrameOutcome::default();
+        if !matches!(frame.kind(), FrameKind::Event | FrameKind::Batch) {
+            self.counters.ingested.incr();
+            self.counters.reason(Reason::UnexpectedKind).incr();
+            summary.rejected = 1;
+            return summary;
+        }
+        let count = frame.event_count();
+        self.counters.ingested.add(u64::from(count));
+        self.counters.frames.incr();
+        let granted = self.admission.admit(source, count, now);
+        let level = self.control.level();
+        let origin = Origin::new(source, frame.seq());
+        for (i, view) in (0u32..).zip(frame.events()) {
+            let header = view.header();
+            let stopped = if i < granted {
+                match self.prepare(&header, view.payload(), origin, level, now) {
+                    Ok(slot) => {
+                        // Lanes are filled per batch: one claim per lane and frame.
+                        let lane = header.priority.lane();
+                        let stage = &mut self.stage[lane.index()];
+                        stage.slots[stage.n] = slot.into_index() as u32;
+                        stage.at[stage.n] = i;
+                        stage.headers[stage.n] = header;
+                        stage.n += 1;
+                        if stage.n == STAGE {
+                            self.flush_stage(lane, origin, now, &mut summary, &mut each);
+                        }
+                        continue;
+                    }
+                    Err(outcome) => outcome,
+                }
+            } else {
+                self.dead_letter(&header, origin, Reason::RateLimited, now)
+            };
+            summary.add(stopped);
+            each(i, &header, stopped);
+        }
+        for lane in Lane::ALL {
+            self.flush_stage(lane, origin, now, &mut summary, &mut each);
+        }
+        summary
+    }
+
+    /// Pushes the slots staged for `lane` in one batch; those that do not fit are given back
+    /// and dead-lettered `LaneFull`.
+    #[inline]
+    fn flush_stage(
+        &mut self,
+        lane: Lane,
+        origin: Origin,
+        now: u64,
+        summary: &mut FrameOutcome,
+        each: &mut impl FnMut(u32, &EventHeader, Outcome),
+    ) {
+        let li = lane.index();
+        let n = self.stage[li].n;
+        if n == 0 {
+            return;
+        }
+        let staged = &self.stage[li].slots[..n];
+        let pushed = match lane {
+            Lane::Realtime => self.lanes.realtime.push_slice(staged),
+            Lane::Transactional => self.lanes.transactional.push_slice(staged),
+            Lane::Batch => self.lanes.batch.push_slice(staged),
+        };
+        self.counters.queued(lane).add(pushed as u64);
+        // Settle every slot's ownership before calling back: the pushed ones belong to the
+        // lane now; the rest come back and are dead-lettered. A panicking callback then
+        // leaks nothing.
+        for j in pushed..n {
+            // SAFETY: a staged index is a slot this dispatcher owns (from `into_index` in
+            // `dispatch_frame_with`); it did not enter the lane, and leaves the stage here,
+            // once.
+            let slot = unsafe { self.lanes.pool.from_index(self.stage[li].slots[j] as usize) };
+            self.return_slot(slot);
+            let header = self.stage[li].headers[j];
+            self.dead_letter(&header, origin, Reason::LaneFull, now);
+        }
+        self.stage[li].n = 0;
+        for j in 0..n {
+            let (header, at) = (self.stage[li].headers[j], self.stage[li].at[j]);
+            let outcome = if j < pushed {
+                Outcome::Queued(lane)
+            } else {
+                Outcome::DeadLettered(Reason::LaneFull)
+            };
+            summary.add(outcome);
+            each(at, &header, outcome);
+        }
+    }
+
+    /// Counts a frame that failed to decode: one unit, ingested and rejected with the
+    /// error's reason.
+    pub fn reject_frame(&mut self, error: DecodeError) {
+        self.reject_unit(error.reason());
+    }
+
+    /// Counts one unit ingested and rejected with `reason` (input the caller refused before
+    /// it reached the dispatcher, e.g. a frame from a connection that was not set up).
+    pub fn reject_unit(&mut self, reason: Reason) {
+        self.counters.ingested.incr();
+        self.counters.reason(reason).incr();
+    }
+
+    /// Steps 2 to 5 of the module docs for one event already admitted by the rate limiter:
+    /// its filled slot, or the outcome that stopped it.
+    #[inline]
+    fn prepare(
+        &mut self,
+        header: &EventHeader,
+        payload: &[u8],
+        origin: Origin,
+        level: crate::control::Level,
+        now: u64,
+    ) -> Result<Handle<'a, Event<P>, POOL>, Outcome> {
+        if payload.len() > P {
+            self.counters.reason(Reason::PayloadTooLarge).incr();
+            return Err(Outcome::Rejected(Reason::PayloadTooLarge));
+        }
+        if u32::from(header.topic) >= self.topics {
+            return Err(self.dead_letter(header, origin, Reason::UnknownTopic, now));
+        }
+        if level.sheds(header.priority) {
+            return Err(self.dead_letter(header, origin, Reason::Shed, now));
+        }
+        let Some(mut slot) = self.take_slot() else {
+            return Err(self.dead_letter(header, origin, Reason::PoolExhausted, now));
+        };
+        fill(&mut slot, header, origin, payload, now);
+        Ok(slot)
+    }
+
+    /// Steps 2 to 6 for a single event: pushed into its lane at once.
+    fn place(
+        &mut self,
+        header: &EventHeader,
+        payload: &[u8],
+        origin: Origin,
+        level: crate::control::Level,
+        now: u64,
+    ) -> Outcome {
+        let slot = match self.prepare(header, payload, origin, level, now) {
+            Ok(slot) => slot,
+            Err(outcome) => return outcome,
+        };
+        let lane = header.priority.lane();
+        match self.lanes.push(lane, slot) {
+            Ok(()) => Outcome::Queued(lane),
+            Err(slot) => {
+                self.return_slot(slot);
+                self.dead_letter(header, origin, Reason::LaneFull, now)
+            }
+        }
+    }
+
+    #[cold]
+    fn dead_letter(
+        &mut self,
+        header: &EventHeader,
+        origin: Origin,
+        reason: Reason,
+        now: u64,
+    ) -> Outcome {
+        self.counters.reason(reason).incr();
+        self.lanes.dead.write(
+            DeadLetter {
+                header: *header,
+                origin,
+                reason,
+                tick: now,
+                events: 1,
+            },
+            &self.counters.dead_letter_overflow,
+        );
+        Outcome::DeadLettered(reason)
+    }
+}
+
+/// Writes the event into its slot; the caller checked `payload.len() <= P`.
+#[inline(always)]
+fn fill<const P: usize>(
+    slot: &mut Event<P>,
+    header: &EventHeader,
+    origin: Origin,
+    payload: &[u8],
+    now: u64,
+) {
+    let filled = slot.fill(*header, origin, payload);
+    debug_assert!(filled.is_ok(), "payload length checked by the caller");
+    slot.received = now;
+}
+
+impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize> Drop
+    for Dispatcher<'_, P, POOL, LANE, DL>
+{
+    fn drop(&mut self) {
+        // SAFETY: `cache[..cached]` are slots this dispatcher owns (the field's invariant),
+        // given back once; the dispatcher is going away.
+        unsafe { self.lanes.pool.release_many(&self.cache[..self.cached]) };
+        // Staged slots are left only if a callback panicked mid-frame; they are ours too.
+        for stage in &self.stage {
+            for &index in &stage.slots[..stage.n] {
+                // SAFETY: `slots[..n]` are owned slot indices (the stage's invariant).
+                drop(unsafe { self.lanes.pool.from_index(index as usize) });
+            }
+        }
+    }
+}
+
+impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize> core::fmt::Debug
+    for Dispatcher<'_, P, POOL, LANE, DL>
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("topics", &self.topics)
+            .field("level", &self.control.level())
+            .finish_non_exhaustive()
+    }
+}

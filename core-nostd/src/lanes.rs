@@ -1,0 +1,329 @@
+//! The engine's shared memory: the event pool, the three lanes and the dead-letter ring.
+//!
+//! [`Lanes`] owns them all, sized by const generics, and can live in a `static`:
+//!
+//! - `P`: payload bytes per event slot;
+//! - `POOL`: event slots (at most `u32::MAX`);
+//! - `LANE`: capacity of each lane, a power of two (the transactional and batch lanes are
+//!   [`Mpsc`] rings);
+//! - `DL`: capacity of the dead-letter ring, a power of two.
+//!
+//! Lanes carry pool slot indices, never events: an event is written once into its slot by the
+//! dispatcher and read in place by the processor. [`Lanes::split`] hands out the two sides,
+//! [`LaneInput`] (for a [`Dispatcher`](crate::dispatch::Dispatcher)) and [`LaneOutput`] (for
+//! the [`Processors`](crate::process::Processors)), plus the [`DeadLetters`] reader. The
+//! realtime lane is a single-producer ring, so there is one `LaneInput`; more ingest threads
+//! share one dispatcher or need lanes of their own.
+//!
+//! The rings are private to this module and its users in the crate: only indices taken from
+//! the pool by the dispatcher ever enter them, which is what makes turning an index back
+//! into a slot handle sound.
+
+use core::fmt;
+
+use crate::event::{Event, EventHeader, Lane, Origin};
+use crate::metrics::Counter;
+use crate::pool::{EventPool, Handle};
+use crate::reason::Reason;
+use crate::ring::{Consumer, Mpsc, MpscConsumer, Producer, Spsc};
+
+/// Capacity of the ring that hands free slots from the processors back to the dispatcher.
+const RECYCLE: usize = 64;
+
+/// A record of an event that was dead-lettered: what it was, where from, why and when.
+/// The payload is not kept (the producer, told by its ack, resends by id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DeadLetter {
+    /// The event's header.
+    pub header: EventHeader,
+    /// Who sent it, in which frame.
+    pub origin: Origin,
+    /// Why it was not stored.
+    pub reason: Reason,
+    /// The engine tick of the decision.
+    pub tick: u64,
+    /// How many events this record stands for: 1, or the event count of an aggregate whose
+    /// storing failed (then `header` describes the aggregate's topic and window).
+    pub events: u32,
+}
+
+/// The pool, the lanes and the dead-letter ring. See the module docs for the parameters.
+pub struct Lanes<const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
+    pool: EventPool<Event<P>, POOL>,
+    realtime: Spsc<u32, LANE>,
+    transactional: Mpsc<u32, LANE>,
+    batch: Mpsc<u32, LANE>,
+    dead: Mpsc<DeadLetter, DL>,
+    /// Slots the processors are done with, on their way back to the dispatcher. Going
+    /// through the pool's free list instead would cost the dispatcher one cache miss per
+    /// slot (walking links the other core just wrote); this ring hands them over in a few
+    /// contiguous cache lines. It is small on purpose: slots that do not fit go back to the
+    /// pool's free list, so the slots in circulation stay few and warm in cache (a ring as
+    /// large as the pool would cycle through every slot).
+    recycle: Spsc<u32, RECYCLE>,
+}
+
+impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
+    Lanes<P, POOL, LANE, DL>
+{
+    crate::sync::const_fn! {
+        /// Empty lanes and a pool of `POOL` free slots.
+        pub fn new() -> Self {
+            const { assert!(POOL <= u32::MAX as usize, "pool slot indices travel as u32") };
+            Self {
+                pool: EventPool::new(Event::EMPTY),
+                realtime: Spsc::new(),
+                transactional: Mpsc::new(),
+                batch: Mpsc::new(),
+                dead: Mpsc::new(),
+                recycle: Spsc::new(),
+            }
+        }
+    }
+
+    /// The dispatcher's side, the processors' side and the dead-letter reader. Borrows the
+    /// lanes mutably, so it can be called once per borrow.
+    pub fn split(
+        &mut self,
+    ) -> (
+        LaneInput<'_, P, POOL, LANE, DL>,
+        LaneOutput<'_, P, POOL, LANE, DL>,
+        DeadLetters<'_, DL>,
+    ) {
+        // No side of an earlier split can exist while we hold `&mut self`; one that was
+        // leaked would otherwise keep its consumer marked as taken.
+        self.transactional.reclaim_consumer();
+        self.batch.reclaim_consumer();
+        self.dead.reclaim_consumer();
+        let (rt_in, rt_out) = self.realtime.split();
+        let (back_in, back_out) = self.recycle.split();
+        Self::sides(
+            &self.pool,
+            (rt_in, rt_out),
+            (back_in, back_out),
+            &self.transactional,
+            &self.batch,
+            &self.dead,
+        )
+        // The consumers were reclaimed above, so `sides` cannot fail here.
+        .expect("consumers are free while the lanes are borrowed mutably")
+    }
+
+    /// [`split`](Self::split) for lanes in a `static`; `None` after the first call.
+    pub fn try_split(
+        &'static self,
+    ) -> Option<(
+        LaneInput<'static, P, POOL, LANE, DL>,
+        LaneOutput<'static, P, POOL, LANE, DL>,
+        DeadLetters<'static, DL>,
+    )> {
+        let realtime = self.realtime.try_split()?;
+        let recycle = self.recycle.try_split()?;
+        Self::sides(
+            &self.pool,
+            realtime,
+            recycle,
+            &self.transactional,
+            &self.batch,
+            &self.dead,
+        )
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn sides<'a>(
+        pool: &'a EventPool<Event<P>, POOL>,
+        (rt_in, rt_out): (Producer<'a, u32, LANE>, Consumer<'a, u32, LANE>),
+        (back_in, back_out): (Producer<'a, u32, RECYCLE>, Consumer<'a, u32, RECYCLE>),
+        transactional: &'a Mpsc<u32, LANE>,
+        batch: &'a Mpsc<u32, LANE>,
+        dead: &'a Mpsc<DeadLetter, DL>,
+    ) -> Option<(
+        LaneInput<'a, P, POOL, LANE, DL>,
+        LaneOutput<'a, P, POOL, LANE, DL>,
+        DeadLetters<'a, DL>,
+    )> {
+        let tx_out = transactional.consumer()?;
+        let batch_out = batch.consumer()?;
+        let dead_out = dead.consumer()?;
+        Some((
+            LaneInput {
+                pool,
+                realtime: rt_in,
+                transactional,
+                batch,
+                dead: DeadLetterWriter { ring: dead },
+                recycle: back_out,
+            },
+            LaneOutput {
+                pool,
+                realtime: rt_out,
+                transactional: tx_out,
+                batch: batch_out,
+                dead: DeadLetterWriter { ring: dead },
+                recycle: back_in,
+            },
+            DeadLetters { ring: dead_out },
+        ))
+    }
+}
+
+impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize> Default
+    for Lanes<P, POOL, LANE, DL>
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize> fmt::Debug
+    for Lanes<P, POOL, LANE, DL>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lanes")
+            .field("payload", &P)
+            .field("pool", &POOL)
+            .field("lane", &LANE)
+            .field("dead_letters", &DL)
+            .finish()
+    }
+}
+
+/// Writes dead-letter records; a full ring is counted, never blocks.
+pub(crate) struct DeadLetterWriter<'a, const DL: usize> {
+    ring: &'a Mpsc<DeadLetter, DL>,
+}
+
+impl<const DL: usize> DeadLetterWriter<'_, DL> {
+    /// Pushes `record`; when the ring is full counts it in `overflow` instead.
+    #[inline]
+    pub(crate) fn write(&self, record: DeadLetter, overflow: &Counter) {
+        if self.ring.push(record).is_err() {
+            overflow.incr();
+        }
+    }
+}
+
+/// The dead-letter ring's reader (the host writes the records to its dead-letter log).
+pub struct DeadLetters<'a, const DL: usize> {
+    ring: MpscConsumer<'a, DeadLetter, DL>,
+}
+
+impl<const DL: usize> DeadLetters<'_, DL> {
+    /// The next record, if any.
+    #[inline]
+    pub fn pop(&mut self) -> Option<DeadLetter> {
+        self.ring.pop()
+    }
+
+    /// Calls `f` on up to `max` records; returns how many.
+    pub fn drain(&mut self, max: usize, f: impl FnMut(DeadLetter)) -> usize {
+        self.ring.pop_each(max, f)
+    }
+
+    /// Records waiting.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Whether none is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+}
+
+impl<const DL: usize> fmt::Debug for DeadLetters<'_, DL> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("waiting", &self.ring.len())
+            .finish()
+    }
+}
+
+/// The dispatcher's side of the lanes: the pool to take slots from, the lane producers and
+/// the dead-letter writer.
+pub struct LaneInput<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
+    pub(crate) pool: &'a EventPool<Event<P>, POOL>,
+    pub(crate) realtime: Producer<'a, u32, LANE>,
+    pub(crate) transactional: &'a Mpsc<u32, LANE>,
+    pub(crate) batch: &'a Mpsc<u32, LANE>,
+    pub(crate) dead: DeadLetterWriter<'a, DL>,
+    /// Slots handed back by the processors; every index in it is a slot owned by the ring.
+    pub(crate) recycle: Consumer<'a, u32, RECYCLE>,
+}
+
+impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
+    LaneInput<'a, P, POOL, LANE, DL>
+{
+    /// Puts the event in `slot` into `lane`; gives the slot back when the lane is full.
+    #[inline]
+    pub(crate) fn push(
+        &mut self,
+        lane: Lane,
+        slot: Handle<'a, Event<P>, POOL>,
+    ) -> Result<(), Handle<'a, Event<P>, POOL>> {
+        // `into_index` gives up the handle; the index becomes a handle again either in the
+        // processor (after the pop) or right here if the push fails. POOL <= u32::MAX.
+        let index = slot.into_index() as u32;
+        let pushed = match lane {
+            Lane::Realtime => self.realtime.push(index).is_ok(),
+            Lane::Transactional => self.transactional.push(index).is_ok(),
+            Lane::Batch => self.batch.push(index).is_ok(),
+        };
+        if pushed {
+            Ok(())
+        } else {
+            // SAFETY: `index` came from `into_index` on a handle of this pool just above
+            // and did not enter a ring, so this is its only way back.
+            Err(unsafe { self.pool.from_index(index as usize) })
+        }
+    }
+
+    /// Events waiting in each lane (by [`Lane::index`]).
+    pub fn depths(&self) -> [usize; 3] {
+        [
+            self.realtime.len(),
+            self.transactional.len(),
+            self.batch.len(),
+        ]
+    }
+}
+
+/// The processors' side of the lanes: the lane consumers, the pool the slots go back to and
+/// the dead-letter writer.
+pub struct LaneOutput<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
+    pub(crate) pool: &'a EventPool<Event<P>, POOL>,
+    pub(crate) realtime: Consumer<'a, u32, LANE>,
+    pub(crate) transactional: MpscConsumer<'a, u32, LANE>,
+    pub(crate) batch: MpscConsumer<'a, u32, LANE>,
+    pub(crate) dead: DeadLetterWriter<'a, DL>,
+    /// Where the processors put slots they are done with (see [`Lanes`]).
+    pub(crate) recycle: Producer<'a, u32, RECYCLE>,
+}
+
+impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
+    LaneOutput<'a, P, POOL, LANE, DL>
+{
+    /// Takes the next event of `lane` as its pool slot.
+    #[inline]
+    pub(crate) fn pop(&mut self, lane: Lane) -> Option<Handle<'a, Event<P>, POOL>> {
+        let index = match lane {
+            Lane::Realtime => self.realtime.pop(),
+            Lane::Transactional => self.transactional.pop(),
+            Lane::Batch => self.batch.pop(),
+        }?;
+        // SAFETY: only `LaneInput::push` puts indices into the lanes (the rings are private
+        // to `Lanes`), each from `into_index` on a handle of this pool, and each index is
+        // popped once.
+        Some(unsafe { self.pool.from_index(index as usize) })
+    }
+
+    /// Events waiting in each lane (by [`Lane::index`]).
+    pub fn depths(&mut self) -> [usize; 3] {
+        [
+            self.realtime.len(),
+            self.transactional.len(),
+            self.batch.len(),
+        ]
+    }
+}

@@ -1,0 +1,69 @@
+//! The transactional lane's processor: drops repeats of an event id within a window.
+//!
+//! Each event's id (the producer's idempotency key) goes through a [`DedupTable`] owned by
+//! this processor (the single-owner fast path). A repeat within the window is dead-lettered
+//! `Duplicate`; an id the table has no room to check is dead-lettered `DedupFull` (never
+//! stored unchecked). An event admitted here and then dead-lettered after all (the sink
+//! refused it on every retry) is forgotten again, so the producer's resend is not taken for a
+//! duplicate of something that was never stored.
+
+use crate::dedup::{DedupTable, Verdict};
+use crate::reason::Reason;
+
+/// Deduplication over `D` slots (a power of two; size it at about four times the ids live
+/// within one window, see [`DedupTable`]).
+///
+/// ```
+/// use pinstream_core::process::transactional::TransactionalProcessor;
+/// use pinstream_core::reason::Reason;
+///
+/// let mut tx: TransactionalProcessor<64> = TransactionalProcessor::new(1_000);
+/// assert_eq!(tx.admit(7, 0), Ok(()));
+/// assert_eq!(tx.admit(7, 999), Err(Reason::Duplicate));
+/// assert_eq!(tx.admit(7, 1_000), Ok(())); // the window counts from the first sighting
+/// ```
+pub struct TransactionalProcessor<const D: usize> {
+    dedup: DedupTable<D>,
+}
+
+impl<const D: usize> TransactionalProcessor<D> {
+    crate::sync::const_fn! {
+        /// A processor remembering ids for `window` ticks.
+        pub fn new(window: u64) -> Self {
+            Self { dedup: DedupTable::new(window) }
+        }
+    }
+
+    /// Whether the event with `id` may go on to the sink at tick `now`.
+    ///
+    /// # Errors
+    /// `Reason::Duplicate` for a repeat within the window, `Reason::DedupFull` when the
+    /// table cannot check the id.
+    #[inline]
+    pub fn admit(&mut self, id: u64, now: u64) -> Result<(), Reason> {
+        match self.dedup.check_and_insert_mut(id, now) {
+            Verdict::New => Ok(()),
+            Verdict::Duplicate => Err(Reason::Duplicate),
+            Verdict::Full => Err(Reason::DedupFull),
+        }
+    }
+
+    /// Forgets `id` as admitted at tick `admitted` (its event was dead-lettered after
+    /// being admitted); a later admission of the same id is kept.
+    pub fn forget(&mut self, id: u64, admitted: u64) {
+        self.dedup.forget_mut(id, admitted);
+    }
+
+    /// The deduplication window in ticks.
+    pub const fn window(&self) -> u64 {
+        self.dedup.window()
+    }
+}
+
+impl<const D: usize> core::fmt::Debug for TransactionalProcessor<D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TransactionalProcessor")
+            .field("dedup", &self.dedup)
+            .finish()
+    }
+}
