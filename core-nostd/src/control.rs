@@ -372,7 +372,7 @@ impl Default for ControlSignal {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -336,7 +336,7 @@ impl<const P: usize> PartialEq for Event<P> {
 
 impl<const P: usize> Eq for Event<P> {}
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

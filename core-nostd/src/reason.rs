@@ -164,7 +164,7 @@ impl fmt::Display for Reason {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

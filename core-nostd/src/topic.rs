@@ -176,7 +176,7 @@ impl<const N: usize, const L: usize> fmt::Debug for TopicTable<N, L> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

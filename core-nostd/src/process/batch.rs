@@ -193,7 +193,7 @@ impl<const T: usize> BatchProcessor<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::vec::Vec;

@@ -157,7 +157,7 @@ impl<const R: usize> Default for RealtimeProcessor<R> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::event::Priority;

@@ -435,7 +435,7 @@ impl Default for Crc32c {
 }
 
 /// Test access to the individual implementations.
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 pub(crate) mod imp {
     /// The software path on the raw register.
     pub(crate) fn software(reg: u32, data: &[u8]) -> u32 {

@@ -74,9 +74,9 @@ mod decoder;
 mod encode;
 mod frame;
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod proptests;
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;
 
 use core::fmt;
