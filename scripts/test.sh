@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 
-BARE_METAL_TARGETS=(thumbv7em-none-eabihf thumbv6m-none-eabi riscv32imac-unknown-none-elf x86_64-unknown-none)
+BARE_METAL_TARGETS=(thumbv7em-none-eabihf thumbv7m-none-eabi thumbv6m-none-eabi riscv32imac-unknown-none-elf x86_64-unknown-none)
 passed=0
 step() {
     local name=$1
@@ -70,6 +70,42 @@ docs() {
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 }
 
+firmware() {
+    # The core in no-heap firmware under QEMU (firmware/README.md). Needs qemu-system-arm and
+    # binutils-arm-none-eabi (Debian packages; .ci/run installs them).
+    for tool in qemu-system-arm arm-none-eabi-size; do
+        if ! command -v "$tool" > /dev/null; then
+            echo "missing $tool: apt-get install qemu-system-arm binutils-arm-none-eabi"
+            return 1
+        fi
+    done
+    (
+        cd firmware
+        cargo fmt --check
+        cargo clippy --release -- -D warnings
+        # The scenario, as the README's firmware command runs it, then as a test.
+        cargo run --release
+        cargo test --release
+        # Cortex-M0 (no CAS): the final binary picks critical-section (single core).
+        cargo build --release --target thumbv6m-none-eabi --features no-cas
+        # The core's defmt feature with a real logger.
+        cargo build --release --features defmt
+        # Must fail: a firmware that pulls in `alloc` has no allocator to link.
+        local out
+        if out=$(cargo build --release --features alloc-probe 2>&1); then
+            echo "the alloc-probe firmware linked: it must not"
+            return 1
+        fi
+        if ! grep -q "no global memory allocator found" <<< "$out"; then
+            echo "the alloc-probe firmware failed for another reason:"
+            echo "$out"
+            return 1
+        fi
+        echo "alloc-probe: refused as expected (no global memory allocator)"
+        arm-none-eabi-size target/thumbv7m-none-eabi/release/pinstream-firmware
+    )
+}
+
 demo() {
     # The README's first command, on fewer items.
     cargo run --release -p pinstream -- demo --items 200000
@@ -84,6 +120,7 @@ if ! $quick; then
     step "bare-metal builds" bare_metal
     step "benches compile (never run in CI)" cargo bench --workspace --no-run
     step "demo (README's run command)" demo
+    step "firmware under QEMU (run, test, thumbv6m, defmt, no-alloc check)" firmware
     step "miri (stacked + tree borrows)" miri
     step "loom models" loom
 fi
