@@ -20,7 +20,7 @@
 //! refilled from the slots the processors handed back (see [`Lanes`](crate::lanes::Lanes))
 //! or, failing that, from the pool with one CAS.
 //!
-//! Dead-lettered events get a [`DeadLetter`] record in the
+//! Dead-lettered events get a [`DeadLetter`](crate::lanes::DeadLetter) record in the
 //! dead-letter ring. Every event is counted in the dispatcher's [`StageCounters`] as
 //! `ingested` and, unless queued, under its reason; a malformed frame is one ingested unit
 //! rejected with its decode error's reason ([`Dispatcher::reject_frame`]).
@@ -28,7 +28,7 @@
 use crate::accounting::StageCounters;
 use crate::control::ControlSignal;
 use crate::event::{Event, EventHeader, Lane, Origin};
-use crate::lanes::{DeadLetter, LaneInput};
+use crate::lanes::LaneInput;
 use crate::pool::Handle;
 use crate::ratelimit::RateLimiter;
 use crate::reason::Reason;
@@ -461,17 +461,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         reason: Reason,
         now: u64,
     ) -> Outcome {
-        self.counters.reason(reason).incr();
-        self.lanes.dead.write(
-            DeadLetter {
-                header: *header,
-                origin,
-                reason,
-                tick: now,
-                events: 1,
-            },
-            &self.counters.dead_letter_overflow,
-        );
+        self.lanes
+            .dead
+            .record(self.counters, header, origin, reason, now, 1);
         Outcome::DeadLettered(reason)
     }
 }

@@ -21,8 +21,8 @@
 
 use core::fmt;
 
+use crate::accounting::StageCounters;
 use crate::event::{Event, EventHeader, Lane, Origin};
-use crate::metrics::Counter;
 use crate::pool::{EventPool, Handle};
 use crate::reason::Reason;
 use crate::ring::{Consumer, Mpsc, MpscConsumer, Producer, Spsc};
@@ -195,11 +195,28 @@ pub(crate) struct DeadLetterWriter<'a, const DL: usize> {
 }
 
 impl<const DL: usize> DeadLetterWriter<'_, DL> {
-    /// Pushes `record`; when the ring is full counts it in `overflow` instead.
-    #[inline]
-    pub(crate) fn write(&self, record: DeadLetter, overflow: &Counter) {
+    /// Dead-letters `events` events described by `header` / `origin`: counts them under
+    /// `reason` in `counters` and pushes one record; when the ring is full, counts the
+    /// missing record in `dead_letter_overflow` instead (the events stay counted).
+    pub(crate) fn record(
+        &self,
+        counters: &StageCounters,
+        header: &EventHeader,
+        origin: Origin,
+        reason: Reason,
+        tick: u64,
+        events: u64,
+    ) {
+        counters.reason(reason).add(events);
+        let record = DeadLetter {
+            header: *header,
+            origin,
+            reason,
+            tick,
+            events: u32::try_from(events).unwrap_or(u32::MAX),
+        };
         if self.ring.push(record).is_err() {
-            overflow.incr();
+            counters.dead_letter_overflow.incr();
         }
     }
 }

@@ -75,3 +75,5 @@ pub mod wire;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
+#[cfg(all(test, not(loom)))]
+mod test_rng;

@@ -1,4 +1,4 @@
-//! Shared helpers for pinstream's cross-crate tests.
+//! Shared helpers for pinstream's cross-crate tests: a counting allocator and a seeded RNG.
 //!
 //! [`CountingAllocator`] wraps the system allocator and counts allocations made by threads
 //! by the calling thread while it is armed ([`CountingAllocator::count_in`]), so a test can
@@ -89,5 +89,30 @@ unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `ptr`/`layout` came from this allocator, i.e. from `System`.
         unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+/// A small seeded generator (splitmix64) for deterministic simulations: no dependency, and a
+/// failing seed replays exactly.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (modulo bias is irrelevant for a simulation).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `permille / 1000`.
+    pub fn chance(&mut self, permille: u64) -> bool {
+        self.below(1000) < permille
     }
 }

@@ -21,27 +21,7 @@ use pinstream_core::ratelimit::{RateConfig, RateLimiter};
 use pinstream_core::reason::Reason;
 use pinstream_core::topic::TopicTable;
 use pinstream_core::wire::{BatchEncoder, StreamDecoder};
-
-/// SplitMix64: small, seeded, good enough to drive a simulation.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, permille: u64) -> bool {
-        self.below(1000) < permille
-    }
-}
+use pinstream_tests::Rng;
 
 /// The sink: refuses a share of records (seeded), remembers what it took by serial number.
 struct SimSink {

@@ -3,33 +3,7 @@ use std::thread;
 use std::vec::Vec;
 
 use super::*;
-
-/// A small seeded generator (splitmix64): the tests need no dependency and replay exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// Log-uniform over the whole u64 range: every bit length equally likely.
-    fn log_uniform(&mut self) -> u64 {
-        let bits = self.below(65) as u32;
-        if bits == 0 {
-            0
-        } else {
-            self.next() >> (64 - bits)
-        }
-    }
-}
+use crate::test_rng::Rng;
 
 const VALUES: usize = if cfg!(miri) { 300 } else { 50_000 };
 const ROUNDS: u64 = if cfg!(miri) { 2 } else { 20 };

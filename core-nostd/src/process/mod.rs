@@ -28,7 +28,7 @@ use core::fmt;
 
 use crate::accounting::StageCounters;
 use crate::event::{Event, EventHeader, Lane, Origin, Priority};
-use crate::lanes::{DeadLetter, LaneOutput};
+use crate::lanes::LaneOutput;
 use crate::pool::Handle;
 use crate::reason::Reason;
 
@@ -705,17 +705,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
         now: u64,
         events: u64,
     ) {
-        self.counters.reason(reason).add(events);
-        self.lanes.dead.write(
-            DeadLetter {
-                header: *header,
-                origin,
-                reason,
-                tick: now,
-                events: u32::try_from(events).unwrap_or(u32::MAX),
-            },
-            &self.counters.dead_letter_overflow,
-        );
+        self.lanes
+            .dead
+            .record(self.counters, header, origin, reason, now, events);
     }
 }
 

@@ -5,28 +5,12 @@ use std::thread;
 use std::vec::Vec;
 
 use super::*;
+use crate::test_rng::Rng;
 
 const NS: u64 = 1_000_000_000;
 
 fn cfg(rate: u64, per_ticks: u64, burst: u32) -> RateConfig {
     RateConfig::new(rate, per_ticks, burst).unwrap()
-}
-
-/// splitmix64, seeded: reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[test]
