@@ -14,7 +14,8 @@
 //! attempt ([`RetryPolicy`]); after `max_attempts` refusals it is dead-lettered
 //! `RetriesExhausted` (a transactional event's id is then forgotten by the dedup window, so a
 //! resend is not a duplicate). While the retry queue is full the processors stop taking
-//! events out of the lanes and stop closing windows: the lanes fill and the dispatcher
+//! events out of the realtime and transactional lanes and stop closing windows, and the
+//! batch lane waits as soon as a window is due: the lanes fill and the dispatcher
 //! dead-letters `LaneFull`, so a stuck sink turns into visible back-pressure, not loss.
 //!
 //! Batch-lane events count as stored when the aggregate covering them is stored, and as
