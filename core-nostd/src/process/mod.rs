@@ -372,6 +372,23 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
         }
     }
 
+    /// The next event of `lane`, its time in the lane recorded.
+    #[inline(always)]
+    fn take(&mut self, lane: Lane, now: u64) -> Option<Handle<'a, Event<P>, POOL>> {
+        let slot = self.lanes.pop(lane)?;
+        self.counters
+            .lane_wait
+            .record(now.saturating_sub(slot.received));
+        Some(slot)
+    }
+
+    /// Counts `taken` events out of `lane` (once per loop, not per event).
+    #[inline(always)]
+    fn count_taken(&self, lane: Lane, taken: usize, summary: &mut PollSummary) {
+        self.counters.processed[lane.index()].add(taken as u64);
+        summary.taken += taken as u32;
+    }
+
     fn take_realtime<const R: usize, const D: usize, const T: usize>(
         &mut self,
         procs: &mut LaneProcessors<R, D, T>,
@@ -383,13 +400,10 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
     ) {
         let mut taken = 0;
         while taken < budget && self.parked < RQ {
-            let Some(slot) = self.lanes.pop(Lane::Realtime) else {
+            let Some(slot) = self.take(Lane::Realtime, now) else {
                 break;
             };
             taken += 1;
-            self.counters
-                .lane_wait
-                .record(now.saturating_sub(slot.received));
             let fired = procs
                 .realtime
                 .evaluate(&slot.header, slot.payload(), alerts);
@@ -398,8 +412,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
             }
             self.store_event(procs, slot, Lane::Realtime, sink, now, summary);
         }
-        self.counters.processed[Lane::Realtime.index()].add(taken as u64);
-        summary.taken += taken as u32;
+        self.count_taken(Lane::Realtime, taken, summary);
     }
 
     fn take_transactional<const R: usize, const D: usize, const T: usize>(
@@ -412,13 +425,10 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
     ) {
         let mut taken = 0;
         while taken < budget && self.parked < RQ {
-            let Some(slot) = self.lanes.pop(Lane::Transactional) else {
+            let Some(slot) = self.take(Lane::Transactional, now) else {
                 break;
             };
             taken += 1;
-            self.counters
-                .lane_wait
-                .record(now.saturating_sub(slot.received));
             match procs.transactional.admit(slot.header.id, now) {
                 Ok(()) => self.store_event(procs, slot, Lane::Transactional, sink, now, summary),
                 Err(reason) => {
@@ -427,8 +437,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                 }
             }
         }
-        self.counters.processed[Lane::Transactional.index()].add(taken as u64);
-        summary.taken += taken as u32;
+        self.count_taken(Lane::Transactional, taken, summary);
     }
 
     fn take_batch<const R: usize, const D: usize, const T: usize>(
@@ -449,13 +458,10 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
         }
         let mut taken = 0;
         while taken < budget {
-            let Some(slot) = self.lanes.pop(Lane::Batch) else {
+            let Some(slot) = self.take(Lane::Batch, now) else {
                 break;
             };
             taken += 1;
-            self.counters
-                .lane_wait
-                .record(now.saturating_sub(slot.received));
             let h = &slot.header;
             if procs
                 .batch
@@ -467,8 +473,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
             }
             self.recycle(slot);
         }
-        self.counters.processed[Lane::Batch.index()].add(taken as u64);
-        summary.taken += taken as u32;
+        self.count_taken(Lane::Batch, taken, summary);
     }
 
     fn close_windows<const R: usize, const D: usize, const T: usize>(
