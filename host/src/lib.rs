@@ -5,5 +5,13 @@
 //! rest of the crate has no `unsafe`.
 #![deny(unsafe_code)]
 
+pub mod admin;
+pub mod config;
+pub mod idle;
+pub mod ingest;
+pub mod numa;
 pub mod pin;
+pub mod stats;
+pub mod storage;
+pub mod topology;
 mod sys;

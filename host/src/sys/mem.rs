@@ -1,0 +1,1 @@
+//! Memory placement syscalls (in progress).

@@ -1,0 +1,1 @@
+//! Socket syscalls (in progress).
