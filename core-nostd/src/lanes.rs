@@ -48,6 +48,25 @@ pub struct DeadLetter {
     pub events: u32,
 }
 
+impl DeadLetter {
+    /// A record of `events` events (saturating at `u32::MAX`).
+    pub fn new(
+        header: &EventHeader,
+        origin: Origin,
+        reason: Reason,
+        tick: u64,
+        events: u64,
+    ) -> Self {
+        Self {
+            header: *header,
+            origin,
+            reason,
+            tick,
+            events: u32::try_from(events).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// The pool, the lanes and the dead-letter ring. See the module docs for the parameters.
 pub struct Lanes<const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
     pool: EventPool<Event<P>, POOL>,
@@ -208,13 +227,14 @@ impl<const DL: usize> DeadLetterWriter<'_, DL> {
         events: u64,
     ) {
         counters.reason(reason).add(events);
-        let record = DeadLetter {
-            header: *header,
-            origin,
-            reason,
-            tick,
-            events: u32::try_from(events).unwrap_or(u32::MAX),
-        };
+        self.push(
+            counters,
+            DeadLetter::new(header, origin, reason, tick, events),
+        );
+    }
+
+    /// Pushes a record already counted; a full ring is counted, never waited on.
+    pub(crate) fn push(&self, counters: &StageCounters, record: DeadLetter) {
         if self.ring.push(record).is_err() {
             counters.dead_letter_overflow.incr();
         }

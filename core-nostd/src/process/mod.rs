@@ -29,7 +29,7 @@ use core::fmt;
 
 use crate::accounting::StageCounters;
 use crate::event::{Event, EventHeader, Lane, Origin, Priority};
-use crate::lanes::LaneOutput;
+use crate::lanes::{DeadLetter, LaneOutput};
 use crate::pool::Handle;
 use crate::reason::Reason;
 
@@ -106,6 +106,19 @@ pub trait Sink {
     /// # Errors
     /// [`SinkError`] when the record cannot be taken now.
     fn store(&mut self, record: &Record<'_>) -> Result<(), SinkError>;
+
+    /// Offered each dead letter the processors decide (a duplicate, a record whose retries
+    /// ran out, an event of a topic the batch lane does not know), already counted, before
+    /// it would go to the dead-letter ring. Return `true` when the sink recorded it itself:
+    /// the host writes it to its dead-letter log at once, in order with the records it
+    /// stores, and so can settle the producer's acknowledgement without a ring that may be
+    /// full. The default returns `false`: the record goes to the ring
+    /// ([`DeadLetters`](crate::lanes::DeadLetters)), which the dispatcher's dead letters
+    /// share.
+    fn dead_letter(&mut self, record: &DeadLetter) -> bool {
+        let _ = record;
+        false
+    }
 }
 
 /// How often and how patiently a refused record is retried.
@@ -432,7 +445,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
             match procs.transactional.admit(slot.header.id, now) {
                 Ok(()) => self.store_event(procs, slot, Lane::Transactional, sink, now, summary),
                 Err(reason) => {
-                    self.dead_letter(&slot.header, slot.origin, reason, now, 1);
+                    self.dead_letter(sink, &slot.header, slot.origin, reason, now, 1);
                     self.recycle(slot);
                 }
             }
@@ -469,7 +482,14 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                 .is_err()
             {
                 // The dispatcher knows more topics than the batch processor was built for.
-                self.dead_letter(&slot.header, slot.origin, Reason::UnknownTopic, now, 1);
+                self.dead_letter(
+                    sink,
+                    &slot.header,
+                    slot.origin,
+                    Reason::UnknownTopic,
+                    now,
+                    1,
+                );
             }
             self.recycle(slot);
         }
@@ -543,6 +563,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                 summary.refused += 1;
                 self.park(
                     procs,
+                    sink,
                     Parked::Event {
                         slot,
                         lane,
@@ -571,7 +592,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
             Err(SinkError) => {
                 summary.refused += 1;
                 if self.policy.max_attempts <= 1 {
-                    self.aggregate_exhausted(&agg, now);
+                    self.aggregate_exhausted(sink, &agg, now);
                 } else {
                     self.park_entry(Parked::Aggregate(agg), 1, now);
                 }
@@ -584,12 +605,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
     fn park<const R: usize, const D: usize, const T: usize>(
         &mut self,
         procs: &mut LaneProcessors<R, D, T>,
+        sink: &mut impl Sink,
         parked: Parked<'a, P, POOL>,
         attempts: u32,
         now: u64,
     ) {
         if attempts >= self.policy.max_attempts {
-            self.exhausted(procs, parked, now);
+            self.exhausted(procs, sink, parked, now);
         } else {
             self.park_entry(parked, attempts, now);
         }
@@ -662,7 +684,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                 }
                 Err(SinkError) => {
                     summary.refused += 1;
-                    self.park(procs, parked, attempts.saturating_add(1), now);
+                    self.park(procs, sink, parked, attempts.saturating_add(1), now);
                 }
             }
         }
@@ -672,6 +694,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
     fn exhausted<const R: usize, const D: usize, const T: usize>(
         &mut self,
         procs: &mut LaneProcessors<R, D, T>,
+        sink: &mut impl Sink,
         parked: Parked<'a, P, POOL>,
         now: u64,
     ) {
@@ -684,17 +707,25 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                 if lane == Lane::Transactional {
                     procs.transactional.forget(slot.header.id, admitted);
                 }
-                self.dead_letter(&slot.header, slot.origin, Reason::RetriesExhausted, now, 1);
+                self.dead_letter(
+                    sink,
+                    &slot.header,
+                    slot.origin,
+                    Reason::RetriesExhausted,
+                    now,
+                    1,
+                );
             }
-            Parked::Aggregate(agg) => self.aggregate_exhausted(&agg, now),
+            Parked::Aggregate(agg) => self.aggregate_exhausted(sink, &agg, now),
         }
     }
 
     /// Dead-letters a refused aggregate: one record standing for its events, with a header
     /// naming the topic and the window's start.
-    fn aggregate_exhausted(&mut self, agg: &Aggregate, now: u64) {
+    fn aggregate_exhausted(&mut self, sink: &mut impl Sink, agg: &Aggregate, now: u64) {
         let header = EventHeader::new(0, agg.topic, Priority::Batch, agg.start);
         self.dead_letter(
+            sink,
             &header,
             Origin::default(),
             Reason::RetriesExhausted,
@@ -703,17 +734,22 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
         );
     }
 
+    /// Counts a dead letter and offers it to the sink ([`Sink::dead_letter`]); the
+    /// dead-letter ring gets it when the sink does not take it.
     fn dead_letter(
         &mut self,
+        sink: &mut impl Sink,
         header: &EventHeader,
         origin: Origin,
         reason: Reason,
         now: u64,
         events: u64,
     ) {
-        self.lanes
-            .dead
-            .record(self.counters, header, origin, reason, now, events);
+        let record = DeadLetter::new(header, origin, reason, now, events);
+        self.counters.reason(reason).add(events);
+        if !sink.dead_letter(&record) {
+            self.lanes.dead.push(self.counters, record);
+        }
     }
 }
 

@@ -413,3 +413,60 @@ fn lanes_split_again_after_a_side_was_leaked() {
     let (_input, mut output, _dead) = lanes.split();
     assert_eq!(output.depths(), [0, 0, 0]);
 }
+
+/// A sink that records dead letters itself ([`Sink::dead_letter`] returns `true`).
+#[derive(Default)]
+struct DeadLetterSink {
+    inner: TestSink,
+    dead: Vec<(Reason, u64, Origin)>,
+}
+
+impl Sink for DeadLetterSink {
+    fn store(&mut self, record: &Record<'_>) -> Result<(), SinkError> {
+        self.inner.store(record)
+    }
+
+    fn dead_letter(&mut self, record: &DeadLetter) -> bool {
+        self.dead
+            .push((record.reason, record.header.id, record.origin));
+        true
+    }
+}
+
+#[test]
+fn a_sink_that_takes_dead_letters_gets_them_instead_of_the_ring() {
+    let mut lanes = TestLanes::new();
+    let (input, output, mut dead) = lanes.split();
+    let (signal, dc, pc) = (
+        ControlSignal::new(),
+        StageCounters::new(),
+        StageCounters::new(),
+    );
+    let mut d = Dispatcher::new(input, &Unlimited, &signal, 4, &dc);
+    let policy = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::DEFAULT
+    };
+    let mut p: Processors<'_, 16, 32, 8, 64, 4> = Processors::new(output, policy, &pc);
+    let mut procs: LaneProcessors<2, 64, 4> = LaneProcessors::new(1_000, 100);
+    let mut sink = DeadLetterSink::default();
+    let (a, b) = (Origin::new(1, 7), Origin::new(2, 9));
+    d.dispatch(&header(3, 2, Priority::Medium), b"c", a, 5);
+    d.dispatch(&header(3, 2, Priority::Medium), b"c", b, 6); // a repeat
+    d.dispatch(&header(4, 9, Priority::Medium), b"c", b, 6); // dispatcher: unknown topic
+    p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 10, 16);
+    assert_eq!(sink.dead, [(Reason::Duplicate, 3, b)]);
+    // The dispatcher's own dead letter still goes to the ring; the processors' does not.
+    assert_eq!(dead.pop().map(|r| r.reason), Some(Reason::UnknownTopic));
+    assert!(dead.pop().is_none());
+    // Refused with no retry allowed: dead-lettered through the sink too.
+    sink.inner.refuse = 1;
+    d.dispatch(&header(5, 2, Priority::Medium), b"c", a, 11);
+    p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 12, 16);
+    assert_eq!(sink.dead[1], (Reason::RetriesExhausted, 5, a));
+    assert!(dead.pop().is_none());
+    let books = check_books(&[&dc, &pc], 0);
+    assert_eq!(books.reason(Reason::Duplicate), 1);
+    assert_eq!(books.reason(Reason::RetriesExhausted), 1);
+    assert_eq!(books.stored, 1);
+}
