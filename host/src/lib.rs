@@ -13,5 +13,5 @@ pub mod numa;
 pub mod pin;
 pub mod stats;
 pub mod storage;
-pub mod topology;
 mod sys;
+pub mod topology;
