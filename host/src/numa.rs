@@ -272,11 +272,23 @@ fn memory_nodes_under(root: &Path) -> Vec<usize> {
     vec![0]
 }
 
+/// After a successful bind, replaces the node asked by the node the page at `addr` is on.
+fn verify(outcome: PlaceOutcome, addr: *const u8) -> PlaceOutcome {
+    match outcome {
+        PlaceOutcome::Placed { .. } => match sys::node_of_address(addr) {
+            Ok(got) => PlaceOutcome::Placed { got },
+            Err(source) => PlaceOutcome::Unverified { source },
+        },
+        other => other,
+    }
+}
+
 fn is_not_supported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM))
 }
 
-/// Binds `[addr, addr + len)` (whole pages) and reads the node back.
+/// Binds `[addr, addr + len)` (whole pages). A success is reported as `Placed { got: node }`
+/// until [`verify`] reads the real node back.
 fn bind(addr: *const u8, len: usize, node: usize, policy: MemPolicy, flags: u32) -> PlaceOutcome {
     let nodes = memory_nodes();
     if !nodes.contains(&node) {
@@ -292,10 +304,7 @@ fn bind(addr: *const u8, len: usize, node: usize, policy: MemPolicy, flags: u32)
         };
     }
     match sys::mbind(addr, len, policy.mode(), node, flags) {
-        Ok(()) => match sys::node_of_address(addr) {
-            Ok(got) => PlaceOutcome::Placed { got },
-            Err(source) => PlaceOutcome::Unverified { source },
-        },
+        Ok(()) => PlaceOutcome::Placed { got: node },
         Err(source) if is_not_supported(&source) => PlaceOutcome::NotSupported {
             source,
             single_node: nodes == [0],
@@ -367,14 +376,8 @@ impl NodeBuffer {
             node,
             source,
         })?;
-        // Read the node back now that pages exist (before the fault it was the policy's).
-        let outcome = match outcome {
-            PlaceOutcome::Placed { .. } => match sys::node_of_address(map.as_ptr()) {
-                Ok(got) => PlaceOutcome::Placed { got },
-                Err(source) => PlaceOutcome::Unverified { source },
-            },
-            other => other,
-        };
+        // Read the node back now that the pages exist.
+        let outcome = verify(outcome, map.as_ptr());
         let lock = if lock {
             match map.lock() {
                 Ok(()) => LockOutcome::Locked,
@@ -433,7 +436,8 @@ impl NodeBuffer {
 /// Only whole pages are bound: the partial pages at either end may hold other data. Those
 /// pages keep the policy after `value` is freed, so the allocator may later serve other
 /// objects from node `node`; that is harmless. The report reads the first whole page's node
-/// back. Never fails: errors are in the report.
+/// back, so build (write) the value before placing it: an untouched page reads back as the
+/// shared zero page's node. Never fails: errors are in the report.
 pub fn place_existing<T: ?Sized>(value: &T, node: usize) -> PlaceReport {
     let page = sys::page_size();
     let start = std::ptr::from_ref(value).cast::<u8>();
@@ -446,10 +450,8 @@ pub fn place_existing<T: ?Sized>(value: &T, node: usize) -> PlaceReport {
         let len = end - first;
         // `first` lies inside `value`: same provenance, offset `first - addr <= size`.
         let aligned = start.wrapping_add(first - addr);
-        (
-            len,
-            bind(aligned, len, node, policy, sys::mem::MPOL_MF_MOVE),
-        )
+        let outcome = bind(aligned, len, node, policy, sys::mem::MPOL_MF_MOVE);
+        (len, verify(outcome, aligned))
     } else {
         (0, PlaceOutcome::NothingToPlace)
     };
