@@ -7,3 +7,4 @@ pub(crate) mod mem;
 pub(crate) mod net;
 
 pub(crate) use affinity::{set_thread_affinity, thread_affinity};
+pub(crate) use mem::{Mapping, lock_all, mbind, node_of_address, page_size};
