@@ -106,3 +106,36 @@ fn a_failed_write_poisons_the_log_too() {
     let log = open(&dir);
     assert_eq!(log.next_offset(), 0, "the failed write left nothing");
 }
+
+#[test]
+fn a_quarantine_interrupted_between_its_renames_is_completed_on_open() {
+    let dir = TempDir::new("interrupted");
+    let mut log = open(&dir);
+    for body in [&b"one"[..], b"two", b"three"] {
+        log.append(1, body).unwrap();
+    }
+    log.close().unwrap();
+    // The state a crash leaves after "rename the original aside" and before "rename the
+    // synced prefix in": no segment file, a complete `.prefix`, the quarantined original.
+    let seg = dir.0.join("00000000000000000000.log");
+    let bytes = fs::read(&seg).unwrap();
+    let first_two = 2 * super::RECORD_HEADER_LEN + 6;
+    fs::write(
+        dir.0.join("00000000000000000000.log.prefix"),
+        &bytes[..first_two],
+    )
+    .unwrap();
+    fs::rename(&seg, dir.0.join("00000000000000000000.log.quarantined")).unwrap();
+    let mut cfg = LogConfig::new(&dir.0);
+    cfg.durability = Durability::Always;
+    let (log, report) = Log::open(cfg).unwrap();
+    assert_eq!(report.quarantines_completed, 1, "{report}");
+    assert!(report.to_string().contains("interrupted"), "{report}");
+    assert_eq!(log.next_offset(), 2);
+    assert_eq!(fs::read(&seg).unwrap(), &bytes[..first_two]);
+    assert_eq!(
+        fs::read(dir.0.join("00000000000000000000.log.quarantined")).unwrap(),
+        bytes,
+        "the original is kept"
+    );
+}
