@@ -1,1 +1,306 @@
-//! (in progress)
+//! Durable storage: an append-only segmented log per lane output, and the dead-letter log.
+//!
+//! # Layout of a log directory
+//!
+//! | file | what it holds |
+//! | --- | --- |
+//! | `{base:020}.log` | a segment: records with offsets `base, base+1, …`, back to back |
+//! | `{base:020}.index` | sparse hint: `(offset u64, position u64)` little-endian pairs, one per `index_interval_bytes` of segment; rebuilt when missing or inconsistent, never trusted over the data |
+//! | `checkpoint` | hint: a known-good `(segment, position, next offset)` written after each sync, so recovery scans only the tail; ignored when it disagrees with the data |
+//! | `{base:020}.log.quarantined[.N]` | a segment in which intact records followed a damaged one; kept, never deleted, never read by [`LogReader`] |
+//!
+//! # Record framing (little-endian, [`RECORD_HEADER_LEN`] = 20 bytes, then the body)
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 0..4 | body length `len` (at most `max_record_bytes`) |
+//! | 4..8 | CRC32C of bytes `0..4` and `8..20+len` (the length, the rest of the header and the body) |
+//! | 8..16 | offset (dense per log: 0, 1, 2, …) |
+//! | 16 | kind (1 event, 2 dead letter, 3 aggregate: see [`record`]) |
+//! | 17 | format version (1) |
+//! | 18..20 | reserved, zero |
+//!
+//! The CRC covers every byte of the record except itself, so a flipped bit anywhere (the
+//! length included) fails the check, and a CRC is checked on every record on recovery and on
+//! every read.
+//!
+//! # Durability
+//!
+//! [`Durability::None`] leaves written data in the page cache; [`Durability::Interval`] is
+//! group commit: the writer calls [`Log::sync`] when [`Log::sync_due`] says so;
+//! [`Durability::Always`] means the writer syncs before each acknowledgement batch.
+//! [`Log::durable_offset`] is the acknowledgement bound: offsets below it are durable under
+//! the mode. A failed `write(2)` or `fdatasync` poisons the log: the failed sync is never
+//! retried (after a failed fdatasync the state of the page cache is unknown), every later
+//! write returns [`StorageError::Poisoned`] with the first error, and the log must be
+//! reopened, which runs recovery.
+//!
+//! # Recovery ([`Log::open`])
+//!
+//! Segments before the checkpoint's segment are trusted (they were synced when the log
+//! rolled past them); their index is checked and, when missing or inconsistent, rebuilt by a
+//! full CRC scan. The checkpoint's segment is scanned from the checkpoint and later segments in
+//! full; without a usable checkpoint every segment is scanned. At the first invalid record of a
+//! segment the rest of that segment is searched byte by byte for intact records:
+//! - none, and it is the last segment: a torn tail. The file is truncated there, then the
+//!   file and the directory are fsynced.
+//! - some (or it is not the last segment, so later data exists): the segment is
+//!   *quarantined*. Its valid prefix is copied to a new file that takes the segment's name (so
+//!   it stays readable), the original is renamed to `{base:020}.log.quarantined` (never
+//!   deleted), and the log continues at an offset above every offset seen, so offsets are never
+//!   reused.
+//!
+//! The dead-letter log is a [`Log`] of its own directory whose records are kind
+//! [`record::KIND_DEAD_LETTER`], each carrying its reason code.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod format;
+mod log;
+mod reader;
+pub mod record;
+mod recovery;
+#[cfg(test)]
+mod tests;
+
+pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN};
+pub use self::log::{Log, LogStats, RetentionReport};
+pub use self::reader::{LogReader, StoredRecord};
+pub use self::recovery::{CheckpointStatus, QuarantinedSegment, RecoveryReport, TornTail};
+
+/// When appended records become durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Page cache only: [`Log::durable_offset`] counts what was written with `write(2)`.
+    /// A machine crash can lose any of it.
+    None,
+    /// Group commit: [`Log::sync_due`] turns true once `max_delay` has passed since the last
+    /// sync or `max_bytes` are unsynced, and the writer then calls [`Log::sync`].
+    Interval {
+        /// Longest time between syncs while there is unsynced data.
+        max_delay: Duration,
+        /// Unsynced bytes (record headers included) that make a sync due at once.
+        max_bytes: u64,
+    },
+    /// The writer calls [`Log::sync`] before acknowledging each batch:
+    /// [`Log::durable_offset`] counts only synced records.
+    Always,
+}
+
+/// The configuration of one log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The log's directory (created if missing).
+    pub dir: PathBuf,
+    /// A segment rolls over when the next record would take it past this many bytes (a
+    /// segment holds at least one record, whatever its size).
+    pub segment_bytes: u64,
+    /// One sparse index entry per this many bytes of segment.
+    pub index_interval_bytes: u32,
+    /// The write buffer, allocated once at open: at least
+    /// `RECORD_HEADER_LEN + max_record_bytes`.
+    pub write_buffer_bytes: usize,
+    /// The largest record body accepted, at most [`MAX_RECORD_LIMIT`].
+    pub max_record_bytes: u32,
+    /// Remove the oldest closed segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Remove the oldest closed segments last written longer ago than this.
+    pub retention_age: Option<Duration>,
+    /// When records become durable.
+    pub durability: Durability,
+}
+
+impl LogConfig {
+    /// Defaults: 64 MiB segments, an index entry per 4 KiB, a 256 KiB write buffer, records up
+    /// to 64 KiB, no retention, [`Durability::Always`].
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_bytes: 64 << 20,
+            index_interval_bytes: 4096,
+            write_buffer_bytes: 256 << 10,
+            max_record_bytes: 64 << 10,
+            retention_bytes: None,
+            retention_age: None,
+            durability: Durability::Always,
+        }
+    }
+
+    /// Checks the values that would make the log unusable.
+    ///
+    /// # Errors
+    /// [`StorageError::Config`] naming the key and the value.
+    pub fn validate(&self) -> Result<(), StorageError> {
+        let bad = |key: &'static str, value: String, why: &'static str| {
+            Err(StorageError::Config { key, value, why })
+        };
+        if self.max_record_bytes == 0 || self.max_record_bytes > MAX_RECORD_LIMIT {
+            return bad(
+                "max_record_bytes",
+                self.max_record_bytes.to_string(),
+                "must be between 1 and MAX_RECORD_LIMIT (1 GiB)",
+            );
+        }
+        let need = RECORD_HEADER_LEN + self.max_record_bytes as usize;
+        if self.write_buffer_bytes < need {
+            return bad(
+                "write_buffer_bytes",
+                self.write_buffer_bytes.to_string(),
+                "must hold one whole record: at least 20 + max_record_bytes",
+            );
+        }
+        if self.segment_bytes == 0 {
+            return bad("segment_bytes", "0".into(), "must be above 0");
+        }
+        if let Durability::Interval {
+            max_delay,
+            max_bytes,
+        } = self.durability
+        {
+            if max_delay.is_zero() && max_bytes == 0 {
+                return bad(
+                    "durability",
+                    format!("{:?}", self.durability),
+                    "an interval of 0 ms and 0 bytes is `Always`: say so",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong in the storage layer; the message names the file and what to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// A file system call failed.
+    Io {
+        /// The operation (`"open"`, `"write"`, `"fdatasync"`, `"fsync directory"`, …).
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// An earlier write or sync failed; the log accepts nothing more until it is reopened
+    /// (which runs recovery). A failed fdatasync is never retried.
+    Poisoned {
+        /// The first failure.
+        first: Arc<StorageError>,
+    },
+    /// A record body above `max_record_bytes`.
+    RecordTooLarge {
+        /// Body length offered.
+        len: usize,
+        /// The configured maximum.
+        max: u32,
+    },
+    /// Stored bytes fail their check (CRC, framing, offset sequence).
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte position of the bad record in the file.
+        position: u64,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A configuration value the log cannot work with.
+    Config {
+        /// The `LogConfig` field.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        why: &'static str,
+    },
+}
+
+impl StorageError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        StorageError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A copy of this error (an `io::Error` is copied as its kind and message), so the first
+    /// failure can be both returned and kept by a poisoned log.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            StorageError::Io { op, path, source } => StorageError::Io {
+                op,
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            StorageError::Poisoned { first } => StorageError::Poisoned {
+                first: Arc::clone(first),
+            },
+            StorageError::RecordTooLarge { len, max } => StorageError::RecordTooLarge {
+                len: *len,
+                max: *max,
+            },
+            StorageError::Corrupt {
+                path,
+                position,
+                why,
+            } => StorageError::Corrupt {
+                path: path.clone(),
+                position: *position,
+                why,
+            },
+            StorageError::Config { key, value, why } => StorageError::Config {
+                key,
+                value: value.clone(),
+                why,
+            },
+        }
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io { op, path, source } => {
+                write!(f, "{op} of {} failed: {source}", path.display())
+            }
+            StorageError::Poisoned { first } => write!(
+                f,
+                "the log stopped accepting writes after an earlier failure (reopen it to run \
+                 recovery; records above the durable offset may be lost): {first}"
+            ),
+            StorageError::RecordTooLarge { len, max } => write!(
+                f,
+                "record body of {len} bytes exceeds max_record_bytes = {max} (raise it or split \
+                 the record)"
+            ),
+            StorageError::Corrupt {
+                path,
+                position,
+                why,
+            } => write!(
+                f,
+                "{} is damaged at byte {position}: {why} (reopening the log with Log::open \
+                 recovers or quarantines it)",
+                path.display()
+            ),
+            StorageError::Config { key, value, why } => {
+                write!(f, "invalid log config: {key} = {value}: {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Io { source, .. } => Some(source),
+            StorageError::Poisoned { first } => Some(&**first),
+            _ => None,
+        }
+    }
+}

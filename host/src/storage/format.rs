@@ -1,0 +1,356 @@
+//! The on-disk format: record framing, file names, index entries and the checkpoint.
+//! Everything here is pure (bytes in, values out) except the directory helpers at the end.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use pinstream_core::wire::{crc32c, crc32c_update};
+
+use super::StorageError;
+
+/// Bytes of framing before each record body.
+pub const RECORD_HEADER_LEN: usize = 20;
+/// The largest `max_record_bytes` a log accepts (1 GiB); readers use it as their bound.
+pub const MAX_RECORD_LIMIT: u32 = 1 << 30;
+/// The framing version in byte 17 of each record.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+/// Bytes per sparse index entry: `offset u64 | position u64`.
+pub(crate) const INDEX_ENTRY_LEN: usize = 16;
+/// The checkpoint's file name inside the log directory.
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
+/// The checkpoint's length on disk.
+pub(crate) const CHECKPOINT_LEN: usize = 48;
+const CHECKPOINT_MAGIC: &[u8; 8] = b"PSCKPT01";
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn record_crc(record: &[u8]) -> u32 {
+    crc32c_update(crc32c(&record[0..4]), &record[8..])
+}
+
+/// Fills in the header of `record` (header + body, body already in place) for `offset` and
+/// `kind`, CRC last.
+pub(crate) fn seal(record: &mut [u8], offset: u64, kind: u8) {
+    debug_assert!(record.len() >= RECORD_HEADER_LEN);
+    let body_len = (record.len() - RECORD_HEADER_LEN) as u32;
+    record[0..4].copy_from_slice(&body_len.to_le_bytes());
+    record[8..16].copy_from_slice(&offset.to_le_bytes());
+    record[16] = kind;
+    record[17] = FORMAT_VERSION;
+    record[18] = 0;
+    record[19] = 0;
+    let crc = record_crc(record);
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What the bytes at a position hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// A whole record that passes its CRC.
+    Record {
+        /// Its offset.
+        offset: u64,
+        /// Its kind.
+        kind: u8,
+        /// Header + body bytes.
+        total: usize,
+    },
+    /// The header is plausible but the bytes end before the record does.
+    Incomplete,
+    /// Not a valid record.
+    Invalid(&'static str),
+}
+
+/// Decodes the record at the start of `buf`, checking its framing and CRC.
+pub(crate) fn decode_at(buf: &[u8], max_body: u32) -> Decoded {
+    if buf.len() < RECORD_HEADER_LEN {
+        return Decoded::Incomplete;
+    }
+    let len = u32_at(buf, 0);
+    if len > max_body {
+        return Decoded::Invalid("length field above the maximum record size");
+    }
+    if buf[17] != FORMAT_VERSION || buf[18] != 0 || buf[19] != 0 {
+        return Decoded::Invalid("unknown format version or reserved bytes not zero");
+    }
+    let total = RECORD_HEADER_LEN + len as usize;
+    if buf.len() < total {
+        return Decoded::Incomplete;
+    }
+    if record_crc(&buf[..total]) != u32_at(buf, 4) {
+        return Decoded::Invalid("CRC32C mismatch");
+    }
+    Decoded::Record {
+        offset: u64_at(buf, 8),
+        kind: buf[16],
+        total,
+    }
+}
+
+/// The body length a header announces (for readers that fetch the body separately).
+pub(crate) fn header_body_len(header: &[u8]) -> u32 {
+    u32_at(header, 0)
+}
+
+/// The first position `>= from` where a CRC-valid record starts, if any.
+pub(crate) fn find_valid_record(buf: &[u8], from: usize, max_body: u32) -> Option<usize> {
+    (from..buf.len().saturating_sub(RECORD_HEADER_LEN - 1))
+        .find(|&p| matches!(decode_at(&buf[p..], max_body), Decoded::Record { .. }))
+}
+
+/// Intact (CRC-valid) records in `buf[from..]`, found byte by byte and skipped whole:
+/// their count and highest offset.
+pub(crate) fn intact_records(buf: &[u8], from: usize, max_body: u32) -> (u64, Option<u64>) {
+    let (mut count, mut max) = (0u64, None::<u64>);
+    let mut p = from;
+    while let Some(q) = find_valid_record(buf, p, max_body) {
+        if let Decoded::Record { offset, total, .. } = decode_at(&buf[q..], max_body) {
+            count += 1;
+            max = Some(max.map_or(offset, |m: u64| m.max(offset)));
+            p = q + total;
+        } else {
+            break;
+        }
+    }
+    (count, max)
+}
+
+/// One sparse index entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    /// A record's offset.
+    pub offset: u64,
+    /// Its byte position in the segment.
+    pub position: u64,
+}
+
+impl IndexEntry {
+    pub(crate) fn to_bytes(self) -> [u8; INDEX_ENTRY_LEN] {
+        let mut b = [0u8; INDEX_ENTRY_LEN];
+        b[0..8].copy_from_slice(&self.offset.to_le_bytes());
+        b[8..16].copy_from_slice(&self.position.to_le_bytes());
+        b
+    }
+}
+
+/// Parses an index file of a segment with base `base` and `seg_len` bytes; an error says why
+/// it cannot be used (then it is rebuilt, or ignored by readers).
+pub(crate) fn parse_index(
+    bytes: &[u8],
+    base: u64,
+    seg_len: u64,
+) -> Result<Vec<IndexEntry>, &'static str> {
+    if bytes.len() % INDEX_ENTRY_LEN != 0 {
+        return Err("length is not a whole number of entries");
+    }
+    let mut out: Vec<IndexEntry> = Vec::with_capacity(bytes.len() / INDEX_ENTRY_LEN);
+    for chunk in bytes.chunks_exact(INDEX_ENTRY_LEN) {
+        let e = IndexEntry {
+            offset: u64_at(chunk, 0),
+            position: u64_at(chunk, 8),
+        };
+        match out.last() {
+            None if e.offset != base || e.position != 0 => {
+                return Err("first entry is not the segment's first record");
+            }
+            Some(prev) if e.offset <= prev.offset || e.position <= prev.position => {
+                return Err("entries are not increasing");
+            }
+            _ => {}
+        }
+        if e.position >= seg_len {
+            return Err("entry points past the end of the segment");
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// A known-good point of the log: everything before `position` in segment `segment` was
+/// synced, and the next record there has offset `next_offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub segment: u64,
+    pub position: u64,
+    pub next_offset: u64,
+    /// Position of the record just before `position` (unused when `position == 0`).
+    pub last_record_pos: u64,
+}
+
+impl Checkpoint {
+    pub(crate) fn to_bytes(self) -> [u8; CHECKPOINT_LEN] {
+        let mut b = [0u8; CHECKPOINT_LEN];
+        b[0..8].copy_from_slice(CHECKPOINT_MAGIC);
+        b[8..16].copy_from_slice(&self.segment.to_le_bytes());
+        b[16..24].copy_from_slice(&self.position.to_le_bytes());
+        b[24..32].copy_from_slice(&self.next_offset.to_le_bytes());
+        b[32..40].copy_from_slice(&self.last_record_pos.to_le_bytes());
+        let crc = crc32c(&b[0..40]);
+        b[40..44].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn from_bytes(b: &[u8]) -> Result<Self, &'static str> {
+        if b.len() != CHECKPOINT_LEN {
+            return Err("wrong length");
+        }
+        if &b[0..8] != CHECKPOINT_MAGIC {
+            return Err("bad magic");
+        }
+        if crc32c(&b[0..40]) != u32_at(b, 40) {
+            return Err("CRC32C mismatch");
+        }
+        Ok(Self {
+            segment: u64_at(b, 8),
+            position: u64_at(b, 16),
+            next_offset: u64_at(b, 24),
+            last_record_pos: u64_at(b, 32),
+        })
+    }
+}
+
+/// `{base:020}.log`
+pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+/// `{base:020}.index`
+pub(crate) fn index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+
+/// The base offset of a segment file name (`{20 digits}.log`), if it is one.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segments in `dir`, ascending by base offset.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let rd = fs::read_dir(dir).map_err(|e| StorageError::io("list directory", dir, e))?;
+    let mut bases = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| StorageError::io("list directory", dir, e))?;
+        if let Some(base) = entry.file_name().to_str().and_then(parse_segment_name) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// fsyncs a directory so that file creations, renames and removals in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("fsync directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: u64, kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut r = vec![0u8; RECORD_HEADER_LEN + body.len()];
+        r[RECORD_HEADER_LEN..].copy_from_slice(body);
+        seal(&mut r, offset, kind);
+        r
+    }
+
+    #[test]
+    fn every_single_bit_flip_in_a_record_is_detected() {
+        let r = record(7, 1, b"some body bytes");
+        assert_eq!(
+            decode_at(&r, 1024),
+            Decoded::Record {
+                offset: 7,
+                kind: 1,
+                total: r.len()
+            }
+        );
+        for bit in 0..r.len() * 8 {
+            let mut f = r.clone();
+            f[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                !matches!(decode_at(&f, 1024), Decoded::Record { .. }),
+                "flip of bit {bit} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_records_are_incomplete_and_scans_skip_garbage() {
+        let r = record(1, 2, b"abc");
+        for cut in 0..r.len() {
+            assert_eq!(decode_at(&r[..cut], 1024), Decoded::Incomplete);
+        }
+        let mut buf = vec![0xEEu8; 5];
+        buf.extend_from_slice(&r);
+        buf.extend_from_slice(&record(9, 2, b""));
+        assert_eq!(find_valid_record(&buf, 0, 1024), Some(5));
+        assert_eq!(intact_records(&buf, 0, 1024), (2, Some(9)));
+        assert_eq!(intact_records(&buf[..buf.len() - 1], 6, 1024), (0, None));
+    }
+
+    #[test]
+    fn index_and_checkpoint_parse_only_when_consistent() {
+        let e0 = IndexEntry {
+            offset: 10,
+            position: 0,
+        };
+        let e1 = IndexEntry {
+            offset: 12,
+            position: 100,
+        };
+        let mut b = e0.to_bytes().to_vec();
+        b.extend_from_slice(&e1.to_bytes());
+        assert_eq!(parse_index(&b, 10, 200), Ok(vec![e0, e1]));
+        assert!(parse_index(&b, 10, 100).is_err());
+        assert!(parse_index(&b, 11, 200).is_err());
+        assert!(parse_index(&b[..20], 10, 200).is_err());
+        let mut rev = e1.to_bytes().to_vec();
+        rev.extend_from_slice(&e0.to_bytes());
+        assert!(parse_index(&rev, 10, 200).is_err());
+
+        let c = Checkpoint {
+            segment: 5,
+            position: 77,
+            next_offset: 9,
+            last_record_pos: 40,
+        };
+        let bytes = c.to_bytes();
+        assert_eq!(Checkpoint::from_bytes(&bytes), Ok(c));
+        for i in 0..44 {
+            let mut f = bytes;
+            f[i] ^= 0x10;
+            assert!(Checkpoint::from_bytes(&f).is_err());
+        }
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        let p = segment_path(Path::new("/x"), 42);
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, "00000000000000000042.log");
+        assert_eq!(parse_segment_name(name), Some(42));
+        assert_eq!(parse_segment_name("42.log"), None);
+        assert_eq!(
+            parse_segment_name("00000000000000000042.log.quarantined"),
+            None
+        );
+        assert_eq!(parse_segment_name("0000000000000000004x.log"), None);
+    }
+}

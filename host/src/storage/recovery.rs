@@ -1,0 +1,641 @@
+//! Recovery on open: find the valid data, truncate a torn tail, quarantine segments in which
+//! intact records follow damage, rebuild indexes, and say what was done in a
+//! [`RecoveryReport`].
+//!
+//! The rules (see the module docs of [`storage`](super)): data wins over metadata (a
+//! checkpoint or index that disagrees with the segments is ignored or rebuilt, never trusted);
+//! nothing is deleted; offsets are never reused.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::{
+    CHECKPOINT_FILE, Checkpoint, Decoded, INDEX_ENTRY_LEN, IndexEntry, MAX_RECORD_LIMIT,
+    RECORD_HEADER_LEN, decode_at, index_path, intact_records, list_segments, parse_index,
+    parse_segment_name, segment_path, sync_dir,
+};
+use super::{Durability, LogConfig, StorageError};
+
+/// What recovery made of the checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckpointStatus {
+    /// No checkpoint file: every segment was scanned.
+    Missing,
+    /// The checkpoint agreed with the data; scanning started there.
+    Used {
+        /// Its segment's base offset.
+        segment: u64,
+        /// Byte position in that segment.
+        position: u64,
+    },
+    /// The checkpoint disagreed with the data or was unreadable: ignored, every segment scanned.
+    Ignored {
+        /// Why.
+        why: String,
+    },
+}
+
+/// A torn tail that recovery cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Its length now: the end of its last valid record.
+    pub position: u64,
+    /// Bytes removed after it.
+    pub bytes_removed: u64,
+    /// Why the first removed byte did not start a valid record.
+    pub why: &'static str,
+}
+
+/// A segment set aside because intact records followed a damaged one (or later segments
+/// hold data). Nothing of it was deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuarantinedSegment {
+    /// The segment's base offset.
+    pub base: u64,
+    /// The original file, renamed to `quarantined_as`.
+    pub quarantined_as: PathBuf,
+    /// Where the valid prefix now lives (the segment's own name), `None` when the damage was
+    /// at byte 0.
+    pub prefix: Option<PathBuf>,
+    /// Byte position of the first damaged record; the prefix holds the bytes before it.
+    pub damaged_position: u64,
+    /// What was wrong there.
+    pub why: &'static str,
+    /// CRC-valid records after the damage, left in the quarantined file.
+    pub intact_records_after: u64,
+    /// The highest offset among them (the log continues above it).
+    pub highest_offset_after: Option<u64>,
+}
+
+/// What recovery found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The log directory.
+    pub dir: PathBuf,
+    /// What became of the checkpoint.
+    pub checkpoint: CheckpointStatus,
+    /// Segments scanned record by record (the others were trusted: closed before the
+    /// checkpoint, with a consistent index).
+    pub segments_scanned: usize,
+    /// CRC-valid records the scans kept.
+    pub records_scanned: u64,
+    /// The torn tail cut off, if any.
+    pub torn_tail: Option<TornTail>,
+    /// Segments quarantined.
+    pub quarantined: Vec<QuarantinedSegment>,
+    /// Indexes written because they were missing or disagreed with the data.
+    pub indexes_rebuilt: usize,
+    /// Quarantines an earlier crash interrupted, completed now.
+    pub quarantines_completed: usize,
+    /// Live segments after recovery (the active one included).
+    pub segments: usize,
+    /// The offset the next append gets.
+    pub next_offset: u64,
+}
+
+impl RecoveryReport {
+    /// Bytes cut off as a torn tail.
+    pub fn bytes_truncated(&self) -> u64 {
+        self.torn_tail.as_ref().map_or(0, |t| t.bytes_removed)
+    }
+
+    /// True when recovery changed no data file (no torn tail, nothing quarantined).
+    pub fn is_clean(&self) -> bool {
+        self.torn_tail.is_none() && self.quarantined.is_empty() && self.quarantines_completed == 0
+    }
+}
+
+impl fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "recovered {}: {} segments, {} scanned ({} valid records), next offset {}",
+            self.dir.display(),
+            self.segments,
+            self.segments_scanned,
+            self.records_scanned,
+            self.next_offset
+        )?;
+        match &self.checkpoint {
+            CheckpointStatus::Missing => write!(f, "; no checkpoint, full scan")?,
+            CheckpointStatus::Used { segment, position } => {
+                write!(f, "; from checkpoint (segment {segment}, byte {position})")?;
+            }
+            CheckpointStatus::Ignored { why } => write!(f, "; checkpoint ignored: {why}")?,
+        }
+        if self.indexes_rebuilt > 0 {
+            write!(f, "; {} index(es) rebuilt", self.indexes_rebuilt)?;
+        }
+        if let Some(t) = &self.torn_tail {
+            write!(
+                f,
+                "\n  torn tail: {} truncated at byte {} ({} bytes removed: {})",
+                t.path.display(),
+                t.position,
+                t.bytes_removed,
+                t.why
+            )?;
+        }
+        if self.quarantines_completed > 0 {
+            write!(
+                f,
+                "\n  completed {} quarantine(s) interrupted by a crash",
+                self.quarantines_completed
+            )?;
+        }
+        for q in &self.quarantined {
+            write!(
+                f,
+                "\n  QUARANTINED segment {}: damaged at byte {} ({}), {} intact record(s) after it \
+                 (highest offset {}) kept in {}; the valid prefix is {}; inspect and repair by hand, \
+                 nothing was deleted",
+                q.base,
+                q.damaged_position,
+                q.why,
+                q.intact_records_after,
+                q.highest_offset_after
+                    .map_or_else(|| "none".to_string(), |o| o.to_string()),
+                q.quarantined_as.display(),
+                q.prefix
+                    .as_ref()
+                    .map_or_else(|| "empty".to_string(), |p| p.display().to_string()),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The state the writer resumes from.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// Closed segments, ascending: `(base, length)`.
+    pub closed: Vec<(u64, u64)>,
+    /// The segment to append to.
+    pub active_base: u64,
+    /// Its length (the end of its last valid record).
+    pub active_len: u64,
+    /// Position of its last record.
+    pub last_record_pos: Option<u64>,
+    /// Position of its last index entry.
+    pub last_index_pos: Option<u64>,
+    /// The next offset.
+    pub next_offset: u64,
+}
+
+/// How a segment's scan ended.
+struct Scan {
+    /// Absolute end of the last valid record in sequence.
+    valid_end: u64,
+    next_offset: u64,
+    records: u64,
+    last_record_pos: Option<u64>,
+    index: Vec<IndexEntry>,
+    /// `(position, why, intact records after, highest offset after)`
+    damage: Option<(u64, &'static str, u64, Option<u64>)>,
+}
+
+struct Live {
+    base: u64,
+    len: u64,
+    next_offset: Option<u64>,
+    last_record_pos: Option<u64>,
+    last_index_pos: Option<u64>,
+    quarantined: bool,
+}
+
+fn read_tail(path: &Path, start: u64) -> Result<Vec<u8>, StorageError> {
+    let mut f = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+    f.seek(SeekFrom::Start(start))
+        .map_err(|e| StorageError::io("seek", path, e))?;
+    let mut data = Vec::new();
+    f.read_to_end(&mut data)
+        .map_err(|e| StorageError::io("read", path, e))?;
+    Ok(data)
+}
+
+fn file_len(path: &Path) -> Result<u64, StorageError> {
+    fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| StorageError::io("stat", path, e))
+}
+
+/// Reads an index file; `Ok(None)` when it is missing.
+fn read_index(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io("read", path, e)),
+    }
+}
+
+fn index_bytes(entries: &[IndexEntry]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(entries.len() * INDEX_ENTRY_LEN);
+    for e in entries {
+        b.extend_from_slice(&e.to_bytes());
+    }
+    b
+}
+
+/// Writes `entries` as the index of `base` unless the file already holds exactly them;
+/// returns whether it wrote. The index is a hint: it is not fsynced.
+fn write_index(
+    dir: &Path,
+    base: u64,
+    entries: &[IndexEntry],
+    old: Option<&[u8]>,
+) -> Result<bool, StorageError> {
+    let bytes = index_bytes(entries);
+    if old == Some(&bytes[..]) {
+        return Ok(false);
+    }
+    let path = index_path(dir, base);
+    fs::write(&path, &bytes).map_err(|e| StorageError::io("write", &path, e))?;
+    Ok(true)
+}
+
+/// Scans `path` from `start` (absolute), where the record `expected` should begin.
+fn scan(
+    path: &Path,
+    start: u64,
+    expected: u64,
+    interval: u32,
+    mut last_index_pos: Option<u64>,
+    mut last_record_pos: Option<u64>,
+) -> Result<Scan, StorageError> {
+    let data = read_tail(path, start)?;
+    let mut p = 0usize;
+    let mut next = expected;
+    let mut records = 0u64;
+    let mut index = Vec::new();
+    let mut damage = None;
+    while p < data.len() {
+        let why = match decode_at(&data[p..], MAX_RECORD_LIMIT) {
+            Decoded::Record { offset, total, .. } if offset == next => {
+                let abs = start + p as u64;
+                if last_index_pos.is_none_or(|l| abs - l >= u64::from(interval)) {
+                    index.push(IndexEntry {
+                        offset,
+                        position: abs,
+                    });
+                    last_index_pos = Some(abs);
+                }
+                last_record_pos = Some(abs);
+                p += total;
+                next += 1;
+                records += 1;
+                continue;
+            }
+            Decoded::Record { .. } => "a valid record with an offset out of sequence",
+            Decoded::Incomplete => "record runs past the end of the file",
+            Decoded::Invalid(why) => why,
+        };
+        let (after, highest) = intact_records(&data, p, MAX_RECORD_LIMIT);
+        damage = Some((start + p as u64, why, after, highest));
+        break;
+    }
+    Ok(Scan {
+        valid_end: start + p as u64,
+        next_offset: next,
+        records,
+        last_record_pos,
+        index,
+        damage,
+    })
+}
+
+fn prefix_tmp_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log.prefix"))
+}
+
+/// Moves segment `base` aside (never deleting it) and puts its first `prefix_len` bytes back
+/// under its name. Order: copy + fsync the prefix, rename the original, fsync the directory,
+/// rename the prefix in, fsync the directory; [`complete_interrupted`] finishes a crash
+/// between the renames.
+fn quarantine(dir: &Path, base: u64, prefix_len: u64) -> Result<PathBuf, StorageError> {
+    let seg = segment_path(dir, base);
+    let mut n = 0u32;
+    let target = loop {
+        let name = if n == 0 {
+            format!("{base:020}.log.quarantined")
+        } else {
+            format!("{base:020}.log.quarantined.{n}")
+        };
+        let candidate = dir.join(name);
+        if !candidate.exists() {
+            break candidate;
+        }
+        n += 1;
+    };
+    let tmp = prefix_tmp_path(dir, base);
+    if prefix_len > 0 {
+        let src = File::open(&seg).map_err(|e| StorageError::io("open", &seg, e))?;
+        let mut dst = File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
+        let copied = io::copy(&mut src.take(prefix_len), &mut dst)
+            .map_err(|e| StorageError::io("copy valid prefix", &tmp, e))?;
+        if copied != prefix_len {
+            return Err(StorageError::io(
+                "copy valid prefix",
+                &seg,
+                io::Error::new(io::ErrorKind::UnexpectedEof, "segment shrank while copying"),
+            ));
+        }
+        dst.flush()
+            .and_then(|()| dst.sync_all())
+            .map_err(|e| StorageError::io("fsync", &tmp, e))?;
+    }
+    fs::rename(&seg, &target).map_err(|e| StorageError::io("rename to quarantine", &seg, e))?;
+    sync_dir(dir)?;
+    if prefix_len > 0 {
+        fs::rename(&tmp, &seg).map_err(|e| StorageError::io("rename prefix", &tmp, e))?;
+        sync_dir(dir)?;
+    }
+    Ok(target)
+}
+
+/// A `{base}.log.prefix` whose segment is missing is a quarantine interrupted between its two
+/// renames: the prefix was already synced, so it takes the segment's name now.
+fn complete_interrupted(dir: &Path) -> Result<usize, StorageError> {
+    let rd = fs::read_dir(dir).map_err(|e| StorageError::io("list directory", dir, e))?;
+    let mut done = 0;
+    for entry in rd {
+        let entry = entry.map_err(|e| StorageError::io("list directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(base) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".prefix"))
+            .and_then(parse_segment_name)
+        else {
+            continue;
+        };
+        let seg = segment_path(dir, base);
+        if !seg.exists() {
+            let tmp = entry.path();
+            fs::rename(&tmp, &seg).map_err(|e| StorageError::io("rename prefix", &tmp, e))?;
+            sync_dir(dir)?;
+            done += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// Reads the checkpoint and checks it against the data.
+fn load_checkpoint(
+    dir: &Path,
+    bases: &[u64],
+) -> Result<(CheckpointStatus, Option<Checkpoint>), StorageError> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok((CheckpointStatus::Missing, None));
+        }
+        Err(e) => return Err(StorageError::io("read", &path, e)),
+    };
+    let ignored = |why: String| Ok((CheckpointStatus::Ignored { why }, None));
+    let c = match Checkpoint::from_bytes(&bytes) {
+        Ok(c) => c,
+        Err(why) => return ignored(format!("{}: {why}", path.display())),
+    };
+    if !bases.contains(&c.segment) {
+        return ignored(format!("its segment {} does not exist", c.segment));
+    }
+    let seg = segment_path(dir, c.segment);
+    let len = file_len(&seg)?;
+    if c.position > len {
+        return ignored(format!(
+            "position {} is past the end of {} ({len} bytes)",
+            c.position,
+            seg.display()
+        ));
+    }
+    if c.position == 0 {
+        if c.next_offset != c.segment {
+            return ignored("position 0 but next offset is not the segment's base".into());
+        }
+    } else {
+        let fits = c.last_record_pos < c.position
+            && c.position - c.last_record_pos
+                <= (RECORD_HEADER_LEN as u64) + u64::from(MAX_RECORD_LIMIT);
+        if !fits {
+            return ignored("its last record position is impossible".into());
+        }
+        let mut f = File::open(&seg).map_err(|e| StorageError::io("open", &seg, e))?;
+        f.seek(SeekFrom::Start(c.last_record_pos))
+            .map_err(|e| StorageError::io("seek", &seg, e))?;
+        let mut rec = Vec::new();
+        f.take(c.position - c.last_record_pos)
+            .read_to_end(&mut rec)
+            .map_err(|e| StorageError::io("read", &seg, e))?;
+        match decode_at(&rec, MAX_RECORD_LIMIT) {
+            Decoded::Record { offset, total, .. }
+                if total == rec.len() && Some(offset) == c.next_offset.checked_sub(1) => {}
+            _ => {
+                return ignored(format!(
+                    "no valid record with offset {} ends at byte {} of {}",
+                    c.next_offset.wrapping_sub(1),
+                    c.position,
+                    seg.display()
+                ));
+            }
+        }
+    }
+    Ok((
+        CheckpointStatus::Used {
+            segment: c.segment,
+            position: c.position,
+        },
+        Some(c),
+    ))
+}
+
+/// Runs recovery over `cfg.dir` (created if missing) and leaves an active segment to
+/// append to.
+pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), StorageError> {
+    let dir = cfg.dir.as_path();
+    if !dir.is_dir() {
+        fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    let mut report = RecoveryReport {
+        dir: dir.to_path_buf(),
+        checkpoint: CheckpointStatus::Missing,
+        segments_scanned: 0,
+        records_scanned: 0,
+        torn_tail: None,
+        quarantined: Vec::new(),
+        indexes_rebuilt: 0,
+        quarantines_completed: complete_interrupted(dir)?,
+        segments: 0,
+        next_offset: 0,
+    };
+    let bases = list_segments(dir)?;
+    let (status, ckpt) = if cfg.durability == Durability::None {
+        // Under `None` the checkpoint is not maintained: a leftover one may name data that
+        // was never synced, so every segment is scanned.
+        (CheckpointStatus::Missing, None)
+    } else {
+        load_checkpoint(dir, &bases)?
+    };
+    report.checkpoint = status;
+
+    let interval = cfg.index_interval_bytes;
+    let mut live: Vec<Live> = Vec::with_capacity(bases.len() + 1);
+    let mut floor = 0u64;
+    for (i, &base) in bases.iter().enumerate() {
+        let is_last = i + 1 == bases.len();
+        let path = segment_path(dir, base);
+        let ipath = index_path(dir, base);
+        let len = file_len(&path)?;
+        floor = floor.max(base);
+        let old_index = read_index(&ipath)?;
+        let parsed = old_index.as_deref().map(|b| parse_index(b, base, len));
+
+        // Decide where to start scanning (None: trusted without a scan).
+        let start = match ckpt {
+            Some(c) if base < c.segment => match parsed {
+                Some(Ok(_)) => None,
+                _ => Some((0, base, None, None, Vec::new())),
+            },
+            Some(c) if base == c.segment => match parsed {
+                Some(Ok(entries)) => {
+                    let kept: Vec<IndexEntry> = entries
+                        .into_iter()
+                        .filter(|e| e.position < c.position)
+                        .collect();
+                    let last_pos = kept.last().map(|e| e.position);
+                    let last_rec = (c.position > 0).then_some(c.last_record_pos);
+                    Some((c.position, c.next_offset, last_pos, last_rec, kept))
+                }
+                _ => Some((0, base, None, None, Vec::new())),
+            },
+            _ => Some((0, base, None, None, Vec::new())),
+        };
+        let Some((from, expected, last_index_pos, last_rec, mut entries)) = start else {
+            live.push(Live {
+                base,
+                len,
+                next_offset: None,
+                last_record_pos: None,
+                last_index_pos: None,
+                quarantined: false,
+            });
+            continue;
+        };
+
+        let s = scan(&path, from, expected, interval, last_index_pos, last_rec)?;
+        report.segments_scanned += 1;
+        report.records_scanned += s.records;
+        floor = floor.max(s.next_offset);
+        entries.extend_from_slice(&s.index);
+        let last_index_pos = entries.last().map(|e| e.position);
+        match s.damage {
+            None => {
+                if write_index(dir, base, &entries, old_index.as_deref())? {
+                    report.indexes_rebuilt += 1;
+                }
+                live.push(Live {
+                    base,
+                    len: s.valid_end,
+                    next_offset: Some(s.next_offset),
+                    last_record_pos: s.last_record_pos,
+                    last_index_pos,
+                    quarantined: false,
+                });
+            }
+            Some((position, why, 0, _)) if is_last => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| StorageError::io("open", &path, e))?;
+                f.set_len(position)
+                    .map_err(|e| StorageError::io("truncate torn tail", &path, e))?;
+                f.sync_all()
+                    .map_err(|e| StorageError::io("fsync", &path, e))?;
+                sync_dir(dir)?;
+                report.torn_tail = Some(TornTail {
+                    path: path.clone(),
+                    position,
+                    bytes_removed: len - position,
+                    why,
+                });
+                if write_index(dir, base, &entries, old_index.as_deref())? {
+                    report.indexes_rebuilt += 1;
+                }
+                live.push(Live {
+                    base,
+                    len: position,
+                    next_offset: Some(s.next_offset),
+                    last_record_pos: s.last_record_pos,
+                    last_index_pos,
+                    quarantined: false,
+                });
+            }
+            Some((position, why, after, highest)) => {
+                let quarantined_as = quarantine(dir, base, position)?;
+                if let Some(h) = highest {
+                    floor = floor.max(h.saturating_add(1));
+                }
+                let prefix = (position > 0).then(|| path.clone());
+                if position > 0 {
+                    write_index(dir, base, &entries, None)?;
+                    live.push(Live {
+                        base,
+                        len: position,
+                        next_offset: Some(s.next_offset),
+                        last_record_pos: s.last_record_pos,
+                        last_index_pos,
+                        quarantined: true,
+                    });
+                }
+                report.quarantined.push(QuarantinedSegment {
+                    base,
+                    quarantined_as,
+                    prefix,
+                    damaged_position: position,
+                    why,
+                    intact_records_after: after,
+                    highest_offset_after: highest,
+                });
+            }
+        }
+    }
+
+    // The active segment: the last live one if recovery left it whole and nothing above its
+    // end was seen; otherwise a new segment above every offset seen.
+    let reuse = live
+        .last()
+        .is_some_and(|l| !l.quarantined && l.next_offset == Some(floor));
+    let active = if reuse { live.pop() } else { None };
+    let (active_base, active_len, last_record_pos, last_index_pos) = match active {
+        Some(l) => (l.base, l.len, l.last_record_pos, l.last_index_pos),
+        None => {
+            let path = segment_path(dir, floor);
+            File::create_new(&path).map_err(|e| StorageError::io("create segment", &path, e))?;
+            let ipath = index_path(dir, floor);
+            File::create(&ipath).map_err(|e| StorageError::io("create index", &ipath, e))?;
+            sync_dir(dir)?;
+            (floor, 0, None, None)
+        }
+    };
+    let closed: Vec<(u64, u64)> = live.iter().map(|l| (l.base, l.len)).collect();
+    report.segments = closed.len() + 1;
+    report.next_offset = floor;
+    Ok((
+        Recovered {
+            closed,
+            active_base,
+            active_len,
+            last_record_pos,
+            last_index_pos,
+            next_offset: floor,
+        },
+        report,
+    ))
+}

@@ -1,0 +1,141 @@
+//! Unit tests that need the writer's fault-injection seam: a failed `write(2)` or fdatasync
+//! poisons the log, is never retried, and reopening recovers.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Durability, Log, LogConfig, LogReader, StorageError};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "pinstream-storage-unit-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&path);
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open(dir: &TempDir) -> Log {
+    let mut cfg = LogConfig::new(&dir.0);
+    cfg.durability = Durability::Always;
+    Log::open(cfg).unwrap().0
+}
+
+fn assert_poisoned(r: Result<impl std::fmt::Debug, StorageError>, op: &str) {
+    match r {
+        Err(StorageError::Poisoned { first }) => match &*first {
+            StorageError::Io { op: first_op, .. } => assert_eq!(*first_op, op),
+            other => panic!("first error should be the {op} failure, is {other}"),
+        },
+        other => panic!("expected Poisoned, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_failed_fdatasync_poisons_the_log_and_is_never_retried() {
+    let dir = TempDir::new("fsync");
+    let mut log = open(&dir);
+    log.append(1, b"durable").unwrap();
+    log.sync().unwrap();
+    log.append(1, b"not durable").unwrap();
+    log.fail_next_sync = Some(io::ErrorKind::Other);
+    match log.sync() {
+        Err(StorageError::Io { op, source, .. }) => {
+            assert_eq!(op, "fdatasync");
+            assert_eq!(source.kind(), io::ErrorKind::Other);
+        }
+        other => panic!("expected the fdatasync error, got {other:?}"),
+    }
+    let syncs = log.stats().syncs;
+    assert_eq!(
+        log.durable_offset(),
+        1,
+        "the failed sync acknowledged nothing"
+    );
+    assert_poisoned(log.append(1, b"more"), "fdatasync");
+    assert_poisoned(log.flush(), "fdatasync");
+    assert_poisoned(log.sync(), "fdatasync");
+    assert_eq!(log.stats().syncs, syncs, "no retry");
+    assert!(log.stats().poisoned);
+    assert_eq!(log.durable_offset(), 1);
+    let msg = log.sync().unwrap_err().to_string();
+    assert!(msg.contains("reopen") && msg.contains("fdatasync"), "{msg}");
+    drop(log);
+
+    // Reopening runs recovery; the written record is there (the page cache kept it here).
+    let mut log = open(&dir);
+    assert_eq!(log.next_offset(), 2);
+    assert_eq!(log.append(1, b"after").unwrap(), 2);
+    log.sync().unwrap();
+    let mut r = LogReader::open(&dir.0).unwrap();
+    let bodies: Vec<Vec<u8>> = std::iter::from_fn(|| r.next_record())
+        .map(|x| x.unwrap().body)
+        .collect();
+    assert_eq!(bodies, [&b"durable"[..], b"not durable", b"after"]);
+}
+
+#[test]
+fn a_failed_write_poisons_the_log_too() {
+    let dir = TempDir::new("write");
+    let mut log = open(&dir);
+    log.append(1, b"a").unwrap();
+    log.fail_next_write = Some(io::ErrorKind::StorageFull);
+    assert!(matches!(
+        log.flush(),
+        Err(StorageError::Io { op: "write", .. })
+    ));
+    assert_poisoned(log.append(1, b"b"), "write");
+    assert_poisoned(log.sync(), "write");
+    assert_eq!(log.durable_offset(), 0);
+    drop(log);
+    let log = open(&dir);
+    assert_eq!(log.next_offset(), 0, "the failed write left nothing");
+}
+
+#[test]
+fn a_quarantine_interrupted_between_its_renames_is_completed_on_open() {
+    let dir = TempDir::new("interrupted");
+    let mut log = open(&dir);
+    for body in [&b"one"[..], b"two", b"three"] {
+        log.append(1, body).unwrap();
+    }
+    log.close().unwrap();
+    // The state a crash leaves after "rename the original aside" and before "rename the
+    // synced prefix in": no segment file, a complete `.prefix`, the quarantined original.
+    let seg = dir.0.join("00000000000000000000.log");
+    let bytes = fs::read(&seg).unwrap();
+    let first_two = 2 * super::RECORD_HEADER_LEN + 6;
+    fs::write(
+        dir.0.join("00000000000000000000.log.prefix"),
+        &bytes[..first_two],
+    )
+    .unwrap();
+    fs::rename(&seg, dir.0.join("00000000000000000000.log.quarantined")).unwrap();
+    let mut cfg = LogConfig::new(&dir.0);
+    cfg.durability = Durability::Always;
+    let (log, report) = Log::open(cfg).unwrap();
+    assert_eq!(report.quarantines_completed, 1, "{report}");
+    assert!(report.to_string().contains("interrupted"), "{report}");
+    assert_eq!(log.next_offset(), 2);
+    assert_eq!(fs::read(&seg).unwrap(), &bytes[..first_two]);
+    assert_eq!(
+        fs::read(dir.0.join("00000000000000000000.log.quarantined")).unwrap(),
+        bytes,
+        "the original is kept"
+    );
+}
