@@ -7,8 +7,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod engine;
 pub mod idle;
 pub mod ingest;
+pub mod loadgen;
 pub mod numa;
 pub mod pin;
 pub mod stats;

@@ -35,3 +35,33 @@ impl Gauge {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// Counters of the host's threads (TEMPORARY, replaced at merge).
+#[derive(Debug, Default)]
+#[allow(missing_docs)]
+pub struct HostCounters {
+    pub tcp_accepted: Gauge,
+    pub tcp_open: Gauge,
+    pub tcp_refused: Gauge,
+    pub tcp_closed: Gauge,
+    pub tcp_closed_malformed: Gauge,
+    pub tcp_closed_stalled: Gauge,
+    pub tcp_closed_idle: Gauge,
+    pub tcp_bytes_in: Gauge,
+    pub tcp_frames_in: Gauge,
+    pub tcp_rejects_sent: Gauge,
+    pub tcp_acks_sent: Gauge,
+    pub tcp_credit_waits: Gauge,
+    pub udp_datagrams: Gauge,
+    pub udp_bytes_in: Gauge,
+    pub udp_frames_in: Gauge,
+    pub udp_malformed: Gauge,
+    pub udp_truncated: Gauge,
+    pub udp_errors: Gauge,
+    pub storage_records: Gauge,
+    pub storage_bytes: Gauge,
+    pub storage_syncs: Gauge,
+    pub storage_sync_errors: Gauge,
+    pub storage_segments: Gauge,
+    pub durable_events: Gauge,
+}

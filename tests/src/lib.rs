@@ -7,6 +7,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+pub mod client;
 
 /// A global allocator that counts allocations (alloc, alloc_zeroed, realloc) made by each
 /// thread while it is armed. Install it in a test binary with `#[global_allocator]`.
@@ -18,7 +21,13 @@ thread_local! {
     // `const` initialisation: using them never allocates (no lazy init, no destructor).
     static ARMED: Cell<bool> = const { Cell::new(false) };
     static THREAD_COUNT: Cell<usize> = const { Cell::new(0) };
+    static WATCHED: Cell<bool> = const { Cell::new(false) };
 }
+
+/// Counting of watched threads (threads the test does not run itself, e.g. an engine's):
+/// on while set, and what it counted.
+static WATCH_ARMED: AtomicBool = AtomicBool::new(false);
+static WATCHED_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 impl CountingAllocator {
     /// A counter at zero.
@@ -51,10 +60,35 @@ impl CountingAllocator {
         (self.thread_count() - before, r)
     }
 
+    /// Marks the calling thread as watched: while [`arm_watched`](Self::arm_watched) is on,
+    /// its allocations count in [`watched_count`](Self::watched_count). Call it first thing
+    /// on the thread (e.g. from an engine's thread hook).
+    pub fn watch_this_thread(&self) {
+        WATCHED.with(|w| w.set(true));
+    }
+
+    /// Starts counting the watched threads' allocations.
+    pub fn arm_watched(&self) {
+        WATCH_ARMED.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops counting the watched threads' allocations.
+    pub fn disarm_watched(&self) {
+        WATCH_ARMED.store(false, Ordering::SeqCst);
+    }
+
+    /// Allocations the watched threads made while armed.
+    pub fn watched_count(&self) -> usize {
+        WATCHED_COUNT.load(Ordering::SeqCst)
+    }
+
     fn note(&self) {
         // `try_with`: during thread teardown the TLS slots may be gone; do not count then.
         if ARMED.try_with(Cell::get).unwrap_or(false) {
             let _ = THREAD_COUNT.try_with(|c| c.set(c.get() + 1));
+        }
+        if WATCH_ARMED.load(Ordering::Relaxed) && WATCHED.try_with(Cell::get).unwrap_or(false) {
+            WATCHED_COUNT.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -114,5 +148,34 @@ impl Rng {
     /// True with probability `permille / 1000`.
     pub fn chance(&mut self, permille: u64) -> bool {
         self.below(1000) < permille
+    }
+}
+
+/// A fresh directory under the system temp dir, removed (with its contents) on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// `<tmp>/pinstream-<name>-<pid>-<n>`, created empty.
+    pub fn new(name: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pinstream-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        Self(dir)
+    }
+
+    /// The path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

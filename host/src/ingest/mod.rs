@@ -1,1 +1,785 @@
-//! (in progress)
+//! Ingest: the thread that takes events in over TCP and UDP and dispatches them into the
+//! lanes, and sends the acknowledgements back.
+//!
+//! One thread serves every socket with `epoll` (edge-triggered, non-blocking). Each TCP
+//! connection reads into its own receive buffer and frames are decoded **in place** there:
+//! a payload is copied once, into its pool slot, by the dispatcher. Limits, all from the
+//! config: connections, frame length, receive and send buffer sizes, an in-flight window in
+//! frames and in events (credit is taken before a frame is accepted: a connection out of
+//! credit is not read, so TCP pushes back on the client), malformed frames before the
+//! connection is closed, an idle timeout and a stall timeout for a client that stops
+//! reading its acks. A bad client costs its own connection, never the engine.
+//!
+//! **Acknowledgements** ([`AckMode`]): `none` sends none; `accepted` acknowledges a frame
+//! once its events are in lanes (or dead-lettered or rejected); `durable` waits for the
+//! storage thread's [`Completion`]s, which it sends after the log write (`none` durability)
+//! or the fdatasync (`interval`, `always`) that covers the events. Batch-lane events are
+//! resolved by a tick watermark, [`Shared::batch_resolved`]: their aggregate is stored when
+//! their window closes.
+//!
+//! UDP: `recvmmsg` batches into buffers allocated at start; a datagram holds whole frames;
+//! what is malformed or truncated is counted. UDP has no acknowledgements (source id 0).
+
+mod conn;
+mod udp;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pinstream_core::dispatch::{Dispatcher, Outcome};
+use pinstream_core::event::Lane;
+use pinstream_core::reason::Reason;
+use pinstream_core::ring::Consumer;
+use pinstream_core::wire::{
+    DecodeError, Frame, FrameKind, Hello, MIN_FRAME_LEN, Reject, encode_hello,
+};
+
+use crate::stats::HostCounters;
+use crate::sys::net::{
+    EPOLLERR_HUP, EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready, set_send_buffer,
+};
+
+use self::conn::{CloseReason, Conn, Track};
+pub use self::udp::{UDP_SOURCE, UdpIngest};
+
+/// When to acknowledge a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    /// Never (fire and forget).
+    None,
+    /// Once every event of the frame is in a lane, dead-lettered or rejected.
+    Accepted,
+    /// Once every event of the frame is stored under the storage's durability mode,
+    /// dead-lettered or rejected.
+    Durable,
+}
+
+/// The storage thread's report on events of one frame: how many were stored (durably) and
+/// how many dead-lettered after dispatch (duplicates, retries exhausted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// The connection's source id.
+    pub source: u32,
+    /// The frame's seq.
+    pub seq: u64,
+    /// Events stored.
+    pub stored: u32,
+    /// Events dead-lettered.
+    pub dead: u32,
+}
+
+/// Capacity of the completion ring from the storage thread.
+pub const COMPLETIONS: usize = 16_384;
+
+/// What the ingest and storage threads share besides the lanes.
+#[derive(Debug)]
+pub struct Shared {
+    /// The ingest thread's tick watermark: every event dispatched at a tick below it is in
+    /// its lane (the ingest thread's ticks strictly increase per loop).
+    pub pushed_before: AtomicU64,
+    /// The storage thread's batch watermark: every batch-lane event dispatched at a tick
+    /// below it is resolved (its window's aggregate stored under the durability mode).
+    pub batch_resolved: AtomicU64,
+    /// Set to stop: ingest stops reading, the storage thread drains and syncs.
+    pub stop: AtomicBool,
+    /// The ingest thread stopped dispatching.
+    pub ingest_done: AtomicBool,
+    /// The storage thread has stored and synced everything and sent its last completions.
+    pub storage_done: AtomicBool,
+    /// Engine start: ticks are nanoseconds since it.
+    pub start: Instant,
+}
+
+impl Shared {
+    /// Fresh state, ticks from now.
+    pub fn new() -> Self {
+        Self {
+            pushed_before: AtomicU64::new(0),
+            batch_resolved: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            ingest_done: AtomicBool::new(false),
+            storage_done: AtomicBool::new(false),
+            start: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since start.
+    #[inline]
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// TCP limits (every one a config key, see `config.rs`).
+#[derive(Clone, Debug)]
+pub struct TcpLimits {
+    /// Open connections at most; more are accepted and closed at once (counted).
+    pub max_connections: usize,
+    /// Largest frame accepted (also announced in the HELLO reply).
+    pub max_frame_len: usize,
+    /// Receive buffer per connection (at least `max_frame_len`).
+    pub recv_buffer: usize,
+    /// Send buffer per connection (ACKs and REJECTs).
+    pub send_buffer: usize,
+    /// Frames accepted and not yet acknowledged, per connection.
+    pub inflight_frames: usize,
+    /// Events accepted and not yet acknowledged, per connection.
+    pub inflight_events: u64,
+    /// Malformed frames before the connection is closed.
+    pub max_rejects: u32,
+    /// Silence after which a connection with nothing in flight is closed.
+    pub idle_timeout: Duration,
+    /// Time output may wait unread by the client before the connection is closed.
+    pub stall_timeout: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_frame_len: 65_536,
+            recv_buffer: 262_144,
+            send_buffer: 65_536,
+            inflight_frames: 1024,
+            inflight_events: 65_536,
+            max_rejects: 100,
+            idle_timeout: Duration::from_secs(300),
+            stall_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+const LISTENER: u64 = 0;
+const UDP: u64 = u64::MAX;
+/// How often timeouts are checked.
+const HOUSEKEEPING: u64 = 10_000_000;
+
+/// The ingest thread's state. `P, POOL, LANE, DL` are the lanes' sizes.
+pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
+    dispatcher: Dispatcher<'a, P, POOL, LANE, DL>,
+    completions: Consumer<'a, Completion, COMPLETIONS>,
+    shared: &'a Shared,
+    counters: &'a HostCounters,
+    ack: AckMode,
+    limits: TcpLimits,
+    epoll: Epoll,
+    listener: Option<TcpListener>,
+    udp: Option<UdpIngest>,
+    /// Connection slots; a slot keeps its buffers after its connection closes.
+    conns: Vec<Option<Conn>>,
+    /// Generation per slot (the high half of source ids).
+    generations: Vec<u16>,
+    /// Open slots, in no order.
+    open: Vec<usize>,
+    /// Slots with buffers and no connection, for reuse.
+    free: Vec<usize>,
+    ready: Vec<Ready>,
+    now: u64,
+    last_housekeeping: u64,
+    batch_watermark: u64,
+}
+
+impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
+    Ingest<'a, P, POOL, LANE, DL>
+{
+    /// An ingest thread's state: binds nothing itself; give it bound sockets.
+    ///
+    /// # Errors
+    /// `epoll_create1` or registering a socket failed, or a limit is out of range.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dispatcher: Dispatcher<'a, P, POOL, LANE, DL>,
+        completions: Consumer<'a, Completion, COMPLETIONS>,
+        shared: &'a Shared,
+        counters: &'a HostCounters,
+        ack: AckMode,
+        limits: TcpLimits,
+        listener: Option<TcpListener>,
+        udp: Option<(UdpSocket, usize, usize)>,
+    ) -> io::Result<Self> {
+        if limits.max_frame_len < MIN_FRAME_LEN || limits.recv_buffer < limits.max_frame_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "tcp.max_frame_len {} must be at least {MIN_FRAME_LEN} and at most tcp.recv_buffer {}",
+                    limits.max_frame_len, limits.recv_buffer
+                ),
+            ));
+        }
+        if limits.max_connections == 0 || limits.max_connections > 65_535 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "tcp.max_connections {} must be in 1..=65535",
+                    limits.max_connections
+                ),
+            ));
+        }
+        let epoll = Epoll::new()?;
+        if let Some(l) = &listener {
+            l.set_nonblocking(true)?;
+            epoll.add(l.as_raw_fd(), EPOLLIN, LISTENER)?;
+        }
+        let udp = match udp {
+            Some((socket, batch, size)) => {
+                socket.set_nonblocking(true)?;
+                epoll.add(socket.as_raw_fd(), EPOLLIN, UDP)?;
+                Some(UdpIngest::new(socket, batch, size))
+            }
+            None => None,
+        };
+        let n = limits.max_connections;
+        Ok(Self {
+            dispatcher,
+            completions,
+            shared,
+            counters,
+            ack,
+            limits,
+            epoll,
+            listener,
+            udp,
+            conns: (0..n).map(|_| None).collect(),
+            generations: vec![0; n],
+            open: Vec::with_capacity(n),
+            free: Vec::with_capacity(n),
+            ready: vec![Ready::default(); 256],
+            now: 0,
+            last_housekeeping: 0,
+            batch_watermark: 0,
+        })
+    }
+
+    /// The TCP address, if listening.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// One round: new connections, input, completions, acknowledgements, housekeeping.
+    /// Returns whether it did any work (the caller idles on `false`).
+    ///
+    /// # Errors
+    /// Only `epoll_wait` failing (a bug or a resource exhaustion); a bad client never is one.
+    pub fn poll(&mut self) -> io::Result<bool> {
+        // Strictly increasing ticks, so `pushed_before` = this round's tick + 1 is exact.
+        self.now = self.shared.now().max(self.now + 1);
+        let mut work = false;
+        let n = self.epoll.wait(&mut self.ready, 0)?;
+        for i in 0..n {
+            let Ready { token, events } = self.ready[i];
+            match token {
+                LISTENER => self.accept(),
+                UDP => {}
+                t => {
+                    let slot = (t - 1) as usize;
+                    if let Some(conn) = self.conns[slot].as_mut() {
+                        if events & (EPOLLIN | EPOLLRDHUP | EPOLLERR_HUP) != 0 {
+                            conn.readable = true;
+                        }
+                        if events & (EPOLLOUT | EPOLLERR_HUP) != 0 {
+                            conn.writable = true;
+                        }
+                    }
+                }
+            }
+            work = true;
+        }
+        if let Some(udp) = self.udp.as_mut() {
+            work |= udp.poll(&mut self.dispatcher, self.counters, self.now) > 0;
+        }
+        work |= self.take_completions();
+        let mut i = 0;
+        while i < self.open.len() {
+            let slot = self.open[i];
+            let (did, close) = self.serve(slot);
+            work |= did;
+            if let Some(reason) = close {
+                self.close(slot, reason);
+                // `close` swapped the last open slot into `i`.
+            } else {
+                i += 1;
+            }
+        }
+        self.shared
+            .pushed_before
+            .store(self.now + 1, Ordering::Release);
+        if self.now - self.last_housekeeping >= HOUSEKEEPING {
+            self.last_housekeeping = self.now;
+            self.housekeeping();
+        }
+        Ok(work)
+    }
+
+    /// Stops taking input; keeps sending acknowledgements until the storage thread has
+    /// reported everything (or `deadline` passes), then closes every connection.
+    pub fn shut_down(&mut self, deadline: Duration) {
+        self.shared.ingest_done.store(true, Ordering::Release);
+        if let Some(l) = self.listener.take() {
+            let _ = self.epoll.delete(l.as_raw_fd());
+        }
+        let until = Instant::now() + deadline;
+        loop {
+            let done = self.shared.storage_done.load(Ordering::Acquire);
+            self.take_completions();
+            for i in 0..self.open.len() {
+                let slot = self.open[i];
+                if let Some(conn) = self.conns[slot].as_mut() {
+                    conn.queue_ack();
+                    let _ = conn.flush();
+                }
+            }
+            if done || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        while let Some(&slot) = self.open.last() {
+            self.close(slot, CloseReason::Shutdown);
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, _peer)) => {
+                    self.counters.tcp_accepted.incr();
+                    let Some(slot) = self.take_slot() else {
+                        // Over the limit: closed at once (dropping it), counted.
+                        self.counters.tcp_refused.incr();
+                        continue;
+                    };
+                    if let Err(_e) = self.open_conn(slot, stream) {
+                        self.counters.tcp_closed.incr();
+                        self.free.push(slot);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Out of fds, or the peer reset before accept: count and move on.
+                Err(_) => {
+                    self.counters.tcp_refused.incr();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A slot for a new connection: a free one with buffers, or a never-used one.
+    fn take_slot(&mut self) -> Option<usize> {
+        if let Some(slot) = self.free.pop() {
+            return Some(slot);
+        }
+        let used = self.open.len() + self.free.len();
+        (used < self.conns.len()).then_some(used)
+    }
+
+    fn open_conn(&mut self, slot: usize, stream: std::net::TcpStream) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        // The kernel's buffer for our replies is bounded like ours: a client that does not
+        // read shows up as a stall within about twice `send_buffer` bytes, not megabytes.
+        set_send_buffer(stream.as_raw_fd(), self.limits.send_buffer)?;
+        self.epoll.add(
+            stream.as_raw_fd(),
+            EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+            slot as u64 + 1,
+        )?;
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        let source = (u32::from(self.generations[slot]) << 16) | (slot as u32 + 1);
+        let limits = &self.limits;
+        let conn = self.conns[slot].get_or_insert_with(|| {
+            Conn::with_buffers(
+                limits.recv_buffer,
+                limits.send_buffer,
+                limits.inflight_frames,
+            )
+        });
+        conn.reset(stream, source, self.now, limits.max_frame_len);
+        self.open.push(slot);
+        self.counters.tcp_open.set(self.open.len() as u64);
+        Ok(())
+    }
+
+    fn close(&mut self, slot: usize, reason: CloseReason) {
+        if let Some(conn) = self.conns[slot].as_mut() {
+            if let Some(stream) = conn.stream.take() {
+                let _ = self.epoll.delete(stream.as_raw_fd());
+            }
+            conn.tracks.clear();
+        }
+        if let Some(pos) = self.open.iter().position(|&s| s == slot) {
+            self.open.swap_remove(pos);
+            self.free.push(slot);
+        }
+        let c = self.counters;
+        c.tcp_closed.incr();
+        match reason {
+            CloseReason::Malformed => c.tcp_closed_malformed.incr(),
+            CloseReason::Stalled => c.tcp_closed_stalled.incr(),
+            CloseReason::Idle => c.tcp_closed_idle.incr(),
+            CloseReason::Peer | CloseReason::Error | CloseReason::Shutdown => {}
+        }
+        c.tcp_open.set(self.open.len() as u64);
+    }
+
+    /// Applies the storage thread's completions and the batch watermark.
+    fn take_completions(&mut self) -> bool {
+        let mut work = false;
+        while let Some(c) = self.completions.pop() {
+            work = true;
+            let slot = (c.source & 0xFFFF) as usize;
+            if slot == 0 || slot > self.conns.len() {
+                continue;
+            }
+            if let Some(conn) = self.conns[slot - 1].as_mut() {
+                if conn.stream.is_some() && conn.source == c.source {
+                    conn.complete(c.seq, c.stored, c.dead);
+                }
+            }
+        }
+        let watermark = self.shared.batch_resolved.load(Ordering::Acquire);
+        if watermark != self.batch_watermark {
+            self.batch_watermark = watermark;
+        }
+        work
+    }
+
+    /// Serves one connection: resolves frames, reads and dispatches while it has credit and
+    /// room for replies, writes replies. Returns (did work, close reason).
+    fn serve(&mut self, slot: usize) -> (bool, Option<CloseReason>) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return (false, None);
+        };
+        let mut work = false;
+        if conn.resolve_front(self.batch_watermark) > 0 {
+            work = true;
+        }
+        let mut close = conn.closing;
+        while close.is_none() && conn.readable {
+            // Room for the replies one buffer of input can cause is kept free; credit is
+            // checked per frame in `dispatch_buffered`.
+            if conn.out_room() < conn.wbuf.len() / 2 && conn.has_output() {
+                break;
+            }
+            let parsed = dispatch_buffered(
+                conn,
+                &mut self.dispatcher,
+                self.counters,
+                self.ack,
+                &self.limits,
+                self.now,
+            );
+            work |= parsed.frames > 0;
+            if let Some(reason) = parsed.close {
+                close = Some(reason);
+                conn.closing = close;
+                break;
+            }
+            if parsed.out_of_credit {
+                self.counters.tcp_credit_waits.incr();
+                break;
+            }
+            match conn.fill() {
+                Ok(0) => {
+                    if conn.rend > conn.rstart && conn.rend - conn.rstart == conn.rbuf.len() {
+                        // A full buffer that holds no whole frame: impossible with
+                        // recv_buffer >= max_frame_len; treat as framing lost.
+                        close = Some(CloseReason::Malformed);
+                    } else {
+                        close = Some(CloseReason::Peer);
+                    }
+                    break;
+                }
+                Ok(n) => {
+                    work = true;
+                    conn.last_input = self.now;
+                    self.counters.tcp_bytes_in.add(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    close = Some(CloseReason::Error);
+                    break;
+                }
+            }
+        }
+        if conn.resolve_front(self.batch_watermark) > 0 {
+            work = true;
+        }
+        if conn.queue_ack() {
+            self.counters.tcp_acks_sent.incr();
+        }
+        if conn.has_output() && conn.writable {
+            match conn.flush() {
+                Ok(n) => {
+                    if n > 0 {
+                        work = true;
+                        conn.stalled_since = 0;
+                    }
+                }
+                Err(_) => close = close.or(Some(CloseReason::Error)),
+            }
+        }
+        if conn.has_output() {
+            if conn.stalled_since == 0 {
+                conn.stalled_since = self.now;
+            }
+        } else {
+            conn.stalled_since = 0;
+        }
+        // A connection being closed for bad input goes once its REJECT is out (or cannot be).
+        match close {
+            Some(CloseReason::Malformed) if conn.has_output() && conn.writable => (work, None),
+            other => (work, other),
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let stall = u64::try_from(self.limits.stall_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let idle = u64::try_from(self.limits.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let mut i = 0;
+        while i < self.open.len() {
+            let slot = self.open[i];
+            let verdict = self.conns[slot].as_ref().and_then(|c| {
+                if c.stalled_since != 0 && self.now - c.stalled_since > stall {
+                    Some(CloseReason::Stalled)
+                } else if c.closing.is_some() && self.now - c.last_input > stall {
+                    c.closing
+                } else if c.tracks.is_empty() && self.now - c.last_input > idle {
+                    Some(CloseReason::Idle)
+                } else {
+                    None
+                }
+            });
+            match verdict {
+                Some(reason) => self.close(slot, reason),
+                None => i += 1,
+            }
+        }
+    }
+}
+
+/// What [`dispatch_buffered`] did.
+struct Parsed {
+    frames: u32,
+    out_of_credit: bool,
+    close: Option<CloseReason>,
+}
+
+/// Decodes and dispatches every whole frame in the connection's receive buffer, in place.
+fn dispatch_buffered<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
+    conn: &mut Conn,
+    dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
+    counters: &HostCounters,
+    ack: AckMode,
+    limits: &TcpLimits,
+    now: u64,
+) -> Parsed {
+    // The frames borrow the receive buffer while the rest of the connection (its window,
+    // its output) is updated: lend the buffer out for the pass (an empty box allocates
+    // nothing).
+    let rbuf = std::mem::take(&mut conn.rbuf);
+    let parsed = dispatch_from(conn, &rbuf, dispatcher, counters, ack, limits, now);
+    conn.rbuf = rbuf;
+    parsed
+}
+
+fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
+    conn: &mut Conn,
+    rbuf: &[u8],
+    dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
+    counters: &HostCounters,
+    ack: AckMode,
+    limits: &TcpLimits,
+    now: u64,
+) -> Parsed {
+    let mut parsed = Parsed {
+        frames: 0,
+        out_of_credit: false,
+        close: None,
+    };
+    loop {
+        let avail = conn.rend - conn.rstart;
+        if avail < 4 {
+            return parsed;
+        }
+        let at = conn.rstart;
+        let len = u32::from_le_bytes([rbuf[at], rbuf[at + 1], rbuf[at + 2], rbuf[at + 3]]) as usize;
+        if len < MIN_FRAME_LEN || len > conn.max_frame {
+            // The framing is lost: nothing after this can be trusted. REJECT and close.
+            let error = if len < MIN_FRAME_LEN {
+                DecodeError::BadLength
+            } else {
+                DecodeError::TooLong
+            };
+            dispatcher.reject_frame(error);
+            conn.rejected += 1;
+            conn.ack_owed = true;
+            if conn.queue_reject(&Reject::frame(0, error.reason())) {
+                counters.tcp_rejects_sent.incr();
+            }
+            conn.rstart = conn.rend;
+            parsed.close = Some(CloseReason::Malformed);
+            return parsed;
+        }
+        if avail < len {
+            return parsed;
+        }
+        // Credit before acceptance: the frame's events must fit the window (a lone frame
+        // larger than the window is let through, or it could never be sent).
+        if ack != AckMode::None {
+            let events = peek_event_count(&rbuf[at..at + len]);
+            let full = conn.tracks.len() >= limits.inflight_frames
+                || (!conn.tracks.is_empty()
+                    && conn.inflight_events + u64::from(events) > limits.inflight_events);
+            if full {
+                parsed.out_of_credit = true;
+                return parsed;
+            }
+        }
+        // Room for this frame's REJECTs: at worst one per event, bounded by what is left.
+        conn.rstart += len;
+        parsed.frames += 1;
+        counters.tcp_frames_in.incr();
+        match Frame::new_checked(&rbuf[at..at + len], conn.max_frame) {
+            Ok(frame) if frame.kind() == FrameKind::Hello => hello(conn, &frame, limits, counters),
+            Ok(frame) => dispatch_frame(conn, dispatcher, counters, ack, &frame, now),
+            Err(error) => {
+                // A sane length, a bad frame: REJECT it and go on with the next one.
+                dispatcher.reject_frame(error);
+                let seq = frame_seq(&rbuf[at..at + len]);
+                settle(conn, ack, Track::settled(seq, 0, 0, 1));
+                if conn.queue_reject(&Reject::frame(seq, error.reason())) {
+                    counters.tcp_rejects_sent.incr();
+                }
+                conn.malformed += 1;
+                if conn.malformed > limits.max_rejects {
+                    parsed.close = Some(CloseReason::Malformed);
+                    return parsed;
+                }
+            }
+        }
+    }
+}
+
+/// The seq field of a frame header (bytes 8..16), whatever the rest says.
+fn frame_seq(bytes: &[u8]) -> u64 {
+    bytes
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// The number of events a frame claims, for the credit check before it is validated:
+/// 1 for an EVENT, the count field for a BATCH (validated later).
+fn peek_event_count(bytes: &[u8]) -> u32 {
+    match bytes.get(5).copied() {
+        Some(k) if k == FrameKind::Batch as u8 => bytes
+            .get(16..20)
+            .and_then(|b| b.try_into().ok())
+            .map_or(1, u32::from_le_bytes)
+            .max(1),
+        _ => 1,
+    }
+}
+
+/// Answers a HELLO: the negotiated version and our limits, or a REJECT and close.
+fn hello(conn: &mut Conn, frame: &Frame<'_>, limits: &TcpLimits, counters: &HostCounters) {
+    let Some(client) = frame.hello() else {
+        return;
+    };
+    match client.negotiate(1, 1) {
+        Some(version) => {
+            conn.max_frame = limits
+                .max_frame_len
+                .min(client.max_frame_len as usize)
+                .max(MIN_FRAME_LEN);
+            let reply = Hello::reply(version, limits.max_frame_len as u32, conn.source);
+            let mut buf = [0u8; conn::CONTROL_FRAME_MAX];
+            if let Ok(n) = encode_hello(&mut buf, frame.seq(), &reply) {
+                conn.queue_bytes(&buf[..n]);
+            }
+        }
+        None => {
+            if conn.queue_reject(&Reject::frame(frame.seq(), Reason::UnsupportedVersion)) {
+                counters.tcp_rejects_sent.incr();
+            }
+            conn.closing = Some(CloseReason::Malformed);
+        }
+    }
+}
+
+/// Dispatches one valid frame and books its events in the connection's window.
+fn dispatch_frame<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
+    conn: &mut Conn,
+    dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
+    counters: &HostCounters,
+    ack: AckMode,
+    frame: &Frame<'_>,
+    now: u64,
+) {
+    let seq = frame.seq();
+    let mut track = Track {
+        seq,
+        pending: 0,
+        batch_events: 0,
+        tick: now,
+        events: 0,
+        stored: 0,
+        dead: 0,
+        rejected: 0,
+    };
+    // REJECT frames for events refused at the door; collected first so the dispatcher's
+    // callback does not borrow the connection's output buffer.
+    let mut rejects = 0u32;
+    let summary = dispatcher.dispatch_frame_with(frame, conn.source, now, |i, header, outcome| {
+        match outcome {
+            Outcome::Queued(Lane::Batch) => track.batch_events += 1,
+            Outcome::Queued(_) => track.pending += 1,
+            Outcome::DeadLettered(_) => track.dead += 1,
+            Outcome::Rejected(reason) => {
+                track.rejected += 1;
+                let index = u16::try_from(i).unwrap_or(u16::MAX - 1);
+                // Written directly: the connection is not borrowed by the dispatcher.
+                if conn.queue_reject(&Reject::event(seq, reason, index, header.id)) {
+                    rejects += 1;
+                }
+            }
+        }
+    });
+    counters.tcp_rejects_sent.add(u64::from(rejects));
+    if summary.rejected != 0 && track.pending + track.batch_events + track.dead == 0 {
+        // A whole-frame rejection (e.g. an ACK sent to the server) reports no events.
+        track.rejected = summary.rejected;
+        if rejects == 0 && conn.queue_reject(&Reject::frame(seq, Reason::UnexpectedKind)) {
+            counters.tcp_rejects_sent.incr();
+        }
+    }
+    track.events = track.pending + track.batch_events + track.dead + track.rejected;
+    if ack == AckMode::Accepted {
+        track.stored = track.pending + track.batch_events;
+        track = Track::settled(seq, track.stored, track.dead, track.rejected);
+    }
+    settle(conn, ack, track);
+}
+
+/// Books a frame in the connection's window (nothing when acknowledgements are off).
+fn settle(conn: &mut Conn, ack: AckMode, track: Track) {
+    if ack == AckMode::None {
+        return;
+    }
+    conn.inflight_events += u64::from(track.events);
+    conn.tracks.push_back(track);
+}

@@ -1,0 +1,966 @@
+//! The engine: the core pipeline wired to sockets and logs on two pinned threads.
+//!
+//! ```text
+//!  ingest thread (CPU engine.ingest_cpu)          storage thread (CPU engine.process_cpu)
+//!  epoll: TCP connections, UDP recvmmsg           Processors: alerts, dedup, aggregation
+//!  decode in place -> Dispatcher -> lanes  ====>  Sink: append to the lane's log
+//!  ACK / REJECT per connection            <====   group commit (fdatasync) -> Completions
+//!                                                 dead letters -> dead-letter log
+//!                                                 control plane -> ControlSignal
+//! ```
+//!
+//! [`Engine::start`] builds everything (all allocation happens here: lanes, pools, buffers,
+//! logs), binds the sockets, recovers the logs, then runs the two threads inside a
+//! supervisor thread that owns the memory; [`EngineHandle::stop`] drains and syncs before
+//! it returns, so nothing acknowledged is lost and nothing accepted is left unresolved.
+//!
+//! The lanes' sizes are const generics of the core; this build has the sizes of
+//! [`PAYLOAD`], [`POOL`], [`LANE`], [`DEAD_LETTERS`] (the config's `[capacity]` is
+//! checked against them).
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pinstream_core::accounting::StageCounters;
+use pinstream_core::control::{
+    ControlConfig, ControlPlane, ControlSignal, Observation, depth_permille,
+};
+use pinstream_core::dispatch::{Admission, Dispatcher, Unlimited};
+use pinstream_core::event::Lane;
+use pinstream_core::lanes::{DeadLetter, DeadLetters, Lanes};
+use pinstream_core::process::realtime::{AlertRule, CountAlerts};
+use pinstream_core::process::{LaneProcessors, Processors, Record, RetryPolicy, Sink, SinkError};
+use pinstream_core::ratelimit::{RateConfig, RateLimiter};
+use pinstream_core::reason::Reason;
+use pinstream_core::ring::{Producer, Spsc};
+
+use crate::idle::{IdleStrategy, Idler, ThreadLoad};
+use crate::ingest::{AckMode, COMPLETIONS, Completion, Ingest, Shared, TcpLimits};
+use crate::numa;
+use crate::pin::{self, PinPlan};
+use crate::stats::HostCounters;
+use crate::storage::{Durability, Log, LogConfig, RecoveryReport, StorageError, record};
+use crate::topology::Topology;
+
+/// Payload bytes per event slot.
+pub const PAYLOAD: usize = 256;
+/// Event slots in the pool.
+pub const POOL: usize = 65_536;
+/// Capacity of each lane.
+pub const LANE: usize = 16_384;
+/// Capacity of the dead-letter ring.
+pub const DEAD_LETTERS: usize = 4_096;
+/// Records parked for retry at most.
+pub const RETRY_QUEUE: usize = 256;
+/// Alert rules at most.
+pub const RULES: usize = 32;
+/// Entries of the transactional lane's dedup table.
+pub const DEDUP: usize = 1 << 17;
+/// Topics at most.
+pub const TOPICS: usize = 256;
+/// Rate-limited sources: UDP (0) and one per TCP connection slot.
+pub const SOURCES: usize = 4_096;
+
+type EngineLanes = Lanes<PAYLOAD, POOL, LANE, DEAD_LETTERS>;
+type EngineProcessors<'a> = Processors<'a, PAYLOAD, POOL, LANE, DEAD_LETTERS, RETRY_QUEUE>;
+type EngineLaneProcessors = LaneProcessors<RULES, DEDUP, TOPICS>;
+
+/// Where the threads run and how they wait.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// No pinning, no busy polling (containers, CI, a laptop).
+    pub overprovisioned: bool,
+    /// CPU of the ingest thread.
+    pub ingest_cpu: usize,
+    /// CPU of the storage thread.
+    pub process_cpu: usize,
+    /// How an idle thread waits.
+    pub idle: IdleStrategy,
+    /// Bind the lanes and pools to the NUMA node of the ingest CPU (their writer).
+    pub numa: bool,
+    /// `mlockall` at start-up.
+    pub mlock: bool,
+}
+
+/// Everything [`Engine::start`] needs (the runner builds it from the TOML config).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// TCP listen address (`None`: no TCP).
+    pub tcp: Option<SocketAddr>,
+    /// TCP limits.
+    pub tcp_limits: TcpLimits,
+    /// UDP listen address, datagrams per `recvmmsg`, largest datagram.
+    pub udp: Option<(SocketAddr, usize, usize)>,
+    /// When frames are acknowledged.
+    pub ack: AckMode,
+    /// The data directory: one log per lane output and the dead-letter log below it.
+    pub data_dir: PathBuf,
+    /// The logs' settings (the directory is set per log from `data_dir`).
+    pub log: LogConfig,
+    /// Registered topic names, ids in order.
+    pub topics: Vec<String>,
+    /// Per-source rate limit.
+    pub rate: RateConfig,
+    /// Dedup window of the transactional lane.
+    pub dedup_window: Duration,
+    /// Aggregation window of the batch lane.
+    pub aggregate_window: Duration,
+    /// Retries of refused records.
+    pub retry: RetryPolicy,
+    /// Alert rules of the realtime lane.
+    pub alerts: Vec<AlertRule>,
+    /// Events per lane per processing round.
+    pub budget: usize,
+    /// Control-plane thresholds.
+    pub control: ControlConfig,
+    /// Threads.
+    pub placement: Placement,
+    /// Called first thing on each engine thread (ingest, storage), e.g. to register it
+    /// with a profiler or an allocation probe.
+    pub thread_hook: Option<fn()>,
+}
+
+impl EngineConfig {
+    /// A config for tests and examples: loopback TCP and UDP on ephemeral ports, data in
+    /// `dir`, durable acks with `interval` group commit of 1 ms, no pinning.
+    pub fn local(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        let mut log = LogConfig::new(dir.clone());
+        log.durability = Durability::Interval {
+            max_delay: Duration::from_millis(1),
+            max_bytes: 1 << 20,
+        };
+        Self {
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            tcp_limits: TcpLimits::default(),
+            udp: Some((SocketAddr::from(([127, 0, 0, 1], 0)), 64, 65_507)),
+            ack: AckMode::Durable,
+            data_dir: dir,
+            log,
+            topics: vec!["default".into()],
+            rate: RateConfig::UNLIMITED,
+            dedup_window: Duration::from_secs(60),
+            aggregate_window: Duration::from_millis(100),
+            retry: RetryPolicy::DEFAULT,
+            alerts: Vec::new(),
+            budget: 256,
+            control: ControlConfig::DEFAULT,
+            placement: Placement {
+                overprovisioned: true,
+                ingest_cpu: 0,
+                process_cpu: 1,
+                idle: IdleStrategy::default(),
+                numa: false,
+                mlock: false,
+            },
+            thread_hook: None,
+        }
+    }
+}
+
+/// Why the engine could not start.
+#[derive(Debug)]
+pub enum EngineError {
+    /// A setting is out of range.
+    Config(String),
+    /// A socket could not be bound or set up.
+    Socket {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A log could not be opened or recovered.
+    Storage(StorageError),
+    /// A thread could not be started or died.
+    Thread(String),
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Config(msg) => write!(f, "invalid engine settings: {msg}"),
+            EngineError::Socket { what, source } => write!(f, "{what}: {source}"),
+            EngineError::Storage(e) => write!(f, "storage: {e}"),
+            EngineError::Thread(msg) => write!(f, "engine thread: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EngineError::Socket { source, .. } => Some(source),
+            EngineError::Storage(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The names of the logs below the data directory, by lane index, then the dead letters.
+pub const LOG_NAMES: [&str; 4] = ["realtime", "transactional", "batch", "dead-letter"];
+
+/// What the engine's threads publish, read by the handle and the admin endpoint.
+#[derive(Debug)]
+pub struct EngineStats {
+    /// Ticks, watermarks and the stop flags.
+    pub shared: Shared,
+    /// Host counters (sockets, storage).
+    pub host: HostCounters,
+    /// The dispatcher's counters.
+    pub dispatch: StageCounters,
+    /// The processors' counters.
+    pub process: StageCounters,
+    /// The control plane's level.
+    pub control: ControlSignal,
+    /// Busy/idle of the ingest thread.
+    pub ingest_load: Arc<ThreadLoad>,
+    /// Busy/idle of the storage thread.
+    pub storage_load: Arc<ThreadLoad>,
+    /// What each thread asked for and got (CPU, node), as the threads report it.
+    pub placement: Mutex<Vec<String>>,
+    /// The first storage failure (the engine stops storing; health says so).
+    pub storage_error: Mutex<Option<String>>,
+    /// Events in flight inside the engine, as last seen by the storage thread.
+    pub in_flight: crate::stats::Gauge,
+}
+
+/// Where the engine listens and what recovery found.
+#[derive(Debug)]
+pub struct Started {
+    /// TCP address, if listening.
+    pub tcp: Option<SocketAddr>,
+    /// UDP address, if listening.
+    pub udp: Option<SocketAddr>,
+    /// One report per log ([`LOG_NAMES`] order).
+    pub recovery: Vec<RecoveryReport>,
+    /// Placement notes (what was asked, what was got, warnings).
+    pub placement: Vec<String>,
+}
+
+/// A running engine.
+pub struct EngineHandle {
+    stats: Arc<EngineStats>,
+    supervisor: Option<thread::JoinHandle<Result<(), String>>>,
+    /// Addresses and recovery reports.
+    pub started: Started,
+}
+
+impl EngineHandle {
+    /// The shared counters and flags.
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.stats
+    }
+
+    /// Stops taking input, processes and stores everything accepted, syncs the logs, sends
+    /// the last acknowledgements, closes the connections and joins the threads.
+    ///
+    /// # Errors
+    /// A thread's failure (a storage error is reported here too).
+    pub fn stop(mut self) -> Result<(), EngineError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), EngineError> {
+        self.stats.shared.stop.store(true, Ordering::Release);
+        match self.supervisor.take() {
+            Some(h) => match h.join() {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(msg)) => Err(EngineError::Thread(msg)),
+                Err(_) => Err(EngineError::Thread("an engine thread panicked".into())),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+/// The engine (see the module docs).
+pub struct Engine;
+
+/// The memory the threads share by reference, owned by the supervisor thread.
+struct Memory {
+    lanes: EngineLanes,
+    completions: Spsc<Completion, COMPLETIONS>,
+    limiter: RateLimiter<SOURCES>,
+    procs: EngineLaneProcessors,
+}
+
+impl Engine {
+    /// Builds the engine from `cfg`, binds its sockets, recovers its logs and starts its
+    /// threads.
+    ///
+    /// # Errors
+    /// A bad setting, a socket that cannot be bound, a log that cannot be opened.
+    pub fn start(cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
+        if cfg.topics.is_empty() || cfg.topics.len() > TOPICS {
+            return Err(EngineError::Config(format!(
+                "pipeline.topics has {} names: between 1 and {TOPICS}",
+                cfg.topics.len()
+            )));
+        }
+        if cfg.tcp_limits.max_connections >= SOURCES {
+            return Err(EngineError::Config(format!(
+                "tcp.max_connections {} is above this build's {} (sources are rate limited per connection slot)",
+                cfg.tcp_limits.max_connections,
+                SOURCES - 1
+            )));
+        }
+        let listener = match cfg.tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr).map_err(|source| EngineError::Socket {
+                    what: format!("cannot listen on TCP {addr}"),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let udp = match cfg.udp {
+            Some((addr, batch, size)) => Some((
+                UdpSocket::bind(addr).map_err(|source| EngineError::Socket {
+                    what: format!("cannot bind UDP {addr}"),
+                    source,
+                })?,
+                batch,
+                size,
+            )),
+            None => None,
+        };
+        let tcp_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let udp_addr = udp.as_ref().and_then(|(s, _, _)| s.local_addr().ok());
+
+        let mut logs = Vec::with_capacity(4);
+        let mut recovery = Vec::with_capacity(4);
+        for name in LOG_NAMES {
+            let mut lc = cfg.log.clone();
+            lc.dir = cfg.data_dir.join(name);
+            let (log, report) = Log::open(lc).map_err(EngineError::Storage)?;
+            logs.push(log);
+            recovery.push(report);
+        }
+        let stats = Arc::new(EngineStats {
+            shared: Shared::new(),
+            host: HostCounters::default(),
+            dispatch: StageCounters::new(),
+            process: StageCounters::new(),
+            control: ControlSignal::new(),
+            ingest_load: Arc::new(ThreadLoad::new()),
+            storage_load: Arc::new(ThreadLoad::new()),
+            placement: Mutex::new(Vec::new()),
+            storage_error: Mutex::new(None),
+            in_flight: crate::stats::Gauge::new(),
+        });
+        let p = &cfg.placement;
+        let topology = Topology::live().map_err(|e| EngineError::Config(e.to_string()))?;
+        let plan = pin::plan(
+            &[("ingest", p.ingest_cpu), ("storage", p.process_cpu)],
+            &topology,
+            p.overprovisioned,
+        )
+        .map_err(|e| EngineError::Config(format!("engine.ingest_cpu / engine.process_cpu: {e}")))?;
+        let mut placement: Vec<String> = plan.warnings().to_vec();
+        if p.mlock {
+            match numa::lock_all_memory() {
+                Ok(()) => placement.push("memory locked (mlockall)".into()),
+                Err(e) => placement.push(format!("mlockall refused: {e}; continuing unlocked")),
+            }
+        }
+        let node = if p.numa && !p.overprovisioned {
+            plan.node_of("ingest")
+        } else {
+            None
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread_stats = Arc::clone(&stats);
+        // The lanes are built by value before they are boxed: without optimisation that
+        // needs their size on the stack (a few times over), so the supervisor gets a stack
+        // to match. Untouched stack pages cost address space, not memory.
+        let stack = 4 * std::mem::size_of::<Memory>() + (16 << 20);
+        let supervisor = thread::Builder::new()
+            .name("pinstream-engine".into())
+            .stack_size(stack)
+            .spawn(move || supervise(cfg, plan, node, thread_stats, listener, udp, logs, tx))
+            .map_err(|e| EngineError::Thread(format!("cannot start the engine thread: {e}")))?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(msg)) => {
+                let _ = supervisor.join();
+                return Err(EngineError::Config(msg));
+            }
+            Err(_) => {
+                let _ = supervisor.join();
+                return Err(EngineError::Thread(
+                    "the engine thread died at start-up".into(),
+                ));
+            }
+        }
+        Ok(EngineHandle {
+            stats,
+            supervisor: Some(supervisor),
+            started: Started {
+                tcp: tcp_addr,
+                udp: udp_addr,
+                recovery,
+                placement,
+            },
+        })
+    }
+}
+
+/// The supervisor: owns the memory, runs the two threads in a scope, reports start-up.
+#[allow(clippy::too_many_arguments)]
+fn supervise(
+    cfg: EngineConfig,
+    plan: PinPlan,
+    node: Option<usize>,
+    stats: Arc<EngineStats>,
+    listener: Option<TcpListener>,
+    udp: Option<(UdpSocket, usize, usize)>,
+    logs: Vec<Log>,
+    started: mpsc::Sender<Result<(), String>>,
+) -> Result<(), String> {
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    // Large: built on the heap in place (the lanes are tens of MiB).
+    let mut memory: Box<Memory> = Box::new(Memory {
+        lanes: Lanes::new(),
+        completions: Spsc::new(),
+        limiter: RateLimiter::new(cfg.rate),
+        procs: LaneProcessors::new(ns(cfg.dedup_window), ns(cfg.aggregate_window).max(1)),
+    });
+    if let Some(node) = node {
+        let report = numa::place_existing(&*memory, node);
+        stats
+            .placement
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("lanes and pools: {report}"));
+    }
+    for rule in &cfg.alerts {
+        if memory.procs.realtime.add_rule(*rule).is_err() {
+            let _ = started.send(Err(format!("more than {RULES} alert rules")));
+            return Ok(());
+        }
+    }
+    let Memory {
+        lanes,
+        completions,
+        limiter,
+        procs,
+    } = &mut *memory;
+    let (input, output, dead) = lanes.split();
+    let (done_tx, done_rx) = completions.split();
+    let slots = SlotAdmission(limiter);
+    let admission: &dyn Admission = if cfg.rate.is_unlimited() {
+        &Unlimited
+    } else {
+        &slots
+    };
+    let dispatcher = Dispatcher::new(
+        input,
+        admission,
+        &stats.control,
+        cfg.topics.len(),
+        &stats.dispatch,
+    );
+    let mut ingest = match Ingest::new(
+        dispatcher,
+        done_rx,
+        &stats.shared,
+        &stats.host,
+        cfg.ack,
+        cfg.tcp_limits.clone(),
+        listener,
+        udp,
+    ) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = started.send(Err(format!("ingest set-up: {e}")));
+            return Ok(());
+        }
+    };
+    let processors: EngineProcessors<'_> = Processors::new(output, cfg.retry, &stats.process);
+    let mut sink = match StoreSink::new(logs, &stats, cfg.ack) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return Ok(());
+        }
+    };
+    let _ = started.send(Ok(()));
+    let placement = &cfg.placement;
+    let budget = cfg.budget.max(1);
+    let window = ns(cfg.aggregate_window).max(1);
+    let control_cfg = cfg.control;
+    let stats_ref: &EngineStats = &stats;
+    let hook = cfg.thread_hook;
+    let plan = &plan;
+    thread::scope(|s| {
+        let ingest_thread = thread::Builder::new()
+            .name("pinstream-ingest".into())
+            .spawn_scoped(s, move || {
+                prepare_thread(plan, "ingest", stats_ref, hook);
+                let mut idler = Idler::new(
+                    placement.idle.effective(placement.overprovisioned),
+                    Arc::clone(&stats_ref.ingest_load),
+                );
+                while !stats_ref.shared.stop.load(Ordering::Acquire) {
+                    let work = match ingest.poll() {
+                        Ok(w) => w,
+                        Err(e) => return Err(format!("ingest: epoll failed: {e}")),
+                    };
+                    idler.step(work);
+                }
+                ingest.shut_down(Duration::from_secs(10));
+                Ok(())
+            })
+            .map_err(|e| format!("cannot start the ingest thread: {e}"))?;
+        let storage_thread = thread::Builder::new()
+            .name("pinstream-storage".into())
+            .spawn_scoped(s, move || {
+                prepare_thread(plan, "storage", stats_ref, hook);
+                let mut run = StorageLoop {
+                    processors,
+                    procs,
+                    dead,
+                    done_tx,
+                    sink: &mut sink,
+                    stats: stats_ref,
+                    control: ControlPlane::new(control_cfg),
+                    budget,
+                    window,
+                    candidate: None,
+                    last_control: 0,
+                    last_offered: 0,
+                    last_dropped: 0,
+                };
+                run.run(placement)
+            })
+            .map_err(|e| format!("cannot start the storage thread: {e}"))?;
+        let a = ingest_thread
+            .join()
+            .unwrap_or_else(|_| Err("the ingest thread panicked".into()));
+        let b = storage_thread
+            .join()
+            .unwrap_or_else(|_| Err("the storage thread panicked".into()));
+        a.and(b)
+    })
+}
+
+/// The rate limiter seen per connection slot: a source id's low 16 bits are its slot (the
+/// high bits, its generation, tell connections on one slot apart for acknowledgements).
+struct SlotAdmission<'a>(&'a RateLimiter<SOURCES>);
+
+impl Admission for SlotAdmission<'_> {
+    fn admit(&self, source: u32, n: u32, now: u64) -> u32 {
+        self.0.admit(source & 0xFFFF, n, now)
+    }
+}
+
+/// Runs the hook, pins the calling thread per the plan (nothing when overprovisioned) and
+/// records what it got. A refusal is reported, not fatal: the engine still works unpinned.
+fn prepare_thread(plan: &PinPlan, thread: &'static str, stats: &EngineStats, hook: Option<fn()>) {
+    if let Some(hook) = hook {
+        hook();
+    }
+    let note = match plan.pin_current(thread) {
+        Ok(report) => report.to_string(),
+        Err(e) => format!("{thread}: {e}; running unpinned"),
+    };
+    stats
+        .placement
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(note);
+}
+
+/// The storage thread's state.
+struct StorageLoop<'a, 's> {
+    processors: EngineProcessors<'a>,
+    procs: &'a mut EngineLaneProcessors,
+    dead: DeadLetters<'a, DEAD_LETTERS>,
+    done_tx: Producer<'a, Completion, COMPLETIONS>,
+    sink: &'s mut StoreSink<'a>,
+    stats: &'a EngineStats,
+    control: ControlPlane,
+    budget: usize,
+    window: u64,
+    /// A batch watermark waiting for its windows to close: (pushed_before, window end).
+    candidate: Option<(u64, u64)>,
+    last_control: u64,
+    last_offered: u64,
+    last_dropped: u64,
+}
+
+/// How often the control plane looks at the lanes.
+const CONTROL_EVERY: u64 = 1_000_000;
+
+impl StorageLoop<'_, '_> {
+    fn run(&mut self, placement: &Placement) -> Result<(), String> {
+        let mut idler = Idler::new(
+            placement.idle.effective(placement.overprovisioned),
+            Arc::clone(&self.stats.storage_load),
+        );
+        loop {
+            let stopping = self.stats.shared.ingest_done.load(Ordering::Acquire);
+            let work = self.round(stopping);
+            if stopping && !work {
+                break;
+            }
+            idler.step(work);
+        }
+        // Nothing comes in any more: process what is left, close every window, sync.
+        let now = self.stats.shared.now();
+        self.drain_dead_letters();
+        self.processors
+            .drain(self.procs, &mut CountAlerts::default(), self.sink, now);
+        self.drain_dead_letters();
+        self.sink.pending_batch = Some(self.stats.shared.pushed_before.load(Ordering::Acquire));
+        let result = self.commit(true);
+        self.stats
+            .shared
+            .storage_done
+            .store(true, Ordering::Release);
+        let closed = self.sink.close();
+        result
+            .and(closed)
+            .map(|_| ())
+            .map_err(|e| format!("storage: {e}"))
+    }
+
+    /// One round; whether it did anything.
+    fn round(&mut self, stopping: bool) -> bool {
+        let now = self.stats.shared.now();
+        let pushed_before = self.stats.shared.pushed_before.load(Ordering::Acquire);
+        let mut work = self.drain_dead_letters() > 0;
+        let summary = self.processors.poll(
+            self.procs,
+            &mut CountAlerts::default(),
+            self.sink,
+            now,
+            self.budget,
+        );
+        work |= summary.did_work();
+        self.batch_watermark(pushed_before, now);
+        if now - self.last_control >= CONTROL_EVERY {
+            self.observe(now);
+        }
+        let force = stopping || !work;
+        match self.commit(force) {
+            Ok(c) => work |= c,
+            // Recorded by the sink (`fail`): writes have stopped, health says why.
+            Err(_) => {}
+        }
+        work
+    }
+
+    /// Writes the dispatcher's dead letters to the dead-letter log.
+    fn drain_dead_letters(&mut self) -> usize {
+        let sink = &mut *self.sink;
+        self.dead
+            .drain(usize::MAX, |record| sink.write_dead_letter(&record, false))
+    }
+
+    /// Advances the batch watermark: once every batch event pushed before `pushed_before`
+    /// has been taken and every window it could be in is closed and handed to the sink, the
+    /// watermark can move there at the next commit.
+    fn batch_watermark(&mut self, pushed_before: u64, now: u64) {
+        let batch_depth = self.processors.depths()[Lane::Batch.index()];
+        let parked = self.processors.parked();
+        if self.candidate.is_none() && batch_depth == 0 {
+            if self.procs.batch.pending() == 0 && parked == 0 {
+                // Nothing batch-side in flight: every batch event before it is settled.
+                self.sink.pending_batch = Some(pushed_before);
+                return;
+            }
+            self.candidate = Some((pushed_before, now - now % self.window + self.window));
+        }
+        if let Some((mark, end)) = self.candidate {
+            if now >= end && !self.procs.batch.due(now) && parked == 0 {
+                self.sink.pending_batch = Some(mark);
+                self.candidate = None;
+            }
+        }
+    }
+
+    /// Feeds the control plane.
+    fn observe(&mut self, now: u64) {
+        self.last_control = now;
+        let d = &self.stats.dispatch;
+        let offered = d.ingested.get();
+        let dropped = d.reason(Reason::LaneFull).get() + d.reason(Reason::PoolExhausted).get();
+        let depths = self.processors.depths();
+        let depth = depths
+            .iter()
+            .map(|&n| depth_permille(n, LANE))
+            .max()
+            .unwrap_or(0);
+        let obs = Observation {
+            depth_permille: depth,
+            offered: offered - self.last_offered,
+            dropped: dropped - self.last_dropped,
+        };
+        self.last_offered = offered;
+        self.last_dropped = dropped;
+        self.control.evaluate_and_publish(obs, &self.stats.control);
+        let in_flight = self.processors.in_flight(self.procs);
+        self.stats.in_flight.set(in_flight);
+    }
+
+    /// Makes what was written durable per the mode and tells the ingest thread. `force`:
+    /// commit now whatever the interval says (idle, or stopping). Returns whether it did.
+    fn commit(&mut self, force: bool) -> Result<bool, StorageError> {
+        if !self.sink.dirty() {
+            // Nothing unsynced: a batch watermark can go out at once (not counted as work,
+            // it moves every round).
+            if let Some(mark) = self.sink.pending_batch.take().filter(|_| !self.sink.failed) {
+                self.stats
+                    .shared
+                    .batch_resolved
+                    .fetch_max(mark, Ordering::Release);
+            }
+            return Ok(false);
+        }
+        let now = Instant::now();
+        if !force && !self.sink.commit_due(now) {
+            return Ok(false);
+        }
+        self.sink.make_durable()?;
+        self.sink.publish(&mut self.done_tx, &self.stats.shared);
+        Ok(true)
+    }
+}
+
+/// The engine's sink: appends records to the lane logs and the dead-letter log, collects
+/// the completions a commit will publish.
+struct StoreSink<'a> {
+    logs: Vec<Log>,
+    stats: &'a EngineStats,
+    ack: AckMode,
+    /// Completions waiting for the next commit (allocated once).
+    completions: Vec<Completion>,
+    /// A batch watermark waiting for the next commit.
+    pending_batch: Option<u64>,
+    /// Logs with records since the last commit.
+    dirty: [bool; 4],
+    /// A storage failure stops writes (no retry of a failed fsync).
+    failed: bool,
+}
+
+/// Completions collected before a commit is forced.
+const MAX_PENDING_COMPLETIONS: usize = 65_536;
+
+impl<'a> StoreSink<'a> {
+    fn new(logs: Vec<Log>, stats: &'a EngineStats, ack: AckMode) -> Result<Self, String> {
+        Ok(Self {
+            logs,
+            stats,
+            ack,
+            completions: Vec::with_capacity(MAX_PENDING_COMPLETIONS),
+            pending_batch: None,
+            dirty: [false; 4],
+            failed: false,
+        })
+    }
+
+    /// Syncs and closes every log (dropping a log would leave its buffer unwritten).
+    fn close(&mut self) -> Result<bool, StorageError> {
+        let mut first = Ok(true);
+        for log in self.logs.drain(..) {
+            if let Err(e) = log.close() {
+                if first.is_ok() && !self.failed {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Records or completions wait for a commit.
+    fn dirty(&self) -> bool {
+        self.dirty.iter().any(|&d| d) || !self.completions.is_empty()
+    }
+
+    fn commit_due(&self, now: Instant) -> bool {
+        self.completions.len() >= MAX_PENDING_COMPLETIONS / 2
+            || self
+                .logs
+                .iter()
+                .zip(self.dirty)
+                .any(|(log, dirty)| dirty && log.sync_due(now))
+    }
+
+    /// Flushes (durability `none`) or syncs (`interval`, `always`) every log written to.
+    fn make_durable(&mut self) -> Result<(), StorageError> {
+        if self.failed {
+            return Ok(());
+        }
+        for (i, log) in self.logs.iter_mut().enumerate() {
+            if self.dirty[i] {
+                let result = match log.config().durability {
+                    Durability::None => log.flush(),
+                    _ => log.sync(),
+                };
+                if let Err(e) = result {
+                    self.fail(&e);
+                    return Err(e);
+                }
+                self.stats.host.storage_syncs.incr();
+                self.dirty[i] = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the collected completions and the batch watermark to the ingest thread.
+    fn publish(&mut self, tx: &mut Producer<'_, Completion, COMPLETIONS>, shared: &Shared) {
+        let mut sent = 0;
+        while sent < self.completions.len() {
+            sent += tx.push_slice(&self.completions[sent..]);
+            if sent < self.completions.len() {
+                if shared.ingest_done.load(Ordering::Acquire)
+                    && shared.storage_done.load(Ordering::Acquire)
+                {
+                    break;
+                }
+                std::hint::spin_loop();
+                thread::yield_now();
+            }
+        }
+        self.stats.host.durable_events.add(
+            self.completions
+                .iter()
+                .map(|c| u64::from(c.stored))
+                .sum::<u64>(),
+        );
+        self.completions.clear();
+        // After a storage failure, aggregates are not stored: the batch watermark stops.
+        if let Some(mark) = self.pending_batch.take().filter(|_| !self.failed) {
+            shared.batch_resolved.fetch_max(mark, Ordering::Release);
+        }
+    }
+
+    /// Notes one event of `(source, seq)` stored or dead-lettered.
+    fn note(&mut self, source: u32, seq: u64, stored: u32, dead: u32) {
+        if self.ack != AckMode::Durable || source == crate::ingest::UDP_SOURCE {
+            return;
+        }
+        if let Some(last) = self.completions.last_mut() {
+            if last.source == source && last.seq == seq {
+                last.stored += stored;
+                last.dead += dead;
+                return;
+            }
+        }
+        self.completions.push(Completion {
+            source,
+            seq,
+            stored,
+            dead,
+        });
+    }
+
+    /// Appends one record to log `log`, the body encoded in place by `fill`. A failed log
+    /// refuses everything after its first error (no retry of a failed fsync).
+    fn append(
+        &mut self,
+        log: usize,
+        kind: u8,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), ()> {
+        if self.failed {
+            return Err(());
+        }
+        match self.logs[log].append_with(kind, len, fill) {
+            Ok(_) => {
+                self.dirty[log] = true;
+                self.stats.host.storage_records.incr();
+                self.stats.host.storage_bytes.add(len as u64);
+                Ok(())
+            }
+            Err(e) => {
+                self.fail(&e);
+                Err(())
+            }
+        }
+    }
+
+    /// Records the first storage failure: writes stop, health reports it.
+    fn fail(&mut self, e: &StorageError) {
+        self.failed = true;
+        // What was written since the last commit is not known to be durable: those frames
+        // are never acknowledged (the producer resends; recovery on restart keeps what
+        // reached the disk intact). From now on only dead letters are reported.
+        self.completions.clear();
+        self.pending_batch = None;
+        self.stats.host.storage_sync_errors.incr();
+        let mut slot = self
+            .stats
+            .storage_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e.to_string());
+        }
+    }
+
+    /// Writes a dead letter to the dead-letter log; `settle`: tell the producer (a
+    /// processor-stage dead letter; the dispatcher's are settled by the ingest thread).
+    fn write_dead_letter(&mut self, record: &DeadLetter, settle: bool) {
+        // A dead letter whose record cannot be written is still a dead letter (counted by
+        // the core); the failure is reported through health and the error counter.
+        let _ = self.append(
+            3,
+            record::KIND_DEAD_LETTER,
+            record::DEAD_LETTER_LEN,
+            |dst| {
+                let _ = record::encode_dead_letter(dst, record);
+            },
+        );
+        if settle {
+            self.note(record.origin.source, record.origin.seq, 0, record.events);
+        }
+    }
+}
+
+impl Sink for StoreSink<'_> {
+    fn store(&mut self, rec: &Record<'_>) -> Result<(), SinkError> {
+        match rec {
+            Record::Event(e) => {
+                self.append(
+                    e.lane.index(),
+                    record::KIND_EVENT,
+                    record::event_len(e.payload.len()),
+                    |dst| {
+                        let _ = record::encode_event(dst, e);
+                    },
+                )
+                .map_err(|()| SinkError)?;
+                self.note(e.origin.source, e.origin.seq, 1, 0);
+            }
+            Record::Aggregate(a) => {
+                self.append(2, record::KIND_AGGREGATE, record::AGGREGATE_LEN, |dst| {
+                    let _ = record::encode_aggregate(dst, a);
+                })
+                .map_err(|()| SinkError)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, record: &DeadLetter) -> bool {
+        self.write_dead_letter(record, true);
+        true
+    }
+}

@@ -1,0 +1,324 @@
+//! One TCP connection: its buffers, its in-flight window and its acknowledgement books.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use pinstream_core::wire::{Ack, Reject, encode_ack, encode_reject};
+
+/// Largest ACK or REJECT frame (header 16 + body 32 + trailer 4).
+pub(crate) const CONTROL_FRAME_MAX: usize = 64;
+
+/// One frame taken in on a connection and not yet acknowledged.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Track {
+    /// The client's frame seq.
+    pub(crate) seq: u64,
+    /// Events in the realtime and transactional lanes whose fate the storage thread has not
+    /// reported yet.
+    pub(crate) pending: u32,
+    /// Events queued in the batch lane, resolved when the batch watermark passes `tick`.
+    pub(crate) batch_events: u32,
+    /// The dispatch tick (meaningful when `batch_events != 0`).
+    pub(crate) tick: u64,
+    /// Events of the frame (credit to give back when it resolves).
+    pub(crate) events: u32,
+    /// Events stored so far.
+    pub(crate) stored: u32,
+    /// Events dead-lettered so far.
+    pub(crate) dead: u32,
+    /// Units rejected.
+    pub(crate) rejected: u32,
+}
+
+impl Track {
+    /// A frame whose fate is known at once (rejected, or acknowledged on acceptance).
+    pub(crate) fn settled(seq: u64, stored: u32, dead: u32, rejected: u32) -> Self {
+        Self {
+            seq,
+            pending: 0,
+            batch_events: 0,
+            tick: 0,
+            events: stored + dead + rejected,
+            stored,
+            dead,
+            rejected,
+        }
+    }
+
+    fn resolved(&self, batch_watermark: u64) -> bool {
+        self.pending == 0 && (self.batch_events == 0 || self.tick < batch_watermark)
+    }
+}
+
+/// Why a connection was closed (each one is counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The client closed it.
+    Peer,
+    /// Too many malformed frames, or the framing was lost.
+    Malformed,
+    /// The client stopped reading its acknowledgements.
+    Stalled,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+    /// A socket error.
+    Error,
+    /// The engine is shutting down.
+    Shutdown,
+}
+
+/// A connection's state. Buffers are allocated once per slot and reused by later
+/// connections in the same slot.
+pub(crate) struct Conn {
+    pub(crate) stream: Option<TcpStream>,
+    /// The source id of this connection: `generation << 16 | (slot + 1)`.
+    pub(crate) source: u32,
+    pub(crate) rbuf: Box<[u8]>,
+    pub(crate) rstart: usize,
+    pub(crate) rend: usize,
+    pub(crate) wbuf: Box<[u8]>,
+    pub(crate) wstart: usize,
+    pub(crate) wend: usize,
+    pub(crate) tracks: VecDeque<Track>,
+    pub(crate) inflight_events: u64,
+    /// Cumulative counts of resolved frames (what ACKs report).
+    pub(crate) stored: u64,
+    pub(crate) dead: u64,
+    pub(crate) rejected: u64,
+    /// The watermark to report, and whether an ACK for it is owed.
+    pub(crate) through: u64,
+    pub(crate) ack_owed: bool,
+    /// The server's own frame seq for ACK / REJECT / HELLO frames.
+    pub(crate) out_seq: u64,
+    /// Malformed frames so far.
+    pub(crate) malformed: u32,
+    /// Kernel said readable (edge-triggered: until a read returns WouldBlock).
+    pub(crate) readable: bool,
+    /// Kernel said writable.
+    pub(crate) writable: bool,
+    /// Close once the output is flushed (framing lost, too many errors).
+    pub(crate) closing: Option<CloseReason>,
+    /// Tick of the last byte read.
+    pub(crate) last_input: u64,
+    /// Tick since which output has been waiting without progress (0: none waiting).
+    pub(crate) stalled_since: u64,
+    /// The client's largest frame from its HELLO, or the server's.
+    pub(crate) max_frame: usize,
+    /// Rejects that did not fit the output buffer (the ACK counts still cover them).
+    pub(crate) rejects_dropped: u64,
+}
+
+impl Conn {
+    /// A connection with fresh buffers.
+    pub(crate) fn with_buffers(recv: usize, send: usize, frames: usize) -> Self {
+        Self {
+            stream: None,
+            source: 0,
+            rbuf: vec![0; recv].into_boxed_slice(),
+            rstart: 0,
+            rend: 0,
+            wbuf: vec![0; send.max(CONTROL_FRAME_MAX * 2)].into_boxed_slice(),
+            wstart: 0,
+            wend: 0,
+            tracks: VecDeque::with_capacity(frames),
+            inflight_events: 0,
+            stored: 0,
+            dead: 0,
+            rejected: 0,
+            through: 0,
+            ack_owed: false,
+            out_seq: 0,
+            malformed: 0,
+            readable: false,
+            writable: false,
+            closing: None,
+            last_input: 0,
+            stalled_since: 0,
+            max_frame: 0,
+            rejects_dropped: 0,
+        }
+    }
+
+    /// Resets the books for a new client on this slot (buffers kept).
+    pub(crate) fn reset(&mut self, stream: TcpStream, source: u32, now: u64, max_frame: usize) {
+        self.stream = Some(stream);
+        self.source = source;
+        self.rstart = 0;
+        self.rend = 0;
+        self.wstart = 0;
+        self.wend = 0;
+        self.tracks.clear();
+        self.inflight_events = 0;
+        self.stored = 0;
+        self.dead = 0;
+        self.rejected = 0;
+        self.through = 0;
+        self.ack_owed = false;
+        self.out_seq = 0;
+        self.malformed = 0;
+        self.readable = true;
+        self.writable = true;
+        self.closing = None;
+        self.last_input = now;
+        self.stalled_since = 0;
+        self.max_frame = max_frame;
+        self.rejects_dropped = 0;
+    }
+
+    /// Free bytes at the end of the output buffer.
+    pub(crate) fn out_room(&self) -> usize {
+        self.wbuf.len() - self.wend
+    }
+
+    /// Makes the output buffer's free space contiguous.
+    fn compact_out(&mut self) {
+        if self.wstart == self.wend {
+            self.wstart = 0;
+            self.wend = 0;
+        } else if self.wstart > 0 && self.out_room() < CONTROL_FRAME_MAX {
+            self.wbuf.copy_within(self.wstart..self.wend, 0);
+            self.wend -= self.wstart;
+            self.wstart = 0;
+        }
+    }
+
+    /// Queues a REJECT; `false` if the output buffer had no room (counted by the caller).
+    pub(crate) fn queue_reject(&mut self, reject: &Reject) -> bool {
+        self.compact_out();
+        self.out_seq += 1;
+        match encode_reject(&mut self.wbuf[self.wend..], self.out_seq, reject) {
+            Ok(n) => {
+                self.wend += n;
+                true
+            }
+            Err(_) => {
+                self.rejects_dropped += 1;
+                false
+            }
+        }
+    }
+
+    /// Queues an ACK for the current books if one is owed and there is room.
+    pub(crate) fn queue_ack(&mut self) -> bool {
+        if !self.ack_owed {
+            return false;
+        }
+        self.compact_out();
+        let ack = Ack {
+            through_seq: self.through,
+            stored: self.stored,
+            dead_lettered: self.dead,
+            rejected: self.rejected,
+        };
+        match encode_ack(&mut self.wbuf[self.wend..], self.out_seq + 1, &ack) {
+            Ok(n) => {
+                self.out_seq += 1;
+                self.wend += n;
+                self.ack_owed = false;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Appends raw bytes (a HELLO reply) if they fit.
+    pub(crate) fn queue_bytes(&mut self, bytes: &[u8]) -> bool {
+        self.compact_out();
+        if bytes.len() > self.out_room() {
+            return false;
+        }
+        self.wbuf[self.wend..self.wend + bytes.len()].copy_from_slice(bytes);
+        self.wend += bytes.len();
+        true
+    }
+
+    /// Pops every resolved frame off the front of the window into the cumulative books;
+    /// returns the events whose credit came back.
+    pub(crate) fn resolve_front(&mut self, batch_watermark: u64) -> u64 {
+        let mut freed = 0;
+        while let Some(front) = self.tracks.front() {
+            if !front.resolved(batch_watermark) {
+                break;
+            }
+            let t = *front;
+            self.tracks.pop_front();
+            // Batch-lane events count as stored once their window's aggregate is durable.
+            self.stored += u64::from(t.stored + t.batch_events);
+            self.dead += u64::from(t.dead);
+            self.rejected += u64::from(t.rejected);
+            self.through = self.through.max(t.seq);
+            self.ack_owed = true;
+            freed += u64::from(t.events);
+        }
+        self.inflight_events -= freed;
+        freed
+    }
+
+    /// Applies a completion from the storage thread to the oldest unsettled frame with this
+    /// seq. `false` if no such frame (a stale report).
+    pub(crate) fn complete(&mut self, seq: u64, stored: u32, dead: u32) -> bool {
+        let n = stored + dead;
+        for t in self.tracks.iter_mut() {
+            if t.seq == seq && t.pending >= n {
+                t.pending -= n;
+                t.stored += stored;
+                t.dead += dead;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Reads what the socket has into the free end of the receive buffer (after making room
+    /// by moving the unparsed bytes to the front). `Ok(0)` is end of stream.
+    pub(crate) fn fill(&mut self) -> io::Result<usize> {
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        } else if self.rend == self.rbuf.len() && self.rstart > 0 {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        let n = stream.read(&mut self.rbuf[self.rend..])?;
+        self.rend += n;
+        Ok(n)
+    }
+
+    /// Writes queued output; returns bytes written (0 when it would block or nothing waits).
+    pub(crate) fn flush(&mut self) -> io::Result<usize> {
+        if self.wstart == self.wend {
+            return Ok(0);
+        }
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        match stream.write(&self.wbuf[self.wstart..self.wend]) {
+            Ok(n) => {
+                self.wstart += n;
+                if self.wstart == self.wend {
+                    self.wstart = 0;
+                    self.wend = 0;
+                }
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable = false;
+                Ok(0)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether output is waiting.
+    pub(crate) fn has_output(&self) -> bool {
+        self.wstart != self.wend
+    }
+}

@@ -1,0 +1,400 @@
+//! The engine end to end over loopback: TCP frames in, acknowledgements back, records in the
+//! logs; bad clients of every kind while a good one keeps being served; UDP.
+
+use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use pinstream_core::event::{EventHeader, Priority};
+use pinstream_core::reason::Reason;
+use pinstream_core::wire::{BatchEncoder, encode_event};
+use pinstream_host::engine::{Engine, EngineConfig, EngineHandle, LOG_NAMES};
+use pinstream_host::ingest::AckMode;
+use pinstream_host::storage::record::{self, RecordBody};
+use pinstream_host::storage::{Durability, LogReader};
+use pinstream_tests::TempDir;
+use pinstream_tests::client::{Client, Reply, set_recv_buffer};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(dir: &TempDir) -> EngineConfig {
+    let mut cfg = EngineConfig::local(dir.path());
+    cfg.topics = vec!["a".into(), "b".into()];
+    cfg.aggregate_window = Duration::from_millis(20);
+    cfg
+}
+
+/// Every record of one log.
+fn read_log(dir: &TempDir, name: &str) -> Vec<(u8, Vec<u8>)> {
+    let mut reader = LogReader::open(&dir.path().join(name)).expect("open log");
+    let mut out = Vec::new();
+    while let Some(r) = reader.next_record() {
+        let r = r.expect("a valid record");
+        out.push((r.kind, r.body.to_vec()));
+    }
+    out
+}
+
+fn header(id: u64, topic: u16, priority: Priority) -> EventHeader {
+    EventHeader::new(id, topic, priority, 0).with_value(id as i64)
+}
+
+/// Waits until `f` holds (the engine's counters are updated by its threads).
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let until = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn durable_acks_cover_every_event_and_the_logs_hold_them() {
+    let dir = TempDir::new("e2e-durable");
+    let engine = Engine::start(config(&dir)).expect("start");
+    let addr = engine.started.tcp.expect("tcp");
+    let mut client = Client::connect(addr).unwrap();
+    let hello = client.hello().unwrap();
+    assert_eq!(hello.max_version, 1);
+    assert_ne!(hello.source, 0, "the server names the connection");
+
+    let priorities = Priority::ALL;
+    let (frames, per_frame) = (200u64, 10u64);
+    let mut expect_events = [0u64; 3];
+    let mut id = 0;
+    for seq in 1..=frames {
+        let events: Vec<_> = (0..per_frame)
+            .map(|i| {
+                id += 1;
+                let p = priorities[((seq * per_frame + i) % 5) as usize];
+                header(id, (id % 2) as u16, p)
+            })
+            .collect();
+        for h in &events {
+            expect_events[h.priority.lane().index()] += 1;
+        }
+        client
+            .send(&Client::batch(seq, &events, |i| vec![i as u8; 100]))
+            .unwrap();
+    }
+    // A duplicate (transactional), an unknown topic (dead letters) and an oversized payload
+    // (rejected), in one more frame.
+    let extra = [
+        header(3, 0, Priority::Medium),
+        header(999_001, 9, Priority::Medium),
+        header(999_002, 0, Priority::High),
+    ];
+    // Event id 3 went out in frame 1 at index 2: priority (10 + 2) % 5 = Medium, so its
+    // resend is a duplicate in the transactional lane.
+    let dup_is_medium = priorities[((per_frame + 2) % 5) as usize] == Priority::Medium;
+    assert!(dup_is_medium);
+    client
+        .send(&Client::batch(frames + 1, &extra, |i| {
+            vec![7; if i == 2 { 300 } else { 10 }]
+        }))
+        .unwrap();
+    let (ack, rejects) = client.wait_ack(frames + 1, WAIT).unwrap();
+    let total = frames * per_frame + 3;
+    assert_eq!(
+        ack.stored + ack.dead_lettered + ack.rejected,
+        total,
+        "{ack:?}"
+    );
+    assert_eq!(ack.rejected, 1, "the oversized payload");
+    assert_eq!(
+        rejects
+            .iter()
+            .filter_map(|r| r.reason())
+            .collect::<Vec<_>>(),
+        [Reason::PayloadTooLarge]
+    );
+    let expected_dead = 1 + u64::from(dup_is_medium);
+    assert_eq!(
+        ack.dead_lettered, expected_dead,
+        "unknown topic (+ the duplicate)"
+    );
+    engine.stop().unwrap();
+
+    // The logs hold exactly what was acknowledged as stored.
+    let realtime = read_log(&dir, LOG_NAMES[0]);
+    let transactional = read_log(&dir, LOG_NAMES[1]);
+    let batch = read_log(&dir, LOG_NAMES[2]);
+    let dead = read_log(&dir, LOG_NAMES[3]);
+    assert_eq!(realtime.len() as u64, expect_events[0]);
+    assert_eq!(
+        transactional.len() as u64,
+        expect_events[1] + 1 - u64::from(dup_is_medium)
+    );
+    for (kind, body) in realtime.iter().chain(&transactional) {
+        let RecordBody::Event(e) = record::decode(*kind, body).unwrap() else {
+            panic!("an event record expected");
+        };
+        let want = if e.header.id > 999_000 { 10 } else { 100 };
+        assert_eq!(e.payload.len(), want, "{:?}", e.header);
+    }
+    let aggregated: u64 = batch
+        .iter()
+        .map(|(k, b)| match record::decode(*k, b).unwrap() {
+            RecordBody::Aggregate(a) => a.count,
+            other => panic!("an aggregate expected, got {other:?}"),
+        })
+        .sum();
+    assert_eq!(aggregated, expect_events[2]);
+    assert_eq!(
+        realtime.len() as u64 + transactional.len() as u64 + aggregated,
+        ack.stored
+    );
+    let reasons: Vec<Reason> = dead
+        .iter()
+        .map(|(k, b)| match record::decode(*k, b).unwrap() {
+            RecordBody::DeadLetter(d) => d.reason,
+            other => panic!("a dead letter expected, got {other:?}"),
+        })
+        .collect();
+    assert!(reasons.contains(&Reason::UnknownTopic), "{reasons:?}");
+    assert_eq!(reasons.contains(&Reason::Duplicate), dup_is_medium);
+}
+
+#[test]
+fn every_ack_mode_and_durability_settles_every_frame() {
+    for (ack, durability) in [
+        (AckMode::Accepted, Durability::None),
+        (AckMode::Durable, Durability::None),
+        (AckMode::Durable, Durability::Always),
+    ] {
+        let dir = TempDir::new("e2e-modes");
+        let mut cfg = config(&dir);
+        cfg.ack = ack;
+        cfg.log.durability = durability;
+        let engine = Engine::start(cfg).unwrap();
+        let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
+        for seq in 1..=50u64 {
+            let events: Vec<_> = (0..20)
+                .map(|i| header(seq * 100 + i, 0, Priority::ALL[(i % 5) as usize]))
+                .collect();
+            client
+                .send(&Client::batch(seq, &events, |_| vec![1; 50]))
+                .unwrap();
+        }
+        let (a, _) = client.wait_ack(50, WAIT).unwrap();
+        assert_eq!(
+            (a.stored, a.dead_lettered, a.rejected),
+            (1000, 0, 0),
+            "{ack:?} {durability:?}"
+        );
+        engine.stop().unwrap();
+    }
+}
+
+/// A client that behaves, to show the engine keeps serving while others misbehave.
+fn good_round(client: &mut Client, seq: u64) {
+    let events = [header(1_000_000 + seq, 0, Priority::High)];
+    client
+        .send(&Client::batch(seq, &events, |_| b"ok".to_vec()))
+        .unwrap();
+    let (ack, _) = client.wait_ack(seq, WAIT).unwrap();
+    assert_eq!(ack.through_seq, seq);
+}
+
+fn start_for_bad_input(dir: &TempDir) -> EngineHandle {
+    let mut cfg = config(dir);
+    cfg.tcp_limits.max_rejects = 3;
+    cfg.tcp_limits.stall_timeout = Duration::from_millis(300);
+    cfg.tcp_limits.send_buffer = 4096;
+    Engine::start(cfg).unwrap()
+}
+
+#[test]
+fn bad_clients_are_rejected_closed_and_counted_while_a_good_one_is_served() {
+    let dir = TempDir::new("e2e-bad");
+    let engine = start_for_bad_input(&dir);
+    let addr = engine.started.tcp.unwrap();
+    let stats = engine.stats().clone();
+    let mut good = Client::connect(addr).unwrap();
+    let mut seq = 0;
+    seq += 1;
+    good_round(&mut good, seq);
+
+    // Garbage: a length field of 0x67676767 is beyond the maximum: framing lost, REJECT, close.
+    let mut c = Client::connect(addr).unwrap();
+    c.send(&[0x67; 64]).unwrap();
+    match c.next_reply().unwrap() {
+        Reply::Reject(r) => assert_eq!(r.reason(), Some(Reason::TooLong)),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.closed_by_server(WAIT));
+    seq += 1;
+    good_round(&mut good, seq);
+
+    // A length below 20.
+    let mut c = Client::connect(addr).unwrap();
+    c.send(&[5, 0, 0, 0, 1, 2, 0, 0]).unwrap();
+    match c.next_reply().unwrap() {
+        Reply::Reject(r) => assert_eq!(r.reason(), Some(Reason::BadLength)),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.closed_by_server(WAIT));
+
+    // Bad CRCs: each one REJECTed, the connection kept until max_rejects (3), then closed.
+    let mut c = Client::connect(addr).unwrap();
+    let mut frame = [0u8; 128];
+    let n = encode_event(&mut frame, 1, &header(5, 0, Priority::High), b"x").unwrap();
+    frame[n - 1] ^= 0xFF;
+    c.send(&frame[..n]).unwrap();
+    match c.next_reply().unwrap() {
+        Reply::Reject(r) => assert_eq!(r.reason(), Some(Reason::BadCrc)),
+        other => panic!("{other:?}"),
+    }
+    // Still served: a valid frame is acknowledged.
+    let n2 = encode_event(&mut frame, 2, &header(6, 0, Priority::High), b"y").unwrap();
+    c.send(&frame[..n2]).unwrap();
+    let (ack, _) = c.wait_ack(2, WAIT).unwrap();
+    assert_eq!((ack.stored, ack.rejected), (1, 1));
+    let n = encode_event(&mut frame, 3, &header(7, 0, Priority::High), b"x").unwrap();
+    frame[n - 1] ^= 0xFF;
+    for _ in 0..3 {
+        c.send(&frame[..n]).unwrap();
+    }
+    assert!(c.closed_by_server(WAIT), "closed after max_rejects");
+    seq += 1;
+    good_round(&mut good, seq);
+
+    // A truncated frame, then the client hangs up: nothing dispatched, the connection goes.
+    let mut c = TcpStream::connect(addr).unwrap();
+    let n = encode_event(&mut frame, 1, &header(8, 0, Priority::High), b"truncated").unwrap();
+    c.write_all(&frame[..n - 5]).unwrap();
+    drop(c);
+
+    // 1000 connections opened and dropped.
+    let before = stats.host.tcp_accepted.get();
+    for _ in 0..1000 {
+        drop(TcpStream::connect(addr).unwrap());
+    }
+    eventually("1000 accepted", || {
+        stats.host.tcp_accepted.get() >= before + 1000
+    });
+    eventually("them closed", || stats.host.tcp_open.get() == 1);
+    seq += 1;
+    good_round(&mut good, seq);
+
+    // A client that sends and never reads: its output fills, it stalls, it is closed.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    set_recv_buffer(&slow, 4096).unwrap();
+    slow.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let stalled_before = stats.host.tcp_closed_stalled.get();
+    let mut s = 0u64;
+    let deadline = Instant::now() + WAIT;
+    while stats.host.tcp_closed_stalled.get() == stalled_before {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client was never closed: sent {s}, {:?}",
+            stats.host
+        );
+        // Every event is too large for a pool slot: 100 REJECTs per frame the client never
+        // reads (ACKs alone are coalesced and would not pile up).
+        s += 1;
+        let events: Vec<_> = (0..100)
+            .map(|i| header(2_000_000 + s * 100 + i, 0, Priority::High))
+            .collect();
+        let oversized = Client::batch(s, &events, |_| vec![0; 300]);
+        if slow.write_all(&oversized).is_err() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    seq += 1;
+    good_round(&mut good, seq);
+
+    let h = &stats.host;
+    assert!(
+        h.tcp_closed_malformed.get() >= 3,
+        "garbage, bad length, bad CRCs"
+    );
+    assert!(h.tcp_rejects_sent.get() >= 6);
+    assert_eq!(stats.dispatch.reason(Reason::BadCrc).get(), 4);
+    assert!(stats.dispatch.reason(Reason::TooLong).get() >= 1);
+    assert!(stats.dispatch.reason(Reason::BadLength).get() >= 1);
+    engine.stop().unwrap();
+}
+
+#[test]
+fn over_the_connection_limit_is_refused_and_counted() {
+    let dir = TempDir::new("e2e-limit");
+    let mut cfg = config(&dir);
+    cfg.tcp_limits.max_connections = 4;
+    let engine = Engine::start(cfg).unwrap();
+    let addr = engine.started.tcp.unwrap();
+    let mut keep: Vec<Client> = (0..4).map(|_| Client::connect(addr).unwrap()).collect();
+    for (i, c) in keep.iter_mut().enumerate() {
+        good_round(c, i as u64 + 1);
+    }
+    let mut extra = Client::connect(addr).unwrap();
+    assert!(extra.closed_by_server(WAIT));
+    assert_eq!(engine.stats().host.tcp_refused.get(), 1);
+    good_round(&mut keep[0], 10);
+    engine.stop().unwrap();
+}
+
+#[test]
+fn udp_datagrams_are_stored_and_malformed_ones_counted() {
+    let dir = TempDir::new("e2e-udp");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let addr = engine.started.udp.unwrap();
+    let stats = engine.stats().clone();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut buf = vec![0u8; 8192];
+    for d in 0..20u64 {
+        let mut enc = BatchEncoder::new(&mut buf, d + 1).unwrap();
+        for i in 0..10 {
+            enc.push(&header(d * 10 + i + 1, 0, Priority::High), &[3; 100])
+                .unwrap();
+        }
+        let n = enc.finish().unwrap();
+        socket.send_to(&buf[..n], addr).unwrap();
+    }
+    socket
+        .send_to(b"not a frame at all, just bytes", addr)
+        .unwrap();
+    eventually("200 UDP events stored", || {
+        stats.process.stored.get() >= 200
+    });
+    eventually("the bad datagram counted", || {
+        stats.host.udp_malformed.get() >= 1
+    });
+    assert_eq!(stats.host.udp_datagrams.get(), 21);
+    engine.stop().unwrap();
+    assert_eq!(read_log(&dir, LOG_NAMES[0]).len(), 200);
+}
+
+#[test]
+fn events_acknowledged_before_a_restart_are_there_after_it() {
+    let dir = TempDir::new("e2e-restart");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
+    for seq in 1..=10u64 {
+        let events: Vec<_> = (0..10)
+            .map(|i| header(seq * 10 + i, 0, Priority::High))
+            .collect();
+        client
+            .send(&Client::batch(seq, &events, |_| vec![9; 64]))
+            .unwrap();
+    }
+    client.wait_ack(10, WAIT).unwrap();
+    engine.stop().unwrap();
+    let engine = Engine::start(config(&dir)).unwrap();
+    assert!(
+        engine.started.recovery.iter().all(|r| r.is_clean()),
+        "{:?}",
+        engine.started.recovery
+    );
+    let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
+    let events: Vec<_> = (0..10)
+        .map(|i| header(5000 + i, 0, Priority::High))
+        .collect();
+    client
+        .send(&Client::batch(1, &events, |_| vec![9; 64]))
+        .unwrap();
+    client.wait_ack(1, WAIT).unwrap();
+    engine.stop().unwrap();
+    assert_eq!(read_log(&dir, LOG_NAMES[0]).len(), 110);
+}
