@@ -1173,8 +1173,8 @@ fn key_path_at(src: &str, span: std::ops::Range<usize>) -> String {
     }
     let header = src[..line_start]
         .lines()
-        .filter_map(table_header)
-        .last()
+        .rev()
+        .find_map(table_header)
         .unwrap_or("");
     // The line up to the end of the span, plus an `=` right after it (when the span is a key).
     let mut upto = end.min(line_end);

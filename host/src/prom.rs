@@ -19,12 +19,12 @@
 //! let mut w = PromWriter::new(&mut out);
 //! w.family("demo_requests_total", MetricType::Counter, "Requests served.");
 //! w.sample("demo_requests_total", &[("path", "/a\"b")], 3.0);
-//! assert_eq!(
-//!     out,
-//!     "# HELP demo_requests_total Requests served.\n\
-//!      # TYPE demo_requests_total counter\n\
-//!      demo_requests_total{path=\"/a\\\"b\"} 3\n"
+//! let expected = concat!(
+//!     "# HELP demo_requests_total Requests served.\n",
+//!     "# TYPE demo_requests_total counter\n",
+//!     "demo_requests_total{path=\"/a\\\"b\"} 3\n",
 //! );
+//! assert_eq!(out, expected);
 //! ```
 
 use std::fmt::Write as _;
@@ -300,15 +300,16 @@ fn write_core_histogram(
 ) {
     let empty = h.count() == 0;
     for q in crate::stats::SUMMARY_QUANTILES {
-        let ticks = if empty {
-            0
+        // No observation: no quantile (NaN, as Prometheus client libraries write it).
+        let value = if empty {
+            f64::NAN
         } else {
-            h.percentile((q * 1_000_000.0).round() as u32)
+            h.percentile((q * 1_000_000.0).round() as u32) as f64 * seconds_per_tick
         };
         w.sample(
             name,
             &[("stage", stage), ("quantile", &quantile_label(q))],
-            ticks as f64 * seconds_per_tick,
+            value,
         );
     }
     w.sample(
@@ -514,7 +515,8 @@ pub fn write_host_counters(w: &mut PromWriter<'_>, counters: &HostCounters) {
 }
 
 /// Renders latency summaries as the family `name` (which should end in `_seconds`), one
-/// series per `(stage, summary)`, quantiles from [`crate::stats::SUMMARY_QUANTILES`].
+/// series per `(stage, summary)`, quantiles from [`crate::stats::SUMMARY_QUANTILES`] (`NaN`
+/// while a stage has no observation).
 pub fn write_latency(
     w: &mut PromWriter<'_>,
     name: &str,
@@ -525,10 +527,16 @@ pub fn write_latency(
     let (sum, count) = (suffixed(name, "_sum"), suffixed(name, "_count"));
     for (stage, s) in stages {
         for (q, ns) in s.quantiles {
+            // No observation: no quantile (NaN, as Prometheus client libraries write it).
+            let value = if s.count == 0 {
+                f64::NAN
+            } else {
+                ns as f64 / 1e9
+            };
             w.sample(
                 name,
                 &[("stage", stage), ("quantile", &quantile_label(q))],
-                ns as f64 / 1e9,
+                value,
             );
         }
         w.sample(&sum, &[("stage", stage)], s.sum_ns as f64 / 1e9);
