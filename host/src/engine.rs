@@ -351,7 +351,7 @@ impl Engine {
         }
         let stats = Arc::new(EngineStats {
             shared: Shared::new(),
-            host: HostCounters::default(),
+            host: HostCounters::new(),
             dispatch: StageCounters::new(),
             process: StageCounters::new(),
             control: ControlSignal::new(),
@@ -812,13 +812,15 @@ impl<'a> StoreSink<'a> {
                     _ => log.sync(),
                 };
                 if let Err(e) = result {
-                    self.fail(&e);
+                    self.fail(&e, &self.stats.host.storage_sync_errors);
                     return Err(e);
                 }
                 self.stats.host.storage_syncs.incr();
                 self.dirty[i] = false;
             }
         }
+        let segments: usize = self.logs.iter().map(|l| l.stats().segments).sum();
+        self.stats.host.storage_segments.set(segments as u64);
         Ok(())
     }
 
@@ -890,21 +892,21 @@ impl<'a> StoreSink<'a> {
                 Ok(())
             }
             Err(e) => {
-                self.fail(&e);
+                self.fail(&e, &self.stats.host.storage_write_errors);
                 Err(())
             }
         }
     }
 
     /// Records the first storage failure: writes stop, health reports it.
-    fn fail(&mut self, e: &StorageError) {
+    fn fail(&mut self, e: &StorageError, counter: &crate::stats::Gauge) {
+        counter.incr();
         self.failed = true;
         // What was written since the last commit is not known to be durable: those frames
         // are never acknowledged (the producer resends; recovery on restart keeps what
         // reached the disk intact). From now on only dead letters are reported.
         self.completions.clear();
         self.pending_batch = None;
-        self.stats.host.storage_sync_errors.incr();
         let mut slot = self
             .stats
             .storage_error
@@ -928,6 +930,7 @@ impl<'a> StoreSink<'a> {
                 let _ = record::encode_dead_letter(dst, record);
             },
         );
+        self.stats.host.storage_dead_letters.incr();
         if settle {
             self.note(record.origin.source, record.origin.seq, 0, record.events);
         }

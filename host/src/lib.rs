@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod loadgen;
 pub mod numa;
 pub mod pin;
+pub mod prom;
 pub mod stats;
 pub mod storage;
 mod sys;

@@ -2,8 +2,36 @@
 //!
 //! Every field is written by one thread and read by the admin thread with relaxed loads:
 //! the figures are monitoring, never used to make a decision elsewhere.
+//!
+//! | type | written by | read by |
+//! | --- | --- | --- |
+//! | [`Gauge`] | one thread, relaxed atomics | anyone |
+//! | [`HostCounters`] | ingest and storage threads | the admin thread ([`crate::prom`]) |
+//! | [`crate::idle::ThreadLoad`] | the thread it describes | the admin thread (busy/idle ratio) |
+//! | [`LatencyRecorder`] | one engine thread, no allocation, no lock | publishes into a [`SharedLatency`] |
+//! | [`SharedLatency`] | `try_lock` by the recorder | `lock` by the admin thread ([`LatencySummary`]) |
+//!
+//! ```
+//! use std::sync::Arc;
+//! use pinstream_host::stats::{LatencyRecorder, SharedLatency};
+//!
+//! let shared = Arc::new(SharedLatency::new());
+//! let mut recorder = LatencyRecorder::new(Arc::clone(&shared));
+//! for ns in [1_000, 2_000, 3_000] {
+//!     recorder.record(ns);
+//! }
+//! assert!(recorder.publish());
+//! let summary = shared.summary();
+//! assert_eq!(summary.count, 3);
+//! assert_eq!(summary.sum_ns, 6_000);
+//! assert!(summary.max_ns.abs_diff(3_000) <= 3); // 3 significant digits
+//! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 /// A relaxed monotonic counter.
 #[derive(Debug, Default)]
@@ -24,6 +52,16 @@ impl Gauge {
     pub fn incr(&self) {
         self.add(1);
     }
+    /// Subtracts `n`, saturating at zero (for levels such as open connections).
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        // A failed update only means the value is already below `n`: store zero then.
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
     /// Sets the value (for levels such as open connections).
     #[inline]
     pub fn set(&self, v: u64) {
@@ -36,32 +74,369 @@ impl Gauge {
     }
 }
 
-/// Counters of the host's threads (TEMPORARY, replaced at merge).
+/// The host's own counters: sockets and storage. The core's per-stage outcome counters live in
+/// [`pinstream_core::accounting::StageCounters`]; these are what only the host sees.
+///
+/// All fields are monotonic counters except [`tcp_open`](Self::tcp_open) and
+/// [`storage_segments`](Self::storage_segments), which are levels.
 #[derive(Debug, Default)]
-#[allow(missing_docs)]
 pub struct HostCounters {
+    /// TCP connections accepted.
     pub tcp_accepted: Gauge,
+    /// TCP connections open now (a level: accepted minus closed).
     pub tcp_open: Gauge,
+    /// TCP connections refused because `tcp.max_connections` were open.
     pub tcp_refused: Gauge,
+    /// `accept` calls that failed (e.g. out of file descriptors).
+    pub tcp_accept_errors: Gauge,
+    /// TCP connections closed, for any reason (the `tcp_closed_*` counters are subsets).
     pub tcp_closed: Gauge,
+    /// Connections closed because they sent more than `tcp.max_rejects` malformed frames or
+    /// lost framing.
     pub tcp_closed_malformed: Gauge,
+    /// Connections closed because the client did not read its acks for
+    /// `tcp.stall_timeout_ms`.
     pub tcp_closed_stalled: Gauge,
+    /// Connections closed because they were silent for `tcp.idle_timeout_ms`.
     pub tcp_closed_idle: Gauge,
+    /// Bytes received over TCP.
     pub tcp_bytes_in: Gauge,
+    /// Frames received over TCP (well-formed or not).
     pub tcp_frames_in: Gauge,
+    /// REJECT frames sent over TCP.
     pub tcp_rejects_sent: Gauge,
+    /// ACK frames sent over TCP.
     pub tcp_acks_sent: Gauge,
+    /// Times a connection was paused because its in-flight window (frames or events) was full.
     pub tcp_credit_waits: Gauge,
+    /// UDP datagrams received.
     pub udp_datagrams: Gauge,
+    /// Bytes received over UDP.
     pub udp_bytes_in: Gauge,
+    /// Frames received over UDP.
     pub udp_frames_in: Gauge,
+    /// UDP datagrams that held no valid frame sequence.
     pub udp_malformed: Gauge,
+    /// UDP datagrams longer than `udp.max_datagram` (truncated by the kernel, dropped).
     pub udp_truncated: Gauge,
-    pub udp_errors: Gauge,
+    /// Receive calls on the UDP socket that failed.
+    pub udp_recv_errors: Gauge,
+    /// Records appended to the log.
     pub storage_records: Gauge,
+    /// Bytes appended to the log.
     pub storage_bytes: Gauge,
+    /// Records appended to the dead-letter log.
+    pub storage_dead_letters: Gauge,
+    /// `fdatasync` calls made.
     pub storage_syncs: Gauge,
+    /// `fdatasync` calls that failed.
     pub storage_sync_errors: Gauge,
+    /// Writes to the log that failed.
+    pub storage_write_errors: Gauge,
+    /// Segments on disk now (a level: created minus removed by retention).
     pub storage_segments: Gauge,
+    /// Events covered by a completed sync (durable, may be acknowledged as such).
     pub durable_events: Gauge,
+}
+
+impl HostCounters {
+    /// All zero.
+    pub const fn new() -> Self {
+        Self {
+            tcp_accepted: Gauge::new(),
+            tcp_open: Gauge::new(),
+            tcp_refused: Gauge::new(),
+            tcp_accept_errors: Gauge::new(),
+            tcp_closed: Gauge::new(),
+            tcp_closed_malformed: Gauge::new(),
+            tcp_closed_stalled: Gauge::new(),
+            tcp_closed_idle: Gauge::new(),
+            tcp_bytes_in: Gauge::new(),
+            tcp_frames_in: Gauge::new(),
+            tcp_rejects_sent: Gauge::new(),
+            tcp_acks_sent: Gauge::new(),
+            tcp_credit_waits: Gauge::new(),
+            udp_datagrams: Gauge::new(),
+            udp_bytes_in: Gauge::new(),
+            udp_frames_in: Gauge::new(),
+            udp_malformed: Gauge::new(),
+            udp_truncated: Gauge::new(),
+            udp_recv_errors: Gauge::new(),
+            storage_records: Gauge::new(),
+            storage_bytes: Gauge::new(),
+            storage_dead_letters: Gauge::new(),
+            storage_syncs: Gauge::new(),
+            storage_sync_errors: Gauge::new(),
+            storage_write_errors: Gauge::new(),
+            storage_segments: Gauge::new(),
+            durable_events: Gauge::new(),
+        }
+    }
+}
+
+/// The busy fraction `busy / (busy + idle)`, 0 when no time was accounted.
+pub fn busy_ratio(busy_ns: u64, idle_ns: u64) -> f64 {
+    let total = busy_ns as f64 + idle_ns as f64;
+    if total == 0.0 {
+        0.0
+    } else {
+        busy_ns as f64 / total
+    }
+}
+
+/// The smallest latency a [`LatencyRecorder`] tells apart: 1 ns.
+pub const LATENCY_LOWEST_NS: u64 = 1;
+/// The largest latency a [`LatencyRecorder`] records; longer ones are recorded as this (60 s).
+pub const LATENCY_HIGHEST_NS: u64 = 60_000_000_000;
+/// Significant decimal digits of every latency histogram.
+pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+/// How often [`LatencyRecorder::maybe_publish`] publishes by default.
+pub const DEFAULT_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A histogram with the fixed latency bounds (1 ns..60 s, 3 digits), auto-resize off.
+fn latency_histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(
+        LATENCY_LOWEST_NS,
+        LATENCY_HIGHEST_NS,
+        LATENCY_SIGNIFICANT_DIGITS,
+    ) {
+        Ok(h) => h,
+        // The bounds are constants that hdrhistogram accepts (low >= 1, high >= 2 * low,
+        // digits <= 5): this arm cannot be reached, a unit test constructs them.
+        Err(e) => unreachable!("constant latency bounds rejected by hdrhistogram: {e:?}"),
+    }
+}
+
+/// The cumulative latencies of one stage: what the recorders published so far.
+#[derive(Debug)]
+struct LatencyTotals {
+    histogram: Histogram<u64>,
+    /// Exact sum of the recorded values (after saturation), for the summary's `_sum`.
+    sum_ns: u128,
+}
+
+/// A stage's latencies, shared between the recording thread(s) and the admin thread.
+///
+/// Recorders add into it with `try_lock` (they never wait: if the admin thread holds the lock,
+/// they keep their figures and try at their next publish); the admin thread reads it with
+/// [`summary`](Self::summary). Figures are cumulative since start-up.
+#[derive(Debug)]
+pub struct SharedLatency(Mutex<LatencyTotals>);
+
+impl Default for SharedLatency {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The quantiles a [`LatencySummary`] carries.
+pub const SUMMARY_QUANTILES: [f64; 6] = [0.5, 0.9, 0.99, 0.999, 0.9999, 1.0];
+
+/// A read-out of a [`SharedLatency`]: what the admin thread renders.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LatencySummary {
+    /// Values recorded.
+    pub count: u64,
+    /// Their sum in nanoseconds.
+    pub sum_ns: u128,
+    /// The largest value, to 3 significant digits (0 when empty).
+    pub max_ns: u64,
+    /// `(quantile, nanoseconds)` for each of [`SUMMARY_QUANTILES`] (values 0 when empty).
+    pub quantiles: [(f64, u64); SUMMARY_QUANTILES.len()],
+}
+
+impl SharedLatency {
+    /// Empty, with the fixed latency bounds (allocates the histogram: call at start-up).
+    pub fn new() -> Self {
+        Self(Mutex::new(LatencyTotals {
+            histogram: latency_histogram(),
+            sum_ns: 0,
+        }))
+    }
+
+    /// The count, sum, max and quantiles so far. Takes the lock (the admin thread may wait a
+    /// moment; the recorders never do).
+    pub fn summary(&self) -> LatencySummary {
+        // A recorder that panicked while adding leaves counts that are still meaningful.
+        let totals = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let h = &totals.histogram;
+        let mut quantiles = [(0.0, 0); SUMMARY_QUANTILES.len()];
+        for (slot, q) in quantiles.iter_mut().zip(SUMMARY_QUANTILES) {
+            *slot = (
+                q,
+                if h.is_empty() {
+                    0
+                } else {
+                    h.value_at_quantile(q)
+                },
+            );
+        }
+        LatencySummary {
+            count: h.len(),
+            sum_ns: totals.sum_ns,
+            max_ns: if h.is_empty() { 0 } else { h.max() },
+            quantiles,
+        }
+    }
+}
+
+/// Records one stage's latencies on the thread that measures them, without locks or
+/// allocation, and publishes them now and then into a [`SharedLatency`].
+///
+/// The histogram is sized at construction for 1 ns..60 s at 3 significant digits; values
+/// beyond 60 s are recorded as 60 s. [`record`](Self::record) and
+/// [`publish`](Self::publish) never allocate (the engine's counting allocator checks it).
+#[derive(Debug)]
+pub struct LatencyRecorder {
+    local: Histogram<u64>,
+    local_sum: u128,
+    shared: Arc<SharedLatency>,
+    interval: Duration,
+    last_publish: Instant,
+}
+
+impl LatencyRecorder {
+    /// A recorder publishing into `shared` every [`DEFAULT_PUBLISH_INTERVAL`] (allocates its
+    /// histogram: call at start-up).
+    pub fn new(shared: Arc<SharedLatency>) -> Self {
+        Self::with_interval(shared, DEFAULT_PUBLISH_INTERVAL)
+    }
+
+    /// A recorder that [`maybe_publish`](Self::maybe_publish) publishes every `interval`.
+    pub fn with_interval(shared: Arc<SharedLatency>, interval: Duration) -> Self {
+        Self {
+            local: latency_histogram(),
+            local_sum: 0,
+            shared,
+            interval,
+            last_publish: Instant::now(),
+        }
+    }
+
+    /// Records one latency in nanoseconds (clamped to 60 s). No allocation, no lock.
+    #[inline]
+    pub fn record(&mut self, ns: u64) {
+        let ns = ns.min(LATENCY_HIGHEST_NS);
+        self.local.saturating_record(ns);
+        self.local_sum += u128::from(ns);
+    }
+
+    /// Values recorded since the last successful publish.
+    pub fn pending(&self) -> u64 {
+        self.local.len()
+    }
+
+    /// Adds what was recorded since the last publish into the shared histogram and starts
+    /// afresh. Returns `false` (keeping the figures for next time) when the admin thread holds
+    /// the lock. No allocation: both histograms have the same bounds.
+    pub fn publish(&mut self) -> bool {
+        if self.local.is_empty() {
+            return true;
+        }
+        let mut totals = match self.shared.0.try_lock() {
+            Ok(t) => t,
+            Err(TryLockError::WouldBlock) => return false,
+            // Counts stay meaningful after a panic elsewhere; keep publishing.
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        // Same bounds and auto-resize off: `add` copies or sums the count arrays; it cannot
+        // fail, and if it somehow did the figures would only be missing from the export.
+        if totals.histogram.add(&self.local).is_ok() {
+            totals.sum_ns += self.local_sum;
+        }
+        drop(totals);
+        self.local.reset();
+        self.local_sum = 0;
+        true
+    }
+
+    /// [`publish`](Self::publish) if the interval has passed since the last publish; `now` is
+    /// the caller's clock reading (one `Instant::now()` per round serves every recorder).
+    /// Returns whether it published.
+    #[inline]
+    pub fn maybe_publish(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.last_publish) < self.interval {
+            return false;
+        }
+        let done = self.publish();
+        if done {
+            self.last_publish = now;
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauge_levels_saturate() {
+        let g = Gauge::new();
+        g.add(3);
+        g.sub(1);
+        assert_eq!(g.get(), 2);
+        g.sub(10);
+        assert_eq!(g.get(), 0);
+        g.set(7);
+        g.incr();
+        assert_eq!(g.get(), 8);
+    }
+
+    #[test]
+    fn busy_ratio_of_nothing_is_zero() {
+        assert_eq!(busy_ratio(300, 100), 0.75);
+        assert_eq!(busy_ratio(0, 0), 0.0);
+    }
+
+    #[test]
+    fn recording_saturates_and_publishes_cumulatively() {
+        let shared = Arc::new(SharedLatency::new());
+        let mut r = LatencyRecorder::new(Arc::clone(&shared));
+        assert_eq!(shared.summary().count, 0);
+        assert_eq!(shared.summary().max_ns, 0);
+        r.record(0);
+        r.record(120 * 1_000_000_000); // 120 s: recorded as 60 s
+        assert_eq!(r.pending(), 2);
+        assert!(r.publish());
+        assert_eq!(r.pending(), 0);
+        let s = shared.summary();
+        assert_eq!(s.count, 2);
+        assert_eq!(s.sum_ns, u128::from(LATENCY_HIGHEST_NS));
+        // 3 significant digits: the max is within 0.1 % of 60 s.
+        assert!(s.max_ns.abs_diff(LATENCY_HIGHEST_NS) <= LATENCY_HIGHEST_NS / 1000);
+        for _ in 0..1000 {
+            r.record(1_000);
+        }
+        assert!(r.publish());
+        let s = shared.summary();
+        assert_eq!(s.count, 1002);
+        let p50 = s.quantiles[0];
+        assert_eq!(p50.0, 0.5);
+        assert!(p50.1.abs_diff(1_000) <= 1, "p50 {}", p50.1);
+    }
+
+    #[test]
+    fn publish_does_not_wait_for_the_reader() {
+        let shared = Arc::new(SharedLatency::new());
+        let mut r = LatencyRecorder::new(Arc::clone(&shared));
+        r.record(5);
+        let guard = shared.0.lock().unwrap();
+        assert!(!r.publish(), "lock held: must give up, not wait");
+        assert_eq!(r.pending(), 1, "figures kept for next time");
+        drop(guard);
+        assert!(r.publish());
+        assert_eq!(shared.summary().count, 1);
+    }
+
+    #[test]
+    fn maybe_publish_waits_for_the_interval() {
+        let shared = Arc::new(SharedLatency::new());
+        let mut r = LatencyRecorder::with_interval(Arc::clone(&shared), Duration::from_secs(3600));
+        r.record(5);
+        assert!(!r.maybe_publish(Instant::now()));
+        assert_eq!(shared.summary().count, 0);
+        assert!(r.maybe_publish(Instant::now() + Duration::from_secs(3601)));
+        assert_eq!(shared.summary().count, 1);
+    }
 }

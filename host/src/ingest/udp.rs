@@ -49,7 +49,7 @@ impl UdpIngest {
             let n = match self.batch.recv(self.socket.as_raw_fd()) {
                 Ok(n) => n,
                 Err(_) => {
-                    counters.udp_errors.incr();
+                    counters.udp_recv_errors.incr();
                     return total;
                 }
             };

@@ -1,0 +1,664 @@
+//! A small writer for the Prometheus text exposition format, version 0.0.4.
+//!
+//! [`PromWriter`] appends to a `String`: [`family`](PromWriter::family) writes the `# HELP`
+//! and `# TYPE` lines of a metric family (once; a second call for the same family is a bug and
+//! is ignored), [`sample`](PromWriter::sample) writes one series. Label values are escaped
+//! (`\\`, `\"`, `\n`), help texts too (`\\`, `\n`); floats are written so Go's `ParseFloat`
+//! reads them (`NaN`, `+Inf`, `-Inf`). Counters end in `_total`, latencies are summaries in
+//! seconds with `quantile` labels, `_sum` and `_count`: `promtool check metrics` accepts the
+//! output (the admin tests run it when `promtool` is on `PATH`).
+//!
+//! The `write_*` functions render pinstream's figures: the core's
+//! [`StageCounters`], the host's [`HostCounters`], latency summaries, the busy ratio of each
+//! polling thread and the control plane's level.
+//!
+//! ```
+//! use pinstream_host::prom::{MetricType, PromWriter};
+//!
+//! let mut out = String::new();
+//! let mut w = PromWriter::new(&mut out);
+//! w.family("demo_requests_total", MetricType::Counter, "Requests served.");
+//! w.sample("demo_requests_total", &[("path", "/a\"b")], 3.0);
+//! let expected = concat!(
+//!     "# HELP demo_requests_total Requests served.\n",
+//!     "# TYPE demo_requests_total counter\n",
+//!     "demo_requests_total{path=\"/a\\\"b\"} 3\n",
+//! );
+//! assert_eq!(out, expected);
+//! ```
+
+use std::fmt::Write as _;
+
+use pinstream_core::accounting::StageCounters;
+use pinstream_core::control::Level;
+use pinstream_core::event::Lane;
+use pinstream_core::metrics::Histogram as CoreHistogram;
+use pinstream_core::reason::Reason;
+
+use crate::stats::{Gauge, HostCounters, LatencySummary, busy_ratio};
+
+/// The `# TYPE` of a metric family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricType {
+    /// A monotonic count; the name ends in `_total`.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// Quantiles plus `_sum` and `_count`.
+    Summary,
+}
+
+impl MetricType {
+    /// The word in the `# TYPE` line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Summary => "summary",
+        }
+    }
+}
+
+/// Whether `name` matches `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+pub fn is_metric_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_' | b':'))
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+/// Whether `name` matches `[a-zA-Z_][a-zA-Z0-9_]*` and does not start with `__` (reserved).
+pub fn is_label_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_'))
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.starts_with("__")
+}
+
+/// Appends the exposition-format text of metric families to a `String`.
+///
+/// Names and label names are pinstream's own constants: a malformed one is a programming error,
+/// caught by `debug_assert!` and by the admin tests' format checker.
+#[derive(Debug)]
+pub struct PromWriter<'a> {
+    out: &'a mut String,
+    /// The family whose samples are being written (samples must follow their header).
+    current: String,
+    current_type: Option<MetricType>,
+}
+
+impl<'a> PromWriter<'a> {
+    /// A writer appending to `out`.
+    pub fn new(out: &'a mut String) -> Self {
+        Self {
+            out,
+            current: String::new(),
+            current_type: None,
+        }
+    }
+
+    /// Starts the family `name`: its `# HELP` and `# TYPE` lines. Write every sample of a
+    /// family right after its header, and each family once.
+    pub fn family(&mut self, name: &str, kind: MetricType, help: &str) {
+        debug_assert!(is_metric_name(name), "bad metric name {name:?}");
+        debug_assert_eq!(
+            kind == MetricType::Counter,
+            name.ends_with("_total"),
+            "counters, and only counters, end in _total: {name}"
+        );
+        let _ = write!(self.out, "# HELP {name} ");
+        escape_into(self.out, help, false);
+        let _ = writeln!(self.out, "\n# TYPE {name} {}", kind.as_str());
+        self.current.clear();
+        self.current.push_str(name);
+        self.current_type = Some(kind);
+    }
+
+    /// Writes one sample `name{labels} value`. For a summary family `name` is the family name
+    /// (with a `quantile` label), or it with `_sum` / `_count`.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        debug_assert!(
+            name == self.current
+                || (self.current_type == Some(MetricType::Summary)
+                    && name
+                        .strip_prefix(self.current.as_str())
+                        .is_some_and(|s| s == "_sum" || s == "_count")),
+            "sample {name} outside its family (current: {})",
+            self.current
+        );
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                debug_assert!(is_label_name(k), "bad label name {k:?}");
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.push_str(k);
+                self.out.push_str("=\"");
+                escape_into(self.out, v, true);
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        self.out.push(' ');
+        write_float(self.out, value);
+        self.out.push('\n');
+    }
+
+    /// [`sample`](Self::sample) for an integer count (exact up to 2^53).
+    pub fn sample_u64(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample(name, labels, value as f64);
+    }
+
+    /// Writes a whole family with a single unlabelled sample.
+    pub fn single(&mut self, name: &str, kind: MetricType, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// Appends `s` escaped: `\` → `\\`, newline → `\n`, and for label values `"` → `\"`.
+fn escape_into(out: &mut String, s: &str, quote: bool) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends `v` the way Prometheus parses it: integers without a fraction, `NaN`, `±Inf`.
+fn write_float(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        // Rust's `Display` for f64 is the shortest round-trip decimal, never an exponent.
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// Renders the core's outcome counters of each stage, labelled `stage` (and `reason` or
+/// `lane`): `pinstream_events_{ingested,stored,rejected,dead_lettered}_total`, lane
+/// throughput, frames, alerts, aggregates, sink retries, dead-letter overflow, and the lane
+/// wait as a summary in seconds (`seconds_per_tick` converts the core's ticks).
+pub fn write_stage_counters(
+    w: &mut PromWriter<'_>,
+    stages: &[(&str, &StageCounters)],
+    seconds_per_tick: f64,
+) {
+    type Pick = fn(&StageCounters) -> u64;
+    let simple: [(&str, &str, Pick); 7] = [
+        (
+            "pinstream_events_ingested_total",
+            "Units (events, or malformed frames) that entered the engine.",
+            |s| s.ingested.get(),
+        ),
+        (
+            "pinstream_events_stored_total",
+            "Events handed to storage successfully.",
+            |s| s.stored.get(),
+        ),
+        (
+            "pinstream_frames_dispatched_total",
+            "Well-formed frames dispatched.",
+            |s| s.frames.get(),
+        ),
+        ("pinstream_alerts_total", "Alert handler calls.", |s| {
+            s.alerts.get()
+        }),
+        (
+            "pinstream_aggregates_stored_total",
+            "Aggregate records stored by the batch lane.",
+            |s| s.aggregates.get(),
+        ),
+        (
+            "pinstream_sink_retries_total",
+            "Sink hand-offs that failed and were scheduled again.",
+            |s| s.sink_retries.get(),
+        ),
+        (
+            "pinstream_dead_letter_overflow_total",
+            "Dead letters counted but not recorded because the dead-letter ring was full.",
+            |s| s.dead_letter_overflow.get(),
+        ),
+    ];
+    for (name, help, pick) in simple {
+        w.family(name, MetricType::Counter, help);
+        for (stage, c) in stages {
+            w.sample_u64(name, &[("stage", stage)], pick(c));
+        }
+    }
+    for (name, help, rejection) in [
+        (
+            "pinstream_events_rejected_total",
+            "Units rejected at the door, by reason.",
+            true,
+        ),
+        (
+            "pinstream_events_dead_lettered_total",
+            "Events dead-lettered, by reason.",
+            false,
+        ),
+    ] {
+        w.family(name, MetricType::Counter, help);
+        for (stage, c) in stages {
+            for r in Reason::ALL.iter().filter(|r| r.is_rejection() == rejection) {
+                w.sample_u64(
+                    name,
+                    &[("stage", stage), ("reason", r.name())],
+                    c.reason(*r).get(),
+                );
+            }
+        }
+    }
+    type PickLane = fn(&StageCounters, usize) -> u64;
+    let lanes: [(&str, &str, PickLane); 2] = [
+        (
+            "pinstream_lane_queued_total",
+            "Events put into each lane.",
+            |s, i| s.queued[i].get(),
+        ),
+        (
+            "pinstream_lane_processed_total",
+            "Events taken out of each lane by the processors.",
+            |s, i| s.processed[i].get(),
+        ),
+    ];
+    for (name, help, pick) in lanes {
+        w.family(name, MetricType::Counter, help);
+        for (stage, c) in stages {
+            for lane in Lane::ALL {
+                w.sample_u64(
+                    name,
+                    &[("stage", stage), ("lane", lane.name())],
+                    pick(c, lane.index()),
+                );
+            }
+        }
+    }
+    let name = "pinstream_lane_wait_seconds";
+    w.family(
+        name,
+        MetricType::Summary,
+        "Time from dispatch into a lane to a processor taking the event out.",
+    );
+    for (stage, c) in stages {
+        write_core_histogram(w, name, stage, &c.lane_wait, seconds_per_tick);
+    }
+}
+
+fn write_core_histogram(
+    w: &mut PromWriter<'_>,
+    name: &str,
+    stage: &str,
+    h: &CoreHistogram,
+    seconds_per_tick: f64,
+) {
+    let empty = h.count() == 0;
+    for q in crate::stats::SUMMARY_QUANTILES {
+        // No observation: no quantile (NaN, as Prometheus client libraries write it).
+        let value = if empty {
+            f64::NAN
+        } else {
+            h.percentile((q * 1_000_000.0).round() as u32) as f64 * seconds_per_tick
+        };
+        w.sample(
+            name,
+            &[("stage", stage), ("quantile", &quantile_label(q))],
+            value,
+        );
+    }
+    w.sample(
+        &suffixed(name, "_sum"),
+        &[("stage", stage)],
+        h.sum() as f64 * seconds_per_tick,
+    );
+    w.sample_u64(&suffixed(name, "_count"), &[("stage", stage)], h.count());
+}
+
+fn suffixed(name: &str, suffix: &str) -> String {
+    let mut s = String::with_capacity(name.len() + suffix.len());
+    s.push_str(name);
+    s.push_str(suffix);
+    s
+}
+
+fn quantile_label(q: f64) -> String {
+    let mut s = String::new();
+    write_float(&mut s, q);
+    s
+}
+
+/// One row of [`HOST_METRICS`]: metric name, type, help, and the field it reads.
+pub type HostMetric = (
+    &'static str,
+    MetricType,
+    &'static str,
+    fn(&HostCounters) -> &Gauge,
+);
+
+/// How each [`HostCounters`] field is exported.
+pub const HOST_METRICS: [HostMetric; 27] = [
+    (
+        "pinstream_tcp_connections_accepted_total",
+        MetricType::Counter,
+        "TCP connections accepted.",
+        |c| &c.tcp_accepted,
+    ),
+    (
+        "pinstream_tcp_connections_open",
+        MetricType::Gauge,
+        "TCP connections open now.",
+        |c| &c.tcp_open,
+    ),
+    (
+        "pinstream_tcp_connections_refused_total",
+        MetricType::Counter,
+        "TCP connections refused at tcp.max_connections.",
+        |c| &c.tcp_refused,
+    ),
+    (
+        "pinstream_tcp_accept_errors_total",
+        MetricType::Counter,
+        "accept() calls that failed.",
+        |c| &c.tcp_accept_errors,
+    ),
+    (
+        "pinstream_tcp_connections_closed_total",
+        MetricType::Counter,
+        "TCP connections closed, any reason.",
+        |c| &c.tcp_closed,
+    ),
+    (
+        "pinstream_tcp_connections_closed_malformed_total",
+        MetricType::Counter,
+        "TCP connections closed past tcp.max_rejects or after losing framing.",
+        |c| &c.tcp_closed_malformed,
+    ),
+    (
+        "pinstream_tcp_connections_closed_stalled_total",
+        MetricType::Counter,
+        "TCP connections closed for not reading acks within tcp.stall_timeout_ms.",
+        |c| &c.tcp_closed_stalled,
+    ),
+    (
+        "pinstream_tcp_connections_closed_idle_total",
+        MetricType::Counter,
+        "TCP connections closed after tcp.idle_timeout_ms of silence.",
+        |c| &c.tcp_closed_idle,
+    ),
+    (
+        "pinstream_tcp_received_bytes_total",
+        MetricType::Counter,
+        "Bytes received over TCP.",
+        |c| &c.tcp_bytes_in,
+    ),
+    (
+        "pinstream_tcp_frames_received_total",
+        MetricType::Counter,
+        "Frames received over TCP.",
+        |c| &c.tcp_frames_in,
+    ),
+    (
+        "pinstream_tcp_rejects_sent_total",
+        MetricType::Counter,
+        "REJECT frames sent over TCP.",
+        |c| &c.tcp_rejects_sent,
+    ),
+    (
+        "pinstream_tcp_acks_sent_total",
+        MetricType::Counter,
+        "ACK frames sent over TCP.",
+        |c| &c.tcp_acks_sent,
+    ),
+    (
+        "pinstream_tcp_credit_waits_total",
+        MetricType::Counter,
+        "Times a connection paused on a full in-flight window.",
+        |c| &c.tcp_credit_waits,
+    ),
+    (
+        "pinstream_udp_datagrams_received_total",
+        MetricType::Counter,
+        "UDP datagrams received.",
+        |c| &c.udp_datagrams,
+    ),
+    (
+        "pinstream_udp_received_bytes_total",
+        MetricType::Counter,
+        "Bytes received over UDP.",
+        |c| &c.udp_bytes_in,
+    ),
+    (
+        "pinstream_udp_frames_received_total",
+        MetricType::Counter,
+        "Frames received over UDP.",
+        |c| &c.udp_frames_in,
+    ),
+    (
+        "pinstream_udp_datagrams_malformed_total",
+        MetricType::Counter,
+        "UDP datagrams without a valid frame sequence.",
+        |c| &c.udp_malformed,
+    ),
+    (
+        "pinstream_udp_datagrams_truncated_total",
+        MetricType::Counter,
+        "UDP datagrams longer than udp.max_datagram, dropped.",
+        |c| &c.udp_truncated,
+    ),
+    (
+        "pinstream_udp_receive_errors_total",
+        MetricType::Counter,
+        "UDP receive calls that failed.",
+        |c| &c.udp_recv_errors,
+    ),
+    (
+        "pinstream_storage_records_total",
+        MetricType::Counter,
+        "Records appended to the log.",
+        |c| &c.storage_records,
+    ),
+    (
+        "pinstream_storage_written_bytes_total",
+        MetricType::Counter,
+        "Bytes appended to the log.",
+        |c| &c.storage_bytes,
+    ),
+    (
+        "pinstream_storage_dead_letters_total",
+        MetricType::Counter,
+        "Records appended to the dead-letter log.",
+        |c| &c.storage_dead_letters,
+    ),
+    (
+        "pinstream_storage_syncs_total",
+        MetricType::Counter,
+        "fdatasync calls made.",
+        |c| &c.storage_syncs,
+    ),
+    (
+        "pinstream_storage_sync_errors_total",
+        MetricType::Counter,
+        "fdatasync calls that failed.",
+        |c| &c.storage_sync_errors,
+    ),
+    (
+        "pinstream_storage_write_errors_total",
+        MetricType::Counter,
+        "Log writes that failed.",
+        |c| &c.storage_write_errors,
+    ),
+    (
+        "pinstream_storage_segments",
+        MetricType::Gauge,
+        "Log segments on disk now.",
+        |c| &c.storage_segments,
+    ),
+    (
+        "pinstream_storage_durable_events_total",
+        MetricType::Counter,
+        "Events covered by a completed sync.",
+        |c| &c.durable_events,
+    ),
+];
+
+/// Renders every [`HostCounters`] field (see [`HOST_METRICS`] for the names).
+pub fn write_host_counters(w: &mut PromWriter<'_>, counters: &HostCounters) {
+    for (name, kind, help, field) in HOST_METRICS {
+        w.single(name, kind, help, field(counters).get() as f64);
+    }
+}
+
+/// Renders latency summaries as the family `name` (which should end in `_seconds`), one
+/// series per `(stage, summary)`, quantiles from [`crate::stats::SUMMARY_QUANTILES`] (`NaN`
+/// while a stage has no observation).
+pub fn write_latency(
+    w: &mut PromWriter<'_>,
+    name: &str,
+    help: &str,
+    stages: &[(&str, &LatencySummary)],
+) {
+    w.family(name, MetricType::Summary, help);
+    let (sum, count) = (suffixed(name, "_sum"), suffixed(name, "_count"));
+    for (stage, s) in stages {
+        for (q, ns) in s.quantiles {
+            // No observation: no quantile (NaN, as Prometheus client libraries write it).
+            let value = if s.count == 0 {
+                f64::NAN
+            } else {
+                ns as f64 / 1e9
+            };
+            w.sample(
+                name,
+                &[("stage", stage), ("quantile", &quantile_label(q))],
+                value,
+            );
+        }
+        w.sample(&sum, &[("stage", stage)], s.sum_ns as f64 / 1e9);
+        w.sample_u64(&count, &[("stage", stage)], s.count);
+    }
+}
+
+/// Renders the time split of polling threads, from `(thread, busy_ns, idle_ns)`:
+/// `pinstream_thread_busy_seconds_total`, `pinstream_thread_idle_seconds_total` (take a
+/// `rate()` of them for a windowed load) and `pinstream_thread_busy_ratio` since start-up.
+pub fn write_thread_load(w: &mut PromWriter<'_>, threads: &[(&str, u64, u64)]) {
+    let name = "pinstream_thread_busy_seconds_total";
+    w.family(
+        name,
+        MetricType::Counter,
+        "Time a polling thread spent in rounds that did work.",
+    );
+    for (t, busy, _) in threads {
+        w.sample(name, &[("thread", t)], *busy as f64 / 1e9);
+    }
+    let name = "pinstream_thread_idle_seconds_total";
+    w.family(
+        name,
+        MetricType::Counter,
+        "Time a polling thread spent spinning, yielding or parked without work.",
+    );
+    for (t, _, idle) in threads {
+        w.sample(name, &[("thread", t)], *idle as f64 / 1e9);
+    }
+    let name = "pinstream_thread_busy_ratio";
+    w.family(
+        name,
+        MetricType::Gauge,
+        "busy / (busy + idle) since start-up: the real load of a thread top shows 100% busy.",
+    );
+    for (t, busy, idle) in threads {
+        w.sample(name, &[("thread", t)], busy_ratio(*busy, *idle));
+    }
+}
+
+/// Renders the control plane's state: `pinstream_control_level` (0 = healthy ..
+/// 4 = emergency), `pinstream_control_state{level=...}` (1 for the current level, 0 for the
+/// others) and `pinstream_control_transitions_total`.
+pub fn write_control(w: &mut PromWriter<'_>, level: Level, transitions: u64) {
+    w.single(
+        "pinstream_control_level",
+        MetricType::Gauge,
+        "Control-plane level: 0 healthy, 1 elevated, 2 degraded, 3 critical, 4 emergency.",
+        level.index() as f64,
+    );
+    let name = "pinstream_control_state";
+    w.family(
+        name,
+        MetricType::Gauge,
+        "1 for the control plane's current level, 0 for the others.",
+    );
+    for l in Level::ALL {
+        w.sample(
+            name,
+            &[("level", l.name())],
+            if l == level { 1.0 } else { 0.0 },
+        );
+    }
+    w.single(
+        "pinstream_control_transitions_total",
+        MetricType::Counter,
+        "Control-plane level changes.",
+        transitions as f64,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_metric_name("a_b:c9"));
+        assert!(!is_metric_name("9a"));
+        assert!(!is_metric_name(""));
+        assert!(!is_metric_name("a-b"));
+        assert!(is_label_name("stage"));
+        assert!(!is_label_name("__x"));
+        assert!(!is_label_name("a:b"));
+        for (name, kind, _, _) in HOST_METRICS {
+            assert!(is_metric_name(name), "{name}");
+            assert_eq!(
+                kind == MetricType::Counter,
+                name.ends_with("_total"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn escaping_and_floats() {
+        let mut out = String::new();
+        let mut w = PromWriter::new(&mut out);
+        w.family("x", MetricType::Gauge, "a \\ b\nc \"q\"");
+        w.sample("x", &[("l", "a\\b\"c\nd")], f64::NAN);
+        w.sample("x", &[("l", "inf")], f64::INFINITY);
+        w.sample("x", &[("l", "-inf")], f64::NEG_INFINITY);
+        w.sample("x", &[("l", "small")], 1e-9);
+        w.sample("x", &[("l", "int")], 42.0);
+        assert_eq!(
+            out,
+            "# HELP x a \\\\ b\\nc \"q\"\n# TYPE x gauge\n\
+             x{l=\"a\\\\b\\\"c\\nd\"} NaN\n\
+             x{l=\"inf\"} +Inf\n\
+             x{l=\"-inf\"} -Inf\n\
+             x{l=\"small\"} 0.000000001\n\
+             x{l=\"int\"} 42\n"
+        );
+    }
+
+    #[test]
+    fn control_state_marks_one_level() {
+        let mut out = String::new();
+        write_control(&mut PromWriter::new(&mut out), Level::Degraded, 7);
+        assert!(out.contains("pinstream_control_level 2\n"));
+        assert!(out.contains("pinstream_control_state{level=\"degraded\"} 1\n"));
+        assert!(out.contains("pinstream_control_state{level=\"healthy\"} 0\n"));
+        assert!(out.contains("pinstream_control_transitions_total 7\n"));
+    }
+}

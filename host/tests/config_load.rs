@@ -1,0 +1,524 @@
+//! The configuration: the embedded default, partial files, unknown keys, bad values,
+//! validation messages and warnings.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pinstream_host::config::{
+    AckMode, AdminConfig, AlertWhen, CAPACITY_PRESETS, CapacityConfig, Config, ConfigError,
+    ControlSection, DEFAULT_TOML, DurabilityMode, EngineConfig, IdleKind, PipelineConfig,
+    StorageConfig, TcpConfig, UdpConfig,
+};
+use serde::de::{DeserializeOwned, Deserializer, Visitor};
+
+fn parse(text: &str) -> Config {
+    Config::from_toml(text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The parse error of `text`: (key, line, column, message, display).
+fn parse_err(text: &str) -> (String, usize, usize, String, String) {
+    match Config::from_toml(text, "test.toml") {
+        Err(e @ ConfigError::Parse { .. }) => {
+            let shown = e.to_string();
+            let ConfigError::Parse {
+                key,
+                line,
+                column,
+                message,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            (key, line, column, message, shown)
+        }
+        other => panic!("expected a parse error for {text:?}, got {other:?}"),
+    }
+}
+
+/// The validation problems of `text` (which must parse).
+fn problems(text: &str) -> Vec<String> {
+    match parse(text).validate() {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected validation problems for {text:?}, got {other:?}"),
+    }
+}
+
+fn warnings(text: &str) -> Vec<String> {
+    parse(text).validate().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn embedded_default_parses_validates_and_equals_the_code_defaults() {
+    let cfg = Config::embedded_default();
+    assert_eq!(cfg, Config::default());
+    assert_eq!(cfg.validate().unwrap(), Vec::<String>::new(), "no warnings");
+    assert_eq!(cfg.tcp.listen, Some("127.0.0.1:7070".parse().unwrap()));
+    assert_eq!(cfg.udp.listen, Some("127.0.0.1:7071".parse().unwrap()));
+    assert_eq!(cfg.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(cfg.storage.dir, PathBuf::from("./pinstream-data"));
+    assert_eq!(
+        cfg.control.to_core(),
+        pinstream_core::control::ControlConfig::DEFAULT
+    );
+    assert_eq!(
+        cfg.pipeline.retry_policy(),
+        pinstream_core::process::RetryPolicy::DEFAULT
+    );
+    assert_eq!(CAPACITY_PRESETS, &[CapacityConfig::DEFAULT]);
+    assert_eq!(cfg.capacity, CapacityConfig::DEFAULT);
+    // An empty file is the default too.
+    assert_eq!(parse(""), Config::default());
+}
+
+/// A serde `Deserializer` that records the field names a derived `Deserialize` asks for.
+struct Probe<'a>(&'a mut Option<&'static [&'static str]>);
+
+#[derive(Debug)]
+struct Stop;
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("probe stops here")
+    }
+}
+impl std::error::Error for Stop {}
+impl serde::de::Error for Stop {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        Stop
+    }
+}
+
+impl<'de> Deserializer<'de> for Probe<'_> {
+    type Error = Stop;
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+        Err(Stop)
+    }
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Stop> {
+        *self.0 = Some(fields);
+        Err(Stop)
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    let mut fields = None;
+    let _ = T::deserialize(Probe(&mut fields));
+    fields.expect("a struct")
+}
+
+#[test]
+fn the_default_file_names_every_key() {
+    let file: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
+    let sections: [(&str, &[&str]); 8] = [
+        ("engine", fields_of::<EngineConfig>()),
+        ("tcp", fields_of::<TcpConfig>()),
+        ("udp", fields_of::<UdpConfig>()),
+        ("storage", fields_of::<StorageConfig>()),
+        ("pipeline", fields_of::<PipelineConfig>()),
+        ("capacity", fields_of::<CapacityConfig>()),
+        ("control", fields_of::<ControlSection>()),
+        ("admin", fields_of::<AdminConfig>()),
+    ];
+    let top: Vec<&str> = sections.iter().map(|(s, _)| *s).collect();
+    assert_eq!(fields_of::<Config>(), top.as_slice());
+    for (section, fields) in sections {
+        let table = file[section].as_table().unwrap();
+        for f in fields {
+            assert!(table.contains_key(*f), "default.toml lacks {section}.{f}");
+        }
+        assert_eq!(table.len(), fields.len(), "[{section}]");
+    }
+}
+
+#[test]
+fn a_partial_file_overrides_only_its_keys() {
+    let cfg = parse(
+        "[tcp]\nmax_connections = 10\nlisten = \"off\"\n\n[storage]\ndurability = \"always\"\n\
+         [pipeline]\ntopics = [\"a\", \"b\"]\n\
+         alert_rules = [{ topic = \"b\", when = \"below\", value = -5 }, { topic = \"a\", when = \"always\" }]\n",
+    );
+    let d = Config::default();
+    assert_eq!(
+        cfg.tcp,
+        TcpConfig {
+            max_connections: 10,
+            listen: None,
+            ..d.tcp.clone()
+        }
+    );
+    assert_eq!(
+        cfg.storage,
+        StorageConfig {
+            durability: DurabilityMode::Always,
+            ..d.storage.clone()
+        }
+    );
+    assert_eq!(cfg.pipeline.topics, ["a", "b"]);
+    assert_eq!(cfg.pipeline.budget, d.pipeline.budget);
+    assert_eq!(cfg.pipeline.alert_rules.len(), 2);
+    assert_eq!(cfg.pipeline.alert_rules[0].when, AlertWhen::Below);
+    assert_eq!(
+        cfg.pipeline.alert_rules[0].condition(),
+        pinstream_core::process::realtime::Condition::Below(-5)
+    );
+    assert_eq!(cfg.pipeline.alert_rules[1].value, 0);
+    assert_eq!(cfg.pipeline.topic_id("b"), Some(1));
+    for (a, b) in [
+        (format!("{:?}", cfg.engine), format!("{:?}", d.engine)),
+        (format!("{:?}", cfg.udp), format!("{:?}", d.udp)),
+        (format!("{:?}", cfg.capacity), format!("{:?}", d.capacity)),
+        (format!("{:?}", cfg.control), format!("{:?}", d.control)),
+        (format!("{:?}", cfg.admin), format!("{:?}", d.admin)),
+    ] {
+        assert_eq!(a, b);
+    }
+    cfg.validate().unwrap();
+    // Dotted keys and every enum spelling.
+    let cfg = parse(
+        "engine.idle = \"spin-yield\"\nengine.ack = \"none\"\nstorage.durability = \"none\"\n",
+    );
+    assert_eq!(cfg.engine.idle, IdleKind::SpinYield);
+    assert_eq!(cfg.engine.ack, AckMode::None);
+    assert_eq!(cfg.storage.durability, DurabilityMode::None);
+    assert_eq!(
+        parse("[engine]\nidle = \"spin\"").engine.idle,
+        IdleKind::Spin
+    );
+    assert_eq!(
+        parse("[engine]\nack = \"accepted\"").engine.ack,
+        AckMode::Accepted
+    );
+    assert_eq!(parse("[admin]\nlisten = \"\"").admin.listen, None);
+    assert_eq!(
+        parse("[udp]\nlisten = \"[::1]:0\"").udp.listen,
+        Some("[::1]:0".parse().unwrap())
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_naming_key_and_line() {
+    let (key, line, column, message, shown) = parse_err("# a comment\nbogus = 1\n");
+    assert_eq!((key.as_str(), line, column), ("bogus", 2, 1));
+    assert!(message.contains("unknown field `bogus`"), "{message}");
+    assert!(
+        message.contains("`engine`") && message.contains("`admin`"),
+        "{message}"
+    );
+    assert!(
+        shown.starts_with("test.toml:2:1: bogus: unknown field"),
+        "{shown}"
+    );
+
+    let (key, line, column, message, _) = parse_err("[udp]\nbatch = 3\n  batchh = 4\n");
+    assert_eq!((key.as_str(), line, column), ("udp.batchh", 3, 3));
+    assert!(
+        message.contains("unknown field `batchh`, expected one of"),
+        "{message}"
+    );
+    assert!(message.contains("`batch`"), "what is allowed: {message}");
+
+    let (key, line, _, _, _) = parse_err("[engine]\n\n[extra]\nx = 1\n");
+    assert_eq!((key.as_str(), line), ("extra", 3));
+
+    let (key, line, _, message, _) = parse_err(
+        "[pipeline]\nalert_rules = [{ topic = \"default\", when = \"always\", vaule = 1 }]\n",
+    );
+    assert_eq!((key.as_str(), line), ("pipeline.alert_rules.vaule", 2));
+    assert!(message.contains("unknown field `vaule`"), "{message}");
+}
+
+#[test]
+fn bad_values_are_errors_saying_what_is_allowed() {
+    // Wrong type.
+    let (key, line, column, message, _) = parse_err("[tcp]\nmax_frame_len = \"big\"\n");
+    assert_eq!((key.as_str(), line, column), ("tcp.max_frame_len", 2, 17));
+    assert!(message.contains("expected u64"), "{message}");
+    // Negative count.
+    let (key, _, _, message, _) = parse_err("[tcp]\nmax_connections = -1\n");
+    assert_eq!(key, "tcp.max_connections");
+    assert!(message.contains("-1"), "{message}");
+    // Enums list their values.
+    let (key, _, _, message, _) = parse_err("[engine]\nidle = \"sleep\"\n");
+    assert_eq!(key, "engine.idle");
+    assert!(
+        message.contains("unknown variant `sleep`")
+            && message.contains("`spin`, `spin-yield`, `spin-park`"),
+        "{message}"
+    );
+    let (key, _, _, message, _) = parse_err("[engine]\nack = \"maybe\"\n");
+    assert_eq!(key, "engine.ack");
+    assert!(
+        message.contains("`none`, `accepted`, `durable`"),
+        "{message}"
+    );
+    let (key, _, _, message, _) = parse_err("[storage]\ndurability = \"sometimes\"\n");
+    assert_eq!(key, "storage.durability");
+    assert!(
+        message.contains("`none`, `interval`, `always`"),
+        "{message}"
+    );
+    let (key, _, _, message, _) =
+        parse_err("[pipeline]\nalert_rules = [{ topic = \"default\", when = \"over\" }]\n");
+    assert_eq!(key, "pipeline.alert_rules.when");
+    assert!(message.contains("`always`, `above`, `below`"), "{message}");
+    // Listen addresses.
+    let (key, _, _, message, _) = parse_err("[admin]\nlisten = \"localhost:9090\"\n");
+    assert_eq!(key, "admin.listen");
+    assert!(
+        message.contains("\"localhost:9090\"")
+            && message.contains("ip:port")
+            && message.contains("\"off\""),
+        "{message}"
+    );
+    let (key, _, _, _, _) = parse_err("[tcp]\nlisten = \"127.0.0.1\"\n");
+    assert_eq!(key, "tcp.listen");
+    // Arrays of the wrong length.
+    let (key, _, _, message, _) = parse_err("[control]\ndepth_permille = [1, 2, 3]\n");
+    assert_eq!(key, "control.depth_permille");
+    assert!(message.contains('4'), "{message}");
+    // Broken syntax.
+    let (_, line, _, _, _) = parse_err("[tcp]\nmax_connections = 1\n[udp\n");
+    assert_eq!(line, 3);
+}
+
+#[test]
+fn validation_names_each_key_and_the_limit() {
+    assert_eq!(
+        problems("[tcp]\nmax_frame_len = 10\nrecv_buffer = 10\n"),
+        ["tcp.max_frame_len = 10: must be at least 20 (a frame header and trailer)"]
+    );
+    let p = problems("[tcp]\nmax_frame_len = 16777217\n");
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("tcp.max_frame_len = 16777217: must be 0 ..= 16777216")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("tcp.recv_buffer = 262144: must be at least tcp.max_frame_len")),
+        "{p:?}"
+    );
+    let p = problems("[tcp]\ninflight_events = 100\n");
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].starts_with("tcp.inflight_events = 100: must be at least 2047"),
+        "{p:?}"
+    );
+    let p = problems("[engine]\nprocess_cpu = 0\n");
+    assert!(
+        p[0].starts_with("engine.process_cpu = 0: must differ from engine.ingest_cpu = 0"),
+        "{p:?}"
+    );
+    parse("[engine]\nprocess_cpu = 0\noverprovisioned = true\n")
+        .validate()
+        .unwrap();
+    let p = problems("[storage]\ndurability = \"none\"\n");
+    assert!(
+        p[0].starts_with("engine.ack = \"durable\": needs storage.durability"),
+        "{p:?}"
+    );
+    let p = problems("[udp]\nbatch = 0\nmax_datagram = 70000\n");
+    assert_eq!(
+        p,
+        [
+            "udp.batch = 0: must be 1 ..= 1024 (UIO_MAXIOV, the most recvmmsg takes)",
+            "udp.max_datagram = 70000: must be 20 ..= 65507 (the largest UDP payload)"
+        ]
+    );
+    let p = problems("[storage]\ndir = \"\"\nretention_bytes = 1000\n");
+    assert!(
+        p[0].starts_with("storage.dir = \"\": must name a directory"),
+        "{p:?}"
+    );
+    assert!(
+        p[1].starts_with("storage.retention_bytes = 1000: must be 0 (keep everything) or at least"),
+        "{p:?}"
+    );
+    let p = problems("[pipeline]\nrate_per_source = 10\nbudget = 0\nretry_backoff_us = 20000\n");
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("pipeline.burst_per_source = 0: must be at least 1")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m
+                .starts_with("pipeline.budget = 0: must be 1 ..= capacity.lane_capacity = 16384")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("pipeline.retry_backoff_us = 20000: must be at most")),
+        "{p:?}"
+    );
+    let long = "x".repeat(33);
+    let p = problems(&format!(
+        "[pipeline]\ntopics = [\"a\", \"{long}\", \"a\", \"tab\\t\"]\nalert_rules = [{{ topic = \"zz\", when = \"always\" }}]\n"
+    ));
+    assert_eq!(
+        p,
+        [
+            format!(
+                "pipeline.topics[1] = \"{long}\": must be 1 ..= 32 bytes (capacity.topic_name_bytes)"
+            ),
+            "pipeline.topics[2] = \"a\": listed twice".to_owned(),
+            "pipeline.topics[3] = \"tab\\t\": must not contain control characters".to_owned(),
+            format!(
+                "pipeline.alert_rules[0].topic = \"zz\": not in pipeline.topics [\"a\", \"{long}\", \"a\", \"tab\\t\"]"
+            ),
+        ]
+    );
+    let p = problems("[pipeline]\ntopics = []\n");
+    assert_eq!(
+        p,
+        ["pipeline.topics has 0 names: must have 1 ..= 64 (capacity.topics)"]
+    );
+    let p = problems(
+        "[control]\ndepth_permille = [500, 400, 850, 950]\ndrop_permille = [1, 2, 3, 1001]\nrecover_permille = 1001\n",
+    );
+    assert_eq!(
+        p,
+        [
+            "control.depth_permille = [500, 400, 850, 950]: must not decrease (elevated, degraded, critical, emergency)",
+            "control.drop_permille = [1, 2, 3, 1001]: each must be at most 1000 (100 %)",
+            "control.recover_permille = 1001: must be 0 ..= 1000 (1000 disables hysteresis)",
+        ]
+    );
+    let p = problems("[admin]\nlisten = \"127.0.0.1:7070\"\nrequest_timeout_ms = 0\n");
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].starts_with("admin.listen = \"127.0.0.1:7070\": the same address as tcp.listen"));
+    assert!(p[1].starts_with("admin.request_timeout_ms = 0: must be 10 ..= 60000"));
+}
+
+#[test]
+fn capacity_must_be_a_compiled_preset() {
+    let p = problems("[capacity]\npool_slots = 1000\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("[capacity] = { payload_bytes = 256, pool_slots = 1000,"),
+        "{}",
+        p[0]
+    );
+    assert!(p[0].contains("compiled into this build"), "{}", p[0]);
+    assert!(
+        p[0].contains(&CapacityConfig::DEFAULT.to_string()),
+        "lists the presets: {}",
+        p[0]
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let err = parse("[tcp]\nmax_connections = 0\n[udp]\nbatch = 5000\n")
+        .validate()
+        .unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("config: invalid configuration:\n  - tcp.max_connections = 0"),
+        "{shown}"
+    );
+    assert!(shown.contains("\n  - udp.batch = 5000"), "{shown}");
+}
+
+#[test]
+fn warnings_for_exposed_servers_and_dead_keys() {
+    let w = warnings("[tcp]\nlisten = \"0.0.0.0:7070\"\n[admin]\nlisten = \"[::]:9090\"\n");
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("tcp.listen = \"0.0.0.0:7070\" is not a loopback address"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].starts_with("admin.listen = \"[::]:9090\" is not a loopback address"),
+        "{w:?}"
+    );
+    let w = warnings("[tcp]\nlisten = \"off\"\n[udp]\nlisten = \"\"\n");
+    assert_eq!(
+        w,
+        ["tcp.listen and udp.listen are both off: the engine takes no input"]
+    );
+    let w = warnings(
+        "[engine]\noverprovisioned = true\nidle = \"spin\"\n[pipeline]\nburst_per_source = 5\n",
+    );
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("engine.idle = \"spin\" has no effect"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].starts_with("pipeline.burst_per_source = 5 has no effect"),
+        "{w:?}"
+    );
+}
+
+/// A fresh directory under the temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pinstream-config-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn loading_files_names_them_in_errors() {
+    let dir = TempDir::new();
+    let good = dir.0.join("good.toml");
+    std::fs::write(&good, "[tcp]\nlisten = \"0.0.0.0:0\"\n").unwrap();
+    let (cfg, warnings) = Config::load_checked(&good).unwrap();
+    assert_eq!(cfg.tcp.listen, Some("0.0.0.0:0".parse().unwrap()));
+    assert_eq!(warnings.len(), 1);
+
+    let missing = dir.0.join("missing.toml");
+    let err = Config::load(&missing).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, "[tcp]\nmax_frame_len = 10\n").unwrap();
+    let err = Config::load_checked(&bad).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}: invalid configuration:\n  - tcp.max_frame_len = 10",
+            bad.display()
+        )),
+        "{err}"
+    );
+
+    let unknown = dir.0.join("unknown.toml");
+    std::fs::write(&unknown, "[tcp]\nmax_frame = 10\n").unwrap();
+    let err = Config::load(&unknown).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}:2:1: tcp.max_frame: unknown field",
+            unknown.display()
+        )),
+        "{err}"
+    );
+}
