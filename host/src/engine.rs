@@ -40,11 +40,13 @@ use pinstream_core::ratelimit::{RateConfig, RateLimiter};
 use pinstream_core::reason::Reason;
 use pinstream_core::ring::{Producer, Spsc};
 
+use crate::admin::{AdminSource, Health, HealthValue};
 use crate::idle::{IdleStrategy, Idler, ThreadLoad};
 use crate::ingest::{AckMode, COMPLETIONS, Completion, Ingest, Shared, TcpLimits};
 use crate::numa;
 use crate::pin::{self, PinPlan};
-use crate::stats::HostCounters;
+use crate::prom::{self, MetricType, PromWriter};
+use crate::stats::{HostCounters, LatencyRecorder, SharedLatency};
 use crate::storage::{Durability, Log, LogConfig, RecoveryReport, StorageError, record};
 use crate::topology::Topology;
 
@@ -59,13 +61,21 @@ pub const DEAD_LETTERS: usize = 4_096;
 /// Records parked for retry at most.
 pub const RETRY_QUEUE: usize = 256;
 /// Alert rules at most.
-pub const RULES: usize = 32;
+pub const RULES: usize = 16;
 /// Entries of the transactional lane's dedup table.
-pub const DEDUP: usize = 1 << 17;
+pub const DEDUP: usize = 65_536;
 /// Topics at most.
-pub const TOPICS: usize = 256;
+pub const TOPICS: usize = 64;
 /// Rate-limited sources: UDP (0) and one per TCP connection slot.
 pub const SOURCES: usize = 4_096;
+
+// The config's `[capacity]` presets describe this build: keep them equal.
+const _: () = {
+    let c = crate::config::CapacityConfig::DEFAULT;
+    assert!(c.payload_bytes == PAYLOAD && c.pool_slots == POOL && c.lane_capacity == LANE);
+    assert!(c.dead_letter_capacity == DEAD_LETTERS && c.retry_queue == RETRY_QUEUE);
+    assert!(c.topics == TOPICS && c.alert_rules == RULES && c.dedup_slots == DEDUP);
+};
 
 type EngineLanes = Lanes<PAYLOAD, POOL, LANE, DEAD_LETTERS>;
 type EngineProcessors<'a> = Processors<'a, PAYLOAD, POOL, LANE, DEAD_LETTERS, RETRY_QUEUE>;
@@ -164,6 +174,110 @@ impl EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// The engine's settings from a validated TOML [`Config`](crate::config::Config).
+    ///
+    /// # Errors
+    /// A value this build cannot run with (e.g. more connections than its rate-limiter
+    /// slots, a rate limit the core refuses), named by its key.
+    pub fn from_config(c: &crate::config::Config) -> Result<Self, String> {
+        use crate::config::{AckMode as A, DurabilityMode as D, IdleKind as I};
+        let ms = Duration::from_millis;
+        let mut log = LogConfig::new(c.storage.dir.clone());
+        log.segment_bytes = c.storage.segment_bytes;
+        log.index_interval_bytes = u32::try_from(c.storage.index_interval_bytes)
+            .map_err(|_| "storage.index_interval_bytes is above 4 GiB".to_string())?;
+        log.write_buffer_bytes = usize::try_from(c.storage.write_buffer_bytes)
+            .map_err(|_| "storage.write_buffer_bytes does not fit this machine".to_string())?;
+        log.retention_bytes = (c.storage.retention_bytes != 0).then_some(c.storage.retention_bytes);
+        log.retention_age = (c.storage.retention_hours != 0)
+            .then(|| Duration::from_secs(c.storage.retention_hours.saturating_mul(3600)));
+        log.durability = match c.storage.durability {
+            D::None => Durability::None,
+            D::Interval => Durability::Interval {
+                max_delay: ms(c.storage.interval_ms),
+                max_bytes: c.storage.interval_bytes,
+            },
+            D::Always => Durability::Always,
+        };
+        let rate = if c.pipeline.rate_per_source == 0 {
+            RateConfig::UNLIMITED
+        } else {
+            let burst = u32::try_from(c.pipeline.burst_per_source).unwrap_or(u32::MAX);
+            RateConfig::new(c.pipeline.rate_per_source, 1_000_000_000, burst).map_err(|e| {
+                format!(
+                    "pipeline.rate_per_source = {} / burst_per_source = {}: {e:?}",
+                    c.pipeline.rate_per_source, c.pipeline.burst_per_source
+                )
+            })?
+        };
+        let mut alerts = Vec::with_capacity(c.pipeline.alert_rules.len());
+        for rule in &c.pipeline.alert_rules {
+            let topic = c.pipeline.topic_id(&rule.topic).ok_or_else(|| {
+                format!(
+                    "pipeline.alert_rules: topic {:?} is not in pipeline.topics",
+                    rule.topic
+                )
+            })?;
+            alerts.push(AlertRule {
+                topic,
+                condition: rule.condition(),
+            });
+        }
+        let e = &c.engine;
+        let park = Duration::from_micros(e.idle_park_us);
+        Ok(Self {
+            tcp: c.tcp.listen,
+            tcp_limits: TcpLimits {
+                max_connections: c.tcp.max_connections,
+                max_frame_len: usize::try_from(c.tcp.max_frame_len).unwrap_or(usize::MAX),
+                recv_buffer: usize::try_from(c.tcp.recv_buffer).unwrap_or(usize::MAX),
+                send_buffer: usize::try_from(c.tcp.send_buffer).unwrap_or(usize::MAX),
+                inflight_frames: c.tcp.inflight_frames,
+                inflight_events: c.tcp.inflight_events as u64,
+                max_rejects: c.tcp.max_rejects,
+                idle_timeout: c.tcp.idle_timeout(),
+                stall_timeout: c.tcp.stall_timeout(),
+            },
+            udp: c.udp.listen.map(|a| (a, c.udp.batch, c.udp.max_datagram)),
+            ack: match e.ack {
+                A::None => AckMode::None,
+                A::Accepted => AckMode::Accepted,
+                A::Durable => AckMode::Durable,
+            },
+            data_dir: c.storage.dir.clone(),
+            log,
+            topics: c.pipeline.topics.clone(),
+            rate,
+            dedup_window: ms(c.pipeline.dedup_window_ms),
+            aggregate_window: ms(c.pipeline.aggregate_window_ms),
+            retry: c.pipeline.retry_policy(),
+            alerts,
+            budget: c.pipeline.budget,
+            control: c.control.to_core(),
+            placement: Placement {
+                overprovisioned: e.overprovisioned,
+                ingest_cpu: e.ingest_cpu,
+                process_cpu: e.process_cpu,
+                idle: match e.idle {
+                    I::Spin => IdleStrategy::Spin,
+                    I::SpinYield => IdleStrategy::SpinYield {
+                        spins: e.idle_spins,
+                    },
+                    I::SpinPark => IdleStrategy::SpinPark {
+                        spins: e.idle_spins,
+                        yields: e.idle_yields,
+                        park,
+                    },
+                },
+                numa: e.numa,
+                mlock: e.mlock,
+            },
+            thread_hook: None,
+        })
+    }
+}
+
 /// Why the engine could not start.
 #[derive(Debug)]
 pub enum EngineError {
@@ -229,6 +343,74 @@ pub struct EngineStats {
     pub storage_error: Mutex<Option<String>>,
     /// Events in flight inside the engine, as last seen by the storage thread.
     pub in_flight: crate::stats::Gauge,
+    /// Control-plane level changes.
+    pub control_transitions: crate::stats::Gauge,
+    /// Decode + dispatch of one frame (ingest thread).
+    pub dispatch_latency: Arc<SharedLatency>,
+    /// One commit: write and fdatasync of every log written to (storage thread).
+    pub commit_latency: Arc<SharedLatency>,
+    /// From the dispatch of the oldest event a commit covers to the end of that commit.
+    pub durable_latency: Arc<SharedLatency>,
+}
+
+impl AdminSource for EngineStats {
+    fn render_metrics(&self, out: &mut String) {
+        let mut w = PromWriter::new(out);
+        prom::write_stage_counters(
+            &mut w,
+            &[("dispatch", &self.dispatch), ("process", &self.process)],
+            1e-9,
+        );
+        prom::write_host_counters(&mut w, &self.host);
+        prom::write_latency(
+            &mut w,
+            "pinstream_stage_latency_seconds",
+            "Latency per stage: dispatch (decode and route one frame), commit (write and sync the logs), durable (oldest event of a commit, dispatch to durable).",
+            &[
+                ("dispatch", &self.dispatch_latency.summary()),
+                ("commit", &self.commit_latency.summary()),
+                ("durable", &self.durable_latency.summary()),
+            ],
+        );
+        let (i, s) = (self.ingest_load.snapshot(), self.storage_load.snapshot());
+        prom::write_thread_load(
+            &mut w,
+            &[
+                ("ingest", i.busy_ns, i.idle_ns),
+                ("storage", s.busy_ns, s.idle_ns),
+            ],
+        );
+        prom::write_control(&mut w, self.control.level(), self.control_transitions.get());
+        w.single(
+            "pinstream_events_in_flight",
+            MetricType::Gauge,
+            "Events inside the engine: in lanes, parked for retry, in open aggregation windows.",
+            self.in_flight.get() as f64,
+        );
+    }
+
+    fn health(&self) -> Health {
+        let error = self
+            .storage_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let level = self.control.level();
+        Health::new(level.name(), error.is_none())
+            .with(
+                "storage",
+                HealthValue::Text(error.unwrap_or_else(|| "ok".into())),
+            )
+            .with(
+                "tcp_connections",
+                HealthValue::Count(self.host.tcp_open.get()),
+            )
+            .with("events_in_flight", HealthValue::Count(self.in_flight.get()))
+            .with(
+                "events_durable",
+                HealthValue::Count(self.host.durable_events.get()),
+            )
+    }
 }
 
 /// Where the engine listens and what recovery found.
@@ -360,6 +542,10 @@ impl Engine {
             placement: Mutex::new(Vec::new()),
             storage_error: Mutex::new(None),
             in_flight: crate::stats::Gauge::new(),
+            control_transitions: crate::stats::Gauge::new(),
+            dispatch_latency: Arc::new(SharedLatency::new()),
+            commit_latency: Arc::new(SharedLatency::new()),
+            durable_latency: Arc::new(SharedLatency::new()),
         });
         let p = &cfg.placement;
         let topology = Topology::live().map_err(|e| EngineError::Config(e.to_string()))?;
@@ -474,6 +660,7 @@ fn supervise(
         &stats.dispatch,
     );
     let mut ingest = match Ingest::new(
+        LatencyRecorder::new(Arc::clone(&stats.dispatch_latency)),
         dispatcher,
         done_rx,
         &stats.shared,
@@ -543,6 +730,8 @@ fn supervise(
                     last_control: 0,
                     last_offered: 0,
                     last_dropped: 0,
+                    commit_latency: LatencyRecorder::new(Arc::clone(&stats_ref.commit_latency)),
+                    durable_latency: LatencyRecorder::new(Arc::clone(&stats_ref.durable_latency)),
                 };
                 run.run(placement)
             })
@@ -600,6 +789,8 @@ struct StorageLoop<'a, 's> {
     last_control: u64,
     last_offered: u64,
     last_dropped: u64,
+    commit_latency: LatencyRecorder,
+    durable_latency: LatencyRecorder,
 }
 
 /// How often the control plane looks at the lanes.
@@ -656,10 +847,9 @@ impl StorageLoop<'_, '_> {
             self.observe(now);
         }
         let force = stopping || !work;
-        match self.commit(force) {
-            Ok(c) => work |= c,
-            // Recorded by the sink (`fail`): writes have stopped, health says why.
-            Err(_) => {}
+        // An error was recorded by the sink (`fail`): writes have stopped, health says why.
+        if let Ok(c) = self.commit(force) {
+            work |= c;
         }
         work
     }
@@ -713,6 +903,9 @@ impl StorageLoop<'_, '_> {
         self.last_offered = offered;
         self.last_dropped = dropped;
         self.control.evaluate_and_publish(obs, &self.stats.control);
+        self.stats
+            .control_transitions
+            .set(self.control.transitions());
         let in_flight = self.processors.in_flight(self.procs);
         self.stats.in_flight.set(in_flight);
     }
@@ -736,7 +929,18 @@ impl StorageLoop<'_, '_> {
             return Ok(false);
         }
         self.sink.make_durable()?;
+        let end = self.stats.shared.now();
+        let took = Instant::now().duration_since(now);
+        self.commit_latency
+            .record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        if self.sink.oldest != u64::MAX {
+            self.durable_latency
+                .record(end.saturating_sub(self.sink.oldest));
+            self.sink.oldest = u64::MAX;
+        }
         self.sink.publish(&mut self.done_tx, &self.stats.shared);
+        self.commit_latency.maybe_publish(now);
+        self.durable_latency.maybe_publish(now);
         Ok(true)
     }
 }
@@ -755,6 +959,8 @@ struct StoreSink<'a> {
     dirty: [bool; 4],
     /// A storage failure stops writes (no retry of a failed fsync).
     failed: bool,
+    /// Dispatch tick of the oldest event stored since the last commit (`u64::MAX`: none).
+    oldest: u64,
 }
 
 /// Completions collected before a commit is forced.
@@ -770,6 +976,7 @@ impl<'a> StoreSink<'a> {
             pending_batch: None,
             dirty: [false; 4],
             failed: false,
+            oldest: u64::MAX,
         })
     }
 
@@ -950,6 +1157,7 @@ impl Sink for StoreSink<'_> {
                     },
                 )
                 .map_err(|()| SinkError)?;
+                self.oldest = self.oldest.min(e.received);
                 self.note(e.origin.source, e.origin.seq, 1, 0);
             }
             Record::Aggregate(a) => {

@@ -261,13 +261,11 @@ fn read_acks(
                     out.rejected = ack.rejected;
                     out.last_at = start.elapsed();
                 }
-                FrameKind::Hello => {
-                    if frame.hello().is_none() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "bad HELLO reply",
-                        ));
-                    }
+                FrameKind::Hello if frame.hello().is_none() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "bad HELLO reply",
+                    ));
                 }
                 // REJECTs are counted in the ACKs.
                 _ => {}

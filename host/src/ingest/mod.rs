@@ -37,7 +37,7 @@ use pinstream_core::wire::{
     DecodeError, Frame, FrameKind, Hello, MIN_FRAME_LEN, Reject, encode_hello,
 };
 
-use crate::stats::HostCounters;
+use crate::stats::{HostCounters, LatencyRecorder};
 use crate::sys::net::{
     EPOLLERR_HUP, EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready, set_send_buffer,
 };
@@ -165,6 +165,8 @@ const HOUSEKEEPING: u64 = 10_000_000;
 
 /// The ingest thread's state. `P, POOL, LANE, DL` are the lanes' sizes.
 pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
+    /// Decode + dispatch time per frame.
+    latency: LatencyRecorder,
     dispatcher: Dispatcher<'a, P, POOL, LANE, DL>,
     completions: Consumer<'a, Completion, COMPLETIONS>,
     shared: &'a Shared,
@@ -197,6 +199,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     /// `epoll_create1` or registering a socket failed, or a limit is out of range.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        latency: LatencyRecorder,
         dispatcher: Dispatcher<'a, P, POOL, LANE, DL>,
         completions: Consumer<'a, Completion, COMPLETIONS>,
         shared: &'a Shared,
@@ -239,6 +242,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         };
         let n = limits.max_connections;
         Ok(Self {
+            latency,
             dispatcher,
             completions,
             shared,
@@ -312,6 +316,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         self.shared
             .pushed_before
             .store(self.now + 1, Ordering::Release);
+        if work {
+            self.latency.maybe_publish(Instant::now());
+        }
         if self.now - self.last_housekeeping >= HOUSEKEEPING {
             self.last_housekeeping = self.now;
             self.housekeeping();
@@ -475,6 +482,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             }
             let parsed = dispatch_buffered(
                 conn,
+                &mut self.latency,
                 &mut self.dispatcher,
                 self.counters,
                 self.ack,
@@ -581,6 +589,7 @@ struct Parsed {
 /// Decodes and dispatches every whole frame in the connection's receive buffer, in place.
 fn dispatch_buffered<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
     conn: &mut Conn,
+    latency: &mut LatencyRecorder,
     dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
     counters: &HostCounters,
     ack: AckMode,
@@ -591,14 +600,16 @@ fn dispatch_buffered<const P: usize, const POOL: usize, const LANE: usize, const
     // its output) is updated: lend the buffer out for the pass (an empty box allocates
     // nothing).
     let rbuf = std::mem::take(&mut conn.rbuf);
-    let parsed = dispatch_from(conn, &rbuf, dispatcher, counters, ack, limits, now);
+    let parsed = dispatch_from(conn, &rbuf, latency, dispatcher, counters, ack, limits, now);
     conn.rbuf = rbuf;
     parsed
 }
 
+#[allow(clippy::too_many_arguments)]
 fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
     conn: &mut Conn,
     rbuf: &[u8],
+    latency: &mut LatencyRecorder,
     dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
     counters: &HostCounters,
     ack: AckMode,
@@ -655,7 +666,11 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         counters.tcp_frames_in.incr();
         match Frame::new_checked(&rbuf[at..at + len], conn.max_frame) {
             Ok(frame) if frame.kind() == FrameKind::Hello => hello(conn, &frame, limits, counters),
-            Ok(frame) => dispatch_frame(conn, dispatcher, counters, ack, &frame, now),
+            Ok(frame) => {
+                let t0 = Instant::now();
+                dispatch_frame(conn, dispatcher, counters, ack, &frame, now);
+                latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            }
             Err(error) => {
                 // A sane length, a bad frame: REJECT it and go on with the next one.
                 dispatcher.reject_frame(error);
