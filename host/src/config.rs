@@ -361,7 +361,7 @@ impl Default for PipelineConfig {
             topics: vec!["default".to_owned()],
             rate_per_source: 0,
             burst_per_source: 0,
-            dedup_window_ms: 60_000,
+            dedup_window_ms: 10_000,
             aggregate_window_ms: 100,
             retry_attempts: 4,
             retry_backoff_us: 100,
@@ -462,7 +462,7 @@ impl CapacityConfig {
         topics: 64,
         topic_name_bytes: 32,
         alert_rules: 16,
-        dedup_slots: 65_536,
+        dedup_slots: 1_048_576,
         retry_queue: 256,
     };
 }

@@ -63,7 +63,7 @@ pub const RETRY_QUEUE: usize = 256;
 /// Alert rules at most.
 pub const RULES: usize = 16;
 /// Entries of the transactional lane's dedup table.
-pub const DEDUP: usize = 65_536;
+pub const DEDUP: usize = 1 << 20;
 /// Topics at most.
 pub const TOPICS: usize = 64;
 /// Rate-limited sources: UDP (0) and one per TCP connection slot.
@@ -155,7 +155,7 @@ impl EngineConfig {
             log,
             topics: vec!["default".into()],
             rate: RateConfig::UNLIMITED,
-            dedup_window: Duration::from_secs(60),
+            dedup_window: Duration::from_secs(10),
             aggregate_window: Duration::from_millis(100),
             retry: RetryPolicy::DEFAULT,
             alerts: Vec::new(),

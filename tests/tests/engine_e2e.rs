@@ -398,3 +398,70 @@ fn events_acknowledged_before_a_restart_are_there_after_it() {
     engine.stop().unwrap();
     assert_eq!(read_log(&dir, LOG_NAMES[0]).len(), 110);
 }
+
+/// GET `path` from the admin endpoint: (status line, body).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[test]
+fn the_admin_endpoint_shows_the_engine() {
+    let dir = TempDir::new("e2e-admin");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let source: std::sync::Arc<dyn pinstream_host::admin::AdminSource> = engine.stats().clone();
+    let admin = pinstream_host::admin::start("127.0.0.1:0".parse().unwrap(), source).unwrap();
+    let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
+    let events: Vec<_> = (0..50).map(|i| header(i + 1, 0, Priority::High)).collect();
+    client
+        .send(&Client::batch(1, &events, |_| vec![1; 10]))
+        .unwrap();
+    client.wait_ack(1, WAIT).unwrap();
+
+    let (status, body) = http_get(admin.local_addr(), "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    for needle in [
+        "pinstream_events_ingested_total{stage=\"dispatch\"} 50",
+        "pinstream_events_stored_total{stage=\"process\"} 50",
+        "pinstream_stage_latency_seconds_count{stage=\"dispatch\"}",
+        "pinstream_thread_busy_ratio{thread=\"ingest\"}",
+        "pinstream_tcp_connections_open 1",
+    ] {
+        assert!(body.contains(needle), "{needle} missing from\n{body}");
+    }
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (status, body) = http_get(admin.local_addr(), "/health");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("\"level\":\"healthy\""), "{body}");
+    admin.stop();
+    engine.stop().unwrap();
+}
