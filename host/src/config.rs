@@ -769,10 +769,10 @@ impl Config {
             ));
         }
         if e.ack == AckMode::Durable && self.storage.durability == DurabilityMode::None {
-            v.problem(
-                "engine.ack = \"durable\": needs storage.durability = \"interval\" or \"always\" \
-                 (with \"none\" nothing is ever known to be durable); or set engine.ack = \
-                 \"accepted\""
+            v.warn(
+                "engine.ack = \"durable\" with storage.durability = \"none\": acks go out once \
+                 events are written to the page cache, not synced; a crash of the machine (not \
+                 only of the process) can lose acknowledged events"
                     .to_owned(),
             );
         }
