@@ -45,6 +45,9 @@ pub enum Reason {
     // ---- rejected: valid, but the engine cannot take it (one event, one unit) ----
     /// The payload is larger than the engine's event slot.
     PayloadTooLarge = 20,
+    /// A data frame whose seq is not above the previous data frame's on the connection
+    /// (acknowledgements are watermarks over seqs; the whole frame is one unit).
+    SeqNotIncreasing = 21,
 
     // ---- dead-lettered (one event, one unit) ----
     /// The event's lane was full.
@@ -67,7 +70,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::TooShort,
         Reason::TooLong,
         Reason::BadLength,
@@ -82,6 +85,7 @@ impl Reason {
         Reason::StreamPoisoned,
         Reason::UnexpectedKind,
         Reason::PayloadTooLarge,
+        Reason::SeqNotIncreasing,
         Reason::LaneFull,
         Reason::RateLimited,
         Reason::Shed,
@@ -118,8 +122,8 @@ impl Reason {
     pub const fn index(self) -> usize {
         match self as u16 {
             c @ 1..=13 => c as usize - 1,
-            20 => 13,
-            c => c as usize - 32 + 14,
+            c @ 20..=21 => c as usize - 20 + 13,
+            c => c as usize - 32 + 15,
         }
     }
 
@@ -146,6 +150,7 @@ impl Reason {
             Reason::StreamPoisoned => "stream_poisoned",
             Reason::UnexpectedKind => "unexpected_kind",
             Reason::PayloadTooLarge => "payload_too_large",
+            Reason::SeqNotIncreasing => "seq_not_increasing",
             Reason::LaneFull => "lane_full",
             Reason::RateLimited => "rate_limited",
             Reason::Shed => "shed",
@@ -178,7 +183,7 @@ mod tests {
             assert_eq!(r.is_rejection(), r.code() < 32);
         }
         assert!(seen.iter().all(|&s| s));
-        for code in [0, 14, 19, 21, 31, 40, 63, u16::MAX] {
+        for code in [0, 14, 19, 22, 31, 40, 63, u16::MAX] {
             assert_eq!(Reason::from_code(code), None, "code {code}");
         }
     }

@@ -696,6 +696,9 @@ fn supervise(
         let ingest_thread = thread::Builder::new()
             .name("pinstream-ingest".into())
             .spawn_scoped(s, move || {
+                // However this thread ends (stop, an epoll error, a panic), the storage
+                // thread must learn that no more input and no more ACK sending will come.
+                let _exit = IngestExit(&stats_ref.shared);
                 prepare_thread(plan, "ingest", stats_ref, hook);
                 let mut idler = Idler::new(
                     placement.idle.effective(placement.overprovisioned),
@@ -732,6 +735,7 @@ fn supervise(
                     last_dropped: 0,
                     commit_latency: LatencyRecorder::new(Arc::clone(&stats_ref.commit_latency)),
                     durable_latency: LatencyRecorder::new(Arc::clone(&stats_ref.durable_latency)),
+                    last_retention: 0,
                 };
                 run.run(placement)
             })
@@ -744,6 +748,16 @@ fn supervise(
             .unwrap_or_else(|_| Err("the storage thread panicked".into()));
         a.and(b)
     })
+}
+
+/// Marks the ingest thread's end (see its use).
+struct IngestExit<'a>(&'a Shared);
+
+impl Drop for IngestExit<'_> {
+    fn drop(&mut self) {
+        self.0.ingest_done.store(true, Ordering::Release);
+        self.0.ingest_exited.store(true, Ordering::Release);
+    }
 }
 
 /// The rate limiter seen per connection slot: a source id's low 16 bits are its slot (the
@@ -784,17 +798,31 @@ struct StorageLoop<'a, 's> {
     control: ControlPlane,
     budget: usize,
     window: u64,
-    /// A batch watermark waiting for its windows to close: (pushed_before, window end).
-    candidate: Option<(u64, u64)>,
+    /// A batch watermark waiting for its events to be taken and their windows to close.
+    candidate: Option<BatchMark>,
     last_control: u64,
     last_offered: u64,
     last_dropped: u64,
     commit_latency: LatencyRecorder,
     durable_latency: LatencyRecorder,
+    last_retention: u64,
+}
+
+/// A batch watermark on its way (see [`StorageLoop::batch_watermark`]).
+#[derive(Clone, Copy, Debug)]
+struct BatchMark {
+    /// The ingest thread's `pushed_before` it stands for.
+    mark: u64,
+    /// Batch-lane events the dispatcher had queued by then.
+    queued: u64,
+    /// The window boundary by which their windows close, once they are all taken.
+    end: Option<u64>,
 }
 
 /// How often the control plane looks at the lanes.
 const CONTROL_EVERY: u64 = 1_000_000;
+/// How often retention is applied (when configured), in ticks: 10 s.
+const RETENTION_EVERY: u64 = 10_000_000_000;
 
 impl StorageLoop<'_, '_> {
     fn run(&mut self, placement: &Placement) -> Result<(), String> {
@@ -846,6 +874,10 @@ impl StorageLoop<'_, '_> {
         if now - self.last_control >= CONTROL_EVERY {
             self.observe(now);
         }
+        if now - self.last_retention >= RETENTION_EVERY {
+            self.last_retention = now;
+            self.sink.enforce_retention();
+        }
         let force = stopping || !work;
         // An error was recorded by the sink (`fail`): writes have stopped, health says why.
         if let Ok(c) = self.commit(force) {
@@ -861,23 +893,41 @@ impl StorageLoop<'_, '_> {
             .drain(usize::MAX, |record| sink.write_dead_letter(&record, false))
     }
 
-    /// Advances the batch watermark: once every batch event pushed before `pushed_before`
-    /// has been taken and every window it could be in is closed and handed to the sink, the
-    /// watermark can move there at the next commit.
+    /// Advances the batch watermark. The batch lane has one producer, so it is FIFO: once
+    /// the processors have taken as many batch events as the dispatcher had queued when it
+    /// published `pushed_before`, every batch event dispatched before that tick has been
+    /// taken; once every window open at that moment has closed (and nothing is parked), their
+    /// aggregates are in the sink, and the next commit makes the watermark true.
     fn batch_watermark(&mut self, pushed_before: u64, now: u64) {
-        let batch_depth = self.processors.depths()[Lane::Batch.index()];
+        let batch = Lane::Batch.index();
         let parked = self.processors.parked();
-        if self.candidate.is_none() && batch_depth == 0 {
-            if self.procs.batch.pending() == 0 && parked == 0 {
+        if self.candidate.is_none() {
+            if self.processors.depths()[batch] == 0
+                && self.procs.batch.pending() == 0
+                && parked == 0
+            {
                 // Nothing batch-side in flight: every batch event before it is settled.
                 self.sink.pending_batch = Some(pushed_before);
                 return;
             }
-            self.candidate = Some((pushed_before, now - now % self.window + self.window));
+            // Read after `pushed_before` (acquire): at least the count queued before it.
+            let queued = self.stats.dispatch.queued(Lane::Batch).get();
+            self.candidate = Some(BatchMark {
+                mark: pushed_before,
+                queued,
+                end: None,
+            });
         }
-        if let Some((mark, end)) = self.candidate {
+        let Some(c) = self.candidate.as_mut() else {
+            return;
+        };
+        if c.end.is_none() && self.stats.process.processed[batch].get() >= c.queued {
+            // All taken by `now`: they sit in windows that end by the next boundary.
+            c.end = Some(now - now % self.window + self.window);
+        }
+        if let Some(end) = c.end {
             if now >= end && !self.procs.batch.due(now) && parked == 0 {
-                self.sink.pending_batch = Some(mark);
+                self.sink.pending_batch = Some(c.mark);
                 self.candidate = None;
             }
         }
@@ -993,6 +1043,25 @@ impl<'a> StoreSink<'a> {
         first
     }
 
+    /// Removes the oldest closed segments past the configured retention, if any (rarely:
+    /// every [`RETENTION_EVERY`]; this may allocate, it lists directories). A failure is
+    /// reported like any storage failure.
+    fn enforce_retention(&mut self) {
+        if self.failed {
+            return;
+        }
+        for i in 0..self.logs.len() {
+            let c = self.logs[i].config();
+            if c.retention_bytes.is_none() && c.retention_age.is_none() {
+                continue;
+            }
+            if let Err(e) = self.logs[i].enforce_retention(std::time::SystemTime::now()) {
+                self.fail(&e, &self.stats.host.storage_write_errors);
+                return;
+            }
+        }
+    }
+
     /// Records or completions wait for a commit.
     fn dirty(&self) -> bool {
         self.dirty.iter().any(|&d| d) || !self.completions.is_empty()
@@ -1037,9 +1106,8 @@ impl<'a> StoreSink<'a> {
         while sent < self.completions.len() {
             sent += tx.push_slice(&self.completions[sent..]);
             if sent < self.completions.len() {
-                if shared.ingest_done.load(Ordering::Acquire)
-                    && shared.storage_done.load(Ordering::Acquire)
-                {
+                if shared.ingest_exited.load(Ordering::Acquire) {
+                    // Nobody takes completions any more (the ingest thread is gone).
                     break;
                 }
                 std::hint::spin_loop();
@@ -1114,6 +1182,12 @@ impl<'a> StoreSink<'a> {
         // reached the disk intact). From now on only dead letters are reported.
         self.completions.clear();
         self.pending_batch = None;
+        // Nothing will be synced any more: a failed log is not "dirty", it is done.
+        self.dirty = [false; 4];
+        self.stats
+            .shared
+            .storage_failed
+            .store(true, Ordering::Relaxed);
         let mut slot = self
             .stats
             .storage_error
@@ -1138,7 +1212,9 @@ impl<'a> StoreSink<'a> {
             },
         );
         self.stats.host.storage_dead_letters.incr();
-        if settle {
+        // Batch-lane events are settled by the batch watermark, not per frame (a dead letter
+        // of one would otherwise consume a realtime event's place in its frame).
+        if settle && record.header.priority.lane() != Lane::Batch {
             self.note(record.origin.source, record.origin.seq, 0, record.events);
         }
     }

@@ -123,10 +123,16 @@ pub fn run(cfg: &LoadConfig) -> io::Result<LoadReport> {
     let payload = vec![0xA5u8; cfg.payload];
     let mut sent = 0u64;
     let mut pri = 0usize;
+    writer.set_write_timeout(Some(cfg.ack_timeout))?;
     for seq in 1..=frames {
         while seq - acked.load(Ordering::Acquire) > cfg.window as u64 {
             if reader_thread.is_finished() {
-                break;
+                // The reader stopped early: its error says why; sending more is pointless.
+                return match reader_thread.join() {
+                    Ok(Ok(_)) => Err(io::Error::other("the ACK reader ended early")),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(io::Error::other("the ACK reader panicked")),
+                };
             }
             std::hint::spin_loop();
             thread::yield_now();
@@ -154,8 +160,10 @@ pub fn run(cfg: &LoadConfig) -> io::Result<LoadReport> {
         sent_at[(seq as usize) % slots].store(start.elapsed().as_nanos() as u64, Ordering::Release);
         if let Err(e) = writer.write_all(&frame[..len]) {
             let _ = writer.shutdown(std::net::Shutdown::Both);
-            let _ = reader_thread.join();
-            return Err(e);
+            return match reader_thread.join() {
+                Ok(Err(reader)) => Err(reader),
+                _ => Err(e),
+            };
         }
     }
     let acks = reader_thread

@@ -342,7 +342,7 @@ pub type HostMetric = (
 );
 
 /// How each [`HostCounters`] field is exported.
-pub const HOST_METRICS: [HostMetric; 27] = [
+pub const HOST_METRICS: [HostMetric; 28] = [
     (
         "pinstream_tcp_connections_accepted_total",
         MetricType::Counter,
@@ -408,6 +408,12 @@ pub const HOST_METRICS: [HostMetric; 27] = [
         MetricType::Counter,
         "REJECT frames sent over TCP.",
         |c| &c.tcp_rejects_sent,
+    ),
+    (
+        "pinstream_tcp_rejects_dropped_total",
+        MetricType::Counter,
+        "REJECT frames that did not fit a connection's output buffer (ACKs still count their units).",
+        |c| &c.tcp_rejects_dropped,
     ),
     (
         "pinstream_tcp_acks_sent_total",

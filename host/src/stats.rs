@@ -105,6 +105,9 @@ pub struct HostCounters {
     pub tcp_frames_in: Gauge,
     /// REJECT frames sent over TCP.
     pub tcp_rejects_sent: Gauge,
+    /// REJECT frames that did not fit a connection's output buffer (the ACK still counts
+    /// their units).
+    pub tcp_rejects_dropped: Gauge,
     /// ACK frames sent over TCP.
     pub tcp_acks_sent: Gauge,
     /// Times a connection was paused because its in-flight window (frames or events) was full.
@@ -154,6 +157,7 @@ impl HostCounters {
             tcp_bytes_in: Gauge::new(),
             tcp_frames_in: Gauge::new(),
             tcp_rejects_sent: Gauge::new(),
+            tcp_rejects_dropped: Gauge::new(),
             tcp_acks_sent: Gauge::new(),
             tcp_credit_waits: Gauge::new(),
             udp_datagrams: Gauge::new(),

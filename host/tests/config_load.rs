@@ -322,7 +322,9 @@ fn validation_names_each_key_and_the_limit() {
     parse("[engine]\nprocess_cpu = 0\noverprovisioned = true\n")
         .validate()
         .unwrap();
-    let w = parse("[storage]\ndurability = \"none\"\n").validate().unwrap();
+    let w = parse("[storage]\ndurability = \"none\"\n")
+        .validate()
+        .unwrap();
     assert!(
         w.iter().any(|w| w.starts_with(
             "engine.ack = \"durable\" with storage.durability = \"none\": acks go out once"

@@ -15,9 +15,9 @@ fn watch() {
     ALLOC.watch_this_thread();
 }
 
-#[test]
+/// The sanity case: the probe sees an allocation on a watched thread. Called from the one
+/// test of this binary, before the engine starts: the counter is process-wide.
 fn a_watched_thread_allocating_is_counted() {
-    // The sanity case: the probe sees an allocation on a watched thread.
     let before = ALLOC.watched_count();
     std::thread::spawn(|| {
         watch();
@@ -33,6 +33,7 @@ fn a_watched_thread_allocating_is_counted() {
 
 #[test]
 fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
+    a_watched_thread_allocating_is_counted();
     let dir = TempDir::new("zero-alloc");
     let mut cfg = EngineConfig::local(dir.path());
     cfg.thread_hook = Some(watch);

@@ -4,10 +4,14 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
-use pinstream_core::wire::{Ack, Reject, encode_ack, encode_reject};
+use pinstream_core::wire::{
+    Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_reject,
+};
 
 /// Largest ACK or REJECT frame (header 16 + body 32 + trailer 4).
 pub(crate) const CONTROL_FRAME_MAX: usize = 64;
+/// A REJECT frame's length.
+pub(crate) const REJECT_FRAME_LEN: usize = MIN_FRAME_LEN + REJECT_BODY_LEN;
 
 /// One frame taken in on a connection and not yet acknowledged.
 #[derive(Clone, Copy, Debug)]
@@ -64,6 +68,8 @@ pub(crate) enum CloseReason {
     Idle,
     /// A socket error.
     Error,
+    /// Storage failed: the engine takes nothing it cannot store.
+    StorageFailed,
     /// The engine is shutting down.
     Shutdown,
 }
@@ -95,6 +101,11 @@ pub(crate) struct Conn {
     pub(crate) malformed: u32,
     /// Kernel said readable (edge-triggered: until a read returns WouldBlock).
     pub(crate) readable: bool,
+    /// The client closed its sending side: no more input; the connection stays until its
+    /// window is acknowledged (or the stall timeout passes).
+    pub(crate) peer_closed: bool,
+    /// The seq of the last data frame taken (seqs must increase).
+    pub(crate) last_seq: Option<u64>,
     /// Kernel said writable.
     pub(crate) writable: bool,
     /// Close once the output is flushed (framing lost, too many errors).
@@ -131,6 +142,8 @@ impl Conn {
             out_seq: 0,
             malformed: 0,
             readable: false,
+            peer_closed: false,
+            last_seq: None,
             writable: false,
             closing: None,
             last_input: 0,
@@ -158,6 +171,8 @@ impl Conn {
         self.out_seq = 0;
         self.malformed = 0;
         self.readable = true;
+        self.peer_closed = false;
+        self.last_seq = None;
         self.writable = true;
         self.closing = None;
         self.last_input = now;
@@ -169,6 +184,11 @@ impl Conn {
     /// Free bytes at the end of the output buffer.
     pub(crate) fn out_room(&self) -> usize {
         self.wbuf.len() - self.wend
+    }
+
+    /// Free bytes in the output buffer, counting what compaction would reclaim.
+    pub(crate) fn out_free(&self) -> usize {
+        self.wbuf.len() - (self.wend - self.wstart)
     }
 
     /// Makes the output buffer's free space contiguous.
@@ -183,7 +203,8 @@ impl Conn {
         }
     }
 
-    /// Queues a REJECT; `false` if the output buffer had no room (counted by the caller).
+    /// Queues a REJECT; `false` if the output buffer had no room (counted in
+    /// `rejects_dropped`; the ACK counts still cover the unit).
     pub(crate) fn queue_reject(&mut self, reject: &Reject) -> bool {
         self.compact_out();
         self.out_seq += 1;

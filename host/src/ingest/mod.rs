@@ -23,7 +23,7 @@
 mod conn;
 mod udp;
 
-use std::io;
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -89,6 +89,10 @@ pub struct Shared {
     pub ingest_done: AtomicBool,
     /// The storage thread has stored and synced everything and sent its last completions.
     pub storage_done: AtomicBool,
+    /// The ingest thread has returned (normally or not): nobody takes completions any more.
+    pub ingest_exited: AtomicBool,
+    /// Storage failed: the ingest thread closes every connection and takes no more input.
+    pub storage_failed: AtomicBool,
     /// Engine start: ticks are nanoseconds since it.
     pub start: Instant,
 }
@@ -102,6 +106,8 @@ impl Shared {
             stop: AtomicBool::new(false),
             ingest_done: AtomicBool::new(false),
             storage_done: AtomicBool::new(false),
+            ingest_exited: AtomicBool::new(false),
+            storage_failed: AtomicBool::new(false),
             start: Instant::now(),
         }
     }
@@ -277,6 +283,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         // Strictly increasing ticks, so `pushed_before` = this round's tick + 1 is exact.
         self.now = self.shared.now().max(self.now + 1);
         let mut work = false;
+        if self.shared.storage_failed.load(Ordering::Relaxed) && !self.open.is_empty() {
+            // Nothing more can be stored: do not take what would never be acknowledged.
+            while let Some(&slot) = self.open.last() {
+                self.close(slot, CloseReason::StorageFailed);
+            }
+            work = true;
+        }
         let n = self.epoll.wait(&mut self.ready, 0)?;
         for i in 0..n {
             let Ready { token, events } = self.ready[i];
@@ -326,8 +339,8 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         Ok(work)
     }
 
-    /// Stops taking input; keeps sending acknowledgements until the storage thread has
-    /// reported everything (or `deadline` passes), then closes every connection.
+    /// Stops taking input; keeps acknowledging what the storage thread reports until it is
+    /// done and every reply is written (or `deadline` passes), then closes every connection.
     pub fn shut_down(&mut self, deadline: Duration) {
         self.shared.ingest_done.store(true, Ordering::Release);
         if let Some(l) = self.listener.take() {
@@ -337,17 +350,35 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         loop {
             let done = self.shared.storage_done.load(Ordering::Acquire);
             self.take_completions();
+            let mut pending_output = false;
             for i in 0..self.open.len() {
                 let slot = self.open[i];
                 if let Some(conn) = self.conns[slot].as_mut() {
-                    conn.queue_ack();
-                    let _ = conn.flush();
+                    conn.resolve_front(self.batch_watermark);
+                    if conn.queue_ack() {
+                        self.counters.tcp_acks_sent.incr();
+                    }
+                    // Blocked writers get a chance every round until the deadline.
+                    conn.writable = true;
+                    if conn.flush().is_err() {
+                        conn.wstart = conn.wend;
+                    }
+                    pending_output |= conn.has_output() || conn.ack_owed;
                 }
             }
-            if done || Instant::now() >= until {
+            if (done && !pending_output) || Instant::now() >= until {
                 break;
             }
             std::thread::sleep(Duration::from_micros(100));
+        }
+        for &slot in &self.open {
+            if let Some(stream) = self.conns[slot].as_mut().and_then(|c| c.stream.as_mut()) {
+                // FIN after the last ACK; input left unread is discarded so that closing
+                // does not turn into a reset that could destroy ACKs in flight.
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+            }
         }
         while let Some(&slot) = self.open.last() {
             self.close(slot, CloseReason::Shutdown);
@@ -362,8 +393,10 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             match listener.accept() {
                 Ok((stream, _peer)) => {
                     self.counters.tcp_accepted.incr();
-                    let Some(slot) = self.take_slot() else {
-                        // Over the limit: closed at once (dropping it), counted.
+                    let refuse = self.shared.storage_failed.load(Ordering::Relaxed);
+                    let slot = if refuse { None } else { self.take_slot() };
+                    let Some(slot) = slot else {
+                        // Over the limit (or storage failed): closed at once, counted.
                         self.counters.tcp_refused.incr();
                         continue;
                     };
@@ -436,7 +469,10 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             CloseReason::Malformed => c.tcp_closed_malformed.incr(),
             CloseReason::Stalled => c.tcp_closed_stalled.incr(),
             CloseReason::Idle => c.tcp_closed_idle.incr(),
-            CloseReason::Peer | CloseReason::Error | CloseReason::Shutdown => {}
+            CloseReason::Peer
+            | CloseReason::Error
+            | CloseReason::Shutdown
+            | CloseReason::StorageFailed => {}
         }
         c.tcp_open.set(self.open.len() as u64);
     }
@@ -474,7 +510,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             work = true;
         }
         let mut close = conn.closing;
-        while close.is_none() && conn.readable {
+        while close.is_none() && conn.readable && !conn.peer_closed {
             // Room for the replies one buffer of input can cause is kept free; credit is
             // checked per frame in `dispatch_buffered`.
             if conn.out_room() < conn.wbuf.len() / 2 && conn.has_output() {
@@ -499,15 +535,16 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 self.counters.tcp_credit_waits.incr();
                 break;
             }
+            if parsed.out_of_room {
+                break;
+            }
             match conn.fill() {
                 Ok(0) => {
-                    if conn.rend > conn.rstart && conn.rend - conn.rstart == conn.rbuf.len() {
-                        // A full buffer that holds no whole frame: impossible with
-                        // recv_buffer >= max_frame_len; treat as framing lost.
-                        close = Some(CloseReason::Malformed);
-                    } else {
-                        close = Some(CloseReason::Peer);
-                    }
+                    // End of input (a half close, or the client is gone): what it sent is
+                    // still acknowledged; the connection closes once its window is empty.
+                    // A partial frame left in the buffer is dropped with it.
+                    conn.readable = false;
+                    conn.peer_closed = true;
                     break;
                 }
                 Ok(n) => {
@@ -546,6 +583,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             }
         } else {
             conn.stalled_since = 0;
+            if conn.peer_closed && conn.tracks.is_empty() && !conn.ack_owed {
+                close = close.or(Some(CloseReason::Peer));
+            }
         }
         // A connection being closed for bad input goes once its REJECT is out (or cannot be).
         match close {
@@ -563,8 +603,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             let verdict = self.conns[slot].as_ref().and_then(|c| {
                 if c.stalled_since != 0 && self.now - c.stalled_since > stall {
                     Some(CloseReason::Stalled)
-                } else if c.closing.is_some() && self.now - c.last_input > stall {
-                    c.closing
+                } else if (c.closing.is_some() || c.peer_closed) && self.now - c.last_input > stall
+                {
+                    Some(c.closing.unwrap_or(CloseReason::Peer))
                 } else if c.tracks.is_empty() && self.now - c.last_input > idle {
                     Some(CloseReason::Idle)
                 } else {
@@ -583,6 +624,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
 struct Parsed {
     frames: u32,
     out_of_credit: bool,
+    /// The output buffer cannot hold the REJECTs the next frame may cause: wait for it to
+    /// drain.
+    out_of_room: bool,
     close: Option<CloseReason>,
 }
 
@@ -619,6 +663,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
     let mut parsed = Parsed {
         frames: 0,
         out_of_credit: false,
+        out_of_room: false,
         close: None,
     };
     loop {
@@ -638,9 +683,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
             dispatcher.reject_frame(error);
             conn.rejected += 1;
             conn.ack_owed = true;
-            if conn.queue_reject(&Reject::frame(0, error.reason())) {
-                counters.tcp_rejects_sent.incr();
-            }
+            reject(conn, counters, &Reject::frame(0, error.reason()));
             conn.rstart = conn.rend;
             parsed.close = Some(CloseReason::Malformed);
             return parsed;
@@ -650,8 +693,15 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         }
         // Credit before acceptance: the frame's events must fit the window (a lone frame
         // larger than the window is let through, or it could never be sent).
+        let events = peek_event_count(&rbuf[at..at + len]);
+        // Room for every REJECT the frame may cause (one per event at worst, and an ACK),
+        // unless the buffer is empty and still too small (then the excess is counted).
+        let worst = (events as usize + 1) * conn::REJECT_FRAME_LEN + conn::CONTROL_FRAME_MAX;
+        if conn.has_output() && conn.out_free() < worst {
+            parsed.out_of_room = true;
+            return parsed;
+        }
         if ack != AckMode::None {
-            let events = peek_event_count(&rbuf[at..at + len]);
             let full = conn.tracks.len() >= limits.inflight_frames
                 || (!conn.tracks.is_empty()
                     && conn.inflight_events + u64::from(events) > limits.inflight_events);
@@ -660,13 +710,34 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 return parsed;
             }
         }
-        // Room for this frame's REJECTs: at worst one per event, bounded by what is left.
         conn.rstart += len;
         parsed.frames += 1;
         counters.tcp_frames_in.incr();
         match Frame::new_checked(&rbuf[at..at + len], conn.max_frame) {
             Ok(frame) if frame.kind() == FrameKind::Hello => hello(conn, &frame, limits, counters),
+            Ok(frame)
+                if matches!(frame.kind(), FrameKind::Event | FrameKind::Batch)
+                    && conn.last_seq.is_some_and(|last| frame.seq() <= last) =>
+            {
+                // Acknowledgements are watermarks over seqs: a seq that does not increase
+                // could be taken for an earlier frame's.
+                dispatcher.reject_unit(Reason::SeqNotIncreasing);
+                settle(conn, ack, Track::settled(frame.seq(), 0, 0, 1));
+                reject(
+                    conn,
+                    counters,
+                    &Reject::frame(frame.seq(), Reason::SeqNotIncreasing),
+                );
+                conn.malformed += 1;
+                if conn.malformed > limits.max_rejects {
+                    parsed.close = Some(CloseReason::Malformed);
+                    return parsed;
+                }
+            }
             Ok(frame) => {
+                if matches!(frame.kind(), FrameKind::Event | FrameKind::Batch) {
+                    conn.last_seq = Some(frame.seq());
+                }
                 let t0 = Instant::now();
                 dispatch_frame(conn, dispatcher, counters, ack, &frame, now);
                 latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
@@ -676,9 +747,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 dispatcher.reject_frame(error);
                 let seq = frame_seq(&rbuf[at..at + len]);
                 settle(conn, ack, Track::settled(seq, 0, 0, 1));
-                if conn.queue_reject(&Reject::frame(seq, error.reason())) {
-                    counters.tcp_rejects_sent.incr();
-                }
+                reject(conn, counters, &Reject::frame(seq, error.reason()));
                 conn.malformed += 1;
                 if conn.malformed > limits.max_rejects {
                     parsed.close = Some(CloseReason::Malformed);
@@ -717,20 +786,22 @@ fn hello(conn: &mut Conn, frame: &Frame<'_>, limits: &TcpLimits, counters: &Host
     };
     match client.negotiate(1, 1) {
         Some(version) => {
-            conn.max_frame = limits
-                .max_frame_len
-                .min(client.max_frame_len as usize)
-                .max(MIN_FRAME_LEN);
+            // The client's max_frame_len bounds what *it* receives (our replies are small);
+            // what we accept stays ours, announced here.
             let reply = Hello::reply(version, limits.max_frame_len as u32, conn.source);
             let mut buf = [0u8; conn::CONTROL_FRAME_MAX];
-            if let Ok(n) = encode_hello(&mut buf, frame.seq(), &reply) {
-                conn.queue_bytes(&buf[..n]);
+            if let Ok(n) = encode_hello(&mut buf, conn.out_seq + 1, &reply) {
+                if conn.queue_bytes(&buf[..n]) {
+                    conn.out_seq += 1;
+                }
             }
         }
         None => {
-            if conn.queue_reject(&Reject::frame(frame.seq(), Reason::UnsupportedVersion)) {
-                counters.tcp_rejects_sent.incr();
-            }
+            reject(
+                conn,
+                counters,
+                &Reject::frame(frame.seq(), Reason::UnsupportedVersion),
+            );
             conn.closing = Some(CloseReason::Malformed);
         }
     }
@@ -775,11 +846,14 @@ fn dispatch_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         }
     });
     counters.tcp_rejects_sent.add(u64::from(rejects));
+    counters
+        .tcp_rejects_dropped
+        .add(u64::from(track.rejected - rejects));
     if summary.rejected != 0 && track.pending + track.batch_events + track.dead == 0 {
         // A whole-frame rejection (e.g. an ACK sent to the server) reports no events.
         track.rejected = summary.rejected;
-        if rejects == 0 && conn.queue_reject(&Reject::frame(seq, Reason::UnexpectedKind)) {
-            counters.tcp_rejects_sent.incr();
+        if rejects == 0 {
+            reject(conn, counters, &Reject::frame(seq, Reason::UnexpectedKind));
         }
     }
     track.events = track.pending + track.batch_events + track.dead + track.rejected;
@@ -788,6 +862,16 @@ fn dispatch_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         track = Track::settled(seq, track.stored, track.dead, track.rejected);
     }
     settle(conn, ack, track);
+}
+
+/// Queues a REJECT and counts it, or counts it dropped (output full; the ACK still counts
+/// the unit).
+fn reject(conn: &mut Conn, counters: &HostCounters, r: &Reject) {
+    if conn.queue_reject(r) {
+        counters.tcp_rejects_sent.incr();
+    } else {
+        counters.tcp_rejects_dropped.incr();
+    }
 }
 
 /// Books a frame in the connection's window (nothing when acknowledgements are off).

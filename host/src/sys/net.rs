@@ -118,16 +118,23 @@ impl RecvBatch {
             iovecs: Vec::with_capacity(batch),
             headers: Vec::with_capacity(batch),
         };
+        // One base pointer per buffer, offsets from it: taking a fresh `&mut` of the whole
+        // Vec per element would invalidate the pointers taken before (Stacked Borrows).
+        let base = this.bufs.as_mut_ptr();
         for i in 0..batch {
             this.iovecs.push(libc::iovec {
-                iov_base: this.bufs[i * size..].as_mut_ptr().cast(),
+                // SAFETY: `i * size < batch * size = bufs.len()`: inside the allocation.
+                iov_base: unsafe { base.add(i * size) }.cast(),
                 iov_len: size,
             });
         }
+        // `iovecs` is complete and never pushed to again: its buffer stays where it is.
+        let iov = this.iovecs.as_mut_ptr();
         for i in 0..batch {
             // SAFETY: all zeroes is a valid `mmsghdr` (null pointers, zero lengths).
             let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-            h.msg_hdr.msg_iov = &mut this.iovecs[i];
+            // SAFETY: `i < batch = iovecs.len()`.
+            h.msg_hdr.msg_iov = unsafe { iov.add(i) };
             h.msg_hdr.msg_iovlen = 1;
             this.headers.push(h);
         }
