@@ -623,6 +623,7 @@ fn idler_accounts_busy_and_idle_time() {
     let mut idler = Idler::new(IdleStrategy::Spin, Arc::clone(&load));
     // A "work" iteration that takes at least 20 ms, then idle iterations of at least 20 ms.
     std::thread::sleep(Duration::from_millis(20));
+    let work_done = Instant::now();
     idler.step(true);
     let mid = load.snapshot();
     assert!(mid.busy_ns >= 20_000_000, "{mid:?}");
@@ -632,14 +633,14 @@ fn idler_accounts_busy_and_idle_time() {
     while start.elapsed() < Duration::from_millis(20) {
         idler.step(false);
     }
-    let spent = u64::try_from(start.elapsed().as_nanos()).unwrap();
+    let spent = u64::try_from(work_done.elapsed().as_nanos()).unwrap();
     let end = load.snapshot();
     assert_eq!(
         end.busy_ns, mid.busy_ns,
         "idle steps must not count as busy"
     );
-    // Idle time is what passed between steps: some, and no more than the loop took (a
-    // lower bound near 20 ms would depend on the scheduler).
+    // Idle time is what passed between steps since the work step: some, and no more than
+    // that (a lower bound near 20 ms would depend on the scheduler).
     assert!(end.idle_ns > 0 && end.idle_ns <= spent, "{end:?}, loop took {spent} ns");
     let ratio = load.busy_ratio();
     assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
