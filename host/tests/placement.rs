@@ -641,7 +641,10 @@ fn idler_accounts_busy_and_idle_time() {
     );
     // Idle time is what passed between steps since the work step: some, and no more than
     // that (a lower bound near 20 ms would depend on the scheduler).
-    assert!(end.idle_ns > 0 && end.idle_ns <= spent, "{end:?}, loop took {spent} ns");
+    assert!(
+        end.idle_ns > 0 && end.idle_ns <= spent,
+        "{end:?}, loop took {spent} ns"
+    );
     let ratio = load.busy_ratio();
     assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
     assert_eq!(end.busy_ratio_since(&mid), 0.0);
