@@ -345,6 +345,8 @@ pub struct EngineStats {
     pub in_flight: crate::stats::Gauge,
     /// Control-plane level changes.
     pub control_transitions: crate::stats::Gauge,
+    /// Events waiting in each lane (by `Lane::index`), as the storage thread last saw them.
+    pub lane_depths: [crate::stats::Gauge; 3],
     /// Decode + dispatch of one frame (ingest thread).
     pub dispatch_latency: Arc<SharedLatency>,
     /// One commit: write and fdatasync of every log written to (storage thread).
@@ -381,6 +383,18 @@ impl AdminSource for EngineStats {
             ],
         );
         prom::write_control(&mut w, self.control.level(), self.control_transitions.get());
+        w.family(
+            "pinstream_lane_depth",
+            MetricType::Gauge,
+            "Events waiting in each lane.",
+        );
+        for lane in Lane::ALL {
+            w.sample_u64(
+                "pinstream_lane_depth",
+                &[("lane", lane.name())],
+                self.lane_depths[lane.index()].get(),
+            );
+        }
         w.single(
             "pinstream_events_in_flight",
             MetricType::Gauge,
@@ -543,6 +557,7 @@ impl Engine {
             storage_error: Mutex::new(None),
             in_flight: crate::stats::Gauge::new(),
             control_transitions: crate::stats::Gauge::new(),
+            lane_depths: [const { crate::stats::Gauge::new() }; 3],
             dispatch_latency: Arc::new(SharedLatency::new()),
             commit_latency: Arc::new(SharedLatency::new()),
             durable_latency: Arc::new(SharedLatency::new()),
@@ -940,6 +955,9 @@ impl StorageLoop<'_, '_> {
         let offered = d.ingested.get();
         let dropped = d.reason(Reason::LaneFull).get() + d.reason(Reason::PoolExhausted).get();
         let depths = self.processors.depths();
+        for (gauge, &d) in self.stats.lane_depths.iter().zip(&depths) {
+            gauge.set(d as u64);
+        }
         let depth = depths
             .iter()
             .map(|&n| depth_permille(n, LANE))
