@@ -106,20 +106,45 @@ firmware() {
     )
 }
 
-demo() {
-    # The README's first command, on fewer items.
-    cargo run --release -p pinstream -- demo --items 200000
+main_job() {
+    # The README's first command: the engine on its embedded default config (loopback
+    # ports 7070, 7071, 9090; data in ./pinstream-data, here a temp dir), driven by the load
+    # generator for a moment, its /metrics checked, then stopped with SIGTERM.
+    cargo build --release -p pinstream
+    local bin dir pid
+    bin="$PWD/target/release/pinstream"
+    dir=$(mktemp -d)
+    (cd "$dir" && exec "$bin" run) > "$dir/run.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do
+        grep -q '^listening' "$dir/run.log" && break
+        sleep 0.2
+    done
+    if ! grep -q '^listening' "$dir/run.log"; then
+        cat "$dir/run.log"; kill -9 "$pid" 2>/dev/null; rm -rf "$dir"; return 1
+    fi
+    local ok=true
+    "$bin" loadgen --events 200000 --priority high:2,medium:1,batch:1 || ok=false
+    if command -v promtool > /dev/null && command -v curl > /dev/null; then
+        curl -sf http://127.0.0.1:9090/metrics | promtool check metrics || ok=false
+    fi
+    kill -TERM "$pid"
+    wait "$pid" || ok=false
+    tail -n 4 "$dir/run.log"
+    rm -rf "$dir"
+    $ok
 }
 
 step "toolchain set-up" setup
 step "cargo fmt --check" cargo fmt --all --check
 step "clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
-step "cargo test (debug: unit, doc, zero-allocation)" cargo test --workspace
+# The runner's memory soak runs 120 s at a fixed rate (in parallel with the other tests).
+step "cargo test (debug: unit, doc, zero-allocation, end to end)" env PINSTREAM_SOAK_SECS=120 cargo test --workspace
 if ! $quick; then
     step "rustdoc -D warnings" docs
     step "bare-metal builds" bare_metal
     step "benches compile (never run in CI)" cargo bench --workspace --no-run
-    step "demo (README's run command)" demo
+    step "main job (README's run command) with the load generator" main_job
     step "firmware under QEMU (run, test, thumbv6m, defmt, no-alloc check)" firmware
     step "miri (stacked + tree borrows)" miri
     step "loom models" loom
