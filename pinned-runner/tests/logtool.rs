@@ -520,3 +520,51 @@ fn replay_sends_stored_events_to_a_running_engine() {
     assert_eq!(read("transactional"), [(20, b"order-1".to_vec(), None)]);
     assert_eq!(read("dead-letter"), [(21, Vec::new(), None)]);
 }
+
+#[test]
+fn replay_of_many_frames_keeps_a_window_and_every_event_arrives() {
+    const EVENTS: u64 = 5_000;
+    let src = TempDir::new("logtool-replay-bulk-src");
+    // Small segments: the replay reads across many of them.
+    let mut log = open_log(&src.path().join("realtime"), 64 << 10);
+    for id in 0..EVENTS {
+        let payload = [(id % 251) as u8; 100];
+        append_event(
+            &mut log,
+            Lane::Realtime,
+            EventHeader::new(1_000 + id, 0, Priority::Critical, id),
+            Origin::new(1, id),
+            &payload,
+        );
+    }
+    log.close().expect("close");
+    let dst = TempDir::new("logtool-replay-bulk-dst");
+    let engine = Engine::start(EngineConfig::local(dst.path())).expect("start an engine");
+    let addr = engine.started.tcp.expect("TCP address").to_string();
+
+    let dir = src.path().to_str().expect("utf-8 temp path");
+    let out = run(&["log", "replay", "--dir", dir, "--to", &addr]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    // 5000 events in frames of 64: 79 frames, more than the 64 kept in flight.
+    assert!(
+        stdout.contains("sent 5000 event(s) in 79 frame(s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("acknowledged there: 5000 stored, 0 dead-lettered, 0 rejected"),
+        "{stdout}"
+    );
+    engine.stop().expect("stop the engine");
+
+    let mut r = LogReader::open(&dst.path().join("realtime")).expect("open the engine's log");
+    let mut ids = Vec::new();
+    while let Some(rec) = r.next_record() {
+        let rec = rec.expect("valid record");
+        if let RecordBody::Event(e) = record::decode(rec.kind, &rec.body).expect("decodes") {
+            assert_eq!(e.payload, [((e.header.id - 1_000) % 251) as u8; 100]);
+            ids.push(e.header.id);
+        }
+    }
+    assert_eq!(ids, (1_000..1_000 + EVENTS).collect::<Vec<_>>());
+}
