@@ -19,6 +19,11 @@ use crate::Failure;
 
 /// `pinstream host-check` flags.
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Exit status: 0 when the plan is valid (pinned or overprovisioned), 1 when \
+    the plan is refused (a CPU offline, outside this process's mask, or given to both threads), \
+    2 when the config cannot be read or is invalid."
+)]
 pub struct HostCheckArgs {
     /// The config file whose CPU plan to check (TOML, as `pinstream run --config FILE` takes
     /// it); default: the embedded default config that `pinstream run` uses without --config.

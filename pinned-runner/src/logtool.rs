@@ -40,6 +40,12 @@ use crate::Failure;
 
 /// `pinstream log` flags.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Every command opens the logs read-only and changes nothing. Exit status: \
+    0 when done; 1 when a damaged record was found (inspect, verify, replay) or the other engine \
+    could not be reached or did not acknowledge (replay); 2 for a bad flag, a data directory \
+    that does not exist, or a log named with --log that does not (tail waits for it)."
+)]
 pub struct LogArgs {
     /// The engine's data directory (`storage.dir` in its config); the logs are its
     /// `realtime/`, `transactional/`, `batch/` and `dead-letter/` subdirectories.
