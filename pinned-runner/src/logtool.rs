@@ -725,6 +725,13 @@ fn verify(dir: &Path, args: &VerifyArgs) -> Result<(), Failure> {
     for &name in args.log.names() {
         let log_dir = dir.join(name);
         if !log_dir.is_dir() {
+            if args.log != LogSelect::All {
+                return Err(Failure::usage(format!(
+                    "{} does not exist: the engine has not written the {name} log in this data \
+                     directory",
+                    log_dir.display()
+                )));
+            }
             println!("{name}: no directory {} (never written)", log_dir.display());
             continue;
         }
