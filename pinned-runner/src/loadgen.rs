@@ -65,8 +65,8 @@ pub struct LoadgenArgs {
     #[arg(long, value_name = "EVENTS_PER_SEC", default_value_t = 0)]
     pub rate: u64,
 
-    /// Payload bytes per event (at most 65535; the server rejects payloads above its event
-    /// slot, 256 bytes in this build)
+    /// Payload bytes per event (at most 65535; the server rejects payloads larger than its
+    /// event slot)
     #[arg(long, value_name = "BYTES", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(0..=65_535))]
     pub payload: u32,
