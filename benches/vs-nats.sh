@@ -16,7 +16,8 @@
 # Usage (from anywhere in the repository):
 #   benches/vs-nats.sh
 # Environment:
-#   EVENTS=200000      events per run (the fsync run of NATS takes ~EVENTS/4000 s here)
+#   EVENTS=100000      events per run; the fsync run of NATS takes EVENTS/4000 s on a quiet
+#                      machine here (one fsync per message), several times that on a busy disk
 #   PAYLOAD=100        bytes per event
 #   INFLIGHT=256       acks in flight
 #   NATS_SERVER=PATH   nats-server to use (>= 2.10, must accept `sync_interval: always`);
@@ -32,7 +33,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-EVENTS=${EVENTS:-200000}
+EVENTS=${EVENTS:-100000}
 PAYLOAD=${PAYLOAD:-100}
 INFLIGHT=${INFLIGHT:-256}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -54,6 +55,7 @@ die() {
 }
 
 mkdir -p "$OUT" "$STORE_ROOT"
+rm -f "$OUT/results.md" # never leave an old table behind a failed run
 WORK=$(mktemp -d "$STORE_ROOT/run.XXXXXX") || die "cannot create a work directory under $STORE_ROOT"
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
@@ -80,9 +82,27 @@ stop_pid() {
     fi
     STOP_STATUS=0
     wait "$pid" 2>/dev/null || STOP_STATUS=$?
+    forget_pid "$pid"
+}
+
+forget_pid() {
     local kept=() p
-    for p in "${PIDS[@]+"${PIDS[@]}"}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do [ "$p" = "$1" ] || kept+=("$p"); done
     PIDS=("${kept[@]+"${kept[@]}"}")
+}
+
+# run_client OUT CMD...: runs CMD under `timeout` with its stdout in OUT and returns its status.
+# It runs in the background and is waited for, so that a signal to this script is acted on at
+# once (bash delays traps until a foreground command ends) and the client is stopped with the rest.
+run_client() {
+    local out=$1 pid status=0
+    shift
+    timeout "$RUN_TIMEOUT" "$@" >"$out" &
+    pid=$!
+    PIDS+=("$pid")
+    wait "$pid" || status=$?
+    forget_pid "$pid"
+    return "$status"
 }
 
 cleanup() {
@@ -201,11 +221,12 @@ run_nats() {
         die "no client port in the nats-server log $log"
     addr=${line##* }
     say "nats ($label): nats-server $NATS_VERSION on $addr, store $dir/store"
-    if ! line=$(timeout "$RUN_TIMEOUT" "$NATS_LOAD" --url "nats://$addr" --events "$EVENTS" \
-        --payload "$PAYLOAD" --inflight "$INFLIGHT" --label "$label" | tail -n1); then
+    if ! run_client "$dir/load.out" "$NATS_LOAD" --url "nats://$addr" --events "$EVENTS" \
+        --payload "$PAYLOAD" --inflight "$INFLIGHT" --label "$label"; then
         stop_pid "$pid" nats-server
         die "nats-load failed against nats-server $addr ($label); server log: $log (KEEP=1 keeps it)"
     fi
+    line=$(tail -n1 "$dir/load.out")
     stop_pid "$pid" nats-server
     [ "$STOP_STATUS" = 0 ] || say "nats-server ($label) exited with status $STOP_STATUS after SIGTERM"
     printf 'NATS JetStream\t%s\t1 msg per PUB\t%s\n' "$label" "$line" >>"$RESULTS"
@@ -251,9 +272,9 @@ EOF
     addr=${addr%% *}
     say "pinstream ($label): listening on $addr, store $dir/store"
     for batch in 1 64; do
-        if line=$(timeout "$RUN_TIMEOUT" "$PINSTREAM" loadgen --addr "$addr" --events "$EVENTS" \
-            --payload "$PAYLOAD" --inflight "$INFLIGHT" --batch "$batch" --json |
-            grep -E '^\{' | tail -n1) && [ -n "$line" ]; then
+        if run_client "$dir/load-$batch.out" "$PINSTREAM" loadgen --addr "$addr" \
+            --events "$EVENTS" --payload "$PAYLOAD" --inflight "$INFLIGHT" --batch "$batch" --json &&
+            line=$(grep -E '^\{' "$dir/load-$batch.out" | tail -n1) && [ -n "$line" ]; then
             frames="1 event per frame"
             [ "$batch" = 1 ] || frames="$batch events per frame"
             printf 'pinstream\t%s\t%s\t%s\n' "$label" "$frames" "$line" >>"$RESULTS"
