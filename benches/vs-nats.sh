@@ -288,6 +288,28 @@ EOF
     fi
 }
 
+# fsync_probe DIR: fdatasync p50/p99 after 128-byte appends in DIR, to show what the disk did
+# during this run (fsync-before-ack figures follow it; other work on the machine moves it a lot).
+fsync_probe() {
+    python3 - "$1" <<'PY'
+import os, sys, time
+path = os.path.join(sys.argv[1], "fsync.probe")
+fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+lat = []
+try:
+    for _ in range(200):
+        os.write(fd, b"x" * 128)
+        t = time.perf_counter()
+        os.fdatasync(fd)
+        lat.append(time.perf_counter() - t)
+finally:
+    os.close(fd)
+    os.unlink(path)
+lat.sort()
+print(f"p50 {lat[len(lat) // 2] * 1e6:.0f} µs, p99 {lat[len(lat) * 99 // 100] * 1e6:.0f} µs")
+PY
+}
+
 # ---------------------------------------------------------------------------------------------
 # Build, run, report.
 
@@ -319,6 +341,8 @@ elif ! "$PINSTREAM" loadgen --help >/dev/null 2>&1; then
 fi
 [ -z "$PIN_SKIP" ] || say "pinstream side skipped: $PIN_SKIP"
 
+FSYNC_BEFORE=$(fsync_probe "$WORK") || die "cannot fdatasync a file in $WORK"
+say "fdatasync of a 128-byte append in $WORK: $FSYNC_BEFORE"
 for pair in "off:0:none" "fsync before ack:1:always"; do
     label=${pair%%:*}
     rest=${pair#*:}
@@ -326,13 +350,14 @@ for pair in "off:0:none" "fsync before ack:1:always"; do
     [ -n "$PIN_SKIP" ] || run_pinstream "$label" "${rest#*:}"
 done
 
+FSYNC_AFTER=$(fsync_probe "$WORK") || die "cannot fdatasync a file in $WORK"
 RUSTC_VERSION=$(rustc --version 2>/dev/null || echo unknown)
 ASYNC_NATS_VERSION=$(grep -A1 '^name = "async-nats"$' benches/vs-nats/Cargo.lock | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' || echo unknown)
 CPU=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo unknown)
 FS=$(df -T "$WORK" 2>/dev/null | awk 'NR == 2 { print $2 }' || echo unknown)
 GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-export EVENTS PAYLOAD INFLIGHT NATS_VERSION RUSTC_VERSION ASYNC_NATS_VERSION CPU FS GIT_REV PIN_SKIP PIN_FAILED
+export EVENTS PAYLOAD INFLIGHT FSYNC_BEFORE FSYNC_AFTER NATS_VERSION RUSTC_VERSION ASYNC_NATS_VERSION CPU FS GIT_REV PIN_SKIP PIN_FAILED
 python3 - "$RESULTS" >"$OUT/results.md" <<'PY' || die "cannot render the table from $RESULTS"
 import json, os, sys
 
@@ -349,7 +374,8 @@ env = os.environ
 print(f"pinstream vs NATS JetStream: {env['EVENTS']} events of {env['PAYLOAD']} B, "
       f"{env['INFLIGHT']} acks in flight, one client, loopback, file storage on {env['FS']}; "
       f"{os.cpu_count()} CPUs ({env['CPU']}); nats-server {env['NATS_VERSION']}, "
-      f"nats-load on async-nats {env['ASYNC_NATS_VERSION']}; {env['RUSTC_VERSION']}; pinstream {env['GIT_REV']}.")
+      f"nats-load on async-nats {env['ASYNC_NATS_VERSION']}; {env['RUSTC_VERSION']}; pinstream {env['GIT_REV']}. "
+      f"fdatasync of a 128-byte append: {env['FSYNC_BEFORE']} before the runs, {env['FSYNC_AFTER']} after.")
 print()
 print("| system | durability | frame batching | events/s | ack p50 | ack p99 | ack p99.9 "
       "| events/s: pinstream ÷ NATS | ack p99: NATS ÷ pinstream |")
