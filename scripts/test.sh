@@ -109,37 +109,42 @@ firmware() {
 main_job() {
     # The README's first command: the engine on its embedded default config (loopback
     # ports 7070, 7071, 9090; data in ./pinstream-data, here a temp dir), driven by the load
-    # generator for a moment, its /metrics checked, then stopped with SIGTERM.
+    # generator for a moment, its /metrics checked with promtool, then stopped with SIGTERM.
     cargo build --release -p pinstream
-    local bin dir pid
-    bin="$PWD/target/release/pinstream"
+    local bin dir pid ok=true
+    bin="${CARGO_TARGET_DIR:-$PWD/target}/release/pinstream"
     dir=$(mktemp -d)
     (cd "$dir" && exec "$bin" run) > "$dir/run.log" 2>&1 &
     pid=$!
-    for _ in $(seq 100); do
+    # However this step ends, the engine does not outlive it.
+    trap 'kill -9 "$pid" 2>/dev/null; rm -rf "$dir"; trap - RETURN' RETURN
+    for _ in $(seq 150); do
         grep -q '^listening' "$dir/run.log" && break
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.2
     done
     if ! grep -q '^listening' "$dir/run.log"; then
-        cat "$dir/run.log"; kill -9 "$pid" 2>/dev/null; rm -rf "$dir"; return 1
+        cat "$dir/run.log"
+        return 1
     fi
-    local ok=true
     "$bin" loadgen --events 200000 --priority high:2,medium:1,batch:1 || ok=false
-    if command -v promtool > /dev/null && command -v curl > /dev/null; then
-        curl -sf http://127.0.0.1:9090/metrics | promtool check metrics || ok=false
+    if ! command -v promtool > /dev/null || ! command -v curl > /dev/null; then
+        echo "missing promtool or curl: apt-get install prometheus curl (.ci/run does)"
+        ok=false
+    elif ! curl -sf http://127.0.0.1:9090/metrics | promtool check metrics; then
+        ok=false
     fi
-    kill -TERM "$pid"
+    kill -TERM "$pid" || ok=false
     wait "$pid" || ok=false
     tail -n 4 "$dir/run.log"
-    rm -rf "$dir"
     $ok
 }
 
 step "toolchain set-up" setup
 step "cargo fmt --check" cargo fmt --all --check
 step "clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
-# The runner's memory soak runs 120 s at a fixed rate (in parallel with the other tests).
-step "cargo test (debug: unit, doc, zero-allocation, end to end)" env PINSTREAM_SOAK_SECS=120 cargo test --workspace
+# The runner's memory soak runs 180 s at a fixed rate (in parallel with the other tests).
+step "cargo test (debug: unit, doc, zero-allocation, end to end)" env PINSTREAM_SOAK_SECS=180 cargo test --workspace
 if ! $quick; then
     step "rustdoc -D warnings" docs
     step "bare-metal builds" bare_metal

@@ -353,6 +353,9 @@ pub struct EngineStats {
     pub commit_latency: Arc<SharedLatency>,
     /// From the dispatch of the oldest event a commit covers to the end of that commit.
     pub durable_latency: Arc<SharedLatency>,
+    /// Per TCP frame, from its dispatch to its ACK being owed (in `durable` mode: its
+    /// events committed).
+    pub ack_latency: Arc<SharedLatency>,
 }
 
 impl AdminSource for EngineStats {
@@ -367,9 +370,10 @@ impl AdminSource for EngineStats {
         prom::write_latency(
             &mut w,
             "pinstream_stage_latency_seconds",
-            "Latency per stage: dispatch (decode and route one frame), commit (write and sync the logs), durable (oldest event of a commit, dispatch to durable).",
+            "Latency per stage: dispatch (decode and route one frame), commit (write and sync the logs), durable (oldest event of a commit, dispatch to durable), ack (one TCP frame, dispatch to its ACK being owed).",
             &[
                 ("dispatch", &self.dispatch_latency.summary()),
+                ("ack", &self.ack_latency.summary()),
                 ("commit", &self.commit_latency.summary()),
                 ("durable", &self.durable_latency.summary()),
             ],
@@ -561,6 +565,7 @@ impl Engine {
             dispatch_latency: Arc::new(SharedLatency::new()),
             commit_latency: Arc::new(SharedLatency::new()),
             durable_latency: Arc::new(SharedLatency::new()),
+            ack_latency: Arc::new(SharedLatency::new()),
         });
         let p = &cfg.placement;
         let topology = Topology::live().map_err(|e| EngineError::Config(e.to_string()))?;
@@ -676,6 +681,7 @@ fn supervise(
     );
     let mut ingest = match Ingest::new(
         LatencyRecorder::new(Arc::clone(&stats.dispatch_latency)),
+        LatencyRecorder::new(Arc::clone(&stats.ack_latency)),
         dispatcher,
         done_rx,
         &stats.shared,

@@ -1077,19 +1077,33 @@ fn send_frames(
         }
         seq += 1;
         if wait {
+            let mut spins = 0u32;
             while seq - window.acked.load(Ordering::Acquire) > cfg.window as u64 {
                 if progress.aborted() {
                     return Err(stopped());
                 }
-                std::hint::spin_loop();
-                thread::yield_now();
+                // Yield a little, then sleep: on a small machine a spinning load generator
+                // takes the CPU the engine needs.
+                spins += 1;
+                if spins < 64 {
+                    thread::yield_now();
+                } else {
+                    thread::sleep(Duration::from_micros(20));
+                }
             }
         }
         if plan.rate > 0 {
             pace_until(plan.start + plan.due(out.events), progress);
         }
         let n = u64::from(cfg.batch).min(plan.events - out.events);
-        let now = plan.start.elapsed();
+        // At a fixed rate, latency counts from when the frame was due, not from when it
+        // went out: a sender held back by the window or the server would otherwise hide
+        // that wait (coordinated omission).
+        let now = if plan.rate > 0 {
+            plan.due(out.events).min(plan.start.elapsed())
+        } else {
+            plan.start.elapsed()
+        };
         let ts = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         let header = |k: u64| {
             let id = plan.id_first.wrapping_add(k.wrapping_mul(plan.id_stride));

@@ -49,6 +49,15 @@ impl Default for RunArgs {
 /// Exit code after a second signal.
 const FORCED_EXIT: i32 = 130;
 
+/// Prints a line on stdout; a closed stdout (`pinstream run | head`) stops the printing,
+/// never the engine.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*).and_then(|()| out.flush());
+    }};
+}
+
 /// Runs the engine until a signal.
 ///
 /// # Errors
@@ -75,13 +84,28 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         || "the embedded default config".to_string(),
         |p| p.display().to_string(),
     );
-    println!("pinstream {} on {origin}", env!("CARGO_PKG_VERSION"));
+    say!("pinstream {} on {origin}", env!("CARGO_PKG_VERSION"));
 
-    // Too few CPUs to pin two engine threads: run overprovisioned, and say so.
+    // Too few CPUs to pin two engine threads: run overprovisioned, and say so. With the
+    // embedded default (CPUs 0 and 1), take the first two CPUs this process may use when
+    // 0 or 1 is not among them (taskset, a container's cpuset).
     if !engine_cfg.placement.overprovisioned {
         match pin::current_affinity() {
+            Ok(cpus)
+                if args.config.is_none()
+                    && cpus.len() >= 2
+                    && !(cpus.contains(&0) && cpus.contains(&1)) =>
+            {
+                engine_cfg.placement.ingest_cpu = cpus[0];
+                engine_cfg.placement.process_cpu = cpus[1];
+                say!(
+                    "CPUs 0 and 1 are not both allowed: pinning to CPUs {} and {} instead",
+                    cpus[0],
+                    cpus[1]
+                );
+            }
             Ok(cpus) if cpus.len() < 2 => {
-                println!(
+                say!(
                     "only {} CPU(s) allowed ({cpus:?}): running overprovisioned (no pinning, no busy polling)",
                     cpus.len()
                 );
@@ -89,7 +113,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
             }
             Ok(_) => {}
             Err(e) => {
-                println!("cannot read the CPU mask ({e}): running overprovisioned");
+                say!("cannot read the CPU mask ({e}): running overprovisioned");
                 engine_cfg.placement.overprovisioned = true;
             }
         }
@@ -97,8 +121,8 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
 
     let signals = Signals::install()?;
     let handle = Engine::start(engine_cfg.clone()).map_err(|e| match e {
-        EngineError::Config(msg) => Failure::start(format!(
-            "{msg} (set engine.overprovisioned = true to run without pinning)"
+        EngineError::Config(msg) if msg.contains("engine.ingest_cpu") => Failure::start(format!(
+            "{msg} (or set engine.overprovisioned = true to run without pinning)"
         )),
         EngineError::Socket { .. } => Failure::start(format!(
             "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
@@ -129,13 +153,13 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     let show =
         |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     // One stable line for scripts and tests, then the details.
-    println!(
+    say!(
         "listening tcp={} udp={} admin={}",
         show(handle.started.tcp),
         show(handle.started.udp),
         show(admin.as_ref().map(admin::AdminHandle::local_addr))
     );
-    println!(
+    say!(
         "data {} (durability {}, acks {}), {} topic(s)",
         engine_cfg.data_dir.display(),
         config.storage.durability.as_str(),
@@ -143,20 +167,23 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         engine_cfg.topics.len()
     );
     for report in &handle.started.recovery {
-        println!("{report}");
+        say!("{report}");
     }
     for note in &handle.started.placement {
-        println!("placement: {note}");
+        say!("placement: {note}");
     }
-    // The threads report their pinning as they start.
-    std::thread::sleep(Duration::from_millis(50));
+    // The threads report their pinning as they start (one note each).
+    let until = Instant::now() + Duration::from_secs(5);
+    while stats.placement.lock().map_or(0, |n| n.len()) < 2 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for note in stats
         .placement
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
     {
-        println!("placement: {note}");
+        say!("placement: {note}");
     }
     let _ = std::io::stdout().flush();
 
@@ -168,7 +195,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         std::thread::sleep(Duration::from_millis(50));
         if args.status_every != 0 && Instant::now() >= next {
             next += every;
-            println!("{}", status.line(&stats));
+            say!("{}", status.line(&stats));
             let _ = std::io::stdout().flush();
         }
         let error = stats
@@ -183,14 +210,14 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     }
     match &failed {
         Some(e) => eprintln!("pinstream: storage failed: {e}; stopping"),
-        None => println!("stopping: intake closed, draining the lanes, syncing the logs"),
+        None => say!("stopping: intake closed, draining the lanes, syncing the logs"),
     }
     if let Some(a) = admin {
         a.stop();
     }
     let t0 = Instant::now();
     let result = handle.stop();
-    println!(
+    say!(
         "stopped in {:.1} s: {} events in, {} stored, {} dead-lettered, {} rejected",
         t0.elapsed().as_secs_f64(),
         stats.dispatch.ingested.get(),
@@ -276,16 +303,15 @@ impl Status {
             dead_lettered(stats),
         );
         let rate = |now: u64, before: u64| rate(now.saturating_sub(before) as f64 / secs);
-        let durable = stats.durable_latency.summary();
+        let acks = stats.ack_latency.summary();
         let q = |i: usize| {
-            durable
-                .quantiles
+            acks.quantiles
                 .get(i)
                 .map_or(0.0, |&(_, ns)| ns as f64 / 1e6)
         };
         let d = |lane: Lane| stats.lane_depths[lane.index()].get();
         let line = format!(
-            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} ack p50 {:.2} ms p99 {:.2} ms",
+            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} ack p50 {:.2} ms p99 {:.2} ms (since start)",
             now.duration_since(self.started).as_secs_f64(),
             rate(ingested, self.ingested),
             rate(stored, self.stored),

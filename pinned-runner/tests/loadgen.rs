@@ -288,8 +288,10 @@ fn rate_paces_a_timed_run() {
     );
     assert_eq!(j.count("stored"), events);
     // Paced, not flat out: the events were spread over about the second asked for.
+    // The event count follows the schedule whatever the clock does; the duration shows the
+    // pacing was real.
     let secs = j.num("seconds");
-    assert!((0.7..5.0).contains(&secs), "{secs} s");
+    assert!((0.9..5.0).contains(&secs), "{secs} s");
     // A quarter of the rate, a quarter of the events: the pacing follows --rate (flat out
     // would send far more).
     let slow = loadgen_json(&[
@@ -302,6 +304,8 @@ fn rate_paces_a_timed_run() {
         "--json",
     ]);
     let slow_events = slow.count("events");
+    let slow_secs = slow.num("seconds");
+    assert!((0.9..5.0).contains(&slow_secs), "{slow_secs} s");
     assert!(
         (3_500..=6_500).contains(&slow_events),
         "{slow_events} events at 5000/s for 1 s"
@@ -365,8 +369,9 @@ fn udp_fire_and_forget() {
     // drop some when the engine falls behind (UDP: nobody knows), but every datagram that
     // arrives is whole and valid.
     let stats = engine.stats();
-    eventually("most datagrams received", || {
-        stats.host.udp_datagrams.get() >= 200
+    // A loaded machine may lose many (the socket buffer holds a few dozen datagrams).
+    eventually("datagrams received", || {
+        stats.host.udp_datagrams.get() >= 50
     });
     std::thread::sleep(Duration::from_millis(200));
     let datagrams = stats.host.udp_datagrams.get();
