@@ -1026,6 +1026,9 @@ fn run_connection(plan: &Plan, socket: Socket, progress: &Arc<Progress>) -> io::
     }
 }
 
+/// Bytes of ready frames gathered into one write when sending flat out over TCP.
+const COALESCE_BYTES: usize = 64 * 1024;
+
 /// What a writer sent.
 struct Sent {
     events: u64,
@@ -1050,6 +1053,12 @@ fn send_frames(
         )
     };
     let mut frame = vec![0u8; cfg.frame_len()];
+    // Flat out over TCP, frames ready together go out in one write (as NATS clients
+    // buffer their publishes): one system call per frame would make the client, not the
+    // server, the limit for small frames. Flushed before any wait for the window and at
+    // the end, so the server never waits for bytes the client holds.
+    let coalesce = cfg.transport == Transport::Tcp && plan.rate == 0;
+    let mut pending: Vec<u8> = Vec::with_capacity(if coalesce { COALESCE_BYTES } else { 0 });
     let payload = vec![0xA5u8; cfg.payload];
     let cycle = cfg.priorities.len() as u64;
     let topics = u64::from(cfg.topics);
@@ -1076,7 +1085,11 @@ fn send_frames(
             return Err(stopped());
         }
         seq += 1;
-        if wait {
+        if wait && seq - window.acked.load(Ordering::Acquire) > cfg.window as u64 {
+            if !pending.is_empty() {
+                send(&pending)?;
+                pending.clear();
+            }
             let mut spins = 0u32;
             while seq - window.acked.load(Ordering::Acquire) > cfg.window as u64 {
                 if progress.aborted() {
@@ -1131,11 +1144,22 @@ fn send_frames(
         let slot = (seq as usize) & (window.sent_at.len() - 1);
         window.sent_at[slot].store(ts, Ordering::Release);
         window.last_seq.store(seq, Ordering::Release);
-        send(&frame[..len])?;
+        if coalesce {
+            if pending.len() + len > COALESCE_BYTES && !pending.is_empty() {
+                send(&pending)?;
+                pending.clear();
+            }
+            pending.extend_from_slice(&frame[..len]);
+        } else {
+            send(&frame[..len])?;
+        }
         out.events += n;
         out.frames += 1;
         out.bytes += len as u64;
         progress.events_sent.fetch_add(n, Ordering::Relaxed);
+    }
+    if !pending.is_empty() {
+        send(&pending)?;
     }
     out.end = plan.start.elapsed();
     window.final_at.store(
