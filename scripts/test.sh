@@ -106,20 +106,50 @@ firmware() {
     )
 }
 
-demo() {
-    # The README's first command, on fewer items.
-    cargo run --release -p pinstream -- demo --items 200000
+main_job() {
+    # The README's first command: the engine on its embedded default config (loopback
+    # ports 7070, 7071, 9090; data in ./pinstream-data, here a temp dir), driven by the load
+    # generator for a moment, its /metrics checked with promtool, then stopped with SIGTERM.
+    cargo build --release -p pinstream
+    local bin dir pid ok=true
+    bin="${CARGO_TARGET_DIR:-$PWD/target}/release/pinstream"
+    dir=$(mktemp -d)
+    (cd "$dir" && exec "$bin" run) > "$dir/run.log" 2>&1 &
+    pid=$!
+    # However this step ends, the engine does not outlive it.
+    trap 'kill -9 "$pid" 2>/dev/null; rm -rf "$dir"; trap - RETURN' RETURN
+    for _ in $(seq 150); do
+        grep -q '^listening' "$dir/run.log" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    if ! grep -q '^listening' "$dir/run.log"; then
+        cat "$dir/run.log"
+        return 1
+    fi
+    "$bin" loadgen --events 200000 --priority high:2,medium:1,batch:1 || ok=false
+    if ! command -v promtool > /dev/null || ! command -v curl > /dev/null; then
+        echo "missing promtool or curl: apt-get install prometheus curl (.ci/run does)"
+        ok=false
+    elif ! curl -sf http://127.0.0.1:9090/metrics | promtool check metrics; then
+        ok=false
+    fi
+    kill -TERM "$pid" || ok=false
+    wait "$pid" || ok=false
+    tail -n 4 "$dir/run.log"
+    $ok
 }
 
 step "toolchain set-up" setup
 step "cargo fmt --check" cargo fmt --all --check
 step "clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
-step "cargo test (debug: unit, doc, zero-allocation)" cargo test --workspace
+# The runner's memory soak runs 180 s at a fixed rate (in parallel with the other tests).
+step "cargo test (debug: unit, doc, zero-allocation, end to end)" env PINSTREAM_SOAK_SECS=180 cargo test --workspace
 if ! $quick; then
     step "rustdoc -D warnings" docs
     step "bare-metal builds" bare_metal
     step "benches compile (never run in CI)" cargo bench --workspace --no-run
-    step "demo (README's run command)" demo
+    step "main job (README's run command) with the load generator" main_job
     step "firmware under QEMU (run, test, thumbv6m, defmt, no-alloc check)" firmware
     step "miri (stacked + tree borrows)" miri
     step "loom models" loom

@@ -20,7 +20,7 @@ use pinstream_host::storage::Durability;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let events: u64 = args.next().map_or(Ok(4_000_000), |a| a.parse())?;
-    let connections: u64 = args.next().map_or(Ok(1), |a| a.parse())?;
+    let connections: usize = args.next().map_or(Ok(1), |a| a.parse())?;
     println!(
         "{events} events of 100 bytes, 64 per frame, {connections} connection(s), durable acks"
     );
@@ -53,47 +53,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let engine = Engine::start(cfg)?;
         let addr = engine.started.tcp.ok_or("no TCP address")?;
-        let per = events / connections;
-        let handles: Vec<_> = (0..connections)
-            .map(|c| {
-                let mut lc = LoadConfig::new(addr, per);
-                lc.id_base = 1 + c * per;
-                lc.priorities = vec![Priority::High];
-                lc.window = 128;
-                std::thread::spawn(move || loadgen::run(&lc))
-            })
-            .collect();
-        let mut reports = Vec::new();
-        for h in handles {
-            reports.push(h.join().map_err(|_| "load generator panicked")??);
-        }
+        let mut lc = LoadConfig::new(addr, events);
+        lc.priorities = vec![Priority::High];
+        lc.window = 128;
+        let report = loadgen::spawn(&lc, connections)?.join()?;
         engine.stop()?;
         let _ = std::fs::remove_dir_all(&dir);
-        let sent: u64 = reports.iter().map(|r| r.sent).sum();
-        let stored: u64 = reports.iter().map(|r| r.stored).sum();
-        let secs = reports
-            .iter()
-            .map(|r| r.elapsed.as_secs_f64())
-            .fold(0.0, f64::max);
-        let mut lat = reports[0].ack_latency.clone();
-        for r in &reports[1..] {
-            lat.add(&r.ack_latency)?;
-        }
+        let lat = report.ack_latency.as_ref().ok_or("no ACK latencies")?;
         let us = |q: f64| lat.value_at_quantile(q) as f64 / 1000.0;
         println!(
             "{:<22} {:>12.0} {:>8.0}us {:>8.0}us {:>8.0}us {:>8.0}us",
             name,
-            sent as f64 / secs,
+            report.events_per_sec(),
             us(0.5),
             us(0.99),
             us(0.999),
             lat.max() as f64 / 1000.0
         );
-        if stored != sent {
-            let dead: u64 = reports.iter().map(|r| r.dead_lettered).sum();
-            let rejected: u64 = reports.iter().map(|r| r.rejected).sum();
+        let outcomes = report.outcomes.unwrap_or_default();
+        if outcomes.stored != report.sent {
             return Err(format!(
-                "{name}: {stored} of {sent} events acknowledged as stored, {dead} dead-lettered, {rejected} rejected"
+                "{name}: {} of {} events acknowledged as stored, {} dead-lettered, {} rejected",
+                outcomes.stored, report.sent, outcomes.dead_lettered, outcomes.rejected
             )
             .into());
         }

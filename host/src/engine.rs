@@ -345,12 +345,17 @@ pub struct EngineStats {
     pub in_flight: crate::stats::Gauge,
     /// Control-plane level changes.
     pub control_transitions: crate::stats::Gauge,
+    /// Events waiting in each lane (by `Lane::index`), as the storage thread last saw them.
+    pub lane_depths: [crate::stats::Gauge; 3],
     /// Decode + dispatch of one frame (ingest thread).
     pub dispatch_latency: Arc<SharedLatency>,
     /// One commit: write and fdatasync of every log written to (storage thread).
     pub commit_latency: Arc<SharedLatency>,
     /// From the dispatch of the oldest event a commit covers to the end of that commit.
     pub durable_latency: Arc<SharedLatency>,
+    /// Per TCP frame, from its dispatch to its ACK being owed (in `durable` mode: its
+    /// events committed).
+    pub ack_latency: Arc<SharedLatency>,
 }
 
 impl AdminSource for EngineStats {
@@ -365,9 +370,10 @@ impl AdminSource for EngineStats {
         prom::write_latency(
             &mut w,
             "pinstream_stage_latency_seconds",
-            "Latency per stage: dispatch (decode and route one frame), commit (write and sync the logs), durable (oldest event of a commit, dispatch to durable).",
+            "Latency per stage: dispatch (decode and route one frame), commit (write and sync the logs), durable (oldest event of a commit, dispatch to durable), ack (one TCP frame, dispatch to its ACK being owed).",
             &[
                 ("dispatch", &self.dispatch_latency.summary()),
+                ("ack", &self.ack_latency.summary()),
                 ("commit", &self.commit_latency.summary()),
                 ("durable", &self.durable_latency.summary()),
             ],
@@ -381,6 +387,18 @@ impl AdminSource for EngineStats {
             ],
         );
         prom::write_control(&mut w, self.control.level(), self.control_transitions.get());
+        w.family(
+            "pinstream_lane_depth",
+            MetricType::Gauge,
+            "Events waiting in each lane.",
+        );
+        for lane in Lane::ALL {
+            w.sample_u64(
+                "pinstream_lane_depth",
+                &[("lane", lane.name())],
+                self.lane_depths[lane.index()].get(),
+            );
+        }
         w.single(
             "pinstream_events_in_flight",
             MetricType::Gauge,
@@ -543,9 +561,11 @@ impl Engine {
             storage_error: Mutex::new(None),
             in_flight: crate::stats::Gauge::new(),
             control_transitions: crate::stats::Gauge::new(),
+            lane_depths: [const { crate::stats::Gauge::new() }; 3],
             dispatch_latency: Arc::new(SharedLatency::new()),
             commit_latency: Arc::new(SharedLatency::new()),
             durable_latency: Arc::new(SharedLatency::new()),
+            ack_latency: Arc::new(SharedLatency::new()),
         });
         let p = &cfg.placement;
         let topology = Topology::live().map_err(|e| EngineError::Config(e.to_string()))?;
@@ -661,6 +681,7 @@ fn supervise(
     );
     let mut ingest = match Ingest::new(
         LatencyRecorder::new(Arc::clone(&stats.dispatch_latency)),
+        LatencyRecorder::new(Arc::clone(&stats.ack_latency)),
         dispatcher,
         done_rx,
         &stats.shared,
@@ -940,6 +961,9 @@ impl StorageLoop<'_, '_> {
         let offered = d.ingested.get();
         let dropped = d.reason(Reason::LaneFull).get() + d.reason(Reason::PoolExhausted).get();
         let depths = self.processors.depths();
+        for (gauge, &d) in self.stats.lane_depths.iter().zip(&depths) {
+            gauge.set(d as u64);
+        }
         let depth = depths
             .iter()
             .map(|&n| depth_permille(n, LANE))

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
+use crate::stats::LatencyRecorder;
 use pinstream_core::wire::{
     Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_reject,
 };
@@ -254,9 +255,15 @@ impl Conn {
         true
     }
 
-    /// Pops every resolved frame off the front of the window into the cumulative books;
-    /// returns the events whose credit came back.
-    pub(crate) fn resolve_front(&mut self, batch_watermark: u64) -> u64 {
+    /// Pops every resolved frame off the front of the window into the cumulative books,
+    /// recording each dispatched frame's time from dispatch to now (its ACK is owed from
+    /// here) in `latency`; returns the events whose credit came back.
+    pub(crate) fn resolve_front(
+        &mut self,
+        batch_watermark: u64,
+        now: u64,
+        latency: &mut LatencyRecorder,
+    ) -> u64 {
         let mut freed = 0;
         while let Some(front) = self.tracks.front() {
             if !front.resolved(batch_watermark) {
@@ -264,6 +271,9 @@ impl Conn {
             }
             let t = *front;
             self.tracks.pop_front();
+            if t.tick != 0 {
+                latency.record(now.saturating_sub(t.tick));
+            }
             // Batch-lane events count as stored once their window's aggregate is durable.
             self.stored += u64::from(t.stored + t.batch_events);
             self.dead += u64::from(t.dead);

@@ -173,6 +173,8 @@ const HOUSEKEEPING: u64 = 10_000_000;
 pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
     /// Decode + dispatch time per frame.
     latency: LatencyRecorder,
+    /// Dispatch to ACK owed, per frame.
+    ack_latency: LatencyRecorder,
     dispatcher: Dispatcher<'a, P, POOL, LANE, DL>,
     completions: Consumer<'a, Completion, COMPLETIONS>,
     shared: &'a Shared,
@@ -206,6 +208,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         latency: LatencyRecorder,
+        ack_latency: LatencyRecorder,
         dispatcher: Dispatcher<'a, P, POOL, LANE, DL>,
         completions: Consumer<'a, Completion, COMPLETIONS>,
         shared: &'a Shared,
@@ -249,6 +252,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         let n = limits.max_connections;
         Ok(Self {
             latency,
+            ack_latency,
             dispatcher,
             completions,
             shared,
@@ -330,7 +334,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             .pushed_before
             .store(self.now + 1, Ordering::Release);
         if work {
-            self.latency.maybe_publish(Instant::now());
+            let now = Instant::now();
+            self.latency.maybe_publish(now);
+            self.ack_latency.maybe_publish(now);
         }
         if self.now - self.last_housekeeping >= HOUSEKEEPING {
             self.last_housekeeping = self.now;
@@ -354,7 +360,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             for i in 0..self.open.len() {
                 let slot = self.open[i];
                 if let Some(conn) = self.conns[slot].as_mut() {
-                    conn.resolve_front(self.batch_watermark);
+                    conn.resolve_front(self.batch_watermark, self.now, &mut self.ack_latency);
                     if conn.queue_ack() {
                         self.counters.tcp_acks_sent.incr();
                     }
@@ -506,7 +512,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             return (false, None);
         };
         let mut work = false;
-        if conn.resolve_front(self.batch_watermark) > 0 {
+        if conn.resolve_front(self.batch_watermark, self.now, &mut self.ack_latency) > 0 {
             work = true;
         }
         let mut close = conn.closing;
@@ -560,7 +566,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 }
             }
         }
-        if conn.resolve_front(self.batch_watermark) > 0 {
+        if conn.resolve_front(self.batch_watermark, self.now, &mut self.ack_latency) > 0 {
             work = true;
         }
         if conn.queue_ack() {
@@ -860,6 +866,7 @@ fn dispatch_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
     if ack == AckMode::Accepted {
         track.stored = track.pending + track.batch_events;
         track = Track::settled(seq, track.stored, track.dead, track.rejected);
+        track.tick = now;
     }
     settle(conn, ack, track);
 }

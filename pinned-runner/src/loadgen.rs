@@ -1,0 +1,582 @@
+//! `pinstream loadgen`: sends events to an engine over TCP or UDP, flat out or at a fixed
+//! rate, and reports events/s, bytes/s and acknowledgement latency percentiles.
+//!
+//! The sending is [`pinstream_host::loadgen`]; this module turns flags into its config,
+//! draws a progress bar on stderr while it runs, and prints the summary (text, or one JSON
+//! line with `--json`). Exit codes: 2 for bad flags (or a frame the server would refuse),
+//! 1 when the server is unreachable, closes a connection, leaves a frame unacknowledged for
+//! `--ack-timeout`, or its ACKs do not account for every event sent.
+
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use pinstream_host::loadgen::{self, AckWait, LoadConfig, LoadReport, PriorityMix, Transport};
+
+use crate::Failure;
+
+/// Default TCP address (the engine's default `tcp.listen`).
+const DEFAULT_TCP_ADDR: &str = "127.0.0.1:7070";
+/// Default UDP address (the engine's default `udp.listen`).
+const DEFAULT_UDP_ADDR: &str = "127.0.0.1:7071";
+/// How often the progress bar is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// Whether to wait for acknowledgements.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckArg {
+    /// Measure ACK latency and require every frame acknowledged.
+    Wait,
+    /// Fire and forget (servers with engine.ack = "none", or UDP).
+    None,
+}
+
+/// `pinstream loadgen` flags.
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "Send events to an engine over TCP or UDP and measure throughput and ack latency",
+    long_about = "Send events to an engine over TCP or UDP, flat out or at a fixed rate, and \
+report events/s, bytes/s and ACK latency percentiles (send of a frame to the first ACK \
+covering it). Ids are unique in a run (--id-base on); each priority meets every topic."
+)]
+pub struct LoadgenArgs {
+    /// Server address [default: 127.0.0.1:7070, or 127.0.0.1:7071 with --udp]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+
+    /// Send over UDP: one frame per datagram (at most 65507 bytes), no acknowledgements
+    /// (implies --ack none)
+    #[arg(long)]
+    pub udp: bool,
+
+    /// Events to send in all, split between the connections
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, conflicts_with = "duration",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub events: u64,
+
+    /// Send for this many seconds instead of a number of events (e.g. 2.5) [default: none]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Option<f64>,
+
+    /// Events per second in all, paced per frame; 0 sends as fast as the server takes them
+    #[arg(long, value_name = "EVENTS_PER_SEC", default_value_t = 0)]
+    pub rate: u64,
+
+    /// Payload bytes per event (at most 65535; the server rejects payloads larger than its
+    /// event slot)
+    #[arg(long, value_name = "BYTES", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(0..=65_535))]
+    pub payload: u32,
+
+    /// Events per frame; 1 sends EVENT frames, more sends BATCH frames
+    #[arg(long, value_name = "EVENTS_PER_FRAME", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+
+    /// Priority mix: names critical, high, medium, low, batch with optional weights, e.g.
+    /// critical:1,high:2,medium:4,low:1,batch:1
+    #[arg(long, value_name = "MIX", default_value = "medium", value_parser = PriorityMix::parse)]
+    pub priority: PriorityMix,
+
+    /// Topics: events use topic ids 0..N in turn (the server dead-letters unknown topics)
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub topics: u16,
+
+    /// Connections (UDP: sockets), each with its own threads; events and rate are split
+    /// between them
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub connections: u16,
+
+    /// Frames sent and not yet acknowledged at most, per connection (with --ack wait; keep
+    /// it within the server's tcp.inflight_frames)
+    #[arg(long, value_name = "FRAMES", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub inflight: u32,
+
+    /// Acknowledgements: wait for them or not [default: wait, none with --udp]
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub ack: Option<AckArg>,
+
+    /// Give up when the server does not connect, answer the HELLO, or acknowledge a frame
+    /// within this many seconds
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub ack_timeout: f64,
+
+    /// Id of the first event; ids are unique in a run
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub id_base: u64,
+
+    /// Print the result as one JSON line on stdout instead of the text summary
+    #[arg(long)]
+    pub json: bool,
+
+    /// Show the progress bar on stderr even when it is not a terminal or with --json
+    /// [default: only when stderr is a terminal and without --json]
+    #[arg(long)]
+    pub progress: bool,
+
+    /// No progress bar and no text summary (the JSON line is still printed with --json);
+    /// errors still go to stderr and the exit code says how it went
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number of seconds ({e})"))?;
+    if !v.is_finite() || v <= 0.0 || v > 1e9 {
+        return Err(format!(
+            "{s:?}: give a number of seconds above 0 (e.g. 1 or 0.5)"
+        ));
+    }
+    Ok(v)
+}
+
+/// Turns the flags into the load generator's config.
+///
+/// # Errors
+/// A usage failure: an address that does not resolve, `--ack wait` with `--udp`, or a
+/// setting [`LoadConfig::validate`] refuses.
+pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
+    let transport = if args.udp {
+        Transport::Udp
+    } else {
+        Transport::Tcp
+    };
+    let ack = match (args.ack, args.udp) {
+        (Some(AckArg::Wait), true) => {
+            return Err(Failure::usage(
+                "--ack wait needs TCP: UDP has no acknowledgements (leave --ack out or use --ack none)",
+            ));
+        }
+        (Some(AckArg::Wait), false) | (None, false) => AckWait::Wait,
+        (Some(AckArg::None), _) | (None, true) => AckWait::None,
+    };
+    let addr_text = args.addr.as_deref().unwrap_or(if args.udp {
+        DEFAULT_UDP_ADDR
+    } else {
+        DEFAULT_TCP_ADDR
+    });
+    let addr = resolve(addr_text)?;
+    let mut cfg = LoadConfig::new(addr, args.events);
+    cfg.transport = transport;
+    cfg.ack = ack;
+    if let Some(secs) = args.duration {
+        cfg.duration = Some(Duration::from_secs_f64(secs));
+        cfg.events = u64::MAX;
+    }
+    cfg.rate = args.rate;
+    cfg.payload = args.payload as usize;
+    cfg.batch = args.batch;
+    cfg.window = args.inflight as usize;
+    cfg.priorities = args.priority.schedule();
+    cfg.topics = args.topics;
+    cfg.id_base = args.id_base;
+    cfg.ack_timeout = Duration::from_secs_f64(args.ack_timeout);
+    cfg.validate()
+        .map_err(|e| Failure::usage(format!("loadgen: {}", flag_names(&e))))?;
+    Ok(cfg)
+}
+
+/// The library's messages name settings; the command's user knows them as flags.
+fn flag_names(message: &str) -> String {
+    message
+        .replace("lower the batch", "lower --batch")
+        .replace("or the payload", "or --payload")
+}
+
+fn resolve(text: &str) -> Result<SocketAddr, Failure> {
+    let mut addrs = text.to_socket_addrs().map_err(|e| {
+        Failure::usage(format!(
+            "--addr {text:?}: not a HOST:PORT that resolves ({e})"
+        ))
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| Failure::usage(format!("--addr {text:?}: the name resolves to no address")))
+}
+
+/// Runs the load generator.
+///
+/// # Errors
+/// See the module docs.
+pub fn main(args: &LoadgenArgs) -> Result<(), Failure> {
+    let cfg = config(args)?;
+    let connections = usize::from(args.connections);
+    let show_progress =
+        !args.quiet && (args.progress || (!args.json && io::stderr().is_terminal()));
+    let run = loadgen::spawn(&cfg, connections).map_err(|e| {
+        let message = format!("loadgen: {}", flag_names(&e.to_string()));
+        if e.kind() == io::ErrorKind::InvalidInput {
+            Failure::usage(message)
+        } else {
+            Failure::runtime(message)
+        }
+    })?;
+    let mut bar = show_progress.then(|| ProgressBar::new(&cfg, io::stderr().is_terminal()));
+    let mut next_draw = Instant::now() + PROGRESS_EVERY;
+    while !run.is_finished() {
+        thread::sleep(Duration::from_millis(20));
+        if let Some(bar) = &mut bar {
+            if Instant::now() >= next_draw {
+                next_draw += PROGRESS_EVERY;
+                bar.draw(run.progress().events_sent(), run.elapsed());
+            }
+        }
+    }
+    if let Some(bar) = &mut bar {
+        bar.finish(run.progress().events_sent(), run.elapsed());
+    }
+    let report = run
+        .join()
+        .map_err(|e| Failure::runtime(format!("loadgen: {e}")))?;
+    let out = if args.json {
+        json(&report)
+    } else if args.quiet {
+        String::new()
+    } else {
+        summary(&cfg, &report)
+    };
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::runtime(format!("loadgen: writing the report to stdout: {e}")))?;
+    match report.accounting_error() {
+        Some(e) => Err(Failure::runtime(format!("loadgen: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// A one-line progress bar on stderr.
+struct ProgressBar {
+    /// Events in all, or `None` when the run is bounded by a duration.
+    total: Option<u64>,
+    duration: Option<Duration>,
+    /// Redraw in place (`\r`) on a terminal; one line per update otherwise.
+    terminal: bool,
+    last: (Duration, u64),
+}
+
+impl ProgressBar {
+    const WIDTH: usize = 30;
+
+    fn new(cfg: &LoadConfig, terminal: bool) -> Self {
+        Self {
+            total: cfg.duration.is_none().then_some(cfg.events),
+            duration: cfg.duration,
+            terminal,
+            last: (Duration::ZERO, 0),
+        }
+    }
+
+    fn line(&mut self, sent: u64, elapsed: Duration) -> String {
+        let (t0, n0) = self.last;
+        let dt = elapsed.saturating_sub(t0).as_secs_f64();
+        let rate = if dt > 0.0 {
+            sent.saturating_sub(n0) as f64 / dt
+        } else {
+            0.0
+        };
+        self.last = (elapsed, sent);
+        let (fraction, what) = match (self.total, self.duration) {
+            (Some(total), _) => (
+                sent as f64 / total.max(1) as f64,
+                format!("{sent}/{total} events"),
+            ),
+            (None, Some(d)) => (
+                elapsed.as_secs_f64() / d.as_secs_f64().max(1e-9),
+                format!(
+                    "{:.1}/{:.1} s, {sent} events",
+                    elapsed.as_secs_f64(),
+                    d.as_secs_f64()
+                ),
+            ),
+            (None, None) => (0.0, format!("{sent} events")),
+        };
+        let fraction = fraction.clamp(0.0, 1.0);
+        let filled = (fraction * Self::WIDTH as f64).round() as usize;
+        format!(
+            "[{}{}] {:>5.1}% {what}  {:.0} events/s",
+            "#".repeat(filled),
+            ".".repeat(Self::WIDTH - filled),
+            fraction * 100.0,
+            rate
+        )
+    }
+
+    fn draw(&mut self, sent: u64, elapsed: Duration) {
+        let line = self.line(sent, elapsed);
+        let mut err = io::stderr().lock();
+        // A progress bar that cannot be drawn is not worth failing the run for.
+        let _ = if self.terminal {
+            write!(err, "\r{line}\x1b[K")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+    }
+
+    fn finish(&mut self, sent: u64, elapsed: Duration) {
+        self.draw(sent, elapsed);
+        if self.terminal {
+            let _ = writeln!(io::stderr());
+        }
+    }
+}
+
+/// Latency quantiles in microseconds: p50, p90, p99, p99.9, max.
+fn quantiles_us(h: &Histogram<u64>) -> [f64; 5] {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    [
+        us(h.value_at_quantile(0.5)),
+        us(h.value_at_quantile(0.9)),
+        us(h.value_at_quantile(0.99)),
+        us(h.value_at_quantile(0.999)),
+        us(h.max()),
+    ]
+}
+
+/// A JSON number, or `null`.
+fn number<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+/// The report as one JSON line (keys fixed; see the module docs).
+pub fn json(report: &LoadReport) -> String {
+    let secs = report.elapsed.as_secs_f64();
+    let q = report.ack_latency.as_ref().map(quantiles_us);
+    let o = report.outcomes;
+    let mut s = String::with_capacity(400);
+    let _ = write!(
+        s,
+        "{{\"system\":\"pinstream\",\"transport\":\"{}\",\"events\":{},\"seconds\":{:.6},\"events_per_sec\":{:.1},\"bytes_per_sec\":{:.1},\"stored\":{},\"dead_lettered\":{},\"rejected\":{}",
+        report.transport.name(),
+        report.sent,
+        secs,
+        report.events_per_sec(),
+        report.bytes_per_sec(),
+        number(o.map(|o| o.stored)),
+        number(o.map(|o| o.dead_lettered)),
+        number(o.map(|o| o.rejected)),
+    );
+    for (i, key) in ["p50", "p90", "p99", "p999", "max"].iter().enumerate() {
+        let _ = write!(
+            s,
+            ",\"ack_{key}_us\":{}",
+            number(q.map(|q| format!("{:.1}", q[i])))
+        );
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// The text summary.
+fn summary(cfg: &LoadConfig, report: &LoadReport) -> String {
+    let mut s = String::new();
+    let rate = if cfg.rate == 0 {
+        "flat out".to_string()
+    } else {
+        format!("{} events/s", cfg.rate)
+    };
+    let _ = writeln!(
+        s,
+        "pinstream loadgen: {} {}, {} connection(s), {} events/frame, {}-byte payloads, {rate}, ack {}",
+        report.transport.name(),
+        cfg.addr,
+        report.connections,
+        cfg.batch,
+        cfg.payload,
+        match report.ack {
+            AckWait::Wait => "wait",
+            AckWait::None => "none",
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  events sent     {} in {} frames",
+        report.sent, report.frames
+    );
+    match report.outcomes {
+        Some(o) => {
+            let _ = writeln!(s, "  stored          {}", o.stored);
+            let _ = writeln!(s, "  dead-lettered   {}", o.dead_lettered);
+            let _ = writeln!(s, "  rejected        {}", o.rejected);
+        }
+        None => {
+            let why = if report.transport == Transport::Udp {
+                "UDP has no acknowledgements"
+            } else {
+                "the server sent no ACK"
+            };
+            let _ = writeln!(s, "  stored etc.     unknown ({why})");
+        }
+    }
+    if let Some(r) = report.first_reject {
+        let _ = writeln!(
+            s,
+            "  REJECT frames   {} (first: frame {}, reason code {})",
+            report.reject_frames, r.frame_seq, r.reason
+        );
+    }
+    let _ = writeln!(s, "  seconds         {:.3}", report.elapsed.as_secs_f64());
+    let _ = writeln!(s, "  events/s        {:.0}", report.events_per_sec());
+    let _ = writeln!(
+        s,
+        "  MB/s            {:.2} (frame bytes, 1 MB = 10^6 bytes)",
+        report.bytes_per_sec() / 1e6
+    );
+    match &report.ack_latency {
+        Some(h) => {
+            let [p50, p90, p99, p999, max] = quantiles_us(h);
+            let _ = writeln!(
+                s,
+                "  ack latency us  p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}"
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  ack latency     not measured (--ack none)");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use pinstream_core::event::Priority;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadgenArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<LoadgenArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("loadgen").chain(args.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let cfg = config(&parse(&[]).unwrap()).unwrap();
+        assert_eq!(cfg.addr, "127.0.0.1:7070".parse().unwrap());
+        assert_eq!(cfg.transport, Transport::Tcp);
+        assert_eq!(cfg.ack, AckWait::Wait);
+        assert_eq!(cfg.events, 1_000_000);
+        assert_eq!(cfg.duration, None);
+        assert_eq!(cfg.rate, 0);
+        assert_eq!(cfg.payload, 100);
+        assert_eq!(cfg.batch, 64);
+        assert_eq!(cfg.priorities, [Priority::Medium]);
+        assert_eq!(cfg.topics, 1);
+        assert_eq!(cfg.window, 256);
+        assert_eq!(cfg.id_base, 1);
+        assert_eq!(cfg.ack_timeout, Duration::from_secs(10));
+        let udp = config(&parse(&["--udp"]).unwrap()).unwrap();
+        assert_eq!(udp.addr, "127.0.0.1:7071".parse().unwrap());
+        assert_eq!(udp.ack, AckWait::None);
+    }
+
+    #[test]
+    fn duration_replaces_events_and_conflicts_with_it() {
+        let cfg = config(&parse(&["--duration", "0.5", "--rate", "100"]).unwrap()).unwrap();
+        assert_eq!(cfg.duration, Some(Duration::from_millis(500)));
+        assert_eq!(cfg.events, u64::MAX);
+        assert!(parse(&["--duration", "1", "--events", "5"]).is_err());
+        assert!(parse(&["--duration", "0"]).is_err());
+        assert!(parse(&["--duration", "soon"]).is_err());
+    }
+
+    #[test]
+    fn bad_combinations_are_usage_errors() {
+        let e = config(&parse(&["--udp", "--ack", "wait"]).unwrap()).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(e.message.contains("--ack wait needs TCP"), "{}", e.message);
+        let e = config(&parse(&["--udp", "--batch", "600"]).unwrap()).unwrap_err();
+        assert!(e.message.contains("lower --batch to 496"), "{}", e.message);
+        let e = config(&parse(&["--addr", "nowhere"]).unwrap()).unwrap_err();
+        assert!(e.message.contains("--addr \"nowhere\""), "{}", e.message);
+        assert!(parse(&["--priority", "urgent"]).is_err());
+        assert!(parse(&["--batch", "0"]).is_err());
+        assert!(parse(&["--connections", "0"]).is_err());
+        assert!(parse(&["--payload", "70000"]).is_err());
+    }
+
+    #[test]
+    fn priority_mix_becomes_a_weighted_cycle() {
+        let cfg = config(&parse(&["--priority", "critical:1,low:3"]).unwrap()).unwrap();
+        assert_eq!(cfg.priorities.len(), 4);
+        let low = cfg
+            .priorities
+            .iter()
+            .filter(|&&p| p == Priority::Low)
+            .count();
+        assert_eq!(low, 3);
+    }
+
+    fn report(ack: AckWait) -> LoadReport {
+        let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        LoadReport {
+            transport: Transport::Tcp,
+            ack,
+            connections: 1,
+            sent: 1000,
+            frames: 16,
+            bytes: 200_000,
+            elapsed: Duration::from_millis(500),
+            outcomes: (ack == AckWait::Wait).then_some(loadgen::Outcomes {
+                stored: 990,
+                dead_lettered: 10,
+                rejected: 0,
+            }),
+            reject_frames: 0,
+            first_reject: None,
+            ack_latency: (ack == AckWait::Wait).then_some(h),
+        }
+    }
+
+    #[test]
+    fn json_has_the_keys_in_order_and_nulls_without_acks() {
+        let j = json(&report(AckWait::Wait));
+        assert!(j.starts_with(
+            "{\"system\":\"pinstream\",\"transport\":\"tcp\",\"events\":1000,\"seconds\":0.500000,\"events_per_sec\":2000.0,\"bytes_per_sec\":400000.0,\"stored\":990,\"dead_lettered\":10,\"rejected\":0,\"ack_p50_us\":500."
+        ), "{j}");
+        assert!(j.contains("\"ack_max_us\":1000."), "{j}");
+        assert!(j.ends_with("}\n"));
+        let j = json(&report(AckWait::None));
+        assert!(j.contains("\"stored\":null,\"dead_lettered\":null,\"rejected\":null,\"ack_p50_us\":null,\"ack_p90_us\":null,\"ack_p99_us\":null,\"ack_p999_us\":null,\"ack_max_us\":null}"), "{j}");
+    }
+
+    #[test]
+    fn progress_line_shows_count_or_time_and_rate() {
+        let cfg = LoadConfig::new("127.0.0.1:1".parse().unwrap(), 1000);
+        let mut bar = ProgressBar::new(&cfg, false);
+        let line = bar.line(500, Duration::from_millis(500));
+        assert!(
+            line.starts_with(&format!(
+                "[{}{}]  50.0% 500/1000 events",
+                "#".repeat(15),
+                ".".repeat(15)
+            )),
+            "{line}"
+        );
+        assert!(line.ends_with("1000 events/s"), "{line}");
+        let mut timed = cfg.clone();
+        timed.duration = Some(Duration::from_secs(2));
+        let mut bar = ProgressBar::new(&timed, false);
+        let line = bar.line(10, Duration::from_secs(1));
+        assert!(line.contains(" 50.0% 1.0/2.0 s, 10 events"), "{line}");
+    }
+}

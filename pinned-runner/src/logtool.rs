@@ -1,0 +1,1341 @@
+//! `pinstream log`: read the engine's logs offline or while it runs.
+//!
+//! The engine keeps four logs below its data directory (`storage.dir`): `realtime/` and
+//! `transactional/` (one record per stored event), `batch/` (one aggregate per topic and
+//! window) and `dead-letter/` (one record per dead letter, with its reason). Every command
+//! here reads them through [`LogReader`], which opens files read-only, checks the CRC of every
+//! record, runs no recovery and modifies nothing.
+//!
+//! | command | what it does |
+//! | --- | --- |
+//! | `inspect` | prints records, one line each (text or JSON) |
+//! | `verify` | reads every record, reports segments, records, bytes, offsets, quarantined segments and any damage (exit 1 when damaged) |
+//! | `replay` | sends the stored events of a range to another engine as BATCH frames and reports its ACK |
+//! | `tail` | follows logs while the engine writes them, until Ctrl-C |
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use pinstream_core::event::{EventHeader, Priority};
+use pinstream_core::reason::Reason;
+use pinstream_core::wire::{
+    Ack, BATCH_PREFIX_LEN, BatchEncoder, DEFAULT_MAX_FRAME_LEN, EVENT_RECORD_LEN, Frame, FrameKind,
+    HEADER_LEN, Hello, MIN_FRAME_LEN, Reject, TRAILER_LEN, encode_hello,
+};
+use pinstream_host::engine::LOG_NAMES;
+use pinstream_host::storage::record::{self, RecordBody, RecordError};
+use pinstream_host::storage::{LogReader, RECORD_HEADER_LEN, StorageError, StoredRecord};
+
+use crate::Failure;
+
+/// `pinstream log` flags.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Every command opens the logs read-only and changes nothing. Exit status: \
+    0 when done; 1 when a damaged record was found (inspect, verify, replay) or the other engine \
+    could not be reached or did not acknowledge (replay); 2 for a bad flag, a data directory \
+    that does not exist, or a log named with --log that does not (tail waits for it)."
+)]
+pub struct LogArgs {
+    /// The engine's data directory (`storage.dir` in its config); the logs are its
+    /// `realtime/`, `transactional/`, `batch/` and `dead-letter/` subdirectories.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DATA_DIR",
+        default_value = "./pinstream-data"
+    )]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: LogCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCommand {
+    /// Print records, one line each: log, offset, kind and the decoded fields.
+    Inspect(InspectArgs),
+    /// Read every record of every segment checking its CRC; exit 1 if anything is damaged.
+    ///
+    /// Prints per log: segments, records, bytes, first and last offset, quarantined
+    /// segments (`*.log.quarantined*`, kept by recovery: reported, not counted as damage) and
+    /// every damaged record with its file and byte position. Opens files read-only and
+    /// modifies nothing (`pinstream run` repairs a log when it starts).
+    Verify(VerifyArgs),
+    /// Re-send the stored events of an offset range to an engine over TCP.
+    ///
+    /// Events of the realtime and transactional logs are sent as BATCH frames (HELLO first,
+    /// seqs 1, 2, 3, …), keeping their ids, topics, priorities, timestamps, values and
+    /// payloads; the command waits for the ACK of the last frame and prints how many events
+    /// the other engine stored, dead-lettered and rejected. Aggregates (the batch log) and
+    /// dead letters are not replayed: they are not events (a dead letter keeps no payload).
+    /// With `--log all` the realtime log is sent first, then the transactional one.
+    Replay(ReplayArgs),
+    /// Follow logs while the engine writes them: print new records as they appear (polled
+    /// every 100 ms, across segment rolls) until Ctrl-C (exit 0).
+    Tail(TailArgs),
+}
+
+/// A log name on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogSelect {
+    /// Stored events of the realtime lane (critical, high).
+    Realtime,
+    /// Stored events of the transactional lane (medium).
+    Transactional,
+    /// Aggregates of the batch lane (low, batch).
+    Batch,
+    /// Dead letters with their reasons.
+    DeadLetter,
+    /// Every log, in the order above.
+    All,
+}
+
+impl LogSelect {
+    fn names(self) -> &'static [&'static str] {
+        match self {
+            LogSelect::Realtime => &LOG_NAMES[0..1],
+            LogSelect::Transactional => &LOG_NAMES[1..2],
+            LogSelect::Batch => &LOG_NAMES[2..3],
+            LogSelect::DeadLetter => &LOG_NAMES[3..4],
+            LogSelect::All => &LOG_NAMES,
+        }
+    }
+}
+
+/// The logs that hold events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ReplayLog {
+    /// The realtime log.
+    Realtime,
+    /// The transactional log.
+    Transactional,
+    /// Both: realtime first, then transactional.
+    All,
+}
+
+impl ReplayLog {
+    fn names(self) -> &'static [&'static str] {
+        match self {
+            ReplayLog::Realtime => &LOG_NAMES[0..1],
+            ReplayLog::Transactional => &LOG_NAMES[1..2],
+            ReplayLog::All => &LOG_NAMES[0..2],
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// Which log to print.
+    #[arg(long, value_enum, default_value_t = LogSelect::All)]
+    log: LogSelect,
+    /// The first offset to print, in each log (offsets count from 0 in every log).
+    #[arg(long, value_name = "OFFSET", default_value_t = 0)]
+    from: u64,
+    /// Print at most this many records of each log (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    limit: u64,
+    /// One JSON object per line instead of text (payload in full, as hex, and as text when
+    /// it is UTF-8).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// Which log to verify.
+    #[arg(long, value_enum, default_value_t = LogSelect::All)]
+    log: LogSelect,
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// The TCP address of the engine to send to (its `tcp.listen`), e.g. 127.0.0.1:7070.
+    #[arg(long, value_name = "ADDR")]
+    to: String,
+    /// Which log's events to send (aggregates and dead letters are never replayed).
+    #[arg(long, value_enum, default_value_t = ReplayLog::All)]
+    log: ReplayLog,
+    /// The first offset to send, in each log.
+    #[arg(long, value_name = "OFFSET", default_value_t = 0)]
+    from: u64,
+    /// Stop before this offset, in each log (exclusive; default: to the end of the log).
+    #[arg(long = "to-offset", value_name = "OFFSET")]
+    to_offset: Option<u64>,
+    /// Events per BATCH frame, 1 to 64 (a frame also stays within the server's largest frame,
+    /// from its HELLO).
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    batch: u32,
+    /// Give up when the server sends nothing for this many seconds while frames wait for
+    /// their ACK (an engine with `engine.ack = "none"` never acknowledges).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    ack_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct TailArgs {
+    /// Which log to follow.
+    #[arg(long, value_enum, default_value_t = LogSelect::All)]
+    log: LogSelect,
+    /// Print only records appended from now on (default: print the records already stored
+    /// first).
+    #[arg(long)]
+    from_end: bool,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a log command.
+pub fn main(args: &LogArgs) -> Result<(), Failure> {
+    match &args.command {
+        LogCommand::Inspect(a) => inspect(&args.dir, a),
+        LogCommand::Verify(a) => verify(&args.dir, a),
+        LogCommand::Replay(a) => replay(&args.dir, a),
+        LogCommand::Tail(a) => tail(&args.dir, a),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+
+fn check_data_dir(dir: &Path) -> Result<(), Failure> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Failure::usage(format!(
+            "{} is not a directory: pass the engine's data directory (storage.dir) with --dir",
+            dir.display()
+        ))),
+        Err(e) => Err(Failure::usage(format!(
+            "cannot read the data directory {}: {e}; pass the engine's data directory \
+             (storage.dir) with --dir",
+            dir.display()
+        ))),
+    }
+}
+
+/// Opens the log `name` below `dir`; `None` when its directory does not exist.
+fn open_log(dir: &Path, name: &str) -> Result<Option<LogReader>, Failure> {
+    let log_dir = dir.join(name);
+    if !log_dir.is_dir() {
+        return Ok(None);
+    }
+    LogReader::open(&log_dir)
+        .map(Some)
+        .map_err(|e| Failure::runtime(format!("cannot open the {name} log: {e}")))
+}
+
+/// Opens the logs `names`; a missing directory is an error when one log was named.
+fn open_logs(
+    dir: &Path,
+    names: &'static [&'static str],
+) -> Result<Vec<(&'static str, LogReader)>, Failure> {
+    check_data_dir(dir)?;
+    let mut out = Vec::with_capacity(names.len());
+    for &name in names {
+        match open_log(dir, name)? {
+            Some(r) => out.push((name, r)),
+            None if names.len() == 1 => {
+                return Err(Failure::usage(format!(
+                    "{} does not exist: the engine has not written the {name} log in this data \
+                     directory",
+                    dir.join(name).display()
+                )));
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A write to stdout that stops quietly when the reader went away (`| head`).
+enum Out {
+    Go,
+    Closed,
+}
+
+fn emit(out: &mut impl Write, line: &str) -> Result<Out, Failure> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(Out::Go),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Out::Closed),
+        Err(e) => Err(Failure::runtime(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+fn flush(out: &mut impl Write) -> Result<Out, Failure> {
+    match out.flush() {
+        Ok(()) => Ok(Out::Go),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Out::Closed),
+        Err(e) => Err(Failure::runtime(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::Critical => "critical",
+        Priority::High => "high",
+        Priority::Medium => "medium",
+        Priority::Low => "low",
+        Priority::Batch => "batch",
+    }
+}
+
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        record::KIND_EVENT => "event",
+        record::KIND_DEAD_LETTER => "dead-letter",
+        record::KIND_AGGREGATE => "aggregate",
+        _ => "unknown",
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Bytes of payload shown in a text line.
+const PREVIEW_CHARS: usize = 32;
+const PREVIEW_HEX_BYTES: usize = 16;
+
+/// A short preview: quoted text when the payload is printable UTF-8, else hex.
+fn preview(payload: &[u8]) -> String {
+    if payload.is_empty() {
+        return "-".to_owned();
+    }
+    match std::str::from_utf8(payload) {
+        Ok(s) if !s.chars().any(char::is_control) => {
+            let shown: String = s.chars().take(PREVIEW_CHARS).collect();
+            let more = if shown.len() < s.len() { "..." } else { "" };
+            format!("{shown:?}{more}")
+        }
+        _ => {
+            let n = payload.len().min(PREVIEW_HEX_BYTES);
+            let more = if n < payload.len() { "..." } else { "" };
+            format!("0x{}{more}", hex(&payload[..n]))
+        }
+    }
+}
+
+fn value_text(h: &EventHeader) -> String {
+    h.value()
+        .map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
+/// A JSON object written by hand: keys are literals, strings are escaped.
+struct Json(String);
+
+impl Json {
+    fn new() -> Self {
+        Json(String::from("{"))
+    }
+
+    fn key(&mut self, k: &str) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        json_string(&mut self.0, k);
+        self.0.push(':');
+    }
+
+    fn str(&mut self, k: &str, v: &str) -> &mut Self {
+        self.key(k);
+        json_string(&mut self.0, v);
+        self
+    }
+
+    fn num(&mut self, k: &str, v: impl fmt::Display) -> &mut Self {
+        self.key(k);
+        let _ = write!(self.0, "{v}");
+        self
+    }
+
+    fn null(&mut self, k: &str) -> &mut Self {
+        self.key(k);
+        self.0.push_str("null");
+        self
+    }
+
+    fn finish(&mut self) -> String {
+        self.0.push('}');
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// Appends `s` as a JSON string (RFC 8259 escapes).
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// One record as a line of text or JSON; the error when its body does not decode.
+fn format_record(log: &str, rec: &StoredRecord, json: bool) -> (String, Option<RecordError>) {
+    let decoded = record::decode(rec.kind, &rec.body);
+    let line = if json {
+        json_record(log, rec, &decoded)
+    } else {
+        text_record(log, rec, &decoded)
+    };
+    (line, decoded.err())
+}
+
+fn text_record(
+    log: &str,
+    rec: &StoredRecord,
+    decoded: &Result<RecordBody<'_>, RecordError>,
+) -> String {
+    let head = format!("{log} {} {}", rec.offset, kind_name(rec.kind));
+    match decoded {
+        Ok(RecordBody::Event(e)) => {
+            let h = &e.header;
+            format!(
+                "{head} id={} topic={} priority={} lane={} source={} seq={} received={} \
+                 timestamp={} value={} payload={}B {}",
+                h.id,
+                h.topic,
+                priority_name(h.priority),
+                e.lane.name(),
+                e.origin.source,
+                e.origin.seq,
+                e.received,
+                h.timestamp,
+                value_text(h),
+                e.payload.len(),
+                preview(e.payload)
+            )
+        }
+        Ok(RecordBody::Aggregate(a)) => format!(
+            "{head} topic={} window=[{},{}) count={} bytes={} values={} min={} max={} sum={}",
+            a.topic, a.start, a.end, a.count, a.bytes, a.values, a.min, a.max, a.sum
+        ),
+        Ok(RecordBody::DeadLetter(d)) => format!(
+            "{head} reason={}({}) id={} topic={} priority={} source={} seq={} tick={} \
+             events={} timestamp={} value={}",
+            d.reason.name(),
+            d.reason.code(),
+            d.header.id,
+            d.header.topic,
+            priority_name(d.header.priority),
+            d.origin.source,
+            d.origin.seq,
+            d.tick,
+            d.events,
+            d.header.timestamp,
+            value_text(&d.header)
+        ),
+        Err(e) => format!(
+            "{head} kind={} body={}B UNDECODABLE: {e}",
+            rec.kind,
+            rec.body.len()
+        ),
+    }
+}
+
+fn json_record(
+    log: &str,
+    rec: &StoredRecord,
+    decoded: &Result<RecordBody<'_>, RecordError>,
+) -> String {
+    let mut j = Json::new();
+    j.str("log", log)
+        .num("offset", rec.offset)
+        .str("kind", kind_name(rec.kind));
+    let header = |j: &mut Json, h: &EventHeader| {
+        j.num("id", h.id)
+            .num("topic", h.topic)
+            .str("priority", priority_name(h.priority))
+            .num("timestamp", h.timestamp);
+        match h.value() {
+            Some(v) => j.num("value", v),
+            None => j.null("value"),
+        };
+    };
+    match decoded {
+        Ok(RecordBody::Event(e)) => {
+            header(&mut j, &e.header);
+            j.str("lane", e.lane.name())
+                .num("source", e.origin.source)
+                .num("seq", e.origin.seq)
+                .num("received", e.received)
+                .num("payload_len", e.payload.len())
+                .str("payload_hex", &hex(e.payload));
+            match std::str::from_utf8(e.payload) {
+                Ok(s) => j.str("payload_utf8", s),
+                Err(_) => j.null("payload_utf8"),
+            };
+        }
+        Ok(RecordBody::Aggregate(a)) => {
+            j.num("topic", a.topic)
+                .num("window_start", a.start)
+                .num("window_end", a.end)
+                .num("count", a.count)
+                .num("bytes", a.bytes)
+                .num("values", a.values)
+                .num("min", a.min)
+                .num("max", a.max)
+                .num("sum", a.sum);
+        }
+        Ok(RecordBody::DeadLetter(d)) => {
+            j.str("reason", d.reason.name())
+                .num("reason_code", d.reason.code());
+            header(&mut j, &d.header);
+            j.num("source", d.origin.source)
+                .num("seq", d.origin.seq)
+                .num("tick", d.tick)
+                .num("events", d.events);
+        }
+        Err(e) => {
+            j.num("kind_code", rec.kind)
+                .num("body_len", rec.body.len())
+                .str("error", &e.to_string());
+        }
+    }
+    j.finish()
+}
+
+/// `name: <storage error>` on stderr.
+fn report_damage(name: &str, e: &StorageError) {
+    eprintln!("pinstream: {name} log: {e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// inspect
+
+fn inspect(dir: &Path, args: &InspectArgs) -> Result<(), Failure> {
+    let logs = open_logs(dir, args.log.names())?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut problems = 0u64;
+    'logs: for (name, mut reader) in logs {
+        reader
+            .seek(args.from)
+            .map_err(|e| Failure::runtime(format!("cannot read the {name} log: {e}")))?;
+        let mut printed = 0u64;
+        while args.limit == 0 || printed < args.limit {
+            match reader.next_record() {
+                None => break,
+                Some(Ok(rec)) => {
+                    let (line, err) = format_record(name, &rec, args.json);
+                    if let Some(e) = err {
+                        problems += 1;
+                        eprintln!(
+                            "pinstream: {name} log: the record at offset {} passes its CRC but \
+                             does not decode: {e}",
+                            rec.offset
+                        );
+                    }
+                    if let Out::Closed = emit(&mut out, &line)? {
+                        break 'logs;
+                    }
+                    printed += 1;
+                }
+                Some(Err(e @ StorageError::Corrupt { .. })) => {
+                    problems += 1;
+                    report_damage(name, &e);
+                }
+                Some(Err(e)) => {
+                    return Err(Failure::runtime(format!("cannot read the {name} log: {e}")));
+                }
+            }
+        }
+    }
+    flush(&mut out)?;
+    if problems > 0 {
+        return Err(Failure::runtime(format!(
+            "{problems} damaged or undecodable record(s) (above); `pinstream log verify` \
+             reports every one with its file and position"
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// verify
+
+/// A segment file as verify sees it.
+#[derive(Debug)]
+struct Segment {
+    base: u64,
+    path: PathBuf,
+    len: u64,
+    /// Bytes of the whole, valid records read from its start.
+    read_bytes: u64,
+    /// The reader reported damage in it (it stops reading a segment there).
+    damaged: bool,
+}
+
+/// The base offset of a segment file name (`{20 digits}.log`).
+fn segment_base(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segments (ascending) and quarantined files of a log directory.
+fn list_files(dir: &Path) -> Result<(Vec<Segment>, Vec<PathBuf>), Failure> {
+    let fail = |e: io::Error| Failure::runtime(format!("cannot list {}: {e}", dir.display()));
+    let mut segments = Vec::new();
+    let mut quarantined = Vec::new();
+    for entry in fs::read_dir(dir).map_err(fail)? {
+        let entry = entry.map_err(fail)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = segment_base(name) {
+            let path = entry.path();
+            let len = entry
+                .metadata()
+                .map_err(|e| Failure::runtime(format!("cannot stat {}: {e}", path.display())))?
+                .len();
+            segments.push(Segment {
+                base,
+                path,
+                len,
+                read_bytes: 0,
+                damaged: false,
+            });
+        } else if name.contains(".log.quarantined") {
+            quarantined.push(entry.path());
+        }
+    }
+    segments.sort_unstable_by_key(|s| s.base);
+    quarantined.sort();
+    Ok((segments, quarantined))
+}
+
+/// What verify found in one log.
+#[derive(Debug, Default)]
+struct LogCheck {
+    segments: usize,
+    records: u64,
+    bytes: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+    quarantined: Vec<PathBuf>,
+    problems: Vec<String>,
+}
+
+fn verify_log(dir: &Path) -> Result<LogCheck, Failure> {
+    let (mut segments, quarantined) = list_files(dir)?;
+    let mut reader = LogReader::open(dir)
+        .map_err(|e| Failure::runtime(format!("cannot open the log in {}: {e}", dir.display())))?;
+    let mut check = LogCheck {
+        quarantined,
+        ..LogCheck::default()
+    };
+    loop {
+        match reader.next_record() {
+            None => break,
+            Some(Ok(rec)) => {
+                check.records += 1;
+                check.first.get_or_insert(rec.offset);
+                check.last = Some(rec.offset);
+                let at = segments.partition_point(|s| s.base <= rec.offset);
+                let Some(seg) = at.checked_sub(1).and_then(|i| segments.get_mut(i)) else {
+                    // A segment created after the listing: the engine is writing.
+                    continue;
+                };
+                let position = seg.read_bytes;
+                seg.read_bytes += (RECORD_HEADER_LEN + rec.body.len()) as u64;
+                if let Err(e) = record::decode(rec.kind, &rec.body) {
+                    check.problems.push(format!(
+                        "{} at byte {position}: the record at offset {} passes its CRC but does \
+                         not decode: {e}",
+                        seg.path.display(),
+                        rec.offset
+                    ));
+                }
+            }
+            Some(Err(StorageError::Corrupt {
+                path,
+                position,
+                why,
+            })) => {
+                if let Some(seg) = segments.iter_mut().find(|s| s.path == path) {
+                    seg.damaged = true;
+                }
+                check
+                    .problems
+                    .push(format!("{} at byte {position}: {why}", path.display()));
+            }
+            Some(Err(e)) => {
+                return Err(Failure::runtime(format!(
+                    "cannot read the log in {}: {e}",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    // The reader takes bytes short of a whole record at the end of the last segment for a
+    // record still being written and stops there: say what lies beyond the last whole record.
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.damaged || seg.read_bytes >= seg.len {
+            continue;
+        }
+        let extra = seg.len - seg.read_bytes;
+        let what = if i == last {
+            "an incomplete or damaged record (a torn tail: `pinstream run` truncates it when it \
+             starts, or a record the running engine is writing)"
+        } else {
+            "bytes that are not whole records"
+        };
+        check.problems.push(format!(
+            "{} at byte {}: {extra} byte(s) after the last whole record: {what}",
+            seg.path.display(),
+            seg.read_bytes
+        ));
+    }
+    check.segments = segments.len();
+    check.bytes = segments.iter().map(|s| s.len).sum();
+    Ok(check)
+}
+
+fn verify(dir: &Path, args: &VerifyArgs) -> Result<(), Failure> {
+    check_data_dir(dir)?;
+    let mut problems = Vec::new();
+    for &name in args.log.names() {
+        let log_dir = dir.join(name);
+        if !log_dir.is_dir() {
+            if args.log != LogSelect::All {
+                return Err(Failure::usage(format!(
+                    "{} does not exist: the engine has not written the {name} log in this data \
+                     directory",
+                    log_dir.display()
+                )));
+            }
+            println!("{name}: no directory {} (never written)", log_dir.display());
+            continue;
+        }
+        let c = verify_log(&log_dir)?;
+        let offsets = match (c.first, c.last) {
+            (Some(f), Some(l)) => format!("offsets {f}..={l}"),
+            _ => "no records".to_owned(),
+        };
+        let verdict = if c.problems.is_empty() {
+            "clean".to_owned()
+        } else {
+            format!("DAMAGED ({} problem(s))", c.problems.len())
+        };
+        println!(
+            "{name}: {} segment(s), {} record(s), {} byte(s), {offsets}, {} quarantined \
+             segment(s): {verdict}",
+            c.segments,
+            c.records,
+            c.bytes,
+            c.quarantined.len()
+        );
+        for q in &c.quarantined {
+            println!(
+                "  quarantined by an earlier recovery (kept, not read): {}",
+                q.display()
+            );
+        }
+        for p in c.problems {
+            println!("  DAMAGED {p}");
+            problems.push(format!("{name}: {p}"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::runtime(format!(
+        "log verify found {} damaged place(s), first: {} (nothing was changed; `pinstream run` \
+         truncates a torn tail and quarantines a damaged segment when it starts)",
+        problems.len(),
+        problems[0]
+    )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// replay
+
+/// Frames sent and not yet acknowledged at most: well within the server's default credit
+/// (`tcp.inflight_frames` 1024, `tcp.inflight_events` 65 536 = 1024 frames of 64).
+const REPLAY_WINDOW: u64 = 64;
+
+/// The largest frame replay builds, whatever the server offers.
+const REPLAY_MAX_FRAME: usize = 1 << 20;
+
+/// What the reply reader thread saw.
+enum Reply {
+    Ack(Ack),
+    Reject(Reject),
+    Hello(Hello),
+    Closed(String),
+}
+
+/// Reads the server's frames and hands them over until the connection ends.
+fn read_replies(mut stream: TcpStream, tx: &mpsc::Sender<Reply>) {
+    let mut buf = vec![0u8; DEFAULT_MAX_FRAME_LEN];
+    let (mut start, mut end) = (0usize, 0usize);
+    loop {
+        while end - start >= 4 {
+            let avail = &buf[start..end];
+            let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+            if !(MIN_FRAME_LEN..=buf.len()).contains(&len) {
+                let _ = tx.send(Reply::Closed(format!(
+                    "the server sent a frame length of {len} bytes: not a pinstream server?"
+                )));
+                return;
+            }
+            if avail.len() < len {
+                break;
+            }
+            let reply = match Frame::new_checked(&avail[..len], len) {
+                Ok(f) => match (f.kind(), f.ack(), f.reject(), f.hello()) {
+                    (FrameKind::Ack, Some(a), _, _) => Reply::Ack(a),
+                    (FrameKind::Reject, _, Some(r), _) => Reply::Reject(r),
+                    (FrameKind::Hello, _, _, Some(h)) => Reply::Hello(h),
+                    (k, ..) => Reply::Closed(format!("the server sent an unexpected {k:?} frame")),
+                },
+                Err(e) => Reply::Closed(format!("the server sent a bad frame: {e:?}")),
+            };
+            let stop = matches!(reply, Reply::Closed(_));
+            if tx.send(reply).is_err() || stop {
+                return;
+            }
+            start += len;
+        }
+        if start == end {
+            (start, end) = (0, 0);
+        } else if start > 0 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        match stream.read(&mut buf[end..]) {
+            Ok(0) => {
+                let _ = tx.send(Reply::Closed("the server closed the connection".into()));
+                return;
+            }
+            Ok(n) => end += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = tx.send(Reply::Closed(format!(
+                    "reading from the server failed: {e}"
+                )));
+                return;
+            }
+        }
+    }
+}
+
+/// One connection to the engine replayed to.
+struct Sender {
+    addr: SocketAddr,
+    stream: TcpStream,
+    replies: mpsc::Receiver<Reply>,
+    reader: Option<thread::JoinHandle<()>>,
+    timeout: Duration,
+    max_frame: usize,
+    batch: usize,
+    frame: Vec<u8>,
+    /// Events waiting for the next frame.
+    pending: Vec<(EventHeader, Vec<u8>)>,
+    pending_bytes: usize,
+    /// The seq of the last frame sent (HELLO is 0).
+    seq: u64,
+    last_ack: Ack,
+    events_sent: u64,
+    /// REJECT frames by reason code (dead letters may be named there too).
+    notices: BTreeMap<u16, u64>,
+}
+
+impl Sender {
+    fn connect(target: &str, batch: u32, timeout: Duration) -> Result<Self, Failure> {
+        let addrs: Vec<SocketAddr> = target
+            .to_socket_addrs()
+            .map_err(|e| {
+                Failure::usage(format!(
+                    "--to {target:?} is not a host:port address (e.g. 127.0.0.1:7070): {e}"
+                ))
+            })?
+            .collect();
+        let mut last_err = None;
+        let mut connected = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, timeout) {
+                Ok(s) => {
+                    connected = Some((addr, s));
+                    break;
+                }
+                Err(e) => last_err = Some(format!("{addr}: {e}")),
+            }
+        }
+        let Some((addr, stream)) = connected else {
+            return Err(Failure::runtime(format!(
+                "cannot connect to {target}: {} (is the engine running and is this its \
+                 tcp.listen address?)",
+                last_err.unwrap_or_else(|| "the name resolves to no address".into())
+            )));
+        };
+        let io_fail = |e: io::Error| Failure::runtime(format!("connection to {addr}: {e}"));
+        stream.set_nodelay(true).map_err(io_fail)?;
+        let read_half = stream.try_clone().map_err(io_fail)?;
+        let (tx, replies) = mpsc::channel();
+        let reader = thread::Builder::new()
+            .name("replay-acks".into())
+            .spawn(move || read_replies(read_half, &tx))
+            .map_err(|e| Failure::runtime(format!("cannot start the ACK reader thread: {e}")))?;
+        let mut sender = Sender {
+            addr,
+            stream,
+            replies,
+            reader: Some(reader),
+            timeout,
+            max_frame: DEFAULT_MAX_FRAME_LEN,
+            batch: batch as usize,
+            frame: Vec::new(),
+            pending: Vec::with_capacity(batch as usize),
+            pending_bytes: 0,
+            seq: 0,
+            last_ack: Ack::default(),
+            events_sent: 0,
+            notices: BTreeMap::new(),
+        };
+        sender.hello()?;
+        Ok(sender)
+    }
+
+    fn hello(&mut self) -> Result<(), Failure> {
+        let mut buf = [0u8; 64];
+        let mine = u32::try_from(REPLAY_MAX_FRAME).unwrap_or(u32::MAX);
+        let n = encode_hello(&mut buf, 0, &Hello::client(1, 1, mine))
+            .map_err(|e| Failure::runtime(format!("cannot encode the HELLO frame: {e:?}")))?;
+        self.write(&buf[..n])?;
+        match self.next_reply()? {
+            Reply::Hello(h) => {
+                let theirs = usize::try_from(h.max_frame_len).unwrap_or(usize::MAX);
+                self.max_frame = theirs.min(REPLAY_MAX_FRAME);
+                self.frame = vec![0u8; self.max_frame];
+                Ok(())
+            }
+            Reply::Reject(r) => Err(Failure::runtime(format!(
+                "{} refused the HELLO: {}",
+                self.addr,
+                reason_text(r.reason)
+            ))),
+            Reply::Ack(_) => Err(Failure::runtime(format!(
+                "{} answered the HELLO with an ACK: not a pinstream server of this version?",
+                self.addr
+            ))),
+            Reply::Closed(why) => Err(Failure::runtime(format!(
+                "{} did not answer the HELLO: {why}",
+                self.addr
+            ))),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        self.stream.write_all(bytes).map_err(|e| {
+            Failure::runtime(format!(
+                "sending to {} failed after {} event(s) were acknowledged: {e}",
+                self.addr, self.last_ack.stored
+            ))
+        })
+    }
+
+    /// The next reply; an error when the server is silent for the timeout.
+    fn next_reply(&mut self) -> Result<Reply, Failure> {
+        match self.replies.recv_timeout(self.timeout) {
+            Ok(r) => Ok(r),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(Failure::runtime(format!(
+                "{} sent nothing for {} s while frames up to seq {} wait for their ACK (last \
+                 ACK: seq {}); does it run with engine.ack = \"none\"? raise --ack-timeout if it \
+                 is only slow",
+                self.addr,
+                self.timeout.as_secs(),
+                self.seq,
+                self.last_ack.through_seq
+            ))),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Failure::runtime(format!(
+                "the ACK reader of the connection to {} stopped",
+                self.addr
+            ))),
+        }
+    }
+
+    /// Takes replies until the ACK watermark reaches `seq`.
+    fn wait_for(&mut self, seq: u64) -> Result<(), Failure> {
+        while self.last_ack.through_seq < seq {
+            match self.next_reply()? {
+                Reply::Ack(a) => {
+                    if a.through_seq >= self.last_ack.through_seq {
+                        self.last_ack = a;
+                    }
+                }
+                Reply::Reject(r) => *self.notices.entry(r.reason).or_default() += 1,
+                Reply::Hello(_) => {}
+                Reply::Closed(why) => {
+                    return Err(Failure::runtime(format!(
+                        "the connection to {} ended with frames up to seq {} sent and up to seq \
+                         {} acknowledged ({} stored, {} dead-lettered, {} rejected so far): {why}",
+                        self.addr,
+                        self.seq,
+                        self.last_ack.through_seq,
+                        self.last_ack.stored,
+                        self.last_ack.dead_lettered,
+                        self.last_ack.rejected
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one event; sends a frame when it is full.
+    fn push(
+        &mut self,
+        log: &str,
+        offset: u64,
+        h: EventHeader,
+        payload: &[u8],
+    ) -> Result<(), Failure> {
+        let need = EVENT_RECORD_LEN + payload.len();
+        let frame_overhead = HEADER_LEN + BATCH_PREFIX_LEN + TRAILER_LEN;
+        if frame_overhead + need > self.max_frame {
+            return Err(Failure::runtime(format!(
+                "the {log} event at offset {offset} has a {}-byte payload: a frame holding it \
+                 would pass {}'s largest frame of {} bytes",
+                payload.len(),
+                self.addr,
+                self.max_frame
+            )));
+        }
+        if frame_overhead + self.pending_bytes + need > self.max_frame {
+            self.send_pending()?;
+        }
+        self.pending.push((h, payload.to_vec()));
+        self.pending_bytes += need;
+        if self.pending.len() >= self.batch {
+            self.send_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the pending events as one BATCH frame, keeping at most [`REPLAY_WINDOW`] frames
+    /// unacknowledged.
+    fn send_pending(&mut self) -> Result<(), Failure> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let seq = self.seq + 1;
+        self.wait_for(seq.saturating_sub(REPLAY_WINDOW))?;
+        let mut enc = BatchEncoder::new(&mut self.frame, seq)
+            .map_err(|e| Failure::runtime(format!("cannot start a BATCH frame: {e:?}")))?;
+        for (h, payload) in &self.pending {
+            enc.push(h, payload).map_err(|e| {
+                Failure::runtime(format!("cannot encode event id {} for replay: {e:?}", h.id))
+            })?;
+        }
+        let n = enc
+            .finish()
+            .map_err(|e| Failure::runtime(format!("cannot finish a BATCH frame: {e:?}")))?;
+        let frame = std::mem::take(&mut self.frame);
+        let written = self.write(&frame[..n]);
+        self.frame = frame;
+        written?;
+        self.seq = seq;
+        self.events_sent += self.pending.len() as u64;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    /// Sends what is pending and waits for the last ACK.
+    fn finish(&mut self) -> Result<(), Failure> {
+        self.send_pending()?;
+        self.wait_for(self.seq)
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn reason_text(code: u16) -> String {
+    match Reason::from_code(code) {
+        Some(r) => format!("{} ({code})", r.name()),
+        None if code < 32 => format!("unknown rejection ({code})"),
+        None => format!("unknown dead-letter reason ({code})"),
+    }
+}
+
+fn replay(dir: &Path, args: &ReplayArgs) -> Result<(), Failure> {
+    if let Some(to) = args.to_offset {
+        if to <= args.from {
+            return Err(Failure::usage(format!(
+                "--to-offset {to} is not above --from {}: the range [from, to-offset) is empty",
+                args.from
+            )));
+        }
+    }
+    let logs = open_logs(dir, args.log.names())?;
+    let timeout = Duration::from_secs(args.ack_timeout);
+    let mut sender = Sender::connect(&args.to, args.batch, timeout)?;
+    let mut damaged = 0u64;
+    for (name, mut reader) in logs {
+        reader
+            .seek(args.from)
+            .map_err(|e| Failure::runtime(format!("cannot read the {name} log: {e}")))?;
+        let (mut count, mut first, mut last) = (0u64, None, None);
+        loop {
+            let rec = match reader.next_record() {
+                None => break,
+                Some(Ok(rec)) => rec,
+                Some(Err(e @ StorageError::Corrupt { .. })) => {
+                    damaged += 1;
+                    report_damage(name, &e);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    return Err(Failure::runtime(format!("cannot read the {name} log: {e}")));
+                }
+            };
+            if args.to_offset.is_some_and(|to| rec.offset >= to) {
+                break;
+            }
+            match record::decode(rec.kind, &rec.body) {
+                Ok(RecordBody::Event(e)) => {
+                    sender.push(name, rec.offset, e.header, e.payload)?;
+                    count += 1;
+                    first.get_or_insert(rec.offset);
+                    last = Some(rec.offset);
+                }
+                Ok(_) => {
+                    eprintln!(
+                        "pinstream: {name} log: the record at offset {} is a {}, not an event: \
+                         not replayed",
+                        rec.offset,
+                        kind_name(rec.kind)
+                    );
+                }
+                Err(e) => {
+                    damaged += 1;
+                    eprintln!(
+                        "pinstream: {name} log: the record at offset {} does not decode: {e}",
+                        rec.offset
+                    );
+                }
+            }
+        }
+        match (first, last) {
+            (Some(f), Some(l)) => println!("{name}: {count} event(s), offsets {f}..={l}"),
+            _ => println!("{name}: no events in the range"),
+        }
+    }
+    sender.finish()?;
+    let a = sender.last_ack;
+    println!(
+        "sent {} event(s) in {} frame(s) to {} (its largest frame: {} bytes)",
+        sender.events_sent, sender.seq, sender.addr, sender.max_frame
+    );
+    println!(
+        "acknowledged there: {} stored, {} dead-lettered, {} rejected",
+        a.stored, a.dead_lettered, a.rejected
+    );
+    if !sender.notices.is_empty() {
+        let list: Vec<String> = sender
+            .notices
+            .iter()
+            .map(|(&code, n)| format!("{} x{n}", reason_text(code)))
+            .collect();
+        println!("REJECT frames received: {}", list.join(", "));
+    }
+    if damaged > 0 {
+        return Err(Failure::runtime(format!(
+            "{damaged} damaged stretch(es) or record(s) were skipped (above); run `pinstream log \
+             verify`"
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// tail
+
+/// How often tail looks for new records.
+const TAIL_POLL: Duration = Duration::from_millis(100);
+
+/// One followed log.
+struct Followed {
+    name: &'static str,
+    dir: PathBuf,
+    reader: Option<LogReader>,
+}
+
+impl Followed {
+    /// Opens the reader once the directory exists; with `skip`, positions it after the
+    /// records stored so far.
+    fn open(&mut self, skip: bool) -> Result<(), Failure> {
+        if self.reader.is_some() || !self.dir.is_dir() {
+            return Ok(());
+        }
+        let fail =
+            |e: StorageError| Failure::runtime(format!("cannot open the {} log: {e}", self.name));
+        let mut reader = LogReader::open(&self.dir).map_err(fail)?;
+        if skip {
+            let (segments, _) = list_files(&self.dir)?;
+            if let Some(last) = segments.last() {
+                reader.seek(last.base).map_err(fail)?;
+            }
+            while let Some(r) = reader.next_record() {
+                if let Err(e @ StorageError::Corrupt { .. }) = &r {
+                    report_damage(self.name, e);
+                } else {
+                    r.map_err(fail)?;
+                }
+            }
+        }
+        self.reader = Some(reader);
+        Ok(())
+    }
+}
+
+fn tail(dir: &Path, args: &TailArgs) -> Result<(), Failure> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| Failure::runtime(format!("cannot handle signal {signal}: {e}")))?;
+    }
+    let mut logs: Vec<Followed> = args
+        .log
+        .names()
+        .iter()
+        .map(|&name| Followed {
+            name,
+            dir: dir.join(name),
+            reader: None,
+        })
+        .collect();
+    for f in &mut logs {
+        f.open(args.from_end)?;
+    }
+    let waiting: Vec<&str> = logs
+        .iter()
+        .filter(|f| f.reader.is_none())
+        .map(|f| f.name)
+        .collect();
+    let names: Vec<&str> = logs.iter().map(|f| f.name).collect();
+    eprintln!(
+        "pinstream: following {} in {} from {}; Ctrl-C stops",
+        names.join(", "),
+        dir.display(),
+        if args.from_end {
+            "the end"
+        } else {
+            "the start"
+        }
+    );
+    if !waiting.is_empty() {
+        eprintln!(
+            "pinstream: waiting for {} to appear (not written yet)",
+            waiting.join(", ")
+        );
+    }
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    while !stop.load(Ordering::Relaxed) {
+        for f in &mut logs {
+            // A log that appears later is new: every record in it is printed.
+            f.open(false)?;
+            let Some(reader) = f.reader.as_mut() else {
+                continue;
+            };
+            while let Some(r) = reader.next_record() {
+                match r {
+                    Ok(rec) => {
+                        let (line, _) = format_record(f.name, &rec, args.json);
+                        if let Out::Closed = emit(&mut out, &line)? {
+                            return Ok(());
+                        }
+                    }
+                    Err(e @ StorageError::Corrupt { .. }) => report_damage(f.name, &e),
+                    Err(e) => {
+                        return Err(Failure::runtime(format!(
+                            "cannot read the {} log: {e}",
+                            f.name
+                        )));
+                    }
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }
+        if let Out::Closed = flush(&mut out)? {
+            return Ok(());
+        }
+        thread::sleep(TAIL_POLL);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        json_string(&mut s, "a\"b\\c\nd\u{1}é");
+        assert_eq!(s, "\"a\\\"b\\\\c\\nd\\u0001é\"");
+        let line = Json::new().str("k", "v").num("n", -3).null("z").finish();
+        assert_eq!(line, r#"{"k":"v","n":-3,"z":null}"#);
+    }
+
+    #[test]
+    fn previews_text_or_hex() {
+        assert_eq!(preview(b""), "-");
+        assert_eq!(preview(b"hot"), "\"hot\"");
+        assert_eq!(preview(&[0, 1, 0xff]), "0x0001ff");
+        assert_eq!(preview(&[7u8; 20]), format!("0x{}...", "07".repeat(16)));
+        let long = "x".repeat(40);
+        assert_eq!(
+            preview(long.as_bytes()),
+            format!("\"{}\"...", "x".repeat(32))
+        );
+    }
+
+    #[test]
+    fn segment_names() {
+        assert_eq!(segment_base("00000000000000000042.log"), Some(42));
+        assert_eq!(segment_base("00000000000000000042.log.quarantined"), None);
+        assert_eq!(segment_base("42.log"), None);
+        assert_eq!(segment_base("0000000000000000004x.log"), None);
+    }
+}

@@ -1,0 +1,345 @@
+//! `pinstream run`: the engine from the command line.
+//!
+//! Loads the config (the embedded default, or `--config FILE`), starts the engine and its
+//! admin endpoint, prints where it listens and what it pinned, then one status line per
+//! second. SIGINT or SIGTERM stops it cleanly: intake stops, the lanes drain, the logs are
+//! synced, the last acknowledgements go out, exit 0. A second signal exits at once (130).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pinstream_core::event::Lane;
+use pinstream_core::reason::Reason;
+use pinstream_host::admin::{self, AdminOptions, AdminServer};
+use pinstream_host::config::{Config, DEFAULT_TOML};
+use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineStats};
+use pinstream_host::pin;
+
+use crate::Failure;
+
+/// `pinstream run` flags.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// TOML config file. Every key is optional; without a file the embedded default is used
+    /// (print it with --print-default-config): loopback addresses 127.0.0.1:7070 (TCP),
+    /// :7071 (UDP), :9090 (admin), data in ./pinstream-data, durable acks, 1 ms group commit.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the embedded default config (every key, with its meaning) and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// Seconds between status lines on stdout; 0 turns them off.
+    #[arg(long, default_value_t = 1, value_name = "SECS")]
+    status_every: u64,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        Self {
+            config: None,
+            print_default_config: false,
+            status_every: 1,
+        }
+    }
+}
+
+/// Exit code after a second signal.
+const FORCED_EXIT: i32 = 130;
+
+/// Prints a line on stdout; a closed stdout (`pinstream run | head`) stops the printing,
+/// never the engine.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*).and_then(|()| out.flush());
+    }};
+}
+
+/// Runs the engine until a signal.
+///
+/// # Errors
+/// A bad config (exit 2), an engine that cannot start (exit 3), a failure while running
+/// (exit 1).
+pub fn main(args: &RunArgs) -> Result<(), Failure> {
+    if args.print_default_config {
+        print!("{DEFAULT_TOML}");
+        return Ok(());
+    }
+    let (config, warnings) = match &args.config {
+        Some(path) => Config::load_checked(path).map_err(|e| Failure::usage(e.to_string()))?,
+        None => {
+            let c = Config::embedded_default();
+            let w = c.validate().map_err(|e| Failure::usage(e.to_string()))?;
+            (c, w)
+        }
+    };
+    for w in &warnings {
+        eprintln!("pinstream: warning: {w}");
+    }
+    let mut engine_cfg = EngineConfig::from_config(&config).map_err(Failure::usage)?;
+    let origin = args.config.as_ref().map_or_else(
+        || "the embedded default config".to_string(),
+        |p| p.display().to_string(),
+    );
+    say!("pinstream {} on {origin}", env!("CARGO_PKG_VERSION"));
+
+    // Too few CPUs to pin two engine threads: run overprovisioned, and say so. With the
+    // embedded default (CPUs 0 and 1), take the first two CPUs this process may use when
+    // 0 or 1 is not among them (taskset, a container's cpuset).
+    if !engine_cfg.placement.overprovisioned {
+        match pin::current_affinity() {
+            Ok(cpus)
+                if args.config.is_none()
+                    && cpus.len() >= 2
+                    && !(cpus.contains(&0) && cpus.contains(&1)) =>
+            {
+                engine_cfg.placement.ingest_cpu = cpus[0];
+                engine_cfg.placement.process_cpu = cpus[1];
+                say!(
+                    "CPUs 0 and 1 are not both allowed: pinning to CPUs {} and {} instead",
+                    cpus[0],
+                    cpus[1]
+                );
+            }
+            Ok(cpus) if cpus.len() < 2 => {
+                say!(
+                    "only {} CPU(s) allowed ({cpus:?}): running overprovisioned (no pinning, no busy polling)",
+                    cpus.len()
+                );
+                engine_cfg.placement.overprovisioned = true;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                say!("cannot read the CPU mask ({e}): running overprovisioned");
+                engine_cfg.placement.overprovisioned = true;
+            }
+        }
+    }
+
+    let signals = Signals::install()?;
+    let handle = Engine::start(engine_cfg.clone()).map_err(|e| match e {
+        EngineError::Config(msg) if msg.contains("engine.ingest_cpu") => Failure::start(format!(
+            "{msg} (or set engine.overprovisioned = true to run without pinning)"
+        )),
+        EngineError::Socket { .. } => Failure::start(format!(
+            "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
+        )),
+        EngineError::Storage(_) => Failure::start(format!(
+            "{e} (check that storage.dir = {} is writable)",
+            engine_cfg.data_dir.display()
+        )),
+        other => Failure::start(other.to_string()),
+    })?;
+    let stats = Arc::clone(handle.stats());
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            let source: Arc<dyn admin::AdminSource> = stats.clone();
+            match AdminServer::new(AdminOptions::from_config(&config.admin)).start(addr, source) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let _ = handle.stop();
+                    return Err(Failure::start(format!(
+                        "cannot serve the admin endpoint on {addr}: {e} (change admin.listen, or \"off\")"
+                    )));
+                }
+            }
+        }
+        None => None,
+    };
+
+    let show =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+    // One stable line for scripts and tests, then the details.
+    say!(
+        "listening tcp={} udp={} admin={}",
+        show(handle.started.tcp),
+        show(handle.started.udp),
+        show(admin.as_ref().map(admin::AdminHandle::local_addr))
+    );
+    say!(
+        "data {} (durability {}, acks {}), {} topic(s)",
+        engine_cfg.data_dir.display(),
+        config.storage.durability.as_str(),
+        config.engine.ack.as_str(),
+        engine_cfg.topics.len()
+    );
+    for report in &handle.started.recovery {
+        say!("{report}");
+    }
+    for note in &handle.started.placement {
+        say!("placement: {note}");
+    }
+    // The threads report their pinning as they start (one note each).
+    let until = Instant::now() + Duration::from_secs(5);
+    while stats.placement.lock().map_or(0, |n| n.len()) < 2 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for note in stats
+        .placement
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        say!("placement: {note}");
+    }
+    let _ = std::io::stdout().flush();
+
+    let mut status = Status::new(&stats);
+    let every = Duration::from_secs(args.status_every);
+    let mut next = Instant::now() + every;
+    let mut failed: Option<String> = None;
+    while !signals.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if args.status_every != 0 && Instant::now() >= next {
+            next += every;
+            say!("{}", status.line(&stats));
+            let _ = std::io::stdout().flush();
+        }
+        let error = stats
+            .storage_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(e) = error {
+            failed = Some(e);
+            break;
+        }
+    }
+    match &failed {
+        Some(e) => eprintln!("pinstream: storage failed: {e}; stopping"),
+        None => say!("stopping: intake closed, draining the lanes, syncing the logs"),
+    }
+    if let Some(a) = admin {
+        a.stop();
+    }
+    let t0 = Instant::now();
+    let result = handle.stop();
+    say!(
+        "stopped in {:.1} s: {} events in, {} stored, {} dead-lettered, {} rejected",
+        t0.elapsed().as_secs_f64(),
+        stats.dispatch.ingested.get(),
+        stats.process.stored.get(),
+        dead_lettered(&stats),
+        rejected(&stats)
+    );
+    match (failed, result) {
+        (Some(e), _) => Err(Failure::runtime(format!(
+            "storage failed: {e} (acknowledged events are safe; restart to recover the logs)"
+        ))),
+        (None, Err(e)) => Err(Failure::runtime(e.to_string())),
+        (None, Ok(())) => Ok(()),
+    }
+}
+
+/// SIGINT / SIGTERM: the first sets `stop`, the second exits at once.
+struct Signals {
+    stop: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Failure> {
+        let stop = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // Order matters: the conditional exit sees the flag as it was before this
+            // signal, so only a second signal exits.
+            signal_hook::flag::register_conditional_shutdown(
+                signal,
+                FORCED_EXIT,
+                Arc::clone(&stop),
+            )
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)))
+            .map_err(|e| Failure::start(format!("cannot install the signal handlers: {e}")))?;
+        }
+        Ok(Self { stop })
+    }
+}
+
+fn dead_lettered(stats: &EngineStats) -> u64 {
+    Reason::ALL
+        .iter()
+        .filter(|r| !r.is_rejection())
+        .map(|&r| stats.dispatch.reason(r).get() + stats.process.reason(r).get())
+        .sum()
+}
+
+fn rejected(stats: &EngineStats) -> u64 {
+    Reason::ALL
+        .iter()
+        .filter(|r| r.is_rejection())
+        .map(|&r| stats.dispatch.reason(r).get())
+        .sum()
+}
+
+/// The live status line: rates over the last interval.
+struct Status {
+    started: Instant,
+    last: Instant,
+    ingested: u64,
+    stored: u64,
+    dead: u64,
+}
+
+impl Status {
+    fn new(stats: &EngineStats) -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last: now,
+            ingested: stats.dispatch.ingested.get(),
+            stored: stats.process.stored.get(),
+            dead: dead_lettered(stats),
+        }
+    }
+
+    fn line(&mut self, stats: &EngineStats) -> String {
+        let now = Instant::now();
+        let secs = now.duration_since(self.last).as_secs_f64().max(1e-3);
+        let (ingested, stored, dead) = (
+            stats.dispatch.ingested.get(),
+            stats.process.stored.get(),
+            dead_lettered(stats),
+        );
+        let rate = |now: u64, before: u64| rate(now.saturating_sub(before) as f64 / secs);
+        let acks = stats.ack_latency.summary();
+        let q = |i: usize| {
+            acks.quantiles
+                .get(i)
+                .map_or(0.0, |&(_, ns)| ns as f64 / 1e6)
+        };
+        let d = |lane: Lane| stats.lane_depths[lane.index()].get();
+        let line = format!(
+            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} ack p50 {:.2} ms p99 {:.2} ms (since start)",
+            now.duration_since(self.started).as_secs_f64(),
+            rate(ingested, self.ingested),
+            rate(stored, self.stored),
+            rate(dead, self.dead),
+            d(Lane::Realtime),
+            d(Lane::Transactional),
+            d(Lane::Batch),
+            stats.control.level().name(),
+            stats.host.tcp_open.get(),
+            q(QUANTILE_P50),
+            q(QUANTILE_P99),
+        );
+        (self.last, self.ingested, self.stored, self.dead) = (now, ingested, stored, dead);
+        line
+    }
+}
+
+/// Indices of p50 and p99 in [`pinstream_host::stats::SUMMARY_QUANTILES`].
+const QUANTILE_P50: usize = 0;
+const QUANTILE_P99: usize = 2;
+
+/// `1.23M`, `45.6k`, `789`.
+fn rate(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}

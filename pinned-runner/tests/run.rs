@@ -1,0 +1,420 @@
+//! `pinstream run` as a user runs it: the real binary on ephemeral loopback ports, events
+//! over TCP, SIGTERM, `kill -9` and a restart, exit codes, and a memory soak.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pinstream_core::event::{EventHeader, Priority};
+use pinstream_host::engine::LOG_NAMES;
+use pinstream_host::storage::LogReader;
+use pinstream_tests::TempDir;
+use pinstream_tests::client::Client;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A running `pinstream run`, killed on drop (a failed test leaves no process behind).
+struct Runner {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    tcp: SocketAddr,
+}
+
+impl Runner {
+    /// Starts `pinstream run --config <dir>/config.toml` with `extra` TOML appended to a base
+    /// that listens on ephemeral loopback ports and stores in `dir/data`.
+    fn start(dir: &Path, extra: &str) -> Self {
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[engine]\noverprovisioned = true\n{extra_engine}\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+                 [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [storage]\ndir = \"{}\"\n{extra_storage}\n",
+                dir.join("data").display(),
+                extra_engine = section(extra, "engine"),
+                extra_storage = section(extra, "storage"),
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut runner = Self {
+            child,
+            lines,
+            tcp: "127.0.0.1:1".parse().unwrap(),
+        };
+        let line = runner.wait_line("listening tcp=");
+        let tcp = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("tcp="))
+            .unwrap();
+        runner.tcp = tcp.parse().unwrap();
+        runner
+    }
+
+    /// The first output line containing `needle` (waits for it).
+    fn wait_line(&mut self, needle: &str) -> String {
+        let until = Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "pinstream exited ({status}) before printing {needle:?}:\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < until,
+                "no {needle:?} in\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Waits for the exit status (panics after `WAIT`).
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let until = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < until, "still running:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines of `extra` under `[name]` (a tiny helper for the tests' config snippets).
+fn section(extra: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in extra.lines() {
+        if let Some(h) = line.strip_prefix('[') {
+            inside = h.trim_end_matches(']') == name;
+        } else if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn realtime_records(data: &Path) -> Vec<u64> {
+    let mut reader = LogReader::open(&data.join(LOG_NAMES[0])).unwrap();
+    let mut ids = Vec::new();
+    while let Some(r) = reader.next_record() {
+        let r = r.expect("every record CRC-valid");
+        match pinstream_host::storage::record::decode(r.kind, &r.body).unwrap() {
+            pinstream_host::storage::record::RecordBody::Event(e) => ids.push(e.header.id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ids
+}
+
+fn frame(seq: u64, n: u64) -> Vec<u8> {
+    let events: Vec<_> = (0..n)
+        .map(|i| EventHeader::new(seq * 1000 + i, 0, Priority::High, 0))
+        .collect();
+    Client::batch(seq, &events, |_| vec![7; 100])
+}
+
+#[test]
+fn run_stores_acks_and_stops_cleanly_on_sigterm() {
+    let dir = TempDir::new("run-sigterm");
+    let mut runner = Runner::start(dir.path(), "");
+    let mut client = Client::connect(runner.tcp).unwrap();
+    client.hello().unwrap();
+    for seq in 1..=50 {
+        client.send(&frame(seq, 20)).unwrap();
+    }
+    let (ack, _) = client.wait_ack(50, WAIT).unwrap();
+    assert_eq!(ack.stored, 1000);
+    // A status line appears every second.
+    runner.wait_line(" ack p50 ");
+    // Keep sending while SIGTERM arrives: everything acknowledged is in the log afterwards.
+    let sender = std::thread::spawn(move || {
+        let mut last = ack;
+        for seq in 51..=100_000 {
+            if client.send(&frame(seq, 20)).is_err() {
+                break;
+            }
+            // Read what is there without blocking the sender for long.
+            let _ = client
+                .stream
+                .set_read_timeout(Some(Duration::from_millis(1)));
+            while let Ok(pinstream_tests::client::Reply::Ack(a)) = client.next_reply() {
+                last = a;
+            }
+        }
+        // After the server closed: the last ACKs it sent are still readable.
+        let _ = client.stream.set_read_timeout(Some(Duration::from_secs(5)));
+        while let Ok(reply) = client.next_reply() {
+            if let pinstream_tests::client::Reply::Ack(a) = reply {
+                last = a;
+            }
+        }
+        last
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    runner.signal(libc::SIGTERM);
+    let status = runner.wait();
+    assert!(status.success(), "{status}\n{}", runner.output());
+    let last = sender.join().unwrap();
+    runner.wait_line("stopped in");
+    let stored = realtime_records(&dir.path().join("data"));
+    assert!(
+        stored.len() as u64 >= last.stored,
+        "{} in the log, {} acknowledged",
+        stored.len(),
+        last.stored
+    );
+    assert!(
+        last.stored > 1000,
+        "events were acknowledged during the run"
+    );
+}
+
+#[test]
+fn kill_9_then_restart_keeps_every_event_acknowledged_durable() {
+    let dir = TempDir::new("run-kill9");
+    let extra = "[storage]\ndurability = \"always\"\n";
+    let mut runner = Runner::start(dir.path(), extra);
+    let mut client = Client::connect(runner.tcp).unwrap();
+    let _ = client
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(2)));
+    let mut last = None;
+    let t0 = Instant::now();
+    let mut seq = 0;
+    // Under load: frames stream in while ACKs are read as they come.
+    while t0.elapsed() < Duration::from_millis(1500) {
+        seq += 1;
+        client.send(&frame(seq, 20)).unwrap();
+        while let Ok(pinstream_tests::client::Reply::Ack(a)) = client.next_reply() {
+            last = Some(a);
+        }
+    }
+    runner.signal(libc::SIGKILL);
+    let _ = runner.wait();
+    let acked = last.expect("some frames were acknowledged before the kill");
+    assert!(acked.stored > 0);
+    // A kill -9 rarely tears a record (the kernel has every completed write); tear one the
+    // way a power cut can: half a record's worth of bytes at the end of the last segment.
+    let realtime = dir.path().join("data").join(LOG_NAMES[0]);
+    let mut segments: Vec<_> = std::fs::read_dir(&realtime)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let last_segment = segments.last().unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(last_segment)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[0x5A; 37]).unwrap();
+    drop(f);
+
+    // Restart on the same data: recovery reports on every log, the engine serves again.
+    let mut again = Runner::start(dir.path(), extra);
+    for name in LOG_NAMES {
+        again.wait_line(&format!(
+            "recovered {}",
+            dir.path().join("data").join(name).display()
+        ));
+    }
+    let mut client = Client::connect(again.tcp).unwrap();
+    client.send(&frame(1_000_000, 1)).unwrap();
+    client.wait_ack(1_000_000, WAIT).unwrap();
+    again.signal(libc::SIGTERM);
+    assert!(again.wait().success());
+    drop(again);
+    // Every acknowledged event is there, CRC-valid, once.
+    let ids = realtime_records(&dir.path().join("data"));
+    let mut seen = std::collections::HashSet::new();
+    for id in &ids {
+        assert!(seen.insert(*id), "event {id} stored twice");
+    }
+    for s in 1..=acked.through_seq {
+        for i in 0..20 {
+            assert!(
+                seen.contains(&(s * 1000 + i)),
+                "acknowledged event {} missing",
+                s * 1000 + i
+            );
+        }
+    }
+}
+
+/// Runs `pinstream` with `args` to completion, killing it after `WAIT` (a regression that
+/// lets it start must fail the test, not hang it).
+fn run_to_exit(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("pinstream {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn bad_config_and_taken_ports_are_clear_errors() {
+    let dir = TempDir::new("run-errors");
+    // An unknown key: exit 2, the key named.
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[tcp]\nlisen = \"127.0.0.1:0\"\n").unwrap();
+    let out = run_to_exit(&["run".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lisen"), "{err}");
+
+    // A TCP port already taken: exit 3, the address named.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = dir.path().join("taken.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"{addr}\"\n[udp]\nlisten = \"off\"\n\
+             [admin]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = run_to_exit(&["run".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr.to_string()), "{err}");
+
+    // A data directory that cannot be created: exit 3, the path named.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let config = dir.path().join("nodir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:0\"\n[udp]\nlisten = \"off\"\n\
+             [admin]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
+            blocker.join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = run_to_exit(&["run".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage.dir"), "{err}");
+
+    // --print-default-config prints the embedded default, which parses.
+    let out = run_to_exit(&["run".as_ref(), "--print-default-config".as_ref()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    pinstream_host::config::Config::from_toml(&text, "printed").unwrap();
+}
+
+/// RSS in KiB, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn memory_stays_flat_at_a_fixed_rate() {
+    // PINSTREAM_SOAK_SECS sets the length (the test command runs it for 120 s).
+    let secs: u64 = std::env::var("PINSTREAM_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let dir = TempDir::new("run-soak");
+    let runner = Runner::start(dir.path(), "");
+    let pid = runner.child.id();
+    let mut client = Client::connect(runner.tcp).unwrap();
+    // 20 000 events/s in frames of 20, acknowledged as they go.
+    let mut seq = 0u64;
+    let mut samples = Vec::new();
+    let t0 = Instant::now();
+    let warm = Duration::from_secs(3);
+    let mut next_sample = t0 + warm;
+    while t0.elapsed() < warm + Duration::from_secs(secs) {
+        let tick = Instant::now();
+        for _ in 0..20 {
+            seq += 1;
+            client.send(&frame(seq, 20)).unwrap();
+        }
+        client.wait_ack(seq, WAIT).unwrap();
+        if Instant::now() >= next_sample {
+            samples.push(rss_kib(pid));
+            next_sample += Duration::from_secs(1);
+        }
+        if let Some(rest) = Duration::from_millis(20).checked_sub(tick.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    let first = samples[0];
+    let max = *samples.iter().max().unwrap();
+    // Memory is sized at start-up: after warm-up RSS may move by page-cache-free noise
+    // (a few hundred KiB), not grow with the events stored.
+    assert!(
+        max <= first + first / 50 + 1024,
+        "RSS grew from {first} KiB to {max} KiB over {secs} s ({seq} frames): {samples:?}"
+    );
+}
