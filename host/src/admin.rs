@@ -136,8 +136,9 @@ impl Health {
     }
 }
 
-/// Appends `s` as a JSON string literal.
-fn json_string(out: &mut String, s: &str) {
+/// Appends `s` as a JSON string literal (RFC 8259 escapes); shared with the command line's
+/// JSON output.
+pub fn json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

@@ -228,17 +228,7 @@ impl EngineConfig {
         let park = Duration::from_micros(e.idle_park_us);
         Ok(Self {
             tcp: c.tcp.listen,
-            tcp_limits: TcpLimits {
-                max_connections: c.tcp.max_connections,
-                max_frame_len: usize::try_from(c.tcp.max_frame_len).unwrap_or(usize::MAX),
-                recv_buffer: usize::try_from(c.tcp.recv_buffer).unwrap_or(usize::MAX),
-                send_buffer: usize::try_from(c.tcp.send_buffer).unwrap_or(usize::MAX),
-                inflight_frames: c.tcp.inflight_frames,
-                inflight_events: c.tcp.inflight_events as u64,
-                max_rejects: c.tcp.max_rejects,
-                idle_timeout: c.tcp.idle_timeout(),
-                stall_timeout: c.tcp.stall_timeout(),
-            },
+            tcp_limits: TcpLimits::from_config(&c.tcp),
             udp: c.udp.listen.map(|a| (a, c.udp.batch, c.udp.max_datagram)),
             ack: match e.ack {
                 A::None => AckMode::None,

@@ -36,6 +36,8 @@ use pinstream_host::engine::LOG_NAMES;
 use pinstream_host::storage::record::{self, RecordBody, RecordError};
 use pinstream_host::storage::{LogReader, RECORD_HEADER_LEN, StorageError, StoredRecord};
 
+use pinstream_host::admin::json_string;
+
 use crate::Failure;
 
 /// `pinstream log` flags.
@@ -374,25 +376,6 @@ impl Json {
         self.0.push('}');
         std::mem::take(&mut self.0)
     }
-}
-
-/// Appends `s` as a JSON string (RFC 8259 escapes).
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// One record as a line of text or JSON; the error when its body does not decode.

@@ -148,19 +148,27 @@ pub struct TcpLimits {
     pub stall_timeout: Duration,
 }
 
-impl Default for TcpLimits {
-    fn default() -> Self {
+impl TcpLimits {
+    /// The limits a `[tcp]` config section sets.
+    pub fn from_config(t: &crate::config::TcpConfig) -> Self {
         Self {
-            max_connections: 1024,
-            max_frame_len: 65_536,
-            recv_buffer: 262_144,
-            send_buffer: 65_536,
-            inflight_frames: 1024,
-            inflight_events: 65_536,
-            max_rejects: 100,
-            idle_timeout: Duration::from_secs(300),
-            stall_timeout: Duration::from_secs(10),
+            max_connections: t.max_connections,
+            max_frame_len: usize::try_from(t.max_frame_len).unwrap_or(usize::MAX),
+            recv_buffer: usize::try_from(t.recv_buffer).unwrap_or(usize::MAX),
+            send_buffer: usize::try_from(t.send_buffer).unwrap_or(usize::MAX),
+            inflight_frames: t.inflight_frames,
+            inflight_events: t.inflight_events as u64,
+            max_rejects: t.max_rejects,
+            idle_timeout: t.idle_timeout(),
+            stall_timeout: t.stall_timeout(),
         }
+    }
+}
+
+impl Default for TcpLimits {
+    /// The embedded default config's `[tcp]` limits.
+    fn default() -> Self {
+        Self::from_config(&crate::config::TcpConfig::default())
     }
 }
 
