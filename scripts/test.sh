@@ -117,7 +117,7 @@ main_job() {
     (cd "$dir" && exec "$bin" run) > "$dir/run.log" 2>&1 &
     pid=$!
     # However this step ends, the engine does not outlive it.
-    trap 'kill -9 "$pid" 2>/dev/null; rm -rf "$dir"; trap - RETURN' RETURN
+    trap 'kill -9 "$pid" 2>/dev/null || true; rm -rf "$dir"; trap - RETURN' RETURN
     for _ in $(seq 150); do
         grep -q '^listening' "$dir/run.log" && break
         kill -0 "$pid" 2>/dev/null || break
