@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use pinstream_core::accounting::Accounting;
 use pinstream_core::event::Lane;
-use pinstream_core::reason::Reason;
 use pinstream_host::admin::{self, AdminOptions, AdminServer};
 use pinstream_host::config::{Config, DEFAULT_TOML};
 use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineStats};
@@ -222,8 +222,8 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         t0.elapsed().as_secs_f64(),
         stats.dispatch.ingested.get(),
         stats.process.stored.get(),
-        dead_lettered(&stats),
-        rejected(&stats)
+        books(&stats).dead_lettered,
+        books(&stats).rejected
     );
     match (failed, result) {
         (Some(e), _) => Err(Failure::runtime(format!(
@@ -257,20 +257,9 @@ impl Signals {
     }
 }
 
-fn dead_lettered(stats: &EngineStats) -> u64 {
-    Reason::ALL
-        .iter()
-        .filter(|r| !r.is_rejection())
-        .map(|&r| stats.dispatch.reason(r).get() + stats.process.reason(r).get())
-        .sum()
-}
-
-fn rejected(stats: &EngineStats) -> u64 {
-    Reason::ALL
-        .iter()
-        .filter(|r| r.is_rejection())
-        .map(|&r| stats.dispatch.reason(r).get())
-        .sum()
+/// Outcomes summed over the dispatcher and the processors.
+fn books(stats: &EngineStats) -> Accounting {
+    Accounting::of(&[&stats.dispatch, &stats.process])
 }
 
 /// The live status line: rates over the last interval.
@@ -290,7 +279,7 @@ impl Status {
             last: now,
             ingested: stats.dispatch.ingested.get(),
             stored: stats.process.stored.get(),
-            dead: dead_lettered(stats),
+            dead: books(stats).dead_lettered,
         }
     }
 
@@ -300,7 +289,7 @@ impl Status {
         let (ingested, stored, dead) = (
             stats.dispatch.ingested.get(),
             stats.process.stored.get(),
-            dead_lettered(stats),
+            books(stats).dead_lettered,
         );
         let rate = |now: u64, before: u64| rate(now.saturating_sub(before) as f64 / secs);
         let acks = stats.ack_latency.summary();

@@ -506,10 +506,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 }
             }
         }
-        let watermark = self.shared.batch_resolved.load(Ordering::Acquire);
-        if watermark != self.batch_watermark {
-            self.batch_watermark = watermark;
-        }
+        self.batch_watermark = self.shared.batch_resolved.load(Ordering::Acquire);
         work
     }
 
@@ -872,9 +869,12 @@ fn dispatch_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
     }
     track.events = track.pending + track.batch_events + track.dead + track.rejected;
     if ack == AckMode::Accepted {
-        track.stored = track.pending + track.batch_events;
-        track = Track::settled(seq, track.stored, track.dead, track.rejected);
-        track.tick = now;
+        // In a lane counts as stored: the frame is settled now.
+        let queued = track.pending + track.batch_events;
+        track = Track {
+            tick: now,
+            ..Track::settled(seq, queued, track.dead, track.rejected)
+        };
     }
     settle(conn, ack, track);
 }
