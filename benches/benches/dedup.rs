@@ -123,12 +123,12 @@ fn verdict(new: bool) -> Verdict {
     }
 }
 
-/// `Full` verdicts and calls of the miss benches since the last [`report_fulls`]: `Full` is
+/// `NewEvicting` verdicts (the table was full) and calls of the miss benches since the last [`report_fulls`]: `Full` is
 /// legitimate (all 16 probe slots live) but should stay rare; it is counted, not hidden.
 static FULLS: AtomicU64 = AtomicU64::new(0);
 static MISS_CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// Verdicts of fresh keys: `Duplicate` is a bug (panics), `Full` is counted.
+/// Verdicts of fresh keys: `Duplicate` is a bug (panics), `NewEvicting` is counted.
 #[derive(Default)]
 struct Tally {
     calls: u64,
@@ -141,7 +141,7 @@ impl Tally {
     fn add(&mut self, v: Verdict) {
         self.calls += 1;
         self.duplicates += u64::from(v == Verdict::Duplicate);
-        self.fulls += u64::from(v == Verdict::Full);
+        self.fulls += u64::from(matches!(v, Verdict::NewEvicting { .. }));
     }
 
     fn check(self) {
@@ -151,12 +151,12 @@ impl Tally {
     }
 }
 
-/// Prints how many `Full` verdicts the last bench saw (if any) and resets the counters.
+/// Prints how many `NewEvicting` verdicts the last bench saw (if any) and resets the counters.
 fn report_fulls(bench: &str) {
     let fulls = FULLS.swap(0, Ordering::Relaxed);
     let calls = MISS_CALLS.swap(0, Ordering::Relaxed);
     if fulls > 0 {
-        eprintln!("note: {bench}: {fulls} Full verdicts in {calls} calls");
+        eprintln!("note: {bench}: {fulls} evictions (table full) in {calls} calls");
     }
 }
 

@@ -3,14 +3,16 @@
 //! Every unit that enters the engine is resolved exactly once:
 //!
 //! ```text
-//! ingested == stored + dead_lettered + rejected + in_flight
+//! ingested == stored + duplicates + dead_lettered + rejected + in_flight
 //! ```
 //!
 //! A unit is one event of a well-formed frame, or one malformed frame (which cannot be split
 //! into events). `in_flight` counts events still inside the engine: in a lane, waiting for a
 //! sink retry, or folded into an aggregation window not yet closed. Once the engine is
 //! drained (`in_flight == 0`) the invariant is the one the design promises:
-//! `ingested == stored + dead_lettered + rejected`, and per reason.
+//! `ingested == stored + duplicates + dead_lettered + rejected`, and per reason. A duplicate
+//! is an event whose id the transactional lane had already stored within its window: it is
+//! not stored again, and it is not a dead letter either (the producer's event *is* stored).
 //!
 //! Each stage (a dispatcher, the processors) writes its own [`StageCounters`]; counters are
 //! single-writer (a relaxed load and store, no read-modify-write) and readable from any
@@ -44,6 +46,10 @@ pub struct StageCounters {
     pub aggregates: Counter,
     /// Sink hand-offs that failed and were scheduled again.
     pub sink_retries: Counter,
+    /// Entries the transactional lane's dedup table evicted before their window ended to
+    /// record a new id (its effective window shrank; see
+    /// [`Verdict::NewEvicting`](crate::dedup::Verdict::NewEvicting)).
+    pub dedup_evictions: Counter,
     /// Dead letters counted but not written to the dead-letter ring because it was full
     /// (the count by reason still includes them; only the record is missing).
     pub dead_letter_overflow: Counter,
@@ -65,6 +71,7 @@ impl StageCounters {
                 alerts: Counter::new(),
                 aggregates: Counter::new(),
                 sink_retries: Counter::new(),
+                dedup_evictions: Counter::new(),
                 dead_letter_overflow: Counter::new(),
                 lane_wait: Histogram::new(),
             }
@@ -106,7 +113,9 @@ pub struct Accounting {
     pub ingested: u64,
     /// Events stored.
     pub stored: u64,
-    /// Units dead-lettered (sum of the dead-letter reasons).
+    /// Events not stored again because an event with their id is (reason `duplicate`).
+    pub duplicates: u64,
+    /// Units dead-lettered (sum of the dead-letter reasons but `duplicate`).
     pub dead_lettered: u64,
     /// Units rejected (sum of the rejection reasons).
     pub rejected: u64,
@@ -126,6 +135,8 @@ impl Accounting {
                 a.by_reason[r.index()] += n;
                 if r.is_rejection() {
                     a.rejected += n;
+                } else if r.is_duplicate() {
+                    a.duplicates += n;
                 } else {
                     a.dead_lettered += n;
                 }
@@ -139,12 +150,12 @@ impl Accounting {
         self.by_reason[reason.index()]
     }
 
-    /// Units accounted for: stored, dead-lettered or rejected.
+    /// Units accounted for: stored, duplicates, dead-lettered or rejected.
     pub const fn resolved(&self) -> u64 {
-        self.stored + self.dead_lettered + self.rejected
+        self.stored + self.duplicates + self.dead_lettered + self.rejected
     }
 
-    /// Checks `ingested == stored + dead_lettered + rejected + in_flight`.
+    /// Checks `ingested == stored + duplicates + dead_lettered + rejected + in_flight`.
     ///
     /// # Errors
     /// [`Imbalance`] with both sides when the books do not balance.
@@ -167,7 +178,7 @@ impl Accounting {
 pub struct Imbalance {
     /// Units that entered.
     pub ingested: u64,
-    /// Stored + dead-lettered + rejected + in flight.
+    /// Stored + duplicates + dead-lettered + rejected + in flight.
     pub accounted: u64,
 }
 
@@ -175,7 +186,7 @@ impl fmt::Display for Imbalance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "accounting imbalance: {} ingested but {} stored, dead-lettered, rejected or in flight",
+            "accounting imbalance: {} ingested but {} stored, duplicates, dead-lettered, rejected or in flight",
             self.ingested, self.accounted
         )
     }

@@ -6,8 +6,9 @@
 //!   thread is inserting it right now. That thread reports `New`, except in one edge: when
 //!   the callers' clocks disagree and the key's previous entry is live for the inserter but
 //!   expired for us, both answer `Duplicate` (the earlier sighting still counts for one).
-//! - [`Verdict::Full`]: the key is not present, and every slot it may occupy holds a live key;
-//!   nothing was recorded. Never a false `New` for a key that is present.
+//! - [`Verdict::NewEvicting`]: the key is not present, and every slot it may occupy holds a
+//!   live key: it is recorded in place of the oldest of them, which is forgotten early. Never
+//!   a false `New` for a key that is present, and never a refusal.
 //!
 //! ## The window
 //! It counts from a key's **first sighting**, and a repeat does **not** extend it: a key
@@ -21,11 +22,12 @@
 //! `N` slots (a power of two), 24 bytes each, fixed: memory never grows with distinct keys.
 //! A key hashes to a home slot (a multiple of 8) and may live in any of the `PROBE` slots
 //! from there (linear probing, `PROBE` = 16 by default). Expired entries are reused in
-//! place. A key whose `PROBE` slots all hold live keys gets `Full`: size `N` at about four
-//! times the keys live within one window and `Full` stays rare (measured: about 1 in 3
-//! million inserts at a quarter full, `cargo bench -p pinstream-benches --bench dedup`).
-//! `Full` records nothing; the caller decides what it means (count it, then pass the event on
-//! unchecked or dead-letter it with that reason), never silently.
+//! place. A key whose `PROBE` slots all hold live keys takes the slot of the oldest of them
+//! ([`Verdict::NewEvicting`], with that key's age): the table never refuses a key, it
+//! remembers less far back. Size `N` at about four times the keys live within one window
+//! and evictions stay rare (measured: about 1 in 3 million inserts at a quarter full,
+//! `cargo bench -p pinstream-benches --bench dedup`); past that, the evicted ages say how far
+//! back it still remembers (the host exports the youngest as its effective window).
 //!
 //! ## Concurrency
 //! Any number of threads may call `check_and_insert` at once. Each slot is one 128-bit atomic
@@ -76,8 +78,21 @@ pub enum Verdict {
     New,
     /// First seen less than `window` ticks ago.
     Duplicate,
-    /// Not present, and no slot could take it: all its probe slots hold live keys.
-    Full,
+    /// Not present, and every slot it may occupy held a live key: recorded now in place of
+    /// the oldest of them, first seen `evicted_age` ticks ago, which is forgotten before its
+    /// window ends (a repeat of that key would now be `New`). The table remembered keys for
+    /// at least `evicted_age` ticks here: its effective window.
+    NewEvicting {
+        /// Age in ticks of the evicted sighting (below the window).
+        evicted_age: u64,
+    },
+}
+
+impl Verdict {
+    /// Whether the key was recorded as new (`New` or `NewEvicting`).
+    pub const fn is_new(self) -> bool {
+        !matches!(self, Verdict::Duplicate)
+    }
 }
 
 // Slot word layout: key in the high 64 bits; low 64 bits = state (2 bits) | tick (62 bits).
@@ -203,6 +218,14 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
         age < self.window || age > MAX_WINDOW
     }
 
+    /// The age at `now` of an entry first seen at `tick`; 0 when `now` is behind `tick`
+    /// (clocks disagreeing count as brand new, see [`live`](Self::live)).
+    #[inline(always)]
+    fn age(&self, tick: u64, now: u64) -> u64 {
+        let age = now.wrapping_sub(tick) & TICK_MASK;
+        if age > MAX_WINDOW { 0 } else { age }
+    }
+
     /// [`check_and_insert`](Self::check_and_insert) for a caller that owns the table
     /// (`&mut self`, e.g. the one processor thread that deduplicates a lane): the same answers
     /// and the same slot format, through plain reads and writes instead of atomic
@@ -219,6 +242,8 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
             let home = Self::home(key);
             let wanted = fingerprint(key);
             let mut free = None;
+            // The oldest live entry seen, (age, index): the victim when nothing is free.
+            let mut oldest: Option<(u64, usize)> = None;
             for dist in 0..Self::PROBE_LEN {
                 let index = (home + dist) & Self::MASK;
                 let t = self.tags.0[index].with_mut(|t| *t);
@@ -238,14 +263,24 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                     if !live && free.is_none() {
                         free = Some(index);
                     }
+                    if live {
+                        let age = self.age(e.tick, now);
+                        if oldest.is_none_or(|(a, _)| age > a) {
+                            oldest = Some((age, index));
+                        }
+                    }
                 }
             }
-            let Some(index) = free else {
-                return Verdict::Full;
+            // With no free slot every slot of the window was read above (`free` was None),
+            // so `oldest` is the oldest live key of the window.
+            let (index, verdict) = match (free, oldest) {
+                (Some(index), _) => (index, Verdict::New),
+                (None, Some((evicted_age, index))) => (index, Verdict::NewEvicting { evicted_age }),
+                (None, None) => unreachable!("a window without a free slot holds live keys"),
             };
             self.slots.0[index].with_mut(|w| *w = encode(key, COMMITTED, now));
             self.tags.0[index].with_mut(|t| *t = next_tag(*t, key));
-            Verdict::New
+            verdict
         }
     }
 
@@ -330,8 +365,10 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                 return Verdict::Duplicate;
             }
 
-            // 2. The first slot we may take: EMPTY, TOMBSTONE, or committed and expired.
+            // 2. The first slot we may take: EMPTY, TOMBSTONE, or committed and expired;
+            // failing that, the oldest committed live entry, evicted.
             let mut free = None;
+            let mut oldest: Option<(u64, usize, usize, u128)> = None;
             for dist in 0..Self::PROBE_LEN {
                 let index = (home + dist) & Self::MASK;
                 let word = self.slots.0[index].load(Ordering::SeqCst);
@@ -345,9 +382,22 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                     free = Some((dist, index, word));
                     break;
                 }
+                if e.state == COMMITTED {
+                    let age = self.age(e.tick, now);
+                    if oldest.is_none_or(|(a, ..)| age > a) {
+                        oldest = Some((age, dist, index, word));
+                    }
+                }
             }
-            let Some((dist, index, seen)) = free else {
-                return Verdict::Full;
+            let (dist, index, seen, evicted) = match (free, oldest) {
+                (Some((dist, index, word)), _) => (dist, index, word, None),
+                (None, Some((age, dist, index, word))) => (dist, index, word, Some(age)),
+                (None, None) => {
+                    // Every slot holds a pending insert: their inserters finish without
+                    // waiting for anyone, then there is a committed entry to evict.
+                    spin_loop();
+                    continue;
+                }
             };
 
             // 3. Claim it with a pending entry, then publish its tag.
@@ -389,7 +439,10 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                 Ordering::SeqCst,
                 Ordering::SeqCst,
             ) {
-                Ok(_) => Verdict::New,
+                Ok(_) => match evicted {
+                    None => Verdict::New,
+                    Some(evicted_age) => Verdict::NewEvicting { evicted_age },
+                },
                 Err(_) => Verdict::Duplicate,
             };
         }

@@ -16,6 +16,17 @@
 //!    on the ring instead of one per event); the events that do not fit are the ones
 //!    dead-lettered, so the order inside a lane is kept.
 //!
+//! **Sources that wait.** Steps 4 to 6 are the engine's load, not the event's fault. For a
+//! source with flow control ([`Flow::Waits`], a TCP connection with a credit window)
+//! [`Dispatcher::dispatch_frame_flow`] does not dead-letter there: the frame stops before
+//! the event that finds no room, keeps its place in a [`FrameProgress`], and continues from
+//! it on a later call, so the producer waits (its connection is not read meanwhile) and
+//! loses nothing. Lane room is checked before a slot is taken (the dispatcher is the lanes'
+//! only producer, so the room it sees cannot shrink), which keeps the events of a lane in
+//! order across the wait. Only priorities named by [`Dispatcher::set_sheddable`] are shed
+//! from such a source. Sources without flow control ([`Flow::Lossy`], UDP) keep the
+//! dead letters.
+//!
 //! Free slots come in batches too: the dispatcher keeps up to [`SLOT_BATCH`] of them,
 //! refilled from the slots the processors handed back (see [`Lanes`](crate::lanes::Lanes))
 //! or, failing that, from the pool with one CAS.
@@ -27,7 +38,7 @@
 
 use crate::accounting::StageCounters;
 use crate::control::ControlSignal;
-use crate::event::{Event, EventHeader, Lane, Origin};
+use crate::event::{Event, EventHeader, Lane, Origin, Priority};
 use crate::lanes::LaneInput;
 use crate::pool::Handle;
 use crate::ratelimit::RateLimiter;
@@ -96,6 +107,70 @@ impl FrameOutcome {
     }
 }
 
+/// Whether a source can be slowed down, which decides what happens to an event that finds
+/// no room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Flow {
+    /// The source cannot be slowed (UDP, a replay that does not wait): what does not fit is
+    /// dead-lettered (`LaneFull`, `PoolExhausted`) and what the control plane sheds is
+    /// dead-lettered `Shed`.
+    Lossy,
+    /// The source waits when told to (a TCP connection with a credit window): what does not
+    /// fit, or what the control plane holds back, stops the frame until there is room.
+    /// Nothing of such a source is dead-lettered for the engine's own load, except the
+    /// priorities named sheddable ([`Dispatcher::set_sheddable`]).
+    Waits,
+}
+
+/// How far a frame of a [`Flow::Waits`] source got: kept by the caller between calls of
+/// [`Dispatcher::dispatch_frame_flow`] while the frame waits. A new frame starts with
+/// [`FrameProgress::new`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameProgress {
+    /// The index of the first event not dispatched yet.
+    next: u32,
+    /// Events of the frame the rate limit granted (asked once, on the first call).
+    granted: u32,
+    /// Whether the first call happened (the frame is counted, the rate limit asked).
+    started: bool,
+}
+
+impl FrameProgress {
+    /// A frame not started.
+    pub const fn new() -> Self {
+        Self {
+            next: 0,
+            granted: 0,
+            started: false,
+        }
+    }
+
+    /// The index of the first event not dispatched yet.
+    pub const fn next(&self) -> u32 {
+        self.next
+    }
+}
+
+/// What one [`Dispatcher::dispatch_frame_flow`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FrameStep {
+    /// The events this call dispatched.
+    pub outcome: FrameOutcome,
+    /// `None`: the frame is done. `Some(cause)`: it waits, for room in a lane (`LaneFull`),
+    /// a free pool slot (`PoolExhausted`) or the control plane (`Shed`); call again later.
+    pub waiting: Option<Reason>,
+}
+
+/// Why one event did not go on to its slot.
+enum Stop {
+    /// It is resolved: dead-lettered or rejected.
+    Outcome(Outcome),
+    /// It waits (a [`Flow::Waits`] source), for this cause.
+    Wait(Reason),
+}
+
 /// Routes events into the lanes. One per ingest thread that owns the realtime lane's
 /// producer side (see [`Lanes`](crate::lanes::Lanes)).
 ///
@@ -137,6 +212,9 @@ pub struct Dispatcher<'a, const P: usize, const POOL: usize, const LANE: usize, 
     /// Per lane, the current frame's events waiting for their batch push (empty between
     /// calls).
     stage: [Stage; 3],
+    /// Priorities (bit `1 << priority`) the control plane may shed even from a source that
+    /// waits; none by default.
+    sheddable: u8,
 }
 
 /// Events of one frame staged per lane before one batch push.
@@ -187,6 +265,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             cache: [0; SLOT_BATCH],
             cached: 0,
             stage: [Stage::EMPTY, Stage::EMPTY, Stage::EMPTY],
+            sheddable: 0,
         }
     }
 
@@ -244,6 +323,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         // else: `slot` drops here and goes straight back to the pool.
     }
 
+    /// The priorities the control plane may shed from sources that wait ([`Flow::Waits`]):
+    /// their events are dead-lettered `Shed` at the levels that shed them, as a lossy
+    /// source's are. Every other priority of such a source waits instead. None by default.
+    pub fn set_sheddable(&mut self, priorities: &[Priority]) {
+        self.sheddable = priorities.iter().fold(0, |m, &p| m | 1 << p as u8);
+    }
+
     /// Registered topic ids are `0..n`: call after registering more topics.
     pub fn set_topics(&mut self, n: usize) {
         self.topics = u32::try_from(n).unwrap_or(u32::MAX);
@@ -281,9 +367,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         outcome
     }
 
-    /// Dispatches every event of an EVENT or BATCH frame from `source`. Any other kind is
-    /// one unit rejected `UnexpectedKind` (HELLO and ACK are the connection's business, not
-    /// the pipeline's).
+    /// Dispatches every event of an EVENT or BATCH frame from `source`, for a source without
+    /// flow control ([`Flow::Lossy`]). Any other kind is one unit rejected `UnexpectedKind`
+    /// (HELLO and ACK are the connection's business, not the pipeline's).
     pub fn dispatch_frame(&mut self, frame: &Frame<'_>, source: u32, now: u64) -> FrameOutcome {
         self.dispatch_frame_with(frame, source, now, |_, _, _| {})
     }
@@ -295,50 +381,133 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         frame: &Frame<'_>,
         source: u32,
         now: u64,
-        mut each: impl FnMut(u32, &EventHeader, Outcome),
+        each: impl FnMut(u32, &EventHeader, Outcome),
     ) -> FrameOutcome {
-        let mut summary = FrameOutcome::default();
+        let mut progress = FrameProgress::new();
+        let step = self.dispatch_frame_flow(frame, source, now, Flow::Lossy, &mut progress, each);
+        debug_assert!(step.waiting.is_none(), "a lossy source never waits");
+        step.outcome
+    }
+
+    /// Dispatches the events of `frame` from where `progress` says, for a source that is
+    /// slowed down as `flow` says.
+    ///
+    /// With [`Flow::Waits`], an event that finds no room (its lane full, no free pool slot,
+    /// or a priority the control plane holds back and [`set_sheddable`](Self::set_sheddable)
+    /// does not name) is not dead-lettered: the call stops before it and returns
+    /// [`FrameStep::waiting`] with the cause. Every event before it is dispatched (and
+    /// reported to `each`); call again with the same `progress` (and the same frame) once the
+    /// engine has drained, and it continues with that event. An event is counted `ingested`
+    /// when it is dispatched, so a frame that waits is in the books only as far as it went.
+    /// The rate limit is asked once, for the whole frame, on the first call.
+    ///
+    /// With [`Flow::Lossy`] the call never waits: what does not fit is dead-lettered
+    /// (`LaneFull`, `PoolExhausted`, `Shed`).
+    pub fn dispatch_frame_flow(
+        &mut self,
+        frame: &Frame<'_>,
+        source: u32,
+        now: u64,
+        flow: Flow,
+        progress: &mut FrameProgress,
+        mut each: impl FnMut(u32, &EventHeader, Outcome),
+    ) -> FrameStep {
+        let mut step = FrameStep::default();
         if !matches!(frame.kind(), FrameKind::Event | FrameKind::Batch) {
-            self.counters.ingested.incr();
-            self.counters.reason(Reason::UnexpectedKind).incr();
-            summary.rejected = 1;
-            return summary;
+            if !progress.started {
+                progress.started = true;
+                self.counters.ingested.incr();
+                self.counters.reason(Reason::UnexpectedKind).incr();
+                step.outcome.rejected = 1;
+            }
+            return step;
         }
         let count = frame.event_count();
-        self.counters.ingested.add(u64::from(count));
-        self.counters.frames.incr();
-        let granted = self.admission.admit(source, count, now);
+        if !progress.started {
+            progress.started = true;
+            self.counters.frames.incr();
+            progress.granted = self.admission.admit(source, count, now);
+        }
         let level = self.control.level();
         let origin = Origin::new(source, frame.seq());
-        for (i, view) in (0u32..).zip(frame.events()) {
+        // Free room per lane minus what is staged, refreshed when it runs out (Waits only).
+        let mut room = [0usize; 3];
+        if flow == Flow::Waits {
+            for lane in Lane::ALL {
+                room[lane.index()] = self.lanes.room(lane);
+            }
+        }
+        let first = progress.next;
+        let mut next = count;
+        for (i, view) in (0u32..).zip(frame.events()).skip(first as usize) {
             let header = view.header();
-            let stopped = if i < granted {
-                match self.prepare(&header, view.payload(), origin, level, now) {
-                    Ok(slot) => {
-                        // Lanes are filled per batch: one claim per lane and frame.
-                        let lane = header.priority.lane();
-                        let stage = &mut self.stage[lane.index()];
-                        stage.slots[stage.n] = slot.into_index() as u32;
-                        stage.at[stage.n] = i;
-                        stage.headers[stage.n] = header;
-                        stage.n += 1;
-                        if stage.n == STAGE {
-                            self.flush_stage(lane, origin, now, &mut summary, &mut each);
-                        }
-                        continue;
-                    }
-                    Err(outcome) => outcome,
-                }
+            let payload = view.payload();
+            let judged = if i < progress.granted {
+                self.judge(&header, payload.len(), origin, level, flow, now)
             } else {
-                self.dead_letter(&header, origin, Reason::RateLimited, now)
+                Some(Stop::Outcome(self.dead_letter(
+                    &header,
+                    origin,
+                    Reason::RateLimited,
+                    now,
+                )))
             };
-            summary.add(stopped);
+            let stopped = match judged {
+                Some(Stop::Outcome(outcome)) => outcome,
+                Some(Stop::Wait(cause)) => {
+                    step.waiting = Some(cause);
+                    next = i;
+                    break;
+                }
+                None => {
+                    let lane = header.priority.lane();
+                    let li = lane.index();
+                    if flow == Flow::Waits && room[li] == 0 {
+                        // What is staged for this lane was counted against its room, so it
+                        // fits: push it, then look at the lane again.
+                        self.flush_stage(lane, origin, now, &mut step.outcome, &mut each);
+                        room[li] = self.lanes.room(lane);
+                        if room[li] == 0 {
+                            step.waiting = Some(Reason::LaneFull);
+                            next = i;
+                            break;
+                        }
+                    }
+                    match self.take_slot() {
+                        Some(mut slot) => {
+                            fill(&mut slot, &header, origin, payload, now);
+                            if flow == Flow::Waits {
+                                room[li] -= 1;
+                            }
+                            // Lanes are filled per batch: one claim per lane and frame.
+                            let stage = &mut self.stage[li];
+                            stage.slots[stage.n] = slot.into_index() as u32;
+                            stage.at[stage.n] = i;
+                            stage.headers[stage.n] = header;
+                            stage.n += 1;
+                            if stage.n == STAGE {
+                                self.flush_stage(lane, origin, now, &mut step.outcome, &mut each);
+                            }
+                            continue;
+                        }
+                        None if flow == Flow::Waits => {
+                            step.waiting = Some(Reason::PoolExhausted);
+                            next = i;
+                            break;
+                        }
+                        None => self.dead_letter(&header, origin, Reason::PoolExhausted, now),
+                    }
+                }
+            };
+            step.outcome.add(stopped);
             each(i, &header, stopped);
         }
         for lane in Lane::ALL {
-            self.flush_stage(lane, origin, now, &mut summary, &mut each);
+            self.flush_stage(lane, origin, now, &mut step.outcome, &mut each);
         }
-        summary
+        self.counters.ingested.add(u64::from(next - first));
+        progress.next = next;
+        step
     }
 
     /// Pushes the slots staged for `lane` in one batch; those that do not fit are given back
@@ -402,35 +571,48 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         self.counters.reason(reason).incr();
     }
 
-    /// Steps 2 to 5 of the module docs for one event already admitted by the rate limiter:
-    /// its filled slot, or the outcome that stopped it.
+    /// Steps 2 to 4 of the module docs for one event already admitted by the rate limiter:
+    /// `None` when the event may go on to its pool slot and lane, else what stopped it. With
+    /// [`Flow::Waits`], a priority the control plane holds back waits unless it is
+    /// sheddable.
     #[inline]
-    fn prepare(
+    fn judge(
         &mut self,
         header: &EventHeader,
-        payload: &[u8],
+        payload_len: usize,
         origin: Origin,
         level: crate::control::Level,
+        flow: Flow,
         now: u64,
-    ) -> Result<Handle<'a, Event<P>, POOL>, Outcome> {
-        if payload.len() > P {
+    ) -> Option<Stop> {
+        if payload_len > P {
             self.counters.reason(Reason::PayloadTooLarge).incr();
-            return Err(Outcome::Rejected(Reason::PayloadTooLarge));
+            return Some(Stop::Outcome(Outcome::Rejected(Reason::PayloadTooLarge)));
         }
         if u32::from(header.topic) >= self.topics {
-            return Err(self.dead_letter(header, origin, Reason::UnknownTopic, now));
+            return Some(Stop::Outcome(self.dead_letter(
+                header,
+                origin,
+                Reason::UnknownTopic,
+                now,
+            )));
         }
         if level.sheds(header.priority) {
-            return Err(self.dead_letter(header, origin, Reason::Shed, now));
+            if flow == Flow::Waits && self.sheddable & (1 << header.priority as u8) == 0 {
+                return Some(Stop::Wait(Reason::Shed));
+            }
+            return Some(Stop::Outcome(self.dead_letter(
+                header,
+                origin,
+                Reason::Shed,
+                now,
+            )));
         }
-        let Some(mut slot) = self.take_slot() else {
-            return Err(self.dead_letter(header, origin, Reason::PoolExhausted, now));
-        };
-        fill(&mut slot, header, origin, payload, now);
-        Ok(slot)
+        None
     }
 
-    /// Steps 2 to 6 for a single event: pushed into its lane at once.
+    /// Steps 2 to 6 for a single event from a source without flow control: pushed into its
+    /// lane at once.
     fn place(
         &mut self,
         header: &EventHeader,
@@ -439,10 +621,15 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         level: crate::control::Level,
         now: u64,
     ) -> Outcome {
-        let slot = match self.prepare(header, payload, origin, level, now) {
-            Ok(slot) => slot,
-            Err(outcome) => return outcome,
+        if let Some(Stop::Outcome(outcome)) =
+            self.judge(header, payload.len(), origin, level, Flow::Lossy, now)
+        {
+            return outcome;
+        }
+        let Some(mut slot) = self.take_slot() else {
+            return self.dead_letter(header, origin, Reason::PoolExhausted, now);
         };
+        fill(&mut slot, header, origin, payload, now);
         let lane = header.priority.lane();
         match self.lanes.push(lane, slot) {
             Ok(()) => Outcome::Queued(lane),
@@ -507,5 +694,151 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize> core
             .field("topics", &self.topics)
             .field("level", &self.control.level())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::control::Level;
+    use crate::lanes::Lanes;
+    use crate::wire::BatchEncoder;
+
+    extern crate std;
+    use std::vec::Vec;
+
+    fn batch(events: &[(u64, Priority)]) -> Vec<u8> {
+        let mut buf = std::vec![0u8; 64 * 1024];
+        let mut enc = BatchEncoder::new(&mut buf, 1).unwrap();
+        for &(id, p) in events {
+            enc.push(&EventHeader::new(id, 0, p, 0), b"xy").unwrap();
+        }
+        let n = enc.finish().unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    /// A source that waits loses nothing to a full lane: the frame stops, the lane drains,
+    /// the frame goes on, and the lane gets every event once, in order.
+    #[test]
+    fn waiting_source_resumes_where_it_stopped() {
+        let mut lanes: Lanes<8, 64, 8, 8> = Lanes::new();
+        let (input, mut output, mut dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let mut d = Dispatcher::new(input, &Unlimited, &signal, 1, &counters);
+        // 20 medium events and 3 high ones into lanes of 8.
+        let mut evs: Vec<(u64, Priority)> = (0..20).map(|i| (i, Priority::Medium)).collect();
+        evs.insert(5, (100, Priority::High));
+        evs.insert(15, (101, Priority::High));
+        evs.push((102, Priority::High));
+        let bytes = batch(&evs);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut progress = FrameProgress::new();
+        let mut seen = Vec::new();
+        let mut taken = Vec::new();
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let step =
+                d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |i, _, o| {
+                    assert!(matches!(o, Outcome::Queued(_)), "{o:?}");
+                    seen.push(i);
+                });
+            assert_eq!(step.outcome.dead_lettered, 0);
+            // Every event reported so far is counted ingested, and no more.
+            assert_eq!(counters.ingested.get(), u64::from(progress.next()));
+            if step.waiting.is_none() {
+                break;
+            }
+            assert_eq!(step.waiting, Some(Reason::LaneFull));
+            while let Some(slot) = output.pop(Lane::Transactional) {
+                taken.push(slot.header.id);
+            }
+            assert!(rounds < 10);
+        }
+        while let Some(slot) = output.pop(Lane::Transactional) {
+            taken.push(slot.header.id);
+        }
+        assert!(rounds > 1, "the lane of 8 must have made the frame wait");
+        assert_eq!(taken, (0..20).collect::<Vec<u64>>());
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (0..23).collect::<Vec<u32>>(),
+            "each event reported once"
+        );
+        assert_eq!(counters.ingested.get(), 23);
+        assert_eq!(counters.frames.get(), 1);
+        assert!(dead.pop().is_none());
+    }
+
+    /// The same overload from a lossy source dead-letters what does not fit.
+    #[test]
+    fn lossy_source_dead_letters_what_does_not_fit() {
+        let mut lanes: Lanes<8, 64, 8, 8> = Lanes::new();
+        let (input, _output, _dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let mut d = Dispatcher::new(input, &Unlimited, &signal, 1, &counters);
+        let evs: Vec<(u64, Priority)> = (0..20).map(|i| (i, Priority::Medium)).collect();
+        let bytes = batch(&evs);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let out = d.dispatch_frame(&frame, 3, 0);
+        assert_eq!((out.queued, out.dead_lettered), (8, 12));
+        assert_eq!(counters.reason(Reason::LaneFull).get(), 12);
+    }
+
+    /// An exhausted pool makes a waiting source wait, a lossy one dead-letter.
+    #[test]
+    fn pool_exhaustion_waits() {
+        let mut lanes: Lanes<8, 4, 8, 8> = Lanes::new();
+        let (input, mut output, _dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let mut d = Dispatcher::new(input, &Unlimited, &signal, 1, &counters);
+        let evs: Vec<(u64, Priority)> = (0..6).map(|i| (i, Priority::High)).collect();
+        let bytes = batch(&evs);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut progress = FrameProgress::new();
+        let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
+        assert_eq!(step.waiting, Some(Reason::PoolExhausted));
+        assert_eq!(step.outcome.queued, 4);
+        assert_eq!(progress.next(), 4);
+        // Processing frees slots (dropped handles go back to the pool).
+        while output.pop(Lane::Realtime).is_some() {}
+        let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
+        assert_eq!(step.waiting, None);
+        assert_eq!(step.outcome.queued, 2);
+        assert_eq!(counters.reason(Reason::PoolExhausted).get(), 0);
+    }
+
+    /// The control plane holds a waiting source back instead of shedding it, except for the
+    /// priorities named sheddable; problems that are the event's own fault still dead-letter.
+    #[test]
+    fn control_plane_holds_back_waiting_sources() {
+        let mut lanes: Lanes<8, 64, 8, 8> = Lanes::new();
+        let (input, _output, _dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let mut d = Dispatcher::new(input, &Unlimited, &signal, 1, &counters);
+        signal.publish(Level::Degraded); // sheds Low and Batch
+        let bytes = batch(&[(1, Priority::High), (2, Priority::Low), (3, Priority::High)]);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut progress = FrameProgress::new();
+        let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
+        assert_eq!(step.waiting, Some(Reason::Shed));
+        assert_eq!((step.outcome.queued, progress.next()), (1, 1));
+        signal.publish(Level::Healthy);
+        let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
+        assert_eq!((step.waiting, step.outcome.queued), (None, 2));
+
+        // Low named sheddable: shed as before; an unknown topic is dead-lettered at once.
+        d.set_sheddable(&[Priority::Low, Priority::Batch]);
+        signal.publish(Level::Degraded);
+        let bytes = batch(&[(4, Priority::Low), (5, Priority::High)]);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut progress = FrameProgress::new();
+        let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
+        assert_eq!(step.waiting, None);
+        assert_eq!((step.outcome.queued, step.outcome.dead_lettered), (1, 1));
+        assert_eq!(counters.reason(Reason::Shed).get(), 1);
     }
 }

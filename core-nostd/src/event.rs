@@ -72,6 +72,22 @@ impl Priority {
         self as u8
     }
 
+    /// A lower-case name: `"critical"`, `"high"`, `"medium"`, `"low"`, `"batch"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+            Priority::Batch => "batch",
+        }
+    }
+
+    /// The priority with this [`name`](Self::name), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// The lane events of this priority travel in.
     #[inline]
     pub const fn lane(self) -> Lane {

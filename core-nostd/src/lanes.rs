@@ -324,6 +324,20 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             self.batch.len(),
         ]
     }
+
+    /// Slots free in `lane` now: that many pushes (or one batch push of that many) cannot
+    /// fail. Exact as a lower bound because this `LaneInput` is the only producer of all
+    /// three lanes (there is one per [`Lanes`]) and consumers only ever free slots: the
+    /// realtime ring's producer reloads the consumer's index; an [`Mpsc`] consumer releases a
+    /// slot before it publishes its `dequeue` position, from which `len` is computed.
+    #[inline]
+    pub(crate) fn room(&mut self, lane: Lane) -> usize {
+        match lane {
+            Lane::Realtime => self.realtime.slots(),
+            Lane::Transactional => LANE - self.transactional.len(),
+            Lane::Batch => LANE - self.batch.len(),
+        }
+    }
 }
 
 /// The processors' side of the lanes: the lane consumers, the pool the slots go back to and

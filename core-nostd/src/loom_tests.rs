@@ -417,6 +417,52 @@ fn dedup_stale_claimers_never_hide_a_key() {
     });
 }
 
+/// A full window (every slot live): two threads insert different new keys at once. Each
+/// must get a slot by evicting one of the oldest keys (never the same slot twice, never a
+/// refusal), and both keys are found afterwards.
+#[test]
+fn dedup_racing_evictions_take_different_slots() {
+    loom::model(|| {
+        let table: Arc<DedupTable<4, 4>> = Arc::new(DedupTable::new(100));
+        for (k, tick) in [(1u64, 1u64), (2, 2), (3, 3), (4, 4)] {
+            assert_eq!(table.check_and_insert(k, tick), Verdict::New);
+        }
+        let t2 = table.clone();
+        let other = thread::spawn(move || t2.check_and_insert(20, 10));
+        let mine = table.check_and_insert(10, 10);
+        let theirs = other.join().unwrap();
+        assert!(
+            matches!(mine, Verdict::NewEvicting { .. })
+                && matches!(theirs, Verdict::NewEvicting { .. }),
+            "{mine:?} {theirs:?}"
+        );
+        assert_eq!(table.check_and_insert(10, 11), Verdict::Duplicate);
+        assert_eq!(table.check_and_insert(20, 11), Verdict::Duplicate);
+        // The victims were the two oldest (1 and 2): the newest two are still found (a
+        // lookup of a present key changes nothing; checked newest first).
+        assert_eq!(table.check_and_insert(4, 12), Verdict::Duplicate);
+        assert_eq!(table.check_and_insert(3, 12), Verdict::Duplicate);
+    });
+}
+
+/// Two inserters of one key into a full window: exactly one records it (by eviction).
+#[test]
+fn dedup_racing_inserts_of_one_key_into_a_full_window_one_new() {
+    loom::model(|| {
+        let table: Arc<DedupTable<4, 4>> = Arc::new(DedupTable::new(100));
+        for (k, tick) in [(1u64, 1u64), (2, 2), (3, 3), (4, 4)] {
+            assert_eq!(table.check_and_insert(k, tick), Verdict::New);
+        }
+        let t2 = table.clone();
+        let other = thread::spawn(move || t2.check_and_insert(7, 10));
+        let mine = table.check_and_insert(7, 10);
+        let theirs = other.join().unwrap();
+        let news = [mine, theirs].iter().filter(|v| v.is_new()).count();
+        assert_eq!(news, 1, "{mine:?} {theirs:?}");
+        assert_eq!(table.check_and_insert(7, 11), Verdict::Duplicate);
+    });
+}
+
 /// Two threads take from a bucket holding 2 tokens at one tick (no refill): whatever the
 /// interleaving (and whichever CAS loses and retries), they get exactly 2 between them.
 #[test]

@@ -1,7 +1,8 @@
 //! Why an event was not stored: one registry of reason codes for the whole engine.
 //!
-//! Every event that enters is accounted for exactly once: **stored**, **dead-lettered** with
-//! a reason, or **rejected** with a reason. Rejections happen at the door (the input could not
+//! Every event that enters is accounted for exactly once: **stored**, a **duplicate** of one
+//! already stored (code 36, [`Reason::Duplicate`]: acknowledged as such, not a dead letter),
+//! **dead-lettered** with a reason, or **rejected** with a reason. Rejections happen at the door (the input could not
 //! be decoded, or the engine cannot hold it); dead letters were valid events the pipeline
 //! could not place or store. The numeric codes are stable: they travel in REJECT frames and
 //! in the dead-letter log (`docs/PROTOCOL.md` lists them).
@@ -58,13 +59,17 @@ pub enum Reason {
     Shed = 34,
     /// The topic id is not registered.
     UnknownTopic = 35,
-    /// The transactional lane saw this event id within its deduplication window.
+    /// The transactional lane saw this event id within its deduplication window: the event
+    /// is already stored. Counted as a duplicate, not as a dead letter (see
+    /// [`Reason::is_duplicate`]).
     Duplicate = 36,
     /// The sink refused the event (or its aggregate) on every allowed attempt.
     RetriesExhausted = 37,
     /// No free event slot in the pool.
     PoolExhausted = 38,
-    /// The deduplication table had no free slot for the id, so it could not be checked.
+    /// The deduplication table had no free slot for the id, so it could not be checked. No
+    /// longer produced: the table evicts its oldest entry instead of refusing. The code keeps
+    /// its meaning for old dead-letter logs.
     DedupFull = 39,
 }
 
@@ -131,6 +136,12 @@ impl Reason {
     #[inline]
     pub const fn is_rejection(self) -> bool {
         (self as u16) < 32
+    }
+
+    /// Whether this reason marks a repeat of an event already stored ([`Reason::Duplicate`]):
+    /// its own class in the books, neither stored again nor dead-lettered.
+    pub const fn is_duplicate(self) -> bool {
+        matches!(self, Reason::Duplicate)
     }
 
     /// A short snake_case name, stable for metrics and logs.

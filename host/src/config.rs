@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pinstream_core::control::ControlConfig;
+use pinstream_core::event::Priority;
 use pinstream_core::process::RetryPolicy;
 use pinstream_core::process::realtime::Condition;
 use pinstream_core::wire::{
@@ -492,10 +493,14 @@ impl fmt::Display for CapacityConfig {
     }
 }
 
-/// `[control]`: one key per field of [`ControlConfig`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+/// `[control]`: one key per field of [`ControlConfig`], and which priorities may be shed.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlSection {
+    /// Priorities the control plane may shed (dead-letter `shed`) from TCP connections too.
+    /// Every other priority of a TCP connection is held back instead (the producer waits);
+    /// UDP, which cannot be slowed, is shed at every level. Empty by default.
+    pub sheddable: Vec<String>,
     /// Fullest lane's depth (permille) entering elevated, degraded, critical, emergency.
     pub depth_permille: [u16; 4],
     /// Drop rate (permille) entering each level.
@@ -510,6 +515,7 @@ impl Default for ControlSection {
     fn default() -> Self {
         let c = ControlConfig::DEFAULT;
         Self {
+            sheddable: Vec::new(),
             depth_permille: c.depth_permille,
             drop_permille: c.drop_permille,
             recover_permille: c.recover_permille,
@@ -519,6 +525,14 @@ impl Default for ControlSection {
 }
 
 impl ControlSection {
+    /// The priorities named in `sheddable` (unknown names are config errors, checked).
+    pub fn sheddable_priorities(&self) -> Vec<Priority> {
+        self.sheddable
+            .iter()
+            .filter_map(|n| Priority::from_name(n))
+            .collect()
+    }
+
     /// The core's control configuration.
     pub const fn to_core(&self) -> ControlConfig {
         ControlConfig {
@@ -1059,6 +1073,14 @@ impl Config {
 
     fn check_control(&self, v: &mut Validator) {
         let c = &self.control;
+        for name in &c.sheddable {
+            if Priority::from_name(name).is_none() {
+                v.problem(format!(
+                    "control.sheddable: {name:?} is not a priority: one of critical, high, \
+                     medium, low, batch"
+                ));
+            }
+        }
         for (key, values) in [
             ("control.depth_permille", c.depth_permille),
             ("control.drop_permille", c.drop_permille),

@@ -32,7 +32,7 @@ use pinstream_core::control::{
     ControlConfig, ControlPlane, ControlSignal, Observation, depth_permille,
 };
 use pinstream_core::dispatch::{Admission, Dispatcher, Unlimited};
-use pinstream_core::event::Lane;
+use pinstream_core::event::{EventHeader, Lane, Origin, Priority};
 use pinstream_core::lanes::{DeadLetter, DeadLetters, Lanes};
 use pinstream_core::process::realtime::{AlertRule, CountAlerts};
 use pinstream_core::process::{LaneProcessors, Processors, Record, RetryPolicy, Sink, SinkError};
@@ -129,6 +129,8 @@ pub struct EngineConfig {
     pub budget: usize,
     /// Control-plane thresholds.
     pub control: ControlConfig,
+    /// Priorities the control plane may shed from TCP connections (which otherwise wait).
+    pub sheddable: Vec<Priority>,
     /// Threads.
     pub placement: Placement,
     /// Called first thing on each engine thread (ingest, storage), e.g. to register it
@@ -161,6 +163,7 @@ impl EngineConfig {
             alerts: Vec::new(),
             budget: 256,
             control: ControlConfig::DEFAULT,
+            sheddable: Vec::new(),
             placement: Placement {
                 overprovisioned: true,
                 ingest_cpu: 0,
@@ -245,6 +248,7 @@ impl EngineConfig {
             alerts,
             budget: c.pipeline.budget,
             control: c.control.to_core(),
+            sheddable: c.control.sheddable_priorities(),
             placement: Placement {
                 overprovisioned: e.overprovisioned,
                 ingest_cpu: e.ingest_cpu,
@@ -333,6 +337,8 @@ pub struct EngineStats {
     pub storage_error: Mutex<Option<String>>,
     /// Events in flight inside the engine, as last seen by the storage thread.
     pub in_flight: crate::stats::Gauge,
+    /// The dedup table's effective window over the last second, in nanoseconds.
+    pub dedup_effective_window_ns: crate::stats::Gauge,
     /// Control-plane level changes.
     pub control_transitions: crate::stats::Gauge,
     /// Events waiting in each lane (by `Lane::index`), as the storage thread last saw them.
@@ -377,6 +383,12 @@ impl AdminSource for EngineStats {
             ],
         );
         prom::write_control(&mut w, self.control.level(), self.control_transitions.get());
+        w.single(
+            "pinstream_dedup_effective_window_seconds",
+            MetricType::Gauge,
+            "How far back the transactional dedup table surely remembered ids over the last second: the configured window, or the age of the youngest entry it had to evict.",
+            self.dedup_effective_window_ns.get() as f64 * 1e-9,
+        );
         w.family(
             "pinstream_lane_depth",
             MetricType::Gauge,
@@ -550,6 +562,7 @@ impl Engine {
             placement: Mutex::new(Vec::new()),
             storage_error: Mutex::new(None),
             in_flight: crate::stats::Gauge::new(),
+            dedup_effective_window_ns: crate::stats::Gauge::new(),
             control_transitions: crate::stats::Gauge::new(),
             lane_depths: [const { crate::stats::Gauge::new() }; 3],
             dispatch_latency: Arc::new(SharedLatency::new()),
@@ -662,13 +675,14 @@ fn supervise(
     } else {
         &slots
     };
-    let dispatcher = Dispatcher::new(
+    let mut dispatcher = Dispatcher::new(
         input,
         admission,
         &stats.control,
         cfg.topics.len(),
         &stats.dispatch,
     );
+    dispatcher.set_sheddable(&cfg.sheddable);
     let mut ingest = match Ingest::new(
         LatencyRecorder::new(Arc::clone(&stats.dispatch_latency)),
         LatencyRecorder::new(Arc::clone(&stats.ack_latency)),
@@ -695,6 +709,9 @@ fn supervise(
             return Ok(());
         }
     };
+    stats
+        .dedup_effective_window_ns
+        .set(ns(cfg.dedup_window).max(1));
     let _ = started.send(Ok(()));
     let placement = &cfg.placement;
     let budget = cfg.budget.max(1);
@@ -747,6 +764,7 @@ fn supervise(
                     commit_latency: LatencyRecorder::new(Arc::clone(&stats_ref.commit_latency)),
                     durable_latency: LatencyRecorder::new(Arc::clone(&stats_ref.durable_latency)),
                     last_retention: 0,
+                    last_dedup_window: 0,
                 };
                 run.run(placement)
             })
@@ -817,6 +835,7 @@ struct StorageLoop<'a, 's> {
     commit_latency: LatencyRecorder,
     durable_latency: LatencyRecorder,
     last_retention: u64,
+    last_dedup_window: u64,
 }
 
 /// A batch watermark on its way (see [`StorageLoop::batch_watermark`]).
@@ -830,6 +849,8 @@ struct BatchMark {
     end: Option<u64>,
 }
 
+/// How often the dedup table's effective window is published: 1 s.
+const DEDUP_WINDOW_EVERY: u64 = 1_000_000_000;
 /// How often the control plane looks at the lanes.
 const CONTROL_EVERY: u64 = 1_000_000;
 /// How often retention is applied (when configured), in ticks: 10 s.
@@ -972,6 +993,12 @@ impl StorageLoop<'_, '_> {
             .set(self.control.transitions());
         let in_flight = self.processors.in_flight(self.procs);
         self.stats.in_flight.set(in_flight);
+        if now - self.last_dedup_window >= DEDUP_WINDOW_EVERY {
+            self.last_dedup_window = now;
+            let tx = &mut self.procs.transactional;
+            let effective = tx.take_youngest_evicted().unwrap_or(tx.window());
+            self.stats.dedup_effective_window_ns.set(effective);
+        }
     }
 
     /// Makes what was written durable per the mode and tells the ingest thread. `force`:
@@ -1141,8 +1168,8 @@ impl<'a> StoreSink<'a> {
         }
     }
 
-    /// Notes one event of `(source, seq)` stored or dead-lettered.
-    fn note(&mut self, source: u32, seq: u64, stored: u32, dead: u32) {
+    /// Notes events of `(source, seq)` stored, dead-lettered or found duplicate.
+    fn note(&mut self, source: u32, seq: u64, stored: u32, dead: u32, duplicates: u32) {
         if self.ack != AckMode::Durable || source == crate::ingest::UDP_SOURCE {
             return;
         }
@@ -1150,6 +1177,7 @@ impl<'a> StoreSink<'a> {
             if last.source == source && last.seq == seq {
                 last.stored += stored;
                 last.dead += dead;
+                last.duplicates += duplicates;
                 return;
             }
         }
@@ -1158,6 +1186,7 @@ impl<'a> StoreSink<'a> {
             seq,
             stored,
             dead,
+            duplicates,
         });
     }
 
@@ -1229,7 +1258,7 @@ impl<'a> StoreSink<'a> {
         // Batch-lane events are settled by the batch watermark, not per frame (a dead letter
         // of one would otherwise consume a realtime event's place in its frame).
         if settle && record.header.priority.lane() != Lane::Batch {
-            self.note(record.origin.source, record.origin.seq, 0, record.events);
+            self.note(record.origin.source, record.origin.seq, 0, record.events, 0);
         }
     }
 }
@@ -1248,7 +1277,7 @@ impl Sink for StoreSink<'_> {
                 )
                 .map_err(|()| SinkError)?;
                 self.oldest = self.oldest.min(e.received);
-                self.note(e.origin.source, e.origin.seq, 1, 0);
+                self.note(e.origin.source, e.origin.seq, 1, 0, 0);
             }
             Record::Aggregate(a) => {
                 self.append(2, record::KIND_AGGREGATE, record::AGGREGATE_LEN, |dst| {
@@ -1263,5 +1292,11 @@ impl Sink for StoreSink<'_> {
     fn dead_letter(&mut self, record: &DeadLetter) -> bool {
         self.write_dead_letter(record, true);
         true
+    }
+
+    fn duplicate(&mut self, _header: &EventHeader, origin: Origin) {
+        // Nothing is written: the event with this id is in the log. Its frame's ACK waits
+        // for the commit that covers what was stored before it, like any other outcome.
+        self.note(origin.source, origin.seq, 0, 0, 1);
     }
 }

@@ -191,7 +191,7 @@ pub fn write_stage_counters(
     seconds_per_tick: f64,
 ) {
     type Pick = fn(&StageCounters) -> u64;
-    let simple: [(&str, &str, Pick); 7] = [
+    let simple: [(&str, &str, Pick); 9] = [
         (
             "pinstream_events_ingested_total",
             "Units (events, or malformed frames) that entered the engine.",
@@ -225,6 +225,16 @@ pub fn write_stage_counters(
             "Dead letters counted but not recorded because the dead-letter ring was full.",
             |s| s.dead_letter_overflow.get(),
         ),
+        (
+            "pinstream_events_duplicates_total",
+            "Events not stored again because an event with their id is stored (transactional dedup window); acknowledged, not dead letters.",
+            |s| s.reason(Reason::Duplicate).get(),
+        ),
+        (
+            "pinstream_dedup_evictions_total",
+            "Dedup table entries evicted before their window ended to record a new id (the table is small for the rate).",
+            |s| s.dedup_evictions.get(),
+        ),
     ];
     for (name, help, pick) in simple {
         w.family(name, MetricType::Counter, help);
@@ -246,7 +256,8 @@ pub fn write_stage_counters(
     ] {
         w.family(name, MetricType::Counter, help);
         for (stage, c) in stages {
-            for r in Reason::ALL.iter().filter(|r| r.is_rejection() == rejection) {
+            let of_kind = |r: &&Reason| r.is_rejection() == rejection && !r.is_duplicate();
+            for r in Reason::ALL.iter().filter(of_kind) {
                 w.sample_u64(
                     name,
                     &[("stage", stage), ("reason", r.name())],
@@ -342,7 +353,7 @@ pub type HostMetric = (
 );
 
 /// How each [`HostCounters`] field is exported.
-pub const HOST_METRICS: [HostMetric; 28] = [
+pub const HOST_METRICS: [HostMetric; 31] = [
     (
         "pinstream_tcp_connections_accepted_total",
         MetricType::Counter,
@@ -426,6 +437,24 @@ pub const HOST_METRICS: [HostMetric; 28] = [
         MetricType::Counter,
         "Times a connection paused on a full in-flight window.",
         |c| &c.tcp_credit_waits,
+    ),
+    (
+        "pinstream_tcp_waits_lane_full_total",
+        MetricType::Counter,
+        "Times a connection's frame waited for room in its lane (back-pressure, not a dead letter).",
+        |c| &c.tcp_waits_lane,
+    ),
+    (
+        "pinstream_tcp_waits_pool_total",
+        MetricType::Counter,
+        "Times a connection's frame waited for a free event slot (back-pressure, not a dead letter).",
+        |c| &c.tcp_waits_pool,
+    ),
+    (
+        "pinstream_tcp_waits_control_total",
+        MetricType::Counter,
+        "Times a connection's frame was held back by the control plane instead of shed.",
+        |c| &c.tcp_waits_control,
     ),
     (
         "pinstream_udp_datagrams_received_total",

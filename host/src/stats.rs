@@ -112,6 +112,14 @@ pub struct HostCounters {
     pub tcp_acks_sent: Gauge,
     /// Times a connection was paused because its in-flight window (frames or events) was full.
     pub tcp_credit_waits: Gauge,
+    /// Times a connection's frame stopped and waited for room in a lane (back-pressure
+    /// instead of a `lane_full` dead letter).
+    pub tcp_waits_lane: Gauge,
+    /// Times a connection's frame waited for a free pool slot.
+    pub tcp_waits_pool: Gauge,
+    /// Times a connection's frame was held back by the control plane (a priority its level
+    /// sheds and the config does not name sheddable).
+    pub tcp_waits_control: Gauge,
     /// UDP datagrams received.
     pub udp_datagrams: Gauge,
     /// Bytes received over UDP.
@@ -160,6 +168,9 @@ impl HostCounters {
             tcp_rejects_dropped: Gauge::new(),
             tcp_acks_sent: Gauge::new(),
             tcp_credit_waits: Gauge::new(),
+            tcp_waits_lane: Gauge::new(),
+            tcp_waits_pool: Gauge::new(),
+            tcp_waits_control: Gauge::new(),
             udp_datagrams: Gauge::new(),
             udp_bytes_in: Gauge::new(),
             udp_frames_in: Gauge::new(),

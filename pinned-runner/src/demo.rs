@@ -241,7 +241,9 @@ fn demo(opts: &Options) -> Result<(), String> {
                 match TABLE.check_and_insert(i, now) {
                     Verdict::New => new += 1,
                     Verdict::Duplicate => dup += 1,
-                    Verdict::Full => return Err(format!("dedup: table full at key {i}")),
+                    Verdict::NewEvicting { .. } => {
+                        return Err(format!("dedup: table full (evicted) at key {i}"));
+                    }
                 }
             }
         }

@@ -5,7 +5,9 @@
 //! draws a progress bar on stderr while it runs, and prints the summary (text, or one JSON
 //! line with `--json`). Exit codes: 2 for bad flags (or a frame the server would refuse),
 //! 1 when the server is unreachable, closes a connection, leaves a frame unacknowledged for
-//! `--ack-timeout`, or its ACKs do not account for every event sent.
+//! `--ack-timeout`, its ACKs do not account for every event sent, or it dead-lettered or
+//! rejected any event (unless `--allow-dead-letters`). The throughput it reports is
+//! `stored_per_sec`: stored events only (`events_per_sec` is the offered rate).
 
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
@@ -114,6 +116,11 @@ pub struct LoadgenArgs {
     /// Print the result as one JSON line on stdout instead of the text summary
     #[arg(long)]
     pub json: bool,
+
+    /// Exit 0 even when the server dead-lettered or rejected events (by default that is a
+    /// failure, exit 1: only stored events are throughput)
+    #[arg(long)]
+    pub allow_dead_letters: bool,
 
     /// Show the progress bar on stderr even when it is not a terminal or with --json
     /// [default: only when stderr is a terminal and without --json]
@@ -249,10 +256,27 @@ pub fn main(args: &LoadgenArgs) -> Result<(), Failure> {
         .write_all(out.as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(|e| Failure::runtime(format!("loadgen: writing the report to stdout: {e}")))?;
-    match report.accounting_error() {
-        Some(e) => Err(Failure::runtime(format!("loadgen: {e}"))),
-        None => Ok(()),
+    if let Some(e) = report.accounting_error() {
+        return Err(Failure::runtime(format!("loadgen: {e}")));
     }
+    match report.outcomes {
+        Some(o) if (o.dead_lettered > 0 || o.rejected > 0) && !args.allow_dead_letters => {
+            Err(Failure::runtime(format!(
+                "loadgen: the server dead-lettered {} and rejected {} of {} events (see its \
+                 dead-letter log and /metrics); --allow-dead-letters accepts that",
+                o.dead_lettered, o.rejected, report.sent
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Stored events per second over the run (`None` without acknowledgements): the only
+/// throughput figure; dead-lettered and rejected events are not throughput.
+fn stored_per_sec(report: &LoadReport) -> Option<f64> {
+    report
+        .outcomes
+        .map(|o| o.stored as f64 / report.elapsed.as_secs_f64().max(1e-9))
 }
 
 /// A one-line progress bar on stderr.
@@ -357,12 +381,13 @@ pub fn json(report: &LoadReport) -> String {
     let mut s = String::with_capacity(400);
     let _ = write!(
         s,
-        "{{\"system\":\"pinstream\",\"transport\":\"{}\",\"events\":{},\"seconds\":{:.6},\"events_per_sec\":{:.1},\"bytes_per_sec\":{:.1},\"stored\":{},\"dead_lettered\":{},\"rejected\":{}",
+        "{{\"system\":\"pinstream\",\"transport\":\"{}\",\"events\":{},\"seconds\":{:.6},\"events_per_sec\":{:.1},\"bytes_per_sec\":{:.1},\"stored_per_sec\":{},\"stored\":{},\"dead_lettered\":{},\"rejected\":{}",
         report.transport.name(),
         report.sent,
         secs,
         report.events_per_sec(),
         report.bytes_per_sec(),
+        number(stored_per_sec(report).map(|r| format!("{r:.1}"))),
         number(o.map(|o| o.stored)),
         number(o.map(|o| o.dead_lettered)),
         number(o.map(|o| o.rejected)),
@@ -427,7 +452,14 @@ fn summary(cfg: &LoadConfig, report: &LoadReport) -> String {
         );
     }
     let _ = writeln!(s, "  seconds         {:.3}", report.elapsed.as_secs_f64());
-    let _ = writeln!(s, "  events/s        {:.0}", report.events_per_sec());
+    if let Some(r) = stored_per_sec(report) {
+        let _ = writeln!(s, "  stored/s        {r:.0}");
+    }
+    let _ = writeln!(
+        s,
+        "  offered/s       {:.0} (events sent per second)",
+        report.events_per_sec()
+    );
     let _ = writeln!(
         s,
         "  MB/s            {:.2} (frame bytes, 1 MB = 10^6 bytes)",
@@ -551,12 +583,12 @@ mod tests {
     fn json_has_the_keys_in_order_and_nulls_without_acks() {
         let j = json(&report(AckWait::Wait));
         assert!(j.starts_with(
-            "{\"system\":\"pinstream\",\"transport\":\"tcp\",\"events\":1000,\"seconds\":0.500000,\"events_per_sec\":2000.0,\"bytes_per_sec\":400000.0,\"stored\":990,\"dead_lettered\":10,\"rejected\":0,\"ack_p50_us\":500."
+            "{\"system\":\"pinstream\",\"transport\":\"tcp\",\"events\":1000,\"seconds\":0.500000,\"events_per_sec\":2000.0,\"bytes_per_sec\":400000.0,\"stored_per_sec\":1980.0,\"stored\":990,\"dead_lettered\":10,\"rejected\":0,\"ack_p50_us\":500."
         ), "{j}");
         assert!(j.contains("\"ack_max_us\":1000."), "{j}");
         assert!(j.ends_with("}\n"));
         let j = json(&report(AckWait::None));
-        assert!(j.contains("\"stored\":null,\"dead_lettered\":null,\"rejected\":null,\"ack_p50_us\":null,\"ack_p90_us\":null,\"ack_p99_us\":null,\"ack_p999_us\":null,\"ack_max_us\":null}"), "{j}");
+        assert!(j.contains("\"stored_per_sec\":null,\"stored\":null,\"dead_lettered\":null,\"rejected\":null,\"ack_p50_us\":null,\"ack_p90_us\":null,\"ack_p99_us\":null,\"ack_p999_us\":null,\"ack_max_us\":null}"), "{j}");
     }
 
     #[test]

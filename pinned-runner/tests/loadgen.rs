@@ -17,13 +17,14 @@ use pinstream_tests::TempDir;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The JSON keys, in order.
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
     "system",
     "transport",
     "events",
     "seconds",
     "events_per_sec",
     "bytes_per_sec",
+    "stored_per_sec",
     "stored",
     "dead_lettered",
     "rejected",
@@ -195,10 +196,16 @@ fn tcp_json_counts_match_the_engine() {
     assert_eq!(j.raw("system"), "\"pinstream\"");
     assert_eq!(j.raw("transport"), "\"tcp\"");
     assert_eq!(j.count("events"), 20_000);
-    // Flat out with 256 frames in flight the control plane may shed some medium events:
-    // whatever the split, the ACKs' counts are the engine's.
+    // Flat out with 256 frames in flight: a TCP producer is slowed down (back-pressure),
+    // never shed, so every event is stored, and the ACKs' counts are the engine's.
     let (stored, dead) = (j.count("stored"), j.count("dead_lettered"));
-    assert_eq!(stored + dead, 20_000);
+    assert_eq!((stored, dead), (20_000, 0));
+    let secs = j.num("seconds");
+    let per_sec = j.num("stored_per_sec");
+    assert!(
+        (per_sec - stored as f64 / secs).abs() <= 1.0,
+        "stored_per_sec {per_sec} is stored / seconds"
+    );
     assert_eq!(j.count("rejected"), 0);
     let stats = engine.stats();
     assert_eq!(stats.dispatch.ingested.get(), 20_000);
@@ -357,6 +364,7 @@ fn udp_fire_and_forget() {
     let secs = j.num("seconds");
     assert!((0.7..5.0).contains(&secs), "{secs} s");
     for key in [
+        "stored_per_sec",
         "stored",
         "dead_lettered",
         "rejected",
@@ -447,6 +455,42 @@ fn a_server_that_does_not_acknowledge() {
     eventually("5000 more events stored", || {
         stats.process.stored.get() >= 5000
     });
+}
+
+/// Dead letters are a failure of the run unless asked for: an event to a topic the engine
+/// does not know is dead-lettered, and loadgen exits 1 saying so.
+#[test]
+fn dead_letters_fail_the_run_unless_allowed() {
+    let dir = TempDir::new("loadgen-dead");
+    let engine = engine(&dir, AckMode::Durable);
+    let addr = addr_of(engine.started.tcp);
+    let topics = EngineConfig::local(dir.path()).topics.len();
+    let many = (topics + 1).to_string();
+    let args = [
+        "--addr", &addr, "--events", "1000", "--topics", &many, "--json",
+    ];
+    let out = loadgen(&args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("dead-lettered"), "{stderr}");
+    assert!(stderr.contains("--allow-dead-letters"), "{stderr}");
+    // The report is still printed, with the counts.
+    let j = Json::parse(&text(&out.stdout));
+    assert!(j.count("dead_lettered") > 0);
+    assert_eq!(j.count("stored") + j.count("dead_lettered"), 1000);
+    let j = loadgen_json(&[
+        "--addr",
+        &addr,
+        "--events",
+        "1000",
+        "--topics",
+        &many,
+        "--id-base",
+        "5000",
+        "--json",
+        "--allow-dead-letters",
+    ]);
+    assert!(j.count("dead_lettered") > 0);
 }
 
 #[test]

@@ -108,10 +108,12 @@ fn durable_acks_cover_every_event_and_the_logs_hold_them() {
             .collect::<Vec<_>>(),
         [Reason::PayloadTooLarge]
     );
-    let expected_dead = 1 + u64::from(dup_is_medium);
+    // The duplicate is no dead letter: its event is stored, and protocol version 1
+    // acknowledges it as stored (already).
+    assert_eq!(ack.dead_lettered, 1, "the unknown topic only");
     assert_eq!(
-        ack.dead_lettered, expected_dead,
-        "unknown topic (+ the duplicate)"
+        engine.stats().process.reason(Reason::Duplicate).get(),
+        u64::from(dup_is_medium)
     );
     engine.stop().unwrap();
 
@@ -141,8 +143,9 @@ fn durable_acks_cover_every_event_and_the_logs_hold_them() {
         .sum();
     assert_eq!(aggregated, expect_events[2]);
     assert_eq!(
-        realtime.len() as u64 + transactional.len() as u64 + aggregated,
-        ack.stored
+        realtime.len() as u64 + transactional.len() as u64 + aggregated + u64::from(dup_is_medium),
+        ack.stored,
+        "stored, and the duplicate acknowledged as stored"
     );
     let reasons: Vec<Reason> = dead
         .iter()
@@ -152,7 +155,10 @@ fn durable_acks_cover_every_event_and_the_logs_hold_them() {
         })
         .collect();
     assert!(reasons.contains(&Reason::UnknownTopic), "{reasons:?}");
-    assert_eq!(reasons.contains(&Reason::Duplicate), dup_is_medium);
+    assert!(
+        !reasons.contains(&Reason::Duplicate),
+        "a duplicate is not dead-lettered: {reasons:?}"
+    );
 }
 
 #[test]
@@ -529,6 +535,43 @@ fn a_half_closed_client_gets_its_acks() {
         client.closed_by_server(WAIT),
         "closed once everything is acknowledged"
     );
+    engine.stop().unwrap();
+}
+
+/// A frame that fails its CRC cannot vouch for its seq: one flipped bit in the seq field
+/// (2^40 + 2 instead of 2) must not move the ACK watermark there, or every later ACK would
+/// claim frames never stored. Nor does an ACK frame sent to the server.
+#[test]
+fn unverified_frames_do_not_move_the_watermark() {
+    let dir = TempDir::new("e2e-watermark");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
+    let one = |seq: u64, id: u64| Client::batch(seq, &[header(id, 0, Priority::High)], |_| vec![1]);
+    client.send(&one(1, 1)).unwrap();
+    let (ack, _) = client.wait_ack(1, WAIT).unwrap();
+    assert_eq!(ack.through_seq, 1);
+    // Frame 2 with a bit flipped in its seq: the CRC no longer matches.
+    let mut bad = one(2, 2);
+    bad[8 + 5] ^= 0x01; // seq 2 -> 2 + 2^40
+    client.send(&bad).unwrap();
+    // An ACK frame sent to the server, with a seq far ahead.
+    let mut ack_frame = [0u8; 64];
+    let n = pinstream_core::wire::encode_ack(&mut ack_frame, 1 << 50, &Default::default()).unwrap();
+    client.send(&ack_frame[..n]).unwrap();
+    client.send(&one(3, 3)).unwrap();
+    let (ack, rejects) = client.wait_ack(3, WAIT).unwrap();
+    assert_eq!(ack.through_seq, 3, "{ack:?}");
+    assert_eq!((ack.stored, ack.rejected), (2, 2), "{ack:?}");
+    let reasons: Vec<_> = rejects.iter().map(|r| r.reason()).collect();
+    assert_eq!(
+        reasons,
+        [Some(Reason::BadCrc), Some(Reason::UnexpectedKind)],
+        "{rejects:?}"
+    );
+    // Later frames: the watermark follows the real seqs, never beyond.
+    client.send(&one(4, 4)).unwrap();
+    let (ack, _) = client.wait_ack(4, WAIT).unwrap();
+    assert_eq!(ack.through_seq, 4);
     engine.stop().unwrap();
 }
 

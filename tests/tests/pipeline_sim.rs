@@ -3,17 +3,18 @@
 //! the dispatcher routes them, the processors store them in a sink that sometimes refuses,
 //! and the control plane watches. The run goes through ramp-up, overload and recovery.
 //!
-//! Checked on every step: `ingested == stored + dead_lettered + rejected + in_flight`.
+//! Checked on every step: `ingested == stored + duplicates + dead_lettered + rejected +
+//! in_flight`.
 //! Checked at the end: every event has exactly one fate (stored, dead-lettered or rejected;
 //! never two), per reason the counters match what the simulation saw, and the control plane
 //! rose under overload and came back to `Healthy`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pinstream_core::accounting::{Accounting, StageCounters};
 use pinstream_core::control::{ControlConfig, ControlPlane, ControlSignal, Level, Observation};
-use pinstream_core::dispatch::{Dispatcher, Outcome};
-use pinstream_core::event::{EventHeader, Lane, Priority};
+use pinstream_core::dispatch::{Dispatcher, Flow, FrameProgress, Outcome, Unlimited};
+use pinstream_core::event::{EventHeader, Lane, Origin, Priority};
 use pinstream_core::lanes::Lanes;
 use pinstream_core::process::realtime::{AlertRule, Condition, CountAlerts};
 use pinstream_core::process::{LaneProcessors, Processors, Record, RetryPolicy, Sink, SinkError};
@@ -29,6 +30,8 @@ struct SimSink {
     refuse_permille: u64,
     stored: HashMap<u64, Lane>,
     aggregated_events: u64,
+    /// Serial numbers answered as duplicates of a stored id.
+    duplicates: HashSet<u64>,
 }
 
 impl Sink for SimSink {
@@ -49,6 +52,14 @@ impl Sink for SimSink {
             Record::Aggregate(a) => self.aggregated_events += a.count,
         }
         Ok(())
+    }
+
+    fn duplicate(&mut self, header: &EventHeader, _origin: Origin) {
+        assert!(
+            self.duplicates.insert(header.timestamp),
+            "event {} answered duplicate twice",
+            header.timestamp
+        );
     }
 }
 
@@ -102,6 +113,7 @@ fn run(seed: u64) {
         refuse_permille: 20,
         stored: HashMap::new(),
         aggregated_events: 0,
+        duplicates: HashSet::new(),
     };
     let mut control = ControlPlane::new(ControlConfig {
         warmup_events: 500,
@@ -287,12 +299,18 @@ fn run(seed: u64) {
                 batch_queued += 1;
             }
             Outcome::Queued(lane) => {
-                assert!(
-                    stored != late_dead.is_some(),
-                    "event {serial} in {lane:?}: stored {stored}, dead-lettered {late_dead:?}"
+                let duplicate = sink.duplicates.contains(&serial);
+                assert_eq!(
+                    u8::from(stored) + u8::from(late_dead.is_some()) + u8::from(duplicate),
+                    1,
+                    "event {serial} in {lane:?}: stored {stored}, dead-lettered {late_dead:?}, \
+                     duplicate {duplicate}"
                 );
                 if let Some(reason) = late_dead {
                     *per_reason.entry(reason).or_default() += 1;
+                }
+                if duplicate {
+                    *per_reason.entry(Reason::Duplicate).or_default() += 1;
                 }
             }
             Outcome::DeadLettered(reason) => {
@@ -381,4 +399,141 @@ fn ramp_overload_recovery_seed_2() {
 #[test]
 fn ramp_overload_recovery_seed_3() {
     run(0xC0FF_EE03);
+}
+
+/// A source with flow control ([`Flow::Waits`], what a TCP connection is) against a slow
+/// pipeline and an overload four times what it takes: its frames wait for room (the
+/// simulation's "connection" keeps them, as the host keeps them in the receive buffer) and
+/// nothing is dead-lettered or shed, while the control plane rises as the lanes fill.
+fn waiting_source_against_a_slow_pipeline(seed: u64) {
+    let mut rng = Rng(seed);
+    let mut lanes: Lanes<64, 256, 64, 256> = Lanes::new();
+    let (input, output, mut dead_letters) = lanes.split();
+    let signal = ControlSignal::new();
+    let (dispatch_counters, process_counters) = (StageCounters::new(), StageCounters::new());
+    let mut dispatcher = Dispatcher::new(input, &Unlimited, &signal, 4, &dispatch_counters);
+    let mut processors: Processors<'_, 64, 256, 64, 256, 16> =
+        Processors::new(output, RetryPolicy::DEFAULT, &process_counters);
+    let mut procs: LaneProcessors<4, 4096, 8> = LaneProcessors::new(u64::MAX / 8, 10 * STEP);
+    let mut alerts = CountAlerts::default();
+    let mut sink = SimSink {
+        rng: Rng(seed ^ 0xFEED),
+        refuse_permille: 0,
+        stored: HashMap::new(),
+        aggregated_events: 0,
+        duplicates: HashSet::new(),
+    };
+    let mut control = ControlPlane::new(ControlConfig {
+        warmup_events: 100,
+        ..ControlConfig::DEFAULT
+    });
+    // The connection: frames not yet taken, oldest first, and the one in progress.
+    let mut pending: std::collections::VecDeque<Vec<u8>> = Default::default();
+    let mut progress = FrameProgress::new();
+    let mut frame_buf = vec![0u8; 65_536];
+    let (mut serial, mut seq, mut now) = (0u64, 0u64, 0u64);
+    let mut offered_total = 0u64;
+    let (mut waits, mut peak) = (0u64, Level::Healthy);
+    let mut queued_batch = 0u64;
+    let mut last_cause = None;
+    for step in 0..2_000u64 {
+        now += STEP;
+        // The producer offers 100 events per step for 200 steps (four times what the
+        // processors take), then stops.
+        if step < 200 {
+            let mut left = 100u64;
+            while left > 0 {
+                let n = left.min(1 + rng.below(48));
+                left -= n;
+                seq += 1;
+                let mut batch = BatchEncoder::new(&mut frame_buf, seq).unwrap();
+                for _ in 0..n {
+                    serial += 1;
+                    let priority = Priority::ALL[rng.below(5) as usize];
+                    let topic = rng.below(4) as u16;
+                    let header = EventHeader::new(serial, topic, priority, serial);
+                    batch.push(&header, &[7u8; 16]).unwrap();
+                }
+                let len = batch.finish().unwrap();
+                pending.push_back(frame_buf[..len].to_vec());
+                offered_total += n;
+            }
+        }
+        // Ingest: take frames while the engine has room.
+        while let Some(bytes) = pending.front() {
+            let frame = pinstream_core::wire::Frame::new_checked(bytes, bytes.len()).unwrap();
+            let step = dispatcher.dispatch_frame_flow(
+                &frame,
+                1,
+                now,
+                Flow::Waits,
+                &mut progress,
+                |_, _, outcome| match outcome {
+                    Outcome::Queued(Lane::Batch) => queued_batch += 1,
+                    Outcome::Queued(_) => {}
+                    other => panic!("a waiting source got {other:?}"),
+                },
+            );
+            if let Some(cause) = step.waiting {
+                waits += 1;
+                last_cause = Some(cause);
+                break;
+            }
+            pending.pop_front();
+            progress = FrameProgress::new();
+        }
+        // The slow part: 8 events per lane per step, against 100 offered.
+        processors.poll(&mut procs, &mut alerts, &mut sink, now, 8);
+        let depth = processors
+            .depths()
+            .iter()
+            .map(|&d| pinstream_core::control::depth_permille(d, 64))
+            .max()
+            .unwrap();
+        let books = Accounting::of(&[&dispatch_counters, &process_counters]);
+        let level = control.evaluate_and_publish(
+            Observation {
+                depth_permille: depth,
+                offered: 100,
+                dropped: 0,
+            },
+            &signal,
+        );
+        peak = peak.max(level);
+        books
+            .check(processors.in_flight(&procs))
+            .unwrap_or_else(|e| panic!("step {step}: {e}"));
+    }
+    assert!(
+        pending.is_empty(),
+        "{} frames still waiting for {last_cause:?}, level {}, depths {:?}, parked {}",
+        pending.len(),
+        signal.level(),
+        processors.depths(),
+        processors.parked()
+    );
+    processors.drain(&mut procs, &mut alerts, &mut sink, now + STEP);
+    assert!(dead_letters.pop().is_none(), "nothing dead-lettered");
+    let books = Accounting::of(&[&dispatch_counters, &process_counters]);
+    books.check(0).unwrap();
+    assert_eq!(books.ingested, offered_total);
+    assert_eq!(books.dead_lettered + books.rejected + books.duplicates, 0);
+    assert_eq!(books.stored, offered_total, "every event stored");
+    assert_eq!(
+        sink.stored.len() as u64 + sink.aggregated_events,
+        offered_total
+    );
+    assert_eq!(sink.aggregated_events, queued_batch);
+    assert!(waits > 100, "the source must have waited: {waits}");
+    assert!(peak >= Level::Elevated, "the lanes filled: peak {peak}");
+}
+
+#[test]
+fn waiting_source_loses_nothing_to_a_slow_pipeline_seed_1() {
+    waiting_source_against_a_slow_pipeline(1);
+}
+
+#[test]
+fn waiting_source_loses_nothing_to_a_slow_pipeline_seed_2() {
+    waiting_source_against_a_slow_pipeline(0x5EED_0002);
 }

@@ -79,27 +79,31 @@ fn ticks_wrap_modulo_2_pow_62_without_freezing_entries() {
 }
 
 #[test]
-fn full_of_live_keys_is_a_value_and_present_keys_stay_duplicates() {
+fn full_window_evicts_the_oldest_and_present_keys_stay_duplicates() {
     let t: DedupTable<4, 4> = DedupTable::new(50);
-    for k in 0..4 {
-        assert_eq!(t.check_and_insert(k, 10), Verdict::New);
+    for (k, tick) in [(0, 10), (1, 12), (2, 11), (3, 13)] {
+        assert_eq!(t.check_and_insert(k, tick), Verdict::New);
     }
-    assert_eq!(t.check_and_insert(99, 20), Verdict::Full);
+    // Every slot live: the oldest (key 0, first seen at 10) makes room, with its age.
     assert_eq!(
         t.check_and_insert(99, 20),
-        Verdict::Full,
-        "Full records nothing"
+        Verdict::NewEvicting { evicted_age: 10 }
     );
-    for k in 0..4 {
+    assert_eq!(t.check_and_insert(99, 21), Verdict::Duplicate, "recorded");
+    for k in 1..4 {
         assert_eq!(
-            t.check_and_insert(k, 20),
+            t.check_and_insert(k, 21),
             Verdict::Duplicate,
-            "never a false New"
+            "never a false New for a key still present"
         );
     }
-    // Once the window passes, expired slots are reused.
-    assert_eq!(t.check_and_insert(99, 60), Verdict::New);
-    assert_eq!(t.check_and_insert(99, 61), Verdict::Duplicate);
+    // The evicted key is forgotten early: new again, evicting the next oldest (key 2).
+    assert_eq!(
+        t.check_and_insert(0, 22),
+        Verdict::NewEvicting { evicted_age: 11 }
+    );
+    // Once the window passes, expired slots are reused without eviction.
+    assert_eq!(t.check_and_insert(7, 63), Verdict::New);
 }
 
 #[test]
@@ -111,12 +115,18 @@ fn probe_window_bounds_where_a_key_may_live() {
     for k in 0..512u64 {
         match t.check_and_insert(k.wrapping_mul(0x2545_F491_4F6C_DD1D), 0) {
             Verdict::New => new += 1,
-            Verdict::Full => full += 1,
+            Verdict::NewEvicting { evicted_age } => {
+                assert_eq!(evicted_age, 0, "all seen at tick 0");
+                full += 1;
+            }
             Verdict::Duplicate => panic!("distinct keys"),
         }
     }
     assert_eq!(new + full, 512);
-    assert!(full > 0, "direct-mapped at 50% load must collide");
+    assert!(
+        full > 0,
+        "direct-mapped at 50% load must collide (and evict)"
+    );
     // With the default probe length the same load fits.
     let t: DedupTable<1024> = DedupTable::new(1_000);
     for k in 0..512u64 {
@@ -171,7 +181,9 @@ fn race<const N: usize>(table: &DedupTable<N>, now: u64) -> Vec<usize> {
                             news[key as usize].fetch_add(1, StdOrdering::Relaxed);
                         }
                         Verdict::Duplicate => {}
-                        Verdict::Full => panic!("table sized for no Full, key {key}"),
+                        Verdict::NewEvicting { .. } => {
+                            panic!("table sized for no eviction, key {key}")
+                        }
                     }
                 }
             });
@@ -250,34 +262,53 @@ fn shared_and_exclusive_paths_match_the_reference_model() {
 }
 
 #[test]
-fn exclusive_path_full_and_edges() {
+fn exclusive_path_eviction_and_edges() {
     let mut t: DedupTable<4, 4> = DedupTable::new(50);
-    for k in 0..4 {
-        assert_eq!(t.check_and_insert_mut(k, 10), Verdict::New);
+    for (k, tick) in [(0, 11), (1, 10), (2, 12), (3, 13)] {
+        assert_eq!(t.check_and_insert_mut(k, tick), Verdict::New);
     }
-    assert_eq!(t.check_and_insert_mut(99, 20), Verdict::Full);
-    for k in 0..4 {
+    // The oldest (key 1, first seen at 10) makes room.
+    assert_eq!(
+        t.check_and_insert_mut(99, 20),
+        Verdict::NewEvicting { evicted_age: 10 }
+    );
+    for k in [0, 2, 3, 99] {
         assert_eq!(
-            t.check_and_insert_mut(k, 59),
+            t.check_and_insert_mut(k, 60),
             Verdict::Duplicate,
-            "window - 1"
+            "present keys stay duplicates (window - 1 for key 0 is 60)"
         );
     }
     assert_eq!(
-        t.check_and_insert_mut(2, 60),
+        t.check_and_insert_mut(0, 61),
         Verdict::New,
-        "exactly window"
+        "exactly window: an expired slot is reused, nothing evicted"
     );
     assert_eq!(
-        t.check_and_insert_mut(99, 61),
-        Verdict::New,
-        "expired slots reused"
-    );
-    assert_eq!(
-        t.check_and_insert(99, 62),
+        t.check_and_insert(0, 62),
         Verdict::Duplicate,
         "shared path sees it"
     );
+    // The shared and exclusive paths pick the same victim.
+    let mut a: DedupTable<4, 4> = DedupTable::new(1_000);
+    let b: DedupTable<4, 4> = DedupTable::new(1_000);
+    for (k, tick) in [(5, 3), (6, 1), (7, 4), (8, 2)] {
+        assert_eq!(a.check_and_insert_mut(k, tick), Verdict::New);
+        assert_eq!(b.check_and_insert(k, tick), Verdict::New);
+    }
+    assert_eq!(
+        a.check_and_insert_mut(9, 10),
+        Verdict::NewEvicting { evicted_age: 9 }
+    );
+    assert_eq!(
+        b.check_and_insert(9, 10),
+        Verdict::NewEvicting { evicted_age: 9 }
+    );
+    assert!(
+        a.check_and_insert_mut(6, 11).is_new(),
+        "key 6 was the oldest"
+    );
+    assert!(b.check_and_insert(6, 11).is_new(), "key 6 was the oldest");
 }
 
 #[test]

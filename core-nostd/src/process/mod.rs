@@ -6,7 +6,7 @@
 //! | lane | logic | to the sink |
 //! | --- | --- | --- |
 //! | realtime | [`realtime`]: alert rules call an [`AlertHandler`] | every event |
-//! | transactional | [`transactional`]: repeats within the window are dead-lettered `Duplicate` | every new event |
+//! | transactional | [`transactional`]: repeats within the window are answered `Duplicate` ([`Sink::duplicate`]) | every new event |
 //! | batch | [`batch`]: per-topic windowed aggregation | one [`Aggregate`] per topic per window |
 //!
 //! **Bounded retry.** When the sink refuses a record, the record is parked (its pool slot
@@ -118,6 +118,14 @@ pub trait Sink {
     fn dead_letter(&mut self, record: &DeadLetter) -> bool {
         let _ = record;
         false
+    }
+
+    /// Told of each event the transactional lane did not store because an event with its id
+    /// is stored already (within the dedup window): already counted under
+    /// [`Reason::Duplicate`], which is its own class in the books, not a dead letter. The
+    /// host acknowledges it to the producer as a duplicate. The default does nothing.
+    fn duplicate(&mut self, header: &EventHeader, origin: Origin) {
+        let _ = (header, origin);
     }
 }
 
@@ -442,8 +450,18 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                 break;
             };
             taken += 1;
-            match procs.transactional.admit(slot.header.id, now) {
+            let evictions = procs.transactional.evictions();
+            let admitted = procs.transactional.admit(slot.header.id, now);
+            if procs.transactional.evictions() != evictions {
+                self.counters.dedup_evictions.incr();
+            }
+            match admitted {
                 Ok(()) => self.store_event(procs, slot, Lane::Transactional, sink, now, summary),
+                Err(reason) if reason.is_duplicate() => {
+                    self.counters.reason(reason).incr();
+                    sink.duplicate(&slot.header, slot.origin);
+                    self.recycle(slot);
+                }
                 Err(reason) => {
                     self.dead_letter(sink, &slot.header, slot.origin, reason, now, 1);
                     self.recycle(slot);

@@ -16,6 +16,8 @@ struct TestSink {
     events: Vec<(Lane, u64)>,
     aggregates: Vec<Aggregate>,
     calls: u32,
+    /// Ids answered as duplicates, with the frame they came in.
+    duplicates: Vec<(u64, Origin)>,
 }
 
 impl Sink for TestSink {
@@ -33,6 +35,10 @@ impl Sink for TestSink {
             Record::Aggregate(a) => self.aggregates.push(**a),
         }
         Ok(())
+    }
+
+    fn duplicate(&mut self, header: &EventHeader, origin: Origin) {
+        self.duplicates.push((header.id, origin));
     }
 }
 
@@ -95,11 +101,9 @@ fn each_lane_reaches_the_sink_its_own_way() {
             (Lane::Transactional, 3)
         ]
     );
-    let dl = dead.pop().unwrap();
-    assert_eq!(
-        (dl.reason, dl.header.id, dl.events),
-        (Reason::Duplicate, 3, 1)
-    );
+    // The repeat is a duplicate of a stored event: told to the sink, not dead-lettered.
+    assert_eq!(sink.duplicates, [(3, o)]);
+    assert!(dead.pop().is_none());
     // The batch window [0, 100) is still open: two events in flight.
     assert_eq!(p.in_flight(&procs), 2);
     check_books(&[&dc, &pc], 2);
@@ -431,6 +435,10 @@ impl Sink for DeadLetterSink {
             .push((record.reason, record.header.id, record.origin));
         true
     }
+
+    fn duplicate(&mut self, header: &EventHeader, origin: Origin) {
+        self.inner.duplicate(header, origin);
+    }
 }
 
 #[test]
@@ -455,7 +463,9 @@ fn a_sink_that_takes_dead_letters_gets_them_instead_of_the_ring() {
     d.dispatch(&header(3, 2, Priority::Medium), b"c", b, 6); // a repeat
     d.dispatch(&header(4, 9, Priority::Medium), b"c", b, 6); // dispatcher: unknown topic
     p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 10, 16);
-    assert_eq!(sink.dead, [(Reason::Duplicate, 3, b)]);
+    // A repeat is no dead letter: the sink hears of it as a duplicate.
+    assert!(sink.dead.is_empty());
+    assert_eq!(sink.inner.duplicates, [(3, b)]);
     // The dispatcher's own dead letter still goes to the ring; the processors' does not.
     assert_eq!(dead.pop().map(|r| r.reason), Some(Reason::UnknownTopic));
     assert!(dead.pop().is_none());
@@ -463,10 +473,11 @@ fn a_sink_that_takes_dead_letters_gets_them_instead_of_the_ring() {
     sink.inner.refuse = 1;
     d.dispatch(&header(5, 2, Priority::Medium), b"c", a, 11);
     p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 12, 16);
-    assert_eq!(sink.dead[1], (Reason::RetriesExhausted, 5, a));
+    assert_eq!(sink.dead, [(Reason::RetriesExhausted, 5, a)]);
     assert!(dead.pop().is_none());
     let books = check_books(&[&dc, &pc], 0);
     assert_eq!(books.reason(Reason::Duplicate), 1);
+    assert_eq!((books.duplicates, books.dead_lettered), (1, 2));
     assert_eq!(books.reason(Reason::RetriesExhausted), 1);
     assert_eq!(books.stored, 1);
 }

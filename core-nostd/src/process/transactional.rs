@@ -1,11 +1,13 @@
 //! The transactional lane's processor: drops repeats of an event id within a window.
 //!
 //! Each event's id (the producer's idempotency key) goes through a [`DedupTable`] owned by
-//! this processor (the single-owner fast path). A repeat within the window is dead-lettered
-//! `Duplicate`; an id the table has no room to check is dead-lettered `DedupFull` (never
-//! stored unchecked). An event admitted here and then dead-lettered after all (the sink
-//! refused it on every retry) is forgotten again, so the producer's resend is not taken for a
-//! duplicate of something that was never stored.
+//! this processor (the single-owner fast path). A repeat within the window is answered
+//! `Duplicate` (the event is already stored: the producer is told so, nothing is
+//! dead-lettered). The table never refuses an id: when every slot an id may use holds a live
+//! one, the oldest of them is evicted (counted, with its age: the effective window). An event
+//! admitted here and then dead-lettered after all (the sink refused it on every retry) is
+//! forgotten again, so the producer's resend is not taken for a duplicate of something that
+//! was never stored.
 
 use crate::dedup::{DedupTable, Verdict};
 use crate::reason::Reason;
@@ -24,28 +26,49 @@ use crate::reason::Reason;
 /// ```
 pub struct TransactionalProcessor<const D: usize> {
     dedup: DedupTable<D>,
+    /// Entries evicted before their window ended, since start.
+    evictions: u64,
+    /// The youngest evicted entry's age since the last
+    /// [`take_youngest_evicted`](Self::take_youngest_evicted) (`u64::MAX`: none).
+    youngest_evicted: u64,
 }
 
 impl<const D: usize> TransactionalProcessor<D> {
     crate::sync::const_fn! {
         /// A processor remembering ids for `window` ticks.
         pub fn new(window: u64) -> Self {
-            Self { dedup: DedupTable::new(window) }
+            Self { dedup: DedupTable::new(window), evictions: 0, youngest_evicted: u64::MAX }
         }
     }
 
     /// Whether the event with `id` may go on to the sink at tick `now`.
     ///
     /// # Errors
-    /// `Reason::Duplicate` for a repeat within the window, `Reason::DedupFull` when the
-    /// table cannot check the id.
+    /// `Reason::Duplicate` for a repeat within the window (the only refusal).
     #[inline]
     pub fn admit(&mut self, id: u64, now: u64) -> Result<(), Reason> {
         match self.dedup.check_and_insert_mut(id, now) {
             Verdict::New => Ok(()),
+            Verdict::NewEvicting { evicted_age } => {
+                self.evictions += 1;
+                self.youngest_evicted = self.youngest_evicted.min(evicted_age);
+                Ok(())
+            }
             Verdict::Duplicate => Err(Reason::Duplicate),
-            Verdict::Full => Err(Reason::DedupFull),
         }
+    }
+
+    /// Entries evicted before their window ended, since start.
+    pub const fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// The age in ticks of the youngest entry evicted since the last call, and resets it:
+    /// how far back the table surely remembered over that time (its effective window).
+    /// `None` when nothing was evicted: it remembered the whole window.
+    pub fn take_youngest_evicted(&mut self) -> Option<u64> {
+        let age = core::mem::replace(&mut self.youngest_evicted, u64::MAX);
+        (age != u64::MAX).then_some(age)
     }
 
     /// Forgets `id` as admitted at tick `admitted` (its event was dead-lettered after

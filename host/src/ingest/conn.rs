@@ -5,6 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
 use crate::stats::LatencyRecorder;
+use pinstream_core::dispatch::FrameProgress;
 use pinstream_core::wire::{
     Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_reject,
 };
@@ -34,6 +35,13 @@ pub(crate) struct Track {
     pub(crate) dead: u32,
     /// Units rejected.
     pub(crate) rejected: u32,
+    /// The frame is still being dispatched (it waits for room): more events will come, so
+    /// it is not resolved even when nothing is pending.
+    pub(crate) open: bool,
+    /// Whether resolving this frame moves the ACK watermark to `seq`. False for a frame
+    /// whose seq cannot be trusted (its CRC failed, or it could not be read): its unit is
+    /// counted, but a flipped bit in its seq must not acknowledge frames never stored.
+    pub(crate) moves_watermark: bool,
 }
 
 impl Track {
@@ -48,11 +56,37 @@ impl Track {
             stored,
             dead,
             rejected,
+            open: false,
+            moves_watermark: true,
+        }
+    }
+
+    /// A rejected unit whose seq cannot be trusted: counted, the watermark left alone.
+    pub(crate) fn unverified() -> Self {
+        Self {
+            moves_watermark: false,
+            ..Self::settled(0, 0, 0, 1)
+        }
+    }
+
+    /// A data frame about to be dispatched: `events` of credit, nothing resolved yet.
+    pub(crate) fn dispatching(seq: u64, events: u32, tick: u64) -> Self {
+        Self {
+            seq,
+            pending: 0,
+            batch_events: 0,
+            tick,
+            events,
+            stored: 0,
+            dead: 0,
+            rejected: 0,
+            open: true,
+            moves_watermark: true,
         }
     }
 
     fn resolved(&self, batch_watermark: u64) -> bool {
-        self.pending == 0 && (self.batch_events == 0 || self.tick < batch_watermark)
+        !self.open && self.pending == 0 && (self.batch_events == 0 || self.tick < batch_watermark)
     }
 }
 
@@ -119,6 +153,11 @@ pub(crate) struct Conn {
     pub(crate) max_frame: usize,
     /// Rejects that did not fit the output buffer (the ACK counts still cover them).
     pub(crate) rejects_dropped: u64,
+    /// The frame at `rstart` is partly dispatched and waits for room in the engine: how far
+    /// it got. The connection is not read until it is done.
+    pub(crate) progress: Option<FrameProgress>,
+    /// In the ingest thread's queue of connections waiting for room (oldest first).
+    pub(crate) queued: bool,
 }
 
 impl Conn {
@@ -151,6 +190,8 @@ impl Conn {
             stalled_since: 0,
             max_frame: 0,
             rejects_dropped: 0,
+            progress: None,
+            queued: false,
         }
     }
 
@@ -180,6 +221,8 @@ impl Conn {
         self.stalled_since = 0;
         self.max_frame = max_frame;
         self.rejects_dropped = 0;
+        self.progress = None;
+        self.queued = false;
     }
 
     /// Free bytes at the end of the output buffer.
@@ -278,7 +321,9 @@ impl Conn {
             self.stored += u64::from(t.stored + t.batch_events);
             self.dead += u64::from(t.dead);
             self.rejected += u64::from(t.rejected);
-            self.through = self.through.max(t.seq);
+            if t.moves_watermark {
+                self.through = self.through.max(t.seq);
+            }
             self.ack_owed = true;
             freed += u64::from(t.events);
         }
@@ -346,6 +391,11 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether it has input to take (readable, not closing): held back, it queues for room.
+    pub(crate) fn wants_input(&self) -> bool {
+        self.readable && !self.peer_closed && self.closing.is_none()
     }
 
     /// Whether output is waiting.

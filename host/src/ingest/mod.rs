@@ -23,13 +23,14 @@
 mod conn;
 mod udp;
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pinstream_core::dispatch::{Dispatcher, Outcome};
+use pinstream_core::dispatch::{Dispatcher, Flow, FrameProgress, Outcome};
 use pinstream_core::event::Lane;
 use pinstream_core::reason::Reason;
 use pinstream_core::ring::Consumer;
@@ -69,6 +70,9 @@ pub struct Completion {
     pub stored: u32,
     /// Events dead-lettered.
     pub dead: u32,
+    /// Events not stored again because an event with their id is stored (the transactional
+    /// lane's dedup window): acknowledged as stored, which they are.
+    pub duplicates: u32,
 }
 
 /// Capacity of the completion ring from the storage thread.
@@ -200,6 +204,9 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     open: Vec<usize>,
     /// Slots with buffers and no connection, for reuse.
     free: Vec<usize>,
+    /// Connections waiting for room in the engine (a frame stopped part-way, or input held
+    /// back behind such a one), oldest first. Each has `queued` set.
+    waiting: VecDeque<usize>,
     ready: Vec<Ready>,
     now: u64,
     last_housekeeping: u64,
@@ -274,6 +281,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             generations: vec![0; n],
             open: Vec::with_capacity(n),
             free: Vec::with_capacity(n),
+            waiting: VecDeque::with_capacity(n),
             ready: vec![Ready::default(); 256],
             now: 0,
             last_housekeeping: 0,
@@ -326,17 +334,54 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             work |= udp.poll(&mut self.dispatcher, self.counters, self.now) > 0;
         }
         work |= self.take_completions();
+        // Connections whose frame waits for room go first, oldest first; once one of them
+        // still finds none, no other connection dispatches this round (they queue behind
+        // it), so room goes to whoever waited longest.
+        let mut blocked = false;
+        let mut k = 0;
+        while k < self.waiting.len() {
+            let slot = self.waiting[k];
+            let allowed = !blocked;
+            let (did, close) = self.serve(slot, allowed);
+            work |= did;
+            // Served: it leaves the queue unless its frame still waits. Held back: it keeps
+            // its place.
+            let still = !allowed
+                || self.conns[slot]
+                    .as_ref()
+                    .is_some_and(|c| c.progress.is_some());
+            if let Some(reason) = close {
+                self.close(slot, reason); // also leaves the queue
+            } else if still {
+                blocked = true;
+                k += 1;
+            } else {
+                self.unqueue(slot);
+            }
+        }
         let mut i = 0;
         while i < self.open.len() {
             let slot = self.open[i];
-            let (did, close) = self.serve(slot);
+            if self.conns[slot].as_ref().is_some_and(|c| c.queued) {
+                i += 1;
+                continue; // served above
+            }
+            let (did, close) = self.serve(slot, !blocked);
             work |= did;
             if let Some(reason) = close {
                 self.close(slot, reason);
                 // `close` swapped the last open slot into `i`.
-            } else {
-                i += 1;
+                continue;
             }
+            if let Some(conn) = self.conns[slot].as_mut() {
+                let held = if blocked { conn.wants_input() } else { false };
+                if conn.progress.is_some() || held {
+                    blocked = true;
+                    conn.queued = true;
+                    self.waiting.push_back(slot);
+                }
+            }
+            i += 1;
         }
         self.shared
             .pushed_before
@@ -466,12 +511,27 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         Ok(())
     }
 
+    /// Takes `slot` out of the queue of connections waiting for room.
+    fn unqueue(&mut self, slot: usize) {
+        if let Some(conn) = self.conns[slot].as_mut() {
+            if conn.queued {
+                conn.queued = false;
+                if let Some(pos) = self.waiting.iter().position(|&s| s == slot) {
+                    self.waiting.remove(pos);
+                }
+            }
+        }
+    }
+
     fn close(&mut self, slot: usize, reason: CloseReason) {
+        self.unqueue(slot);
         if let Some(conn) = self.conns[slot].as_mut() {
             if let Some(stream) = conn.stream.take() {
                 let _ = self.epoll.delete(stream.as_raw_fd());
             }
             conn.tracks.clear();
+            // A frame that waited for room was never taken whole: the client resends it.
+            conn.progress = None;
         }
         if let Some(pos) = self.open.iter().position(|&s| s == slot) {
             self.open.swap_remove(pos);
@@ -502,7 +562,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             }
             if let Some(conn) = self.conns[slot - 1].as_mut() {
                 if conn.stream.is_some() && conn.source == c.source {
-                    conn.complete(c.seq, c.stored, c.dead);
+                    conn.complete(c.seq, c.stored + c.duplicates, c.dead);
                 }
             }
         }
@@ -512,7 +572,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
 
     /// Serves one connection: resolves frames, reads and dispatches while it has credit and
     /// room for replies, writes replies. Returns (did work, close reason).
-    fn serve(&mut self, slot: usize) -> (bool, Option<CloseReason>) {
+    /// `dispatch`: whether it may take input now (false while older connections wait for
+    /// room in the engine).
+    fn serve(&mut self, slot: usize, dispatch: bool) -> (bool, Option<CloseReason>) {
         let Some(conn) = self.conns[slot].as_mut() else {
             return (false, None);
         };
@@ -521,7 +583,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             work = true;
         }
         let mut close = conn.closing;
-        while close.is_none() && conn.readable && !conn.peer_closed {
+        while dispatch && close.is_none() && conn.readable && !conn.peer_closed {
             // Room for the replies one buffer of input can cause is kept free; credit is
             // checked per frame in `dispatch_buffered`.
             if conn.out_room() < conn.wbuf.len() / 2 && conn.has_output() {
@@ -544,6 +606,19 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             }
             if parsed.out_of_credit {
                 self.counters.tcp_credit_waits.incr();
+                break;
+            }
+            if let Some(cause) = parsed.waiting {
+                // Back-pressure: the frame keeps its place, the connection is not read, the
+                // client's window and then its socket fill, and it waits. Counted once per
+                // wait.
+                if !conn.queued {
+                    match cause {
+                        Reason::PoolExhausted => self.counters.tcp_waits_pool.incr(),
+                        Reason::Shed => self.counters.tcp_waits_control.incr(),
+                        _ => self.counters.tcp_waits_lane.incr(),
+                    }
+                }
                 break;
             }
             if parsed.out_of_room {
@@ -635,6 +710,8 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
 struct Parsed {
     frames: u32,
     out_of_credit: bool,
+    /// The frame at the front waits for room in the engine (lane, pool, control plane).
+    waiting: Option<Reason>,
     /// The output buffer cannot hold the REJECTs the next frame may cause: wait for it to
     /// drain.
     out_of_room: bool,
@@ -675,6 +752,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         frames: 0,
         out_of_credit: false,
         out_of_room: false,
+        waiting: None,
         close: None,
     };
     loop {
@@ -702,9 +780,11 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         if avail < len {
             return parsed;
         }
+        let bytes = &rbuf[at..at + len];
         // Credit before acceptance: the frame's events must fit the window (a lone frame
-        // larger than the window is let through, or it could never be sent).
-        let events = peek_event_count(&rbuf[at..at + len]);
+        // larger than the window is let through, or it could never be sent). A frame that
+        // waits for room in the engine took its credit when it started.
+        let events = peek_event_count(bytes);
         // Room for every REJECT the frame may cause (one per event at worst, and an ACK),
         // unless the buffer is empty and still too small (then the excess is counted).
         let worst = (events as usize + 1) * conn::REJECT_FRAME_LEN + conn::CONTROL_FRAME_MAX;
@@ -712,7 +792,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
             parsed.out_of_room = true;
             return parsed;
         }
-        if ack != AckMode::None {
+        if ack != AckMode::None && conn.progress.is_none() {
             let full = conn.tracks.len() >= limits.inflight_frames
                 || (!conn.tracks.is_empty()
                     && conn.inflight_events + u64::from(events) > limits.inflight_events);
@@ -721,15 +801,30 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 return parsed;
             }
         }
-        conn.rstart += len;
-        parsed.frames += 1;
-        counters.tcp_frames_in.incr();
-        match Frame::new_checked(&rbuf[at..at + len], conn.max_frame) {
+        match Frame::new_checked(bytes, conn.max_frame) {
+            Ok(frame) if conn.progress.is_some() => {
+                // The frame that waited: go on where it stopped.
+                let t0 = Instant::now();
+                let waiting = continue_frame(conn, dispatcher, counters, ack, &frame, now);
+                latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                if let Some(cause) = waiting {
+                    parsed.waiting = Some(cause);
+                    return parsed;
+                }
+            }
             Ok(frame) if frame.kind() == FrameKind::Hello => hello(conn, &frame, limits, counters),
-            Ok(frame)
-                if matches!(frame.kind(), FrameKind::Event | FrameKind::Batch)
-                    && conn.last_seq.is_some_and(|last| frame.seq() <= last) =>
-            {
+            Ok(frame) if matches!(frame.kind(), FrameKind::Ack | FrameKind::Reject) => {
+                // A server's frame sent to the server: one unit rejected. Its seq is read
+                // from a valid frame but belongs to no data frame: the watermark stays.
+                dispatcher.reject_unit(Reason::UnexpectedKind);
+                settle(conn, ack, Track::unverified());
+                reject(
+                    conn,
+                    counters,
+                    &Reject::frame(frame.seq(), Reason::UnexpectedKind),
+                );
+            }
+            Ok(frame) if conn.last_seq.is_some_and(|last| frame.seq() <= last) => {
                 // Acknowledgements are watermarks over seqs: a seq that does not increase
                 // could be taken for an earlier frame's.
                 dispatcher.reject_unit(Reason::SeqNotIncreasing);
@@ -741,31 +836,53 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 );
                 conn.malformed += 1;
                 if conn.malformed > limits.max_rejects {
+                    conn.rstart += len;
+                    parsed.frames += 1;
+                    counters.tcp_frames_in.incr();
                     parsed.close = Some(CloseReason::Malformed);
                     return parsed;
                 }
             }
             Ok(frame) => {
-                if matches!(frame.kind(), FrameKind::Event | FrameKind::Batch) {
-                    conn.last_seq = Some(frame.seq());
+                conn.last_seq = Some(frame.seq());
+                if ack != AckMode::None {
+                    conn.inflight_events += u64::from(frame.event_count());
+                    conn.tracks.push_back(Track::dispatching(
+                        frame.seq(),
+                        frame.event_count(),
+                        now,
+                    ));
                 }
+                conn.progress = Some(FrameProgress::new());
                 let t0 = Instant::now();
-                dispatch_frame(conn, dispatcher, counters, ack, &frame, now);
+                let waiting = continue_frame(conn, dispatcher, counters, ack, &frame, now);
                 latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                if let Some(cause) = waiting {
+                    parsed.waiting = Some(cause);
+                    return parsed;
+                }
             }
             Err(error) => {
-                // A sane length, a bad frame: REJECT it and go on with the next one.
+                // A sane length, a bad frame: REJECT it and go on with the next one. Its
+                // seq cannot be trusted (a flipped bit may be in it): the REJECT names it
+                // for the client's information, the watermark does not move.
                 dispatcher.reject_frame(error);
-                let seq = frame_seq(&rbuf[at..at + len]);
-                settle(conn, ack, Track::settled(seq, 0, 0, 1));
+                let seq = frame_seq(bytes);
+                settle(conn, ack, Track::unverified());
                 reject(conn, counters, &Reject::frame(seq, error.reason()));
                 conn.malformed += 1;
                 if conn.malformed > limits.max_rejects {
+                    conn.rstart += len;
+                    parsed.frames += 1;
+                    counters.tcp_frames_in.incr();
                     parsed.close = Some(CloseReason::Malformed);
                     return parsed;
                 }
             }
         }
+        conn.rstart += len;
+        parsed.frames += 1;
+        counters.tcp_frames_in.incr();
     }
 }
 
@@ -818,65 +935,66 @@ fn hello(conn: &mut Conn, frame: &Frame<'_>, limits: &TcpLimits, counters: &Host
     }
 }
 
-/// Dispatches one valid frame and books its events in the connection's window.
-fn dispatch_frame<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
+/// Dispatches the valid data frame at the front of the connection's input, from where its
+/// [`FrameProgress`] says, and books its events in the frame's track (the newest one). The
+/// connection's source waits ([`Flow::Waits`]): returns the cause when the frame stopped for
+/// room in the engine (`conn.progress` keeps its place), `None` when it is done.
+fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
     conn: &mut Conn,
     dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
     counters: &HostCounters,
     ack: AckMode,
     frame: &Frame<'_>,
     now: u64,
-) {
+) -> Option<Reason> {
     let seq = frame.seq();
-    let mut track = Track {
-        seq,
-        pending: 0,
-        batch_events: 0,
-        tick: now,
-        events: 0,
-        stored: 0,
-        dead: 0,
-        rejected: 0,
-    };
-    // REJECT frames for events refused at the door; collected first so the dispatcher's
-    // callback does not borrow the connection's output buffer.
+    let mut progress = conn.progress.take().unwrap_or_default();
     let mut rejects = 0u32;
-    let summary = dispatcher.dispatch_frame_with(frame, conn.source, now, |i, header, outcome| {
-        match outcome {
-            Outcome::Queued(Lane::Batch) => track.batch_events += 1,
-            Outcome::Queued(_) => track.pending += 1,
-            Outcome::DeadLettered(_) => track.dead += 1,
-            Outcome::Rejected(reason) => {
-                track.rejected += 1;
+    let mut refused = 0u32;
+    let step = dispatcher.dispatch_frame_flow(
+        frame,
+        conn.source,
+        now,
+        Flow::Waits,
+        &mut progress,
+        |i, header, outcome| {
+            if let Outcome::Rejected(reason) = outcome {
+                refused += 1;
                 let index = u16::try_from(i).unwrap_or(u16::MAX - 1);
-                // Written directly: the connection is not borrowed by the dispatcher.
                 if conn.queue_reject(&Reject::event(seq, reason, index, header.id)) {
                     rejects += 1;
                 }
             }
-        }
-    });
+            if ack == AckMode::None {
+                return;
+            }
+            if let Some(track) = conn.tracks.back_mut() {
+                match outcome {
+                    // In a lane counts as stored when acknowledging on acceptance.
+                    Outcome::Queued(_) if ack == AckMode::Accepted => track.stored += 1,
+                    Outcome::Queued(Lane::Batch) => track.batch_events += 1,
+                    Outcome::Queued(_) => track.pending += 1,
+                    Outcome::DeadLettered(_) => track.dead += 1,
+                    Outcome::Rejected(_) => track.rejected += 1,
+                }
+            }
+        },
+    );
     counters.tcp_rejects_sent.add(u64::from(rejects));
     counters
         .tcp_rejects_dropped
-        .add(u64::from(track.rejected - rejects));
-    if summary.rejected != 0 && track.pending + track.batch_events + track.dead == 0 {
-        // A whole-frame rejection (e.g. an ACK sent to the server) reports no events.
-        track.rejected = summary.rejected;
-        if rejects == 0 {
-            reject(conn, counters, &Reject::frame(seq, Reason::UnexpectedKind));
+        .add(u64::from(refused - rejects));
+    if step.waiting.is_some() {
+        conn.progress = Some(progress);
+        return step.waiting;
+    }
+    if ack != AckMode::None {
+        if let Some(track) = conn.tracks.back_mut() {
+            debug_assert_eq!(track.seq, seq, "the newest track is the frame's");
+            track.open = false;
         }
     }
-    track.events = track.pending + track.batch_events + track.dead + track.rejected;
-    if ack == AckMode::Accepted {
-        // In a lane counts as stored: the frame is settled now.
-        let queued = track.pending + track.batch_events;
-        track = Track {
-            tick: now,
-            ..Track::settled(seq, queued, track.dead, track.rejected)
-        };
-    }
-    settle(conn, ack, track);
+    None
 }
 
 /// Queues a REJECT and counts it, or counts it dropped (output full; the ACK still counts
