@@ -4,7 +4,8 @@
 //! Phases, each with outcomes known in advance:
 //! 1. **warm**: 4 BATCH frames of 8 events, all priorities and 4 topics; processed after each
 //!    frame by a sink that refuses every 5th record (so the retry path runs); all stored.
-//! 2. **duplicates**: 4 MEDIUM events, then the same 4 ids again: 4 `duplicate`.
+//! 2. **duplicates**: 4 MEDIUM events, then the same 4 ids again: 4 `duplicate` (already
+//!    stored: counted as duplicates, not dead letters).
 //! 3. **malformed**: 2 frames with one bit flipped: 2 rejected (`bad_crc`).
 //! 4. **bad events**: 3 events of an unregistered topic and one payload larger than a slot:
 //!    3 `unknown_topic`, 1 rejected `payload_too_large`.
@@ -12,7 +13,7 @@
 //!    realtime lane of 16: 16 stored, 32 `lane_full`.
 //!
 //! Then the processors drain, and the books must balance exactly:
-//! `ingested == stored + dead_lettered + rejected`, and per reason.
+//! `ingested == stored + duplicates + dead_lettered + rejected`, and per reason.
 #![no_std]
 
 use core::fmt;
@@ -306,10 +307,11 @@ fn check(s: &Summary, in_flight: u64) -> Result<(), Mismatch> {
     expect("in flight after drain", 0, in_flight)?;
     expect("ingested", 32 + 8 + 2 + 4 + 48, b.ingested)?;
     expect("stored", 32 + 4 + 16, b.stored)?;
-    expect("dead-lettered", 4 + 3 + 32, b.dead_lettered)?;
+    expect("duplicates", 4, b.duplicates)?;
+    expect("dead-lettered", 3 + 32, b.dead_lettered)?;
     expect("rejected", 2 + 1, b.rejected)?;
     expect(
-        "invariant: stored + dead + rejected",
+        "invariant: stored + duplicates + dead + rejected",
         b.ingested,
         b.resolved(),
     )?;
@@ -325,7 +327,7 @@ fn check(s: &Summary, in_flight: u64) -> Result<(), Mismatch> {
     )?;
     expect(
         "dead-letter records",
-        4 + 3 + 32,
+        3 + 32,
         u64::from(s.dead_letter_records),
     )?;
     expect("retries happened", 1, u64::from(s.retries > 0))?;
@@ -341,9 +343,10 @@ pub fn report(s: &Summary) {
     let b = &s.books;
     #[cfg(not(feature = "defmt"))]
     cortex_m_semihosting::hprintln!(
-        "pinstream firmware: ingested {} = stored {} + dead-lettered {} + rejected {}",
+        "pinstream firmware: ingested {} = stored {} + duplicates {} + dead-lettered {} + rejected {}",
         b.ingested,
         b.stored,
+        b.duplicates,
         b.dead_lettered,
         b.rejected
     );
@@ -381,9 +384,10 @@ pub fn report(s: &Summary) {
     #[cfg(feature = "defmt")]
     {
         defmt::info!(
-            "ingested {=u64} = stored {=u64} + dead-lettered {=u64} + rejected {=u64}",
+            "ingested {=u64} = stored {=u64} + duplicates {=u64} + dead-lettered {=u64} + rejected {=u64}",
             b.ingested,
             b.stored,
+            b.duplicates,
             b.dead_lettered,
             b.rejected
         );
