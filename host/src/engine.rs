@@ -47,7 +47,9 @@ use crate::numa;
 use crate::pin::{self, PinPlan};
 use crate::prom::{self, MetricType, PromWriter};
 use crate::stats::{HostCounters, LatencyRecorder, SharedLatency};
-use crate::storage::{Durability, Log, LogConfig, RecoveryReport, StorageError, record};
+use crate::storage::{
+    DataDirLock, Durability, Log, LogConfig, RecoveryReport, StorageError, record,
+};
 use crate::topology::Topology;
 
 /// Payload bytes per event slot.
@@ -440,6 +442,9 @@ pub struct EngineHandle {
     supervisor: Option<thread::JoinHandle<Result<(), String>>>,
     /// Addresses and recovery reports.
     pub started: Started,
+    /// `data_dir/LOCK`, held until the handle is gone: dropped after the supervisor has
+    /// closed the logs (fields drop after `Drop::drop` has stopped the engine).
+    _lock: DataDirLock,
 }
 
 impl EngineHandle {
@@ -492,7 +497,8 @@ impl Engine {
     /// threads.
     ///
     /// # Errors
-    /// A bad setting, a socket that cannot be bound, a log that cannot be opened.
+    /// A bad setting, a socket that cannot be bound, a log that cannot be opened; another
+    /// process holding the data directory ([`StorageError::Locked`], naming its pid).
     pub fn start(cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
         if cfg.topics.is_empty() || cfg.topics.len() > TOPICS {
             return Err(EngineError::Config(format!(
@@ -507,6 +513,9 @@ impl Engine {
                 SOURCES - 1
             )));
         }
+        // One engine per data directory, checked before anything else is touched (a second
+        // engine on the default config would otherwise fail on the TCP port first).
+        let lock = DataDirLock::acquire(&cfg.data_dir).map_err(EngineError::Storage)?;
         let listener = match cfg.tcp {
             Some(addr) => Some(
                 TcpListener::bind(addr).map_err(|source| EngineError::Socket {
@@ -610,6 +619,7 @@ impl Engine {
                 recovery,
                 placement,
             },
+            _lock: lock,
         })
     }
 }

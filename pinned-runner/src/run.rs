@@ -17,6 +17,7 @@ use pinstream_host::admin::{self, AdminOptions, AdminServer};
 use pinstream_host::config::{Config, DEFAULT_TOML};
 use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineStats};
 use pinstream_host::pin;
+use pinstream_host::storage::StorageError;
 
 use crate::Failure;
 
@@ -127,6 +128,8 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         EngineError::Socket { .. } => Failure::start(format!(
             "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
         )),
+        // Another engine holds storage.dir: the message names the directory and its pid.
+        EngineError::Storage(StorageError::Locked { .. }) => Failure::start(e.to_string()),
         EngineError::Storage(_) => Failure::start(format!(
             "{e} (check that storage.dir = {} is writable)",
             engine_cfg.data_dir.display()
