@@ -1115,12 +1115,19 @@ impl<'a> StoreSink<'a> {
                     self.fail(&e, &self.stats.host.storage_sync_errors);
                     return Err(e);
                 }
-                self.stats.host.storage_syncs.incr();
                 self.dirty[i] = false;
             }
         }
-        let segments: usize = self.logs.iter().map(|l| l.stats().segments).sum();
-        self.stats.host.storage_segments.set(segments as u64);
+        let (mut segments, mut syncs) = (0, 0);
+        for log in &self.logs {
+            let s = log.stats();
+            segments += s.segments as u64;
+            // The fdatasyncs the log really made (rolls included; none under `none`, where a
+            // commit only writes to the page cache).
+            syncs += s.syncs;
+        }
+        self.stats.host.storage_segments.set(segments);
+        self.stats.host.storage_syncs.set(syncs);
         Ok(())
     }
 

@@ -130,7 +130,7 @@ pub struct HostCounters {
     pub storage_bytes: Gauge,
     /// Records appended to the dead-letter log.
     pub storage_dead_letters: Gauge,
-    /// `fdatasync` calls made.
+    /// `fdatasync` calls made on the logs since start (none under durability `none`).
     pub storage_syncs: Gauge,
     /// `fdatasync` calls that failed.
     pub storage_sync_errors: Gauge,
