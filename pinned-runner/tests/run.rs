@@ -373,6 +373,14 @@ fn a_second_run_on_one_data_dir_exits_3_naming_the_holder_pid() {
     let mut first = Runner::start(dir.path(), "");
     first.wait_line("listening tcp=");
     let data = dir.path().join("data");
+    // A first start on an empty directory creates its logs; there is nothing to recover.
+    for name in LOG_NAMES {
+        first.wait_line(&format!(
+            "created {}: new empty log",
+            data.join(name).display()
+        ));
+    }
+    assert!(!first.output().contains("full scan"), "{}", first.output());
     // Its own ports (ephemeral), the same storage.dir.
     let config = dir.path().join("second.toml");
     std::fs::write(
