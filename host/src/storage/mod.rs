@@ -8,6 +8,7 @@
 //! | `{base:020}.index` | sparse hint: `(offset u64, position u64)` little-endian pairs, one per `index_interval_bytes` of segment; rebuilt when missing or inconsistent, never trusted over the data |
 //! | `checkpoint` | hint: a known-good `(segment, position, next offset)` written after each sync, so recovery scans only the tail; ignored when it disagrees with the data |
 //! | `{base:020}.log.quarantined[.N]` | a segment in which intact records followed a damaged one; kept, never deleted, never read by [`LogReader`] |
+//! | `….quarantined[.N].repaired` | a quarantined segment whose intact records [`repair_log`] re-appended to the log; kept |
 //!
 //! The data directory above the logs holds [`LOCK_FILE`], locked by the one process that
 //! writes the logs ([`DataDirLock`]).
@@ -51,7 +52,8 @@
 //!   *quarantined*. Its valid prefix is copied to a new file that takes the segment's name (so
 //!   it stays readable), the original is renamed to `{base:020}.log.quarantined` (never
 //!   deleted), and the log continues at an offset above every offset seen, so offsets are never
-//!   reused.
+//!   reused. [`repair_log`] (`pinstream log repair`) later re-appends the intact records found
+//!   after the damage under new offsets and marks the file `.repaired`.
 //!
 //! The dead-letter log is a [`Log`] of its own directory whose records are kind
 //! [`record::KIND_DEAD_LETTER`], each carrying its reason code.
@@ -68,14 +70,19 @@ mod log;
 mod reader;
 pub mod record;
 mod recovery;
+mod repair;
 #[cfg(test)]
 mod tests;
 
-pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN};
+pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN, parse_segment_name};
 pub use self::lock::{DataDirLock, LOCK_FILE};
 pub use self::log::{Log, LogStats, RetentionReport};
 pub use self::reader::{LogReader, StoredRecord};
 pub use self::recovery::{CheckpointStatus, QuarantinedSegment, RecoveryReport, TornTail};
+pub use self::repair::{
+    LogRepair, QuarantineState, QuarantinedFile, RepairOutcome, SalvageScan, SalvagedRecord,
+    SegmentRepair, quarantined_files, repair_log,
+};
 
 /// When appended records become durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

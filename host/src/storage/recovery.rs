@@ -163,8 +163,8 @@ impl fmt::Display for RecoveryReport {
             write!(
                 f,
                 "\n  QUARANTINED segment {}: damaged at byte {} ({}), {} intact record(s) after it \
-                 (highest offset {}) kept in {}; the valid prefix is {}; inspect and repair by hand, \
-                 nothing was deleted",
+                 (highest offset {}) kept in {}; the valid prefix is {}; nothing was deleted; with \
+                 the engine stopped, `pinstream log repair` re-appends the intact records to the log",
                 q.base,
                 q.damaged_position,
                 q.why,
