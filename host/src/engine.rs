@@ -45,6 +45,7 @@ use crate::idle::{IdleStrategy, Idler, ThreadLoad};
 use crate::ingest::{AckMode, COMPLETIONS, Completion, Ingest, Shared, TcpLimits};
 use crate::numa;
 use crate::pin::{self, PinPlan};
+use crate::placement::{self, PlacementDecision, PlacementInput, PlacementMode};
 use crate::prom::{self, MetricType, PromWriter};
 use crate::stats::{HostCounters, LatencyRecorder, SharedLatency};
 use crate::storage::{
@@ -86,7 +87,9 @@ type EngineLaneProcessors = LaneProcessors<RULES, DEDUP, TOPICS>;
 /// Where the threads run and how they wait.
 #[derive(Clone, Debug)]
 pub struct Placement {
-    /// No pinning, no busy polling (containers, CI, a laptop).
+    /// Whether to pin: decided at start by [`placement::decide`].
+    pub mode: PlacementMode,
+    /// No pinning, no busy polling (containers, CI, a laptop); wins over `mode`.
     pub overprovisioned: bool,
     /// CPU of the ingest thread.
     pub ingest_cpu: usize,
@@ -164,6 +167,7 @@ impl EngineConfig {
             budget: 256,
             control: ControlConfig::DEFAULT,
             placement: Placement {
+                mode: PlacementMode::Auto,
                 overprovisioned: true,
                 ingest_cpu: 0,
                 process_cpu: 1,
@@ -248,6 +252,7 @@ impl EngineConfig {
             budget: c.pipeline.budget,
             control: c.control.to_core(),
             placement: Placement {
+                mode: e.placement,
                 overprovisioned: e.overprovisioned,
                 ingest_cpu: e.ingest_cpu,
                 process_cpu: e.process_cpu,
@@ -432,6 +437,8 @@ pub struct Started {
     pub udp: Option<SocketAddr>,
     /// One report per log ([`LOG_NAMES`] order).
     pub recovery: Vec<RecoveryReport>,
+    /// Whether the threads are pinned, and why.
+    pub decision: PlacementDecision,
     /// Placement notes (what was asked, what was got, warnings).
     pub placement: Vec<String>,
 }
@@ -568,10 +575,18 @@ impl Engine {
         });
         let p = &cfg.placement;
         let topology = Topology::live().map_err(|e| EngineError::Config(e.to_string()))?;
+        let allowed = pin::current_affinity().ok();
+        let decision = placement::decide(&PlacementInput {
+            mode: p.mode,
+            overprovisioned: p.overprovisioned,
+            cpus: [p.ingest_cpu, p.process_cpu],
+            allowed: allowed.as_deref(),
+            isolated: topology.isolated(),
+        });
         let plan = pin::plan(
             &[("ingest", p.ingest_cpu), ("storage", p.process_cpu)],
             &topology,
-            p.overprovisioned,
+            !decision.pinned,
         )
         .map_err(|e| EngineError::Config(format!("engine.ingest_cpu / engine.process_cpu: {e}")))?;
         let mut placement: Vec<String> = plan.warnings().to_vec();
@@ -581,7 +596,7 @@ impl Engine {
                 Err(e) => placement.push(format!("mlockall refused: {e}; continuing unlocked")),
             }
         }
-        let node = if p.numa && !p.overprovisioned {
+        let node = if p.numa && plan.is_pinning() {
             plan.node_of("ingest")
         } else {
             None
@@ -617,6 +632,7 @@ impl Engine {
                 tcp: tcp_addr,
                 udp: udp_addr,
                 recovery,
+                decision,
                 placement,
             },
             _lock: lock,
@@ -722,7 +738,7 @@ fn supervise(
                 let _exit = IngestExit(&stats_ref.shared);
                 prepare_thread(plan, "ingest", stats_ref, hook);
                 let mut idler = Idler::new(
-                    placement.idle.effective(placement.overprovisioned),
+                    placement.idle.effective(!plan.is_pinning()),
                     Arc::clone(&stats_ref.ingest_load),
                 );
                 while !stats_ref.shared.stop.load(Ordering::Acquire) {
@@ -758,7 +774,7 @@ fn supervise(
                     durable_latency: LatencyRecorder::new(Arc::clone(&stats_ref.durable_latency)),
                     last_retention: 0,
                 };
-                run.run(placement)
+                run.run(placement.idle.effective(!plan.is_pinning()))
             })
             .map_err(|e| format!("cannot start the storage thread: {e}"))?;
         let a = ingest_thread
@@ -846,11 +862,8 @@ const CONTROL_EVERY: u64 = 1_000_000;
 const RETENTION_EVERY: u64 = 10_000_000_000;
 
 impl StorageLoop<'_, '_> {
-    fn run(&mut self, placement: &Placement) -> Result<(), String> {
-        let mut idler = Idler::new(
-            placement.idle.effective(placement.overprovisioned),
-            Arc::clone(&self.stats.storage_load),
-        );
+    fn run(&mut self, idle: IdleStrategy) -> Result<(), String> {
+        let mut idler = Idler::new(idle, Arc::clone(&self.stats.storage_load));
         loop {
             let stopping = self.stats.shared.ingest_done.load(Ordering::Acquire);
             let work = self.round(stopping);

@@ -16,8 +16,8 @@ use pinstream_core::event::Lane;
 use pinstream_host::admin::{self, AdminOptions, AdminServer};
 use pinstream_host::config::{Config, DEFAULT_TOML};
 use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineStats};
-use pinstream_host::pin;
 use pinstream_host::storage::StorageError;
+use pinstream_host::{pin, placement};
 
 use crate::Failure;
 
@@ -87,43 +87,22 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     );
     say!("pinstream {} on {origin}", env!("CARGO_PKG_VERSION"));
 
-    // Too few CPUs to pin two engine threads: run overprovisioned, and say so. With the
-    // embedded default (CPUs 0 and 1), take the first two CPUs this process may use when
-    // 0 or 1 is not among them (taskset, a container's cpuset).
-    if !engine_cfg.placement.overprovisioned {
-        match pin::current_affinity() {
-            Ok(cpus)
-                if args.config.is_none()
-                    && cpus.len() >= 2
-                    && !(cpus.contains(&0) && cpus.contains(&1)) =>
-            {
-                engine_cfg.placement.ingest_cpu = cpus[0];
-                engine_cfg.placement.process_cpu = cpus[1];
-                say!(
-                    "CPUs 0 and 1 are not both allowed: pinning to CPUs {} and {} instead",
-                    cpus[0],
-                    cpus[1]
-                );
-            }
-            Ok(cpus) if cpus.len() < 2 => {
-                say!(
-                    "only {} CPU(s) allowed ({cpus:?}): running overprovisioned (no pinning, no busy polling)",
-                    cpus.len()
-                );
-                engine_cfg.placement.overprovisioned = true;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                say!("cannot read the CPU mask ({e}): running overprovisioned");
-                engine_cfg.placement.overprovisioned = true;
-            }
+    // With the embedded default (CPUs 0 and 1), take the first two CPUs this process may use
+    // when 0 and 1 are not both among them (taskset, a container's cpuset). Whether the
+    // threads are pinned at all is the engine's decision (`engine.placement`), printed below.
+    if args.config.is_none() {
+        let allowed = pin::current_affinity().ok();
+        if let Some([a, b]) = allowed.as_deref().and_then(placement::default_cpus) {
+            engine_cfg.placement.ingest_cpu = a;
+            engine_cfg.placement.process_cpu = b;
+            say!("CPUs 0 and 1 are not both allowed: using CPUs {a} and {b} instead");
         }
     }
 
     let signals = Signals::install()?;
     let handle = Engine::start(engine_cfg.clone()).map_err(|e| match e {
         EngineError::Config(msg) if msg.contains("engine.ingest_cpu") => Failure::start(format!(
-            "{msg} (or set engine.overprovisioned = true to run without pinning)"
+            "{msg} (or set engine.placement = \"unpinned\" to run without pinning)"
         )),
         EngineError::Socket { .. } => Failure::start(format!(
             "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
@@ -172,6 +151,8 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     for report in &handle.started.recovery {
         say!("{report}");
     }
+    // One line: pinned or not, and why (`pinstream host-check` prints the same line).
+    say!("placement decision: {}", handle.started.decision);
     for note in &handle.started.placement {
         say!("placement: {note}");
     }
