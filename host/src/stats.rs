@@ -267,11 +267,14 @@ impl SharedLatency {
         summarize(&totals.histogram, totals.sum_ns)
     }
 
-    /// A copy of the cumulative histogram and sum (allocates: for readers off the engine
-    /// threads).
-    fn snapshot(&self) -> (Histogram<u64>, u128) {
+    /// Copies the cumulative histogram into `into` (same bounds: no allocation) and returns
+    /// the cumulative sum. Holds the lock for the copy only.
+    fn copy_into(&self, into: &mut Histogram<u64>) -> u128 {
         let totals = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        (totals.histogram.clone(), totals.sum_ns)
+        into.reset();
+        // Same bounds, auto-resize off: `add` sums count arrays and cannot fail.
+        let _ = into.add(&totals.histogram);
+        totals.sum_ns
     }
 }
 
@@ -299,8 +302,9 @@ fn summarize(h: &Histogram<u64>, sum_ns: u128) -> LatencySummary {
 /// [`since_last`](Self::since_last) call: the difference of two snapshots of its cumulative
 /// histogram.
 ///
-/// Each read copies the shared histogram (an allocation on the reading thread, under the
-/// lock for the copy only); the recorders and the engine threads are not involved.
+/// Its three histograms are allocated once, by [`new`](Self::new); a read copies the shared
+/// histogram into one of them under the lock and computes the difference outside it, without
+/// allocating. The recorders and the engine threads are not involved.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -319,7 +323,12 @@ fn summarize(h: &Histogram<u64>, sum_ns: u128) -> LatencySummary {
 /// ```
 #[derive(Debug)]
 pub struct LatencyWindow {
+    /// The cumulative histogram at the previous read.
     last: Histogram<u64>,
+    /// The cumulative histogram now (scratch, swapped into `last`).
+    current: Histogram<u64>,
+    /// `current - last`.
+    delta: Histogram<u64>,
     last_sum: u128,
 }
 
@@ -330,29 +339,34 @@ impl Default for LatencyWindow {
 }
 
 impl LatencyWindow {
-    /// A window whose first read covers everything since start.
+    /// A window whose first read covers everything since start (allocates its histograms).
     pub fn new() -> Self {
         Self {
             last: latency_histogram(),
+            current: latency_histogram(),
+            delta: latency_histogram(),
             last_sum: 0,
         }
     }
 
     /// The latencies `shared` received since the previous call (since start on the first).
+    /// No allocation.
     pub fn since_last(&mut self, shared: &SharedLatency) -> LatencySummary {
-        let (now, sum) = shared.snapshot();
-        let mut delta = now.clone();
-        // The cumulative histogram only grows and has the same bounds: the subtraction cannot
-        // fail. Were it to, report everything since start rather than a wrong window.
-        let sum_ns = if delta.subtract(&self.last).is_ok() {
-            sum - self.last_sum
-        } else {
-            delta = now.clone();
-            sum
-        };
-        self.last = now;
+        let sum = shared.copy_into(&mut self.current);
+        self.delta.reset();
+        // Same bounds everywhere, and the cumulative histogram only grows: neither step can
+        // fail. Were one to, report everything since start rather than a wrong window.
+        let sum_ns =
+            if self.delta.add(&self.current).is_ok() && self.delta.subtract(&self.last).is_ok() {
+                sum.saturating_sub(self.last_sum)
+            } else {
+                self.delta.reset();
+                let _ = self.delta.add(&self.current);
+                sum
+            };
+        std::mem::swap(&mut self.last, &mut self.current);
         self.last_sum = sum;
-        summarize(&delta, sum_ns)
+        summarize(&self.delta, sum_ns)
     }
 }
 
