@@ -40,6 +40,8 @@ use pinstream_core::wire::{
 };
 use serde::{Deserialize, Deserializer};
 
+pub use crate::placement::PlacementMode;
+
 /// The embedded default configuration file (`host/src/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
@@ -84,7 +86,11 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
-    /// No pinning and no busy polling (containers, CI, shared machines).
+    /// Whether the engine's threads are pinned: auto, pinned, unpinned (see
+    /// [`crate::placement`]).
+    pub placement: PlacementMode,
+    /// No pinning and no busy polling (containers, CI, shared machines): the older spelling
+    /// of `placement = "unpinned"`, and it wins over `placement`.
     pub overprovisioned: bool,
     /// CPU of the ingest thread (TCP and UDP).
     pub ingest_cpu: usize,
@@ -109,6 +115,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
+            placement: PlacementMode::Auto,
             overprovisioned: false,
             ingest_cpu: 0,
             process_cpu: 1,
@@ -758,13 +765,21 @@ impl Config {
             MAX_CPU as u64,
             "the affinity mask's size",
         );
-        if !e.overprovisioned && e.ingest_cpu == e.process_cpu {
+        let unpinned = e.overprovisioned || e.placement == PlacementMode::Unpinned;
+        if !unpinned && e.ingest_cpu == e.process_cpu {
             v.problem(format!(
                 "engine.process_cpu = {}: must differ from engine.ingest_cpu = {} (two pinned, \
                  busy-polling threads on one CPU starve each other); set \
-                 engine.overprovisioned = true to share CPUs",
+                 engine.placement = \"unpinned\" to share CPUs",
                 e.process_cpu, e.ingest_cpu
             ));
+        }
+        if e.overprovisioned && e.placement == PlacementMode::Pinned {
+            v.problem(
+                "engine.placement = \"pinned\" contradicts engine.overprovisioned = true (which \
+                 means unpinned): remove one of them"
+                    .to_owned(),
+            );
         }
         v.range("engine.idle_spins", e.idle_spins.into(), 0, 100_000_000, "");
         v.range("engine.idle_yields", e.idle_yields.into(), 0, 1_000_000, "");
@@ -775,10 +790,15 @@ impl Config {
             1_000_000,
             "one park of up to 1 s",
         );
-        if e.overprovisioned && e.idle != IdleKind::SpinPark {
+        if unpinned && e.idle != IdleKind::SpinPark {
+            let why = if e.overprovisioned {
+                "engine.overprovisioned = true"
+            } else {
+                "engine.placement = \"unpinned\""
+            };
             v.warn(format!(
-                "engine.idle = \"{}\" has no effect with engine.overprovisioned = true: threads \
-                 do not busy-poll, they park when idle",
+                "engine.idle = \"{}\" has no effect with {why}: threads do not busy-poll, they \
+                 park when idle",
                 e.idle.as_str()
             ));
         }

@@ -45,9 +45,12 @@ use crate::idle::{IdleStrategy, Idler, ThreadLoad};
 use crate::ingest::{AckMode, COMPLETIONS, Completion, Ingest, Shared, TcpLimits};
 use crate::numa;
 use crate::pin::{self, PinPlan};
+use crate::placement::{self, PlacementDecision, PlacementInput, PlacementMode};
 use crate::prom::{self, MetricType, PromWriter};
 use crate::stats::{HostCounters, LatencyRecorder, SharedLatency};
-use crate::storage::{Durability, Log, LogConfig, RecoveryReport, StorageError, record};
+use crate::storage::{
+    DataDirLock, Durability, Log, LogConfig, RecoveryReport, StorageError, record,
+};
 use crate::topology::Topology;
 
 /// Payload bytes per event slot.
@@ -84,7 +87,9 @@ type EngineLaneProcessors = LaneProcessors<RULES, DEDUP, TOPICS>;
 /// Where the threads run and how they wait.
 #[derive(Clone, Debug)]
 pub struct Placement {
-    /// No pinning, no busy polling (containers, CI, a laptop).
+    /// Whether to pin: decided at start by [`placement::decide`].
+    pub mode: PlacementMode,
+    /// No pinning, no busy polling (containers, CI, a laptop); wins over `mode`.
     pub overprovisioned: bool,
     /// CPU of the ingest thread.
     pub ingest_cpu: usize,
@@ -165,6 +170,7 @@ impl EngineConfig {
             control: ControlConfig::DEFAULT,
             sheddable: Vec::new(),
             placement: Placement {
+                mode: PlacementMode::Auto,
                 overprovisioned: true,
                 ingest_cpu: 0,
                 process_cpu: 1,
@@ -250,6 +256,7 @@ impl EngineConfig {
             control: c.control.to_core(),
             sheddable: c.control.sheddable_priorities(),
             placement: Placement {
+                mode: e.placement,
                 overprovisioned: e.overprovisioned,
                 ingest_cpu: e.ingest_cpu,
                 process_cpu: e.process_cpu,
@@ -442,6 +449,8 @@ pub struct Started {
     pub udp: Option<SocketAddr>,
     /// One report per log ([`LOG_NAMES`] order).
     pub recovery: Vec<RecoveryReport>,
+    /// Whether the threads are pinned, and why.
+    pub decision: PlacementDecision,
     /// Placement notes (what was asked, what was got, warnings).
     pub placement: Vec<String>,
 }
@@ -452,6 +461,9 @@ pub struct EngineHandle {
     supervisor: Option<thread::JoinHandle<Result<(), String>>>,
     /// Addresses and recovery reports.
     pub started: Started,
+    /// `data_dir/LOCK`, held until the handle is gone: dropped after the supervisor has
+    /// closed the logs (fields drop after `Drop::drop` has stopped the engine).
+    _lock: DataDirLock,
 }
 
 impl EngineHandle {
@@ -504,7 +516,8 @@ impl Engine {
     /// threads.
     ///
     /// # Errors
-    /// A bad setting, a socket that cannot be bound, a log that cannot be opened.
+    /// A bad setting, a socket that cannot be bound, a log that cannot be opened; another
+    /// process holding the data directory ([`StorageError::Locked`], naming its pid).
     pub fn start(cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
         if cfg.topics.is_empty() || cfg.topics.len() > TOPICS {
             return Err(EngineError::Config(format!(
@@ -519,6 +532,9 @@ impl Engine {
                 SOURCES - 1
             )));
         }
+        // One engine per data directory, checked before anything else is touched (a second
+        // engine on the default config would otherwise fail on the TCP port first).
+        let lock = DataDirLock::acquire(&cfg.data_dir).map_err(EngineError::Storage)?;
         let listener = match cfg.tcp {
             Some(addr) => Some(
                 TcpListener::bind(addr).map_err(|source| EngineError::Socket {
@@ -572,10 +588,18 @@ impl Engine {
         });
         let p = &cfg.placement;
         let topology = Topology::live().map_err(|e| EngineError::Config(e.to_string()))?;
+        let allowed = pin::current_affinity().ok();
+        let decision = placement::decide(&PlacementInput {
+            mode: p.mode,
+            overprovisioned: p.overprovisioned,
+            cpus: [p.ingest_cpu, p.process_cpu],
+            allowed: allowed.as_deref(),
+            isolated: topology.isolated(),
+        });
         let plan = pin::plan(
             &[("ingest", p.ingest_cpu), ("storage", p.process_cpu)],
             &topology,
-            p.overprovisioned,
+            !decision.pinned,
         )
         .map_err(|e| EngineError::Config(format!("engine.ingest_cpu / engine.process_cpu: {e}")))?;
         let mut placement: Vec<String> = plan.warnings().to_vec();
@@ -585,7 +609,7 @@ impl Engine {
                 Err(e) => placement.push(format!("mlockall refused: {e}; continuing unlocked")),
             }
         }
-        let node = if p.numa && !p.overprovisioned {
+        let node = if p.numa && plan.is_pinning() {
             plan.node_of("ingest")
         } else {
             None
@@ -621,8 +645,10 @@ impl Engine {
                 tcp: tcp_addr,
                 udp: udp_addr,
                 recovery,
+                decision,
                 placement,
             },
+            _lock: lock,
         })
     }
 }
@@ -729,7 +755,7 @@ fn supervise(
                 let _exit = IngestExit(&stats_ref.shared);
                 prepare_thread(plan, "ingest", stats_ref, hook);
                 let mut idler = Idler::new(
-                    placement.idle.effective(placement.overprovisioned),
+                    placement.idle.effective(!plan.is_pinning()),
                     Arc::clone(&stats_ref.ingest_load),
                 );
                 while !stats_ref.shared.stop.load(Ordering::Acquire) {
@@ -766,7 +792,7 @@ fn supervise(
                     last_retention: 0,
                     last_dedup_window: 0,
                 };
-                run.run(placement)
+                run.run(placement.idle.effective(!plan.is_pinning()))
             })
             .map_err(|e| format!("cannot start the storage thread: {e}"))?;
         let a = ingest_thread
@@ -857,11 +883,8 @@ const CONTROL_EVERY: u64 = 1_000_000;
 const RETENTION_EVERY: u64 = 10_000_000_000;
 
 impl StorageLoop<'_, '_> {
-    fn run(&mut self, placement: &Placement) -> Result<(), String> {
-        let mut idler = Idler::new(
-            placement.idle.effective(placement.overprovisioned),
-            Arc::clone(&self.stats.storage_load),
-        );
+    fn run(&mut self, idle: IdleStrategy) -> Result<(), String> {
+        let mut idler = Idler::new(idle, Arc::clone(&self.stats.storage_load));
         loop {
             let stopping = self.stats.shared.ingest_done.load(Ordering::Acquire);
             let work = self.round(stopping);
@@ -1132,12 +1155,19 @@ impl<'a> StoreSink<'a> {
                     self.fail(&e, &self.stats.host.storage_sync_errors);
                     return Err(e);
                 }
-                self.stats.host.storage_syncs.incr();
                 self.dirty[i] = false;
             }
         }
-        let segments: usize = self.logs.iter().map(|l| l.stats().segments).sum();
-        self.stats.host.storage_segments.set(segments as u64);
+        let (mut segments, mut syncs) = (0, 0);
+        for log in &self.logs {
+            let s = log.stats();
+            segments += s.segments as u64;
+            // The fdatasyncs the log really made (rolls included; none under `none`, where a
+            // commit only writes to the page cache).
+            syncs += s.syncs;
+        }
+        self.stats.host.storage_segments.set(segments);
+        self.stats.host.storage_syncs.set(syncs);
         Ok(())
     }
 

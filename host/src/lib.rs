@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod loadgen;
 pub mod numa;
 pub mod pin;
+pub mod placement;
 pub mod prom;
 pub mod stats;
 pub mod storage;

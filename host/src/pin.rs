@@ -321,11 +321,7 @@ impl fmt::Display for PinReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let got = format_cpu_list(&self.got);
         match self.asked {
-            None => write!(
-                f,
-                "{}: not pinned (overprovisioned), runs on CPUs {got}",
-                self.thread
-            ),
+            None => write!(f, "{}: not pinned, runs on CPUs {got}", self.thread),
             Some(cpu) => {
                 write!(f, "{}: asked CPU {cpu}, got mask {got}", self.thread)?;
                 if let Some(node) = self.node {
@@ -403,14 +399,14 @@ pub fn plan_with_allowed(
     }
     if overprovisioned {
         warnings.push(
-            "overprovisioned: threads are not pinned and do not busy-poll; latency is not \
+            "unpinned: threads are not pinned and do not busy-poll; latency is not \
              predictable in this mode"
                 .to_owned(),
         );
         warnings.extend(
             refusals
                 .iter()
-                .map(|e| format!("would refuse when not overprovisioned: {e}")),
+                .map(|e| format!("would refuse if pinned: {e}")),
         );
     } else if let Some(first) = refusals.into_iter().next() {
         return Err(first);

@@ -10,6 +10,7 @@
 //! | [`crate::idle::ThreadLoad`] | the thread it describes | the admin thread (busy/idle ratio) |
 //! | [`LatencyRecorder`] | one engine thread, no allocation, no lock | publishes into a [`SharedLatency`] |
 //! | [`SharedLatency`] | `try_lock` by the recorder | `lock` by the admin thread ([`LatencySummary`]) |
+//! | [`LatencyWindow`] | — | a reader wanting the latencies since its previous read (the runner's status line) |
 //!
 //! ```
 //! use std::sync::Arc;
@@ -138,7 +139,7 @@ pub struct HostCounters {
     pub storage_bytes: Gauge,
     /// Records appended to the dead-letter log.
     pub storage_dead_letters: Gauge,
-    /// `fdatasync` calls made.
+    /// `fdatasync` calls made on the logs since start (none under durability `none`).
     pub storage_syncs: Gauge,
     /// `fdatasync` calls that failed.
     pub storage_sync_errors: Gauge,
@@ -274,24 +275,109 @@ impl SharedLatency {
     pub fn summary(&self) -> LatencySummary {
         // A recorder that panicked while adding leaves counts that are still meaningful.
         let totals = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let h = &totals.histogram;
-        let mut quantiles = [(0.0, 0); SUMMARY_QUANTILES.len()];
-        for (slot, q) in quantiles.iter_mut().zip(SUMMARY_QUANTILES) {
-            *slot = (
-                q,
-                if h.is_empty() {
-                    0
-                } else {
-                    h.value_at_quantile(q)
-                },
-            );
+        summarize(&totals.histogram, totals.sum_ns)
+    }
+
+    /// Copies the cumulative histogram into `into` (same bounds: no allocation) and returns
+    /// the cumulative sum. Holds the lock for the copy only.
+    fn copy_into(&self, into: &mut Histogram<u64>) -> u128 {
+        let totals = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        into.reset();
+        // Same bounds, auto-resize off: `add` sums count arrays and cannot fail.
+        let _ = into.add(&totals.histogram);
+        totals.sum_ns
+    }
+}
+
+fn summarize(h: &Histogram<u64>, sum_ns: u128) -> LatencySummary {
+    let mut quantiles = [(0.0, 0); SUMMARY_QUANTILES.len()];
+    for (slot, q) in quantiles.iter_mut().zip(SUMMARY_QUANTILES) {
+        *slot = (
+            q,
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            },
+        );
+    }
+    LatencySummary {
+        count: h.len(),
+        sum_ns,
+        max_ns: if h.is_empty() { 0 } else { h.max() },
+        quantiles,
+    }
+}
+
+/// The latencies a [`SharedLatency`] received since the previous
+/// [`since_last`](Self::since_last) call: the difference of two snapshots of its cumulative
+/// histogram.
+///
+/// Its three histograms are allocated once, by [`new`](Self::new); a read copies the shared
+/// histogram into one of them under the lock and computes the difference outside it, without
+/// allocating. The recorders and the engine threads are not involved.
+///
+/// ```
+/// use std::sync::Arc;
+/// use pinstream_host::stats::{LatencyRecorder, LatencyWindow, SharedLatency};
+/// let shared = Arc::new(SharedLatency::new());
+/// let mut rec = LatencyRecorder::new(Arc::clone(&shared));
+/// let mut window = LatencyWindow::new();
+/// rec.record(1_000);
+/// rec.publish();
+/// assert_eq!(window.since_last(&shared).count, 1);
+/// rec.record(5_000_000);
+/// rec.publish();
+/// let last = window.since_last(&shared);
+/// assert_eq!(last.count, 1); // only what came since the previous read
+/// assert!(last.quantiles[0].1.abs_diff(5_000_000) <= 5_000);
+/// ```
+#[derive(Debug)]
+pub struct LatencyWindow {
+    /// The cumulative histogram at the previous read.
+    last: Histogram<u64>,
+    /// The cumulative histogram now (scratch, swapped into `last`).
+    current: Histogram<u64>,
+    /// `current - last`.
+    delta: Histogram<u64>,
+    last_sum: u128,
+}
+
+impl Default for LatencyWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyWindow {
+    /// A window whose first read covers everything since start (allocates its histograms).
+    pub fn new() -> Self {
+        Self {
+            last: latency_histogram(),
+            current: latency_histogram(),
+            delta: latency_histogram(),
+            last_sum: 0,
         }
-        LatencySummary {
-            count: h.len(),
-            sum_ns: totals.sum_ns,
-            max_ns: if h.is_empty() { 0 } else { h.max() },
-            quantiles,
-        }
+    }
+
+    /// The latencies `shared` received since the previous call (since start on the first).
+    /// No allocation.
+    pub fn since_last(&mut self, shared: &SharedLatency) -> LatencySummary {
+        let sum = shared.copy_into(&mut self.current);
+        self.delta.reset();
+        // Same bounds everywhere, and the cumulative histogram only grows: neither step can
+        // fail. Were one to, report everything since start rather than a wrong window.
+        let sum_ns =
+            if self.delta.add(&self.current).is_ok() && self.delta.subtract(&self.last).is_ok() {
+                sum.saturating_sub(self.last_sum)
+            } else {
+                self.delta.reset();
+                let _ = self.delta.add(&self.current);
+                sum
+            };
+        std::mem::swap(&mut self.last, &mut self.current);
+        self.last_sum = sum;
+        summarize(&self.delta, sum_ns)
     }
 }
 
@@ -442,6 +528,39 @@ mod tests {
         drop(guard);
         assert!(r.publish());
         assert_eq!(shared.summary().count, 1);
+    }
+
+    #[test]
+    fn a_window_sees_only_what_came_since_its_last_read() {
+        let shared = Arc::new(SharedLatency::new());
+        let mut r = LatencyRecorder::new(Arc::clone(&shared));
+        let mut w = LatencyWindow::new();
+        for _ in 0..1000 {
+            r.record(1_000);
+        }
+        assert!(r.publish());
+        let first = w.since_last(&shared);
+        assert_eq!((first.count, first.sum_ns), (1000, 1_000_000));
+        assert!(first.quantiles[0].1.abs_diff(1_000) <= 1);
+        // A slower second interval: its median is its own, not the blend since start.
+        for _ in 0..1000 {
+            r.record(5_000_000);
+        }
+        assert!(r.publish());
+        let second = w.since_last(&shared);
+        assert_eq!(second.count, 1000);
+        assert_eq!(second.sum_ns, 5_000_000_000);
+        assert!(
+            second.quantiles[0].1.abs_diff(5_000_000) <= 5_000,
+            "{second:?}"
+        );
+        assert!(
+            shared.summary().quantiles[0].1.abs_diff(1_000) <= 1,
+            "cumulative p50"
+        );
+        // Nothing new: an empty window.
+        let third = w.since_last(&shared);
+        assert_eq!((third.count, third.max_ns, third.quantiles[0].1), (0, 0, 0));
     }
 
     #[test]

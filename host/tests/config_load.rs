@@ -526,3 +526,45 @@ fn loading_files_names_them_in_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn engine_placement_is_auto_by_default_and_checked() {
+    use pinstream_host::config::PlacementMode;
+    assert_eq!(
+        Config::embedded_default().engine.placement,
+        PlacementMode::Auto
+    );
+    for (text, mode) in [
+        ("auto", PlacementMode::Auto),
+        ("pinned", PlacementMode::Pinned),
+        ("unpinned", PlacementMode::Unpinned),
+    ] {
+        let c = parse(&format!("[engine]\nplacement = \"{text}\"\n"));
+        assert_eq!(c.engine.placement, mode);
+        assert_eq!(mode.as_str(), text);
+    }
+    let (key, _, _, message, _) = parse_err("[engine]\nplacement = \"sometimes\"\n");
+    assert_eq!(key, "engine.placement");
+    assert!(
+        message.contains("`auto`, `pinned`, `unpinned`"),
+        "{message}"
+    );
+    // Unpinned threads may share a CPU; pinned (or maybe pinned) ones may not.
+    warnings("[engine]\nprocess_cpu = 0\nplacement = \"unpinned\"\n");
+    let p = problems("[engine]\nprocess_cpu = 0\nplacement = \"auto\"\n");
+    assert!(p[0].contains("engine.placement = \"unpinned\""), "{p:?}");
+    // The older switch and a forced pinning contradict each other.
+    let p = problems("[engine]\noverprovisioned = true\nplacement = \"pinned\"\n");
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("engine.placement = \"pinned\" contradicts")),
+        "{p:?}"
+    );
+    let w = warnings("[engine]\nplacement = \"unpinned\"\nidle = \"spin\"\n");
+    assert!(
+        w.iter().any(|m| m.starts_with(
+            "engine.idle = \"spin\" has no effect with engine.placement = \"unpinned\""
+        )),
+        "{w:?}"
+    );
+}

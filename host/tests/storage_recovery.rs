@@ -144,6 +144,12 @@ fn round_trip_across_segments_with_seek_and_reopen() {
     );
     let (mut log, report) = Log::open(cfg.clone()).unwrap();
     assert!(report.is_clean(), "{report}");
+    // A first open says it created the log, not that it recovered one.
+    assert!(report.created, "{report}");
+    assert_eq!(
+        report.to_string(),
+        format!("created {}: new empty log, next offset 0", dir.display())
+    );
     for i in 0..60 {
         assert_eq!(log.append(1, &body(i)).unwrap(), i);
         if log.sync_due(Instant::now()) {
@@ -155,6 +161,8 @@ fn round_trip_across_segments_with_seek_and_reopen() {
 
     let (mut log, report) = Log::open(cfg).unwrap();
     assert!(report.is_clean(), "{report}");
+    assert!(!report.created, "{report}");
+    assert!(report.to_string().starts_with("recovered "), "{report}");
     assert!(
         matches!(report.checkpoint, CheckpointStatus::Used { .. }),
         "{report}"

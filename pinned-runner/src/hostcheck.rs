@@ -1,11 +1,13 @@
 //! `pinstream host-check`: what this machine offers and what `pinstream run` would do on it.
 //!
 //! Prints the CPU topology (online CPUs, NUMA nodes, nodes with memory, hyperthread siblings,
-//! isolated and `nohz_full` CPUs), this process's allowed CPU mask, then the config's CPU plan
-//! for the engine's two threads (`ingest` on `engine.ingest_cpu`, `storage` on
-//! `engine.process_cpu`), checked by [`pin::plan`] exactly as the engine checks it at start.
+//! isolated and `nohz_full` CPUs), this process's allowed CPU mask, then whether the engine's
+//! two threads would be pinned (`engine.placement`, decided by [`placement::decide`], the
+//! function the engine calls at start, on the same inputs) with advice, and the CPU plan
+//! (`ingest` on `engine.ingest_cpu`, `storage` on `engine.process_cpu`), checked by
+//! [`pin::plan`] exactly as the engine checks it at start.
 //!
-//! Exit codes: 0 when the plan is valid (pinned or overprovisioned), 1 when the plan is
+//! Exit codes: 0 when the plan is valid (pinned or unpinned), 1 when the plan is
 //! refused (a CPU offline, outside the mask, or shared by both threads), 2 when the config
 //! cannot be read or parsed, or is invalid for another reason.
 
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use pinstream_host::config::{Config, ConfigError};
 use pinstream_host::pin;
+use pinstream_host::placement::{self, PlacementInput};
 use pinstream_host::topology::{Topology, format_cpu_list};
 
 use crate::Failure;
@@ -20,7 +23,7 @@ use crate::Failure;
 /// `pinstream host-check` flags.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Exit status: 0 when the plan is valid (pinned or overprovisioned), 1 when \
+    after_help = "Exit status: 0 when the plan is valid (pinned or unpinned), 1 when \
     the plan is refused (a CPU offline, outside this process's mask, or given to both threads), \
     2 when the config cannot be read or is invalid."
 )]
@@ -124,8 +127,12 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
     let e = &checked.config.engine;
     println!("source: {}", checked.origin);
     println!(
-        "engine.ingest_cpu = {}, engine.process_cpu = {}, engine.overprovisioned = {}",
-        e.ingest_cpu, e.process_cpu, e.overprovisioned
+        "engine.ingest_cpu = {}, engine.process_cpu = {}, engine.placement = \"{}\", \
+         engine.overprovisioned = {}",
+        e.ingest_cpu,
+        e.process_cpu,
+        e.placement.as_str(),
+        e.overprovisioned
     );
     for w in &checked.warnings {
         println!("warning: {w}");
@@ -136,19 +143,28 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
     println!();
 
     println!("== plan (what `pinstream run` would do) ==");
-    let few = allowed.len() < 2;
-    let overprovisioned = e.overprovisioned || few;
-    if e.overprovisioned {
-        println!("overprovisioned: the config says so (engine.overprovisioned = true)");
-    } else if few {
-        println!(
-            "overprovisioned: this process may use {} CPU(s), fewer than the 2 pinned threads \
-             need; `pinstream run` runs overprovisioned and says so",
-            allowed.len()
-        );
+    // As `pinstream run` does: the embedded default's CPUs 0 and 1 move to the first two
+    // allowed CPUs when they are not both allowed.
+    let mut cpus = [e.ingest_cpu, e.process_cpu];
+    if args.config.is_none() {
+        if let Some([a, b]) = placement::default_cpus(&allowed) {
+            println!("CPUs 0 and 1 are not both allowed: using CPUs {a} and {b} instead");
+            cpus = [a, b];
+        }
     }
-    let roles = [("ingest", e.ingest_cpu), ("storage", e.process_cpu)];
-    let plan = match pin::plan(&roles, &topo, overprovisioned) {
+    let decision = placement::decide(&PlacementInput {
+        mode: e.placement,
+        overprovisioned: e.overprovisioned,
+        cpus,
+        allowed: Some(&allowed),
+        isolated: topo.isolated(),
+    });
+    println!("placement decision: {decision}");
+    if let Some(advice) = decision.advice() {
+        println!("advice: {advice}");
+    }
+    let roles = [("ingest", cpus[0]), ("storage", cpus[1])];
+    let plan = match pin::plan(&roles, &topo, !decision.pinned) {
         Ok(plan) => plan,
         Err(err) => {
             println!("REFUSED: {err}");
@@ -200,7 +216,7 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
         if plan.is_pinning() {
             "threads pinned"
         } else {
-            "overprovisioned: no pinning"
+            "unpinned"
         }
     );
     Ok(())

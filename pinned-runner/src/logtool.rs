@@ -3,8 +3,8 @@
 //! The engine keeps four logs below its data directory (`storage.dir`): `realtime/` and
 //! `transactional/` (one record per stored event), `batch/` (one aggregate per topic and
 //! window) and `dead-letter/` (one record per dead letter, with its reason). Every command
-//! here reads them through [`LogReader`], which opens files read-only, checks the CRC of every
-//! record, runs no recovery and modifies nothing.
+//! here but `repair` reads them through [`LogReader`], which opens files read-only, checks the
+//! CRC of every record, runs no recovery, takes no lock and modifies nothing.
 //!
 //! | command | what it does |
 //! | --- | --- |
@@ -12,6 +12,7 @@
 //! | `verify` | reads every record, reports segments, records, bytes, offsets, quarantined segments and any damage (exit 1 when damaged) |
 //! | `replay` | sends the stored events of a range to another engine as BATCH frames and reports its ACK |
 //! | `tail` | follows logs while the engine writes them, until Ctrl-C |
+//! | `repair` | with the engine stopped (it takes the data directory's LOCK), re-appends the intact records of quarantined segments ([`repair_log`]) |
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -34,7 +35,10 @@ use pinstream_core::wire::{
 };
 use pinstream_host::engine::LOG_NAMES;
 use pinstream_host::storage::record::{self, RecordBody, RecordError};
-use pinstream_host::storage::{LogReader, RECORD_HEADER_LEN, StorageError, StoredRecord};
+use pinstream_host::storage::{
+    DataDirLock, LogReader, QuarantineState, QuarantinedFile, RECORD_HEADER_LEN, StorageError,
+    StoredRecord, parse_segment_name, quarantined_files, repair_log,
+};
 
 use pinstream_host::admin::json_string;
 
@@ -43,10 +47,11 @@ use crate::Failure;
 /// `pinstream log` flags.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Every command opens the logs read-only and changes nothing. Exit status: \
-    0 when done; 1 when a damaged record was found (inspect, verify, replay) or the other engine \
-    could not be reached or did not acknowledge (replay); 2 for a bad flag, a data directory \
-    that does not exist, or a log named with --log that does not (tail waits for it)."
+    after_help = "Every command but repair opens the logs read-only and changes nothing. Exit \
+    status: 0 when done; 1 when a damaged record was found (inspect, verify, replay) or the other \
+    engine could not be reached or did not acknowledge (replay); 2 for a bad flag, a data \
+    directory that does not exist, or a log named with --log that does not (tail waits for it); \
+    3 when repair finds the data directory in use by an engine."
 )]
 pub struct LogArgs {
     /// The engine's data directory (`storage.dir` in its config); the logs are its
@@ -85,6 +90,17 @@ enum LogCommand {
     /// Follow logs while the engine writes them: print new records as they appear (polled
     /// every 100 ms, across segment rolls) until Ctrl-C (exit 0).
     Tail(TailArgs),
+    /// Bring back the intact records of quarantined segments (the engine must be stopped).
+    ///
+    /// When recovery finds intact records after a damaged one, it quarantines the segment
+    /// (renames it `*.log.quarantined`, keeps it) and those records leave the log. This
+    /// re-appends every CRC-valid record found after the damage to the end of the live log,
+    /// with its content unchanged and a new offset (offsets are never reused), syncs, and
+    /// renames the quarantined file `*.repaired` (kept: nothing is ever deleted). It prints,
+    /// per segment, the records recovered and the byte ranges skipped, or why nothing could be
+    /// recovered. It takes the data directory's LOCK: while an engine runs there it exits 3
+    /// naming the engine's pid.
+    Repair(RepairArgs),
 }
 
 /// A log name on the command line.
@@ -186,6 +202,16 @@ struct ReplayArgs {
 }
 
 #[derive(Args, Debug)]
+struct RepairArgs {
+    /// Which log to repair.
+    #[arg(long, value_enum, default_value_t = LogSelect::All)]
+    log: LogSelect,
+    /// Say what would be recovered and skipped; change nothing (the LOCK is only checked).
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args, Debug)]
 struct TailArgs {
     /// Which log to follow.
     #[arg(long, value_enum, default_value_t = LogSelect::All)]
@@ -206,6 +232,7 @@ pub fn main(args: &LogArgs) -> Result<(), Failure> {
         LogCommand::Verify(a) => verify(&args.dir, a),
         LogCommand::Replay(a) => replay(&args.dir, a),
         LogCommand::Tail(a) => tail(&args.dir, a),
+        LogCommand::Repair(a) => repair(&args.dir, a),
     }
 }
 
@@ -574,25 +601,15 @@ struct Segment {
     damaged: bool,
 }
 
-/// The base offset of a segment file name (`{20 digits}.log`).
-fn segment_base(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".log")?;
-    if digits.len() != 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 /// The segments (ascending) and quarantined files of a log directory.
-fn list_files(dir: &Path) -> Result<(Vec<Segment>, Vec<PathBuf>), Failure> {
+fn list_files(dir: &Path) -> Result<(Vec<Segment>, Vec<QuarantinedFile>), Failure> {
     let fail = |e: io::Error| Failure::runtime(format!("cannot list {}: {e}", dir.display()));
     let mut segments = Vec::new();
-    let mut quarantined = Vec::new();
     for entry in fs::read_dir(dir).map_err(fail)? {
         let entry = entry.map_err(fail)?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(base) = segment_base(name) {
+        if let Some(base) = parse_segment_name(name) {
             let path = entry.path();
             let len = entry
                 .metadata()
@@ -605,12 +622,11 @@ fn list_files(dir: &Path) -> Result<(Vec<Segment>, Vec<PathBuf>), Failure> {
                 read_bytes: 0,
                 damaged: false,
             });
-        } else if name.contains(".log.quarantined") {
-            quarantined.push(entry.path());
         }
     }
     segments.sort_unstable_by_key(|s| s.base);
-    quarantined.sort();
+    let quarantined = quarantined_files(dir)
+        .map_err(|e| Failure::runtime(format!("cannot list {}: {e}", dir.display())))?;
     Ok((segments, quarantined))
 }
 
@@ -622,7 +638,7 @@ struct LogCheck {
     bytes: u64,
     first: Option<u64>,
     last: Option<u64>,
-    quarantined: Vec<PathBuf>,
+    quarantined: Vec<QuarantinedFile>,
     problems: Vec<String>,
 }
 
@@ -728,19 +744,40 @@ fn verify(dir: &Path, args: &VerifyArgs) -> Result<(), Failure> {
         } else {
             format!("DAMAGED ({} problem(s))", c.problems.len())
         };
+        let repaired = c
+            .quarantined
+            .iter()
+            .filter(|q| q.state == QuarantineState::Repaired)
+            .count();
+        let also = if repaired > 0 {
+            format!(" ({repaired} repaired)")
+        } else {
+            String::new()
+        };
         println!(
             "{name}: {} segment(s), {} record(s), {} byte(s), {offsets}, {} quarantined \
-             segment(s): {verdict}",
+             segment(s){also}: {verdict}",
             c.segments,
             c.records,
             c.bytes,
-            c.quarantined.len()
+            c.quarantined.len() - repaired
         );
         for q in &c.quarantined {
-            println!(
-                "  quarantined by an earlier recovery (kept, not read): {}",
-                q.display()
-            );
+            let what = match q.state {
+                QuarantineState::Quarantined => {
+                    "quarantined by an earlier recovery (kept, not read; `pinstream log repair` \
+                     recovers its intact records)"
+                }
+                QuarantineState::Repairing => {
+                    "quarantined, its repair was interrupted (kept, not read; see `pinstream log \
+                     repair`)"
+                }
+                QuarantineState::Repaired => {
+                    "quarantined, its intact records re-appended by `pinstream log repair` (kept, \
+                     not read)"
+                }
+            };
+            println!("  {what}: {}", q.path.display());
         }
         for p in c.problems {
             println!("  DAMAGED {p}");
@@ -1169,6 +1206,67 @@ fn replay(dir: &Path, args: &ReplayArgs) -> Result<(), Failure> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// repair
+
+fn repair(dir: &Path, args: &RepairArgs) -> Result<(), Failure> {
+    check_data_dir(dir)?;
+    let locked = |e: StorageError| match e {
+        StorageError::Locked { .. } => Failure::start(format!(
+            "{e}; `pinstream log repair` needs the engine stopped"
+        )),
+        other => Failure::runtime(format!("cannot lock {}: {other}", dir.display())),
+    };
+    // Held until the end of the repair; a dry run only checks, so it leaves no trace.
+    let _lock = if args.dry_run {
+        DataDirLock::check_free(dir).map_err(locked)?;
+        None
+    } else {
+        Some(DataDirLock::acquire(dir).map_err(locked)?)
+    };
+    let mut recovered = 0usize;
+    let mut more = false;
+    for &name in args.log.names() {
+        let log_dir = dir.join(name);
+        if !log_dir.is_dir() {
+            if args.log != LogSelect::All {
+                return Err(Failure::usage(format!(
+                    "{} does not exist: the engine has not written the {name} log in this data \
+                     directory",
+                    log_dir.display()
+                )));
+            }
+            println!("{name}: no directory {} (never written)", log_dir.display());
+            continue;
+        }
+        let report = repair_log(&log_dir, args.dry_run)
+            .map_err(|e| Failure::runtime(format!("repair of the {name} log failed: {e}")))?;
+        if let Some(r) = &report.recovery {
+            println!("{name}: opened to append: {r}");
+            more |= !r.quarantined.is_empty();
+        }
+        if report.segments.is_empty() {
+            println!("{name}: no quarantined segment");
+        }
+        for s in &report.segments {
+            println!("{name}: {s}");
+        }
+        recovered += report.records_recovered();
+    }
+    if args.dry_run {
+        println!("dry run: {recovered} record(s) would be recovered; nothing was changed");
+    } else {
+        println!("repair done: {recovered} record(s) recovered");
+    }
+    if more {
+        println!(
+            "recovery quarantined more segments when the logs were opened (above): run \
+             `pinstream log repair` again for them"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // tail
 
 /// How often tail looks for new records.
@@ -1312,13 +1410,5 @@ mod tests {
             preview(long.as_bytes()),
             format!("\"{}\"...", "x".repeat(32))
         );
-    }
-
-    #[test]
-    fn segment_names() {
-        assert_eq!(segment_base("00000000000000000042.log"), Some(42));
-        assert_eq!(segment_base("00000000000000000042.log.quarantined"), None);
-        assert_eq!(segment_base("42.log"), None);
-        assert_eq!(segment_base("0000000000000000004x.log"), None);
     }
 }

@@ -16,7 +16,9 @@ use pinstream_core::event::Lane;
 use pinstream_host::admin::{self, AdminOptions, AdminServer};
 use pinstream_host::config::{Config, DEFAULT_TOML};
 use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineStats};
-use pinstream_host::pin;
+use pinstream_host::stats::{LatencySummary, LatencyWindow};
+use pinstream_host::storage::StorageError;
+use pinstream_host::{pin, placement};
 
 use crate::Failure;
 
@@ -86,47 +88,28 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     );
     say!("pinstream {} on {origin}", env!("CARGO_PKG_VERSION"));
 
-    // Too few CPUs to pin two engine threads: run overprovisioned, and say so. With the
-    // embedded default (CPUs 0 and 1), take the first two CPUs this process may use when
-    // 0 or 1 is not among them (taskset, a container's cpuset).
-    if !engine_cfg.placement.overprovisioned {
-        match pin::current_affinity() {
-            Ok(cpus)
-                if args.config.is_none()
-                    && cpus.len() >= 2
-                    && !(cpus.contains(&0) && cpus.contains(&1)) =>
-            {
-                engine_cfg.placement.ingest_cpu = cpus[0];
-                engine_cfg.placement.process_cpu = cpus[1];
-                say!(
-                    "CPUs 0 and 1 are not both allowed: pinning to CPUs {} and {} instead",
-                    cpus[0],
-                    cpus[1]
-                );
-            }
-            Ok(cpus) if cpus.len() < 2 => {
-                say!(
-                    "only {} CPU(s) allowed ({cpus:?}): running overprovisioned (no pinning, no busy polling)",
-                    cpus.len()
-                );
-                engine_cfg.placement.overprovisioned = true;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                say!("cannot read the CPU mask ({e}): running overprovisioned");
-                engine_cfg.placement.overprovisioned = true;
-            }
+    // With the embedded default (CPUs 0 and 1), take the first two CPUs this process may use
+    // when 0 and 1 are not both among them (taskset, a container's cpuset). Whether the
+    // threads are pinned at all is the engine's decision (`engine.placement`), printed below.
+    if args.config.is_none() {
+        let allowed = pin::current_affinity().ok();
+        if let Some([a, b]) = allowed.as_deref().and_then(placement::default_cpus) {
+            engine_cfg.placement.ingest_cpu = a;
+            engine_cfg.placement.process_cpu = b;
+            say!("CPUs 0 and 1 are not both allowed: using CPUs {a} and {b} instead");
         }
     }
 
     let signals = Signals::install()?;
     let handle = Engine::start(engine_cfg.clone()).map_err(|e| match e {
         EngineError::Config(msg) if msg.contains("engine.ingest_cpu") => Failure::start(format!(
-            "{msg} (or set engine.overprovisioned = true to run without pinning)"
+            "{msg} (or set engine.placement = \"unpinned\" to run without pinning)"
         )),
         EngineError::Socket { .. } => Failure::start(format!(
             "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
         )),
+        // Another engine holds storage.dir: the message names the directory and its pid.
+        EngineError::Storage(StorageError::Locked { .. }) => Failure::start(e.to_string()),
         EngineError::Storage(_) => Failure::start(format!(
             "{e} (check that storage.dir = {} is writable)",
             engine_cfg.data_dir.display()
@@ -169,6 +152,8 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     for report in &handle.started.recovery {
         say!("{report}");
     }
+    // One line: pinned or not, and why (`pinstream host-check` prints the same line).
+    say!("placement decision: {}", handle.started.decision);
     for note in &handle.started.placement {
         say!("placement: {note}");
     }
@@ -262,13 +247,14 @@ fn books(stats: &EngineStats) -> Accounting {
     Accounting::of(&[&stats.dispatch, &stats.process])
 }
 
-/// The live status line: rates over the last interval.
+/// The live status line: rates and ack latency percentiles over the last interval.
 struct Status {
     started: Instant,
     last: Instant,
     ingested: u64,
     stored: u64,
     dead: u64,
+    acks: LatencyWindow,
 }
 
 impl Status {
@@ -280,6 +266,12 @@ impl Status {
             ingested: stats.dispatch.ingested.get(),
             stored: stats.process.stored.get(),
             dead: books(stats).dead_lettered,
+            acks: {
+                // Start the window now: the first line covers its own interval only.
+                let mut w = LatencyWindow::new();
+                w.since_last(&stats.ack_latency);
+                w
+            },
         }
     }
 
@@ -292,15 +284,10 @@ impl Status {
             books(stats).dead_lettered,
         );
         let rate = |now: u64, before: u64| rate(now.saturating_sub(before) as f64 / secs);
-        let acks = stats.ack_latency.summary();
-        let q = |i: usize| {
-            acks.quantiles
-                .get(i)
-                .map_or(0.0, |&(_, ns)| ns as f64 / 1e6)
-        };
+        let acks = ack_text(&self.acks.since_last(&stats.ack_latency), secs);
         let d = |lane: Lane| stats.lane_depths[lane.index()].get();
         let line = format!(
-            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} ack p50 {:.2} ms p99 {:.2} ms (since start)",
+            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} {acks}",
             now.duration_since(self.started).as_secs_f64(),
             rate(ingested, self.ingested),
             rate(stored, self.stored),
@@ -310,12 +297,27 @@ impl Status {
             d(Lane::Batch),
             stats.control.level().name(),
             stats.host.tcp_open.get(),
-            q(QUANTILE_P50),
-            q(QUANTILE_P99),
         );
         (self.last, self.ingested, self.stored, self.dead) = (now, ingested, stored, dead);
         line
     }
+}
+
+/// `ack p50 … ms p99 … ms (last N s)` from the acks of one interval of `secs` seconds.
+fn ack_text(acks: &LatencySummary, secs: f64) -> String {
+    if acks.count == 0 {
+        return format!("ack p50 - p99 - (no acks in the last {secs:.0} s)");
+    }
+    let q = |i: usize| {
+        acks.quantiles
+            .get(i)
+            .map_or(0.0, |&(_, ns)| ns as f64 / 1e6)
+    };
+    format!(
+        "ack p50 {:.2} ms p99 {:.2} ms (last {secs:.0} s)",
+        q(QUANTILE_P50),
+        q(QUANTILE_P99)
+    )
 }
 
 /// Indices of p50 and p99 in [`pinstream_host::stats::SUMMARY_QUANTILES`].
@@ -330,5 +332,37 @@ fn rate(v: f64) -> String {
         format!("{:.1}k", v / 1e3)
     } else {
         format!("{v:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pinstream_host::stats::{LatencyRecorder, SharedLatency};
+
+    use super::*;
+
+    #[test]
+    fn the_status_line_shows_the_acks_of_its_own_interval() {
+        let shared = Arc::new(SharedLatency::new());
+        let mut rec = LatencyRecorder::new(Arc::clone(&shared));
+        let mut window = LatencyWindow::new();
+        // A fast first second, then a slow one: the second line shows the slow one only.
+        for _ in 0..1000 {
+            rec.record(100_000); // 0.1 ms
+        }
+        rec.publish();
+        let first = ack_text(&window.since_last(&shared), 1.0);
+        assert_eq!(first, "ack p50 0.10 ms p99 0.10 ms (last 1 s)");
+        for _ in 0..1000 {
+            rec.record(20_000_000); // 20 ms
+        }
+        rec.publish();
+        let second = ack_text(&window.since_last(&shared), 1.0);
+        assert_eq!(second, "ack p50 20.00 ms p99 20.00 ms (last 1 s)");
+        // A quiet second says so instead of repeating old figures.
+        let third = ack_text(&window.since_last(&shared), 1.0);
+        assert_eq!(third, "ack p50 - p99 - (no acks in the last 1 s)");
     }
 }

@@ -1,8 +1,13 @@
 //! `pinstream host-check` run as a real binary on this machine.
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use pinstream_host::pin;
+use pinstream_host::placement::{self, PlacementInput, PlacementMode};
+use pinstream_host::topology::Topology;
 use pinstream_tests::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pinstream");
@@ -46,12 +51,29 @@ fn prints_every_section_for_the_embedded_default() {
         assert!(stdout.contains(needle), "{needle:?} missing:\n{stdout}");
     }
     let allowed = allowed();
-    if allowed.len() < 2 {
+    // What the engine would decide here (the embedded default's CPUs, moved as run moves them).
+    let cpus = placement::default_cpus(&allowed).unwrap_or([0, 1]);
+    let topo = Topology::live().expect("read the topology");
+    let decision = placement::decide(&PlacementInput {
+        mode: PlacementMode::Auto,
+        overprovisioned: false,
+        cpus,
+        allowed: Some(&allowed),
+        isolated: topo.isolated(),
+    });
+    assert!(
+        stdout.contains(&format!("placement decision: {decision}")),
+        "{stdout}"
+    );
+    if !decision.pinned {
+        // A 2-CPU machine without isolated CPUs: unpinned, with the reason and advice.
         assert_eq!(out.status.code(), Some(0), "{stdout}");
         assert!(
-            stdout.contains("overprovisioned: this process may use"),
+            stdout.contains("placement decision: unpinned (auto: "),
             "{stdout}"
         );
+        assert!(stdout.contains("advice: "), "{stdout}");
+        assert!(stdout.contains("plan: valid (unpinned)"), "{stdout}");
     } else if allowed.contains(&0) && allowed.contains(&1) {
         // The default pins ingest on CPU 0 and storage on CPU 1.
         assert_eq!(
@@ -64,7 +86,12 @@ fn prints_every_section_for_the_embedded_default() {
         assert!(stdout.contains("storage: pinned to CPU 1"), "{stdout}");
         assert!(stdout.contains("plan: valid (threads pinned)"), "{stdout}");
     } else {
-        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        // Moved to the first two allowed CPUs, as run does.
+        assert!(
+            stdout.contains("CPUs 0 and 1 are not both allowed"),
+            "{stdout}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
     }
 }
 
@@ -74,9 +101,10 @@ fn both_threads_on_one_cpu_is_refused() {
     let allowed = allowed();
     let cpu = allowed[0];
     let path = tmp.path().join("shared.toml");
+    // Pinning forced, whatever the machine: the plan is refused.
     std::fs::write(
         &path,
-        format!("[engine]\ningest_cpu = {cpu}\nprocess_cpu = {cpu}\n"),
+        format!("[engine]\nplacement = \"pinned\"\ningest_cpu = {cpu}\nprocess_cpu = {cpu}\n"),
     )
     .expect("write the config");
     let out = host_check(Some(&path));
@@ -85,19 +113,18 @@ fn both_threads_on_one_cpu_is_refused() {
         stdout.contains(&format!("source: {}", path.display())),
         "{stdout}"
     );
-    if allowed.len() >= 2 {
-        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-        assert!(
-            stdout.contains(&format!(
-                "REFUSED: threads \"ingest\" and \"storage\" are both assigned CPU {cpu}"
-            )),
-            "{stdout}"
-        );
-        assert!(stderr.contains("refused"), "{stderr}");
-    } else {
-        // Too few CPUs: run would go overprovisioned; the config is still invalid.
-        assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
-    }
+    assert!(
+        stdout.contains("placement decision: pinned (engine.placement = \"pinned\")"),
+        "{stdout}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "REFUSED: threads \"ingest\" and \"storage\" are both assigned CPU {cpu}"
+        )),
+        "{stdout}"
+    );
+    assert!(stderr.contains("refused"), "{stderr}");
 
     // Overprovisioned, sharing a CPU is fine: nothing is pinned.
     std::fs::write(
@@ -116,13 +143,108 @@ fn both_threads_on_one_cpu_is_refused() {
         text(&out.stderr)
     );
     assert!(
-        stdout.contains("overprovisioned: the config says so"),
+        stdout.contains("placement decision: unpinned (engine.overprovisioned = true)"),
         "{stdout}"
     );
+    assert!(stdout.contains("plan: valid (unpinned)"), "{stdout}");
+
+    // The same with the newer key.
+    std::fs::write(
+        &path,
+        format!("[engine]\nplacement = \"unpinned\"\ningest_cpu = {cpu}\nprocess_cpu = {cpu}\n"),
+    )
+    .expect("write the config");
+    let out = host_check(Some(&path));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("plan: valid (overprovisioned: no pinning)"),
+        stdout.contains("placement decision: unpinned (engine.placement = \"unpinned\")"),
         "{stdout}"
     );
+}
+
+/// Kills the child when the test ends, even on failure.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first line of `lines` starting with `prefix`, within 30 s.
+fn line_starting(lines: &mpsc::Receiver<String>, prefix: &str, seen: &mut Vec<String>) -> String {
+    loop {
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.starts_with(prefix) => return l,
+            Ok(l) => seen.push(l),
+            Err(e) => panic!(
+                "no line starting with {prefix:?} ({e}):\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+#[test]
+fn host_check_and_run_print_the_same_placement_decision() {
+    let tmp = TempDir::new("hostcheck-same");
+    let allowed = allowed();
+    // The first two CPUs this process may use (one and a CPU beside it on a 1-CPU mask).
+    let (a, b) = (
+        allowed[0],
+        allowed.get(1).copied().unwrap_or(allowed[0] + 1),
+    );
+    let path = tmp.path().join("engine.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[engine]\ningest_cpu = {a}\nprocess_cpu = {b}\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+             [udp]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
+            tmp.path().join("data").display()
+        ),
+    )
+    .expect("write the config");
+
+    let out = host_check(Some(&path));
+    let stdout = text(&out.stdout);
+    let checked = stdout
+        .lines()
+        .find(|l| l.starts_with("placement decision: "))
+        .unwrap_or_else(|| panic!("no decision in\n{stdout}"))
+        .to_owned();
+
+    let mut child = Command::new(BIN)
+        .args(["run", "--status-every", "0", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn pinstream run");
+    let stdout = child.stdout.take().expect("stdout");
+    let guard = ChildGuard(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let ran = line_starting(&rx, "placement decision: ", &mut seen);
+    drop(guard);
+    assert_eq!(ran, checked);
+    // On this machine the decision is the one `decide` gives for its topology and mask.
+    let decision = placement::decide(&PlacementInput {
+        mode: PlacementMode::Auto,
+        overprovisioned: false,
+        cpus: [a, b],
+        allowed: Some(&allowed),
+        isolated: Topology::live().expect("topology").isolated(),
+    });
+    assert_eq!(ran, format!("placement decision: {decision}"));
 }
 
 #[test]

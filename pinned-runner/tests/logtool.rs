@@ -568,3 +568,216 @@ fn replay_of_many_frames_keeps_a_window_and_every_event_arrives() {
     }
     assert_eq!(ids, (1_000..1_000 + EVENTS).collect::<Vec<_>>());
 }
+
+/// Every file below `dir` with its bytes, sorted by path.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("list") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                out.push((path, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn repair_re_appends_the_intact_records_of_a_quarantined_segment() {
+    let tmp = TempDir::new("logtool-repair");
+    let data = tmp.path();
+    let dir = data.to_str().expect("utf-8 temp path");
+    // Ten events of one size in one segment: offsets 0..=9, ids 100..=109.
+    let realtime = data.join("realtime");
+    let mut log = open_log(&realtime, 64 << 20);
+    for i in 0..10u64 {
+        append_event(
+            &mut log,
+            Lane::Realtime,
+            EventHeader::new(100 + i, 0, Priority::High, i),
+            Origin::new(1, i + 1),
+            b"payload-of-ten",
+        );
+    }
+    log.close().expect("close");
+    let seg = first_segment(data, "realtime");
+    let mut bytes = std::fs::read(&seg).expect("read the segment");
+    let size = bytes.len() / 10;
+    // Damage record 4 in the middle (one payload byte), and drop the checkpoint so recovery
+    // scans the segment (as after a crash before a checkpoint covered it).
+    let (damaged, next) = (4 * size, 5 * size);
+    bytes[damaged + size - 3] ^= 0x40;
+    std::fs::write(&seg, &bytes).expect("write the damage");
+    std::fs::remove_file(realtime.join("checkpoint")).expect("remove the checkpoint");
+
+    // The engine's recovery quarantines it and points at the repair.
+    let engine = Engine::start(EngineConfig::local(data)).expect("start an engine");
+    let report = &engine.started.recovery[0];
+    assert_eq!(report.quarantined.len(), 1, "{report}");
+    assert_eq!(report.quarantined[0].intact_records_after, 5, "{report}");
+    assert!(
+        report.to_string().contains("`pinstream log repair`"),
+        "{report}"
+    );
+    // While it runs, repair (dry or not) is refused with exit 3, naming its pid.
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let mut args = vec!["log", "repair", "--dir", dir];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("pid {}", std::process::id())),
+            "{stderr}"
+        );
+        assert!(stderr.contains(dir), "{stderr}");
+    }
+    engine.stop().expect("stop the engine");
+
+    // Before: offsets 0..=3 only; the rest is in the quarantined file.
+    let quarantined = realtime.join("00000000000000000000.log.quarantined");
+    assert!(quarantined.is_file());
+    let out = run(&["log", "inspect", "--dir", dir, "--log", "realtime"]);
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        4,
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A dry run says what it would do and changes nothing.
+    let before = snapshot(data);
+    let out = run(&["log", "repair", "--dir", dir, "--dry-run"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains(&format!(
+            "realtime: {}: damaged at byte {damaged} (CRC32C mismatch); would recover 5 intact \
+             record(s) (old offsets 5..=9); would skip bytes {damaged}..{next} ({size} bytes) \
+             (dry run: nothing changed)",
+            quarantined.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("dry run: 5 record(s) would be recovered"),
+        "{stdout}"
+    );
+    assert_eq!(snapshot(data), before, "a dry run changes nothing");
+
+    // The repair: new offsets after every offset seen (10..), content unchanged, file kept.
+    let out = run(&["log", "repair", "--dir", dir]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let repaired = realtime.join("00000000000000000000.log.quarantined.repaired");
+    assert!(
+        stdout.contains(&format!(
+            "realtime: {}: damaged at byte {damaged} (CRC32C mismatch); 5 intact record(s) (old \
+             offsets 5..=9) recovered as offsets 10..=14; skipped bytes {damaged}..{next} \
+             ({size} bytes); kept as {}",
+            quarantined.display(),
+            repaired.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("transactional: no quarantined segment"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("repair done: 5 record(s) recovered"),
+        "{stdout}"
+    );
+    assert!(!quarantined.exists());
+    assert_eq!(std::fs::read(&repaired).expect("kept"), bytes);
+
+    // inspect shows the recovered records under their new offsets, content unchanged.
+    let out = run(&["log", "inspect", "--dir", dir, "--log", "realtime"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let seen: Vec<(String, String)> = stdout
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[1].to_owned(), w[3].to_owned())
+        })
+        .collect();
+    let want: Vec<(String, String)> = [0, 1, 2, 3, 10, 11, 12, 13, 14]
+        .iter()
+        .zip([100, 101, 102, 103, 105, 106, 107, 108, 109])
+        .map(|(o, id)| (o.to_string(), format!("id={id}")))
+        .collect();
+    assert_eq!(seen, want, "{stdout}");
+    assert!(
+        stdout.contains(
+            "realtime 10 event id=105 topic=0 priority=high lane=realtime source=1 seq=6"
+        ),
+        "{stdout}"
+    );
+
+    // verify: clean, nine records, the repaired file reported and kept.
+    let out = run(&["log", "verify", "--dir", dir, "--log", "realtime"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("9 record(s)"), "{stdout}");
+    assert!(
+        stdout.contains("0 quarantined segment(s) (1 repaired): clean"),
+        "{stdout}"
+    );
+
+    // Again: nothing left to do, nothing changed.
+    let before = snapshot(data);
+    let out = run(&["log", "repair", "--dir", dir, "--log", "realtime"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("repaired earlier; kept, nothing to do"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("repair done: 0 record(s) recovered"),
+        "{stdout}"
+    );
+    let after = snapshot(data);
+    let logs_only = |s: &[(PathBuf, Vec<u8>)]| -> Vec<(PathBuf, Vec<u8>)> {
+        s.iter()
+            .filter(|(p, _)| !p.ends_with("LOCK"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(logs_only(&after), logs_only(&before));
+}
+
+#[test]
+fn repair_explains_a_quarantined_segment_with_nothing_intact_after_the_damage() {
+    let tmp = TempDir::new("logtool-repair-nothing");
+    let dir = tmp.path().to_str().expect("utf-8 temp path");
+    let realtime = tmp.path().join("realtime");
+    std::fs::create_dir_all(&realtime).expect("create");
+    // A quarantined file that holds only unreadable bytes.
+    let q = realtime.join("00000000000000000000.log.quarantined");
+    std::fs::write(&q, [0x5A; 64]).expect("write");
+    let out = run(&["log", "repair", "--dir", dir, "--log", "realtime"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains(&format!(
+            "realtime: {}: damaged at byte 0 (length field above the maximum record size); no \
+             intact record after the damage (bytes 0..64 (64 bytes) unreadable): nothing to \
+             recover, left quarantined",
+            q.display()
+        )),
+        "{stdout}"
+    );
+    assert!(q.is_file(), "left as it was");
+    assert!(
+        !realtime.join("00000000000000000000.log").exists(),
+        "the log was not opened: nothing to append"
+    );
+}

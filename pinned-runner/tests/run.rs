@@ -367,6 +367,45 @@ fn bad_config_and_taken_ports_are_clear_errors() {
     pinstream_host::config::Config::from_toml(&text, "printed").unwrap();
 }
 
+#[test]
+fn a_second_run_on_one_data_dir_exits_3_naming_the_holder_pid() {
+    let dir = TempDir::new("run-lock");
+    let mut first = Runner::start(dir.path(), "");
+    first.wait_line("listening tcp=");
+    let data = dir.path().join("data");
+    // A first start on an empty directory creates its logs; there is nothing to recover.
+    for name in LOG_NAMES {
+        first.wait_line(&format!(
+            "created {}: new empty log",
+            data.join(name).display()
+        ));
+    }
+    assert!(!first.output().contains("full scan"), "{}", first.output());
+    // Its own ports (ephemeral), the same storage.dir.
+    let config = dir.path().join("second.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:0\"\n[udp]\nlisten = \"off\"\n\
+             [admin]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = run_to_exit(&["run".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("pid {}", first.child.id())), "{err}");
+    assert!(err.contains(&data.display().to_string()), "{err}");
+    // The first engine was not disturbed: it still serves and stops cleanly.
+    let mut client = Client::connect(first.tcp).unwrap();
+    client.send(&frame(1, 5)).unwrap();
+    let (ack, _) = client.wait_ack(1, WAIT).unwrap();
+    assert_eq!(ack.stored, 5);
+    first.signal(libc::SIGTERM);
+    assert!(first.wait().success(), "{}", first.output());
+}
+
 /// RSS in KiB, from `/proc/<pid>/status`.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -108,21 +108,54 @@ pub(crate) fn find_valid_record(buf: &[u8], from: usize, max_body: u32) -> Optio
         .find(|&p| matches!(decode_at(&buf[p..], max_body), Decoded::Record { .. }))
 }
 
+/// One intact record found by [`intact_iter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Intact {
+    /// Its byte position in the buffer.
+    pub position: usize,
+    /// Its offset (as written; not necessarily in sequence).
+    pub offset: u64,
+    /// Its kind.
+    pub kind: u8,
+    /// Header + body bytes.
+    pub total: usize,
+}
+
+/// The intact (CRC-valid) records in `buf[from..]`, found byte by byte and skipped whole: what
+/// recovery counts after damage and what a repair re-appends.
+pub(crate) fn intact_iter(buf: &[u8], from: usize, max_body: u32) -> impl Iterator<Item = Intact> {
+    let mut p = from;
+    std::iter::from_fn(move || {
+        let q = find_valid_record(buf, p, max_body)?;
+        match decode_at(&buf[q..], max_body) {
+            Decoded::Record {
+                offset,
+                kind,
+                total,
+            } => {
+                p = q + total;
+                Some(Intact {
+                    position: q,
+                    offset,
+                    kind,
+                    total,
+                })
+            }
+            // `find_valid_record` found a record at `q`: unreachable, but never loop on it.
+            _ => None,
+        }
+    })
+}
+
 /// Intact (CRC-valid) records in `buf[from..]`, found byte by byte and skipped whole:
 /// their count and highest offset.
 pub(crate) fn intact_records(buf: &[u8], from: usize, max_body: u32) -> (u64, Option<u64>) {
-    let (mut count, mut max) = (0u64, None::<u64>);
-    let mut p = from;
-    while let Some(q) = find_valid_record(buf, p, max_body) {
-        if let Decoded::Record { offset, total, .. } = decode_at(&buf[q..], max_body) {
-            count += 1;
-            max = Some(max.map_or(offset, |m: u64| m.max(offset)));
-            p = q + total;
-        } else {
-            break;
-        }
-    }
-    (count, max)
+    intact_iter(buf, from, max_body).fold((0, None), |(count, max), r| {
+        (
+            count + 1,
+            Some(max.map_or(r.offset, |m: u64| m.max(r.offset))),
+        )
+    })
 }
 
 /// One sparse index entry.
@@ -230,7 +263,14 @@ pub(crate) fn index_path(dir: &Path, base: u64) -> PathBuf {
 }
 
 /// The base offset of a segment file name (`{20 digits}.log`), if it is one.
-pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+///
+/// ```
+/// use pinstream_host::storage::parse_segment_name;
+/// assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
+/// assert_eq!(parse_segment_name("00000000000000000042.log.quarantined"), None);
+/// assert_eq!(parse_segment_name("42.log"), None);
+/// ```
+pub fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".log")?;
     if digits.len() != 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
         return None;

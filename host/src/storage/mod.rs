@@ -8,6 +8,10 @@
 //! | `{base:020}.index` | sparse hint: `(offset u64, position u64)` little-endian pairs, one per `index_interval_bytes` of segment; rebuilt when missing or inconsistent, never trusted over the data |
 //! | `checkpoint` | hint: a known-good `(segment, position, next offset)` written after each sync, so recovery scans only the tail; ignored when it disagrees with the data |
 //! | `{base:020}.log.quarantined[.N]` | a segment in which intact records followed a damaged one; kept, never deleted, never read by [`LogReader`] |
+//! | `….quarantined[.N].repaired` | a quarantined segment whose intact records [`repair_log`] re-appended to the log; kept |
+//!
+//! The data directory above the logs holds [`LOCK_FILE`], locked by the one process that
+//! writes the logs ([`DataDirLock`]).
 //!
 //! # Record framing (little-endian, [`RECORD_HEADER_LEN`] = 20 bytes, then the body)
 //!
@@ -48,7 +52,8 @@
 //!   *quarantined*. Its valid prefix is copied to a new file that takes the segment's name (so
 //!   it stays readable), the original is renamed to `{base:020}.log.quarantined` (never
 //!   deleted), and the log continues at an offset above every offset seen, so offsets are never
-//!   reused.
+//!   reused. [`repair_log`] (`pinstream log repair`) later re-appends the intact records found
+//!   after the damage under new offsets and marks the file `.repaired`.
 //!
 //! The dead-letter log is a [`Log`] of its own directory whose records are kind
 //! [`record::KIND_DEAD_LETTER`], each carrying its reason code.
@@ -60,17 +65,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod format;
+mod lock;
 mod log;
 mod reader;
 pub mod record;
 mod recovery;
+mod repair;
 #[cfg(test)]
 mod tests;
 
-pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN};
+pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN, parse_segment_name};
+pub use self::lock::{DataDirLock, LOCK_FILE};
 pub use self::log::{Log, LogStats, RetentionReport};
 pub use self::reader::{LogReader, StoredRecord};
 pub use self::recovery::{CheckpointStatus, QuarantinedSegment, RecoveryReport, TornTail};
+pub use self::repair::{
+    LogRepair, QuarantineState, QuarantinedFile, RepairOutcome, SalvageScan, SalvagedRecord,
+    SegmentRepair, quarantined_files, repair_log,
+};
 
 /// When appended records become durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +220,14 @@ pub enum StorageError {
         /// What is wrong.
         why: &'static str,
     },
+    /// Another process (or another [`DataDirLock`] of this one) holds the data directory's
+    /// lock: one engine per data directory.
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The pid written in its LOCK file (`None`: not written yet, or unreadable).
+        holder: Option<u32>,
+    },
     /// A configuration value the log cannot work with.
     Config {
         /// The `LogConfig` field.
@@ -253,6 +273,10 @@ impl StorageError {
                 position: *position,
                 why,
             },
+            StorageError::Locked { dir, holder } => StorageError::Locked {
+                dir: dir.clone(),
+                holder: *holder,
+            },
             StorageError::Config { key, value, why } => StorageError::Config {
                 key,
                 value: value.clone(),
@@ -288,6 +312,22 @@ impl fmt::Display for StorageError {
                  recovers or quarantines it)",
                 path.display()
             ),
+            StorageError::Locked { dir, holder } => {
+                write!(
+                    f,
+                    "the data directory {} is in use by another pinstream process",
+                    dir.display()
+                )?;
+                match holder {
+                    Some(pid) => write!(f, " (pid {pid}, from its {LOCK_FILE} file)")?,
+                    None => write!(f, " (its pid is not in its {LOCK_FILE} file yet)")?,
+                }
+                write!(
+                    f,
+                    ": one engine per data directory; stop that process first, or use another \
+                     storage.dir"
+                )
+            }
             StorageError::Config { key, value, why } => {
                 write!(f, "invalid log config: {key} = {value}: {why}")
             }

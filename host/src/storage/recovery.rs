@@ -77,6 +77,9 @@ pub struct QuarantinedSegment {
 pub struct RecoveryReport {
     /// The log directory.
     pub dir: PathBuf,
+    /// The directory held no segment (a first start): there was nothing to recover and a new,
+    /// empty log was started.
+    pub created: bool,
     /// What became of the checkpoint.
     pub checkpoint: CheckpointStatus,
     /// Segments scanned record by record (the others were trusted: closed before the
@@ -112,6 +115,14 @@ impl RecoveryReport {
 
 impl fmt::Display for RecoveryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.created && self.is_clean() {
+            return write!(
+                f,
+                "created {}: new empty log, next offset {}",
+                self.dir.display(),
+                self.next_offset
+            );
+        }
         write!(
             f,
             "recovered {}: {} segments, {} scanned ({} valid records), next offset {}",
@@ -152,8 +163,8 @@ impl fmt::Display for RecoveryReport {
             write!(
                 f,
                 "\n  QUARANTINED segment {}: damaged at byte {} ({}), {} intact record(s) after it \
-                 (highest offset {}) kept in {}; the valid prefix is {}; inspect and repair by hand, \
-                 nothing was deleted",
+                 (highest offset {}) kept in {}; the valid prefix is {}; nothing was deleted; with \
+                 the engine stopped, `pinstream log repair` re-appends the intact records to the log",
                 q.base,
                 q.damaged_position,
                 q.why,
@@ -465,6 +476,7 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
     }
     let mut report = RecoveryReport {
         dir: dir.to_path_buf(),
+        created: false,
         checkpoint: CheckpointStatus::Missing,
         segments_scanned: 0,
         records_scanned: 0,
@@ -476,6 +488,7 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
         next_offset: 0,
     };
     let bases = list_segments(dir)?;
+    report.created = bases.is_empty();
     let (status, ckpt) = if cfg.durability == Durability::None {
         // Under `None` the checkpoint is not maintained: a leftover one may name data that
         // was never synced, so every segment is scanned.

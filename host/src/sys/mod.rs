@@ -3,8 +3,10 @@
 #![allow(unsafe_code)]
 
 mod affinity;
+mod flock;
 pub(crate) mod mem;
 pub(crate) mod net;
 
 pub(crate) use affinity::{set_thread_affinity, thread_affinity};
+pub(crate) use flock::{Flock, try_lock_exclusive};
 pub(crate) use mem::{Mapping, lock_all, mbind, node_of_address, page_size};
