@@ -382,6 +382,11 @@ impl<const N: usize, const PROBE: usize> DedupTable<N, PROBE> {
                     free = Some((dist, index, word));
                     break;
                 }
+                if e.key == key {
+                    // Inserted since step 1 (pending or committed and live): never a
+                    // victim, it is this very key.
+                    return Verdict::Duplicate;
+                }
                 if e.state == COMMITTED {
                     let age = self.age(e.tick, now);
                     if oldest.is_none_or(|(a, ..)| age > a) {

@@ -445,12 +445,14 @@ fn dedup_racing_evictions_take_different_slots() {
     });
 }
 
-/// Two inserters of one key into a full window: exactly one records it (by eviction).
+/// Two inserters of one key into a full window: exactly one records it (by eviction). The
+/// old keys are as old as the new one (ages tie at 0), so the first inserter's committed
+/// entry looks like any victim to the second: it must be recognised as the key itself.
 #[test]
 fn dedup_racing_inserts_of_one_key_into_a_full_window_one_new() {
     loom::model(|| {
         let table: Arc<DedupTable<4, 4>> = Arc::new(DedupTable::new(100));
-        for (k, tick) in [(1u64, 1u64), (2, 2), (3, 3), (4, 4)] {
+        for (k, tick) in [(1u64, 10u64), (2, 10), (3, 10), (4, 10)] {
             assert_eq!(table.check_and_insert(k, tick), Verdict::New);
         }
         let t2 = table.clone();

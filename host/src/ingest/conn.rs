@@ -158,6 +158,8 @@ pub(crate) struct Conn {
     pub(crate) progress: Option<FrameProgress>,
     /// In the ingest thread's queue of connections waiting for room (oldest first).
     pub(crate) queued: bool,
+    /// Its frame found no room in the engine on its last turn (it holds the others back).
+    pub(crate) engine_wait: bool,
 }
 
 impl Conn {
@@ -192,6 +194,7 @@ impl Conn {
             rejects_dropped: 0,
             progress: None,
             queued: false,
+            engine_wait: false,
         }
     }
 
@@ -223,6 +226,7 @@ impl Conn {
         self.rejects_dropped = 0;
         self.progress = None;
         self.queued = false;
+        self.engine_wait = false;
     }
 
     /// Free bytes at the end of the output buffer.

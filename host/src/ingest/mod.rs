@@ -345,15 +345,15 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             let (did, close) = self.serve(slot, allowed);
             work |= did;
             // Served: it leaves the queue unless its frame still waits. Held back: it keeps
-            // its place.
-            let still = !allowed
-                || self.conns[slot]
-                    .as_ref()
-                    .is_some_and(|c| c.progress.is_some());
+            // its place. Only a wait for room in the engine holds the others back (not one
+            // for the connection's own output buffer: its client reads slowly).
+            let (waits, for_engine) = self.conns[slot]
+                .as_ref()
+                .map_or((false, false), |c| (c.progress.is_some(), c.engine_wait));
             if let Some(reason) = close {
                 self.close(slot, reason); // also leaves the queue
-            } else if still {
-                blocked = true;
+            } else if !allowed || waits {
+                blocked |= !allowed || for_engine;
                 k += 1;
             } else {
                 self.unqueue(slot);
@@ -374,9 +374,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 continue;
             }
             if let Some(conn) = self.conns[slot].as_mut() {
-                let held = if blocked { conn.wants_input() } else { false };
+                let held = blocked && conn.wants_input();
                 if conn.progress.is_some() || held {
-                    blocked = true;
+                    blocked |= conn.engine_wait;
                     conn.queued = true;
                     self.waiting.push_back(slot);
                 }
@@ -579,6 +579,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             return (false, None);
         };
         let mut work = false;
+        conn.engine_wait = false;
         if conn.resolve_front(self.batch_watermark, self.now, &mut self.ack_latency) > 0 {
             work = true;
         }
@@ -608,7 +609,11 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 self.counters.tcp_credit_waits.incr();
                 break;
             }
+            if parsed.turn_over {
+                break;
+            }
             if let Some(cause) = parsed.waiting {
+                conn.engine_wait = true;
                 // Back-pressure: the frame keeps its place, the connection is not read, the
                 // client's window and then its socket fill, and it waits. Counted once per
                 // wait.
@@ -712,6 +717,8 @@ struct Parsed {
     out_of_credit: bool,
     /// The frame at the front waits for room in the engine (lane, pool, control plane).
     waiting: Option<Reason>,
+    /// A frame that had waited is done: the connection's turn is over for this round.
+    turn_over: bool,
     /// The output buffer cannot hold the REJECTs the next frame may cause: wait for it to
     /// drain.
     out_of_room: bool,
@@ -753,6 +760,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         out_of_credit: false,
         out_of_room: false,
         waiting: None,
+        turn_over: false,
         close: None,
     };
     loop {
@@ -811,6 +819,14 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                     parsed.waiting = Some(cause);
                     return parsed;
                 }
+                // Done: that was this connection's turn. Its next frame waits for the next
+                // round, behind whoever queued meanwhile (or the room it freed would go to
+                // it again and again).
+                conn.rstart += len;
+                parsed.frames += 1;
+                counters.tcp_frames_in.incr();
+                parsed.turn_over = true;
+                return parsed;
             }
             Ok(frame) if frame.kind() == FrameKind::Hello => hello(conn, &frame, limits, counters),
             Ok(frame) if matches!(frame.kind(), FrameKind::Ack | FrameKind::Reject) => {
@@ -972,7 +988,13 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
                 match outcome {
                     // In a lane counts as stored when acknowledging on acceptance.
                     Outcome::Queued(_) if ack == AckMode::Accepted => track.stored += 1,
-                    Outcome::Queued(Lane::Batch) => track.batch_events += 1,
+                    Outcome::Queued(Lane::Batch) => {
+                        // The batch watermark settles events pushed before a tick: the
+                        // frame's is the last push of one of its batch events (a frame that
+                        // waited pushes them later than it started).
+                        track.batch_events += 1;
+                        track.tick = now;
+                    }
                     Outcome::Queued(_) => track.pending += 1,
                     Outcome::DeadLettered(_) => track.dead += 1,
                     Outcome::Rejected(_) => track.rejected += 1,
