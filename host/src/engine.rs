@@ -35,7 +35,9 @@ use pinstream_core::dispatch::{Admission, Dispatcher, Unlimited};
 use pinstream_core::event::{EventHeader, Lane, Origin, Priority};
 use pinstream_core::lanes::{DeadLetter, DeadLetters, Lanes};
 use pinstream_core::process::realtime::{AlertRule, CountAlerts};
-use pinstream_core::process::{LaneProcessors, Processors, Record, RetryPolicy, Sink, SinkError};
+use pinstream_core::process::{
+    LaneProcessors, Processors, Record, RetryPolicy, Sink, SinkError, StoredEvent,
+};
 use pinstream_core::ratelimit::{RateConfig, RateLimiter};
 use pinstream_core::reason::Reason;
 use pinstream_core::ring::{Producer, Spsc};
@@ -49,7 +51,7 @@ use crate::placement::{self, PlacementDecision, PlacementInput, PlacementMode};
 use crate::prom::{self, MetricType, PromWriter};
 use crate::stats::{HostCounters, LatencyRecorder, SharedLatency};
 use crate::storage::{
-    DataDirLock, Durability, Log, LogConfig, RecoveryReport, StorageError, record,
+    DataDirLock, Durability, Log, LogConfig, LogReader, RecoveryReport, StorageError, record,
 };
 use crate::topology::Topology;
 
@@ -453,6 +455,82 @@ pub struct Started {
     pub decision: PlacementDecision,
     /// Placement notes (what was asked, what was got, warnings).
     pub placement: Vec<String>,
+    /// What the transactional lane's dedup window was refilled with from its log (`None`
+    /// when the log holds nothing recent).
+    pub dedup_refill: Option<DedupRefill>,
+}
+
+/// The dedup window refilled at start-up from the transactional log: ids stored within the
+/// last `pipeline.dedup_window_ms` are duplicates again for the rest of their window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupRefill {
+    /// Ids remembered.
+    pub ids: u64,
+    /// Records read to find them.
+    pub scanned: u64,
+    /// Segments read.
+    pub segments: usize,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// Reads the transactional log's records of the last `window` ns (wall clock, before
+/// `start_wall`) into the dedup table, oldest first, each at its first-seen time in the new
+/// engine's ticks (ticks before the start wrap around: the table's ages are modular). Walks
+/// back segment by segment from the newest to the first whose first record is older than
+/// the window, then reads forward from there; at most a window's worth of records plus one
+/// segment. Records of older engines (their `received` was a tick, not a wall time) look
+/// decades old and are skipped.
+fn refill_dedup(
+    dir: &std::path::Path,
+    tx: &mut pinstream_core::process::transactional::TransactionalProcessor<DEDUP>,
+    start_wall: u64,
+    window: u64,
+) -> Result<Option<DedupRefill>, StorageError> {
+    let t0 = Instant::now();
+    let cutoff = start_wall.saturating_sub(window);
+    let segments = crate::storage::segment_bases(dir)?;
+    if segments.is_empty() || window == 0 {
+        return Ok(None);
+    }
+    let mut reader = LogReader::open(dir)?;
+    // The newest segment whose first event record is at or before the cutoff: reading
+    // starts there (everything before it is older than the window).
+    let mut first = 0;
+    for (i, &base) in segments.iter().enumerate().rev() {
+        reader.seek(base)?;
+        let mut oldest = None;
+        while let Some(rec) = reader.next_record() {
+            let rec = rec?;
+            if let Ok(record::RecordBody::Event(e)) = record::decode(rec.kind, &rec.body) {
+                oldest = Some(e.received);
+                break;
+            }
+        }
+        if oldest.is_some_and(|w| w <= cutoff) {
+            first = i;
+            break;
+        }
+    }
+    reader.seek(segments[first])?;
+    let (mut ids, mut scanned) = (0u64, 0u64);
+    while let Some(rec) = reader.next_record() {
+        let rec = rec?;
+        scanned += 1;
+        if let Ok(record::RecordBody::Event(e)) = record::decode(rec.kind, &rec.body) {
+            if e.received > cutoff && e.received <= start_wall.saturating_add(window) {
+                // Tick of the sighting in the new engine's clock (before 0: wraps).
+                tx.remember(e.header.id, e.received.wrapping_sub(start_wall));
+                ids += 1;
+            }
+        }
+    }
+    Ok((ids > 0).then(|| DedupRefill {
+        ids,
+        scanned,
+        segments: segments.len() - first,
+        took: t0.elapsed(),
+    }))
 }
 
 /// A running engine.
@@ -625,8 +703,8 @@ impl Engine {
             .stack_size(stack)
             .spawn(move || supervise(cfg, plan, node, thread_stats, listener, udp, logs, tx))
             .map_err(|e| EngineError::Thread(format!("cannot start the engine thread: {e}")))?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
+        let dedup_refill = match rx.recv() {
+            Ok(Ok(refill)) => refill,
             Ok(Err(msg)) => {
                 let _ = supervisor.join();
                 return Err(EngineError::Config(msg));
@@ -637,7 +715,7 @@ impl Engine {
                     "the engine thread died at start-up".into(),
                 ));
             }
-        }
+        };
         Ok(EngineHandle {
             stats,
             supervisor: Some(supervisor),
@@ -647,6 +725,7 @@ impl Engine {
                 recovery,
                 decision,
                 placement,
+                dedup_refill,
             },
             _lock: lock,
         })
@@ -663,7 +742,7 @@ fn supervise(
     listener: Option<TcpListener>,
     udp: Option<(UdpSocket, usize, usize)>,
     logs: Vec<Log>,
-    started: mpsc::Sender<Result<(), String>>,
+    started: mpsc::Sender<Result<Option<DedupRefill>, String>>,
 ) -> Result<(), String> {
     let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     // Large: built on the heap in place (the lanes are tens of MiB).
@@ -738,7 +817,21 @@ fn supervise(
     stats
         .dedup_effective_window_ns
         .set(ns(cfg.dedup_window).max(1));
-    let _ = started.send(Ok(()));
+    // Ids stored within the last dedup window before this start are remembered again, so a
+    // producer resending them after a restart gets duplicates, not a second copy.
+    let refill = match refill_dedup(
+        &cfg.data_dir.join(LOG_NAMES[1]),
+        &mut procs.transactional,
+        stats.shared.start_wall,
+        ns(cfg.dedup_window),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = started.send(Err(format!("refilling the dedup window: {e}")));
+            return Ok(());
+        }
+    };
+    let _ = started.send(Ok(refill));
     let placement = &cfg.placement;
     let budget = cfg.budget.max(1);
     let window = ns(cfg.aggregate_window).max(1);
@@ -1297,12 +1390,18 @@ impl Sink for StoreSink<'_> {
     fn store(&mut self, rec: &Record<'_>) -> Result<(), SinkError> {
         match rec {
             Record::Event(e) => {
+                // The log records when the event was taken in as wall-clock time, so that a
+                // restart can tell its age (the dedup window is refilled from it).
+                let wall = StoredEvent {
+                    received: self.stats.shared.start_wall.saturating_add(e.received),
+                    ..*e
+                };
                 self.append(
                     e.lane.index(),
                     record::KIND_EVENT,
                     record::event_len(e.payload.len()),
                     |dst| {
-                        let _ = record::encode_event(dst, e);
+                        let _ = record::encode_event(dst, &wall);
                     },
                 )
                 .map_err(|()| SinkError)?;

@@ -152,6 +152,15 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     for report in &handle.started.recovery {
         say!("{report}");
     }
+    if let Some(r) = handle.started.dedup_refill {
+        say!(
+            "dedup window refilled: {} id(s) stored within the last pipeline.dedup_window_ms are duplicates again ({} record(s) of {} segment(s) read in {:.2} s)",
+            r.ids,
+            r.scanned,
+            r.segments,
+            r.took.as_secs_f64()
+        );
+    }
     // One line: pinned or not, and why (`pinstream host-check` prints the same line).
     say!("placement decision: {}", handle.started.decision);
     for note in &handle.started.placement {

@@ -58,6 +58,18 @@ impl<const D: usize> TransactionalProcessor<D> {
         }
     }
 
+    /// Records `id` as first seen at tick `first_seen` (which may lie before this engine's
+    /// tick 0: ticks are modular, see [`DedupTable`]), as a refill from a log at start-up
+    /// does. A repeat is counted as nothing; an eviction is counted as one.
+    pub fn remember(&mut self, id: u64, first_seen: u64) {
+        if let Verdict::NewEvicting { evicted_age } =
+            self.dedup.check_and_insert_mut(id, first_seen)
+        {
+            self.evictions += 1;
+            self.youngest_evicted = self.youngest_evicted.min(evicted_age);
+        }
+    }
+
     /// Entries evicted before their window ended, since start.
     pub const fn evictions(&self) -> u64 {
         self.evictions

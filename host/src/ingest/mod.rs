@@ -99,6 +99,10 @@ pub struct Shared {
     pub storage_failed: AtomicBool,
     /// Engine start: ticks are nanoseconds since it.
     pub start: Instant,
+    /// The wall clock at `start`, nanoseconds since the Unix epoch: tick `t` happened at
+    /// wall time `start_wall + t` (what the logs record, so a restart can tell how old a
+    /// record is).
+    pub start_wall: u64,
 }
 
 impl Shared {
@@ -113,6 +117,9 @@ impl Shared {
             ingest_exited: AtomicBool::new(false),
             storage_failed: AtomicBool::new(false),
             start: Instant::now(),
+            start_wall: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         }
     }
 

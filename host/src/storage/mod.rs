@@ -75,6 +75,18 @@ mod repair;
 mod tests;
 
 pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN, parse_segment_name};
+
+/// The base offsets of the segments in the log directory `dir`, oldest first (empty when
+/// the directory holds none or does not exist).
+///
+/// # Errors
+/// [`StorageError::Io`] when the directory exists but cannot be listed.
+pub fn segment_bases(dir: &std::path::Path) -> Result<Vec<u64>, StorageError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    format::list_segments(dir)
+}
 pub use self::lock::{DataDirLock, LOCK_FILE};
 pub use self::log::{Log, LogStats, RetentionReport};
 pub use self::reader::{LogReader, StoredRecord};

@@ -11,6 +11,12 @@
 //! | [`KIND_DEAD_LETTER`] | `reason u16 | header | origin | tick u64 | events u32` (54 bytes) |
 //! | [`KIND_AGGREGATE`] | `topic u16 | start u64 | end u64 | count u64 | bytes u64 | values u64 | min i64 | max i64 | sum i128` (74 bytes) |
 //!
+//! An event's `received` is when the engine took it in, in nanoseconds since the Unix epoch
+//! (the engine's start time plus its tick), so a restarted engine can tell a record's age:
+//! it refills the transactional lane's dedup window from the records of the last
+//! `pipeline.dedup_window_ms`. Logs written before this rule hold the engine's tick there
+//! (nanoseconds since that engine started), which reads as decades old.
+//!
 //! The reason code is stored as the full `u16` of [`Reason::code`] (every code fits a byte
 //! today; the registry's type is `u16`, so the format does not narrow it).
 //!
@@ -126,7 +132,7 @@ pub struct EventRecord<'a> {
     pub header: EventHeader,
     /// Who sent it, in which frame.
     pub origin: Origin,
-    /// The engine tick it was dispatched at.
+    /// When the engine took it in: nanoseconds since the Unix epoch (see the module docs).
     pub received: u64,
     /// Its payload.
     pub payload: &'a [u8],
