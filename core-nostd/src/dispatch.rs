@@ -134,6 +134,11 @@ pub struct FrameProgress {
     granted: u32,
     /// Whether the first call happened (the frame is counted, the rate limit asked).
     started: bool,
+    /// Bytes of the frame's records from event `next` on ([`Events::rest_len`]): where to
+    /// resume without walking the records before it again.
+    ///
+    /// [`Events::rest_len`]: crate::wire::Events::rest_len
+    rest_len: usize,
 }
 
 impl FrameProgress {
@@ -143,6 +148,7 @@ impl FrameProgress {
             next: 0,
             granted: 0,
             started: false,
+            rest_len: 0,
         }
     }
 
@@ -163,10 +169,14 @@ pub struct FrameStep {
     pub waiting: Option<Reason>,
 }
 
-/// Why one event did not go on to its slot.
-enum Stop {
-    /// It is resolved: dead-lettered or rejected.
-    Outcome(Outcome),
+/// What [`Dispatcher::judge`] decided for one event.
+enum Judged {
+    /// On to its pool slot and lane.
+    Go,
+    /// Rejected with this reason.
+    Reject(Reason),
+    /// Dead-lettered with this reason.
+    Dead(Reason),
     /// It waits (a [`Flow::Waits`] source), for this cause.
     Wait(Reason),
 }
@@ -439,36 +449,55 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         }
         let first = progress.next;
         let mut next = count;
-        for (i, view) in (0u32..).zip(frame.events()).skip(first as usize) {
+        // Resume where the last call stopped, without walking the records before it again.
+        let mut events = if first == 0 {
+            frame.events()
+        } else {
+            frame.events_from(first, progress.rest_len)
+        };
+        // Events counted `ingested` so far: each is counted before anything can resolve it
+        // (a dead letter, a rejection, a push a processor may store at once), so a reader
+        // of the counters never sees more resolved than ingested.
+        let mut counted = first;
+        let mut i = first;
+        loop {
+            let rest_len = events.rest_len();
+            let Some(view) = events.next() else { break };
             let header = view.header();
             let payload = view.payload();
             let judged = if i < progress.granted {
-                self.judge(&header, payload.len(), origin, level, flow, now)
+                self.judge(&header, payload.len(), level, flow)
             } else {
-                Some(Stop::Outcome(self.dead_letter(
-                    &header,
-                    origin,
-                    Reason::RateLimited,
-                    now,
-                )))
+                Judged::Dead(Reason::RateLimited)
             };
             let stopped = match judged {
-                Some(Stop::Outcome(outcome)) => outcome,
-                Some(Stop::Wait(cause)) => {
+                Judged::Wait(cause) => {
                     step.waiting = Some(cause);
+                    progress.rest_len = rest_len;
                     next = i;
                     break;
                 }
-                None => {
+                Judged::Reject(reason) => {
+                    self.count_ingested(&mut counted, i + 1);
+                    self.counters.reason(reason).incr();
+                    Outcome::Rejected(reason)
+                }
+                Judged::Dead(reason) => {
+                    self.count_ingested(&mut counted, i + 1);
+                    self.dead_letter(&header, origin, reason, now)
+                }
+                Judged::Go => {
                     let lane = header.priority.lane();
                     let li = lane.index();
                     if flow == Flow::Waits && room[li] == 0 {
                         // What is staged for this lane was counted against its room, so it
                         // fits: push it, then look at the lane again.
+                        self.count_ingested(&mut counted, i);
                         self.flush_stage(lane, origin, now, &mut step.outcome, &mut each);
                         room[li] = self.lanes.room(lane);
                         if room[li] == 0 {
                             step.waiting = Some(Reason::LaneFull);
+                            progress.rest_len = rest_len;
                             next = i;
                             break;
                         }
@@ -486,26 +515,33 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                             stage.headers[stage.n] = header;
                             stage.n += 1;
                             if stage.n == STAGE {
+                                self.count_ingested(&mut counted, i + 1);
                                 self.flush_stage(lane, origin, now, &mut step.outcome, &mut each);
                             }
+                            i += 1;
                             continue;
                         }
                         None if flow == Flow::Waits => {
                             step.waiting = Some(Reason::PoolExhausted);
+                            progress.rest_len = rest_len;
                             next = i;
                             break;
                         }
-                        None => self.dead_letter(&header, origin, Reason::PoolExhausted, now),
+                        None => {
+                            self.count_ingested(&mut counted, i + 1);
+                            self.dead_letter(&header, origin, Reason::PoolExhausted, now)
+                        }
                     }
                 }
             };
             step.outcome.add(stopped);
             each(i, &header, stopped);
+            i += 1;
         }
+        self.count_ingested(&mut counted, next);
         for lane in Lane::ALL {
             self.flush_stage(lane, origin, now, &mut step.outcome, &mut each);
         }
-        self.counters.ingested.add(u64::from(next - first));
         progress.next = next;
         step
     }
@@ -571,44 +607,38 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         self.counters.reason(reason).incr();
     }
 
-    /// Steps 2 to 4 of the module docs for one event already admitted by the rate limiter:
-    /// `None` when the event may go on to its pool slot and lane, else what stopped it. With
-    /// [`Flow::Waits`], a priority the control plane holds back waits unless it is
-    /// sheddable.
+    /// Steps 2 to 4 of the module docs for one event already admitted by the rate limiter,
+    /// without acting on it (the caller counts the event first): whether it may go on to its
+    /// pool slot and lane. With [`Flow::Waits`], a priority the control plane holds back
+    /// waits unless it is sheddable.
     #[inline]
     fn judge(
-        &mut self,
+        &self,
         header: &EventHeader,
         payload_len: usize,
-        origin: Origin,
         level: crate::control::Level,
         flow: Flow,
-        now: u64,
-    ) -> Option<Stop> {
+    ) -> Judged {
         if payload_len > P {
-            self.counters.reason(Reason::PayloadTooLarge).incr();
-            return Some(Stop::Outcome(Outcome::Rejected(Reason::PayloadTooLarge)));
+            Judged::Reject(Reason::PayloadTooLarge)
+        } else if u32::from(header.topic) >= self.topics {
+            Judged::Dead(Reason::UnknownTopic)
+        } else if !level.sheds(header.priority) {
+            Judged::Go
+        } else if flow == Flow::Waits && self.sheddable & (1 << header.priority as u8) == 0 {
+            Judged::Wait(Reason::Shed)
+        } else {
+            Judged::Dead(Reason::Shed)
         }
-        if u32::from(header.topic) >= self.topics {
-            return Some(Stop::Outcome(self.dead_letter(
-                header,
-                origin,
-                Reason::UnknownTopic,
-                now,
-            )));
+    }
+
+    /// Counts events `*counted..upto` of the current frame as ingested.
+    #[inline]
+    fn count_ingested(&self, counted: &mut u32, upto: u32) {
+        if upto > *counted {
+            self.counters.ingested.add(u64::from(upto - *counted));
+            *counted = upto;
         }
-        if level.sheds(header.priority) {
-            if flow == Flow::Waits && self.sheddable & (1 << header.priority as u8) == 0 {
-                return Some(Stop::Wait(Reason::Shed));
-            }
-            return Some(Stop::Outcome(self.dead_letter(
-                header,
-                origin,
-                Reason::Shed,
-                now,
-            )));
-        }
-        None
     }
 
     /// Steps 2 to 6 for a single event from a source without flow control: pushed into its
@@ -621,10 +651,15 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         level: crate::control::Level,
         now: u64,
     ) -> Outcome {
-        if let Some(Stop::Outcome(outcome)) =
-            self.judge(header, payload.len(), origin, level, Flow::Lossy, now)
-        {
-            return outcome;
+        match self.judge(header, payload.len(), level, Flow::Lossy) {
+            Judged::Go => {}
+            Judged::Reject(reason) => {
+                self.counters.reason(reason).incr();
+                return Outcome::Rejected(reason);
+            }
+            Judged::Dead(reason) | Judged::Wait(reason) => {
+                return self.dead_letter(header, origin, reason, now);
+            }
         }
         let Some(mut slot) = self.take_slot() else {
             return self.dead_letter(header, origin, Reason::PoolExhausted, now);

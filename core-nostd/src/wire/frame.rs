@@ -147,6 +147,26 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// The events of this frame after the first `returned`, given the
+    /// [`rest_len`](Events::rest_len) an iterator over it had after returning them: resumes
+    /// where that iterator stopped without walking the records again. Arguments that no
+    /// iterator of this frame could have had give no events.
+    #[inline]
+    pub fn events_from(&self, returned: u32, rest_len: usize) -> Events<'a> {
+        let mut events = self.events();
+        match events.rest.len().checked_sub(rest_len) {
+            Some(skip) if returned <= events.remaining => {
+                events.rest = &events.rest[skip..];
+                events.remaining -= returned;
+            }
+            _ => {
+                events.rest = &[];
+                events.remaining = 0;
+            }
+        }
+        events
+    }
+
     /// The events of an EVENT or BATCH frame, in order (none for other kinds).
     #[inline]
     pub fn events(&self) -> Events<'a> {
@@ -311,6 +331,15 @@ pub struct Events<'a> {
     rest: &'a [u8],
     /// Records left in `rest`.
     remaining: u32,
+}
+
+impl Events<'_> {
+    /// Bytes of records not yet returned: with the count of records returned, where to
+    /// resume ([`Frame::events_from`]).
+    #[inline]
+    pub fn rest_len(&self) -> usize {
+        self.rest.len()
+    }
 }
 
 impl<'a> Iterator for Events<'a> {
