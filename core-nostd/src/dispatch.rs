@@ -594,6 +594,16 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         }
     }
 
+    /// Counts the `events` events of a frame its producer resent after it was resolved (its
+    /// `seq` is at or below the producer's last resolved one): ingested, and resolved as
+    /// duplicates ([`Reason::Duplicate`]), not dispatched again.
+    pub fn duplicate_frame(&mut self, events: u32) {
+        self.counters.ingested.add(u64::from(events));
+        self.counters
+            .reason(Reason::Duplicate)
+            .add(u64::from(events));
+    }
+
     /// Counts a frame that failed to decode: one unit, ingested and rejected with the
     /// error's reason.
     pub fn reject_frame(&mut self, error: DecodeError) {

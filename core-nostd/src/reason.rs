@@ -49,6 +49,9 @@ pub enum Reason {
     /// A data frame whose seq is not above the previous data frame's on the connection
     /// (acknowledgements are watermarks over seqs; the whole frame is one unit).
     SeqNotIncreasing = 21,
+    /// A version-2 HELLO for a new producer when every producer session the server keeps is
+    /// held by a connection; the connection is closed.
+    TooManyProducers = 22,
 
     // ---- dead-lettered (one event, one unit) ----
     /// The event's lane was full.
@@ -75,7 +78,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::TooShort,
         Reason::TooLong,
         Reason::BadLength,
@@ -91,6 +94,7 @@ impl Reason {
         Reason::UnexpectedKind,
         Reason::PayloadTooLarge,
         Reason::SeqNotIncreasing,
+        Reason::TooManyProducers,
         Reason::LaneFull,
         Reason::RateLimited,
         Reason::Shed,
@@ -127,8 +131,8 @@ impl Reason {
     pub const fn index(self) -> usize {
         match self as u16 {
             c @ 1..=13 => c as usize - 1,
-            c @ 20..=21 => c as usize - 20 + 13,
-            c => c as usize - 32 + 15,
+            c @ 20..=22 => c as usize - 20 + 13,
+            c => c as usize - 32 + 16,
         }
     }
 
@@ -162,6 +166,7 @@ impl Reason {
             Reason::UnexpectedKind => "unexpected_kind",
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::SeqNotIncreasing => "seq_not_increasing",
+            Reason::TooManyProducers => "too_many_producers",
             Reason::LaneFull => "lane_full",
             Reason::RateLimited => "rate_limited",
             Reason::Shed => "shed",
@@ -194,7 +199,7 @@ mod tests {
             assert_eq!(r.is_rejection(), r.code() < 32);
         }
         assert!(seen.iter().all(|&s| s));
-        for code in [0, 14, 19, 22, 31, 40, 63, u16::MAX] {
+        for code in [0, 14, 19, 23, 31, 40, 63, u16::MAX] {
             assert_eq!(Reason::from_code(code), None, "code {code}");
         }
     }

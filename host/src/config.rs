@@ -231,6 +231,10 @@ pub struct TcpConfig {
     pub idle_timeout_ms: u64,
     /// A client not reading its acks is closed after this long, milliseconds.
     pub stall_timeout_ms: u64,
+    /// Producer sessions (protocol version 2) remembered at once.
+    pub max_producers: usize,
+    /// A producer without a connection is forgotten after this long, milliseconds.
+    pub producer_idle_ms: u64,
 }
 
 impl Default for TcpConfig {
@@ -246,6 +250,8 @@ impl Default for TcpConfig {
             max_rejects: 100,
             idle_timeout_ms: 300_000,
             stall_timeout_ms: 10_000,
+            max_producers: 4096,
+            producer_idle_ms: 3_600_000,
         }
     }
 }
@@ -815,6 +821,14 @@ impl Config {
     fn check_tcp(&self, v: &mut Validator) {
         let t = &self.tcp;
         v.listen("tcp.listen", t.listen);
+        v.range("tcp.max_producers", t.max_producers as u64, 1, 1 << 20, "");
+        v.range(
+            "tcp.producer_idle_ms",
+            t.producer_idle_ms,
+            1,
+            u64::MAX >> 24,
+            "",
+        );
         v.range(
             "tcp.max_connections",
             t.max_connections as u64,

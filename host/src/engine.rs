@@ -796,7 +796,12 @@ fn supervise(
         &stats.shared,
         &stats.host,
         cfg.ack,
-        cfg.tcp_limits.clone(),
+        TcpLimits {
+            // What a version-2 HELLO reply announces comes from the engine's own settings.
+            dedup_window: cfg.dedup_window,
+            max_payload: u32::try_from(PAYLOAD).unwrap_or(u32::MAX),
+            ..cfg.tcp_limits.clone()
+        },
         listener,
         udp,
     ) {

@@ -357,6 +357,9 @@ fn max_batch(limit: usize, payload: usize) -> usize {
 pub struct Outcomes {
     /// Events stored.
     pub stored: u64,
+    /// Events not stored again because they were stored already (a repeated id within the
+    /// dedup window; 0 from a version-1 server, which counts them in `stored`).
+    pub duplicates: u64,
     /// Events dead-lettered.
     pub dead_lettered: u64,
     /// Units rejected (an undecodable frame counts 1).
@@ -364,9 +367,9 @@ pub struct Outcomes {
 }
 
 impl Outcomes {
-    /// `stored + dead_lettered + rejected`.
+    /// `stored + duplicates + dead_lettered + rejected`.
     pub fn total(&self) -> u64 {
-        self.stored + self.dead_lettered + self.rejected
+        self.stored + self.duplicates + self.dead_lettered + self.rejected
     }
 }
 
@@ -420,9 +423,10 @@ impl LoadReport {
         match self.outcomes {
             Some(o) if o.total() == self.sent => None,
             Some(o) => Some(format!(
-                "the server's ACKs account for {} events (stored {}, dead-lettered {}, rejected {}) but {} were sent",
+                "the server's ACKs account for {} events (stored {}, duplicates {}, dead-lettered {}, rejected {}) but {} were sent",
                 o.total(),
                 o.stored,
+                o.duplicates,
                 o.dead_lettered,
                 o.rejected,
                 self.sent
@@ -547,6 +551,7 @@ impl LoadRun {
             report.outcomes = match (report.outcomes, r.outcomes) {
                 (Some(a), Some(b)) => Some(Outcomes {
                     stored: a.stored + b.stored,
+                    duplicates: a.duplicates + b.duplicates,
                     dead_lettered: a.dead_lettered + b.dead_lettered,
                     rejected: a.rejected + b.rejected,
                 }),
@@ -809,11 +814,9 @@ fn connect_tcp(cfg: &LoadConfig, c: usize) -> io::Result<FrameReader> {
     let n = encode_hello(
         &mut hello,
         0,
-        &Hello::client(
-            wire::VERSION,
-            wire::VERSION,
-            u32::try_from(frame_len).unwrap_or(u32::MAX),
-        ),
+        // Version 2, a producer session per connection (the server assigns its id), so the
+        // ACKs count duplicates apart from stored events; a version-1 server answers 1.
+        &Hello::producer(u32::try_from(frame_len).unwrap_or(u32::MAX), 0),
     )
     .map_err(|e| io::Error::other(format!("encoding the HELLO: {e:?}")))?;
     let mut reader = FrameReader {
@@ -1247,6 +1250,7 @@ fn read_replies(
                 }
                 out.outcomes = Some(Outcomes {
                     stored: a.stored,
+                    duplicates: a.duplicates,
                     dead_lettered: a.dead_lettered,
                     rejected: a.rejected,
                 });

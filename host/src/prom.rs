@@ -353,7 +353,7 @@ pub type HostMetric = (
 );
 
 /// How each [`HostCounters`] field is exported.
-pub const HOST_METRICS: [HostMetric; 31] = [
+pub const HOST_METRICS: [HostMetric; 35] = [
     (
         "pinstream_tcp_connections_accepted_total",
         MetricType::Counter,
@@ -455,6 +455,30 @@ pub const HOST_METRICS: [HostMetric; 31] = [
         MetricType::Counter,
         "Times a connection's frame was held back by the control plane instead of shed.",
         |c| &c.tcp_waits_control,
+    ),
+    (
+        "pinstream_tcp_producers",
+        MetricType::Gauge,
+        "Producer sessions (protocol version 2) the engine remembers.",
+        |c| &c.tcp_producers,
+    ),
+    (
+        "pinstream_tcp_producers_evicted_total",
+        MetricType::Counter,
+        "Producer sessions forgotten (idle past tcp.producer_idle_ms, or the oldest idle one when the table was full).",
+        |c| &c.tcp_producers_evicted,
+    ),
+    (
+        "pinstream_tcp_producers_refused_total",
+        MetricType::Counter,
+        "Version-2 HELLOs refused: every producer session was held by a connection.",
+        |c| &c.tcp_producers_refused,
+    ),
+    (
+        "pinstream_tcp_producers_fenced_total",
+        MetricType::Counter,
+        "Connections closed because another connection took over their producer.",
+        |c| &c.tcp_producers_fenced,
     ),
     (
         "pinstream_udp_datagrams_received_total",

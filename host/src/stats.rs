@@ -121,6 +121,15 @@ pub struct HostCounters {
     /// Times a connection's frame was held back by the control plane (a priority its level
     /// sheds and the config does not name sheddable).
     pub tcp_waits_control: Gauge,
+    /// Producer sessions (protocol version 2) in the table.
+    pub tcp_producers: Gauge,
+    /// Producer sessions forgotten: idle past `tcp.producer_idle_ms`, or the oldest idle one
+    /// when the table was full.
+    pub tcp_producers_evicted: Gauge,
+    /// Version-2 HELLOs refused because every producer session was held by a connection.
+    pub tcp_producers_refused: Gauge,
+    /// Connections closed because another connection took over their producer.
+    pub tcp_producers_fenced: Gauge,
     /// UDP datagrams received.
     pub udp_datagrams: Gauge,
     /// Bytes received over UDP.
@@ -172,6 +181,10 @@ impl HostCounters {
             tcp_waits_lane: Gauge::new(),
             tcp_waits_pool: Gauge::new(),
             tcp_waits_control: Gauge::new(),
+            tcp_producers: Gauge::new(),
+            tcp_producers_evicted: Gauge::new(),
+            tcp_producers_refused: Gauge::new(),
+            tcp_producers_fenced: Gauge::new(),
             udp_datagrams: Gauge::new(),
             udp_bytes_in: Gauge::new(),
             udp_frames_in: Gauge::new(),

@@ -381,7 +381,7 @@ pub fn json(report: &LoadReport) -> String {
     let mut s = String::with_capacity(400);
     let _ = write!(
         s,
-        "{{\"system\":\"pinstream\",\"transport\":\"{}\",\"events\":{},\"seconds\":{:.6},\"events_per_sec\":{:.1},\"bytes_per_sec\":{:.1},\"stored_per_sec\":{},\"stored\":{},\"dead_lettered\":{},\"rejected\":{}",
+        "{{\"system\":\"pinstream\",\"transport\":\"{}\",\"events\":{},\"seconds\":{:.6},\"events_per_sec\":{:.1},\"bytes_per_sec\":{:.1},\"stored_per_sec\":{},\"stored\":{},\"duplicates\":{},\"dead_lettered\":{},\"rejected\":{}",
         report.transport.name(),
         report.sent,
         secs,
@@ -389,6 +389,7 @@ pub fn json(report: &LoadReport) -> String {
         report.bytes_per_sec(),
         number(stored_per_sec(report).map(|r| format!("{r:.1}"))),
         number(o.map(|o| o.stored)),
+        number(o.map(|o| o.duplicates)),
         number(o.map(|o| o.dead_lettered)),
         number(o.map(|o| o.rejected)),
     );
@@ -432,6 +433,7 @@ fn summary(cfg: &LoadConfig, report: &LoadReport) -> String {
     match report.outcomes {
         Some(o) => {
             let _ = writeln!(s, "  stored          {}", o.stored);
+            let _ = writeln!(s, "  duplicates      {}", o.duplicates);
             let _ = writeln!(s, "  dead-lettered   {}", o.dead_lettered);
             let _ = writeln!(s, "  rejected        {}", o.rejected);
         }
@@ -570,6 +572,7 @@ mod tests {
             elapsed: Duration::from_millis(500),
             outcomes: (ack == AckWait::Wait).then_some(loadgen::Outcomes {
                 stored: 990,
+                duplicates: 0,
                 dead_lettered: 10,
                 rejected: 0,
             }),
@@ -583,12 +586,12 @@ mod tests {
     fn json_has_the_keys_in_order_and_nulls_without_acks() {
         let j = json(&report(AckWait::Wait));
         assert!(j.starts_with(
-            "{\"system\":\"pinstream\",\"transport\":\"tcp\",\"events\":1000,\"seconds\":0.500000,\"events_per_sec\":2000.0,\"bytes_per_sec\":400000.0,\"stored_per_sec\":1980.0,\"stored\":990,\"dead_lettered\":10,\"rejected\":0,\"ack_p50_us\":500."
+            "{\"system\":\"pinstream\",\"transport\":\"tcp\",\"events\":1000,\"seconds\":0.500000,\"events_per_sec\":2000.0,\"bytes_per_sec\":400000.0,\"stored_per_sec\":1980.0,\"stored\":990,\"duplicates\":0,\"dead_lettered\":10,\"rejected\":0,\"ack_p50_us\":500."
         ), "{j}");
         assert!(j.contains("\"ack_max_us\":1000."), "{j}");
         assert!(j.ends_with("}\n"));
         let j = json(&report(AckWait::None));
-        assert!(j.contains("\"stored_per_sec\":null,\"stored\":null,\"dead_lettered\":null,\"rejected\":null,\"ack_p50_us\":null,\"ack_p90_us\":null,\"ack_p99_us\":null,\"ack_p999_us\":null,\"ack_max_us\":null}"), "{j}");
+        assert!(j.contains("\"stored_per_sec\":null,\"stored\":null,\"duplicates\":null,\"dead_lettered\":null,\"rejected\":null,\"ack_p50_us\":null,\"ack_p90_us\":null,\"ack_p99_us\":null,\"ack_p999_us\":null,\"ack_max_us\":null}"), "{j}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use pinstream_tests::TempDir;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The JSON keys, in order.
-const KEYS: [&str; 15] = [
+const KEYS: [&str; 16] = [
     "system",
     "transport",
     "events",
@@ -26,6 +26,7 @@ const KEYS: [&str; 15] = [
     "bytes_per_sec",
     "stored_per_sec",
     "stored",
+    "duplicates",
     "dead_lettered",
     "rejected",
     "ack_p50_us",
@@ -493,6 +494,46 @@ fn dead_letters_fail_the_run_unless_allowed() {
         "--allow-dead-letters",
     ]);
     assert!(j.count("dead_lettered") > 0);
+}
+
+/// Running the same events twice within the dedup window: the second run's medium events
+/// are duplicates (acknowledged as such, not stored again, not dead letters), and loadgen
+/// reports them apart and exits 0.
+#[test]
+fn a_repeated_run_is_acknowledged_as_duplicates() {
+    let dir = TempDir::new("loadgen-dup");
+    let engine = engine(&dir, AckMode::Durable);
+    let addr = addr_of(engine.started.tcp);
+    let args = [
+        "--addr",
+        &addr,
+        "--events",
+        "5000",
+        "--id-base",
+        "777",
+        "--json",
+    ];
+    let first = loadgen_json(&args);
+    assert_eq!(
+        (first.count("stored"), first.count("duplicates")),
+        (5000, 0)
+    );
+    let second = loadgen_json(&args);
+    assert_eq!(
+        (
+            second.count("stored"),
+            second.count("duplicates"),
+            second.count("dead_lettered")
+        ),
+        (0, 5000, 0)
+    );
+    assert_eq!(
+        second.num("stored_per_sec"),
+        0.0,
+        "duplicates are not throughput"
+    );
+    let stats = engine.stats();
+    eventually("5000 stored once", || stats.process.stored.get() == 5000);
 }
 
 #[test]

@@ -44,8 +44,19 @@ impl Client {
 
     /// Sends a HELLO and returns the server's reply.
     pub fn hello(&mut self) -> io::Result<Hello> {
+        self.hello_with(&Hello::client(1, 1, 65_536))
+    }
+
+    /// Sends a version-2 HELLO for `producer_id` (0: let the server assign one) and returns
+    /// the server's reply.
+    pub fn hello_producer(&mut self, producer_id: u64) -> io::Result<Hello> {
+        self.hello_with(&Hello::producer(65_536, producer_id))
+    }
+
+    /// Sends `hello` and returns the server's reply.
+    pub fn hello_with(&mut self, hello: &Hello) -> io::Result<Hello> {
         let mut buf = [0u8; 64];
-        let n = encode_hello(&mut buf, 0, &Hello::client(1, 1, 65_536)).expect("encode HELLO");
+        let n = encode_hello(&mut buf, 0, hello).expect("encode HELLO");
         self.stream.write_all(&buf[..n])?;
         match self.next_reply()? {
             Reply::Hello(h) => Ok(h),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use pinstream_core::event::{EventHeader, Priority};
 use pinstream_core::reason::Reason;
-use pinstream_core::wire::{BatchEncoder, encode_event};
+use pinstream_core::wire::{BatchEncoder, Hello, encode_event};
 use pinstream_host::engine::{Engine, EngineConfig, EngineHandle, LOG_NAMES};
 use pinstream_host::ingest::AckMode;
 use pinstream_host::storage::record::{self, RecordBody};
@@ -649,5 +649,183 @@ fn batch_lane_acks_advance_under_sustained_batch_load() {
     flood.join().unwrap();
     let (ack, _) = result.expect("batch frames acknowledged while the flood goes on");
     assert_eq!(ack.stored + ack.dead_lettered, 50, "{ack:?}");
+    engine.stop().unwrap();
+}
+
+/// Protocol version 2: a producer that reconnects with its id learns the last sequence the
+/// engine resolved and gets what it resends up to there acknowledged as duplicates, not
+/// stored again; in the realtime lane, which has no id window, only the session can tell.
+#[test]
+fn producer_sessions_answer_resends_as_duplicates() {
+    let dir = TempDir::new("e2e-producer");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let addr = engine.started.tcp.unwrap();
+    let frame = |seq: u64| {
+        let events: Vec<_> = (0..10)
+            .map(|i| header(seq * 100 + i, 0, Priority::High))
+            .collect();
+        Client::batch(seq, &events, |_| vec![3; 20])
+    };
+    let mut c = Client::connect(addr).unwrap();
+    let hello = c.hello_producer(0).unwrap();
+    assert_eq!((hello.min_version, hello.max_version), (2, 2));
+    assert_ne!(hello.producer_id, 0, "an id is assigned");
+    assert_eq!(hello.last_seq, 0);
+    assert_eq!(hello.max_payload, 256);
+    assert_eq!(
+        u64::from(hello.dedup_window_ms),
+        EngineConfig::local(dir.path()).dedup_window.as_millis() as u64
+    );
+    let id = hello.producer_id;
+    for seq in 1..=5 {
+        c.send(&frame(seq)).unwrap();
+    }
+    let (ack, _) = c.wait_ack(5, WAIT).unwrap();
+    assert_eq!((ack.stored, ack.duplicates), (50, 0));
+    drop(c);
+
+    // Reconnect as the same producer: frames 3 to 5 were resolved (their ACK may have been
+    // lost), 6 and 7 are new.
+    let mut c = Client::connect(addr).unwrap();
+    let hello = c.hello_producer(id).unwrap();
+    assert_eq!((hello.producer_id, hello.last_seq), (id, 5));
+    for seq in 3..=7 {
+        c.send(&frame(seq)).unwrap();
+    }
+    let (ack, _) = c.wait_ack(7, WAIT).unwrap();
+    assert_eq!(
+        (ack.stored, ack.duplicates, ack.dead_lettered, ack.rejected),
+        (20, 30, 0, 0),
+        "{ack:?}"
+    );
+    let stats = std::sync::Arc::clone(engine.stats());
+    assert_eq!(stats.dispatch.reason(Reason::Duplicate).get(), 30);
+    // A second HELLO on a connection is refused and changes nothing.
+    let mut buf = [0u8; 64];
+    let n = pinstream_core::wire::encode_hello(&mut buf, 8, &Hello::producer(65_536, 99)).unwrap();
+    c.send(&buf[..n]).unwrap();
+    c.send(&frame(8)).unwrap();
+    let (ack, rejects) = c.wait_ack(8, WAIT).unwrap();
+    assert_eq!((ack.stored, ack.rejected), (30, 1), "{ack:?}");
+    assert_eq!(rejects[0].reason(), Some(Reason::UnexpectedKind));
+
+    // Another connection taking the producer over fences this one.
+    let mut d = Client::connect(addr).unwrap();
+    let hello = d.hello_producer(id).unwrap();
+    assert_eq!(hello.last_seq, 8);
+    assert!(c.closed_by_server(WAIT), "the old connection is fenced");
+    assert_eq!(stats.host.tcp_producers_fenced.get(), 1);
+
+    // A connection that goes away with frames in flight: the next HELLO's last_seq covers
+    // whatever the engine took of them (its reply waits for them to resolve), so resending
+    // everything from there stores nothing twice.
+    for seq in 9..=40 {
+        d.send(&frame(seq)).unwrap();
+    }
+    drop(d);
+    let mut e = Client::connect(addr).unwrap();
+    let hello = e.hello_producer(id).unwrap();
+    assert!((8..=40).contains(&hello.last_seq), "{hello:?}");
+    for seq in 9..=40 {
+        e.send(&frame(seq)).unwrap();
+    }
+    let (ack, _) = e.wait_ack(40, WAIT).unwrap();
+    assert_eq!(ack.stored + ack.duplicates, 320, "{ack:?}");
+    assert_eq!(ack.duplicates, (hello.last_seq - 8) * 10, "{ack:?}");
+    engine.stop().unwrap();
+
+    // Every event stored once.
+    let ids: Vec<u64> = read_log(&dir, LOG_NAMES[0])
+        .iter()
+        .map(|(k, b)| match record::decode(*k, b).unwrap() {
+            RecordBody::Event(e) => e.header.id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!((ids.len(), unique.len()), (400, 400));
+}
+
+/// HELLO errors close the connection (PROTOCOL.md §5); a version-1 client is still served.
+#[test]
+fn hello_errors_close_and_version_1_clients_are_served() {
+    let dir = TempDir::new("e2e-hello");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let addr = engine.started.tcp.unwrap();
+    // No common version.
+    let mut c = Client::connect(addr).unwrap();
+    let mut buf = [0u8; 64];
+    let n = pinstream_core::wire::encode_hello(&mut buf, 0, &Hello::client(3, 4, 65_536)).unwrap();
+    c.send(&buf[..n]).unwrap();
+    match c.next_reply().unwrap() {
+        Reply::Reject(r) => assert_eq!(r.reason(), Some(Reason::UnsupportedVersion)),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.closed_by_server(WAIT));
+    // An empty range (0/0, 2/1): not a valid HELLO at all.
+    for (min, max) in [(0u8, 0u8), (2, 1)] {
+        let mut c = Client::connect(addr).unwrap();
+        let n =
+            pinstream_core::wire::encode_hello(&mut buf, 0, &Hello::client(1, 1, 65_536)).unwrap();
+        buf[16] = min;
+        buf[17] = max;
+        let crc = pinstream_core::wire::crc32c(&buf[..n - 4]);
+        buf[n - 4..n].copy_from_slice(&crc.to_le_bytes());
+        c.send(&buf[..n]).unwrap();
+        c.send(&Client::batch(1, &[header(1, 0, Priority::High)], |_| {
+            vec![1]
+        }))
+        .unwrap();
+        match c.next_reply().unwrap() {
+            Reply::Reject(r) => assert!(r.reason().is_some(), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(c.closed_by_server(WAIT), "range {min}/{max}");
+    }
+    // Version 1 still works, with version-1 ACKs.
+    let mut c = Client::connect(addr).unwrap();
+    let hello = c.hello().unwrap();
+    assert_eq!((hello.max_version, hello.producer_id), (1, 0));
+    c.send(&Client::batch(1, &[header(2, 0, Priority::High)], |_| {
+        vec![1]
+    }))
+    .unwrap();
+    let (ack, _) = c.wait_ack(1, WAIT).unwrap();
+    assert_eq!((ack.stored, ack.duplicates), (1, 0));
+    engine.stop().unwrap();
+    // The frame sent after a refused HELLO was never stored.
+    assert_eq!(read_log(&dir, LOG_NAMES[0]).len(), 1);
+}
+
+/// When every producer session is held by a connection, a HELLO for a new producer is
+/// refused with `too_many_producers` and the connection closed.
+#[test]
+fn a_full_producer_table_refuses_new_producers() {
+    let dir = TempDir::new("e2e-producers-full");
+    let mut cfg = config(&dir);
+    cfg.tcp_limits.max_producers = 1;
+    let engine = Engine::start(cfg).unwrap();
+    let addr = engine.started.tcp.unwrap();
+    let mut a = Client::connect(addr).unwrap();
+    a.hello_producer(11).unwrap();
+    let mut b = Client::connect(addr).unwrap();
+    let mut buf = [0u8; 64];
+    let n = pinstream_core::wire::encode_hello(&mut buf, 0, &Hello::producer(65_536, 12)).unwrap();
+    b.send(&buf[..n]).unwrap();
+    match b.next_reply().unwrap() {
+        Reply::Reject(r) => assert_eq!(r.reason(), Some(Reason::TooManyProducers)),
+        other => panic!("{other:?}"),
+    }
+    assert!(b.closed_by_server(WAIT));
+    assert_eq!(engine.stats().host.tcp_producers_refused.get(), 1);
+    // Once the first producer's connection is gone, its session may give way.
+    drop(a);
+    let mut c = Client::connect(addr).unwrap();
+    eventually("the first producer detached", || {
+        engine.stats().host.tcp_open.get() <= 1
+    });
+    let hello = c.hello_producer(13).unwrap();
+    assert_eq!(hello.producer_id, 13);
+    assert_eq!(engine.stats().host.tcp_producers_evicted.get(), 1);
     engine.stop().unwrap();
 }

@@ -23,6 +23,8 @@ struct Vector {
     seq: Option<u64>,
     events: Vec<(EventHeader, Vec<u8>)>,
     ack: Option<Ack>,
+    /// The ACK is of version 2 (the vector states `duplicates`).
+    ack_v2: bool,
     reject: Option<Reject>,
     hello: Option<Hello>,
     bytes: Vec<u8>,
@@ -53,6 +55,18 @@ fn fields(s: &str) -> Vec<(&str, &str)> {
                 .unwrap_or_else(|| panic!("not key=value: {kv}"))
         })
         .collect()
+}
+
+/// The field `key`, or 0 when the vector does not state it (fields of version 2).
+fn opt_num<T: std::str::FromStr + Default>(fields: &[(&str, &str)], key: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    if fields.iter().any(|(k, _)| *k == key) {
+        num(fields, key)
+    } else {
+        T::default()
+    }
 }
 
 fn num<T: std::str::FromStr>(fields: &[(&str, &str)], key: &str) -> T
@@ -125,11 +139,14 @@ fn parse_vectors(page: &str) -> Vec<Vector> {
                     "event" => v.events.push(parse_event(value)),
                     "ack" => {
                         let f = fields(value);
+                        // A vector that states `duplicates` is a version-2 ACK.
+                        v.ack_v2 = f.iter().any(|(k, _)| *k == "duplicates");
                         v.ack = Some(Ack {
                             through_seq: num(&f, "through_seq"),
                             stored: num(&f, "stored"),
                             dead_lettered: num(&f, "dead_lettered"),
                             rejected: num(&f, "rejected"),
+                            duplicates: opt_num(&f, "duplicates"),
                         });
                     }
                     "reject" => {
@@ -148,6 +165,10 @@ fn parse_vectors(page: &str) -> Vec<Vector> {
                             max_version: num(&f, "max_version"),
                             max_frame_len: num(&f, "max_frame_len"),
                             source: num(&f, "source"),
+                            producer_id: opt_num(&f, "producer_id"),
+                            last_seq: opt_num(&f, "last_seq"),
+                            max_payload: opt_num(&f, "max_payload"),
+                            dedup_window_ms: opt_num(&f, "dedup_window_ms"),
                         });
                     }
                     "hex" => v.bytes.extend(unhex(value)),
@@ -177,6 +198,7 @@ fn encode(v: &Vector) -> Vec<u8> {
             }
             b.finish().unwrap()
         }
+        "ACK" if v.ack_v2 => wire::encode_ack_v2(&mut buf, seq, &v.ack.unwrap()).unwrap(),
         "ACK" => wire::encode_ack(&mut buf, seq, &v.ack.unwrap()).unwrap(),
         "REJECT" => wire::encode_reject(&mut buf, seq, &v.reject.unwrap()).unwrap(),
         "HELLO" => wire::encode_hello(&mut buf, seq, &v.hello.unwrap()).unwrap(),
@@ -318,14 +340,19 @@ fn reason_table_on_the_page_matches_the_registry() {
         ) else {
             continue;
         };
-        if !matches!(cells[3], "rejection" | "dead letter") {
+        let kind = cells[3];
+        if !kind.starts_with("rejection")
+            && !kind.starts_with("dead letter")
+            && !kind.starts_with("duplicate")
+        {
             continue;
         }
         let reason = Reason::from_code(code).unwrap_or_else(|| panic!("code {code} unknown"));
         assert_eq!(reason.name(), name, "code {code}");
+        assert_eq!(reason.is_rejection(), kind == "rejection", "code {code}");
         assert_eq!(
-            reason.is_rejection(),
-            cells[3] == "rejection",
+            reason.is_duplicate(),
+            kind.starts_with("duplicate"),
             "code {code}"
         );
         assert!(listed.insert(code), "code {code} listed twice");

@@ -8,9 +8,9 @@
 //! [`BufferTooSmall`](EncodeError::BufferTooSmall).
 
 use super::{
-    ACK_BODY_LEN, Ack, BATCH_PREFIX_LEN, EVENT_RECORD_LEN, EncodeError, FrameKind, HEADER_LEN,
-    HELLO_BODY_LEN, Hello, MAX_PAYLOAD_LEN, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, TRAILER_LEN,
-    VERSION, crc32c, event_frame_len, put,
+    ACK_BODY_LEN, ACK_BODY_LEN_V2, Ack, BATCH_PREFIX_LEN, EVENT_RECORD_LEN, EncodeError, FrameKind,
+    HEADER_LEN, HELLO_BODY_LEN, HELLO_BODY_LEN_V2, Hello, MAX_PAYLOAD_LEN, MIN_FRAME_LEN,
+    REJECT_BODY_LEN, Reject, TRAILER_LEN, VERSION, crc32c, event_frame_len, put,
 };
 use crate::event::{EventHeader, FLAG_HAS_VALUE, KNOWN_FLAGS};
 
@@ -133,17 +133,39 @@ pub fn encode_event(
     Ok(total)
 }
 
-/// Writes an ACK frame; returns its length (52).
+/// Writes a version-1 ACK frame; returns its length (52). Version 1 has no `duplicates`
+/// field: they are counted in `stored` ([`Ack::folded`]).
 ///
 /// # Errors
 /// [`BufferTooSmall`](EncodeError::BufferTooSmall).
 pub fn encode_ack(buf: &mut [u8], seq: u64, ack: &Ack) -> Result<usize, EncodeError> {
+    let ack = ack.folded();
     let mut body = [0u8; ACK_BODY_LEN];
     body[..8].copy_from_slice(&ack.through_seq.to_le_bytes());
     body[8..16].copy_from_slice(&ack.stored.to_le_bytes());
     body[16..24].copy_from_slice(&ack.dead_lettered.to_le_bytes());
     body[24..].copy_from_slice(&ack.rejected.to_le_bytes());
     encode_fixed(buf, FrameKind::Ack, seq, &body)
+}
+
+/// Writes a version-2 ACK frame (header version 2, `duplicates` after `rejected`); returns
+/// its length (60).
+///
+/// # Errors
+/// [`BufferTooSmall`](EncodeError::BufferTooSmall).
+pub fn encode_ack_v2(buf: &mut [u8], seq: u64, ack: &Ack) -> Result<usize, EncodeError> {
+    let mut body = [0u8; ACK_BODY_LEN_V2];
+    body[..8].copy_from_slice(&ack.through_seq.to_le_bytes());
+    body[8..16].copy_from_slice(&ack.stored.to_le_bytes());
+    body[16..24].copy_from_slice(&ack.dead_lettered.to_le_bytes());
+    body[24..32].copy_from_slice(&ack.rejected.to_le_bytes());
+    body[32..].copy_from_slice(&ack.duplicates.to_le_bytes());
+    let n = encode_fixed(buf, FrameKind::Ack, seq, &body)?;
+    // The header's version byte, then the CRC again over the changed header.
+    let frame = frame_buf(buf, n)?;
+    put(frame, 4, &[2]);
+    seal(frame);
+    Ok(n)
 }
 
 /// Writes a REJECT frame; returns its length (44). The reason code is written as given
@@ -161,8 +183,9 @@ pub fn encode_reject(buf: &mut [u8], seq: u64, reject: &Reject) -> Result<usize,
     encode_fixed(buf, FrameKind::Reject, seq, &body)
 }
 
-/// Writes a HELLO frame; returns its length (36). HELLO frames always carry header version 1
-/// (see `docs/PROTOCOL.md`, "Versions").
+/// Writes a HELLO frame; returns its length: 36, or 60 when `max_version` is 2 or more (the
+/// long body with the producer session and the server's limits). HELLO frames always carry
+/// header version 1 (see `docs/PROTOCOL.md`, "Versions").
 ///
 /// # Errors
 /// [`BadVersionRange`](EncodeError::BadVersionRange) (`min_version` 0 or above
@@ -175,13 +198,23 @@ pub fn encode_hello(buf: &mut [u8], seq: u64, hello: &Hello) -> Result<usize, En
     if (hello.max_frame_len as usize) < MIN_FRAME_LEN {
         return Err(EncodeError::BadHelloFrameLen);
     }
-    let mut body = [0u8; HELLO_BODY_LEN];
+    let mut body = [0u8; HELLO_BODY_LEN_V2];
     body[0] = hello.min_version;
     body[1] = hello.max_version;
     // body[2..4]: reserved, 0.
     body[4..8].copy_from_slice(&hello.max_frame_len.to_le_bytes());
     body[8..12].copy_from_slice(&hello.source.to_le_bytes());
     // body[12..16]: reserved, 0.
+    if hello.max_version < 2 {
+        let short: &[u8; HELLO_BODY_LEN] = body[..HELLO_BODY_LEN]
+            .try_into()
+            .unwrap_or(&[0; HELLO_BODY_LEN]);
+        return encode_fixed(buf, FrameKind::Hello, seq, short);
+    }
+    body[16..24].copy_from_slice(&hello.producer_id.to_le_bytes());
+    body[24..32].copy_from_slice(&hello.last_seq.to_le_bytes());
+    body[32..36].copy_from_slice(&hello.max_payload.to_le_bytes());
+    body[36..].copy_from_slice(&hello.dedup_window_ms.to_le_bytes());
     encode_fixed(buf, FrameKind::Hello, seq, &body)
 }
 

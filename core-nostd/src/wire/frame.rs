@@ -5,9 +5,9 @@ use core::fmt;
 use core::iter::FusedIterator;
 
 use super::{
-    ACK_BODY_LEN, BATCH_PREFIX_LEN, DecodeError, EVENT_RECORD_LEN, FrameKind, HEADER_LEN,
-    HELLO_BODY_LEN, MIN_FRAME_LEN, REJECT_BODY_LEN, TRAILER_LEN, VERSION, WHOLE_FRAME, crc32c,
-    frame_len, frame_seq, get_u16, get_u32, get_u64,
+    ACK_BODY_LEN, ACK_BODY_LEN_V2, BATCH_PREFIX_LEN, DecodeError, EVENT_RECORD_LEN, FrameKind,
+    HEADER_LEN, HELLO_BODY_LEN, HELLO_BODY_LEN_V2, MAX_VERSION, MIN_FRAME_LEN, REJECT_BODY_LEN,
+    TRAILER_LEN, VERSION, WHOLE_FRAME, crc32c, frame_len, frame_seq, get_u16, get_u32, get_u64,
 };
 use crate::event::{EventHeader, FLAG_HAS_VALUE, KNOWN_FLAGS, Priority};
 use crate::reason::Reason;
@@ -42,7 +42,7 @@ impl<'a> Frame<'a> {
     /// use pinstream_core::wire::{DecodeError, Frame, encode_ack, Ack};
     ///
     /// let mut buf = [0u8; 64];
-    /// let ack = Ack { through_seq: 9, stored: 10, dead_lettered: 1, rejected: 0 };
+    /// let ack = Ack { through_seq: 9, stored: 10, dead_lettered: 1, rejected: 0, duplicates: 0 };
     /// let n = encode_ack(&mut buf, 3, &ack).unwrap();
     /// assert_eq!(Frame::new_checked(&buf[..n], 1024).unwrap().ack(), Some(ack));
     /// buf[20] ^= 1; // one bit flipped
@@ -72,7 +72,7 @@ impl<'a> Frame<'a> {
         let (header, body) = covered
             .split_first_chunk::<HEADER_LEN>()
             .ok_or(DecodeError::TooShort)?;
-        if header[4] != VERSION {
+        if header[4] == 0 || header[4] > MAX_VERSION {
             return Err(DecodeError::UnsupportedVersion);
         }
         let kind = FrameKind::from_u8(header[5]).ok_or(DecodeError::UnknownKind)?;
@@ -83,7 +83,12 @@ impl<'a> Frame<'a> {
             FrameKind::Event => check_event_body(body)?,
             FrameKind::Batch => check_batch_body(body)?,
             FrameKind::Ack => {
-                if body.len() != ACK_BODY_LEN {
+                let want = if header[4] >= 2 {
+                    ACK_BODY_LEN_V2
+                } else {
+                    ACK_BODY_LEN
+                };
+                if body.len() != want {
                     return Err(DecodeError::BadBodyLength);
                 }
             }
@@ -106,7 +111,7 @@ impl<'a> Frame<'a> {
         self.bytes
     }
 
-    /// The protocol version (always [`VERSION`] for a valid frame).
+    /// The protocol version of the header (1 to [`MAX_VERSION`] for a valid frame).
     #[inline]
     pub fn version(&self) -> u8 {
         self.bytes.get(4).copied().unwrap_or(VERSION)
@@ -195,6 +200,12 @@ impl<'a> Frame<'a> {
             stored: get_u64(b, 8),
             dead_lettered: get_u64(b, 16),
             rejected: get_u64(b, 24),
+            // Version 1 has no such field: its `stored` counts duplicates.
+            duplicates: if b.len() >= ACK_BODY_LEN_V2 {
+                get_u64(b, 32)
+            } else {
+                0
+            },
         })
     }
 
@@ -217,6 +228,10 @@ impl<'a> Frame<'a> {
             max_version: b.get(1).copied().unwrap_or(0),
             max_frame_len: get_u32(b, 4),
             source: get_u32(b, 8),
+            producer_id: get_u64(b, 16),
+            last_seq: get_u64(b, 24),
+            max_payload: get_u32(b, 32),
+            dedup_window_ms: get_u32(b, 36),
         })
     }
 
@@ -305,7 +320,7 @@ fn check_batch_body(body: &[u8]) -> Result<(), DecodeError> {
 
 /// A HELLO body: 16 bytes, a non-empty version range, a usable frame length, reserved 0.
 fn check_hello_body(body: &[u8]) -> Result<(), DecodeError> {
-    if body.len() != HELLO_BODY_LEN {
+    if body.len() != HELLO_BODY_LEN && body.len() != HELLO_BODY_LEN_V2 {
         return Err(DecodeError::BadBodyLength);
     }
     if get_u16(body, 2) != 0 || get_u32(body, 12) != 0 {
@@ -320,6 +335,11 @@ fn check_hello_body(body: &[u8]) -> Result<(), DecodeError> {
     }
     if (get_u32(body, 4) as usize) < MIN_FRAME_LEN {
         return Err(DecodeError::BadHelloFrameLen);
+    }
+    // The long form belongs to senders that speak version 2 or later, the short one to the
+    // others: each side can tell from the length what the other will read.
+    if (body.len() == HELLO_BODY_LEN_V2) != (max >= 2) {
+        return Err(DecodeError::BadBodyLength);
     }
     Ok(())
 }
@@ -467,6 +487,24 @@ pub struct Ack {
     pub dead_lettered: u64,
     /// Events (or undecodable frames, one each) rejected so far on this connection.
     pub rejected: u64,
+    /// Events not stored again because they were stored already (version 2 and later; a
+    /// version-1 ACK counts them in `stored`): a resent frame at or below the producer's
+    /// last sequence, or a transactional event whose id is within the dedup window.
+    pub duplicates: u64,
+}
+
+impl Ack {
+    /// The counts as a version-1 ACK reports them: duplicates are in `stored` (they are
+    /// stored), `duplicates` is 0.
+    pub const fn folded(&self) -> Self {
+        Self {
+            through_seq: self.through_seq,
+            stored: self.stored.saturating_add(self.duplicates),
+            dead_lettered: self.dead_lettered,
+            rejected: self.rejected,
+            duplicates: 0,
+        }
+    }
 }
 
 /// A REJECT body: which frame or event was refused, and why.
@@ -532,6 +570,18 @@ pub struct Hello {
     pub max_frame_len: u32,
     /// In a server's reply, the server's id for this connection; 0 from a client.
     pub source: u32,
+    /// Version 2: the producer this connection sends for. A client names the id it keeps
+    /// across reconnects, or 0 to have the server assign one; the server's reply carries the
+    /// id. Data frames' `seq` then numbers the producer's frames across its connections.
+    pub producer_id: u64,
+    /// Version 2, server's reply: the highest `seq` of this producer the server has resolved
+    /// (0: none). A frame at or below it is answered as duplicates, not stored again.
+    pub last_seq: u64,
+    /// Version 2, server's reply: the largest event payload it accepts, in bytes.
+    pub max_payload: u32,
+    /// Version 2, server's reply: how long the transactional lane remembers event ids
+    /// (milliseconds).
+    pub dedup_window_ms: u32,
 }
 
 impl Hello {
@@ -542,16 +592,26 @@ impl Hello {
             max_version,
             max_frame_len,
             source: 0,
+            producer_id: 0,
+            last_seq: 0,
+            max_payload: 0,
+            dedup_window_ms: 0,
+        }
+    }
+
+    /// A version-2 client's HELLO for producer `producer_id` (0: let the server assign one).
+    pub const fn producer(max_frame_len: u32, producer_id: u64) -> Self {
+        Self {
+            producer_id,
+            ..Self::client(1, 2, max_frame_len)
         }
     }
 
     /// A server's reply: the chosen version, its own maximum frame length, the source id.
     pub const fn reply(version: u8, max_frame_len: u32, source: u32) -> Self {
         Self {
-            min_version: version,
-            max_version: version,
-            max_frame_len,
             source,
+            ..Self::client(version, version, max_frame_len)
         }
     }
 

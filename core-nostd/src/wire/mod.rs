@@ -83,12 +83,18 @@ use core::fmt;
 
 pub use self::crc::{Crc32c, crc32c, crc32c_update};
 pub use self::decoder::StreamDecoder;
-pub use self::encode::{BatchEncoder, encode_ack, encode_event, encode_hello, encode_reject};
+pub use self::encode::{
+    BatchEncoder, encode_ack, encode_ack_v2, encode_event, encode_hello, encode_reject,
+};
 pub use self::frame::{Ack, EventView, Events, Frame, FrameError, Frames, Hello, Reject, frames};
 use crate::reason::Reason;
 
-/// The protocol version this module speaks.
+/// The protocol version encoders write by default (version 1: what every peer reads).
 pub const VERSION: u8 = 1;
+/// The highest protocol version this module speaks. Version 2 adds producer sessions to the
+/// HELLO ([`Hello::producer_id`]) and a `duplicates` count to the ACK; every other frame's
+/// layout is the same in both versions.
+pub const MAX_VERSION: u8 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 16;
 /// Bytes in a frame trailer (the CRC32C).
@@ -103,12 +109,17 @@ pub const EVENT_RECORD_LEN: usize = 32;
 pub const MAX_PAYLOAD_LEN: usize = u16::MAX as usize;
 /// Bytes before the first event record of a BATCH body (`count`, reserved).
 pub const BATCH_PREFIX_LEN: usize = 8;
-/// Bytes in an ACK body.
+/// Bytes in an ACK body (version 1).
 pub const ACK_BODY_LEN: usize = 32;
+/// Bytes in an ACK body of version 2 and later (with `duplicates`).
+pub const ACK_BODY_LEN_V2: usize = 40;
 /// Bytes in a REJECT body.
 pub const REJECT_BODY_LEN: usize = 24;
-/// Bytes in a HELLO body.
+/// Bytes in a HELLO body of a sender that speaks only version 1.
 pub const HELLO_BODY_LEN: usize = 16;
+/// Bytes in a HELLO body of a sender that speaks version 2 or later (the version-1 part,
+/// then the producer session and the server's limits).
+pub const HELLO_BODY_LEN_V2: usize = 40;
 /// [`Reject::index`] when the rejection concerns the whole frame, not one event of a batch.
 pub const WHOLE_FRAME: u16 = 0xFFFF;
 

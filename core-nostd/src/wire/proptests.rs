@@ -52,7 +52,8 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
             through_seq: a,
             stored: b,
             dead_lettered: c,
-            rejected: d
+            rejected: d,
+            duplicates: 0,
         })),
         (any::<u64>(), any::<u16>(), any::<u16>(), any::<u64>()).prop_map(
             |(frame_seq, reason, index, event_id)| Msg::Reject(Reject {
@@ -62,14 +63,29 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
                 event_id
             })
         ),
-        (1u8..=255, any::<u8>(), 20u32.., any::<u32>()).prop_map(|(min, span, len, source)| {
-            Msg::Hello(Hello {
-                min_version: min,
-                max_version: min.saturating_add(span),
-                max_frame_len: len,
-                source,
-            })
-        }),
+        (
+            1u8..=255,
+            any::<u8>(),
+            20u32..,
+            any::<u32>(),
+            any::<[u64; 2]>(),
+            any::<[u32; 2]>()
+        )
+            .prop_map(|(min, span, len, source, [id, last], [payload, window])| {
+                let max = min.saturating_add(span);
+                // The long body (producer session, limits) only from version-2 speakers.
+                let long = max >= 2;
+                Msg::Hello(Hello {
+                    min_version: min,
+                    max_version: max,
+                    max_frame_len: len,
+                    source,
+                    producer_id: if long { id } else { 0 },
+                    last_seq: if long { last } else { 0 },
+                    max_payload: if long { payload } else { 0 },
+                    dedup_window_ms: if long { window } else { 0 },
+                })
+            }),
     ]
 }
 

@@ -90,8 +90,10 @@ fn reject_frame(seq: u64, r: &Reject) -> Vec<u8> {
 }
 
 fn hello_frame(seq: u64, h: &Hello) -> Vec<u8> {
-    let mut buf = vec![0u8; 36];
-    assert_eq!(encode_hello(&mut buf, seq, h), Ok(36));
+    // The long body (60-byte frame) for senders that speak version 2 or later.
+    let len = if h.max_version >= 2 { 60 } else { 36 };
+    let mut buf = vec![0u8; len];
+    assert_eq!(encode_hello(&mut buf, seq, h), Ok(len));
     buf
 }
 
@@ -288,6 +290,7 @@ fn ack_reject_hello_round_trip() {
         stored: 1,
         dead_lettered: 2,
         rejected: 3,
+        duplicates: 0,
     };
     let f = ack_frame(5, &ack);
     let frame = check(&f).unwrap();
@@ -388,7 +391,7 @@ fn bad_crc_on_any_single_bit_flip() {
 #[test]
 fn unsupported_version() {
     let f = ack_frame(1, &Ack::default());
-    for v in [0u8, 2, 255] {
+    for v in [0u8, 3, 255] {
         assert_eq!(
             check(&patched(&f, 4, &[v])),
             Err(DecodeError::UnsupportedVersion)
@@ -408,7 +411,14 @@ fn bad_version_range() {
         check(&patched(&f, body, &[3, 2])),
         Err(DecodeError::BadVersionRange)
     );
-    assert!(check(&patched(&f, body, &[2, 2])).is_ok());
+    assert!(check(&patched(&f, body, &[1, 1])).is_ok());
+    // A version-2 speaker sends the long body: in the short one, [2, 2] is malformed.
+    assert_eq!(
+        check(&patched(&f, body, &[2, 2])),
+        Err(DecodeError::BadBodyLength)
+    );
+    let long = hello_frame(0, &Hello::client(1, 2, 100));
+    assert!(check(&patched(&long, body, &[2, 2])).is_ok());
 }
 
 #[test]
@@ -1197,4 +1207,72 @@ fn throughput() {
         per_frame * 1e6,
         per_frame * 1e9 / 64.0
     );
+}
+
+#[test]
+fn version_2_ack_carries_duplicates_and_version_1_folds_them() {
+    let ack = Ack {
+        through_seq: 9,
+        stored: 10,
+        dead_lettered: 1,
+        rejected: 2,
+        duplicates: 5,
+    };
+    let mut buf = [0u8; 64];
+    let n = encode_ack_v2(&mut buf, 3, &ack).unwrap();
+    assert_eq!(n, 60);
+    let frame = check(&buf[..n]).unwrap();
+    assert_eq!((frame.version(), frame.ack()), (2, Some(ack)));
+    let n = encode_ack(&mut buf, 3, &ack).unwrap();
+    assert_eq!(n, 52);
+    let frame = check(&buf[..n]).unwrap();
+    let v1 = frame.ack().unwrap();
+    assert_eq!((frame.version(), v1.stored, v1.duplicates), (1, 15, 0));
+    // A version-2 header with a version-1 body (or the reverse) is malformed.
+    let mut bad = [0u8; 64];
+    let n = encode_ack(&mut bad, 3, &ack).unwrap();
+    bad[4] = 2;
+    let crc = crate::wire::crc32c(&bad[..n - 4]);
+    bad[n - 4..n].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(check(&bad[..n]).unwrap_err(), DecodeError::BadBodyLength);
+    // Versions above the highest spoken are refused.
+    bad[4] = 3;
+    let crc = crate::wire::crc32c(&bad[..n - 4]);
+    bad[n - 4..n].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(
+        check(&bad[..n]).unwrap_err(),
+        DecodeError::UnsupportedVersion
+    );
+}
+
+#[test]
+fn hello_long_form_for_version_2_speakers() {
+    let mut buf = [0u8; 64];
+    let short = Hello::client(1, 1, 4096);
+    let n = encode_hello(&mut buf, 0, &short).unwrap();
+    assert_eq!(n, 36);
+    assert_eq!(check(&buf[..n]).unwrap().hello(), Some(short));
+    let reply = Hello {
+        last_seq: 77,
+        max_payload: 256,
+        dedup_window_ms: 10_000,
+        ..Hello::reply(2, 65_536, 5)
+    };
+    let reply = Hello {
+        producer_id: 0xABCD,
+        ..reply
+    };
+    let n = encode_hello(&mut buf, 1, &reply).unwrap();
+    assert_eq!(n, 60);
+    let frame = check(&buf[..n]).unwrap();
+    assert_eq!((frame.version(), frame.hello()), (1, Some(reply)));
+    assert_eq!(Hello::producer(4096, 9).negotiate(1, 2), Some(2));
+    assert_eq!(Hello::producer(4096, 9).negotiate(1, 1), Some(1));
+    // A short body from a version-2 speaker (or a long one from a version-1 one) is
+    // malformed: the reader could not tell which form to expect back.
+    let n = encode_hello(&mut buf, 0, &short).unwrap();
+    buf[16 + 1] = 2; // max_version 2 in a 16-byte body
+    let crc = crate::wire::crc32c(&buf[..n - 4]);
+    buf[n - 4..n].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(check(&buf[..n]).unwrap_err(), DecodeError::BadBodyLength);
 }

@@ -7,10 +7,11 @@ use std::net::TcpStream;
 use crate::stats::LatencyRecorder;
 use pinstream_core::dispatch::FrameProgress;
 use pinstream_core::wire::{
-    Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_reject,
+    Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_ack_v2, encode_reject,
 };
 
-/// Largest ACK or REJECT frame (header 16 + body 32 + trailer 4).
+/// Largest control frame the server sends: a version-2 ACK or HELLO reply (header 16 + body
+/// 40 + trailer 4).
 pub(crate) const CONTROL_FRAME_MAX: usize = 64;
 /// A REJECT frame's length.
 pub(crate) const REJECT_FRAME_LEN: usize = MIN_FRAME_LEN + REJECT_BODY_LEN;
@@ -35,6 +36,9 @@ pub(crate) struct Track {
     pub(crate) dead: u32,
     /// Units rejected.
     pub(crate) rejected: u32,
+    /// Events not stored again: stored already (a resent frame, or an id within the dedup
+    /// window).
+    pub(crate) duplicates: u32,
     /// The frame is still being dispatched (it waits for room): more events will come, so
     /// it is not resolved even when nothing is pending.
     pub(crate) open: bool,
@@ -56,8 +60,18 @@ impl Track {
             stored,
             dead,
             rejected,
+            duplicates: 0,
             open: false,
             moves_watermark: true,
+        }
+    }
+
+    /// A frame its producer resent after it was resolved: all its `events` are duplicates.
+    pub(crate) fn duplicate(seq: u64, events: u32) -> Self {
+        Self {
+            duplicates: events,
+            events,
+            ..Self::settled(seq, 0, 0, 0)
         }
     }
 
@@ -80,6 +94,7 @@ impl Track {
             stored: 0,
             dead: 0,
             rejected: 0,
+            duplicates: 0,
             open: true,
             moves_watermark: true,
         }
@@ -107,6 +122,10 @@ pub(crate) enum CloseReason {
     StorageFailed,
     /// The engine is shutting down.
     Shutdown,
+    /// Another connection took over its producer (protocol version 2).
+    Fenced,
+    /// A closed connection of a producer finished resolving its frames.
+    Drained,
 }
 
 /// A connection's state. Buffers are allocated once per slot and reused by later
@@ -127,6 +146,7 @@ pub(crate) struct Conn {
     pub(crate) stored: u64,
     pub(crate) dead: u64,
     pub(crate) rejected: u64,
+    pub(crate) duplicates: u64,
     /// The watermark to report, and whether an ACK for it is owed.
     pub(crate) through: u64,
     pub(crate) ack_owed: bool,
@@ -160,6 +180,21 @@ pub(crate) struct Conn {
     pub(crate) queued: bool,
     /// Its frame found no room in the engine on its last turn (it holds the others back).
     pub(crate) engine_wait: bool,
+    /// The negotiated protocol version (1 until a HELLO says otherwise).
+    pub(crate) version: u8,
+    /// A HELLO was answered on this connection (a second one is refused).
+    pub(crate) hello_seen: bool,
+    /// The frame at `rstart` is a HELLO the ingest thread answers (possibly after waiting
+    /// for its producer's old connection to drain).
+    pub(crate) hello_pending: bool,
+    /// Version 2: the producer-table entry of the producer this connection sends for.
+    pub(crate) producer: Option<usize>,
+    /// Version 2: frames with a seq at or below this were resolved before this connection's
+    /// HELLO was answered; resent, they are duplicates.
+    pub(crate) resolved_before: u64,
+    /// Closed, but its frames are still resolving so that its producer's sequence covers
+    /// them (no input, no output).
+    pub(crate) draining: bool,
 }
 
 impl Conn {
@@ -195,6 +230,13 @@ impl Conn {
             progress: None,
             queued: false,
             engine_wait: false,
+            version: 1,
+            hello_seen: false,
+            hello_pending: false,
+            producer: None,
+            resolved_before: 0,
+            draining: false,
+            duplicates: 0,
         }
     }
 
@@ -227,6 +269,13 @@ impl Conn {
         self.progress = None;
         self.queued = false;
         self.engine_wait = false;
+        self.version = 1;
+        self.hello_seen = false;
+        self.hello_pending = false;
+        self.producer = None;
+        self.resolved_before = 0;
+        self.draining = false;
+        self.duplicates = 0;
     }
 
     /// Free bytes at the end of the output buffer.
@@ -279,8 +328,16 @@ impl Conn {
             stored: self.stored,
             dead_lettered: self.dead,
             rejected: self.rejected,
+            duplicates: self.duplicates,
         };
-        match encode_ack(&mut self.wbuf[self.wend..], self.out_seq + 1, &ack) {
+        let out = &mut self.wbuf[self.wend..];
+        let encoded = if self.version >= 2 {
+            encode_ack_v2(out, self.out_seq + 1, &ack)
+        } else {
+            // Version 1 counts duplicates as stored (they are).
+            encode_ack(out, self.out_seq + 1, &ack)
+        };
+        match encoded {
             Ok(n) => {
                 self.out_seq += 1;
                 self.wend += n;
@@ -325,6 +382,7 @@ impl Conn {
             self.stored += u64::from(t.stored + t.batch_events);
             self.dead += u64::from(t.dead);
             self.rejected += u64::from(t.rejected);
+            self.duplicates += u64::from(t.duplicates);
             if t.moves_watermark {
                 self.through = self.through.max(t.seq);
             }
@@ -337,13 +395,14 @@ impl Conn {
 
     /// Applies a completion from the storage thread to the oldest unsettled frame with this
     /// seq. `false` if no such frame (a stale report).
-    pub(crate) fn complete(&mut self, seq: u64, stored: u32, dead: u32) -> bool {
-        let n = stored + dead;
+    pub(crate) fn complete(&mut self, seq: u64, stored: u32, dead: u32, duplicates: u32) -> bool {
+        let n = stored + dead + duplicates;
         for t in self.tracks.iter_mut() {
             if t.seq == seq && t.pending >= n {
                 t.pending -= n;
                 t.stored += stored;
                 t.dead += dead;
+                t.duplicates += duplicates;
                 return true;
             }
         }

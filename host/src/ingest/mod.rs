@@ -21,6 +21,7 @@
 //! what is malformed or truncated is counted. UDP has no acknowledgements (source id 0).
 
 mod conn;
+mod producers;
 mod udp;
 
 use std::collections::VecDeque;
@@ -35,7 +36,7 @@ use pinstream_core::event::Lane;
 use pinstream_core::reason::Reason;
 use pinstream_core::ring::Consumer;
 use pinstream_core::wire::{
-    DecodeError, Frame, FrameKind, Hello, MIN_FRAME_LEN, Reject, encode_hello,
+    DecodeError, Frame, FrameKind, Hello, MAX_VERSION, MIN_FRAME_LEN, Reject, encode_hello,
 };
 
 use crate::stats::{HostCounters, LatencyRecorder};
@@ -157,6 +158,14 @@ pub struct TcpLimits {
     pub idle_timeout: Duration,
     /// Time output may wait unread by the client before the connection is closed.
     pub stall_timeout: Duration,
+    /// Producer sessions remembered at once.
+    pub max_producers: usize,
+    /// A producer without a connection is forgotten after this long.
+    pub producer_idle: Duration,
+    /// Announced in a version-2 HELLO reply: the largest payload accepted.
+    pub max_payload: u32,
+    /// Announced in a version-2 HELLO reply: the transactional lane's id window.
+    pub dedup_window: Duration,
 }
 
 impl TcpLimits {
@@ -172,6 +181,12 @@ impl TcpLimits {
             max_rejects: t.max_rejects,
             idle_timeout: t.idle_timeout(),
             stall_timeout: t.stall_timeout(),
+            max_producers: t.max_producers,
+            producer_idle: Duration::from_millis(t.producer_idle_ms),
+            max_payload: crate::engine::PAYLOAD as u32,
+            dedup_window: Duration::from_millis(
+                crate::config::PipelineConfig::default().dedup_window_ms,
+            ),
         }
     }
 }
@@ -214,6 +229,8 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     /// Connections waiting for room in the engine (a frame stopped part-way, or input held
     /// back behind such a one), oldest first. Each has `queued` set.
     waiting: VecDeque<usize>,
+    /// Producer sessions (protocol version 2).
+    producers: producers::Producers,
     ready: Vec<Ready>,
     now: u64,
     last_housekeeping: u64,
@@ -272,6 +289,11 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             None => None,
         };
         let n = limits.max_connections;
+        let producers = producers::Producers::new(
+            limits.max_producers.max(1),
+            u64::try_from(limits.producer_idle.as_nanos()).unwrap_or(u64::MAX),
+            shared.start_wall,
+        );
         Ok(Self {
             latency,
             ack_latency,
@@ -289,6 +311,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             open: Vec::with_capacity(n),
             free: Vec::with_capacity(n),
             waiting: VecDeque::with_capacity(n),
+            producers,
             ready: vec![Ready::default(); 256],
             now: 0,
             last_housekeeping: 0,
@@ -518,6 +541,128 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         Ok(())
     }
 
+    /// Answers the HELLO at the front of the connection's input: negotiates the version and,
+    /// for version 2, attaches the producer (fencing a connection that held it). While a
+    /// closed connection of the producer still drains, the answer waits (the HELLO stays at
+    /// the front, nothing after it is read), so the sequence it reports covers every frame
+    /// the engine took from the producer. Returns whether it did anything.
+    fn answer_hello(&mut self, slot: usize) -> bool {
+        let now = self.now;
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return false;
+        };
+        let at = conn.rstart;
+        let Some(len) = conn
+            .rbuf
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        else {
+            conn.hello_pending = false;
+            return false;
+        };
+        let Some(client) = conn
+            .rbuf
+            .get(at..at + len)
+            .and_then(|b| Frame::new_checked(b, conn.max_frame).ok())
+            .and_then(|f| f.hello().map(|h| (h, f.seq())))
+        else {
+            conn.hello_pending = false;
+            return false;
+        };
+        let (client, hello_seq) = client;
+        let Some(version) = client.negotiate(1, MAX_VERSION) else {
+            // No common version: REJECT and close (PROTOCOL.md §5).
+            reject(
+                conn,
+                self.counters,
+                &Reject::frame(hello_seq, Reason::UnsupportedVersion),
+            );
+            conn.closing = Some(CloseReason::Malformed);
+            conn.rstart += len;
+            conn.hello_pending = false;
+            return true;
+        };
+        let mut reply = Hello::reply(version, self.limits.max_frame_len as u32, conn.source);
+        if version >= 2 {
+            let index = match conn.producer {
+                Some(index) => index,
+                None => match self.producers.attach(client.producer_id, slot, now) {
+                    Ok(a) => {
+                        conn.producer = Some(a.index);
+                        if a.evicted {
+                            self.counters.tcp_producers_evicted.incr();
+                        }
+                        self.counters.tcp_producers.set(self.producers.len() as u64);
+                        if let Some(old) = a.fenced {
+                            // The connection that held this producer gives way.
+                            self.counters.tcp_producers_fenced.incr();
+                            self.close(old, CloseReason::Fenced);
+                        }
+                        a.index
+                    }
+                    Err(producers::AttachError::Full) => {
+                        self.counters.tcp_producers_refused.incr();
+                        reject(
+                            conn,
+                            self.counters,
+                            &Reject::frame(hello_seq, Reason::TooManyProducers),
+                        );
+                        conn.closing = Some(CloseReason::Malformed);
+                        conn.rstart += len;
+                        conn.hello_pending = false;
+                        return true;
+                    }
+                },
+            };
+            if self.producers.draining(index) {
+                return false; // asked again next round
+            }
+            let Some(conn) = self.conns[slot].as_mut() else {
+                return false;
+            };
+            let last = self.producers.last_seq(index);
+            conn.resolved_before = last;
+            conn.through = last;
+            reply.producer_id = self.producers.id(index);
+            reply.last_seq = last;
+            reply.max_payload = self.limits.max_payload;
+            reply.dedup_window_ms =
+                u32::try_from(self.limits.dedup_window.as_millis()).unwrap_or(u32::MAX);
+        }
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return false;
+        };
+        let mut buf = [0u8; conn::CONTROL_FRAME_MAX];
+        if let Ok(n) = encode_hello(&mut buf, conn.out_seq + 1, &reply) {
+            if conn.queue_bytes(&buf[..n]) {
+                conn.out_seq += 1;
+            }
+        }
+        conn.version = version;
+        conn.hello_seen = true;
+        conn.hello_pending = false;
+        conn.rstart += len;
+        true
+    }
+
+    /// A closed connection of a producer whose frames are still in flight: resolves them
+    /// (moving the producer's sequence), sends nothing, and is done when none is left.
+    fn drain(&mut self, slot: usize) -> (bool, Option<CloseReason>) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return (false, None);
+        };
+        let work = conn.resolve_front(self.batch_watermark, self.now, &mut self.ack_latency) > 0;
+        if let Some(p) = conn.producer {
+            self.producers.resolved(p, conn.through);
+        }
+        // Nobody reads replies any more.
+        conn.wstart = 0;
+        conn.wend = 0;
+        conn.ack_owed = false;
+        let done = conn.tracks.is_empty();
+        (work, done.then_some(CloseReason::Drained))
+    }
+
     /// Takes `slot` out of the queue of connections waiting for room.
     fn unqueue(&mut self, slot: usize) {
         if let Some(conn) = self.conns[slot].as_mut() {
@@ -532,7 +677,18 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
 
     fn close(&mut self, slot: usize, reason: CloseReason) {
         self.unqueue(slot);
+        if self.start_drain(slot, reason) {
+            self.count_close(reason);
+            return;
+        }
         if let Some(conn) = self.conns[slot].as_mut() {
+            if let Some(p) = conn.producer.take() {
+                if conn.draining {
+                    self.producers.drained(p, self.now);
+                } else {
+                    self.producers.detach(p, slot, false, self.now);
+                }
+            }
             if let Some(stream) = conn.stream.take() {
                 let _ = self.epoll.delete(stream.as_raw_fd());
             }
@@ -544,6 +700,14 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             self.open.swap_remove(pos);
             self.free.push(slot);
         }
+        if reason != CloseReason::Drained {
+            self.count_close(reason);
+        }
+        self.counters.tcp_open.set(self.open.len() as u64);
+    }
+
+    /// Counts a connection closed for `reason`.
+    fn count_close(&self, reason: CloseReason) {
         let c = self.counters;
         c.tcp_closed.incr();
         match reason {
@@ -553,9 +717,53 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             CloseReason::Peer
             | CloseReason::Error
             | CloseReason::Shutdown
-            | CloseReason::StorageFailed => {}
+            | CloseReason::StorageFailed
+            | CloseReason::Fenced
+            | CloseReason::Drained => {}
         }
-        c.tcp_open.set(self.open.len() as u64);
+    }
+
+    /// A connection of a producer closing with frames in flight stays (draining) until
+    /// they resolve, so the producer's sequence covers them: a reconnecting producer then
+    /// gets duplicates, not copies, for frames the engine took. Not at shutdown or after a
+    /// storage failure (nothing more resolves then). Returns whether it drains.
+    fn start_drain(&mut self, slot: usize, reason: CloseReason) -> bool {
+        if matches!(
+            reason,
+            CloseReason::Shutdown | CloseReason::StorageFailed | CloseReason::Drained
+        ) {
+            return false;
+        }
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return false;
+        };
+        let Some(p) = conn.producer else {
+            return false;
+        };
+        if conn.draining || conn.tracks.is_empty() || self.ack == AckMode::None {
+            return false;
+        }
+        if let Some(stream) = conn.stream.take() {
+            let _ = self.epoll.delete(stream.as_raw_fd());
+        }
+        if conn.progress.take().is_some() {
+            // The frame that waited for room will not be finished: what it dispatched
+            // resolves, but it must not count as resolved for the producer (the rest of it
+            // is resent).
+            if let Some(t) = conn.tracks.back_mut() {
+                t.open = false;
+                t.moves_watermark = false;
+            }
+        }
+        conn.draining = true;
+        conn.last_input = self.now; // the drain's start, for its deadline
+        conn.readable = false;
+        conn.peer_closed = true;
+        conn.closing = None;
+        conn.wstart = 0;
+        conn.wend = 0;
+        self.producers.detach(p, slot, true, self.now);
+        true
     }
 
     /// Applies the storage thread's completions and the batch watermark.
@@ -568,8 +776,8 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 continue;
             }
             if let Some(conn) = self.conns[slot - 1].as_mut() {
-                if conn.stream.is_some() && conn.source == c.source {
-                    conn.complete(c.seq, c.stored + c.duplicates, c.dead);
+                if (conn.stream.is_some() || conn.draining) && conn.source == c.source {
+                    conn.complete(c.seq, c.stored, c.dead, c.duplicates);
                 }
             }
         }
@@ -582,16 +790,30 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     /// `dispatch`: whether it may take input now (false while older connections wait for
     /// room in the engine).
     fn serve(&mut self, slot: usize, dispatch: bool) -> (bool, Option<CloseReason>) {
+        if self.conns[slot].as_ref().is_some_and(|c| c.draining) {
+            return self.drain(slot);
+        }
+        let mut work = false;
+        if dispatch && self.conns[slot].as_ref().is_some_and(|c| c.hello_pending) {
+            work |= self.answer_hello(slot);
+        }
         let Some(conn) = self.conns[slot].as_mut() else {
             return (false, None);
         };
-        let mut work = false;
         conn.engine_wait = false;
         if conn.resolve_front(self.batch_watermark, self.now, &mut self.ack_latency) > 0 {
             work = true;
+            if let Some(p) = conn.producer {
+                self.producers.resolved(p, conn.through);
+            }
         }
         let mut close = conn.closing;
-        while dispatch && close.is_none() && conn.readable && !conn.peer_closed {
+        while dispatch
+            && close.is_none()
+            && conn.readable
+            && !conn.peer_closed
+            && !conn.hello_pending
+        {
             // Room for the replies one buffer of input can cause is kept free; credit is
             // checked per frame in `dispatch_buffered`.
             if conn.out_room() < conn.wbuf.len() / 2 && conn.has_output() {
@@ -616,7 +838,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 self.counters.tcp_credit_waits.incr();
                 break;
             }
-            if parsed.turn_over {
+            if parsed.turn_over || parsed.hello {
                 break;
             }
             if let Some(cause) = parsed.waiting {
@@ -660,6 +882,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         }
         if conn.resolve_front(self.batch_watermark, self.now, &mut self.ack_latency) > 0 {
             work = true;
+            if let Some(p) = conn.producer {
+                self.producers.resolved(p, conn.through);
+            }
         }
         if conn.queue_ack() {
             self.counters.tcp_acks_sent.incr();
@@ -699,6 +924,11 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         while i < self.open.len() {
             let slot = self.open[i];
             let verdict = self.conns[slot].as_ref().and_then(|c| {
+                if c.draining {
+                    // Its frames resolve as storage goes; one that takes longer than the
+                    // stall timeout is given up (the producer's sequence stops short of it).
+                    return (self.now - c.last_input > stall).then_some(CloseReason::Stalled);
+                }
                 if c.stalled_since != 0 && self.now - c.stalled_since > stall {
                     Some(CloseReason::Stalled)
                 } else if (c.closing.is_some() || c.peer_closed) && self.now - c.last_input > stall
@@ -711,9 +941,23 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 }
             });
             match verdict {
-                Some(reason) => self.close(slot, reason),
+                Some(reason) => {
+                    self.close(slot, reason);
+                    // A connection that started draining stays at `i`: it is looked at
+                    // once more, as a draining one.
+                    if self.conns[slot].as_ref().is_some_and(|c| c.draining)
+                        && self.open.get(i) == Some(&slot)
+                    {
+                        i += 1;
+                    }
+                }
                 None => i += 1,
             }
+        }
+        let evicted = self.producers.evict_idle(self.now);
+        if evicted > 0 {
+            self.counters.tcp_producers_evicted.add(evicted);
+            self.counters.tcp_producers.set(self.producers.len() as u64);
         }
     }
 }
@@ -726,6 +970,8 @@ struct Parsed {
     waiting: Option<Reason>,
     /// A frame that had waited is done: the connection's turn is over for this round.
     turn_over: bool,
+    /// A HELLO is at the front of the input: the ingest thread answers it.
+    hello: bool,
     /// The output buffer cannot hold the REJECTs the next frame may cause: wait for it to
     /// drain.
     out_of_room: bool,
@@ -768,6 +1014,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         out_of_room: false,
         waiting: None,
         turn_over: false,
+        hello: false,
         close: None,
     };
     loop {
@@ -835,7 +1082,39 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 parsed.turn_over = true;
                 return parsed;
             }
-            Ok(frame) if frame.kind() == FrameKind::Hello => hello(conn, &frame, limits, counters),
+            Ok(frame) if frame.kind() == FrameKind::Hello && conn.hello_seen => {
+                // One HELLO per connection: a second is one rejected unit, nothing changes.
+                dispatcher.reject_unit(Reason::UnexpectedKind);
+                settle(conn, ack, Track::unverified());
+                reject(
+                    conn,
+                    counters,
+                    &Reject::frame(frame.seq(), Reason::UnexpectedKind),
+                );
+            }
+            Ok(frame) if frame.kind() == FrameKind::Hello => {
+                // Answered by the ingest thread, which owns the producer table: it stays at
+                // the front of the input until then.
+                let _ = frame;
+                conn.hello_pending = true;
+                parsed.hello = true;
+                return parsed;
+            }
+            Ok(frame)
+                if conn.producer.is_some()
+                    && matches!(frame.kind(), FrameKind::Event | FrameKind::Batch)
+                    && frame.seq() <= conn.resolved_before =>
+            {
+                // A producer resending a frame the engine resolved (its ACK was lost with
+                // the old connection): every event is already stored, dead-lettered or
+                // rejected. Answered as duplicates, not dispatched again.
+                dispatcher.duplicate_frame(frame.event_count());
+                settle(
+                    conn,
+                    ack,
+                    Track::duplicate(frame.seq(), frame.event_count()),
+                );
+            }
             Ok(frame) if matches!(frame.kind(), FrameKind::Ack | FrameKind::Reject) => {
                 // A server's frame sent to the server: one unit rejected. Its seq is read
                 // from a valid frame but belongs to no data frame: the watermark stays.
@@ -894,7 +1173,9 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 settle(conn, ack, Track::unverified());
                 reject(conn, counters, &Reject::frame(seq, error.reason()));
                 conn.malformed += 1;
-                if conn.malformed > limits.max_rejects {
+                // A HELLO that is not valid leaves the session undefined: close.
+                let was_hello = bytes.get(5) == Some(&(FrameKind::Hello as u8));
+                if was_hello || conn.malformed > limits.max_rejects {
                     conn.rstart += len;
                     parsed.frames += 1;
                     counters.tcp_frames_in.incr();
@@ -927,34 +1208,6 @@ fn peek_event_count(bytes: &[u8]) -> u32 {
             .map_or(1, u32::from_le_bytes)
             .max(1),
         _ => 1,
-    }
-}
-
-/// Answers a HELLO: the negotiated version and our limits, or a REJECT and close.
-fn hello(conn: &mut Conn, frame: &Frame<'_>, limits: &TcpLimits, counters: &HostCounters) {
-    let Some(client) = frame.hello() else {
-        return;
-    };
-    match client.negotiate(1, 1) {
-        Some(version) => {
-            // The client's max_frame_len bounds what *it* receives (our replies are small);
-            // what we accept stays ours, announced here.
-            let reply = Hello::reply(version, limits.max_frame_len as u32, conn.source);
-            let mut buf = [0u8; conn::CONTROL_FRAME_MAX];
-            if let Ok(n) = encode_hello(&mut buf, conn.out_seq + 1, &reply) {
-                if conn.queue_bytes(&buf[..n]) {
-                    conn.out_seq += 1;
-                }
-            }
-        }
-        None => {
-            reject(
-                conn,
-                counters,
-                &Reject::frame(frame.seq(), Reason::UnsupportedVersion),
-            );
-            conn.closing = Some(CloseReason::Malformed);
-        }
     }
 }
 

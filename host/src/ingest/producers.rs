@@ -1,0 +1,260 @@
+//! Producer sessions (protocol version 2): per producer id, the highest frame `seq` the
+//! engine has resolved, so that a producer that reconnects and resends gets what was already
+//! resolved answered as duplicates instead of stored again.
+//!
+//! The table is fixed at start-up (`tcp.max_producers` entries, one `HashMap` sized once):
+//! its memory depends on the number of producers, not on the event rate. An entry without a
+//! connection is evicted after `tcp.producer_idle_ms`, or earlier, oldest first, when a new
+//! producer needs its place; a HELLO that finds every entry attached to a connection is
+//! refused. Each eviction and refusal is counted.
+//!
+//! One connection at a time sends for a producer. A HELLO naming a producer that another
+//! connection holds fences that connection (it is closed); while a closed connection of a
+//! producer still has frames in flight it *drains* (its frames resolve and move the
+//! producer's sequence), and a new connection's HELLO for that producer is answered only
+//! once the draining is over, so the sequence it reports covers everything the engine took
+//! from the producer.
+
+use std::collections::HashMap;
+
+/// One producer.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    id: u64,
+    /// Highest resolved frame seq (0: none).
+    last_seq: u64,
+    /// The connection slot sending for it now.
+    conn: Option<usize>,
+    /// Closed connections of this producer with frames still in flight.
+    draining: u32,
+    /// Tick of the last attach or detach.
+    active: u64,
+}
+
+/// Why a producer could not be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttachError {
+    /// Every entry is held by a live connection (or draining one).
+    Full,
+}
+
+/// What [`Producers::attach`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Attached {
+    /// The entry (stable while the producer is attached or draining).
+    pub(crate) index: usize,
+    /// The producer id (the one asked for, or the one assigned).
+    pub(crate) id: u64,
+    /// A connection that held the producer and must be fenced (closed).
+    pub(crate) fenced: Option<usize>,
+    /// Whether an idle entry was evicted to make room.
+    pub(crate) evicted: bool,
+}
+
+/// The producer table. One owner: the ingest thread.
+pub(crate) struct Producers {
+    entries: Vec<Option<Entry>>,
+    by_id: HashMap<u64, usize>,
+    /// Free entries (indices into `entries`).
+    free: Vec<usize>,
+    idle: u64,
+    /// The next id to try when assigning one (never 0).
+    next_id: u64,
+}
+
+impl Producers {
+    /// A table of `max` producers whose idle entries are evicted after `idle` ticks; ids the
+    /// server assigns start from `seed` (any value: it is mixed; 0 is never assigned).
+    pub(crate) fn new(max: usize, idle: u64, seed: u64) -> Self {
+        Self {
+            entries: vec![None; max],
+            by_id: HashMap::with_capacity(max),
+            free: (0..max).rev().collect(),
+            idle,
+            next_id: seed | 1,
+        }
+    }
+
+    /// Producers in the table.
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Attaches connection `slot` to producer `id` (0: assign a new id) at tick `now`.
+    pub(crate) fn attach(
+        &mut self,
+        id: u64,
+        slot: usize,
+        now: u64,
+    ) -> Result<Attached, AttachError> {
+        if let Some(&index) = self.by_id.get(&id).filter(|_| id != 0) {
+            let e = self.entries[index].as_mut().expect("indexed entries exist");
+            let fenced = e.conn.filter(|&old| old != slot);
+            e.conn = Some(slot);
+            e.active = now;
+            return Ok(Attached {
+                index,
+                id,
+                fenced,
+                evicted: false,
+            });
+        }
+        let id = if id == 0 { self.assign() } else { id };
+        let mut evicted = false;
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                // The entry idle the longest (no connection, nothing draining) gives way.
+                let victim = self
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| e.map(|e| (i, e)))
+                    .filter(|(_, e)| e.conn.is_none() && e.draining == 0)
+                    .min_by_key(|(_, e)| e.active)
+                    .map(|(i, _)| i)
+                    .ok_or(AttachError::Full)?;
+                self.remove(victim);
+                evicted = true;
+                self.free.pop().expect("an entry was just freed")
+            }
+        };
+        self.entries[index] = Some(Entry {
+            id,
+            last_seq: 0,
+            conn: Some(slot),
+            draining: 0,
+            active: now,
+        });
+        self.by_id.insert(id, index);
+        Ok(Attached {
+            index,
+            id,
+            fenced: None,
+            evicted,
+        })
+    }
+
+    /// A fresh id not in the table (a 64-bit mix of a counter: unpredictable enough that two
+    /// engines rarely hand out the same one; a client that needs ids unique across engines
+    /// picks its own).
+    fn assign(&mut self) -> u64 {
+        loop {
+            self.next_id = self.next_id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.next_id;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            if z != 0 && !self.by_id.contains_key(&z) {
+                return z;
+            }
+        }
+    }
+
+    fn remove(&mut self, index: usize) {
+        if let Some(e) = self.entries[index].take() {
+            self.by_id.remove(&e.id);
+            self.free.push(index);
+        }
+    }
+
+    /// The producer's id.
+    pub(crate) fn id(&self, index: usize) -> u64 {
+        self.entries[index].map_or(0, |e| e.id)
+    }
+
+    /// The producer's highest resolved seq.
+    pub(crate) fn last_seq(&self, index: usize) -> u64 {
+        self.entries[index].map_or(0, |e| e.last_seq)
+    }
+
+    /// Whether closed connections of the producer still have frames in flight (a HELLO
+    /// for it waits until they are resolved).
+    pub(crate) fn draining(&self, index: usize) -> bool {
+        self.entries[index].is_some_and(|e| e.draining > 0)
+    }
+
+    /// Frames through `seq` of the producer are resolved.
+    pub(crate) fn resolved(&mut self, index: usize, seq: u64) {
+        if let Some(e) = self.entries[index].as_mut() {
+            e.last_seq = e.last_seq.max(seq);
+        }
+    }
+
+    /// Connection `slot` no longer sends for the producer; `draining`: it still has frames
+    /// in flight (call [`drained`](Self::drained) when they are resolved).
+    pub(crate) fn detach(&mut self, index: usize, slot: usize, draining: bool, now: u64) {
+        if let Some(e) = self.entries[index].as_mut() {
+            if e.conn == Some(slot) {
+                e.conn = None;
+            }
+            if draining {
+                e.draining += 1;
+            }
+            e.active = now;
+        }
+    }
+
+    /// A draining connection of the producer is done.
+    pub(crate) fn drained(&mut self, index: usize, now: u64) {
+        if let Some(e) = self.entries[index].as_mut() {
+            e.draining = e.draining.saturating_sub(1);
+            e.active = now;
+        }
+    }
+
+    /// Evicts the entries without a connection idle for longer than the idle limit; returns
+    /// how many.
+    pub(crate) fn evict_idle(&mut self, now: u64) -> u64 {
+        let mut n = 0;
+        for i in 0..self.entries.len() {
+            let stale = self.entries[i].is_some_and(|e| {
+                e.conn.is_none() && e.draining == 0 && now.saturating_sub(e.active) > self.idle
+            });
+            if stale {
+                self.remove(i);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_kept_assigned_fenced_and_evicted_oldest_first() {
+        let mut p = Producers::new(2, 100, 7);
+        let a = p.attach(42, 0, 1).unwrap();
+        assert_eq!((a.id, a.fenced, a.evicted), (42, None, false));
+        p.resolved(a.index, 9);
+        // Another connection for 42: the first is fenced, the sequence is kept.
+        let again = p.attach(42, 1, 2).unwrap();
+        assert_eq!((again.index, again.fenced), (a.index, Some(0)));
+        assert_eq!(p.last_seq(again.index), 9);
+        // An assigned id is never 0 and not in use.
+        let b = p.attach(0, 2, 3).unwrap();
+        assert!(b.id != 0 && b.id != 42);
+        // Full, everything attached: refused.
+        assert_eq!(p.attach(77, 3, 4), Err(AttachError::Full));
+        // Detached and draining: still not evictable; drained: the oldest idle goes.
+        p.detach(again.index, 1, true, 5);
+        assert_eq!(p.attach(77, 3, 6), Err(AttachError::Full));
+        assert!(p.draining(again.index));
+        p.drained(again.index, 7);
+        let c = p.attach(77, 3, 8).unwrap();
+        assert!(c.evicted);
+        assert_eq!(p.len(), 2);
+        // 42 is gone: a new session starts from 0.
+        p.detach(c.index, 3, false, 9);
+        let d = p.attach(42, 4, 10).unwrap();
+        assert_eq!(p.last_seq(d.index), 0);
+        // Idle eviction after the limit only.
+        p.detach(d.index, 4, false, 20);
+        assert_eq!(p.evict_idle(100), 0);
+        assert_eq!(p.evict_idle(121), 1);
+        assert_eq!(p.len(), 1);
+    }
+}
