@@ -44,6 +44,9 @@ pub struct StageCounters {
     pub alerts: Counter,
     /// Aggregate records stored.
     pub aggregates: Counter,
+    /// Aggregates the sink refused on every attempt while their events were stored on their
+    /// own ([`BatchStore::Events`](crate::process::BatchStore)): summaries lost, no event.
+    pub aggregates_dropped: Counter,
     /// Sink hand-offs that failed and were scheduled again.
     pub sink_retries: Counter,
     /// Entries the transactional lane's dedup table evicted before their window ended to
@@ -70,6 +73,7 @@ impl StageCounters {
                 frames: Counter::new(),
                 alerts: Counter::new(),
                 aggregates: Counter::new(),
+                aggregates_dropped: Counter::new(),
                 sink_retries: Counter::new(),
                 dedup_evictions: Counter::new(),
                 dead_letter_overflow: Counter::new(),

@@ -343,6 +343,29 @@ impl StorageConfig {
     }
 }
 
+/// `pipeline.batch_store`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchStoreSection {
+    /// Every batch-lane event is stored (and acknowledged) on its own; the per-window
+    /// aggregates are stored besides, as summaries.
+    #[default]
+    Events,
+    /// Only the aggregates: an event counts as stored (and is acknowledged) when the
+    /// aggregate of its window is.
+    Aggregates,
+}
+
+impl BatchStoreSection {
+    /// The core's setting.
+    pub const fn to_core(self) -> pinstream_core::process::BatchStore {
+        match self {
+            Self::Events => pinstream_core::process::BatchStore::Events,
+            Self::Aggregates => pinstream_core::process::BatchStore::Aggregates,
+        }
+    }
+}
+
 /// `[pipeline]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -357,6 +380,9 @@ pub struct PipelineConfig {
     pub dedup_window_ms: u64,
     /// Batch aggregation window, milliseconds.
     pub aggregate_window_ms: u64,
+    /// What the batch lane stores: every event and the aggregates (`"events"`), or only the
+    /// aggregates (`"aggregates"`).
+    pub batch_store: BatchStoreSection,
     /// Sink attempts in all, the first included.
     pub retry_attempts: u32,
     /// Wait before the first retry, microseconds.
@@ -377,6 +403,7 @@ impl Default for PipelineConfig {
             burst_per_source: 0,
             dedup_window_ms: 10_000,
             aggregate_window_ms: 100,
+            batch_store: BatchStoreSection::Events,
             retry_attempts: 4,
             retry_backoff_us: 100,
             retry_max_backoff_us: 10_000,

@@ -36,7 +36,7 @@ use pinstream_core::event::{EventHeader, Lane, Origin, Priority};
 use pinstream_core::lanes::{DeadLetter, DeadLetters, Lanes};
 use pinstream_core::process::realtime::{AlertRule, CountAlerts};
 use pinstream_core::process::{
-    LaneProcessors, Processors, Record, RetryPolicy, Sink, SinkError, StoredEvent,
+    BatchStore, LaneProcessors, Processors, Record, RetryPolicy, Sink, SinkError, StoredEvent,
 };
 use pinstream_core::ratelimit::{RateConfig, RateLimiter};
 use pinstream_core::reason::Reason;
@@ -128,6 +128,8 @@ pub struct EngineConfig {
     pub dedup_window: Duration,
     /// Aggregation window of the batch lane.
     pub aggregate_window: Duration,
+    /// What the batch lane stores (every event and the aggregates, or the aggregates).
+    pub batch_store: BatchStore,
     /// Retries of refused records.
     pub retry: RetryPolicy,
     /// Alert rules of the realtime lane.
@@ -166,6 +168,7 @@ impl EngineConfig {
             rate: RateConfig::UNLIMITED,
             dedup_window: Duration::from_secs(10),
             aggregate_window: Duration::from_millis(100),
+            batch_store: BatchStore::Events,
             retry: RetryPolicy::DEFAULT,
             alerts: Vec::new(),
             budget: 256,
@@ -252,6 +255,7 @@ impl EngineConfig {
             rate,
             dedup_window: ms(c.pipeline.dedup_window_ms),
             aggregate_window: ms(c.pipeline.aggregate_window_ms),
+            batch_store: c.pipeline.batch_store.to_core(),
             retry: c.pipeline.retry_policy(),
             alerts,
             budget: c.pipeline.budget,
@@ -811,9 +815,15 @@ fn supervise(
             return Ok(());
         }
     };
-    let processors: EngineProcessors<'_> = Processors::new(output, cfg.retry, &stats.process);
+    let mut processors: EngineProcessors<'_> = Processors::new(output, cfg.retry, &stats.process);
+    processors.set_batch_store(cfg.batch_store);
+    let batch_events = cfg.batch_store == BatchStore::Events;
+    ingest.set_batch_events_stored(batch_events);
     let mut sink = match StoreSink::new(logs, &stats, cfg.ack) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            s.batch_events = batch_events;
+            s
+        }
         Err(e) => {
             let _ = started.send(Err(e));
             return Ok(());
@@ -1173,6 +1183,8 @@ struct StoreSink<'a> {
     failed: bool,
     /// Dispatch tick of the oldest event stored since the last commit (`u64::MAX`: none).
     oldest: u64,
+    /// Batch-lane events are stored (and settled) one by one, like the other lanes'.
+    batch_events: bool,
 }
 
 /// Completions collected before a commit is forced.
@@ -1189,6 +1201,7 @@ impl<'a> StoreSink<'a> {
             dirty: [false; 4],
             failed: false,
             oldest: u64::MAX,
+            batch_events: false,
         })
     }
 
@@ -1383,9 +1396,10 @@ impl<'a> StoreSink<'a> {
             },
         );
         self.stats.host.storage_dead_letters.incr();
-        // Batch-lane events are settled by the batch watermark, not per frame (a dead letter
-        // of one would otherwise consume a realtime event's place in its frame).
-        if settle && record.header.priority.lane() != Lane::Batch {
+        // Batch-lane events that are only aggregated are settled by the batch watermark, not
+        // per frame (a dead letter of one would otherwise consume a realtime event's place in
+        // its frame); stored one by one, they are settled like the other lanes' events.
+        if settle && (self.batch_events || record.header.priority.lane() != Lane::Batch) {
             self.note(record.origin.source, record.origin.seq, 0, record.events, 0);
         }
     }

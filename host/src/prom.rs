@@ -191,7 +191,7 @@ pub fn write_stage_counters(
     seconds_per_tick: f64,
 ) {
     type Pick = fn(&StageCounters) -> u64;
-    let simple: [(&str, &str, Pick); 9] = [
+    let simple: [(&str, &str, Pick); 10] = [
         (
             "pinstream_events_ingested_total",
             "Units (events, or malformed frames) that entered the engine.",
@@ -214,6 +214,11 @@ pub fn write_stage_counters(
             "pinstream_aggregates_stored_total",
             "Aggregate records stored by the batch lane.",
             |s| s.aggregates.get(),
+        ),
+        (
+            "pinstream_aggregates_dropped_total",
+            "Aggregates refused by storage on every attempt while their events were stored one by one (a summary lost, no event).",
+            |s| s.aggregates_dropped.get(),
         ),
         (
             "pinstream_sink_retries_total",

@@ -6,6 +6,7 @@ use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use pinstream_core::event::{EventHeader, Priority};
+use pinstream_core::process::BatchStore;
 use pinstream_core::reason::Reason;
 use pinstream_core::wire::{BatchEncoder, Hello, encode_event};
 use pinstream_host::engine::{Engine, EngineConfig, EngineHandle, LOG_NAMES};
@@ -134,16 +135,23 @@ fn durable_acks_cover_every_event_and_the_logs_hold_them() {
         let want = if e.header.id > 999_000 { 10 } else { 100 };
         assert_eq!(e.payload.len(), want, "{:?}", e.header);
     }
-    let aggregated: u64 = batch
-        .iter()
-        .map(|(k, b)| match record::decode(*k, b).unwrap() {
-            RecordBody::Aggregate(a) => a.count,
-            other => panic!("an aggregate expected, got {other:?}"),
-        })
-        .sum();
+    // The batch log holds every batch-lane event (`pipeline.batch_store = "events"`) and
+    // the per-window aggregates that summarise them.
+    let (mut batch_events, mut aggregated) = (0u64, 0u64);
+    for (k, b) in &batch {
+        match record::decode(*k, b).unwrap() {
+            RecordBody::Aggregate(a) => aggregated += a.count,
+            RecordBody::Event(_) => batch_events += 1,
+            other => panic!("an event or an aggregate expected, got {other:?}"),
+        }
+    }
+    assert_eq!(batch_events, expect_events[2]);
     assert_eq!(aggregated, expect_events[2]);
     assert_eq!(
-        realtime.len() as u64 + transactional.len() as u64 + aggregated + u64::from(dup_is_medium),
+        realtime.len() as u64
+            + transactional.len() as u64
+            + batch_events
+            + u64::from(dup_is_medium),
         ack.stored,
         "stored, and the duplicate acknowledged as stored"
     );
@@ -612,8 +620,18 @@ fn seqs_must_increase_on_a_connection() {
 
 #[test]
 fn batch_lane_acks_advance_under_sustained_batch_load() {
+    // Both ways of storing the batch lane: events one by one (settled by completions), and
+    // aggregates only (settled by the batch watermark).
+    for store in [BatchStore::Events, BatchStore::Aggregates] {
+        batch_lane_acks_advance(store);
+    }
+}
+
+fn batch_lane_acks_advance(store: BatchStore) {
     let dir = TempDir::new("e2e-batch-load");
-    let engine = Engine::start(config(&dir)).unwrap();
+    let mut cfg = config(&dir);
+    cfg.batch_store = store;
+    let engine = Engine::start(cfg).unwrap();
     let udp_addr = engine.started.udp.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // A UDP flood of batch-lane events: the batch lane never stays empty for long.
@@ -648,8 +666,17 @@ fn batch_lane_acks_advance_under_sustained_batch_load() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flood.join().unwrap();
     let (ack, _) = result.expect("batch frames acknowledged while the flood goes on");
-    assert_eq!(ack.stored + ack.dead_lettered, 50, "{ack:?}");
+    assert_eq!(ack.stored + ack.dead_lettered, 50, "{store:?}: {ack:?}");
     engine.stop().unwrap();
+    // What the batch log holds: the events themselves only when they are stored one by one.
+    let events = read_log(&dir, LOG_NAMES[2])
+        .iter()
+        .filter(|(k, b)| matches!(record::decode(*k, b), Ok(RecordBody::Event(_))))
+        .count();
+    match store {
+        BatchStore::Events => assert!(events >= 50, "{events} batch events in the log"),
+        BatchStore::Aggregates => assert_eq!(events, 0),
+    }
 }
 
 /// Protocol version 2: a producer that reconnects with its id learns the last sequence the

@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | realtime | [`realtime`]: alert rules call an [`AlertHandler`] | every event |
 //! | transactional | [`transactional`]: repeats within the window are answered `Duplicate` ([`Sink::duplicate`]) | every new event |
-//! | batch | [`batch`]: per-topic windowed aggregation | one [`Aggregate`] per topic per window |
+//! | batch | [`batch`]: per-topic windowed aggregation | one [`Aggregate`] per topic per window, and with [`BatchStore::Events`] every event too |
 //!
 //! **Bounded retry.** When the sink refuses a record, the record is parked (its pool slot
 //! kept) in a retry queue of `RQ` entries and tried again after a backoff that doubles per
@@ -83,6 +83,21 @@ pub enum Record<'a> {
     Event(StoredEvent<'a>),
     /// A batch-lane aggregate.
     Aggregate(&'a Aggregate),
+}
+
+/// What the batch lane hands to the sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum BatchStore {
+    /// One [`Aggregate`] per topic per window; the events count as stored when the aggregate
+    /// covering them is (the default: small parts keep only summaries).
+    #[default]
+    Aggregates,
+    /// Every event, as the other lanes do (stored, and so acknowledged, on its own), and the
+    /// aggregates besides, as summaries: an aggregate that cannot be stored is counted
+    /// ([`StageCounters::aggregates_dropped`](crate::accounting::StageCounters)), its events
+    /// are stored already.
+    Events,
 }
 
 /// The sink refused a record for now; the processors will try again later.
@@ -254,6 +269,8 @@ pub struct Processors<
     parked_events: u64,
     policy: RetryPolicy,
     counters: &'a StageCounters,
+    /// What the batch lane stores.
+    batch_store: BatchStore,
     /// Slots done with, handed back to the dispatcher in batches (one publication per
     /// batch). Invariant: `free[..nfree]` are slot indices these processors own.
     free: [u32; FREE_BATCH],
@@ -281,9 +298,15 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
             parked_events: 0,
             policy,
             counters,
+            batch_store: BatchStore::Aggregates,
             free: [0; FREE_BATCH],
             nfree: 0,
         }
+    }
+
+    /// What the batch lane stores from now on ([`BatchStore::Aggregates`] by default).
+    pub fn set_batch_store(&mut self, store: BatchStore) {
+        self.batch_store = store;
     }
 
     /// Done with `slot`: queue it to go back to the dispatcher.
@@ -329,7 +352,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
         procs: &LaneProcessors<R, D, T>,
     ) -> u64 {
         let lanes: usize = self.lanes.depths().iter().sum();
-        lanes as u64 + self.parked_events + procs.batch.pending()
+        // Events in open windows are in flight only while their aggregate stands for them.
+        let windows = match self.batch_store {
+            BatchStore::Aggregates => procs.batch.pending(),
+            BatchStore::Events => 0,
+        };
+        lanes as u64 + self.parked_events + windows
     }
 
     /// Records parked for retry.
@@ -487,8 +515,10 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
         if procs.batch.due(now) {
             return;
         }
+        let events = self.batch_store == BatchStore::Events;
         let mut taken = 0;
-        while taken < budget {
+        // Stored one by one, a batch event may need a retry entry, as the other lanes' do.
+        while taken < budget && (!events || self.parked < RQ) {
             let Some(slot) = self.take(Lane::Batch, now) else {
                 break;
             };
@@ -508,8 +538,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                     now,
                     1,
                 );
+                self.recycle(slot);
+            } else if events {
+                self.store_event(procs, slot, Lane::Batch, sink, now, summary);
+            } else {
+                self.recycle(slot);
             }
-            self.recycle(slot);
         }
         self.count_taken(Lane::Batch, taken, summary);
     }
@@ -603,8 +637,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
     ) {
         match sink.store(&Record::Aggregate(&agg)) {
             Ok(()) => {
-                self.counters.stored.add(agg.count);
-                self.counters.aggregates.incr();
+                self.count_aggregate_stored(&agg);
                 summary.stored += 1;
             }
             Err(SinkError) => {
@@ -615,6 +648,23 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                     self.park_entry(Parked::Aggregate(agg), 1, now);
                 }
             }
+        }
+    }
+
+    /// Counts a stored aggregate, and its events as stored when it stands for them.
+    fn count_aggregate_stored(&self, agg: &Aggregate) {
+        if self.batch_store == BatchStore::Aggregates {
+            self.counters.stored.add(agg.count);
+        }
+        self.counters.aggregates.incr();
+    }
+
+    /// Events an aggregate stands for in the books: its count, or none when its events are
+    /// stored on their own.
+    fn aggregate_events(&self, agg: &Aggregate) -> u64 {
+        match self.batch_store {
+            BatchStore::Aggregates => agg.count,
+            BatchStore::Events => 0,
         }
     }
 
@@ -638,7 +688,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
     fn park_entry(&mut self, parked: Parked<'a, P, POOL>, attempts: u32, now: u64) {
         let events = match &parked {
             Parked::Event { .. } => 1,
-            Parked::Aggregate(agg) => agg.count,
+            Parked::Aggregate(agg) => self.aggregate_events(agg),
         };
         let entry = RetryEntry {
             parked,
@@ -689,14 +739,17 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                     })),
                     1,
                 ),
-                Parked::Aggregate(agg) => (sink.store(&Record::Aggregate(agg)), agg.count),
+                Parked::Aggregate(agg) => (
+                    sink.store(&Record::Aggregate(agg)),
+                    self.aggregate_events(agg),
+                ),
             };
             self.parked_events -= events;
             match result {
                 Ok(()) => {
-                    self.counters.stored.add(events);
-                    if matches!(parked, Parked::Aggregate(_)) {
-                        self.counters.aggregates.incr();
+                    match &parked {
+                        Parked::Event { .. } => self.counters.stored.incr(),
+                        Parked::Aggregate(agg) => self.count_aggregate_stored(agg),
                     }
                     summary.stored += 1;
                 }
@@ -741,6 +794,11 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
     /// Dead-letters a refused aggregate: one record standing for its events, with a header
     /// naming the topic and the window's start.
     fn aggregate_exhausted(&mut self, sink: &mut impl Sink, agg: &Aggregate, now: u64) {
+        if self.batch_store == BatchStore::Events {
+            // Its events are stored on their own: only the summary is lost.
+            self.counters.aggregates_dropped.incr();
+            return;
+        }
         let header = EventHeader::new(0, agg.topic, Priority::Batch, agg.start);
         self.dead_letter(
             sink,

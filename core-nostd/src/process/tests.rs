@@ -481,3 +481,49 @@ fn a_sink_that_takes_dead_letters_gets_them_instead_of_the_ring() {
     assert_eq!(books.reason(Reason::RetriesExhausted), 1);
     assert_eq!(books.stored, 1);
 }
+
+/// `BatchStore::Events`: batch-lane events reach the sink one by one (and count as stored
+/// then), the aggregates follow as summaries that do not count events again, and an
+/// aggregate the sink refuses for good is counted as dropped, not as dead events.
+#[test]
+fn batch_events_are_stored_one_by_one_when_asked() {
+    let mut lanes = TestLanes::new();
+    let (input, output, mut dead) = lanes.split();
+    let (signal, dc, pc) = (
+        ControlSignal::new(),
+        StageCounters::new(),
+        StageCounters::new(),
+    );
+    let mut d = Dispatcher::new(input, &Unlimited, &signal, 4, &dc);
+    let policy = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::DEFAULT
+    };
+    let mut p: Processors<'_, 16, 32, 8, 64, 4> = Processors::new(output, policy, &pc);
+    p.set_batch_store(BatchStore::Events);
+    let mut procs: LaneProcessors<2, 64, 4> = LaneProcessors::new(1_000, 100);
+    let mut sink = TestSink::default();
+    let o = Origin::new(1, 1);
+    d.dispatch(&header(1, 3, Priority::Low).with_value(2), b"ab", o, 5);
+    d.dispatch(&header(2, 3, Priority::Batch), b"c", o, 6);
+    p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 10, 16);
+    assert_eq!(sink.events, [(Lane::Batch, 1), (Lane::Batch, 2)]);
+    // Stored already: nothing in flight although their window is open.
+    assert_eq!(p.in_flight(&procs), 0);
+    let books = check_books(&[&dc, &pc], 0);
+    assert_eq!(books.stored, 2);
+    // The window closes: its aggregate is stored, the events are not counted twice.
+    p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 100, 16);
+    assert_eq!(sink.aggregates.len(), 1);
+    assert_eq!(sink.aggregates[0].count, 2);
+    assert_eq!((pc.stored.get(), pc.aggregates.get()), (2, 1));
+    // A refused aggregate with no retry left: dropped, counted, no dead letter.
+    d.dispatch(&header(3, 3, Priority::Batch), b"d", o, 150);
+    p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 160, 16);
+    sink.refuse = 1;
+    p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 200, 16);
+    assert_eq!(pc.aggregates_dropped.get(), 1);
+    assert!(dead.pop().is_none());
+    let books = check_books(&[&dc, &pc], 0);
+    assert_eq!((books.stored, books.dead_lettered), (3, 0));
+}

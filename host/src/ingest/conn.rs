@@ -195,6 +195,9 @@ pub(crate) struct Conn {
     /// Closed, but its frames are still resolving so that its producer's sequence covers
     /// them (no input, no output).
     pub(crate) draining: bool,
+    /// Batch-lane events are stored one by one (settled by completions, not the batch
+    /// watermark).
+    pub(crate) batch_events_stored: bool,
 }
 
 impl Conn {
@@ -237,6 +240,7 @@ impl Conn {
             resolved_before: 0,
             draining: false,
             duplicates: 0,
+            batch_events_stored: false,
         }
     }
 

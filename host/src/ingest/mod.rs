@@ -231,6 +231,9 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     waiting: VecDeque<usize>,
     /// Producer sessions (protocol version 2).
     producers: producers::Producers,
+    /// Batch-lane events are stored one by one (their completions come per frame, like the
+    /// other lanes'), not only aggregated (settled by the batch watermark).
+    batch_events_stored: bool,
     ready: Vec<Ready>,
     now: u64,
     last_housekeeping: u64,
@@ -312,11 +315,18 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             free: Vec::with_capacity(n),
             waiting: VecDeque::with_capacity(n),
             producers,
+            batch_events_stored: false,
             ready: vec![Ready::default(); 256],
             now: 0,
             last_housekeeping: 0,
             batch_watermark: 0,
         })
+    }
+
+    /// Whether batch-lane events are stored one by one (`pipeline.batch_store = "events"`):
+    /// their frames then wait for their completions, not for the batch watermark.
+    pub fn set_batch_events_stored(&mut self, stored: bool) {
+        self.batch_events_stored = stored;
     }
 
     /// The TCP address, if listening.
@@ -536,6 +546,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             )
         });
         conn.reset(stream, source, self.now, limits.max_frame_len);
+        conn.batch_events_stored = self.batch_events_stored;
         self.open.push(slot);
         self.counters.tcp_open.set(self.open.len() as u64);
         Ok(())
@@ -1248,6 +1259,8 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
                 match outcome {
                     // In a lane counts as stored when acknowledging on acceptance.
                     Outcome::Queued(_) if ack == AckMode::Accepted => track.stored += 1,
+                    // Stored one by one: settled by their completions, like the others.
+                    Outcome::Queued(Lane::Batch) if conn.batch_events_stored => track.pending += 1,
                     Outcome::Queued(Lane::Batch) => {
                         // The batch watermark settles events pushed before a tick: the
                         // frame's is the last push of one of its batch events (a frame that
