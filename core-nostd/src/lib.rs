@@ -50,6 +50,9 @@ extern crate std;
 pub(crate) mod sync;
 
 #[cfg(pinstream_cas)]
+pub mod arena;
+
+#[cfg(pinstream_cas)]
 pub mod dedup;
 #[cfg(pinstream_cas)]
 pub mod pool;
