@@ -54,6 +54,7 @@ use core::marker::PhantomData;
 
 use crossbeam_utils::CachePadded;
 
+pub use crate::event::ArenaRef;
 use crate::sync::{AtomicBool, AtomicUsize, Ordering, UnsafeCell, array_of, const_fn};
 
 /// The largest region an arena uses (1 GiB): positions run to twice the size in a `usize`
@@ -62,43 +63,6 @@ pub const MAX_REGION: usize = 1 << 30;
 
 /// Descriptor bit: the block was released.
 const FREED: usize = 1;
-
-/// Where an arena payload lives: made only by [`ArenaWriter::alloc`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct ArenaRef {
-    /// Physical offset of the first byte; `offset + len <= cap`.
-    offset: u32,
-    /// Bytes.
-    len: u32,
-    /// Index of the block's descriptor, in `0..B`.
-    block: u32,
-    /// The split the block belongs to ([`ArenaState::split`] counts them); a reference
-    /// from an earlier split reads as empty and releases nothing.
-    epoch: u32,
-}
-
-impl ArenaRef {
-    /// A reference to nothing (length 0); what event slots start with.
-    pub const NONE: Self = Self {
-        offset: 0,
-        len: 0,
-        block: 0,
-        epoch: u32::MAX,
-    };
-
-    /// The payload's length in bytes.
-    #[inline]
-    pub const fn len(&self) -> usize {
-        self.len as usize
-    }
-
-    /// Whether the payload is empty.
-    #[inline]
-    pub const fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
 
 /// No room now: the bytes or the block descriptors are all in use. Try again after the
 /// consumer released some, or give up (a source that cannot wait).
@@ -144,7 +108,10 @@ impl<const B: usize> ArenaState<B> {
     /// Resets the state and hands out the writer and the reader over `region` (at most
     /// [`MAX_REGION`] bytes of it are used; an empty region makes an arena that holds
     /// nothing). References from an earlier split are stale from now on.
-    pub fn split<'a>(&'a mut self, region: &'a mut [u8]) -> (ArenaWriter<'a, B>, ArenaReader<'a, B>) {
+    pub fn split<'a>(
+        &'a mut self,
+        region: &'a mut [u8],
+    ) -> (ArenaWriter<'a, B>, ArenaReader<'a, B>) {
         self.reset();
         // SAFETY: `&'a mut` on both: nothing else uses the state or the region for 'a.
         unsafe { self.sides(region) }
@@ -219,7 +186,11 @@ fn advance(v: usize, n: usize, cap: usize) -> usize {
 /// Bytes from `from` forward to `to`, both virtual.
 #[inline(always)]
 fn distance(from: usize, to: usize, cap: usize) -> usize {
-    if to >= from { to - from } else { to + 2 * cap - from }
+    if to >= from {
+        to - from
+    } else {
+        to + 2 * cap - from
+    }
 }
 
 /// The allocating half (the dispatcher's). `Send`: it moves to the ingest thread.
@@ -268,7 +239,11 @@ impl<'a, const B: usize> ArenaWriter<'a, B> {
         }
         let reclaim = self.state.reclaim.load(Ordering::Acquire);
         let used = distance(reclaim, self.write, cap);
-        let off = if self.write >= cap { self.write - cap } else { self.write };
+        let off = if self.write >= cap {
+            self.write - cap
+        } else {
+            self.write
+        };
         let skip = if off + len > cap { cap - off } else { 0 };
         // Fits behind the live bytes; or the arena is empty, when any block up to `cap`
         // fits at offset 0 (else a large block could wait forever for room that exists).
@@ -400,14 +375,20 @@ impl<const B: usize> ArenaReader<'_, B> {
             d.store(0, Ordering::Relaxed);
             self.reclaim = v >> 1;
             self.reclaimed = self.reclaimed.wrapping_add(1);
-            self.head_block = if self.head_block + 1 == B { 0 } else { self.head_block + 1 };
+            self.head_block = if self.head_block + 1 == B {
+                0
+            } else {
+                self.head_block + 1
+            };
             n += 1;
         }
         if n != 0 {
             // Release: our reads of the reclaimed blocks, and the cleared descriptors,
             // happen before the writer's Acquire loads and so before it reuses them.
             self.state.reclaim.store(self.reclaim, Ordering::Release);
-            self.state.reclaimed.store(self.reclaimed, Ordering::Release);
+            self.state
+                .reclaimed
+                .store(self.reclaimed, Ordering::Release);
         }
         n
     }

@@ -41,7 +41,10 @@ fn blocks_read_back_and_wrap_skips_the_tail() {
     }
     assert_eq!(r.reclaim(), 3);
     assert_eq!(w.alloc(101), Err(ArenaFull::TooLarge));
-    assert!(w.alloc(100).is_ok(), "an empty arena takes a block of its whole size");
+    assert!(
+        w.alloc(100).is_ok(),
+        "an empty arena takes a block of its whole size"
+    );
 }
 
 #[test]
@@ -83,7 +86,11 @@ fn writer_side_release_is_reclaimed_by_the_reader() {
     let (mut w, mut r) = state.split(&mut bytes);
     let a = w.alloc(32).unwrap().0;
     unsafe { w.release(a) };
-    assert_eq!(w.alloc(1), Err(ArenaFull::NoRoom), "until the reader reclaims");
+    assert_eq!(
+        w.alloc(1),
+        Err(ArenaFull::NoRoom),
+        "until the reader reclaims"
+    );
     assert_eq!(r.reclaim(), 1);
     assert!(w.alloc(32).is_ok());
 }
