@@ -435,6 +435,9 @@ impl<const N: usize> ArenaRegion<N> {
     }
 
     /// The bytes, the first time; `None` afterwards.
+    // `&mut` from `&self` is the point: the `taken` flag makes it happen once (StaticCell's
+    // pattern).
+    #[allow(clippy::mut_from_ref)]
     pub fn take(&'static self) -> Option<&'static mut [u8]> {
         if self.taken.swap(true, Ordering::AcqRel) {
             return None;
