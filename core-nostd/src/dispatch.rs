@@ -931,10 +931,8 @@ mod tests {
             (3, Reason::PoolExhausted)
         );
         assert_eq!(counters.reason(Reason::PoolExhausted).get(), 1);
-        assert_eq!(
-            output.payload(&output.pop(Lane::Realtime).unwrap()),
-            &[1u8; 40][..]
-        );
+        let slot = output.pop(Lane::Realtime).unwrap();
+        assert_eq!(output.payload(&slot), &[1u8; 40][..]);
     }
 
     /// Without an arena (`split`), a payload longer than the slot is rejected, as before.

@@ -15,7 +15,7 @@ fn blocks_read_back_and_wrap_skips_the_tail() {
     let (b, dst) = w.alloc(30).unwrap();
     dst.fill(2);
     assert_eq!(w.alloc(20), Err(ArenaFull::NoRoom));
-    // SAFETY (all reads and releases below): allocated above, released once, not read after.
+    // SAFETY: (all reads and releases below) allocated above, released once, not read after.
     unsafe {
         assert_eq!(r.read(a), &[1; 60][..]);
         r.release(a);
@@ -25,6 +25,7 @@ fn blocks_read_back_and_wrap_skips_the_tail() {
     let (c, dst) = w.alloc(20).unwrap();
     dst.fill(3);
     assert_eq!(c.offset, 0);
+    // SAFETY: blocks allocated by this split's writer, read while live, released once.
     unsafe {
         assert_eq!(r.read(b), &[2; 30][..]);
         assert_eq!(r.read(c), &[3; 20][..]);
@@ -34,6 +35,7 @@ fn blocks_read_back_and_wrap_skips_the_tail() {
     let (d, _) = w.alloc(40).unwrap();
     assert_eq!(d.offset, 20);
     assert_eq!(w.alloc(1), Err(ArenaFull::NoRoom));
+    // SAFETY: blocks allocated by this split's writer, read while live, released once.
     unsafe {
         r.release(b);
         r.release(c);
@@ -54,6 +56,7 @@ fn a_block_in_use_holds_back_the_ones_after_it() {
     let (mut w, mut r) = state.split(&mut bytes);
     let refs: Vec<ArenaRef> = (0..4).map(|_| w.alloc(16).unwrap().0).collect();
     // Released out of order: 1, 3, 2 first; 0 (a parked record) still in use.
+    // SAFETY: blocks allocated by this split's writer, read while live, released once.
     unsafe {
         r.release(refs[1]);
         r.release(refs[3]);
@@ -61,6 +64,7 @@ fn a_block_in_use_holds_back_the_ones_after_it() {
     }
     assert_eq!(r.reclaim(), 0);
     assert_eq!(w.alloc(1), Err(ArenaFull::NoRoom));
+    // SAFETY: blocks allocated by this split's writer, read while live, released once.
     unsafe { r.release(refs[0]) };
     assert_eq!(r.reclaim(), 4);
     assert!(w.alloc(64).is_ok());
@@ -74,6 +78,7 @@ fn descriptors_bound_the_blocks_in_flight() {
     let a = w.alloc(1).unwrap().0;
     let _b = w.alloc(1).unwrap().0;
     assert_eq!(w.alloc(1), Err(ArenaFull::NoRoom), "no descriptor left");
+    // SAFETY: blocks allocated by this split's writer, read while live, released once.
     unsafe { r.release(a) };
     r.reclaim();
     assert!(w.alloc(1).is_ok());
@@ -85,6 +90,7 @@ fn writer_side_release_is_reclaimed_by_the_reader() {
     let mut bytes = [0u8; 32];
     let (mut w, mut r) = state.split(&mut bytes);
     let a = w.alloc(32).unwrap().0;
+    // SAFETY: blocks allocated by this split's writer, read while live, released once.
     unsafe { w.release(a) };
     assert_eq!(
         w.alloc(1),
@@ -101,6 +107,7 @@ fn an_empty_arena_takes_a_large_block_wherever_the_writer_stands() {
     let mut bytes = [0u8; 100];
     let (mut w, mut r) = state.split(&mut bytes);
     let a = w.alloc(30).unwrap().0;
+    // SAFETY: blocks allocated by this split's writer, read while live, released once.
     unsafe { r.release(a) };
     r.reclaim();
     // Writer at 30; 80 bytes do not fit before the end, but nothing is live.
@@ -108,6 +115,7 @@ fn an_empty_arena_takes_a_large_block_wherever_the_writer_stands() {
     dst.fill(9);
     assert_eq!(b.offset, 0);
     assert_eq!(w.alloc(1), Err(ArenaFull::NoRoom));
+    // SAFETY: blocks allocated by this split's writer, read while live, released once.
     unsafe {
         assert_eq!(r.read(b), &[9; 80][..]);
         r.release(b);
@@ -129,11 +137,13 @@ fn an_empty_region_holds_nothing_and_stale_refs_read_empty() {
     };
     let mut bytes2 = [6u8; 16];
     let (_, mut r) = state.split(&mut bytes2);
+    // SAFETY: blocks allocated by this split's writer, read while live, released once.
     unsafe {
         assert_eq!(r.read(old), &[] as &[u8]);
         r.release(old);
     }
     assert_eq!(r.reclaim(), 0);
+    // SAFETY: blocks allocated by this split's writer, read while live, released once.
     assert_eq!(unsafe { r.read(ArenaRef::NONE) }, &[] as &[u8]);
 }
 
