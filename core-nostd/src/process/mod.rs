@@ -699,8 +699,10 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
             match result {
                 Ok(()) => {
                     self.counters.stored.add(events);
-                    if matches!(parked, Parked::Aggregate(_)) {
-                        self.counters.aggregates.incr();
+                    match parked {
+                        // Recycled, not dropped: its arena block is released with it.
+                        Parked::Event { slot, .. } => self.recycle(slot),
+                        Parked::Aggregate(_) => self.counters.aggregates.incr(),
                     }
                     summary.stored += 1;
                 }
