@@ -248,7 +248,12 @@ pub fn run() -> Option<Result<Summary, Mismatch>> {
         send(
             &mut dispatcher,
             4,
-            &|i| (EventHeader::new(100 + i, 1, Priority::Medium, i), PAYLOAD + 8),
+            &|i| {
+                (
+                    EventHeader::new(100 + i, 1, Priority::Medium, i),
+                    PAYLOAD + 8,
+                )
+            },
             false,
             now,
         );
