@@ -51,7 +51,10 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 #[test]
 fn durable_acks_cover_every_event_and_the_logs_hold_them() {
     let dir = TempDir::new("e2e-durable");
-    let engine = Engine::start(config(&dir)).expect("start");
+    let mut cfg = config(&dir);
+    // A 256-byte arena beside the 256-byte slots: the 300-byte payload below is too large.
+    cfg.payload_arena_bytes = 256;
+    let engine = Engine::start(cfg).expect("start");
     let addr = engine.started.tcp.expect("tcp");
     let mut client = Client::connect(addr).unwrap();
     let hello = client.hello().unwrap();
@@ -207,6 +210,8 @@ fn start_for_bad_input(dir: &TempDir) -> EngineHandle {
     cfg.tcp_limits.max_rejects = 3;
     cfg.tcp_limits.stall_timeout = Duration::from_millis(300);
     cfg.tcp_limits.send_buffer = 4096;
+    // A 256-byte arena beside the 256-byte slots: 300-byte payloads are too large.
+    cfg.payload_arena_bytes = 256;
     Engine::start(cfg).unwrap()
 }
 
