@@ -383,6 +383,8 @@ impl<const P: usize> Event<P> {
     /// the arena at `ext` (its bytes written there by the caller); `ext` must be longer
     /// than `P` (shorter payloads are inline).
     #[inline]
+    // Its caller, the dispatcher, needs CAS (see `lib.rs`).
+    #[cfg_attr(not(pinstream_cas), allow(dead_code))]
     pub(crate) fn fill_arena(&mut self, header: EventHeader, origin: Origin, ext: ArenaRef) {
         debug_assert!(ext.len() > P, "payloads up to P bytes are inline");
         self.header = header;
