@@ -53,10 +53,10 @@ bare_metal() {
 
 miri() {
     # Small iteration counts under cfg(miri); both aliasing models. Focused on the modules
-    # with unsafe or lock-free code (the rings, the pool, the dedup table, the rate limiter,
+    # with unsafe or lock-free code (the rings, the pool, the payload arena, the dedup table, the rate limiter,
     # and the pipeline's lanes / dispatcher / processors, which `process::` tests drive);
     # the plain-data modules (codec, metrics, control) are covered by the normal tests.
-    local focus=(ring:: pool:: dedup:: ratelimit:: process::)
+    local focus=(ring:: pool:: dedup:: ratelimit:: process:: arena::)
     cargo +nightly miri test -p pinstream-core --lib -- "${focus[@]}"
     MIRIFLAGS="-Zmiri-tree-borrows" cargo +nightly miri test -p pinstream-core --lib -- "${focus[@]}"
 }

@@ -4,13 +4,15 @@
 //!
 //! 1. **rate limit**: a frame asks its source's [`Admission`] for as many tokens as it has
 //!    events, once; events past the grant are dead-lettered `RateLimited`;
-//! 2. **size**: a payload larger than the pool slot's `P` bytes is rejected
-//!    `PayloadTooLarge`;
+//! 2. **size**: a payload larger than both the pool slot's `P` bytes and the payload arena
+//!    (see [`arena`](crate::arena)) is rejected `PayloadTooLarge`;
 //! 3. **topic**: an id not registered is dead-lettered `UnknownTopic`;
 //! 4. **control plane**: a priority the current [`Level`](crate::control::Level) sheds is
 //!    dead-lettered `Shed`;
-//! 5. **pool**: no free slot, dead-lettered `PoolExhausted`;
-//! 6. **lane**: the event is copied into its slot and the slot index pushed into the lane of
+//! 5. **pool**: no free slot, or (for a payload longer than `P`) no room in the payload
+//!    arena, dead-lettered `PoolExhausted`;
+//! 6. **lane**: the event is copied into its slot (a payload longer than `P` into the arena,
+//!    the slot keeping its reference) and the slot index pushed into the lane of
 //!    its priority; a full lane gives the slot back and dead-letters the event `LaneFull`.
 //!    Within a frame, slots are staged per lane and pushed in one batch per lane (one claim
 //!    on the ring instead of one per event); the events that do not fit are the ones
@@ -165,7 +167,8 @@ pub struct FrameStep {
     /// The events this call dispatched.
     pub outcome: FrameOutcome,
     /// `None`: the frame is done. `Some(cause)`: it waits, for room in a lane (`LaneFull`),
-    /// a free pool slot (`PoolExhausted`) or the control plane (`Shed`); call again later.
+    /// a free pool slot or room in the payload arena (`PoolExhausted`) or the control plane
+    /// (`Shed`); call again later.
     pub waiting: Option<Reason>,
 }
 
@@ -331,6 +334,46 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             self.cached += 1;
         }
         // else: `slot` drops here and goes straight back to the pool.
+    }
+
+    /// Writes the event into its slot: a payload of up to `P` bytes inline, a longer one
+    /// into the payload arena. `false` (the slot untouched) when the arena has no room now;
+    /// the caller checked the length against `P` and the arena's size (`judge`).
+    #[inline(always)]
+    fn fill(
+        &mut self,
+        slot: &mut Event<P>,
+        header: &EventHeader,
+        origin: Origin,
+        payload: &[u8],
+        now: u64,
+    ) -> bool {
+        if payload.len() <= P {
+            let filled = slot.fill(*header, origin, payload);
+            debug_assert!(filled.is_ok(), "payload length checked above");
+        } else {
+            match self.lanes.arena.alloc(payload.len()) {
+                Ok((r, dst)) => {
+                    dst.copy_from_slice(payload);
+                    slot.fill_arena(*header, origin, r);
+                }
+                Err(_) => return false,
+            }
+        }
+        slot.received = now;
+        true
+    }
+
+    /// Gives back a filled slot that did not enter its lane: its arena block (if any) is
+    /// released, the slot goes back to the cache.
+    #[inline]
+    fn give_back(&mut self, slot: Handle<'a, Event<P>, POOL>) {
+        if let Some(r) = slot.arena_ref() {
+            // SAFETY: the block was allocated by this dispatcher's writer for this slot in
+            // `fill` and never published (the slot did not enter a lane); released once.
+            unsafe { self.lanes.arena.release(r) };
+        }
+        self.return_slot(slot);
     }
 
     /// The priorities the control plane may shed from sources that wait ([`Flow::Waits`]):
@@ -502,9 +545,20 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                             break;
                         }
                     }
-                    match self.take_slot() {
+                    let slot = match self.take_slot() {
                         Some(mut slot) => {
-                            fill(&mut slot, &header, origin, payload, now);
+                            if self.fill(&mut slot, &header, origin, payload, now) {
+                                Some(slot)
+                            } else {
+                                // No room in the payload arena: as if no slot were free.
+                                self.return_slot(slot);
+                                None
+                            }
+                        }
+                        None => None,
+                    };
+                    match slot {
+                        Some(slot) => {
                             if flow == Flow::Waits {
                                 room[li] -= 1;
                             }
@@ -577,7 +631,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             // `dispatch_frame_with`); it did not enter the lane, and leaves the stage here,
             // once.
             let slot = unsafe { self.lanes.pool.from_index(self.stage[li].slots[j] as usize) };
-            self.return_slot(slot);
+            self.give_back(slot);
             let header = self.stage[li].headers[j];
             self.dead_letter(&header, origin, Reason::LaneFull, now);
         }
@@ -629,7 +683,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         level: crate::control::Level,
         flow: Flow,
     ) -> Judged {
-        if payload_len > P {
+        if payload_len > P && payload_len > self.lanes.arena.capacity() {
             Judged::Reject(Reason::PayloadTooLarge)
         } else if u32::from(header.topic) >= self.topics {
             Judged::Dead(Reason::UnknownTopic)
@@ -674,12 +728,15 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         let Some(mut slot) = self.take_slot() else {
             return self.dead_letter(header, origin, Reason::PoolExhausted, now);
         };
-        fill(&mut slot, header, origin, payload, now);
+        if !self.fill(&mut slot, header, origin, payload, now) {
+            self.return_slot(slot);
+            return self.dead_letter(header, origin, Reason::PoolExhausted, now);
+        }
         let lane = header.priority.lane();
         match self.lanes.push(lane, slot) {
             Ok(()) => Outcome::Queued(lane),
             Err(slot) => {
-                self.return_slot(slot);
+                self.give_back(slot);
                 self.dead_letter(header, origin, Reason::LaneFull, now)
             }
         }
@@ -700,20 +757,6 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     }
 }
 
-/// Writes the event into its slot; the caller checked `payload.len() <= P`.
-#[inline(always)]
-fn fill<const P: usize>(
-    slot: &mut Event<P>,
-    header: &EventHeader,
-    origin: Origin,
-    payload: &[u8],
-    now: u64,
-) {
-    let filled = slot.fill(*header, origin, payload);
-    debug_assert!(filled.is_ok(), "payload length checked by the caller");
-    slot.received = now;
-}
-
 impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize> Drop
     for Dispatcher<'_, P, POOL, LANE, DL>
 {
@@ -725,7 +768,11 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize> Drop
         for stage in &self.stage {
             for &index in &stage.slots[..stage.n] {
                 // SAFETY: `slots[..n]` are owned slot indices (the stage's invariant).
-                drop(unsafe { self.lanes.pool.from_index(index as usize) });
+                let slot = unsafe { self.lanes.pool.from_index(index as usize) };
+                if let Some(r) = slot.arena_ref() {
+                    // SAFETY: filled by this dispatcher, never published; released once.
+                    unsafe { self.lanes.arena.release(r) };
+                }
             }
         }
     }
@@ -854,6 +901,101 @@ mod tests {
         assert_eq!(step.waiting, None);
         assert_eq!(step.outcome.queued, 2);
         assert_eq!(counters.reason(Reason::PoolExhausted).get(), 0);
+    }
+
+    fn batch_sized(events: &[(u64, usize)]) -> Vec<u8> {
+        let mut buf = std::vec![0u8; 64 * 1024];
+        let mut enc = BatchEncoder::new(&mut buf, 1).unwrap();
+        for &(id, len) in events {
+            let payload = std::vec![id as u8; len];
+            enc.push(&EventHeader::new(id, 0, Priority::High, 0), &payload)
+                .unwrap();
+        }
+        let n = enc.finish().unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    /// Payloads longer than the slot go to the arena and come out whole; a full arena makes
+    /// a waiting source wait (no dead letter) until the processors release blocks, and a
+    /// payload larger than the whole arena is rejected.
+    #[test]
+    fn arena_exhaustion_waits_and_large_payloads_read_back() {
+        let mut lanes: Lanes<8, 16, 16, 8> = Lanes::new();
+        let mut region = [0u8; 100];
+        let (input, mut output, mut dead) = lanes.split_with_arena(&mut region);
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let mut d = Dispatcher::new(input, &Unlimited, &signal, 1, &counters);
+        // 40 + 40 fit in 100 bytes, the third 40 waits; 4 bytes are inline; 101 never fits.
+        let bytes = batch_sized(&[(1, 40), (2, 40), (3, 4), (4, 40), (5, 101)]);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut progress = FrameProgress::new();
+        let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
+        assert_eq!(step.waiting, Some(Reason::PoolExhausted));
+        assert_eq!((step.outcome.queued, progress.next()), (3, 3));
+        // Waiting again changes nothing while the arena is full.
+        let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
+        assert_eq!(
+            (step.waiting, step.outcome.queued),
+            (Some(Reason::PoolExhausted), 0)
+        );
+        for (id, len) in [(1u64, 40usize), (2, 40), (3, 4)] {
+            let slot = output.pop(Lane::Realtime).unwrap();
+            assert_eq!(slot.header.id, id);
+            let payload = output.payload(&slot);
+            assert_eq!(payload, &std::vec![id as u8; len][..]);
+            output.release_payload(&slot);
+        }
+        output.reclaim_payloads();
+        let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
+        assert_eq!(step.waiting, None);
+        assert_eq!((step.outcome.queued, step.outcome.rejected), (1, 1));
+        assert_eq!(counters.reason(Reason::PayloadTooLarge).get(), 1);
+        assert_eq!(counters.reason(Reason::PoolExhausted).get(), 0);
+        let slot = output.pop(Lane::Realtime).unwrap();
+        assert_eq!(output.payload(&slot), &[4u8; 40][..]);
+        assert!(dead.pop().is_none(), "a waiting source loses nothing");
+        assert_eq!(counters.ingested.get(), 5);
+    }
+
+    /// The same full arena dead-letters a lossy source's event `PoolExhausted`.
+    #[test]
+    fn arena_exhaustion_dead_letters_a_lossy_source() {
+        let mut lanes: Lanes<8, 16, 16, 8> = Lanes::new();
+        let mut region = [0u8; 100];
+        let (input, mut output, mut dead) = lanes.split_with_arena(&mut region);
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let mut d = Dispatcher::new(input, &Unlimited, &signal, 1, &counters);
+        let bytes = batch_sized(&[(1, 40), (2, 40), (3, 40), (4, 4)]);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let out = d.dispatch_frame(&frame, 3, 0);
+        assert_eq!((out.queued, out.dead_lettered), (3, 1));
+        let letter = dead.pop().unwrap();
+        assert_eq!(
+            (letter.header.id, letter.reason),
+            (3, Reason::PoolExhausted)
+        );
+        assert_eq!(counters.reason(Reason::PoolExhausted).get(), 1);
+        let slot = output.pop(Lane::Realtime).unwrap();
+        assert_eq!(output.payload(&slot), &[1u8; 40][..]);
+    }
+
+    /// Without an arena (`split`), a payload longer than the slot is rejected, as before.
+    #[test]
+    fn without_an_arena_long_payloads_are_too_large() {
+        let mut lanes: Lanes<8, 16, 16, 8> = Lanes::new();
+        let (input, _output, _dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let mut d = Dispatcher::new(input, &Unlimited, &signal, 1, &counters);
+        let header = EventHeader::new(1, 0, Priority::High, 0);
+        assert_eq!(
+            d.dispatch(&header, &[0; 9], Origin::new(1, 1), 0),
+            Outcome::Rejected(Reason::PayloadTooLarge)
+        );
+        assert_eq!(
+            d.dispatch(&header, &[0; 8], Origin::new(1, 1), 0),
+            Outcome::Queued(Lane::Realtime)
+        );
     }
 
     /// The control plane holds a waiting source back instead of shedding it, except for the

@@ -1,8 +1,11 @@
 //! The event model: what one event is, from the wire to the sink.
 //!
 //! An event is a fixed 32-byte [`EventHeader`] (idempotency key, topic, priority, producer
-//! timestamp, flags, an optional numeric value) and a payload of at most `P` bytes held
-//! inline in an [`Event<P>`], which is the slot type of the [`EventPool`](crate::pool::EventPool).
+//! timestamp, flags, an optional numeric value) and a payload. An [`Event<P>`] is the slot
+//! type of the [`EventPool`](crate::pool::EventPool): a payload of at most `P` bytes is held
+//! inline in the slot (the fast path for small events), a longer one lives in the payload
+//! arena and the slot holds its [`ArenaRef`] (see [`arena`](crate::arena)); [`Event::payload`]
+//! says which.
 //! Beside them the engine records the event's [`Origin`] (which source sent it, in which
 //! frame) so acknowledgements can be sent back once the event is resolved.
 //!
@@ -21,7 +24,7 @@
 //! let event: Event<64> = Event::new(header, Origin::new(1, 9), b"temperature").unwrap();
 //! assert_eq!(event.header.priority.lane(), Lane::Realtime);
 //! assert_eq!(event.header.value(), Some(-7));
-//! assert_eq!(event.payload(), b"temperature");
+//! assert_eq!(event.inline_payload(), Some(&b"temperature"[..]));
 //! ```
 
 use core::fmt;
@@ -231,10 +234,76 @@ impl fmt::Display for PayloadTooLarge {
 
 impl core::error::Error for PayloadTooLarge {}
 
-/// One event with its payload inline: the slot type of the event pool. `Copy`, so it can sit
-/// in a `static` pool and be moved through rings by index.
+/// Where a payload too long for its slot lives in the payload arena: offset, length, block
+/// descriptor and the arena split it belongs to. Made only by
+/// [`ArenaWriter::alloc`](crate::arena::ArenaWriter::alloc); read through the arena's reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ArenaRef {
+    /// Physical offset of the first byte; `offset + len <= ` the arena's size.
+    pub(crate) offset: u32,
+    /// Bytes.
+    pub(crate) len: u32,
+    /// Index of the block's descriptor.
+    pub(crate) block: u32,
+    /// The arena split the block belongs to; a reference from an earlier split reads as
+    /// empty and releases nothing.
+    pub(crate) epoch: u32,
+}
+
+impl ArenaRef {
+    /// A reference to nothing (length 0); what event slots start with.
+    pub const NONE: Self = Self {
+        offset: 0,
+        len: 0,
+        block: 0,
+        epoch: u32::MAX,
+    };
+
+    /// The payload's length in bytes.
+    #[inline]
+    pub const fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the payload is empty.
+    #[inline]
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// An event's payload as its slot holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload<'a> {
+    /// In the slot (at most `P` bytes).
+    Inline(&'a [u8]),
+    /// In the payload arena (longer than `P` bytes).
+    Arena(ArenaRef),
+}
+
+impl Payload<'_> {
+    /// The payload's length in bytes.
+    #[inline]
+    pub const fn len(&self) -> usize {
+        match self {
+            Payload::Inline(b) => b.len(),
+            Payload::Arena(r) => r.len(),
+        }
+    }
+
+    /// Whether the payload is empty.
+    #[inline]
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One event: the slot type of the event pool. `Copy`, so it can sit in a `static` pool and
+/// be moved through rings by index. A payload of up to `P` bytes is inline; a longer one is
+/// an [`ArenaRef`] into the payload arena.
 ///
-/// `P` is the payload capacity in bytes, at most 65 535 (a compile error otherwise).
+/// `P` is the inline payload capacity in bytes, at most 65 535 (a compile error otherwise).
 #[derive(Clone, Copy)]
 pub struct Event<const P: usize> {
     /// The fixed part.
@@ -244,8 +313,11 @@ pub struct Event<const P: usize> {
     /// The engine's tick when the dispatcher took the event in (0 until then); processors
     /// measure time spent in the lanes from it.
     pub received: u64,
-    /// Invariant: `len as usize <= P`.
-    len: u16,
+    /// Payload bytes. Invariant: `len <= P` means inline in `payload[..len]`; `len > P`
+    /// means in the arena at `ext` (and `ext.len == len`).
+    len: u32,
+    /// Where the payload is when it is not inline.
+    ext: ArenaRef,
     payload: [u8; P],
 }
 
@@ -262,6 +334,7 @@ impl<const P: usize> Event<P> {
             origin: Origin::new(0, 0),
             received: 0,
             len: 0,
+            ext: ArenaRef::NONE,
             payload: [0; P],
         }
     };
@@ -302,15 +375,47 @@ impl<const P: usize> Event<P> {
         self.header = header;
         self.origin = origin;
         // `payload.len() <= P <= u16::MAX` (checked above and at compile time).
-        self.len = payload.len() as u16;
+        self.len = payload.len() as u32;
         Ok(())
     }
 
-    /// The payload bytes.
+    /// Overwrites this event in place with `header`, `origin` and a payload that lives in
+    /// the arena at `ext` (its bytes written there by the caller); `ext` must be longer
+    /// than `P` (shorter payloads are inline).
     #[inline]
-    pub fn payload(&self) -> &[u8] {
-        // `len <= P` is the field's invariant; `get` keeps this panic-free regardless.
-        self.payload.get(..self.len as usize).unwrap_or(&[])
+    // Its caller, the dispatcher, needs CAS (see `lib.rs`).
+    #[cfg_attr(not(pinstream_cas), allow(dead_code))]
+    pub(crate) fn fill_arena(&mut self, header: EventHeader, origin: Origin, ext: ArenaRef) {
+        debug_assert!(ext.len() > P, "payloads up to P bytes are inline");
+        self.header = header;
+        self.origin = origin;
+        self.len = ext.len;
+        self.ext = ext;
+    }
+
+    /// The payload: inline bytes, or where it lives in the arena.
+    #[inline]
+    pub fn payload(&self) -> Payload<'_> {
+        match self.inline_payload() {
+            Some(bytes) => Payload::Inline(bytes),
+            None => Payload::Arena(self.ext),
+        }
+    }
+
+    /// The payload bytes when they are inline (at most `P` bytes), else `None`.
+    #[inline]
+    pub fn inline_payload(&self) -> Option<&[u8]> {
+        self.payload.get(..self.len as usize)
+    }
+
+    /// Where the payload lives in the arena, when it is not inline.
+    #[inline]
+    pub fn arena_ref(&self) -> Option<ArenaRef> {
+        if self.len as usize > P {
+            Some(self.ext)
+        } else {
+            None
+        }
     }
 
     /// The payload length in bytes.
@@ -385,7 +490,8 @@ mod tests {
     fn payload_fits_up_to_capacity_and_no_further() {
         let h = EventHeader::new(1, 2, Priority::Low, 3);
         let mut e: Event<4> = Event::new(h, Origin::new(5, 6), b"abcd").unwrap();
-        assert_eq!(e.payload(), b"abcd");
+        assert_eq!(e.payload(), Payload::Inline(b"abcd"));
+        assert_eq!(e.arena_ref(), None);
         assert_eq!(
             e.fill(h, Origin::default(), b"abcde"),
             Err(PayloadTooLarge {
@@ -394,10 +500,17 @@ mod tests {
             })
         );
         // Unchanged on error.
-        assert_eq!(e.payload(), b"abcd");
+        assert_eq!(e.inline_payload(), Some(&b"abcd"[..]));
         assert_eq!(e.origin, Origin::new(5, 6));
         e.fill(h, Origin::default(), b"").unwrap();
-        assert_eq!(e.payload(), b"");
+        assert_eq!(e.payload(), Payload::Inline(b""));
+        let r = ArenaRef {
+            len: 9,
+            ..ArenaRef::NONE
+        };
+        e.fill_arena(h, Origin::default(), r);
+        assert_eq!((e.payload(), e.payload_len()), (Payload::Arena(r), 9));
+        assert_eq!(e.inline_payload(), None);
         let zero: Event<0> = Event::new(h, Origin::default(), b"").unwrap();
         assert_eq!(zero.payload_len(), 0);
     }

@@ -2,14 +2,20 @@
 //!
 //! [`Lanes`] owns them all, sized by const generics, and can live in a `static`:
 //!
-//! - `P`: payload bytes per event slot;
+//! - `P`: payload bytes an event slot holds inline (longer payloads go to the payload arena);
 //! - `POOL`: event slots (at most `u32::MAX`);
 //! - `LANE`: capacity of each lane, a power of two (the transactional and batch lanes are
 //!   [`Mpsc`] rings);
 //! - `DL`: capacity of the dead-letter ring, a power of two.
 //!
 //! Lanes carry pool slot indices, never events: an event is written once into its slot by the
-//! dispatcher and read in place by the processor. [`Lanes::split`] hands out the two sides,
+//! dispatcher and read in place by the processor.
+//!
+//! A payload longer than `P` bytes is written into the **payload arena** instead (see
+//! [`arena`](crate::arena)): a byte region the caller lends to [`Lanes::split_with_arena`]
+//! (or [`Lanes::try_split_with_arena`] for a `static`), shared by all events, with `POOL`
+//! block descriptors kept here. [`Lanes::split`] lends none: payloads longer than `P` are then
+//! rejected `PayloadTooLarge`. [`Lanes::split`] hands out the two sides,
 //! [`LaneInput`] (for a [`Dispatcher`](crate::dispatch::Dispatcher)) and [`LaneOutput`] (for
 //! the [`Processors`](crate::process::Processors)), plus the [`DeadLetters`] reader. The
 //! realtime lane is a single-producer ring, so there is one `LaneInput`; more ingest threads
@@ -22,7 +28,8 @@
 use core::fmt;
 
 use crate::accounting::StageCounters;
-use crate::event::{Event, EventHeader, Lane, Origin};
+use crate::arena::{ArenaReader, ArenaState, ArenaWriter};
+use crate::event::{Event, EventHeader, Lane, Origin, Payload};
 use crate::pool::{EventPool, Handle};
 use crate::reason::Reason;
 use crate::ring::{Consumer, Mpsc, MpscConsumer, Producer, Spsc};
@@ -81,6 +88,8 @@ pub struct Lanes<const P: usize, const POOL: usize, const LANE: usize, const DL:
     /// pool's free list, so the slots in circulation stay few and warm in cache (a ring as
     /// large as the pool would cycle through every slot).
     recycle: Spsc<u32, RECYCLE>,
+    /// The payload arena's descriptors; its bytes are lent at split.
+    arena: ArenaState<POOL>,
 }
 
 impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
@@ -97,18 +106,35 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 batch: Mpsc::new(),
                 dead: Mpsc::new(),
                 recycle: Spsc::new(),
+                arena: ArenaState::new(),
             }
         }
     }
 
-    /// The dispatcher's side, the processors' side and the dead-letter reader. Borrows the
-    /// lanes mutably, so it can be called once per borrow.
+    /// The dispatcher's side, the processors' side and the dead-letter reader, without a
+    /// payload arena (payloads longer than `P` are rejected). Borrows the lanes mutably, so
+    /// it can be called once per borrow.
     pub fn split(
         &mut self,
     ) -> (
         LaneInput<'_, P, POOL, LANE, DL>,
         LaneOutput<'_, P, POOL, LANE, DL>,
         DeadLetters<'_, DL>,
+    ) {
+        self.split_with_arena(&mut [])
+    }
+
+    /// [`split`](Self::split) with `arena` as the payload arena's bytes: payloads longer
+    /// than `P` bytes, up to `arena.len()` (at most [`MAX_REGION`](crate::arena::MAX_REGION)),
+    /// are stored there. Events still in the lanes from an earlier split lose an arena
+    /// payload (it reads as empty).
+    pub fn split_with_arena<'a>(
+        &'a mut self,
+        arena: &'a mut [u8],
+    ) -> (
+        LaneInput<'a, P, POOL, LANE, DL>,
+        LaneOutput<'a, P, POOL, LANE, DL>,
+        DeadLetters<'a, DL>,
     ) {
         // No side of an earlier split can exist while we hold `&mut self`; one that was
         // leaked would otherwise keep its consumer marked as taken.
@@ -117,10 +143,12 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         self.dead.reclaim_consumer();
         let (rt_in, rt_out) = self.realtime.split();
         let (back_in, back_out) = self.recycle.split();
+        let arena = self.arena.split(arena);
         Self::sides(
             &self.pool,
             (rt_in, rt_out),
             (back_in, back_out),
+            arena,
             &self.transactional,
             &self.batch,
             &self.dead,
@@ -137,12 +165,30 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         LaneOutput<'static, P, POOL, LANE, DL>,
         DeadLetters<'static, DL>,
     )> {
+        self.try_split_with_arena(&mut [])
+    }
+
+    /// [`split_with_arena`](Self::split_with_arena) for lanes in a `static`, with an arena
+    /// region that lives as long (e.g. from an [`ArenaRegion`](crate::arena::ArenaRegion));
+    /// `None` after the first call.
+    pub fn try_split_with_arena(
+        &'static self,
+        arena: &'static mut [u8],
+    ) -> Option<(
+        LaneInput<'static, P, POOL, LANE, DL>,
+        LaneOutput<'static, P, POOL, LANE, DL>,
+        DeadLetters<'static, DL>,
+    )> {
         let realtime = self.realtime.try_split()?;
         let recycle = self.recycle.try_split()?;
+        // SAFETY: the realtime ring's `try_split` succeeds once for a `static`, so this is
+        // the only split of this state, which is fresh (`new`); `arena` is ours for good.
+        let arena = unsafe { self.arena.sides(arena) };
         Self::sides(
             &self.pool,
             realtime,
             recycle,
+            arena,
             &self.transactional,
             &self.batch,
             &self.dead,
@@ -154,6 +200,7 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         pool: &'a EventPool<Event<P>, POOL>,
         (rt_in, rt_out): (Producer<'a, u32, LANE>, Consumer<'a, u32, LANE>),
         (back_in, back_out): (Producer<'a, u32, RECYCLE>, Consumer<'a, u32, RECYCLE>),
+        (arena_in, arena_out): (ArenaWriter<'a, POOL>, ArenaReader<'a, POOL>),
         transactional: &'a Mpsc<u32, LANE>,
         batch: &'a Mpsc<u32, LANE>,
         dead: &'a Mpsc<DeadLetter, DL>,
@@ -173,6 +220,7 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 batch,
                 dead: DeadLetterWriter { ring: dead },
                 recycle: back_out,
+                arena: arena_in,
             },
             LaneOutput {
                 pool,
@@ -181,6 +229,7 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 batch: batch_out,
                 dead: DeadLetterWriter { ring: dead },
                 recycle: back_in,
+                arena: arena_out,
             },
             DeadLetters { ring: dead_out },
         ))
@@ -287,6 +336,8 @@ pub struct LaneInput<'a, const P: usize, const POOL: usize, const LANE: usize, c
     pub(crate) dead: DeadLetterWriter<'a, DL>,
     /// Slots handed back by the processors; every index in it is a slot owned by the ring.
     pub(crate) recycle: Consumer<'a, u32, RECYCLE>,
+    /// Where payloads longer than `P` go.
+    pub(crate) arena: ArenaWriter<'a, POOL>,
 }
 
 impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
@@ -350,6 +401,8 @@ pub struct LaneOutput<'a, const P: usize, const POOL: usize, const LANE: usize, 
     pub(crate) dead: DeadLetterWriter<'a, DL>,
     /// Where the processors put slots they are done with (see [`Lanes`]).
     pub(crate) recycle: Producer<'a, u32, RECYCLE>,
+    /// Reads and releases the payloads longer than `P`.
+    pub(crate) arena: ArenaReader<'a, POOL>,
 }
 
 impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
@@ -367,6 +420,39 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         // to `Lanes`), each from `into_index` on a handle of this pool, and each index is
         // popped once.
         Some(unsafe { self.pool.from_index(index as usize) })
+    }
+
+    /// The payload bytes of `event`, a slot popped from a lane and not recycled yet (the
+    /// returned borrow of `self` keeps the arena block from being released meanwhile: that
+    /// takes `&mut self`).
+    #[inline]
+    pub(crate) fn payload<'s>(&'s self, event: &'s Event<P>) -> &'s [u8] {
+        match event.payload() {
+            Payload::Inline(bytes) => bytes,
+            // SAFETY: `event` sits in a slot popped from a lane (the processors hold its
+            // handle), so its block was allocated by this split's writer and published
+            // with the lane push; blocks are released only by `release_payload` (which
+            // needs `&mut self`) when the slot is recycled, after this borrow ends.
+            Payload::Arena(r) => unsafe { self.arena.read(r) },
+        }
+    }
+
+    /// Releases `event`'s arena block, if it has one; called once per event as its slot is
+    /// recycled.
+    #[inline]
+    pub(crate) fn release_payload(&mut self, event: &Event<P>) {
+        if let Some(r) = event.arena_ref() {
+            // SAFETY: the slot's block came from this split's writer (or an earlier split,
+            // which `release` ignores); the slot is being recycled, so this is the block's
+            // one release and no read follows.
+            unsafe { self.arena.release(r) };
+        }
+    }
+
+    /// Reclaims the arena blocks released so far (in allocation order).
+    #[inline]
+    pub(crate) fn reclaim_payloads(&mut self) {
+        self.arena.reclaim();
     }
 
     /// Events waiting in each lane (by [`Lane::index`]).

@@ -12,13 +12,14 @@
 //! | [`ring::Spsc`] | wait-free single-producer/single-consumer ring | atomic load/store only |
 //! | [`ring::Mpsc`] | bounded multi-producer/single-consumer ring (Vyukov) | CAS |
 //! | [`pool::EventPool`] | fixed pool of slots, tagged lock-free free list | CAS |
+//! | [`arena::ArenaState`] | payload arena over a caller's byte region: one allocator, one out-of-order releaser | CAS |
 //! | [`dedup::DedupTable`] | fixed set of `u64` keys with a time window | 128-bit CAS or fallback |
 //!
 //! The pipeline built on them (all of it needs CAS, see below):
 //!
 //! | module | what |
 //! | --- | --- |
-//! | [`event`], [`topic`] | the event model: header, payload inline in a pool slot; named topics |
+//! | [`event`], [`topic`] | the event model: header, payload inline in a pool slot or in the payload [`arena`]; named topics |
 //! | [`wire`] | the binary frame protocol (`docs/PROTOCOL.md`): zero-copy decode, encode, streaming decoder, CRC32C |
 //! | [`reason`] | why an event was rejected or dead-lettered: one registry of codes |
 //! | [`ratelimit`] | lock-free token buckets per source |
@@ -48,6 +49,9 @@
 extern crate std;
 
 pub(crate) mod sync;
+
+#[cfg(pinstream_cas)]
+pub mod arena;
 
 #[cfg(pinstream_cas)]
 pub mod dedup;

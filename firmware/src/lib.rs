@@ -20,6 +20,7 @@ use core::fmt;
 
 use cortex_m_semihosting::debug;
 use pinstream_core::accounting::{Accounting, StageCounters};
+use pinstream_core::arena::ArenaRegion;
 use pinstream_core::control::{ControlConfig, ControlPlane, ControlSignal, Level, Observation};
 use pinstream_core::dispatch::Dispatcher;
 use pinstream_core::event::{EventHeader, Priority};
@@ -56,9 +57,13 @@ pub const RETRY: usize = 4;
 pub type Procs = LaneProcessors<2, 256, 4>;
 /// The largest frame the decoder takes.
 pub const MAX_FRAME: usize = 768;
+/// Bytes of the payload arena: payloads longer than [`PAYLOAD`] share it.
+pub const ARENA: usize = 512;
 
 /// The pool, the lanes and the dead-letter ring: a plain `static`, split once at run time.
 pub static LANES: Lanes<PAYLOAD, POOL, LANE, DEAD> = Lanes::new();
+/// The payload arena's bytes: a plain `static`, taken once at run time.
+pub static ARENA_REGION: ArenaRegion<ARENA> = ArenaRegion::new();
 static DISPATCH_COUNTERS: StageCounters = StageCounters::new();
 static PROCESS_COUNTERS: StageCounters = StageCounters::new();
 static SIGNAL: ControlSignal = ControlSignal::new();
@@ -75,6 +80,10 @@ struct CountingSink {
     calls: u32,
     events: u32,
     aggregated: u64,
+    /// Events stored whose payload was longer than the slot (read from the arena).
+    from_arena: u32,
+    /// Of those, payloads whose bytes were not what was sent.
+    arena_corrupt: u32,
 }
 
 impl Sink for CountingSink {
@@ -84,7 +93,15 @@ impl Sink for CountingSink {
             return Err(SinkError);
         }
         match record {
-            Record::Event(_) => self.events += 1,
+            Record::Event(e) => {
+                self.events += 1;
+                if e.payload.len() > PAYLOAD {
+                    self.from_arena += 1;
+                    if e.payload.iter().any(|&b| b != 0x5A) {
+                        self.arena_corrupt += 1;
+                    }
+                }
+            }
             Record::Aggregate(a) => self.aggregated += a.count,
         }
         Ok(())
@@ -100,6 +117,10 @@ pub struct Summary {
     pub sink_events: u32,
     /// Events the sink stored inside aggregates.
     pub sink_aggregated: u64,
+    /// Events stored with a payload longer than the slot (from the arena).
+    pub sink_from_arena: u32,
+    /// Of those, payloads that did not read back as sent.
+    pub sink_arena_corrupt: u32,
     /// Alerts fired.
     pub alerts: u64,
     /// Sink refusals retried.
@@ -145,7 +166,7 @@ fn expect(what: &'static str, expected: u64, got: u64) -> Result<(), Mismatch> {
 
 /// Runs the scenario once. `None` if the statics were already taken (it runs once per boot).
 pub fn run() -> Option<Result<Summary, Mismatch>> {
-    let (input, output, mut dead_letters) = LANES.try_split()?;
+    let (input, output, mut dead_letters) = LANES.try_split_with_arena(ARENA_REGION.take()?)?;
     let procs = PROCS.try_init(Procs::new(1_000_000, 100))?;
     let decoder = DECODER.try_init(StreamDecoder::new())?;
     let frame = FRAME.try_init([0; MAX_FRAME])?;
@@ -184,7 +205,7 @@ pub fn run() -> Option<Result<Summary, Mismatch>> {
                     corrupt: bool,
                     now: u64| {
         seq += 1;
-        let payload = [0x5Au8; PAYLOAD + 8];
+        let payload = [0x5Au8; ARENA + 8];
         let mut batch = BatchEncoder::new(&mut frame[..], seq).expect("frame buffer");
         for i in 0..n {
             let (header, len) = make(i);
@@ -221,13 +242,18 @@ pub fn run() -> Option<Result<Summary, Mismatch>> {
         );
         processors.poll(procs, &mut alerts, &mut sink, now, LANE);
     }
-    // 2. duplicates
+    // 2. duplicates, with payloads longer than the slot (in the arena)
     for _ in 0..2 {
         now += 10;
         send(
             &mut dispatcher,
             4,
-            &|i| (EventHeader::new(100 + i, 1, Priority::Medium, i), 8),
+            &|i| {
+                (
+                    EventHeader::new(100 + i, 1, Priority::Medium, i),
+                    PAYLOAD + 8,
+                )
+            },
             false,
             now,
         );
@@ -244,7 +270,7 @@ pub fn run() -> Option<Result<Summary, Mismatch>> {
             now,
         );
     }
-    // 4. bad events: unknown topic ×3, then one payload too large
+    // 4. bad events: unknown topic ×3, then one payload too large (for the arena too)
     now += 10;
     send(
         &mut dispatcher,
@@ -253,7 +279,7 @@ pub fn run() -> Option<Result<Summary, Mismatch>> {
             if i < 3 {
                 (EventHeader::new(300 + i, 9, Priority::High, i), 4)
             } else {
-                (EventHeader::new(303, 1, Priority::High, i), PAYLOAD + 8)
+                (EventHeader::new(303, 1, Priority::High, i), ARENA + 8)
             }
         },
         false,
@@ -294,6 +320,8 @@ pub fn run() -> Option<Result<Summary, Mismatch>> {
         books,
         sink_events: sink.events,
         sink_aggregated: sink.aggregated,
+        sink_from_arena: sink.from_arena,
+        sink_arena_corrupt: sink.arena_corrupt,
         alerts: alerts.0,
         retries: PROCESS_COUNTERS.sink_retries.get(),
         dead_letter_records,
@@ -331,6 +359,9 @@ fn check(s: &Summary, in_flight: u64) -> Result<(), Mismatch> {
         u64::from(s.dead_letter_records),
     )?;
     expect("retries happened", 1, u64::from(s.retries > 0))?;
+    // The 4 new events of the duplicates phase carry PAYLOAD + 8 bytes: stored from the arena.
+    expect("stored from the arena", 4, u64::from(s.sink_from_arena))?;
+    expect("arena payloads corrupt", 0, u64::from(s.sink_arena_corrupt))?;
     // Alerts: realtime events of topic 0 with a value above 10 in the warm phase (k = 16, 20).
     expect("alerts", 2, s.alerts)?;
     Ok(())
@@ -361,8 +392,9 @@ pub fn report(s: &Summary) {
     );
     #[cfg(not(feature = "defmt"))]
     cortex_m_semihosting::hprintln!(
-        "  sink: {} events + {} in aggregates; {} retries; {} alerts; {} dead-letter records; level after the burst: {}",
+        "  sink: {} events ({} from the arena) + {} in aggregates; {} retries; {} alerts; {} dead-letter records; level after the burst: {}",
         s.sink_events,
+        s.sink_from_arena,
         s.sink_aggregated,
         s.retries,
         s.alerts,
@@ -371,12 +403,13 @@ pub fn report(s: &Summary) {
     );
     #[cfg(not(feature = "defmt"))]
     cortex_m_semihosting::hprintln!(
-        "  static bytes: lanes (pool {} x {} B payload, 3 lanes of {}, dead letters {}) {}, processors {}, stage counters 2 x {}, decoder {}",
+        "  static bytes: lanes (pool {} x {} B payload, 3 lanes of {}, dead letters {}) {}, payload arena {}, processors {}, stage counters 2 x {}, decoder {}",
         POOL,
         PAYLOAD,
         LANE,
         DEAD,
         size_of_val(&LANES),
+        size_of_val(&ARENA_REGION),
         core::mem::size_of::<Procs>(),
         size_of_val(&DISPATCH_COUNTERS),
         core::mem::size_of::<StreamDecoder<MAX_FRAME>>()

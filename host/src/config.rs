@@ -491,6 +491,10 @@ pub struct CapacityConfig {
     pub dedup_slots: usize,
     /// Records parked for a sink retry.
     pub retry_queue: usize,
+    /// Bytes of the payload arena, allocated once at start-up: where payloads longer than
+    /// `payload_bytes` live, shared by all events. Not compiled in: any value in
+    /// `0 ..= 1 GiB` (0: payloads longer than `payload_bytes` are rejected).
+    pub payload_arena_bytes: usize,
 }
 
 impl CapacityConfig {
@@ -505,7 +509,16 @@ impl CapacityConfig {
         alert_rules: 16,
         dedup_slots: 1_048_576,
         retry_queue: 256,
+        payload_arena_bytes: 16 << 20,
     };
+
+    /// The compiled sizes only (the arena's size is a run-time setting).
+    fn compiled(&self) -> Self {
+        Self {
+            payload_arena_bytes: Self::DEFAULT.payload_arena_bytes,
+            ..*self
+        }
+    }
 }
 
 impl Default for CapacityConfig {
@@ -519,7 +532,8 @@ impl fmt::Display for CapacityConfig {
         write!(
             f,
             "{{ payload_bytes = {}, pool_slots = {}, lane_capacity = {}, dead_letter_capacity = {}, \
-             topics = {}, topic_name_bytes = {}, alert_rules = {}, dedup_slots = {}, retry_queue = {} }}",
+             topics = {}, topic_name_bytes = {}, alert_rules = {}, dedup_slots = {}, retry_queue = {}, \
+             payload_arena_bytes = {} }}",
             self.payload_bytes,
             self.pool_slots,
             self.lane_capacity,
@@ -528,7 +542,8 @@ impl fmt::Display for CapacityConfig {
             self.topic_name_bytes,
             self.alert_rules,
             self.dedup_slots,
-            self.retry_queue
+            self.retry_queue,
+            self.payload_arena_bytes
         )
     }
 }
@@ -1119,7 +1134,17 @@ impl Config {
     }
 
     fn check_capacity(&self, v: &mut Validator) {
-        if !CAPACITY_PRESETS.contains(&self.capacity) {
+        let arena = self.capacity.payload_arena_bytes;
+        if arena > pinstream_core::arena::MAX_REGION {
+            v.problem(format!(
+                "capacity.payload_arena_bytes = {arena}: must be 0 ..= {} (1 GiB)",
+                pinstream_core::arena::MAX_REGION
+            ));
+        }
+        if !CAPACITY_PRESETS
+            .iter()
+            .any(|p| p.compiled() == self.capacity.compiled())
+        {
             let mut msg = format!(
                 "[capacity] = {}: these sizes are compiled into this build (const generics) and \
                  must equal one of its presets:",

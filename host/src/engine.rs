@@ -136,6 +136,9 @@ pub struct EngineConfig {
     pub alerts: Vec<AlertRule>,
     /// Events per lane per processing round.
     pub budget: usize,
+    /// Bytes of the payload arena (payloads longer than [`PAYLOAD`]), allocated and
+    /// pre-faulted at start-up.
+    pub payload_arena_bytes: usize,
     /// Control-plane thresholds.
     pub control: ControlConfig,
     /// Priorities the control plane may shed from TCP connections (which otherwise wait).
@@ -172,6 +175,7 @@ impl EngineConfig {
             retry: RetryPolicy::DEFAULT,
             alerts: Vec::new(),
             budget: 256,
+            payload_arena_bytes: crate::config::CapacityConfig::DEFAULT.payload_arena_bytes,
             control: ControlConfig::DEFAULT,
             sheddable: Vec::new(),
             placement: Placement {
@@ -259,6 +263,7 @@ impl EngineConfig {
             retry: c.pipeline.retry_policy(),
             alerts,
             budget: c.pipeline.budget,
+            payload_arena_bytes: c.capacity.payload_arena_bytes,
             control: c.control.to_core(),
             sheddable: c.control.sheddable_priorities(),
             placement: Placement {
@@ -756,13 +761,16 @@ fn supervise(
         limiter: RateLimiter::new(cfg.rate),
         procs: LaneProcessors::new(ns(cfg.dedup_window), ns(cfg.aggregate_window).max(1)),
     });
+    // The payload arena: once, here; every page written now so none faults later (a
+    // memset of a non-zero byte cannot be skipped the way zeroed pages are).
+    let mut arena: Box<[u8]> = vec![0u8; cfg.payload_arena_bytes].into_boxed_slice();
+    arena.fill(0xA5);
     if let Some(node) = node {
         let report = numa::place_existing(&*memory, node);
-        stats
-            .placement
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(format!("lanes and pools: {report}"));
+        let arena_report = numa::place_existing(&*arena, node);
+        let mut placement = stats.placement.lock().unwrap_or_else(|p| p.into_inner());
+        placement.push(format!("lanes and pools: {report}"));
+        placement.push(format!("payload arena: {arena_report}"));
     }
     for rule in &cfg.alerts {
         if memory.procs.realtime.add_rule(*rule).is_err() {
@@ -776,7 +784,7 @@ fn supervise(
         limiter,
         procs,
     } = &mut *memory;
-    let (input, output, dead) = lanes.split();
+    let (input, output, dead) = lanes.split_with_arena(&mut arena);
     let (done_tx, done_rx) = completions.split();
     let slots = SlotAdmission(limiter);
     let admission: &dyn Admission = if cfg.rate.is_unlimited() {

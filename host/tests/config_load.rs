@@ -421,6 +421,27 @@ fn capacity_must_be_a_compiled_preset() {
     );
 }
 
+/// The payload arena's size is a run-time key, not a compiled preset: any value up to 1 GiB
+/// (0 included: no arena) is accepted; above is a problem naming the key.
+#[test]
+fn payload_arena_bytes_is_a_run_time_key() {
+    for bytes in [0u64, 1 << 20, 64 << 20, 1 << 30] {
+        let text = format!("[capacity]\npayload_arena_bytes = {bytes}\n");
+        let c = parse(&text);
+        c.validate().unwrap_or_else(|e| panic!("{bytes}: {e}"));
+        assert_eq!(c.capacity.payload_arena_bytes as u64, bytes);
+        let e = pinstream_host::engine::EngineConfig::from_config(&c).unwrap();
+        assert_eq!(e.payload_arena_bytes as u64, bytes);
+    }
+    let p = problems("[capacity]\npayload_arena_bytes = 1073741825\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("capacity.payload_arena_bytes = 1073741825: must be 0 ..= 1073741824"),
+        "{}",
+        p[0]
+    );
+}
+
 #[test]
 fn every_problem_is_reported_at_once() {
     let err = parse("[tcp]\nmax_connections = 0\n[udp]\nbatch = 5000\n")

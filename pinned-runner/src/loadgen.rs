@@ -67,8 +67,8 @@ pub struct LoadgenArgs {
     #[arg(long, value_name = "EVENTS_PER_SEC", default_value_t = 0)]
     pub rate: u64,
 
-    /// Payload bytes per event (at most 65535; the server rejects payloads larger than its
-    /// event slot)
+    /// Payload bytes per event (at most 65535; a frame must fit the server's
+    /// tcp.max_frame_len, and it rejects payloads larger than its payload arena)
     #[arg(long, value_name = "BYTES", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(0..=65_535))]
     pub payload: u32,

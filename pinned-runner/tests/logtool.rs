@@ -15,6 +15,7 @@ use pinstream_host::engine::{Engine, EngineConfig};
 use pinstream_host::storage::record::{self, RecordBody};
 use pinstream_host::storage::{Log, LogConfig, LogReader};
 use pinstream_tests::TempDir;
+use pinstream_tests::client::Client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pinstream");
 
@@ -780,4 +781,63 @@ fn repair_explains_a_quarantined_segment_with_nothing_intact_after_the_damage() 
         !realtime.join("00000000000000000000.log").exists(),
         "the log was not opened: nothing to append"
     );
+}
+
+/// Events longer than the 256-byte slot live in the payload arena: a 16 KiB event and the
+/// largest event a default frame can carry (`tcp.max_frame_len` = 64 KiB) are stored by an
+/// engine on the default config and read back whole by `pinstream log inspect`.
+#[test]
+fn large_events_go_through_the_arena_and_inspect_reads_them_back() {
+    let tmp = TempDir::new("logtool-large");
+    let engine = Engine::start(EngineConfig::local(tmp.path())).expect("start an engine");
+    let mut client = Client::connect(engine.started.tcp.expect("TCP")).expect("connect");
+    client.hello().expect("HELLO");
+    let max_frame = pinstream_host::config::TcpConfig::default().max_frame_len as usize;
+    // What one BATCH frame of one empty event costs: the largest payload is the rest.
+    let overhead = Client::batch(1, &[EventHeader::new(0, 0, Priority::High, 0)], |_| {
+        Vec::new()
+    })
+    .len();
+    let largest = max_frame - overhead;
+    assert!(largest > 60_000, "{largest}");
+    let sizes = [16_384usize, largest, 300];
+    for (i, &len) in sizes.iter().enumerate() {
+        let seq = i as u64 + 1;
+        let header = [EventHeader::new(seq, 0, Priority::High, 0)];
+        let frame = Client::batch(seq, &header, |_| {
+            (0..len).map(|b| (b % 251) as u8).collect()
+        });
+        assert!(frame.len() <= max_frame);
+        client.send(&frame).expect("send");
+    }
+    let (ack, rejects) = client.wait_ack(3, Duration::from_secs(10)).expect("ACK");
+    assert!(rejects.is_empty(), "{rejects:?}");
+    assert_eq!((ack.dead_lettered, ack.rejected), (0, 0), "{ack:?}");
+    engine.stop().expect("stop the engine");
+
+    let dir = tmp.path().to_str().expect("utf-8 temp path");
+    let out = run(&[
+        "log", "inspect", "--dir", dir, "--log", "realtime", "--json",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout:.400}");
+    for (line, len) in lines.iter().zip(sizes) {
+        assert!(
+            line.contains(&format!(r#""payload_len":{len},"#)),
+            "{line:.300}"
+        );
+        // The bytes, not just the length: the hex of the first 4 and the last byte.
+        let hex = line
+            .split(r#""payload_hex":""#)
+            .nth(1)
+            .expect("payload_hex");
+        assert!(hex.starts_with("00010203"), "{hex:.40}");
+        assert_eq!(hex.find('"'), Some(2 * len));
+        assert_eq!(
+            &hex[2 * len - 2..2 * len],
+            format!("{:02x}", (len - 1) % 251)
+        );
+    }
 }

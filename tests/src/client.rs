@@ -68,10 +68,13 @@ impl Client {
 
     /// Encodes one BATCH frame of `events` with payloads from `payload(i)`.
     pub fn batch(seq: u64, events: &[EventHeader], payload: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
-        let mut frame = vec![0u8; 28 + events.len() * (32 + 512)];
+        let payloads: Vec<Vec<u8>> = (0..events.len()).map(payload).collect();
+        // Frame header and trailer, then per event its header, length and payload.
+        let len = 64 + payloads.iter().map(|p| 64 + p.len()).sum::<usize>();
+        let mut frame = vec![0u8; len];
         let mut enc = BatchEncoder::new(&mut frame, seq).expect("batch");
-        for (i, h) in events.iter().enumerate() {
-            enc.push(h, &payload(i)).expect("push");
+        for (h, p) in events.iter().zip(&payloads) {
+            enc.push(h, p).expect("push");
         }
         let n = enc.finish().expect("finish");
         frame.truncate(n);

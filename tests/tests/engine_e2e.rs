@@ -52,7 +52,10 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 #[test]
 fn durable_acks_cover_every_event_and_the_logs_hold_them() {
     let dir = TempDir::new("e2e-durable");
-    let engine = Engine::start(config(&dir)).expect("start");
+    let mut cfg = config(&dir);
+    // A 256-byte arena beside the 256-byte slots: the 300-byte payload below is too large.
+    cfg.payload_arena_bytes = 256;
+    let engine = Engine::start(cfg).expect("start");
     let addr = engine.started.tcp.expect("tcp");
     let mut client = Client::connect(addr).unwrap();
     let hello = client.hello().unwrap();
@@ -215,6 +218,8 @@ fn start_for_bad_input(dir: &TempDir) -> EngineHandle {
     cfg.tcp_limits.max_rejects = 3;
     cfg.tcp_limits.stall_timeout = Duration::from_millis(300);
     cfg.tcp_limits.send_buffer = 4096;
+    // A 256-byte arena beside the 256-byte slots: 300-byte payloads are too large.
+    cfg.payload_arena_bytes = 256;
     Engine::start(cfg).unwrap()
 }
 
@@ -855,4 +860,51 @@ fn a_full_producer_table_refuses_new_producers() {
     assert_eq!(hello.producer_id, 13);
     assert_eq!(engine.stats().host.tcp_producers_evicted.get(), 1);
     engine.stop().unwrap();
+}
+
+/// The payload arena full is back-pressure for TCP: with an arena of 64 KiB and 30 000-byte
+/// payloads (two fit at a time) and 128 frames in flight, the connection waits for room
+/// instead of losing events: every event is stored, none dead-lettered, and the logs hold
+/// every payload whole.
+#[test]
+fn a_full_payload_arena_makes_tcp_wait_not_dead_letter() {
+    let dir = TempDir::new("e2e-arena-full");
+    let mut cfg = config(&dir);
+    cfg.payload_arena_bytes = 64 << 10;
+    let engine = Engine::start(cfg).unwrap();
+    let stats = engine.stats().clone();
+    let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
+    client.hello().unwrap();
+    let frames = 200u64;
+    for seq in 1..=frames {
+        let events = [header(seq, 0, Priority::High)];
+        client
+            .send(&Client::batch(seq, &events, |_| vec![seq as u8; 30_000]))
+            .unwrap();
+    }
+    let (ack, rejects) = client.wait_ack(frames, WAIT).unwrap();
+    assert!(rejects.is_empty(), "{rejects:?}");
+    assert_eq!(
+        (ack.stored, ack.dead_lettered, ack.rejected),
+        (frames, 0, 0),
+        "{ack:?}"
+    );
+    assert_eq!(stats.dispatch.reason(Reason::PoolExhausted).get(), 0);
+    eprintln!(
+        "arena waits: {} (tcp_waits_pool)",
+        stats.host.tcp_waits_pool.get()
+    );
+    engine.stop().unwrap();
+    let mut r = LogReader::open(&dir.path().join("realtime")).unwrap();
+    let mut n = 0u64;
+    while let Some(rec) = r.next_record() {
+        let rec = rec.unwrap();
+        let RecordBody::Event(e) = record::decode(rec.kind, &rec.body).unwrap() else {
+            panic!("an event record");
+        };
+        assert_eq!(e.payload.len(), 30_000);
+        assert!(e.payload.iter().all(|&b| b == e.header.id as u8));
+        n += 1;
+    }
+    assert_eq!(n, frames);
 }

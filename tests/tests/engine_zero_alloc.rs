@@ -52,7 +52,10 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
                 })
                 .collect();
             client
-                .send(&Client::batch(seq, &events, |_| vec![1; 100]))
+                // Every eighth payload (1 500 bytes) is longer than the slot: the arena.
+                .send(&Client::batch(seq, &events, |i| {
+                    vec![1; if i % 8 == 7 { 1_500 } else { 100 }]
+                }))
                 .unwrap();
         }
         client.wait_ack(seq, Duration::from_secs(20)).unwrap();

@@ -169,7 +169,9 @@ fn pipeline_decode_dispatch_process_sink_allocates_nothing() {
 
     // Built before arming: everything the pipeline needs is sized here.
     let mut lanes: Box<Lanes<64, 256, 64, 256>> = Box::new(Lanes::new());
-    let (input, output, mut dead) = lanes.split();
+    // Half the payloads (120 bytes) are longer than the 64-byte slot: they go to the arena.
+    let mut arena = vec![0u8; 4096];
+    let (input, output, mut dead) = lanes.split_with_arena(&mut arena);
     let limiter: RateLimiter<2> = RateLimiter::new(RateConfig::new(1_000, 10, 2_000).unwrap());
     let signal = ControlSignal::new();
     let (dc, pc) = (StageCounters::new(), StageCounters::new());
@@ -211,7 +213,8 @@ fn pipeline_decode_dispatch_process_sink_allocates_nothing() {
                 let header =
                     EventHeader::new(id, (i % 4) as u16, Priority::ALL[(i % 5) as usize], now)
                         .with_value(i as i64);
-                batch.push(&header, &[i as u8; 40]).unwrap();
+                let len = if i % 2 == 0 { 40 } else { 120 };
+                batch.push(&header, &[i as u8; 120][..len]).unwrap();
             }
             let len = batch.finish().unwrap();
             if round == rounds / 2 {

@@ -312,6 +312,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
     /// Done with `slot`: queue it to go back to the dispatcher.
     #[inline]
     fn recycle(&mut self, slot: Handle<'a, Event<P>, POOL>) {
+        self.lanes.release_payload(&slot);
         // `POOL <= u32::MAX` (checked in `Lanes::new`).
         self.free[self.nfree] = slot.into_index() as u32;
         self.nfree += 1;
@@ -324,6 +325,8 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
     /// do not fit go back to the pool's free list in one batch.
     #[inline]
     fn flush_free(&mut self) {
+        // Once per batch, not per event: the arena's room follows the released blocks.
+        self.lanes.reclaim_payloads();
         if self.nfree == 0 {
             return;
         }
@@ -455,7 +458,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
             taken += 1;
             let fired = procs
                 .realtime
-                .evaluate(&slot.header, slot.payload(), alerts);
+                .evaluate(&slot.header, self.lanes.payload(&slot), alerts);
             if fired != 0 {
                 self.counters.alerts.add(u64::from(fired));
             }
@@ -603,9 +606,10 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
             header: &slot.header,
             origin: slot.origin,
             received: slot.received,
-            payload: slot.payload(),
+            payload: self.lanes.payload(&slot),
         });
-        match sink.store(&record) {
+        let result = sink.store(&record);
+        match result {
             Ok(()) => {
                 self.counters.stored.incr();
                 summary.stored += 1;
@@ -735,7 +739,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                         header: &slot.header,
                         origin: slot.origin,
                         received: slot.received,
-                        payload: slot.payload(),
+                        payload: self.lanes.payload(slot),
                     })),
                     1,
                 ),
@@ -747,9 +751,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
             self.parked_events -= events;
             match result {
                 Ok(()) => {
-                    match &parked {
-                        Parked::Event { .. } => self.counters.stored.incr(),
-                        Parked::Aggregate(agg) => self.count_aggregate_stored(agg),
+                    match parked {
+                        // Recycled, not dropped: its arena block is released with it.
+                        Parked::Event { slot, .. } => {
+                            self.counters.stored.incr();
+                            self.recycle(slot);
+                        }
+                        Parked::Aggregate(agg) => self.count_aggregate_stored(&agg),
                     }
                     summary.stored += 1;
                 }
@@ -786,6 +794,8 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                     now,
                     1,
                 );
+                // Recycled, not dropped: its arena block is released with it.
+                self.recycle(slot);
             }
             Parked::Aggregate(agg) => self.aggregate_exhausted(sink, &agg, now),
         }

@@ -527,3 +527,81 @@ fn batch_events_are_stored_one_by_one_when_asked() {
     let books = check_books(&[&dc, &pc], 0);
     assert_eq!((books.stored, books.dead_lettered), (3, 0));
 }
+
+/// A record parked for retry keeps its arena block, and holds back the reuse of the blocks
+/// after it (stored and released meanwhile); once it is stored, the whole arena is free
+/// again. Payloads read back whole from the arena, including on the retry; a record whose
+/// retries run out releases its block too.
+#[test]
+fn a_parked_record_holds_its_arena_block_until_it_is_stored() {
+    let mut lanes = TestLanes::new();
+    let mut region = [0u8; 100];
+    let (input, output, _dead) = lanes.split_with_arena(&mut region);
+    let (signal, dc, pc) = (
+        ControlSignal::new(),
+        StageCounters::new(),
+        StageCounters::new(),
+    );
+    let mut d = Dispatcher::new(input, &Unlimited, &signal, 4, &dc);
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        backoff: 10,
+        max_backoff: 10,
+    };
+    let mut p: Processors<'_, 16, 32, 8, 64, 4> = Processors::new(output, policy, &pc);
+    let mut procs: LaneProcessors<1, 64, 4> = LaneProcessors::new(1_000, 100);
+
+    /// Checks every payload's bytes (id repeated) as it is offered.
+    struct Bytes(TestSink);
+    impl Sink for Bytes {
+        fn store(&mut self, record: &Record<'_>) -> Result<(), SinkError> {
+            if let Record::Event(e) = record {
+                assert_eq!(e.payload, &std::vec![e.header.id as u8; 40][..]);
+            }
+            self.0.store(record)
+        }
+    }
+    let mut sink = Bytes(TestSink {
+        refuse: 1,
+        ..TestSink::default()
+    });
+    let send = |d: &mut Dispatcher<'_, 16, 32, 8, 64>, id: u64| {
+        d.dispatch(
+            &header(id, 0, Priority::High),
+            &[id as u8; 40],
+            Origin::new(1, id),
+            0,
+        )
+    };
+    assert_eq!(send(&mut d, 1), Outcome::Queued(Lane::Realtime));
+    assert_eq!(send(&mut d, 2), Outcome::Queued(Lane::Realtime));
+    p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 0, 8);
+    // 1 is parked (holding 0..40), 2 stored and released: its 40 bytes wait behind 1.
+    assert_eq!((p.parked(), sink.0.events.len()), (1, 1));
+    assert_eq!(
+        send(&mut d, 3),
+        Outcome::DeadLettered(Reason::PoolExhausted)
+    );
+    p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 10, 8);
+    assert_eq!(
+        (p.parked(), sink.0.events.len()),
+        (0, 2),
+        "1 stored on retry"
+    );
+    for id in 4..8 {
+        assert_eq!(send(&mut d, id), Outcome::Queued(Lane::Realtime), "{id}");
+        p.poll(&mut procs, &mut CountAlerts::default(), &mut sink, 20, 8);
+    }
+    // Retries run out: the block goes back with the dead letter.
+    sink.0.refuse_forever = true;
+    assert_eq!(send(&mut d, 8), Outcome::Queued(Lane::Realtime));
+    p.drain(&mut procs, &mut CountAlerts::default(), &mut sink, 100);
+    assert_eq!(pc.reason(Reason::RetriesExhausted).get(), 1);
+    sink.0.refuse_forever = false;
+    assert_eq!(send(&mut d, 9), Outcome::Queued(Lane::Realtime));
+    assert_eq!(send(&mut d, 10), Outcome::Queued(Lane::Realtime));
+    p.drain(&mut procs, &mut CountAlerts::default(), &mut sink, 200);
+    let ids: Vec<u64> = sink.0.events.iter().map(|e| e.1).collect();
+    assert_eq!(ids, [2, 1, 4, 5, 6, 7, 9, 10]);
+    check_books(&[&dc, &pc], 0);
+}
