@@ -854,6 +854,12 @@ fn supervise(
             return Ok(());
         }
     };
+    // Evictions the refill made (a table too small for the window's ids) are evictions too;
+    // the processors are not running yet, so this thread may write their counter.
+    stats
+        .process
+        .dedup_evictions
+        .add(procs.transactional.evictions());
     let _ = started.send(Ok(refill));
     let placement = &cfg.placement;
     let budget = cfg.budget.max(1);
@@ -1012,6 +1018,7 @@ impl StorageLoop<'_, '_> {
         // Nothing comes in any more: process what is left, close every window, sync.
         let now = self.stats.shared.now();
         self.drain_dead_letters();
+        self.sink.round_now = now;
         self.processors
             .drain(self.procs, &mut CountAlerts::default(), self.sink, now);
         self.drain_dead_letters();
@@ -1031,6 +1038,7 @@ impl StorageLoop<'_, '_> {
     /// One round; whether it did anything.
     fn round(&mut self, stopping: bool) -> bool {
         let now = self.stats.shared.now();
+        self.sink.round_now = now;
         let pushed_before = self.stats.shared.pushed_before.load(Ordering::Acquire);
         let mut work = self.drain_dead_letters() > 0;
         let summary = self.processors.poll(
@@ -1193,6 +1201,9 @@ struct StoreSink<'a> {
     oldest: u64,
     /// Batch-lane events are stored (and settled) one by one, like the other lanes'.
     batch_events: bool,
+    /// The storage thread's tick of the current processing round (what the processors were
+    /// given as `now`).
+    round_now: u64,
 }
 
 /// Completions collected before a commit is forced.
@@ -1210,6 +1221,7 @@ impl<'a> StoreSink<'a> {
             failed: false,
             oldest: u64::MAX,
             batch_events: false,
+            round_now: 0,
         })
     }
 
@@ -1417,10 +1429,11 @@ impl Sink for StoreSink<'_> {
     fn store(&mut self, rec: &Record<'_>) -> Result<(), SinkError> {
         match rec {
             Record::Event(e) => {
-                // The log records when the event was taken in as wall-clock time, so that a
-                // restart can tell its age (the dedup window is refilled from it).
+                // The log records, as wall-clock time, the processing round that stored the
+                // event: for the transactional lane the very tick its id was first seen by the
+                // dedup table, so a restart refills the table with exact ages.
                 let wall = StoredEvent {
-                    received: self.stats.shared.start_wall.saturating_add(e.received),
+                    received: self.stats.shared.start_wall.saturating_add(self.round_now),
                     ..*e
                 };
                 self.append(

@@ -358,7 +358,7 @@ pub type HostMetric = (
 );
 
 /// How each [`HostCounters`] field is exported.
-pub const HOST_METRICS: [HostMetric; 35] = [
+pub const HOST_METRICS: [HostMetric; 36] = [
     (
         "pinstream_tcp_connections_accepted_total",
         MetricType::Counter,
@@ -484,6 +484,12 @@ pub const HOST_METRICS: [HostMetric; 35] = [
         MetricType::Counter,
         "Connections closed because another connection took over their producer.",
         |c| &c.tcp_producers_fenced,
+    ),
+    (
+        "pinstream_tcp_drains_abandoned_total",
+        MetricType::Counter,
+        "Closed producer connections whose frames did not resolve within the drain timeout (60 s): their resend may be stored twice.",
+        |c| &c.tcp_drains_abandoned,
     ),
     (
         "pinstream_udp_datagrams_received_total",

@@ -130,6 +130,8 @@ pub struct HostCounters {
     pub tcp_producers_refused: Gauge,
     /// Connections closed because another connection took over their producer.
     pub tcp_producers_fenced: Gauge,
+    /// Closed producer connections whose frames did not resolve within the drain timeout.
+    pub tcp_drains_abandoned: Gauge,
     /// UDP datagrams received.
     pub udp_datagrams: Gauge,
     /// Bytes received over UDP.
@@ -185,6 +187,7 @@ impl HostCounters {
             tcp_producers_evicted: Gauge::new(),
             tcp_producers_refused: Gauge::new(),
             tcp_producers_fenced: Gauge::new(),
+            tcp_drains_abandoned: Gauge::new(),
             udp_datagrams: Gauge::new(),
             udp_bytes_in: Gauge::new(),
             udp_frames_in: Gauge::new(),

@@ -908,3 +908,39 @@ fn a_full_payload_arena_makes_tcp_wait_not_dead_letter() {
     }
     assert_eq!(n, frames);
 }
+
+/// A HELLO after data frames is refused (the connection speaks version 1; the watermark
+/// never moves back), and on a fresh producer session a frame with seq 0 is stored, not
+/// taken for a duplicate of "nothing resolved yet".
+#[test]
+fn a_late_hello_is_refused_and_seq_0_is_not_a_duplicate() {
+    let dir = TempDir::new("e2e-late-hello");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let addr = engine.started.tcp.unwrap();
+    let one = |seq: u64, id: u64| Client::batch(seq, &[header(id, 0, Priority::High)], |_| vec![1]);
+    let mut c = Client::connect(addr).unwrap();
+    for seq in 1..=3 {
+        c.send(&one(seq, seq)).unwrap();
+    }
+    c.wait_ack(3, WAIT).unwrap();
+    let mut buf = [0u8; 64];
+    let n = pinstream_core::wire::encode_hello(&mut buf, 4, &Hello::producer(65_536, 5)).unwrap();
+    c.send(&buf[..n]).unwrap();
+    c.send(&one(5, 5)).unwrap();
+    let (ack, rejects) = c.wait_ack(5, WAIT).unwrap();
+    assert_eq!(
+        (ack.through_seq, ack.stored, ack.rejected),
+        (5, 4, 1),
+        "{ack:?}"
+    );
+    assert_eq!(rejects[0].reason(), Some(Reason::UnexpectedKind));
+
+    let mut d = Client::connect(addr).unwrap();
+    let hello = d.hello_producer(0).unwrap();
+    assert_eq!(hello.last_seq, 0);
+    d.send(&one(0, 100)).unwrap();
+    let (ack, _) = d.wait_ack(0, WAIT).unwrap();
+    assert_eq!((ack.stored, ack.duplicates), (1, 0), "{ack:?}");
+    engine.stop().unwrap();
+    assert_eq!(read_log(&dir, LOG_NAMES[0]).len(), 5);
+}

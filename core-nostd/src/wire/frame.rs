@@ -487,9 +487,10 @@ pub struct Ack {
     pub dead_lettered: u64,
     /// Events (or undecodable frames, one each) rejected so far on this connection.
     pub rejected: u64,
-    /// Events not stored again because they were stored already (version 2 and later; a
-    /// version-1 ACK counts them in `stored`): a resent frame at or below the producer's
-    /// last sequence, or a transactional event whose id is within the dedup window.
+    /// Events not taken again because the server had them already (version 2 and later; a
+    /// version-1 ACK counts them in `stored`): a transactional event whose id it stored
+    /// within the dedup window, or an event of a frame resent at or below the producer's
+    /// last sequence (resolved the first time: stored, dead-lettered or rejected).
     pub duplicates: u64,
 }
 

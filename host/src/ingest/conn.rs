@@ -126,6 +126,8 @@ pub(crate) enum CloseReason {
     Fenced,
     /// A closed connection of a producer finished resolving its frames.
     Drained,
+    /// A closed connection of a producer did not finish resolving its frames in time.
+    DrainAbandoned,
 }
 
 /// A connection's state. Buffers are allocated once per slot and reused by later

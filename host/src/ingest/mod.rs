@@ -200,6 +200,8 @@ impl Default for TcpLimits {
 
 const LISTENER: u64 = 0;
 const UDP: u64 = u64::MAX;
+/// The longest a closed producer connection drains (at least the stall timeout), in ticks.
+const DRAIN_TIMEOUT: u64 = 60_000_000_000;
 /// How often timeouts are checked.
 const HOUSEKEEPING: u64 = 10_000_000;
 
@@ -731,6 +733,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             | CloseReason::StorageFailed
             | CloseReason::Fenced
             | CloseReason::Drained => {}
+            CloseReason::DrainAbandoned => c.tcp_drains_abandoned.incr(),
         }
     }
 
@@ -741,7 +744,10 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     fn start_drain(&mut self, slot: usize, reason: CloseReason) -> bool {
         if matches!(
             reason,
-            CloseReason::Shutdown | CloseReason::StorageFailed | CloseReason::Drained
+            CloseReason::Shutdown
+                | CloseReason::StorageFailed
+                | CloseReason::Drained
+                | CloseReason::DrainAbandoned
         ) {
             return false;
         }
@@ -936,9 +942,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             let slot = self.open[i];
             let verdict = self.conns[slot].as_ref().and_then(|c| {
                 if c.draining {
-                    // Its frames resolve as storage goes; one that takes longer than the
-                    // stall timeout is given up (the producer's sequence stops short of it).
-                    return (self.now - c.last_input > stall).then_some(CloseReason::Stalled);
+                    // Its frames resolve as storage goes (milliseconds); a drain that takes
+                    // longer than DRAIN_TIMEOUT (storage stuck) is given up and counted: the
+                    // producer's sequence then stops short of those frames, and their resend
+                    // may store them twice (medium events are recognised by id).
+                    let limit = stall.max(DRAIN_TIMEOUT);
+                    return (self.now - c.last_input > limit)
+                        .then_some(CloseReason::DrainAbandoned);
                 }
                 if c.stalled_since != 0 && self.now - c.stalled_since > stall {
                     Some(CloseReason::Stalled)
@@ -1093,8 +1103,13 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 parsed.turn_over = true;
                 return parsed;
             }
-            Ok(frame) if frame.kind() == FrameKind::Hello && conn.hello_seen => {
-                // One HELLO per connection: a second is one rejected unit, nothing changes.
+            Ok(frame)
+                if frame.kind() == FrameKind::Hello
+                    && (conn.hello_seen || conn.last_seq.is_some() || !conn.tracks.is_empty()) =>
+            {
+                // One HELLO per connection, before any data frame (the connection speaks
+                // version 1 once data came first): a later one is one rejected unit and
+                // changes nothing.
                 dispatcher.reject_unit(Reason::UnexpectedKind);
                 settle(conn, ack, Track::unverified());
                 reject(
@@ -1113,6 +1128,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
             }
             Ok(frame)
                 if conn.producer.is_some()
+                    && conn.resolved_before != 0
                     && matches!(frame.kind(), FrameKind::Event | FrameKind::Batch)
                     && frame.seq() <= conn.resolved_before =>
             {
