@@ -585,14 +585,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         let (client, hello_seq) = client;
         let Some(version) = client.negotiate(1, MAX_VERSION) else {
             // No common version: REJECT and close (PROTOCOL.md §5).
-            reject(
+            refuse_hello(
                 conn,
                 self.counters,
-                &Reject::frame(hello_seq, Reason::UnsupportedVersion),
+                hello_seq,
+                Reason::UnsupportedVersion,
+                len,
             );
-            conn.closing = Some(CloseReason::Malformed);
-            conn.rstart += len;
-            conn.hello_pending = false;
             return true;
         };
         let mut reply = Hello::reply(version, self.limits.max_frame_len as u32, conn.source);
@@ -615,14 +614,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                     }
                     Err(producers::AttachError::Full) => {
                         self.counters.tcp_producers_refused.incr();
-                        reject(
+                        refuse_hello(
                             conn,
                             self.counters,
-                            &Reject::frame(hello_seq, Reason::TooManyProducers),
+                            hello_seq,
+                            Reason::TooManyProducers,
+                            len,
                         );
-                        conn.closing = Some(CloseReason::Malformed);
-                        conn.rstart += len;
-                        conn.hello_pending = false;
                         return true;
                     }
                 },
@@ -1306,6 +1304,15 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         }
     }
     None
+}
+
+/// Refuses the HELLO of `len` bytes at the front of the connection's input with `reason`:
+/// REJECT, the HELLO consumed, the connection closed once the REJECT is out.
+fn refuse_hello(conn: &mut Conn, counters: &HostCounters, seq: u64, reason: Reason, len: usize) {
+    reject(conn, counters, &Reject::frame(seq, reason));
+    conn.closing = Some(CloseReason::Malformed);
+    conn.rstart += len;
+    conn.hello_pending = false;
 }
 
 /// Queues a REJECT and counts it, or counts it dropped (output full; the ACK still counts
