@@ -718,22 +718,34 @@ fn verify_log(dir: &Path) -> Result<LogCheck, Failure> {
     Ok(check)
 }
 
+/// The directory of log `name` in `dir`, or `None` (said on stdout) when the engine never
+/// wrote that log and all logs were asked for.
+///
+/// # Errors
+/// A usage error when the one log asked for does not exist.
+fn selected_log_dir(dir: &Path, name: &str, select: LogSelect) -> Result<Option<PathBuf>, Failure> {
+    let log_dir = dir.join(name);
+    if log_dir.is_dir() {
+        return Ok(Some(log_dir));
+    }
+    if select != LogSelect::All {
+        return Err(Failure::usage(format!(
+            "{} does not exist: the engine has not written the {name} log in this data \
+             directory",
+            log_dir.display()
+        )));
+    }
+    println!("{name}: no directory {} (never written)", log_dir.display());
+    Ok(None)
+}
+
 fn verify(dir: &Path, args: &VerifyArgs) -> Result<(), Failure> {
     check_data_dir(dir)?;
     let mut problems = Vec::new();
     for &name in args.log.names() {
-        let log_dir = dir.join(name);
-        if !log_dir.is_dir() {
-            if args.log != LogSelect::All {
-                return Err(Failure::usage(format!(
-                    "{} does not exist: the engine has not written the {name} log in this data \
-                     directory",
-                    log_dir.display()
-                )));
-            }
-            println!("{name}: no directory {} (never written)", log_dir.display());
+        let Some(log_dir) = selected_log_dir(dir, name, args.log)? else {
             continue;
-        }
+        };
         let c = verify_log(&log_dir)?;
         let offsets = match (c.first, c.last) {
             (Some(f), Some(l)) => format!("offsets {f}..={l}"),
@@ -1226,18 +1238,9 @@ fn repair(dir: &Path, args: &RepairArgs) -> Result<(), Failure> {
     let mut recovered = 0usize;
     let mut more = false;
     for &name in args.log.names() {
-        let log_dir = dir.join(name);
-        if !log_dir.is_dir() {
-            if args.log != LogSelect::All {
-                return Err(Failure::usage(format!(
-                    "{} does not exist: the engine has not written the {name} log in this data \
-                     directory",
-                    log_dir.display()
-                )));
-            }
-            println!("{name}: no directory {} (never written)", log_dir.display());
+        let Some(log_dir) = selected_log_dir(dir, name, args.log)? else {
             continue;
-        }
+        };
         let report = repair_log(&log_dir, args.dry_run)
             .map_err(|e| Failure::runtime(format!("repair of the {name} log failed: {e}")))?;
         if let Some(r) = &report.recovery {

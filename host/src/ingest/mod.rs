@@ -202,6 +202,8 @@ const LISTENER: u64 = 0;
 const UDP: u64 = u64::MAX;
 /// The longest a closed producer connection drains (at least the stall timeout), in ticks.
 const DRAIN_TIMEOUT: u64 = 60_000_000_000;
+/// How often idle producer sessions are looked for, in ticks (1 s).
+const PRODUCER_SWEEP: u64 = 1_000_000_000;
 /// How often timeouts are checked.
 const HOUSEKEEPING: u64 = 10_000_000;
 
@@ -239,6 +241,8 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     ready: Vec<Ready>,
     now: u64,
     last_housekeeping: u64,
+    /// Tick of the last sweep of idle producer sessions.
+    last_producer_sweep: u64,
     batch_watermark: u64,
 }
 
@@ -321,6 +325,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             ready: vec![Ready::default(); 256],
             now: 0,
             last_housekeeping: 0,
+            last_producer_sweep: 0,
             batch_watermark: 0,
         })
     }
@@ -973,10 +978,15 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 None => i += 1,
             }
         }
-        let evicted = self.producers.evict_idle(self.now);
-        if evicted > 0 {
-            self.counters.tcp_producers_evicted.add(evicted);
-            self.counters.tcp_producers.set(self.producers.len() as u64);
+        // The sweep reads the whole table: once a second is plenty for an idle limit counted
+        // in minutes, and keeps it out of the ingest thread's cache the rest of the time.
+        if self.now - self.last_producer_sweep >= PRODUCER_SWEEP {
+            self.last_producer_sweep = self.now;
+            let evicted = self.producers.evict_idle(self.now);
+            if evicted > 0 {
+                self.counters.tcp_producers_evicted.add(evicted);
+                self.counters.tcp_producers.set(self.producers.len() as u64);
+            }
         }
     }
 }
@@ -995,6 +1005,16 @@ struct Parsed {
     /// drain.
     out_of_room: bool,
     close: Option<CloseReason>,
+}
+
+impl Parsed {
+    /// The frame of `len` bytes at the front of the input is taken: counted, and the input
+    /// moves past it.
+    fn consume(&mut self, conn: &mut Conn, counters: &HostCounters, len: usize) {
+        conn.rstart += len;
+        self.frames += 1;
+        counters.tcp_frames_in.incr();
+    }
 }
 
 /// Decodes and dispatches every whole frame in the connection's receive buffer, in place.
@@ -1085,9 +1105,9 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         match Frame::new_checked(bytes, conn.max_frame) {
             Ok(frame) if conn.progress.is_some() => {
                 // The frame that waited: go on where it stopped.
-                let t0 = Instant::now();
-                let waiting = continue_frame(conn, dispatcher, counters, ack, &frame, now);
-                latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                let waiting = timed(latency, || {
+                    continue_frame(conn, dispatcher, counters, ack, &frame, now)
+                });
                 if let Some(cause) = waiting {
                     parsed.waiting = Some(cause);
                     return parsed;
@@ -1095,9 +1115,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 // Done: that was this connection's turn. Its next frame waits for the next
                 // round, behind whoever queued meanwhile (or the room it freed would go to
                 // it again and again).
-                conn.rstart += len;
-                parsed.frames += 1;
-                counters.tcp_frames_in.incr();
+                parsed.consume(conn, counters, len);
                 parsed.turn_over = true;
                 return parsed;
             }
@@ -1163,9 +1181,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 );
                 conn.malformed += 1;
                 if conn.malformed > limits.max_rejects {
-                    conn.rstart += len;
-                    parsed.frames += 1;
-                    counters.tcp_frames_in.incr();
+                    parsed.consume(conn, counters, len);
                     parsed.close = Some(CloseReason::Malformed);
                     return parsed;
                 }
@@ -1181,9 +1197,9 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                     ));
                 }
                 conn.progress = Some(FrameProgress::new());
-                let t0 = Instant::now();
-                let waiting = continue_frame(conn, dispatcher, counters, ack, &frame, now);
-                latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                let waiting = timed(latency, || {
+                    continue_frame(conn, dispatcher, counters, ack, &frame, now)
+                });
                 if let Some(cause) = waiting {
                     parsed.waiting = Some(cause);
                     return parsed;
@@ -1201,17 +1217,13 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 // A HELLO that is not valid leaves the session undefined: close.
                 let was_hello = bytes.get(5) == Some(&(FrameKind::Hello as u8));
                 if was_hello || conn.malformed > limits.max_rejects {
-                    conn.rstart += len;
-                    parsed.frames += 1;
-                    counters.tcp_frames_in.incr();
+                    parsed.consume(conn, counters, len);
                     parsed.close = Some(CloseReason::Malformed);
                     return parsed;
                 }
             }
         }
-        conn.rstart += len;
-        parsed.frames += 1;
-        counters.tcp_frames_in.incr();
+        parsed.consume(conn, counters, len);
     }
 }
 
@@ -1313,6 +1325,14 @@ fn refuse_hello(conn: &mut Conn, counters: &HostCounters, seq: u64, reason: Reas
     conn.closing = Some(CloseReason::Malformed);
     conn.rstart += len;
     conn.hello_pending = false;
+}
+
+/// Runs `f`, recording how long it took in `latency`.
+fn timed<T>(latency: &mut LatencyRecorder, f: impl FnOnce() -> T) -> T {
+    let t0 = Instant::now();
+    let out = f();
+    latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    out
 }
 
 /// Queues a REJECT and counts it, or counts it dropped (output full; the ACK still counts
