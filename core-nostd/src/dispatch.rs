@@ -84,6 +84,9 @@ pub enum Outcome {
     DeadLettered(Reason),
     /// Rejected with this reason.
     Rejected(Reason),
+    /// Not taken again: the engine holds it already
+    /// ([`Dispatcher::dispatch_frame_resent`]).
+    Duplicate,
 }
 
 /// Counts for one frame.
@@ -96,6 +99,8 @@ pub struct FrameOutcome {
     pub dead_lettered: u32,
     /// Events (or the whole frame, as one unit) rejected.
     pub rejected: u32,
+    /// Events not taken again: the engine holds them already.
+    pub duplicates: u32,
 }
 
 impl FrameOutcome {
@@ -105,6 +110,7 @@ impl FrameOutcome {
             Outcome::Queued(_) => self.queued += 1,
             Outcome::DeadLettered(_) => self.dead_lettered += 1,
             Outcome::Rejected(_) => self.rejected += 1,
+            Outcome::Duplicate => self.duplicates += 1,
         }
     }
 }
@@ -127,9 +133,13 @@ pub enum Flow {
 
 /// How far a frame of a [`Flow::Waits`] source got: kept by the caller between calls of
 /// [`Dispatcher::dispatch_frame_flow`] while the frame waits. A new frame starts with
-/// [`FrameProgress::new`].
+/// [`FrameProgress::new`], or [`FrameProgress::producing`] when it comes from a producer
+/// session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrameProgress {
+    /// The producer session's id and resolved seq the events' [`Origin`]s carry.
+    producer: u64,
+    resolved: u64,
     /// The index of the first event not dispatched yet.
     next: u32,
     /// Events of the frame the rate limit granted (asked once, on the first call).
@@ -147,10 +157,23 @@ impl FrameProgress {
     /// A frame not started.
     pub const fn new() -> Self {
         Self {
+            producer: 0,
+            resolved: 0,
             next: 0,
             granted: 0,
             started: false,
             rest_len: 0,
+        }
+    }
+
+    /// A frame not started, from producer `producer`, whose frames through `resolved` the
+    /// engine has resolved: its events' [`Origin`]s say so
+    /// ([`Origin::with_producer`]).
+    pub const fn producing(producer: u64, resolved: u64) -> Self {
+        Self {
+            producer,
+            resolved,
+            ..Self::new()
         }
     }
 
@@ -463,6 +486,40 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         now: u64,
         flow: Flow,
         progress: &mut FrameProgress,
+        each: impl FnMut(u32, &EventHeader, Outcome),
+    ) -> FrameStep {
+        self.dispatch_inner(frame, source, now, flow, progress, |_| false, each)
+    }
+
+    /// [`dispatch_frame_flow`](Self::dispatch_frame_flow) for a frame a producer sends
+    /// again that the engine may hold in part (a frame in flight when it stopped): the
+    /// events for which `held(index)` is true are stored already and are not taken again
+    /// ([`Outcome::Duplicate`], counted as [`Reason::Duplicate`]); the others are
+    /// dispatched as usual.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch_frame_resent(
+        &mut self,
+        frame: &Frame<'_>,
+        source: u32,
+        now: u64,
+        flow: Flow,
+        progress: &mut FrameProgress,
+        held: impl FnMut(u32) -> bool,
+        each: impl FnMut(u32, &EventHeader, Outcome),
+    ) -> FrameStep {
+        self.dispatch_inner(frame, source, now, flow, progress, held, each)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn dispatch_inner(
+        &mut self,
+        frame: &Frame<'_>,
+        source: u32,
+        now: u64,
+        flow: Flow,
+        progress: &mut FrameProgress,
+        mut held: impl FnMut(u32) -> bool,
         mut each: impl FnMut(u32, &EventHeader, Outcome),
     ) -> FrameStep {
         let mut step = FrameStep::default();
@@ -482,7 +539,8 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             progress.granted = self.admission.admit(source, count, now);
         }
         let level = self.control.level();
-        let origin = Origin::new(source, frame.seq());
+        let frame_origin =
+            Origin::new(source, frame.seq()).with_producer(progress.producer, progress.resolved);
         // Free room per lane minus what is staged, refreshed when it runs out (Waits only).
         let mut room = [0usize; 3];
         if flow == Flow::Waits {
@@ -508,6 +566,15 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             let Some(view) = events.next() else { break };
             let header = view.header();
             let payload = view.payload();
+            let origin = frame_origin.at(i);
+            if held(i) {
+                self.count_ingested(&mut counted, i + 1);
+                self.counters.reason(Reason::Duplicate).incr();
+                step.outcome.add(Outcome::Duplicate);
+                each(i, &header, Outcome::Duplicate);
+                i += 1;
+                continue;
+            }
             let judged = if i < progress.granted {
                 self.judge(&header, payload.len(), level, flow)
             } else {
@@ -536,7 +603,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                         // What is staged for this lane was counted against its room, so it
                         // fits: push it, then look at the lane again.
                         self.count_ingested(&mut counted, i);
-                        self.flush_stage(lane, origin, now, &mut step.outcome, &mut each);
+                        self.flush_stage(lane, frame_origin, now, &mut step.outcome, &mut each);
                         room[li] = self.lanes.room(lane);
                         if room[li] == 0 {
                             step.waiting = Some(Reason::LaneFull);
@@ -570,7 +637,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                             stage.n += 1;
                             if stage.n == STAGE {
                                 self.count_ingested(&mut counted, i + 1);
-                                self.flush_stage(lane, origin, now, &mut step.outcome, &mut each);
+                                self.flush_stage(
+                                    lane,
+                                    frame_origin,
+                                    now,
+                                    &mut step.outcome,
+                                    &mut each,
+                                );
                             }
                             i += 1;
                             continue;
@@ -594,7 +667,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         }
         self.count_ingested(&mut counted, next);
         for lane in Lane::ALL {
-            self.flush_stage(lane, origin, now, &mut step.outcome, &mut each);
+            self.flush_stage(lane, frame_origin, now, &mut step.outcome, &mut each);
         }
         progress.next = next;
         step
@@ -632,8 +705,8 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             // once.
             let slot = unsafe { self.lanes.pool.from_index(self.stage[li].slots[j] as usize) };
             self.give_back(slot);
-            let header = self.stage[li].headers[j];
-            self.dead_letter(&header, origin, Reason::LaneFull, now);
+            let (header, at) = (self.stage[li].headers[j], self.stage[li].at[j]);
+            self.dead_letter(&header, origin.at(at), Reason::LaneFull, now);
         }
         self.stage[li].n = 0;
         for j in 0..n {
@@ -862,6 +935,60 @@ mod tests {
         );
         assert_eq!(counters.ingested.get(), 23);
         assert_eq!(counters.frames.get(), 1);
+        assert!(dead.pop().is_none());
+    }
+
+    /// A resent frame: the events the engine holds are answered as duplicates (counted
+    /// ingested and `duplicate`), the others go on, and every event's origin names its
+    /// producer, the producer's resolved seq and its index in the frame.
+    #[test]
+    fn resent_frame_takes_only_what_is_not_held() {
+        let mut lanes: Lanes<8, 64, 8, 8> = Lanes::new();
+        let (input, mut output, mut dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let mut d = Dispatcher::new(input, &Unlimited, &signal, 1, &counters);
+        let evs: Vec<(u64, Priority)> = (0..6).map(|i| (i, Priority::High)).collect();
+        let bytes = batch(&evs);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut progress = FrameProgress::producing(77, 40);
+        let mut outcomes = Vec::new();
+        let step = d.dispatch_frame_resent(
+            &frame,
+            3,
+            0,
+            Flow::Waits,
+            &mut progress,
+            |i| i % 2 == 0,
+            |i, _, o| outcomes.push((i, o)),
+        );
+        assert_eq!(step.waiting, None);
+        assert_eq!((step.outcome.queued, step.outcome.duplicates), (3, 3));
+        outcomes.sort_by_key(|&(i, _)| i);
+        for (i, o) in outcomes {
+            let expected = if i % 2 == 0 {
+                Outcome::Duplicate
+            } else {
+                Outcome::Queued(Lane::Realtime)
+            };
+            assert_eq!(o, expected, "event {i}");
+        }
+        let mut origins = Vec::new();
+        while let Some(slot) = output.pop(Lane::Realtime) {
+            origins.push((slot.header.id, slot.origin));
+        }
+        let seq = frame.seq();
+        let want: Vec<(u64, Origin)> = [1u32, 3, 5]
+            .iter()
+            .map(|&i| {
+                (
+                    u64::from(i),
+                    Origin::new(3, seq).with_producer(77, 40).at(i),
+                )
+            })
+            .collect();
+        assert_eq!(origins, want);
+        assert_eq!(counters.ingested.get(), 6);
+        assert_eq!(counters.reason(Reason::Duplicate).get(), 3);
         assert!(dead.pop().is_none());
     }
 

@@ -194,21 +194,56 @@ impl EventHeader {
 }
 
 /// Where an event came from, so the engine can acknowledge it: the source (a connection or
-/// producer, numbered by the ingest side) and the sequence number of the frame it arrived in.
+/// producer, numbered by the ingest side), the sequence number of the frame it arrived in
+/// and its place in that frame; for a producer session (protocol version 2) also the
+/// producer's id and the highest frame seq of that producer the engine had resolved when it
+/// took the frame in. Stored with each record, the last two let a restarted engine tell
+/// which frames of a producer are complete in its logs and which events of the others it
+/// has ([`Dispatcher::dispatch_frame_resent`](crate::dispatch::Dispatcher::dispatch_frame_resent)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Origin {
     /// The ingest side's number for the sender; also the rate limiter's key.
     pub source: u32,
+    /// The event's index in its frame (0 for the first), set by the dispatcher.
+    pub index: u32,
     /// The sequence number of the frame that carried the event.
     pub seq: u64,
+    /// The producer session's id (0: the sender has none).
+    pub producer: u64,
+    /// The producer's highest resolved frame seq when this frame was taken in (0: none).
+    pub resolved: u64,
 }
 
 impl Origin {
-    /// An origin.
+    /// An origin without a producer session, index 0.
     #[inline]
     pub const fn new(source: u32, seq: u64) -> Self {
-        Self { source, seq }
+        Self {
+            source,
+            index: 0,
+            seq,
+            producer: 0,
+            resolved: 0,
+        }
+    }
+
+    /// The same origin from producer `producer`, whose frames through `resolved` were
+    /// resolved.
+    #[inline]
+    #[must_use]
+    pub const fn with_producer(mut self, producer: u64, resolved: u64) -> Self {
+        self.producer = producer;
+        self.resolved = resolved;
+        self
+    }
+
+    /// The same origin for the event at `index` of its frame.
+    #[inline]
+    #[must_use]
+    pub const fn at(mut self, index: u32) -> Self {
+        self.index = index;
+        self
     }
 }
 

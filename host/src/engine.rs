@@ -50,6 +50,7 @@ use crate::pin::{self, PinPlan};
 use crate::placement::{self, PlacementDecision, PlacementInput, PlacementMode};
 use crate::prom::{self, MetricType, PromWriter};
 use crate::stats::{HostCounters, LatencyRecorder, SharedLatency};
+use crate::storage::sessions;
 use crate::storage::{
     DataDirLock, Durability, Log, LogConfig, LogReader, RecoveryReport, StorageError, record,
 };
@@ -467,6 +468,31 @@ pub struct Started {
     /// What the transactional lane's dedup window was refilled with from its log (`None`
     /// when the log holds nothing recent).
     pub dedup_refill: Option<DedupRefill>,
+    /// The producer sessions rebuilt from the logs (`None` when they hold none recent).
+    pub sessions: Option<SessionsRestored>,
+}
+
+/// The producer sessions (protocol version 2) rebuilt at start-up from the logs' newest
+/// records ([`storage::sessions`](crate::storage::sessions)): a producer that resends after
+/// a restart gets what the logs hold answered as duplicates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionsRestored {
+    /// Producers put back into the table.
+    pub producers: usize,
+    /// Producers found that did not fit the table (`tcp.max_producers`).
+    pub left_out: usize,
+    /// Events held of frames that were in flight when the engine stopped.
+    pub held: u64,
+    /// Records read to find them.
+    pub scanned: u64,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// What start-up restored from the logs besides the logs themselves.
+struct Restored {
+    dedup: Option<DedupRefill>,
+    sessions: Option<SessionsRestored>,
 }
 
 /// The dedup window refilled at start-up from the transactional log: ids stored within the
@@ -712,8 +738,8 @@ impl Engine {
             .stack_size(stack)
             .spawn(move || supervise(cfg, plan, node, thread_stats, listener, udp, logs, tx))
             .map_err(|e| EngineError::Thread(format!("cannot start the engine thread: {e}")))?;
-        let dedup_refill = match rx.recv() {
-            Ok(Ok(refill)) => refill,
+        let restored = match rx.recv() {
+            Ok(Ok(restored)) => restored,
             Ok(Err(msg)) => {
                 let _ = supervisor.join();
                 return Err(EngineError::Config(msg));
@@ -734,7 +760,8 @@ impl Engine {
                 recovery,
                 decision,
                 placement,
-                dedup_refill,
+                dedup_refill: restored.dedup,
+                sessions: restored.sessions,
             },
             _lock: lock,
         })
@@ -751,7 +778,7 @@ fn supervise(
     listener: Option<TcpListener>,
     udp: Option<(UdpSocket, usize, usize)>,
     logs: Vec<Log>,
-    started: mpsc::Sender<Result<Option<DedupRefill>, String>>,
+    started: mpsc::Sender<Result<Restored, String>>,
 ) -> Result<(), String> {
     let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     // Large: built on the heap in place (the lanes are tens of MiB).
@@ -860,7 +887,35 @@ fn supervise(
         .process
         .dedup_evictions
         .add(procs.transactional.evictions());
-    let _ = started.send(Ok(refill));
+    // Producer sessions: what each producer had resolved, and what the logs hold of its
+    // frames that were in flight, so that its resends are duplicates, not copies.
+    let cutoff = stats
+        .shared
+        .start_wall
+        .saturating_sub(ns(cfg.dedup_window).max(ns(sessions::SESSION_SCAN)));
+    let dirs: Vec<std::path::PathBuf> = LOG_NAMES.iter().map(|n| cfg.data_dir.join(n)).collect();
+    let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let sessions = match sessions::scan(&dirs, cutoff) {
+        Ok(scan) => {
+            let producers = scan.producers.len();
+            let left_out = ingest.restore_producers(scan.producers);
+            (producers > 0).then_some(SessionsRestored {
+                producers: producers - left_out,
+                left_out,
+                held: scan.held,
+                scanned: scan.scanned,
+                took: scan.took,
+            })
+        }
+        Err(e) => {
+            let _ = started.send(Err(format!("rebuilding the producer sessions: {e}")));
+            return Ok(());
+        }
+    };
+    let _ = started.send(Ok(Restored {
+        dedup: refill,
+        sessions,
+    }));
     let placement = &cfg.placement;
     let budget = cfg.budget.max(1);
     let window = ns(cfg.aggregate_window).max(1);
@@ -1407,14 +1462,10 @@ impl<'a> StoreSink<'a> {
     fn write_dead_letter(&mut self, record: &DeadLetter, settle: bool) {
         // A dead letter whose record cannot be written is still a dead letter (counted by
         // the core); the failure is reported through health and the error counter.
-        let _ = self.append(
-            3,
-            record::KIND_DEAD_LETTER,
-            record::DEAD_LETTER_LEN,
-            |dst| {
-                let _ = record::encode_dead_letter(dst, record);
-            },
-        );
+        let (kind, len) = record::dead_letter_shape(record);
+        let _ = self.append(3, kind, len, |dst| {
+            let _ = record::encode_dead_letter(dst, record);
+        });
         self.stats.host.storage_dead_letters.incr();
         // Batch-lane events that are only aggregated are settled by the batch watermark, not
         // per frame (a dead letter of one would otherwise consume a realtime event's place in
@@ -1436,14 +1487,10 @@ impl Sink for StoreSink<'_> {
                     received: self.stats.shared.start_wall.saturating_add(self.round_now),
                     ..*e
                 };
-                self.append(
-                    e.lane.index(),
-                    record::KIND_EVENT,
-                    record::event_len(e.payload.len()),
-                    |dst| {
-                        let _ = record::encode_event(dst, &wall);
-                    },
-                )
+                let (kind, len) = record::event_shape(&wall);
+                self.append(e.lane.index(), kind, len, |dst| {
+                    let _ = record::encode_event(dst, &wall);
+                })
                 .map_err(|()| SinkError)?;
                 self.oldest = self.oldest.min(e.received);
                 self.note(e.origin.source, e.origin.seq, 1, 0, 0);

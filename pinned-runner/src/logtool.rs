@@ -27,7 +27,7 @@ use std::thread;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use pinstream_core::event::{EventHeader, Priority};
+use pinstream_core::event::{EventHeader, Origin, Priority};
 use pinstream_core::reason::Reason;
 use pinstream_core::wire::{
     Ack, BATCH_PREFIX_LEN, BatchEncoder, DEFAULT_MAX_FRAME_LEN, EVENT_RECORD_LEN, Frame, FrameKind,
@@ -322,8 +322,8 @@ fn priority_name(p: Priority) -> &'static str {
 
 fn kind_name(kind: u8) -> &'static str {
     match kind {
-        record::KIND_EVENT => "event",
-        record::KIND_DEAD_LETTER => "dead-letter",
+        record::KIND_EVENT | record::KIND_PRODUCER_EVENT => "event",
+        record::KIND_DEAD_LETTER | record::KIND_PRODUCER_DEAD_LETTER => "dead-letter",
         record::KIND_AGGREGATE => "aggregate",
         _ => "unknown",
     }
@@ -426,7 +426,7 @@ fn text_record(
         Ok(RecordBody::Event(e)) => {
             let h = &e.header;
             format!(
-                "{head} id={} topic={} priority={} lane={} source={} seq={} received={} \
+                "{head} id={} topic={} priority={} lane={} source={} seq={}{} received={} \
                  timestamp={} value={} payload={}B {}",
                 h.id,
                 h.topic,
@@ -434,6 +434,7 @@ fn text_record(
                 e.lane.name(),
                 e.origin.source,
                 e.origin.seq,
+                producer_text(&e.origin),
                 e.received,
                 h.timestamp,
                 value_text(h),
@@ -446,7 +447,7 @@ fn text_record(
             a.topic, a.start, a.end, a.count, a.bytes, a.values, a.min, a.max, a.sum
         ),
         Ok(RecordBody::DeadLetter(d)) => format!(
-            "{head} reason={}({}) id={} topic={} priority={} source={} seq={} tick={} \
+            "{head} reason={}({}) id={} topic={} priority={} source={} seq={}{} tick={} \
              events={} timestamp={} value={}",
             d.reason.name(),
             d.reason.code(),
@@ -455,6 +456,7 @@ fn text_record(
             priority_name(d.header.priority),
             d.origin.source,
             d.origin.seq,
+            producer_text(&d.origin),
             d.tick,
             d.events,
             d.header.timestamp,
@@ -466,6 +468,17 @@ fn text_record(
             rec.body.len()
         ),
     }
+}
+
+/// ` index=I producer=P resolved=R` for a producer session's record, nothing otherwise.
+fn producer_text(o: &Origin) -> String {
+    if o.producer == 0 {
+        return String::new();
+    }
+    format!(
+        " index={} producer={} resolved={}",
+        o.index, o.producer, o.resolved
+    )
 }
 
 fn json_record(
@@ -493,6 +506,9 @@ fn json_record(
             j.str("lane", e.lane.name())
                 .num("source", e.origin.source)
                 .num("seq", e.origin.seq)
+                .num("index", e.origin.index)
+                .num("producer", e.origin.producer)
+                .num("resolved", e.origin.resolved)
                 .num("received", e.received)
                 .num("payload_len", e.payload.len())
                 .str("payload_hex", &hex(e.payload));
@@ -518,6 +534,9 @@ fn json_record(
             header(&mut j, &d.header);
             j.num("source", d.origin.source)
                 .num("seq", d.origin.seq)
+                .num("index", d.origin.index)
+                .num("producer", d.origin.producer)
+                .num("resolved", d.origin.resolved)
                 .num("tick", d.tick)
                 .num("events", d.events);
         }

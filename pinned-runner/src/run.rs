@@ -161,6 +161,23 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
             r.took.as_secs_f64()
         );
     }
+    if let Some(r) = handle.started.sessions {
+        say!(
+            "producer sessions restored: {} producer(s), {} event(s) held of frames in flight at the last stop ({} record(s) read in {:.2} s){}",
+            r.producers,
+            r.held,
+            r.scanned,
+            r.took.as_secs_f64(),
+            if r.left_out > 0 {
+                format!(
+                    "; {} more did not fit tcp.max_producers and start again from seq 0",
+                    r.left_out
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     // One line: pinned or not, and why (`pinstream host-check` prints the same line).
     say!("placement decision: {}", handle.started.decision);
     for note in &handle.started.placement {

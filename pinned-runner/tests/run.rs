@@ -295,7 +295,12 @@ fn kill_9_then_restart_keeps_every_event_acknowledged_durable() {
 
 /// The transactional lane's ids, in log order.
 fn transactional_ids(data: &Path) -> Vec<u64> {
-    let mut reader = LogReader::open(&data.join(LOG_NAMES[1])).unwrap();
+    log_ids(data, 1)
+}
+
+/// The ids of the events in log `log` ([`LOG_NAMES`] order), in log order.
+fn log_ids(data: &Path, log: usize) -> Vec<u64> {
+    let mut reader = LogReader::open(&data.join(LOG_NAMES[log])).unwrap();
     let mut ids = Vec::new();
     while let Some(r) = reader.next_record() {
         let r = r.expect("every record CRC-valid");
@@ -360,6 +365,86 @@ fn resends_after_kill_9_and_restart_are_duplicates_not_copies() {
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 1020, "an id stored twice");
     assert!(out.contains("stopped"), "{out}");
+}
+
+/// A producer session (protocol version 2, high priority: the realtime lane, which keeps no
+/// id window) resends every frame after a kill -9 and a restart, including frames that were
+/// in flight at the kill: the restarted engine rebuilt the producer's session from the
+/// records' producer fields, answers what it holds as duplicates and stores the rest once.
+#[test]
+fn producer_resends_after_kill_9_are_duplicates_even_for_frames_in_flight() {
+    let dir = TempDir::new("run-producer");
+    let extra = "[storage]\ndurability = \"always\"\n";
+    let mut runner = Runner::start(dir.path(), extra);
+    const PRODUCER: u64 = 0x5EED_0000_0000_0042;
+    let high = |seq: u64| {
+        let events: Vec<_> = (0..20)
+            .map(|i| EventHeader::new(seq * 1000 + i, 0, Priority::High, 0))
+            .collect();
+        Client::batch(seq, &events, |_| vec![7; 40])
+    };
+    let mut client = Client::connect(runner.tcp).unwrap();
+    let reply = client.hello_producer(PRODUCER).unwrap();
+    assert_eq!((reply.producer_id, reply.last_seq), (PRODUCER, 0));
+    for seq in 1..=50 {
+        client.send(&high(seq)).unwrap();
+    }
+    client.wait_ack(50, WAIT).unwrap();
+    // One at a time: these frames are taken in with the producer resolved up to the one
+    // before, which their records say.
+    for seq in 51..=60 {
+        client.send(&high(seq)).unwrap();
+        client.wait_ack(seq, WAIT).unwrap();
+    }
+    // Then a burst, killed while part of it is in flight: frames 61-70 are acknowledged
+    // (their records were taken in with 60 resolved, so a restart must find them by their
+    // events), the rest may be stored in whole, in part or not at all.
+    for seq in 61..=100 {
+        client.send(&high(seq)).unwrap();
+    }
+    client.wait_ack(70, WAIT).unwrap();
+    runner.signal(libc::SIGKILL);
+    let _ = runner.wait();
+    drop(runner);
+    let before = log_ids(&dir.path().join("data"), 0);
+    assert!(before.len() >= 1400, "frames 1-70 were acknowledged");
+
+    let mut again = Runner::start(dir.path(), extra);
+    let line = again.wait_line("producer sessions restored:");
+    assert!(line.contains("1 producer(s)"), "{line}");
+    let mut client = Client::connect(again.tcp).unwrap();
+    let reply = client.hello_producer(PRODUCER).unwrap();
+    assert_eq!(reply.producer_id, PRODUCER);
+    assert!(
+        (59..=100).contains(&reply.last_seq),
+        "frame 60 was taken in with 59 resolved: {}",
+        reply.last_seq
+    );
+    // The client cannot tell what of 61-100 was stored: it resends all it has, and one new
+    // frame.
+    for seq in 1..=101 {
+        client.send(&high(seq)).unwrap();
+    }
+    let (ack, rejects) = client.wait_ack(101, WAIT).unwrap();
+    assert!(rejects.is_empty(), "{rejects:?}");
+    let held = before.len() as u64;
+    let resent = 101 * 20;
+    // Duplicates: every event of the frames through last_seq, and those the logs held of
+    // the frames above it.
+    assert_eq!(ack.stored + ack.duplicates, resent, "{ack:?}");
+    assert_eq!((ack.dead_lettered, ack.rejected), (0, 0), "{ack:?}");
+    assert_eq!(ack.duplicates, held, "{ack:?}");
+    again.signal(libc::SIGTERM);
+    assert!(again.wait().success());
+    drop(again);
+    let ids = log_ids(&dir.path().join("data"), 0);
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "an id stored twice");
+    assert_eq!(
+        ids.len() as u64,
+        resent,
+        "every event of the 101 frames, once"
+    );
 }
 
 /// Runs `pinstream` with `args` to completion, killing it after `WAIT` (a regression that

@@ -328,6 +328,8 @@ fn run(seed: u64) {
                 );
                 *per_reason.entry(reason).or_default() += 1;
             }
+            // This simulation resends nothing.
+            Outcome::Duplicate => panic!("event {serial} answered as held by the engine"),
         }
     }
     assert_eq!(sink.aggregated_events + batch_dead_events, batch_queued);

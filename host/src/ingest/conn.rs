@@ -3,8 +3,10 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 
 use crate::stats::LatencyRecorder;
+use crate::storage::sessions::HeldFrames;
 use pinstream_core::dispatch::FrameProgress;
 use pinstream_core::wire::{
     Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_ack_v2, encode_reject,
@@ -194,6 +196,12 @@ pub(crate) struct Conn {
     /// Version 2: frames with a seq at or below this were resolved before this connection's
     /// HELLO was answered; resent, they are duplicates.
     pub(crate) resolved_before: u64,
+    /// Version 2: the producer's id (0: none), which its events' records carry.
+    pub(crate) producer_id: u64,
+    /// Version 2: the events of the producer's frames above `resolved_before` that the logs
+    /// held at start-up (frames in flight when the engine last stopped): resent, those
+    /// events are duplicates, the others of the frame are taken.
+    pub(crate) held: Option<Arc<HeldFrames>>,
     /// Closed, but its frames are still resolving so that its producer's sequence covers
     /// them (no input, no output).
     pub(crate) draining: bool,
@@ -240,6 +248,8 @@ impl Conn {
             hello_pending: false,
             producer: None,
             resolved_before: 0,
+            producer_id: 0,
+            held: None,
             draining: false,
             duplicates: 0,
             batch_events_stored: false,
@@ -280,6 +290,8 @@ impl Conn {
         self.hello_pending = false;
         self.producer = None;
         self.resolved_before = 0;
+        self.producer_id = 0;
+        self.held = None;
         self.draining = false;
         self.duplicates = 0;
     }

@@ -28,6 +28,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -328,6 +329,17 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             last_producer_sweep: 0,
             batch_watermark: 0,
         })
+    }
+
+    /// Puts the producer sessions found in the logs into the producer table (before the
+    /// engine takes input). Returns how many did not fit.
+    pub fn restore_producers(
+        &mut self,
+        found: Vec<crate::storage::sessions::ProducerState>,
+    ) -> usize {
+        let left_out = self.producers.restore(found, self.now);
+        self.counters.tcp_producers.set(self.producers.len() as u64);
+        left_out
     }
 
     /// Whether batch-lane events are stored one by one (`pipeline.batch_store = "events"`):
@@ -639,7 +651,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             let last = self.producers.last_seq(index);
             conn.resolved_before = last;
             conn.through = last;
-            reply.producer_id = self.producers.id(index);
+            conn.producer_id = self.producers.id(index);
+            conn.held = self.producers.held(index);
+            reply.producer_id = conn.producer_id;
             reply.last_seq = last;
             reply.max_payload = self.limits.max_payload;
             reply.dedup_window_ms =
@@ -1196,7 +1210,12 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                         now,
                     ));
                 }
-                conn.progress = Some(FrameProgress::new());
+                // A producer's events carry its id and how far it was resolved, so that a
+                // restart can rebuild its session from the logs.
+                conn.progress = Some(match conn.producer_id {
+                    0 => FrameProgress::new(),
+                    id => FrameProgress::producing(id, conn.through),
+                });
                 let waiting = timed(latency, || {
                     continue_frame(conn, dispatcher, counters, ack, &frame, now)
                 });
@@ -1264,12 +1283,21 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
     let mut progress = conn.progress.take().unwrap_or_default();
     let mut rejects = 0u32;
     let mut refused = 0u32;
-    let step = dispatcher.dispatch_frame_flow(
+    // A frame the producer resends that was in flight when the engine last stopped: the
+    // events the logs held then are not taken again (an `Arc` clone, no allocation).
+    let held = conn
+        .held
+        .as_ref()
+        .filter(|h| seq <= h.max_seq())
+        .map(Arc::clone);
+    let source = conn.source;
+    let step = dispatcher.dispatch_frame_resent(
         frame,
-        conn.source,
+        source,
         now,
         Flow::Waits,
         &mut progress,
+        |i| held.as_ref().is_some_and(|h| h.holds(seq, i)),
         |i, header, outcome| {
             if let Outcome::Rejected(reason) = outcome {
                 refused += 1;
@@ -1297,6 +1325,7 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
                     Outcome::Queued(_) => track.pending += 1,
                     Outcome::DeadLettered(_) => track.dead += 1,
                     Outcome::Rejected(_) => track.rejected += 1,
+                    Outcome::Duplicate => track.duplicates += 1,
                 }
             }
         },

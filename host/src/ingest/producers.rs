@@ -14,11 +14,18 @@
 //! producer's sequence), and a new connection's HELLO for that producer is answered only
 //! once the draining is over, so the sequence it reports covers everything the engine took
 //! from the producer.
+//!
+//! At start-up the table is filled from the logs ([`Producers::restore`], the scan of
+//! [`sessions`](crate::storage::sessions)): each producer's resolved seq, and the events of
+//! its frames that were in flight when the engine stopped.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::storage::sessions::{HeldFrames, ProducerState};
 
 /// One producer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Entry {
     id: u64,
     /// Highest resolved frame seq (0: none).
@@ -29,6 +36,8 @@ struct Entry {
     draining: u32,
     /// Tick of the last attach or detach.
     active: u64,
+    /// What the logs held at start-up of its frames above `last_seq`.
+    held: Option<Arc<HeldFrames>>,
 }
 
 /// Why a producer could not be attached.
@@ -109,7 +118,7 @@ impl Producers {
                     .entries
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, e)| e.map(|e| (i, e)))
+                    .filter_map(|(i, e)| e.as_ref().map(|e| (i, e)))
                     .filter(|(_, e)| e.conn.is_none() && e.draining == 0)
                     .min_by_key(|(_, e)| e.active)
                     .map(|(i, _)| i)
@@ -125,6 +134,7 @@ impl Producers {
             conn: Some(slot),
             draining: 0,
             active: now,
+            held: None,
         });
         self.by_id.insert(id, index);
         Ok(Attached {
@@ -158,26 +168,61 @@ impl Producers {
         }
     }
 
+    /// Puts the producers a scan of the logs found into the table, without a connection,
+    /// active at `now` (idle from then on). Returns how many did not fit (the table holds
+    /// `tcp.max_producers`): those start again from seq 0 if they come back.
+    pub(crate) fn restore(&mut self, found: Vec<ProducerState>, now: u64) -> usize {
+        let mut left_out = 0;
+        for p in found {
+            if p.id == 0 || self.by_id.contains_key(&p.id) {
+                continue;
+            }
+            let Some(index) = self.free.pop() else {
+                left_out += 1;
+                continue;
+            };
+            self.entries[index] = Some(Entry {
+                id: p.id,
+                last_seq: p.last_seq,
+                conn: None,
+                draining: 0,
+                active: now,
+                held: p.held,
+            });
+            self.by_id.insert(p.id, index);
+        }
+        left_out
+    }
+
     /// The producer's id.
     pub(crate) fn id(&self, index: usize) -> u64 {
-        self.entries[index].map_or(0, |e| e.id)
+        self.entries[index].as_ref().map_or(0, |e| e.id)
     }
 
     /// The producer's highest resolved seq.
     pub(crate) fn last_seq(&self, index: usize) -> u64 {
-        self.entries[index].map_or(0, |e| e.last_seq)
+        self.entries[index].as_ref().map_or(0, |e| e.last_seq)
+    }
+
+    /// What the logs held at start-up of the producer's frames above its resolved seq
+    /// (dropped once its sequence has passed them).
+    pub(crate) fn held(&self, index: usize) -> Option<Arc<HeldFrames>> {
+        self.entries[index].as_ref().and_then(|e| e.held.clone())
     }
 
     /// Whether closed connections of the producer still have frames in flight (a HELLO
     /// for it waits until they are resolved).
     pub(crate) fn draining(&self, index: usize) -> bool {
-        self.entries[index].is_some_and(|e| e.draining > 0)
+        self.entries[index].as_ref().is_some_and(|e| e.draining > 0)
     }
 
     /// Frames through `seq` of the producer are resolved.
     pub(crate) fn resolved(&mut self, index: usize, seq: u64) {
         if let Some(e) = self.entries[index].as_mut() {
             e.last_seq = e.last_seq.max(seq);
+            if e.held.as_ref().is_some_and(|h| h.max_seq() <= e.last_seq) {
+                e.held = None;
+            }
         }
     }
 
@@ -208,7 +253,7 @@ impl Producers {
     pub(crate) fn evict_idle(&mut self, now: u64) -> u64 {
         let mut n = 0;
         for i in 0..self.entries.len() {
-            let stale = self.entries[i].is_some_and(|e| {
+            let stale = self.entries[i].as_ref().is_some_and(|e| {
                 e.conn.is_none() && e.draining == 0 && now.saturating_sub(e.active) > self.idle
             });
             if stale {

@@ -71,6 +71,7 @@ mod reader;
 pub mod record;
 mod recovery;
 mod repair;
+pub mod sessions;
 #[cfg(test)]
 mod tests;
 

@@ -10,6 +10,16 @@
 //! | [`KIND_EVENT`] | `lane u8 | header | origin | received u64 | payload…` (49 bytes + payload) |
 //! | [`KIND_DEAD_LETTER`] | `reason u16 | header | origin | tick u64 | events u32` (54 bytes) |
 //! | [`KIND_AGGREGATE`] | `topic u16 | start u64 | end u64 | count u64 | bytes u64 | values u64 | min i64 | max i64 | sum i128` (74 bytes) |
+//! | [`KIND_PRODUCER_EVENT`] | as [`KIND_EVENT`], the origin followed by `index u32 | producer u64 | resolved u64` (69 bytes + payload) |
+//! | [`KIND_PRODUCER_DEAD_LETTER`] | as [`KIND_DEAD_LETTER`], the origin followed by `index u32 | producer u64 | resolved u64` (74 bytes) |
+//!
+//! The last two are written for events of a producer session (protocol version 2; an
+//! [`Origin`] whose `producer` is not 0): the event's index in its frame, the producer's id
+//! and the highest frame seq of the producer the engine had resolved when it took the frame
+//! in. From them a restarted engine rebuilds its producer table (which frames of each
+//! producer are complete, which events of the others it holds), so a producer's resends
+//! after a crash are answered as duplicates. Other events keep the shorter kinds (their
+//! decoded origin has index, producer and resolved 0).
 //!
 //! An event's `received` is when the engine took it in, in nanoseconds since the Unix epoch
 //! (the engine's start time plus its tick), so a restarted engine can tell a record's age:
@@ -51,6 +61,10 @@ pub const KIND_EVENT: u8 = 1;
 pub const KIND_DEAD_LETTER: u8 = 2;
 /// Kind of a batch-lane aggregate.
 pub const KIND_AGGREGATE: u8 = 3;
+/// Kind of a stored event of a producer session.
+pub const KIND_PRODUCER_EVENT: u8 = 4;
+/// Kind of a dead letter of a producer session.
+pub const KIND_PRODUCER_DEAD_LETTER: u8 = 5;
 
 const HEADER_LEN: usize = 28;
 const ORIGIN_LEN: usize = 12;
@@ -60,10 +74,37 @@ pub const EVENT_FIXED_LEN: usize = 1 + HEADER_LEN + ORIGIN_LEN + 8;
 pub const DEAD_LETTER_LEN: usize = 2 + HEADER_LEN + ORIGIN_LEN + 8 + 4;
 /// Bytes of an aggregate body.
 pub const AGGREGATE_LEN: usize = 2 + 5 * 8 + 2 * 8 + 16;
+/// Bytes a producer session's origin adds: `index u32 | producer u64 | resolved u64`.
+pub const PRODUCER_LEN: usize = 4 + 8 + 8;
+/// Bytes of a producer session's event body before its payload.
+pub const PRODUCER_EVENT_FIXED_LEN: usize = EVENT_FIXED_LEN + PRODUCER_LEN;
+/// Bytes of a producer session's dead-letter body.
+pub const PRODUCER_DEAD_LETTER_LEN: usize = DEAD_LETTER_LEN + PRODUCER_LEN;
 
-/// The body length of an event with `payload_len` payload bytes.
+/// The body length of an event with `payload_len` payload bytes and no producer session.
 pub const fn event_len(payload_len: usize) -> usize {
     EVENT_FIXED_LEN + payload_len
+}
+
+/// The kind and body length [`encode_event`] writes for `ev`.
+pub const fn event_shape(ev: &StoredEvent<'_>) -> (u8, usize) {
+    if ev.origin.producer == 0 {
+        (KIND_EVENT, EVENT_FIXED_LEN + ev.payload.len())
+    } else {
+        (
+            KIND_PRODUCER_EVENT,
+            PRODUCER_EVENT_FIXED_LEN + ev.payload.len(),
+        )
+    }
+}
+
+/// The kind and body length [`encode_dead_letter`] writes for `dl`.
+pub const fn dead_letter_shape(dl: &DeadLetter) -> (u8, usize) {
+    if dl.origin.producer == 0 {
+        (KIND_DEAD_LETTER, DEAD_LETTER_LEN)
+    } else {
+        (KIND_PRODUCER_DEAD_LETTER, PRODUCER_DEAD_LETTER_LEN)
+    }
 }
 
 /// Why a body could not be encoded or decoded.
@@ -104,7 +145,9 @@ impl fmt::Display for RecordError {
             RecordError::BufferTooSmall { need, have } => {
                 write!(f, "record body needs {need} bytes, the buffer has {have}")
             }
-            RecordError::UnknownKind(k) => write!(f, "unknown record kind {k} (known: 1, 2, 3)"),
+            RecordError::UnknownKind(k) => {
+                write!(f, "unknown record kind {k} (known: 1 to 5)")
+            }
             RecordError::WrongLength {
                 kind,
                 expected,
@@ -141,9 +184,9 @@ pub struct EventRecord<'a> {
 /// A decoded body of any kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordBody<'a> {
-    /// Kind 1.
+    /// Kind 1 or 4.
     Event(EventRecord<'a>),
-    /// Kind 2.
+    /// Kind 2 or 5.
     DeadLetter(DeadLetter),
     /// Kind 3.
     Aggregate(Aggregate),
@@ -168,9 +211,15 @@ impl Writer<'_> {
         self.put(&h.raw_value.to_le_bytes());
     }
 
+    /// The origin: the short form, and the producer's fields when it has a producer.
     fn origin(&mut self, o: &Origin) {
         self.put(&o.source.to_le_bytes());
         self.put(&o.seq.to_le_bytes());
+        if o.producer != 0 {
+            self.put(&o.index.to_le_bytes());
+            self.put(&o.producer.to_le_bytes());
+            self.put(&o.resolved.to_le_bytes());
+        }
     }
 }
 
@@ -227,9 +276,16 @@ impl<'a> Cur<'a> {
         })
     }
 
-    fn origin(&mut self) -> Origin {
+    /// The origin, in its long form (a producer kind) when `long`.
+    fn origin(&mut self, long: bool) -> Origin {
         let source = self.u32();
-        Origin::new(source, self.u64())
+        let origin = Origin::new(source, self.u64());
+        if !long {
+            return origin;
+        }
+        let index = self.u32();
+        let producer = self.u64();
+        origin.with_producer(producer, self.u64()).at(index)
     }
 }
 
@@ -243,12 +299,12 @@ fn writer(out: &mut [u8], need: usize) -> Result<Writer<'_>, RecordError> {
     Ok(Writer { out, at: 0 })
 }
 
-/// Encodes an event body into `out`; returns its length ([`event_len`]).
+/// Encodes an event body into `out`, of the kind [`event_shape`] says; returns its length.
 ///
 /// # Errors
 /// [`RecordError::BufferTooSmall`].
 pub fn encode_event(out: &mut [u8], ev: &StoredEvent<'_>) -> Result<usize, RecordError> {
-    let mut w = writer(out, event_len(ev.payload.len()))?;
+    let mut w = writer(out, event_shape(ev).1)?;
     w.put(&[ev.lane as u8]);
     w.header(ev.header);
     w.origin(&ev.origin);
@@ -257,12 +313,13 @@ pub fn encode_event(out: &mut [u8], ev: &StoredEvent<'_>) -> Result<usize, Recor
     Ok(w.at)
 }
 
-/// Encodes a dead-letter body into `out`; returns [`DEAD_LETTER_LEN`].
+/// Encodes a dead-letter body into `out`, of the kind [`dead_letter_shape`] says; returns
+/// its length.
 ///
 /// # Errors
 /// [`RecordError::BufferTooSmall`].
 pub fn encode_dead_letter(out: &mut [u8], dl: &DeadLetter) -> Result<usize, RecordError> {
-    let mut w = writer(out, DEAD_LETTER_LEN)?;
+    let mut w = writer(out, dead_letter_shape(dl).1)?;
     w.put(&dl.reason.code().to_le_bytes());
     w.header(&dl.header);
     w.origin(&dl.origin);
@@ -304,19 +361,29 @@ fn check_len(kind: u8, body: &[u8], expected: usize, exact: bool) -> Result<(), 
     }
 }
 
-/// Decodes an event body.
+/// Decodes an event body of kind [`KIND_EVENT`].
 ///
 /// # Errors
 /// [`RecordError::WrongLength`] below [`EVENT_FIXED_LEN`]; bad lane, priority or flags.
 pub fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, RecordError> {
-    check_len(KIND_EVENT, body, EVENT_FIXED_LEN, false)?;
+    decode_event_kind(KIND_EVENT, body)
+}
+
+fn decode_event_kind(kind: u8, body: &[u8]) -> Result<EventRecord<'_>, RecordError> {
+    let long = kind == KIND_PRODUCER_EVENT;
+    let fixed = if long {
+        PRODUCER_EVENT_FIXED_LEN
+    } else {
+        EVENT_FIXED_LEN
+    };
+    check_len(kind, body, fixed, false)?;
     let mut c = Cur { b: body, at: 0 };
     let l = c.u8();
     let lane = *Lane::ALL
         .get(usize::from(l))
         .ok_or(RecordError::BadLane(l))?;
     let header = c.header()?;
-    let origin = c.origin();
+    let origin = c.origin(long);
     let received = c.u64();
     Ok(EventRecord {
         lane,
@@ -327,18 +394,28 @@ pub fn decode_event(body: &[u8]) -> Result<EventRecord<'_>, RecordError> {
     })
 }
 
-/// Decodes a dead-letter body.
+/// Decodes a dead-letter body of kind [`KIND_DEAD_LETTER`].
 ///
 /// # Errors
 /// [`RecordError::WrongLength`] unless exactly [`DEAD_LETTER_LEN`] bytes; an unknown reason
 /// code; bad priority or flags.
 pub fn decode_dead_letter(body: &[u8]) -> Result<DeadLetter, RecordError> {
-    check_len(KIND_DEAD_LETTER, body, DEAD_LETTER_LEN, true)?;
+    decode_dead_letter_kind(KIND_DEAD_LETTER, body)
+}
+
+fn decode_dead_letter_kind(kind: u8, body: &[u8]) -> Result<DeadLetter, RecordError> {
+    let long = kind == KIND_PRODUCER_DEAD_LETTER;
+    let len = if long {
+        PRODUCER_DEAD_LETTER_LEN
+    } else {
+        DEAD_LETTER_LEN
+    };
+    check_len(kind, body, len, true)?;
     let mut c = Cur { b: body, at: 0 };
     let code = c.u16();
     let reason = Reason::from_code(code).ok_or(RecordError::UnknownReason(code))?;
     let header = c.header()?;
-    let origin = c.origin();
+    let origin = c.origin(long);
     let tick = c.u64();
     let events = c.u32();
     Ok(DeadLetter {
@@ -380,8 +457,10 @@ pub fn decode_aggregate(body: &[u8]) -> Result<Aggregate, RecordError> {
 /// [`RecordError::UnknownKind`], or the kind's decoder's error.
 pub fn decode(kind: u8, body: &[u8]) -> Result<RecordBody<'_>, RecordError> {
     match kind {
-        KIND_EVENT => decode_event(body).map(RecordBody::Event),
-        KIND_DEAD_LETTER => decode_dead_letter(body).map(RecordBody::DeadLetter),
+        KIND_EVENT | KIND_PRODUCER_EVENT => decode_event_kind(kind, body).map(RecordBody::Event),
+        KIND_DEAD_LETTER | KIND_PRODUCER_DEAD_LETTER => {
+            decode_dead_letter_kind(kind, body).map(RecordBody::DeadLetter)
+        }
         KIND_AGGREGATE => decode_aggregate(body).map(RecordBody::Aggregate),
         k => Err(RecordError::UnknownKind(k)),
     }
@@ -430,6 +509,39 @@ mod tests {
                 Ok(RecordBody::DeadLetter(dl))
             );
         }
+        // A producer session's records keep the index, the producer and its resolved seq.
+        let origin = Origin::new(3, 40).with_producer(u64::MAX, 38).at(u32::MAX);
+        let ev = StoredEvent {
+            lane: Lane::Realtime,
+            header: &h,
+            origin,
+            received: 9,
+            payload: b"p",
+        };
+        let (kind, len) = event_shape(&ev);
+        assert_eq!(
+            (kind, len),
+            (KIND_PRODUCER_EVENT, PRODUCER_EVENT_FIXED_LEN + 1)
+        );
+        assert_eq!(encode_event(&mut buf, &ev), Ok(len));
+        match decode(kind, &buf[..len]) {
+            Ok(RecordBody::Event(e)) => assert_eq!((e.origin, e.payload), (origin, &b"p"[..])),
+            other => panic!("{other:?}"),
+        }
+        let dl = DeadLetter {
+            header: h,
+            origin,
+            reason: Reason::RateLimited,
+            tick: 5,
+            events: 1,
+        };
+        let (kind, len) = dead_letter_shape(&dl);
+        assert_eq!(
+            (kind, len),
+            (KIND_PRODUCER_DEAD_LETTER, PRODUCER_DEAD_LETTER_LEN)
+        );
+        assert_eq!(encode_dead_letter(&mut buf, &dl), Ok(len));
+        assert_eq!(decode(kind, &buf[..len]), Ok(RecordBody::DeadLetter(dl)));
         let a = Aggregate {
             topic: 9,
             start: 1,
@@ -469,14 +581,22 @@ mod tests {
                 have: 10
             })
         );
-        assert_eq!(decode(4, &[]), Err(RecordError::UnknownKind(4)));
+        assert_eq!(decode(6, &[]), Err(RecordError::UnknownKind(6)));
         // Every length short of (or, for fixed kinds, other than) the right one is an error.
-        for kind in [KIND_EVENT, KIND_DEAD_LETTER, KIND_AGGREGATE] {
+        for kind in [
+            KIND_EVENT,
+            KIND_DEAD_LETTER,
+            KIND_AGGREGATE,
+            KIND_PRODUCER_EVENT,
+            KIND_PRODUCER_DEAD_LETTER,
+        ] {
             for len in 0..buf.len() {
                 let r = decode(kind, &buf[..len]);
                 let right = match kind {
                     KIND_EVENT => len >= EVENT_FIXED_LEN,
                     KIND_DEAD_LETTER => len == DEAD_LETTER_LEN,
+                    KIND_PRODUCER_EVENT => len >= PRODUCER_EVENT_FIXED_LEN,
+                    KIND_PRODUCER_DEAD_LETTER => len == PRODUCER_DEAD_LETTER_LEN,
                     _ => len == AGGREGATE_LEN,
                 };
                 if !right {
