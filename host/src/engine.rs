@@ -1261,6 +1261,15 @@ struct StoreSink<'a> {
     round_now: u64,
 }
 
+/// Why [`StoreSink::append`] wrote nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AppendError {
+    /// Storage failed earlier: nothing is written any more.
+    Failed,
+    /// This append failed (the error is recorded: counter, health, `storage_error`).
+    Now,
+}
+
 /// Completions collected before a commit is forced.
 const MAX_PENDING_COMPLETIONS: usize = 65_536;
 
@@ -1413,21 +1422,24 @@ impl<'a> StoreSink<'a> {
         log: usize,
         kind: u8,
         len: usize,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> Result<(), ()> {
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, record::RecordError>,
+    ) -> Result<u64, AppendError> {
         if self.failed {
-            return Err(());
+            return Err(AppendError::Failed);
         }
         match self.logs[log].append_with(kind, len, fill) {
-            Ok(_) => {
+            Ok(offset) => {
                 self.dirty[log] = true;
                 self.stats.host.storage_records.incr();
                 self.stats.host.storage_bytes.add(len as u64);
-                Ok(())
+                Ok(offset)
             }
             Err(e) => {
+                // Any refusal stops the writes, an encoding bug included: the record's
+                // events must not be acknowledged, and a sink that skipped a record and
+                // went on would store a log with a hole the acks do not show.
                 self.fail(&e, &self.stats.host.storage_write_errors);
-                Err(())
+                Err(AppendError::Now)
             }
         }
     }
@@ -1463,9 +1475,7 @@ impl<'a> StoreSink<'a> {
         // A dead letter whose record cannot be written is still a dead letter (counted by
         // the core); the failure is reported through health and the error counter.
         let (kind, len) = record::dead_letter_shape(record);
-        let _ = self.append(3, kind, len, |dst| {
-            let _ = record::encode_dead_letter(dst, record);
-        });
+        let _ = self.append(3, kind, len, |dst| record::encode_dead_letter(dst, record));
         self.stats.host.storage_dead_letters.incr();
         // Batch-lane events that are only aggregated are settled by the batch watermark, not
         // per frame (a dead letter of one would otherwise consume a realtime event's place in
@@ -1489,17 +1499,17 @@ impl Sink for StoreSink<'_> {
                 };
                 let (kind, len) = record::event_shape(&wall);
                 self.append(e.lane.index(), kind, len, |dst| {
-                    let _ = record::encode_event(dst, &wall);
+                    record::encode_event(dst, &wall)
                 })
-                .map_err(|()| SinkError)?;
+                .map_err(|_| SinkError)?;
                 self.oldest = self.oldest.min(e.received);
                 self.note(e.origin.source, e.origin.seq, 1, 0, 0);
             }
             Record::Aggregate(a) => {
                 self.append(2, record::KIND_AGGREGATE, record::AGGREGATE_LEN, |dst| {
-                    let _ = record::encode_aggregate(dst, a);
+                    record::encode_aggregate(dst, a)
                 })
-                .map_err(|()| SinkError)?;
+                .map_err(|_| SinkError)?;
             }
         }
         Ok(())

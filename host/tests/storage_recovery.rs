@@ -596,7 +596,7 @@ fn the_dead_letter_log_stores_reason_coded_records() {
     .collect();
     for dl in &letters {
         log.append_with(record::KIND_DEAD_LETTER, record::DEAD_LETTER_LEN, |buf| {
-            record::encode_dead_letter(buf, dl).unwrap();
+            record::encode_dead_letter(buf, dl)
         })
         .unwrap();
     }

@@ -21,6 +21,7 @@ use super::format::{
     CHECKPOINT_FILE, Checkpoint, INDEX_ENTRY_LEN, IndexEntry, RECORD_HEADER_LEN, index_path, seal,
     segment_path, sync_dir,
 };
+use super::record::RecordError;
 use super::recovery::{self, RecoveryReport};
 use super::{Durability, LogConfig, StorageError};
 
@@ -276,20 +277,27 @@ impl Log {
     /// [`StorageError::Io`] when writing the buffer or rolling fails (the log is then
     /// poisoned).
     pub fn append(&mut self, kind: u8, body: &[u8]) -> Result<u64, StorageError> {
-        self.append_with(kind, body.len(), |dst| dst.copy_from_slice(body))
+        self.append_with(kind, body.len(), |dst| {
+            dst.copy_from_slice(body);
+            Ok(body.len())
+        })
     }
 
     /// Appends one record of `kind` whose `body_len`-byte body `fill` writes in place in the
     /// write buffer (e.g. with the encoders of [`record`](super::record)): no copy, no
-    /// allocation.
+    /// allocation. `fill` returns the bytes it wrote, which must be `body_len`: a record is
+    /// sealed (its CRC computed) only over a body written whole, never over zeroes an
+    /// encoder left.
     ///
     /// # Errors
-    /// As [`append`](Self::append).
+    /// As [`append`](Self::append); [`StorageError::Encode`] when `fill` fails and
+    /// [`StorageError::BodyLength`] when it wrote another length (a bug in the caller). The
+    /// record is then not appended and the log stays usable.
     pub fn append_with(
         &mut self,
         kind: u8,
         body_len: usize,
-        fill: impl FnOnce(&mut [u8]),
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, RecordError>,
     ) -> Result<u64, StorageError> {
         self.check_poison()?;
         if body_len > self.cfg.max_record_bytes as usize {
@@ -314,7 +322,23 @@ impl Log {
         // Within capacity (checked above; `validate` makes one record fit): no allocation.
         self.buf.resize(start + total, 0);
         let record = &mut self.buf[start..];
-        fill(&mut record[RECORD_HEADER_LEN..]);
+        let written = fill(&mut record[RECORD_HEADER_LEN..]);
+        match written {
+            Ok(n) if n == body_len => {}
+            Ok(written) => {
+                self.buf.truncate(start);
+                return Err(StorageError::BodyLength {
+                    kind,
+                    expected: body_len,
+                    written,
+                });
+            }
+            Err(error) => {
+                self.buf.truncate(start);
+                return Err(StorageError::Encode { kind, error });
+            }
+        }
+        let record = &mut self.buf[start..];
         seal(record, offset, kind);
         let interval = u64::from(self.cfg.index_interval_bytes);
         if self

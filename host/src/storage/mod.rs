@@ -224,6 +224,23 @@ pub enum StorageError {
         /// The configured maximum.
         max: u32,
     },
+    /// A record's body could not be encoded; nothing of it was appended.
+    Encode {
+        /// The record kind.
+        kind: u8,
+        /// What the encoder said.
+        error: record::RecordError,
+    },
+    /// A record's body was encoded to another length than announced (a bug in the caller);
+    /// nothing of it was appended.
+    BodyLength {
+        /// The record kind.
+        kind: u8,
+        /// The body length announced.
+        expected: usize,
+        /// The bytes written.
+        written: usize,
+    },
     /// Stored bytes fail their check (CRC, framing, offset sequence).
     Corrupt {
         /// The segment file.
@@ -277,6 +294,19 @@ impl StorageError {
                 len: *len,
                 max: *max,
             },
+            StorageError::Encode { kind, error } => StorageError::Encode {
+                kind: *kind,
+                error: *error,
+            },
+            StorageError::BodyLength {
+                kind,
+                expected,
+                written,
+            } => StorageError::BodyLength {
+                kind: *kind,
+                expected: *expected,
+                written: *written,
+            },
             StorageError::Corrupt {
                 path,
                 position,
@@ -314,6 +344,18 @@ impl fmt::Display for StorageError {
                 f,
                 "record body of {len} bytes exceeds max_record_bytes = {max} (raise it or split \
                  the record)"
+            ),
+            StorageError::Encode { kind, error } => {
+                write!(f, "a record of kind {kind} could not be encoded: {error}")
+            }
+            StorageError::BodyLength {
+                kind,
+                expected,
+                written,
+            } => write!(
+                f,
+                "a record of kind {kind} was encoded to {written} bytes, {expected} announced \
+                 (not appended)"
             ),
             StorageError::Corrupt {
                 path,

@@ -253,10 +253,8 @@ mod tests {
             payload: b"x",
         };
         let (kind, len) = record::event_shape(&ev);
-        log.append_with(kind, len, |dst| {
-            record::encode_event(dst, &ev).unwrap();
-        })
-        .unwrap();
+        log.append_with(kind, len, |dst| record::encode_event(dst, &ev))
+            .unwrap();
     }
 
     /// Frames 1–3 of producer 7 are resolved by the time frame 5 is taken in; frames 4 and 5
@@ -287,10 +285,8 @@ mod tests {
             events: 1,
         };
         let (kind, len) = record::dead_letter_shape(&letter);
-        dead.append_with(kind, len, |dst| {
-            record::encode_dead_letter(dst, &letter).unwrap();
-        })
-        .unwrap();
+        dead.append_with(kind, len, |dst| record::encode_dead_letter(dst, &letter))
+            .unwrap();
         dead.close().unwrap();
         let missing = root.0.join("batch");
         let scan = scan(&[&rt, &missing, &dl], 500).unwrap();

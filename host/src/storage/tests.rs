@@ -139,3 +139,50 @@ fn a_quarantine_interrupted_between_its_renames_is_completed_on_open() {
         "the original is kept"
     );
 }
+
+/// A body written short, or an encoder that fails, appends nothing: no record sealed over
+/// the zeroes the fill left, the log goes on, and a reader sees only whole records.
+#[test]
+fn a_body_not_written_as_announced_is_never_sealed() {
+    let dir = TempDir::new("body-length");
+    let mut log = open(&dir);
+    assert_eq!(log.append(1, b"first").unwrap(), 0);
+    let short = log.append_with(1, 10, |dst| {
+        dst[..4].copy_from_slice(b"half");
+        Ok(4)
+    });
+    assert!(
+        matches!(
+            short,
+            Err(StorageError::BodyLength {
+                kind: 1,
+                expected: 10,
+                written: 4
+            })
+        ),
+        "{short:?}"
+    );
+    let refused = log.append_with(1, 10, |dst| {
+        Err(super::record::RecordError::BufferTooSmall {
+            need: 11,
+            have: dst.len(),
+        })
+    });
+    assert!(
+        matches!(refused, Err(StorageError::Encode { kind: 1, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        log.append(1, b"second").unwrap(),
+        1,
+        "no offset was used up"
+    );
+    log.sync().unwrap();
+    log.close().unwrap();
+    let mut reader = LogReader::open(&dir.0).unwrap();
+    let mut bodies = Vec::new();
+    while let Some(r) = reader.next_record() {
+        bodies.push(r.unwrap().body);
+    }
+    assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
+}
