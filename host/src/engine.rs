@@ -1347,7 +1347,13 @@ impl<'a> StoreSink<'a> {
                     _ => log.sync(),
                 };
                 if let Err(e) = result {
-                    self.fail(&e, &self.stats.host.storage_sync_errors);
+                    // A sync writes the buffer first: a failed write is a write error.
+                    let stats = self.stats;
+                    let counter = match &e {
+                        StorageError::Io { op: "write", .. } => &stats.host.storage_write_errors,
+                        _ => &stats.host.storage_sync_errors,
+                    };
+                    self.fail(&e, counter);
                     return Err(e);
                 }
                 self.dirty[i] = false;
@@ -1448,6 +1454,25 @@ impl<'a> StoreSink<'a> {
     fn fail(&mut self, e: &StorageError, counter: &crate::stats::Gauge) {
         counter.incr();
         self.failed = true;
+        // What was still in the write buffers will never be written: counted stored (or
+        // dead-lettered) by the pipeline, it is not in the logs.
+        let (events, dead) = (
+            [record::KIND_EVENT, record::KIND_PRODUCER_EVENT],
+            [record::KIND_DEAD_LETTER, record::KIND_PRODUCER_DEAD_LETTER],
+        );
+        for (i, log) in self.logs.iter().enumerate() {
+            if i == 3 {
+                self.stats
+                    .host
+                    .storage_lost_dead_letters
+                    .add(log.unwritten(&dead));
+            } else {
+                self.stats
+                    .host
+                    .storage_lost_events
+                    .add(log.unwritten(&events));
+            }
+        }
         // What was written since the last commit is not known to be durable: those frames
         // are never acknowledged (the producer resends; recovery on restart keeps what
         // reached the disk intact). From now on only dead letters are reported.
@@ -1475,8 +1500,15 @@ impl<'a> StoreSink<'a> {
         // A dead letter whose record cannot be written is still a dead letter (counted by
         // the core); the failure is reported through health and the error counter.
         let (kind, len) = record::dead_letter_shape(record);
-        let _ = self.append(3, kind, len, |dst| record::encode_dead_letter(dst, record));
-        self.stats.host.storage_dead_letters.incr();
+        if self
+            .append(3, kind, len, |dst| record::encode_dead_letter(dst, record))
+            .is_ok()
+        {
+            self.stats.host.storage_dead_letters.incr();
+        } else {
+            // Counted dead-lettered by the core, but not in the log: say so.
+            self.stats.host.storage_lost_dead_letters.incr();
+        }
         // Batch-lane events that are only aggregated are settled by the batch watermark, not
         // per frame (a dead letter of one would otherwise consume a realtime event's place in
         // its frame); stored one by one, they are settled like the other lanes' events.

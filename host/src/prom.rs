@@ -358,7 +358,7 @@ pub type HostMetric = (
 );
 
 /// How each [`HostCounters`] field is exported.
-pub const HOST_METRICS: [HostMetric; 36] = [
+pub const HOST_METRICS: [HostMetric; 38] = [
     (
         "pinstream_tcp_connections_accepted_total",
         MetricType::Counter,
@@ -574,6 +574,18 @@ pub const HOST_METRICS: [HostMetric; 36] = [
         MetricType::Counter,
         "Events covered by a completed sync.",
         |c| &c.durable_events,
+    ),
+    (
+        "pinstream_storage_lost_events_total",
+        MetricType::Counter,
+        "Events counted stored that are not in the logs: storage failed before they were written (never acknowledged).",
+        |c| &c.storage_lost_events,
+    ),
+    (
+        "pinstream_storage_lost_dead_letters_total",
+        MetricType::Counter,
+        "Dead letters not in the dead-letter log because storage failed.",
+        |c| &c.storage_lost_dead_letters,
     ),
 ];
 

@@ -160,6 +160,12 @@ pub struct HostCounters {
     pub storage_segments: Gauge,
     /// Events covered by a completed sync (durable, may be acknowledged as such).
     pub durable_events: Gauge,
+    /// Events the pipeline stored (counted `stored`) that are not in the logs because
+    /// storage failed before they were written; never acknowledged.
+    pub storage_lost_events: Gauge,
+    /// Dead letters (counted dead-lettered) that are not in the dead-letter log because
+    /// storage failed.
+    pub storage_lost_dead_letters: Gauge,
 }
 
 impl HostCounters {
@@ -202,6 +208,8 @@ impl HostCounters {
             storage_write_errors: Gauge::new(),
             storage_segments: Gauge::new(),
             durable_events: Gauge::new(),
+            storage_lost_events: Gauge::new(),
+            storage_lost_dead_letters: Gauge::new(),
         }
     }
 }

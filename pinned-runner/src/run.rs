@@ -4,6 +4,11 @@
 //! admin endpoint, prints where it listens and what it pinned, then one status line per
 //! second. SIGINT or SIGTERM stops it cleanly: intake stops, the lanes drain, the logs are
 //! synced, the last acknowledgements go out, exit 0. A second signal exits at once (130).
+//!
+//! When storage fails (a full disk, an I/O error) the engine stays up for the operator: it
+//! takes no more input (connections are closed and refused), `/health` answers 503 with the
+//! error, the status line says `STORAGE FAILED`; a signal then stops it with exit 1.
+//! Everything acknowledged before the failure is in the logs.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -214,13 +219,18 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some(e) = error {
+        if let (Some(e), None) = (error, &failed) {
+            // Stay up: health says 503, the operator decides (a signal stops the engine).
+            eprintln!(
+                "pinstream: storage failed: {e}; intake closed, /health answers 503, nothing \
+                 acknowledged is lost; stop with SIGTERM (exit 1), free the space or fix the \
+                 disk, restart to recover the logs"
+            );
             failed = Some(e);
-            break;
         }
     }
     match &failed {
-        Some(e) => eprintln!("pinstream: storage failed: {e}; stopping"),
+        Some(_) => eprintln!("pinstream: stopping after the storage failure"),
         None => say!("stopping: intake closed, draining the lanes, syncing the logs"),
     }
     if let Some(a) = admin {
@@ -228,12 +238,24 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     }
     let t0 = Instant::now();
     let result = handle.stop();
+    // Stored and dead-lettered count what is in the logs: what storage lost when it failed
+    // is counted apart (taken in, never acknowledged).
+    let lost_events = stats.host.storage_lost_events.get();
+    let lost_dead = stats.host.storage_lost_dead_letters.get();
+    let lost = if lost_events + lost_dead > 0 {
+        format!(
+            ", {} not in the logs (storage failed; never acknowledged)",
+            lost_events + lost_dead
+        )
+    } else {
+        String::new()
+    };
     say!(
-        "stopped in {:.1} s: {} events in, {} stored, {} dead-lettered, {} rejected",
+        "stopped in {:.1} s: {} events in, {} stored, {} dead-lettered, {} rejected{lost}",
         t0.elapsed().as_secs_f64(),
         stats.dispatch.ingested.get(),
-        stats.process.stored.get(),
-        books(&stats).dead_lettered,
+        stats.process.stored.get().saturating_sub(lost_events),
+        books(&stats).dead_lettered.saturating_sub(lost_dead),
         books(&stats).rejected
     );
     match (failed, result) {
@@ -321,7 +343,11 @@ impl Status {
             d(Lane::Realtime),
             d(Lane::Transactional),
             d(Lane::Batch),
-            stats.control.level().name(),
+            if stats.shared.storage_failed.load(Ordering::Relaxed) {
+                "STORAGE FAILED (intake closed, /health 503)"
+            } else {
+                stats.control.level().name()
+            },
             stats.host.tcp_open.get(),
         );
         (self.last, self.ingested, self.stored, self.dead) = (now, ingested, stored, dead);

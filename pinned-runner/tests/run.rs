@@ -27,6 +27,11 @@ impl Runner {
     /// Starts `pinstream run --config <dir>/config.toml` with `extra` TOML appended to a base
     /// that listens on ephemeral loopback ports and stores in `dir/data`.
     fn start(dir: &Path, extra: &str) -> Self {
+        Self::start_with(dir, extra, |_| {})
+    }
+
+    /// [`start`](Self::start), the command adjusted by `adjust` before it is spawned.
+    fn start_with(dir: &Path, extra: &str, adjust: impl FnOnce(&mut Command)) -> Self {
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
@@ -40,13 +45,14 @@ impl Runner {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pinstream"));
+        command
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         for pipe in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -445,6 +451,91 @@ fn producer_resends_after_kill_9_are_duplicates_even_for_frames_in_flight() {
         resent,
         "every event of the 101 frames, once"
     );
+}
+
+/// A full disk (a file-size limit on the child: `write(2)` fails with `EFBIG`) does not stop
+/// the engine: it closes intake, `/health` answers 503 and it stays up until a signal, then
+/// exits 1; its last line counts as stored what the log holds.
+#[test]
+fn a_storage_failure_keeps_the_engine_up_with_503_until_stopped() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("run-full");
+    let mut runner = Runner::start_with(dir.path(), "", |command| {
+        // SAFETY: between fork and exec the closure only calls async-signal-safe functions
+        // (signal, setrlimit) on valid arguments and allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let lim = libc::rlimit {
+                    rlim_cur: 256 << 10,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let line = runner.wait_line("listening tcp=");
+    let admin: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut client = Client::connect(runner.tcp).unwrap();
+    let until = Instant::now() + WAIT;
+    for seq in 1.. {
+        let events: Vec<_> = (0..50)
+            .map(|i| EventHeader::new(seq * 100 + i, 0, Priority::High, 0))
+            .collect();
+        if client
+            .send(&Client::batch(seq, &events, |_| vec![3; 200]))
+            .is_err()
+        {
+            break;
+        }
+        if client.wait_ack(seq, Duration::from_secs(5)).is_err() || Instant::now() > until {
+            break;
+        }
+    }
+    runner.wait_line("storage failed:");
+    let health = || {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply
+    };
+    // Still up a while later, answering 503 with the error.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        runner.child.try_wait().unwrap().is_none(),
+        "{}",
+        runner.output()
+    );
+    let reply = health();
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("File too large"), "{reply}");
+    runner.wait_line("STORAGE FAILED");
+    runner.signal(libc::SIGTERM);
+    assert_eq!(runner.wait().code(), Some(1), "{}", runner.output());
+    let stopped = runner.wait_line("stopped in");
+    let stored: u64 = stopped
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" stored"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut reader = LogReader::open(&dir.path().join("data").join(LOG_NAMES[0])).unwrap();
+    let mut in_log = 0u64;
+    while let Some(Ok(_)) = reader.next_record() {
+        in_log += 1;
+    }
+    assert_eq!(stored, in_log, "{stopped}");
 }
 
 /// Runs `pinstream` with `args` to completion, killing it after `WAIT` (a regression that

@@ -111,4 +111,19 @@ fn a_failed_write_stops_intake_and_acks_nothing_uncommitted() {
     let t0 = Instant::now();
     let _ = engine.stop();
     assert!(t0.elapsed() < Duration::from_secs(30));
+    // What the pipeline counted stored, less what storage lost, is what the log holds
+    // (records written whole before the failure included; the torn one is not).
+    let mut reader =
+        pinstream_host::storage::LogReader::open(&dir.path().join("realtime")).unwrap();
+    let mut in_log = 0u64;
+    while let Some(Ok(_)) = reader.next_record() {
+        in_log += 1;
+    }
+    let stored = stats.process.stored.get();
+    let lost = stats.host.storage_lost_events.get();
+    assert_eq!(
+        stored - lost,
+        in_log,
+        "{stored} counted stored, {lost} counted lost, {in_log} in the log"
+    );
 }

@@ -182,6 +182,8 @@ pub struct Log {
     next_offset: u64,
     /// Offsets below this were written to the file.
     written_offset: u64,
+    /// Records in the write buffer (not written to the file yet), per kind (`kind & 7`).
+    buffered: [u64; 8],
     /// Offsets below this were fdatasynced.
     synced_offset: u64,
     unsynced_bytes: u64,
@@ -229,6 +231,7 @@ impl Log {
             active,
             next_offset: rec.next_offset,
             written_offset: rec.next_offset,
+            buffered: [0; 8],
             synced_offset: rec.next_offset,
             unsynced_bytes: 0,
             last_sync: Instant::now(),
@@ -354,6 +357,7 @@ impl Log {
         self.next_offset += 1;
         self.unsynced_bytes += total as u64;
         self.stats.records_appended += 1;
+        self.buffered[usize::from(kind & 7)] += 1;
         self.stats.bytes_appended += total as u64;
         Ok(offset)
     }
@@ -375,15 +379,20 @@ impl Log {
             let injected = self.fail_next_write.take().map(io::Error::from);
             #[cfg(not(test))]
             let injected: Option<io::Error> = None;
+            let mut done = 0;
             let result = match injected {
                 Some(e) => Err(e),
-                None => self.active.file.write_all(&self.buf),
+                None => write_counted(&mut self.active.file, &self.buf, &mut done),
             };
             if let Err(e) = result {
+                // The records that reached the file whole are in the log (recovery keeps
+                // them, truncating the torn one after them): only the rest is unwritten.
+                self.forget_written(done);
                 return Err(self.poison_with(StorageError::io("write", &self.active.path, e)));
             }
             self.active.written += self.buf.len() as u64;
             self.buf.clear();
+            self.buffered = [0; 8];
             self.written_offset = self.next_offset;
         }
         if !self.index_pending.is_empty() {
@@ -508,6 +517,32 @@ impl Log {
         }
     }
 
+    /// After a failed write of the buffer of which `done` bytes reached the file: the
+    /// records among them that are whole no longer count as buffered.
+    fn forget_written(&mut self, done: usize) {
+        let mut at = 0;
+        while at + RECORD_HEADER_LEN <= done {
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&self.buf[at..at + 4]);
+            let total = RECORD_HEADER_LEN + u32::from_le_bytes(len) as usize;
+            if at + total > done {
+                break;
+            }
+            let kind = usize::from(self.buf[at + 16] & 7);
+            self.buffered[kind] = self.buffered[kind].saturating_sub(1);
+            at += total;
+        }
+    }
+
+    /// Records of `kinds` appended but not written to the file yet (in the write buffer).
+    /// After a failed write they never will be: the log is poisoned and they are not in it.
+    pub fn unwritten(&self, kinds: &[u8]) -> u64 {
+        kinds
+            .iter()
+            .map(|&k| self.buffered[usize::from(k & 7)])
+            .sum()
+    }
+
     /// The offset the next append gets.
     pub fn next_offset(&self) -> u64 {
         self.next_offset
@@ -593,4 +628,18 @@ impl Log {
             Durability::Interval { .. } | Durability::Always => self.sync(),
         }
     }
+}
+
+/// `write_all` that says how far it got: `done` is the number of bytes of `buf` written,
+/// also when it fails part way (a full disk).
+fn write_counted(file: &mut File, buf: &[u8], done: &mut usize) -> io::Result<()> {
+    while *done < buf.len() {
+        match file.write(&buf[*done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
