@@ -1,44 +1,37 @@
-//! A blocking test client of the wire protocol: HELLO, EVENT / BATCH frames, and a reader of
-//! the server's ACK, REJECT and HELLO frames.
+//! The tests' client: [`pinstream_client::Connection`] with the conveniences the tests use
+//! (a HELLO of any shape, raw bytes, BATCH frames from headers, a reply that is an error at
+//! the end of the stream).
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use pinstream_client::{ConnectOptions, Connection};
 use pinstream_core::event::EventHeader;
-use pinstream_core::wire::{Ack, BatchEncoder, Frame, FrameKind, Hello, Reject, encode_hello};
+use pinstream_core::wire::{Ack, BatchEncoder, Hello, Reject};
 
-/// What the server sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// An ACK.
-    Ack(Ack),
-    /// A REJECT.
-    Reject(Reject),
-    /// A HELLO reply.
-    Hello(Hello),
-}
+pub use pinstream_client::Reply;
 
-/// One connection.
+/// One connection (no HELLO until [`hello`](Self::hello) or a variant is called).
 pub struct Client {
-    /// The socket.
+    /// The socket (a clone of the connection's).
     pub stream: TcpStream,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    conn: Connection,
 }
 
 impl Client {
-    /// Connects (with a read timeout of 10 s).
+    /// Connects (reads and writes time out after 10 s).
     pub fn connect(addr: SocketAddr) -> io::Result<Self> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let (conn, _) = Connection::connect(
+            addr,
+            &ConnectOptions {
+                timeout: Duration::from_secs(10),
+                hello: None,
+            },
+        )?;
         Ok(Self {
-            stream,
-            buf: vec![0; 1 << 16],
-            start: 0,
-            end: 0,
+            stream: conn.stream().try_clone()?,
+            conn,
         })
     }
 
@@ -53,17 +46,9 @@ impl Client {
         self.hello_with(&Hello::producer(65_536, producer_id))
     }
 
-    /// Sends `hello` and returns the server's reply.
+    /// Sends `hello` and returns the server's reply (an error when it refuses).
     pub fn hello_with(&mut self, hello: &Hello) -> io::Result<Hello> {
-        let mut buf = [0u8; 64];
-        let n = encode_hello(&mut buf, 0, hello).expect("encode HELLO");
-        self.stream.write_all(&buf[..n])?;
-        match self.next_reply()? {
-            Reply::Hello(h) => Ok(h),
-            other => Err(io::Error::other(format!(
-                "expected a HELLO reply, got {other:?}"
-            ))),
-        }
+        self.conn.hello(hello)
     }
 
     /// Encodes one BATCH frame of `events` with payloads from `payload(i)`.
@@ -83,86 +68,27 @@ impl Client {
 
     /// Sends raw bytes.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)
+        self.conn.send(bytes)
     }
 
-    /// The next frame from the server.
+    /// The next frame from the server; the end of the stream is an `UnexpectedEof` error.
     pub fn next_reply(&mut self) -> io::Result<Reply> {
-        loop {
-            let avail = &self.buf[self.start..self.end];
-            if avail.len() >= 4 {
-                let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-                if avail.len() >= len {
-                    let frame = Frame::new_checked(&avail[..len], len).map_err(|e| {
-                        io::Error::other(format!("bad frame from the server: {e:?}"))
-                    })?;
-                    self.start += len;
-                    return match frame.kind() {
-                        FrameKind::Ack => Ok(Reply::Ack(frame.ack().expect("ACK body"))),
-                        FrameKind::Reject => Ok(Reply::Reject(frame.reject().expect("REJECT"))),
-                        FrameKind::Hello => Ok(Reply::Hello(frame.hello().expect("HELLO"))),
-                        k => Err(io::Error::other(format!(
-                            "unexpected {k:?} from the server"
-                        ))),
-                    };
-                }
-            }
-            if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
-            } else if self.end == self.buf.len() {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            let n = self.stream.read(&mut self.buf[self.end..])?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "server closed",
-                ));
-            }
-            self.end += n;
-        }
+        self.conn
+            .next_reply()?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "server closed"))
     }
 
     /// Reads replies until an ACK covers `seq`; returns it and the REJECTs seen on the way.
     pub fn wait_ack(&mut self, seq: u64, timeout: Duration) -> io::Result<(Ack, Vec<Reject>)> {
-        let until = Instant::now() + timeout;
-        let mut rejects = Vec::new();
-        loop {
-            if Instant::now() > until {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no ACK for seq {seq}"),
-                ));
-            }
-            match self.next_reply()? {
-                Reply::Ack(a) if a.through_seq >= seq => return Ok((a, rejects)),
-                Reply::Reject(r) => rejects.push(r),
-                _ => {}
-            }
-        }
+        self.conn.wait_ack(seq, timeout)
     }
 
     /// Whether the server closed the connection (reads until EOF or `timeout`).
     pub fn closed_by_server(&mut self, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
         let _ = self
             .stream
             .set_read_timeout(Some(Duration::from_millis(50)));
-        let mut scratch = [0u8; 4096];
-        while Instant::now() < until {
-            match self.stream.read(&mut scratch) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        || e.kind() == io::ErrorKind::TimedOut => {}
-                Err(_) => return true,
-            }
-        }
-        false
+        self.conn.closed_by_server(timeout)
     }
 }
 
