@@ -139,6 +139,11 @@ impl Producer {
         self.producer_id
     }
 
+    /// The largest frame this producer sends (its option, lowered to the server's limit).
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
     /// The seq the next frame gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

@@ -17,22 +17,19 @@
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
+use pinstream_client::{Producer, ProducerOptions, Totals};
 use pinstream_core::event::{EventHeader, Origin, Priority};
 use pinstream_core::reason::Reason;
-use pinstream_core::wire::{
-    Ack, BATCH_PREFIX_LEN, BatchEncoder, DEFAULT_MAX_FRAME_LEN, EVENT_RECORD_LEN, Frame, FrameKind,
-    HEADER_LEN, Hello, MIN_FRAME_LEN, Reject, TRAILER_LEN, encode_hello,
-};
+use pinstream_core::wire::{BATCH_PREFIX_LEN, EVENT_RECORD_LEN, HEADER_LEN, TRAILER_LEN};
 use pinstream_host::engine::LOG_NAMES;
 use pinstream_host::storage::record::{self, RecordBody, RecordError};
 use pinstream_host::storage::{
@@ -831,93 +828,20 @@ fn verify(dir: &Path, args: &VerifyArgs) -> Result<(), Failure> {
 
 /// Frames sent and not yet acknowledged at most: well within the server's default credit
 /// (`tcp.inflight_frames` 1024, `tcp.inflight_events` 65 536 = 1024 frames of 64).
-const REPLAY_WINDOW: u64 = 64;
+const REPLAY_WINDOW: usize = 64;
 
 /// The largest frame replay builds, whatever the server offers.
 const REPLAY_MAX_FRAME: usize = 1 << 20;
 
-/// What the reply reader thread saw.
-enum Reply {
-    Ack(Ack),
-    Reject(Reject),
-    Hello(Hello),
-    Closed(String),
-}
-
-/// Reads the server's frames and hands them over until the connection ends.
-fn read_replies(mut stream: TcpStream, tx: &mpsc::Sender<Reply>) {
-    let mut buf = vec![0u8; DEFAULT_MAX_FRAME_LEN];
-    let (mut start, mut end) = (0usize, 0usize);
-    loop {
-        while end - start >= 4 {
-            let avail = &buf[start..end];
-            let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-            if !(MIN_FRAME_LEN..=buf.len()).contains(&len) {
-                let _ = tx.send(Reply::Closed(format!(
-                    "the server sent a frame length of {len} bytes: not a pinstream server?"
-                )));
-                return;
-            }
-            if avail.len() < len {
-                break;
-            }
-            let reply = match Frame::new_checked(&avail[..len], len) {
-                Ok(f) => match (f.kind(), f.ack(), f.reject(), f.hello()) {
-                    (FrameKind::Ack, Some(a), _, _) => Reply::Ack(a),
-                    (FrameKind::Reject, _, Some(r), _) => Reply::Reject(r),
-                    (FrameKind::Hello, _, _, Some(h)) => Reply::Hello(h),
-                    (k, ..) => Reply::Closed(format!("the server sent an unexpected {k:?} frame")),
-                },
-                Err(e) => Reply::Closed(format!("the server sent a bad frame: {e:?}")),
-            };
-            let stop = matches!(reply, Reply::Closed(_));
-            if tx.send(reply).is_err() || stop {
-                return;
-            }
-            start += len;
-        }
-        if start == end {
-            (start, end) = (0, 0);
-        } else if start > 0 {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-        }
-        match stream.read(&mut buf[end..]) {
-            Ok(0) => {
-                let _ = tx.send(Reply::Closed("the server closed the connection".into()));
-                return;
-            }
-            Ok(n) => end += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let _ = tx.send(Reply::Closed(format!(
-                    "reading from the server failed: {e}"
-                )));
-                return;
-            }
-        }
-    }
-}
-
-/// One connection to the engine replayed to.
+/// The producer session replay sends through, and what it sent.
 struct Sender {
     addr: SocketAddr,
-    stream: TcpStream,
-    replies: mpsc::Receiver<Reply>,
-    reader: Option<thread::JoinHandle<()>>,
-    timeout: Duration,
-    max_frame: usize,
-    batch: usize,
-    frame: Vec<u8>,
-    /// Events waiting for the next frame.
-    pending: Vec<(EventHeader, Vec<u8>)>,
-    pending_bytes: usize,
-    /// The seq of the last frame sent (HELLO is 0).
-    seq: u64,
-    last_ack: Ack,
+    producer: Producer,
     events_sent: u64,
-    /// REJECT frames by reason code (dead letters may be named there too).
+    /// The first seq of this session (frames sent = next seq - first).
+    first_seq: u64,
+    totals: Totals,
+    /// REJECT frames by reason code.
     notices: BTreeMap<u16, u64>,
 }
 
@@ -931,139 +855,37 @@ impl Sender {
                 ))
             })?
             .collect();
-        let mut last_err = None;
-        let mut connected = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, timeout) {
-                Ok(s) => {
-                    connected = Some((addr, s));
-                    break;
-                }
-                Err(e) => last_err = Some(format!("{addr}: {e}")),
-            }
-        }
-        let Some((addr, stream)) = connected else {
-            return Err(Failure::runtime(format!(
-                "cannot connect to {target}: {} (is the engine running and is this its \
-                 tcp.listen address?)",
-                last_err.unwrap_or_else(|| "the name resolves to no address".into())
-            )));
-        };
-        let io_fail = |e: io::Error| Failure::runtime(format!("connection to {addr}: {e}"));
-        stream.set_nodelay(true).map_err(io_fail)?;
-        let read_half = stream.try_clone().map_err(io_fail)?;
-        let (tx, replies) = mpsc::channel();
-        let reader = thread::Builder::new()
-            .name("replay-acks".into())
-            .spawn(move || read_replies(read_half, &tx))
-            .map_err(|e| Failure::runtime(format!("cannot start the ACK reader thread: {e}")))?;
-        let mut sender = Sender {
-            addr,
-            stream,
-            replies,
-            reader: Some(reader),
+        let options = ProducerOptions {
+            max_batch: batch as usize,
+            max_frame_len: REPLAY_MAX_FRAME,
+            window: REPLAY_WINDOW,
             timeout,
-            max_frame: DEFAULT_MAX_FRAME_LEN,
-            batch: batch as usize,
-            frame: Vec::new(),
-            pending: Vec::with_capacity(batch as usize),
-            pending_bytes: 0,
-            seq: 0,
-            last_ack: Ack::default(),
-            events_sent: 0,
-            notices: BTreeMap::new(),
+            ..ProducerOptions::default()
         };
-        sender.hello()?;
-        Ok(sender)
-    }
-
-    fn hello(&mut self) -> Result<(), Failure> {
-        let mut buf = [0u8; 64];
-        let mine = u32::try_from(REPLAY_MAX_FRAME).unwrap_or(u32::MAX);
-        let n = encode_hello(&mut buf, 0, &Hello::client(1, 1, mine))
-            .map_err(|e| Failure::runtime(format!("cannot encode the HELLO frame: {e:?}")))?;
-        self.write(&buf[..n])?;
-        match self.next_reply()? {
-            Reply::Hello(h) => {
-                let theirs = usize::try_from(h.max_frame_len).unwrap_or(usize::MAX);
-                self.max_frame = theirs.min(REPLAY_MAX_FRAME);
-                self.frame = vec![0u8; self.max_frame];
-                Ok(())
-            }
-            Reply::Reject(r) => Err(Failure::runtime(format!(
-                "{} refused the HELLO: {}",
-                self.addr,
-                reason_text(r.reason)
-            ))),
-            Reply::Ack(_) => Err(Failure::runtime(format!(
-                "{} answered the HELLO with an ACK: not a pinstream server of this version?",
-                self.addr
-            ))),
-            Reply::Closed(why) => Err(Failure::runtime(format!(
-                "{} did not answer the HELLO: {why}",
-                self.addr
-            ))),
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        self.stream.write_all(bytes).map_err(|e| {
-            Failure::runtime(format!(
-                "sending to {} failed after {} event(s) were acknowledged: {e}",
-                self.addr, self.last_ack.stored
-            ))
-        })
-    }
-
-    /// The next reply; an error when the server is silent for the timeout.
-    fn next_reply(&mut self) -> Result<Reply, Failure> {
-        match self.replies.recv_timeout(self.timeout) {
-            Ok(r) => Ok(r),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Failure::runtime(format!(
-                "{} sent nothing for {} s while frames up to seq {} wait for their ACK (last \
-                 ACK: seq {}); does it run with engine.ack = \"none\"? raise --ack-timeout if it \
-                 is only slow",
-                self.addr,
-                self.timeout.as_secs(),
-                self.seq,
-                self.last_ack.through_seq
-            ))),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Failure::runtime(format!(
-                "the ACK reader of the connection to {} stopped",
-                self.addr
-            ))),
-        }
-    }
-
-    /// Takes replies until the ACK watermark reaches `seq`.
-    fn wait_for(&mut self, seq: u64) -> Result<(), Failure> {
-        while self.last_ack.through_seq < seq {
-            match self.next_reply()? {
-                Reply::Ack(a) => {
-                    if a.through_seq >= self.last_ack.through_seq {
-                        self.last_ack = a;
-                    }
+        let mut last_err = None;
+        for addr in addrs {
+            match Producer::connect(addr, options) {
+                Ok(producer) => {
+                    return Ok(Sender {
+                        addr,
+                        first_seq: producer.next_seq(),
+                        producer,
+                        events_sent: 0,
+                        totals: Totals::default(),
+                        notices: BTreeMap::new(),
+                    });
                 }
-                Reply::Reject(r) => *self.notices.entry(r.reason).or_default() += 1,
-                Reply::Hello(_) => {}
-                Reply::Closed(why) => {
-                    return Err(Failure::runtime(format!(
-                        "the connection to {} ended with frames up to seq {} sent and up to seq \
-                         {} acknowledged ({} stored, {} dead-lettered, {} rejected so far): {why}",
-                        self.addr,
-                        self.seq,
-                        self.last_ack.through_seq,
-                        self.last_ack.stored,
-                        self.last_ack.dead_lettered,
-                        self.last_ack.rejected
-                    )));
-                }
+                Err(e) => last_err = Some(e.to_string()),
             }
         }
-        Ok(())
+        Err(Failure::runtime(format!(
+            "cannot replay to {target}: {} (is the engine running and is this its tcp.listen \
+             address?)",
+            last_err.unwrap_or_else(|| "the name resolves to no address".into())
+        )))
     }
 
-    /// Adds one event; sends a frame when it is full.
+    /// Adds one event (a frame goes out when it is full).
     fn push(
         &mut self,
         log: &str,
@@ -1071,70 +893,46 @@ impl Sender {
         h: EventHeader,
         payload: &[u8],
     ) -> Result<(), Failure> {
-        let need = EVENT_RECORD_LEN + payload.len();
-        let frame_overhead = HEADER_LEN + BATCH_PREFIX_LEN + TRAILER_LEN;
-        if frame_overhead + need > self.max_frame {
+        let need = HEADER_LEN + BATCH_PREFIX_LEN + TRAILER_LEN + EVENT_RECORD_LEN + payload.len();
+        if need > self.producer.max_frame_len() {
             return Err(Failure::runtime(format!(
                 "the {log} event at offset {offset} has a {}-byte payload: a frame holding it \
                  would pass {}'s largest frame of {} bytes",
                 payload.len(),
                 self.addr,
-                self.max_frame
+                self.producer.max_frame_len()
             )));
         }
-        if frame_overhead + self.pending_bytes + need > self.max_frame {
-            self.send_pending()?;
-        }
-        self.pending.push((h, payload.to_vec()));
-        self.pending_bytes += need;
-        if self.pending.len() >= self.batch {
-            self.send_pending()?;
-        }
+        self.producer
+            .push(&h, payload)
+            .map_err(|e| self.failed(&e))?;
+        self.events_sent += 1;
         Ok(())
     }
 
-    /// Sends the pending events as one BATCH frame, keeping at most [`REPLAY_WINDOW`] frames
-    /// unacknowledged.
-    fn send_pending(&mut self) -> Result<(), Failure> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let seq = self.seq + 1;
-        self.wait_for(seq.saturating_sub(REPLAY_WINDOW))?;
-        let mut enc = BatchEncoder::new(&mut self.frame, seq)
-            .map_err(|e| Failure::runtime(format!("cannot start a BATCH frame: {e:?}")))?;
-        for (h, payload) in &self.pending {
-            enc.push(h, payload).map_err(|e| {
-                Failure::runtime(format!("cannot encode event id {} for replay: {e:?}", h.id))
-            })?;
-        }
-        let n = enc
-            .finish()
-            .map_err(|e| Failure::runtime(format!("cannot finish a BATCH frame: {e:?}")))?;
-        let frame = std::mem::take(&mut self.frame);
-        let written = self.write(&frame[..n]);
-        self.frame = frame;
-        written?;
-        self.seq = seq;
-        self.events_sent += self.pending.len() as u64;
-        self.pending.clear();
-        self.pending_bytes = 0;
-        Ok(())
-    }
-
-    /// Sends what is pending and waits for the last ACK.
+    /// Sends what is staged and waits for every acknowledgement.
     fn finish(&mut self) -> Result<(), Failure> {
-        self.send_pending()?;
-        self.wait_for(self.seq)
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
-        if let Some(h) = self.reader.take() {
-            let _ = h.join();
+        let flushed = self.producer.flush();
+        for r in self.producer.take_rejects() {
+            *self.notices.entry(r.reason).or_default() += 1;
         }
+        self.totals = flushed.map_err(|e| self.failed(&e))?;
+        Ok(())
+    }
+
+    /// Frames sent in this session.
+    fn frames(&self) -> u64 {
+        self.producer.next_seq() - self.first_seq
+    }
+
+    fn failed(&self, e: &io::Error) -> Failure {
+        let t = self.producer.totals();
+        Failure::runtime(format!(
+            "replaying to {} failed after {} event(s) were sent ({} stored, {} duplicate(s), \
+             {} dead-lettered, {} rejected acknowledged so far): {e}; does it run with \
+             engine.ack = \"none\"? raise --ack-timeout if it is only slow",
+            self.addr, self.events_sent, t.stored, t.duplicates, t.dead_lettered, t.rejected
+        ))
     }
 }
 
@@ -1210,14 +1008,18 @@ fn replay(dir: &Path, args: &ReplayArgs) -> Result<(), Failure> {
         }
     }
     sender.finish()?;
-    let a = sender.last_ack;
+    let a = sender.totals;
     println!(
         "sent {} event(s) in {} frame(s) to {} (its largest frame: {} bytes)",
-        sender.events_sent, sender.seq, sender.addr, sender.max_frame
+        sender.events_sent,
+        sender.frames(),
+        sender.addr,
+        sender.producer.max_frame_len()
     );
     println!(
-        "acknowledged there: {} stored, {} dead-lettered, {} rejected",
-        a.stored, a.dead_lettered, a.rejected
+        "acknowledged there: {} stored, {} dead-lettered, {} rejected, {} duplicate(s) (it had \
+         them already)",
+        a.stored, a.dead_lettered, a.rejected, a.duplicates
     );
     if !sender.notices.is_empty() {
         let list: Vec<String> = sender
