@@ -34,19 +34,17 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::io;
+use std::net::{Shutdown, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use pinstream_client::{ConnectOptions, Connection, Reader, Reply, reason_text};
 use pinstream_core::event::{EventHeader, Priority};
-use pinstream_core::reason::Reason;
-use pinstream_core::wire::{
-    self, Ack, BatchEncoder, Frame, FrameKind, Hello, Reject, encode_event, encode_hello,
-};
+use pinstream_core::wire::{self, BatchEncoder, Hello, Reject, encode_event};
 
 /// The largest UDP payload over IPv4 (65 535 − 8 − 20): a frame sent over UDP must fit.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -685,7 +683,7 @@ impl Plan {
 }
 
 enum Socket {
-    Tcp(FrameReader),
+    Tcp(Connection),
     Udp(UdpSocket),
 }
 
@@ -701,84 +699,6 @@ struct ConnReport {
     latency: Option<Histogram<u64>>,
 }
 
-/// A server frame, copied out of the receive buffer.
-#[derive(Clone, Copy, Debug)]
-enum Reply {
-    Hello(Hello),
-    Ack(Ack),
-    Reject(Reject),
-    /// A valid frame of a kind a client does not take (ignored).
-    Other,
-}
-
-/// Reads server frames from a TCP stream.
-struct FrameReader {
-    stream: TcpStream,
-    addr: SocketAddr,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl FrameReader {
-    /// The next frame. `Ok(None)` at the end of the stream; read timeouts come back as
-    /// errors of kind `WouldBlock` or `TimedOut` with nothing lost.
-    fn next(&mut self) -> io::Result<Option<Reply>> {
-        loop {
-            let avail = &self.buf[self.start..self.end];
-            if avail.len() >= 4 {
-                let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
-                if !(wire::MIN_FRAME_LEN..=self.buf.len()).contains(&len) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "the server at {} sent a frame of length {len}: not a pinstream server?",
-                            self.addr
-                        ),
-                    ));
-                }
-                if avail.len() >= len {
-                    let frame = Frame::new_checked(&avail[..len], len).map_err(|e| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("the server at {} sent a bad frame: {e:?}", self.addr),
-                        )
-                    })?;
-                    let reply = match frame.kind() {
-                        FrameKind::Ack => frame.ack().map(Reply::Ack),
-                        FrameKind::Reject => frame.reject().map(Reply::Reject),
-                        FrameKind::Hello => frame.hello().map(Reply::Hello),
-                        _ => Some(Reply::Other),
-                    };
-                    self.start += len;
-                    return match reply {
-                        Some(r) => Ok(Some(r)),
-                        None => Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "the server at {} sent a {} frame with a bad body",
-                                self.addr,
-                                frame.kind().name()
-                            ),
-                        )),
-                    };
-                }
-            }
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            match self.stream.read(&mut self.buf[self.end..]) {
-                Ok(0) => return Ok(None),
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -787,95 +707,37 @@ fn is_timeout(e: &io::Error) -> bool {
 }
 
 /// Connects, says HELLO and checks the server's reply against the frame size.
-fn connect_tcp(cfg: &LoadConfig, c: usize) -> io::Result<FrameReader> {
+fn connect_tcp(cfg: &LoadConfig, c: usize) -> io::Result<Connection> {
     let addr = cfg.addr;
-    let stream = TcpStream::connect_timeout(&addr, cfg.ack_timeout).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "cannot connect to {addr} over TCP (connection {c}): {e}; is a pinstream engine listening there?"
-            ),
-        )
-    })?;
-    let context = |what: &str, e: io::Error| {
-        io::Error::new(e.kind(), format!("{addr} (connection {c}): {what}: {e}"))
-    };
-    stream
-        .set_nodelay(true)
-        .map_err(|e| context("setting TCP_NODELAY", e))?;
-    stream
-        .set_read_timeout(Some(cfg.ack_timeout))
-        .map_err(|e| context("setting a read timeout", e))?;
-    stream
-        .set_write_timeout(Some(cfg.ack_timeout))
-        .map_err(|e| context("setting a write timeout", e))?;
     let frame_len = cfg.frame_len();
-    let mut hello = [0u8; 64];
-    let n = encode_hello(
-        &mut hello,
-        0,
-        // Version 2, a producer session per connection (the server assigns its id), so the
-        // ACKs count duplicates apart from stored events; a version-1 server answers 1.
-        &Hello::producer(u32::try_from(frame_len).unwrap_or(u32::MAX), 0),
-    )
-    .map_err(|e| io::Error::other(format!("encoding the HELLO: {e:?}")))?;
-    let mut reader = FrameReader {
-        stream,
+    let (conn, hello) = Connection::connect(
         addr,
-        buf: vec![0u8; 1 << 16],
-        start: 0,
-        end: 0,
-    };
-    (&reader.stream)
-        .write_all(&hello[..n])
-        .map_err(|e| context("sending the HELLO", e))?;
-    loop {
-        match reader.next() {
-            Ok(Some(Reply::Hello(h))) => {
-                if h.max_frame_len as usize >= frame_len {
-                    return Ok(reader);
-                }
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "the server at {addr} accepts frames of at most {} bytes, and {} events of {} payload bytes make {frame_len}; lower the batch to {} or the payload",
-                        h.max_frame_len,
-                        cfg.batch,
-                        cfg.payload,
-                        max_batch(h.max_frame_len as usize, cfg.payload)
-                    ),
-                ));
-            }
-            Ok(Some(Reply::Reject(r))) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!(
-                        "the server at {addr} refused the HELLO: {}",
-                        reason_name(r.reason)
-                    ),
-                ));
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "the server at {addr} closed the connection before answering the HELLO (too many connections?)"
-                    ),
-                ));
-            }
-            Err(e) if is_timeout(&e) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "the server at {addr} did not answer the HELLO within {:?}",
-                        cfg.ack_timeout
-                    ),
-                ));
-            }
-            Err(e) => return Err(context("reading the HELLO reply", e)),
-        }
+        &ConnectOptions {
+            timeout: cfg.ack_timeout,
+            // Version 2, a producer session per connection (the server assigns its id), so
+            // the ACKs count duplicates apart from stored events; a version-1 server
+            // answers 1.
+            hello: Some(Hello::producer(
+                u32::try_from(frame_len).unwrap_or(u32::MAX),
+                0,
+            )),
+        },
+    )
+    .map_err(|e| io::Error::new(e.kind(), format!("{e} (connection {c})")))?;
+    let h = hello.unwrap_or_default();
+    if (h.max_frame_len as usize) < frame_len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the server at {addr} accepts frames of at most {} bytes, and {} events of {} payload bytes make {frame_len}; lower the batch to {} or the payload",
+                h.max_frame_len,
+                cfg.batch,
+                cfg.payload,
+                max_batch(h.max_frame_len as usize, cfg.payload)
+            ),
+        ));
     }
+    Ok(conn)
 }
 
 fn connect_udp(cfg: &LoadConfig, c: usize) -> io::Result<UdpSocket> {
@@ -898,13 +760,6 @@ fn connect_udp(cfg: &LoadConfig, c: usize) -> io::Result<UdpSocket> {
         )
     })?;
     Ok(socket)
-}
-
-fn reason_name(code: u16) -> String {
-    match Reason::from_code(code) {
-        Some(r) => format!("{} (code {code})", r.name()),
-        None => format!("unknown reason code {code}"),
-    }
 }
 
 /// State shared by a connection's writer and reader.
@@ -958,31 +813,38 @@ fn run_connection(plan: &Plan, socket: Socket, progress: &Arc<Progress>) -> io::
                 latency: None,
             })
         }
-        Socket::Tcp(mut reader) => {
-            let mut writer = reader.stream.try_clone()?;
-            let closer = reader.stream.try_clone()?;
-            reader.stream.set_read_timeout(Some(READ_POLL))?;
+        Socket::Tcp(conn) => {
+            let (mut writer, mut reader) = conn.split();
+            let closer = writer.stream().try_clone()?;
+            reader.stream().set_read_timeout(Some(READ_POLL))?;
             let reader_thread = {
                 let (window, progress) = (Arc::clone(&window), Arc::clone(progress));
                 let (ack, timeout, start) = (cfg.ack, cfg.ack_timeout, plan.start);
-                let index = plan.index;
+                let (index, addr) = (plan.index, cfg.addr);
                 thread::Builder::new()
                     .name(format!("loadgen-acks-{}", plan.index))
                     .spawn(move || {
-                        let result =
-                            read_replies(&mut reader, ack, timeout, start, &window, &progress);
+                        let result = read_replies(
+                            &mut reader,
+                            addr,
+                            ack,
+                            timeout,
+                            start,
+                            &window,
+                            &progress,
+                        );
                         if result.is_err() {
                             // Unblock the writer (it may be waiting for the window or the
                             // socket) and stop the other connections.
                             progress.abort(index);
-                            let _ = reader.stream.shutdown(Shutdown::Both);
+                            let _ = reader.stream().shutdown(Shutdown::Both);
                         }
                         result
                     })?
             };
             let addr = cfg.addr;
             let sent = send_frames(plan, progress, &window, |frame| {
-                writer.write_all(frame).map_err(|e| {
+                writer.send(frame).map_err(|e| {
                     let what = if is_timeout(&e) {
                         format!(
                             "the server at {addr} took no data for {:?} (it stopped reading)",
@@ -1202,15 +1064,16 @@ struct Acks {
 
 /// The reader: ACKs and REJECTs until every frame is acknowledged ([`AckWait::Wait`]) or
 /// the server closes the connection after the writer's half close ([`AckWait::None`]).
+#[allow(clippy::too_many_arguments)]
 fn read_replies(
-    reader: &mut FrameReader,
+    reader: &mut Reader,
+    addr: SocketAddr,
     ack: AckWait,
     timeout: Duration,
     start: Instant,
     window: &Window,
     progress: &Progress,
 ) -> io::Result<Acks> {
-    let addr = reader.addr;
     let mut out = Acks {
         outcomes: None,
         reject_frames: 0,
@@ -1227,7 +1090,7 @@ fn read_replies(
         if ack == AckWait::Wait && through >= fin {
             return Ok(out);
         }
-        match reader.next() {
+        match reader.next_reply() {
             Ok(Some(Reply::Ack(a))) => {
                 let now = start.elapsed();
                 let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
@@ -1260,7 +1123,7 @@ fn read_replies(
                 out.reject_frames += 1;
                 out.first_reject.get_or_insert(r);
             }
-            Ok(Some(Reply::Hello(_) | Reply::Other)) => {}
+            Ok(Some(Reply::Hello(_) | Reply::Other(_))) => {}
             Ok(None) => {
                 if ack == AckWait::None {
                     return Ok(out);
@@ -1336,7 +1199,7 @@ fn first_reject_text(r: Option<Reject>) -> String {
         Some(r) => format!(
             "; its first REJECT: frame {}, {}",
             r.frame_seq,
-            reason_name(r.reason)
+            reason_text(r.reason)
         ),
         None => String::new(),
     }
