@@ -75,6 +75,10 @@ pub const TOPICS: usize = 64;
 /// Rate-limited sources: UDP (0) and one per TCP connection slot.
 pub const SOURCES: usize = 4_096;
 
+// `tcp.max_connections` is checked against this build's sources when the config is
+// validated (exit 2 with the line), not only here at start.
+const _: () = assert!(crate::config::MAX_TCP_CONNECTIONS < SOURCES);
+
 // The config's `[capacity]` presets describe this build: keep them equal.
 const _: () = {
     let c = crate::config::CapacityConfig::DEFAULT;

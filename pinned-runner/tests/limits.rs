@@ -1,0 +1,295 @@
+//! `pinstream run` against clients and environments that try its limits: a soft
+//! `RLIMIT_NOFILE` below what the config needs, running out of descriptors while serving,
+//! `tcp.max_connections` beyond what the build can honour, a client trickling one frame
+//! forever, one address taking every slot, and the connection-buffer bound printed at
+//! start-up. The real binary on ephemeral loopback ports, stopped even when a test fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pinstream_core::event::{EventHeader, Priority};
+use pinstream_tests::TempDir;
+use pinstream_tests::client::Client;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A running `pinstream run`, killed on drop.
+struct Runner {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    tcp: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// The config every test starts from: ephemeral loopback ports, `tcp` lines under `[tcp]`.
+fn config(dir: &Path, tcp: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:0\"\n{tcp}\n\
+             [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [storage]\ndir = \"{}\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `pinstream run --config <config>`, with `RLIMIT_NOFILE` set to `nofile` (soft, hard)
+/// before it runs when given.
+fn spawn(config: &Path, nofile: Option<(u64, u64)>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pinstream"));
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((soft, hard)) = nofile {
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // setrlimit, which is async-signal-safe, on a live local struct.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    cmd.spawn().unwrap()
+}
+
+impl Runner {
+    fn start(dir: &Path, tcp: &str, nofile: Option<(u64, u64)>) -> Self {
+        let mut child = spawn(&config(dir, tcp), nofile);
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let unset: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut runner = Self {
+            child,
+            lines,
+            tcp: unset,
+            admin: unset,
+        };
+        let line = runner.wait_line("listening tcp=");
+        let addr = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        runner.tcp = addr("tcp=");
+        runner.admin = addr("admin=");
+        runner
+    }
+
+    /// The first output line containing `needle` (waits for it).
+    fn wait_line(&mut self, needle: &str) -> String {
+        let until = Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "pinstream exited ({status}) before printing {needle:?}:\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < until,
+                "no {needle:?} in\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The value of the metric `name` (unlabelled) from `GET /metrics`.
+    fn metric(&self, name: &str) -> u64 {
+        let mut s = TcpStream::connect(self.admin).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    /// Waits until `metric(name) >= at_least`; returns it.
+    fn wait_metric(&self, name: &str, at_least: u64) -> u64 {
+        let until = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(name);
+            if v >= at_least || Instant::now() > until {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Utime + stime of the engine's ingest thread, in clock ticks.
+    fn ingest_cpu_ticks(&self) -> u64 {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        for task in std::fs::read_dir(&tasks).unwrap().map_while(Result::ok) {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "pinstream-inges" {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+                // Fields after the command's closing parenthesis: state is field 3, utime
+                // and stime are fields 14 and 15.
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                return f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+            }
+        }
+        panic!("no ingest thread in {tasks}");
+    }
+
+    /// The process's `RLIMIT_NOFILE` (soft, hard), from `/proc/<pid>/limits`.
+    fn nofile(&self) -> (u64, u64) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.child.id())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f[3].parse().unwrap(), f[4].parse().unwrap())
+    }
+
+    /// Sets the process's soft `RLIMIT_NOFILE` (the hard one kept).
+    fn set_soft_nofile(&self, soft: u64) {
+        let (_, hard) = self.nofile();
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: prlimit on our own child's pid with a live `rlimit` to read and no old
+        // value asked for.
+        let rc = unsafe {
+            libc::prlimit(
+                self.child.id() as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &new,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+
+    fn open_fds(&self) -> u64 {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count() as u64
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        let until = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{status}:\n{}", self.output());
+                return;
+            }
+            assert!(Instant::now() < until, "still running:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `pinstream run --config <config>` to its exit (killed after `WAIT`).
+fn run_to_exit(config: &Path, nofile: Option<(u64, u64)>) -> std::process::Output {
+    let mut child = spawn(config, nofile);
+    let until = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pinstream run did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn frame(seq: u64, n: u64) -> Vec<u8> {
+    let events: Vec<_> = (0..n)
+        .map(|i| EventHeader::new(seq * 1000 + i, 0, Priority::High, 0))
+        .collect();
+    Client::batch(seq, &events, |_| vec![7; 100])
+}
+
+/// Whether the server closed `s` (EOF or reset) within `timeout`.
+fn closed_within(s: &mut TcpStream, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut scratch = [0u8; 4096];
+    while Instant::now() < until {
+        match s.read(&mut scratch) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn max_connections_beyond_the_build_is_a_config_error_naming_the_line() {
+    let dir = TempDir::new("limits-maxconn");
+    let out = run_to_exit(&config(dir.path(), "max_connections = 4096"), None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("tcp.max_connections = 4096"), "{err}");
+    assert!(err.contains("4095"), "the largest value allowed: {err}");
+    // `[engine]`, overprovisioned, `[tcp]`, listen, then the key: line 5.
+    assert!(err.contains("line 5"), "{err}");
+    // The largest value the check allows starts.
+    let ok = Runner::start(dir.path(), "max_connections = 4095", None);
+    ok.stop();
+}
