@@ -380,7 +380,7 @@ pub const HOST_METRICS: [HostMetric; 36] = [
     (
         "pinstream_tcp_accept_errors_total",
         MetricType::Counter,
-        "accept() calls that failed.",
+        "accept() calls that failed (out of descriptors or memory: the listener rests 100 ms).",
         |c| &c.tcp_accept_errors,
     ),
     (

@@ -88,7 +88,8 @@ pub struct HostCounters {
     pub tcp_open: Gauge,
     /// TCP connections refused because `tcp.max_connections` were open.
     pub tcp_refused: Gauge,
-    /// `accept` calls that failed (e.g. out of file descriptors).
+    /// `accept` calls that failed (out of file descriptors or memory: the listener then
+    /// rests 100 ms; or a connection reset before it was accepted).
     pub tcp_accept_errors: Gauge,
     /// TCP connections closed, for any reason (the `tcp_closed_*` counters are subsets).
     pub tcp_closed: Gauge,

@@ -149,6 +149,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         config.engine.ack.as_str(),
         engine_cfg.topics.len()
     );
+    say!("{}", handle.started.fds);
     for report in &handle.started.recovery {
         say!("{report}");
     }

@@ -293,3 +293,83 @@ fn max_connections_beyond_the_build_is_a_config_error_naming_the_line() {
     let ok = Runner::start(dir.path(), "max_connections = 4095", None);
     ok.stop();
 }
+
+#[test]
+fn a_low_soft_fd_limit_is_raised_to_what_the_config_needs() {
+    let dir = TempDir::new("limits-nofile-raise");
+    let hard = 16_384;
+    let runner = Runner::start(dir.path(), "max_connections = 1024", Some((256, hard)));
+    let (soft, hard_now) = runner.nofile();
+    assert_eq!(hard_now, hard, "the hard limit is left alone");
+    // 1024 connections need more than 1024 descriptors.
+    assert!(soft > 1024, "soft limit {soft}:\n{}", runner.output());
+    let line = runner
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.starts_with("file descriptors:"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no file descriptor line in\n{}", runner.output()));
+    assert!(
+        line.contains(&format!("raised from 256 to {soft}")),
+        "{line}"
+    );
+    runner.stop();
+}
+
+#[test]
+fn a_hard_fd_limit_below_what_the_config_needs_refuses_to_start() {
+    let dir = TempDir::new("limits-nofile-refuse");
+    let out = run_to_exit(
+        &config(dir.path(), "max_connections = 1024"),
+        Some((256, 512)),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("512"), "the hard limit named: {err}");
+    assert!(err.contains("tcp.max_connections"), "{err}");
+}
+
+#[test]
+fn running_out_of_fds_backs_off_without_spinning_and_counts_the_errors() {
+    let dir = TempDir::new("limits-emfile");
+    let runner = Runner::start(dir.path(), "max_connections = 64", None);
+    let (soft, _) = runner.nofile();
+    // Leave the engine no descriptor to accept with.
+    runner.set_soft_nofile(runner.open_fds());
+    let clients: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(runner.tcp).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let cpu0 = runner.ingest_cpu_ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = runner.ingest_cpu_ticks() - cpu0;
+    let wall = t0.elapsed();
+    runner.set_soft_nofile(soft);
+    // Clock ticks are 1/100 s: a spinning thread shows about 100 per second.
+    let ticks_per_sec = 100.0;
+    assert!(
+        (cpu as f64) < 0.5 * wall.as_secs_f64() * ticks_per_sec,
+        "the ingest thread used {cpu} ticks in {wall:?} while out of descriptors"
+    );
+    let errors = runner.wait_metric("pinstream_tcp_accept_errors_total", 1);
+    assert!(errors >= 1, "accept errors not counted");
+    assert!(
+        errors < 1000,
+        "{errors} accept errors: it retried without backing off"
+    );
+    let refused = runner.metric("pinstream_tcp_connections_refused_total");
+    assert!(refused < 1000, "{refused} refusals for 20 connections");
+    // With descriptors back, the waiting connections are taken and a new client is served.
+    let open = runner.wait_metric("pinstream_tcp_connections_open", 20);
+    assert!(open >= 20, "{open} open");
+    let mut client = Client::connect(runner.tcp).unwrap();
+    client.hello().unwrap();
+    client.send(&frame(1, 5)).unwrap();
+    let (ack, _) = client.wait_ack(1, WAIT).unwrap();
+    assert_eq!(ack.stored, 5);
+    drop(clients);
+    runner.stop();
+}

@@ -207,6 +207,10 @@ const DRAIN_TIMEOUT: u64 = 60_000_000_000;
 const PRODUCER_SWEEP: u64 = 1_000_000_000;
 /// How often timeouts are checked.
 const HOUSEKEEPING: u64 = 10_000_000;
+/// How long the listener is not polled after `accept` failed for want of a resource (file
+/// descriptors, memory), in ticks (100 ms): the kernel keeps the connections queued
+/// meanwhile, and the ingest thread does not spin on a listener it cannot serve.
+const ACCEPT_BACKOFF: u64 = 100_000_000;
 
 /// The ingest thread's state. `P, POOL, LANE, DL` are the lanes' sizes.
 pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
@@ -236,6 +240,9 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     waiting: VecDeque<usize>,
     /// Producer sessions (protocol version 2).
     producers: producers::Producers,
+    /// The listener is out of epoll until this tick (`accept` failed for want of a
+    /// resource).
+    accept_paused_until: Option<u64>,
     /// Batch-lane events are stored one by one (their completions come per frame, like the
     /// other lanes'), not only aggregated (settled by the batch watermark).
     batch_events_stored: bool,
@@ -322,6 +329,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             free: Vec::with_capacity(n),
             waiting: VecDeque::with_capacity(n),
             producers,
+            accept_paused_until: None,
             batch_events_stored: false,
             ready: vec![Ready::default(); 256],
             now: 0,
@@ -368,6 +376,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 self.close(slot, CloseReason::StorageFailed);
             }
             work = true;
+        }
+        if self.accept_paused_until.is_some_and(|t| self.now >= t) {
+            self.resume_accepting();
         }
         let n = self.epoll.wait(&mut self.ready, 0)?;
         for i in 0..n {
@@ -525,11 +536,39 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Out of fds, or the peer reset before accept: count and move on.
+                // The peer reset before it was accepted: that connection is gone, the next
+                // one may be fine.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                    self.counters.tcp_accept_errors.incr();
+                }
+                // Out of file descriptors (EMFILE, ENFILE) or memory: the listener stays
+                // readable, so polling it again at once would spin. Rest it a while; the
+                // kernel keeps the connections queued.
                 Err(_) => {
-                    self.counters.tcp_refused.incr();
+                    self.counters.tcp_accept_errors.incr();
+                    self.pause_accepting();
                     return;
                 }
+            }
+        }
+    }
+
+    /// Takes the listener out of epoll for [`ACCEPT_BACKOFF`].
+    fn pause_accepting(&mut self) {
+        if let Some(l) = &self.listener {
+            let _ = self.epoll.delete(l.as_raw_fd());
+            self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+        }
+    }
+
+    /// Puts the listener back into epoll (level-triggered: queued connections are reported
+    /// at once).
+    fn resume_accepting(&mut self) {
+        self.accept_paused_until = None;
+        if let Some(l) = &self.listener {
+            if self.epoll.add(l.as_raw_fd(), EPOLLIN, LISTENER).is_err() {
+                // Out of memory for the epoll entry too: try again after another rest.
+                self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
             }
         }
     }
