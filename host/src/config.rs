@@ -236,6 +236,10 @@ pub struct TcpConfig {
     pub idle_timeout_ms: u64,
     /// A client not reading its acks is closed after this long, milliseconds.
     pub stall_timeout_ms: u64,
+    /// A frame begun must arrive whole within this, milliseconds (0: no limit).
+    pub frame_timeout_ms: u64,
+    /// Connections open at once from one address; more are refused.
+    pub max_connections_per_ip: usize,
     /// Producer sessions (protocol version 2) remembered at once.
     pub max_producers: usize,
     /// A producer without a connection is forgotten after this long, milliseconds.
@@ -255,6 +259,8 @@ impl Default for TcpConfig {
             max_rejects: 100,
             idle_timeout_ms: 300_000,
             stall_timeout_ms: 10_000,
+            frame_timeout_ms: 10_000,
+            max_connections_per_ip: 256,
             max_producers: 4096,
             producer_idle_ms: 3_600_000,
         }
@@ -962,6 +968,21 @@ impl Config {
             7 * 24 * 3_600_000,
             "a week",
         );
+        v.range(
+            "tcp.frame_timeout_ms",
+            t.frame_timeout_ms,
+            0,
+            7 * 24 * 3_600_000,
+            "a week; 0 = no limit",
+        );
+        v.range(
+            "tcp.max_connections_per_ip",
+            t.max_connections_per_ip as u64,
+            1,
+            MAX_TCP_CONNECTIONS as u64,
+            "",
+        );
+
         if let (Some(tcp), Some(admin)) = (t.listen, self.admin.listen) {
             if tcp == admin && tcp.port() != 0 {
                 v.problem(format!(

@@ -373,3 +373,98 @@ fn running_out_of_fds_backs_off_without_spinning_and_counts_the_errors() {
     drop(clients);
     runner.stop();
 }
+
+#[test]
+fn a_client_trickling_a_frame_is_closed_by_the_frame_deadline() {
+    let dir = TempDir::new("limits-trickle");
+    let runner = Runner::start(
+        dir.path(),
+        "frame_timeout_ms = 1000\nidle_timeout_ms = 3000",
+        None,
+    );
+    // Whole frames sent slowly, one every 400 ms for longer than the deadline: served.
+    let mut steady = Client::connect(runner.tcp).unwrap();
+    steady.hello().unwrap();
+    for seq in 1..=5 {
+        steady.send(&frame(seq, 1)).unwrap();
+        let (ack, _) = steady.wait_ack(seq, WAIT).unwrap();
+        assert_eq!(ack.stored, seq);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // One frame, a byte every 300 ms (each byte well inside the idle timeout): closed
+    // once the frame is older than the deadline, long before it is complete.
+    let bytes = frame(1, 1);
+    let mut trickle = TcpStream::connect(runner.tcp).unwrap();
+    let t0 = Instant::now();
+    let mut closed = false;
+    for b in &bytes {
+        if trickle.write_all(std::slice::from_ref(b)).is_err()
+            || closed_within(&mut trickle, Duration::from_millis(300))
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a frame trickled for {:?} was not cut off",
+        t0.elapsed()
+    );
+    assert_eq!(
+        runner.wait_metric("pinstream_tcp_connections_closed_frame_timeout_total", 1),
+        1
+    );
+    assert_eq!(
+        runner.metric("pinstream_tcp_connections_closed_idle_total"),
+        0
+    );
+    // The steady client is still served.
+    steady.send(&frame(6, 1)).unwrap();
+    assert_eq!(steady.wait_ack(6, WAIT).unwrap().0.stored, 6);
+    runner.stop();
+}
+
+#[test]
+fn connections_past_the_per_address_limit_are_refused_and_counted() {
+    let dir = TempDir::new("limits-per-ip");
+    let runner = Runner::start(
+        dir.path(),
+        "max_connections = 16\nmax_connections_per_ip = 3",
+        None,
+    );
+    let mut held: Vec<Client> = (0..3)
+        .map(|_| {
+            let mut c = Client::connect(runner.tcp).unwrap();
+            c.hello().unwrap();
+            c
+        })
+        .collect();
+    let mut fourth = TcpStream::connect(runner.tcp).unwrap();
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(10)),
+        "the 4th connection from 127.0.0.1 was kept"
+    );
+    assert_eq!(
+        runner.wait_metric("pinstream_tcp_connections_refused_per_ip_total", 1),
+        1
+    );
+    assert_eq!(runner.metric("pinstream_tcp_connections_refused_total"), 1);
+    // One closes: its address may connect again.
+    held.pop();
+    std::thread::sleep(Duration::from_millis(200));
+    let until = Instant::now() + WAIT;
+    loop {
+        let mut c = Client::connect(runner.tcp).unwrap();
+        if c.hello().is_ok() {
+            break;
+        }
+        // The server may not have seen the close yet.
+        assert!(Instant::now() < until, "never let in again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for c in &mut held {
+        c.send(&frame(1, 1)).unwrap();
+        assert_eq!(c.wait_ack(1, WAIT).unwrap().0.stored, 1);
+    }
+    runner.stop();
+}

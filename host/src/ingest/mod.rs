@@ -20,6 +20,7 @@
 //! UDP: `recvmmsg` batches into buffers allocated at start; a datagram holds whole frames;
 //! what is malformed or truncated is counted. UDP has no acknowledgements (source id 0).
 
+mod addrs;
 mod conn;
 mod producers;
 mod udp;
@@ -45,6 +46,7 @@ use crate::sys::net::{
     EPOLLERR_HUP, EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready, set_send_buffer,
 };
 
+use self::addrs::PeerCounts;
 use self::conn::{CloseReason, Conn, Track};
 pub use self::udp::{UDP_SOURCE, UdpIngest};
 
@@ -159,6 +161,12 @@ pub struct TcpLimits {
     pub idle_timeout: Duration,
     /// Time output may wait unread by the client before the connection is closed.
     pub stall_timeout: Duration,
+    /// Time a frame begun may take to arrive whole before the connection is closed
+    /// (`Duration::ZERO`: no limit).
+    pub frame_timeout: Duration,
+    /// Open connections from one address at most; more are accepted and closed at once
+    /// (counted).
+    pub max_connections_per_ip: usize,
     /// Producer sessions remembered at once.
     pub max_producers: usize,
     /// A producer without a connection is forgotten after this long.
@@ -182,6 +190,8 @@ impl TcpLimits {
             max_rejects: t.max_rejects,
             idle_timeout: t.idle_timeout(),
             stall_timeout: t.stall_timeout(),
+            frame_timeout: Duration::from_millis(t.frame_timeout_ms),
+            max_connections_per_ip: t.max_connections_per_ip,
             max_producers: t.max_producers,
             producer_idle: Duration::from_millis(t.producer_idle_ms),
             max_payload: crate::engine::PAYLOAD as u32,
@@ -240,6 +250,8 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     waiting: VecDeque<usize>,
     /// Producer sessions (protocol version 2).
     producers: producers::Producers,
+    /// Open connections per peer address (`tcp.max_connections_per_ip`).
+    peers: PeerCounts,
     /// The listener is out of epoll until this tick (`accept` failed for want of a
     /// resource).
     accept_paused_until: Option<u64>,
@@ -329,6 +341,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             free: Vec::with_capacity(n),
             waiting: VecDeque::with_capacity(n),
             producers,
+            peers: PeerCounts::new(n),
             accept_paused_until: None,
             batch_events_stored: false,
             ready: vec![Ready::default(); 256],
@@ -520,8 +533,15 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 return;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     self.counters.tcp_accepted.incr();
+                    let peer = PeerCounts::key(peer.ip());
+                    if self.peers.count(peer) as usize >= self.limits.max_connections_per_ip {
+                        // This address has its share: closed at once, counted.
+                        self.counters.tcp_refused.incr();
+                        self.counters.tcp_refused_per_ip.incr();
+                        continue;
+                    }
                     let refuse = self.shared.storage_failed.load(Ordering::Relaxed);
                     let slot = if refuse { None } else { self.take_slot() };
                     let Some(slot) = slot else {
@@ -529,9 +549,17 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                         self.counters.tcp_refused.incr();
                         continue;
                     };
-                    if let Err(_e) = self.open_conn(slot, stream) {
-                        self.counters.tcp_closed.incr();
-                        self.free.push(slot);
+                    match self.open_conn(slot, stream) {
+                        Ok(()) => {
+                            self.peers.add(peer);
+                            if let Some(conn) = self.conns[slot].as_mut() {
+                                conn.peer = Some(peer);
+                            }
+                        }
+                        Err(_e) => {
+                            self.counters.tcp_closed.incr();
+                            self.free.push(slot);
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -761,6 +789,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             if let Some(stream) = conn.stream.take() {
                 let _ = self.epoll.delete(stream.as_raw_fd());
             }
+            if let Some(peer) = conn.peer.take() {
+                self.peers.remove(peer);
+            }
             conn.tracks.clear();
             // A frame that waited for room was never taken whole: the client resends it.
             conn.progress = None;
@@ -783,6 +814,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             CloseReason::Malformed => c.tcp_closed_malformed.incr(),
             CloseReason::Stalled => c.tcp_closed_stalled.incr(),
             CloseReason::Idle => c.tcp_closed_idle.incr(),
+            CloseReason::FrameTimeout => c.tcp_closed_frame_timeout.incr(),
             CloseReason::Peer
             | CloseReason::Error
             | CloseReason::Shutdown
@@ -818,6 +850,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         }
         if let Some(stream) = conn.stream.take() {
             let _ = self.epoll.delete(stream.as_raw_fd());
+        }
+        if let Some(peer) = conn.peer.take() {
+            self.peers.remove(peer);
         }
         if conn.progress.take().is_some() {
             // The frame that waited for room will not be finished: what it dispatched
@@ -993,10 +1028,20 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     fn housekeeping(&mut self) {
         let stall = u64::try_from(self.limits.stall_timeout.as_nanos()).unwrap_or(u64::MAX);
         let idle = u64::try_from(self.limits.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let frame = match u64::try_from(self.limits.frame_timeout.as_nanos()) {
+            Ok(0) => u64::MAX,
+            Ok(t) => t,
+            Err(_) => u64::MAX,
+        };
         let mut i = 0;
         while i < self.open.len() {
             let slot = self.open[i];
-            let verdict = self.conns[slot].as_ref().and_then(|c| {
+            let now = self.now;
+            let verdict = self.conns[slot].as_mut().and_then(|c| {
+                // Bytes alone do not hold a slot: a frame begun must arrive whole in time.
+                if c.partial_frame_age(now).is_some_and(|age| age > frame) {
+                    return Some(CloseReason::FrameTimeout);
+                }
                 if c.draining {
                     // Its frames resolve as storage goes (milliseconds); a drain that takes
                     // longer than DRAIN_TIMEOUT (storage stuck) is given up and counted: the
