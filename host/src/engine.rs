@@ -155,7 +155,7 @@ pub struct EngineConfig {
     /// with a profiler or an allocation probe.
     pub thread_hook: Option<fn()>,
     /// Connections the admin endpoint serves at once (0: it is off): counted in the file
-    /// descriptors the process needs ([`fdlimit`](crate::fdlimit)).
+    /// descriptors the process needs ([`crate::fdlimit`]).
     pub admin_connections: usize,
 }
 

@@ -468,3 +468,25 @@ fn connections_past_the_per_address_limit_are_refused_and_counted() {
     }
     runner.stop();
 }
+
+#[test]
+fn the_connection_buffer_bound_is_printed_at_start_up() {
+    let dir = TempDir::new("limits-buffers");
+    let mut runner = Runner::start(
+        dir.path(),
+        "max_connections = 8\nrecv_buffer = 131072\nsend_buffer = 8192\ninflight_frames = 16",
+        None,
+    );
+    let line = runner.wait_line("connection buffers:");
+    // "connection buffers: up to TOTAL bytes (8 x PER: ...)": the total is the count times
+    // each connection's buffers, which hold at least its two byte buffers.
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (total, n, per) = (nums[0], nums[1], nums[2]);
+    assert_eq!(n, 8, "{line}");
+    assert!(per >= 131_072 + 8192, "{line}");
+    assert_eq!(total, n * per, "{line}");
+    runner.stop();
+}

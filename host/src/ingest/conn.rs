@@ -540,6 +540,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_window_entry_is_the_size_the_docs_give() {
+        // docs/HOST.md (Limits) states the connection-buffer bound with 48 bytes per entry.
+        assert_eq!(std::mem::size_of::<Track>(), 48);
+    }
+
+    #[test]
     fn a_partial_frame_ages_until_it_is_whole() {
         let mut c = Conn::with_buffers(256, 256, 4);
         let frame_len = 40u32;

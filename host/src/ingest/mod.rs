@@ -202,6 +202,23 @@ impl TcpLimits {
     }
 }
 
+impl TcpLimits {
+    /// The bytes a connection slot holds once it has served a connection: its receive and
+    /// send buffers and its in-flight window. Allocated on the slot's first connection and
+    /// kept for the later ones.
+    pub fn slot_bytes(&self) -> usize {
+        self.recv_buffer
+            + self.send_buffer.max(conn::CONTROL_FRAME_MAX * 2)
+            + self.inflight_frames * std::mem::size_of::<Track>()
+    }
+
+    /// The most the connection slots hold: [`slot_bytes`](Self::slot_bytes) times
+    /// `max_connections`, once that many connections have been open at once.
+    pub fn buffer_bytes(&self) -> usize {
+        self.slot_bytes().saturating_mul(self.max_connections)
+    }
+}
+
 impl Default for TcpLimits {
     /// The embedded default config's `[tcp]` limits.
     fn default() -> Self {
