@@ -51,6 +51,11 @@ pub const EMBEDDED_ORIGIN: &str = "<embedded default config>";
 /// The largest frame length `tcp.max_frame_len` may set: 16 MiB.
 pub const MAX_FRAME_LEN_LIMIT: u64 = 16 * 1024 * 1024;
 
+/// The most connections `tcp.max_connections` may set: connection slots are also
+/// rate-limiter sources, and the build has 4,096 (`engine::SOURCES`) of them, source 0
+/// being UDP's.
+pub const MAX_TCP_CONNECTIONS: usize = 4_095;
+
 /// The largest UDP payload over IPv4.
 pub const MAX_UDP_DATAGRAM: usize = 65_507;
 
@@ -231,6 +236,10 @@ pub struct TcpConfig {
     pub idle_timeout_ms: u64,
     /// A client not reading its acks is closed after this long, milliseconds.
     pub stall_timeout_ms: u64,
+    /// A frame begun must arrive whole within this, milliseconds (0: no limit).
+    pub frame_timeout_ms: u64,
+    /// Connections open at once from one address; more are refused.
+    pub max_connections_per_ip: usize,
     /// Producer sessions (protocol version 2) remembered at once.
     pub max_producers: usize,
     /// A producer without a connection is forgotten after this long, milliseconds.
@@ -250,6 +259,8 @@ impl Default for TcpConfig {
             max_rejects: 100,
             idle_timeout_ms: 300_000,
             stall_timeout_ms: 10_000,
+            frame_timeout_ms: 10_000,
+            max_connections_per_ip: 256,
             max_producers: 4096,
             producer_idle_ms: 3_600_000,
         }
@@ -757,12 +768,16 @@ impl Config {
     /// # Errors
     /// Any [`ConfigError`]; an invalid config's error names `path`.
     pub fn load_checked(path: &Path) -> Result<(Self, Vec<String>), ConfigError> {
-        let cfg = Self::load(path)?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Self::from_toml(&text, &path.display().to_string())?;
         match cfg.validate() {
             Ok(warnings) => Ok((cfg, warnings)),
             Err(ConfigError::Invalid { problems, .. }) => Err(ConfigError::Invalid {
                 origin: path.display().to_string(),
-                problems,
+                problems: problems.into_iter().map(|p| with_line(&text, p)).collect(),
             }),
             Err(e) => Err(e),
         }
@@ -875,8 +890,8 @@ impl Config {
             "tcp.max_connections",
             t.max_connections as u64,
             1,
-            1 << 20,
-            "",
+            MAX_TCP_CONNECTIONS as u64,
+            "one rate-limiter source per connection slot in this build",
         );
         if t.max_frame_len < MIN_FRAME_LEN as u64 {
             v.problem(format!(
@@ -953,6 +968,21 @@ impl Config {
             7 * 24 * 3_600_000,
             "a week",
         );
+        v.range(
+            "tcp.frame_timeout_ms",
+            t.frame_timeout_ms,
+            0,
+            7 * 24 * 3_600_000,
+            "a week; 0 = no limit",
+        );
+        v.range(
+            "tcp.max_connections_per_ip",
+            t.max_connections_per_ip as u64,
+            1,
+            MAX_TCP_CONNECTIONS as u64,
+            "",
+        );
+
         if let (Some(tcp), Some(admin)) = (t.listen, self.admin.listen) {
             if tcp == admin && tcp.port() != 0 {
                 v.problem(format!(
@@ -1251,6 +1281,47 @@ impl Validator {
     }
 }
 
+/// `problem` with ` (line N)` appended when a key it names (the first one the file sets)
+/// is set on line N of `src`.
+fn with_line(src: &str, problem: String) -> String {
+    let line = problem
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '['))
+        .map(|w| w.split('[').next().unwrap_or(w))
+        .filter(|w| w.contains('.') && !w.starts_with('.') && !w.ends_with('.'))
+        .find_map(|key| line_of_key(src, key));
+    match line {
+        Some(n) => format!("{problem} (line {n})"),
+        None => problem,
+    }
+}
+
+/// The 1-based line that sets the dotted `key` (`tcp.max_connections`) in `src`: `name =`
+/// under its table header, or the whole dotted key at the top level.
+fn line_of_key(src: &str, key: &str) -> Option<usize> {
+    let (table, name) = key.rsplit_once('.')?;
+    let mut current = "";
+    for (i, line) in src.lines().enumerate() {
+        if let Some(h) = table_header(line) {
+            current = h;
+            continue;
+        }
+        let wanted = if current == table {
+            name
+        } else if current.is_empty() {
+            key
+        } else {
+            continue;
+        };
+        let t = line.trim_start();
+        if t.strip_prefix(wanted)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 /// 1-based line and column (in characters) of byte `offset` in `src`.
 fn line_column(src: &str, offset: usize) -> (usize, usize) {
     let offset = floor_char_boundary(src, offset);
@@ -1377,6 +1448,31 @@ mod tests {
         assert_eq!(key_path_at("a = 1", 4..5), "a");
         assert_eq!(line_column("ab\ncé\nx", 7), (3, 1));
         assert_eq!(line_column("ab\ncéx", 6), (2, 3));
+    }
+
+    #[test]
+    fn problems_name_the_line_of_their_key() {
+        let src =
+            "[engine]\nack = \"none\"\n[tcp]\n# max_connections = 1\nmax_connections  = 9000\n";
+        assert_eq!(line_of_key(src, "tcp.max_connections"), Some(5));
+        assert_eq!(line_of_key(src, "engine.max_connections"), None);
+        assert_eq!(
+            line_of_key("tcp.max_connections = 1\n", "tcp.max_connections"),
+            Some(1)
+        );
+        assert_eq!(
+            with_line(src, "tcp.max_connections = 9000: must be 1 ..= 4095".into()),
+            "tcp.max_connections = 9000: must be 1 ..= 4095 (line 5)"
+        );
+        // The first key the file sets.
+        assert_eq!(
+            with_line(
+                src,
+                "tcp.recv_buffer = 1: must be at least tcp.max_connections".into()
+            ),
+            "tcp.recv_buffer = 1: must be at least tcp.max_connections (line 5)"
+        );
+        assert_eq!(with_line(src, "udp.batch = 0".into()), "udp.batch = 0");
     }
 
     #[test]

@@ -43,6 +43,7 @@ use pinstream_core::reason::Reason;
 use pinstream_core::ring::{Producer, Spsc};
 
 use crate::admin::{AdminSource, Health, HealthValue};
+use crate::fdlimit::{self, FdBudget, FdLimit};
 use crate::idle::{IdleStrategy, Idler, ThreadLoad};
 use crate::ingest::{AckMode, COMPLETIONS, Completion, Ingest, Shared, TcpLimits};
 use crate::numa;
@@ -74,6 +75,10 @@ pub const DEDUP: usize = 1 << 20;
 pub const TOPICS: usize = 64;
 /// Rate-limited sources: UDP (0) and one per TCP connection slot.
 pub const SOURCES: usize = 4_096;
+
+// `tcp.max_connections` is checked against this build's sources when the config is
+// validated (exit 2 with the line), not only here at start.
+const _: () = assert!(crate::config::MAX_TCP_CONNECTIONS < SOURCES);
 
 // The config's `[capacity]` presets describe this build: keep them equal.
 const _: () = {
@@ -149,6 +154,9 @@ pub struct EngineConfig {
     /// Called first thing on each engine thread (ingest, storage), e.g. to register it
     /// with a profiler or an allocation probe.
     pub thread_hook: Option<fn()>,
+    /// Connections the admin endpoint serves at once (0: it is off): counted in the file
+    /// descriptors the process needs ([`crate::fdlimit`]).
+    pub admin_connections: usize,
 }
 
 impl EngineConfig {
@@ -189,6 +197,7 @@ impl EngineConfig {
                 mlock: false,
             },
             thread_hook: None,
+            admin_connections: 0,
         }
     }
 }
@@ -287,6 +296,11 @@ impl EngineConfig {
                 mlock: e.mlock,
             },
             thread_hook: None,
+            admin_connections: if c.admin.listen.is_some() {
+                c.admin.max_connections
+            } else {
+                0
+            },
         })
     }
 }
@@ -307,6 +321,8 @@ pub enum EngineError {
     Storage(StorageError),
     /// A thread could not be started or died.
     Thread(String),
+    /// The machine's limits are below what the config needs (e.g. file descriptors).
+    Limit(String),
 }
 
 impl fmt::Display for EngineError {
@@ -316,6 +332,7 @@ impl fmt::Display for EngineError {
             EngineError::Socket { what, source } => write!(f, "{what}: {source}"),
             EngineError::Storage(e) => write!(f, "storage: {e}"),
             EngineError::Thread(msg) => write!(f, "engine thread: {msg}"),
+            EngineError::Limit(msg) => write!(f, "{msg}"),
         }
     }
 }
@@ -470,6 +487,8 @@ pub struct Started {
     pub dedup_refill: Option<DedupRefill>,
     /// The producer sessions rebuilt from the logs (`None` when they hold none recent).
     pub sessions: Option<SessionsRestored>,
+    /// The file descriptors the config needs and the limit the process runs with.
+    pub fds: FdLimit,
 }
 
 /// The producer sessions (protocol version 2) rebuilt at start-up from the logs' newest
@@ -645,6 +664,14 @@ impl Engine {
                 SOURCES - 1
             )));
         }
+        // Descriptors for every connection the config allows, or no start (a connection the
+        // engine cannot accept for want of one is refused by accident, not by the config).
+        let fds = fdlimit::ensure(FdBudget::new(
+            cfg.tcp_limits.max_connections,
+            cfg.admin_connections,
+            LOG_NAMES.len(),
+        ))
+        .map_err(EngineError::Limit)?;
         // One engine per data directory, checked before anything else is touched (a second
         // engine on the default config would otherwise fail on the TCP port first).
         let lock = DataDirLock::acquire(&cfg.data_dir).map_err(EngineError::Storage)?;
@@ -762,6 +789,7 @@ impl Engine {
                 placement,
                 dedup_refill: restored.dedup,
                 sessions: restored.sessions,
+                fds,
             },
             _lock: lock,
         })

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod engine;
+pub mod fdlimit;
 pub mod idle;
 pub mod ingest;
 pub mod loadgen;

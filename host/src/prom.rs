@@ -374,13 +374,19 @@ pub const HOST_METRICS: [HostMetric; 38] = [
     (
         "pinstream_tcp_connections_refused_total",
         MetricType::Counter,
-        "TCP connections refused at tcp.max_connections.",
+        "TCP connections refused at tcp.max_connections or tcp.max_connections_per_ip.",
         |c| &c.tcp_refused,
+    ),
+    (
+        "pinstream_tcp_connections_refused_per_ip_total",
+        MetricType::Counter,
+        "TCP connections refused at tcp.max_connections_per_ip (also in refused_total).",
+        |c| &c.tcp_refused_per_ip,
     ),
     (
         "pinstream_tcp_accept_errors_total",
         MetricType::Counter,
-        "accept() calls that failed.",
+        "accept() calls that failed (out of descriptors or memory: the listener rests 100 ms).",
         |c| &c.tcp_accept_errors,
     ),
     (
@@ -406,6 +412,12 @@ pub const HOST_METRICS: [HostMetric; 38] = [
         MetricType::Counter,
         "TCP connections closed after tcp.idle_timeout_ms of silence.",
         |c| &c.tcp_closed_idle,
+    ),
+    (
+        "pinstream_tcp_connections_closed_frame_timeout_total",
+        MetricType::Counter,
+        "TCP connections closed for a frame not whole within tcp.frame_timeout_ms.",
+        |c| &c.tcp_closed_frame_timeout,
     ),
     (
         "pinstream_tcp_received_bytes_total",

@@ -86,9 +86,15 @@ pub struct HostCounters {
     pub tcp_accepted: Gauge,
     /// TCP connections open now (a level: accepted minus closed).
     pub tcp_open: Gauge,
-    /// TCP connections refused because `tcp.max_connections` were open.
+    /// TCP connections refused: `tcp.max_connections` were open, or their address had
+    /// `tcp.max_connections_per_ip` open (also counted in
+    /// [`tcp_refused_per_ip`](Self::tcp_refused_per_ip)), or storage had failed.
     pub tcp_refused: Gauge,
-    /// `accept` calls that failed (e.g. out of file descriptors).
+    /// TCP connections refused because their address had `tcp.max_connections_per_ip`
+    /// open (a subset of [`tcp_refused`](Self::tcp_refused)).
+    pub tcp_refused_per_ip: Gauge,
+    /// `accept` calls that failed (out of file descriptors or memory: the listener then
+    /// rests 100 ms; or a connection reset before it was accepted).
     pub tcp_accept_errors: Gauge,
     /// TCP connections closed, for any reason (the `tcp_closed_*` counters are subsets).
     pub tcp_closed: Gauge,
@@ -100,6 +106,9 @@ pub struct HostCounters {
     pub tcp_closed_stalled: Gauge,
     /// Connections closed because they were silent for `tcp.idle_timeout_ms`.
     pub tcp_closed_idle: Gauge,
+    /// Connections closed because a frame they began was not whole within
+    /// `tcp.frame_timeout_ms`.
+    pub tcp_closed_frame_timeout: Gauge,
     /// Bytes received over TCP.
     pub tcp_bytes_in: Gauge,
     /// Frames received over TCP (well-formed or not).
@@ -175,11 +184,13 @@ impl HostCounters {
             tcp_accepted: Gauge::new(),
             tcp_open: Gauge::new(),
             tcp_refused: Gauge::new(),
+            tcp_refused_per_ip: Gauge::new(),
             tcp_accept_errors: Gauge::new(),
             tcp_closed: Gauge::new(),
             tcp_closed_malformed: Gauge::new(),
             tcp_closed_stalled: Gauge::new(),
             tcp_closed_idle: Gauge::new(),
+            tcp_closed_frame_timeout: Gauge::new(),
             tcp_bytes_in: Gauge::new(),
             tcp_frames_in: Gauge::new(),
             tcp_rejects_sent: Gauge::new(),

@@ -154,6 +154,19 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         config.engine.ack.as_str(),
         engine_cfg.topics.len()
     );
+    say!("{}", handle.started.fds);
+    let tcp = &engine_cfg.tcp_limits;
+    if handle.started.tcp.is_some() {
+        say!(
+            "connection buffers: up to {} bytes = tcp.max_connections {} x {} bytes \
+             (recv_buffer + send_buffer + the in-flight window), {:.1} MiB; a slot's buffers \
+             are allocated at its first connection and kept for the next",
+            tcp.buffer_bytes(),
+            tcp.max_connections,
+            tcp.slot_bytes(),
+            tcp.buffer_bytes() as f64 / f64::from(1 << 20)
+        );
+    }
     for report in &handle.started.recovery {
         say!("{report}");
     }

@@ -118,6 +118,8 @@ pub(crate) enum CloseReason {
     Stalled,
     /// Nothing arrived for the idle timeout.
     Idle,
+    /// A frame begun was not complete within the frame timeout.
+    FrameTimeout,
     /// A socket error.
     Error,
     /// Storage failed: the engine takes nothing it cannot store.
@@ -171,6 +173,14 @@ pub(crate) struct Conn {
     pub(crate) closing: Option<CloseReason>,
     /// Tick of the last byte read.
     pub(crate) last_input: u64,
+    /// Bytes read from the socket since the connection opened.
+    pub(crate) received: u64,
+    /// The incomplete frame at the front of the input, as (where it starts in the stream,
+    /// the tick it was first found incomplete); `None` when there is none.
+    pub(crate) partial: Option<(u64, u64)>,
+    /// The peer's address, as [`PeerCounts`](super::addrs::PeerCounts) keys it, while the
+    /// connection holds a socket.
+    pub(crate) peer: Option<u128>,
     /// Tick since which output has been waiting without progress (0: none waiting).
     pub(crate) stalled_since: u64,
     /// The client's largest frame from its HELLO, or the server's.
@@ -237,6 +247,9 @@ impl Conn {
             writable: false,
             closing: None,
             last_input: 0,
+            received: 0,
+            partial: None,
+            peer: None,
             stalled_since: 0,
             max_frame: 0,
             rejects_dropped: 0,
@@ -279,6 +292,9 @@ impl Conn {
         self.writable = true;
         self.closing = None;
         self.last_input = now;
+        self.received = 0;
+        self.partial = None;
+        self.peer = None;
         self.stalled_since = 0;
         self.max_frame = max_frame;
         self.rejects_dropped = 0;
@@ -444,7 +460,41 @@ impl Conn {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
         let n = stream.read(&mut self.rbuf[self.rend..])?;
         self.rend += n;
+        self.received += n as u64;
         Ok(n)
+    }
+
+    /// How long the frame at the front of the input has been incomplete, with every byte
+    /// the client sent read (`None`: no such frame; the input is whole frames, the socket
+    /// has unread bytes, or the connection is on its way out). The first call that finds a
+    /// frame incomplete starts its clock, so the age is within a housekeeping period of the
+    /// time since its first byte.
+    pub(crate) fn partial_frame_age(&mut self, now: u64) -> Option<u64> {
+        let avail = self.rend - self.rstart;
+        let incomplete = avail > 0
+            && (avail < 4 || {
+                let at = self.rstart;
+                let b = &self.rbuf[at..at + 4];
+                avail < u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+            });
+        let waiting_on_client = incomplete
+            && !self.readable
+            && !self.peer_closed
+            && !self.draining
+            && self.closing.is_none();
+        if !waiting_on_client {
+            self.partial = None;
+            return None;
+        }
+        // Where the frame starts in the client's byte stream tells one frame from the next.
+        let start = self.received - avail as u64;
+        match self.partial {
+            Some((at, since)) if at == start => Some(now.saturating_sub(since)),
+            _ => {
+                self.partial = Some((start, now));
+                Some(0)
+            }
+        }
     }
 
     /// Writes queued output; returns bytes written (0 when it would block or nothing waits).
@@ -482,5 +532,48 @@ impl Conn {
     /// Whether output is waiting.
     pub(crate) fn has_output(&self) -> bool {
         self.wstart != self.wend
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_entry_is_the_size_the_docs_give() {
+        // docs/HOST.md (Limits) states the connection-buffer bound with 48 bytes per entry.
+        assert_eq!(std::mem::size_of::<Track>(), 48);
+    }
+
+    #[test]
+    fn a_partial_frame_ages_until_it_is_whole() {
+        let mut c = Conn::with_buffers(256, 256, 4);
+        let frame_len = 40u32;
+        c.rbuf[..4].copy_from_slice(&frame_len.to_le_bytes());
+        // Ten bytes of a 40-byte frame read, the socket drained.
+        c.rend = 10;
+        c.received = 10;
+        c.readable = false;
+        assert_eq!(c.partial_frame_age(100), Some(0));
+        assert_eq!(c.partial_frame_age(350), Some(250));
+        // More of the same frame: still the same frame's clock.
+        c.rend = 30;
+        c.received = 30;
+        assert_eq!(c.partial_frame_age(400), Some(300));
+        // Unread bytes in the socket: not the client's delay.
+        c.readable = true;
+        assert_eq!(c.partial_frame_age(450), None);
+        c.readable = false;
+        // Whole, taken, and the next frame begun: a new clock.
+        c.rend = 50;
+        c.received = 50;
+        c.rstart = 40;
+        c.rbuf[40..44].copy_from_slice(&frame_len.to_le_bytes());
+        assert_eq!(c.partial_frame_age(500), Some(0));
+        assert_eq!(c.partial_frame_age(900), Some(400));
+        // Only whole frames buffered: nothing ages.
+        c.rend = 80;
+        c.received = 80;
+        assert_eq!(c.partial_frame_age(950), None);
     }
 }

@@ -20,6 +20,7 @@
 //! UDP: `recvmmsg` batches into buffers allocated at start; a datagram holds whole frames;
 //! what is malformed or truncated is counted. UDP has no acknowledgements (source id 0).
 
+mod addrs;
 mod conn;
 mod producers;
 mod udp;
@@ -45,6 +46,7 @@ use crate::sys::net::{
     EPOLLERR_HUP, EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready, set_send_buffer,
 };
 
+use self::addrs::PeerCounts;
 use self::conn::{CloseReason, Conn, Track};
 pub use self::udp::{UDP_SOURCE, UdpIngest};
 
@@ -159,6 +161,12 @@ pub struct TcpLimits {
     pub idle_timeout: Duration,
     /// Time output may wait unread by the client before the connection is closed.
     pub stall_timeout: Duration,
+    /// Time a frame begun may take to arrive whole before the connection is closed
+    /// (`Duration::ZERO`: no limit).
+    pub frame_timeout: Duration,
+    /// Open connections from one address at most; more are accepted and closed at once
+    /// (counted).
+    pub max_connections_per_ip: usize,
     /// Producer sessions remembered at once.
     pub max_producers: usize,
     /// A producer without a connection is forgotten after this long.
@@ -182,6 +190,8 @@ impl TcpLimits {
             max_rejects: t.max_rejects,
             idle_timeout: t.idle_timeout(),
             stall_timeout: t.stall_timeout(),
+            frame_timeout: Duration::from_millis(t.frame_timeout_ms),
+            max_connections_per_ip: t.max_connections_per_ip,
             max_producers: t.max_producers,
             producer_idle: Duration::from_millis(t.producer_idle_ms),
             max_payload: crate::engine::PAYLOAD as u32,
@@ -189,6 +199,23 @@ impl TcpLimits {
                 crate::config::PipelineConfig::default().dedup_window_ms,
             ),
         }
+    }
+}
+
+impl TcpLimits {
+    /// The bytes a connection slot holds once it has served a connection: its receive and
+    /// send buffers and its in-flight window. Allocated on the slot's first connection and
+    /// kept for the later ones.
+    pub fn slot_bytes(&self) -> usize {
+        self.recv_buffer
+            + self.send_buffer.max(conn::CONTROL_FRAME_MAX * 2)
+            + self.inflight_frames * std::mem::size_of::<Track>()
+    }
+
+    /// The most the connection slots hold: [`slot_bytes`](Self::slot_bytes) times
+    /// `max_connections`, once that many connections have been open at once.
+    pub fn buffer_bytes(&self) -> usize {
+        self.slot_bytes().saturating_mul(self.max_connections)
     }
 }
 
@@ -207,6 +234,10 @@ const DRAIN_TIMEOUT: u64 = 60_000_000_000;
 const PRODUCER_SWEEP: u64 = 1_000_000_000;
 /// How often timeouts are checked.
 const HOUSEKEEPING: u64 = 10_000_000;
+/// How long the listener is not polled after `accept` failed for want of a resource (file
+/// descriptors, memory), in ticks (100 ms): the kernel keeps the connections queued
+/// meanwhile, and the ingest thread does not spin on a listener it cannot serve.
+const ACCEPT_BACKOFF: u64 = 100_000_000;
 
 /// The ingest thread's state. `P, POOL, LANE, DL` are the lanes' sizes.
 pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
@@ -236,6 +267,11 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     waiting: VecDeque<usize>,
     /// Producer sessions (protocol version 2).
     producers: producers::Producers,
+    /// Open connections per peer address (`tcp.max_connections_per_ip`).
+    peers: PeerCounts,
+    /// The listener is out of epoll until this tick (`accept` failed for want of a
+    /// resource).
+    accept_paused_until: Option<u64>,
     /// Batch-lane events are stored one by one (their completions come per frame, like the
     /// other lanes'), not only aggregated (settled by the batch watermark).
     batch_events_stored: bool,
@@ -322,6 +358,8 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             free: Vec::with_capacity(n),
             waiting: VecDeque::with_capacity(n),
             producers,
+            peers: PeerCounts::new(n),
+            accept_paused_until: None,
             batch_events_stored: false,
             ready: vec![Ready::default(); 256],
             now: 0,
@@ -368,6 +406,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 self.close(slot, CloseReason::StorageFailed);
             }
             work = true;
+        }
+        if self.accept_paused_until.is_some_and(|t| self.now >= t) {
+            self.resume_accepting();
         }
         let n = self.epoll.wait(&mut self.ready, 0)?;
         for i in 0..n {
@@ -509,8 +550,15 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 return;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     self.counters.tcp_accepted.incr();
+                    let peer = PeerCounts::key(peer.ip());
+                    if self.peers.count(peer) as usize >= self.limits.max_connections_per_ip {
+                        // This address has its share: closed at once, counted.
+                        self.counters.tcp_refused.incr();
+                        self.counters.tcp_refused_per_ip.incr();
+                        continue;
+                    }
                     let refuse = self.shared.storage_failed.load(Ordering::Relaxed);
                     let slot = if refuse { None } else { self.take_slot() };
                     let Some(slot) = slot else {
@@ -518,18 +566,54 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                         self.counters.tcp_refused.incr();
                         continue;
                     };
-                    if let Err(_e) = self.open_conn(slot, stream) {
-                        self.counters.tcp_closed.incr();
-                        self.free.push(slot);
+                    match self.open_conn(slot, stream) {
+                        Ok(()) => {
+                            self.peers.add(peer);
+                            if let Some(conn) = self.conns[slot].as_mut() {
+                                conn.peer = Some(peer);
+                            }
+                        }
+                        Err(_e) => {
+                            self.counters.tcp_closed.incr();
+                            self.free.push(slot);
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // Out of fds, or the peer reset before accept: count and move on.
+                // The peer reset before it was accepted: that connection is gone, the next
+                // one may be fine.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                    self.counters.tcp_accept_errors.incr();
+                }
+                // Out of file descriptors (EMFILE, ENFILE) or memory: the listener stays
+                // readable, so polling it again at once would spin. Rest it a while; the
+                // kernel keeps the connections queued.
                 Err(_) => {
-                    self.counters.tcp_refused.incr();
+                    self.counters.tcp_accept_errors.incr();
+                    self.pause_accepting();
                     return;
                 }
+            }
+        }
+    }
+
+    /// Takes the listener out of epoll for [`ACCEPT_BACKOFF`].
+    fn pause_accepting(&mut self) {
+        if let Some(l) = &self.listener {
+            let _ = self.epoll.delete(l.as_raw_fd());
+            self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
+        }
+    }
+
+    /// Puts the listener back into epoll (level-triggered: queued connections are reported
+    /// at once).
+    fn resume_accepting(&mut self) {
+        self.accept_paused_until = None;
+        if let Some(l) = &self.listener {
+            if self.epoll.add(l.as_raw_fd(), EPOLLIN, LISTENER).is_err() {
+                // Out of memory for the epoll entry too: try again after another rest.
+                self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
             }
         }
     }
@@ -722,6 +806,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             if let Some(stream) = conn.stream.take() {
                 let _ = self.epoll.delete(stream.as_raw_fd());
             }
+            if let Some(peer) = conn.peer.take() {
+                self.peers.remove(peer);
+            }
             conn.tracks.clear();
             // A frame that waited for room was never taken whole: the client resends it.
             conn.progress = None;
@@ -744,6 +831,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             CloseReason::Malformed => c.tcp_closed_malformed.incr(),
             CloseReason::Stalled => c.tcp_closed_stalled.incr(),
             CloseReason::Idle => c.tcp_closed_idle.incr(),
+            CloseReason::FrameTimeout => c.tcp_closed_frame_timeout.incr(),
             CloseReason::Peer
             | CloseReason::Error
             | CloseReason::Shutdown
@@ -779,6 +867,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         }
         if let Some(stream) = conn.stream.take() {
             let _ = self.epoll.delete(stream.as_raw_fd());
+        }
+        if let Some(peer) = conn.peer.take() {
+            self.peers.remove(peer);
         }
         if conn.progress.take().is_some() {
             // The frame that waited for room will not be finished: what it dispatched
@@ -954,10 +1045,20 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     fn housekeeping(&mut self) {
         let stall = u64::try_from(self.limits.stall_timeout.as_nanos()).unwrap_or(u64::MAX);
         let idle = u64::try_from(self.limits.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let frame = match u64::try_from(self.limits.frame_timeout.as_nanos()) {
+            Ok(0) => u64::MAX,
+            Ok(t) => t,
+            Err(_) => u64::MAX,
+        };
         let mut i = 0;
         while i < self.open.len() {
             let slot = self.open[i];
-            let verdict = self.conns[slot].as_ref().and_then(|c| {
+            let now = self.now;
+            let verdict = self.conns[slot].as_mut().and_then(|c| {
+                // Bytes alone do not hold a slot: a frame begun must arrive whole in time.
+                if c.partial_frame_age(now).is_some_and(|age| age > frame) {
+                    return Some(CloseReason::FrameTimeout);
+                }
                 if c.draining {
                     // Its frames resolve as storage goes (milliseconds); a drain that takes
                     // longer than DRAIN_TIMEOUT (storage stuck) is given up and counted: the

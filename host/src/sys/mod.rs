@@ -6,7 +6,9 @@ mod affinity;
 mod flock;
 pub(crate) mod mem;
 pub(crate) mod net;
+mod rlimit;
 
 pub(crate) use affinity::{set_thread_affinity, thread_affinity};
 pub(crate) use flock::{Flock, try_lock_exclusive};
 pub(crate) use mem::{Mapping, lock_all, mbind, node_of_address, page_size};
+pub(crate) use rlimit::{nofile, set_nofile};
