@@ -137,8 +137,9 @@ pub enum Flow {
 /// session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrameProgress {
-    /// The producer session's id and resolved seq the events' [`Origin`]s carry.
+    /// The producer session's id, epoch and resolved seq the events' [`Origin`]s carry.
     producer: u64,
+    epoch: u32,
     resolved: u64,
     /// The index of the first event not dispatched yet.
     next: u32,
@@ -158,6 +159,7 @@ impl FrameProgress {
     pub const fn new() -> Self {
         Self {
             producer: 0,
+            epoch: 0,
             resolved: 0,
             next: 0,
             granted: 0,
@@ -166,12 +168,13 @@ impl FrameProgress {
         }
     }
 
-    /// A frame not started, from producer `producer`, whose frames through `resolved` the
-    /// engine has resolved: its events' [`Origin`]s say so
+    /// A frame not started, from session `epoch` of producer `producer`, whose frames
+    /// through `resolved` the engine has resolved: its events' [`Origin`]s say so
     /// ([`Origin::with_producer`]).
-    pub const fn producing(producer: u64, resolved: u64) -> Self {
+    pub const fn producing(producer: u64, epoch: u32, resolved: u64) -> Self {
         Self {
             producer,
+            epoch,
             resolved,
             ..Self::new()
         }
@@ -488,12 +491,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         progress: &mut FrameProgress,
         each: impl FnMut(u32, &EventHeader, Outcome),
     ) -> FrameStep {
-        self.dispatch_inner(frame, source, now, flow, progress, |_| false, each)
+        self.dispatch_inner(frame, source, now, flow, progress, |_, _, _| false, each)
     }
 
     /// [`dispatch_frame_flow`](Self::dispatch_frame_flow) for a frame a producer sends
     /// again that the engine may hold in part (a frame in flight when it stopped): the
-    /// events for which `held(index)` is true are stored already and are not taken again
+    /// events for which `held(index, header, payload)` is true are stored already and are
+    /// not taken again
     /// ([`Outcome::Duplicate`], counted as [`Reason::Duplicate`]); the others are
     /// dispatched as usual.
     #[allow(clippy::too_many_arguments)]
@@ -504,7 +508,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         now: u64,
         flow: Flow,
         progress: &mut FrameProgress,
-        held: impl FnMut(u32) -> bool,
+        held: impl FnMut(u32, &EventHeader, &[u8]) -> bool,
         each: impl FnMut(u32, &EventHeader, Outcome),
     ) -> FrameStep {
         self.dispatch_inner(frame, source, now, flow, progress, held, each)
@@ -519,7 +523,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         now: u64,
         flow: Flow,
         progress: &mut FrameProgress,
-        mut held: impl FnMut(u32) -> bool,
+        mut held: impl FnMut(u32, &EventHeader, &[u8]) -> bool,
         mut each: impl FnMut(u32, &EventHeader, Outcome),
     ) -> FrameStep {
         let mut step = FrameStep::default();
@@ -539,8 +543,11 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             progress.granted = self.admission.admit(source, count, now);
         }
         let level = self.control.level();
-        let frame_origin =
-            Origin::new(source, frame.seq()).with_producer(progress.producer, progress.resolved);
+        let frame_origin = Origin::new(source, frame.seq()).with_producer(
+            progress.producer,
+            progress.epoch,
+            progress.resolved,
+        );
         // Free room per lane minus what is staged, refreshed when it runs out (Waits only).
         let mut room = [0usize; 3];
         if flow == Flow::Waits {
@@ -567,7 +574,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             let header = view.header();
             let payload = view.payload();
             let origin = frame_origin.at(i);
-            if held(i) {
+            if held(i, &header, payload) {
                 self.count_ingested(&mut counted, i + 1);
                 self.counters.reason(Reason::Duplicate).incr();
                 step.outcome.add(Outcome::Duplicate);
@@ -950,7 +957,7 @@ mod tests {
         let evs: Vec<(u64, Priority)> = (0..6).map(|i| (i, Priority::High)).collect();
         let bytes = batch(&evs);
         let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
-        let mut progress = FrameProgress::producing(77, 40);
+        let mut progress = FrameProgress::producing(77, 5, 40);
         let mut outcomes = Vec::new();
         let step = d.dispatch_frame_resent(
             &frame,
@@ -958,7 +965,7 @@ mod tests {
             0,
             Flow::Waits,
             &mut progress,
-            |i| i % 2 == 0,
+            |i, _, _| i % 2 == 0,
             |i, _, o| outcomes.push((i, o)),
         );
         assert_eq!(step.waiting, None);
@@ -982,7 +989,7 @@ mod tests {
             .map(|&i| {
                 (
                     u64::from(i),
-                    Origin::new(3, seq).with_producer(77, 40).at(i),
+                    Origin::new(3, seq).with_producer(77, 5, 40).at(i),
                 )
             })
             .collect();

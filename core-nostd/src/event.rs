@@ -196,10 +196,11 @@ impl EventHeader {
 /// Where an event came from, so the engine can acknowledge it: the source (a connection or
 /// producer, numbered by the ingest side), the sequence number of the frame it arrived in
 /// and its place in that frame; for a producer session (protocol version 2) also the
-/// producer's id and the highest frame seq of that producer the engine had resolved when it
-/// took the frame in. Stored with each record, the last two let a restarted engine tell
-/// which frames of a producer are complete in its logs and which events of the others it
-/// has ([`Dispatcher::dispatch_frame_resent`](crate::dispatch::Dispatcher::dispatch_frame_resent)).
+/// producer's id, the session's epoch (a producer forgotten and back starts a new one) and
+/// how far the producer's frames were resolved when the engine took this one in. Stored
+/// with each record, they let a restarted engine tell which frames of a producer are
+/// complete in its logs and which events of the others it has
+/// ([`Dispatcher::dispatch_frame_resent`](crate::dispatch::Dispatcher::dispatch_frame_resent)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Origin {
@@ -211,8 +212,12 @@ pub struct Origin {
     pub seq: u64,
     /// The producer session's id (0: the sender has none).
     pub producer: u64,
-    /// The producer's highest resolved frame seq when this frame was taken in (0: none).
-    pub resolved: u64,
+    /// The producer session's epoch (larger for a later session of the same id).
+    pub epoch: u32,
+    /// `seq` minus the producer's highest resolved frame seq when this frame was taken in
+    /// (saturating at `u32::MAX`, which then understates the resolved seq); see
+    /// [`resolved`](Self::resolved).
+    pub behind: u32,
 }
 
 impl Origin {
@@ -224,18 +229,36 @@ impl Origin {
             index: 0,
             seq,
             producer: 0,
-            resolved: 0,
+            epoch: 0,
+            behind: 0,
         }
     }
 
-    /// The same origin from producer `producer`, whose frames through `resolved` were
-    /// resolved.
+    /// The same origin from producer `producer` in session `epoch`, whose frames through
+    /// `resolved` were resolved (call after the seq is set).
     #[inline]
     #[must_use]
-    pub const fn with_producer(mut self, producer: u64, resolved: u64) -> Self {
+    pub const fn with_producer(mut self, producer: u64, epoch: u32, resolved: u64) -> Self {
         self.producer = producer;
-        self.resolved = resolved;
+        self.epoch = epoch;
+        let behind = self.seq.saturating_sub(resolved);
+        self.behind = if behind > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            behind as u32
+        };
         self
+    }
+
+    /// The producer's highest resolved frame seq when this frame was taken in, or less (when
+    /// `behind` saturated); 0 without a producer.
+    #[inline]
+    pub const fn resolved(&self) -> u64 {
+        if self.producer == 0 {
+            0
+        } else {
+            self.seq.saturating_sub(self.behind as u64)
+        }
     }
 
     /// The same origin for the event at `index` of its frame.

@@ -494,7 +494,7 @@ pub struct Started {
 /// The producer sessions (protocol version 2) rebuilt at start-up from the logs' newest
 /// records ([`storage::sessions`](crate::storage::sessions)): a producer that resends after
 /// a restart gets what the logs hold answered as duplicates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionsRestored {
     /// Producers put back into the table.
     pub producers: usize,
@@ -502,6 +502,11 @@ pub struct SessionsRestored {
     pub left_out: usize,
     /// Events held of frames that were in flight when the engine stopped.
     pub held: u64,
+    /// Producers whose in-flight frames held too many events to remember
+    /// ([`sessions::MAX_HELD`]): resent, those frames may be stored twice.
+    pub forgotten: usize,
+    /// Logs whose scan ended early at a record that could not be read (with the error).
+    pub unreadable: Vec<String>,
     /// Records read to find them.
     pub scanned: u64,
     /// How long it took.
@@ -927,10 +932,12 @@ fn supervise(
         Ok(scan) => {
             let producers = scan.producers.len();
             let left_out = ingest.restore_producers(scan.producers);
-            (producers > 0).then_some(SessionsRestored {
+            (producers > 0 || !scan.unreadable.is_empty()).then_some(SessionsRestored {
                 producers: producers - left_out,
                 left_out,
                 held: scan.held,
+                forgotten: scan.forgotten,
+                unreadable: scan.unreadable,
                 scanned: scan.scanned,
                 took: scan.took,
             })
@@ -1280,6 +1287,8 @@ struct StoreSink<'a> {
     dirty: [bool; 4],
     /// A storage failure stops writes (no retry of a failed fsync).
     failed: bool,
+    /// Logs a failed write or sync poisoned (their lost records are counted).
+    poisoned: [bool; 4],
     /// Dispatch tick of the oldest event stored since the last commit (`u64::MAX`: none).
     oldest: u64,
     /// Batch-lane events are stored (and settled) one by one, like the other lanes'.
@@ -1287,6 +1296,20 @@ struct StoreSink<'a> {
     /// The storage thread's tick of the current processing round (what the processors were
     /// given as `now`).
     round_now: u64,
+}
+
+/// The records of log `i` ([`LOG_NAMES`] order) not written to its file yet: events (lane
+/// logs) and dead letters (the dead-letter log).
+fn unwritten(log: &Log, i: usize) -> (u64, u64) {
+    if i == 3 {
+        let dead = [record::KIND_DEAD_LETTER, record::KIND_PRODUCER_DEAD_LETTER];
+        (0, log.unwritten(&dead))
+    } else {
+        (
+            log.unwritten(&[record::KIND_EVENT, record::KIND_PRODUCER_EVENT]),
+            0,
+        )
+    }
 }
 
 /// Why [`StoreSink::append`] wrote nothing.
@@ -1311,6 +1334,7 @@ impl<'a> StoreSink<'a> {
             pending_batch: None,
             dirty: [false; 4],
             failed: false,
+            poisoned: [false; 4],
             oldest: u64::MAX,
             batch_events: false,
             round_now: 0,
@@ -1320,8 +1344,14 @@ impl<'a> StoreSink<'a> {
     /// Syncs and closes every log (dropping a log would leave its buffer unwritten).
     fn close(&mut self) -> Result<bool, StorageError> {
         let mut first = Ok(true);
-        for log in self.logs.drain(..) {
+        for (i, log) in std::mem::take(&mut self.logs).into_iter().enumerate() {
+            // What is still buffered is written by the close, or lost with it.
+            let pending = unwritten(&log, i);
             if let Err(e) = log.close() {
+                if !self.poisoned[i] {
+                    self.stats.host.storage_lost_events.add(pending.0);
+                    self.stats.host.storage_lost_dead_letters.add(pending.1);
+                }
                 if first.is_ok() && !self.failed {
                     first = Err(e);
                 }
@@ -1343,7 +1373,7 @@ impl<'a> StoreSink<'a> {
                 continue;
             }
             if let Err(e) = self.logs[i].enforce_retention(std::time::SystemTime::now()) {
-                self.fail(&e, &self.stats.host.storage_write_errors);
+                self.fail(&e, &self.stats.host.storage_write_errors, None);
                 return;
             }
         }
@@ -1381,7 +1411,7 @@ impl<'a> StoreSink<'a> {
                         StorageError::Io { op: "write", .. } => &stats.host.storage_write_errors,
                         _ => &stats.host.storage_sync_errors,
                     };
-                    self.fail(&e, counter);
+                    self.fail(&e, counter, Some(i));
                     return Err(e);
                 }
                 self.dirty[i] = false;
@@ -1471,35 +1501,36 @@ impl<'a> StoreSink<'a> {
             Err(e) => {
                 // Any refusal stops the writes, an encoding bug included: the record's
                 // events must not be acknowledged, and a sink that skipped a record and
-                // went on would store a log with a hole the acks do not show.
-                self.fail(&e, &self.stats.host.storage_write_errors);
+                // went on would store a log with a hole the acks do not show. Only a failed
+                // write or sync poisons the log (its buffer is lost); after an encoding
+                // error the buffer is still written at close.
+                let poisoned = !matches!(
+                    e,
+                    StorageError::Encode { .. } | StorageError::BodyLength { .. }
+                );
+                self.fail(
+                    &e,
+                    &self.stats.host.storage_write_errors,
+                    poisoned.then_some(log),
+                );
                 Err(AppendError::Now)
             }
         }
     }
 
     /// Records the first storage failure: writes stop, health reports it.
-    fn fail(&mut self, e: &StorageError, counter: &crate::stats::Gauge) {
+    ///
+    /// `poisoned`: the log the failure poisoned, whose write buffer will never be written:
+    /// its records were counted stored (or dead-lettered) by the pipeline and are not in
+    /// the log. The other logs write theirs when they are closed.
+    fn fail(&mut self, e: &StorageError, counter: &crate::stats::Gauge, poisoned: Option<usize>) {
         counter.incr();
         self.failed = true;
-        // What was still in the write buffers will never be written: counted stored (or
-        // dead-lettered) by the pipeline, it is not in the logs.
-        let (events, dead) = (
-            [record::KIND_EVENT, record::KIND_PRODUCER_EVENT],
-            [record::KIND_DEAD_LETTER, record::KIND_PRODUCER_DEAD_LETTER],
-        );
-        for (i, log) in self.logs.iter().enumerate() {
-            if i == 3 {
-                self.stats
-                    .host
-                    .storage_lost_dead_letters
-                    .add(log.unwritten(&dead));
-            } else {
-                self.stats
-                    .host
-                    .storage_lost_events
-                    .add(log.unwritten(&events));
-            }
+        if let Some(i) = poisoned {
+            self.poisoned[i] = true;
+            let (events, dead) = unwritten(&self.logs[i], i);
+            self.stats.host.storage_lost_events.add(events);
+            self.stats.host.storage_lost_dead_letters.add(dead);
         }
         // What was written since the last commit is not known to be durable: those frames
         // are never acknowledged (the producer resends; recovery on restart keeps what
@@ -1535,7 +1566,10 @@ impl<'a> StoreSink<'a> {
             self.stats.host.storage_dead_letters.incr();
         } else {
             // Counted dead-lettered by the core, but not in the log: say so.
-            self.stats.host.storage_lost_dead_letters.incr();
+            self.stats
+                .host
+                .storage_lost_dead_letters
+                .add(u64::from(record.events));
         }
         // Batch-lane events that are only aggregated are settled by the batch watermark, not
         // per frame (a dead letter of one would otherwise consume a realtime event's place in

@@ -358,7 +358,7 @@ pub type HostMetric = (
 );
 
 /// How each [`HostCounters`] field is exported.
-pub const HOST_METRICS: [HostMetric; 38] = [
+pub const HOST_METRICS: &[HostMetric] = &[
     (
         "pinstream_tcp_connections_accepted_total",
         MetricType::Counter,
@@ -603,7 +603,7 @@ pub const HOST_METRICS: [HostMetric; 38] = [
 
 /// Renders every [`HostCounters`] field (see [`HOST_METRICS`] for the names).
 pub fn write_host_counters(w: &mut PromWriter<'_>, counters: &HostCounters) {
-    for (name, kind, help, field) in HOST_METRICS {
+    for &(name, kind, help, field) in HOST_METRICS {
         w.single(name, kind, help, field(counters).get() as f64);
     }
 }
@@ -715,7 +715,7 @@ mod tests {
         assert!(is_label_name("stage"));
         assert!(!is_label_name("__x"));
         assert!(!is_label_name("a:b"));
-        for (name, kind, _, _) in HOST_METRICS {
+        for &(name, kind, _, _) in HOST_METRICS {
             assert!(is_metric_name(name), "{name}");
             assert_eq!(
                 kind == MetricType::Counter,

@@ -467,14 +467,18 @@ fn text_record(
     }
 }
 
-/// ` index=I producer=P resolved=R` for a producer session's record, nothing otherwise.
+/// ` index=I producer=P epoch=E resolved=R` for a producer session's record, nothing
+/// otherwise.
 fn producer_text(o: &Origin) -> String {
     if o.producer == 0 {
         return String::new();
     }
     format!(
-        " index={} producer={} resolved={}",
-        o.index, o.producer, o.resolved
+        " index={} producer={} epoch={} resolved={}",
+        o.index,
+        o.producer,
+        o.epoch,
+        o.resolved()
     )
 }
 
@@ -505,7 +509,8 @@ fn json_record(
                 .num("seq", e.origin.seq)
                 .num("index", e.origin.index)
                 .num("producer", e.origin.producer)
-                .num("resolved", e.origin.resolved)
+                .num("epoch", e.origin.epoch)
+                .num("resolved", e.origin.resolved())
                 .num("received", e.received)
                 .num("payload_len", e.payload.len())
                 .str("payload_hex", &hex(e.payload));
@@ -533,7 +538,8 @@ fn json_record(
                 .num("seq", d.origin.seq)
                 .num("index", d.origin.index)
                 .num("producer", d.origin.producer)
-                .num("resolved", d.origin.resolved)
+                .num("epoch", d.origin.epoch)
+                .num("resolved", d.origin.resolved())
                 .num("tick", d.tick)
                 .num("events", d.events);
         }

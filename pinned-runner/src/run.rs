@@ -179,7 +179,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
             r.took.as_secs_f64()
         );
     }
-    if let Some(r) = handle.started.sessions {
+    if let Some(r) = &handle.started.sessions {
         say!(
             "producer sessions restored: {} producer(s), {} event(s) held of frames in flight at the last stop ({} record(s) read in {:.2} s){}",
             r.producers,
@@ -195,6 +195,19 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
                 String::new()
             }
         );
+        if r.forgotten > 0 {
+            say!(
+                "producer sessions: {} producer(s) had too many events in flight to remember; \
+                 resent, those frames may be stored twice",
+                r.forgotten
+            );
+        }
+        for log in &r.unreadable {
+            say!(
+                "producer sessions: the scan of {log} stopped at a record it could not read; \
+                 resends of what it did not see may be stored twice (`pinstream log verify`)"
+            );
+        }
     }
     // One line: pinned or not, and why (`pinstream host-check` prints the same line).
     say!("placement decision: {}", handle.started.decision);

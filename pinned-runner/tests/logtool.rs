@@ -176,7 +176,7 @@ fn inspect_prints_every_kind_as_text_and_json() {
     assert_eq!(lines.len(), 6, "{stdout}");
     assert_eq!(
         lines[0],
-        r#"{"log":"realtime","offset":0,"kind":"event","id":7,"topic":0,"priority":"high","timestamp":100,"value":-3,"lane":"realtime","source":1,"seq":9,"index":0,"producer":0,"resolved":0,"received":55,"payload_len":3,"payload_hex":"686f74","payload_utf8":"hot"}"#
+        r#"{"log":"realtime","offset":0,"kind":"event","id":7,"topic":0,"priority":"high","timestamp":100,"value":-3,"lane":"realtime","source":1,"seq":9,"index":0,"producer":0,"epoch":0,"resolved":0,"received":55,"payload_len":3,"payload_hex":"686f74","payload_utf8":"hot"}"#
     );
     assert!(
         lines[1].contains(r#""value":null"#)
@@ -188,7 +188,7 @@ fn inspect_prints_every_kind_as_text_and_json() {
     );
     assert_eq!(
         lines[5],
-        r#"{"log":"dead-letter","offset":0,"kind":"dead-letter","reason":"lane_full","reason_code":32,"id":30,"topic":1,"priority":"medium","timestamp":300,"value":null,"source":3,"seq":4,"index":0,"producer":0,"resolved":0,"tick":77,"events":1}"#
+        r#"{"log":"dead-letter","offset":0,"kind":"dead-letter","reason":"lane_full","reason_code":32,"id":30,"topic":1,"priority":"medium","timestamp":300,"value":null,"source":3,"seq":4,"index":0,"producer":0,"epoch":0,"resolved":0,"tick":77,"events":1}"#
     );
 
     // A range of one log.

@@ -373,48 +373,60 @@ fn resends_after_kill_9_and_restart_are_duplicates_not_copies() {
     assert!(out.contains("stopped"), "{out}");
 }
 
-/// A producer session (protocol version 2, high priority: the realtime lane, which keeps no
-/// id window) resends every frame after a kill -9 and a restart, including frames that were
-/// in flight at the kill: the restarted engine rebuilt the producer's session from the
-/// records' producer fields, answers what it holds as duplicates and stores the rest once.
-#[test]
-fn producer_resends_after_kill_9_are_duplicates_even_for_frames_in_flight() {
-    let dir = TempDir::new("run-producer");
-    let extra = "[storage]\ndurability = \"always\"\n";
-    let mut runner = Runner::start(dir.path(), extra);
-    const PRODUCER: u64 = 0x5EED_0000_0000_0042;
-    let high = |seq: u64| {
-        let events: Vec<_> = (0..20)
-            .map(|i| EventHeader::new(seq * 1000 + i, 0, Priority::High, 0))
-            .collect();
-        Client::batch(seq, &events, |_| vec![7; 40])
-    };
+const PRODUCER: u64 = 0x5EED_0000_0000_0042;
+
+/// Frame `seq` of 20 high-priority events (the realtime lane, which keeps no id window) with
+/// ids `seq * 1000 + base ..`.
+fn high_frame(seq: u64, base: u64) -> Vec<u8> {
+    let events: Vec<_> = (0..20)
+        .map(|i| EventHeader::new(seq * 1000 + base + i, 0, Priority::High, 0))
+        .collect();
+    Client::batch(seq, &events, |_| vec![7; 40])
+}
+
+/// Runs an engine on `dir` with durability `always`, sends [`PRODUCER`]'s frames 1-100
+/// (1-60 acknowledged one way or another, 61-100 in a burst) and kills it with SIGKILL once
+/// frame 70 is acknowledged, part of the burst still in flight. Returns the ids in the
+/// realtime log.
+fn kill_producer_mid_burst(dir: &Path, extra: &str) -> Vec<u64> {
+    let mut runner = Runner::start(dir, extra);
     let mut client = Client::connect(runner.tcp).unwrap();
     let reply = client.hello_producer(PRODUCER).unwrap();
     assert_eq!((reply.producer_id, reply.last_seq), (PRODUCER, 0));
     for seq in 1..=50 {
-        client.send(&high(seq)).unwrap();
+        client.send(&high_frame(seq, 0)).unwrap();
     }
     client.wait_ack(50, WAIT).unwrap();
     // One at a time: these frames are taken in with the producer resolved up to the one
     // before, which their records say.
     for seq in 51..=60 {
-        client.send(&high(seq)).unwrap();
+        client.send(&high_frame(seq, 0)).unwrap();
         client.wait_ack(seq, WAIT).unwrap();
     }
     // Then a burst, killed while part of it is in flight: frames 61-70 are acknowledged
     // (their records were taken in with 60 resolved, so a restart must find them by their
     // events), the rest may be stored in whole, in part or not at all.
     for seq in 61..=100 {
-        client.send(&high(seq)).unwrap();
+        client.send(&high_frame(seq, 0)).unwrap();
     }
     client.wait_ack(70, WAIT).unwrap();
     runner.signal(libc::SIGKILL);
     let _ = runner.wait();
     drop(runner);
-    let before = log_ids(&dir.path().join("data"), 0);
+    let before = log_ids(&dir.join("data"), 0);
     assert!(before.len() >= 1400, "frames 1-70 were acknowledged");
+    before
+}
 
+/// A producer session resends every frame after a kill -9 and a restart, including frames
+/// that were in flight at the kill: the restarted engine rebuilt the producer's session from
+/// the records' producer fields, answers what it holds as duplicates and stores the rest
+/// once.
+#[test]
+fn producer_resends_after_kill_9_are_duplicates_even_for_frames_in_flight() {
+    let dir = TempDir::new("run-producer");
+    let extra = "[storage]\ndurability = \"always\"\n";
+    let before = kill_producer_mid_burst(dir.path(), extra);
     let mut again = Runner::start(dir.path(), extra);
     let line = again.wait_line("producer sessions restored:");
     assert!(line.contains("1 producer(s)"), "{line}");
@@ -429,7 +441,7 @@ fn producer_resends_after_kill_9_are_duplicates_even_for_frames_in_flight() {
     // The client cannot tell what of 61-100 was stored: it resends all it has, and one new
     // frame.
     for seq in 1..=101 {
-        client.send(&high(seq)).unwrap();
+        client.send(&high_frame(seq, 0)).unwrap();
     }
     let (ack, rejects) = client.wait_ack(101, WAIT).unwrap();
     assert!(rejects.is_empty(), "{rejects:?}");
@@ -451,6 +463,38 @@ fn producer_resends_after_kill_9_are_duplicates_even_for_frames_in_flight() {
         resent,
         "every event of the 101 frames, once"
     );
+}
+
+/// The same crash, but the producer starts afresh (an application restarted with its fixed
+/// producer id) and numbers new frames from the `last_seq` the HELLO reports, with new
+/// events: the restarted engine stores every one of them. A frame number it holds events of
+/// does not make other events at the same places duplicates.
+#[test]
+fn new_events_from_last_seq_after_kill_9_are_stored_not_taken_for_duplicates() {
+    let dir = TempDir::new("run-producer-new");
+    let extra = "[storage]\ndurability = \"always\"\n";
+    let before = kill_producer_mid_burst(dir.path(), extra);
+    let mut again = Runner::start(dir.path(), extra);
+    let mut client = Client::connect(again.tcp).unwrap();
+    let reply = client.hello_producer(PRODUCER).unwrap();
+    let first = reply.last_seq + 1;
+    assert!(
+        first <= 70,
+        "frames above last_seq are held: {}",
+        reply.last_seq
+    );
+    let last = first + 49;
+    for seq in first..=last {
+        client.send(&high_frame(seq, 500)).unwrap();
+    }
+    let (ack, rejects) = client.wait_ack(last, WAIT).unwrap();
+    assert!(rejects.is_empty(), "{rejects:?}");
+    assert_eq!((ack.stored, ack.duplicates), (50 * 20, 0), "{ack:?}");
+    again.signal(libc::SIGTERM);
+    assert!(again.wait().success());
+    drop(again);
+    let ids = log_ids(&dir.path().join("data"), 0);
+    assert_eq!(ids.len(), before.len() + 50 * 20);
 }
 
 /// A full disk (a file-size limit on the child: `write(2)` fails with `EFBIG`) does not stop

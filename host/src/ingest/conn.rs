@@ -208,6 +208,8 @@ pub(crate) struct Conn {
     pub(crate) resolved_before: u64,
     /// Version 2: the producer's id (0: none), which its events' records carry.
     pub(crate) producer_id: u64,
+    /// Version 2: the producer session's epoch, which its events' records carry.
+    pub(crate) producer_epoch: u32,
     /// Version 2: the events of the producer's frames above `resolved_before` that the logs
     /// held at start-up (frames in flight when the engine last stopped): resent, those
     /// events are duplicates, the others of the frame are taken.
@@ -262,6 +264,7 @@ impl Conn {
             producer: None,
             resolved_before: 0,
             producer_id: 0,
+            producer_epoch: 0,
             held: None,
             draining: false,
             duplicates: 0,
@@ -307,6 +310,7 @@ impl Conn {
         self.producer = None;
         self.resolved_before = 0;
         self.producer_id = 0;
+        self.producer_epoch = 0;
         self.held = None;
         self.draining = false;
         self.duplicates = 0;

@@ -736,6 +736,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             conn.resolved_before = last;
             conn.through = last;
             conn.producer_id = self.producers.id(index);
+            conn.producer_epoch = self.producers.epoch(index);
             conn.held = self.producers.held(index);
             reply.producer_id = conn.producer_id;
             reply.last_seq = last;
@@ -1311,11 +1312,14 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                         now,
                     ));
                 }
-                // A producer's events carry its id and how far it was resolved, so that a
-                // restart can rebuild its session from the logs.
+                // A producer's events carry its id, session and how far it was resolved, so
+                // that a restart can rebuild its session from the logs (not without
+                // acknowledgements: nothing is resolved then, and nothing is resent).
                 conn.progress = Some(match conn.producer_id {
-                    0 => FrameProgress::new(),
-                    id => FrameProgress::producing(id, conn.through),
+                    id if id != 0 && ack != AckMode::None => {
+                        FrameProgress::producing(id, conn.producer_epoch, conn.through)
+                    }
+                    _ => FrameProgress::new(),
                 });
                 let waiting = timed(latency, || {
                     continue_frame(conn, dispatcher, counters, ack, &frame, now)
@@ -1398,7 +1402,10 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         now,
         Flow::Waits,
         &mut progress,
-        |i| held.as_ref().is_some_and(|h| h.holds(seq, i)),
+        |i, header, payload| {
+            held.as_ref()
+                .is_some_and(|h| h.holds(seq, i, header, payload))
+        },
         |i, header, outcome| {
             if let Outcome::Rejected(reason) = outcome {
                 refused += 1;

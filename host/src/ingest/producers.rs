@@ -3,7 +3,9 @@
 //! resolved answered as duplicates instead of stored again.
 //!
 //! The table is fixed at start-up (`tcp.max_producers` entries, one `HashMap` sized once):
-//! its memory depends on the number of producers, not on the event rate. An entry without a
+//! its memory depends on the number of producers, not on the event rate (besides what a
+//! restart found of frames in flight, at most `sessions::MAX_HELD` events per producer,
+//! dropped once the producer's sequence has passed them). An entry without a
 //! connection is evicted after `tcp.producer_idle_ms`, or earlier, oldest first, when a new
 //! producer needs its place; a HELLO that finds every entry attached to a connection is
 //! refused. Each eviction and refusal is counted.
@@ -36,6 +38,8 @@ struct Entry {
     draining: u32,
     /// Tick of the last attach or detach.
     active: u64,
+    /// The session's epoch: a producer forgotten and back gets a larger one.
+    epoch: u32,
     /// What the logs held at start-up of its frames above `last_seq`.
     held: Option<Arc<HeldFrames>>,
 }
@@ -69,6 +73,9 @@ pub(crate) struct Producers {
     idle: u64,
     /// The next id to try when assigning one (never 0).
     next_id: u64,
+    /// The last epoch given to a session: at least the wall clock's seconds and above every
+    /// epoch restored, so a later session of an id always has a larger one.
+    last_epoch: u32,
 }
 
 impl Producers {
@@ -81,7 +88,18 @@ impl Producers {
             free: (0..max).rev().collect(),
             idle,
             next_id: seed | 1,
+            last_epoch: 0,
         }
+    }
+
+    /// An epoch above every one given or restored, and not below the wall clock's seconds
+    /// (so above those of an earlier run whose records the logs no longer show).
+    fn new_epoch(&mut self) -> u32 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        self.last_epoch = self.last_epoch.saturating_add(1).max(wall);
+        self.last_epoch
     }
 
     /// Producers in the table.
@@ -128,12 +146,14 @@ impl Producers {
                 self.free.pop().expect("an entry was just freed")
             }
         };
+        let epoch = self.new_epoch();
         self.entries[index] = Some(Entry {
             id,
             last_seq: 0,
             conn: Some(slot),
             draining: 0,
             active: now,
+            epoch,
             held: None,
         });
         self.by_id.insert(id, index);
@@ -174,6 +194,7 @@ impl Producers {
     pub(crate) fn restore(&mut self, found: Vec<ProducerState>, now: u64) -> usize {
         let mut left_out = 0;
         for p in found {
+            self.last_epoch = self.last_epoch.max(p.epoch);
             if p.id == 0 || self.by_id.contains_key(&p.id) {
                 continue;
             }
@@ -187,6 +208,7 @@ impl Producers {
                 conn: None,
                 draining: 0,
                 active: now,
+                epoch: p.epoch,
                 held: p.held,
             });
             self.by_id.insert(p.id, index);
@@ -197,6 +219,11 @@ impl Producers {
     /// The producer's id.
     pub(crate) fn id(&self, index: usize) -> u64 {
         self.entries[index].as_ref().map_or(0, |e| e.id)
+    }
+
+    /// The producer session's epoch.
+    pub(crate) fn epoch(&self, index: usize) -> u32 {
+        self.entries[index].as_ref().map_or(0, |e| e.epoch)
     }
 
     /// The producer's highest resolved seq.

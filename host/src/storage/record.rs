@@ -10,13 +10,13 @@
 //! | [`KIND_EVENT`] | `lane u8 | header | origin | received u64 | payload…` (49 bytes + payload) |
 //! | [`KIND_DEAD_LETTER`] | `reason u16 | header | origin | tick u64 | events u32` (54 bytes) |
 //! | [`KIND_AGGREGATE`] | `topic u16 | start u64 | end u64 | count u64 | bytes u64 | values u64 | min i64 | max i64 | sum i128` (74 bytes) |
-//! | [`KIND_PRODUCER_EVENT`] | as [`KIND_EVENT`], the origin followed by `index u32 | producer u64 | resolved u64` (69 bytes + payload) |
-//! | [`KIND_PRODUCER_DEAD_LETTER`] | as [`KIND_DEAD_LETTER`], the origin followed by `index u32 | producer u64 | resolved u64` (74 bytes) |
+//! | [`KIND_PRODUCER_EVENT`] | as [`KIND_EVENT`], the origin followed by `index u32 | producer u64 | epoch u32 | behind u32` (69 bytes + payload) |
+//! | [`KIND_PRODUCER_DEAD_LETTER`] | as [`KIND_DEAD_LETTER`], the origin followed by `index u32 | producer u64 | epoch u32 | behind u32` (74 bytes) |
 //!
 //! The last two are written for events of a producer session (protocol version 2; an
-//! [`Origin`] whose `producer` is not 0): the event's index in its frame, the producer's id
-//! and the highest frame seq of the producer the engine had resolved when it took the frame
-//! in. From them a restarted engine rebuilds its producer table (which frames of each
+//! [`Origin`] whose `producer` is not 0): the event's index in its frame, the producer's id,
+//! the session's epoch and how far behind its frame seq the producer's resolved seq was when
+//! the engine took the frame in. From them a restarted engine rebuilds its producer table (which frames of each
 //! producer are complete, which events of the others it holds), so a producer's resends
 //! after a crash are answered as duplicates. Other events keep the shorter kinds (their
 //! decoded origin has index, producer and resolved 0).
@@ -74,7 +74,7 @@ pub const EVENT_FIXED_LEN: usize = 1 + HEADER_LEN + ORIGIN_LEN + 8;
 pub const DEAD_LETTER_LEN: usize = 2 + HEADER_LEN + ORIGIN_LEN + 8 + 4;
 /// Bytes of an aggregate body.
 pub const AGGREGATE_LEN: usize = 2 + 5 * 8 + 2 * 8 + 16;
-/// Bytes a producer session's origin adds: `index u32 | producer u64 | resolved u64`.
+/// Bytes a producer session's origin adds: `index u32 | producer u64 | epoch u32 | behind u32`.
 pub const PRODUCER_LEN: usize = 4 + 8 + 8;
 /// Bytes of a producer session's event body before its payload.
 pub const PRODUCER_EVENT_FIXED_LEN: usize = EVENT_FIXED_LEN + PRODUCER_LEN;
@@ -218,7 +218,8 @@ impl Writer<'_> {
         if o.producer != 0 {
             self.put(&o.index.to_le_bytes());
             self.put(&o.producer.to_le_bytes());
-            self.put(&o.resolved.to_le_bytes());
+            self.put(&o.epoch.to_le_bytes());
+            self.put(&o.behind.to_le_bytes());
         }
     }
 }
@@ -285,7 +286,15 @@ impl<'a> Cur<'a> {
         }
         let index = self.u32();
         let producer = self.u64();
-        origin.with_producer(producer, self.u64()).at(index)
+        let epoch = self.u32();
+        let behind = self.u32();
+        Origin {
+            index,
+            producer,
+            epoch,
+            behind,
+            ..origin
+        }
     }
 }
 
@@ -510,7 +519,9 @@ mod tests {
             );
         }
         // A producer session's records keep the index, the producer and its resolved seq.
-        let origin = Origin::new(3, 40).with_producer(u64::MAX, 38).at(u32::MAX);
+        let origin = Origin::new(3, 40)
+            .with_producer(u64::MAX, 7, 38)
+            .at(u32::MAX);
         let ev = StoredEvent {
             lane: Lane::Realtime,
             header: &h,
