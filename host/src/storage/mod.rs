@@ -71,6 +71,7 @@ mod reader;
 pub mod record;
 mod recovery;
 mod repair;
+mod scan;
 pub mod sessions;
 #[cfg(test)]
 mod tests;
@@ -91,11 +92,14 @@ pub fn segment_bases(dir: &std::path::Path) -> Result<Vec<u64>, StorageError> {
 pub use self::lock::{DataDirLock, LOCK_FILE};
 pub use self::log::{Log, LogStats, RetentionReport};
 pub use self::reader::{LogReader, StoredRecord};
-pub use self::recovery::{CheckpointStatus, QuarantinedSegment, RecoveryReport, TornTail};
+pub use self::recovery::{
+    CheckpointStatus, MissingRange, QuarantinedSegment, RecoveryReport, TornTail,
+};
 pub use self::repair::{
     LogRepair, QuarantineState, QuarantinedFile, RepairOutcome, SalvageScan, SalvagedRecord,
     SegmentRepair, quarantined_files, repair_log,
 };
+pub use self::scan::{DamagedRegion, SCAN_BUFFER_BYTES, SegmentCheck, check_segment};
 
 /// When appended records become durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +237,16 @@ pub enum StorageError {
         /// What is wrong.
         why: &'static str,
     },
+    /// A record of a format version this build cannot read (written by a newer pinstream):
+    /// recovery stops rather than take it for damage, and changes nothing.
+    UnknownFormat {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte position of the record in the file.
+        position: u64,
+        /// Its version byte.
+        version: u8,
+    },
     /// Another process (or another [`DataDirLock`] of this one) holds the data directory's
     /// lock: one engine per data directory.
     Locked {
@@ -286,6 +300,15 @@ impl StorageError {
                 position: *position,
                 why,
             },
+            StorageError::UnknownFormat {
+                path,
+                position,
+                version,
+            } => StorageError::UnknownFormat {
+                path: path.clone(),
+                position: *position,
+                version: *version,
+            },
             StorageError::Locked { dir, holder } => StorageError::Locked {
                 dir: dir.clone(),
                 holder: *holder,
@@ -324,6 +347,19 @@ impl fmt::Display for StorageError {
                 "{} is damaged at byte {position}: {why} (reopening the log with Log::open \
                  recovers or quarantines it)",
                 path.display()
+            ),
+            StorageError::UnknownFormat {
+                path,
+                position,
+                version,
+            } => write!(
+                f,
+                "{} holds a record of format version {version} at byte {position}; this build \
+                 reads version {FORMAT}: it was written by a newer pinstream (run that one), or \
+                 the byte is damaged beyond a flipped bit (move the file out of the log \
+                 directory to start without it); nothing was changed",
+                path.display(),
+                FORMAT = format::FORMAT_VERSION
             ),
             StorageError::Locked { dir, holder } => {
                 write!(
