@@ -11,15 +11,14 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::format::{
     CHECKPOINT_FILE, Checkpoint, Decoded, INDEX_ENTRY_LEN, IndexEntry, MAX_RECORD_LIMIT,
-    RECORD_HEADER_LEN, decode_at, index_path, list_segments, parse_segment_name, segment_path,
-    sync_dir,
+    RECORD_HEADER_LEN, index_path, list_segments, parse_segment_name, segment_path, sync_dir,
 };
 use super::scan::SegmentFile;
 use super::{Durability, LogConfig, StorageError, quarantined_files};
@@ -543,16 +542,12 @@ fn load_checkpoint(
         if !fits {
             return ignored("its last record position is impossible".into());
         }
-        let mut f = File::open(&seg).map_err(|e| StorageError::io("open", &seg, e))?;
-        f.seek(SeekFrom::Start(c.last_record_pos))
-            .map_err(|e| StorageError::io("seek", &seg, e))?;
-        let mut rec = Vec::new();
-        f.take(c.position - c.last_record_pos)
-            .read_to_end(&mut rec)
-            .map_err(|e| StorageError::io("read", &seg, e))?;
-        match decode_at(&rec, MAX_RECORD_LIMIT) {
+        // Through the scan buffer: a checkpoint naming a huge record costs no memory.
+        let mut f = SegmentFile::open(&seg)?;
+        match f.decode(c.last_record_pos, MAX_RECORD_LIMIT)? {
             Decoded::Record { offset, total, .. }
-                if total == rec.len() && Some(offset) == c.next_offset.checked_sub(1) => {}
+                if c.last_record_pos + total as u64 == c.position
+                    && Some(offset) == c.next_offset.checked_sub(1) => {}
             Decoded::Record { .. } => {
                 // An intact record that is not the one it names: the checkpoint is wrong, and
                 // says nothing about what was synced.
