@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `{base:020}.log` | a segment: records with offsets `base, base+1, …`, back to back |
 //! | `{base:020}.index` | sparse hint: `(offset u64, position u64)` little-endian pairs, one per `index_interval_bytes` of segment; rebuilt when missing or inconsistent, never trusted over the data |
-//! | `checkpoint` | hint: a known-good `(segment, position, next offset)` written after each sync, so recovery scans only the tail; ignored when it disagrees with the data |
+//! | `checkpoint` | hint: a known-good `(segment, position, next offset)` written after each sync: the bytes before it were synced, so damage there is never truncated as a torn tail; ignored when it disagrees with the data |
 //! | `{base:020}.log.quarantined[.N]` | a segment in which intact records followed a damaged one; kept, never deleted, never read by [`LogReader`] |
 //! | `….quarantined[.N].repaired` | a quarantined segment whose intact records [`repair_log`] re-appended to the log; kept |
 //!
@@ -41,19 +41,30 @@
 //!
 //! # Recovery ([`Log::open`])
 //!
-//! Segments before the checkpoint's segment are trusted (they were synced when the log
-//! rolled past them); their index is checked and, when missing or inconsistent, rebuilt by a
-//! full CRC scan. The checkpoint's segment is scanned from the checkpoint and later segments in
-//! full; without a usable checkpoint every segment is scanned. At the first invalid record of a
-//! segment the rest of that segment is searched byte by byte for intact records:
-//! - none, and it is the last segment: a torn tail. The file is truncated there, then the
-//!   file and the directory are fsynced.
-//! - some (or it is not the last segment, so later data exists): the segment is
-//!   *quarantined*. Its valid prefix is copied to a new file that takes the segment's name (so
-//!   it stays readable), the original is renamed to `{base:020}.log.quarantined` (never
-//!   deleted), and the log continues at an offset above every offset seen, so offsets are never
-//!   reused. [`repair_log`] (`pinstream log repair`) later re-appends the intact records found
-//!   after the damage under new offsets and marks the file `.repaired`.
+//! Every record of every segment is read and CRC-checked on every open, through one
+//! [`SCAN_BUFFER_BYTES`] buffer (a record larger than it has its CRC streamed), so recovery's
+//! memory does not grow with the segment. The checkpoint is never trusted over the data: it
+//! only says which bytes were synced. Indexes are rebuilt when they disagree with the data. At
+//! the first invalid record of a segment the rest of that segment is searched byte by byte for
+//! intact records:
+//! - none, it is the last segment, and the damage lies beyond what the checkpoint says was
+//!   synced: a torn tail. The file is truncated there, then the file and the directory are
+//!   fsynced.
+//! - otherwise (intact records follow, later segments exist, or the damage is in synced data):
+//!   the segment is *quarantined*. Its valid prefix is copied to a new file that takes the
+//!   segment's name (so it stays readable), the original is renamed to
+//!   `{base:020}.log.quarantined` (never deleted), and the log continues in a new segment at an
+//!   offset above every offset seen and the checkpoint's, so offsets are never reused and
+//!   nothing is appended after damage. [`repair_log`] (`pinstream log repair`) later
+//!   re-appends the intact records found after the damage under new offsets and marks the file
+//!   `.repaired`.
+//!
+//! A record of an unknown format version stops recovery with [`StorageError::UnknownFormat`]
+//! and changes nothing; a segment that cannot be read stops it with [`StorageError::Io`]
+//! naming the file. Offsets missing between segments (or below the checkpoint's next offset)
+//! that no quarantined file accounts for are reported in [`RecoveryReport::missing`] on every
+//! open. [`check_segment`] is the same scan for `pinstream log verify`: it lists every damaged
+//! region.
 //!
 //! The dead-letter log is a [`Log`] of its own directory whose records are kind
 //! [`record::KIND_DEAD_LETTER`], each carrying its reason code.
