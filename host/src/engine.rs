@@ -371,6 +371,9 @@ pub struct EngineStats {
     pub placement: Mutex<Vec<String>>,
     /// The first storage failure (the engine stops storing; health says so).
     pub storage_error: Mutex<Option<String>>,
+    /// What start-up recovery found, for `/health`: `clean`, or the damage it quarantined and
+    /// the offsets it found missing (kept until the next start; the report has the details).
+    pub recovery: String,
     /// Events in flight inside the engine, as last seen by the storage thread.
     pub in_flight: crate::stats::Gauge,
     /// The dedup table's effective window over the last second, in nanoseconds.
@@ -457,6 +460,7 @@ impl AdminSource for EngineStats {
                 "storage",
                 HealthValue::Text(error.unwrap_or_else(|| "ok".into())),
             )
+            .with("recovery", HealthValue::Text(self.recovery.clone()))
             .with(
                 "tcp_connections",
                 HealthValue::Count(self.host.tcp_open.get()),
@@ -466,6 +470,38 @@ impl AdminSource for EngineStats {
                 "events_durable",
                 HealthValue::Count(self.host.durable_events.get()),
             )
+    }
+}
+
+/// What recovery found in the logs, in one line for `/health`: `clean`, or per damaged log
+/// what was quarantined, cut as a torn tail and found missing.
+fn recovery_summary(reports: &[RecoveryReport]) -> String {
+    let damaged: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.quarantined.is_empty() || !r.missing.is_empty())
+        .map(|r| {
+            let name = r.dir.file_name().map_or_else(
+                || r.dir.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let missing: u64 = r
+                .missing
+                .iter()
+                .map(|m| m.offsets.end - m.offsets.start)
+                .sum();
+            format!(
+                "{name}: {} segment(s) quarantined, {missing} offset(s) missing",
+                r.quarantined.len()
+            )
+        })
+        .collect();
+    if damaged.is_empty() {
+        "clean".to_owned()
+    } else {
+        format!(
+            "damage found at start-up ({}); see the start-up report and `pinstream log verify`",
+            damaged.join("; ")
+        )
     }
 }
 
@@ -722,6 +758,7 @@ impl Engine {
             storage_load: Arc::new(ThreadLoad::new()),
             placement: Mutex::new(Vec::new()),
             storage_error: Mutex::new(None),
+            recovery: recovery_summary(&recovery),
             in_flight: crate::stats::Gauge::new(),
             dedup_effective_window_ns: crate::stats::Gauge::new(),
             control_transitions: crate::stats::Gauge::new(),

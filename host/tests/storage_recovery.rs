@@ -286,7 +286,7 @@ fn bit_flips_in_the_last_records_keep_the_valid_prefix_and_quarantine_when_data_
 }
 
 #[test]
-fn damage_behind_a_checkpoint_is_reported_by_the_reader_never_returned() {
+fn damage_behind_a_checkpoint_is_reported_by_the_reader_and_quarantined_by_recovery() {
     let tmp = TempDir::new("flipckpt");
     let dir = tmp.sub("log");
     let original = build_single_segment(&dir, 10);
@@ -295,14 +295,7 @@ fn damage_behind_a_checkpoint_is_reported_by_the_reader_never_returned() {
     let mut damaged = original.clone();
     damaged[spans[4].1 + RECORD_HEADER_LEN + 2] ^= 0x04;
     fs::write(&seg, &damaged).unwrap();
-    // The checkpoint names synced data (records 0..10): recovery trusts it and scans only
-    // after it, so the reader is what catches bit rot in synced data.
-    let (log, report) = Log::open(config(&dir, 1 << 20, Durability::Always)).unwrap();
-    assert!(
-        matches!(report.checkpoint, CheckpointStatus::Used { .. }),
-        "{report}"
-    );
-    drop(log);
+    // The reader (no recovery) reports it and never returns it.
     let mut r = LogReader::open(&dir).unwrap();
     for i in 0..4 {
         assert_eq!(r.next_record().unwrap().unwrap().offset, i);
@@ -316,6 +309,19 @@ fn damage_behind_a_checkpoint_is_reported_by_the_reader_never_returned() {
     // Seeking past it uses the index (checked against the data) and reads on.
     r.seek(7).unwrap();
     assert_eq!(r.next_record().unwrap().unwrap().offset, 7);
+    // The checkpoint names synced data (records 0..10) and agrees with it, but recovery
+    // reads every record all the same: the segment is quarantined, its valid prefix kept.
+    let (log, report) = Log::open(config(&dir, 1 << 20, Durability::Always)).unwrap();
+    assert!(
+        matches!(report.checkpoint, CheckpointStatus::Used { .. }),
+        "{report}"
+    );
+    assert_eq!(report.quarantined.len(), 1, "{report}");
+    assert_eq!(report.quarantined[0].damaged_position, spans[4].1 as u64);
+    assert_eq!(report.quarantined[0].intact_records_after, 5);
+    assert_eq!(log.next_offset(), 10);
+    drop(log);
+    assert_records(&read_all(&dir), 0..4);
 }
 
 #[test]
@@ -566,7 +572,8 @@ fn missing_or_damaged_indexes_are_rebuilt_and_bogus_checkpoints_ignored() {
         matches!(report.checkpoint, CheckpointStatus::Used { .. }),
         "{report}"
     );
-    assert_eq!(report.segments_scanned, 1);
+    // Every segment is read, checkpoint or not.
+    assert_eq!(report.segments_scanned, report.segments);
 }
 
 #[test]
@@ -636,4 +643,173 @@ fn oversized_records_and_bad_configs_are_refused_with_their_value() {
         "{err}"
     );
     assert_eq!(log.append(1, &[0; 1024]).unwrap(), 0);
+}
+
+/// Rewrites every record of `bytes` from `from` on as format version 2, CRC fixed up: what a
+/// newer pinstream would write.
+fn as_version_2(bytes: &mut [u8], from: usize) {
+    for (_, start, end) in record_spans(bytes) {
+        if start < from {
+            continue;
+        }
+        let rec = &mut bytes[start..end];
+        rec[17] = 2;
+        let crc = pinstream_core::wire::crc32c_update(
+            pinstream_core::wire::crc32c(&rec[0..4]),
+            &rec[8..],
+        );
+        rec[4..8].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+#[test]
+fn records_of_a_newer_format_version_stop_recovery_and_are_never_truncated() {
+    let tmp = TempDir::new("version");
+    let src = tmp.sub("src");
+    let original = build_single_segment(&src, 200);
+    let spans = record_spans(&original);
+    let dir = tmp.sub("log");
+    let seg = dir.join("00000000000000000000.log");
+    // All 200 records of version 2, then 100 of version 1 followed by 100 of version 2.
+    for first_v2 in [0usize, 100] {
+        let mut bytes = original.clone();
+        as_version_2(&mut bytes, spans[first_v2].1);
+        lay_out(&dir, &bytes);
+        let err = match Log::open(config(&dir, 1 << 20, Durability::Always)) {
+            Ok((_, report)) => panic!("recovery took version-2 records for damage: {report}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&seg.display().to_string()), "{err}");
+        assert!(
+            err.contains(&format!("version 2 at byte {}", spans[first_v2].1)),
+            "{err}"
+        );
+        assert_eq!(fs::read(&seg).unwrap(), bytes, "nothing changed");
+        assert_eq!(segment_files(&dir).len(), 1);
+        assert!(quarantined_files(&dir).is_empty());
+    }
+}
+
+/// A log of 60 records in segments of at most 400 bytes, closed cleanly under `Always` (the
+/// checkpoint covers every record); returns its segment files.
+fn build_closed_log(dir: &Path) -> Vec<PathBuf> {
+    let (mut log, _) = Log::open(config(dir, 400, Durability::Always)).unwrap();
+    for i in 0..60 {
+        log.append(1, &body(i)).unwrap();
+    }
+    log.close().unwrap();
+    let segs = segment_files(dir);
+    assert!(segs.len() >= 4, "{segs:?}");
+    segs
+}
+
+/// Appends `n` records after a reopen, then reads the whole log back: every record read must
+/// pass (the appends did not land after damage) and the new ones must be there.
+fn append_and_read_back(dir: &Path, n: u64) -> Vec<u64> {
+    let (mut log, _) = Log::open(config(dir, 400, Durability::Always)).unwrap();
+    let first = log.next_offset();
+    for i in first..first + n {
+        assert_eq!(log.append(1, &body(i)).unwrap(), i);
+    }
+    log.close().unwrap();
+    let offsets: Vec<u64> = read_all(dir).iter().map(|r| r.offset).collect();
+    for i in first..first + n {
+        assert!(
+            offsets.contains(&i),
+            "new record {i} not readable: {offsets:?}"
+        );
+    }
+    offsets
+}
+
+#[test]
+fn damage_in_synced_data_after_a_clean_stop_is_found_and_never_appended_after() {
+    let tmp = TempDir::new("synced");
+    // A bit flip in a record in the middle of a closed segment, then of the active one.
+    for which in [0usize, 3] {
+        let dir = tmp.sub(&format!("flip{which}"));
+        let segs = build_closed_log(&dir);
+        let seg = &segs[which.min(segs.len() - 1)];
+        let mut bytes = fs::read(seg).unwrap();
+        let spans = record_spans(&bytes);
+        let (damaged_offset, start, _) = spans[1];
+        bytes[start + RECORD_HEADER_LEN + 1] ^= 0x20;
+        fs::write(seg, &bytes).unwrap();
+        let (log, report) = Log::open(config(&dir, 400, Durability::Always)).unwrap();
+        assert_eq!(report.quarantined.len(), 1, "{report}");
+        assert_eq!(report.quarantined[0].damaged_position, start as u64);
+        assert!(report.to_string().contains("QUARANTINED"), "{report}");
+        assert_eq!(log.next_offset(), 60, "offsets are not reused");
+        drop(log);
+        let offsets = append_and_read_back(&dir, 5);
+        assert!(!offsets.contains(&damaged_offset));
+        assert_eq!(offsets.len(), 60 - (spans.len() - 1) + 5, "{offsets:?}");
+    }
+
+    // The last two records of the active segment zeroed: synced and acknowledged, so not a
+    // torn tail. Quarantined with every byte kept, their offsets not reused.
+    let dir = tmp.sub("zeroed");
+    let segs = build_closed_log(&dir);
+    let active = segs.last().unwrap();
+    let original = fs::read(active).unwrap();
+    let spans = record_spans(&original);
+    let cut = spans[spans.len() - 2].1;
+    let mut zeroed = original.clone();
+    zeroed[cut..].fill(0);
+    fs::write(active, &zeroed).unwrap();
+    let (log, report) = Log::open(config(&dir, 400, Durability::Always)).unwrap();
+    assert!(report.torn_tail.is_none(), "{report}");
+    assert_eq!(report.quarantined.len(), 1, "{report}");
+    assert_eq!(fs::read(&quarantined_files(&dir)[0]).unwrap(), zeroed);
+    assert_eq!(log.next_offset(), 60);
+    drop(log);
+    append_and_read_back(&dir, 3);
+}
+
+#[test]
+fn a_deleted_emptied_or_unreadable_middle_segment_is_reported_by_range_or_name() {
+    let tmp = TempDir::new("gap");
+    for how in ["deleted", "emptied"] {
+        let dir = tmp.sub(how);
+        let segs = build_closed_log(&dir);
+        let first = record_spans(&fs::read(&segs[1]).unwrap())[0].0;
+        let next = record_spans(&fs::read(&segs[2]).unwrap())[0].0;
+        match how {
+            "deleted" => fs::remove_file(&segs[1]).unwrap(),
+            _ => fs::write(&segs[1], b"").unwrap(),
+        }
+        // Reported on every start until someone acts; never filled, offsets not reused.
+        for _ in 0..2 {
+            let (log, report) = Log::open(config(&dir, 400, Durability::Always)).unwrap();
+            assert!(!report.is_clean(), "{how}: {report}");
+            let text = report.to_string();
+            assert!(
+                text.contains(&format!(
+                    "MISSING offsets {first}..={} ({} record(s))",
+                    next - 1,
+                    next - first
+                )),
+                "{how}: {text}"
+            );
+            assert_eq!(log.next_offset(), 60);
+        }
+    }
+}
+
+#[test]
+fn an_unreadable_middle_segment_stops_recovery_naming_it() {
+    // A directory in its place: the tests may run as root, for whom chmod 000 changes
+    // nothing. The checkpoint and its index said it was fine; recovery reads it all the same.
+    let tmp = TempDir::new("unreadable");
+    let dir = tmp.sub("log");
+    let segs = build_closed_log(&dir);
+    fs::remove_file(&segs[1]).unwrap();
+    fs::create_dir(&segs[1]).unwrap();
+    match Log::open(config(&dir, 400, Durability::Always)) {
+        Ok((_, report)) => panic!("an unreadable segment went unnoticed: {report}"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains(&segs[1].display().to_string()), "{text}");
+        }
+    }
 }

@@ -9,7 +9,7 @@
 //! | command | what it does |
 //! | --- | --- |
 //! | `inspect` | prints records, one line each (text or JSON) |
-//! | `verify` | reads every record, reports segments, records, bytes, offsets, quarantined segments and any damage (exit 1 when damaged) |
+//! | `verify` | reads every record of every segment, reports segments, records, bytes, offsets, quarantined segments, every damaged region, missing offsets and unreadable segments, as text or JSON (exit 1 when damaged) |
 //! | `replay` | sends the stored events of a range to another engine as BATCH frames and reports its ACK |
 //! | `tail` | follows logs while the engine writes them, until Ctrl-C |
 //! | `repair` | with the engine stopped (it takes the data directory's LOCK), re-appends the intact records of quarantined segments ([`repair_log`]) |
@@ -19,6 +19,7 @@ use std::fmt::{self, Write as _};
 use std::fs;
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,8 +34,8 @@ use pinstream_core::wire::{BATCH_PREFIX_LEN, EVENT_RECORD_LEN, HEADER_LEN, TRAIL
 use pinstream_host::engine::LOG_NAMES;
 use pinstream_host::storage::record::{self, RecordBody, RecordError};
 use pinstream_host::storage::{
-    DataDirLock, LogReader, QuarantineState, QuarantinedFile, RECORD_HEADER_LEN, StorageError,
-    StoredRecord, parse_segment_name, quarantined_files, repair_log,
+    DataDirLock, LogReader, MAX_RECORD_LIMIT, QuarantineState, QuarantinedFile, RECORD_HEADER_LEN,
+    StorageError, StoredRecord, check_segment, parse_segment_name, quarantined_files, repair_log,
 };
 
 use pinstream_host::admin::json_string;
@@ -72,8 +73,10 @@ enum LogCommand {
     ///
     /// Prints per log: segments, records, bytes, first and last offset, quarantined
     /// segments (`*.log.quarantined*`, kept by recovery: reported, not counted as damage) and
-    /// every damaged record with its file and byte position. Opens files read-only and
-    /// modifies nothing (`pinstream run` repairs a log when it starts).
+    /// every damaged region with its file, byte range and the offsets lost (after damage it
+    /// searches for the next CRC-valid record and reads on), offsets missing between segments,
+    /// and segments that cannot be read. `--json` for one JSON object per log. Opens files
+    /// read-only and modifies nothing (`pinstream run` repairs a log when it starts).
     Verify(VerifyArgs),
     /// Re-send the stored events of an offset range to an engine over TCP.
     ///
@@ -170,6 +173,11 @@ struct VerifyArgs {
     /// Which log to verify.
     #[arg(long, value_enum, default_value_t = LogSelect::All)]
     log: LogSelect,
+    /// One JSON object per log instead of text: counts, quarantined files, and every problem
+    /// with its kind (`damaged`, `torn_tail`, `undecodable`, `missing`, `unreadable`), file,
+    /// byte range, offsets and cause.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -387,6 +395,13 @@ impl Json {
     fn num(&mut self, k: &str, v: impl fmt::Display) -> &mut Self {
         self.key(k);
         let _ = write!(self.0, "{v}");
+        self
+    }
+
+    /// `v` as it is: already JSON.
+    fn raw(&mut self, k: &str, v: &str) -> &mut Self {
+        self.key(k);
+        self.0.push_str(v);
         self
     }
 
@@ -617,10 +632,6 @@ struct Segment {
     base: u64,
     path: PathBuf,
     len: u64,
-    /// Bytes of the whole, valid records read from its start.
-    read_bytes: u64,
-    /// The reader reported damage in it (it stops reading a segment there).
-    damaged: bool,
 }
 
 /// The segments (ascending) and quarantined files of a log directory.
@@ -633,23 +644,84 @@ fn list_files(dir: &Path) -> Result<(Vec<Segment>, Vec<QuarantinedFile>), Failur
         let Some(name) = name.to_str() else { continue };
         if let Some(base) = parse_segment_name(name) {
             let path = entry.path();
-            let len = entry
-                .metadata()
-                .map_err(|e| Failure::runtime(format!("cannot stat {}: {e}", path.display())))?
-                .len();
-            segments.push(Segment {
-                base,
-                path,
-                len,
-                read_bytes: 0,
-                damaged: false,
-            });
+            // An unstatable segment is reported as unreadable below, by name.
+            let len = entry.metadata().map_or(0, |m| m.len());
+            segments.push(Segment { base, path, len });
         }
     }
     segments.sort_unstable_by_key(|s| s.base);
     let quarantined = quarantined_files(dir)
         .map_err(|e| Failure::runtime(format!("cannot list {}: {e}", dir.display())))?;
     Ok((segments, quarantined))
+}
+
+/// One damaged place verify found.
+#[derive(Debug)]
+struct Problem {
+    /// `damaged`, `torn_tail`, `undecodable`, `missing` or `unreadable`.
+    kind: &'static str,
+    file: PathBuf,
+    /// The bytes of `file` concerned.
+    bytes: Option<Range<u64>>,
+    /// The offsets concerned (lost, missing, or the one undecodable record).
+    offsets: Option<Range<u64>>,
+    why: String,
+}
+
+impl Problem {
+    fn text(&self) -> String {
+        let file = self.file.display();
+        let offsets = |o: &Range<u64>| match o.end - o.start {
+            0 => String::new(),
+            1 => format!(", offset {} lost", o.start),
+            n => format!(", offsets {}..={} ({n}) lost", o.start, o.end - 1),
+        };
+        match (self.kind, &self.bytes, &self.offsets) {
+            ("torn_tail", Some(b), _) => format!(
+                "{file} at byte {}: {} byte(s) after the last whole record: an incomplete \
+                 record (a torn tail: `pinstream run` truncates it when it starts, or a record \
+                 the running engine is writing)",
+                b.start,
+                b.end - b.start
+            ),
+            ("missing", _, Some(o)) => format!(
+                "{file}: MISSING offsets {}..={} ({} record(s)): {}",
+                o.start,
+                o.end - 1,
+                o.end - o.start,
+                self.why
+            ),
+            ("undecodable", Some(b), Some(o)) => format!(
+                "{file} at byte {}: the record at offset {} passes its CRC but does not \
+                 decode: {}",
+                b.start, o.start, self.why
+            ),
+            (_, Some(b), o) => format!(
+                "{file} at byte {}: {} ({} byte(s) up to byte {}{})",
+                b.start,
+                self.why,
+                b.end - b.start,
+                b.end,
+                o.as_ref().map(offsets).unwrap_or_default()
+            ),
+            (_, None, _) => format!("{file}: {}", self.why),
+        }
+    }
+
+    fn json(&self) -> String {
+        let mut j = Json::new();
+        j.str("kind", self.kind)
+            .str("file", &self.file.display().to_string());
+        match &self.bytes {
+            Some(b) => j.num("position", b.start).num("end", b.end),
+            None => j.null("position").null("end"),
+        };
+        match &self.offsets {
+            Some(o) => j.num("first_offset", o.start).num("end_offset", o.end),
+            None => j.null("first_offset").null("end_offset"),
+        };
+        j.str("why", &self.why).finish()
+    }
 }
 
 /// What verify found in one log.
@@ -661,91 +733,106 @@ struct LogCheck {
     first: Option<u64>,
     last: Option<u64>,
     quarantined: Vec<QuarantinedFile>,
-    problems: Vec<String>,
+    problems: Vec<Problem>,
 }
 
+/// Reads every segment of the log in `dir` with [`check_segment`]: every damaged region of
+/// every segment (it resynchronises at the next CRC-valid record), offsets missing between
+/// segments that no quarantined file accounts for, unreadable segments by name.
 fn verify_log(dir: &Path) -> Result<LogCheck, Failure> {
-    let (mut segments, quarantined) = list_files(dir)?;
-    let mut reader = LogReader::open(dir)
-        .map_err(|e| Failure::runtime(format!("cannot open the log in {}: {e}", dir.display())))?;
+    let (segments, quarantined) = list_files(dir)?;
+    let q_bases: Vec<u64> = quarantined.iter().map(|q| q.base).collect();
+    let accounted = |from: u64, to: u64| q_bases.iter().any(|&q| from <= q && q < to);
     let mut check = LogCheck {
         quarantined,
+        segments: segments.len(),
+        bytes: segments.iter().map(|s| s.len).sum(),
         ..LogCheck::default()
     };
-    loop {
-        match reader.next_record() {
-            None => break,
-            Some(Ok(rec)) => {
-                check.records += 1;
-                check.first.get_or_insert(rec.offset);
-                check.last = Some(rec.offset);
-                let at = segments.partition_point(|s| s.base <= rec.offset);
-                let Some(seg) = at.checked_sub(1).and_then(|i| segments.get_mut(i)) else {
-                    // A segment created after the listing: the engine is writing.
-                    continue;
-                };
-                let position = seg.read_bytes;
-                seg.read_bytes += (RECORD_HEADER_LEN + rec.body.len()) as u64;
-                if let Err(e) = record::decode(rec.kind, &rec.body) {
-                    check.problems.push(format!(
-                        "{} at byte {position}: the record at offset {} passes its CRC but does \
-                         not decode: {e}",
-                        seg.path.display(),
-                        rec.offset
-                    ));
-                }
-            }
-            Some(Err(StorageError::Corrupt {
-                path,
-                position,
-                why,
-            })) => {
-                if let Some(seg) = segments.iter_mut().find(|s| s.path == path) {
-                    seg.damaged = true;
-                }
-                check
-                    .problems
-                    .push(format!("{} at byte {position}: {why}", path.display()));
-            }
-            Some(Err(e)) => {
-                return Err(Failure::runtime(format!(
-                    "cannot read the log in {}: {e}",
-                    dir.display()
-                )));
-            }
-        }
-    }
-    // The reader takes bytes short of a whole record at the end of the last segment for a
-    // record still being written and stops there: say what lies beyond the last whole record.
     let last = segments.len().saturating_sub(1);
+    // The segment before, its base and the offset after its last record.
+    let mut prev: Option<(&Segment, u64)> = None;
     for (i, seg) in segments.iter().enumerate() {
-        if seg.damaged || seg.read_bytes >= seg.len {
-            continue;
+        if let Some((p, end)) = prev {
+            if end < seg.base && !accounted(p.base, seg.base) {
+                check.problems.push(Problem {
+                    kind: "missing",
+                    file: p.path.clone(),
+                    bytes: None,
+                    offsets: Some(end..seg.base),
+                    why: format!(
+                        "not in it nor in the next segment, {}, and no quarantined file \
+                         accounts for them (a segment deleted, emptied or cut?)",
+                        seg.path.display()
+                    ),
+                });
+            }
         }
-        let extra = seg.len - seg.read_bytes;
-        let what = if i == last {
-            "an incomplete or damaged record (a torn tail: `pinstream run` truncates it when it \
-             starts, or a record the running engine is writing)"
-        } else {
-            "bytes that are not whole records"
+        let mut undecodable = Vec::new();
+        let result = check_segment(
+            &seg.path,
+            seg.base,
+            MAX_RECORD_LIMIT,
+            |pos, offset, kind, body| {
+                if let Some(Err(e)) = body.map(|b| record::decode(kind, b)) {
+                    undecodable.push(Problem {
+                        kind: "undecodable",
+                        file: seg.path.clone(),
+                        bytes: Some(
+                            pos..pos + (RECORD_HEADER_LEN + body.map_or(0, <[u8]>::len)) as u64,
+                        ),
+                        offsets: Some(offset..offset + 1),
+                        why: e.to_string(),
+                    });
+                }
+            },
+        );
+        let c = match result {
+            Ok(c) => c,
+            Err(e) => {
+                check.problems.push(Problem {
+                    kind: "unreadable",
+                    file: seg.path.clone(),
+                    bytes: None,
+                    offsets: None,
+                    why: format!("cannot be read: {e}"),
+                });
+                prev = None;
+                continue;
+            }
         };
-        check.problems.push(format!(
-            "{} at byte {}: {extra} byte(s) after the last whole record: {what}",
-            seg.path.display(),
-            seg.read_bytes
-        ));
+        check.records += c.records;
+        if check.first.is_none() {
+            check.first = c.first_offset;
+        }
+        check.last = c.last_offset.or(check.last);
+        check.problems.extend(undecodable);
+        for d in &c.damage {
+            let torn = i == last && d.at_end && d.why == "record runs past the end of the file";
+            check.problems.push(Problem {
+                kind: if torn { "torn_tail" } else { "damaged" },
+                file: seg.path.clone(),
+                bytes: Some(d.bytes.clone()),
+                offsets: (!d.offsets.is_empty()).then(|| d.offsets.clone()),
+                why: d.why.to_owned(),
+            });
+        }
+        prev = Some((seg, c.next_offset));
     }
-    check.segments = segments.len();
-    check.bytes = segments.iter().map(|s| s.len).sum();
     Ok(check)
 }
 
-/// The directory of log `name` in `dir`, or `None` (said on stdout) when the engine never
-/// wrote that log and all logs were asked for.
+/// The directory of log `name` in `dir`, or `None` (said on stdout when `say`) when the
+/// engine never wrote that log and all logs were asked for.
 ///
 /// # Errors
 /// A usage error when the one log asked for does not exist.
-fn selected_log_dir(dir: &Path, name: &str, select: LogSelect) -> Result<Option<PathBuf>, Failure> {
+fn selected_log_dir(
+    dir: &Path,
+    name: &str,
+    select: LogSelect,
+    say: bool,
+) -> Result<Option<PathBuf>, Failure> {
     let log_dir = dir.join(name);
     if log_dir.is_dir() {
         return Ok(Some(log_dir));
@@ -757,7 +844,9 @@ fn selected_log_dir(dir: &Path, name: &str, select: LogSelect) -> Result<Option<
             log_dir.display()
         )));
     }
-    println!("{name}: no directory {} (never written)", log_dir.display());
+    if say {
+        println!("{name}: no directory {} (never written)", log_dir.display());
+    }
     Ok(None)
 }
 
@@ -765,58 +854,28 @@ fn verify(dir: &Path, args: &VerifyArgs) -> Result<(), Failure> {
     check_data_dir(dir)?;
     let mut problems = Vec::new();
     for &name in args.log.names() {
-        let Some(log_dir) = selected_log_dir(dir, name, args.log)? else {
+        let Some(log_dir) = selected_log_dir(dir, name, args.log, !args.json)? else {
+            if args.json {
+                let mut j = Json::new();
+                j.str("log", name)
+                    .str("dir", &dir.join(name).display().to_string())
+                    .str("status", "never written");
+                println!("{}", j.finish());
+            }
             continue;
         };
         let c = verify_log(&log_dir)?;
-        let offsets = match (c.first, c.last) {
-            (Some(f), Some(l)) => format!("offsets {f}..={l}"),
-            _ => "no records".to_owned(),
-        };
-        let verdict = if c.problems.is_empty() {
-            "clean".to_owned()
-        } else {
-            format!("DAMAGED ({} problem(s))", c.problems.len())
-        };
         let repaired = c
             .quarantined
             .iter()
             .filter(|q| q.state == QuarantineState::Repaired)
             .count();
-        let also = if repaired > 0 {
-            format!(" ({repaired} repaired)")
+        if args.json {
+            println!("{}", verify_json(name, &log_dir, &c, repaired));
         } else {
-            String::new()
-        };
-        println!(
-            "{name}: {} segment(s), {} record(s), {} byte(s), {offsets}, {} quarantined \
-             segment(s){also}: {verdict}",
-            c.segments,
-            c.records,
-            c.bytes,
-            c.quarantined.len() - repaired
-        );
-        for q in &c.quarantined {
-            let what = match q.state {
-                QuarantineState::Quarantined => {
-                    "quarantined by an earlier recovery (kept, not read; `pinstream log repair` \
-                     recovers its intact records)"
-                }
-                QuarantineState::Repairing => {
-                    "quarantined, its repair was interrupted (kept, not read; see `pinstream log \
-                     repair`)"
-                }
-                QuarantineState::Repaired => {
-                    "quarantined, its intact records re-appended by `pinstream log repair` (kept, \
-                     not read)"
-                }
-            };
-            println!("  {what}: {}", q.path.display());
+            verify_text(name, &c, repaired);
         }
-        for p in c.problems {
-            println!("  DAMAGED {p}");
-            problems.push(format!("{name}: {p}"));
-        }
+        problems.extend(c.problems.iter().map(|p| format!("{name}: {}", p.text())));
     }
     if problems.is_empty() {
         return Ok(());
@@ -827,6 +886,100 @@ fn verify(dir: &Path, args: &VerifyArgs) -> Result<(), Failure> {
         problems.len(),
         problems[0]
     )))
+}
+
+fn quarantine_text(state: QuarantineState) -> &'static str {
+    match state {
+        QuarantineState::Quarantined => {
+            "quarantined by an earlier recovery (kept, not read; `pinstream log repair` recovers \
+             its intact records)"
+        }
+        QuarantineState::Repairing => {
+            "quarantined, its repair was interrupted (kept, not read; see `pinstream log repair`)"
+        }
+        QuarantineState::Repaired => {
+            "quarantined, its intact records re-appended by `pinstream log repair` (kept, not \
+             read)"
+        }
+    }
+}
+
+fn verify_text(name: &str, c: &LogCheck, repaired: usize) {
+    let offsets = match (c.first, c.last) {
+        (Some(f), Some(l)) => format!("offsets {f}..={l}"),
+        _ => "no records".to_owned(),
+    };
+    let verdict = if c.problems.is_empty() {
+        "clean".to_owned()
+    } else {
+        format!("DAMAGED ({} problem(s))", c.problems.len())
+    };
+    let also = if repaired > 0 {
+        format!(" ({repaired} repaired)")
+    } else {
+        String::new()
+    };
+    println!(
+        "{name}: {} segment(s), {} record(s), {} byte(s), {offsets}, {} quarantined \
+         segment(s){also}: {verdict}",
+        c.segments,
+        c.records,
+        c.bytes,
+        c.quarantined.len() - repaired
+    );
+    for q in &c.quarantined {
+        println!("  {}: {}", quarantine_text(q.state), q.path.display());
+    }
+    for p in &c.problems {
+        println!("  DAMAGED {}", p.text());
+    }
+}
+
+/// One JSON object per log: the counts, the quarantined files and every problem.
+fn verify_json(name: &str, dir: &Path, c: &LogCheck, repaired: usize) -> String {
+    let quarantined: Vec<String> = c
+        .quarantined
+        .iter()
+        .map(|q| {
+            let state = match q.state {
+                QuarantineState::Quarantined => "quarantined",
+                QuarantineState::Repairing => "repairing",
+                QuarantineState::Repaired => "repaired",
+            };
+            let mut j = Json::new();
+            j.str("file", &q.path.display().to_string())
+                .num("base", q.base)
+                .str("state", state)
+                .finish()
+        })
+        .collect();
+    let problems: Vec<String> = c.problems.iter().map(Problem::json).collect();
+    let mut j = Json::new();
+    j.str("log", name)
+        .str("dir", &dir.display().to_string())
+        .str(
+            "status",
+            if c.problems.is_empty() {
+                "clean"
+            } else {
+                "damaged"
+            },
+        )
+        .num("segments", c.segments)
+        .num("records", c.records)
+        .num("bytes", c.bytes);
+    match c.first {
+        Some(f) => j.num("first_offset", f),
+        None => j.null("first_offset"),
+    };
+    match c.last {
+        Some(l) => j.num("last_offset", l),
+        None => j.null("last_offset"),
+    };
+    j.num("repaired", repaired)
+        .raw("quarantined", &format!("[{}]", quarantined.join(",")))
+        .raw("problems", &format!("[{}]", problems.join(",")))
+        .finish()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1065,7 +1218,7 @@ fn repair(dir: &Path, args: &RepairArgs) -> Result<(), Failure> {
     let mut recovered = 0usize;
     let mut more = false;
     for &name in args.log.names() {
-        let Some(log_dir) = selected_log_dir(dir, name, args.log)? else {
+        let Some(log_dir) = selected_log_dir(dir, name, args.log, true)? else {
             continue;
         };
         let report = repair_log(&log_dir, args.dry_run)

@@ -113,8 +113,11 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         EngineError::Socket { .. } => Failure::start(format!(
             "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
         )),
-        // Another engine holds storage.dir: the message names the directory and its pid.
-        EngineError::Storage(StorageError::Locked { .. }) => Failure::start(e.to_string()),
+        // Another engine holds storage.dir: the message names the directory and its pid. A
+        // record of a newer format: the message names the file and byte and what to do.
+        EngineError::Storage(StorageError::Locked { .. } | StorageError::UnknownFormat { .. }) => {
+            Failure::start(e.to_string())
+        }
         EngineError::Storage(_) => Failure::start(format!(
             "{e} (check that storage.dir = {} is writable)",
             engine_cfg.data_dir.display()

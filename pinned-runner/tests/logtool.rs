@@ -273,8 +273,9 @@ fn verify_is_clean_then_reports_a_flipped_byte_without_changing_anything() {
     let stdout = text(&out.stdout);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    // It reads on past the damage: the second record is counted.
     assert!(
-        stdout.contains("realtime: 1 segment(s), 0 record(s)"),
+        stdout.contains("realtime: 1 segment(s), 1 record(s)"),
         "{stdout}"
     );
     assert!(
@@ -314,6 +315,145 @@ fn verify_is_clean_then_reports_a_flipped_byte_without_changing_anything() {
             "{} at byte {whole}: 30 byte(s) after the last whole record",
             seg.display()
         )),
+        "{stdout}"
+    );
+}
+
+/// A realtime log of 60 events in segments of about 2 KB; returns its segment files.
+fn build_segmented_log(dir: &Path) -> Vec<PathBuf> {
+    let mut rt = open_log(&dir.join("realtime"), 2000);
+    for id in 0..60u64 {
+        append_event(
+            &mut rt,
+            Lane::Realtime,
+            EventHeader::new(id, 0, Priority::High, 100 + id),
+            Origin::new(1, id),
+            b"payload",
+        );
+    }
+    rt.close().expect("close realtime");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.join("realtime"))
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    segs
+}
+
+/// `(offset, start)` of each record of a segment (framing only).
+fn record_starts(bytes: &[u8]) -> Vec<(u64, usize)> {
+    let mut out = Vec::new();
+    let mut p = 0;
+    while p + 20 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[p..p + 4].try_into().expect("4 bytes")) as usize;
+        let off = u64::from_le_bytes(bytes[p + 8..p + 16].try_into().expect("8 bytes"));
+        out.push((off, p));
+        p += 20 + len;
+    }
+    out
+}
+
+#[test]
+fn verify_lists_every_damaged_region_and_missing_offsets_as_text_and_json() {
+    let tmp = TempDir::new("logtool-verify-all");
+    let segs = build_segmented_log(tmp.path());
+    let dir = tmp.path().to_str().expect("utf-8 temp path");
+    // Two damaged records in the first segment, and the middle segment deleted.
+    let mut bytes = std::fs::read(&segs[0]).expect("read");
+    let starts = record_starts(&bytes);
+    assert!(starts.len() >= 8);
+    for k in [2, 5] {
+        bytes[starts[k].1 + 30] ^= 0x10;
+    }
+    std::fs::write(&segs[0], &bytes).expect("write");
+    let gone = record_starts(&std::fs::read(&segs[1]).expect("read"));
+    let (first_gone, next) = (
+        gone[0].0,
+        record_starts(&std::fs::read(&segs[2]).expect("read"))[0].0,
+    );
+    std::fs::remove_file(&segs[1]).expect("delete the middle segment");
+
+    let out = run(&["log", "verify", "--dir", dir, "--log", "realtime"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for k in [2, 5] {
+        assert!(
+            stdout.contains(&format!(
+                "DAMAGED {} at byte {}: CRC32C mismatch ({} byte(s) up to byte {}, offset {} lost)",
+                segs[0].display(),
+                starts[k].1,
+                starts[k + 1].1 - starts[k].1,
+                starts[k + 1].1,
+                starts[k].0
+            )),
+            "record {k}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(&format!(
+            "MISSING offsets {first_gone}..={} ({} record(s))",
+            next - 1,
+            next - first_gone
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("DAMAGED (3 problem(s))"), "{stdout}");
+    // Every record that is there is counted, after the damage too.
+    let present = 60 - 2 - (next - first_gone);
+    assert!(stdout.contains(&format!("{present} record(s)")), "{stdout}");
+
+    let out = run(&["log", "verify", "--dir", dir, "--log", "realtime", "--json"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let line = stdout.trim_end();
+    assert!(line.starts_with("{\"log\":\"realtime\","), "{line}");
+    assert!(line.contains("\"status\":\"damaged\""), "{line}");
+    assert!(line.contains(&format!("\"records\":{present},")), "{line}");
+    assert_eq!(line.matches("\"kind\":\"damaged\"").count(), 2, "{line}");
+    assert!(
+        line.contains(&format!(
+            "\"kind\":\"missing\",\"file\":\"{}\",\"position\":null,\"end\":null,\
+             \"first_offset\":{first_gone},\"end_offset\":{next},",
+            segs[0].display()
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "\"kind\":\"damaged\",\"file\":\"{}\",\"position\":{},\"end\":{},\
+             \"first_offset\":{},\"end_offset\":{},\"why\":\"CRC32C mismatch\"",
+            segs[0].display(),
+            starts[5].1,
+            starts[6].1,
+            starts[5].0,
+            starts[5].0 + 1
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn verify_reports_an_emptied_or_unreadable_segment_by_name() {
+    let tmp = TempDir::new("logtool-verify-unreadable");
+    let segs = build_segmented_log(tmp.path());
+    let dir = tmp.path().to_str().expect("utf-8 temp path");
+    std::fs::write(&segs[1], b"").expect("empty the middle segment");
+    let out = run(&["log", "verify", "--dir", dir, "--log", "realtime"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("MISSING offsets"), "{stdout}");
+    // A directory where a segment should be: it cannot be read (chmod 000 does not stop
+    // root); the other segments are still read.
+    std::fs::remove_file(&segs[1]).expect("remove");
+    std::fs::create_dir(&segs[1]).expect("a directory in its place");
+    let out = run(&["log", "verify", "--dir", dir, "--log", "realtime"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("DAMAGED {}: cannot be read", segs[1].display())),
         "{stdout}"
     );
 }

@@ -657,6 +657,45 @@ fn bad_config_and_taken_ports_are_clear_errors() {
 }
 
 #[test]
+fn a_log_of_a_newer_format_stops_start_up_and_is_left_as_it_was() {
+    let dir = TempDir::new("run-newer-format");
+    let log = dir.path().join("data").join("transactional");
+    std::fs::create_dir_all(&log).unwrap();
+    // Three records of format version 2 (byte 17), as a newer pinstream would leave them.
+    let mut header = [0u8; 20];
+    header[4..8].copy_from_slice(&[0x12, 0x34, 0x56, 0x78]);
+    header[17] = 2;
+    let seg = log.join("00000000000000000000.log");
+    std::fs::write(&seg, header.repeat(3)).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:0\"\n[udp]\nlisten = \"off\"\n\
+             [admin]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = run_to_exit(&["run".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} holds a record of format version 2 at byte 0",
+            seg.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("writable"), "{err}");
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        header.repeat(3),
+        "left as it was"
+    );
+}
+
+#[test]
 fn a_second_run_on_one_data_dir_exits_3_naming_the_holder_pid() {
     let dir = TempDir::new("run-lock");
     let mut first = Runner::start(dir.path(), "");

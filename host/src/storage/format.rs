@@ -69,25 +69,71 @@ pub(crate) enum Decoded {
     Incomplete,
     /// Not a valid record.
     Invalid(&'static str),
+    /// A record whose format version byte (17) is neither [`FORMAT_VERSION`] nor a damaged
+    /// copy of it: written by a newer pinstream. Nothing can say where it ends or whether it
+    /// is intact, so it must never be taken for damage and deleted.
+    UnknownVersion(u8),
+}
+
+/// Why a record whose version byte is wrong but whose CRC passes with it restored is invalid.
+pub(crate) const DAMAGED_VERSION: &str = "damaged format version byte (CRC32C mismatch)";
+
+/// Checks the framing of a header (at least [`RECORD_HEADER_LEN`] bytes): the body length it
+/// announces, or what the header is.
+pub(crate) fn header_check(header: &[u8], max_body: u32) -> Result<u32, Decoded> {
+    let len = u32_at(header, 0);
+    let version = header[17];
+    let known = version == FORMAT_VERSION;
+    if len > max_body {
+        // Whatever the version: a record of any version above the limit is not one this
+        // build could have been configured to keep.
+        return Err(Decoded::Invalid(
+            "length field above the maximum record size",
+        ));
+    }
+    if version == 0 || (known && (header[18] != 0 || header[19] != 0)) {
+        return Err(Decoded::Invalid(
+            "format version 0 or reserved bytes not zero",
+        ));
+    }
+    Ok(len)
+}
+
+/// The CRC of `record` as if its version byte were `version`.
+fn crc_with_version(record: &[u8], version: u8) -> u32 {
+    let mut head = [0u8; RECORD_HEADER_LEN - 8];
+    head.copy_from_slice(&record[8..RECORD_HEADER_LEN]);
+    head[17 - 8] = version;
+    let crc = crc32c_update(crc32c(&record[0..4]), &head);
+    crc32c_update(crc, &record[RECORD_HEADER_LEN..])
 }
 
 /// Decodes the record at the start of `buf`, checking its framing and CRC.
+///
+/// A version byte other than [`FORMAT_VERSION`] (and 0) is [`Decoded::UnknownVersion`]
+/// unless the CRC passes with the byte set back to [`FORMAT_VERSION`]: then it is a flipped
+/// bit, [`Decoded::Invalid`].
 pub(crate) fn decode_at(buf: &[u8], max_body: u32) -> Decoded {
     if buf.len() < RECORD_HEADER_LEN {
         return Decoded::Incomplete;
     }
-    let len = u32_at(buf, 0);
-    if len > max_body {
-        return Decoded::Invalid("length field above the maximum record size");
-    }
-    if buf[17] != FORMAT_VERSION || buf[18] != 0 || buf[19] != 0 {
-        return Decoded::Invalid("unknown format version or reserved bytes not zero");
-    }
+    let len = match header_check(buf, max_body) {
+        Ok(len) => len,
+        Err(d) => return d,
+    };
     let total = RECORD_HEADER_LEN + len as usize;
     if buf.len() < total {
         return Decoded::Incomplete;
     }
-    if record_crc(&buf[..total]) != u32_at(buf, 4) {
+    let stored = u32_at(buf, 4);
+    if buf[17] != FORMAT_VERSION {
+        return if crc_with_version(&buf[..total], FORMAT_VERSION) == stored {
+            Decoded::Invalid(DAMAGED_VERSION)
+        } else {
+            Decoded::UnknownVersion(buf[17])
+        };
+    }
+    if record_crc(&buf[..total]) != stored {
         return Decoded::Invalid("CRC32C mismatch");
     }
     Decoded::Record {
@@ -102,10 +148,18 @@ pub(crate) fn header_body_len(header: &[u8]) -> u32 {
     u32_at(header, 0)
 }
 
+/// Whether a header (at least [`RECORD_HEADER_LEN`] bytes) could start a current-version
+/// record: the cheap test a byte-by-byte search makes before computing a CRC.
+pub(crate) fn plausible_header(header: &[u8]) -> bool {
+    header[17] == FORMAT_VERSION && header[18] == 0 && header[19] == 0
+}
+
 /// The first position `>= from` where a CRC-valid record starts, if any.
 pub(crate) fn find_valid_record(buf: &[u8], from: usize, max_body: u32) -> Option<usize> {
-    (from..buf.len().saturating_sub(RECORD_HEADER_LEN - 1))
-        .find(|&p| matches!(decode_at(&buf[p..], max_body), Decoded::Record { .. }))
+    (from..buf.len().saturating_sub(RECORD_HEADER_LEN - 1)).find(|&p| {
+        plausible_header(&buf[p..])
+            && matches!(decode_at(&buf[p..], max_body), Decoded::Record { .. })
+    })
 }
 
 /// One intact record found by [`intact_iter`].
@@ -149,6 +203,7 @@ pub(crate) fn intact_iter(buf: &[u8], from: usize, max_body: u32) -> impl Iterat
 
 /// Intact (CRC-valid) records in `buf[from..]`, found byte by byte and skipped whole:
 /// their count and highest offset.
+#[cfg(test)]
 pub(crate) fn intact_records(buf: &[u8], from: usize, max_body: u32) -> (u64, Option<u64>) {
     intact_iter(buf, from, max_body).fold((0, None), |(count, max), r| {
         (
@@ -392,5 +447,33 @@ mod tests {
             None
         );
         assert_eq!(parse_segment_name("0000000000000000004x.log"), None);
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_version_is_unknown_and_a_flipped_version_bit_is_damage() {
+        let mut r = vec![7u8; RECORD_HEADER_LEN + 9];
+        seal(&mut r, 3, 1);
+        let mut v2 = r.clone();
+        v2[17] = 2;
+        let crc = crc32c_update(crc32c(&v2[0..4]), &v2[8..]);
+        v2[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_at(&v2, 1024), Decoded::UnknownVersion(2));
+        for bit in 0..8 {
+            let mut f = r.clone();
+            f[17] ^= 1 << bit;
+            let want = if f[17] == 0 {
+                Decoded::Invalid("format version 0 or reserved bytes not zero")
+            } else {
+                Decoded::Invalid(DAMAGED_VERSION)
+            };
+            assert_eq!(decode_at(&f, 1024), want, "bit {bit}");
+        }
+        // A byte-by-byte search never stops at a record it cannot read.
+        assert_eq!(find_valid_record(&v2, 0, 1024), None);
     }
 }

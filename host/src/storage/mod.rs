@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `{base:020}.log` | a segment: records with offsets `base, base+1, …`, back to back |
 //! | `{base:020}.index` | sparse hint: `(offset u64, position u64)` little-endian pairs, one per `index_interval_bytes` of segment; rebuilt when missing or inconsistent, never trusted over the data |
-//! | `checkpoint` | hint: a known-good `(segment, position, next offset)` written after each sync, so recovery scans only the tail; ignored when it disagrees with the data |
+//! | `checkpoint` | hint: a known-good `(segment, position, next offset)` written after each sync: the bytes before it were synced, so damage there is never truncated as a torn tail; ignored when it disagrees with the data |
 //! | `{base:020}.log.quarantined[.N]` | a segment in which intact records followed a damaged one; kept, never deleted, never read by [`LogReader`] |
 //! | `….quarantined[.N].repaired` | a quarantined segment whose intact records [`repair_log`] re-appended to the log; kept |
 //!
@@ -41,19 +41,30 @@
 //!
 //! # Recovery ([`Log::open`])
 //!
-//! Segments before the checkpoint's segment are trusted (they were synced when the log
-//! rolled past them); their index is checked and, when missing or inconsistent, rebuilt by a
-//! full CRC scan. The checkpoint's segment is scanned from the checkpoint and later segments in
-//! full; without a usable checkpoint every segment is scanned. At the first invalid record of a
-//! segment the rest of that segment is searched byte by byte for intact records:
-//! - none, and it is the last segment: a torn tail. The file is truncated there, then the
-//!   file and the directory are fsynced.
-//! - some (or it is not the last segment, so later data exists): the segment is
-//!   *quarantined*. Its valid prefix is copied to a new file that takes the segment's name (so
-//!   it stays readable), the original is renamed to `{base:020}.log.quarantined` (never
-//!   deleted), and the log continues at an offset above every offset seen, so offsets are never
-//!   reused. [`repair_log`] (`pinstream log repair`) later re-appends the intact records found
-//!   after the damage under new offsets and marks the file `.repaired`.
+//! Every record of every segment is read and CRC-checked on every open, through one
+//! [`SCAN_BUFFER_BYTES`] buffer (a record larger than it has its CRC streamed), so recovery's
+//! memory does not grow with the segment. The checkpoint is never trusted over the data: it
+//! only says which bytes were synced. Indexes are rebuilt when they disagree with the data. At
+//! the first invalid record of a segment the rest of that segment is searched byte by byte for
+//! intact records:
+//! - none, it is the last segment, and the damage lies beyond what the checkpoint says was
+//!   synced: a torn tail. The file is truncated there, then the file and the directory are
+//!   fsynced.
+//! - otherwise (intact records follow, later segments exist, or the damage is in synced data):
+//!   the segment is *quarantined*. Its valid prefix is copied to a new file that takes the
+//!   segment's name (so it stays readable), the original is renamed to
+//!   `{base:020}.log.quarantined` (never deleted), and the log continues in a new segment at an
+//!   offset above every offset seen and the checkpoint's, so offsets are never reused and
+//!   nothing is appended after damage. [`repair_log`] (`pinstream log repair`) later
+//!   re-appends the intact records found after the damage under new offsets and marks the file
+//!   `.repaired`.
+//!
+//! A record of an unknown format version stops recovery with [`StorageError::UnknownFormat`]
+//! and changes nothing; a segment that cannot be read stops it with [`StorageError::Io`]
+//! naming the file. Offsets missing between segments (or below the checkpoint's next offset)
+//! that no quarantined file accounts for are reported in [`RecoveryReport::missing`] on every
+//! open. [`check_segment`] is the same scan for `pinstream log verify`: it lists every damaged
+//! region.
 //!
 //! The dead-letter log is a [`Log`] of its own directory whose records are kind
 //! [`record::KIND_DEAD_LETTER`], each carrying its reason code.
@@ -71,6 +82,7 @@ mod reader;
 pub mod record;
 mod recovery;
 mod repair;
+mod scan;
 pub mod sessions;
 #[cfg(test)]
 mod tests;
@@ -91,11 +103,14 @@ pub fn segment_bases(dir: &std::path::Path) -> Result<Vec<u64>, StorageError> {
 pub use self::lock::{DataDirLock, LOCK_FILE};
 pub use self::log::{Log, LogStats, RetentionReport};
 pub use self::reader::{LogReader, StoredRecord};
-pub use self::recovery::{CheckpointStatus, QuarantinedSegment, RecoveryReport, TornTail};
+pub use self::recovery::{
+    CheckpointStatus, MissingRange, QuarantinedSegment, RecoveryReport, TornTail,
+};
 pub use self::repair::{
     LogRepair, QuarantineState, QuarantinedFile, RepairOutcome, SalvageScan, SalvagedRecord,
     SegmentRepair, quarantined_files, repair_log,
 };
+pub use self::scan::{DamagedRegion, SCAN_BUFFER_BYTES, SegmentCheck, check_segment};
 
 /// When appended records become durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,6 +265,16 @@ pub enum StorageError {
         /// What is wrong.
         why: &'static str,
     },
+    /// A record of a format version this build cannot read (written by a newer pinstream):
+    /// recovery stops rather than take it for damage, and changes nothing.
+    UnknownFormat {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte position of the record in the file.
+        position: u64,
+        /// Its version byte.
+        version: u8,
+    },
     /// Another process (or another [`DataDirLock`] of this one) holds the data directory's
     /// lock: one engine per data directory.
     Locked {
@@ -316,6 +341,15 @@ impl StorageError {
                 position: *position,
                 why,
             },
+            StorageError::UnknownFormat {
+                path,
+                position,
+                version,
+            } => StorageError::UnknownFormat {
+                path: path.clone(),
+                position: *position,
+                version: *version,
+            },
             StorageError::Locked { dir, holder } => StorageError::Locked {
                 dir: dir.clone(),
                 holder: *holder,
@@ -366,6 +400,19 @@ impl fmt::Display for StorageError {
                 "{} is damaged at byte {position}: {why} (reopening the log with Log::open \
                  recovers or quarantines it)",
                 path.display()
+            ),
+            StorageError::UnknownFormat {
+                path,
+                position,
+                version,
+            } => write!(
+                f,
+                "{} holds a record of format version {version} at byte {position}; this build \
+                 reads version {FORMAT}: it was written by a newer pinstream (run that one), or \
+                 the byte is damaged beyond a flipped bit (move the file out of the log \
+                 directory to start without it); nothing was changed",
+                path.display(),
+                FORMAT = format::FORMAT_VERSION
             ),
             StorageError::Locked { dir, holder } => {
                 write!(

@@ -299,6 +299,10 @@ impl LogReader {
             }
             Decoded::Incomplete => Ok(Step::Partial),
             Decoded::Invalid(why) => Ok(Step::Corrupt(c.position, why)),
+            Decoded::UnknownVersion(_) => Ok(Step::Corrupt(
+                c.position,
+                "a record of an unknown format version (written by a newer pinstream?)",
+            )),
         }
     }
 }

@@ -1,37 +1,44 @@
-//! Recovery on open: find the valid data, truncate a torn tail, quarantine segments in which
-//! intact records follow damage, rebuild indexes, and say what was done in a
-//! [`RecoveryReport`].
+//! Recovery on open: read every record of every segment (CRC checked, through one fixed-size
+//! buffer), truncate a torn tail, quarantine segments in which damage is followed by data or
+//! lies in what was synced, report offsets missing between segments, rebuild indexes, and say
+//! what was done in a [`RecoveryReport`].
 //!
 //! The rules (see the module docs of [`storage`](super)): data wins over metadata (a
-//! checkpoint or index that disagrees with the segments is ignored or rebuilt, never trusted);
-//! nothing is deleted; offsets are never reused.
+//! checkpoint or index is never trusted over the data: the checkpoint only says which bytes
+//! were synced, so damage there is never taken for a torn tail); nothing is deleted, nothing
+//! unreadable is taken for damage (a record of an unknown format version stops recovery);
+//! offsets are never reused.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::format::{
     CHECKPOINT_FILE, Checkpoint, Decoded, INDEX_ENTRY_LEN, IndexEntry, MAX_RECORD_LIMIT,
-    RECORD_HEADER_LEN, decode_at, index_path, intact_records, list_segments, parse_index,
-    parse_segment_name, segment_path, sync_dir,
+    RECORD_HEADER_LEN, index_path, list_segments, parse_segment_name, segment_path, sync_dir,
 };
-use super::{Durability, LogConfig, StorageError};
+use super::scan::SegmentFile;
+use super::{Durability, LogConfig, StorageError, quarantined_files};
 
 /// What recovery made of the checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CheckpointStatus {
-    /// No checkpoint file: every segment was scanned.
+    /// No checkpoint file.
     Missing,
-    /// The checkpoint agreed with the data; scanning started there.
+    /// The checkpoint agreed with the data. Every segment is scanned all the same; the
+    /// checkpoint says which bytes were synced, so damage before it is never truncated.
     Used {
         /// Its segment's base offset.
         segment: u64,
         /// Byte position in that segment.
         position: u64,
     },
-    /// The checkpoint disagreed with the data or was unreadable: ignored, every segment scanned.
+    /// The checkpoint disagreed with the data or was unreadable. When its own CRC passed, the
+    /// bytes it says were synced are still never truncated.
     Ignored {
         /// Why.
         why: String,
@@ -66,10 +73,25 @@ pub struct QuarantinedSegment {
     pub damaged_position: u64,
     /// What was wrong there.
     pub why: &'static str,
+    /// The damage lies in bytes the checkpoint says were synced (so it is not a torn tail,
+    /// even with nothing valid after it).
+    pub synced: bool,
     /// CRC-valid records after the damage, left in the quarantined file.
     pub intact_records_after: u64,
     /// The highest offset among them (the log continues above it).
     pub highest_offset_after: Option<u64>,
+}
+
+/// Offsets missing from the log: between two segments (or before the end the checkpoint
+/// names) no segment or quarantined file holds them. A segment was deleted, emptied or cut.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingRange {
+    /// The offsets missing.
+    pub offsets: Range<u64>,
+    /// The segment file they should be in or after.
+    pub after: PathBuf,
+    /// The segment that starts where they end (`None`: the end is the checkpoint's).
+    pub before: Option<PathBuf>,
 }
 
 /// What recovery found and did.
@@ -82,8 +104,7 @@ pub struct RecoveryReport {
     pub created: bool,
     /// What became of the checkpoint.
     pub checkpoint: CheckpointStatus,
-    /// Segments scanned record by record (the others were trusted: closed before the
-    /// checkpoint, with a consistent index).
+    /// Segments scanned record by record (all of them).
     pub segments_scanned: usize,
     /// CRC-valid records the scans kept.
     pub records_scanned: u64,
@@ -91,6 +112,8 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// Segments quarantined.
     pub quarantined: Vec<QuarantinedSegment>,
+    /// Offsets no segment holds (reported, never filled: they are not reused).
+    pub missing: Vec<MissingRange>,
     /// Indexes written because they were missing or disagreed with the data.
     pub indexes_rebuilt: usize,
     /// Quarantines an earlier crash interrupted, completed now.
@@ -99,6 +122,8 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// The offset the next append gets.
     pub next_offset: u64,
+    /// How long recovery took (reading every record is most of it).
+    pub took: Duration,
 }
 
 impl RecoveryReport {
@@ -107,9 +132,13 @@ impl RecoveryReport {
         self.torn_tail.as_ref().map_or(0, |t| t.bytes_removed)
     }
 
-    /// True when recovery changed no data file (no torn tail, nothing quarantined).
+    /// True when recovery changed no data file and found nothing missing (no torn tail,
+    /// nothing quarantined, no offsets missing).
     pub fn is_clean(&self) -> bool {
-        self.torn_tail.is_none() && self.quarantined.is_empty() && self.quarantines_completed == 0
+        self.torn_tail.is_none()
+            && self.quarantined.is_empty()
+            && self.quarantines_completed == 0
+            && self.missing.is_empty()
     }
 }
 
@@ -125,17 +154,22 @@ impl fmt::Display for RecoveryReport {
         }
         write!(
             f,
-            "recovered {}: {} segments, {} scanned ({} valid records), next offset {}",
+            "recovered {}: {} segments, {} scanned ({} valid records) in {:.2} s, next offset {}",
             self.dir.display(),
             self.segments,
             self.segments_scanned,
             self.records_scanned,
+            self.took.as_secs_f64(),
             self.next_offset
         )?;
         match &self.checkpoint {
-            CheckpointStatus::Missing => write!(f, "; no checkpoint, full scan")?,
+            CheckpointStatus::Missing => write!(f, "; no checkpoint")?,
             CheckpointStatus::Used { segment, position } => {
-                write!(f, "; from checkpoint (segment {segment}, byte {position})")?;
+                write!(
+                    f,
+                    "; every record CRC-checked, the checkpoint agrees (segment {segment}, byte \
+                     {position})"
+                )?;
             }
             CheckpointStatus::Ignored { why } => write!(f, "; checkpoint ignored: {why}")?,
         }
@@ -159,15 +193,36 @@ impl fmt::Display for RecoveryReport {
                 self.quarantines_completed
             )?;
         }
+        for m in &self.missing {
+            write!(
+                f,
+                "\n  MISSING offsets {}..={} ({} record(s)): not in {} nor in {}, and no \
+                 quarantined file accounts for them (a segment deleted, emptied or cut?); they \
+                 are not reused; nothing was changed",
+                m.offsets.start,
+                m.offsets.end - 1,
+                m.offsets.end - m.offsets.start,
+                m.after.display(),
+                m.before.as_ref().map_or_else(
+                    || "the end of the log the checkpoint names".to_string(),
+                    |p| format!("the next segment, {}", p.display())
+                ),
+            )?;
+        }
         for q in &self.quarantined {
             write!(
                 f,
-                "\n  QUARANTINED segment {}: damaged at byte {} ({}), {} intact record(s) after it \
+                "\n  QUARANTINED segment {}: damaged at byte {} ({}{}), {} intact record(s) after it \
                  (highest offset {}) kept in {}; the valid prefix is {}; nothing was deleted; with \
                  the engine stopped, `pinstream log repair` re-appends the intact records to the log",
                 q.base,
                 q.damaged_position,
                 q.why,
+                if q.synced {
+                    "; in synced data, not a torn tail"
+                } else {
+                    ""
+                },
                 q.intact_records_after,
                 q.highest_offset_after
                     .map_or_else(|| "none".to_string(), |o| o.to_string()),
@@ -206,8 +261,16 @@ struct Scan {
     records: u64,
     last_record_pos: Option<u64>,
     index: Vec<IndexEntry>,
-    /// `(position, why, intact records after, highest offset after)`
-    damage: Option<(u64, &'static str, u64, Option<u64>)>,
+    damage: Option<Damage>,
+}
+
+/// The first record of a segment that is not the next in sequence.
+struct Damage {
+    position: u64,
+    why: &'static str,
+    /// CRC-valid records after it, and the highest offset among them.
+    after: u64,
+    highest: Option<u64>,
 }
 
 struct Live {
@@ -217,16 +280,6 @@ struct Live {
     last_record_pos: Option<u64>,
     last_index_pos: Option<u64>,
     quarantined: bool,
-}
-
-fn read_tail(path: &Path, start: u64) -> Result<Vec<u8>, StorageError> {
-    let mut f = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
-    f.seek(SeekFrom::Start(start))
-        .map_err(|e| StorageError::io("seek", path, e))?;
-    let mut data = Vec::new();
-    f.read_to_end(&mut data)
-        .map_err(|e| StorageError::io("read", path, e))?;
-    Ok(data)
 }
 
 fn file_len(path: &Path) -> Result<u64, StorageError> {
@@ -269,34 +322,36 @@ fn write_index(
     Ok(true)
 }
 
-/// Scans `path` from `start` (absolute), where the record `expected` should begin.
+/// Reads segment `seg` (base offset `base`) from its first byte through the fixed scan buffer.
+///
+/// # Errors
+/// [`StorageError::UnknownFormat`] at a record of an unknown format version (nothing can say
+/// whether it is damage); [`StorageError::Io`] when the file cannot be read.
 fn scan(
+    seg: &mut SegmentFile,
     path: &Path,
-    start: u64,
-    expected: u64,
+    base: u64,
     interval: u32,
-    mut last_index_pos: Option<u64>,
-    mut last_record_pos: Option<u64>,
 ) -> Result<Scan, StorageError> {
-    let data = read_tail(path, start)?;
-    let mut p = 0usize;
-    let mut next = expected;
+    let mut p = 0u64;
+    let mut next = base;
     let mut records = 0u64;
     let mut index = Vec::new();
+    let mut last_index_pos: Option<u64> = None;
+    let mut last_record_pos = None;
     let mut damage = None;
-    while p < data.len() {
-        let why = match decode_at(&data[p..], MAX_RECORD_LIMIT) {
+    while p < seg.len() {
+        let why = match seg.decode(p, MAX_RECORD_LIMIT)? {
             Decoded::Record { offset, total, .. } if offset == next => {
-                let abs = start + p as u64;
-                if last_index_pos.is_none_or(|l| abs - l >= u64::from(interval)) {
+                if last_index_pos.is_none_or(|l| p - l >= u64::from(interval)) {
                     index.push(IndexEntry {
                         offset,
-                        position: abs,
+                        position: p,
                     });
-                    last_index_pos = Some(abs);
+                    last_index_pos = Some(p);
                 }
-                last_record_pos = Some(abs);
-                p += total;
+                last_record_pos = Some(p);
+                p += total as u64;
                 next += 1;
                 records += 1;
                 continue;
@@ -304,13 +359,25 @@ fn scan(
             Decoded::Record { .. } => "a valid record with an offset out of sequence",
             Decoded::Incomplete => "record runs past the end of the file",
             Decoded::Invalid(why) => why,
+            Decoded::UnknownVersion(version) => {
+                return Err(StorageError::UnknownFormat {
+                    path: path.to_path_buf(),
+                    position: p,
+                    version,
+                });
+            }
         };
-        let (after, highest) = intact_records(&data, p, MAX_RECORD_LIMIT);
-        damage = Some((start + p as u64, why, after, highest));
+        let (after, highest) = seg.intact_after(p, MAX_RECORD_LIMIT)?;
+        damage = Some(Damage {
+            position: p,
+            why,
+            after,
+            highest,
+        });
         break;
     }
     Ok(Scan {
-        valid_end: start + p as u64,
+        valid_end: p,
         next_offset: next,
         records,
         last_record_pos,
@@ -394,7 +461,44 @@ fn complete_interrupted(dir: &Path) -> Result<usize, StorageError> {
     Ok(done)
 }
 
-/// Reads the checkpoint and checks it against the data.
+/// Offsets that no live segment holds and no quarantined file accounts for: between
+/// consecutive live segments, and between the end of the log and the checkpoint's next offset.
+/// A quarantined file whose base lies in the segment before a gap (or in the gap) accounts
+/// for it: its records are kept there, and `pinstream log repair` brings them back.
+fn missing_ranges(
+    dir: &Path,
+    live: &[Live],
+    synced_to: Option<Checkpoint>,
+) -> Result<Vec<MissingRange>, StorageError> {
+    let quarantined: Vec<u64> = quarantined_files(dir)?.iter().map(|q| q.base).collect();
+    let accounted = |from: u64, to: u64| quarantined.iter().any(|&q| from <= q && q < to);
+    let mut out = Vec::new();
+    for pair in live.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let end = a.next_offset.unwrap_or(a.base);
+        if end < b.base && !accounted(a.base, b.base) {
+            out.push(MissingRange {
+                offsets: end..b.base,
+                after: segment_path(dir, a.base),
+                before: Some(segment_path(dir, b.base)),
+            });
+        }
+    }
+    if let (Some(c), Some(last)) = (synced_to, live.last()) {
+        let end = last.next_offset.unwrap_or(last.base);
+        if end < c.next_offset && !accounted(last.base, u64::MAX) {
+            out.push(MissingRange {
+                offsets: end..c.next_offset,
+                after: segment_path(dir, last.base),
+                before: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the checkpoint and checks it against the data. The checkpoint is returned whenever
+/// its own CRC passes, agreeing or not: it says which bytes were synced.
 fn load_checkpoint(
     dir: &Path,
     bases: &[u64],
@@ -407,11 +511,14 @@ fn load_checkpoint(
         }
         Err(e) => return Err(StorageError::io("read", &path, e)),
     };
-    let ignored = |why: String| Ok((CheckpointStatus::Ignored { why }, None));
     let c = match Checkpoint::from_bytes(&bytes) {
         Ok(c) => c,
-        Err(why) => return ignored(format!("{}: {why}", path.display())),
+        Err(why) => {
+            let why = format!("{}: {why}", path.display());
+            return Ok((CheckpointStatus::Ignored { why }, None));
+        }
     };
+    let ignored = |why: String| Ok((CheckpointStatus::Ignored { why }, Some(c)));
     if !bases.contains(&c.segment) {
         return ignored(format!("its segment {} does not exist", c.segment));
     }
@@ -435,16 +542,24 @@ fn load_checkpoint(
         if !fits {
             return ignored("its last record position is impossible".into());
         }
-        let mut f = File::open(&seg).map_err(|e| StorageError::io("open", &seg, e))?;
-        f.seek(SeekFrom::Start(c.last_record_pos))
-            .map_err(|e| StorageError::io("seek", &seg, e))?;
-        let mut rec = Vec::new();
-        f.take(c.position - c.last_record_pos)
-            .read_to_end(&mut rec)
-            .map_err(|e| StorageError::io("read", &seg, e))?;
-        match decode_at(&rec, MAX_RECORD_LIMIT) {
+        // Through the scan buffer: a checkpoint naming a huge record costs no memory.
+        let mut f = SegmentFile::open(&seg)?;
+        match f.decode(c.last_record_pos, MAX_RECORD_LIMIT)? {
             Decoded::Record { offset, total, .. }
-                if total == rec.len() && Some(offset) == c.next_offset.checked_sub(1) => {}
+                if c.last_record_pos + total as u64 == c.position
+                    && Some(offset) == c.next_offset.checked_sub(1) => {}
+            Decoded::Record { .. } => {
+                // An intact record that is not the one it names: the checkpoint is wrong, and
+                // says nothing about what was synced.
+                let why = format!(
+                    "the record at byte {} of {} is not offset {} ending at byte {}",
+                    c.last_record_pos,
+                    seg.display(),
+                    c.next_offset.wrapping_sub(1),
+                    c.position
+                );
+                return Ok((CheckpointStatus::Ignored { why }, None));
+            }
             _ => {
                 return ignored(format!(
                     "no valid record with offset {} ends at byte {} of {}",
@@ -467,6 +582,7 @@ fn load_checkpoint(
 /// Runs recovery over `cfg.dir` (created if missing) and leaves an active segment to
 /// append to.
 pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), StorageError> {
+    let started = Instant::now();
     let dir = cfg.dir.as_path();
     if !dir.is_dir() {
         fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
@@ -482,16 +598,18 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
         records_scanned: 0,
         torn_tail: None,
         quarantined: Vec::new(),
+        missing: Vec::new(),
         indexes_rebuilt: 0,
         quarantines_completed: complete_interrupted(dir)?,
         segments: 0,
         next_offset: 0,
+        took: Duration::ZERO,
     };
     let bases = list_segments(dir)?;
     report.created = bases.is_empty();
-    let (status, ckpt) = if cfg.durability == Durability::None {
+    let (status, synced_to) = if cfg.durability == Durability::None {
         // Under `None` the checkpoint is not maintained: a leftover one may name data that
-        // was never synced, so every segment is scanned.
+        // was never synced.
         (CheckpointStatus::Missing, None)
     } else {
         load_checkpoint(dir, &bases)?
@@ -505,49 +623,24 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
         let is_last = i + 1 == bases.len();
         let path = segment_path(dir, base);
         let ipath = index_path(dir, base);
-        let len = file_len(&path)?;
         floor = floor.max(base);
         let old_index = read_index(&ipath)?;
-        let parsed = old_index.as_deref().map(|b| parse_index(b, base, len));
-
-        // Decide where to start scanning (None: trusted without a scan).
-        let start = match ckpt {
-            Some(c) if base < c.segment => match parsed {
-                Some(Ok(_)) => None,
-                _ => Some((0, base, None, None, Vec::new())),
-            },
-            Some(c) if base == c.segment => match parsed {
-                Some(Ok(entries)) => {
-                    let kept: Vec<IndexEntry> = entries
-                        .into_iter()
-                        .filter(|e| e.position < c.position)
-                        .collect();
-                    let last_pos = kept.last().map(|e| e.position);
-                    let last_rec = (c.position > 0).then_some(c.last_record_pos);
-                    Some((c.position, c.next_offset, last_pos, last_rec, kept))
-                }
-                _ => Some((0, base, None, None, Vec::new())),
-            },
-            _ => Some((0, base, None, None, Vec::new())),
-        };
-        let Some((from, expected, last_index_pos, last_rec, mut entries)) = start else {
-            live.push(Live {
-                base,
-                len,
-                next_offset: None,
-                last_record_pos: None,
-                last_index_pos: None,
-                quarantined: false,
-            });
-            continue;
-        };
-
-        let s = scan(&path, from, expected, interval, last_index_pos, last_rec)?;
+        let mut seg = SegmentFile::open(&path)?;
+        let len = seg.len();
+        let s = scan(&mut seg, &path, base, interval)?;
+        drop(seg);
         report.segments_scanned += 1;
         report.records_scanned += s.records;
         floor = floor.max(s.next_offset);
-        entries.extend_from_slice(&s.index);
+        let entries = s.index;
         let last_index_pos = entries.last().map(|e| e.position);
+        // The bytes of this segment the checkpoint says were synced: damage there was
+        // acknowledged data, never a torn tail.
+        let synced = match synced_to {
+            Some(c) if base < c.segment => len,
+            Some(c) if base == c.segment => c.position,
+            _ => 0,
+        };
         match s.damage {
             None => {
                 if write_index(dir, base, &entries, old_index.as_deref())? {
@@ -558,11 +651,12 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
                     len: s.valid_end,
                     next_offset: Some(s.next_offset),
                     last_record_pos: s.last_record_pos,
-                    last_index_pos,
                     quarantined: false,
+                    last_index_pos,
                 });
             }
-            Some((position, why, 0, _)) if is_last => {
+            Some(d) if is_last && d.after == 0 && d.position >= synced => {
+                let position = d.position;
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -576,7 +670,7 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
                     path: path.clone(),
                     position,
                     bytes_removed: len - position,
-                    why,
+                    why: d.why,
                 });
                 if write_index(dir, base, &entries, old_index.as_deref())? {
                     report.indexes_rebuilt += 1;
@@ -590,9 +684,10 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
                     quarantined: false,
                 });
             }
-            Some((position, why, after, highest)) => {
+            Some(d) => {
+                let position = d.position;
                 let quarantined_as = quarantine(dir, base, position)?;
-                if let Some(h) = highest {
+                if let Some(h) = d.highest {
                     floor = floor.max(h.saturating_add(1));
                 }
                 let prefix = (position > 0).then(|| path.clone());
@@ -612,12 +707,18 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
                     quarantined_as,
                     prefix,
                     damaged_position: position,
-                    why,
-                    intact_records_after: after,
-                    highest_offset_after: highest,
+                    why: d.why,
+                    synced: position < synced,
+                    intact_records_after: d.after,
+                    highest_offset_after: d.highest,
                 });
             }
         }
+    }
+    report.missing = missing_ranges(dir, &live, synced_to)?;
+    if let Some(c) = synced_to {
+        // Offsets the checkpoint says were synced are never handed out again, found or not.
+        floor = floor.max(c.next_offset);
     }
 
     // The active segment: the last live one if recovery left it whole and nothing above its
@@ -640,6 +741,7 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
     let closed: Vec<(u64, u64)> = live.iter().map(|l| (l.base, l.len)).collect();
     report.segments = closed.len() + 1;
     report.next_offset = floor;
+    report.took = started.elapsed();
     Ok((
         Recovered {
             closed,

@@ -144,6 +144,11 @@ fn salvage(data: &[u8], base: u64) -> SalvageScan {
             Decoded::Record { .. } => break Some("a valid record with an offset out of sequence"),
             Decoded::Incomplete => break Some("record runs past the end of the file"),
             Decoded::Invalid(why) => break Some(why),
+            Decoded::UnknownVersion(_) => {
+                break Some(
+                    "a record of an unknown format version (written by a newer pinstream?)",
+                );
+            }
         }
     };
     let Some(why) = why else {
