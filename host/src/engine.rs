@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pinstream_core::accounting::StageCounters;
+use pinstream_core::accounting::{Accounting, StageCounters};
 use pinstream_core::control::{
     ControlConfig, ControlPlane, ControlSignal, Observation, depth_permille,
 };
@@ -307,6 +307,56 @@ pub enum EngineError {
     Storage(StorageError),
     /// A thread could not be started or died.
     Thread(String),
+    /// The engine stopped cleanly but its books do not balance: some unit that entered is
+    /// neither stored, a duplicate, dead-lettered, rejected nor still in flight, or events
+    /// were left in flight after the drain. A bug; the message gives every figure.
+    Accounting(Box<BooksAtStop>),
+}
+
+/// The outcome counts when the engine stopped, for [`EngineError::Accounting`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BooksAtStop {
+    /// Summed over the dispatcher and the processors.
+    pub books: Accounting,
+    /// Events still inside the engine after the drain (0 when it is complete).
+    pub in_flight: u64,
+}
+
+impl BooksAtStop {
+    /// The books of `stats` once the engine's threads have returned.
+    pub fn of(stats: &EngineStats) -> Self {
+        Self {
+            books: stats.books(),
+            in_flight: stats.in_flight.get(),
+        }
+    }
+
+    /// Whether they balance with nothing left in flight:
+    /// `ingested == stored + duplicates + dead_lettered + rejected`.
+    pub fn balanced(&self) -> bool {
+        self.in_flight == 0 && self.books.check(0).is_ok()
+    }
+}
+
+impl fmt::Display for BooksAtStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.books;
+        let accounted = b.resolved() + self.in_flight;
+        write!(
+            f,
+            "accounting invariant broken at shutdown: {} units ingested, {} accounted for \
+             (stored {}, duplicates {}, dead-lettered {}, rejected {}, left in flight {}); \
+             difference {}. This is a bug in the engine: keep this line and the logs",
+            b.ingested,
+            accounted,
+            b.stored,
+            b.duplicates,
+            b.dead_lettered,
+            b.rejected,
+            self.in_flight,
+            i128::from(b.ingested) - i128::from(accounted),
+        )
+    }
 }
 
 impl fmt::Display for EngineError {
@@ -316,6 +366,7 @@ impl fmt::Display for EngineError {
             EngineError::Socket { what, source } => write!(f, "{what}: {source}"),
             EngineError::Storage(e) => write!(f, "storage: {e}"),
             EngineError::Thread(msg) => write!(f, "engine thread: {msg}"),
+            EngineError::Accounting(books) => books.fmt(f),
         }
     }
 }
@@ -371,6 +422,13 @@ pub struct EngineStats {
     /// Per TCP frame, from its dispatch to its ACK being owed (in `durable` mode: its
     /// events committed).
     pub ack_latency: Arc<SharedLatency>,
+}
+
+impl EngineStats {
+    /// Outcomes summed over the dispatcher and the processors (see [`Accounting`]).
+    pub fn books(&self) -> Accounting {
+        Accounting::of(&[&self.dispatch, &self.process])
+    }
 }
 
 impl AdminSource for EngineStats {
@@ -586,10 +644,14 @@ impl EngineHandle {
     }
 
     /// Stops taking input, processes and stores everything accepted, syncs the logs, sends
-    /// the last acknowledgements, closes the connections and joins the threads.
+    /// the last acknowledgements, closes the connections and joins the threads. Then checks
+    /// the books: every unit that entered is stored, a duplicate, dead-lettered or rejected,
+    /// and nothing is left in flight.
     ///
     /// # Errors
-    /// A thread's failure (a storage error is reported here too).
+    /// A thread's failure (a storage error is reported here too);
+    /// [`EngineError::Accounting`] when the threads stopped cleanly and the books do not
+    /// balance.
     pub fn stop(mut self) -> Result<(), EngineError> {
         self.stop_inner()
     }
@@ -598,7 +660,15 @@ impl EngineHandle {
         self.stats.shared.stop.store(true, Ordering::Release);
         match self.supervisor.take() {
             Some(h) => match h.join() {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => {
+                    // Every thread has returned: the counters are final.
+                    let books = BooksAtStop::of(&self.stats);
+                    if books.balanced() {
+                        Ok(())
+                    } else {
+                        Err(EngineError::Accounting(Box::new(books)))
+                    }
+                }
                 Ok(Err(msg)) => Err(EngineError::Thread(msg)),
                 Err(_) => Err(EngineError::Thread("an engine thread panicked".into())),
             },
@@ -609,7 +679,10 @@ impl EngineHandle {
 
 impl Drop for EngineHandle {
     fn drop(&mut self) {
-        let _ = self.stop_inner();
+        // Nobody sees the result here: a broken invariant must still not pass in silence.
+        if let Err(e @ EngineError::Accounting(_)) = self.stop_inner() {
+            eprintln!("pinstream: {e}");
+        }
     }
 }
 
@@ -1079,6 +1152,10 @@ impl StorageLoop<'_, '_> {
         self.drain_dead_letters();
         self.sink.pending_batch = Some(self.stats.shared.pushed_before.load(Ordering::Acquire));
         let result = self.commit(true);
+        // What the drain left inside the engine (nothing, unless storage failed): the
+        // handle checks the books with it once the threads are joined.
+        let in_flight = self.processors.in_flight(self.procs);
+        self.stats.in_flight.set(in_flight);
         self.stats
             .shared
             .storage_done

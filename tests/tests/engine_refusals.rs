@@ -2,7 +2,7 @@
 //! every byte and event thrown away is counted under a reason, and rate limits apply per
 //! producer or per client address, not per connection.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pinstream_core::event::{EventHeader, Priority};
 use pinstream_core::reason::Reason;
@@ -75,6 +75,12 @@ fn bad_hello_is_refused_and_closes(name: &str, hello: Vec<u8>) {
     assert_eq!(records(&dir, LOG_NAMES[0]), 0, "the event was not stored");
     assert_eq!(stats.process.stored.get(), 0);
     assert_eq!(stats.host.tcp_closed_malformed.get(), 1);
+    // The event behind the HELLO was received and thrown away unread: counted.
+    assert_eq!(stats.host.tcp_unread_frames_dropped.get(), 1);
+    assert_eq!(
+        stats.host.tcp_unread_bytes_dropped.get(),
+        event(1, 1).len() as u64
+    );
 }
 
 #[test]
@@ -97,4 +103,171 @@ fn hello_range_2_1_is_refused_and_closes() {
 #[test]
 fn hello_with_header_version_2_is_refused_and_closes() {
     bad_hello_is_refused_and_closes("hello-header-v2", raw_hello(1, 1, 2));
+}
+
+/// Waits until `f` holds (the engine's counters are updated by its threads).
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let until = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Uncounted refusals (item 7): every byte or event thrown away is counted under a reason,
+// and the books are checked when the engine stops.
+
+/// A client that half-closes (FIN) with half a frame sent: the whole frame before it is
+/// acknowledged and stored, the half frame is dropped and counted.
+#[test]
+fn a_partial_frame_dropped_at_fin_is_counted() {
+    let dir = TempDir::new("refusal-fin");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let stats = engine.stats().clone();
+    let mut c = Client::connect(engine.started.tcp.unwrap()).unwrap();
+    let mut bytes = event(1, 1);
+    bytes.extend_from_slice(&event(2, 2)[..10]);
+    c.send(&bytes).unwrap();
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let (ack, _) = c.wait_ack(1, WAIT).unwrap();
+    assert_eq!(ack.stored, 1, "{ack:?}");
+    assert!(c.closed_by_server(WAIT));
+    eventually("the partial frame counted", || {
+        stats.host.tcp_partial_frames_dropped.get() == 1
+    });
+    assert_eq!(stats.host.tcp_partial_frame_bytes_dropped.get(), 10);
+    assert_eq!(stats.host.tcp_unread_bytes_dropped.get(), 0);
+    engine.stop().unwrap();
+}
+
+/// A client that resets the connection (RST) with half a frame sent: dropped and counted.
+#[test]
+fn a_partial_frame_dropped_at_rst_is_counted() {
+    let dir = TempDir::new("refusal-rst");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let stats = engine.stats().clone();
+    let c = Client::connect(engine.started.tcp.unwrap()).unwrap();
+    let mut stream = c.stream;
+    std::io::Write::write_all(&mut stream, &event(1, 1)[..30]).unwrap();
+    eventually("the half frame read", || {
+        stats.host.tcp_bytes_in.get() == 30
+    });
+    reset(stream);
+    eventually("the partial frame counted", || {
+        stats.host.tcp_partial_frames_dropped.get() == 1
+    });
+    assert_eq!(stats.host.tcp_partial_frame_bytes_dropped.get(), 30);
+    engine.stop().unwrap();
+    assert_eq!(stats.dispatch.ingested.get(), 0);
+}
+
+/// Closes `stream` with a reset: `SO_LINGER` on with a zero timeout.
+fn reset(stream: std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is a live `libc::linger` and the length passed is its size; the fd is
+    // open for the lifetime of `stream`.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    drop(stream);
+}
+
+/// A datagram whose first frame has a bad length (10) followed by a valid frame: the framing
+/// is lost, so the valid frame cannot be trusted either. One rejected unit, one malformed
+/// frame, and every byte of the datagram counted as thrown away.
+#[test]
+fn a_valid_udp_frame_after_a_bad_length_one_is_counted() {
+    let dir = TempDir::new("refusal-udp-length");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let stats = engine.stats().clone();
+    let mut datagram = event(1, 1);
+    datagram[..4].copy_from_slice(&10u32.to_le_bytes());
+    datagram.extend_from_slice(&event(2, 2));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .send_to(&datagram, engine.started.udp.unwrap())
+        .unwrap();
+    eventually("the datagram taken", || stats.host.udp_datagrams.get() == 1);
+    assert_eq!(
+        stats.host.udp_unframed_bytes_dropped.get(),
+        datagram.len() as u64
+    );
+    assert_eq!(stats.host.udp_malformed.get(), 1);
+    engine.stop().unwrap();
+    assert_eq!(stats.dispatch.reason(Reason::BadLength).get(), 1);
+    assert_eq!(stats.process.stored.get(), 0);
+}
+
+/// Holds the ingest thread for a while before it reads anything.
+fn stall_ingest() {
+    if std::thread::current().name() == Some("pinstream-ingest") {
+        std::thread::sleep(Duration::from_millis(1_500));
+    }
+}
+
+/// The kernel drops datagrams while the ingest thread does not read (its receive queue is
+/// full): `SO_RXQ_OVFL` reports them with the next datagram, and every datagram sent is
+/// either received or counted as dropped.
+#[test]
+fn kernel_udp_drops_are_counted() {
+    let dir = TempDir::new("refusal-udp-kernel");
+    let mut cfg = config(&dir);
+    cfg.thread_hook = Some(stall_ingest);
+    let engine = Engine::start(cfg).unwrap();
+    let stats = engine.stats().clone();
+    let to = engine.started.udp.unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Far more than a default receive buffer (about 200 KiB) holds.
+    let sent = 5_000u64;
+    for i in 0..sent {
+        socket.send_to(&event(i, i), to).unwrap();
+    }
+    eventually("the ingest thread reading", || {
+        stats.host.udp_datagrams.get() > 0
+    });
+    // The drop count arrives with the first datagram queued after the drops.
+    std::thread::sleep(Duration::from_millis(100));
+    socket.send_to(&event(sent, sent), to).unwrap();
+    eventually("every datagram received or counted dropped", || {
+        stats.host.udp_datagrams.get() + stats.host.udp_kernel_drops.get() == sent + 1
+    });
+    assert!(stats.host.udp_kernel_drops.get() > 0);
+    engine.stop().unwrap();
+    assert_eq!(
+        stats.dispatch.ingested.get(),
+        stats.host.udp_datagrams.get()
+    );
+}
+
+/// `EngineHandle::stop` checks the books: with a unit that entered and was never resolved
+/// (simulated here by counting one more ingested unit while the engine is idle), it fails
+/// with a message that gives every figure.
+#[test]
+fn stop_reports_books_that_do_not_balance() {
+    let dir = TempDir::new("refusal-books");
+    let engine = Engine::start(config(&dir)).unwrap();
+    let mut c = Client::connect(engine.started.tcp.unwrap()).unwrap();
+    c.send(&event(1, 1)).unwrap();
+    c.wait_ack(1, WAIT).unwrap();
+    // The ingest thread writes this counter only while dispatching; nothing is sent now.
+    engine.stats().dispatch.ingested.add(1);
+    let err = engine.stop().expect_err("the books do not balance");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("accounting invariant broken at shutdown: 2 units ingested, 1 accounted for"),
+        "{msg}"
+    );
+    assert!(msg.contains("difference 1"), "{msg}");
 }

@@ -294,7 +294,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             Some((socket, batch, size)) => {
                 socket.set_nonblocking(true)?;
                 epoll.add(socket.as_raw_fd(), EPOLLIN, UDP)?;
-                Some(UdpIngest::new(socket, batch, size))
+                Some(UdpIngest::new(socket, batch, size)?)
             }
             None => None,
         };
@@ -491,11 +491,14 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         }
         for &slot in &self.open {
             if let Some(stream) = self.conns[slot].as_mut().and_then(|c| c.stream.as_mut()) {
-                // FIN after the last ACK; input left unread is discarded so that closing
-                // does not turn into a reset that could destroy ACKs in flight.
+                // FIN after the last ACK; input left unread is discarded (and counted) so
+                // that closing does not turn into a reset that could destroy ACKs in flight.
                 let _ = stream.shutdown(std::net::Shutdown::Write);
                 let mut sink = [0u8; 4096];
-                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                while let Ok(n @ 1..) = stream.read(&mut sink) {
+                    self.counters.tcp_bytes_in.add(n as u64);
+                    self.counters.tcp_unread_bytes_dropped.add(n as u64);
+                }
             }
         }
         while let Some(&slot) = self.open.last() {
@@ -707,6 +710,19 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
 
     fn close(&mut self, slot: usize, reason: CloseReason) {
         self.unqueue(slot);
+        if let Some(conn) = self.conns[slot].as_mut() {
+            // Whatever it sent and the engine did not dispatch is thrown away: counted.
+            let dropped = conn.drop_input();
+            let c = self.counters;
+            if dropped.partial_bytes > 0 {
+                c.tcp_partial_frames_dropped.incr();
+                c.tcp_partial_frame_bytes_dropped
+                    .add(dropped.partial_bytes as u64);
+            }
+            c.tcp_unread_frames_dropped
+                .add(dropped.unread_frames as u64);
+            c.tcp_unread_bytes_dropped.add(dropped.unread_bytes as u64);
+        }
         if self.start_drain(slot, reason) {
             self.count_close(reason);
             return;
@@ -1078,7 +1094,11 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         let at = conn.rstart;
         let len = u32::from_le_bytes([rbuf[at], rbuf[at + 1], rbuf[at + 2], rbuf[at + 3]]) as usize;
         if len < MIN_FRAME_LEN || len > conn.max_frame {
-            // The framing is lost: nothing after this can be trusted. REJECT and close.
+            // The framing is lost: nothing after this can be trusted. REJECT and close; the
+            // bytes from here on are thrown away, counted.
+            counters
+                .tcp_unread_bytes_dropped
+                .add((conn.rend - conn.rstart) as u64);
             let error = if len < MIN_FRAME_LEN {
                 DecodeError::BadLength
             } else {
