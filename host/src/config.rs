@@ -372,9 +372,10 @@ impl BatchStoreSection {
 pub struct PipelineConfig {
     /// Registered topic names; ids are given in this order, from 0.
     pub topics: Vec<String>,
-    /// Events per second per source; 0 = unlimited.
+    /// Events per second per client (a version-2 producer, else an IP address); 0 =
+    /// unlimited.
     pub rate_per_source: u64,
-    /// Token-bucket depth per source.
+    /// Token-bucket depth per client.
     pub burst_per_source: u64,
     /// Transactional dedup window, milliseconds.
     pub dedup_window_ms: u64,

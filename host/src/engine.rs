@@ -72,7 +72,8 @@ pub const RULES: usize = 16;
 pub const DEDUP: usize = 1 << 20;
 /// Topics at most.
 pub const TOPICS: usize = 64;
-/// Rate-limited sources: UDP (0) and one per TCP connection slot.
+/// Rate-limit keys: one shared overflow key (0) and one per client (version-2 producer, or
+/// IP address), handed out by the ingest thread.
 pub const SOURCES: usize = 4_096;
 
 // The config's `[capacity]` presets describe this build: keep them equal.
@@ -886,11 +887,12 @@ fn supervise(
     } = &mut *memory;
     let (input, output, dead) = lanes.split_with_arena(&mut arena);
     let (done_tx, done_rx) = completions.split();
-    let slots = SlotAdmission(limiter);
+    // Keyed per client (producer or address) by the ingest thread: see `set_rate_limit`.
+    let limiter: &RateLimiter<SOURCES> = limiter;
     let admission: &dyn Admission = if cfg.rate.is_unlimited() {
         &Unlimited
     } else {
-        &slots
+        limiter
     };
     let mut dispatcher = Dispatcher::new(
         input,
@@ -927,6 +929,7 @@ fn supervise(
     processors.set_batch_store(cfg.batch_store);
     let batch_events = cfg.batch_store == BatchStore::Events;
     ingest.set_batch_events_stored(batch_events);
+    ingest.set_rate_limit(SOURCES, cfg.rate);
     let mut sink = match StoreSink::new(logs, &stats, cfg.ack) {
         Ok(mut s) => {
             s.batch_events = batch_events;
@@ -1062,16 +1065,6 @@ impl Drop for IngestExit<'_> {
     fn drop(&mut self) {
         self.0.ingest_done.store(true, Ordering::Release);
         self.0.ingest_exited.store(true, Ordering::Release);
-    }
-}
-
-/// The rate limiter seen per connection slot: a source id's low 16 bits are its slot (the
-/// high bits, its generation, tell connections on one slot apart for acknowledgements).
-struct SlotAdmission<'a>(&'a RateLimiter<SOURCES>);
-
-impl Admission for SlotAdmission<'_> {
-    fn admit(&self, source: u32, n: u32, now: u64) -> u32 {
-        self.0.admit(source & 0xFFFF, n, now)
     }
 }
 

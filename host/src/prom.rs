@@ -358,7 +358,7 @@ pub type HostMetric = (
 );
 
 /// How each [`HostCounters`] field is exported.
-pub const HOST_METRICS: [HostMetric; 42] = [
+pub const HOST_METRICS: [HostMetric; 44] = [
     (
         "pinstream_tcp_connections_accepted_total",
         MetricType::Counter,
@@ -550,6 +550,18 @@ pub const HOST_METRICS: [HostMetric; 42] = [
         MetricType::Counter,
         "UDP receive calls that failed.",
         |c| &c.udp_recv_errors,
+    ),
+    (
+        "pinstream_rate_limit_keys",
+        MetricType::Gauge,
+        "Clients (version-2 producers, or IP addresses) holding a rate-limit bucket of their own.",
+        |c| &c.rate_keys,
+    ),
+    (
+        "pinstream_rate_limit_keys_exhausted_total",
+        MetricType::Counter,
+        "Times a new client found every rate-limit bucket taken and shared the overflow bucket.",
+        |c| &c.rate_keys_exhausted,
     ),
     (
         "pinstream_udp_kernel_drops_total",

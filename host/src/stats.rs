@@ -158,6 +158,10 @@ pub struct HostCounters {
     pub udp_truncated: Gauge,
     /// Receive calls on the UDP socket that failed.
     pub udp_recv_errors: Gauge,
+    /// Clients (producers, addresses) holding a rate-limit key now (a level).
+    pub rate_keys: Gauge,
+    /// Times a new client found every rate-limit key taken and shared the overflow key.
+    pub rate_keys_exhausted: Gauge,
     /// Datagrams the kernel dropped because the socket's receive queue was full
     /// (`SO_RXQ_OVFL`; learnt with the next datagram received after the drops).
     pub udp_kernel_drops: Gauge,
@@ -220,6 +224,8 @@ impl HostCounters {
             udp_malformed: Gauge::new(),
             udp_truncated: Gauge::new(),
             udp_recv_errors: Gauge::new(),
+            rate_keys: Gauge::new(),
+            rate_keys_exhausted: Gauge::new(),
             udp_kernel_drops: Gauge::new(),
             udp_unframed_bytes_dropped: Gauge::new(),
             storage_records: Gauge::new(),

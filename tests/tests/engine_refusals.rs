@@ -271,3 +271,107 @@ fn stop_reports_books_that_do_not_balance() {
     );
     assert!(msg.contains("difference 1"), "{msg}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Rate limits per client (item 9): a version-2 producer by its id, anyone else by its IP
+// address, whatever connections or ports it uses.
+
+/// Bursts of 10 events, then 1 per hour: within a test, a client passes exactly 10.
+fn limited(dir: &TempDir) -> EngineConfig {
+    let mut cfg = config(dir);
+    cfg.rate = pinstream_core::ratelimit::RateConfig::new(1, 3_600_000_000_000, 10).unwrap();
+    cfg
+}
+
+/// Ten high-priority events in one BATCH frame.
+fn ten(seq: u64, first_id: u64) -> Vec<u8> {
+    let events: Vec<EventHeader> = (0..10)
+        .map(|i| EventHeader::new(first_id + i, 0, Priority::High, 0))
+        .collect();
+    Client::batch(seq, &events, |_| vec![1])
+}
+
+/// Sends `frame` on `c` and returns (stored, dead-lettered) from its ACK.
+fn sent(c: &mut Client, seq: u64, frame: &[u8]) -> (u64, u64) {
+    c.send(frame).unwrap();
+    let (ack, _) = c.wait_ack(seq, WAIT).unwrap();
+    (ack.stored, ack.dead_lettered)
+}
+
+/// Two version-1 connections from 127.0.0.1 are one client: one burst of 10 between them.
+#[test]
+fn connections_from_one_address_share_one_rate_limit() {
+    let dir = TempDir::new("rate-address");
+    let engine = Engine::start(limited(&dir)).unwrap();
+    let addr = engine.started.tcp.unwrap();
+    let (mut a, mut b) = (
+        Client::connect(addr).unwrap(),
+        Client::connect(addr).unwrap(),
+    );
+    assert_eq!(sent(&mut a, 1, &ten(1, 100)), (10, 0));
+    assert_eq!(
+        sent(&mut b, 1, &ten(1, 200)),
+        (0, 10),
+        "the same address's limit"
+    );
+    let stats = engine.stats().clone();
+    engine.stop().unwrap();
+    assert_eq!(stats.dispatch.reason(Reason::RateLimited).get(), 10);
+}
+
+/// A producer keeps its limit across connections (the second fences the first), and another
+/// producer from the same address has its own.
+#[test]
+fn connections_of_one_producer_share_one_rate_limit() {
+    let dir = TempDir::new("rate-producer");
+    let engine = Engine::start(limited(&dir)).unwrap();
+    let addr = engine.started.tcp.unwrap();
+    let mut a = Client::connect(addr).unwrap();
+    a.hello_producer(42).unwrap();
+    assert_eq!(sent(&mut a, 1, &ten(1, 100)), (10, 0));
+    let mut b = Client::connect(addr).unwrap();
+    b.hello_producer(42).unwrap();
+    assert_eq!(
+        sent(&mut b, 2, &ten(2, 200)),
+        (0, 10),
+        "producer 42's limit"
+    );
+    let mut c = Client::connect(addr).unwrap();
+    c.hello_producer(43).unwrap();
+    assert_eq!(
+        sent(&mut c, 1, &ten(1, 300)),
+        (10, 0),
+        "producer 43 is another client"
+    );
+    let stats = engine.stats().clone();
+    engine.stop().unwrap();
+    assert_eq!(stats.dispatch.reason(Reason::RateLimited).get(), 10);
+    assert_eq!(
+        stats.host.rate_keys.get(),
+        3,
+        "127.0.0.1, producers 42 and 43"
+    );
+}
+
+/// UDP senders are limited by address: two ports of 127.0.0.1 share one limit, 127.0.0.2
+/// has its own.
+#[test]
+fn udp_senders_are_rate_limited_per_address() {
+    let dir = TempDir::new("rate-udp");
+    let engine = Engine::start(limited(&dir)).unwrap();
+    let to = engine.started.udp.unwrap();
+    let stats = engine.stats().clone();
+    let send = |from: &str, frame: Vec<u8>, datagrams: u64| {
+        let s = std::net::UdpSocket::bind(from).unwrap();
+        s.send_to(&frame, to).unwrap();
+        eventually("the datagram taken", || {
+            stats.host.udp_datagrams.get() == datagrams
+        });
+    };
+    send("127.0.0.1:0", ten(1, 100), 1);
+    send("127.0.0.1:0", ten(1, 200), 2);
+    send("127.0.0.2:0", ten(1, 300), 3);
+    engine.stop().unwrap();
+    assert_eq!(stats.dispatch.reason(Reason::RateLimited).get(), 10);
+    assert_eq!(stats.process.stored.get(), 20);
+}

@@ -209,6 +209,9 @@ pub(crate) struct Conn {
     pub(crate) resolved_before: u64,
     /// Version 2: the producer's id (0: none), which its events' records carry.
     pub(crate) producer_id: u64,
+    /// The rate-limit key its frames are admitted under: its producer's once a version-2
+    /// HELLO named one, its peer address's before ([`super::ratekeys`]).
+    pub(crate) rate_key: u32,
     /// Version 2: the events of the producer's frames above `resolved_before` that the logs
     /// held at start-up (frames in flight when the engine last stopped): resent, those
     /// events are duplicates, the others of the frame are taken.
@@ -260,6 +263,7 @@ impl Conn {
             producer: None,
             resolved_before: 0,
             producer_id: 0,
+            rate_key: super::ratekeys::SHARED,
             held: None,
             draining: false,
             duplicates: 0,
@@ -302,6 +306,7 @@ impl Conn {
         self.producer = None;
         self.resolved_before = 0;
         self.producer_id = 0;
+        self.rate_key = super::ratekeys::SHARED;
         self.held = None;
         self.draining = false;
         self.duplicates = 0;

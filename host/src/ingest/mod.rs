@@ -22,6 +22,7 @@
 
 mod conn;
 mod producers;
+mod ratekeys;
 mod udp;
 
 use std::collections::VecDeque;
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use pinstream_core::dispatch::{Dispatcher, Flow, FrameProgress, Outcome};
 use pinstream_core::event::Lane;
+use pinstream_core::ratelimit::RateConfig;
 use pinstream_core::reason::Reason;
 use pinstream_core::ring::Consumer;
 use pinstream_core::wire::{
@@ -236,6 +238,8 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     waiting: VecDeque<usize>,
     /// Producer sessions (protocol version 2).
     producers: producers::Producers,
+    /// Who each rate limit applies to: producers and peer addresses, by key.
+    rate_keys: ratekeys::RateKeys,
     /// Batch-lane events are stored one by one (their completions come per frame, like the
     /// other lanes'), not only aggregated (settled by the batch watermark).
     batch_events_stored: bool,
@@ -322,6 +326,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             free: Vec::with_capacity(n),
             waiting: VecDeque::with_capacity(n),
             producers,
+            rate_keys: ratekeys::RateKeys::new(0, RateConfig::UNLIMITED),
             batch_events_stored: false,
             ready: vec![Ready::default(); 256],
             now: 0,
@@ -340,6 +345,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         let left_out = self.producers.restore(found, self.now);
         self.counters.tcp_producers.set(self.producers.len() as u64);
         left_out
+    }
+
+    /// Rate limits apply per client with `config`'s buckets in a limiter of `keys` keys
+    /// (the dispatcher's admission, asked with these keys): a version-2 producer by its
+    /// id, anyone else by its IP address.
+    pub fn set_rate_limit(&mut self, keys: usize, config: RateConfig) {
+        self.rate_keys = ratekeys::RateKeys::new(keys, config);
     }
 
     /// Whether batch-lane events are stored one by one (`pipeline.batch_store = "events"`):
@@ -390,7 +402,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             work = true;
         }
         if let Some(udp) = self.udp.as_mut() {
-            work |= udp.poll(&mut self.dispatcher, self.counters, self.now) > 0;
+            work |= udp.poll(
+                &mut self.dispatcher,
+                &mut self.rate_keys,
+                self.counters,
+                self.now,
+            ) > 0;
         }
         work |= self.take_completions();
         // Connections whose frame waits for room go first, oldest first; once one of them
@@ -512,7 +529,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 return;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     self.counters.tcp_accepted.incr();
                     let refuse = self.shared.storage_failed.load(Ordering::Relaxed);
                     let slot = if refuse { None } else { self.take_slot() };
@@ -521,7 +538,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                         self.counters.tcp_refused.incr();
                         continue;
                     };
-                    if let Err(_e) = self.open_conn(slot, stream) {
+                    if let Err(_e) = self.open_conn(slot, stream, peer) {
                         self.counters.tcp_closed.incr();
                         self.free.push(slot);
                     }
@@ -546,7 +563,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         (used < self.conns.len()).then_some(used)
     }
 
-    fn open_conn(&mut self, slot: usize, stream: std::net::TcpStream) -> io::Result<()> {
+    fn open_conn(
+        &mut self,
+        slot: usize,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+    ) -> io::Result<()> {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
         // The kernel's buffer for our replies is bounded like ours: a client that does not
@@ -569,6 +591,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         });
         conn.reset(stream, source, self.now, limits.max_frame_len);
         conn.batch_events_stored = self.batch_events_stored;
+        // Limited as its address until a version-2 HELLO names a producer.
+        conn.rate_key = self.rate_keys.acquire(
+            ratekeys::Client::address(peer.ip()),
+            self.now,
+            self.counters,
+        );
         self.open.push(slot);
         self.counters.tcp_open.set(self.open.len() as u64);
         Ok(())
@@ -656,6 +684,14 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             conn.through = last;
             conn.producer_id = self.producers.id(index);
             conn.held = self.producers.held(index);
+            // From now on limited as its producer, whatever connection it uses.
+            let key = self.rate_keys.acquire(
+                ratekeys::Client::Producer(conn.producer_id),
+                now,
+                self.counters,
+            );
+            self.rate_keys
+                .release(std::mem::replace(&mut conn.rate_key, key), now);
             reply.producer_id = conn.producer_id;
             reply.last_seq = last;
             reply.max_payload = self.limits.max_payload;
@@ -722,6 +758,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             c.tcp_unread_frames_dropped
                 .add(dropped.unread_frames as u64);
             c.tcp_unread_bytes_dropped.add(dropped.unread_bytes as u64);
+            // It sends no more: its key may go once idle (a draining connection too).
+            let key = std::mem::replace(&mut conn.rate_key, ratekeys::SHARED);
+            self.rate_keys.release(key, self.now);
         }
         if self.start_drain(slot, reason) {
             self.count_close(reason);
@@ -1012,6 +1051,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         // in minutes, and keeps it out of the ingest thread's cache the rest of the time.
         if self.now - self.last_producer_sweep >= PRODUCER_SWEEP {
             self.last_producer_sweep = self.now;
+            self.rate_keys.sweep(self.now, self.counters);
             let evicted = self.producers.evict_idle(self.now);
             if evicted > 0 {
                 self.counters.tcp_producers_evicted.add(evicted);
@@ -1232,10 +1272,13 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 }
                 // A producer's events carry its id and how far it was resolved, so that a
                 // restart can rebuild its session from the logs.
-                conn.progress = Some(match conn.producer_id {
-                    0 => FrameProgress::new(),
-                    id => FrameProgress::producing(id, conn.through),
-                });
+                conn.progress = Some(
+                    match conn.producer_id {
+                        0 => FrameProgress::new(),
+                        id => FrameProgress::producing(id, conn.through),
+                    }
+                    .with_rate_key(conn.rate_key),
+                );
                 let waiting = timed(latency, || {
                     continue_frame(conn, dispatcher, counters, ack, &frame, now)
                 });

@@ -10,9 +10,10 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use pinstream_core::dispatch::Dispatcher;
+use pinstream_core::dispatch::{Dispatcher, Flow, FrameProgress};
 use pinstream_core::wire::frames;
 
+use super::ratekeys::{Client, RateKeys, SHARED};
 use crate::stats::HostCounters;
 use crate::sys::net::{RecvBatch, enable_drop_count};
 
@@ -52,9 +53,10 @@ impl UdpIngest {
 
     /// Receives what is waiting (one `recvmmsg` per batch, until the socket is empty or a
     /// few batches went by) and dispatches every frame; returns the datagrams taken.
-    pub fn poll<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
+    pub(crate) fn poll<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
         &mut self,
         dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
+        keys: &mut RateKeys,
         counters: &HostCounters,
         now: u64,
     ) -> usize {
@@ -76,13 +78,26 @@ impl UdpIngest {
                     // comes out as an error below; counted here as well.
                     counters.udp_truncated.incr();
                 }
+                // Rate-limited per sender address (the port ignored).
+                let key = match self.batch.peer(i) {
+                    Some(ip) => keys.touch(Client::address(ip), now, counters),
+                    None => SHARED,
+                };
                 let mut it = frames(datagram, self.max_datagram);
                 let mut left = datagram.len();
                 while let Some(result) = it.next_detailed() {
                     match result {
                         Ok(frame) => {
                             counters.udp_frames_in.incr();
-                            dispatcher.dispatch_frame(&frame, UDP_SOURCE, now);
+                            let mut progress = FrameProgress::new().with_rate_key(key);
+                            dispatcher.dispatch_frame_flow(
+                                &frame,
+                                UDP_SOURCE,
+                                now,
+                                Flow::Lossy,
+                                &mut progress,
+                                |_, _, _| {},
+                            );
                         }
                         Err(e) => {
                             counters.udp_malformed.incr();

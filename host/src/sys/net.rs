@@ -3,6 +3,7 @@
 
 use std::io;
 use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Readable.
@@ -97,6 +98,8 @@ pub(crate) struct RecvBatch {
     size: usize,
     lens: Vec<usize>,
     truncated: Vec<bool>,
+    /// The sender of each datagram of the last `recv` (`None`: not an IPv4/IPv6 address).
+    peers: Vec<Option<IpAddr>>,
     /// The kernel's cumulative drop count of the socket (`SO_RXQ_OVFL`) as the newest
     /// datagram of the last `recv` that carried one reported it.
     drops: Option<u32>,
@@ -128,6 +131,7 @@ impl RecvBatch {
             size,
             lens: vec![0; batch],
             truncated: vec![false; batch],
+            peers: vec![None; batch],
             drops: None,
             iovecs: Vec::with_capacity(batch),
             // SAFETY: all zeroes is a valid `sockaddr_storage` (family AF_UNSPEC).
@@ -207,11 +211,17 @@ impl RecvBatch {
             let h = &self.headers[i];
             self.lens[i] = h.msg_len as usize;
             self.truncated[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.peers[i] = peer_ip(&self.names[i], h.msg_hdr.msg_namelen);
             if let Some(d) = rxq_overflow(&h.msg_hdr) {
                 self.drops = Some(d);
             }
         }
         Ok(n)
+    }
+
+    /// The sender's IP address of datagram `i` of the last `recv`.
+    pub(crate) fn peer(&self, i: usize) -> Option<IpAddr> {
+        self.peers.get(i).copied().flatten()
     }
 
     /// The socket's cumulative count of datagrams the kernel dropped (receive queue full),
@@ -229,6 +239,25 @@ impl RecvBatch {
             &self.bufs[start..start + self.lens[i].min(self.size)],
             self.truncated[i],
         )
+    }
+}
+
+/// The IP address in a `sockaddr_storage` the kernel filled with `len` bytes.
+fn peer_ip(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<IpAddr> {
+    let len = len as usize;
+    match libc::c_int::from(name.ss_family) {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel wrote an AF_INET address of at least `sockaddr_in`'s size
+            // into this storage, which is larger and at least as aligned.
+            let v4 = unsafe { &*(&raw const *name).cast::<libc::sockaddr_in>() };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
+        }
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for an AF_INET6 address and `sockaddr_in6`.
+            let v6 = unsafe { &*(&raw const *name).cast::<libc::sockaddr_in6>() };
+            Some(IpAddr::V6(Ipv6Addr::from(v6.sin6_addr.s6_addr)))
+        }
+        _ => None,
     }
 }
 
