@@ -230,19 +230,25 @@ fn kernel_udp_drops_are_counted() {
     let to = engine.started.udp.unwrap();
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     // Far more than a default receive buffer (about 200 KiB) holds.
-    let sent = 5_000u64;
+    let mut sent = 5_000u64;
     for i in 0..sent {
         socket.send_to(&event(i, i), to).unwrap();
     }
     eventually("the ingest thread reading", || {
         stats.host.udp_datagrams.get() > 0
     });
-    // The drop count arrives with the first datagram queued after the drops.
-    std::thread::sleep(Duration::from_millis(100));
-    socket.send_to(&event(sent, sent), to).unwrap();
-    eventually("every datagram received or counted dropped", || {
-        stats.host.udp_datagrams.get() + stats.host.udp_kernel_drops.get() == sent + 1
-    });
+    // The drop count arrives with the first datagram queued after the drops: probe until
+    // one is received (a probe dropped too is reported by the next one).
+    let until = Instant::now() + WAIT;
+    while stats.host.udp_datagrams.get() + stats.host.udp_kernel_drops.get() != sent {
+        assert!(
+            Instant::now() < until,
+            "datagrams sent but neither received nor counted"
+        );
+        socket.send_to(&event(sent, sent), to).unwrap();
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(stats.host.udp_kernel_drops.get() > 0);
     engine.stop().unwrap();
     assert_eq!(
