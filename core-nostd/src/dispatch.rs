@@ -152,6 +152,8 @@ pub struct FrameProgress {
     ///
     /// [`Events::rest_len`]: crate::wire::Events::rest_len
     rest_len: usize,
+    /// The key the rate limit is asked with (`None`: the frame's source id).
+    rate_key: Option<u32>,
 }
 
 impl FrameProgress {
@@ -165,7 +167,17 @@ impl FrameProgress {
             granted: 0,
             started: false,
             rest_len: 0,
+            rate_key: None,
         }
+    }
+
+    /// The same progress, with the rate limit asked for `key` instead of the frame's source
+    /// id: the ingest side names who is limited (a producer, a client address), which need
+    /// not be the connection the frame came on.
+    #[must_use]
+    pub const fn with_rate_key(mut self, key: u32) -> Self {
+        self.rate_key = Some(key);
+        self
     }
 
     /// A frame not started, from session `epoch` of producer `producer`, whose frames
@@ -478,7 +490,8 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     /// reported to `each`); call again with the same `progress` (and the same frame) once the
     /// engine has drained, and it continues with that event. An event is counted `ingested`
     /// when it is dispatched, so a frame that waits is in the books only as far as it went.
-    /// The rate limit is asked once, for the whole frame, on the first call.
+    /// The rate limit is asked once, for the whole frame, on the first call, with the key
+    /// of [`FrameProgress::with_rate_key`] or else `source`.
     ///
     /// With [`Flow::Lossy`] the call never waits: what does not fit is dead-lettered
     /// (`LaneFull`, `PoolExhausted`, `Shed`).
@@ -540,7 +553,11 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         if !progress.started {
             progress.started = true;
             self.counters.frames.incr();
-            progress.granted = self.admission.admit(source, count, now);
+            let key = match progress.rate_key {
+                Some(key) => key,
+                None => source,
+            };
+            progress.granted = self.admission.admit(key, count, now);
         }
         let level = self.control.level();
         let frame_origin = Origin::new(source, frame.seq()).with_producer(
@@ -888,6 +905,42 @@ mod tests {
         let n = enc.finish().unwrap();
         buf.truncate(n);
         buf
+    }
+
+    /// Frames of two sources that name one rate key share its bucket; a frame without a key
+    /// is limited by its source id.
+    #[test]
+    fn frames_with_one_rate_key_share_one_limit() {
+        let mut lanes: Lanes<64, 64, 64, 64> = Lanes::new();
+        let (input, _output, _dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let limiter: crate::ratelimit::RateLimiter<8> = crate::ratelimit::RateLimiter::new(
+            crate::ratelimit::RateConfig::new(1, 1 << 40, 4).unwrap(),
+        );
+        let mut d = Dispatcher::new(input, &limiter, &signal, 1, &counters);
+        let bytes = batch(&[
+            (1, Priority::High),
+            (2, Priority::High),
+            (3, Priority::High),
+        ]);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut send = |source: u32, progress: FrameProgress| {
+            let mut progress = progress;
+            d.dispatch_frame_flow(&frame, source, 0, Flow::Lossy, &mut progress, |_, _, _| {})
+                .outcome
+        };
+        // Sources 1 and 2 under key 5: 3 + 1 of a burst of 4 pass.
+        assert_eq!(
+            send(1, FrameProgress::new().with_rate_key(5)).dead_lettered,
+            0
+        );
+        assert_eq!(
+            send(2, FrameProgress::new().with_rate_key(5)).dead_lettered,
+            2
+        );
+        // Without a key, source 2's own bucket (full) decides.
+        assert_eq!(send(2, FrameProgress::new()).dead_lettered, 0);
+        assert_eq!(counters.reason(Reason::RateLimited).get(), 2);
     }
 
     /// A source that waits loses nothing to a full lane: the frame stops, the lane drains,

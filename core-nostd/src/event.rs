@@ -204,7 +204,8 @@ impl EventHeader {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Origin {
-    /// The ingest side's number for the sender; also the rate limiter's key.
+    /// The ingest side's number for the sender; also the rate limiter's key unless the
+    /// frame's [`FrameProgress`](crate::dispatch::FrameProgress) names another.
     pub source: u32,
     /// The event's index in its frame (0 for the first), set by the dispatcher.
     pub index: u32,

@@ -51,9 +51,9 @@ pub const EMBEDDED_ORIGIN: &str = "<embedded default config>";
 /// The largest frame length `tcp.max_frame_len` may set: 16 MiB.
 pub const MAX_FRAME_LEN_LIMIT: u64 = 16 * 1024 * 1024;
 
-/// The most connections `tcp.max_connections` may set: connection slots are also
-/// rate-limiter sources, and the build has 4,096 (`engine::SOURCES`) of them, source 0
-/// being UDP's.
+/// The most connections `tcp.max_connections` may set: each connection may hold its own
+/// rate-limit key (a producer or an address), and the build has 4,096 (`engine::SOURCES`)
+/// of them, key 0 being the shared overflow one.
 pub const MAX_TCP_CONNECTIONS: usize = 4_095;
 
 /// The largest UDP payload over IPv4.
@@ -383,9 +383,10 @@ impl BatchStoreSection {
 pub struct PipelineConfig {
     /// Registered topic names; ids are given in this order, from 0.
     pub topics: Vec<String>,
-    /// Events per second per source; 0 = unlimited.
+    /// Events per second per client (a version-2 producer, else an IP address); 0 =
+    /// unlimited.
     pub rate_per_source: u64,
-    /// Token-bucket depth per source.
+    /// Token-bucket depth per client.
     pub burst_per_source: u64,
     /// Transactional dedup window, milliseconds.
     pub dedup_window_ms: u64,
@@ -891,7 +892,7 @@ impl Config {
             t.max_connections as u64,
             1,
             MAX_TCP_CONNECTIONS as u64,
-            "one rate-limiter source per connection slot in this build",
+            "each connection may hold its own rate-limit key, of which this build has 4,096",
         );
         if t.max_frame_len < MIN_FRAME_LEN as u64 {
             v.problem(format!(

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pinstream_core::accounting::StageCounters;
+use pinstream_core::accounting::{Accounting, StageCounters};
 use pinstream_core::control::{
     ControlConfig, ControlPlane, ControlSignal, Observation, depth_permille,
 };
@@ -73,7 +73,8 @@ pub const RULES: usize = 16;
 pub const DEDUP: usize = 1 << 20;
 /// Topics at most.
 pub const TOPICS: usize = 64;
-/// Rate-limited sources: UDP (0) and one per TCP connection slot.
+/// Rate-limit keys: one shared overflow key (0) and one per client (version-2 producer, or
+/// IP address), handed out by the ingest thread.
 pub const SOURCES: usize = 4_096;
 
 // `tcp.max_connections` is checked against this build's sources when the config is
@@ -323,6 +324,56 @@ pub enum EngineError {
     Thread(String),
     /// The machine's limits are below what the config needs (e.g. file descriptors).
     Limit(String),
+    /// The engine stopped cleanly but its books do not balance: some unit that entered is
+    /// neither stored, a duplicate, dead-lettered, rejected nor still in flight, or events
+    /// were left in flight after the drain. A bug; the message gives every figure.
+    Accounting(Box<BooksAtStop>),
+}
+
+/// The outcome counts when the engine stopped, for [`EngineError::Accounting`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BooksAtStop {
+    /// Summed over the dispatcher and the processors.
+    pub books: Accounting,
+    /// Events still inside the engine after the drain (0 when it is complete).
+    pub in_flight: u64,
+}
+
+impl BooksAtStop {
+    /// The books of `stats` once the engine's threads have returned.
+    pub fn of(stats: &EngineStats) -> Self {
+        Self {
+            books: stats.books(),
+            in_flight: stats.in_flight.get(),
+        }
+    }
+
+    /// Whether they balance with nothing left in flight:
+    /// `ingested == stored + duplicates + dead_lettered + rejected`.
+    pub fn balanced(&self) -> bool {
+        self.in_flight == 0 && self.books.check(0).is_ok()
+    }
+}
+
+impl fmt::Display for BooksAtStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.books;
+        let accounted = b.resolved() + self.in_flight;
+        write!(
+            f,
+            "accounting invariant broken at shutdown: {} units ingested, {} accounted for \
+             (stored {}, duplicates {}, dead-lettered {}, rejected {}, left in flight {}); \
+             difference {}. This is a bug in the engine: keep this line and the logs",
+            b.ingested,
+            accounted,
+            b.stored,
+            b.duplicates,
+            b.dead_lettered,
+            b.rejected,
+            self.in_flight,
+            i128::from(b.ingested) - i128::from(accounted),
+        )
+    }
 }
 
 impl fmt::Display for EngineError {
@@ -333,6 +384,7 @@ impl fmt::Display for EngineError {
             EngineError::Storage(e) => write!(f, "storage: {e}"),
             EngineError::Thread(msg) => write!(f, "engine thread: {msg}"),
             EngineError::Limit(msg) => write!(f, "{msg}"),
+            EngineError::Accounting(books) => books.fmt(f),
         }
     }
 }
@@ -391,6 +443,13 @@ pub struct EngineStats {
     /// Per TCP frame, from its dispatch to its ACK being owed (in `durable` mode: its
     /// events committed).
     pub ack_latency: Arc<SharedLatency>,
+}
+
+impl EngineStats {
+    /// Outcomes summed over the dispatcher and the processors (see [`Accounting`]).
+    pub fn books(&self) -> Accounting {
+        Accounting::of(&[&self.dispatch, &self.process])
+    }
 }
 
 impl AdminSource for EngineStats {
@@ -646,10 +705,14 @@ impl EngineHandle {
     }
 
     /// Stops taking input, processes and stores everything accepted, syncs the logs, sends
-    /// the last acknowledgements, closes the connections and joins the threads.
+    /// the last acknowledgements, closes the connections and joins the threads. Then checks
+    /// the books: every unit that entered is stored, a duplicate, dead-lettered or rejected,
+    /// and nothing is left in flight.
     ///
     /// # Errors
-    /// A thread's failure (a storage error is reported here too).
+    /// A thread's failure (a storage error is reported here too);
+    /// [`EngineError::Accounting`] when the threads stopped cleanly and the books do not
+    /// balance.
     pub fn stop(mut self) -> Result<(), EngineError> {
         self.stop_inner()
     }
@@ -658,7 +721,15 @@ impl EngineHandle {
         self.stats.shared.stop.store(true, Ordering::Release);
         match self.supervisor.take() {
             Some(h) => match h.join() {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => {
+                    // Every thread has returned: the counters are final.
+                    let books = BooksAtStop::of(&self.stats);
+                    if books.balanced() {
+                        Ok(())
+                    } else {
+                        Err(EngineError::Accounting(Box::new(books)))
+                    }
+                }
                 Ok(Err(msg)) => Err(EngineError::Thread(msg)),
                 Err(_) => Err(EngineError::Thread("an engine thread panicked".into())),
             },
@@ -669,7 +740,10 @@ impl EngineHandle {
 
 impl Drop for EngineHandle {
     fn drop(&mut self) {
-        let _ = self.stop_inner();
+        // Nobody sees the result here: a broken invariant must still not pass in silence.
+        if let Err(e @ EngineError::Accounting(_)) = self.stop_inner() {
+            eprintln!("pinstream: {e}");
+        }
     }
 }
 
@@ -700,7 +774,7 @@ impl Engine {
         }
         if cfg.tcp_limits.max_connections >= SOURCES {
             return Err(EngineError::Config(format!(
-                "tcp.max_connections {} is above this build's {} (sources are rate limited per connection slot)",
+                "tcp.max_connections {} is above this build's {} (each connection may hold its own rate-limit key)",
                 cfg.tcp_limits.max_connections,
                 SOURCES - 1
             )));
@@ -883,11 +957,12 @@ fn supervise(
     } = &mut *memory;
     let (input, output, dead) = lanes.split_with_arena(&mut arena);
     let (done_tx, done_rx) = completions.split();
-    let slots = SlotAdmission(limiter);
+    // Keyed per client (producer or address) by the ingest thread: see `set_rate_limit`.
+    let limiter: &RateLimiter<SOURCES> = limiter;
     let admission: &dyn Admission = if cfg.rate.is_unlimited() {
         &Unlimited
     } else {
-        &slots
+        limiter
     };
     let mut dispatcher = Dispatcher::new(
         input,
@@ -924,6 +999,7 @@ fn supervise(
     processors.set_batch_store(cfg.batch_store);
     let batch_events = cfg.batch_store == BatchStore::Events;
     ingest.set_batch_events_stored(batch_events);
+    ingest.set_rate_limit(SOURCES, cfg.rate);
     let mut sink = match StoreSink::new(logs, &stats, cfg.ack) {
         Ok(mut s) => {
             s.batch_events = batch_events;
@@ -1064,16 +1140,6 @@ impl Drop for IngestExit<'_> {
     }
 }
 
-/// The rate limiter seen per connection slot: a source id's low 16 bits are its slot (the
-/// high bits, its generation, tell connections on one slot apart for acknowledgements).
-struct SlotAdmission<'a>(&'a RateLimiter<SOURCES>);
-
-impl Admission for SlotAdmission<'_> {
-    fn admit(&self, source: u32, n: u32, now: u64) -> u32 {
-        self.0.admit(source & 0xFFFF, n, now)
-    }
-}
-
 /// Runs the hook, pins the calling thread per the plan (nothing when overprovisioned) and
 /// records what it got. A refusal is reported, not fatal: the engine still works unpinned.
 fn prepare_thread(plan: &PinPlan, thread: &'static str, stats: &EngineStats, hook: Option<fn()>) {
@@ -1151,6 +1217,10 @@ impl StorageLoop<'_, '_> {
         self.drain_dead_letters();
         self.sink.pending_batch = Some(self.stats.shared.pushed_before.load(Ordering::Acquire));
         let result = self.commit(true);
+        // What the drain left inside the engine (nothing, unless storage failed): the
+        // handle checks the books with it once the threads are joined.
+        let in_flight = self.processors.in_flight(self.procs);
+        self.stats.in_flight.set(in_flight);
         self.stats
             .shared
             .storage_done

@@ -504,6 +504,30 @@ pub const HOST_METRICS: &[HostMetric] = &[
         |c| &c.tcp_drains_abandoned,
     ),
     (
+        "pinstream_tcp_partial_frames_dropped_total",
+        MetricType::Counter,
+        "Incomplete frames left in a connection's buffer when it ended (peer FIN or RST, or closed by the engine): dropped, never acknowledged.",
+        |c| &c.tcp_partial_frames_dropped,
+    ),
+    (
+        "pinstream_tcp_partial_frame_bytes_dropped_total",
+        MetricType::Counter,
+        "Bytes of the incomplete frames dropped when their connection ended.",
+        |c| &c.tcp_partial_frame_bytes_dropped,
+    ),
+    (
+        "pinstream_tcp_unread_frames_dropped_total",
+        MetricType::Counter,
+        "Whole frames received but never dispatched because their connection closed first (after a refused HELLO or lost framing, or at shutdown).",
+        |c| &c.tcp_unread_frames_dropped,
+    ),
+    (
+        "pinstream_tcp_unread_bytes_dropped_total",
+        MetricType::Counter,
+        "Bytes received and thrown away undispatched, other than partial frames (unread frames, bytes after lost framing, input unread at shutdown).",
+        |c| &c.tcp_unread_bytes_dropped,
+    ),
+    (
         "pinstream_udp_datagrams_received_total",
         MetricType::Counter,
         "UDP datagrams received.",
@@ -524,7 +548,7 @@ pub const HOST_METRICS: &[HostMetric] = &[
     (
         "pinstream_udp_datagrams_malformed_total",
         MetricType::Counter,
-        "UDP datagrams without a valid frame sequence.",
+        "Malformed frames in UDP datagrams (each one rejected unit).",
         |c| &c.udp_malformed,
     ),
     (
@@ -538,6 +562,30 @@ pub const HOST_METRICS: &[HostMetric] = &[
         MetricType::Counter,
         "UDP receive calls that failed.",
         |c| &c.udp_recv_errors,
+    ),
+    (
+        "pinstream_rate_limit_keys",
+        MetricType::Gauge,
+        "Clients (version-2 producers, or IP addresses) holding a rate-limit bucket of their own.",
+        |c| &c.rate_keys,
+    ),
+    (
+        "pinstream_rate_limit_keys_exhausted_total",
+        MetricType::Counter,
+        "Times a new client found every rate-limit bucket taken and shared the overflow bucket.",
+        |c| &c.rate_keys_exhausted,
+    ),
+    (
+        "pinstream_udp_kernel_drops_total",
+        MetricType::Counter,
+        "UDP datagrams the kernel dropped because the socket's receive queue was full (SO_RXQ_OVFL).",
+        |c| &c.udp_kernel_drops,
+    ),
+    (
+        "pinstream_udp_unframed_bytes_dropped_total",
+        MetricType::Counter,
+        "Bytes of UDP datagrams thrown away after a frame length that lost the framing (whatever frames they held).",
+        |c| &c.udp_unframed_bytes_dropped,
     ),
     (
         "pinstream_storage_records_total",

@@ -141,18 +141,44 @@ pub struct HostCounters {
     pub tcp_producers_fenced: Gauge,
     /// Closed producer connections whose frames did not resolve within the drain timeout.
     pub tcp_drains_abandoned: Gauge,
+    /// Connections that ended (closed by the peer with FIN or RST, or by the engine for any
+    /// reason) with an incomplete frame in their receive buffer: the frame is dropped, never
+    /// dispatched nor acknowledged (the client resends it).
+    pub tcp_partial_frames_dropped: Gauge,
+    /// The bytes of those incomplete frames.
+    pub tcp_partial_frame_bytes_dropped: Gauge,
+    /// Whole frames received and never dispatched because their connection was closed
+    /// first: behind a refused HELLO, behind a frame that lost framing, behind a frame that
+    /// waited for room when the connection went, or unread at shutdown. Never acknowledged.
+    pub tcp_unread_frames_dropped: Gauge,
+    /// Bytes received and thrown away without being dispatched, other than partial frames:
+    /// the frames of `tcp_unread_frames_dropped`, everything after a length field that lost
+    /// the framing, and input left unread at shutdown.
+    pub tcp_unread_bytes_dropped: Gauge,
     /// UDP datagrams received.
     pub udp_datagrams: Gauge,
     /// Bytes received over UDP.
     pub udp_bytes_in: Gauge,
     /// Frames received over UDP.
     pub udp_frames_in: Gauge,
-    /// UDP datagrams that held no valid frame sequence.
+    /// Malformed frames received over UDP (each also one rejected unit).
     pub udp_malformed: Gauge,
     /// UDP datagrams longer than `udp.max_datagram` (truncated by the kernel, dropped).
     pub udp_truncated: Gauge,
     /// Receive calls on the UDP socket that failed.
     pub udp_recv_errors: Gauge,
+    /// Clients (producers, addresses) holding a rate-limit key now (a level).
+    pub rate_keys: Gauge,
+    /// Times a new client found every rate-limit key taken and shared the overflow key.
+    pub rate_keys_exhausted: Gauge,
+    /// Datagrams the kernel dropped because the socket's receive queue was full
+    /// (`SO_RXQ_OVFL`; learnt with the next datagram received after the drops).
+    pub udp_kernel_drops: Gauge,
+    /// Bytes of UDP datagrams thrown away after a frame length that lost the framing (too
+    /// short, below 20, above the maximum, or a frame cut by truncation): the frames they
+    /// hold, valid or not, cannot be told apart from garbage and are not dispatched. The
+    /// frame whose length failed is also one rejected unit.
+    pub udp_unframed_bytes_dropped: Gauge,
     /// Records appended to the log.
     pub storage_records: Gauge,
     /// Bytes appended to the log.
@@ -205,12 +231,20 @@ impl HostCounters {
             tcp_producers_refused: Gauge::new(),
             tcp_producers_fenced: Gauge::new(),
             tcp_drains_abandoned: Gauge::new(),
+            tcp_partial_frames_dropped: Gauge::new(),
+            tcp_partial_frame_bytes_dropped: Gauge::new(),
+            tcp_unread_frames_dropped: Gauge::new(),
+            tcp_unread_bytes_dropped: Gauge::new(),
             udp_datagrams: Gauge::new(),
             udp_bytes_in: Gauge::new(),
             udp_frames_in: Gauge::new(),
             udp_malformed: Gauge::new(),
             udp_truncated: Gauge::new(),
             udp_recv_errors: Gauge::new(),
+            rate_keys: Gauge::new(),
+            rate_keys_exhausted: Gauge::new(),
+            udp_kernel_drops: Gauge::new(),
+            udp_unframed_bytes_dropped: Gauge::new(),
             storage_records: Gauge::new(),
             storage_bytes: Gauge::new(),
             storage_dead_letters: Gauge::new(),

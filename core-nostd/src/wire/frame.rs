@@ -100,6 +100,11 @@ impl<'a> Frame<'a> {
                     return Err(DecodeError::ReservedNonZero);
                 }
             }
+            // HELLO frames carry header version 1 whatever versions they offer, so any
+            // receiver can read the range: another header version is not a HELLO to trust.
+            FrameKind::Hello if header[4] != VERSION => {
+                return Err(DecodeError::UnsupportedVersion);
+            }
             FrameKind::Hello => check_hello_body(body)?,
         }
         Ok(Self { bytes: buf, kind })

@@ -389,6 +389,21 @@ fn bad_crc_on_any_single_bit_flip() {
 }
 
 #[test]
+fn a_hello_with_a_header_version_other_than_1_is_unsupported() {
+    for h in [Hello::client(1, 1, 100), Hello::producer(100, 7)] {
+        let f = hello_frame(0, &h);
+        assert!(check(&f).is_ok());
+        for v in [2u8, 0, 3] {
+            assert_eq!(
+                check(&patched(&f, 4, &[v])),
+                Err(DecodeError::UnsupportedVersion),
+                "header version {v}, {h:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn unsupported_version() {
     let f = ack_frame(1, &Ack::default());
     for v in [0u8, 3, 255] {

@@ -18,6 +18,17 @@ pub(crate) const CONTROL_FRAME_MAX: usize = 64;
 /// A REJECT frame's length.
 pub(crate) const REJECT_FRAME_LEN: usize = MIN_FRAME_LEN + REJECT_BODY_LEN;
 
+/// Input a closing connection had received and not dispatched ([`Conn::drop_input`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DroppedInput {
+    /// Whole frames.
+    pub(crate) unread_frames: usize,
+    /// Their bytes, and any after a length field that lost the framing.
+    pub(crate) unread_bytes: usize,
+    /// The bytes of the incomplete frame at the end (0: none).
+    pub(crate) partial_bytes: usize,
+}
+
 /// One frame taken in on a connection and not yet acknowledged.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Track {
@@ -210,6 +221,9 @@ pub(crate) struct Conn {
     pub(crate) producer_id: u64,
     /// Version 2: the producer session's epoch, which its events' records carry.
     pub(crate) producer_epoch: u32,
+    /// The rate-limit key its frames are admitted under: its producer's once a version-2
+    /// HELLO named one, its peer address's before ([`super::ratekeys`]).
+    pub(crate) rate_key: u32,
     /// Version 2: the events of the producer's frames above `resolved_before` that the logs
     /// held at start-up (frames in flight when the engine last stopped): resent, those
     /// events are duplicates, the others of the frame are taken.
@@ -265,6 +279,7 @@ impl Conn {
             resolved_before: 0,
             producer_id: 0,
             producer_epoch: 0,
+            rate_key: super::ratekeys::SHARED,
             held: None,
             draining: false,
             duplicates: 0,
@@ -311,6 +326,7 @@ impl Conn {
         self.resolved_before = 0;
         self.producer_id = 0;
         self.producer_epoch = 0;
+        self.rate_key = super::ratekeys::SHARED;
         self.held = None;
         self.draining = false;
         self.duplicates = 0;
@@ -445,6 +461,39 @@ impl Conn {
             }
         }
         false
+    }
+
+    /// Throws away the input not dispatched (the connection is closing) and says what it
+    /// was: whole frames, then at most one incomplete frame at the end. Bytes after a length
+    /// field that lost the framing count as whole-frame bytes of no frame.
+    pub(crate) fn drop_input(&mut self) -> DroppedInput {
+        let mut dropped = DroppedInput::default();
+        let mut at = self.rstart;
+        while at < self.rend {
+            let left = self.rend - at;
+            let len = self
+                .rbuf
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+            match len {
+                Some(len) if !(MIN_FRAME_LEN..=self.max_frame).contains(&len) => {
+                    dropped.unread_bytes += left;
+                    break;
+                }
+                Some(len) if len <= left => {
+                    dropped.unread_frames += 1;
+                    dropped.unread_bytes += len;
+                    at += len;
+                }
+                _ => {
+                    dropped.partial_bytes = left;
+                    break;
+                }
+            }
+        }
+        self.rstart = 0;
+        self.rend = 0;
+        dropped
     }
 
     /// Reads what the socket has into the free end of the receive buffer (after making room

@@ -23,6 +23,7 @@
 mod addrs;
 mod conn;
 mod producers;
+mod ratekeys;
 mod udp;
 
 use std::collections::VecDeque;
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use pinstream_core::dispatch::{Dispatcher, Flow, FrameProgress, Outcome};
 use pinstream_core::event::Lane;
+use pinstream_core::ratelimit::RateConfig;
 use pinstream_core::reason::Reason;
 use pinstream_core::ring::Consumer;
 use pinstream_core::wire::{
@@ -272,6 +274,8 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     /// The listener is out of epoll until this tick (`accept` failed for want of a
     /// resource).
     accept_paused_until: Option<u64>,
+    /// Who each rate limit applies to: producers and peer addresses, by key.
+    rate_keys: ratekeys::RateKeys,
     /// Batch-lane events are stored one by one (their completions come per frame, like the
     /// other lanes'), not only aggregated (settled by the batch watermark).
     batch_events_stored: bool,
@@ -330,7 +334,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             Some((socket, batch, size)) => {
                 socket.set_nonblocking(true)?;
                 epoll.add(socket.as_raw_fd(), EPOLLIN, UDP)?;
-                Some(UdpIngest::new(socket, batch, size))
+                Some(UdpIngest::new(socket, batch, size)?)
             }
             None => None,
         };
@@ -360,6 +364,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             producers,
             peers: PeerCounts::new(n),
             accept_paused_until: None,
+            rate_keys: ratekeys::RateKeys::new(0, RateConfig::UNLIMITED),
             batch_events_stored: false,
             ready: vec![Ready::default(); 256],
             now: 0,
@@ -378,6 +383,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         let left_out = self.producers.restore(found, self.now);
         self.counters.tcp_producers.set(self.producers.len() as u64);
         left_out
+    }
+
+    /// Rate limits apply per client with `config`'s buckets in a limiter of `keys` keys
+    /// (the dispatcher's admission, asked with these keys): a version-2 producer by its
+    /// id, anyone else by its IP address.
+    pub fn set_rate_limit(&mut self, keys: usize, config: RateConfig) {
+        self.rate_keys = ratekeys::RateKeys::new(keys, config);
     }
 
     /// Whether batch-lane events are stored one by one (`pipeline.batch_store = "events"`):
@@ -431,7 +443,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             work = true;
         }
         if let Some(udp) = self.udp.as_mut() {
-            work |= udp.poll(&mut self.dispatcher, self.counters, self.now) > 0;
+            work |= udp.poll(
+                &mut self.dispatcher,
+                &mut self.rate_keys,
+                self.counters,
+                self.now,
+            ) > 0;
         }
         work |= self.take_completions();
         // Connections whose frame waits for room go first, oldest first; once one of them
@@ -532,11 +549,14 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         }
         for &slot in &self.open {
             if let Some(stream) = self.conns[slot].as_mut().and_then(|c| c.stream.as_mut()) {
-                // FIN after the last ACK; input left unread is discarded so that closing
-                // does not turn into a reset that could destroy ACKs in flight.
+                // FIN after the last ACK; input left unread is discarded (and counted) so
+                // that closing does not turn into a reset that could destroy ACKs in flight.
                 let _ = stream.shutdown(std::net::Shutdown::Write);
                 let mut sink = [0u8; 4096];
-                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                while let Ok(n @ 1..) = stream.read(&mut sink) {
+                    self.counters.tcp_bytes_in.add(n as u64);
+                    self.counters.tcp_unread_bytes_dropped.add(n as u64);
+                }
             }
         }
         while let Some(&slot) = self.open.last() {
@@ -550,9 +570,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => {
+                Ok((stream, addr)) => {
                     self.counters.tcp_accepted.incr();
-                    let peer = PeerCounts::key(peer.ip());
+                    let peer = PeerCounts::key(addr.ip());
                     if self.peers.count(peer) as usize >= self.limits.max_connections_per_ip {
                         // This address has its share: closed at once, counted.
                         self.counters.tcp_refused.incr();
@@ -566,7 +586,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                         self.counters.tcp_refused.incr();
                         continue;
                     };
-                    match self.open_conn(slot, stream) {
+                    match self.open_conn(slot, stream, addr) {
                         Ok(()) => {
                             self.peers.add(peer);
                             if let Some(conn) = self.conns[slot].as_mut() {
@@ -627,7 +647,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         (used < self.conns.len()).then_some(used)
     }
 
-    fn open_conn(&mut self, slot: usize, stream: std::net::TcpStream) -> io::Result<()> {
+    fn open_conn(
+        &mut self,
+        slot: usize,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+    ) -> io::Result<()> {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
         // The kernel's buffer for our replies is bounded like ours: a client that does not
@@ -650,6 +675,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         });
         conn.reset(stream, source, self.now, limits.max_frame_len);
         conn.batch_events_stored = self.batch_events_stored;
+        // Limited as its address until a version-2 HELLO names a producer.
+        conn.rate_key = self.rate_keys.acquire(
+            ratekeys::Client::address(peer.ip()),
+            self.now,
+            self.counters,
+        );
         self.open.push(slot);
         self.counters.tcp_open.set(self.open.len() as u64);
         Ok(())
@@ -738,6 +769,14 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             conn.producer_id = self.producers.id(index);
             conn.producer_epoch = self.producers.epoch(index);
             conn.held = self.producers.held(index);
+            // From now on limited as its producer, whatever connection it uses.
+            let key = self.rate_keys.acquire(
+                ratekeys::Client::Producer(conn.producer_id),
+                now,
+                self.counters,
+            );
+            self.rate_keys
+                .release(std::mem::replace(&mut conn.rate_key, key), now);
             reply.producer_id = conn.producer_id;
             reply.last_seq = last;
             reply.max_payload = self.limits.max_payload;
@@ -792,6 +831,22 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
 
     fn close(&mut self, slot: usize, reason: CloseReason) {
         self.unqueue(slot);
+        if let Some(conn) = self.conns[slot].as_mut() {
+            // Whatever it sent and the engine did not dispatch is thrown away: counted.
+            let dropped = conn.drop_input();
+            let c = self.counters;
+            if dropped.partial_bytes > 0 {
+                c.tcp_partial_frames_dropped.incr();
+                c.tcp_partial_frame_bytes_dropped
+                    .add(dropped.partial_bytes as u64);
+            }
+            c.tcp_unread_frames_dropped
+                .add(dropped.unread_frames as u64);
+            c.tcp_unread_bytes_dropped.add(dropped.unread_bytes as u64);
+            // It sends no more: its key may go once idle (a draining connection too).
+            let key = std::mem::replace(&mut conn.rate_key, ratekeys::SHARED);
+            self.rate_keys.release(key, self.now);
+        }
         if self.start_drain(slot, reason) {
             self.count_close(reason);
             return;
@@ -1098,6 +1153,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         // in minutes, and keeps it out of the ingest thread's cache the rest of the time.
         if self.now - self.last_producer_sweep >= PRODUCER_SWEEP {
             self.last_producer_sweep = self.now;
+            self.rate_keys.sweep(self.now, self.counters);
             let evicted = self.producers.evict_idle(self.now);
             if evicted > 0 {
                 self.counters.tcp_producers_evicted.add(evicted);
@@ -1180,7 +1236,11 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         let at = conn.rstart;
         let len = u32::from_le_bytes([rbuf[at], rbuf[at + 1], rbuf[at + 2], rbuf[at + 3]]) as usize;
         if len < MIN_FRAME_LEN || len > conn.max_frame {
-            // The framing is lost: nothing after this can be trusted. REJECT and close.
+            // The framing is lost: nothing after this can be trusted. REJECT and close; the
+            // bytes from here on are thrown away, counted.
+            counters
+                .tcp_unread_bytes_dropped
+                .add((conn.rend - conn.rstart) as u64);
             let error = if len < MIN_FRAME_LEN {
                 DecodeError::BadLength
             } else {
@@ -1315,12 +1375,15 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 // A producer's events carry its id, session and how far it was resolved, so
                 // that a restart can rebuild its session from the logs (not without
                 // acknowledgements: nothing is resolved then, and nothing is resent).
-                conn.progress = Some(match conn.producer_id {
-                    id if id != 0 && ack != AckMode::None => {
-                        FrameProgress::producing(id, conn.producer_epoch, conn.through)
+                conn.progress = Some(
+                    match conn.producer_id {
+                        id if id != 0 && ack != AckMode::None => {
+                            FrameProgress::producing(id, conn.producer_epoch, conn.through)
+                        }
+                        _ => FrameProgress::new(),
                     }
-                    _ => FrameProgress::new(),
-                });
+                    .with_rate_key(conn.rate_key),
+                );
                 let waiting = timed(latency, || {
                     continue_frame(conn, dispatcher, counters, ack, &frame, now)
                 });

@@ -1,14 +1,21 @@
 //! UDP ingest: `recvmmsg` batches into buffers allocated once; each datagram holds whole
 //! frames (one EVENT or BATCH frame, or several back to back).
+//!
+//! What is thrown away is counted: a malformed frame is one rejected unit
+//! (`udp_malformed`); the bytes after a length field that lost the framing
+//! (`udp_unframed_bytes_dropped`); a datagram cut by the kernel to `udp.max_datagram`
+//! (`udp_truncated`, its cut frame also lost framing); datagrams the kernel dropped with the
+//! receive queue full (`udp_kernel_drops`, from `SO_RXQ_OVFL`).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use pinstream_core::dispatch::Dispatcher;
+use pinstream_core::dispatch::{Dispatcher, Flow, FrameProgress};
 use pinstream_core::wire::frames;
 
+use super::ratekeys::{Client, RateKeys, SHARED};
 use crate::stats::HostCounters;
-use crate::sys::net::RecvBatch;
+use crate::sys::net::{RecvBatch, enable_drop_count};
 
 /// The source id of everything that arrives over UDP (it has no acknowledgements, so no
 /// per-sender books).
@@ -19,16 +26,24 @@ pub struct UdpIngest {
     socket: UdpSocket,
     batch: RecvBatch,
     max_datagram: usize,
+    /// The kernel's cumulative drop count last seen (`SO_RXQ_OVFL`, wraps at 2^32).
+    kernel_drops: u32,
 }
 
 impl UdpIngest {
-    /// Receives up to `batch` datagrams of up to `max_datagram` bytes per system call.
-    pub fn new(socket: UdpSocket, batch: usize, max_datagram: usize) -> Self {
-        Self {
+    /// Receives up to `batch` datagrams of up to `max_datagram` bytes per system call, and
+    /// asks the kernel to report the datagrams it drops on the socket.
+    ///
+    /// # Errors
+    /// The kernel refused `SO_RXQ_OVFL`.
+    pub fn new(socket: UdpSocket, batch: usize, max_datagram: usize) -> std::io::Result<Self> {
+        enable_drop_count(socket.as_raw_fd())?;
+        Ok(Self {
             socket,
             batch: RecvBatch::new(batch, max_datagram),
             max_datagram,
-        }
+            kernel_drops: 0,
+        })
     }
 
     /// The bound address.
@@ -38,9 +53,10 @@ impl UdpIngest {
 
     /// Receives what is waiting (one `recvmmsg` per batch, until the socket is empty or a
     /// few batches went by) and dispatches every frame; returns the datagrams taken.
-    pub fn poll<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
+    pub(crate) fn poll<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
         &mut self,
         dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
+        keys: &mut RateKeys,
         counters: &HostCounters,
         now: u64,
     ) -> usize {
@@ -62,19 +78,46 @@ impl UdpIngest {
                     // comes out as an error below; counted here as well.
                     counters.udp_truncated.incr();
                 }
+                // Rate-limited per sender address (the port ignored).
+                let key = match self.batch.peer(i) {
+                    Some(ip) => keys.touch(Client::address(ip), now, counters),
+                    None => SHARED,
+                };
                 let mut it = frames(datagram, self.max_datagram);
+                let mut left = datagram.len();
                 while let Some(result) = it.next_detailed() {
                     match result {
                         Ok(frame) => {
                             counters.udp_frames_in.incr();
-                            dispatcher.dispatch_frame(&frame, UDP_SOURCE, now);
+                            let mut progress = FrameProgress::new().with_rate_key(key);
+                            dispatcher.dispatch_frame_flow(
+                                &frame,
+                                UDP_SOURCE,
+                                now,
+                                Flow::Lossy,
+                                &mut progress,
+                                |_, _, _| {},
+                            );
                         }
                         Err(e) => {
                             counters.udp_malformed.incr();
                             dispatcher.reject_frame(e.error);
+                            if e.seq.is_none() {
+                                // The length field lost the framing: the iteration ends and
+                                // every byte from this frame on is thrown away, whatever
+                                // frames they hold.
+                                counters.udp_unframed_bytes_dropped.add(left as u64);
+                            }
                         }
                     }
+                    left = it.remainder().len();
                 }
+            }
+            if let Some(drops) = self.batch.kernel_drops() {
+                counters
+                    .udp_kernel_drops
+                    .add(u64::from(drops.wrapping_sub(self.kernel_drops)));
+                self.kernel_drops = drops;
             }
             total += n;
             if n == 0 {
