@@ -176,8 +176,12 @@ fn run_stores_acks_and_stops_cleanly_on_sigterm() {
     }
     let (ack, _) = client.wait_ack(50, WAIT).unwrap();
     assert_eq!(ack.stored, 1000);
-    // A status line appears every second.
-    runner.wait_line(" ack p50 ");
+    // A status line appears every second, with the data directory's free space.
+    let status = runner.wait_line(" ack p50 ");
+    assert!(
+        status.contains(" disk ") && status.contains(" free ("),
+        "{status}"
+    );
     // Keep sending while SIGTERM arrives: everything acknowledged is in the log afterwards.
     let sender = std::thread::spawn(move || {
         let mut last = ack;
