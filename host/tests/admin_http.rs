@@ -14,7 +14,7 @@ use pinstream_core::control::Level;
 use pinstream_core::event::Lane;
 use pinstream_core::reason::Reason;
 use pinstream_host::admin::{
-    AdminHandle, AdminOptions, AdminServer, AdminSource, Health, HealthValue,
+    AdminHandle, AdminOptions, AdminServer, AdminSource, Health, HealthValue, MAX_HEAD,
 };
 use pinstream_host::prom::{self, PromWriter};
 use pinstream_host::stats::{HostCounters, LatencyRecorder, SharedLatency};
@@ -287,12 +287,22 @@ fn other_paths_methods_and_garbage() {
         r.status_line,
         "HTTP/1.1 431 Request Header Fields Too Large"
     );
+    // Over 8 KiB in one header (not over 100 headers) is too large as well.
+    let one = format!(
+        "GET /metrics HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(MAX_HEAD)
+    );
+    let r = exchange(addr, one.as_bytes());
+    assert_eq!(
+        r.status_line,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
     // The server is still fine, and counted each refusal under its status (404 and 405 are
     // answers, not refusals).
     assert_eq!(get(addr, "/health").status_line, "HTTP/1.1 200 OK");
     assert_eq!(
         refusals(addr),
-        [("400", 4), ("408", 0), ("431", 1), ("503", 0)]
+        [("400", 4), ("408", 0), ("431", 2), ("503", 0)]
     );
 }
 

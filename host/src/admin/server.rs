@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
+use std::io::Write as _;
 use std::net::Shutdown;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -255,10 +256,15 @@ fn refuse(stream: TcpStream, status: u16, body: &str) {
          Connection: close\r\nCache-Control: no-store\r\n\r\n{body}",
         body.len()
     );
-    // The socket's send buffer is empty: one non-blocking write takes the whole reply (a
-    // client that shrank its window to nothing gets what fits).
-    let _ = stream.try_write(reply.as_bytes());
-    close(stream);
+    let Ok(mut s) = stream.into_std() else {
+        return;
+    };
+    // Nothing was sent on this socket yet, so its send buffer is empty: one non-blocking
+    // write takes the whole reply (a client that shrank its window to nothing gets what
+    // fits). Written on the std socket: tokio's `try_write` would refuse until the reactor
+    // has seen the socket writable.
+    let _ = s.write(reply.as_bytes());
+    let _ = s.shutdown(Shutdown::Write);
 }
 
 /// Closes gracefully: the end of stream goes out before the socket is closed, so the client
