@@ -33,14 +33,16 @@
 //! number open now. The server appends both families to every `/metrics` answer.
 //!
 //! **Measured** (`PINSTREAM_ADMIN_SLOW_CLIENTS=N cargo test -p pinstream-host --test admin_http
-//! health_answers -- --nocapture`; debug build, 2-vCPU VM shared with other builds; N slow
-//! clients, half idle, half trickling a byte per 10 ms, each reconnecting when closed; 20
-//! `/health` scrapes, all answered `200`):
+//! health_answers -- --nocapture`; debug build, 2-vCPU VM shared with other builds): N slow
+//! clients, half idle, half trickling a byte per 10 ms, each reconnecting at once when
+//! closed, against `max_connections = 16` (the old default), so the server keeps closing the
+//! oldest incomplete request to make room; meanwhile 20 `/health` scrapes, all answered `200`:
 //!
-//! | slow clients | median | slowest of 20 |
-//! | --- | --- | --- |
-//! | 64 | 0.7 ms | 1.2–4.5 ms |
-//! | 512 (4 × `max_connections`: 789 closed to make room) | 0.7 ms | 7–18 ms |
+//! | slow clients | median | slowest of 20 | closed to make room (`408`) |
+//! | --- | --- | --- | --- |
+//! | 64 | 0.5 ms | 4–7 ms | about 5 000 |
+//! | 512 | 0.7–0.9 ms | 1–8 ms | 700–6 500 |
+//! | 64, six such tests at once on the 2 CPUs | 31–40 ms | 52–96 ms | about 3 500 each |
 //!
 //! The thread-per-connection server this replaced answered `503` to all 20 scrapes with 64.
 //!
