@@ -618,9 +618,11 @@ pub struct AdminConfig {
     /// Where to listen; `None` (`""` or `"off"`) disables the endpoint.
     #[serde(deserialize_with = "de_listen")]
     pub listen: Option<SocketAddr>,
-    /// A client must send its whole request head within this time, milliseconds.
+    /// A deadline for each connection's whole exchange, milliseconds: the request head must
+    /// be complete within it (else `408`), and the answer written.
     pub request_timeout_ms: u64,
-    /// Requests served at once; more are answered `503`.
+    /// Connections open at once; when full, the oldest one still sending its request is
+    /// closed (`408`) to make room, else the newcomer is answered `503`.
     pub max_connections: usize,
 }
 
@@ -629,7 +631,7 @@ impl Default for AdminConfig {
         Self {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             request_timeout_ms: 2000,
-            max_connections: 16,
+            max_connections: 128,
         }
     }
 }

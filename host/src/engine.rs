@@ -43,6 +43,7 @@ use pinstream_core::reason::Reason;
 use pinstream_core::ring::{Producer, Spsc};
 
 use crate::admin::{AdminSource, Health, HealthValue};
+use crate::disk::DiskSpace;
 use crate::fdlimit::{self, FdBudget, FdLimit};
 use crate::idle::{IdleStrategy, Idler, ThreadLoad};
 use crate::ingest::{AckMode, COMPLETIONS, Completion, Ingest, Shared, TcpLimits};
@@ -443,6 +444,8 @@ pub struct EngineStats {
     /// Per TCP frame, from its dispatch to its ACK being owed (in `durable` mode: its
     /// events committed).
     pub ack_latency: Arc<SharedLatency>,
+    /// The data directory, whose file system's free space `/metrics` reports.
+    pub data_dir: PathBuf,
 }
 
 impl EngineStats {
@@ -499,6 +502,14 @@ impl AdminSource for EngineStats {
                 self.lane_depths[lane.index()].get(),
             );
         }
+        // A statvfs at each scrape, on the admin endpoint's thread; NaN if it fails.
+        let free = DiskSpace::of(&self.data_dir).map_or(f64::NAN, |s| s.available as f64);
+        w.single(
+            "pinstream_storage_free_bytes",
+            MetricType::Gauge,
+            "Bytes still free for pinstream on the file system of storage.dir (statvfs f_bavail), read at the scrape.",
+            free,
+        );
         w.single(
             "pinstream_events_in_flight",
             MetricType::Gauge,
@@ -841,6 +852,7 @@ impl Engine {
             commit_latency: Arc::new(SharedLatency::new()),
             durable_latency: Arc::new(SharedLatency::new()),
             ack_latency: Arc::new(SharedLatency::new()),
+            data_dir: cfg.data_dir.clone(),
         });
         let p = &cfg.placement;
         let topology = Topology::live().map_err(|e| EngineError::Config(e.to_string()))?;

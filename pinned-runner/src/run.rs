@@ -20,6 +20,7 @@ use pinstream_core::accounting::Accounting;
 use pinstream_core::event::Lane;
 use pinstream_host::admin::{self, AdminOptions, AdminServer};
 use pinstream_host::config::{Config, DEFAULT_TOML};
+use pinstream_host::disk::{self, DiskSpace};
 use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineStats};
 use pinstream_host::stats::{LatencySummary, LatencyWindow};
 use pinstream_host::storage::StorageError;
@@ -173,6 +174,19 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     for report in &handle.started.recovery {
         say!("{report}");
     }
+    // The logs keep everything unless bounded: say so when the disk is small (the rule is
+    // `disk::DiskSpace::is_low`).
+    let space = DiskSpace::of(&engine_cfg.data_dir);
+    match space
+        .map(|s| disk::low_space_warning(&engine_cfg.data_dir, config.storage.retention_bytes, s))
+    {
+        Ok(Some(w)) => eprintln!("pinstream: warning: {w}"),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "pinstream: warning: cannot read the free space of storage.dir {}: {e}",
+            engine_cfg.data_dir.display()
+        ),
+    }
     if let Some(r) = handle.started.dedup_refill {
         say!(
             "dedup window refilled: {} id(s) stored within the last pipeline.dedup_window_ms are duplicates again ({} record(s) of {} segment(s) read in {:.2} s)",
@@ -324,13 +338,17 @@ fn books(stats: &EngineStats) -> Accounting {
     Accounting::of(&[&stats.dispatch, &stats.process])
 }
 
-/// The live status line: rates and ack latency percentiles over the last interval.
+/// The live status line: rates and ack latency percentiles over the last interval, and the
+/// free space of the data directory's file system with the time to fill it at the last
+/// interval's write rate.
 struct Status {
     started: Instant,
     last: Instant,
     ingested: u64,
     stored: u64,
     dead: u64,
+    /// Bytes written to the logs.
+    written: u64,
     acks: LatencyWindow,
 }
 
@@ -343,6 +361,7 @@ impl Status {
             ingested: stats.dispatch.ingested.get(),
             stored: stats.process.stored.get(),
             dead: books(stats).dead_lettered,
+            written: stats.host.storage_bytes.get(),
             acks: {
                 // Start the window now: the first line covers its own interval only.
                 let mut w = LatencyWindow::new();
@@ -363,8 +382,13 @@ impl Status {
         let rate = |now: u64, before: u64| rate(now.saturating_sub(before) as f64 / secs);
         let acks = ack_text(&self.acks.since_last(&stats.ack_latency), secs);
         let d = |lane: Lane| stats.lane_depths[lane.index()].get();
+        let written = stats.host.storage_bytes.get();
+        let disk = disk_text(
+            DiskSpace::of(&stats.data_dir).ok(),
+            written.saturating_sub(self.written) as f64 / secs,
+        );
         let line = format!(
-            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} {acks}",
+            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} {disk} {acks}",
             now.duration_since(self.started).as_secs_f64(),
             rate(ingested, self.ingested),
             rate(stored, self.stored),
@@ -380,8 +404,22 @@ impl Status {
             stats.host.tcp_open.get(),
         );
         (self.last, self.ingested, self.stored, self.dead) = (now, ingested, stored, dead);
+        self.written = written;
         line
     }
+}
+
+/// `disk 41 GiB free (full in 3.5 h)` at `bytes_per_sec`; `(not filling)` when nothing was
+/// written, `disk ?` when the space cannot be read.
+fn disk_text(space: Option<DiskSpace>, bytes_per_sec: f64) -> String {
+    let Some(space) = space else {
+        return "disk ?".into();
+    };
+    let full = space.time_to_full(bytes_per_sec).map_or_else(
+        || "not filling".into(),
+        |t| format!("full in {}", disk::duration(t)),
+    );
+    format!("disk {} free ({full})", disk::bytes(space.available))
 }
 
 /// `ack p50 … ms p99 … ms (last N s)` from the acks of one interval of `secs` seconds.
@@ -423,6 +461,24 @@ mod tests {
     use pinstream_host::stats::{LatencyRecorder, SharedLatency};
 
     use super::*;
+
+    #[test]
+    fn the_status_line_shows_the_free_space_and_the_time_to_full() {
+        let space = DiskSpace {
+            available: 36 << 30,
+            total: 100 << 30,
+        };
+        // 10 MiB/s fills 36 GiB in 3 686 s.
+        assert_eq!(
+            disk_text(Some(space), 10.0 * 1024.0 * 1024.0),
+            "disk 36 GiB free (full in 61 min)"
+        );
+        assert_eq!(
+            disk_text(Some(space), 0.0),
+            "disk 36 GiB free (not filling)"
+        );
+        assert_eq!(disk_text(None, 1e6), "disk ?");
+    }
 
     #[test]
     fn the_status_line_shows_the_acks_of_its_own_interval() {

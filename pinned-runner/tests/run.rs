@@ -182,8 +182,12 @@ fn run_stores_acks_and_stops_cleanly_on_sigterm() {
     }
     let (ack, _) = client.wait_ack(50, WAIT).unwrap();
     assert_eq!(ack.stored, 1000);
-    // A status line appears every second.
-    runner.wait_line(" ack p50 ");
+    // A status line appears every second, with the data directory's free space.
+    let status = runner.wait_line(" ack p50 ");
+    assert!(
+        status.contains(" disk ") && status.contains(" free ("),
+        "{status}"
+    );
     // Keep sending while SIGTERM arrives: everything acknowledged is in the log afterwards.
     let sender = std::thread::spawn(move || {
         let mut last = ack;
@@ -584,6 +588,60 @@ fn a_storage_failure_keeps_the_engine_up_with_503_until_stopped() {
 
 /// Runs `pinstream` with `args` to completion, killing it after `WAIT` (a regression that
 /// lets it start must fail the test, not hang it).
+/// One HTTP/1.1 GET on a fresh connection, with `timeout` for the whole exchange: the status
+/// line and the body.
+fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// Issue 13, fault 1, against the real binary with the default `[admin]` limits: 64 clients
+/// hold admin connections open (half silent, half with a request head that never ends), and
+/// `/health` still answers 200 every time (the old server answered 503: its 16 workers were
+/// all held). `/metrics` shows them open.
+#[test]
+fn health_answers_while_slow_clients_hold_admin_connections() {
+    use std::io::Write;
+    let dir = TempDir::new("run-admin-slow");
+    let mut runner = Runner::start(dir.path(), "");
+    let admin: SocketAddr = runner
+        .wait_line("listening tcp=")
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let slow: Vec<std::net::TcpStream> = (0..64)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(admin).unwrap();
+            if i % 2 == 1 {
+                s.write_all(b"GET /health HTTP/1.1\r\nX-Slow: a").unwrap();
+            }
+            s
+        })
+        .collect();
+    for i in 0..5 {
+        let (status, body) = http_get(admin, "/health", Duration::from_secs(5));
+        assert_eq!(status, "HTTP/1.1 200 OK", "scrape {i}: {body}");
+    }
+    let (_, metrics) = http_get(admin, "/metrics", Duration::from_secs(5));
+    let open: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pinstream_admin_connections_open "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The 64 (unless the 2 s deadline already closed some on a slow machine) and this one.
+    assert!((1..=65).contains(&open), "{open}");
+    drop(slow);
+}
+
 fn run_to_exit(args: &[&std::ffi::OsStr]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
         .args(args)

@@ -460,9 +460,23 @@ fn the_admin_endpoint_shows_the_engine() {
         "pinstream_stage_latency_seconds_count{stage=\"dispatch\"}",
         "pinstream_thread_busy_ratio{thread=\"ingest\"}",
         "pinstream_tcp_connections_open 1",
+        "pinstream_admin_refusals_total{status=\"408\"} 0",
+        "pinstream_admin_connections_open 1",
     ] {
         assert!(body.contains(needle), "{needle} missing from\n{body}");
     }
+    // The free space of the data directory's file system, read at the scrape.
+    let free: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("pinstream_storage_free_bytes "))
+        .expect("pinstream_storage_free_bytes")
+        .parse()
+        .unwrap();
+    let space = pinstream_host::disk::DiskSpace::of(dir.path()).unwrap();
+    assert!(
+        free > 0.0 && free <= space.total as f64,
+        "{free} of {space:?}"
+    );
     if let Ok(mut child) = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -4,6 +4,7 @@
 
 mod affinity;
 mod flock;
+pub(crate) mod fs;
 pub(crate) mod mem;
 pub(crate) mod net;
 mod rlimit;
