@@ -329,6 +329,10 @@ pub struct StorageConfig {
     pub retention_bytes: u64,
     /// Segments older than this are removed; 0 keeps everything.
     pub retention_hours: u64,
+    /// Permissions of the files the engine creates, in octal (`"0600"`); directories get the
+    /// same plus `x` where `r` is set (`0700`). [`StorageConfig::umask`] turns it into the
+    /// process umask `pinstream run` sets.
+    pub mode: String,
 }
 
 impl Default for StorageConfig {
@@ -343,11 +347,27 @@ impl Default for StorageConfig {
             write_buffer_bytes: 1_048_576,
             retention_bytes: 0,
             retention_hours: 0,
+            mode: "0600".into(),
         }
     }
 }
 
 impl StorageConfig {
+    /// `mode` as a number, if it is octal and gives the owner read and write (the engine
+    /// must reopen its own files) and nobody execute.
+    pub fn file_mode(&self) -> Option<u32> {
+        let digits = self.mode.strip_prefix("0o").unwrap_or(&self.mode);
+        let mode = u32::from_str_radix(digits, 8).ok()?;
+        (mode & !0o666 == 0 && mode & 0o600 == 0o600).then_some(mode)
+    }
+
+    /// The umask that makes new files `mode` and new directories `mode` plus `x` where `r`
+    /// is set (`0600` → `0o077`; `0640` → `0o027`).
+    pub fn umask(&self) -> Option<u32> {
+        let mode = self.file_mode()?;
+        Some(0o777 & !(mode | ((mode & 0o444) >> 2)))
+    }
+
     /// `interval_ms` as a duration.
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
@@ -1067,6 +1087,14 @@ impl Config {
             1_000_000,
             "",
         );
+        if s.file_mode().is_none() {
+            v.problem(format!(
+                "storage.mode = {:?}: must be an octal file mode within 0666 that gives the \
+                 owner read and write, e.g. \"0600\" (the default: owner only) or \"0640\" \
+                 (group may read)",
+                s.mode
+            ));
+        }
     }
 
     fn check_pipeline(&self, v: &mut Validator) {

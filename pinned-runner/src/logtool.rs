@@ -1202,6 +1202,8 @@ fn replay(dir: &Path, args: &ReplayArgs) -> Result<(), Failure> {
 
 fn repair(dir: &Path, args: &RepairArgs) -> Result<(), Failure> {
     check_data_dir(dir)?;
+    // A segment repair creates is the owner's only, as the engine's are by default.
+    pinstream_host::storage::set_process_umask(0o077);
     let locked = |e: StorageError| match e {
         StorageError::Locked { .. } => Failure::start(format!(
             "{e}; `pinstream log repair` needs the engine stopped"

@@ -106,6 +106,10 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         }
     }
 
+    // Files and directories the engine creates get `storage.mode` (validated above).
+    if let Some(mask) = config.storage.umask() {
+        pinstream_host::storage::set_process_umask(mask);
+    }
     let signals = Signals::install()?;
     let handle = Engine::start(engine_cfg.clone()).map_err(|e| match e {
         EngineError::Config(msg) if msg.contains("engine.ingest_cpu") => Failure::start(format!(

@@ -586,6 +586,44 @@ fn a_storage_failure_keeps_the_engine_up_with_503_until_stopped() {
     assert_eq!(stored, in_log, "{stopped}");
 }
 
+/// The files and directories of the data directory are the owner's only by default
+/// (`storage.mode = "0600"`: files 0600, directories 0700), whatever the umask the engine
+/// was started with; another mode is taken as configured, and a bad one is a config error.
+#[test]
+fn data_files_are_created_with_the_configured_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode_of = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for (extra, file, dir_mode) in [
+        ("", 0o600, 0o700),
+        ("[storage]\nmode = \"0640\"\n", 0o640, 0o750),
+    ] {
+        let dir = TempDir::new("run-mode");
+        let mut runner = Runner::start(dir.path(), extra);
+        runner.wait_line("placement decision");
+        let data = dir.path().join("data");
+        let log = data.join(LOG_NAMES[0]);
+        assert_eq!(mode_of(&data), dir_mode, "{extra}");
+        assert_eq!(mode_of(&log), dir_mode, "{extra}");
+        let segment = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "log"))
+            .unwrap();
+        assert_eq!(mode_of(&segment), file, "{extra}");
+        assert_eq!(mode_of(&log.join("checkpoint")), file, "{extra}");
+        runner.signal(libc::SIGTERM);
+        assert!(runner.wait().success());
+    }
+    let dir = TempDir::new("run-bad-mode");
+    let config = dir.path().join("bad.toml");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(&config, "[storage]\nmode = \"0755\"\n").unwrap();
+    let out = run_to_exit(&["run".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage.mode"), "{err}");
+}
+
 /// Runs `pinstream` with `args` to completion, killing it after `WAIT` (a regression that
 /// lets it start must fail the test, not hang it).
 /// One HTTP/1.1 GET on a fresh connection, with `timeout` for the whole exchange: the status

@@ -10,13 +10,14 @@
 //! stale or torn checkpoint costs only a longer scan. Under `None` nothing is synced, so no
 //! checkpoint is kept and every open scans every segment.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::files;
 use super::format::{
     CHECKPOINT_FILE, Checkpoint, INDEX_ENTRY_LEN, IndexEntry, RECORD_HEADER_LEN, index_path, seal,
     segment_path, sync_dir,
@@ -97,12 +98,12 @@ impl Active {
     /// Opens an existing segment (recovered) for appending.
     fn reopen(dir: &Path, base: u64, written: u64) -> Result<Self, StorageError> {
         let path = segment_path(dir, base);
-        let file = OpenOptions::new()
+        let file = files::options()
             .append(true)
             .open(&path)
             .map_err(|e| StorageError::io("open segment", &path, e))?;
         let ipath = index_path(dir, base);
-        let index = OpenOptions::new()
+        let index = files::options()
             .append(true)
             .create(true)
             .open(&ipath)
@@ -122,13 +123,13 @@ impl Active {
     /// Creates a new, empty segment and its index, and fsyncs the directory.
     fn create(dir: &Path, base: u64) -> Result<Self, StorageError> {
         let path = segment_path(dir, base);
-        let file = OpenOptions::new()
+        let file = files::options()
             .append(true)
             .create_new(true)
             .open(&path)
             .map_err(|e| StorageError::io("create segment", &path, e))?;
         let ipath = index_path(dir, base);
-        let index = OpenOptions::new()
+        let index = files::options()
             .write(true)
             .create(true)
             .truncate(true)
@@ -217,7 +218,7 @@ impl Log {
             .sync_data()
             .map_err(|e| StorageError::io("fdatasync", &active.path, e))?;
         let cpath = cfg.dir.join(CHECKPOINT_FILE);
-        let checkpoint = OpenOptions::new()
+        let checkpoint = files::options()
             .read(true)
             .write(true)
             .create(true)

@@ -75,6 +75,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod files;
 mod format;
 mod lock;
 mod log;
@@ -294,8 +295,26 @@ pub enum StorageError {
     },
 }
 
+/// Sets the process umask that makes the files the engine creates `mode` (see
+/// [`StorageConfig::umask`](crate::config::StorageConfig::umask)); returns the previous
+/// mask. Process-wide: `pinstream run` and `pinstream log repair` call it before they create
+/// anything; an application embedding the engine decides for itself.
+pub fn set_process_umask(mask: u32) -> u32 {
+    crate::sys::fs::set_umask(mask)
+}
+
 impl StorageError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        // ELOOP from an `O_NOFOLLOW` open (storage::files): say what it means.
+        let source = if source.raw_os_error() == Some(libc::ELOOP) {
+            io::Error::new(
+                source.kind(),
+                "it is a symbolic link, and pinstream does not follow links to the files of \
+                 its logs (replace the link with the file itself)",
+            )
+        } else {
+            source
+        };
         StorageError::Io {
             op,
             path: path.into(),

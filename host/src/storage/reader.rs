@@ -8,11 +8,12 @@
 //! later call reads on from the same place. Quarantined files are not read: the valid prefix
 //! of a quarantined segment lives under the segment's own name.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::StorageError;
+use super::files;
 use super::format::{
     Decoded, MAX_RECORD_LIMIT, RECORD_HEADER_LEN, decode_at, header_body_len, index_path,
     list_segments, parse_index, segment_path,
@@ -109,7 +110,7 @@ impl LogReader {
             return Ok(());
         };
         let path = segment_path(&self.dir, base);
-        let file = match File::open(&path) {
+        let file = match files::open_read(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(StorageError::io("open", &path, e)),
@@ -120,7 +121,7 @@ impl LogReader {
             .len();
         let mut file = BufReader::new(file);
         let (mut position, mut expected) = (0, base);
-        if let Ok(bytes) = fs::read(index_path(&self.dir, base)) {
+        if let Ok(bytes) = files::read(&index_path(&self.dir, base)) {
             if let Ok(entries) = parse_index(&bytes, base, len) {
                 let i = entries.partition_point(|e| e.offset <= offset);
                 if let Some(e) = i.checked_sub(1).and_then(|i| entries.get(i)) {
@@ -188,7 +189,7 @@ impl LogReader {
                 let base = self.segments[idx];
                 let path = segment_path(&self.dir, base);
                 self.next_idx = idx + 1;
-                match File::open(&path) {
+                match files::open_read(&path) {
                     Ok(f) => {
                         self.cursor = Some(Cursor {
                             idx,

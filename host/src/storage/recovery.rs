@@ -10,12 +10,13 @@
 //! offsets are never reused.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::files;
 use super::format::{
     CHECKPOINT_FILE, Checkpoint, Decoded, INDEX_ENTRY_LEN, IndexEntry, MAX_RECORD_LIMIT,
     RECORD_HEADER_LEN, index_path, list_segments, parse_segment_name, segment_path, sync_dir,
@@ -290,7 +291,7 @@ fn file_len(path: &Path) -> Result<u64, StorageError> {
 
 /// Reads an index file; `Ok(None)` when it is missing.
 fn read_index(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
-    match fs::read(path) {
+    match files::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StorageError::io("read", path, e)),
@@ -318,7 +319,7 @@ fn write_index(
         return Ok(false);
     }
     let path = index_path(dir, base);
-    fs::write(&path, &bytes).map_err(|e| StorageError::io("write", &path, e))?;
+    files::write(&path, &bytes).map_err(|e| StorageError::io("write", &path, e))?;
     Ok(true)
 }
 
@@ -411,8 +412,8 @@ fn quarantine(dir: &Path, base: u64, prefix_len: u64) -> Result<PathBuf, Storage
     };
     let tmp = prefix_tmp_path(dir, base);
     if prefix_len > 0 {
-        let src = File::open(&seg).map_err(|e| StorageError::io("open", &seg, e))?;
-        let mut dst = File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
+        let src = files::open_read(&seg).map_err(|e| StorageError::io("open", &seg, e))?;
+        let mut dst = files::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
         let copied = io::copy(&mut src.take(prefix_len), &mut dst)
             .map_err(|e| StorageError::io("copy valid prefix", &tmp, e))?;
         if copied != prefix_len {
@@ -504,7 +505,7 @@ fn load_checkpoint(
     bases: &[u64],
 ) -> Result<(CheckpointStatus, Option<Checkpoint>), StorageError> {
     let path = dir.join(CHECKPOINT_FILE);
-    let bytes = match fs::read(&path) {
+    let bytes = match files::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Ok((CheckpointStatus::Missing, None));
@@ -657,7 +658,7 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
             }
             Some(d) if is_last && d.after == 0 && d.position >= synced => {
                 let position = d.position;
-                let f = OpenOptions::new()
+                let f = files::options()
                     .write(true)
                     .open(&path)
                     .map_err(|e| StorageError::io("open", &path, e))?;
@@ -731,9 +732,9 @@ pub(crate) fn recover(cfg: &LogConfig) -> Result<(Recovered, RecoveryReport), St
         Some(l) => (l.base, l.len, l.last_record_pos, l.last_index_pos),
         None => {
             let path = segment_path(dir, floor);
-            File::create_new(&path).map_err(|e| StorageError::io("create segment", &path, e))?;
+            files::create_new(&path).map_err(|e| StorageError::io("create segment", &path, e))?;
             let ipath = index_path(dir, floor);
-            File::create(&ipath).map_err(|e| StorageError::io("create index", &ipath, e))?;
+            files::create(&ipath).map_err(|e| StorageError::io("create index", &ipath, e))?;
             sync_dir(dir)?;
             (floor, 0, None, None)
         }

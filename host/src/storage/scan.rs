@@ -44,7 +44,7 @@ impl SegmentFile {
     /// # Errors
     /// [`StorageError::Io`] naming the file when it cannot be opened or stat'ed.
     pub(crate) fn open(path: &Path) -> Result<Self, StorageError> {
-        let file = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+        let file = super::files::open_read(path).map_err(|e| StorageError::io("open", path, e))?;
         let len = file
             .metadata()
             .map_err(|e| StorageError::io("stat", path, e))?

@@ -189,3 +189,50 @@ fn a_body_not_written_as_announced_is_never_sealed() {
     }
     assert_eq!(bodies, vec![b"first".to_vec(), b"second".to_vec()]);
 }
+
+/// A segment, an index or a checkpoint that is a symbolic link is refused by name, and the
+/// file it points to is left as it was (it used to be truncated or overwritten).
+#[test]
+fn symlinked_log_files_are_refused_and_their_targets_untouched() {
+    use std::os::unix::fs::symlink;
+    for victim in ["segment", "index", "checkpoint"] {
+        let dir = TempDir::new(&format!("symlink-{victim}"));
+        let mut log = open(&dir);
+        log.append(1, b"first").unwrap();
+        log.close().unwrap();
+        let outside = TempDir::new(&format!("symlink-outside-{victim}"));
+        fs::create_dir_all(&outside.0).unwrap();
+        let target = outside.0.join("precious");
+        fs::write(&target, b"not pinstream's: must survive").unwrap();
+        let name = match victim {
+            "segment" => "00000000000000000000.log",
+            "index" => "00000000000000000000.index",
+            _ => super::format::CHECKPOINT_FILE,
+        };
+        let link = dir.0.join(name);
+        fs::remove_file(&link).unwrap();
+        symlink(&target, &link).unwrap();
+        let mut cfg = LogConfig::new(&dir.0);
+        cfg.durability = Durability::Always;
+        let err = match Log::open(cfg) {
+            Ok((mut log, _)) => {
+                // The index is a hint: a refused one is rebuilt elsewhere or skipped, but it
+                // must never be written through.
+                log.append(1, b"second").unwrap();
+                log.close().unwrap();
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if victim != "index" {
+            let err = err.unwrap_or_else(|| panic!("a symlinked {victim} was opened"));
+            assert!(err.contains("symbolic link"), "{victim}: {err}");
+            assert!(err.contains(name), "{victim}: {err}");
+        }
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            b"not pinstream's: must survive",
+            "{victim}: the link's target changed"
+        );
+    }
+}

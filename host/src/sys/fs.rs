@@ -39,3 +39,10 @@ pub(crate) fn space(path: &Path) -> io::Result<(u64, u64)> {
         u64::from(st.f_blocks).saturating_mul(unit),
     ))
 }
+
+/// Sets the process's file-mode creation mask; returns the previous one.
+pub(crate) fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask(2) cannot fail and touches no memory of ours.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    old as u32
+}
