@@ -14,7 +14,7 @@
 //! | engine | [`ENGINE_FIXED`]: stdin/stdout/stderr, the data directory's lock, the TCP listener, the UDP socket, epoll |
 //! | spare | [`SPARE`]: recovery's temporary files, `/proc` and `/sys` reads, the signal pipe, the runtime |
 //!
-//! The embedded default (1,024 TCP and 16 admin connections) needs 1,106.
+//! The embedded default (1,024 TCP and 128 admin connections) needs 1,218.
 //!
 //! ```
 //! use pinstream_host::fdlimit::FdBudget;

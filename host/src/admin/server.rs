@@ -100,6 +100,11 @@ struct Slot {
     /// Set once hyper has read the whole request head; from then on the connection is being
     /// answered and is never evicted.
     started: AtomicBool,
+    /// Set once any byte arrived: a client sending its head piecemeal (or slowly) has shown
+    /// it is slow; one that has sent nothing yet may simply not have been scheduled.
+    got_bytes: AtomicBool,
+    /// When it was accepted.
+    born: Instant,
     /// Wakes the task to answer `408` and close (room for a newer connection).
     evict: Notify,
 }
@@ -128,9 +133,21 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop
         };
         slots.retain(|s| Arc::strong_count(s) > 1);
         if slots.len() >= shared.options.max_connections {
+            // The oldest incomplete request that has shown it is slow (bytes came, the head
+            // is not whole, or nothing came for `EVICT_GRACE`); failing that, the oldest
+            // incomplete one. A scrape whose head has not arrived yet because its sender
+            // was not scheduled is thus not the first to go.
+            let now = Instant::now();
+            let unstarted = |s: &Arc<Slot>| !s.started.load(Ordering::Relaxed);
+            let slow = |s: &Arc<Slot>| {
+                unstarted(s)
+                    && (s.got_bytes.load(Ordering::Relaxed)
+                        || now.duration_since(s.born) >= EVICT_GRACE)
+            };
             match slots
                 .iter()
-                .position(|s| !s.started.load(Ordering::Relaxed))
+                .position(slow)
+                .or_else(|| slots.iter().position(unstarted))
             {
                 Some(oldest) => slots.remove(oldest).evict.notify_one(),
                 None => {
@@ -146,6 +163,8 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop
         }
         let slot = Arc::new(Slot {
             started: AtomicBool::new(false),
+            got_bytes: AtomicBool::new(false),
+            born: Instant::now(),
             evict: Notify::new(),
         });
         slots.push(Arc::clone(&slot));
@@ -153,6 +172,56 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop
         // Let the new connection read a head that has already arrived before accepting more:
         // a burst of newer connections cannot evict it before it had its chance.
         tokio::task::yield_now().await;
+    }
+}
+
+/// A connection younger than this that has sent nothing is evicted only when every other
+/// incomplete one is too.
+const EVICT_GRACE: Duration = Duration::from_millis(100);
+
+/// The connection's stream, noting in its slot when the first byte arrives.
+struct Counting {
+    stream: TcpStream,
+    slot: Arc<Slot>,
+}
+
+impl tokio::io::AsyncRead for Counting {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.slot.got_bytes.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Counting {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -201,7 +270,13 @@ async fn serve(stream: TcpStream, slot: Arc<Slot>, shared: Arc<Shared>) {
         .max_header_size(MAX_HEAD)
         // Our deadline replaces hyper's: it answers 408 where hyper's closes silently.
         .header_read_timeout(None)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(
+            TokioIo::new(Counting {
+                stream,
+                slot: Arc::clone(&slot),
+            }),
+            service,
+        );
     let mut expired = pin!(sleep_until(deadline));
     let mut evicted = pin!(slot.evict.notified());
     // The deadline and the eviction are looked at first, so that they win a tie.
@@ -216,7 +291,7 @@ async fn serve(stream: TcpStream, slot: Arc<Slot>, shared: Arc<Shared>) {
     })
     .await;
     let started = slot.started.load(Ordering::Relaxed);
-    let stream = conn.into_parts().io.into_inner();
+    let stream = conn.into_parts().io.into_inner().stream;
     match end {
         End::Done(Ok(())) => {}
         End::Done(Err(e)) => {

@@ -110,9 +110,11 @@ fn crc_with_version(record: &[u8], version: u8) -> u32 {
 
 /// Decodes the record at the start of `buf`, checking its framing and CRC.
 ///
-/// A version byte other than [`FORMAT_VERSION`] (and 0) is [`Decoded::UnknownVersion`]
-/// unless the CRC passes with the byte set back to [`FORMAT_VERSION`]: then it is a flipped
-/// bit, [`Decoded::Invalid`].
+/// A version byte other than [`FORMAT_VERSION`] (and 0) is [`Decoded::UnknownVersion`] only
+/// when the record's CRC passes as stored (a record a newer build wrote is whole under the
+/// framing's CRC); when it passes with the byte set back to [`FORMAT_VERSION`] it is a
+/// flipped bit, and otherwise plain damage: both [`Decoded::Invalid`], never a reason to
+/// refuse the log.
 pub(crate) fn decode_at(buf: &[u8], max_body: u32) -> Decoded {
     if buf.len() < RECORD_HEADER_LEN {
         return Decoded::Incomplete;
@@ -127,10 +129,12 @@ pub(crate) fn decode_at(buf: &[u8], max_body: u32) -> Decoded {
     }
     let stored = u32_at(buf, 4);
     if buf[17] != FORMAT_VERSION {
-        return if crc_with_version(&buf[..total], FORMAT_VERSION) == stored {
+        return if record_crc(&buf[..total]) == stored {
+            Decoded::UnknownVersion(buf[17])
+        } else if crc_with_version(&buf[..total], FORMAT_VERSION) == stored {
             Decoded::Invalid(DAMAGED_VERSION)
         } else {
-            Decoded::UnknownVersion(buf[17])
+            Decoded::Invalid("CRC32C mismatch")
         };
     }
     if record_crc(&buf[..total]) != stored {
@@ -473,6 +477,12 @@ mod version_tests {
             };
             assert_eq!(decode_at(&f, 1024), want, "bit {bit}");
         }
+        // Garbage whose version byte is neither 0 nor 1 and whose CRC passes either way is
+        // damage, not a newer format (it must never stop start-up).
+        let mut g = r.clone();
+        g[17] = 7;
+        g[9] ^= 0x40;
+        assert_eq!(decode_at(&g, 1024), Decoded::Invalid("CRC32C mismatch"));
         // A byte-by-byte search never stops at a record it cannot read.
         assert_eq!(find_valid_record(&v2, 0, 1024), None);
     }

@@ -153,14 +153,17 @@ impl SegmentFile {
             return Ok(Decoded::Incomplete);
         };
         if header[17] != FORMAT_VERSION {
-            // An unknown version unless restoring the byte makes the CRC pass (a damaged
-            // version byte), as `decode_at` decides.
+            // An unknown version only when the record is whole as stored; a damaged version
+            // byte or plain damage otherwise, as `decode_at` decides.
+            if crc == stored {
+                return Ok(Decoded::UnknownVersion(header[17]));
+            }
             let mut restored = header;
             restored[17] = FORMAT_VERSION;
             return Ok(
                 match self.stream_crc(&restored, body_pos, u64::from(len))? {
                     Some(c) if c == stored => Decoded::Invalid(DAMAGED_VERSION),
-                    _ => Decoded::UnknownVersion(header[17]),
+                    _ => Decoded::Invalid("CRC32C mismatch"),
                 },
             );
         }
