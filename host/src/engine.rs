@@ -51,7 +51,8 @@ use crate::placement::{self, PlacementDecision, PlacementInput, PlacementMode};
 use crate::prom::{self, MetricType, PromWriter};
 use crate::stats::{HostCounters, LatencyRecorder, SharedLatency};
 use crate::storage::{
-    DataDirLock, Durability, Log, LogConfig, LogReader, RecoveryReport, StorageError, record,
+    DataDirLock, Durability, GroupSync, Log, LogConfig, LogReader, RecoveryReport, StorageError,
+    record,
 };
 use crate::topology::Topology;
 
@@ -1187,6 +1188,8 @@ impl StorageLoop<'_, '_> {
 /// the completions a commit will publish.
 struct StoreSink<'a> {
     logs: Vec<Log>,
+    /// Syncs the dirty logs of a commit at the same time.
+    group_sync: GroupSync,
     stats: &'a EngineStats,
     ack: AckMode,
     /// Completions waiting for the next commit (allocated once).
@@ -1211,8 +1214,17 @@ const MAX_PENDING_COMPLETIONS: usize = 65_536;
 
 impl<'a> StoreSink<'a> {
     fn new(logs: Vec<Log>, stats: &'a EngineStats, ack: AckMode) -> Result<Self, String> {
+        // One log syncs on the storage thread, each other one on a helper (none when no log
+        // is ever synced).
+        let synced = logs
+            .iter()
+            .filter(|l| l.config().durability != Durability::None)
+            .count();
+        let group_sync = GroupSync::new(synced.saturating_sub(1))
+            .map_err(|e| format!("cannot start the storage sync threads: {e}"))?;
         Ok(Self {
             logs,
+            group_sync,
             stats,
             ack,
             completions: Vec::with_capacity(MAX_PENDING_COMPLETIONS),
@@ -1271,24 +1283,31 @@ impl<'a> StoreSink<'a> {
                 .any(|(log, dirty)| dirty && log.sync_due(now))
     }
 
-    /// Flushes (durability `none`) or syncs (`interval`, `always`) every log written to.
+    /// Flushes (durability `none`) or syncs (`interval`, `always`) every log written to; the
+    /// syncs run at the same time ([`GroupSync`]) and the commit fails if any of them does.
     fn make_durable(&mut self) -> Result<(), StorageError> {
         if self.failed {
             return Ok(());
         }
+        let mut to_sync = [false; 4];
         for (i, log) in self.logs.iter_mut().enumerate() {
-            if self.dirty[i] {
-                let result = match log.config().durability {
-                    Durability::None => log.flush(),
-                    _ => log.sync(),
-                };
-                if let Err(e) = result {
+            if !self.dirty[i] {
+                continue;
+            }
+            if log.config().durability == Durability::None {
+                if let Err(e) = log.flush() {
                     self.fail(&e, &self.stats.host.storage_sync_errors);
                     return Err(e);
                 }
-                self.dirty[i] = false;
+            } else {
+                to_sync[i] = true;
             }
         }
+        if let Err((_, e)) = self.group_sync.sync(&mut self.logs, &to_sync) {
+            self.fail(&e, &self.stats.host.storage_sync_errors);
+            return Err(e);
+        }
+        self.dirty = [false; 4];
         let (mut segments, mut syncs) = (0, 0);
         for log in &self.logs {
             let s = log.stats();

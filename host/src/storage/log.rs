@@ -27,6 +27,35 @@ use super::{Durability, LogConfig, StorageError};
 /// Index entries buffered between flushes (4 KiB).
 const INDEX_PENDING_ENTRIES: usize = 256;
 
+/// One fdatasync of a log's active segment, taken out of the log ([`Log::begin_sync`]) so
+/// that another thread can run it; back to the log with [`Log::end_sync`]. It holds the
+/// segment file open (a reference count: making one does not allocate).
+#[derive(Debug)]
+pub struct SyncJob {
+    file: Arc<File>,
+    /// The log's written offset when the job was made: what the sync makes durable.
+    target: u64,
+    /// Test seam: the log's injected fdatasync failure.
+    #[cfg(test)]
+    fail: Option<io::ErrorKind>,
+}
+
+impl SyncJob {
+    /// fdatasyncs the segment; returns how long it took.
+    ///
+    /// # Errors
+    /// The fdatasync's error (give it to [`Log::end_sync`], which poisons the log).
+    pub fn run(&self) -> io::Result<Duration> {
+        #[cfg(test)]
+        if let Some(kind) = self.fail {
+            return Err(io::Error::from(kind));
+        }
+        let t0 = Instant::now();
+        self.file.sync_data()?;
+        Ok(t0.elapsed())
+    }
+}
+
 /// Counters of one log since it was opened, and its current bounds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogStats {
@@ -79,7 +108,8 @@ pub struct RetentionReport {
 struct Active {
     base: u64,
     path: PathBuf,
-    file: File,
+    /// Shared with a [`SyncJob`] while another thread syncs it (a reference count).
+    file: Arc<File>,
     index: File,
     /// False after an index write failed: entries stop being written (the index is rebuilt
     /// at the next open).
@@ -109,7 +139,7 @@ impl Active {
         Ok(Self {
             base,
             path,
-            file,
+            file: Arc::new(file),
             index,
             index_ok: true,
             written,
@@ -137,7 +167,7 @@ impl Active {
         Ok(Self {
             base,
             path,
-            file,
+            file: Arc::new(file),
             index,
             index_ok: true,
             written: 0,
@@ -353,7 +383,7 @@ impl Log {
             let injected: Option<io::Error> = None;
             let result = match injected {
                 Some(e) => Err(e),
-                None => self.active.file.write_all(&self.buf),
+                None => (&*self.active.file).write_all(&self.buf),
             };
             if let Err(e) = result {
                 return Err(self.poison_with(StorageError::io("write", &self.active.path, e)));
@@ -381,36 +411,86 @@ impl Log {
     /// write or the fdatasync fails. Either poisons the log: a failed fdatasync is never
     /// retried (the page cache state is unknown after it); reopen the log to recover.
     pub fn sync(&mut self) -> Result<(), StorageError> {
+        match self.begin_sync()? {
+            None => Ok(()),
+            Some(job) => {
+                let result = job.run();
+                self.end_sync(job, result, Instant::now())
+            }
+        }
+    }
+
+    /// [`sync`](Self::sync) in three steps, so that the fdatasync can run on another thread
+    /// while other logs sync too: writes the buffer and returns the fdatasync to run
+    /// ([`SyncJob::run`]), or `None` when everything written is already synced. Hand the job
+    /// and its result back to [`end_sync`](Self::end_sync) before appending again.
+    ///
+    /// # Errors
+    /// As [`sync`](Self::sync) for the write (the log is then poisoned); nothing is synced.
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>, StorageError> {
         self.check_poison()?;
         self.write_buffered()?;
-        if self.synced_offset == self.written_offset {
-            return Ok(());
-        }
-        self.sync_active()?;
+        Ok((self.synced_offset != self.written_offset).then(|| self.sync_job()))
+    }
+
+    /// Ends a sync that [`begin_sync`](Self::begin_sync) began: on success every offset
+    /// written by then is durable and the checkpoint is rewritten; `now` is when the sync
+    /// ended (the interval to the next sync counts from it).
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] when `result` is the fdatasync's failure: the log is poisoned,
+    /// the sync is never retried.
+    ///
+    /// # Panics
+    /// When `job` is not this log's, or the log was written to since `begin_sync`.
+    pub fn end_sync(
+        &mut self,
+        job: SyncJob,
+        result: io::Result<Duration>,
+        now: Instant,
+    ) -> Result<(), StorageError> {
+        assert!(
+            Arc::ptr_eq(&job.file, &self.active.file) && job.target == self.written_offset,
+            "end_sync: the job of another log, or the log was written during its sync"
+        );
+        self.finish_sync(&job, result, now)?;
         self.write_checkpoint();
         Ok(())
     }
 
-    fn sync_active(&mut self) -> Result<(), StorageError> {
-        let t0 = Instant::now();
-        #[cfg(test)]
-        let injected = self.fail_next_sync.take().map(io::Error::from);
-        #[cfg(not(test))]
-        let injected: Option<io::Error> = None;
-        let result = match injected {
-            Some(e) => Err(e),
-            None => self.active.file.sync_data(),
-        };
-        if let Err(e) = result {
-            return Err(self.poison_with(StorageError::io("fdatasync", &self.active.path, e)));
+    /// The fdatasync that makes everything written so far durable.
+    fn sync_job(&mut self) -> SyncJob {
+        SyncJob {
+            file: Arc::clone(&self.active.file),
+            target: self.written_offset,
+            #[cfg(test)]
+            fail: self.fail_next_sync.take(),
         }
-        let now = Instant::now();
-        let took = now.saturating_duration_since(t0);
+    }
+
+    fn sync_active(&mut self) -> Result<(), StorageError> {
+        let job = self.sync_job();
+        let result = job.run();
+        self.finish_sync(&job, result, Instant::now())
+    }
+
+    fn finish_sync(
+        &mut self,
+        job: &SyncJob,
+        result: io::Result<Duration>,
+        now: Instant,
+    ) -> Result<(), StorageError> {
+        let took = match result {
+            Ok(took) => took,
+            Err(e) => {
+                return Err(self.poison_with(StorageError::io("fdatasync", &self.active.path, e)));
+            }
+        };
         self.stats.syncs += 1;
         self.stats.last_sync_latency = Some(took);
         self.stats.max_sync_latency =
             Some(self.stats.max_sync_latency.map_or(took, |m| m.max(took)));
-        self.synced_offset = self.written_offset;
+        self.synced_offset = job.target;
         self.unsynced_bytes = self.buf.len() as u64;
         self.last_sync = now;
         Ok(())

@@ -65,6 +65,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod format;
+mod group_sync;
 mod lock;
 mod log;
 mod reader;
@@ -87,8 +88,9 @@ pub fn segment_bases(dir: &std::path::Path) -> Result<Vec<u64>, StorageError> {
     }
     format::list_segments(dir)
 }
+pub use self::group_sync::GroupSync;
 pub use self::lock::{DataDirLock, LOCK_FILE};
-pub use self::log::{Log, LogStats, RetentionReport};
+pub use self::log::{Log, LogStats, RetentionReport, SyncJob};
 pub use self::reader::{LogReader, StoredRecord};
 pub use self::recovery::{CheckpointStatus, QuarantinedSegment, RecoveryReport, TornTail};
 pub use self::repair::{
