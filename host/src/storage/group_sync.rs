@@ -1,6 +1,7 @@
-//! Group commit across logs: [`GroupSync`] fdatasyncs several logs at once, one on the
-//! calling thread and the others on helper threads started once, and returns when all are
-//! done.
+//! Group commit across logs: [`GroupSync`] fdatasyncs several logs at once on helper
+//! threads started once. [`GroupSync::start`] writes the logs' buffers and hands the
+//! fdatasyncs out; the caller goes on (appending to the logs, which the syncs do not
+//! cover) until [`GroupSync::finish`] waits for them and ends each in its log.
 //!
 //! The engine commits up to four logs per group commit (realtime, transactional, batch,
 //! dead letters). One after the other, their fdatasyncs add up; at the same time, the disk
@@ -79,17 +80,21 @@ struct Helper {
 pub struct GroupSync {
     /// Started once by [`new`](Self::new); never grows.
     helpers: Vec<Helper>,
+    /// Helpers `0..posted` hold a sync of the group in flight (given out by `start`, not yet
+    /// ended by `finish`).
+    posted: usize,
 }
 
 impl GroupSync {
-    /// Starts `helpers` helper threads: [`sync`](Self::sync) then syncs up to
-    /// `helpers + 1` logs at once. With 0 it starts none and syncs on the caller's thread.
+    /// Starts `helpers` helper threads: a group sync then runs up to `helpers` fdatasyncs
+    /// off the caller's thread. With 0 it starts none and syncs on the caller's thread.
     ///
     /// # Errors
     /// When a thread cannot be started (those started are stopped again).
     pub fn new(helpers: usize) -> io::Result<Self> {
         let mut group = GroupSync {
             helpers: Vec::with_capacity(helpers),
+            posted: 0,
         };
         for n in 0..helpers {
             let slot = Arc::new(Slot {
@@ -110,53 +115,85 @@ impl GroupSync {
     }
 
     /// fdatasyncs every log of `logs` whose `which` entry is true and that has written data
-    /// not yet synced ([`Log::begin_sync`]), at the same time, and ends each sync in its
-    /// log ([`Log::end_sync`]) with the same end time. Returns when all have ended.
+    /// not yet synced, at the same time, and returns when all have ended:
+    /// [`start`](Self::start) then [`finish`](Self::finish).
     ///
     /// # Errors
-    /// The first failure in log order, with the log's index: a failed write (then nothing
-    /// was synced) or a failed fdatasync (every other sync still ran and was ended). The
-    /// failed log is poisoned.
+    /// As [`start`](Self::start) and [`finish`](Self::finish).
+    pub fn sync(&mut self, logs: &mut [Log], which: &[bool]) -> Result<(), (usize, StorageError)> {
+        self.start(logs, which)?;
+        self.finish(logs)
+    }
+
+    /// Begins the sync of every log of `logs` whose `which` entry is true and that has
+    /// written data not yet synced ([`Log::begin_sync`]: the buffer is written now) and
+    /// hands each fdatasync to a helper, then returns: the caller may append to the logs
+    /// meanwhile (that is not covered). A sync beyond the helpers' number runs here.
+    /// [`finish`](Self::finish) ends them.
+    ///
+    /// # Errors
+    /// The first failure in log order, with the log's index, of a write or of a sync run
+    /// here; the syncs already handed out are finished first (their logs stay
+    /// consistent). The failed log is poisoned.
     ///
     /// # Panics
-    /// When more logs need a sync than there are helpers plus one.
-    pub fn sync(&mut self, logs: &mut [Log], which: &[bool]) -> Result<(), (usize, StorageError)> {
-        let mut own: Option<(usize, SyncJob)> = None;
-        let mut posted = 0;
+    /// When the previous group sync was not finished.
+    pub fn start(&mut self, logs: &mut [Log], which: &[bool]) -> Result<(), (usize, StorageError)> {
+        assert_eq!(
+            self.posted, 0,
+            "GroupSync::start: the last one was not finished"
+        );
         for (i, log) in logs.iter_mut().enumerate() {
             if !which.get(i).copied().unwrap_or(false) {
                 continue;
             }
-            let job = match log.begin_sync() {
-                Ok(Some(job)) => job,
-                Ok(None) => continue,
-                Err(e) => {
-                    // Jobs already posted still run and end: their logs stay consistent.
-                    let now = self.wait_all(posted);
-                    self.collect(logs, posted, now, Ok(()))?;
-                    return Err((i, e));
-                }
+            let outcome = match log.begin_sync() {
+                Ok(Some(job)) => match self.helpers.get(self.posted) {
+                    Some(helper) => {
+                        helper.slot.set(State::Job(i, job));
+                        self.posted += 1;
+                        Ok(())
+                    }
+                    None => {
+                        let result = job.run();
+                        log.end_sync(job, result, Instant::now())
+                    }
+                },
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
             };
-            if own.is_none() {
-                own = Some((i, job));
-                continue;
+            if let Err(e) = outcome {
+                self.finish(logs)?;
+                return Err((i, e));
             }
-            let helper = self
-                .helpers
-                .get(posted)
-                .expect("GroupSync: more logs to sync than helpers + 1");
-            helper.slot.set(State::Job(i, job));
-            posted += 1;
         }
-        let Some((i, job)) = own else {
-            return Ok(());
-        };
-        let result = job.run();
-        // Every log's next interval counts from the end of the whole commit: nothing was
-        // appended to any of them in between.
-        let wait_end = self.wait_all(posted);
-        let first = logs[i].end_sync(job, result, wait_end).map_err(|e| (i, e));
-        self.collect(logs, posted, wait_end, first)
+        Ok(())
+    }
+
+    /// Whether the syncs handed out by [`start`](Self::start) have all returned (then
+    /// [`finish`](Self::finish) does not wait); true when none are out.
+    pub fn is_done(&self) -> bool {
+        self.helpers[..self.posted]
+            .iter()
+            .all(|h| matches!(*h.slot.lock(), State::Done(..)))
+    }
+
+    /// Whether syncs handed out by [`start`](Self::start) wait for [`finish`](Self::finish).
+    pub fn in_flight(&self) -> bool {
+        self.posted > 0
+    }
+
+    /// Waits for the syncs handed out by [`start`](Self::start) and ends each in its log
+    /// ([`Log::end_sync`]) with the same end time: every log's next interval counts from the
+    /// end of the whole group. Nothing to do when none are out.
+    ///
+    /// # Errors
+    /// The first failed fdatasync in log order, with the log's index (every other sync
+    /// still ran and was ended). The failed log is poisoned.
+    pub fn finish(&mut self, logs: &mut [Log]) -> Result<(), (usize, StorageError)> {
+        let now = self.wait_all(self.posted);
+        let posted = std::mem::replace(&mut self.posted, 0);
+        self.collect(logs, posted, now, Ok(()))
     }
 
     /// Waits until the first `posted` helpers are done; returns when the last finished.
@@ -200,6 +237,8 @@ impl GroupSync {
 
 impl Drop for GroupSync {
     fn drop(&mut self) {
+        // A helper still syncing would overwrite `Stop` with `Done`: let it finish first.
+        self.wait_all(self.posted);
         for helper in &mut self.helpers {
             helper.slot.set(State::Stop);
             if let Some(thread) = helper.thread.take() {

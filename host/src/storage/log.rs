@@ -35,6 +35,11 @@ pub struct SyncJob {
     file: Arc<File>,
     /// The log's written offset when the job was made: what the sync makes durable.
     target: u64,
+    /// Bytes unsynced when the job was made (they are synced when it ends).
+    bytes: u64,
+    /// The checkpoint naming `target`, when the mode keeps one and the segment has a
+    /// record (written when the sync ends, if no roll came in between).
+    checkpoint: Option<Checkpoint>,
     /// Test seam: the log's injected fdatasync failure.
     #[cfg(test)]
     fail: Option<io::ErrorKind>,
@@ -217,6 +222,8 @@ pub struct Log {
     last_sync: Instant,
     checkpoint: File,
     poison: Option<Arc<StorageError>>,
+    /// A [`SyncJob`] of this log is out (between `begin_sync` and `end_sync`).
+    sync_out: bool,
     stats: LogStats,
     /// Test seam: the next `write(2)` of the segment fails with this error kind.
     #[cfg(test)]
@@ -263,6 +270,7 @@ impl Log {
             last_sync: Instant::now(),
             checkpoint,
             poison: None,
+            sync_out: false,
             stats: LogStats::default(),
             cfg,
             #[cfg(test)]
@@ -421,16 +429,28 @@ impl Log {
     }
 
     /// [`sync`](Self::sync) in three steps, so that the fdatasync can run on another thread
-    /// while other logs sync too: writes the buffer and returns the fdatasync to run
-    /// ([`SyncJob::run`]), or `None` when everything written is already synced. Hand the job
-    /// and its result back to [`end_sync`](Self::end_sync) before appending again.
+    /// while other logs sync and this one takes more appends: writes the buffer and returns
+    /// the fdatasync to run ([`SyncJob::run`]), or `None` when everything written is
+    /// already synced. Hand the job and its result back to [`end_sync`](Self::end_sync)
+    /// before beginning another; what is appended meanwhile is not covered by this job.
     ///
     /// # Errors
     /// As [`sync`](Self::sync) for the write (the log is then poisoned); nothing is synced.
+    ///
+    /// # Panics
+    /// When a job of this log is still out (not given to `end_sync`).
     pub fn begin_sync(&mut self) -> Result<Option<SyncJob>, StorageError> {
+        assert!(
+            !self.sync_out,
+            "begin_sync: the log's previous sync has not ended"
+        );
         self.check_poison()?;
         self.write_buffered()?;
-        Ok((self.synced_offset != self.written_offset).then(|| self.sync_job()))
+        if self.synced_offset == self.written_offset {
+            return Ok(None);
+        }
+        self.sync_out = true;
+        Ok(Some(self.sync_job()))
     }
 
     /// Ends a sync that [`begin_sync`](Self::begin_sync) began: on success every offset
@@ -442,7 +462,7 @@ impl Log {
     /// the sync is never retried.
     ///
     /// # Panics
-    /// When `job` is not this log's, or the log was written to since `begin_sync`.
+    /// When no job of this log is out, or `job` covers more than was written.
     pub fn end_sync(
         &mut self,
         job: SyncJob,
@@ -450,24 +470,48 @@ impl Log {
         now: Instant,
     ) -> Result<(), StorageError> {
         assert!(
-            Arc::ptr_eq(&job.file, &self.active.file) && job.target == self.written_offset,
-            "end_sync: the job of another log, or the log was written during its sync"
+            self.sync_out && job.target <= self.written_offset,
+            "end_sync: no sync of this log is out, or the job is another log's"
         );
+        self.sync_out = false;
         self.finish_sync(&job, result, now)?;
-        self.write_checkpoint();
+        // A roll since `begin_sync` synced the old segment itself and wrote a newer
+        // checkpoint; otherwise the job's checkpoint names what is now synced.
+        if let Some(c) = job.checkpoint.filter(|c| c.segment == self.active.base) {
+            if self.checkpoint.write_all_at(&c.to_bytes(), 0).is_err() {
+                self.stats.checkpoint_write_failures += 1;
+            }
+        }
         Ok(())
     }
 
     /// The fdatasync that makes everything written so far durable.
     fn sync_job(&mut self) -> SyncJob {
+        let position = self.active.written;
+        let last_record_pos = match (position, self.active.last_record_pos) {
+            (0, _) => Some(0),
+            (_, p) => p,
+        };
+        let checkpoint = last_record_pos
+            .filter(|_| self.cfg.durability != Durability::None)
+            .map(|last_record_pos| Checkpoint {
+                segment: self.active.base,
+                position,
+                next_offset: self.written_offset,
+                last_record_pos,
+            });
         SyncJob {
             file: Arc::clone(&self.active.file),
             target: self.written_offset,
+            bytes: self.unsynced_bytes - self.buf.len() as u64,
+            checkpoint,
             #[cfg(test)]
             fail: self.fail_next_sync.take(),
         }
     }
 
+    /// Syncs the active segment on this thread (a roll). A job of this log that is out
+    /// may still end later: it covers less than this sync did.
     fn sync_active(&mut self) -> Result<(), StorageError> {
         let job = self.sync_job();
         let result = job.run();
@@ -490,8 +534,12 @@ impl Log {
         self.stats.last_sync_latency = Some(took);
         self.stats.max_sync_latency =
             Some(self.stats.max_sync_latency.map_or(took, |m| m.max(took)));
-        self.synced_offset = job.target;
-        self.unsynced_bytes = self.buf.len() as u64;
+        // A roll may have synced past the job's target in the meantime (and counted its
+        // bytes as synced then).
+        if job.target > self.synced_offset {
+            self.synced_offset = job.target;
+            self.unsynced_bytes = self.unsynced_bytes.saturating_sub(job.bytes);
+        }
         self.last_sync = now;
         Ok(())
     }

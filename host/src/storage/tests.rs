@@ -193,3 +193,48 @@ fn a_group_sync_without_helpers_syncs_one_log_on_the_calling_thread() {
     group.sync(&mut logs, &[true]).unwrap();
     assert_eq!((logs[0].stats().syncs, logs[0].durable_offset()), (1, 1));
 }
+
+#[test]
+fn appends_during_a_sync_wait_for_the_next_one_and_a_roll_in_between_is_harmless() {
+    let dir = TempDir::new("overlap");
+    let mut cfg = LogConfig::new(&dir.0);
+    cfg.durability = Durability::Always;
+    cfg.segment_bytes = 1 << 20;
+    let mut log = Log::open(cfg).unwrap().0;
+    let mut group = GroupSync::new(1).unwrap();
+    log.append(1, b"first").unwrap();
+    let mut logs = [log];
+    group.start(&mut logs, &[true]).unwrap();
+    assert!(group.in_flight());
+    // Appended while the sync is out: not covered by it.
+    logs[0].append(1, b"second").unwrap();
+    logs[0].flush().unwrap();
+    group.finish(&mut logs).unwrap();
+    assert_eq!(logs[0].durable_offset(), 1);
+    group.sync(&mut logs, &[true]).unwrap();
+    assert_eq!(logs[0].durable_offset(), 2);
+
+    // A roll while a sync is out syncs the old segment itself; the late job changes nothing.
+    logs[0].append(1, b"third").unwrap();
+    group.start(&mut logs, &[true]).unwrap();
+    let body = vec![7u8; 60_000];
+    while logs[0].stats().segments == 1 {
+        logs[0].append(1, &body).unwrap(); // past 1 MiB: rolls, syncing the old segment
+    }
+    let next = logs[0].next_offset();
+    assert_eq!(logs[0].durable_offset(), next - 1);
+    group.finish(&mut logs).unwrap();
+    assert_eq!(logs[0].durable_offset(), next - 1);
+    group.sync(&mut logs, &[true]).unwrap();
+    assert_eq!(logs[0].durable_offset(), next);
+    let [log] = logs;
+    drop(group);
+    log.close().unwrap();
+    let mut reader = LogReader::open(&dir.0).unwrap();
+    let mut n = 0;
+    while let Some(rec) = reader.next_record() {
+        rec.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, next);
+}
