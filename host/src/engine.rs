@@ -7,6 +7,7 @@
 //!  ACK / REJECT per connection            <====   group commit (fdatasync) -> Completions
 //!                                                 dead letters -> dead-letter log
 //!                                                 control plane -> ControlSignal
+//!                                                 fdatasyncs on sync helpers (unpinned)
 //! ```
 //!
 //! [`Engine::start`] builds everything (all allocation happens here: lanes, pools, buffers,
@@ -54,7 +55,8 @@ use crate::prom::{self, MetricType, PromWriter};
 use crate::stats::{HostCounters, LatencyRecorder, SharedLatency};
 use crate::storage::sessions;
 use crate::storage::{
-    DataDirLock, Durability, Log, LogConfig, LogReader, RecoveryReport, StorageError, record,
+    DataDirLock, Durability, GroupSync, Log, LogConfig, LogReader, RecoveryReport, StorageError,
+    record,
 };
 use crate::topology::Topology;
 
@@ -467,7 +469,7 @@ impl AdminSource for EngineStats {
         prom::write_latency(
             &mut w,
             "pinstream_stage_latency_seconds",
-            "Latency per stage: dispatch (decode and route one frame), commit (write and sync the logs), durable (oldest event of a commit, dispatch to durable), ack (one TCP frame, dispatch to its ACK being owed).",
+            "Latency per stage: dispatch (decode and route one frame), commit (start to end of a group commit: write the logs, their fdatasyncs overlapping processing), durable (oldest event of a commit, dispatch to durable), ack (one TCP frame, dispatch to its ACK being owed).",
             &[
                 ("dispatch", &self.dispatch_latency.summary()),
                 ("ack", &self.ack_latency.summary()),
@@ -1357,9 +1359,25 @@ impl StorageLoop<'_, '_> {
         }
     }
 
-    /// Makes what was written durable per the mode and tells the ingest thread. `force`:
-    /// commit now whatever the interval says (idle, or stopping). Returns whether it did.
+    /// Makes what was written durable per the mode and tells the ingest thread, in two
+    /// halves so that the fdatasyncs overlap the next rounds' processing: a commit starts
+    /// (buffers written, the fdatasyncs handed to the sync helpers, its completions set
+    /// aside) when one is due, and ends (its completions published) once every sync has
+    /// returned. One commit is out at a time. `force`: end the one out and commit
+    /// whatever is left now, waiting for it (idle, or stopping). Returns whether it did
+    /// anything.
     fn commit(&mut self, force: bool) -> Result<bool, StorageError> {
+        let mut did = false;
+        if self.sink.committing {
+            // The next batch of completions may not outgrow its buffer: past half of it,
+            // wait for the commit out.
+            let wait = force || self.sink.completions.len() >= MAX_PENDING_COMPLETIONS / 2;
+            if !wait && !self.sink.group_sync.is_done() {
+                return Ok(false);
+            }
+            self.end_commit()?;
+            did = true;
+        }
         if !self.sink.dirty() {
             // Nothing unsynced: a batch watermark can go out at once (not counted as work,
             // it moves every round).
@@ -1369,26 +1387,37 @@ impl StorageLoop<'_, '_> {
                     .batch_resolved
                     .fetch_max(mark, Ordering::Release);
             }
-            return Ok(false);
+            return Ok(did);
         }
         let now = Instant::now();
         if !force && !self.sink.commit_due(now) {
-            return Ok(false);
+            return Ok(did);
         }
-        self.sink.make_durable()?;
+        self.sink.start_commit(now)?;
+        if force || !self.sink.group_sync.in_flight() {
+            self.end_commit()?;
+        }
+        Ok(true)
+    }
+
+    /// Waits for the commit out to be durable, then publishes its completions.
+    fn end_commit(&mut self) -> Result<(), StorageError> {
+        let started = self.sink.commit_started;
+        self.sink.finish_commit()?;
         let end = self.stats.shared.now();
-        let took = Instant::now().duration_since(now);
+        let now = Instant::now();
+        let took = now.duration_since(started);
         self.commit_latency
             .record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
-        if self.sink.oldest != u64::MAX {
+        if self.sink.in_flight_oldest != u64::MAX {
             self.durable_latency
-                .record(end.saturating_sub(self.sink.oldest));
-            self.sink.oldest = u64::MAX;
+                .record(end.saturating_sub(self.sink.in_flight_oldest));
+            self.sink.in_flight_oldest = u64::MAX;
         }
         self.sink.publish(&mut self.done_tx, &self.stats.shared);
         self.commit_latency.maybe_publish(now);
         self.durable_latency.maybe_publish(now);
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -1396,12 +1425,25 @@ impl StorageLoop<'_, '_> {
 /// the completions a commit will publish.
 struct StoreSink<'a> {
     logs: Vec<Log>,
+    /// Syncs the dirty logs of a commit at the same time.
+    group_sync: GroupSync,
     stats: &'a EngineStats,
     ack: AckMode,
     /// Completions waiting for the next commit (allocated once).
     completions: Vec<Completion>,
     /// A batch watermark waiting for the next commit.
     pending_batch: Option<u64>,
+    /// A commit is out: started, its syncs not yet ended.
+    committing: bool,
+    /// When the commit out started.
+    commit_started: Instant,
+    /// The completions of the commit out, published when it ends (allocated once; swapped
+    /// with `completions`).
+    in_flight: Vec<Completion>,
+    /// The batch watermark of the commit out.
+    in_flight_batch: Option<u64>,
+    /// Dispatch tick of the oldest event of the commit out (`u64::MAX`: none).
+    in_flight_oldest: u64,
     /// Logs with records since the last commit.
     dirty: [bool; 4],
     /// A storage failure stops writes (no retry of a failed fsync).
@@ -1445,12 +1487,26 @@ const MAX_PENDING_COMPLETIONS: usize = 65_536;
 
 impl<'a> StoreSink<'a> {
     fn new(logs: Vec<Log>, stats: &'a EngineStats, ack: AckMode) -> Result<Self, String> {
+        // Each log's fdatasync runs on a helper, off the storage thread (none when no log is
+        // ever synced).
+        let synced = logs
+            .iter()
+            .filter(|l| l.config().durability != Durability::None)
+            .count();
+        let group_sync = GroupSync::new(synced)
+            .map_err(|e| format!("cannot start the storage sync threads: {e}"))?;
         Ok(Self {
             logs,
+            group_sync,
             stats,
             ack,
             completions: Vec::with_capacity(MAX_PENDING_COMPLETIONS),
             pending_batch: None,
+            committing: false,
+            commit_started: Instant::now(),
+            in_flight: Vec::with_capacity(MAX_PENDING_COMPLETIONS),
+            in_flight_batch: None,
+            in_flight_oldest: u64::MAX,
             dirty: [false; 4],
             failed: false,
             poisoned: [false; 4],
@@ -1462,6 +1518,11 @@ impl<'a> StoreSink<'a> {
 
     /// Syncs and closes every log (dropping a log would leave its buffer unwritten).
     fn close(&mut self) -> Result<bool, StorageError> {
+        if self.committing {
+            // Only after a failure (a forced commit ends the one out): it was reported.
+            self.committing = false;
+            let _ = self.group_sync.finish(&mut self.logs);
+        }
         let mut first = Ok(true);
         for (i, log) in std::mem::take(&mut self.logs).into_iter().enumerate() {
             // What is still buffered is written by the close, or lost with it.
@@ -1512,29 +1573,47 @@ impl<'a> StoreSink<'a> {
                 .any(|(log, dirty)| dirty && log.sync_due(now))
     }
 
-    /// Flushes (durability `none`) or syncs (`interval`, `always`) every log written to.
-    fn make_durable(&mut self) -> Result<(), StorageError> {
-        if self.failed {
-            return Ok(());
-        }
+    /// Starts a commit: flushes (durability `none`) every log written to, or writes it and
+    /// hands its fdatasync to a sync helper (`interval`, `always`; [`GroupSync`]); sets the
+    /// completions and the batch watermark collected so far aside for
+    /// [`finish_commit`](Self::finish_commit). What is stored meanwhile waits for the next.
+    fn start_commit(&mut self, now: Instant) -> Result<(), StorageError> {
+        debug_assert!(!self.committing && self.in_flight.is_empty());
+        // After a failure nothing is written any more; only dead letters are reported.
+        let mut to_sync = [false; 4];
         for (i, log) in self.logs.iter_mut().enumerate() {
-            if self.dirty[i] {
-                let result = match log.config().durability {
-                    Durability::None => log.flush(),
-                    _ => log.sync(),
-                };
-                if let Err(e) = result {
-                    // A sync writes the buffer first: a failed write is a write error.
-                    let stats = self.stats;
-                    let counter = match &e {
-                        StorageError::Io { op: "write", .. } => &stats.host.storage_write_errors,
-                        _ => &stats.host.storage_sync_errors,
-                    };
-                    self.fail(&e, counter, Some(i));
+            if !self.dirty[i] || self.failed {
+                continue;
+            }
+            if log.config().durability == Durability::None {
+                if let Err(e) = log.flush() {
+                    self.fail_io(&e, i);
                     return Err(e);
                 }
-                self.dirty[i] = false;
+            } else {
+                to_sync[i] = true;
             }
+        }
+        if let Err((i, e)) = self.group_sync.start(&mut self.logs, &to_sync) {
+            self.fail_io(&e, i);
+            return Err(e);
+        }
+        self.dirty = [false; 4];
+        std::mem::swap(&mut self.completions, &mut self.in_flight);
+        self.in_flight_batch = self.pending_batch.take();
+        self.in_flight_oldest = std::mem::replace(&mut self.oldest, u64::MAX);
+        self.committing = true;
+        self.commit_started = now;
+        Ok(())
+    }
+
+    /// Ends the commit out: waits for its syncs; the commit fails if any of them does.
+    fn finish_commit(&mut self) -> Result<(), StorageError> {
+        debug_assert!(self.committing);
+        self.committing = false;
+        if let Err((i, e)) = self.group_sync.finish(&mut self.logs) {
+            self.fail_io(&e, i);
+            return Err(e);
         }
         let (mut segments, mut syncs) = (0, 0);
         for log in &self.logs {
@@ -1549,12 +1628,12 @@ impl<'a> StoreSink<'a> {
         Ok(())
     }
 
-    /// Sends the collected completions and the batch watermark to the ingest thread.
+    /// Sends the ended commit's completions and batch watermark to the ingest thread.
     fn publish(&mut self, tx: &mut Producer<'_, Completion, COMPLETIONS>, shared: &Shared) {
         let mut sent = 0;
-        while sent < self.completions.len() {
-            sent += tx.push_slice(&self.completions[sent..]);
-            if sent < self.completions.len() {
+        while sent < self.in_flight.len() {
+            sent += tx.push_slice(&self.in_flight[sent..]);
+            if sent < self.in_flight.len() {
                 if shared.ingest_exited.load(Ordering::Acquire) {
                     // Nobody takes completions any more (the ingest thread is gone).
                     break;
@@ -1564,14 +1643,14 @@ impl<'a> StoreSink<'a> {
             }
         }
         self.stats.host.durable_events.add(
-            self.completions
+            self.in_flight
                 .iter()
                 .map(|c| u64::from(c.stored))
                 .sum::<u64>(),
         );
-        self.completions.clear();
+        self.in_flight.clear();
         // After a storage failure, aggregates are not stored: the batch watermark stops.
-        if let Some(mark) = self.pending_batch.take().filter(|_| !self.failed) {
+        if let Some(mark) = self.in_flight_batch.take().filter(|_| !self.failed) {
             shared.batch_resolved.fetch_max(mark, Ordering::Release);
         }
     }
@@ -1637,6 +1716,17 @@ impl<'a> StoreSink<'a> {
         }
     }
 
+    /// A failed write or sync of log `log` (which it poisoned): counted as a write error
+    /// when the write failed, a sync error otherwise.
+    fn fail_io(&mut self, e: &StorageError, log: usize) {
+        let stats = self.stats;
+        let counter = match e {
+            StorageError::Io { op: "write", .. } => &stats.host.storage_write_errors,
+            _ => &stats.host.storage_sync_errors,
+        };
+        self.fail(e, counter, Some(log));
+    }
+
     /// Records the first storage failure: writes stop, health reports it.
     ///
     /// `poisoned`: the log the failure poisoned, whose write buffer will never be written:
@@ -1656,6 +1746,8 @@ impl<'a> StoreSink<'a> {
         // reached the disk intact). From now on only dead letters are reported.
         self.completions.clear();
         self.pending_batch = None;
+        self.in_flight.clear();
+        self.in_flight_batch = None;
         // Nothing will be synced any more: a failed log is not "dirty", it is done.
         self.dirty = [false; 4];
         self.stats

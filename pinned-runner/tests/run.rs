@@ -757,10 +757,15 @@ fn a_log_of_a_newer_format_stops_start_up_and_is_left_as_it_was() {
     let dir = TempDir::new("run-newer-format");
     let log = dir.path().join("data").join("transactional");
     std::fs::create_dir_all(&log).unwrap();
-    // Three records of format version 2 (byte 17), as a newer pinstream would leave them.
+    // Three records of format version 2 (byte 17), as a newer pinstream would leave them:
+    // whole under the framing's CRC (damage with an odd version byte is not a newer format).
     let mut header = [0u8; 20];
-    header[4..8].copy_from_slice(&[0x12, 0x34, 0x56, 0x78]);
     header[17] = 2;
+    let crc = pinstream_core::wire::crc32c_update(
+        pinstream_core::wire::crc32c(&header[0..4]),
+        &header[8..],
+    );
+    header[4..8].copy_from_slice(&crc.to_le_bytes());
     let seg = log.join("00000000000000000000.log");
     std::fs::write(&seg, header.repeat(3)).unwrap();
     let config = dir.path().join("config.toml");

@@ -476,11 +476,22 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
         summary: &mut PollSummary,
     ) {
         let mut taken = 0;
+        // One event is taken ahead, so its dedup lines load while this one is admitted and
+        // stored (the table is far larger than the caches). It is taken only when this loop
+        // surely processes it: within the budget, with room in the retry queue for both
+        // (processing one event parks at most one entry).
+        let mut ahead = None;
         while taken < budget && self.parked < RQ {
-            let Some(slot) = self.take(Lane::Transactional, now) else {
+            let Some(slot) = ahead.take().or_else(|| self.take(Lane::Transactional, now)) else {
                 break;
             };
             taken += 1;
+            if taken < budget && self.parked + 1 < RQ {
+                ahead = self.take(Lane::Transactional, now);
+                if let Some(next) = &ahead {
+                    procs.transactional.prefetch(next.header.id);
+                }
+            }
             let evictions = procs.transactional.evictions();
             let admitted = procs.transactional.admit(slot.header.id, now);
             if procs.transactional.evictions() != evictions {
@@ -499,6 +510,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
                 }
             }
         }
+        assert!(ahead.is_none(), "an event taken ahead was left unprocessed");
         self.count_taken(Lane::Transactional, taken, summary);
     }
 

@@ -58,6 +58,13 @@ impl<const D: usize> TransactionalProcessor<D> {
         }
     }
 
+    /// Starts loading what [`admit`](Self::admit) of `id` will read (see
+    /// [`DedupTable::prefetch`]): call it for the next event while admitting this one.
+    #[inline(always)]
+    pub fn prefetch(&self, id: u64) {
+        self.dedup.prefetch(id);
+    }
+
     /// Records `id` as first seen at tick `first_seen` (which may lie before this engine's
     /// tick 0: ticks are modular, see [`DedupTable`]), as a refill from a log at start-up
     /// does. A repeat is counted as nothing; an eviction is counted as one.

@@ -29,6 +29,40 @@ use super::{Durability, LogConfig, StorageError};
 /// Index entries buffered between flushes (4 KiB).
 const INDEX_PENDING_ENTRIES: usize = 256;
 
+/// One fdatasync of a log's active segment, taken out of the log ([`Log::begin_sync`]) so
+/// that another thread can run it; back to the log with [`Log::end_sync`]. It holds the
+/// segment file open (a reference count: making one does not allocate).
+#[derive(Debug)]
+pub struct SyncJob {
+    file: Arc<File>,
+    /// The log's written offset when the job was made: what the sync makes durable.
+    target: u64,
+    /// Bytes unsynced when the job was made (they are synced when it ends).
+    bytes: u64,
+    /// The checkpoint naming `target`, when the mode keeps one and the segment has a
+    /// record (written when the sync ends, if no roll came in between).
+    checkpoint: Option<Checkpoint>,
+    /// Test seam: the log's injected fdatasync failure.
+    #[cfg(test)]
+    fail: Option<io::ErrorKind>,
+}
+
+impl SyncJob {
+    /// fdatasyncs the segment; returns how long it took.
+    ///
+    /// # Errors
+    /// The fdatasync's error (give it to [`Log::end_sync`], which poisons the log).
+    pub fn run(&self) -> io::Result<Duration> {
+        #[cfg(test)]
+        if let Some(kind) = self.fail {
+            return Err(io::Error::from(kind));
+        }
+        let t0 = Instant::now();
+        self.file.sync_data()?;
+        Ok(t0.elapsed())
+    }
+}
+
 /// Counters of one log since it was opened, and its current bounds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogStats {
@@ -81,7 +115,8 @@ pub struct RetentionReport {
 struct Active {
     base: u64,
     path: PathBuf,
-    file: File,
+    /// Shared with a [`SyncJob`] while another thread syncs it (a reference count).
+    file: Arc<File>,
     index: File,
     /// False after an index write failed: entries stop being written (the index is rebuilt
     /// at the next open).
@@ -111,7 +146,7 @@ impl Active {
         Ok(Self {
             base,
             path,
-            file,
+            file: Arc::new(file),
             index,
             index_ok: true,
             written,
@@ -139,7 +174,7 @@ impl Active {
         Ok(Self {
             base,
             path,
-            file,
+            file: Arc::new(file),
             index,
             index_ok: true,
             written: 0,
@@ -191,6 +226,8 @@ pub struct Log {
     last_sync: Instant,
     checkpoint: File,
     poison: Option<Arc<StorageError>>,
+    /// A [`SyncJob`] of this log is out (between `begin_sync` and `end_sync`).
+    sync_out: bool,
     stats: LogStats,
     /// Test seam: the next `write(2)` of the segment fails with this error kind.
     #[cfg(test)]
@@ -238,6 +275,7 @@ impl Log {
             last_sync: Instant::now(),
             checkpoint,
             poison: None,
+            sync_out: false,
             stats: LogStats::default(),
             cfg,
             #[cfg(test)]
@@ -383,7 +421,7 @@ impl Log {
             let mut done = 0;
             let result = match injected {
                 Some(e) => Err(e),
-                None => write_counted(&mut self.active.file, &self.buf, &mut done),
+                None => write_counted(&self.active.file, &self.buf, &mut done),
             };
             if let Err(e) = result {
                 // The records that reached the file whole are in the log (recovery keeps
@@ -415,37 +453,127 @@ impl Log {
     /// write or the fdatasync fails. Either poisons the log: a failed fdatasync is never
     /// retried (the page cache state is unknown after it); reopen the log to recover.
     pub fn sync(&mut self) -> Result<(), StorageError> {
+        match self.begin_sync()? {
+            None => Ok(()),
+            Some(job) => {
+                let result = job.run();
+                self.end_sync(job, result, Instant::now())
+            }
+        }
+    }
+
+    /// [`sync`](Self::sync) in three steps, so that the fdatasync can run on another thread
+    /// while other logs sync and this one takes more appends: writes the buffer and returns
+    /// the fdatasync to run ([`SyncJob::run`]), or `None` when everything written is
+    /// already synced. Hand the job and its result back to [`end_sync`](Self::end_sync)
+    /// before beginning another; what is appended meanwhile is not covered by this job.
+    ///
+    /// # Errors
+    /// As [`sync`](Self::sync) for the write (the log is then poisoned); nothing is synced.
+    ///
+    /// # Panics
+    /// When a job of this log is still out (not given to `end_sync`).
+    pub fn begin_sync(&mut self) -> Result<Option<SyncJob>, StorageError> {
+        assert!(
+            !self.sync_out,
+            "begin_sync: the log's previous sync has not ended"
+        );
         self.check_poison()?;
         self.write_buffered()?;
         if self.synced_offset == self.written_offset {
-            return Ok(());
+            return Ok(None);
         }
-        self.sync_active()?;
-        self.write_checkpoint();
+        self.sync_out = true;
+        Ok(Some(self.sync_job()))
+    }
+
+    /// Ends a sync that [`begin_sync`](Self::begin_sync) began: on success every offset
+    /// written by then is durable and the checkpoint is rewritten; `now` is when the sync
+    /// ended (the interval to the next sync counts from it).
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] when `result` is the fdatasync's failure: the log is poisoned,
+    /// the sync is never retried.
+    ///
+    /// # Panics
+    /// When no job of this log is out, or `job` covers more than was written.
+    pub fn end_sync(
+        &mut self,
+        job: SyncJob,
+        result: io::Result<Duration>,
+        now: Instant,
+    ) -> Result<(), StorageError> {
+        assert!(
+            self.sync_out && job.target <= self.written_offset,
+            "end_sync: no sync of this log is out, or the job is another log's"
+        );
+        self.sync_out = false;
+        self.finish_sync(&job, result, now)?;
+        // A roll since `begin_sync` synced the old segment itself and wrote a newer
+        // checkpoint; otherwise the job's checkpoint names what is now synced.
+        if let Some(c) = job.checkpoint.filter(|c| c.segment == self.active.base) {
+            if self.checkpoint.write_all_at(&c.to_bytes(), 0).is_err() {
+                self.stats.checkpoint_write_failures += 1;
+            }
+        }
         Ok(())
     }
 
-    fn sync_active(&mut self) -> Result<(), StorageError> {
-        let t0 = Instant::now();
-        #[cfg(test)]
-        let injected = self.fail_next_sync.take().map(io::Error::from);
-        #[cfg(not(test))]
-        let injected: Option<io::Error> = None;
-        let result = match injected {
-            Some(e) => Err(e),
-            None => self.active.file.sync_data(),
+    /// The fdatasync that makes everything written so far durable.
+    fn sync_job(&mut self) -> SyncJob {
+        let position = self.active.written;
+        let last_record_pos = match (position, self.active.last_record_pos) {
+            (0, _) => Some(0),
+            (_, p) => p,
         };
-        if let Err(e) = result {
-            return Err(self.poison_with(StorageError::io("fdatasync", &self.active.path, e)));
+        let checkpoint = last_record_pos
+            .filter(|_| self.cfg.durability != Durability::None)
+            .map(|last_record_pos| Checkpoint {
+                segment: self.active.base,
+                position,
+                next_offset: self.written_offset,
+                last_record_pos,
+            });
+        SyncJob {
+            file: Arc::clone(&self.active.file),
+            target: self.written_offset,
+            bytes: self.unsynced_bytes - self.buf.len() as u64,
+            checkpoint,
+            #[cfg(test)]
+            fail: self.fail_next_sync.take(),
         }
-        let now = Instant::now();
-        let took = now.saturating_duration_since(t0);
+    }
+
+    /// Syncs the active segment on this thread (a roll). A job of this log that is out
+    /// may still end later: it covers less than this sync did.
+    fn sync_active(&mut self) -> Result<(), StorageError> {
+        let job = self.sync_job();
+        let result = job.run();
+        self.finish_sync(&job, result, Instant::now())
+    }
+
+    fn finish_sync(
+        &mut self,
+        job: &SyncJob,
+        result: io::Result<Duration>,
+        now: Instant,
+    ) -> Result<(), StorageError> {
+        let took = match result {
+            Ok(took) => took,
+            Err(e) => {
+                return Err(self.poison_with(StorageError::io("fdatasync", &self.active.path, e)));
+            }
+        };
         self.stats.syncs += 1;
         self.stats.last_sync_latency = Some(took);
         self.stats.max_sync_latency =
             Some(self.stats.max_sync_latency.map_or(took, |m| m.max(took)));
-        self.synced_offset = self.written_offset;
-        self.unsynced_bytes = self.buf.len() as u64;
+        // A roll may have synced past the job's target in the meantime (and counted its
+        // bytes as synced then).
+        if job.target > self.synced_offset {
+            self.synced_offset = job.target;
+            self.unsynced_bytes = self.unsynced_bytes.saturating_sub(job.bytes);
+        }
         self.last_sync = now;
         Ok(())
     }
@@ -633,7 +761,7 @@ impl Log {
 
 /// `write_all` that says how far it got: `done` is the number of bytes of `buf` written,
 /// also when it fails part way (a full disk).
-fn write_counted(file: &mut File, buf: &[u8], done: &mut usize) -> io::Result<()> {
+fn write_counted(mut file: &File, buf: &[u8], done: &mut usize) -> io::Result<()> {
     while *done < buf.len() {
         match file.write(&buf[*done..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -77,6 +77,7 @@ use std::time::Duration;
 
 mod files;
 mod format;
+mod group_sync;
 mod lock;
 mod log;
 mod reader;
@@ -101,8 +102,9 @@ pub fn segment_bases(dir: &std::path::Path) -> Result<Vec<u64>, StorageError> {
     }
     format::list_segments(dir)
 }
+pub use self::group_sync::GroupSync;
 pub use self::lock::{DataDirLock, LOCK_FILE};
-pub use self::log::{Log, LogStats, RetentionReport};
+pub use self::log::{Log, LogStats, RetentionReport, SyncJob};
 pub use self::reader::{LogReader, StoredRecord};
 pub use self::recovery::{
     CheckpointStatus, MissingRange, QuarantinedSegment, RecoveryReport, TornTail,

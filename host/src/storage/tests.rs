@@ -6,7 +6,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Durability, Log, LogConfig, LogReader, StorageError};
+use super::{Durability, GroupSync, Log, LogConfig, LogReader, StorageError};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -235,4 +235,103 @@ fn symlinked_log_files_are_refused_and_their_targets_untouched() {
             "{victim}: the link's target changed"
         );
     }
+}
+
+#[test]
+fn a_group_sync_syncs_every_chosen_log_at_once_and_reports_the_first_failure() {
+    let dirs: Vec<TempDir> = (0..4).map(|i| TempDir::new(&format!("group{i}"))).collect();
+    let mut logs: Vec<Log> = dirs.iter().map(open).collect();
+    let mut group = GroupSync::new(3).unwrap();
+    for log in &mut logs {
+        log.append(1, b"one").unwrap();
+    }
+    // Log 2 is not chosen: it stays unsynced.
+    group
+        .sync(&mut logs, &[true, true, false, true])
+        .expect("three syncs");
+    let synced: Vec<(u64, u64)> = logs
+        .iter()
+        .map(|l| (l.stats().syncs, l.durable_offset()))
+        .collect();
+    assert_eq!(synced, [(1, 1), (1, 1), (0, 0), (1, 1)]);
+
+    // Nothing new in logs 0, 1 and 3: only log 2 is synced.
+    group.sync(&mut logs, &[true; 4]).unwrap();
+    let syncs: Vec<u64> = logs.iter().map(|l| l.stats().syncs).collect();
+    assert_eq!(syncs, [1, 1, 1, 1]);
+
+    // Logs 1 and 3 fail (on helpers); 0 and 2 succeed. The first failure in log order is
+    // reported, both failed logs are poisoned, the others' syncs counted and durable.
+    for log in &mut logs {
+        log.append(1, b"two").unwrap();
+    }
+    logs[1].fail_next_sync = Some(io::ErrorKind::Other);
+    logs[3].fail_next_sync = Some(io::ErrorKind::InvalidData);
+    match group.sync(&mut logs, &[true; 4]) {
+        Err((1, StorageError::Io { op, source, .. })) => {
+            assert_eq!((op, source.kind()), ("fdatasync", io::ErrorKind::Other));
+        }
+        other => panic!("expected log 1's fdatasync error, got {other:?}"),
+    }
+    assert_poisoned(logs[1].append(1, b"x"), "fdatasync");
+    assert_poisoned(logs[3].append(1, b"x"), "fdatasync");
+    assert_eq!((logs[0].stats().syncs, logs[0].durable_offset()), (2, 2));
+    assert_eq!((logs[2].stats().syncs, logs[2].durable_offset()), (2, 2));
+    assert_eq!((logs[1].stats().syncs, logs[1].durable_offset()), (1, 1));
+    drop(group);
+}
+
+#[test]
+fn a_group_sync_without_helpers_syncs_one_log_on_the_calling_thread() {
+    let dir = TempDir::new("group-alone");
+    let mut logs = vec![open(&dir)];
+    let mut group = GroupSync::new(0).unwrap();
+    logs[0].append(1, b"one").unwrap();
+    group.sync(&mut logs, &[true]).unwrap();
+    assert_eq!((logs[0].stats().syncs, logs[0].durable_offset()), (1, 1));
+}
+
+#[test]
+fn appends_during_a_sync_wait_for_the_next_one_and_a_roll_in_between_is_harmless() {
+    let dir = TempDir::new("overlap");
+    let mut cfg = LogConfig::new(&dir.0);
+    cfg.durability = Durability::Always;
+    cfg.segment_bytes = 1 << 20;
+    let mut log = Log::open(cfg).unwrap().0;
+    let mut group = GroupSync::new(1).unwrap();
+    log.append(1, b"first").unwrap();
+    let mut logs = [log];
+    group.start(&mut logs, &[true]).unwrap();
+    assert!(group.in_flight());
+    // Appended while the sync is out: not covered by it.
+    logs[0].append(1, b"second").unwrap();
+    logs[0].flush().unwrap();
+    group.finish(&mut logs).unwrap();
+    assert_eq!(logs[0].durable_offset(), 1);
+    group.sync(&mut logs, &[true]).unwrap();
+    assert_eq!(logs[0].durable_offset(), 2);
+
+    // A roll while a sync is out syncs the old segment itself; the late job changes nothing.
+    logs[0].append(1, b"third").unwrap();
+    group.start(&mut logs, &[true]).unwrap();
+    let body = vec![7u8; 60_000];
+    while logs[0].stats().segments == 1 {
+        logs[0].append(1, &body).unwrap(); // past 1 MiB: rolls, syncing the old segment
+    }
+    let next = logs[0].next_offset();
+    assert_eq!(logs[0].durable_offset(), next - 1);
+    group.finish(&mut logs).unwrap();
+    assert_eq!(logs[0].durable_offset(), next - 1);
+    group.sync(&mut logs, &[true]).unwrap();
+    assert_eq!(logs[0].durable_offset(), next);
+    let [log] = logs;
+    drop(group);
+    log.close().unwrap();
+    let mut reader = LogReader::open(&dir.0).unwrap();
+    let mut n = 0;
+    while let Some(rec) = reader.next_record() {
+        rec.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, next);
 }
