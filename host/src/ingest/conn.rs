@@ -9,7 +9,7 @@ use crate::stats::LatencyRecorder;
 use crate::storage::sessions::HeldFrames;
 use pinstream_core::dispatch::FrameProgress;
 use pinstream_core::wire::{
-    Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_ack_v2, encode_reject,
+    self, Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_ack_v2, encode_reject,
 };
 
 /// Largest control frame the server sends: a version-2 ACK or HELLO reply (header 16 + body
@@ -471,10 +471,7 @@ impl Conn {
         let mut at = self.rstart;
         while at < self.rend {
             let left = self.rend - at;
-            let len = self
-                .rbuf
-                .get(at..at + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+            let len = self.rbuf.get(at..).and_then(wire::frame_len);
             match len {
                 Some(len) if !(MIN_FRAME_LEN..=self.max_frame).contains(&len) => {
                     dropped.unread_bytes += left;
@@ -525,11 +522,7 @@ impl Conn {
     pub(crate) fn partial_frame_age(&mut self, now: u64) -> Option<u64> {
         let avail = self.rend - self.rstart;
         let incomplete = avail > 0
-            && (avail < 4 || {
-                let at = self.rstart;
-                let b = &self.rbuf[at..at + 4];
-                avail < u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
-            });
+            && wire::frame_len(&self.rbuf[self.rstart..self.rend]).is_none_or(|len| avail < len);
         let waiting_on_client = incomplete
             && !self.readable
             && !self.peer_closed

@@ -40,7 +40,7 @@ use pinstream_core::ratelimit::RateConfig;
 use pinstream_core::reason::Reason;
 use pinstream_core::ring::Consumer;
 use pinstream_core::wire::{
-    DecodeError, Frame, FrameKind, Hello, MAX_VERSION, MIN_FRAME_LEN, Reject, encode_hello,
+    self, DecodeError, Frame, FrameKind, Hello, MAX_VERSION, MIN_FRAME_LEN, Reject, encode_hello,
 };
 
 use crate::stats::{HostCounters, LatencyRecorder};
@@ -697,11 +697,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             return false;
         };
         let at = conn.rstart;
-        let Some(len) = conn
-            .rbuf
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        else {
+        let Some(len) = conn.rbuf.get(at..).and_then(wire::frame_len) else {
             conn.hello_pending = false;
             return false;
         };
@@ -1230,11 +1226,10 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
     };
     loop {
         let avail = conn.rend - conn.rstart;
-        if avail < 4 {
-            return parsed;
-        }
         let at = conn.rstart;
-        let len = u32::from_le_bytes([rbuf[at], rbuf[at + 1], rbuf[at + 2], rbuf[at + 3]]) as usize;
+        let Some(len) = wire::frame_len(&rbuf[at..conn.rend]) else {
+            return parsed; // the length field is not all here yet
+        };
         if len < MIN_FRAME_LEN || len > conn.max_frame {
             // The framing is lost: nothing after this can be trusted. REJECT and close; the
             // bytes from here on are thrown away, counted.
@@ -1261,7 +1256,9 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         // Credit before acceptance: the frame's events must fit the window (a lone frame
         // larger than the window is let through, or it could never be sent). A frame that
         // waits for room in the engine took its credit when it started.
-        let events = peek_event_count(bytes);
+        // 1 for an EVENT, the claimed count of a BATCH (at least 1: validated later), and 1
+        // for what is no data frame (it is rejected, or a HELLO answered, as one unit).
+        let events = wire::frame_event_count(bytes).unwrap_or(0).max(1);
         // Room for every REJECT the frame may cause (one per event at worst, and an ACK),
         // unless the buffer is empty and still too small (then the excess is counted).
         let worst = (events as usize + 1) * conn::REJECT_FRAME_LEN + conn::CONTROL_FRAME_MAX;
@@ -1397,12 +1394,12 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 // seq cannot be trusted (a flipped bit may be in it): the REJECT names it
                 // for the client's information, the watermark does not move.
                 dispatcher.reject_frame(error);
-                let seq = frame_seq(bytes);
+                let seq = wire::frame_seq(bytes).unwrap_or(0);
                 settle(conn, ack, Track::unverified());
                 reject(conn, counters, &Reject::frame(seq, error.reason()));
                 conn.malformed += 1;
                 // A HELLO that is not valid leaves the session undefined: close.
-                let was_hello = bytes.get(5) == Some(&(FrameKind::Hello as u8));
+                let was_hello = wire::frame_kind(bytes) == Some(FrameKind::Hello);
                 if was_hello || conn.malformed > limits.max_rejects {
                     parsed.consume(conn, counters, len);
                     parsed.close = Some(CloseReason::Malformed);
@@ -1411,27 +1408,6 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
             }
         }
         parsed.consume(conn, counters, len);
-    }
-}
-
-/// The seq field of a frame header (bytes 8..16), whatever the rest says.
-fn frame_seq(bytes: &[u8]) -> u64 {
-    bytes
-        .get(8..16)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
-}
-
-/// The number of events a frame claims, for the credit check before it is validated:
-/// 1 for an EVENT, the count field for a BATCH (validated later).
-fn peek_event_count(bytes: &[u8]) -> u32 {
-    match bytes.get(5).copied() {
-        Some(k) if k == FrameKind::Batch as u8 => bytes
-            .get(16..20)
-            .and_then(|b| b.try_into().ok())
-            .map_or(1, u32::from_le_bytes)
-            .max(1),
-        _ => 1,
     }
 }
 
