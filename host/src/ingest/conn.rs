@@ -12,6 +12,8 @@ use pinstream_core::wire::{
     self, Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_ack_v2, encode_reject,
 };
 
+use super::SourceId;
+
 /// Largest control frame the server sends: a version-2 ACK or HELLO reply (header 16 + body
 /// 40 + trailer 4).
 pub(crate) const CONTROL_FRAME_MAX: usize = 64;
@@ -149,8 +151,8 @@ pub(crate) enum CloseReason {
 /// connections in the same slot.
 pub(crate) struct Conn {
     pub(crate) stream: Option<TcpStream>,
-    /// The source id of this connection: `generation << 16 | (slot + 1)`.
-    pub(crate) source: u32,
+    /// The source id of this connection: its slot and the slot's generation.
+    pub(crate) source: SourceId,
     pub(crate) rbuf: Box<[u8]>,
     pub(crate) rstart: usize,
     pub(crate) rend: usize,
@@ -241,7 +243,7 @@ impl Conn {
     pub(crate) fn with_buffers(recv: usize, send: usize, frames: usize) -> Self {
         Self {
             stream: None,
-            source: 0,
+            source: SourceId::UDP, // none until `reset` opens it
             rbuf: vec![0; recv].into_boxed_slice(),
             rstart: 0,
             rend: 0,
@@ -288,7 +290,13 @@ impl Conn {
     }
 
     /// Resets the books for a new client on this slot (buffers kept).
-    pub(crate) fn reset(&mut self, stream: TcpStream, source: u32, now: u64, max_frame: usize) {
+    pub(crate) fn reset(
+        &mut self,
+        stream: TcpStream,
+        source: SourceId,
+        now: u64,
+        max_frame: usize,
+    ) {
         self.stream = Some(stream);
         self.source = source;
         self.rstart = 0;

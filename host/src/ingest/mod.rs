@@ -24,6 +24,7 @@ mod addrs;
 mod conn;
 mod producers;
 mod ratekeys;
+mod source;
 mod udp;
 
 use std::collections::VecDeque;
@@ -50,7 +51,8 @@ use crate::sys::net::{
 
 use self::addrs::PeerCounts;
 use self::conn::{CloseReason, Conn, Track};
-pub use self::udp::{UDP_SOURCE, UdpIngest};
+pub use self::source::SourceId;
+pub use self::udp::UdpIngest;
 
 /// When to acknowledge a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,12 +318,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 ),
             ));
         }
-        if limits.max_connections == 0 || limits.max_connections > 65_535 {
+        if limits.max_connections == 0 || limits.max_connections > SourceId::MAX_SLOTS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "tcp.max_connections {} must be in 1..=65535",
-                    limits.max_connections
+                    "tcp.max_connections {} must be in 1..={}",
+                    limits.max_connections,
+                    SourceId::MAX_SLOTS
                 ),
             ));
         }
@@ -664,7 +667,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             slot as u64 + 1,
         )?;
         self.generations[slot] = self.generations[slot].wrapping_add(1);
-        let source = (u32::from(self.generations[slot]) << 16) | (slot as u32 + 1);
+        let source = SourceId::tcp(slot, self.generations[slot]);
         let limits = &self.limits;
         let conn = self.conns[slot].get_or_insert_with(|| {
             Conn::with_buffers(
@@ -722,7 +725,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             );
             return true;
         };
-        let mut reply = Hello::reply(version, self.limits.max_frame_len as u32, conn.source);
+        let mut reply = Hello::reply(version, self.limits.max_frame_len as u32, conn.source.get());
         if version >= 2 {
             let index = match conn.producer {
                 Some(index) => index,
@@ -948,12 +951,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         let mut work = false;
         while let Some(c) = self.completions.pop() {
             work = true;
-            let slot = (c.source & 0xFFFF) as usize;
-            if slot == 0 || slot > self.conns.len() {
+            let source = SourceId::from_raw(c.source);
+            let Some(slot) = source.slot().filter(|&s| s < self.conns.len()) else {
                 continue;
-            }
-            if let Some(conn) = self.conns[slot - 1].as_mut() {
-                if (conn.stream.is_some() || conn.draining) && conn.source == c.source {
+            };
+            if let Some(conn) = self.conns[slot].as_mut() {
+                if (conn.stream.is_some() || conn.draining) && conn.source == source {
                     conn.complete(c.seq, c.stored, c.dead, c.duplicates);
                 }
             }
@@ -1434,7 +1437,7 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         .as_ref()
         .filter(|h| seq <= h.max_seq())
         .map(Arc::clone);
-    let source = conn.source;
+    let source = conn.source.get();
     let step = dispatcher.dispatch_frame_resent(
         frame,
         source,
