@@ -81,8 +81,7 @@ impl Reader {
     pub fn next_reply(&mut self) -> io::Result<Option<Reply>> {
         loop {
             let avail = &self.buf[self.start..self.end];
-            if avail.len() >= 4 {
-                let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+            if let Some(len) = wire::frame_len(avail) {
                 if !(wire::MIN_FRAME_LEN..=self.buf.len()).contains(&len) {
                     return Err(self.invalid(format!(
                         "sent a frame of length {len}: not a pinstream server?"

@@ -1657,7 +1657,7 @@ impl<'a> StoreSink<'a> {
 
     /// Notes events of `(source, seq)` stored, dead-lettered or found duplicate.
     fn note(&mut self, source: u32, seq: u64, stored: u32, dead: u32, duplicates: u32) {
-        if self.ack != AckMode::Durable || source == crate::ingest::UDP_SOURCE {
+        if self.ack != AckMode::Durable || source == crate::ingest::SourceId::UDP.get() {
             return;
         }
         if let Some(last) = self.completions.last_mut() {

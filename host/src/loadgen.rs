@@ -96,9 +96,6 @@ pub struct PriorityMix {
     weights: [u32; 5],
 }
 
-/// The names of the priorities by wire code, as `--priority` spells them.
-const PRIORITY_NAMES: [&str; 5] = ["critical", "high", "medium", "low", "batch"];
-
 impl PriorityMix {
     /// Every event with priority `p`.
     pub fn single(p: Priority) -> Self {
@@ -107,8 +104,8 @@ impl PriorityMix {
         Self { weights }
     }
 
-    /// Parses `name[:weight],...` with names `critical`, `high`, `medium`, `low`, `batch`
-    /// (any case) and weights 0 or more (1 when left out); a name appears once at most.
+    /// Parses `name[:weight],...` with the names of [`Priority::name`] (`critical`, `high`,
+    /// `medium`, `low`, `batch`, in any case) and weights 0 or more (1 when left out); a name appears once at most.
     ///
     /// ```
     /// use pinstream_core::event::Priority;
@@ -139,20 +136,19 @@ impl PriorityMix {
                 }
                 None => (part, 1),
             };
-            let Some(i) = PRIORITY_NAMES
-                .iter()
-                .position(|p| p.eq_ignore_ascii_case(name))
+            let Some(p) = Priority::ALL
+                .into_iter()
+                .find(|p| p.name().eq_ignore_ascii_case(name))
             else {
+                let names: Vec<_> = Priority::ALL.iter().map(|p| p.name()).collect();
                 return Err(format!(
                     "priority mix {s:?}: unknown priority {name:?}; use {} with optional :weight, e.g. critical:1,medium:4",
-                    PRIORITY_NAMES.join(", ")
+                    names.join(", ")
                 ));
             };
+            let i = usize::from(p.as_u8());
             if seen[i] {
-                return Err(format!(
-                    "priority mix {s:?}: {} is given twice",
-                    PRIORITY_NAMES[i]
-                ));
+                return Err(format!("priority mix {s:?}: {} is given twice", p.name()));
             }
             seen[i] = true;
             weights[i] = weight;
@@ -196,7 +192,7 @@ impl PriorityMix {
                 }
             }
             current[best] -= total;
-            // `best` is an index of PRIORITY_NAMES: a valid wire code.
+            // `best` indexes `weights`, by wire code: a valid one.
             out.extend(Priority::from_u8(best as u8));
         }
         out
@@ -207,12 +203,13 @@ impl std::fmt::Display for PriorityMix {
     /// `name:weight` for every priority with a weight, comma separated.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut first = true;
-        for (name, &w) in PRIORITY_NAMES.iter().zip(&self.weights) {
+        for p in Priority::ALL {
+            let w = self.weight(p);
             if w > 0 {
                 if !first {
                     f.write_str(",")?;
                 }
-                write!(f, "{name}:{w}")?;
+                write!(f, "{}:{w}", p.name())?;
                 first = false;
             }
         }

@@ -7,21 +7,51 @@
 //! (`&mut buf[..max]`) and a frame that would exceed it fails with
 //! [`BufferTooSmall`](EncodeError::BufferTooSmall).
 
+use super::field::{self, Field, batch, event, header};
 use super::{
     ACK_BODY_LEN, ACK_BODY_LEN_V2, Ack, BATCH_PREFIX_LEN, EVENT_RECORD_LEN, EncodeError, FrameKind,
     HEADER_LEN, HELLO_BODY_LEN, HELLO_BODY_LEN_V2, Hello, MAX_PAYLOAD_LEN, MIN_FRAME_LEN,
-    REJECT_BODY_LEN, Reject, TRAILER_LEN, VERSION, crc32c, event_frame_len, put,
+    REJECT_BODY_LEN, Reject, TRAILER_LEN, VERSION, crc32c, event_frame_len, put, set,
 };
 use crate::event::{EventHeader, FLAG_HAS_VALUE, KNOWN_FLAGS};
+
+// Small fields are assembled into little-endian words and written a word at a time (see
+// `record_head`). A field's shift is its bit offset in the word that holds it; `shift`
+// stops the build if a field does not lie inside that word.
+
+/// The bit offset of the `width`-byte field at byte `at` inside the 8-byte word at `word`.
+const fn shift(at: usize, width: usize, word: usize) -> u32 {
+    assert!(
+        at >= word && at + width <= word + 8,
+        "field outside its word"
+    );
+    ((at - word) * 8) as u32
+}
+
+/// The header's first word: `len`, `version`, `kind` and `flags` (0); `seq` is the second.
+const HEADER_WORD: Field = 0..8;
+const LEN_SHIFT: u32 = shift(header::LEN.start, 4, HEADER_WORD.start);
+const VERSION_SHIFT: u32 = shift(header::VERSION, 1, HEADER_WORD.start);
+const KIND_SHIFT: u32 = shift(header::KIND, 1, HEADER_WORD.start);
+const _: u32 = shift(header::FLAGS.start, 2, HEADER_WORD.start);
+
+/// An event record's last word: `topic`, `priority`, `flags`, `payload_len`, reserved (0).
+const RECORD_TAIL: Field = event::TOPIC.start..event::RESERVED.end;
+const TOPIC_SHIFT: u32 = shift(event::TOPIC.start, 2, RECORD_TAIL.start);
+const PRIORITY_SHIFT: u32 = shift(event::PRIORITY, 1, RECORD_TAIL.start);
+const FLAGS_SHIFT: u32 = shift(event::FLAGS, 1, RECORD_TAIL.start);
+const PAYLOAD_LEN_SHIFT: u32 = shift(event::PAYLOAD_LEN.start, 2, RECORD_TAIL.start);
+const _: u32 = shift(event::RESERVED.start, 2, RECORD_TAIL.start);
 
 /// A frame header (flags, reserved, 0).
 #[inline]
 fn header_bytes(len: u32, kind: FrameKind, seq: u64) -> [u8; HEADER_LEN] {
-    let first = u64::from(len) | u64::from(VERSION) << 32 | u64::from(kind.as_u8()) << 40;
+    let first = u64::from(len) << LEN_SHIFT
+        | u64::from(VERSION) << VERSION_SHIFT
+        | u64::from(kind.as_u8()) << KIND_SHIFT;
     let mut h = [0u8; HEADER_LEN];
-    for (chunk, word) in h.chunks_exact_mut(8).zip([first, seq]) {
-        chunk.copy_from_slice(&word.to_le_bytes());
-    }
+    set(&mut h, HEADER_WORD, &first.to_le_bytes());
+    set(&mut h, header::SEQ, &seq.to_le_bytes());
     h
 }
 
@@ -43,20 +73,21 @@ fn record_head(header: &EventHeader, payload: &[u8]) -> Result<[u64; 4], EncodeE
     } else {
         0
     };
-    // Bytes 24..32: topic u16, priority u8, flags u8, payload_len u16, reserved u16 (0).
-    let tail = u64::from(header.topic)
-        | u64::from(header.priority.as_u8()) << 16
-        | u64::from(header.flags) << 24
-        | u64::from(payload_len) << 32;
+    let tail = u64::from(header.topic) << TOPIC_SHIFT
+        | u64::from(header.priority.as_u8()) << PRIORITY_SHIFT
+        | u64::from(header.flags) << FLAGS_SHIFT
+        | u64::from(payload_len) << PAYLOAD_LEN_SHIFT;
     Ok([header.id, header.timestamp, value as u64, tail])
 }
 
-/// Writes `words` (from [`record_head`]) into `dst`.
+/// Writes `words` (from [`record_head`]: `id`, `timestamp`, `value`, the tail) into `dst`.
 #[inline(always)]
 fn write_head(dst: &mut [u8; EVENT_RECORD_LEN], words: [u64; 4]) {
-    for (chunk, word) in dst.chunks_exact_mut(8).zip(words) {
-        chunk.copy_from_slice(&word.to_le_bytes());
-    }
+    let [id, timestamp, value, tail] = words;
+    set(dst, event::ID, &id.to_le_bytes());
+    set(dst, event::TIMESTAMP, &timestamp.to_le_bytes());
+    set(dst, event::VALUE, &value.to_le_bytes());
+    set(dst, RECORD_TAIL, &tail.to_le_bytes());
 }
 
 /// Writes the CRC32C trailer of `frame` (exactly one frame, header and body written).
@@ -141,11 +172,21 @@ pub fn encode_event(
 pub fn encode_ack(buf: &mut [u8], seq: u64, ack: &Ack) -> Result<usize, EncodeError> {
     let ack = ack.folded();
     let mut body = [0u8; ACK_BODY_LEN];
-    body[..8].copy_from_slice(&ack.through_seq.to_le_bytes());
-    body[8..16].copy_from_slice(&ack.stored.to_le_bytes());
-    body[16..24].copy_from_slice(&ack.dead_lettered.to_le_bytes());
-    body[24..].copy_from_slice(&ack.rejected.to_le_bytes());
+    ack_body(&mut body, &ack);
     encode_fixed(buf, FrameKind::Ack, seq, &body)
+}
+
+/// Writes the fields of `ack` that fit `body` (a version-1 body ends before `duplicates`).
+fn ack_body(body: &mut [u8], a: &Ack) {
+    set(body, field::ack::THROUGH_SEQ, &a.through_seq.to_le_bytes());
+    set(body, field::ack::STORED, &a.stored.to_le_bytes());
+    set(
+        body,
+        field::ack::DEAD_LETTERED,
+        &a.dead_lettered.to_le_bytes(),
+    );
+    set(body, field::ack::REJECTED, &a.rejected.to_le_bytes());
+    set(body, field::ack::DUPLICATES, &a.duplicates.to_le_bytes());
 }
 
 /// Writes a version-2 ACK frame (header version 2, `duplicates` after `rejected`); returns
@@ -155,15 +196,11 @@ pub fn encode_ack(buf: &mut [u8], seq: u64, ack: &Ack) -> Result<usize, EncodeEr
 /// [`BufferTooSmall`](EncodeError::BufferTooSmall).
 pub fn encode_ack_v2(buf: &mut [u8], seq: u64, ack: &Ack) -> Result<usize, EncodeError> {
     let mut body = [0u8; ACK_BODY_LEN_V2];
-    body[..8].copy_from_slice(&ack.through_seq.to_le_bytes());
-    body[8..16].copy_from_slice(&ack.stored.to_le_bytes());
-    body[16..24].copy_from_slice(&ack.dead_lettered.to_le_bytes());
-    body[24..32].copy_from_slice(&ack.rejected.to_le_bytes());
-    body[32..].copy_from_slice(&ack.duplicates.to_le_bytes());
+    ack_body(&mut body, ack);
     let n = encode_fixed(buf, FrameKind::Ack, seq, &body)?;
     // The header's version byte, then the CRC again over the changed header.
     let frame = frame_buf(buf, n)?;
-    put(frame, 4, &[2]);
+    put(frame, header::VERSION, &[2]);
     seal(frame);
     Ok(n)
 }
@@ -175,11 +212,23 @@ pub fn encode_ack_v2(buf: &mut [u8], seq: u64, ack: &Ack) -> Result<usize, Encod
 /// [`BufferTooSmall`](EncodeError::BufferTooSmall).
 pub fn encode_reject(buf: &mut [u8], seq: u64, reject: &Reject) -> Result<usize, EncodeError> {
     let mut body = [0u8; REJECT_BODY_LEN];
-    body[..8].copy_from_slice(&reject.frame_seq.to_le_bytes());
-    body[8..10].copy_from_slice(&reject.reason.to_le_bytes());
-    body[10..12].copy_from_slice(&reject.index.to_le_bytes());
-    // body[12..16]: reserved, 0.
-    body[16..].copy_from_slice(&reject.event_id.to_le_bytes());
+    set(
+        &mut body,
+        field::reject::FRAME_SEQ,
+        &reject.frame_seq.to_le_bytes(),
+    );
+    set(
+        &mut body,
+        field::reject::REASON,
+        &reject.reason.to_le_bytes(),
+    );
+    set(&mut body, field::reject::INDEX, &reject.index.to_le_bytes());
+    // `field::reject::RESERVED`: 0.
+    set(
+        &mut body,
+        field::reject::EVENT_ID,
+        &reject.event_id.to_le_bytes(),
+    );
     encode_fixed(buf, FrameKind::Reject, seq, &body)
 }
 
@@ -199,22 +248,42 @@ pub fn encode_hello(buf: &mut [u8], seq: u64, hello: &Hello) -> Result<usize, En
         return Err(EncodeError::BadHelloFrameLen);
     }
     let mut body = [0u8; HELLO_BODY_LEN_V2];
-    body[0] = hello.min_version;
-    body[1] = hello.max_version;
-    // body[2..4]: reserved, 0.
-    body[4..8].copy_from_slice(&hello.max_frame_len.to_le_bytes());
-    body[8..12].copy_from_slice(&hello.source.to_le_bytes());
-    // body[12..16]: reserved, 0.
+    body[field::hello::MIN_VERSION] = hello.min_version;
+    body[field::hello::MAX_VERSION] = hello.max_version;
+    // `field::hello::RESERVED_0`: 0.
+    set(
+        &mut body,
+        field::hello::MAX_FRAME_LEN,
+        &hello.max_frame_len.to_le_bytes(),
+    );
+    set(&mut body, field::hello::SOURCE, &hello.source.to_le_bytes());
+    // `field::hello::RESERVED_1`: 0.
     if hello.max_version < 2 {
         let short: &[u8; HELLO_BODY_LEN] = body[..HELLO_BODY_LEN]
             .try_into()
             .unwrap_or(&[0; HELLO_BODY_LEN]);
         return encode_fixed(buf, FrameKind::Hello, seq, short);
     }
-    body[16..24].copy_from_slice(&hello.producer_id.to_le_bytes());
-    body[24..32].copy_from_slice(&hello.last_seq.to_le_bytes());
-    body[32..36].copy_from_slice(&hello.max_payload.to_le_bytes());
-    body[36..].copy_from_slice(&hello.dedup_window_ms.to_le_bytes());
+    set(
+        &mut body,
+        field::hello::PRODUCER_ID,
+        &hello.producer_id.to_le_bytes(),
+    );
+    set(
+        &mut body,
+        field::hello::LAST_SEQ,
+        &hello.last_seq.to_le_bytes(),
+    );
+    set(
+        &mut body,
+        field::hello::MAX_PAYLOAD,
+        &hello.max_payload.to_le_bytes(),
+    );
+    set(
+        &mut body,
+        field::hello::DEDUP_WINDOW_MS,
+        &hello.dedup_window_ms.to_le_bytes(),
+    );
     encode_fixed(buf, FrameKind::Hello, seq, &body)
 }
 
@@ -370,8 +439,10 @@ impl<'a> BatchEncoder<'a> {
             0,
             &header_bytes(total as u32, FrameKind::Batch, self.seq),
         );
-        put(frame, HEADER_LEN, &self.count.to_le_bytes());
-        put(frame, HEADER_LEN + 4, &[0; 4]);
+        if let Some(body) = frame.get_mut(HEADER_LEN..) {
+            set(body, batch::COUNT, &self.count.to_le_bytes());
+            set(body, batch::RESERVED, &[0; 4]);
+        }
         seal(frame);
         Ok(total)
     }

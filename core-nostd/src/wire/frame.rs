@@ -4,6 +4,7 @@
 use core::fmt;
 use core::iter::FusedIterator;
 
+use super::field::{self, ack, batch, event, hello, reject};
 use super::{
     ACK_BODY_LEN, ACK_BODY_LEN_V2, BATCH_PREFIX_LEN, DecodeError, EVENT_RECORD_LEN, FrameKind,
     HEADER_LEN, HELLO_BODY_LEN, HELLO_BODY_LEN_V2, MAX_VERSION, MIN_FRAME_LEN, REJECT_BODY_LEN,
@@ -66,24 +67,26 @@ impl<'a> Frame<'a> {
         let (covered, trailer) = buf
             .split_at_checked(len - TRAILER_LEN)
             .ok_or(DecodeError::TooShort)?;
-        if crc32c(covered) != get_u32(trailer, 0) {
+        if crc32c(covered) != get_u32(trailer, 0..TRAILER_LEN) {
             return Err(DecodeError::BadCrc);
         }
         let (header, body) = covered
             .split_first_chunk::<HEADER_LEN>()
             .ok_or(DecodeError::TooShort)?;
-        if header[4] == 0 || header[4] > MAX_VERSION {
+        let version = header[field::header::VERSION];
+        if version == 0 || version > MAX_VERSION {
             return Err(DecodeError::UnsupportedVersion);
         }
-        let kind = FrameKind::from_u8(header[5]).ok_or(DecodeError::UnknownKind)?;
-        if get_u16(header, 6) != 0 {
+        let kind =
+            FrameKind::from_u8(header[field::header::KIND]).ok_or(DecodeError::UnknownKind)?;
+        if get_u16(header, field::header::FLAGS) != 0 {
             return Err(DecodeError::ReservedNonZero);
         }
         match kind {
             FrameKind::Event => check_event_body(body)?,
             FrameKind::Batch => check_batch_body(body)?,
             FrameKind::Ack => {
-                let want = if header[4] >= 2 {
+                let want = if version >= 2 {
                     ACK_BODY_LEN_V2
                 } else {
                     ACK_BODY_LEN
@@ -96,13 +99,13 @@ impl<'a> Frame<'a> {
                 if body.len() != REJECT_BODY_LEN {
                     return Err(DecodeError::BadBodyLength);
                 }
-                if get_u32(body, 12) != 0 {
+                if get_u32(body, reject::RESERVED) != 0 {
                     return Err(DecodeError::ReservedNonZero);
                 }
             }
             // HELLO frames carry header version 1 whatever versions they offer, so any
             // receiver can read the range: another header version is not a HELLO to trust.
-            FrameKind::Hello if header[4] != VERSION => {
+            FrameKind::Hello if version != VERSION => {
                 return Err(DecodeError::UnsupportedVersion);
             }
             FrameKind::Hello => check_hello_body(body)?,
@@ -119,7 +122,10 @@ impl<'a> Frame<'a> {
     /// The protocol version of the header (1 to [`MAX_VERSION`] for a valid frame).
     #[inline]
     pub fn version(&self) -> u8 {
-        self.bytes.get(4).copied().unwrap_or(VERSION)
+        self.bytes
+            .get(field::header::VERSION)
+            .copied()
+            .unwrap_or(VERSION)
     }
 
     /// The frame's kind.
@@ -131,7 +137,7 @@ impl<'a> Frame<'a> {
     /// The sender's sequence number of this frame.
     #[inline]
     pub fn seq(&self) -> u64 {
-        get_u64(self.bytes, 8)
+        get_u64(self.bytes, field::header::SEQ)
     }
 
     /// The body: the bytes between header and trailer.
@@ -144,7 +150,8 @@ impl<'a> Frame<'a> {
     /// The CRC32C trailer.
     #[inline]
     pub fn crc(&self) -> u32 {
-        get_u32(self.bytes, self.bytes.len().saturating_sub(TRAILER_LEN))
+        let at = self.bytes.len().saturating_sub(TRAILER_LEN);
+        get_u32(self.bytes, at..self.bytes.len())
     }
 
     /// Events in the frame: 1 for EVENT, the count for BATCH, 0 for other kinds.
@@ -152,7 +159,7 @@ impl<'a> Frame<'a> {
     pub fn event_count(&self) -> u32 {
         match self.kind {
             FrameKind::Event => 1,
-            FrameKind::Batch => get_u32(self.body(), 0),
+            FrameKind::Batch => get_u32(self.body(), batch::COUNT),
             _ => 0,
         }
     }
@@ -188,7 +195,7 @@ impl<'a> Frame<'a> {
             },
             FrameKind::Batch => Events {
                 rest: body.get(BATCH_PREFIX_LEN..).unwrap_or(&[]),
-                remaining: get_u32(body, 0),
+                remaining: get_u32(body, batch::COUNT),
             },
             _ => Events {
                 rest: &[],
@@ -201,16 +208,12 @@ impl<'a> Frame<'a> {
     pub fn ack(&self) -> Option<Ack> {
         let b = self.body();
         (self.kind == FrameKind::Ack).then(|| Ack {
-            through_seq: get_u64(b, 0),
-            stored: get_u64(b, 8),
-            dead_lettered: get_u64(b, 16),
-            rejected: get_u64(b, 24),
-            // Version 1 has no such field: its `stored` counts duplicates.
-            duplicates: if b.len() >= ACK_BODY_LEN_V2 {
-                get_u64(b, 32)
-            } else {
-                0
-            },
+            through_seq: get_u64(b, ack::THROUGH_SEQ),
+            stored: get_u64(b, ack::STORED),
+            dead_lettered: get_u64(b, ack::DEAD_LETTERED),
+            rejected: get_u64(b, ack::REJECTED),
+            // Version 1 has no such field (the read gives 0): its `stored` counts duplicates.
+            duplicates: get_u64(b, ack::DUPLICATES),
         })
     }
 
@@ -218,10 +221,10 @@ impl<'a> Frame<'a> {
     pub fn reject(&self) -> Option<Reject> {
         let b = self.body();
         (self.kind == FrameKind::Reject).then(|| Reject {
-            frame_seq: get_u64(b, 0),
-            reason: get_u16(b, 8),
-            index: get_u16(b, 10),
-            event_id: get_u64(b, 16),
+            frame_seq: get_u64(b, reject::FRAME_SEQ),
+            reason: get_u16(b, reject::REASON),
+            index: get_u16(b, reject::INDEX),
+            event_id: get_u64(b, reject::EVENT_ID),
         })
     }
 
@@ -229,14 +232,15 @@ impl<'a> Frame<'a> {
     pub fn hello(&self) -> Option<Hello> {
         let b = self.body();
         (self.kind == FrameKind::Hello).then(|| Hello {
-            min_version: b.first().copied().unwrap_or(0),
-            max_version: b.get(1).copied().unwrap_or(0),
-            max_frame_len: get_u32(b, 4),
-            source: get_u32(b, 8),
-            producer_id: get_u64(b, 16),
-            last_seq: get_u64(b, 24),
-            max_payload: get_u32(b, 32),
-            dedup_window_ms: get_u32(b, 36),
+            min_version: b.get(hello::MIN_VERSION).copied().unwrap_or(0),
+            max_version: b.get(hello::MAX_VERSION).copied().unwrap_or(0),
+            max_frame_len: get_u32(b, hello::MAX_FRAME_LEN),
+            source: get_u32(b, hello::SOURCE),
+            // A version-1 body ends before these: the reads give 0.
+            producer_id: get_u64(b, hello::PRODUCER_ID),
+            last_seq: get_u64(b, hello::LAST_SEQ),
+            max_payload: get_u32(b, hello::MAX_PAYLOAD),
+            dedup_window_ms: get_u32(b, hello::DEDUP_WINDOW_MS),
         })
     }
 
@@ -270,17 +274,17 @@ fn check_record(rest: &[u8], cut_short: DecodeError) -> Result<usize, DecodeErro
     let Some(head) = rest.first_chunk::<EVENT_RECORD_LEN>() else {
         return Err(cut_short);
     };
-    if head[26] > Priority::Batch.as_u8() {
+    if head[event::PRIORITY] > Priority::Batch.as_u8() {
         return Err(DecodeError::BadPriority);
     }
-    let flags = head[27];
-    if flags & !KNOWN_FLAGS != 0 || get_u16(head, 30) != 0 {
+    let flags = head[event::FLAGS];
+    if flags & !KNOWN_FLAGS != 0 || get_u16(head, event::RESERVED) != 0 {
         return Err(DecodeError::ReservedNonZero);
     }
-    if flags & FLAG_HAS_VALUE == 0 && get_u64(head, 16) != 0 {
+    if flags & FLAG_HAS_VALUE == 0 && get_u64(head, event::VALUE) != 0 {
         return Err(DecodeError::ReservedNonZero);
     }
-    let total = EVENT_RECORD_LEN + usize::from(get_u16(head, 28));
+    let total = EVENT_RECORD_LEN + usize::from(get_u16(head, event::PAYLOAD_LEN));
     if rest.len() < total {
         return Err(DecodeError::BadEventLength);
     }
@@ -301,11 +305,11 @@ fn check_batch_body(body: &[u8]) -> Result<(), DecodeError> {
     let Some((prefix, mut rest)) = body.split_first_chunk::<BATCH_PREFIX_LEN>() else {
         return Err(DecodeError::BadBodyLength);
     };
-    let count = get_u32(prefix, 0);
+    let count = get_u32(prefix, batch::COUNT);
     if count == 0 {
         return Err(DecodeError::BadCount);
     }
-    if get_u32(prefix, 4) != 0 {
+    if get_u32(prefix, batch::RESERVED) != 0 {
         return Err(DecodeError::ReservedNonZero);
     }
     // Each record takes at least 32 bytes: a larger count cannot fit (and this bounds the loop
@@ -328,17 +332,17 @@ fn check_hello_body(body: &[u8]) -> Result<(), DecodeError> {
     if body.len() != HELLO_BODY_LEN && body.len() != HELLO_BODY_LEN_V2 {
         return Err(DecodeError::BadBodyLength);
     }
-    if get_u16(body, 2) != 0 || get_u32(body, 12) != 0 {
+    if get_u16(body, hello::RESERVED_0) != 0 || get_u32(body, hello::RESERVED_1) != 0 {
         return Err(DecodeError::ReservedNonZero);
     }
     let (min, max) = (
-        body.first().copied().unwrap_or(0),
-        body.get(1).copied().unwrap_or(0),
+        body.get(hello::MIN_VERSION).copied().unwrap_or(0),
+        body.get(hello::MAX_VERSION).copied().unwrap_or(0),
     );
     if min == 0 || min > max {
         return Err(DecodeError::BadVersionRange);
     }
-    if (get_u32(body, 4) as usize) < MIN_FRAME_LEN {
+    if (get_u32(body, hello::MAX_FRAME_LEN) as usize) < MIN_FRAME_LEN {
         return Err(DecodeError::BadHelloFrameLen);
     }
     // The long form belongs to senders that speak version 2 or later, the short one to the
@@ -379,7 +383,8 @@ impl<'a> Iterator for Events<'a> {
             .rest
             .split_first_chunk::<EVENT_RECORD_LEN>()
             .and_then(|(head, after)| {
-                let (payload, rest) = after.split_at_checked(usize::from(get_u16(head, 28)))?;
+                let payload_len = get_u16(head, event::PAYLOAD_LEN);
+                let (payload, rest) = after.split_at_checked(usize::from(payload_len))?;
                 Some((head, payload, rest))
             });
         match parsed {
@@ -425,45 +430,45 @@ impl<'a> EventView<'a> {
             priority: self.priority(),
             flags: self.flags(),
             timestamp: self.timestamp(),
-            raw_value: get_u64(self.head, 16) as i64,
+            raw_value: get_u64(self.head, event::VALUE) as i64,
         }
     }
 
     /// The event's id (idempotency key).
     #[inline]
     pub fn id(&self) -> u64 {
-        get_u64(self.head, 0)
+        get_u64(self.head, event::ID)
     }
 
     /// The producer's timestamp.
     #[inline]
     pub fn timestamp(&self) -> u64 {
-        get_u64(self.head, 8)
+        get_u64(self.head, event::TIMESTAMP)
     }
 
     /// The numeric value, when the has-value flag is set.
     #[inline]
     pub fn value(&self) -> Option<i64> {
-        (self.flags() & FLAG_HAS_VALUE != 0).then(|| get_u64(self.head, 16) as i64)
+        (self.flags() & FLAG_HAS_VALUE != 0).then(|| get_u64(self.head, event::VALUE) as i64)
     }
 
     /// The topic id.
     #[inline]
     pub fn topic(&self) -> u16 {
-        get_u16(self.head, 24)
+        get_u16(self.head, event::TOPIC)
     }
 
     /// The priority.
     #[inline]
     pub fn priority(&self) -> Priority {
         // Validated to be 0..=4; the fallback is never taken.
-        Priority::from_u8(self.head[26]).unwrap_or(Priority::Batch)
+        Priority::from_u8(self.head[event::PRIORITY]).unwrap_or(Priority::Batch)
     }
 
     /// The flags byte ([`FLAG_HAS_VALUE`] or 0).
     #[inline]
     pub fn flags(&self) -> u8 {
-        self.head[27]
+        self.head[event::FLAGS]
     }
 
     /// The payload bytes, borrowed from the frame.

@@ -21,6 +21,9 @@
 //!   frame once complete: frames whole in the input are views into it, only a frame split
 //!   across inputs is copied (into the decoder's `CAP`-byte buffer).
 //! - [`frames`] iterates over frames packed in one buffer (a UDP datagram), without state.
+//! - [`field`] names the bytes of every field, once; [`frame_len`], [`frame_seq`],
+//!   [`frame_kind`] and [`frame_event_count`] read a header before its frame is validated
+//!   (to frame a stream, to take credit, to name a bad frame in its REJECT).
 //!
 //! A frame whose length field is sane but whose content is not (bad CRC, bad field) is
 //! reported and skipped; a length field out of bounds loses the framing of a stream, which
@@ -72,6 +75,7 @@
 mod crc;
 mod decoder;
 mod encode;
+pub mod field;
 mod frame;
 
 #[cfg(all(test, not(loom)))]
@@ -86,6 +90,7 @@ pub use self::decoder::StreamDecoder;
 pub use self::encode::{
     BatchEncoder, encode_ack, encode_ack_v2, encode_event, encode_hello, encode_reject,
 };
+pub use self::field::Field;
 pub use self::frame::{Ack, EventView, Events, Frame, FrameError, Frames, Hello, Reject, frames};
 use crate::reason::Reason;
 
@@ -145,7 +150,7 @@ pub const fn event_frame_len(payload_len: usize) -> usize {
 /// ```
 #[inline]
 pub fn frame_len(prefix: &[u8]) -> Option<usize> {
-    let len = u32::from_le_bytes(*prefix.first_chunk::<4>()?);
+    let len = u32::from_le_bytes(read(prefix, field::header::LEN)?);
     Some(usize::try_from(len).unwrap_or(usize::MAX))
 }
 
@@ -161,10 +166,57 @@ pub fn frame_len(prefix: &[u8]) -> Option<usize> {
 #[inline]
 pub fn frame_seq(prefix: &[u8]) -> Option<u64> {
     let header = prefix.first_chunk::<HEADER_LEN>()?;
-    Some(get_u64(header, 8))
+    Some(get_u64(header, field::header::SEQ))
 }
 
-/// The kind of a frame (header byte 5).
+/// The `kind` field of the frame starting at `prefix`, once it is there and if it is a
+/// defined kind; the frame need not be valid.
+///
+/// ```
+/// use pinstream_core::wire::{FrameKind, frame_kind};
+///
+/// assert_eq!(frame_kind(&[36, 0, 0, 0, 1, 1]), Some(FrameKind::Hello));
+/// assert_eq!(frame_kind(&[36, 0, 0, 0, 1, 9]), None); // not a kind
+/// assert_eq!(frame_kind(&[36, 0, 0, 0, 1]), None); // not there yet
+/// ```
+#[inline]
+pub fn frame_kind(prefix: &[u8]) -> Option<FrameKind> {
+    FrameKind::from_u8(*prefix.get(field::header::KIND)?)
+}
+
+/// The number of events the frame starting at `prefix` claims to carry, before it is
+/// validated (a receiver's credit check): 1 for an EVENT, the `count` field of a BATCH (which
+/// may be 0 or a lie; [`Frame::new_checked`] checks it), 0 for the other kinds. `None` when
+/// the kind is not a defined one or the bytes it needs are not there yet.
+///
+/// ```
+/// use pinstream_core::event::{EventHeader, Priority};
+/// use pinstream_core::wire::{BatchEncoder, encode_ack, frame_event_count, Ack};
+///
+/// let mut buf = [0u8; 128];
+/// let mut batch = BatchEncoder::new(&mut buf, 1)?;
+/// batch.push(&EventHeader::new(1, 0, Priority::Low, 0), b"")?;
+/// batch.push(&EventHeader::new(2, 0, Priority::Low, 0), b"")?;
+/// let n = batch.finish()?;
+/// assert_eq!(frame_event_count(&buf[..n]), Some(2));
+/// assert_eq!(frame_event_count(&buf[..19]), None); // the count is not there yet
+/// let n = encode_ack(&mut buf, 1, &Ack::default())?;
+/// assert_eq!(frame_event_count(&buf[..n]), Some(0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[inline]
+pub fn frame_event_count(prefix: &[u8]) -> Option<u32> {
+    match frame_kind(prefix)? {
+        FrameKind::Event => Some(1),
+        FrameKind::Batch => {
+            let body = prefix.get(HEADER_LEN..)?;
+            Some(u32::from_le_bytes(read(body, field::batch::COUNT)?))
+        }
+        FrameKind::Hello | FrameKind::Ack | FrameKind::Reject => Some(0),
+    }
+}
+
+/// The kind of a frame (the header's [`kind`](field::header::KIND) byte).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -404,36 +456,40 @@ impl core::error::Error for EncodeError {}
 
 // ---- little-endian field access that cannot panic ----
 // Callers check lengths first; a read out of range yields 0 and a write out of range does
-// nothing, so a bug shows up as a failed round trip in the tests, never as a panic.
+// nothing, so a bug shows up as a failed round trip in the tests, never as a panic. The
+// fields are constants: after inlining, the range checks fold away.
 
+/// The `N` bytes of field `f` of `b`, if `b` holds them and `f` is `N` bytes long.
 #[inline(always)]
-pub(crate) fn get_u16(b: &[u8], at: usize) -> u16 {
-    match b.get(at..).and_then(<[u8]>::first_chunk::<2>) {
-        Some(c) => u16::from_le_bytes(*c),
-        None => 0,
-    }
+pub(crate) fn read<const N: usize>(b: &[u8], f: Field) -> Option<[u8; N]> {
+    b.get(f).and_then(|s| <[u8; N]>::try_from(s).ok())
 }
 
 #[inline(always)]
-pub(crate) fn get_u32(b: &[u8], at: usize) -> u32 {
-    match b.get(at..).and_then(<[u8]>::first_chunk::<4>) {
-        Some(c) => u32::from_le_bytes(*c),
-        None => 0,
-    }
+pub(crate) fn get_u16(b: &[u8], f: Field) -> u16 {
+    read(b, f).map_or(0, u16::from_le_bytes)
 }
 
 #[inline(always)]
-pub(crate) fn get_u64(b: &[u8], at: usize) -> u64 {
-    match b.get(at..).and_then(<[u8]>::first_chunk::<8>) {
-        Some(c) => u64::from_le_bytes(*c),
-        None => 0,
-    }
+pub(crate) fn get_u32(b: &[u8], f: Field) -> u32 {
+    read(b, f).map_or(0, u32::from_le_bytes)
 }
 
 #[inline(always)]
-pub(crate) fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
-    let end = at.saturating_add(bytes.len());
-    if let Some(dst) = b.get_mut(at..end) {
+pub(crate) fn get_u64(b: &[u8], f: Field) -> u64 {
+    read(b, f).map_or(0, u64::from_le_bytes)
+}
+
+/// Writes `bytes` into field `f` of `b` (nothing when `b` is too short or the sizes differ).
+#[inline(always)]
+pub(crate) fn set(b: &mut [u8], f: Field, bytes: &[u8]) {
+    if let Some(dst) = b.get_mut(f).filter(|d| d.len() == bytes.len()) {
         dst.copy_from_slice(bytes);
     }
+}
+
+/// Writes `bytes` at offset `at` of `b` (a block: a header, a body, the trailer).
+#[inline(always)]
+pub(crate) fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
+    set(b, at..at.saturating_add(bytes.len()), bytes);
 }

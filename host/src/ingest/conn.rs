@@ -9,8 +9,10 @@ use crate::stats::LatencyRecorder;
 use crate::storage::sessions::HeldFrames;
 use pinstream_core::dispatch::FrameProgress;
 use pinstream_core::wire::{
-    Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_ack_v2, encode_reject,
+    self, Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_ack_v2, encode_reject,
 };
+
+use super::SourceId;
 
 /// Largest control frame the server sends: a version-2 ACK or HELLO reply (header 16 + body
 /// 40 + trailer 4).
@@ -149,8 +151,8 @@ pub(crate) enum CloseReason {
 /// connections in the same slot.
 pub(crate) struct Conn {
     pub(crate) stream: Option<TcpStream>,
-    /// The source id of this connection: `generation << 16 | (slot + 1)`.
-    pub(crate) source: u32,
+    /// The source id of this connection: its slot and the slot's generation.
+    pub(crate) source: SourceId,
     pub(crate) rbuf: Box<[u8]>,
     pub(crate) rstart: usize,
     pub(crate) rend: usize,
@@ -241,7 +243,7 @@ impl Conn {
     pub(crate) fn with_buffers(recv: usize, send: usize, frames: usize) -> Self {
         Self {
             stream: None,
-            source: 0,
+            source: SourceId::UDP, // none until `reset` opens it
             rbuf: vec![0; recv].into_boxed_slice(),
             rstart: 0,
             rend: 0,
@@ -288,7 +290,13 @@ impl Conn {
     }
 
     /// Resets the books for a new client on this slot (buffers kept).
-    pub(crate) fn reset(&mut self, stream: TcpStream, source: u32, now: u64, max_frame: usize) {
+    pub(crate) fn reset(
+        &mut self,
+        stream: TcpStream,
+        source: SourceId,
+        now: u64,
+        max_frame: usize,
+    ) {
         self.stream = Some(stream);
         self.source = source;
         self.rstart = 0;
@@ -471,10 +479,7 @@ impl Conn {
         let mut at = self.rstart;
         while at < self.rend {
             let left = self.rend - at;
-            let len = self
-                .rbuf
-                .get(at..at + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+            let len = self.rbuf.get(at..).and_then(wire::frame_len);
             match len {
                 Some(len) if !(MIN_FRAME_LEN..=self.max_frame).contains(&len) => {
                     dropped.unread_bytes += left;
@@ -525,11 +530,7 @@ impl Conn {
     pub(crate) fn partial_frame_age(&mut self, now: u64) -> Option<u64> {
         let avail = self.rend - self.rstart;
         let incomplete = avail > 0
-            && (avail < 4 || {
-                let at = self.rstart;
-                let b = &self.rbuf[at..at + 4];
-                avail < u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
-            });
+            && wire::frame_len(&self.rbuf[self.rstart..self.rend]).is_none_or(|len| avail < len);
         let waiting_on_client = incomplete
             && !self.readable
             && !self.peer_closed

@@ -24,6 +24,7 @@ mod addrs;
 mod conn;
 mod producers;
 mod ratekeys;
+mod source;
 mod udp;
 
 use std::collections::VecDeque;
@@ -40,7 +41,7 @@ use pinstream_core::ratelimit::RateConfig;
 use pinstream_core::reason::Reason;
 use pinstream_core::ring::Consumer;
 use pinstream_core::wire::{
-    DecodeError, Frame, FrameKind, Hello, MAX_VERSION, MIN_FRAME_LEN, Reject, encode_hello,
+    self, DecodeError, Frame, FrameKind, Hello, MAX_VERSION, MIN_FRAME_LEN, Reject, encode_hello,
 };
 
 use crate::stats::{HostCounters, LatencyRecorder};
@@ -50,7 +51,8 @@ use crate::sys::net::{
 
 use self::addrs::PeerCounts;
 use self::conn::{CloseReason, Conn, Track};
-pub use self::udp::{UDP_SOURCE, UdpIngest};
+pub use self::source::SourceId;
+pub use self::udp::UdpIngest;
 
 /// When to acknowledge a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,12 +318,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 ),
             ));
         }
-        if limits.max_connections == 0 || limits.max_connections > 65_535 {
+        if limits.max_connections == 0 || limits.max_connections > SourceId::MAX_SLOTS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "tcp.max_connections {} must be in 1..=65535",
-                    limits.max_connections
+                    "tcp.max_connections {} must be in 1..={}",
+                    limits.max_connections,
+                    SourceId::MAX_SLOTS
                 ),
             ));
         }
@@ -664,7 +667,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             slot as u64 + 1,
         )?;
         self.generations[slot] = self.generations[slot].wrapping_add(1);
-        let source = (u32::from(self.generations[slot]) << 16) | (slot as u32 + 1);
+        let source = SourceId::tcp(slot, self.generations[slot]);
         let limits = &self.limits;
         let conn = self.conns[slot].get_or_insert_with(|| {
             Conn::with_buffers(
@@ -697,11 +700,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             return false;
         };
         let at = conn.rstart;
-        let Some(len) = conn
-            .rbuf
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        else {
+        let Some(len) = conn.rbuf.get(at..).and_then(wire::frame_len) else {
             conn.hello_pending = false;
             return false;
         };
@@ -726,7 +725,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             );
             return true;
         };
-        let mut reply = Hello::reply(version, self.limits.max_frame_len as u32, conn.source);
+        let mut reply = Hello::reply(version, self.limits.max_frame_len as u32, conn.source.get());
         if version >= 2 {
             let index = match conn.producer {
                 Some(index) => index,
@@ -952,12 +951,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         let mut work = false;
         while let Some(c) = self.completions.pop() {
             work = true;
-            let slot = (c.source & 0xFFFF) as usize;
-            if slot == 0 || slot > self.conns.len() {
+            let source = SourceId::from_raw(c.source);
+            let Some(slot) = source.slot().filter(|&s| s < self.conns.len()) else {
                 continue;
-            }
-            if let Some(conn) = self.conns[slot - 1].as_mut() {
-                if (conn.stream.is_some() || conn.draining) && conn.source == c.source {
+            };
+            if let Some(conn) = self.conns[slot].as_mut() {
+                if (conn.stream.is_some() || conn.draining) && conn.source == source {
                     conn.complete(c.seq, c.stored, c.dead, c.duplicates);
                 }
             }
@@ -1230,11 +1229,10 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
     };
     loop {
         let avail = conn.rend - conn.rstart;
-        if avail < 4 {
-            return parsed;
-        }
         let at = conn.rstart;
-        let len = u32::from_le_bytes([rbuf[at], rbuf[at + 1], rbuf[at + 2], rbuf[at + 3]]) as usize;
+        let Some(len) = wire::frame_len(&rbuf[at..conn.rend]) else {
+            return parsed; // the length field is not all here yet
+        };
         if len < MIN_FRAME_LEN || len > conn.max_frame {
             // The framing is lost: nothing after this can be trusted. REJECT and close; the
             // bytes from here on are thrown away, counted.
@@ -1261,7 +1259,9 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         // Credit before acceptance: the frame's events must fit the window (a lone frame
         // larger than the window is let through, or it could never be sent). A frame that
         // waits for room in the engine took its credit when it started.
-        let events = peek_event_count(bytes);
+        // 1 for an EVENT, the claimed count of a BATCH (at least 1: validated later), and 1
+        // for what is no data frame (it is rejected, or a HELLO answered, as one unit).
+        let events = wire::frame_event_count(bytes).unwrap_or(0).max(1);
         // Room for every REJECT the frame may cause (one per event at worst, and an ACK),
         // unless the buffer is empty and still too small (then the excess is counted).
         let worst = (events as usize + 1) * conn::REJECT_FRAME_LEN + conn::CONTROL_FRAME_MAX;
@@ -1397,12 +1397,12 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 // seq cannot be trusted (a flipped bit may be in it): the REJECT names it
                 // for the client's information, the watermark does not move.
                 dispatcher.reject_frame(error);
-                let seq = frame_seq(bytes);
+                let seq = wire::frame_seq(bytes).unwrap_or(0);
                 settle(conn, ack, Track::unverified());
                 reject(conn, counters, &Reject::frame(seq, error.reason()));
                 conn.malformed += 1;
                 // A HELLO that is not valid leaves the session undefined: close.
-                let was_hello = bytes.get(5) == Some(&(FrameKind::Hello as u8));
+                let was_hello = wire::frame_kind(bytes) == Some(FrameKind::Hello);
                 if was_hello || conn.malformed > limits.max_rejects {
                     parsed.consume(conn, counters, len);
                     parsed.close = Some(CloseReason::Malformed);
@@ -1411,27 +1411,6 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
             }
         }
         parsed.consume(conn, counters, len);
-    }
-}
-
-/// The seq field of a frame header (bytes 8..16), whatever the rest says.
-fn frame_seq(bytes: &[u8]) -> u64 {
-    bytes
-        .get(8..16)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
-}
-
-/// The number of events a frame claims, for the credit check before it is validated:
-/// 1 for an EVENT, the count field for a BATCH (validated later).
-fn peek_event_count(bytes: &[u8]) -> u32 {
-    match bytes.get(5).copied() {
-        Some(k) if k == FrameKind::Batch as u8 => bytes
-            .get(16..20)
-            .and_then(|b| b.try_into().ok())
-            .map_or(1, u32::from_le_bytes)
-            .max(1),
-        _ => 1,
     }
 }
 
@@ -1458,7 +1437,7 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         .as_ref()
         .filter(|h| seq <= h.max_seq())
         .map(Arc::clone);
-    let source = conn.source;
+    let source = conn.source.get();
     let step = dispatcher.dispatch_frame_resent(
         frame,
         source,

@@ -13,13 +13,10 @@ use std::os::fd::AsRawFd;
 use pinstream_core::dispatch::{Dispatcher, Flow, FrameProgress};
 use pinstream_core::wire::frames;
 
+use super::SourceId;
 use super::ratekeys::{Client, RateKeys, SHARED};
 use crate::stats::HostCounters;
 use crate::sys::net::{RecvBatch, enable_drop_count};
-
-/// The source id of everything that arrives over UDP (it has no acknowledgements, so no
-/// per-sender books).
-pub const UDP_SOURCE: u32 = 0;
 
 /// A bound UDP socket and its receive batch.
 pub struct UdpIngest {
@@ -99,7 +96,7 @@ impl UdpIngest {
                             let mut progress = FrameProgress::new().with_rate_key(key);
                             dispatcher.dispatch_frame_flow(
                                 &frame,
-                                UDP_SOURCE,
+                                SourceId::UDP.get(),
                                 now,
                                 Flow::Lossy,
                                 &mut progress,
