@@ -1,12 +1,12 @@
 //! One record as a line of text or JSON, and writing lines to stdout.
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use pinstream_core::event::{EventHeader, Origin, Priority};
-use pinstream_host::admin::json_string;
 use pinstream_host::storage::StoredRecord;
 use pinstream_host::storage::record::{self, RecordBody, RecordError};
+use serde::Serialize;
 
 use crate::Failure;
 
@@ -87,53 +87,6 @@ pub(super) fn preview(payload: &[u8]) -> String {
 fn value_text(h: &EventHeader) -> String {
     h.value()
         .map_or_else(|| "none".to_owned(), |v| v.to_string())
-}
-
-/// A JSON object written by hand: keys are literals, strings are escaped.
-pub(super) struct Json(String);
-
-impl Json {
-    pub(super) fn new() -> Self {
-        Json(String::from("{"))
-    }
-
-    fn key(&mut self, k: &str) {
-        if self.0.len() > 1 {
-            self.0.push(',');
-        }
-        json_string(&mut self.0, k);
-        self.0.push(':');
-    }
-
-    pub(super) fn str(&mut self, k: &str, v: &str) -> &mut Self {
-        self.key(k);
-        json_string(&mut self.0, v);
-        self
-    }
-
-    pub(super) fn num(&mut self, k: &str, v: impl fmt::Display) -> &mut Self {
-        self.key(k);
-        let _ = write!(self.0, "{v}");
-        self
-    }
-
-    /// `v` as it is: already JSON.
-    pub(super) fn raw(&mut self, k: &str, v: &str) -> &mut Self {
-        self.key(k);
-        self.0.push_str(v);
-        self
-    }
-
-    pub(super) fn null(&mut self, k: &str) -> &mut Self {
-        self.key(k);
-        self.0.push_str("null");
-        self
-    }
-
-    pub(super) fn finish(&mut self) -> String {
-        self.0.push('}');
-        std::mem::take(&mut self.0)
-    }
 }
 
 /// One record as a line of text or JSON; the error when its body does not decode.
@@ -220,74 +173,160 @@ fn producer_text(o: &Origin) -> String {
     )
 }
 
+/// The fields of an event header in a JSON line.
+#[derive(Serialize)]
+struct HeaderJson {
+    id: u64,
+    topic: u16,
+    priority: &'static str,
+    timestamp: u64,
+    value: Option<i64>,
+}
+
+impl HeaderJson {
+    fn new(h: &EventHeader) -> Self {
+        Self {
+            id: h.id,
+            topic: h.topic,
+            priority: priority_name(h.priority),
+            timestamp: h.timestamp,
+            value: h.value(),
+        }
+    }
+}
+
+/// Where an event came from, in a JSON line.
+#[derive(Serialize)]
+struct OriginJson {
+    source: u32,
+    seq: u64,
+    index: u32,
+    producer: u64,
+    epoch: u32,
+    resolved: u64,
+}
+
+impl OriginJson {
+    fn new(o: &Origin) -> Self {
+        Self {
+            source: o.source,
+            seq: o.seq,
+            index: o.index,
+            producer: o.producer,
+            epoch: o.epoch,
+            resolved: o.resolved(),
+        }
+    }
+}
+
+/// A record as one JSON object: where it is, then its decoded fields. serde_json writes the
+/// fields in the order declared here, which `tests/logtool.rs` pins line by line.
+#[derive(Serialize)]
+struct RecordJson<'a> {
+    log: &'a str,
+    offset: u64,
+    kind: &'static str,
+    #[serde(flatten)]
+    body: BodyJson<'a>,
+}
+
+/// The decoded part of [`RecordJson`], by record kind.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BodyJson<'a> {
+    Event {
+        #[serde(flatten)]
+        header: HeaderJson,
+        lane: &'static str,
+        #[serde(flatten)]
+        origin: OriginJson,
+        received: u64,
+        payload_len: usize,
+        payload_hex: String,
+        payload_utf8: Option<&'a str>,
+    },
+    Aggregate {
+        topic: u16,
+        window_start: u64,
+        window_end: u64,
+        count: u64,
+        bytes: u64,
+        values: u64,
+        min: i64,
+        max: i64,
+        sum: i128,
+    },
+    DeadLetter {
+        reason: &'static str,
+        reason_code: u16,
+        #[serde(flatten)]
+        header: HeaderJson,
+        #[serde(flatten)]
+        origin: OriginJson,
+        tick: u64,
+        events: u32,
+    },
+    Undecodable {
+        kind_code: u8,
+        body_len: usize,
+        error: String,
+    },
+}
+
 fn json_record(
     log: &str,
     rec: &StoredRecord,
     decoded: &Result<RecordBody<'_>, RecordError>,
 ) -> String {
-    let mut j = Json::new();
-    j.str("log", log)
-        .num("offset", rec.offset)
-        .str("kind", kind_name(rec.kind));
-    let header = |j: &mut Json, h: &EventHeader| {
-        j.num("id", h.id)
-            .num("topic", h.topic)
-            .str("priority", priority_name(h.priority))
-            .num("timestamp", h.timestamp);
-        match h.value() {
-            Some(v) => j.num("value", v),
-            None => j.null("value"),
-        };
+    let body = match decoded {
+        Ok(RecordBody::Event(e)) => BodyJson::Event {
+            header: HeaderJson::new(&e.header),
+            lane: e.lane.name(),
+            origin: OriginJson::new(&e.origin),
+            received: e.received,
+            payload_len: e.payload.len(),
+            payload_hex: hex(e.payload),
+            payload_utf8: std::str::from_utf8(e.payload).ok(),
+        },
+        Ok(RecordBody::Aggregate(a)) => BodyJson::Aggregate {
+            topic: a.topic,
+            window_start: a.start,
+            window_end: a.end,
+            count: a.count,
+            bytes: a.bytes,
+            values: a.values,
+            min: a.min,
+            max: a.max,
+            sum: a.sum,
+        },
+        Ok(RecordBody::DeadLetter(d)) => BodyJson::DeadLetter {
+            reason: d.reason.name(),
+            reason_code: d.reason.code(),
+            header: HeaderJson::new(&d.header),
+            origin: OriginJson::new(&d.origin),
+            tick: d.tick,
+            events: d.events,
+        },
+        Err(e) => BodyJson::Undecodable {
+            kind_code: rec.kind,
+            body_len: rec.body.len(),
+            error: e.to_string(),
+        },
     };
-    match decoded {
-        Ok(RecordBody::Event(e)) => {
-            header(&mut j, &e.header);
-            j.str("lane", e.lane.name())
-                .num("source", e.origin.source)
-                .num("seq", e.origin.seq)
-                .num("index", e.origin.index)
-                .num("producer", e.origin.producer)
-                .num("epoch", e.origin.epoch)
-                .num("resolved", e.origin.resolved())
-                .num("received", e.received)
-                .num("payload_len", e.payload.len())
-                .str("payload_hex", &hex(e.payload));
-            match std::str::from_utf8(e.payload) {
-                Ok(s) => j.str("payload_utf8", s),
-                Err(_) => j.null("payload_utf8"),
-            };
-        }
-        Ok(RecordBody::Aggregate(a)) => {
-            j.num("topic", a.topic)
-                .num("window_start", a.start)
-                .num("window_end", a.end)
-                .num("count", a.count)
-                .num("bytes", a.bytes)
-                .num("values", a.values)
-                .num("min", a.min)
-                .num("max", a.max)
-                .num("sum", a.sum);
-        }
-        Ok(RecordBody::DeadLetter(d)) => {
-            j.str("reason", d.reason.name())
-                .num("reason_code", d.reason.code());
-            header(&mut j, &d.header);
-            j.num("source", d.origin.source)
-                .num("seq", d.origin.seq)
-                .num("index", d.origin.index)
-                .num("producer", d.origin.producer)
-                .num("epoch", d.origin.epoch)
-                .num("resolved", d.origin.resolved())
-                .num("tick", d.tick)
-                .num("events", d.events);
-        }
-        Err(e) => {
-            j.num("kind_code", rec.kind)
-                .num("body_len", rec.body.len())
-                .str("error", &e.to_string());
-        }
-    }
-    j.finish()
+    let line = RecordJson {
+        log,
+        offset: rec.offset,
+        kind: kind_name(rec.kind),
+        body,
+    };
+    to_json_line(&line)
+}
+
+/// `value` as one line of JSON.
+pub(super) fn to_json_line(value: &impl Serialize) -> String {
+    // Only a map with non-string keys or a failing `Serialize` impl can fail; the report
+    // structs here have neither.
+    serde_json::to_string(value).expect("a report serialises to JSON")
 }
 
 #[cfg(test)]
@@ -296,11 +335,18 @@ mod tests {
 
     #[test]
     fn json_strings_are_escaped() {
-        let mut s = String::new();
-        json_string(&mut s, "a\"b\\c\nd\u{1}é");
-        assert_eq!(s, "\"a\\\"b\\\\c\\nd\\u0001é\"");
-        let line = Json::new().str("k", "v").num("n", -3).null("z").finish();
-        assert_eq!(line, r#"{"k":"v","n":-3,"z":null}"#);
+        #[derive(Serialize)]
+        struct Line<'a> {
+            k: &'a str,
+            n: i32,
+            z: Option<u8>,
+        }
+        let line = to_json_line(&Line {
+            k: "a\"b\\c\nd\u{1}é",
+            n: -3,
+            z: None,
+        });
+        assert_eq!(line, r#"{"k":"a\"b\\c\nd\u0001é","n":-3,"z":null}"#);
     }
 
     #[test]

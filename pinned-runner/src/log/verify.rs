@@ -8,10 +8,11 @@ use pinstream_host::storage::record;
 use pinstream_host::storage::{
     MAX_RECORD_LIMIT, QuarantineState, QuarantinedFile, RECORD_HEADER_LEN, check_segment,
 };
+use serde::Serialize;
 
 use super::VerifyArgs;
 use super::open::{Segment, check_data_dir, list_files, selected_log_dir};
-use super::render::Json;
+use super::render::to_json_line;
 use crate::Failure;
 
 /// One damaged place verify found.
@@ -66,20 +67,31 @@ impl Problem {
             (_, None, _) => format!("{file}: {}", self.why),
         }
     }
+}
 
-    fn json(&self) -> String {
-        let mut j = Json::new();
-        j.str("kind", self.kind)
-            .str("file", &self.file.display().to_string());
-        match &self.bytes {
-            Some(b) => j.num("position", b.start).num("end", b.end),
-            None => j.null("position").null("end"),
-        };
-        match &self.offsets {
-            Some(o) => j.num("first_offset", o.start).num("end_offset", o.end),
-            None => j.null("first_offset").null("end_offset"),
-        };
-        j.str("why", &self.why).finish()
+/// A [`Problem`] in `verify --json`.
+#[derive(Serialize)]
+struct ProblemJson<'a> {
+    kind: &'static str,
+    file: String,
+    position: Option<u64>,
+    end: Option<u64>,
+    first_offset: Option<u64>,
+    end_offset: Option<u64>,
+    why: &'a str,
+}
+
+impl<'a> ProblemJson<'a> {
+    fn new(p: &'a Problem) -> Self {
+        Self {
+            kind: p.kind,
+            file: p.file.display().to_string(),
+            position: p.bytes.as_ref().map(|b| b.start),
+            end: p.bytes.as_ref().map(|b| b.end),
+            first_offset: p.offsets.as_ref().map(|o| o.start),
+            end_offset: p.offsets.as_ref().map(|o| o.end),
+            why: &p.why,
+        }
     }
 }
 
@@ -180,17 +192,19 @@ fn verify_log(dir: &Path) -> Result<LogCheck, Failure> {
     }
     Ok(check)
 }
+
 pub(super) fn run(dir: &Path, args: &VerifyArgs) -> Result<(), Failure> {
     check_data_dir(dir)?;
     let mut problems = Vec::new();
     for &name in args.log.names() {
         let Some(log_dir) = selected_log_dir(dir, name, args.log, !args.json)? else {
             if args.json {
-                let mut j = Json::new();
-                j.str("log", name)
-                    .str("dir", &dir.join(name).display().to_string())
-                    .str("status", "never written");
-                println!("{}", j.finish());
+                let line = NeverWrittenJson {
+                    log: name,
+                    dir: dir.join(name).display().to_string(),
+                    status: "never written",
+                };
+                println!("{}", to_json_line(&line));
             }
             continue;
         };
@@ -265,49 +279,69 @@ fn verify_text(name: &str, c: &LogCheck, repaired: usize) {
     }
 }
 
+/// `verify --json` for a log directory that does not exist.
+#[derive(Serialize)]
+struct NeverWrittenJson<'a> {
+    log: &'a str,
+    dir: String,
+    status: &'static str,
+}
+
+/// A quarantined file in `verify --json`.
+#[derive(Serialize)]
+struct QuarantinedJson {
+    file: String,
+    base: u64,
+    state: &'static str,
+}
+
+/// `verify --json` for one log: the counts, the quarantined files and every problem.
+#[derive(Serialize)]
+struct LogCheckJson<'a> {
+    log: &'a str,
+    dir: String,
+    status: &'static str,
+    segments: usize,
+    records: u64,
+    bytes: u64,
+    first_offset: Option<u64>,
+    last_offset: Option<u64>,
+    repaired: usize,
+    quarantined: Vec<QuarantinedJson>,
+    problems: Vec<ProblemJson<'a>>,
+}
+
 /// One JSON object per log: the counts, the quarantined files and every problem.
 fn verify_json(name: &str, dir: &Path, c: &LogCheck, repaired: usize) -> String {
-    let quarantined: Vec<String> = c
+    let quarantined = c
         .quarantined
         .iter()
-        .map(|q| {
-            let state = match q.state {
+        .map(|q| QuarantinedJson {
+            file: q.path.display().to_string(),
+            base: q.base,
+            state: match q.state {
                 QuarantineState::Quarantined => "quarantined",
                 QuarantineState::Repairing => "repairing",
                 QuarantineState::Repaired => "repaired",
-            };
-            let mut j = Json::new();
-            j.str("file", &q.path.display().to_string())
-                .num("base", q.base)
-                .str("state", state)
-                .finish()
+            },
         })
         .collect();
-    let problems: Vec<String> = c.problems.iter().map(Problem::json).collect();
-    let mut j = Json::new();
-    j.str("log", name)
-        .str("dir", &dir.display().to_string())
-        .str(
-            "status",
-            if c.problems.is_empty() {
-                "clean"
-            } else {
-                "damaged"
-            },
-        )
-        .num("segments", c.segments)
-        .num("records", c.records)
-        .num("bytes", c.bytes);
-    match c.first {
-        Some(f) => j.num("first_offset", f),
-        None => j.null("first_offset"),
+    let line = LogCheckJson {
+        log: name,
+        dir: dir.display().to_string(),
+        status: if c.problems.is_empty() {
+            "clean"
+        } else {
+            "damaged"
+        },
+        segments: c.segments,
+        records: c.records,
+        bytes: c.bytes,
+        first_offset: c.first,
+        last_offset: c.last,
+        repaired,
+        quarantined,
+        problems: c.problems.iter().map(ProblemJson::new).collect(),
     };
-    match c.last {
-        Some(l) => j.num("last_offset", l),
-        None => j.null("last_offset"),
-    };
-    j.num("repaired", repaired)
-        .raw("quarantined", &format!("[{}]", quarantined.join(",")))
-        .raw("problems", &format!("[{}]", problems.join(",")))
-        .finish()
+    to_json_line(&line)
 }
