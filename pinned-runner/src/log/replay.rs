@@ -11,8 +11,8 @@ use pinstream_client::{Producer, ProducerOptions, Totals};
 use pinstream_core::event::EventHeader;
 use pinstream_core::reason::Reason;
 use pinstream_core::wire::{BATCH_PREFIX_LEN, EVENT_RECORD_LEN, HEADER_LEN, TRAILER_LEN};
-use pinstream_host::storage::StorageError;
 use pinstream_host::storage::record::{self, RecordBody};
+use pinstream_host::storage::{LogReader, StorageError};
 
 use super::ReplayArgs;
 use super::open::{open_logs, report_damage};
@@ -150,57 +150,81 @@ pub(super) fn run(dir: &Path, args: &ReplayArgs) -> Result<(), Failure> {
     let timeout = Duration::from_secs(args.ack_timeout);
     let mut sender = Sender::connect(&args.to, args.batch, timeout)?;
     let mut damaged = 0u64;
-    for (name, mut reader) in logs {
-        reader
-            .seek(args.from)
-            .map_err(|e| Failure::runtime(format!("cannot read the {name} log: {e}")))?;
-        let (mut count, mut first, mut last) = (0u64, None, None);
-        loop {
-            let rec = match reader.next_record() {
-                None => break,
-                Some(Ok(rec)) => rec,
-                Some(Err(e @ StorageError::Corrupt { .. })) => {
-                    damaged += 1;
-                    report_damage(name, &e);
-                    continue;
-                }
-                Some(Err(e)) => {
-                    return Err(Failure::runtime(format!("cannot read the {name} log: {e}")));
-                }
-            };
-            if args.to_offset.is_some_and(|to| rec.offset >= to) {
-                break;
-            }
-            match record::decode(rec.kind, &rec.body) {
-                Ok(RecordBody::Event(e)) => {
-                    sender.push(name, rec.offset, e.header, e.payload)?;
-                    count += 1;
-                    first.get_or_insert(rec.offset);
-                    last = Some(rec.offset);
-                }
-                Ok(_) => {
-                    eprintln!(
-                        "pinstream: {name} log: the record at offset {} is a {}, not an event: \
-                         not replayed",
-                        rec.offset,
-                        kind_name(rec.kind)
-                    );
-                }
-                Err(e) => {
-                    damaged += 1;
-                    eprintln!(
-                        "pinstream: {name} log: the record at offset {} does not decode: {e}",
-                        rec.offset
-                    );
-                }
-            }
-        }
-        match (first, last) {
-            (Some(f), Some(l)) => println!("{name}: {count} event(s), offsets {f}..={l}"),
-            _ => println!("{name}: no events in the range"),
-        }
+    for (name, reader) in logs {
+        damaged += send_log(&mut sender, name, reader, args)?;
     }
     sender.finish()?;
+    print_totals(&sender);
+    if damaged > 0 {
+        return Err(Failure::runtime(format!(
+            "{damaged} damaged stretch(es) or record(s) were skipped (above); run `pinstream log \
+             verify`"
+        )));
+    }
+    Ok(())
+}
+
+/// Pushes the events of log `name` in the range of `args` through `sender` and says what it
+/// sent; the number of damaged stretches and undecodable records skipped (said on stderr).
+fn send_log(
+    sender: &mut Sender,
+    name: &str,
+    mut reader: LogReader,
+    args: &ReplayArgs,
+) -> Result<u64, Failure> {
+    reader
+        .seek(args.from)
+        .map_err(|e| Failure::runtime(format!("cannot read the {name} log: {e}")))?;
+    let (mut damaged, mut count, mut first, mut last) = (0u64, 0u64, None, None);
+    loop {
+        let rec = match reader.next_record() {
+            None => break,
+            Some(Ok(rec)) => rec,
+            Some(Err(e @ StorageError::Corrupt { .. })) => {
+                damaged += 1;
+                report_damage(name, &e);
+                continue;
+            }
+            Some(Err(e)) => {
+                return Err(Failure::runtime(format!("cannot read the {name} log: {e}")));
+            }
+        };
+        if args.to_offset.is_some_and(|to| rec.offset >= to) {
+            break;
+        }
+        match record::decode(rec.kind, &rec.body) {
+            Ok(RecordBody::Event(e)) => {
+                sender.push(name, rec.offset, e.header, e.payload)?;
+                count += 1;
+                first.get_or_insert(rec.offset);
+                last = Some(rec.offset);
+            }
+            Ok(_) => {
+                eprintln!(
+                    "pinstream: {name} log: the record at offset {} is a {}, not an event: \
+                     not replayed",
+                    rec.offset,
+                    kind_name(rec.kind)
+                );
+            }
+            Err(e) => {
+                damaged += 1;
+                eprintln!(
+                    "pinstream: {name} log: the record at offset {} does not decode: {e}",
+                    rec.offset
+                );
+            }
+        }
+    }
+    match (first, last) {
+        (Some(f), Some(l)) => println!("{name}: {count} event(s), offsets {f}..={l}"),
+        _ => println!("{name}: no events in the range"),
+    }
+    Ok(damaged)
+}
+
+/// What was sent and what the other engine acknowledged.
+fn print_totals(sender: &Sender) {
     let a = sender.totals;
     println!(
         "sent {} event(s) in {} frame(s) to {} (its largest frame: {} bytes)",
@@ -222,11 +246,4 @@ pub(super) fn run(dir: &Path, args: &ReplayArgs) -> Result<(), Failure> {
             .collect();
         println!("REJECT frames received: {}", list.join(", "));
     }
-    if damaged > 0 {
-        return Err(Failure::runtime(format!(
-            "{damaged} damaged stretch(es) or record(s) were skipped (above); run `pinstream log \
-             verify`"
-        )));
-    }
-    Ok(())
 }
