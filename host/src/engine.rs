@@ -402,8 +402,9 @@ impl std::error::Error for EngineError {
     }
 }
 
-/// The names of the logs below the data directory, by lane index, then the dead letters.
-pub const LOG_NAMES: [&str; 4] = ["realtime", "transactional", "batch", "dead-letter"];
+/// The names of the logs below the data directory, by lane index, then the dead letters
+/// (defined in [`storage::layout`](crate::storage::layout)).
+pub use crate::storage::layout::LOG_NAMES;
 
 /// What the engine's threads publish, read by the handle and the admin endpoint.
 #[derive(Debug)]

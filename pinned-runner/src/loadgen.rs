@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use pinstream_host::loadgen::{self, AckWait, LoadConfig, LoadReport, PriorityMix, Transport};
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::Failure;
 
@@ -368,39 +370,61 @@ fn quantiles_us(h: &Histogram<u64>) -> [f64; 5] {
     ]
 }
 
-/// A JSON number, or `null`.
-fn number<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+/// `v` as a JSON number written with `decimals` digits after the point (`0.500000`, as the
+/// `--json` line always showed them); `None` (JSON `null`) for no value or a value JSON
+/// cannot hold (NaN, infinity).
+fn fixed(v: Option<f64>, decimals: usize) -> Option<Box<RawValue>> {
+    RawValue::from_string(format!("{:.*}", decimals, v?)).ok()
+}
+
+/// The `--json` line: keys in this order (see the module docs), `null` for what a run
+/// without acknowledgements cannot know.
+#[derive(Serialize)]
+struct LoadJson {
+    system: &'static str,
+    transport: &'static str,
+    events: u64,
+    seconds: Option<Box<RawValue>>,
+    events_per_sec: Option<Box<RawValue>>,
+    bytes_per_sec: Option<Box<RawValue>>,
+    stored_per_sec: Option<Box<RawValue>>,
+    stored: Option<u64>,
+    duplicates: Option<u64>,
+    dead_lettered: Option<u64>,
+    rejected: Option<u64>,
+    ack_p50_us: Option<Box<RawValue>>,
+    ack_p90_us: Option<Box<RawValue>>,
+    ack_p99_us: Option<Box<RawValue>>,
+    ack_p999_us: Option<Box<RawValue>>,
+    ack_max_us: Option<Box<RawValue>>,
 }
 
 /// The report as one JSON line (keys fixed; see the module docs).
 pub fn json(report: &LoadReport) -> String {
-    let secs = report.elapsed.as_secs_f64();
     let q = report.ack_latency.as_ref().map(quantiles_us);
+    let quantile = |i: usize| fixed(q.map(|q| q[i]), 1);
     let o = report.outcomes;
-    let mut s = String::with_capacity(400);
-    let _ = write!(
-        s,
-        "{{\"system\":\"pinstream\",\"transport\":\"{}\",\"events\":{},\"seconds\":{:.6},\"events_per_sec\":{:.1},\"bytes_per_sec\":{:.1},\"stored_per_sec\":{},\"stored\":{},\"duplicates\":{},\"dead_lettered\":{},\"rejected\":{}",
-        report.transport.name(),
-        report.sent,
-        secs,
-        report.events_per_sec(),
-        report.bytes_per_sec(),
-        number(stored_per_sec(report).map(|r| format!("{r:.1}"))),
-        number(o.map(|o| o.stored)),
-        number(o.map(|o| o.duplicates)),
-        number(o.map(|o| o.dead_lettered)),
-        number(o.map(|o| o.rejected)),
-    );
-    for (i, key) in ["p50", "p90", "p99", "p999", "max"].iter().enumerate() {
-        let _ = write!(
-            s,
-            ",\"ack_{key}_us\":{}",
-            number(q.map(|q| format!("{:.1}", q[i])))
-        );
-    }
-    s.push_str("}\n");
+    let line = LoadJson {
+        system: "pinstream",
+        transport: report.transport.name(),
+        events: report.sent,
+        seconds: fixed(Some(report.elapsed.as_secs_f64()), 6),
+        events_per_sec: fixed(Some(report.events_per_sec()), 1),
+        bytes_per_sec: fixed(Some(report.bytes_per_sec()), 1),
+        stored_per_sec: fixed(stored_per_sec(report), 1),
+        stored: o.map(|o| o.stored),
+        duplicates: o.map(|o| o.duplicates),
+        dead_lettered: o.map(|o| o.dead_lettered),
+        rejected: o.map(|o| o.rejected),
+        ack_p50_us: quantile(0),
+        ack_p90_us: quantile(1),
+        ack_p99_us: quantile(2),
+        ack_p999_us: quantile(3),
+        ack_max_us: quantile(4),
+    };
+    // Cannot fail: no maps, and every field's `Serialize` is serde's or serde_json's own.
+    let mut s = serde_json::to_string(&line).expect("the load report serialises to JSON");
+    s.push('\n');
     s
 }
 
@@ -590,6 +614,7 @@ mod tests {
         ), "{j}");
         assert!(j.contains("\"ack_max_us\":1000."), "{j}");
         assert!(j.ends_with("}\n"));
+        serde_json::from_str::<serde_json::Value>(&j).expect("valid JSON");
         let j = json(&report(AckWait::None));
         assert!(j.contains("\"stored_per_sec\":null,\"stored\":null,\"duplicates\":null,\"dead_lettered\":null,\"rejected\":null,\"ack_p50_us\":null,\"ack_p90_us\":null,\"ack_p99_us\":null,\"ack_p999_us\":null,\"ack_max_us\":null}"), "{j}");
     }

@@ -9,7 +9,7 @@
 mod demo;
 mod hostcheck;
 mod loadgen;
-mod logtool;
+mod log;
 mod run;
 
 use std::fmt;
@@ -34,7 +34,7 @@ enum Command {
     /// Send events to an engine over TCP or UDP and measure throughput and ack latency.
     Loadgen(loadgen::LoadgenArgs),
     /// Read, verify, replay or follow the storage and dead-letter logs.
-    Log(logtool::LogArgs),
+    Log(log::LogArgs),
     /// Show the CPU topology, isolated CPUs, NUMA nodes and what `run` would pin.
     HostCheck(hostcheck::HostCheckArgs),
     /// Move items through the core primitives across two pinned threads.
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
         None => run::main(&run::RunArgs::default()),
         Some(Command::Run(args)) => run::main(&args),
         Some(Command::Loadgen(args)) => loadgen::main(&args),
-        Some(Command::Log(args)) => logtool::main(&args),
+        Some(Command::Log(args)) => log::main(&args),
         Some(Command::HostCheck(args)) => hostcheck::main(&args),
         Some(Command::Demo(args)) => demo::main(&args),
     };

@@ -74,13 +74,14 @@
 
 mod server;
 
-use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use serde::Serialize;
+use serde::ser::{SerializeStruct, Serializer};
 use tokio::sync::Notify;
 
 use crate::config::AdminConfig;
@@ -114,7 +115,8 @@ pub struct Health {
 }
 
 /// A value in [`Health::detail`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
 pub enum HealthValue {
     /// A JSON string.
     Text(String),
@@ -142,48 +144,29 @@ impl Health {
 
     /// The JSON document `/health` sends, with a trailing newline.
     pub fn to_json(&self) -> String {
-        let mut out = String::from("{\"level\":");
-        json_string(&mut out, self.level);
-        let _ = write!(out, ",\"healthy\":{},\"detail\":{{", self.healthy);
-        for (i, (k, v)) in self.detail.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            json_string(&mut out, k);
-            out.push(':');
-            match v {
-                HealthValue::Text(s) => json_string(&mut out, s),
-                HealthValue::Count(n) => {
-                    let _ = write!(out, "{n}");
-                }
-                HealthValue::Flag(b) => {
-                    let _ = write!(out, "{b}");
-                }
-            }
-        }
-        out.push_str("}}\n");
+        // Cannot fail: the keys are strings and every value is a string, number or boolean.
+        let mut out = serde_json::to_string(self).expect("a health serialises to JSON");
+        out.push('\n');
         out
     }
 }
 
-/// Appends `s` as a JSON string literal (RFC 8259 escapes); shared with the command line's
-/// JSON output.
-pub fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
+/// `{"level":…,"healthy":…,"detail":{…}}`, the detail's keys in their order.
+impl Serialize for Health {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The detail as a JSON object (a list of pairs in Rust, to keep its order).
+        struct Detail<'a>(&'a [(String, HealthValue)]);
+        impl Serialize for Detail<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
             }
-            c => out.push(c),
         }
+        let mut s = serializer.serialize_struct("Health", 3)?;
+        s.serialize_field("level", self.level)?;
+        s.serialize_field("healthy", &self.healthy)?;
+        s.serialize_field("detail", &Detail(&self.detail))?;
+        s.end()
     }
-    out.push('"');
 }
 
 /// Limits of the admin server.

@@ -1,12 +1,17 @@
-//! The on-disk format: record framing, file names, index entries and the checkpoint.
-//! Everything here is pure (bytes in, values out) except the directory helpers at the end.
+//! The on-disk format: record framing, index entries and the checkpoint. File names come
+//! from [`layout`](super::layout) (re-exported here for the storage code that reads and writes
+//! the files). Everything here is pure (bytes in, values out) except the directory helpers at
+//! the end.
 
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pinstream_core::wire::{crc32c, crc32c_update};
 
 use super::StorageError;
+use super::layout::parse_segment_name;
+// Re-exported for the log writer, which takes its file names from here.
+pub(crate) use super::layout::{CHECKPOINT_FILE, index_path, segment_path};
 
 /// Bytes of framing before each record body.
 pub const RECORD_HEADER_LEN: usize = 20;
@@ -16,8 +21,6 @@ pub const MAX_RECORD_LIMIT: u32 = 1 << 30;
 pub(crate) const FORMAT_VERSION: u8 = 1;
 /// Bytes per sparse index entry: `offset u64 | position u64`.
 pub(crate) const INDEX_ENTRY_LEN: usize = 16;
-/// The checkpoint's file name inside the log directory.
-pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
 /// The checkpoint's length on disk.
 pub(crate) const CHECKPOINT_LEN: usize = 48;
 const CHECKPOINT_MAGIC: &[u8; 8] = b"PSCKPT01";
@@ -311,32 +314,6 @@ impl Checkpoint {
     }
 }
 
-/// `{base:020}.log`
-pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
-    dir.join(format!("{base:020}.log"))
-}
-
-/// `{base:020}.index`
-pub(crate) fn index_path(dir: &Path, base: u64) -> PathBuf {
-    dir.join(format!("{base:020}.index"))
-}
-
-/// The base offset of a segment file name (`{20 digits}.log`), if it is one.
-///
-/// ```
-/// use pinstream_host::storage::parse_segment_name;
-/// assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
-/// assert_eq!(parse_segment_name("00000000000000000042.log.quarantined"), None);
-/// assert_eq!(parse_segment_name("42.log"), None);
-/// ```
-pub fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".log")?;
-    if digits.len() != 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 /// The segments in `dir`, ascending by base offset.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
     let rd = fs::read_dir(dir).map_err(|e| StorageError::io("list directory", dir, e))?;
@@ -437,20 +414,6 @@ mod tests {
             f[i] ^= 0x10;
             assert!(Checkpoint::from_bytes(&f).is_err());
         }
-    }
-
-    #[test]
-    fn segment_names_round_trip() {
-        let p = segment_path(Path::new("/x"), 42);
-        let name = p.file_name().unwrap().to_str().unwrap();
-        assert_eq!(name, "00000000000000000042.log");
-        assert_eq!(parse_segment_name(name), Some(42));
-        assert_eq!(parse_segment_name("42.log"), None);
-        assert_eq!(
-            parse_segment_name("00000000000000000042.log.quarantined"),
-            None
-        );
-        assert_eq!(parse_segment_name("0000000000000000004x.log"), None);
     }
 }
 

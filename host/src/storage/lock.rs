@@ -29,10 +29,8 @@ use std::path::{Path, PathBuf};
 
 use super::StorageError;
 use super::format::sync_dir;
+use super::layout::LOCK_FILE;
 use crate::sys::{self, Flock};
-
-/// The lock file's name inside the data directory.
-pub const LOCK_FILE: &str = "LOCK";
 
 /// The exclusive lock on a data directory; released when dropped (or when the process dies).
 #[derive(Debug)]

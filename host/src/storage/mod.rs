@@ -2,6 +2,8 @@
 //!
 //! # Layout of a log directory
 //!
+//! The names are defined once in [`layout`].
+//!
 //! | file | what it holds |
 //! | --- | --- |
 //! | `{base:020}.log` | a segment: records with offsets `base, base+1, …`, back to back |
@@ -78,6 +80,7 @@ use std::time::Duration;
 mod files;
 mod format;
 mod group_sync;
+pub mod layout;
 mod lock;
 mod log;
 mod reader;
@@ -89,7 +92,8 @@ pub mod sessions;
 #[cfg(test)]
 mod tests;
 
-pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN, parse_segment_name};
+pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN};
+pub use self::layout::{LOCK_FILE, parse_segment_name};
 
 /// The base offsets of the segments in the log directory `dir`, oldest first (empty when
 /// the directory holds none or does not exist).
@@ -103,7 +107,7 @@ pub fn segment_bases(dir: &std::path::Path) -> Result<Vec<u64>, StorageError> {
     format::list_segments(dir)
 }
 pub use self::group_sync::GroupSync;
-pub use self::lock::{DataDirLock, LOCK_FILE};
+pub use self::lock::DataDirLock;
 pub use self::log::{Log, LogStats, RetentionReport, SyncJob};
 pub use self::reader::{LogReader, StoredRecord};
 pub use self::recovery::{

@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use super::StorageError;
 use super::files;
 use super::format::{
-    Decoded, MAX_RECORD_LIMIT, RECORD_HEADER_LEN, decode_at, header_body_len, index_path,
-    list_segments, parse_index, segment_path,
+    Decoded, MAX_RECORD_LIMIT, RECORD_HEADER_LEN, decode_at, header_body_len, list_segments,
+    parse_index,
 };
+use super::layout::{index_path, segment_path};
 
 /// One record read back.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use super::files;
 use super::format::{
-    CHECKPOINT_FILE, Checkpoint, Decoded, INDEX_ENTRY_LEN, IndexEntry, MAX_RECORD_LIMIT,
-    RECORD_HEADER_LEN, index_path, list_segments, parse_segment_name, segment_path, sync_dir,
+    Checkpoint, Decoded, INDEX_ENTRY_LEN, IndexEntry, MAX_RECORD_LIMIT, RECORD_HEADER_LEN,
+    list_segments, sync_dir,
 };
+use super::layout::{self, CHECKPOINT_FILE, index_path, segment_path};
 use super::scan::SegmentFile;
 use super::{Durability, LogConfig, StorageError, quarantined_files};
 
@@ -387,10 +388,6 @@ fn scan(
     })
 }
 
-fn prefix_tmp_path(dir: &Path, base: u64) -> PathBuf {
-    dir.join(format!("{base:020}.log.prefix"))
-}
-
 /// Moves segment `base` aside (never deleting it) and puts its first `prefix_len` bytes back
 /// under its name. Order: copy + fsync the prefix, rename the original, fsync the directory,
 /// rename the prefix in, fsync the directory; [`complete_interrupted`] finishes a crash
@@ -399,18 +396,13 @@ fn quarantine(dir: &Path, base: u64, prefix_len: u64) -> Result<PathBuf, Storage
     let seg = segment_path(dir, base);
     let mut n = 0u32;
     let target = loop {
-        let name = if n == 0 {
-            format!("{base:020}.log.quarantined")
-        } else {
-            format!("{base:020}.log.quarantined.{n}")
-        };
-        let candidate = dir.join(name);
+        let candidate = layout::quarantined_path(dir, base, n);
         if !candidate.exists() {
             break candidate;
         }
         n += 1;
     };
-    let tmp = prefix_tmp_path(dir, base);
+    let tmp = layout::prefix_path(dir, base);
     if prefix_len > 0 {
         let src = files::open_read(&seg).map_err(|e| StorageError::io("open", &seg, e))?;
         let mut dst = files::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
@@ -444,11 +436,7 @@ fn complete_interrupted(dir: &Path) -> Result<usize, StorageError> {
     for entry in rd {
         let entry = entry.map_err(|e| StorageError::io("list directory", dir, e))?;
         let name = entry.file_name();
-        let Some(base) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".prefix"))
-            .and_then(parse_segment_name)
-        else {
+        let Some(base) = name.to_str().and_then(layout::parse_prefix_name) else {
             continue;
         };
         let seg = segment_path(dir, base);

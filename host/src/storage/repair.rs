@@ -27,21 +27,11 @@ use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    Decoded, MAX_RECORD_LIMIT, RECORD_HEADER_LEN, decode_at, intact_iter, parse_segment_name,
-    sync_dir,
+    Decoded, MAX_RECORD_LIMIT, RECORD_HEADER_LEN, decode_at, intact_iter, sync_dir,
 };
+pub use super::layout::QuarantineState;
+use super::layout::{parse_quarantined_name, with_state};
 use super::{Durability, Log, LogConfig, RecoveryReport, StorageError};
-
-/// Where a quarantined file stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QuarantineState {
-    /// `….log.quarantined[.N]`: set aside by recovery, not repaired.
-    Quarantined,
-    /// `….repairing`: a repair started appending its records and did not finish.
-    Repairing,
-    /// `….repaired`: its intact records were re-appended to the log.
-    Repaired,
-}
 
 /// A quarantined segment file in a log directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,23 +42,6 @@ pub struct QuarantinedFile {
     pub base: u64,
     /// Where it stands.
     pub state: QuarantineState,
-}
-
-/// The quarantined file a name stands for: `(base, state)`.
-fn parse_quarantined_name(name: &str) -> Option<(u64, QuarantineState)> {
-    let (rest, state) = if let Some(r) = name.strip_suffix(".repaired") {
-        (r, QuarantineState::Repaired)
-    } else if let Some(r) = name.strip_suffix(".repairing") {
-        (r, QuarantineState::Repairing)
-    } else {
-        (name, QuarantineState::Quarantined)
-    };
-    let (segment, tail) = rest.split_once(".quarantined")?;
-    let n = tail.strip_prefix('.').unwrap_or(tail);
-    if tail.is_empty() || (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
-        return parse_segment_name(segment).map(|base| (base, state));
-    }
-    None
 }
 
 /// The quarantined files of the log in `dir` (repaired ones included), by base offset then
@@ -323,12 +296,6 @@ fn rename_new(dir: &Path, from: &Path, to: &Path) -> Result<(), StorageError> {
     sync_dir(dir)
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
 /// Re-appends the intact records of every quarantined segment of the log in `dir` (see the
 /// module docs); with `dry_run`, only says what it would do.
 ///
@@ -393,7 +360,7 @@ pub fn repair_log(dir: &Path, dry_run: bool) -> Result<LogRepair, StorageError> 
     report.recovery = Some(recovery);
     for (seg, bytes) in report.segments.iter_mut().zip(&data) {
         let Some(bytes) = bytes else { continue };
-        let repairing = with_suffix(&seg.file.path, ".repairing");
+        let repairing = with_state(&seg.file.path, QuarantineState::Repairing);
         rename_new(dir, &seg.file.path, &repairing)?;
         let mut offsets = None::<(u64, u64)>;
         for r in &seg.scan.records {
@@ -403,7 +370,7 @@ pub fn repair_log(dir: &Path, dry_run: bool) -> Result<LogRepair, StorageError> 
             offsets = Some(offsets.map_or((at, at), |(first, _)| (first, at)));
         }
         log.sync()?;
-        let repaired = with_suffix(&seg.file.path, ".repaired");
+        let repaired = with_state(&seg.file.path, QuarantineState::Repaired);
         rename_new(dir, &repairing, &repaired)?;
         if let Some((first, last)) = offsets {
             seg.outcome = RepairOutcome::Repaired {
@@ -434,37 +401,6 @@ mod tests {
         r[RECORD_HEADER_LEN..].copy_from_slice(body);
         seal(&mut r, offset, 1);
         r
-    }
-
-    #[test]
-    fn quarantined_names() {
-        let q = QuarantineState::Quarantined;
-        let base = "00000000000000000042.log";
-        assert_eq!(
-            parse_quarantined_name(&format!("{base}.quarantined")),
-            Some((42, q))
-        );
-        assert_eq!(
-            parse_quarantined_name(&format!("{base}.quarantined.3")),
-            Some((42, q))
-        );
-        assert_eq!(
-            parse_quarantined_name(&format!("{base}.quarantined.3.repaired")),
-            Some((42, QuarantineState::Repaired))
-        );
-        assert_eq!(
-            parse_quarantined_name(&format!("{base}.quarantined.repairing")),
-            Some((42, QuarantineState::Repairing))
-        );
-        for bad in [
-            base.to_owned(),
-            format!("{base}.prefix"),
-            format!("{base}.quarantinedx"),
-            format!("{base}.quarantined.x"),
-            "42.log.quarantined".to_owned(),
-        ] {
-            assert_eq!(parse_quarantined_name(&bad), None, "{bad}");
-        }
     }
 
     #[test]

@@ -207,7 +207,7 @@ fn symlinked_log_files_are_refused_and_their_targets_untouched() {
         let name = match victim {
             "segment" => "00000000000000000000.log",
             "index" => "00000000000000000000.index",
-            _ => super::format::CHECKPOINT_FILE,
+            _ => super::layout::CHECKPOINT_FILE,
         };
         let link = dir.0.join(name);
         fs::remove_file(&link).unwrap();

@@ -1,0 +1,364 @@
+//! One record as a line of text or JSON, and writing lines to stdout.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use pinstream_core::event::{EventHeader, Origin, Priority};
+use pinstream_host::storage::StoredRecord;
+use pinstream_host::storage::record::{self, RecordBody, RecordError};
+use serde::Serialize;
+
+use crate::Failure;
+
+/// A write to stdout that stops quietly when the reader went away (`| head`).
+pub(super) enum Out {
+    /// Written: go on.
+    Go,
+    /// The reader went away: stop quietly.
+    Closed,
+}
+
+pub(super) fn emit(out: &mut impl Write, line: &str) -> Result<Out, Failure> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(Out::Go),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Out::Closed),
+        Err(e) => Err(Failure::runtime(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+pub(super) fn flush(out: &mut impl Write) -> Result<Out, Failure> {
+    match out.flush() {
+        Ok(()) => Ok(Out::Go),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Out::Closed),
+        Err(e) => Err(Failure::runtime(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::Critical => "critical",
+        Priority::High => "high",
+        Priority::Medium => "medium",
+        Priority::Low => "low",
+        Priority::Batch => "batch",
+    }
+}
+
+pub(super) fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        record::KIND_EVENT | record::KIND_PRODUCER_EVENT => "event",
+        record::KIND_DEAD_LETTER | record::KIND_PRODUCER_DEAD_LETTER => "dead-letter",
+        record::KIND_AGGREGATE => "aggregate",
+        _ => "unknown",
+    }
+}
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Bytes of payload shown in a text line.
+const PREVIEW_CHARS: usize = 32;
+const PREVIEW_HEX_BYTES: usize = 16;
+
+/// A short preview: quoted text when the payload is printable UTF-8, else hex.
+pub(super) fn preview(payload: &[u8]) -> String {
+    if payload.is_empty() {
+        return "-".to_owned();
+    }
+    match std::str::from_utf8(payload) {
+        Ok(s) if !s.chars().any(char::is_control) => {
+            let shown: String = s.chars().take(PREVIEW_CHARS).collect();
+            let more = if shown.len() < s.len() { "..." } else { "" };
+            format!("{shown:?}{more}")
+        }
+        _ => {
+            let n = payload.len().min(PREVIEW_HEX_BYTES);
+            let more = if n < payload.len() { "..." } else { "" };
+            format!("0x{}{more}", hex(&payload[..n]))
+        }
+    }
+}
+
+fn value_text(h: &EventHeader) -> String {
+    h.value()
+        .map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
+/// One record as a line of text or JSON; the error when its body does not decode.
+pub(super) fn format_record(
+    log: &str,
+    rec: &StoredRecord,
+    json: bool,
+) -> (String, Option<RecordError>) {
+    let decoded = record::decode(rec.kind, &rec.body);
+    let line = if json {
+        json_record(log, rec, &decoded)
+    } else {
+        text_record(log, rec, &decoded)
+    };
+    (line, decoded.err())
+}
+
+fn text_record(
+    log: &str,
+    rec: &StoredRecord,
+    decoded: &Result<RecordBody<'_>, RecordError>,
+) -> String {
+    let head = format!("{log} {} {}", rec.offset, kind_name(rec.kind));
+    match decoded {
+        Ok(RecordBody::Event(e)) => {
+            let h = &e.header;
+            format!(
+                "{head} id={} topic={} priority={} lane={} source={} seq={}{} received={} \
+                 timestamp={} value={} payload={}B {}",
+                h.id,
+                h.topic,
+                priority_name(h.priority),
+                e.lane.name(),
+                e.origin.source,
+                e.origin.seq,
+                producer_text(&e.origin),
+                e.received,
+                h.timestamp,
+                value_text(h),
+                e.payload.len(),
+                preview(e.payload)
+            )
+        }
+        Ok(RecordBody::Aggregate(a)) => format!(
+            "{head} topic={} window=[{},{}) count={} bytes={} values={} min={} max={} sum={}",
+            a.topic, a.start, a.end, a.count, a.bytes, a.values, a.min, a.max, a.sum
+        ),
+        Ok(RecordBody::DeadLetter(d)) => format!(
+            "{head} reason={}({}) id={} topic={} priority={} source={} seq={}{} tick={} \
+             events={} timestamp={} value={}",
+            d.reason.name(),
+            d.reason.code(),
+            d.header.id,
+            d.header.topic,
+            priority_name(d.header.priority),
+            d.origin.source,
+            d.origin.seq,
+            producer_text(&d.origin),
+            d.tick,
+            d.events,
+            d.header.timestamp,
+            value_text(&d.header)
+        ),
+        Err(e) => format!(
+            "{head} kind={} body={}B UNDECODABLE: {e}",
+            rec.kind,
+            rec.body.len()
+        ),
+    }
+}
+
+/// ` index=I producer=P epoch=E resolved=R` for a producer session's record, nothing
+/// otherwise.
+fn producer_text(o: &Origin) -> String {
+    if o.producer == 0 {
+        return String::new();
+    }
+    format!(
+        " index={} producer={} epoch={} resolved={}",
+        o.index,
+        o.producer,
+        o.epoch,
+        o.resolved()
+    )
+}
+
+/// The fields of an event header in a JSON line.
+#[derive(Serialize)]
+struct HeaderJson {
+    id: u64,
+    topic: u16,
+    priority: &'static str,
+    timestamp: u64,
+    value: Option<i64>,
+}
+
+impl HeaderJson {
+    fn new(h: &EventHeader) -> Self {
+        Self {
+            id: h.id,
+            topic: h.topic,
+            priority: priority_name(h.priority),
+            timestamp: h.timestamp,
+            value: h.value(),
+        }
+    }
+}
+
+/// Where an event came from, in a JSON line.
+#[derive(Serialize)]
+struct OriginJson {
+    source: u32,
+    seq: u64,
+    index: u32,
+    producer: u64,
+    epoch: u32,
+    resolved: u64,
+}
+
+impl OriginJson {
+    fn new(o: &Origin) -> Self {
+        Self {
+            source: o.source,
+            seq: o.seq,
+            index: o.index,
+            producer: o.producer,
+            epoch: o.epoch,
+            resolved: o.resolved(),
+        }
+    }
+}
+
+/// A record as one JSON object: where it is, then its decoded fields. serde_json writes the
+/// fields in the order declared here, which `tests/logtool.rs` pins line by line.
+#[derive(Serialize)]
+struct RecordJson<'a> {
+    log: &'a str,
+    offset: u64,
+    kind: &'static str,
+    #[serde(flatten)]
+    body: BodyJson<'a>,
+}
+
+/// The decoded part of [`RecordJson`], by record kind.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BodyJson<'a> {
+    Event {
+        #[serde(flatten)]
+        header: HeaderJson,
+        lane: &'static str,
+        #[serde(flatten)]
+        origin: OriginJson,
+        received: u64,
+        payload_len: usize,
+        payload_hex: String,
+        payload_utf8: Option<&'a str>,
+    },
+    Aggregate {
+        topic: u16,
+        window_start: u64,
+        window_end: u64,
+        count: u64,
+        bytes: u64,
+        values: u64,
+        min: i64,
+        max: i64,
+        sum: i128,
+    },
+    DeadLetter {
+        reason: &'static str,
+        reason_code: u16,
+        #[serde(flatten)]
+        header: HeaderJson,
+        #[serde(flatten)]
+        origin: OriginJson,
+        tick: u64,
+        events: u32,
+    },
+    Undecodable {
+        kind_code: u8,
+        body_len: usize,
+        error: String,
+    },
+}
+
+fn json_record(
+    log: &str,
+    rec: &StoredRecord,
+    decoded: &Result<RecordBody<'_>, RecordError>,
+) -> String {
+    let body = match decoded {
+        Ok(RecordBody::Event(e)) => BodyJson::Event {
+            header: HeaderJson::new(&e.header),
+            lane: e.lane.name(),
+            origin: OriginJson::new(&e.origin),
+            received: e.received,
+            payload_len: e.payload.len(),
+            payload_hex: hex(e.payload),
+            payload_utf8: std::str::from_utf8(e.payload).ok(),
+        },
+        Ok(RecordBody::Aggregate(a)) => BodyJson::Aggregate {
+            topic: a.topic,
+            window_start: a.start,
+            window_end: a.end,
+            count: a.count,
+            bytes: a.bytes,
+            values: a.values,
+            min: a.min,
+            max: a.max,
+            sum: a.sum,
+        },
+        Ok(RecordBody::DeadLetter(d)) => BodyJson::DeadLetter {
+            reason: d.reason.name(),
+            reason_code: d.reason.code(),
+            header: HeaderJson::new(&d.header),
+            origin: OriginJson::new(&d.origin),
+            tick: d.tick,
+            events: d.events,
+        },
+        Err(e) => BodyJson::Undecodable {
+            kind_code: rec.kind,
+            body_len: rec.body.len(),
+            error: e.to_string(),
+        },
+    };
+    let line = RecordJson {
+        log,
+        offset: rec.offset,
+        kind: kind_name(rec.kind),
+        body,
+    };
+    to_json_line(&line)
+}
+
+/// `value` as one line of JSON.
+pub(super) fn to_json_line(value: &impl Serialize) -> String {
+    // Only a map with non-string keys or a failing `Serialize` impl can fail; the report
+    // structs here have neither.
+    serde_json::to_string(value).expect("a report serialises to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            k: &'a str,
+            n: i32,
+            z: Option<u8>,
+        }
+        let line = to_json_line(&Line {
+            k: "a\"b\\c\nd\u{1}é",
+            n: -3,
+            z: None,
+        });
+        assert_eq!(line, r#"{"k":"a\"b\\c\nd\u0001é","n":-3,"z":null}"#);
+    }
+
+    #[test]
+    fn previews_text_or_hex() {
+        assert_eq!(preview(b""), "-");
+        assert_eq!(preview(b"hot"), "\"hot\"");
+        assert_eq!(preview(&[0, 1, 0xff]), "0x0001ff");
+        assert_eq!(preview(&[7u8; 20]), format!("0x{}...", "07".repeat(16)));
+        let long = "x".repeat(40);
+        assert_eq!(
+            preview(long.as_bytes()),
+            format!("\"{}\"...", "x".repeat(32))
+        );
+    }
+}
