@@ -10,6 +10,8 @@
 //!   when the window is full), counts what the server answered, and after a lost connection
 //!   reconnects under the same producer id and resends every frame not yet acknowledged:
 //!   the server answers what it already has as duplicates, so nothing is stored twice.
+//! - [`loadgen`]: the load generator behind `pinstream loadgen` (flat out or paced, TCP or
+//!   UDP, many connections, ack latency per frame).
 //!
 //! Errors are [`std::io::Error`]s whose messages name the server and what failed, ready to
 //! show a user.
@@ -28,6 +30,7 @@
 //! ```
 
 mod connection;
+pub mod loadgen;
 mod producer;
 
 pub use connection::{ConnectOptions, Connection, Reader, Reply, Writer, reason_text};

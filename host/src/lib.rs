@@ -12,7 +12,8 @@ pub mod engine;
 pub mod fdlimit;
 pub mod idle;
 pub mod ingest;
-pub mod loadgen;
+/// The load generator lives in the client crate; kept here under its old path.
+pub use pinstream_client::loadgen;
 pub mod numa;
 pub mod pin;
 pub mod placement;
