@@ -93,7 +93,7 @@ pub mod sessions;
 mod tests;
 
 pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN};
-pub use self::layout::{LOCK_FILE, parse_segment_name};
+pub use self::layout::{LOCK_FILE, LogId, parse_segment_name};
 
 /// The base offsets of the segments in the log directory `dir`, oldest first (empty when
 /// the directory holds none or does not exist).
