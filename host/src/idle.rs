@@ -50,13 +50,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
+// The defaults of `engine.idle_spins`, `idle_yields` and `idle_park_us` too: the config's
+// `[engine]` section takes them from here (and `default.toml` repeats them, checked by the
+// config tests).
+
 /// Default spins before yielding: at ~67 ns per idle step plus the loop body, at least
-/// ~70 µs of polling, well above the ~9 µs a futex wake costs on the reference machine.
-pub const DEFAULT_SPINS: u32 = 1_000;
+/// ~700 µs of polling, well above the ~9 µs a futex wake costs on the reference machine.
+pub const DEFAULT_SPINS: u32 = 10_000;
 /// Default yields before parking.
 pub const DEFAULT_YIELDS: u32 = 100;
+/// Default park timeout in microseconds ([`DEFAULT_PARK`]).
+pub const DEFAULT_PARK_US: u64 = 50;
 /// Default park timeout: the longest a missed wake can delay work.
-pub const DEFAULT_PARK: Duration = Duration::from_micros(500);
+pub const DEFAULT_PARK: Duration = Duration::from_micros(DEFAULT_PARK_US);
 
 /// How a thread waits when its loop found no work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

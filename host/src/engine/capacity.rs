@@ -34,7 +34,7 @@ const _: () = assert!(crate::config::MAX_TCP_CONNECTIONS < SOURCES);
 
 // The config's `[capacity]` presets describe this build: keep them equal.
 const _: () = {
-    let c = crate::config::CapacityConfig::DEFAULT;
+    let c = crate::config::CapacitySection::DEFAULT;
     assert!(c.payload_bytes == PAYLOAD && c.pool_slots == POOL && c.lane_capacity == LANE);
     assert!(c.dead_letter_capacity == DEAD_LETTERS && c.retry_queue == RETRY_QUEUE);
     assert!(c.topics == TOPICS && c.alert_rules == RULES && c.dedup_slots == DEDUP);

@@ -302,7 +302,7 @@ pub enum StorageError {
 }
 
 /// Sets the process umask that makes the files the engine creates `mode` (see
-/// [`StorageConfig::umask`](crate::config::StorageConfig::umask)); returns the previous
+/// [`StorageSection::umask`](crate::config::StorageSection::umask)); returns the previous
 /// mask. Process-wide: `pinstream run` and `pinstream log repair` call it before they create
 /// anything; an application embedding the engine decides for itself.
 pub fn set_process_umask(mask: u32) -> u32 {
