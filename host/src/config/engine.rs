@@ -1,7 +1,5 @@
 //! `[engine]`: threads, pinning, idling, acknowledgements.
 
-use std::time::Duration;
-
 use serde::Deserialize;
 
 use crate::idle;
@@ -52,13 +50,6 @@ impl Default for EngineSection {
             mlock: false,
             ack: AckSetting::Durable,
         }
-    }
-}
-
-impl EngineSection {
-    /// `idle_park_us` as a duration.
-    pub fn idle_park(&self) -> Duration {
-        Duration::from_micros(self.idle_park_us)
     }
 }
 

@@ -1,7 +1,6 @@
 //! `[storage]`: the logs on disk.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -87,10 +86,5 @@ impl StorageSection {
     pub fn umask(&self) -> Option<u32> {
         let mode = self.file_mode()?;
         Some(0o777 & !(mode | ((mode & 0o444) >> 2)))
-    }
-
-    /// `interval_ms` as a duration.
-    pub fn interval(&self) -> Duration {
-        Duration::from_millis(self.interval_ms)
     }
 }
