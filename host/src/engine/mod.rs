@@ -44,8 +44,3 @@ pub use self::restore::{DedupRefill, SessionsRestored};
 pub use self::settings::{EngineConfig, Placement};
 pub use self::stats::EngineStats;
 pub use self::supervisor::{BooksAtStop, Engine, EngineError, EngineHandle, Started};
-
-/// The names of the logs below the data directory, by lane index, then the dead letters
-/// (defined in [`storage::layout`](crate::storage::layout); [`LogId`](crate::storage::LogId)
-/// names one).
-pub use crate::storage::layout::LOG_NAMES;
