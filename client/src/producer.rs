@@ -77,6 +77,7 @@ impl Totals {
 #[derive(Debug)]
 struct Pending {
     seq: u64,
+    events: u32,
     frame: Vec<u8>,
 }
 
@@ -218,7 +219,12 @@ impl Producer {
             let n = enc.finish().map_err(encode_error)?;
             buf.truncate(n);
             self.next_seq += 1;
-            self.send_frame(Pending { seq, frame: buf })?;
+            let events = u32::try_from(from - start).unwrap_or(u32::MAX);
+            self.send_frame(Pending {
+                seq,
+                events,
+                frame: buf,
+            })?;
         }
         self.staged.clear();
         self.staged_payload.clear();
@@ -309,6 +315,19 @@ impl Producer {
             };
             self.conn = conn;
             self.reconnected += 1;
+            // Frames at or below the session's last_seq were resolved (their ACK was lost
+            // with the connection): the server has them. They are not resent; their events
+            // count as duplicates, as the server would answer them.
+            while self
+                .in_flight
+                .front()
+                .is_some_and(|p| p.seq <= hello.last_seq)
+            {
+                if let Some(p) = self.in_flight.pop_front() {
+                    self.before.duplicates += u64::from(p.events);
+                    self.spare.push(p.frame);
+                }
+            }
             let mut resent = Ok(());
             for p in &self.in_flight {
                 resent = self.conn.send(&p.frame);

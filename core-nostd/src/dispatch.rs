@@ -421,11 +421,6 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         self.sheddable = priorities.iter().fold(0, |m, &p| m | 1 << p as u8);
     }
 
-    /// Registered topic ids are `0..n`: call after registering more topics.
-    pub fn set_topics(&mut self, n: usize) {
-        self.topics = u32::try_from(n).unwrap_or(u32::MAX);
-    }
-
     /// The counters this dispatcher writes.
     pub fn counters(&self) -> &'a StageCounters {
         self.counters

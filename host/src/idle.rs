@@ -23,14 +23,6 @@
 //! figure is dominated by the clock read, so it moves with the clocksource (`kvm-clock` or
 //! `hpet` are slower).
 //!
-//! ## Waking a parked thread
-//! A producer that hands work to a parked thread calls [`IdleWaker::wake`], which unparks it
-//! only if [`ThreadLoad::is_parked`] says it parks (one load when it does not). To close the
-//! window where a producer publishes just before the consumer parks, use
-//! [`Idler::step_checked`]: it announces the park, then runs the caller's "is there work?"
-//! check, and skips the park if there is. Without it a missed wake costs at most one park
-//! timeout.
-//!
 //! ```
 //! use std::sync::Arc;
 //! use pinstream_host::idle::{IdleStrategy, Idler, ThreadLoad};
@@ -43,20 +35,24 @@
 //! assert_eq!(load.snapshot().loops, 10);
 //! ```
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use std::thread::{self, Thread};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
+// The defaults of `engine.idle_spins`, `idle_yields` and `idle_park_us` too: the config's
+// `[engine]` section takes them from here (and `default.toml` repeats them, checked by the
+// config tests).
+
 /// Default spins before yielding: at ~67 ns per idle step plus the loop body, at least
-/// ~70 µs of polling, well above the ~9 µs a futex wake costs on the reference machine.
-pub const DEFAULT_SPINS: u32 = 1_000;
+/// ~700 µs of polling, well above the ~9 µs a futex wake costs on the reference machine.
+pub const DEFAULT_SPINS: u32 = 10_000;
 /// Default yields before parking.
 pub const DEFAULT_YIELDS: u32 = 100;
+/// Default park timeout in microseconds ([`DEFAULT_PARK`]).
+pub const DEFAULT_PARK_US: u64 = 50;
 /// Default park timeout: the longest a missed wake can delay work.
-pub const DEFAULT_PARK: Duration = Duration::from_micros(500);
+pub const DEFAULT_PARK: Duration = Duration::from_micros(DEFAULT_PARK_US);
 
 /// How a thread waits when its loop found no work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +64,8 @@ pub enum IdleStrategy {
         /// Idle steps spent spinning before yielding.
         spins: u32,
     },
-    /// Spin `spins` times, yield `yields` times, then park with a timeout `park` (a producer
-    /// may unpark earlier). The default.
+    /// Spin `spins` times, yield `yields` times, then park with a timeout `park` (nothing
+    /// unparks an engine thread: the timeout bounds the delay a park adds). The default.
     SpinPark {
         /// Idle steps spent spinning.
         spins: u32,
@@ -109,15 +105,6 @@ impl IdleStrategy {
         }
     }
 
-    /// The name used in the config: `spin`, `spin-yield` or `spin-park`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            IdleStrategy::Spin => "spin",
-            IdleStrategy::SpinYield { .. } => "spin-yield",
-            IdleStrategy::SpinPark { .. } => "spin-park",
-        }
-    }
-
     /// What the `n`-th consecutive idle step (1-based) does.
     fn action(&self, n: u64) -> IdleAction {
         match *self {
@@ -142,90 +129,6 @@ impl IdleStrategy {
     }
 }
 
-/// `spin`, `spin-yield:SPINS`, `spin-park:SPINS:YIELDS:PARK_US`; the parameters are written
-/// only when they differ from the defaults, so `parse(display(s)) == s`.
-impl fmt::Display for IdleStrategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())?;
-        match *self {
-            IdleStrategy::Spin => Ok(()),
-            IdleStrategy::SpinYield { spins } if spins == DEFAULT_SPINS => Ok(()),
-            IdleStrategy::SpinYield { spins } => write!(f, ":{spins}"),
-            s if s == IdleStrategy::default() => Ok(()),
-            IdleStrategy::SpinPark {
-                spins,
-                yields,
-                park,
-            } => write!(f, ":{spins}:{yields}:{}", park.as_micros()),
-        }
-    }
-}
-
-/// Why an idle strategy did not parse.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseIdleError {
-    input: String,
-    reason: String,
-}
-
-impl fmt::Display for ParseIdleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "bad idle strategy {:?}: {}; expected \"spin\", \"spin-yield[:SPINS]\" or \
-             \"spin-park[:SPINS:YIELDS:PARK_MICROSECONDS]\"",
-            self.input, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ParseIdleError {}
-
-impl FromStr for IdleStrategy {
-    type Err = ParseIdleError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: String| ParseIdleError {
-            input: s.to_owned(),
-            reason,
-        };
-        let mut parts = s.trim().split(':');
-        let name = parts.next().unwrap_or_default();
-        let params: Vec<&str> = parts.collect();
-        let number = |text: &str, what: &str| {
-            text.trim()
-                .parse::<u32>()
-                .map_err(|e| err(format!("{what} {text:?} is not a count: {e}")))
-        };
-        match (name, params.as_slice()) {
-            ("spin", []) => Ok(IdleStrategy::Spin),
-            ("spin-yield", []) => Ok(IdleStrategy::SpinYield {
-                spins: DEFAULT_SPINS,
-            }),
-            ("spin-yield", [spins]) => Ok(IdleStrategy::SpinYield {
-                spins: number(spins, "spins")?,
-            }),
-            ("spin-park", []) => Ok(IdleStrategy::default()),
-            ("spin-park", [spins, yields, park]) => {
-                let park = number(park, "park microseconds")?;
-                if park == 0 {
-                    return Err(err("the park timeout must be at least 1 µs".to_owned()));
-                }
-                Ok(IdleStrategy::SpinPark {
-                    spins: number(spins, "spins")?,
-                    yields: number(yields, "yields")?,
-                    park: Duration::from_micros(u64::from(park)),
-                })
-            }
-            ("spin" | "spin-yield" | "spin-park", _) => Err(err(format!(
-                "wrong number of parameters for {name:?} ({})",
-                params.len()
-            ))),
-            _ => Err(err(format!("unknown strategy {name:?}"))),
-        }
-    }
-}
-
 /// Load figures of one engine thread: written by that thread's [`Idler`] only, read by the
 /// metrics endpoint with relaxed loads. Aligned to its own cache lines so two threads'
 /// figures never share one.
@@ -237,7 +140,6 @@ pub struct ThreadLoad {
     parks: AtomicU64,
     yields: AtomicU64,
     loops: AtomicU64,
-    parked: AtomicBool,
 }
 
 /// A copy of a [`ThreadLoad`]'s counters at one moment.
@@ -285,7 +187,7 @@ fn bump(counter: &AtomicU64, by: u64) {
 }
 
 impl ThreadLoad {
-    /// All zero, not parked.
+    /// All zero.
     pub const fn new() -> ThreadLoad {
         ThreadLoad {
             busy_ns: AtomicU64::new(0),
@@ -293,7 +195,6 @@ impl ThreadLoad {
             parks: AtomicU64::new(0),
             yields: AtomicU64::new(0),
             loops: AtomicU64::new(0),
-            parked: AtomicBool::new(false),
         }
     }
 
@@ -314,11 +215,6 @@ impl ThreadLoad {
         let s = self.snapshot();
         ratio(s.busy_ns, s.idle_ns)
     }
-
-    /// Whether the thread is parked or about to park (set before it parks, cleared after).
-    pub fn is_parked(&self) -> bool {
-        self.parked.load(Ordering::SeqCst)
-    }
 }
 
 /// What one [`Idler::step`] did.
@@ -332,8 +228,6 @@ pub enum IdleAction {
     Yielded,
     /// `thread::park_timeout` (woken by timeout, unpark, or spuriously).
     Parked,
-    /// Was about to park but the caller's check found work (see [`Idler::step_checked`]).
-    ParkSkipped,
 }
 
 /// The idle loop of one engine thread; see the module docs.
@@ -369,31 +263,10 @@ impl Idler {
         &self.load
     }
 
-    /// A handle producers use to wake this thread. Call it on the thread that runs the loop
-    /// (it captures `thread::current()`).
-    pub fn waker(&self) -> IdleWaker {
-        IdleWaker {
-            load: Arc::clone(&self.load),
-            thread: thread::current(),
-        }
-    }
-
     /// Ends one loop iteration: `did_work` says whether it moved anything. Accounts the time
     /// since the previous step as busy or idle, then waits per the strategy.
     #[inline]
     pub fn step(&mut self, did_work: bool) -> IdleAction {
-        self.step_checked(did_work, || false)
-    }
-
-    /// As [`Idler::step`], but before parking it marks the thread parked and calls
-    /// `work_pending` (e.g. "is any lane non-empty?"); if that says yes it does not park.
-    /// With producers calling [`IdleWaker::wake`] after publishing, no wake is lost: either
-    /// the producer sees the parked flag and unparks, or `work_pending` sees the work.
-    pub fn step_checked<F: FnOnce() -> bool>(
-        &mut self,
-        did_work: bool,
-        work_pending: F,
-    ) -> IdleAction {
         let now = Instant::now();
         let elapsed = duration_ns(now.saturating_duration_since(self.last));
         bump(&self.load.loops, 1);
@@ -421,18 +294,7 @@ impl Idler {
                     IdleStrategy::SpinPark { park, .. } => park,
                     _ => DEFAULT_PARK,
                 };
-                self.load.parked.store(true, Ordering::SeqCst);
-                // Pairs with the fence in `IdleWaker::wake`: either the producer sees the
-                // flag, or `work_pending` sees what the producer published before it.
-                fence(Ordering::SeqCst);
-                if work_pending() {
-                    self.load.parked.store(false, Ordering::SeqCst);
-                    self.idle_run = 0;
-                    self.last = now;
-                    return IdleAction::ParkSkipped;
-                }
                 thread::park_timeout(park);
-                self.load.parked.store(false, Ordering::SeqCst);
                 bump(&self.load.parks, 1);
             }
         }
@@ -450,93 +312,9 @@ fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Wakes one engine thread if it is parked; cheap when it is not (one load). Clone it into
-/// every producer of that thread.
-#[derive(Debug, Clone)]
-pub struct IdleWaker {
-    load: Arc<ThreadLoad>,
-    thread: Thread,
-}
-
-impl IdleWaker {
-    /// A waker for `thread` whose [`Idler`] accounts into `load`.
-    pub fn new(load: Arc<ThreadLoad>, thread: Thread) -> IdleWaker {
-        IdleWaker { load, thread }
-    }
-
-    /// Call after publishing work: unparks the thread if it is parked or about to park.
-    /// Returns whether it unparked. Costs a full fence (`mfence` on x86) and one load when
-    /// the thread is awake: call it once per published batch, not per event.
-    #[inline]
-    pub fn wake(&self) -> bool {
-        // Orders the caller's publish before the flag load (see `Idler::step_checked`).
-        fence(Ordering::SeqCst);
-        if self.load.is_parked() {
-            self.thread.unpark();
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_parse_and_round_trip() {
-        assert_eq!("spin".parse::<IdleStrategy>().unwrap(), IdleStrategy::Spin);
-        assert_eq!(
-            "spin-yield".parse::<IdleStrategy>().unwrap(),
-            IdleStrategy::SpinYield {
-                spins: DEFAULT_SPINS
-            }
-        );
-        assert_eq!(
-            "spin-park".parse::<IdleStrategy>().unwrap(),
-            IdleStrategy::default()
-        );
-        assert_eq!(IdleStrategy::default().to_string(), "spin-park");
-        for s in [
-            IdleStrategy::Spin,
-            IdleStrategy::SpinYield { spins: 7 },
-            IdleStrategy::SpinYield {
-                spins: DEFAULT_SPINS,
-            },
-            IdleStrategy::default(),
-            IdleStrategy::SpinPark {
-                spins: 0,
-                yields: 3,
-                park: Duration::from_micros(250),
-            },
-        ] {
-            assert_eq!(s.to_string().parse::<IdleStrategy>().unwrap(), s, "{s}");
-        }
-        assert_eq!(
-            "spin-park:10:2:100".parse::<IdleStrategy>().unwrap(),
-            IdleStrategy::SpinPark {
-                spins: 10,
-                yields: 2,
-                park: Duration::from_micros(100)
-            }
-        );
-    }
-
-    #[test]
-    fn bad_strategies_say_what_is_expected() {
-        for (input, needle) in [
-            ("sleep", "unknown strategy"),
-            ("spin:3", "wrong number"),
-            ("spin-park:1:2", "wrong number"),
-            ("spin-yield:x", "spins \"x\""),
-            ("spin-park:1:2:0", "at least 1"),
-        ] {
-            let text = input.parse::<IdleStrategy>().unwrap_err().to_string();
-            assert!(text.contains(needle), "{input}: {text}");
-            assert!(text.contains("expected \"spin\""), "{text}");
-        }
-    }
 
     #[test]
     fn overprovisioned_never_busy_polls() {
@@ -548,7 +326,7 @@ mod tests {
             let e = s.effective(true);
             assert!(
                 matches!(e, IdleStrategy::SpinPark { spins: 0, .. }),
-                "{s} → {e:?}"
+                "{s:?} → {e:?}"
             );
             assert_eq!(e.action(3), IdleAction::Parked);
             assert_eq!(s.effective(false), s);

@@ -34,7 +34,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-/// A relaxed monotonic counter.
+/// A relaxed `u64` cell, for both kinds of figure the host exports: monotonic counters
+/// (only [`add`](Self::add) / [`incr`](Self::incr): events stored, syncs, errors) and
+/// levels that go up and down ([`set`](Self::set) / [`sub`](Self::sub): open connections,
+/// events in flight, lane depths). Which one a field is, its doc and its Prometheus type
+/// (`counter` or `gauge`) say; nothing here enforces it.
 #[derive(Debug, Default)]
 pub struct Gauge(AtomicU64);
 

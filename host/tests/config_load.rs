@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pinstream_host::config::{
-    AckMode, AdminConfig, AlertWhen, CAPACITY_PRESETS, CapacityConfig, Config, ConfigError,
-    ControlSection, DEFAULT_TOML, DurabilityMode, EngineConfig, IdleKind, PipelineConfig,
-    StorageConfig, TcpConfig, UdpConfig,
+    AckSetting, AdminSection, AlertWhen, CAPACITY_PRESETS, CapacitySection, Config, ConfigError,
+    ControlSection, DEFAULT_TOML, DurabilitySetting, EngineSection, IdleSetting, PipelineSection,
+    StorageSection, TcpSection, UdpSection,
 };
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
 
@@ -66,8 +66,8 @@ fn embedded_default_parses_validates_and_equals_the_code_defaults() {
         cfg.pipeline.retry_policy(),
         pinstream_core::process::RetryPolicy::DEFAULT
     );
-    assert_eq!(CAPACITY_PRESETS, &[CapacityConfig::DEFAULT]);
-    assert_eq!(cfg.capacity, CapacityConfig::DEFAULT);
+    assert_eq!(CAPACITY_PRESETS, &[CapacitySection::DEFAULT]);
+    assert_eq!(cfg.capacity, CapacitySection::DEFAULT);
     // An empty file is the default too.
     assert_eq!(parse(""), Config::default());
 }
@@ -120,14 +120,14 @@ fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
 fn the_default_file_names_every_key() {
     let file: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
     let sections: [(&str, &[&str]); 8] = [
-        ("engine", fields_of::<EngineConfig>()),
-        ("tcp", fields_of::<TcpConfig>()),
-        ("udp", fields_of::<UdpConfig>()),
-        ("storage", fields_of::<StorageConfig>()),
-        ("pipeline", fields_of::<PipelineConfig>()),
-        ("capacity", fields_of::<CapacityConfig>()),
+        ("engine", fields_of::<EngineSection>()),
+        ("tcp", fields_of::<TcpSection>()),
+        ("udp", fields_of::<UdpSection>()),
+        ("storage", fields_of::<StorageSection>()),
+        ("pipeline", fields_of::<PipelineSection>()),
+        ("capacity", fields_of::<CapacitySection>()),
         ("control", fields_of::<ControlSection>()),
-        ("admin", fields_of::<AdminConfig>()),
+        ("admin", fields_of::<AdminSection>()),
     ];
     let top: Vec<&str> = sections.iter().map(|(s, _)| *s).collect();
     assert_eq!(fields_of::<Config>(), top.as_slice());
@@ -150,7 +150,7 @@ fn a_partial_file_overrides_only_its_keys() {
     let d = Config::default();
     assert_eq!(
         cfg.tcp,
-        TcpConfig {
+        TcpSection {
             max_connections: 10,
             listen: None,
             ..d.tcp.clone()
@@ -158,8 +158,8 @@ fn a_partial_file_overrides_only_its_keys() {
     );
     assert_eq!(
         cfg.storage,
-        StorageConfig {
-            durability: DurabilityMode::Always,
+        StorageSection {
+            durability: DurabilitySetting::Always,
             ..d.storage.clone()
         }
     );
@@ -187,16 +187,16 @@ fn a_partial_file_overrides_only_its_keys() {
     let cfg = parse(
         "engine.idle = \"spin-yield\"\nengine.ack = \"none\"\nstorage.durability = \"none\"\n",
     );
-    assert_eq!(cfg.engine.idle, IdleKind::SpinYield);
-    assert_eq!(cfg.engine.ack, AckMode::None);
-    assert_eq!(cfg.storage.durability, DurabilityMode::None);
+    assert_eq!(cfg.engine.idle, IdleSetting::SpinYield);
+    assert_eq!(cfg.engine.ack, AckSetting::None);
+    assert_eq!(cfg.storage.durability, DurabilitySetting::None);
     assert_eq!(
         parse("[engine]\nidle = \"spin\"").engine.idle,
-        IdleKind::Spin
+        IdleSetting::Spin
     );
     assert_eq!(
         parse("[engine]\nack = \"accepted\"").engine.ack,
-        AckMode::Accepted
+        AckSetting::Accepted
     );
     assert_eq!(parse("[admin]\nlisten = \"\"").admin.listen, None);
     assert_eq!(
@@ -415,7 +415,7 @@ fn capacity_must_be_a_compiled_preset() {
     );
     assert!(p[0].contains("compiled into this build"), "{}", p[0]);
     assert!(
-        p[0].contains(&CapacityConfig::DEFAULT.to_string()),
+        p[0].contains(&CapacitySection::DEFAULT.to_string()),
         "lists the presets: {}",
         p[0]
     );

@@ -932,7 +932,7 @@ fn large_events_go_through_the_arena_and_inspect_reads_them_back() {
     let engine = Engine::start(EngineConfig::local(tmp.path())).expect("start an engine");
     let mut client = Client::connect(engine.started.tcp.expect("TCP")).expect("connect");
     client.hello().expect("HELLO");
-    let max_frame = pinstream_host::config::TcpConfig::default().max_frame_len as usize;
+    let max_frame = pinstream_host::config::TcpSection::default().max_frame_len as usize;
     // What one BATCH frame of one empty event costs: the largest payload is the rest.
     let overhead = Client::batch(1, &[EventHeader::new(0, 0, Priority::High, 0)], |_| {
         Vec::new()

@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pinstream_core::event::{EventHeader, Priority};
-use pinstream_host::engine::LOG_NAMES;
-use pinstream_host::storage::LogReader;
+use pinstream_host::storage::{LogId, LogReader};
 use pinstream_tests::TempDir;
 use pinstream_tests::client::Client;
 
@@ -152,7 +151,7 @@ fn section(extra: &str, name: &str) -> String {
 }
 
 fn realtime_records(data: &Path) -> Vec<u64> {
-    let mut reader = LogReader::open(&data.join(LOG_NAMES[0])).unwrap();
+    let mut reader = LogReader::open(&data.join(LogId::Realtime.name())).unwrap();
     let mut ids = Vec::new();
     while let Some(r) = reader.next_record() {
         let r = r.expect("every record CRC-valid");
@@ -257,7 +256,7 @@ fn kill_9_then_restart_keeps_every_event_acknowledged_durable() {
     assert!(acked.stored > 0);
     // A kill -9 rarely tears a record (the kernel has every completed write); tear one the
     // way a power cut can: half a record's worth of bytes at the end of the last segment.
-    let realtime = dir.path().join("data").join(LOG_NAMES[0]);
+    let realtime = dir.path().join("data").join(LogId::Realtime.name());
     let mut segments: Vec<_> = std::fs::read_dir(&realtime)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -274,7 +273,7 @@ fn kill_9_then_restart_keeps_every_event_acknowledged_durable() {
 
     // Restart on the same data: recovery reports on every log, the engine serves again.
     let mut again = Runner::start(dir.path(), extra);
-    for name in LOG_NAMES {
+    for name in LogId::ALL.map(LogId::name) {
         again.wait_line(&format!(
             "recovered {}",
             dir.path().join("data").join(name).display()
@@ -305,12 +304,12 @@ fn kill_9_then_restart_keeps_every_event_acknowledged_durable() {
 
 /// The transactional lane's ids, in log order.
 fn transactional_ids(data: &Path) -> Vec<u64> {
-    log_ids(data, 1)
+    log_ids(data, LogId::Transactional)
 }
 
-/// The ids of the events in log `log` ([`LOG_NAMES`] order), in log order.
-fn log_ids(data: &Path, log: usize) -> Vec<u64> {
-    let mut reader = LogReader::open(&data.join(LOG_NAMES[log])).unwrap();
+/// The ids of the events in log `log`, in log order.
+fn log_ids(data: &Path, log: LogId) -> Vec<u64> {
+    let mut reader = LogReader::open(&data.join(log.name())).unwrap();
     let mut ids = Vec::new();
     while let Some(r) = reader.next_record() {
         let r = r.expect("every record CRC-valid");
@@ -417,7 +416,7 @@ fn kill_producer_mid_burst(dir: &Path, extra: &str) -> Vec<u64> {
     runner.signal(libc::SIGKILL);
     let _ = runner.wait();
     drop(runner);
-    let before = log_ids(&dir.join("data"), 0);
+    let before = log_ids(&dir.join("data"), LogId::Realtime);
     assert!(before.len() >= 1400, "frames 1-70 were acknowledged");
     before
 }
@@ -459,7 +458,7 @@ fn producer_resends_after_kill_9_are_duplicates_even_for_frames_in_flight() {
     again.signal(libc::SIGTERM);
     assert!(again.wait().success());
     drop(again);
-    let ids = log_ids(&dir.path().join("data"), 0);
+    let ids = log_ids(&dir.path().join("data"), LogId::Realtime);
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "an id stored twice");
     assert_eq!(
@@ -497,7 +496,7 @@ fn new_events_from_last_seq_after_kill_9_are_stored_not_taken_for_duplicates() {
     again.signal(libc::SIGTERM);
     assert!(again.wait().success());
     drop(again);
-    let ids = log_ids(&dir.path().join("data"), 0);
+    let ids = log_ids(&dir.path().join("data"), LogId::Realtime);
     assert_eq!(ids.len(), before.len() + 50 * 20);
 }
 
@@ -578,7 +577,8 @@ fn a_storage_failure_keeps_the_engine_up_with_503_until_stopped() {
         .unwrap()
         .parse()
         .unwrap();
-    let mut reader = LogReader::open(&dir.path().join("data").join(LOG_NAMES[0])).unwrap();
+    let mut reader =
+        LogReader::open(&dir.path().join("data").join(LogId::Realtime.name())).unwrap();
     let mut in_log = 0u64;
     while let Some(Ok(_)) = reader.next_record() {
         in_log += 1;
@@ -601,7 +601,7 @@ fn data_files_are_created_with_the_configured_mode() {
         let mut runner = Runner::start(dir.path(), extra);
         runner.wait_line("placement decision");
         let data = dir.path().join("data");
-        let log = data.join(LOG_NAMES[0]);
+        let log = data.join(LogId::Realtime.name());
         assert_eq!(mode_of(&data), dir_mode, "{extra}");
         assert_eq!(mode_of(&log), dir_mode, "{extra}");
         let segment = std::fs::read_dir(&log)
@@ -803,7 +803,7 @@ fn a_second_run_on_one_data_dir_exits_3_naming_the_holder_pid() {
     first.wait_line("listening tcp=");
     let data = dir.path().join("data");
     // A first start on an empty directory creates its logs; there is nothing to recover.
-    for name in LOG_NAMES {
+    for name in LogId::ALL.map(LogId::name) {
         first.wait_line(&format!(
             "created {}: new empty log",
             data.join(name).display()

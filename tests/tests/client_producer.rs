@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use pinstream_client::{Producer, ProducerOptions};
 use pinstream_core::event::{EventHeader, Priority};
-use pinstream_host::engine::{Engine, EngineConfig, LOG_NAMES};
-use pinstream_host::storage::LogReader;
+use pinstream_host::engine::{Engine, EngineConfig};
 use pinstream_host::storage::record::{self, RecordBody};
+use pinstream_host::storage::{LogId, LogReader};
 use pinstream_tests::TempDir;
 
 /// The event ids in the realtime log, in order.
 fn realtime_ids(dir: &TempDir) -> Vec<u64> {
-    let mut reader = LogReader::open(&dir.path().join(LOG_NAMES[0])).unwrap();
+    let mut reader = LogReader::open(&dir.path().join(LogId::Realtime.name())).unwrap();
     let mut ids = Vec::new();
     while let Some(r) = reader.next_record() {
         let r = r.unwrap();

@@ -9,10 +9,10 @@ use pinstream_core::event::{EventHeader, Priority};
 use pinstream_core::process::BatchStore;
 use pinstream_core::reason::Reason;
 use pinstream_core::wire::{BatchEncoder, Hello, encode_event};
-use pinstream_host::engine::{Engine, EngineConfig, EngineHandle, LOG_NAMES};
+use pinstream_host::engine::{Engine, EngineConfig, EngineHandle};
 use pinstream_host::ingest::AckMode;
 use pinstream_host::storage::record::{self, RecordBody};
-use pinstream_host::storage::{Durability, LogReader};
+use pinstream_host::storage::{Durability, LogId, LogReader};
 use pinstream_tests::TempDir;
 use pinstream_tests::client::{Client, Reply, set_recv_buffer};
 
@@ -122,10 +122,10 @@ fn durable_acks_cover_every_event_and_the_logs_hold_them() {
     engine.stop().unwrap();
 
     // The logs hold exactly what was acknowledged as stored.
-    let realtime = read_log(&dir, LOG_NAMES[0]);
-    let transactional = read_log(&dir, LOG_NAMES[1]);
-    let batch = read_log(&dir, LOG_NAMES[2]);
-    let dead = read_log(&dir, LOG_NAMES[3]);
+    let realtime = read_log(&dir, LogId::Realtime.name());
+    let transactional = read_log(&dir, LogId::Transactional.name());
+    let batch = read_log(&dir, LogId::Batch.name());
+    let dead = read_log(&dir, LogId::DeadLetter.name());
     assert_eq!(realtime.len() as u64, expect_events[0]);
     assert_eq!(
         transactional.len() as u64,
@@ -388,7 +388,7 @@ fn udp_datagrams_are_stored_and_malformed_ones_counted() {
     });
     assert_eq!(stats.host.udp_datagrams.get(), 21);
     engine.stop().unwrap();
-    assert_eq!(read_log(&dir, LOG_NAMES[0]).len(), 200);
+    assert_eq!(read_log(&dir, LogId::Realtime.name()).len(), 200);
 }
 
 #[test]
@@ -421,7 +421,7 @@ fn events_acknowledged_before_a_restart_are_there_after_it() {
         .unwrap();
     client.wait_ack(1, WAIT).unwrap();
     engine.stop().unwrap();
-    assert_eq!(read_log(&dir, LOG_NAMES[0]).len(), 110);
+    assert_eq!(read_log(&dir, LogId::Realtime.name()).len(), 110);
 }
 
 /// GET `path` from the admin endpoint: (status line, body).
@@ -539,7 +539,7 @@ fn frames_resolved_during_shutdown_are_still_acknowledged() {
     assert_eq!((ack.stored, ack.dead_lettered, ack.rejected), (200, 0, 0));
     assert!(client.closed_by_server(WAIT));
     stopper.join().unwrap().unwrap();
-    assert_eq!(read_log(&dir, LOG_NAMES[0]).len(), 100);
+    assert_eq!(read_log(&dir, LogId::Realtime.name()).len(), 100);
 }
 
 #[test]
@@ -688,7 +688,7 @@ fn batch_lane_acks_advance(store: BatchStore) {
     assert_eq!(ack.stored + ack.dead_lettered, 50, "{store:?}: {ack:?}");
     engine.stop().unwrap();
     // What the batch log holds: the events themselves only when they are stored one by one.
-    let events = read_log(&dir, LOG_NAMES[2])
+    let events = read_log(&dir, LogId::Batch.name())
         .iter()
         .filter(|(k, b)| matches!(record::decode(*k, b), Ok(RecordBody::Event(_))))
         .count();
@@ -772,16 +772,19 @@ fn producer_sessions_answer_resends_as_duplicates() {
     let mut e = Client::connect(addr).unwrap();
     let hello = e.hello_producer(id).unwrap();
     assert!((8..=40).contains(&hello.last_seq), "{hello:?}");
-    for seq in 9..=40 {
+    for seq in 9..=41 {
         e.send(&frame(seq)).unwrap();
     }
-    let (ack, _) = e.wait_ack(40, WAIT).unwrap();
-    assert_eq!(ack.stored + ack.duplicates, 320, "{ack:?}");
+    // The watermark starts at the HELLO's last_seq (those frames are resolved), so an ACK
+    // through 40 may come before the resends are counted; frame 41 is new, and its ACK
+    // comes after every frame before it was taken.
+    let (ack, _) = e.wait_ack(41, WAIT).unwrap();
+    assert_eq!(ack.stored + ack.duplicates, 330, "{ack:?}");
     assert_eq!(ack.duplicates, (hello.last_seq - 8) * 10, "{ack:?}");
     engine.stop().unwrap();
 
     // Every event stored once.
-    let ids: Vec<u64> = read_log(&dir, LOG_NAMES[0])
+    let ids: Vec<u64> = read_log(&dir, LogId::Realtime.name())
         .iter()
         .map(|(k, b)| match record::decode(*k, b).unwrap() {
             RecordBody::Event(e) => e.header.id,
@@ -789,7 +792,7 @@ fn producer_sessions_answer_resends_as_duplicates() {
         })
         .collect();
     let unique: std::collections::HashSet<_> = ids.iter().collect();
-    assert_eq!((ids.len(), unique.len()), (400, 400));
+    assert_eq!((ids.len(), unique.len()), (410, 410));
 }
 
 /// HELLO errors close the connection (PROTOCOL.md §5); a version-1 client is still served.
@@ -840,7 +843,7 @@ fn hello_errors_close_and_version_1_clients_are_served() {
     assert_eq!((ack.stored, ack.duplicates), (1, 0));
     engine.stop().unwrap();
     // The frame sent after a refused HELLO was never stored.
-    assert_eq!(read_log(&dir, LOG_NAMES[0]).len(), 1);
+    assert_eq!(read_log(&dir, LogId::Realtime.name()).len(), 1);
 }
 
 /// When every producer session is held by a connection, a HELLO for a new producer is
@@ -956,5 +959,5 @@ fn a_late_hello_is_refused_and_seq_0_is_not_a_duplicate() {
     let (ack, _) = d.wait_ack(0, WAIT).unwrap();
     assert_eq!((ack.stored, ack.duplicates), (1, 0), "{ack:?}");
     engine.stop().unwrap();
-    assert_eq!(read_log(&dir, LOG_NAMES[0]).len(), 5);
+    assert_eq!(read_log(&dir, LogId::Realtime.name()).len(), 5);
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use pinstream_core::event::{EventHeader, Priority};
 use pinstream_core::reason::Reason;
 use pinstream_core::wire::{Hello, crc32c, encode_hello};
-use pinstream_host::engine::{Engine, EngineConfig, LOG_NAMES};
-use pinstream_host::storage::LogReader;
+use pinstream_host::engine::{Engine, EngineConfig};
+use pinstream_host::storage::{LogId, LogReader};
 use pinstream_tests::TempDir;
 use pinstream_tests::client::{Client, Reply};
 
@@ -72,7 +72,11 @@ fn bad_hello_is_refused_and_closes(name: &str, hello: Vec<u8>) {
     assert!(c.closed_by_server(WAIT), "the connection is closed");
     let stats = engine.stats().clone();
     engine.stop().unwrap();
-    assert_eq!(records(&dir, LOG_NAMES[0]), 0, "the event was not stored");
+    assert_eq!(
+        records(&dir, LogId::Realtime.name()),
+        0,
+        "the event was not stored"
+    );
     assert_eq!(stats.process.stored.get(), 0);
     assert_eq!(stats.host.tcp_closed_malformed.get(), 1);
     // The event behind the HELLO was received and thrown away unread: counted.

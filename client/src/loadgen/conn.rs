@@ -425,7 +425,6 @@ pub(super) struct Acks {
 
 /// The reader: ACKs and REJECTs until every frame is acknowledged ([`AckWait::Wait`]) or
 /// the server closes the connection after the writer's half close ([`AckWait::None`]).
-#[allow(clippy::too_many_arguments)]
 fn read_replies(
     reader: &mut Reader,
     addr: SocketAddr,

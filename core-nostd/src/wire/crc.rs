@@ -27,7 +27,7 @@
 //! The software path keeps a 16 KiB table in read-only memory; the hardware paths add a
 //! 4 KiB table for joining streams.
 //!
-//! Measured on the 2-vCPU AMD EPYC (Zen 3) of `DESIGN.md`, release build, while other builds
+//! Measured on this machine (2-vCPU AMD EPYC Zen 3), release build, while other builds
 //! ran (ranges over repeated runs;
 //! `cargo test -p pinstream-core --release --lib -- wire::tests::throughput --ignored --nocapture`):
 //!

@@ -61,7 +61,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Measured on the 2-vCPU AMD EPYC (Zen 3) of `DESIGN.md`, release build, while other builds
+//! Measured on this machine (2-vCPU AMD EPYC Zen 3), release build, while other builds
 //! ran (ranges over repeated runs;
 //! `cargo test -p pinstream-core --release --lib -- wire::tests::throughput --ignored --nocapture`):
 //!

@@ -84,7 +84,7 @@ use serde::Serialize;
 use serde::ser::{SerializeStruct, Serializer};
 use tokio::sync::Notify;
 
-use crate::config::AdminConfig;
+use crate::config::AdminSection;
 
 /// The longest request head (request line and headers) the server reads.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -183,13 +183,13 @@ pub struct AdminOptions {
 impl Default for AdminOptions {
     /// The defaults of `[admin]`: 2 s, 128 connections.
     fn default() -> Self {
-        Self::from_config(&AdminConfig::default())
+        Self::from_config(&AdminSection::default())
     }
 }
 
 impl AdminOptions {
     /// The limits `[admin]` sets.
-    pub fn from_config(c: &AdminConfig) -> Self {
+    pub fn from_config(c: &AdminSection) -> Self {
         Self {
             request_timeout: c.request_timeout(),
             max_connections: c.max_connections.max(1),

@@ -4,7 +4,7 @@
 //! | name | what it is |
 //! | --- | --- |
 //! | [`LOCK_FILE`] | in the data directory: held by the one process that writes the logs |
-//! | [`LOG_NAMES`] | the log directories below the data directory |
+//! | [`LOG_NAMES`] ([`LogId::name`]) | the log directories below the data directory |
 //! | `{base:020}.log` ([`segment_name`]) | a segment, its records from offset `base` on |
 //! | `{base:020}.index` ([`index_path`]) | the segment's sparse index |
 //! | [`CHECKPOINT_FILE`] | the log's checkpoint |
@@ -23,11 +23,69 @@
 
 use std::path::{Path, PathBuf};
 
+use pinstream_core::event::Lane;
+
 /// The lock file's name inside the data directory.
 pub const LOCK_FILE: &str = "LOCK";
 
-/// The names of the logs below the data directory, by lane index, then the dead letters.
+/// The names of the logs below the data directory, by lane index, then the dead letters
+/// ([`LogId::name`]).
 pub const LOG_NAMES: [&str; 4] = ["realtime", "transactional", "batch", "dead-letter"];
+
+/// One of the logs below the data directory: one per lane, then the dead letters.
+///
+/// ```
+/// use pinstream_core::event::Lane;
+/// use pinstream_host::storage::LogId;
+/// assert_eq!(LogId::from(Lane::Transactional), LogId::Transactional);
+/// assert_eq!(LogId::DeadLetter.name(), "dead-letter");
+/// assert_eq!(LogId::ALL.map(LogId::index), [0, 1, 2, 3]);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogId {
+    /// The realtime lane's log.
+    Realtime,
+    /// The transactional lane's log.
+    Transactional,
+    /// The batch lane's log (its events and aggregates).
+    Batch,
+    /// The dead-letter log.
+    DeadLetter,
+}
+
+impl LogId {
+    /// Every log, in [`LOG_NAMES`] order (the order of [`index`](Self::index)).
+    pub const ALL: [LogId; 4] = [
+        LogId::Realtime,
+        LogId::Transactional,
+        LogId::Batch,
+        LogId::DeadLetter,
+    ];
+
+    /// How many logs there are.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// Its position in [`ALL`](Self::ALL) and [`LOG_NAMES`]; a lane's log has the lane's
+    /// index.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its directory's name below the data directory.
+    pub const fn name(self) -> &'static str {
+        LOG_NAMES[self.index()]
+    }
+}
+
+impl From<Lane> for LogId {
+    fn from(lane: Lane) -> Self {
+        match lane {
+            Lane::Realtime => LogId::Realtime,
+            Lane::Transactional => LogId::Transactional,
+            Lane::Batch => LogId::Batch,
+        }
+    }
+}
 
 /// The checkpoint's file name inside a log directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint";

@@ -93,7 +93,7 @@ pub mod sessions;
 mod tests;
 
 pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN};
-pub use self::layout::{LOCK_FILE, parse_segment_name};
+pub use self::layout::{LOCK_FILE, LogId, parse_segment_name};
 
 /// The base offsets of the segments in the log directory `dir`, oldest first (empty when
 /// the directory holds none or does not exist).
@@ -302,7 +302,7 @@ pub enum StorageError {
 }
 
 /// Sets the process umask that makes the files the engine creates `mode` (see
-/// [`StorageConfig::umask`](crate::config::StorageConfig::umask)); returns the previous
+/// [`StorageSection::umask`](crate::config::StorageSection::umask)); returns the previous
 /// mask. Process-wide: `pinstream run` and `pinstream log repair` call it before they create
 /// anything; an application embedding the engine decides for itself.
 pub fn set_process_umask(mask: u32) -> u32 {

@@ -11,7 +11,7 @@ use super::render::{Out, emit, flush, format_record};
 use crate::Failure;
 
 pub(super) fn run(dir: &Path, args: &InspectArgs) -> Result<(), Failure> {
-    let logs = open_logs(dir, args.log.names())?;
+    let logs = open_logs(dir, &args.log.names())?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut problems = 0u64;

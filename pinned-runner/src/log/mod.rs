@@ -30,7 +30,7 @@ mod verify;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use pinstream_host::storage::layout::LOG_NAMES;
+use pinstream_host::storage::LogId;
 
 use crate::Failure;
 
@@ -111,14 +111,16 @@ enum LogSelect {
 }
 
 impl LogSelect {
-    fn names(self) -> &'static [&'static str] {
-        match self {
-            LogSelect::Realtime => &LOG_NAMES[0..1],
-            LogSelect::Transactional => &LOG_NAMES[1..2],
-            LogSelect::Batch => &LOG_NAMES[2..3],
-            LogSelect::DeadLetter => &LOG_NAMES[3..4],
-            LogSelect::All => &LOG_NAMES,
-        }
+    /// The names of the logs it selects, in [`LogId::ALL`] order.
+    fn names(self) -> Vec<&'static str> {
+        let logs: &[LogId] = match self {
+            LogSelect::Realtime => &[LogId::Realtime],
+            LogSelect::Transactional => &[LogId::Transactional],
+            LogSelect::Batch => &[LogId::Batch],
+            LogSelect::DeadLetter => &[LogId::DeadLetter],
+            LogSelect::All => &LogId::ALL,
+        };
+        logs.iter().map(|log| log.name()).collect()
     }
 }
 
@@ -134,12 +136,14 @@ enum ReplayLog {
 }
 
 impl ReplayLog {
-    fn names(self) -> &'static [&'static str] {
-        match self {
-            ReplayLog::Realtime => &LOG_NAMES[0..1],
-            ReplayLog::Transactional => &LOG_NAMES[1..2],
-            ReplayLog::All => &LOG_NAMES[0..2],
-        }
+    /// The names of the logs it selects, realtime first.
+    fn names(self) -> Vec<&'static str> {
+        let logs: &[LogId] = match self {
+            ReplayLog::Realtime => &[LogId::Realtime],
+            ReplayLog::Transactional => &[LogId::Transactional],
+            ReplayLog::All => &[LogId::Realtime, LogId::Transactional],
+        };
+        logs.iter().map(|log| log.name()).collect()
     }
 }
 

@@ -40,7 +40,7 @@ pub(super) fn open_log(dir: &Path, name: &str) -> Result<Option<LogReader>, Fail
 /// Opens the logs `names`; a missing directory is an error when one log was named.
 pub(super) fn open_logs(
     dir: &Path,
-    names: &'static [&'static str],
+    names: &[&'static str],
 ) -> Result<Vec<(&'static str, LogReader)>, Failure> {
     check_data_dir(dir)?;
     let mut out = Vec::with_capacity(names.len());

@@ -28,7 +28,7 @@ pub(super) fn run(dir: &Path, args: &RepairArgs) -> Result<(), Failure> {
     };
     let mut recovered = 0usize;
     let mut more = false;
-    for &name in args.log.names() {
+    for name in args.log.names() {
         let Some(log_dir) = selected_log_dir(dir, name, args.log, true)? else {
             continue;
         };

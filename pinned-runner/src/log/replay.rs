@@ -146,7 +146,7 @@ pub(super) fn run(dir: &Path, args: &ReplayArgs) -> Result<(), Failure> {
             )));
         }
     }
-    let logs = open_logs(dir, args.log.names())?;
+    let logs = open_logs(dir, &args.log.names())?;
     let timeout = Duration::from_secs(args.ack_timeout);
     let mut sender = Sender::connect(&args.to, args.batch, timeout)?;
     let mut damaged = 0u64;

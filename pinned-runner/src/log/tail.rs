@@ -61,8 +61,8 @@ pub(super) fn run(dir: &Path, args: &TailArgs) -> Result<(), Failure> {
     let mut logs: Vec<Followed> = args
         .log
         .names()
-        .iter()
-        .map(|&name| Followed {
+        .into_iter()
+        .map(|name| Followed {
             name,
             dir: dir.join(name),
             reader: None,

@@ -196,7 +196,7 @@ fn verify_log(dir: &Path) -> Result<LogCheck, Failure> {
 pub(super) fn run(dir: &Path, args: &VerifyArgs) -> Result<(), Failure> {
     check_data_dir(dir)?;
     let mut problems = Vec::new();
-    for &name in args.log.names() {
+    for name in args.log.names() {
         let Some(log_dir) = selected_log_dir(dir, name, args.log, !args.json)? else {
             if args.json {
                 let line = NeverWrittenJson {

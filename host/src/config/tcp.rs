@@ -1,0 +1,82 @@
+//! `[tcp]`: TCP ingest and its per-connection limits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pinstream_core::wire::{BATCH_PREFIX_LEN, EVENT_RECORD_LEN, MIN_FRAME_LEN};
+use serde::Deserialize;
+
+use super::de_listen;
+
+/// `[tcp]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpSection {
+    /// Where to listen; `None` (`""` or `"off"`) disables TCP ingest.
+    #[serde(deserialize_with = "de_listen")]
+    pub listen: Option<SocketAddr>,
+    /// Connections open at once; more are refused.
+    pub max_connections: usize,
+    /// The longest frame accepted, bytes.
+    pub max_frame_len: u64,
+    /// Per-connection receive buffer, bytes.
+    pub recv_buffer: u64,
+    /// Per-connection ack/reject buffer, bytes.
+    pub send_buffer: u64,
+    /// Frames accepted but not yet acknowledged, per connection.
+    pub inflight_frames: usize,
+    /// Events accepted but not yet acknowledged, per connection.
+    pub inflight_events: usize,
+    /// Malformed frames before the connection is closed.
+    pub max_rejects: u32,
+    /// A silent connection is closed after this long, milliseconds.
+    pub idle_timeout_ms: u64,
+    /// A client not reading its acks is closed after this long, milliseconds.
+    pub stall_timeout_ms: u64,
+    /// A frame begun must arrive whole within this, milliseconds (0: no limit).
+    pub frame_timeout_ms: u64,
+    /// Connections open at once from one address; more are refused.
+    pub max_connections_per_ip: usize,
+    /// Producer sessions (protocol version 2) remembered at once.
+    pub max_producers: usize,
+    /// A producer without a connection is forgotten after this long, milliseconds.
+    pub producer_idle_ms: u64,
+}
+
+impl Default for TcpSection {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
+            max_connections: 1024,
+            max_frame_len: 65_536,
+            recv_buffer: 262_144,
+            send_buffer: 65_536,
+            inflight_frames: 1024,
+            inflight_events: 65_536,
+            max_rejects: 100,
+            idle_timeout_ms: 300_000,
+            stall_timeout_ms: 10_000,
+            frame_timeout_ms: 10_000,
+            max_connections_per_ip: 256,
+            max_producers: 4096,
+            producer_idle_ms: 3_600_000,
+        }
+    }
+}
+
+impl TcpSection {
+    /// `idle_timeout_ms` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    /// `stall_timeout_ms` as a duration.
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms)
+    }
+    /// The most events one frame of `max_frame_len` bytes can carry.
+    pub fn max_events_per_frame(&self) -> u64 {
+        self.max_frame_len
+            .saturating_sub((MIN_FRAME_LEN + BATCH_PREFIX_LEN) as u64)
+            / EVENT_RECORD_LEN as u64
+    }
+}

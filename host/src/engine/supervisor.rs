@@ -1,0 +1,650 @@
+//! Starting and stopping the engine: [`Engine::start`] builds the memory, binds the
+//! sockets, recovers the logs and runs the ingest and storage threads under a supervisor
+//! thread that owns the memory; [`EngineHandle::stop`] drains, syncs, joins and checks the
+//! books. Also what start-up reports ([`Started`]) and why the engine could not start or
+//! stop ([`EngineError`]).
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::Duration;
+
+use pinstream_core::accounting::Accounting;
+use pinstream_core::dispatch::{Admission, Dispatcher, Unlimited};
+use pinstream_core::lanes::Lanes;
+use pinstream_core::process::{BatchStore, LaneProcessors, Processors};
+use pinstream_core::ratelimit::RateLimiter;
+use pinstream_core::ring::Spsc;
+
+use super::capacity::{
+    self, EngineIngest, EngineLaneProcessors, EngineLanes, EngineProcessors, PAYLOAD, RULES,
+    SOURCES,
+};
+use super::restore::{self, DedupRefill, Restored, SessionsRestored};
+use super::sink::StoreSink;
+use super::stats::recovery_summary;
+use super::storage_loop::{StorageLoop, StorageParts};
+use super::{EngineConfig, EngineStats, Placement};
+use crate::fdlimit::{self, FdBudget, FdLimit};
+use crate::idle::Idler;
+use crate::ingest::{COMPLETIONS, Completion, Ingest, Shared, TcpLimits};
+use crate::numa;
+use crate::pin::{self, PinPlan};
+use crate::placement::{self, PlacementDecision, PlacementInput};
+use crate::stats::LatencyRecorder;
+use crate::storage::layout::LogId;
+use crate::storage::{DataDirLock, Log, RecoveryReport, StorageError};
+use crate::topology::Topology;
+
+/// Why the engine could not start.
+#[derive(Debug)]
+pub enum EngineError {
+    /// A setting is out of range.
+    Config(String),
+    /// A socket could not be bound or set up.
+    Socket {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A log could not be opened or recovered.
+    Storage(StorageError),
+    /// A thread could not be started or died.
+    Thread(String),
+    /// The machine's limits are below what the config needs (e.g. file descriptors).
+    Limit(String),
+    /// The engine stopped cleanly but its books do not balance: some unit that entered is
+    /// neither stored, a duplicate, dead-lettered, rejected nor still in flight, or events
+    /// were left in flight after the drain. A bug; the message gives every figure.
+    Accounting(Box<BooksAtStop>),
+}
+
+/// The outcome counts when the engine stopped, for [`EngineError::Accounting`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BooksAtStop {
+    /// Summed over the dispatcher and the processors.
+    pub books: Accounting,
+    /// Events still inside the engine after the drain (0 when it is complete).
+    pub in_flight: u64,
+}
+
+impl BooksAtStop {
+    /// The books of `stats` once the engine's threads have returned.
+    pub fn of(stats: &EngineStats) -> Self {
+        Self {
+            books: stats.books(),
+            in_flight: stats.in_flight.get(),
+        }
+    }
+
+    /// Whether they balance with nothing left in flight:
+    /// `ingested == stored + duplicates + dead_lettered + rejected`.
+    pub fn balanced(&self) -> bool {
+        self.in_flight == 0 && self.books.check(0).is_ok()
+    }
+}
+
+impl fmt::Display for BooksAtStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.books;
+        let accounted = b.resolved() + self.in_flight;
+        write!(
+            f,
+            "accounting invariant broken at shutdown: {} units ingested, {} accounted for \
+             (stored {}, duplicates {}, dead-lettered {}, rejected {}, left in flight {}); \
+             difference {}. This is a bug in the engine: keep this line and the logs",
+            b.ingested,
+            accounted,
+            b.stored,
+            b.duplicates,
+            b.dead_lettered,
+            b.rejected,
+            self.in_flight,
+            i128::from(b.ingested) - i128::from(accounted),
+        )
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Config(msg) => write!(f, "invalid engine settings: {msg}"),
+            EngineError::Socket { what, source } => write!(f, "{what}: {source}"),
+            EngineError::Storage(e) => write!(f, "storage: {e}"),
+            EngineError::Thread(msg) => write!(f, "engine thread: {msg}"),
+            EngineError::Limit(msg) => write!(f, "{msg}"),
+            EngineError::Accounting(books) => books.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EngineError::Socket { source, .. } => Some(source),
+            EngineError::Storage(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Where the engine listens and what recovery found.
+#[derive(Debug)]
+pub struct Started {
+    /// TCP address, if listening.
+    pub tcp: Option<SocketAddr>,
+    /// UDP address, if listening.
+    pub udp: Option<SocketAddr>,
+    /// One report per log ([`LogId::ALL`] order).
+    pub recovery: Vec<RecoveryReport>,
+    /// Whether the threads are pinned, and why.
+    pub decision: PlacementDecision,
+    /// Placement notes (what was asked, what was got, warnings).
+    pub placement: Vec<String>,
+    /// What the transactional lane's dedup window was refilled with from its log (`None`
+    /// when the log holds nothing recent).
+    pub dedup_refill: Option<DedupRefill>,
+    /// The producer sessions rebuilt from the logs (`None` when they hold none recent).
+    pub sessions: Option<SessionsRestored>,
+    /// The file descriptors the config needs and the limit the process runs with.
+    pub fds: FdLimit,
+}
+
+/// A running engine.
+pub struct EngineHandle {
+    stats: Arc<EngineStats>,
+    supervisor: Option<thread::JoinHandle<Result<(), String>>>,
+    /// Addresses and recovery reports.
+    pub started: Started,
+    /// `data_dir/LOCK`, held until the handle is gone: dropped after the supervisor has
+    /// closed the logs (fields drop after `Drop::drop` has stopped the engine).
+    _lock: DataDirLock,
+}
+
+impl EngineHandle {
+    /// The shared counters and flags.
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.stats
+    }
+
+    /// Stops taking input, processes and stores everything accepted, syncs the logs, sends
+    /// the last acknowledgements, closes the connections and joins the threads. Then checks
+    /// the books: every unit that entered is stored, a duplicate, dead-lettered or rejected,
+    /// and nothing is left in flight.
+    ///
+    /// # Errors
+    /// A thread's failure (a storage error is reported here too);
+    /// [`EngineError::Accounting`] when the threads stopped cleanly and the books do not
+    /// balance.
+    pub fn stop(mut self) -> Result<(), EngineError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), EngineError> {
+        self.stats.shared.stop.store(true, Ordering::Release);
+        match self.supervisor.take() {
+            Some(h) => match h.join() {
+                Ok(Ok(())) => {
+                    // Every thread has returned: the counters are final.
+                    let books = BooksAtStop::of(&self.stats);
+                    if books.balanced() {
+                        Ok(())
+                    } else {
+                        Err(EngineError::Accounting(Box::new(books)))
+                    }
+                }
+                Ok(Err(msg)) => Err(EngineError::Thread(msg)),
+                Err(_) => Err(EngineError::Thread("an engine thread panicked".into())),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        // Nobody sees the result here: a broken invariant must still not pass in silence.
+        if let Err(e @ EngineError::Accounting(_)) = self.stop_inner() {
+            eprintln!("pinstream: {e}");
+        }
+    }
+}
+
+/// The engine (see the module docs).
+pub struct Engine;
+
+/// The memory the threads share by reference, owned by the supervisor thread.
+struct Memory {
+    lanes: EngineLanes,
+    completions: Spsc<Completion, COMPLETIONS>,
+    limiter: RateLimiter<SOURCES>,
+    procs: EngineLaneProcessors,
+}
+
+/// The engine's sockets, bound by [`Engine::start`], polled by the ingest thread.
+struct Sockets {
+    /// The TCP listener, if any.
+    listener: Option<TcpListener>,
+    /// The UDP socket, datagrams per `recvmmsg`, largest datagram.
+    udp: Option<(UdpSocket, usize, usize)>,
+}
+
+impl Sockets {
+    /// Binds what `cfg` asks for.
+    ///
+    /// # Errors
+    /// [`EngineError::Socket`], naming the address.
+    fn bind(cfg: &EngineConfig) -> Result<Self, EngineError> {
+        let listener = match cfg.tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr).map_err(|source| EngineError::Socket {
+                    what: format!("cannot listen on TCP {addr}"),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let udp = match cfg.udp {
+            Some((addr, batch, size)) => Some((
+                UdpSocket::bind(addr).map_err(|source| EngineError::Socket {
+                    what: format!("cannot bind UDP {addr}"),
+                    source,
+                })?,
+                batch,
+                size,
+            )),
+            None => None,
+        };
+        Ok(Self { listener, udp })
+    }
+}
+
+/// Where the threads run, as decided at start.
+struct Placed {
+    /// Whether they are pinned, and why.
+    decision: PlacementDecision,
+    /// The CPU of each thread (nothing pinned when not pinning).
+    plan: PinPlan,
+    /// What was asked and got, warnings.
+    notes: Vec<String>,
+    /// The NUMA node to bind the lanes and pools to.
+    node: Option<usize>,
+}
+
+/// Decides whether to pin, plans the threads' CPUs, locks memory if asked.
+///
+/// # Errors
+/// [`EngineError::Config`]: the topology cannot be read or the CPUs are not usable.
+fn place(p: &Placement) -> Result<Placed, EngineError> {
+    let topology = Topology::live().map_err(|e| EngineError::Config(e.to_string()))?;
+    let allowed = pin::current_affinity().ok();
+    let decision = placement::decide(&PlacementInput {
+        mode: p.mode,
+        overprovisioned: p.overprovisioned,
+        cpus: [p.ingest_cpu, p.process_cpu],
+        allowed: allowed.as_deref(),
+        isolated: topology.isolated(),
+    });
+    let plan = pin::plan(
+        &[("ingest", p.ingest_cpu), ("storage", p.process_cpu)],
+        &topology,
+        !decision.pinned,
+    )
+    .map_err(|e| EngineError::Config(format!("engine.ingest_cpu / engine.process_cpu: {e}")))?;
+    let mut notes: Vec<String> = plan.warnings().to_vec();
+    if p.mlock {
+        match numa::lock_all_memory() {
+            Ok(()) => notes.push("memory locked (mlockall)".into()),
+            Err(e) => notes.push(format!("mlockall refused: {e}; continuing unlocked")),
+        }
+    }
+    let node = if p.numa && plan.is_pinning() {
+        plan.node_of("ingest")
+    } else {
+        None
+    };
+    Ok(Placed {
+        decision,
+        plan,
+        notes,
+        node,
+    })
+}
+
+/// Opens (recovering) every log below the data directory, in [`LogId::ALL`] order.
+///
+/// # Errors
+/// [`EngineError::Storage`]: a log that cannot be opened.
+fn open_logs(cfg: &EngineConfig) -> Result<(Vec<Log>, Vec<RecoveryReport>), EngineError> {
+    let mut logs = Vec::with_capacity(LogId::COUNT);
+    let mut recovery = Vec::with_capacity(LogId::COUNT);
+    for id in LogId::ALL {
+        let mut lc = cfg.log.clone();
+        lc.dir = cfg.data_dir.join(id.name());
+        let (log, report) = Log::open(lc).map_err(EngineError::Storage)?;
+        logs.push(log);
+        recovery.push(report);
+    }
+    Ok((logs, recovery))
+}
+
+impl Engine {
+    /// Builds the engine from `cfg`, binds its sockets, recovers its logs and starts its
+    /// threads.
+    ///
+    /// # Errors
+    /// A bad setting, a socket that cannot be bound, a log that cannot be opened; another
+    /// process holding the data directory ([`StorageError::Locked`], naming its pid).
+    pub fn start(cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
+        capacity::check(&cfg)?;
+        // Descriptors for every connection the config allows, or no start (a connection the
+        // engine cannot accept for want of one is refused by accident, not by the config).
+        let fds = fdlimit::ensure(FdBudget::new(
+            cfg.tcp_limits.max_connections,
+            cfg.admin_connections,
+            LogId::COUNT,
+        ))
+        .map_err(EngineError::Limit)?;
+        // One engine per data directory, checked before anything else is touched (a second
+        // engine on the default config would otherwise fail on the TCP port first).
+        let lock = DataDirLock::acquire(&cfg.data_dir).map_err(EngineError::Storage)?;
+        let sockets = Sockets::bind(&cfg)?;
+        let tcp_addr = sockets.listener.as_ref().and_then(|l| l.local_addr().ok());
+        let udp_addr = sockets
+            .udp
+            .as_ref()
+            .and_then(|(s, _, _)| s.local_addr().ok());
+        let (logs, recovery) = open_logs(&cfg)?;
+        let stats = Arc::new(EngineStats::new(
+            recovery_summary(&recovery),
+            cfg.data_dir.clone(),
+        ));
+        let placed = place(&cfg.placement)?;
+        let (tx, rx) = mpsc::channel();
+        let supervision = Supervision {
+            stats: Arc::clone(&stats),
+            plan: placed.plan,
+            node: placed.node,
+            sockets,
+            logs,
+            started: tx,
+            cfg,
+        };
+        // The lanes are built by value before they are boxed: without optimisation that
+        // needs their size on the stack (a few times over), so the supervisor gets a stack
+        // to match. Untouched stack pages cost address space, not memory.
+        let stack = 4 * std::mem::size_of::<Memory>() + (16 << 20);
+        let supervisor = thread::Builder::new()
+            .name("pinstream-engine".into())
+            .stack_size(stack)
+            .spawn(move || supervise(supervision))
+            .map_err(|e| EngineError::Thread(format!("cannot start the engine thread: {e}")))?;
+        let restored = match rx.recv() {
+            Ok(Ok(restored)) => restored,
+            Ok(Err(msg)) => {
+                let _ = supervisor.join();
+                return Err(EngineError::Config(msg));
+            }
+            Err(_) => {
+                let _ = supervisor.join();
+                return Err(EngineError::Thread(
+                    "the engine thread died at start-up".into(),
+                ));
+            }
+        };
+        Ok(EngineHandle {
+            stats,
+            supervisor: Some(supervisor),
+            started: Started {
+                tcp: tcp_addr,
+                udp: udp_addr,
+                recovery,
+                decision: placed.decision,
+                placement: placed.notes,
+                dedup_refill: restored.dedup,
+                sessions: restored.sessions,
+                fds,
+            },
+            _lock: lock,
+        })
+    }
+}
+
+/// What the supervisor thread is given: everything [`Engine::start`] prepared.
+struct Supervision {
+    cfg: EngineConfig,
+    plan: PinPlan,
+    /// The NUMA node for the lanes, pools and payload arena.
+    node: Option<usize>,
+    stats: Arc<EngineStats>,
+    sockets: Sockets,
+    /// One per [`LogId`], in [`LogId::ALL`] order.
+    logs: Vec<Log>,
+    /// Start-up's outcome, sent once before the threads run.
+    started: mpsc::Sender<Result<Restored, String>>,
+}
+
+/// What the engine's threads are handed once set-up is done.
+struct Threads<'m> {
+    ingest: EngineIngest<'m>,
+    storage: StorageParts<'m>,
+    sink: StoreSink<'m>,
+}
+
+/// Nanoseconds of `d`, saturated.
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The supervisor: owns the memory, runs the two threads in a scope, reports start-up.
+fn supervise(s: Supervision) -> Result<(), String> {
+    let Supervision {
+        cfg,
+        plan,
+        node,
+        stats,
+        sockets,
+        logs,
+        started,
+    } = s;
+    // Large: built on the heap in place (the lanes are tens of MiB).
+    let mut memory: Box<Memory> = Box::new(Memory {
+        lanes: Lanes::new(),
+        completions: Spsc::new(),
+        limiter: RateLimiter::new(cfg.rate),
+        procs: LaneProcessors::new(ns(cfg.dedup_window), ns(cfg.aggregate_window).max(1)),
+    });
+    // The payload arena: once, here; every page written now so none faults later (a
+    // memset of a non-zero byte cannot be skipped the way zeroed pages are).
+    let mut arena: Box<[u8]> = vec![0u8; cfg.payload_arena_bytes].into_boxed_slice();
+    arena.fill(0xA5);
+    if let Some(node) = node {
+        let report = numa::place_existing(&*memory, node);
+        let arena_report = numa::place_existing(&*arena, node);
+        let mut placement = stats.placement.lock().unwrap_or_else(|p| p.into_inner());
+        placement.push(format!("lanes and pools: {report}"));
+        placement.push(format!("payload arena: {arena_report}"));
+    }
+    let threads = match set_up(&cfg, &stats, &mut memory, &mut arena, sockets, logs) {
+        Ok((threads, restored)) => {
+            let _ = started.send(Ok(restored));
+            threads
+        }
+        Err(msg) => {
+            let _ = started.send(Err(msg));
+            return Ok(());
+        }
+    };
+    run_threads(&cfg, &plan, &stats, threads)
+}
+
+/// Wires the pipeline over `memory` and `arena`: the alert rules, the dispatcher and the
+/// ingest thread's state, the processors, the sink over `logs`; then restores the dedup
+/// window and the producer sessions from the logs.
+///
+/// # Errors
+/// A message for the start-up report; the engine does not start.
+fn set_up<'m>(
+    cfg: &EngineConfig,
+    stats: &'m EngineStats,
+    memory: &'m mut Memory,
+    arena: &'m mut [u8],
+    sockets: Sockets,
+    logs: Vec<Log>,
+) -> Result<(Threads<'m>, Restored), String> {
+    for rule in &cfg.alerts {
+        if memory.procs.realtime.add_rule(*rule).is_err() {
+            return Err(format!("more than {RULES} alert rules"));
+        }
+    }
+    let Memory {
+        lanes,
+        completions,
+        limiter,
+        procs,
+    } = memory;
+    let (input, output, dead) = lanes.split_with_arena(arena);
+    let (done_tx, done_rx) = completions.split();
+    // Keyed per client (producer or address) by the ingest thread: see `set_rate_limit`.
+    let limiter: &RateLimiter<SOURCES> = limiter;
+    let admission: &dyn Admission = if cfg.rate.is_unlimited() {
+        &Unlimited
+    } else {
+        limiter
+    };
+    let mut dispatcher = Dispatcher::new(
+        input,
+        admission,
+        &stats.control,
+        cfg.topics.len(),
+        &stats.dispatch,
+    );
+    dispatcher.set_sheddable(&cfg.sheddable);
+    let mut ingest = Ingest::new(
+        LatencyRecorder::new(Arc::clone(&stats.dispatch_latency)),
+        LatencyRecorder::new(Arc::clone(&stats.ack_latency)),
+        dispatcher,
+        done_rx,
+        &stats.shared,
+        &stats.host,
+        cfg.ack,
+        TcpLimits {
+            // What a version-2 HELLO reply announces comes from the engine's own settings.
+            dedup_window: cfg.dedup_window,
+            max_payload: u32::try_from(PAYLOAD).unwrap_or(u32::MAX),
+            ..cfg.tcp_limits.clone()
+        },
+        sockets.listener,
+        sockets.udp,
+    )
+    .map_err(|e| format!("ingest set-up: {e}"))?;
+    let mut processors: EngineProcessors<'_> = Processors::new(output, cfg.retry, &stats.process);
+    processors.set_batch_store(cfg.batch_store);
+    let batch_events = cfg.batch_store == BatchStore::Events;
+    ingest.set_batch_events_stored(batch_events);
+    ingest.set_rate_limit(SOURCES, cfg.rate);
+    let mut sink = StoreSink::new(logs, stats, cfg.ack)?;
+    sink.batch_events = batch_events;
+    stats
+        .dedup_effective_window_ns
+        .set(ns(cfg.dedup_window).max(1));
+    let restored = restore::restore(cfg, stats, &mut procs.transactional, &mut ingest)?;
+    let storage = StorageParts {
+        processors,
+        procs,
+        dead,
+        done_tx,
+    };
+    Ok((
+        Threads {
+            ingest,
+            storage,
+            sink,
+        },
+        restored,
+    ))
+}
+
+/// Runs the ingest and storage threads in a scope until both have returned.
+///
+/// # Errors
+/// The first thread's failure (the ingest thread's first), as a message.
+fn run_threads(
+    cfg: &EngineConfig,
+    plan: &PinPlan,
+    stats: &EngineStats,
+    threads: Threads<'_>,
+) -> Result<(), String> {
+    let Threads {
+        mut ingest,
+        storage,
+        mut sink,
+    } = threads;
+    let idle = cfg.placement.idle.effective(!plan.is_pinning());
+    let hook = cfg.thread_hook;
+    thread::scope(|s| {
+        let ingest_thread = thread::Builder::new()
+            .name("pinstream-ingest".into())
+            .spawn_scoped(s, move || {
+                // However this thread ends (stop, an epoll error, a panic), the storage
+                // thread must learn that no more input and no more ACK sending will come.
+                let _exit = IngestExit(&stats.shared);
+                prepare_thread(plan, "ingest", stats, hook);
+                let mut idler = Idler::new(idle, Arc::clone(&stats.ingest_load));
+                while !stats.shared.stop.load(Ordering::Acquire) {
+                    let work = match ingest.poll() {
+                        Ok(w) => w,
+                        Err(e) => return Err(format!("ingest: epoll failed: {e}")),
+                    };
+                    idler.step(work);
+                }
+                ingest.shut_down(Duration::from_secs(10));
+                Ok(())
+            })
+            .map_err(|e| format!("cannot start the ingest thread: {e}"))?;
+        let storage_thread = thread::Builder::new()
+            .name("pinstream-storage".into())
+            .spawn_scoped(s, move || {
+                prepare_thread(plan, "storage", stats, hook);
+                StorageLoop::new(storage, &mut sink, stats, cfg).run(idle)
+            })
+            .map_err(|e| format!("cannot start the storage thread: {e}"))?;
+        let a = ingest_thread
+            .join()
+            .unwrap_or_else(|_| Err("the ingest thread panicked".into()));
+        let b = storage_thread
+            .join()
+            .unwrap_or_else(|_| Err("the storage thread panicked".into()));
+        a.and(b)
+    })
+}
+/// Marks the ingest thread's end (see its use).
+struct IngestExit<'a>(&'a Shared);
+
+impl Drop for IngestExit<'_> {
+    fn drop(&mut self) {
+        self.0.ingest_done.store(true, Ordering::Release);
+        self.0.ingest_exited.store(true, Ordering::Release);
+    }
+}
+
+/// Runs the hook, pins the calling thread per the plan (nothing when overprovisioned) and
+/// records what it got. A refusal is reported, not fatal: the engine still works unpinned.
+fn prepare_thread(plan: &PinPlan, thread: &'static str, stats: &EngineStats, hook: Option<fn()>) {
+    if let Some(hook) = hook {
+        hook();
+    }
+    let note = match plan.pin_current(thread) {
+        Ok(report) => report.to_string(),
+        Err(e) => format!("{thread}: {e}; running unpinned"),
+    };
+    stats
+        .placement
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(note);
+}
