@@ -11,6 +11,18 @@ use super::conn::{self, CloseReason, Conn};
 use super::parse::reject;
 use super::{Ingest, producers, ratekeys};
 
+/// What [`Ingest::attach_producer`] did.
+enum Attached {
+    /// The connection speaks for its producer: answer the HELLO.
+    Ready,
+    /// The HELLO was refused (the producer table is full): REJECT queued, the connection
+    /// closes.
+    Refused,
+    /// A closed connection of the producer still drains (or the connection is gone): ask
+    /// again next round.
+    Waits,
+}
+
 impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     Ingest<'_, P, POOL, LANE, DL>
 {
@@ -20,7 +32,6 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     /// the front, nothing after it is read), so the sequence it reports covers every frame
     /// the engine took from the producer. Returns whether it did anything.
     pub(super) fn answer_hello(&mut self, slot: usize) -> bool {
-        let now = self.now;
         let Some(conn) = self.conns[slot].as_mut() else {
             return false;
         };
@@ -52,60 +63,11 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         };
         let mut reply = Hello::reply(version, self.limits.max_frame_len as u32, conn.source.get());
         if version >= 2 {
-            let index = match conn.producer {
-                Some(index) => index,
-                None => match self.producers.attach(client.producer_id, slot, now) {
-                    Ok(a) => {
-                        conn.producer = Some(a.index);
-                        if a.evicted {
-                            self.counters.tcp_producers_evicted.incr();
-                        }
-                        self.counters.tcp_producers.set(self.producers.len() as u64);
-                        if let Some(old) = a.fenced {
-                            // The connection that held this producer gives way.
-                            self.counters.tcp_producers_fenced.incr();
-                            self.close(old, CloseReason::Fenced);
-                        }
-                        a.index
-                    }
-                    Err(producers::AttachError::Full) => {
-                        self.counters.tcp_producers_refused.incr();
-                        refuse_hello(
-                            conn,
-                            self.counters,
-                            hello_seq,
-                            Reason::TooManyProducers,
-                            len,
-                        );
-                        return true;
-                    }
-                },
-            };
-            if self.producers.draining(index) {
-                return false; // asked again next round
+            match self.attach_producer(slot, client.producer_id, hello_seq, len, &mut reply) {
+                Attached::Ready => {}
+                Attached::Refused => return true,
+                Attached::Waits => return false,
             }
-            let Some(conn) = self.conns[slot].as_mut() else {
-                return false;
-            };
-            let last = self.producers.last_seq(index);
-            conn.resolved_before = last;
-            conn.through = last;
-            conn.producer_id = self.producers.id(index);
-            conn.producer_epoch = self.producers.epoch(index);
-            conn.held = self.producers.held(index);
-            // From now on limited as its producer, whatever connection it uses.
-            let key = self.rate_keys.acquire(
-                ratekeys::Client::Producer(conn.producer_id),
-                now,
-                self.counters,
-            );
-            self.rate_keys
-                .release(std::mem::replace(&mut conn.rate_key, key), now);
-            reply.producer_id = conn.producer_id;
-            reply.last_seq = last;
-            reply.max_payload = self.limits.max_payload;
-            reply.dedup_window_ms =
-                u32::try_from(self.limits.dedup_window.as_millis()).unwrap_or(u32::MAX);
         }
         let Some(conn) = self.conns[slot].as_mut() else {
             return false;
@@ -121,6 +83,79 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         conn.hello_pending = false;
         conn.rstart += len;
         true
+    }
+
+    /// Version 2: attaches the connection to the producer `producer_id` names (once per
+    /// connection; the HELLO may be asked again while the producer drains) and fills in the
+    /// reply's session: the producer's id, its last resolved seq, the payload and dedup
+    /// limits. From then on the connection is rate-limited as its producer.
+    fn attach_producer(
+        &mut self,
+        slot: usize,
+        producer_id: u64,
+        hello_seq: u64,
+        len: usize,
+        reply: &mut Hello,
+    ) -> Attached {
+        let now = self.now;
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Attached::Waits;
+        };
+        let index = match conn.producer {
+            Some(index) => index,
+            None => match self.producers.attach(producer_id, slot, now) {
+                Ok(a) => {
+                    conn.producer = Some(a.index);
+                    if a.evicted {
+                        self.counters.tcp_producers_evicted.incr();
+                    }
+                    self.counters.tcp_producers.set(self.producers.len() as u64);
+                    if let Some(old) = a.fenced {
+                        // The connection that held this producer gives way.
+                        self.counters.tcp_producers_fenced.incr();
+                        self.close(old, CloseReason::Fenced);
+                    }
+                    a.index
+                }
+                Err(producers::AttachError::Full) => {
+                    self.counters.tcp_producers_refused.incr();
+                    refuse_hello(
+                        conn,
+                        self.counters,
+                        hello_seq,
+                        Reason::TooManyProducers,
+                        len,
+                    );
+                    return Attached::Refused;
+                }
+            },
+        };
+        if self.producers.draining(index) {
+            return Attached::Waits; // asked again next round
+        }
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return Attached::Waits;
+        };
+        let last = self.producers.last_seq(index);
+        conn.resolved_before = last;
+        conn.through = last;
+        conn.producer_id = self.producers.id(index);
+        conn.producer_epoch = self.producers.epoch(index);
+        conn.held = self.producers.held(index);
+        // From now on limited as its producer, whatever connection it uses.
+        let key = self.rate_keys.acquire(
+            ratekeys::Client::Producer(conn.producer_id),
+            now,
+            self.counters,
+        );
+        self.rate_keys
+            .release(std::mem::replace(&mut conn.rate_key, key), now);
+        reply.producer_id = conn.producer_id;
+        reply.last_seq = last;
+        reply.max_payload = self.limits.max_payload;
+        reply.dedup_window_ms =
+            u32::try_from(self.limits.dedup_window.as_millis()).unwrap_or(u32::MAX);
+        Attached::Ready
     }
 }
 

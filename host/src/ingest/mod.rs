@@ -445,55 +445,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             ) > 0;
         }
         work |= self.take_completions();
-        // Connections whose frame waits for room go first, oldest first; once one of them
-        // still finds none, no other connection dispatches this round (they queue behind
-        // it), so room goes to whoever waited longest.
-        let mut blocked = false;
-        let mut k = 0;
-        while k < self.waiting.len() {
-            let slot = self.waiting[k];
-            let allowed = !blocked;
-            let (did, close) = self.serve(slot, allowed);
-            work |= did;
-            // Served: it leaves the queue unless its frame still waits. Held back: it keeps
-            // its place. Only a wait for room in the engine holds the others back (not one
-            // for the connection's own output buffer: its client reads slowly).
-            let (waits, for_engine) = self.conns[slot]
-                .as_ref()
-                .map_or((false, false), |c| (c.progress.is_some(), c.engine_wait));
-            if let Some(reason) = close {
-                self.close(slot, reason); // also leaves the queue
-            } else if !allowed || waits {
-                blocked |= !allowed || for_engine;
-                k += 1;
-            } else {
-                self.unqueue(slot);
-            }
-        }
-        let mut i = 0;
-        while i < self.open.len() {
-            let slot = self.open[i];
-            if self.conns[slot].as_ref().is_some_and(|c| c.queued) {
-                i += 1;
-                continue; // served above
-            }
-            let (did, close) = self.serve(slot, !blocked);
-            work |= did;
-            if let Some(reason) = close {
-                self.close(slot, reason);
-                // `close` swapped the last open slot into `i`.
-                continue;
-            }
-            if let Some(conn) = self.conns[slot].as_mut() {
-                let held = blocked && conn.wants_input();
-                if conn.progress.is_some() || held {
-                    blocked |= conn.engine_wait;
-                    conn.queued = true;
-                    self.waiting.push_back(slot);
-                }
-            }
-            i += 1;
-        }
+        work |= self.serve_connections();
         self.shared
             .pushed_before
             .store(self.now + 1, Ordering::Release);

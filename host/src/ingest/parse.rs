@@ -61,41 +61,70 @@ pub(super) fn dispatch_buffered<
     // its output) is updated: lend the buffer out for the pass (an empty box allocates
     // nothing).
     let rbuf = std::mem::take(&mut conn.rbuf);
-    let parsed = dispatch_from(conn, &rbuf, latency, dispatcher, counters, ack, limits, now);
+    let mut take = TakeIn {
+        latency,
+        dispatcher,
+        counters,
+        ack,
+        limits,
+        now,
+    };
+    let parsed = take.frames(conn, &rbuf);
     conn.rbuf = rbuf;
     parsed
 }
 
-#[allow(clippy::too_many_arguments)]
-fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
-    conn: &mut Conn,
-    rbuf: &[u8],
-    latency: &mut LatencyRecorder,
-    dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
-    counters: &HostCounters,
+/// What a pass over one connection's input works with besides the connection: the
+/// ingest thread's dispatcher, counters and settings (borrowed for the pass).
+struct TakeIn<'i, 'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize> {
+    latency: &'i mut LatencyRecorder,
+    dispatcher: &'i mut Dispatcher<'a, P, POOL, LANE, DL>,
+    counters: &'i HostCounters,
     ack: AckMode,
-    limits: &TcpLimits,
+    limits: &'i TcpLimits,
     now: u64,
-) -> Parsed {
-    let mut parsed = Parsed {
-        frames: 0,
-        out_of_credit: false,
-        out_of_room: false,
-        waiting: None,
-        turn_over: false,
-        hello: false,
-        close: None,
-    };
-    loop {
+}
+
+impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
+    TakeIn<'_, '_, P, POOL, LANE, DL>
+{
+    /// Takes the frames of `rbuf` (the connection's receive buffer, lent out) one by one
+    /// until one cannot be taken now.
+    fn frames(&mut self, conn: &mut Conn, rbuf: &[u8]) -> Parsed {
+        let mut parsed = Parsed {
+            frames: 0,
+            out_of_credit: false,
+            out_of_room: false,
+            waiting: None,
+            turn_over: false,
+            hello: false,
+            close: None,
+        };
+        loop {
+            let Some(len) = self.front(conn, rbuf, &mut parsed) else {
+                return parsed;
+            };
+            let at = conn.rstart;
+            if !self.frame(conn, &rbuf[at..at + len], &mut parsed) {
+                return parsed;
+            }
+            parsed.consume(conn, self.counters, len);
+        }
+    }
+
+    /// The length of the whole frame at the front of the input, if it may be taken now:
+    /// `None` when it is not all here, its framing is lost (`parsed.close`), or it must
+    /// wait for room for its replies (`parsed.out_of_room`) or for credit
+    /// (`parsed.out_of_credit`).
+    fn front(&mut self, conn: &mut Conn, rbuf: &[u8], parsed: &mut Parsed) -> Option<usize> {
         let avail = conn.rend - conn.rstart;
         let at = conn.rstart;
-        let Some(len) = wire::frame_len(&rbuf[at..conn.rend]) else {
-            return parsed; // the length field is not all here yet
-        };
+        // `None`: the length field is not all here yet.
+        let len = wire::frame_len(&rbuf[at..conn.rend])?;
         if len < MIN_FRAME_LEN || len > conn.max_frame {
             // The framing is lost: nothing after this can be trusted. REJECT and close; the
             // bytes from here on are thrown away, counted.
-            counters
+            self.counters
                 .tcp_unread_bytes_dropped
                 .add((conn.rend - conn.rstart) as u64);
             let error = if len < MIN_FRAME_LEN {
@@ -103,16 +132,16 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
             } else {
                 DecodeError::TooLong
             };
-            dispatcher.reject_frame(error);
+            self.dispatcher.reject_frame(error);
             conn.rejected += 1;
             conn.ack_owed = true;
-            reject(conn, counters, &Reject::frame(0, error.reason()));
+            reject(conn, self.counters, &Reject::frame(0, error.reason()));
             conn.rstart = conn.rend;
             parsed.close = Some(CloseReason::Malformed);
-            return parsed;
+            return None;
         }
         if avail < len {
-            return parsed;
+            return None;
         }
         let bytes = &rbuf[at..at + len];
         // Credit before acceptance: the frame's events must fit the window (a lone frame
@@ -126,33 +155,39 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
         let worst = (events as usize + 1) * conn::REJECT_FRAME_LEN + conn::CONTROL_FRAME_MAX;
         if conn.has_output() && conn.out_free() < worst {
             parsed.out_of_room = true;
-            return parsed;
+            return None;
         }
-        if ack != AckMode::None && conn.progress.is_none() {
-            let full = conn.tracks.len() >= limits.inflight_frames
+        if self.ack != AckMode::None && conn.progress.is_none() {
+            let full = conn.tracks.len() >= self.limits.inflight_frames
                 || (!conn.tracks.is_empty()
-                    && conn.inflight_events + u64::from(events) > limits.inflight_events);
+                    && conn.inflight_events + u64::from(events) > self.limits.inflight_events);
             if full {
                 parsed.out_of_credit = true;
-                return parsed;
+                return None;
             }
         }
+        Some(len)
+    }
+
+    /// Takes the whole frame `bytes` at the front of the input by what it is (the guards'
+    /// order is the protocol's precedence). Returns whether to consume it and go on with the
+    /// next; `false` when the pass stops here (`parsed` says why; the frame is consumed
+    /// already if it should be).
+    fn frame(&mut self, conn: &mut Conn, bytes: &[u8], parsed: &mut Parsed) -> bool {
+        let (ack, counters) = (self.ack, self.counters);
         match Frame::new_checked(bytes, conn.max_frame) {
             Ok(frame) if conn.progress.is_some() => {
                 // The frame that waited: go on where it stopped.
-                let waiting = timed(latency, || {
-                    continue_frame(conn, dispatcher, counters, ack, &frame, now)
-                });
-                if let Some(cause) = waiting {
+                if let Some(cause) = self.continue_timed(conn, &frame) {
                     parsed.waiting = Some(cause);
-                    return parsed;
+                    return false;
                 }
                 // Done: that was this connection's turn. Its next frame waits for the next
                 // round, behind whoever queued meanwhile (or the room it freed would go to
                 // it again and again).
-                parsed.consume(conn, counters, len);
+                parsed.consume(conn, counters, bytes.len());
                 parsed.turn_over = true;
-                return parsed;
+                return false;
             }
             Ok(frame)
                 if frame.kind() == FrameKind::Hello
@@ -161,7 +196,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 // One HELLO per connection, before any data frame (the connection speaks
                 // version 1 once data came first): a later one is one rejected unit and
                 // changes nothing.
-                dispatcher.reject_unit(Reason::UnexpectedKind);
+                self.dispatcher.reject_unit(Reason::UnexpectedKind);
                 settle(conn, ack, Track::unverified());
                 reject(
                     conn,
@@ -175,7 +210,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 let _ = frame;
                 conn.hello_pending = true;
                 parsed.hello = true;
-                return parsed;
+                return false;
             }
             Ok(frame)
                 if conn.producer.is_some()
@@ -186,7 +221,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                 // A producer resending a frame the engine resolved (its ACK was lost with
                 // the old connection): every event is already stored, dead-lettered or
                 // rejected. Answered as duplicates, not dispatched again.
-                dispatcher.duplicate_frame(frame.event_count());
+                self.dispatcher.duplicate_frame(frame.event_count());
                 settle(
                     conn,
                     ack,
@@ -196,7 +231,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
             Ok(frame) if matches!(frame.kind(), FrameKind::Ack | FrameKind::Reject) => {
                 // A server's frame sent to the server: one unit rejected. Its seq is read
                 // from a valid frame but belongs to no data frame: the watermark stays.
-                dispatcher.reject_unit(Reason::UnexpectedKind);
+                self.dispatcher.reject_unit(Reason::UnexpectedKind);
                 settle(conn, ack, Track::unverified());
                 reject(
                     conn,
@@ -207,7 +242,7 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
             Ok(frame) if conn.last_seq.is_some_and(|last| frame.seq() <= last) => {
                 // Acknowledgements are watermarks over seqs: a seq that does not increase
                 // could be taken for an earlier frame's.
-                dispatcher.reject_unit(Reason::SeqNotIncreasing);
+                self.dispatcher.reject_unit(Reason::SeqNotIncreasing);
                 settle(conn, ack, Track::settled(frame.seq(), 0, 0, 1));
                 reject(
                     conn,
@@ -215,61 +250,91 @@ fn dispatch_from<const P: usize, const POOL: usize, const LANE: usize, const DL:
                     &Reject::frame(frame.seq(), Reason::SeqNotIncreasing),
                 );
                 conn.malformed += 1;
-                if conn.malformed > limits.max_rejects {
-                    parsed.consume(conn, counters, len);
+                if conn.malformed > self.limits.max_rejects {
+                    parsed.consume(conn, counters, bytes.len());
                     parsed.close = Some(CloseReason::Malformed);
-                    return parsed;
+                    return false;
                 }
             }
             Ok(frame) => {
-                conn.last_seq = Some(frame.seq());
-                if ack != AckMode::None {
-                    conn.inflight_events += u64::from(frame.event_count());
-                    conn.tracks.push_back(Track::dispatching(
-                        frame.seq(),
-                        frame.event_count(),
-                        now,
-                    ));
-                }
-                // A producer's events carry its id, session and how far it was resolved, so
-                // that a restart can rebuild its session from the logs (not without
-                // acknowledgements: nothing is resolved then, and nothing is resent).
-                conn.progress = Some(
-                    match conn.producer_id {
-                        id if id != 0 && ack != AckMode::None => {
-                            FrameProgress::producing(id, conn.producer_epoch, conn.through)
-                        }
-                        _ => FrameProgress::new(),
-                    }
-                    .with_rate_key(conn.rate_key),
-                );
-                let waiting = timed(latency, || {
-                    continue_frame(conn, dispatcher, counters, ack, &frame, now)
-                });
-                if let Some(cause) = waiting {
+                if let Some(cause) = self.start_frame(conn, &frame) {
                     parsed.waiting = Some(cause);
-                    return parsed;
+                    return false;
                 }
             }
-            Err(error) => {
-                // A sane length, a bad frame: REJECT it and go on with the next one. Its
-                // seq cannot be trusted (a flipped bit may be in it): the REJECT names it
-                // for the client's information, the watermark does not move.
-                dispatcher.reject_frame(error);
-                let seq = wire::frame_seq(bytes).unwrap_or(0);
-                settle(conn, ack, Track::unverified());
-                reject(conn, counters, &Reject::frame(seq, error.reason()));
-                conn.malformed += 1;
-                // A HELLO that is not valid leaves the session undefined: close.
-                let was_hello = wire::frame_kind(bytes) == Some(FrameKind::Hello);
-                if was_hello || conn.malformed > limits.max_rejects {
-                    parsed.consume(conn, counters, len);
-                    parsed.close = Some(CloseReason::Malformed);
-                    return parsed;
-                }
-            }
+            Err(error) => return self.bad_frame(conn, bytes, error, parsed),
         }
-        parsed.consume(conn, counters, len);
+        true
+    }
+
+    /// Starts dispatching a valid data frame with a new seq: books it in the window and
+    /// dispatches what fits. Returns the cause when it stopped for room in the engine.
+    fn start_frame(&mut self, conn: &mut Conn, frame: &Frame<'_>) -> Option<Reason> {
+        let ack = self.ack;
+        conn.last_seq = Some(frame.seq());
+        if ack != AckMode::None {
+            conn.inflight_events += u64::from(frame.event_count());
+            conn.tracks.push_back(Track::dispatching(
+                frame.seq(),
+                frame.event_count(),
+                self.now,
+            ));
+        }
+        // A producer's events carry its id, session and how far it was resolved, so
+        // that a restart can rebuild its session from the logs (not without
+        // acknowledgements: nothing is resolved then, and nothing is resent).
+        conn.progress = Some(
+            match conn.producer_id {
+                id if id != 0 && ack != AckMode::None => {
+                    FrameProgress::producing(id, conn.producer_epoch, conn.through)
+                }
+                _ => FrameProgress::new(),
+            }
+            .with_rate_key(conn.rate_key),
+        );
+        self.continue_timed(conn, frame)
+    }
+
+    /// A sane length, a bad frame: REJECT it and go on with the next one. Its seq cannot be
+    /// trusted (a flipped bit may be in it): the REJECT names it for the client's
+    /// information, the watermark does not move. Returns whether to go on (see
+    /// [`frame`](Self::frame)).
+    fn bad_frame(
+        &mut self,
+        conn: &mut Conn,
+        bytes: &[u8],
+        error: DecodeError,
+        parsed: &mut Parsed,
+    ) -> bool {
+        self.dispatcher.reject_frame(error);
+        let seq = wire::frame_seq(bytes).unwrap_or(0);
+        settle(conn, self.ack, Track::unverified());
+        reject(conn, self.counters, &Reject::frame(seq, error.reason()));
+        conn.malformed += 1;
+        // A HELLO that is not valid leaves the session undefined: close.
+        let was_hello = wire::frame_kind(bytes) == Some(FrameKind::Hello);
+        if was_hello || conn.malformed > self.limits.max_rejects {
+            parsed.consume(conn, self.counters, bytes.len());
+            parsed.close = Some(CloseReason::Malformed);
+            return false;
+        }
+        true
+    }
+
+    /// [`continue_frame`], its time recorded in the per-frame latency.
+    fn continue_timed(&mut self, conn: &mut Conn, frame: &Frame<'_>) -> Option<Reason> {
+        let t0 = Instant::now();
+        let waiting = continue_frame(
+            conn,
+            self.dispatcher,
+            self.counters,
+            self.ack,
+            frame,
+            self.now,
+        );
+        let elapsed = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.latency.record(elapsed);
+        waiting
     }
 }
 
@@ -354,14 +419,6 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         }
     }
     None
-}
-
-/// Runs `f`, recording how long it took in `latency`.
-fn timed<T>(latency: &mut LatencyRecorder, f: impl FnOnce() -> T) -> T {
-    let t0 = Instant::now();
-    let out = f();
-    latency.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
-    out
 }
 
 /// Queues a REJECT and counts it, or counts it dropped (output full; the ACK still counts

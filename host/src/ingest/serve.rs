@@ -32,11 +32,82 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         work
     }
 
+    /// Serves every open connection once. Connections whose frame waits for room go first,
+    /// oldest first; once one of them still finds none, no other connection dispatches this
+    /// round (they queue behind it), so room goes to whoever waited longest. Returns whether
+    /// it did any work.
+    pub(super) fn serve_connections(&mut self) -> bool {
+        let (mut work, blocked) = self.serve_waiting();
+        work |= self.serve_others(blocked);
+        work
+    }
+
+    /// Serves the connections waiting for room, oldest first. Returns (did work, blocked:
+    /// no other connection may dispatch this round).
+    fn serve_waiting(&mut self) -> (bool, bool) {
+        let mut work = false;
+        let mut blocked = false;
+        let mut k = 0;
+        while k < self.waiting.len() {
+            let slot = self.waiting[k];
+            let allowed = !blocked;
+            let (did, close) = self.serve(slot, allowed);
+            work |= did;
+            // Served: it leaves the queue unless its frame still waits. Held back: it keeps
+            // its place. Only a wait for room in the engine holds the others back (not one
+            // for the connection's own output buffer: its client reads slowly).
+            let (waits, for_engine) = self.conns[slot]
+                .as_ref()
+                .map_or((false, false), |c| (c.progress.is_some(), c.engine_wait));
+            if let Some(reason) = close {
+                self.close(slot, reason); // also leaves the queue
+            } else if !allowed || waits {
+                blocked |= !allowed || for_engine;
+                k += 1;
+            } else {
+                self.unqueue(slot);
+            }
+        }
+        (work, blocked)
+    }
+
+    /// Serves the open connections that are not waiting for room (they may dispatch unless
+    /// `blocked`); one whose frame now waits, or that wants input while held back, joins the
+    /// queue. Returns whether it did any work.
+    fn serve_others(&mut self, mut blocked: bool) -> bool {
+        let mut work = false;
+        let mut i = 0;
+        while i < self.open.len() {
+            let slot = self.open[i];
+            if self.conns[slot].as_ref().is_some_and(|c| c.queued) {
+                i += 1;
+                continue; // served above
+            }
+            let (did, close) = self.serve(slot, !blocked);
+            work |= did;
+            if let Some(reason) = close {
+                self.close(slot, reason);
+                // `close` swapped the last open slot into `i`.
+                continue;
+            }
+            if let Some(conn) = self.conns[slot].as_mut() {
+                let held = blocked && conn.wants_input();
+                if conn.progress.is_some() || held {
+                    blocked |= conn.engine_wait;
+                    conn.queued = true;
+                    self.waiting.push_back(slot);
+                }
+            }
+            i += 1;
+        }
+        work
+    }
+
     /// Serves one connection: resolves frames, reads and dispatches while it has credit and
     /// room for replies, writes replies. Returns (did work, close reason).
     /// `dispatch`: whether it may take input now (false while older connections wait for
     /// room in the engine).
-    pub(super) fn serve(&mut self, slot: usize, dispatch: bool) -> (bool, Option<CloseReason>) {
+    fn serve(&mut self, slot: usize, dispatch: bool) -> (bool, Option<CloseReason>) {
         if self.conns[slot].as_ref().is_some_and(|c| c.draining) {
             return self.drain(slot);
         }
@@ -48,12 +119,37 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             return (false, None);
         };
         conn.engine_wait = false;
-        if conn.resolve_front(self.batch_watermark, self.now, &mut self.ack_latency) > 0 {
-            work = true;
-            if let Some(p) = conn.producer {
-                self.producers.resolved(p, conn.through);
-            }
+        work |= self.resolve(slot);
+        let (did, close) = self.take_input(slot, dispatch);
+        work |= did;
+        work |= self.resolve(slot);
+        let (did, close) = self.write_replies(slot, close);
+        (work | did, close)
+    }
+
+    /// Resolves the frames at the front of the connection's window, moving its producer's
+    /// sequence. Returns whether any was resolved.
+    fn resolve(&mut self, slot: usize) -> bool {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return false;
+        };
+        if conn.resolve_front(self.batch_watermark, self.now, &mut self.ack_latency) == 0 {
+            return false;
         }
+        if let Some(p) = conn.producer {
+            self.producers.resolved(p, conn.through);
+        }
+        true
+    }
+
+    /// Reads and dispatches while the connection has input, credit, room in the engine and
+    /// room for replies (`dispatch`: whether it may take input at all). Returns (did work,
+    /// close reason).
+    fn take_input(&mut self, slot: usize, dispatch: bool) -> (bool, Option<CloseReason>) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return (false, None);
+        };
+        let mut work = false;
         let mut close = conn.closing;
         while dispatch
             && close.is_none()
@@ -127,12 +223,21 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 }
             }
         }
-        if conn.resolve_front(self.batch_watermark, self.now, &mut self.ack_latency) > 0 {
-            work = true;
-            if let Some(p) = conn.producer {
-                self.producers.resolved(p, conn.through);
-            }
-        }
+        (work, close)
+    }
+
+    /// Queues the ACK owed and writes out what the connection's output holds; notes when its
+    /// client stopped reading (the stall timeout counts from then), and when a connection
+    /// whose client closed is done. Returns (did work, close reason).
+    fn write_replies(
+        &mut self,
+        slot: usize,
+        mut close: Option<CloseReason>,
+    ) -> (bool, Option<CloseReason>) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return (false, close);
+        };
+        let mut work = false;
         if conn.queue_ack() {
             self.counters.tcp_acks_sent.incr();
         }
