@@ -10,14 +10,13 @@ pub mod config;
 pub mod disk;
 pub mod engine;
 pub mod fdlimit;
-pub mod idle;
 pub mod ingest;
 pub mod loadgen;
-pub mod numa;
-pub mod pin;
 pub mod placement;
 pub mod prom;
 pub mod stats;
 pub mod storage;
 mod sys;
-pub mod topology;
+
+// Their paths from before they were grouped under `placement`.
+pub use placement::{idle, numa, pin, topology};

@@ -1,4 +1,8 @@
-//! Whether the engine's two threads are pinned: `engine.placement`, decided once.
+//! Where the engine's threads run: the machine's CPUs ([`topology`]), pinning ([`pin`]),
+//! memory placement ([`numa`]), how an idle thread waits ([`idle`]), and the decision that
+//! ties them together.
+//!
+//! ## Whether the engine's two threads are pinned: `engine.placement`, decided once
 //!
 //! Pinning two busy threads pays off when the machine has room for them. On a 2-CPU machine
 //! it takes both CPUs from the OS, the admin endpoint and a load generator on the same host
@@ -27,6 +31,11 @@
 //! assert!(!small.pinned);
 //! assert_eq!(small.reason, PlacementReason::NoSpareCpu { allowed: 2 });
 //! ```
+
+pub mod idle;
+pub mod numa;
+pub mod pin;
+pub mod topology;
 
 use std::fmt;
 
