@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use pinstream_core::dedup::{DedupTable, Verdict};
 use pinstream_core::pool::EventPool;
 use pinstream_core::ring::{Mpsc, PushError, Spsc};
+use pinstream_host::config::Config;
 use pinstream_host::pin;
+use pinstream_host::placement::{self, PlacementMode, PlacementRequest};
+use pinstream_host::topology::{Topology, format_cpu_list};
 
 use crate::Failure;
 
@@ -39,26 +42,47 @@ pub fn main(args: &DemoArgs) -> Result<(), Failure> {
     demo(&opts).map_err(|msg| Failure::runtime(format!("demo failed: {msg}")))
 }
 
-/// The two CPUs to pin to, or `None` when pinning is off or impossible (said on stderr).
+/// The two CPUs to pin to, or `None` when pinning is off or impossible (said on stderr):
+/// the CPUs `pinstream run` gives its two threads with the embedded default config
+/// ([`placement::resolve`]), pinned whatever the machine's size (`--no-pin` turns it off).
 fn choose_cpus(opts: &Options) -> Option<(usize, usize)> {
     if !opts.pin {
         println!("pinning: off (--no-pin)");
         return None;
     }
-    match pin::current_affinity() {
-        Ok(cpus) if cpus.len() >= 2 => {
-            println!(
-                "pinning: producer on CPU {}, consumer on CPU {}",
-                cpus[0], cpus[1]
-            );
-            Some((cpus[0], cpus[1]))
-        }
-        Ok(cpus) => {
-            eprintln!("pinstream: warning: only CPUs {cpus:?} available, running unpinned");
-            None
-        }
+    let allowed = match pin::current_affinity() {
+        Ok(cpus) => cpus,
         Err(e) => {
             eprintln!("pinstream: warning: cannot read the CPU mask ({e}), running unpinned");
+            return None;
+        }
+    };
+    let topology = match Topology::live() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("pinstream: warning: cannot read the CPU topology ({e}), running unpinned");
+            return None;
+        }
+    };
+    let engine = Config::embedded_default().engine;
+    let request = PlacementRequest {
+        mode: PlacementMode::Pinned,
+        overprovisioned: false,
+        cpus: [engine.ingest_cpu, engine.process_cpu],
+        default_config: true,
+    };
+    match placement::resolve(&request, Some(&allowed), &topology) {
+        Ok(resolved) => {
+            let [a, b] = resolved.cpus;
+            println!("pinning: producer on CPU {a}, consumer on CPU {b}");
+            Some((a, b))
+        }
+        Err(refused) => {
+            eprintln!(
+                "pinstream: warning: CPUs {} allowed: {}; running unpinned",
+                format_cpu_list(&allowed),
+                refused.error
+            );
             None
         }
     }

@@ -2,10 +2,10 @@
 //!
 //! Prints the CPU topology (online CPUs, NUMA nodes, nodes with memory, hyperthread siblings,
 //! isolated and `nohz_full` CPUs), this process's allowed CPU mask, then whether the engine's
-//! two threads would be pinned (`engine.placement`, decided by [`placement::decide`], the
-//! function the engine calls at start, on the same inputs) with advice, and the CPU plan
-//! (`ingest` on `engine.ingest_cpu`, `storage` on `engine.process_cpu`), checked by
-//! [`pin::plan`] exactly as the engine checks it at start.
+//! two threads would be pinned with advice, and the CPU plan (`ingest` on
+//! `engine.ingest_cpu`, `storage` on `engine.process_cpu`): all three from
+//! [`placement::resolve`], the function `pinstream run` calls before it starts the engine
+//! (and the engine decides and checks the same way at start).
 //!
 //! Exit codes: 0 when the plan is valid (pinned or unpinned), 1 when the plan is
 //! refused (a CPU offline, outside the mask, or shared by both threads), 2 when the config
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use pinstream_host::config::{Config, ConfigError};
 use pinstream_host::pin;
-use pinstream_host::placement::{self, PlacementInput};
+use pinstream_host::placement::{self, PlacementRequest};
 use pinstream_host::topology::{Topology, format_cpu_list};
 
 use crate::Failure;
@@ -143,33 +143,31 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
     println!();
 
     println!("== plan (what `pinstream run` would do) ==");
-    // As `pinstream run` does: the embedded default's CPUs 0 and 1 move to the first two
-    // allowed CPUs when they are not both allowed.
-    let mut cpus = [e.ingest_cpu, e.process_cpu];
-    if args.config.is_none() {
-        if let Some([a, b]) = placement::default_cpus(&allowed) {
-            println!("CPUs 0 and 1 are not both allowed: using CPUs {a} and {b} instead");
-            cpus = [a, b];
-        }
-    }
-    let decision = placement::decide(&PlacementInput {
+    // What `pinstream run` does, by the same function.
+    let request = PlacementRequest {
         mode: e.placement,
         overprovisioned: e.overprovisioned,
-        cpus,
-        allowed: Some(&allowed),
-        isolated: topo.isolated(),
-    });
+        cpus: [e.ingest_cpu, e.process_cpu],
+        default_config: args.config.is_none(),
+    };
+    let resolved = placement::resolve(&request, Some(&allowed), &topo);
+    let (cpus, decision) = match &resolved {
+        Ok(r) => (r.cpus, &r.decision),
+        Err(r) => (r.cpus, &r.decision),
+    };
+    if let Some(note) = request.moved_note(cpus) {
+        println!("{note}");
+    }
     println!("placement decision: {decision}");
     if let Some(advice) = decision.advice() {
         println!("advice: {advice}");
     }
-    let roles = [("ingest", cpus[0]), ("storage", cpus[1])];
-    let plan = match pin::plan(&roles, &topo, !decision.pinned) {
-        Ok(plan) => plan,
-        Err(err) => {
-            println!("REFUSED: {err}");
+    let plan = match resolved {
+        Ok(r) => r.plan,
+        Err(refused) => {
+            println!("REFUSED: {}", refused.error);
             return Err(Failure::runtime(format!(
-                "the CPU plan of {} is refused: engine.ingest_cpu / engine.process_cpu: {err}",
+                "the CPU plan of {} is refused: {refused}",
                 checked.origin
             )));
         }

@@ -22,9 +22,11 @@ use pinstream_host::admin::{self, AdminOptions, AdminServer};
 use pinstream_host::config::{Config, DEFAULT_TOML};
 use pinstream_host::disk::{self, DiskSpace};
 use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineStats};
+use pinstream_host::pin;
+use pinstream_host::placement::{self, PlacementRequest};
 use pinstream_host::stats::{LatencySummary, LatencyWindow};
 use pinstream_host::storage::StorageError;
-use pinstream_host::{pin, placement};
+use pinstream_host::topology::Topology;
 
 use crate::Failure;
 
@@ -94,17 +96,31 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     );
     say!("pinstream {} on {origin}", env!("CARGO_PKG_VERSION"));
 
-    // With the embedded default (CPUs 0 and 1), take the first two CPUs this process may use
-    // when 0 and 1 are not both among them (taskset, a container's cpuset). Whether the
-    // threads are pinned at all is the engine's decision (`engine.placement`), printed below.
-    if args.config.is_none() {
-        let allowed = pin::current_affinity().ok();
-        if let Some([a, b]) = allowed.as_deref().and_then(placement::default_cpus) {
-            engine_cfg.placement.ingest_cpu = a;
-            engine_cfg.placement.process_cpu = b;
-            say!("CPUs 0 and 1 are not both allowed: using CPUs {a} and {b} instead");
-        }
+    // Where the threads run, decided as `pinstream host-check` decides it: with the embedded
+    // default (CPUs 0 and 1), the first two CPUs this process may use when 0 and 1 are not
+    // both among them (taskset, a container's cpuset). A refused plan stops here, typed.
+    let p = &engine_cfg.placement;
+    let request = PlacementRequest {
+        mode: p.mode,
+        overprovisioned: p.overprovisioned,
+        cpus: [p.ingest_cpu, p.process_cpu],
+        default_config: args.config.is_none(),
+    };
+    let topology =
+        Topology::live().map_err(|e| Failure::start(format!("invalid engine settings: {e}")))?;
+    let allowed = pin::current_affinity().ok();
+    let resolved = placement::resolve(&request, allowed.as_deref(), &topology).map_err(|e| {
+        Failure::start(format!(
+            "{e} (or set engine.placement = \"unpinned\" to run without pinning)"
+        ))
+    })?;
+    if let Some(note) = request.moved_note(resolved.cpus) {
+        say!("{note}");
     }
+    [
+        engine_cfg.placement.ingest_cpu,
+        engine_cfg.placement.process_cpu,
+    ] = resolved.cpus;
 
     // Files and directories the engine creates get `storage.mode` (validated above).
     if let Some(mask) = config.storage.umask() {
@@ -112,9 +128,6 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     }
     let signals = Signals::install()?;
     let handle = Engine::start(engine_cfg.clone()).map_err(|e| match e {
-        EngineError::Config(msg) if msg.contains("engine.ingest_cpu") => Failure::start(format!(
-            "{msg} (or set engine.placement = \"unpinned\" to run without pinning)"
-        )),
         EngineError::Socket { .. } => Failure::start(format!(
             "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
         )),
