@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use pinstream_host::config::{Config, ConfigError};
-use pinstream_host::pin;
+use pinstream_host::pin::{self, PinPlan};
 use pinstream_host::placement::{self, PlacementRequest};
 use pinstream_host::topology::{Topology, format_cpu_list};
 
@@ -92,55 +92,11 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
     println!("== topology ==");
     println!("{topo}");
     println!();
-    println!("== this process ==");
-    println!(
-        "allowed CPUs: {} ({})",
-        list_or_none(&allowed),
-        allowed.len()
-    );
-    let not_allowed: Vec<usize> = topo
-        .online()
-        .iter()
-        .copied()
-        .filter(|c| !allowed.contains(c))
-        .collect();
-    if !not_allowed.is_empty() {
-        println!(
-            "online but outside this process's mask (cpuset or taskset): {}",
-            format_cpu_list(&not_allowed)
-        );
-    }
-    let isolated_allowed: Vec<usize> = topo
-        .isolated()
-        .iter()
-        .copied()
-        .filter(|c| allowed.contains(c))
-        .collect();
-    println!(
-        "isolated CPUs this process may use: {}",
-        list_or_none(&isolated_allowed)
-    );
-    println!();
+    print_process(&topo, &allowed);
 
-    println!("== config ==");
     let checked = load(args.config.as_deref())?;
+    print_config(&checked);
     let e = &checked.config.engine;
-    println!("source: {}", checked.origin);
-    println!(
-        "engine.ingest_cpu = {}, engine.process_cpu = {}, engine.placement = \"{}\", \
-         engine.overprovisioned = {}",
-        e.ingest_cpu,
-        e.process_cpu,
-        e.placement.as_str(),
-        e.overprovisioned
-    );
-    for w in &checked.warnings {
-        println!("warning: {w}");
-    }
-    for p in &checked.problems {
-        println!("problem: {p}");
-    }
-    println!();
 
     println!("== plan (what `pinstream run` would do) ==");
     // What `pinstream run` does, by the same function.
@@ -172,6 +128,84 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
             )));
         }
     };
+    print_assignments(&plan, &allowed);
+    if !checked.problems.is_empty() {
+        return Err(Failure::usage(format!(
+            "{} is invalid: {}",
+            checked.origin,
+            checked.problems.join("; ")
+        )));
+    }
+    println!(
+        "plan: valid ({})",
+        if plan.is_pinning() {
+            "threads pinned"
+        } else {
+            "unpinned"
+        }
+    );
+    Ok(())
+}
+
+/// The `== this process ==` section: the mask, what it leaves out, the isolated CPUs in it.
+fn print_process(topo: &Topology, allowed: &[usize]) {
+    println!("== this process ==");
+    println!(
+        "allowed CPUs: {} ({})",
+        list_or_none(allowed),
+        allowed.len()
+    );
+    let not_allowed: Vec<usize> = topo
+        .online()
+        .iter()
+        .copied()
+        .filter(|c| !allowed.contains(c))
+        .collect();
+    if !not_allowed.is_empty() {
+        println!(
+            "online but outside this process's mask (cpuset or taskset): {}",
+            format_cpu_list(&not_allowed)
+        );
+    }
+    let isolated_allowed: Vec<usize> = topo
+        .isolated()
+        .iter()
+        .copied()
+        .filter(|c| allowed.contains(c))
+        .collect();
+    println!(
+        "isolated CPUs this process may use: {}",
+        list_or_none(&isolated_allowed)
+    );
+    println!();
+}
+
+/// The `== config ==` section: where the config came from, its placement keys, its warnings
+/// and problems.
+fn print_config(checked: &Checked) {
+    println!("== config ==");
+    let e = &checked.config.engine;
+    println!("source: {}", checked.origin);
+    println!(
+        "engine.ingest_cpu = {}, engine.process_cpu = {}, engine.placement = \"{}\", \
+         engine.overprovisioned = {}",
+        e.ingest_cpu,
+        e.process_cpu,
+        e.placement.as_str(),
+        e.overprovisioned
+    );
+    for w in &checked.warnings {
+        println!("warning: {w}");
+    }
+    for p in &checked.problems {
+        println!("problem: {p}");
+    }
+    println!();
+}
+
+/// One line per engine thread: its CPU and what the topology says about it, then the plan's
+/// warnings.
+fn print_assignments(plan: &PinPlan, allowed: &[usize]) {
     for a in plan.assignments() {
         let node = a.node.map_or_else(|| "?".to_owned(), |n| n.to_string());
         if plan.is_pinning() {
@@ -194,7 +228,7 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
             println!(
                 "{}: not pinned (runs on CPUs {}), configured CPU {}",
                 a.thread,
-                list_or_none(&allowed),
+                list_or_none(allowed),
                 a.cpu
             );
         }
@@ -202,20 +236,4 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
     for w in plan.warnings() {
         println!("warning: {w}");
     }
-    if !checked.problems.is_empty() {
-        return Err(Failure::usage(format!(
-            "{} is invalid: {}",
-            checked.origin,
-            checked.problems.join("; ")
-        )));
-    }
-    println!(
-        "plan: valid ({})",
-        if plan.is_pinning() {
-            "threads pinned"
-        } else {
-            "unpinned"
-        }
-    );
-    Ok(())
 }
