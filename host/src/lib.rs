@@ -10,15 +10,14 @@ pub mod config;
 pub mod disk;
 pub mod engine;
 pub mod fdlimit;
-pub mod idle;
 pub mod ingest;
 /// The load generator lives in the client crate; kept here under its old path.
 pub use pinstream_client::loadgen;
-pub mod numa;
-pub mod pin;
 pub mod placement;
 pub mod prom;
 pub mod stats;
 pub mod storage;
 mod sys;
-pub mod topology;
+
+// Their paths from before they were grouped under `placement`.
+pub use placement::{idle, numa, pin, topology};

@@ -2,10 +2,10 @@
 //!
 //! Prints the CPU topology (online CPUs, NUMA nodes, nodes with memory, hyperthread siblings,
 //! isolated and `nohz_full` CPUs), this process's allowed CPU mask, then whether the engine's
-//! two threads would be pinned (`engine.placement`, decided by [`placement::decide`], the
-//! function the engine calls at start, on the same inputs) with advice, and the CPU plan
-//! (`ingest` on `engine.ingest_cpu`, `storage` on `engine.process_cpu`), checked by
-//! [`pin::plan`] exactly as the engine checks it at start.
+//! two threads would be pinned with advice, and the CPU plan (`ingest` on
+//! `engine.ingest_cpu`, `storage` on `engine.process_cpu`): all three from
+//! [`placement::resolve`], the function `pinstream run` calls before it starts the engine
+//! (and the engine decides and checks the same way at start).
 //!
 //! Exit codes: 0 when the plan is valid (pinned or unpinned), 1 when the plan is
 //! refused (a CPU offline, outside the mask, or shared by both threads), 2 when the config
@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use pinstream_host::config::{Config, ConfigError};
-use pinstream_host::pin;
-use pinstream_host::placement::{self, PlacementInput};
+use pinstream_host::pin::{self, PinPlan};
+use pinstream_host::placement::{self, PlacementRequest};
 use pinstream_host::topology::{Topology, format_cpu_list};
 
 use crate::Failure;
@@ -92,10 +92,67 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
     println!("== topology ==");
     println!("{topo}");
     println!();
+    print_process(&topo, &allowed);
+
+    let checked = load(args.config.as_deref())?;
+    print_config(&checked);
+    let e = &checked.config.engine;
+
+    println!("== plan (what `pinstream run` would do) ==");
+    // What `pinstream run` does, by the same function.
+    let request = PlacementRequest {
+        mode: e.placement,
+        overprovisioned: e.overprovisioned,
+        cpus: [e.ingest_cpu, e.process_cpu],
+        default_config: args.config.is_none(),
+    };
+    let resolved = placement::resolve(&request, Some(&allowed), &topo);
+    let (cpus, decision) = match &resolved {
+        Ok(r) => (r.cpus, &r.decision),
+        Err(r) => (r.cpus, &r.decision),
+    };
+    if let Some(note) = request.moved_note(cpus) {
+        println!("{note}");
+    }
+    println!("placement decision: {decision}");
+    if let Some(advice) = decision.advice() {
+        println!("advice: {advice}");
+    }
+    let plan = match resolved {
+        Ok(r) => r.plan,
+        Err(refused) => {
+            println!("REFUSED: {}", refused.error);
+            return Err(Failure::runtime(format!(
+                "the CPU plan of {} is refused: {refused}",
+                checked.origin
+            )));
+        }
+    };
+    print_assignments(&plan, &allowed);
+    if !checked.problems.is_empty() {
+        return Err(Failure::usage(format!(
+            "{} is invalid: {}",
+            checked.origin,
+            checked.problems.join("; ")
+        )));
+    }
+    println!(
+        "plan: valid ({})",
+        if plan.is_pinning() {
+            "threads pinned"
+        } else {
+            "unpinned"
+        }
+    );
+    Ok(())
+}
+
+/// The `== this process ==` section: the mask, what it leaves out, the isolated CPUs in it.
+fn print_process(topo: &Topology, allowed: &[usize]) {
     println!("== this process ==");
     println!(
         "allowed CPUs: {} ({})",
-        list_or_none(&allowed),
+        list_or_none(allowed),
         allowed.len()
     );
     let not_allowed: Vec<usize> = topo
@@ -121,9 +178,12 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
         list_or_none(&isolated_allowed)
     );
     println!();
+}
 
+/// The `== config ==` section: where the config came from, its placement keys, its warnings
+/// and problems.
+fn print_config(checked: &Checked) {
     println!("== config ==");
-    let checked = load(args.config.as_deref())?;
     let e = &checked.config.engine;
     println!("source: {}", checked.origin);
     println!(
@@ -141,39 +201,11 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
         println!("problem: {p}");
     }
     println!();
+}
 
-    println!("== plan (what `pinstream run` would do) ==");
-    // As `pinstream run` does: the embedded default's CPUs 0 and 1 move to the first two
-    // allowed CPUs when they are not both allowed.
-    let mut cpus = [e.ingest_cpu, e.process_cpu];
-    if args.config.is_none() {
-        if let Some([a, b]) = placement::default_cpus(&allowed) {
-            println!("CPUs 0 and 1 are not both allowed: using CPUs {a} and {b} instead");
-            cpus = [a, b];
-        }
-    }
-    let decision = placement::decide(&PlacementInput {
-        mode: e.placement,
-        overprovisioned: e.overprovisioned,
-        cpus,
-        allowed: Some(&allowed),
-        isolated: topo.isolated(),
-    });
-    println!("placement decision: {decision}");
-    if let Some(advice) = decision.advice() {
-        println!("advice: {advice}");
-    }
-    let roles = [("ingest", cpus[0]), ("storage", cpus[1])];
-    let plan = match pin::plan(&roles, &topo, !decision.pinned) {
-        Ok(plan) => plan,
-        Err(err) => {
-            println!("REFUSED: {err}");
-            return Err(Failure::runtime(format!(
-                "the CPU plan of {} is refused: engine.ingest_cpu / engine.process_cpu: {err}",
-                checked.origin
-            )));
-        }
-    };
+/// One line per engine thread: its CPU and what the topology says about it, then the plan's
+/// warnings.
+fn print_assignments(plan: &PinPlan, allowed: &[usize]) {
     for a in plan.assignments() {
         let node = a.node.map_or_else(|| "?".to_owned(), |n| n.to_string());
         if plan.is_pinning() {
@@ -196,7 +228,7 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
             println!(
                 "{}: not pinned (runs on CPUs {}), configured CPU {}",
                 a.thread,
-                list_or_none(&allowed),
+                list_or_none(allowed),
                 a.cpu
             );
         }
@@ -204,20 +236,4 @@ pub fn main(args: &HostCheckArgs) -> Result<(), Failure> {
     for w in plan.warnings() {
         println!("warning: {w}");
     }
-    if !checked.problems.is_empty() {
-        return Err(Failure::usage(format!(
-            "{} is invalid: {}",
-            checked.origin,
-            checked.problems.join("; ")
-        )));
-    }
-    println!(
-        "plan: valid ({})",
-        if plan.is_pinning() {
-            "threads pinned"
-        } else {
-            "unpinned"
-        }
-    );
-    Ok(())
 }

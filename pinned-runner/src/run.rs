@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 
 use pinstream_core::accounting::Accounting;
 use pinstream_core::event::Lane;
-use pinstream_host::admin::{self, AdminOptions, AdminServer};
+use pinstream_host::admin::{self, AdminHandle, AdminOptions, AdminServer};
 use pinstream_host::config::{Config, DEFAULT_TOML};
 use pinstream_host::disk::{self, DiskSpace};
-use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineStats};
+use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineHandle, EngineStats};
+use pinstream_host::pin;
+use pinstream_host::placement::{self, PlacementRequest};
 use pinstream_host::stats::{LatencySummary, LatencyWindow};
 use pinstream_host::storage::StorageError;
-use pinstream_host::{pin, placement};
+use pinstream_host::topology::Topology;
 
 use crate::Failure;
 
@@ -94,17 +96,8 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     );
     say!("pinstream {} on {origin}", env!("CARGO_PKG_VERSION"));
 
-    // With the embedded default (CPUs 0 and 1), take the first two CPUs this process may use
-    // when 0 and 1 are not both among them (taskset, a container's cpuset). Whether the
-    // threads are pinned at all is the engine's decision (`engine.placement`), printed below.
-    if args.config.is_none() {
-        let allowed = pin::current_affinity().ok();
-        if let Some([a, b]) = allowed.as_deref().and_then(placement::default_cpus) {
-            engine_cfg.placement.ingest_cpu = a;
-            engine_cfg.placement.process_cpu = b;
-            say!("CPUs 0 and 1 are not both allowed: using CPUs {a} and {b} instead");
-        }
-    }
+    // Where the threads run, decided as `pinstream host-check` decides it.
+    place(&mut engine_cfg, args.config.is_none())?;
 
     // Files and directories the engine creates get `storage.mode` (validated above).
     if let Some(mask) = config.storage.umask() {
@@ -112,9 +105,6 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     }
     let signals = Signals::install()?;
     let handle = Engine::start(engine_cfg.clone()).map_err(|e| match e {
-        EngineError::Config(msg) if msg.contains("engine.ingest_cpu") => Failure::start(format!(
-            "{msg} (or set engine.placement = \"unpinned\" to run without pinning)"
-        )),
         EngineError::Socket { .. } => Failure::start(format!(
             "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
         )),
@@ -146,6 +136,62 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         None => None,
     };
 
+    report_start(&handle, admin.as_ref(), &config, &engine_cfg, &stats);
+    let failed = wait_for_stop(args, &signals, &stats);
+    match &failed {
+        Some(_) => eprintln!("pinstream: stopping after the storage failure"),
+        None => say!("stopping: intake closed, draining the lanes, syncing the logs"),
+    }
+    if let Some(a) = admin {
+        a.stop();
+    }
+    let result = stop_and_report(handle, &stats);
+    match (failed, result) {
+        (Some(e), _) => Err(Failure::runtime(format!(
+            "storage failed: {e} (acknowledged events are safe; restart to recover the logs)"
+        ))),
+        (None, Err(e)) => Err(Failure::runtime(e.to_string())),
+        (None, Ok(())) => Ok(()),
+    }
+}
+
+/// Chooses the engine's CPUs with [`placement::resolve`] (with the embedded default, CPUs 0
+/// and 1 move to the first two this process may use when 0 and 1 are not both among them:
+/// taskset, a container's cpuset). A refused plan stops here, typed.
+fn place(engine_cfg: &mut EngineConfig, default_config: bool) -> Result<(), Failure> {
+    let p = &engine_cfg.placement;
+    let request = PlacementRequest {
+        mode: p.mode,
+        overprovisioned: p.overprovisioned,
+        cpus: [p.ingest_cpu, p.process_cpu],
+        default_config,
+    };
+    let topology =
+        Topology::live().map_err(|e| Failure::start(format!("invalid engine settings: {e}")))?;
+    let allowed = pin::current_affinity().ok();
+    let resolved = placement::resolve(&request, allowed.as_deref(), &topology).map_err(|e| {
+        Failure::start(format!(
+            "{e} (or set engine.placement = \"unpinned\" to run without pinning)"
+        ))
+    })?;
+    if let Some(note) = request.moved_note(resolved.cpus) {
+        say!("{note}");
+    }
+    [
+        engine_cfg.placement.ingest_cpu,
+        engine_cfg.placement.process_cpu,
+    ] = resolved.cpus;
+    Ok(())
+}
+
+/// Prints where the engine listens, what it recovered and where its threads run.
+fn report_start(
+    handle: &EngineHandle,
+    admin: Option<&AdminHandle>,
+    config: &Config,
+    engine_cfg: &EngineConfig,
+    stats: &EngineStats,
+) {
     let show =
         |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     // One stable line for scripts and tests, then the details.
@@ -153,7 +199,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         "listening tcp={} udp={} admin={}",
         show(handle.started.tcp),
         show(handle.started.udp),
-        show(admin.as_ref().map(admin::AdminHandle::local_addr))
+        show(admin.map(AdminHandle::local_addr))
     );
     say!(
         "data {} (durability {}, acks {}), {} topic(s)",
@@ -191,6 +237,30 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
             engine_cfg.data_dir.display()
         ),
     }
+    report_restored(handle);
+    // One line: pinned or not, and why (`pinstream host-check` prints the same line).
+    say!("placement decision: {}", handle.started.decision);
+    for note in &handle.started.placement {
+        say!("placement: {note}");
+    }
+    // The threads report their pinning as they start (one note each).
+    let until = Instant::now() + Duration::from_secs(5);
+    while stats.placement.lock().map_or(0, |n| n.len()) < 2 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for note in stats
+        .placement
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        say!("placement: {note}");
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// Prints what the engine restored from its logs: the dedup window, producer sessions.
+fn report_restored(handle: &EngineHandle) {
     if let Some(r) = handle.started.dedup_refill {
         say!(
             "dedup window refilled: {} id(s) stored within the last pipeline.dedup_window_ms are duplicates again ({} record(s) of {} segment(s) read in {:.2} s)",
@@ -230,27 +300,12 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
             );
         }
     }
-    // One line: pinned or not, and why (`pinstream host-check` prints the same line).
-    say!("placement decision: {}", handle.started.decision);
-    for note in &handle.started.placement {
-        say!("placement: {note}");
-    }
-    // The threads report their pinning as they start (one note each).
-    let until = Instant::now() + Duration::from_secs(5);
-    while stats.placement.lock().map_or(0, |n| n.len()) < 2 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    for note in stats
-        .placement
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        say!("placement: {note}");
-    }
-    let _ = std::io::stdout().flush();
+}
 
-    let mut status = Status::new(&stats);
+/// Prints a status line every `--status-every` seconds until a signal; reports a storage
+/// failure once. Returns the failure, if any.
+fn wait_for_stop(args: &RunArgs, signals: &Signals, stats: &EngineStats) -> Option<String> {
+    let mut status = Status::new(stats);
     let every = Duration::from_secs(args.status_every);
     let mut next = Instant::now() + every;
     let mut failed: Option<String> = None;
@@ -258,7 +313,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         std::thread::sleep(Duration::from_millis(50));
         if args.status_every != 0 && Instant::now() >= next {
             next += every;
-            say!("{}", status.line(&stats));
+            say!("{}", status.line(stats));
             let _ = std::io::stdout().flush();
         }
         let error = stats
@@ -276,13 +331,11 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
             failed = Some(e);
         }
     }
-    match &failed {
-        Some(_) => eprintln!("pinstream: stopping after the storage failure"),
-        None => say!("stopping: intake closed, draining the lanes, syncing the logs"),
-    }
-    if let Some(a) = admin {
-        a.stop();
-    }
+    failed
+}
+
+/// Stops the engine (intake closed, lanes drained, logs synced) and prints the totals.
+fn stop_and_report(handle: EngineHandle, stats: &EngineStats) -> Result<(), EngineError> {
     let t0 = Instant::now();
     let result = handle.stop();
     // Stored and dead-lettered count what is in the logs: what storage lost when it failed
@@ -302,16 +355,10 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         t0.elapsed().as_secs_f64(),
         stats.dispatch.ingested.get(),
         stats.process.stored.get().saturating_sub(lost_events),
-        books(&stats).dead_lettered.saturating_sub(lost_dead),
-        books(&stats).rejected
+        books(stats).dead_lettered.saturating_sub(lost_dead),
+        books(stats).rejected
     );
-    match (failed, result) {
-        (Some(e), _) => Err(Failure::runtime(format!(
-            "storage failed: {e} (acknowledged events are safe; restart to recover the logs)"
-        ))),
-        (None, Err(e)) => Err(Failure::runtime(e.to_string())),
-        (None, Ok(())) => Ok(()),
-    }
+    result
 }
 
 /// SIGINT / SIGTERM: the first sets `stop`, the second exits at once.

@@ -262,3 +262,120 @@ fn a_bad_config_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("missing.toml"));
 }
+
+/// `cmd` with its process restricted to `cpus` before it runs (what `taskset -c` does).
+fn restricted(mut cmd: Command, cpus: &[usize]) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: an all-zero `cpu_set_t` is the empty set (what `CPU_ZERO` writes).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: `cpu` is below the set's size (CPU numbers of this machine's mask).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: the closure runs in the child between fork and exec; it only calls
+    // `sched_setaffinity`, which is async-signal-safe, on a set built before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
+}
+
+/// The lines of `child`'s stdout until one starts with `last` or the output ends (30 s at
+/// most).
+fn lines_until(child: &mut Child, last: &str) -> Vec<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        let done = line.starts_with(last);
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    lines
+}
+
+fn line_with<'a>(lines: &'a [String], prefix: &str) -> Option<&'a str> {
+    lines
+        .iter()
+        .find(|l| l.starts_with(prefix))
+        .map(String::as_str)
+}
+
+#[test]
+fn host_check_shows_the_cpus_run_uses_when_0_and_1_are_not_both_allowed() {
+    let allowed = allowed();
+    if allowed.len() < 2 {
+        eprintln!("skipped: this process may use fewer than 2 CPUs ({allowed:?})");
+        return;
+    }
+    // Without CPU 0, the embedded default's CPUs 0 and 1 are not both allowed (a 2-CPU
+    // machine leaves one CPU: nothing to move to, and both must say so alike).
+    let mask: Vec<usize> = allowed.iter().copied().filter(|&c| c != 0).collect();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("host-check");
+    let out = restricted(cmd, &mask).output().expect("run host-check");
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let checked: Vec<String> = stdout.lines().map(str::to_owned).collect();
+    let moved = line_with(&checked, "CPUs 0 and 1 are not both allowed");
+    if mask.len() >= 2 {
+        let expect = format!(
+            "CPUs 0 and 1 are not both allowed: using CPUs {} and {} instead",
+            mask[0], mask[1]
+        );
+        assert_eq!(moved, Some(expect.as_str()), "{stdout}");
+        assert!(
+            stdout.contains(&format!("ingest: pinned to CPU {}", mask[0]))
+                || stdout.contains(&format!("configured CPU {}", mask[0])),
+            "{stdout}"
+        );
+    } else {
+        assert_eq!(moved, None, "{stdout}");
+    }
+
+    // `pinstream run` with the embedded default under the same mask, in a scratch directory
+    // (its data directory is relative). Its ports may be taken on a shared machine: the
+    // CPU line comes before the engine starts, the decision only once it has.
+    let tmp = TempDir::new("hostcheck-mask");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--status-every", "0"])
+        .current_dir(tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = restricted(cmd, &mask).spawn().expect("spawn pinstream run");
+    let ran = lines_until(&mut child, "placement decision: ");
+    drop(ChildGuard(child));
+    assert_eq!(
+        line_with(&ran, "CPUs 0 and 1 are not both allowed"),
+        moved,
+        "run printed:\n{}",
+        ran.join("\n")
+    );
+    if let Some(decision) = line_with(&ran, "placement decision: ") {
+        assert_eq!(
+            Some(decision),
+            line_with(&checked, "placement decision: "),
+            "{stdout}"
+        );
+    }
+}

@@ -55,14 +55,6 @@ pub use crate::placement::PlacementMode;
 
 use self::lines::{key_path_at, line_column, with_line};
 
-/// The old name of [`TcpSection`], kept only for `ingest/`, which another branch is
-/// splitting at the same time (issue 14): remove it once `ingest/` names `TcpSection`.
-#[doc(hidden)]
-pub type TcpConfig = TcpSection;
-/// The old name of [`PipelineSection`], kept only for `ingest/` (see [`TcpConfig`]).
-#[doc(hidden)]
-pub type PipelineConfig = PipelineSection;
-
 /// The embedded default configuration file (`host/src/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../default.toml");
 

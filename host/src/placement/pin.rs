@@ -424,51 +424,64 @@ pub fn plan_with_allowed(
         .collect();
 
     if !overprovisioned {
-        for a in &assignments {
-            let mut missing = Vec::new();
-            if !a.isolated {
-                missing.push("not isolated (isolcpus=): other tasks may be scheduled there");
-            }
-            if !a.nohz_full {
-                missing.push("not nohz_full: the scheduler tick will interrupt it");
-            }
-            if !missing.is_empty() {
-                warnings.push(format!(
-                    "thread {:?} on CPU {}: {}",
-                    a.thread,
-                    a.cpu,
-                    missing.join("; ")
-                ));
-            }
-        }
-        for (i, a) in assignments.iter().enumerate() {
-            for b in &assignments[i + 1..] {
-                if topo.siblings(a.cpu).contains(&b.cpu) {
-                    warnings.push(format!(
-                        "threads {:?} (CPU {}) and {:?} (CPU {}) share a core (hyperthread \
-                         siblings {}): they compete for its execution units",
-                        a.thread,
-                        a.cpu,
-                        b.thread,
-                        b.cpu,
-                        format_cpu_list(topo.siblings(a.cpu))
-                    ));
-                }
-            }
-        }
-        if !assignments.is_empty() && allowed.iter().all(|c| roles.iter().any(|r| r.1 == *c)) {
-            warnings.push(format!(
-                "the engine's threads take every CPU this process may use ({}): the OS, \
-                 the admin endpoint and interrupts have none left",
-                format_cpu_list(allowed)
-            ));
-        }
+        warnings.extend(pinned_warnings(roles, topo, allowed, &assignments));
     }
     Ok(PinPlan {
         pinning: !overprovisioned,
         assignments,
         warnings,
     })
+}
+
+/// What a valid pinned plan is warned about: CPUs not isolated or not `nohz_full`, threads
+/// on hyperthread siblings, and a plan that takes every allowed CPU.
+fn pinned_warnings(
+    roles: &[(&'static str, usize)],
+    topo: &Topology,
+    allowed: &[usize],
+    assignments: &[Assignment],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for a in assignments {
+        let mut missing = Vec::new();
+        if !a.isolated {
+            missing.push("not isolated (isolcpus=): other tasks may be scheduled there");
+        }
+        if !a.nohz_full {
+            missing.push("not nohz_full: the scheduler tick will interrupt it");
+        }
+        if !missing.is_empty() {
+            warnings.push(format!(
+                "thread {:?} on CPU {}: {}",
+                a.thread,
+                a.cpu,
+                missing.join("; ")
+            ));
+        }
+    }
+    for (i, a) in assignments.iter().enumerate() {
+        for b in &assignments[i + 1..] {
+            if topo.siblings(a.cpu).contains(&b.cpu) {
+                warnings.push(format!(
+                    "threads {:?} (CPU {}) and {:?} (CPU {}) share a core (hyperthread \
+                     siblings {}): they compete for its execution units",
+                    a.thread,
+                    a.cpu,
+                    b.thread,
+                    b.cpu,
+                    format_cpu_list(topo.siblings(a.cpu))
+                ));
+            }
+        }
+    }
+    if !assignments.is_empty() && allowed.iter().all(|c| roles.iter().any(|r| r.1 == *c)) {
+        warnings.push(format!(
+            "the engine's threads take every CPU this process may use ({}): the OS, \
+             the admin endpoint and interrupts have none left",
+            format_cpu_list(allowed)
+        ));
+    }
+    warnings
 }
 
 #[cfg(test)]

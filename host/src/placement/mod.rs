@@ -1,4 +1,8 @@
-//! Whether the engine's two threads are pinned: `engine.placement`, decided once.
+//! Where the engine's threads run: the machine's CPUs ([`topology`]), pinning ([`pin`]),
+//! memory placement ([`numa`]), how an idle thread waits ([`idle`]), and the decision that
+//! ties them together.
+//!
+//! ## Whether the engine's two threads are pinned: `engine.placement`, decided once
 //!
 //! Pinning two busy threads pays off when the machine has room for them. On a 2-CPU machine
 //! it takes both CPUs from the OS, the admin endpoint and a load generator on the same host
@@ -28,11 +32,17 @@
 //! assert_eq!(small.reason, PlacementReason::NoSpareCpu { allowed: 2 });
 //! ```
 
+pub mod idle;
+pub mod numa;
+pub mod pin;
+pub mod topology;
+
 use std::fmt;
 
 use serde::Deserialize;
 
-use crate::topology::format_cpu_list;
+use self::pin::{PinPlan, PlacementError};
+use self::topology::{Topology, format_cpu_list};
 
 /// Threads the engine pins: ingest and storage.
 pub const ENGINE_THREADS: usize = 2;
@@ -211,6 +221,135 @@ pub fn default_cpus(allowed: &[usize]) -> Option<[usize; ENGINE_THREADS]> {
     }
 }
 
+/// What [`resolve`] decides from: the `[engine]` keys that place the threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlacementRequest {
+    /// `engine.placement`.
+    pub mode: PlacementMode,
+    /// `engine.overprovisioned` (true forces unpinned).
+    pub overprovisioned: bool,
+    /// `engine.ingest_cpu`, `engine.process_cpu`.
+    pub cpus: [usize; ENGINE_THREADS],
+    /// The CPUs are the embedded default config's (no config file was given): when 0 and 1
+    /// are not both allowed, the first two allowed CPUs are used instead ([`default_cpus`]).
+    pub default_config: bool,
+}
+
+impl PlacementRequest {
+    /// The line `pinstream run` and `host-check` print when [`resolve`] moved the CPUs to
+    /// `cpus`; `None` when it kept the requested ones.
+    pub fn moved_note(&self, cpus: [usize; ENGINE_THREADS]) -> Option<String> {
+        let [a, b] = self.cpus;
+        let [c, d] = cpus;
+        (cpus != self.cpus).then(|| {
+            format!("CPUs {a} and {b} are not both allowed: using CPUs {c} and {d} instead")
+        })
+    }
+}
+
+/// The answer of [`resolve`]: the CPUs, whether the threads are pinned to them, and the
+/// checked plan.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The engine's CPUs, ingest and storage: the request's, or the first two allowed ones
+    /// in place of the embedded default's.
+    pub cpus: [usize; ENGINE_THREADS],
+    /// Whether they are pinned, and why.
+    pub decision: PlacementDecision,
+    /// The threads' CPUs checked against the topology and the mask, with warnings.
+    pub plan: PinPlan,
+}
+
+/// Why [`resolve`] refused: the CPUs it chose and its decision (for a report), and the
+/// plan's refusal.
+#[derive(Debug)]
+pub struct Refused {
+    /// The engine's CPUs, as in [`Resolved::cpus`].
+    pub cpus: [usize; ENGINE_THREADS],
+    /// The decision the refused plan was checked under.
+    pub decision: PlacementDecision,
+    /// Why the plan is refused.
+    pub error: PlacementError,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "engine.ingest_cpu / engine.process_cpu: {}", self.error)
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The one placement decision: the CPUs of the engine's two threads (the embedded
+/// default's move to allowed CPUs, see [`default_cpus`]), whether they are pinned
+/// ([`decide`]), and the plan checked against `topology` and `allowed` ([`pin::plan`]).
+/// `pinstream run`, `host-check` and `demo` all call it, so `host-check` prints what `run`
+/// does; the engine repeats the decision and the check at start on the same inputs.
+///
+/// `allowed`: this process's CPU mask; `None` when it cannot be read (the plan then reads
+/// it again and fails with [`PlacementError::Affinity`]).
+///
+/// # Errors
+/// [`Refused`] when the plan is refused: a CPU offline, outside `allowed`, or given to both
+/// threads while they are to be pinned.
+///
+/// ```
+/// use std::path::Path;
+/// use pinstream_host::placement::{PlacementMode, PlacementRequest, resolve};
+/// use pinstream_host::topology::Topology;
+/// let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs-2node");
+/// let topo = Topology::read(&fixture).unwrap();
+/// let request = PlacementRequest {
+///     mode: PlacementMode::Auto,
+///     overprovisioned: false,
+///     cpus: [0, 1],
+///     default_config: true,
+/// };
+/// // A `taskset -c 2,3,5`: the default's CPUs 0 and 1 move to 2 and 3.
+/// let resolved = resolve(&request, Some(&[2, 3, 5]), &topo).unwrap();
+/// assert_eq!(resolved.cpus, [2, 3]);
+/// assert!(resolved.decision.pinned);
+/// assert_eq!(resolved.plan.cpu_of("storage"), Some(3));
+/// ```
+pub fn resolve(
+    request: &PlacementRequest,
+    allowed: Option<&[usize]>,
+    topology: &Topology,
+) -> Result<Resolved, Refused> {
+    let cpus = match allowed.and_then(default_cpus) {
+        Some(moved) if request.default_config => moved,
+        _ => request.cpus,
+    };
+    let decision = decide(&PlacementInput {
+        mode: request.mode,
+        overprovisioned: request.overprovisioned,
+        cpus,
+        allowed,
+        isolated: topology.isolated(),
+    });
+    let roles = [("ingest", cpus[0]), ("storage", cpus[1])];
+    let plan = match allowed {
+        Some(allowed) => pin::plan_with_allowed(&roles, topology, allowed, !decision.pinned),
+        None => pin::plan(&roles, topology, !decision.pinned),
+    };
+    match plan {
+        Ok(plan) => Ok(Resolved {
+            cpus,
+            decision,
+            plan,
+        }),
+        Err(error) => Err(Refused {
+            cpus,
+            decision,
+            error,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -339,5 +478,46 @@ mod tests {
         assert_eq!(default_cpus(&[2, 3, 5]), Some([2, 3]));
         assert_eq!(default_cpus(&[1, 4]), Some([1, 4]));
         assert_eq!(default_cpus(&[3]), None);
+    }
+
+    fn request(mode: PlacementMode, cpus: [usize; 2], default_config: bool) -> PlacementRequest {
+        PlacementRequest {
+            mode,
+            overprovisioned: false,
+            cpus,
+            default_config,
+        }
+    }
+
+    #[test]
+    fn resolve_moves_only_the_embedded_default_cpus() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs-2node");
+        let topo = Topology::read(&root).unwrap();
+        let default = request(PlacementMode::Auto, [0, 1], true);
+        let r = resolve(&default, Some(&[2, 3, 5]), &topo).unwrap();
+        assert_eq!(r.cpus, [2, 3]);
+        assert_eq!(
+            default.moved_note(r.cpus).as_deref(),
+            Some("CPUs 0 and 1 are not both allowed: using CPUs 2 and 3 instead")
+        );
+        assert_eq!(r.plan.cpu_of("ingest"), Some(2));
+        // 0 and 1 allowed: kept, no note.
+        let r = resolve(&default, Some(&[0, 1, 2, 3]), &topo).unwrap();
+        assert_eq!((r.cpus, default.moved_note(r.cpus)), ([0, 1], None));
+        // A config file's CPUs never move: pinned outside the mask is refused, typed.
+        let file = request(PlacementMode::Pinned, [0, 1], false);
+        let refused = resolve(&file, Some(&[2, 3, 5]), &topo).unwrap_err();
+        assert!(matches!(
+            refused.error,
+            PlacementError::NotAllowed { cpu: 0, .. }
+        ));
+        assert_eq!(refused.cpus, [0, 1]);
+        assert_eq!(refused.decision.reason, PlacementReason::ForcedPinned);
+        assert!(
+            refused
+                .to_string()
+                .starts_with("engine.ingest_cpu / engine.process_cpu: thread \"ingest\""),
+            "{refused}"
+        );
     }
 }
