@@ -135,23 +135,10 @@ fn refill_dedup(
     }
     let mut reader = LogReader::open(dir)?;
     // The newest segment whose first event record is at or before the cutoff: reading
-    // starts there (everything before it is older than the window).
-    let mut first = 0;
-    for (i, &base) in segments.iter().enumerate().rev() {
-        reader.seek(base)?;
-        let mut oldest = None;
-        while let Some(rec) = reader.next_record() {
-            let rec = rec?;
-            if let Ok(record::RecordBody::Event(e)) = record::decode(rec.kind, &rec.body) {
-                oldest = Some(e.received);
-                break;
-            }
-        }
-        if oldest.is_some_and(|w| w <= cutoff) {
-            first = i;
-            break;
-        }
-    }
+    // starts there (everything before it is older than the window; segments without events
+    // are walked past).
+    let first =
+        crate::storage::sessions::first_segment(&mut reader, &segments, cutoff, usize::MAX)?;
     reader.seek(segments[first])?;
     let (mut ids, mut scanned) = (0u64, 0u64);
     while let Some(rec) = reader.next_record() {

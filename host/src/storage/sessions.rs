@@ -179,22 +179,23 @@ pub fn scan(dirs: &[&Path], cutoff: u64) -> Result<SessionScan, StorageError> {
             continue;
         }
         let mut reader = LogReader::open(dir)?;
-        let read = first_segment(&mut reader, &segments, cutoff).and_then(|first| {
-            reader.seek(segments[first])?;
-            while let Some(rec) = reader.next_record() {
-                let rec = rec?;
-                out.scanned += 1;
-                let (origin, held) = match record::decode(rec.kind, &rec.body) {
-                    Ok(RecordBody::Event(e)) => (e.origin, (e.header, Some(crc32c(e.payload)))),
-                    Ok(RecordBody::DeadLetter(d)) => (d.origin, (d.header, None)),
-                    _ => continue,
-                };
-                if origin.producer != 0 {
-                    accs.entry(origin.producer).or_default().add(&origin, held);
+        let read =
+            first_segment(&mut reader, &segments, cutoff, UNTIMED_SEGMENTS).and_then(|first| {
+                reader.seek(segments[first])?;
+                while let Some(rec) = reader.next_record() {
+                    let rec = rec?;
+                    out.scanned += 1;
+                    let (origin, held) = match record::decode(rec.kind, &rec.body) {
+                        Ok(RecordBody::Event(e)) => (e.origin, (e.header, Some(crc32c(e.payload)))),
+                        Ok(RecordBody::DeadLetter(d)) => (d.origin, (d.header, None)),
+                        _ => continue,
+                    };
+                    if origin.producer != 0 {
+                        accs.entry(origin.producer).or_default().add(&origin, held);
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            });
         if let Err(e) = read {
             out.unreadable.push(format!("{}: {e}", dir.display()));
         }
@@ -232,11 +233,13 @@ pub fn scan(dirs: &[&Path], cutoff: u64) -> Result<SessionScan, StorageError> {
 }
 
 /// The index of the segment to read from: the newest whose first event was received at or
-/// before `cutoff`; without events, [`UNTIMED_SEGMENTS`] from the end.
-fn first_segment(
+/// before `cutoff`; after `untimed` segments without events (a dead-letter log), the last of
+/// them. Everything before the segment returned is older than the cutoff.
+pub(crate) fn first_segment(
     reader: &mut LogReader,
     segments: &[u64],
     cutoff: u64,
+    untimed_limit: usize,
 ) -> Result<usize, StorageError> {
     let mut untimed = 0;
     for (i, &base) in segments.iter().enumerate().rev() {
@@ -258,7 +261,7 @@ fn first_segment(
             Some(_) => {}
             None => {
                 untimed += 1;
-                if untimed >= UNTIMED_SEGMENTS {
+                if untimed >= untimed_limit {
                     return Ok(i);
                 }
             }
