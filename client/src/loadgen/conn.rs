@@ -139,8 +139,7 @@ pub(super) fn run_connection(
     socket: Socket,
     progress: &Arc<Progress>,
 ) -> io::Result<ConnReport> {
-    let cfg = &plan.cfg;
-    let slots = cfg.window.next_power_of_two().saturating_mul(2);
+    let slots = plan.cfg.window.next_power_of_two().saturating_mul(2);
     let window = Arc::new(Window {
         sent_at: (0..slots).map(|_| AtomicU64::new(0)).collect(),
         last_seq: AtomicU64::new(0),
@@ -149,107 +148,144 @@ pub(super) fn run_connection(
         acked: AtomicU64::new(0),
     });
     match socket {
-        Socket::Udp(socket) => {
-            let sent = send_frames(plan, progress, &window, |frame| {
-                socket.send(frame).map(drop).map_err(|e| {
-                    let hint = if e.kind() == io::ErrorKind::ConnectionRefused {
-                        "; nothing listens on that UDP port"
-                    } else {
-                        ""
-                    };
-                    io::Error::new(
-                        e.kind(),
-                        format!("sending to {} over UDP: {e}{hint}", cfg.addr),
-                    )
-                })
-            })?;
-            Ok(ConnReport {
-                sent: sent.events,
-                frames: sent.frames,
-                bytes: sent.bytes,
-                end: sent.end,
-                outcomes: None,
-                reject_frames: 0,
-                first_reject: None,
-                latency: None,
-            })
-        }
-        Socket::Tcp(conn) => {
-            let (mut writer, mut reader) = conn.split();
-            let closer = writer.stream().try_clone()?;
-            reader.stream().set_read_timeout(Some(READ_POLL))?;
-            let reader_thread = {
-                let (window, progress) = (Arc::clone(&window), Arc::clone(progress));
-                let (ack, timeout, start) = (cfg.ack, cfg.ack_timeout, plan.start);
-                let (index, addr) = (plan.index, cfg.addr);
-                thread::Builder::new()
-                    .name(format!("loadgen-acks-{}", plan.index))
-                    .spawn(move || {
-                        let result = read_replies(
-                            &mut reader,
-                            addr,
-                            ack,
-                            timeout,
-                            start,
-                            &window,
-                            &progress,
-                        );
-                        if result.is_err() {
-                            // Unblock the writer (it may be waiting for the window or the
-                            // socket) and stop the other connections.
-                            progress.abort(index);
-                            let _ = reader.stream().shutdown(Shutdown::Both);
-                        }
-                        result
-                    })?
-            };
-            let addr = cfg.addr;
-            let sent = send_frames(plan, progress, &window, |frame| {
-                writer.send(frame).map_err(|e| {
-                    let what = if is_timeout(&e) {
-                        format!(
-                            "the server at {addr} took no data for {:?} (it stopped reading)",
-                            cfg.ack_timeout
-                        )
-                    } else {
-                        format!("sending to {addr} over TCP: {e}")
-                    };
-                    io::Error::new(e.kind(), what)
-                })
-            });
-            if sent.is_ok() {
-                // Half close: the server acknowledges what it got, then closes.
-                let _ = closer.shutdown(Shutdown::Write);
-            } else {
-                let _ = closer.shutdown(Shutdown::Both);
-            }
-            let acks = reader_thread
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the ACK reader panicked")));
-            let (sent, acks) = match (sent, acks) {
-                (Ok(s), Ok(a)) => (s, a),
-                // The writer timed out: the server stopped reading; that says most.
-                (Err(e), _) if is_timeout(&e) => return Err(e),
-                // Otherwise the reader's error explains the writer's (a closed connection,
-                // an ACK timeout, a failure elsewhere).
-                (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
-            };
-            Ok(ConnReport {
-                sent: sent.events,
-                frames: sent.frames,
-                bytes: sent.bytes,
-                end: if cfg.ack == AckWait::Wait {
-                    acks.last_at.max(sent.end)
-                } else {
-                    sent.end
-                },
-                outcomes: acks.outcomes,
-                reject_frames: acks.reject_frames,
-                first_reject: acks.first_reject,
-                latency: (cfg.ack == AckWait::Wait).then_some(acks.latency),
-            })
-        }
+        Socket::Udp(socket) => run_udp(plan, &socket, progress, &window),
+        Socket::Tcp(conn) => run_tcp(plan, conn, progress, &window),
     }
+}
+
+/// A UDP connection: the writer alone (no acknowledgements).
+fn run_udp(
+    plan: &Plan,
+    socket: &UdpSocket,
+    progress: &Arc<Progress>,
+    window: &Arc<Window>,
+) -> io::Result<ConnReport> {
+    let addr = plan.cfg.addr;
+    let sent = send_frames(plan, progress, window, |frame| {
+        socket.send(frame).map(drop).map_err(|e| {
+            let hint = if e.kind() == io::ErrorKind::ConnectionRefused {
+                "; nothing listens on that UDP port"
+            } else {
+                ""
+            };
+            io::Error::new(e.kind(), format!("sending to {addr} over UDP: {e}{hint}"))
+        })
+    })?;
+    Ok(ConnReport {
+        sent: sent.events,
+        frames: sent.frames,
+        bytes: sent.bytes,
+        end: sent.end,
+        outcomes: None,
+        reject_frames: 0,
+        first_reject: None,
+        latency: None,
+    })
+}
+
+/// A TCP connection: the writer on this thread, the reader of acknowledgements on its own.
+fn run_tcp(
+    plan: &Plan,
+    conn: Connection,
+    progress: &Arc<Progress>,
+    window: &Arc<Window>,
+) -> io::Result<ConnReport> {
+    let cfg = &plan.cfg;
+    let (mut writer, reader) = conn.split();
+    let closer = writer.stream().try_clone()?;
+    reader.stream().set_read_timeout(Some(READ_POLL))?;
+    let reader_thread = spawn_reader(plan, reader, progress, window)?;
+    let addr = cfg.addr;
+    let sent = send_frames(plan, progress, window, |frame| {
+        writer.send(frame).map_err(|e| {
+            let what = if is_timeout(&e) {
+                format!(
+                    "the server at {addr} took no data for {:?} (it stopped reading)",
+                    cfg.ack_timeout
+                )
+            } else {
+                format!("sending to {addr} over TCP: {e}")
+            };
+            io::Error::new(e.kind(), what)
+        })
+    });
+    if sent.is_ok() {
+        // Half close: the server acknowledges what it got, then closes.
+        let _ = closer.shutdown(Shutdown::Write);
+    } else {
+        let _ = closer.shutdown(Shutdown::Both);
+    }
+    let acks = reader_thread
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the ACK reader panicked")));
+    let (sent, acks) = match (sent, acks) {
+        (Ok(s), Ok(a)) => (s, a),
+        // The writer timed out: the server stopped reading; that says most.
+        (Err(e), _) if is_timeout(&e) => return Err(e),
+        // Otherwise the reader's error explains the writer's (a closed connection, an ACK
+        // timeout, a failure elsewhere).
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+    };
+    Ok(ConnReport {
+        sent: sent.events,
+        frames: sent.frames,
+        bytes: sent.bytes,
+        end: if cfg.ack == AckWait::Wait {
+            acks.last_at.max(sent.end)
+        } else {
+            sent.end
+        },
+        outcomes: acks.outcomes,
+        reject_frames: acks.reject_frames,
+        first_reject: acks.first_reject,
+        latency: (cfg.ack == AckWait::Wait).then_some(acks.latency),
+    })
+}
+
+/// Starts the thread that reads the connection's ACKs and REJECTs ([`read_replies`]); on
+/// its error it stops the writer and the other connections.
+fn spawn_reader(
+    plan: &Plan,
+    mut reader: Reader,
+    progress: &Arc<Progress>,
+    window: &Arc<Window>,
+) -> io::Result<thread::JoinHandle<io::Result<Acks>>> {
+    let cfg = &plan.cfg;
+    let (window, progress) = (Arc::clone(window), Arc::clone(progress));
+    let (ack, timeout, start) = (cfg.ack, cfg.ack_timeout, plan.start);
+    let (index, addr) = (plan.index, cfg.addr);
+    thread::Builder::new()
+        .name(format!("loadgen-acks-{}", plan.index))
+        .spawn(move || {
+            let result = Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .map_err(|e| io::Error::other(format!("histogram: {e}")))
+                .and_then(|latency| {
+                    let acks = AckReader {
+                        addr,
+                        ack,
+                        timeout,
+                        start,
+                        window: &window,
+                        progress: &progress,
+                        through: 0,
+                        out: Acks {
+                            outcomes: None,
+                            reject_frames: 0,
+                            first_reject: None,
+                            last_at: Duration::ZERO,
+                            latency,
+                        },
+                    };
+                    read_replies(&mut reader, acks)
+                });
+            if result.is_err() {
+                // Unblock the writer (it may be waiting for the window or the socket) and
+                // stop the other connections.
+                progress.abort(index);
+                let _ = reader.stream().shutdown(Shutdown::Both);
+            }
+            result
+        })
 }
 
 /// Bytes of ready frames gathered into one write when sending flat out over TCP.
@@ -262,6 +298,77 @@ pub(super) struct Sent {
     bytes: u64,
     /// Time of the last send, from the start.
     end: Duration,
+}
+
+/// Waits until frame `seq` fits the window of `limit` unacknowledged frames; `false` when
+/// the run was stopped meanwhile.
+fn wait_for_window(seq: u64, limit: u64, window: &Window, progress: &Progress) -> bool {
+    let mut spins = 0u32;
+    while seq - window.acked.load(Ordering::Acquire) > limit {
+        if progress.aborted() {
+            return false;
+        }
+        // Yield a little, then sleep: on a small machine a spinning load generator takes
+        // the CPU the engine needs.
+        spins += 1;
+        if spins < 64 {
+            thread::yield_now();
+        } else {
+            thread::sleep(Duration::from_micros(20));
+        }
+    }
+    true
+}
+
+impl Plan {
+    /// Whether `--duration` is over once `sent` events are out (by the schedule when paced).
+    fn past_duration(&self, sent: u64) -> bool {
+        self.cfg.duration.is_some_and(|limit| {
+            let t = if self.rate > 0 {
+                self.due(sent)
+            } else {
+                self.start.elapsed()
+            };
+            t >= limit
+        })
+    }
+
+    /// Encodes events `events` (this connection's numbering) as frame `seq` into `frame`,
+    /// stamped `ts`; returns its length.
+    fn encode(
+        &self,
+        frame: &mut [u8],
+        seq: u64,
+        events: std::ops::Range<u64>,
+        ts: u64,
+        payload: &[u8],
+    ) -> io::Result<usize> {
+        let cfg = &self.cfg;
+        let cycle = cfg.priorities.len() as u64;
+        let topics = u64::from(cfg.topics);
+        let header = |k: u64| {
+            let id = self.id_first.wrapping_add(k.wrapping_mul(self.id_stride));
+            // `k % cycle` indexes `priorities`; the topic moves once per cycle, so every
+            // priority meets every topic.
+            let priority = cfg.priorities[(k % cycle) as usize];
+            let topic = ((k / cycle) % topics) as u16;
+            EventHeader::new(id, topic, priority, ts).with_value(id as i64)
+        };
+        let encode_error = |e: wire::EncodeError| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("encoding a frame: {e:?}"),
+            )
+        };
+        if cfg.batch == 1 {
+            return encode_event(frame, seq, &header(events.start), payload).map_err(encode_error);
+        }
+        let mut enc = BatchEncoder::new(frame, seq).map_err(encode_error)?;
+        for k in events {
+            enc.push(&header(k), payload).map_err(encode_error)?;
+        }
+        enc.finish().map_err(encode_error)
+    }
 }
 
 /// The writer: encodes and sends frames until the events or the duration run out.
@@ -286,8 +393,6 @@ fn send_frames(
     let coalesce = cfg.transport == Transport::Tcp && plan.rate == 0;
     let mut pending: Vec<u8> = Vec::with_capacity(if coalesce { COALESCE_BYTES } else { 0 });
     let payload = vec![0xA5u8; cfg.payload];
-    let cycle = cfg.priorities.len() as u64;
-    let topics = u64::from(cfg.topics);
     let wait = cfg.transport == Transport::Tcp && cfg.ack == AckWait::Wait;
     let mut out = Sent {
         events: 0,
@@ -297,15 +402,8 @@ fn send_frames(
     };
     let mut seq = 0u64;
     while out.events < plan.events {
-        if let Some(limit) = cfg.duration {
-            let t = if plan.rate > 0 {
-                plan.due(out.events)
-            } else {
-                plan.start.elapsed()
-            };
-            if t >= limit {
-                break;
-            }
+        if plan.past_duration(out.events) {
+            break;
         }
         if progress.aborted() {
             return Err(stopped());
@@ -316,19 +414,8 @@ fn send_frames(
                 send(&pending)?;
                 pending.clear();
             }
-            let mut spins = 0u32;
-            while seq - window.acked.load(Ordering::Acquire) > cfg.window as u64 {
-                if progress.aborted() {
-                    return Err(stopped());
-                }
-                // Yield a little, then sleep: on a small machine a spinning load generator
-                // takes the CPU the engine needs.
-                spins += 1;
-                if spins < 64 {
-                    thread::yield_now();
-                } else {
-                    thread::sleep(Duration::from_micros(20));
-                }
+            if !wait_for_window(seq, cfg.window as u64, window, progress) {
+                return Err(stopped());
             }
         }
         if plan.rate > 0 {
@@ -344,29 +431,7 @@ fn send_frames(
             plan.start.elapsed()
         };
         let ts = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let header = |k: u64| {
-            let id = plan.id_first.wrapping_add(k.wrapping_mul(plan.id_stride));
-            // `k % cycle` indexes `priorities`; the topic moves once per cycle, so every
-            // priority meets every topic.
-            let priority = cfg.priorities[(k % cycle) as usize];
-            let topic = ((k / cycle) % topics) as u16;
-            EventHeader::new(id, topic, priority, ts).with_value(id as i64)
-        };
-        let encode_error = |e: wire::EncodeError| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("encoding a frame: {e:?}"),
-            )
-        };
-        let len = if cfg.batch == 1 {
-            encode_event(&mut frame, seq, &header(out.events), &payload).map_err(encode_error)?
-        } else {
-            let mut enc = BatchEncoder::new(&mut frame, seq).map_err(encode_error)?;
-            for k in out.events..out.events + n {
-                enc.push(&header(k), &payload).map_err(encode_error)?;
-            }
-            enc.finish().map_err(encode_error)?
-        };
+        let len = plan.encode(&mut frame, seq, out.events..out.events + n, ts, &payload)?;
         let slot = (seq as usize) & (window.sent_at.len() - 1);
         window.sent_at[slot].store(ts, Ordering::Release);
         window.last_seq.store(seq, Ordering::Release);
@@ -423,132 +488,151 @@ pub(super) struct Acks {
     latency: Histogram<u64>,
 }
 
-/// The reader: ACKs and REJECTs until every frame is acknowledged ([`AckWait::Wait`]) or
-/// the server closes the connection after the writer's half close ([`AckWait::None`]).
-fn read_replies(
-    reader: &mut Reader,
+/// What the reader needs to know of its connection.
+struct AckReader<'a> {
     addr: SocketAddr,
     ack: AckWait,
     timeout: Duration,
     start: Instant,
-    window: &Window,
-    progress: &Progress,
-) -> io::Result<Acks> {
-    let mut out = Acks {
-        outcomes: None,
-        reject_frames: 0,
-        first_reject: None,
-        last_at: Duration::ZERO,
-        latency: Histogram::new_with_bounds(1, 60_000_000_000, 3)
-            .map_err(|e| io::Error::other(format!("histogram: {e}")))?,
-    };
-    let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-    let slots = window.sent_at.len();
-    let mut through = 0u64;
+    window: &'a Window,
+    progress: &'a Progress,
+    /// The ACK watermark seen so far.
+    through: u64,
+    out: Acks,
+}
+
+/// The reader: ACKs and REJECTs until every frame is acknowledged ([`AckWait::Wait`]) or
+/// the server closes the connection after the writer's half close ([`AckWait::None`]).
+fn read_replies(reader: &mut Reader, mut r: AckReader<'_>) -> io::Result<Acks> {
     loop {
-        let fin = window.final_seq.load(Ordering::Acquire);
-        if ack == AckWait::Wait && through >= fin {
-            return Ok(out);
+        let fin = r.window.final_seq.load(Ordering::Acquire);
+        if r.ack == AckWait::Wait && r.through >= fin {
+            return Ok(r.out);
         }
         match reader.next_reply() {
-            Ok(Some(Reply::Ack(a))) => {
-                let now = start.elapsed();
-                let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-                let last = window.last_seq.load(Ordering::Acquire);
-                let upto = a.through_seq.min(last);
-                if ack == AckWait::Wait {
-                    for seq in through + 1..=upto {
-                        let t =
-                            window.sent_at[(seq as usize) & (slots - 1)].load(Ordering::Acquire);
-                        out.latency
-                            .saturating_record(now_ns.saturating_sub(t).max(1));
-                    }
-                }
-                if upto > through {
-                    progress
-                        .frames_acked
-                        .fetch_add(upto - through, Ordering::Relaxed);
-                    through = upto;
-                    window.acked.store(through, Ordering::Release);
-                }
-                out.outcomes = Some(Outcomes {
-                    stored: a.stored,
-                    duplicates: a.duplicates,
-                    dead_lettered: a.dead_lettered,
-                    rejected: a.rejected,
-                });
-                out.last_at = now;
-            }
-            Ok(Some(Reply::Reject(r))) => {
-                out.reject_frames += 1;
-                out.first_reject.get_or_insert(r);
+            Ok(Some(Reply::Ack(a))) => r.take_ack(&a),
+            Ok(Some(Reply::Reject(rej))) => {
+                r.out.reject_frames += 1;
+                r.out.first_reject.get_or_insert(rej);
             }
             Ok(Some(Reply::Hello(_) | Reply::Other(_))) => {}
-            Ok(None) => {
-                if ack == AckWait::None {
-                    return Ok(out);
-                }
-                let fin = window.final_seq.load(Ordering::Acquire);
-                if through >= fin {
-                    return Ok(out);
-                }
-                let last = window.last_seq.load(Ordering::Acquire);
-                let hint = if through == 0 && fin != u64::MAX {
-                    // It took every frame and the half close without a word: it does not
-                    // acknowledge.
-                    "; if it runs with engine.ack = \"none\", use --ack none"
-                } else {
-                    ""
-                };
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "the server at {addr} closed the connection after acknowledging {through} of the {last} frames sent{}{hint}",
-                        first_reject_text(out.first_reject)
-                    ),
-                ));
-            }
+            Ok(None) => return r.closed(),
             Err(e) if is_timeout(&e) => {
-                if progress.aborted() {
+                if r.progress.aborted() {
                     return Err(io::Error::new(
                         io::ErrorKind::Interrupted,
                         "stopped: another connection failed",
                     ));
                 }
-                let now_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                match ack {
-                    AckWait::Wait => {
-                        let last = window.last_seq.load(Ordering::Acquire);
-                        if last > through {
-                            let seq = through + 1;
-                            let t = window.sent_at[(seq as usize) & (slots - 1)]
-                                .load(Ordering::Acquire);
-                            if now_ns.saturating_sub(t) > timeout_ns {
-                                return Err(io::Error::new(
-                                    io::ErrorKind::TimedOut,
-                                    format!(
-                                        "the server at {addr} did not acknowledge frame {seq} within {timeout:?} ({through} of {last} frames acknowledged); if it runs with engine.ack = \"none\", use --ack none{}",
-                                        first_reject_text(out.first_reject)
-                                    ),
-                                ));
-                            }
-                        }
-                    }
-                    AckWait::None => {
-                        // Done sending and the server has not closed: stop waiting for it.
-                        let fin_at = window.final_at.load(Ordering::Acquire);
-                        if fin != u64::MAX && now_ns.saturating_sub(fin_at) > timeout_ns {
-                            return Ok(out);
-                        }
-                    }
+                if r.timed_out(fin)? {
+                    return Ok(r.out);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(e),
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("reading from {addr}: {e}"),
+                    format!("reading from {}: {e}", r.addr),
                 ));
+            }
+        }
+    }
+}
+
+impl AckReader<'_> {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The send time of frame `seq` (ns from the start).
+    fn sent_at(&self, seq: u64) -> u64 {
+        let slots = self.window.sent_at.len();
+        self.window.sent_at[(seq as usize) & (slots - 1)].load(Ordering::Acquire)
+    }
+
+    /// An ACK: the latency of every frame it newly covers, the watermark, the counts.
+    fn take_ack(&mut self, a: &pinstream_core::wire::Ack) {
+        let now = self.start.elapsed();
+        let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        let last = self.window.last_seq.load(Ordering::Acquire);
+        let upto = a.through_seq.min(last);
+        if self.ack == AckWait::Wait {
+            for seq in self.through + 1..=upto {
+                let t = self.sent_at(seq);
+                self.out
+                    .latency
+                    .saturating_record(now_ns.saturating_sub(t).max(1));
+            }
+        }
+        if upto > self.through {
+            self.progress
+                .frames_acked
+                .fetch_add(upto - self.through, Ordering::Relaxed);
+            self.through = upto;
+            self.window.acked.store(self.through, Ordering::Release);
+        }
+        self.out.outcomes = Some(Outcomes {
+            stored: a.stored,
+            duplicates: a.duplicates,
+            dead_lettered: a.dead_lettered,
+            rejected: a.rejected,
+        });
+        self.out.last_at = now;
+    }
+
+    /// The server closed the connection: the end of the run, or an error saying how far it
+    /// got.
+    fn closed(self) -> io::Result<Acks> {
+        let fin = self.window.final_seq.load(Ordering::Acquire);
+        if self.ack == AckWait::None || self.through >= fin {
+            return Ok(self.out);
+        }
+        let (through, addr) = (self.through, self.addr);
+        let last = self.window.last_seq.load(Ordering::Acquire);
+        let hint = if through == 0 && fin != u64::MAX {
+            // It took every frame and the half close without a word: it does not
+            // acknowledge.
+            "; if it runs with engine.ack = \"none\", use --ack none"
+        } else {
+            ""
+        };
+        Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the server at {addr} closed the connection after acknowledging {through} of the {last} frames sent{}{hint}",
+                first_reject_text(self.out.first_reject)
+            ),
+        ))
+    }
+
+    /// Nothing arrived for a poll interval: an error when the oldest unacknowledged frame
+    /// waited longer than the timeout; `true` when (without acks) the writer finished long
+    /// enough ago to stop waiting for the server to close.
+    fn timed_out(&self, fin: u64) -> io::Result<bool> {
+        let now_ns = self.now_ns();
+        let timeout_ns = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
+        match self.ack {
+            AckWait::Wait => {
+                let last = self.window.last_seq.load(Ordering::Acquire);
+                let seq = self.through + 1;
+                if last > self.through && now_ns.saturating_sub(self.sent_at(seq)) > timeout_ns {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "the server at {} did not acknowledge frame {seq} within {:?} ({} of {last} frames acknowledged); if it runs with engine.ack = \"none\", use --ack none{}",
+                            self.addr,
+                            self.timeout,
+                            self.through,
+                            first_reject_text(self.out.first_reject)
+                        ),
+                    ));
+                }
+                Ok(false)
+            }
+            AckWait::None => {
+                // Done sending and the server has not closed: stop waiting for it.
+                let fin_at = self.window.final_at.load(Ordering::Acquire);
+                Ok(fin != u64::MAX && now_ns.saturating_sub(fin_at) > timeout_ns)
             }
         }
     }
