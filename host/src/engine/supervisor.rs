@@ -30,7 +30,7 @@ use super::storage_loop::{StorageLoop, StorageParts};
 use super::{EngineConfig, EngineStats, Placement};
 use crate::fdlimit::{self, FdBudget, FdLimit};
 use crate::idle::Idler;
-use crate::ingest::{COMPLETIONS, Completion, Ingest, Shared, TcpLimits};
+use crate::ingest::{COMPLETIONS, Completion, Ingest, IngestContext, Shared, TcpLimits};
 use crate::numa;
 use crate::pin::{self, PinPlan};
 use crate::placement::{self, PlacementDecision, PlacementInput};
@@ -525,12 +525,14 @@ fn set_up<'m>(
     );
     dispatcher.set_sheddable(&cfg.sheddable);
     let mut ingest = Ingest::new(
-        LatencyRecorder::new(Arc::clone(&stats.dispatch_latency)),
-        LatencyRecorder::new(Arc::clone(&stats.ack_latency)),
+        IngestContext {
+            shared: &stats.shared,
+            counters: &stats.host,
+            latency: LatencyRecorder::new(Arc::clone(&stats.dispatch_latency)),
+            ack_latency: LatencyRecorder::new(Arc::clone(&stats.ack_latency)),
+        },
         dispatcher,
         done_rx,
-        &stats.shared,
-        &stats.host,
         cfg.ack,
         TcpLimits {
             // What a version-2 HELLO reply announces comes from the engine's own settings.

@@ -280,26 +280,42 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     batch_watermark: u64,
 }
 
+/// What the ingest thread shares with the engine: the flags and counters, and where it
+/// records its latencies.
+pub struct IngestContext<'a> {
+    /// The engine's shared flags and clocks.
+    pub shared: &'a Shared,
+    /// The host counters it moves.
+    pub counters: &'a HostCounters,
+    /// Per frame, the time to dispatch it.
+    pub latency: LatencyRecorder,
+    /// Per TCP frame, the time from its dispatch to its ACK being owed.
+    pub ack_latency: LatencyRecorder,
+}
+
 impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     Ingest<'a, P, POOL, LANE, DL>
 {
-    /// An ingest thread's state: binds nothing itself; give it bound sockets.
+    /// An ingest thread's state: binds nothing itself; give it bound sockets (`udp`: the
+    /// socket, datagrams per `recvmmsg`, the largest datagram).
     ///
     /// # Errors
     /// `epoll_create1` or registering a socket failed, or a limit is out of range.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        latency: LatencyRecorder,
-        ack_latency: LatencyRecorder,
+        context: IngestContext<'a>,
         dispatcher: Dispatcher<'a, P, POOL, LANE, DL>,
         completions: Consumer<'a, Completion, COMPLETIONS>,
-        shared: &'a Shared,
-        counters: &'a HostCounters,
         ack: AckMode,
         limits: TcpLimits,
         listener: Option<TcpListener>,
         udp: Option<(UdpSocket, usize, usize)>,
     ) -> io::Result<Self> {
+        let IngestContext {
+            shared,
+            counters,
+            latency,
+            ack_latency,
+        } = context;
         if limits.max_frame_len < MIN_FRAME_LEN || limits.recv_buffer < limits.max_frame_len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
