@@ -33,7 +33,7 @@ use crate::idle::Idler;
 use crate::ingest::{COMPLETIONS, Completion, Ingest, IngestContext, Shared, TcpLimits};
 use crate::numa;
 use crate::pin::{self, PinPlan};
-use crate::placement::{self, PlacementDecision, PlacementInput};
+use crate::placement::{self, PlacementDecision};
 use crate::stats::LatencyRecorder;
 use crate::storage::layout::LogId;
 use crate::storage::{DataDirLock, Log, RecoveryReport, StorageError};
@@ -57,6 +57,9 @@ pub enum EngineError {
     Thread(String),
     /// The machine's limits are below what the config needs (e.g. file descriptors).
     Limit(String),
+    /// The CPUs asked for cannot be used as the placement decision needs
+    /// ([`placement::resolve`]): the same refusal `pinstream host-check` shows.
+    Placement(Box<placement::Refused>),
     /// The engine stopped cleanly but its books do not balance: some unit that entered is
     /// neither stored, a duplicate, dead-lettered, rejected nor still in flight, or events
     /// were left in flight after the drain. A bug; the message gives every figure.
@@ -117,6 +120,9 @@ impl fmt::Display for EngineError {
             EngineError::Storage(e) => write!(f, "storage: {e}"),
             EngineError::Thread(msg) => write!(f, "engine thread: {msg}"),
             EngineError::Limit(msg) => write!(f, "{msg}"),
+            EngineError::Placement(refused) => {
+                write!(f, "{refused} (or set engine.placement = \"unpinned\")")
+            }
             EngineError::Accounting(books) => books.fmt(f),
         }
     }
@@ -282,19 +288,18 @@ struct Placed {
 fn place(p: &Placement) -> Result<Placed, EngineError> {
     let topology = Topology::live().map_err(|e| EngineError::Config(e.to_string()))?;
     let allowed = pin::current_affinity().ok();
-    let decision = placement::decide(&PlacementInput {
-        mode: p.mode,
-        overprovisioned: p.overprovisioned,
-        cpus: [p.ingest_cpu, p.process_cpu],
-        allowed: allowed.as_deref(),
-        isolated: topology.isolated(),
-    });
-    let plan = pin::plan(
-        &[("ingest", p.ingest_cpu), ("storage", p.process_cpu)],
+    // The one placement decision (`pinstream run` and `host-check` make it the same way).
+    let placement::Resolved { decision, plan, .. } = placement::resolve(
+        &placement::PlacementRequest {
+            mode: p.mode,
+            overprovisioned: p.overprovisioned,
+            cpus: [p.ingest_cpu, p.process_cpu],
+            default_config: false,
+        },
+        allowed.as_deref(),
         &topology,
-        !decision.pinned,
     )
-    .map_err(|e| EngineError::Config(format!("engine.ingest_cpu / engine.process_cpu: {e}")))?;
+    .map_err(|refused| EngineError::Placement(Box::new(refused)))?;
     let mut notes: Vec<String> = plan.warnings().to_vec();
     if p.mlock {
         match numa::lock_all_memory() {
