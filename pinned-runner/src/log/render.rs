@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use pinstream_core::event::{EventHeader, Origin, Priority};
+use pinstream_core::event::{EventHeader, Origin};
 use pinstream_host::storage::StoredRecord;
 use pinstream_host::storage::record::{self, RecordBody, RecordError};
 use serde::Serialize;
@@ -31,16 +31,6 @@ pub(super) fn flush(out: &mut impl Write) -> Result<Out, Failure> {
         Ok(()) => Ok(Out::Go),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Out::Closed),
         Err(e) => Err(Failure::runtime(format!("cannot write to stdout: {e}"))),
-    }
-}
-
-fn priority_name(p: Priority) -> &'static str {
-    match p {
-        Priority::Critical => "critical",
-        Priority::High => "high",
-        Priority::Medium => "medium",
-        Priority::Low => "low",
-        Priority::Batch => "batch",
     }
 }
 
@@ -118,7 +108,7 @@ fn text_record(
                  timestamp={} value={} payload={}B {}",
                 h.id,
                 h.topic,
-                priority_name(h.priority),
+                h.priority.name(),
                 e.lane.name(),
                 e.origin.source,
                 e.origin.seq,
@@ -141,7 +131,7 @@ fn text_record(
             d.reason.code(),
             d.header.id,
             d.header.topic,
-            priority_name(d.header.priority),
+            d.header.priority.name(),
             d.origin.source,
             d.origin.seq,
             producer_text(&d.origin),
@@ -188,7 +178,7 @@ impl HeaderJson {
         Self {
             id: h.id,
             topic: h.topic,
-            priority: priority_name(h.priority),
+            priority: h.priority.name(),
             timestamp: h.timestamp,
             value: h.value(),
         }

@@ -7,9 +7,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-use pinstream_client::{Producer, ProducerOptions, Totals};
+use pinstream_client::{Producer, ProducerOptions, Totals, reason_text};
 use pinstream_core::event::EventHeader;
-use pinstream_core::reason::Reason;
 use pinstream_core::wire::{BATCH_PREFIX_LEN, EVENT_RECORD_LEN, HEADER_LEN, TRAILER_LEN};
 use pinstream_host::storage::record::{self, RecordBody};
 use pinstream_host::storage::{LogReader, StorageError};
@@ -126,14 +125,6 @@ impl Sender {
              engine.ack = \"none\"? raise --ack-timeout if it is only slow",
             self.addr, self.events_sent, t.stored, t.duplicates, t.dead_lettered, t.rejected
         ))
-    }
-}
-
-fn reason_text(code: u16) -> String {
-    match Reason::from_code(code) {
-        Some(r) => format!("{} ({code})", r.name()),
-        None if code < 32 => format!("unknown rejection ({code})"),
-        None => format!("unknown dead-letter reason ({code})"),
     }
 }
 
