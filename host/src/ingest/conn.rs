@@ -437,6 +437,14 @@ impl Conn {
             }
             let t = *front;
             self.tracks.pop_front();
+            // Resolved once, whole: every event (or the one unit) of the frame has exactly
+            // one outcome when its track leaves the window.
+            debug_assert_eq!(
+                t.stored + t.batch_events + t.dead + t.rejected + t.duplicates,
+                t.events,
+                "frame {} resolved with outcomes that do not add up to its events",
+                t.seq
+            );
             if t.tick != 0 {
                 latency.record(now.saturating_sub(t.tick));
             }

@@ -360,6 +360,8 @@ impl Log {
         }
         let position = self.active.written + self.buf.len() as u64;
         let offset = self.next_offset;
+        // Offsets only grow: nothing at or above this one was written or synced yet.
+        debug_assert!(offset >= self.written_offset && offset >= self.synced_offset);
         let start = self.buf.len();
         // Within capacity (checked above; `validate` makes one record fit): no allocation.
         self.buf.resize(start + total, 0);
