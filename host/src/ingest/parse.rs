@@ -190,12 +190,15 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 return false;
             }
             Ok(frame)
-                if frame.kind() == FrameKind::Hello
-                    && (conn.hello_seen || conn.last_seq.is_some() || !conn.tracks.is_empty()) =>
+                if (frame.kind() == FrameKind::Hello
+                    && (conn.hello_seen || conn.last_seq.is_some() || !conn.tracks.is_empty()))
+                    || matches!(frame.kind(), FrameKind::Ack | FrameKind::Reject) =>
             {
                 // One HELLO per connection, before any data frame (the connection speaks
                 // version 1 once data came first): a later one is one rejected unit and
-                // changes nothing.
+                // changes nothing. A server's frame (ACK, REJECT) sent to the server is one
+                // too. Either seq is read from a valid frame but belongs to no data frame:
+                // the watermark stays.
                 self.dispatcher.reject_unit(Reason::UnexpectedKind);
                 settle(conn, ack, Track::unverified());
                 reject(
@@ -226,17 +229,6 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                     conn,
                     ack,
                     Track::duplicate(frame.seq(), frame.event_count()),
-                );
-            }
-            Ok(frame) if matches!(frame.kind(), FrameKind::Ack | FrameKind::Reject) => {
-                // A server's frame sent to the server: one unit rejected. Its seq is read
-                // from a valid frame but belongs to no data frame: the watermark stays.
-                self.dispatcher.reject_unit(Reason::UnexpectedKind);
-                settle(conn, ack, Track::unverified());
-                reject(
-                    conn,
-                    counters,
-                    &Reject::frame(frame.seq(), Reason::UnexpectedKind),
                 );
             }
             Ok(frame) if conn.last_seq.is_some_and(|last| frame.seq() <= last) => {
