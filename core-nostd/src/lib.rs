@@ -74,6 +74,7 @@ pub mod metrics;
 #[cfg(pinstream_cas)]
 pub mod process;
 pub mod reason;
+pub mod record;
 pub mod topic;
 pub mod wire;
 

@@ -52,6 +52,20 @@ pub enum Reason {
     /// A version-2 HELLO for a new producer when every producer session the server keeps is
     /// held by a connection; the connection is closed.
     TooManyProducers = 22,
+    // ---- rejected: consumer requests (protocol version 3; the connection is closed) ----
+    /// A SUBSCRIBE names a log the engine does not have.
+    UnknownLog = 23,
+    /// A consumer name with bytes outside `[A-Za-z0-9._-]`.
+    BadConsumerName = 24,
+    /// A start offset or a commit above the log's high watermark, or an unknown start mode.
+    OffsetOutOfRange = 25,
+    /// CREDIT or COMMIT before SUBSCRIBE, COMMIT on an anonymous subscription, or a second
+    /// SUBSCRIBE.
+    NotSubscribed = 26,
+    /// The engine serves as many consumers, or keeps as many consumer names, as configured.
+    TooManyConsumers = 27,
+    /// Another connection is subscribed under the same name to the same log.
+    ConsumerBusy = 28,
 
     // ---- dead-lettered (one event, one unit) ----
     /// The event's lane was full.
@@ -78,7 +92,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 30] = [
         Reason::TooShort,
         Reason::TooLong,
         Reason::BadLength,
@@ -95,6 +109,12 @@ impl Reason {
         Reason::PayloadTooLarge,
         Reason::SeqNotIncreasing,
         Reason::TooManyProducers,
+        Reason::UnknownLog,
+        Reason::BadConsumerName,
+        Reason::OffsetOutOfRange,
+        Reason::NotSubscribed,
+        Reason::TooManyConsumers,
+        Reason::ConsumerBusy,
         Reason::LaneFull,
         Reason::RateLimited,
         Reason::Shed,
@@ -131,8 +151,8 @@ impl Reason {
     pub const fn index(self) -> usize {
         match self as u16 {
             c @ 1..=13 => c as usize - 1,
-            c @ 20..=22 => c as usize - 20 + 13,
-            c => c as usize - 32 + 16,
+            c @ 20..=28 => c as usize - 20 + 13,
+            c => c as usize - 32 + 22,
         }
     }
 
@@ -167,6 +187,12 @@ impl Reason {
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::SeqNotIncreasing => "seq_not_increasing",
             Reason::TooManyProducers => "too_many_producers",
+            Reason::UnknownLog => "unknown_log",
+            Reason::BadConsumerName => "bad_consumer_name",
+            Reason::OffsetOutOfRange => "offset_out_of_range",
+            Reason::NotSubscribed => "not_subscribed",
+            Reason::TooManyConsumers => "too_many_consumers",
+            Reason::ConsumerBusy => "consumer_busy",
             Reason::LaneFull => "lane_full",
             Reason::RateLimited => "rate_limited",
             Reason::Shed => "shed",
@@ -199,7 +225,7 @@ mod tests {
             assert_eq!(r.is_rejection(), r.code() < 32);
         }
         assert!(seen.iter().all(|&s| s));
-        for code in [0, 14, 19, 23, 31, 40, 63, u16::MAX] {
+        for code in [0, 14, 19, 29, 31, 40, 63, u16::MAX] {
             assert_eq!(Reason::from_code(code), None, "code {code}");
         }
     }

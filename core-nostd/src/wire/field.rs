@@ -231,3 +231,104 @@ const _: () = {
         HELLO_BODY_LEN_V2
     ));
 };
+
+/// A SUBSCRIBE body (version 3), from the start of the body; the name follows at
+/// [`NAME`](subscribe::NAME).
+pub mod subscribe {
+    use super::Field;
+
+    /// `log` (u8): which log, [`StreamLog`](crate::wire::StreamLog) code.
+    pub const LOG: usize = 0;
+    /// `start` (u8): where to start, [`Start`](crate::wire::Start) code.
+    pub const START: usize = 1;
+    /// `name_len` (u8): bytes of the consumer's name.
+    pub const NAME_LEN: usize = 2;
+    /// Reserved, 0.
+    pub const RESERVED_0: Field = 3..8;
+    /// `start_value` (u64): the start offset or time.
+    pub const START_VALUE: Field = 8..16;
+    /// `credit` (u64): the initial credit in bytes of records.
+    pub const CREDIT: Field = 16..24;
+    /// Reserved, 0.
+    pub const RESERVED_1: Field = 24..32;
+    /// Where the name starts.
+    pub const NAME: usize = 32;
+}
+
+/// A SUBSCRIBED body (version 3).
+pub mod subscribed {
+    use super::Field;
+
+    /// `start_offset` (u64).
+    pub const START_OFFSET: Field = 0..8;
+    /// `first_offset` (u64).
+    pub const FIRST_OFFSET: Field = 8..16;
+    /// `high_watermark` (u64).
+    pub const HIGH_WATERMARK: Field = 16..24;
+    /// `committed` (u64).
+    pub const COMMITTED: Field = 24..32;
+}
+
+/// The prefix of a DATA body (version 3); the records follow at
+/// [`DATA_PREFIX_LEN`](crate::wire::DATA_PREFIX_LEN).
+pub mod data {
+    use super::Field;
+
+    /// `first_offset` (u64).
+    pub const FIRST_OFFSET: Field = 0..8;
+    /// `end_offset` (u64).
+    pub const END_OFFSET: Field = 8..16;
+    /// `high_watermark` (u64).
+    pub const HIGH_WATERMARK: Field = 16..24;
+    /// `records_len` (u32).
+    pub const RECORDS_LEN: Field = 24..28;
+    /// `log` (u8).
+    pub const LOG: usize = 28;
+    /// Reserved, 0.
+    pub const RESERVED: Field = 29..32;
+}
+
+/// The 8-byte body of CREDIT (`bytes`), COMMIT and COMMITTED (`offset`) (version 3).
+pub mod position {
+    use super::Field;
+
+    /// The one u64 of the body.
+    pub const VALUE: Field = 0..8;
+}
+
+const _: () = {
+    use super::{DATA_PREFIX_LEN, SUBSCRIBE_PREFIX_LEN, SUBSCRIBED_BODY_LEN};
+    assert!(tiles(
+        &[
+            byte(subscribe::LOG),
+            byte(subscribe::START),
+            byte(subscribe::NAME_LEN),
+            span(subscribe::RESERVED_0),
+            span(subscribe::START_VALUE),
+            span(subscribe::CREDIT),
+            span(subscribe::RESERVED_1),
+        ],
+        SUBSCRIBE_PREFIX_LEN
+    ));
+    assert!(subscribe::NAME == SUBSCRIBE_PREFIX_LEN);
+    assert!(tiles(
+        &[
+            span(subscribed::START_OFFSET),
+            span(subscribed::FIRST_OFFSET),
+            span(subscribed::HIGH_WATERMARK),
+            span(subscribed::COMMITTED),
+        ],
+        SUBSCRIBED_BODY_LEN
+    ));
+    assert!(tiles(
+        &[
+            span(data::FIRST_OFFSET),
+            span(data::END_OFFSET),
+            span(data::HIGH_WATERMARK),
+            span(data::RECORDS_LEN),
+            byte(data::LOG),
+            span(data::RESERVED),
+        ],
+        DATA_PREFIX_LEN
+    ));
+};

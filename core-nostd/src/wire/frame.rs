@@ -4,6 +4,7 @@
 use core::fmt;
 use core::iter::FusedIterator;
 
+use super::consumer::{self, CONSUMER_VERSION};
 use super::field::{self, ack, batch, event, hello, reject};
 use super::{
     ACK_BODY_LEN, ACK_BODY_LEN_V2, BATCH_PREFIX_LEN, DecodeError, EVENT_RECORD_LEN, FrameKind,
@@ -64,23 +65,36 @@ impl<'a> Frame<'a> {
             return Err(DecodeError::BadLength);
         }
         // `len >= MIN_FRAME_LEN > TRAILER_LEN`, and `buf.len() == len`.
-        let (covered, trailer) = buf
+        let (before, trailer) = buf
             .split_at_checked(len - TRAILER_LEN)
+            .ok_or(DecodeError::TooShort)?;
+        // A DATA frame's trailer covers its header and prefix only (its records carry their
+        // own CRCs); every other frame's covers all that precedes it.
+        let covered = before
+            .get(..consumer::crc_covered_len(buf, len))
             .ok_or(DecodeError::TooShort)?;
         if crc32c(covered) != get_u32(trailer, 0..TRAILER_LEN) {
             return Err(DecodeError::BadCrc);
         }
-        let (header, body) = covered
+        let (header, body) = before
             .split_first_chunk::<HEADER_LEN>()
             .ok_or(DecodeError::TooShort)?;
         let version = header[field::header::VERSION];
-        if version == 0 || version > MAX_VERSION {
+        if version == 0 || version > CONSUMER_VERSION {
             return Err(DecodeError::UnsupportedVersion);
         }
         let kind =
             FrameKind::from_u8(header[field::header::KIND]).ok_or(DecodeError::UnknownKind)?;
         if get_u16(header, field::header::FLAGS) != 0 {
             return Err(DecodeError::ReservedNonZero);
+        }
+        if kind.is_consumer() {
+            consumer::check_body(kind, version, body)?;
+            return Ok(Self { bytes: buf, kind });
+        }
+        // The producer kinds keep versions 1 and 2.
+        if version > MAX_VERSION {
+            return Err(DecodeError::UnsupportedVersion);
         }
         match kind {
             FrameKind::Event => check_event_body(body)?,
@@ -109,6 +123,8 @@ impl<'a> Frame<'a> {
                 return Err(DecodeError::UnsupportedVersion);
             }
             FrameKind::Hello => check_hello_body(body)?,
+            // Handled above.
+            _ => return Err(DecodeError::UnexpectedKind),
         }
         Ok(Self { bytes: buf, kind })
     }
@@ -616,6 +632,12 @@ impl Hello {
             producer_id,
             ..Self::client(1, 2, max_frame_len)
         }
+    }
+
+    /// A consumer's HELLO (version 3, `docs/PROTOCOL.md` §12): `max_frame_len` is the
+    /// largest frame it receives (at least [`MIN_CONSUMER_FRAME_LEN`](super::MIN_CONSUMER_FRAME_LEN)).
+    pub const fn consumer(max_frame_len: u32) -> Self {
+        Self::client(CONSUMER_VERSION, CONSUMER_VERSION, max_frame_len)
     }
 
     /// A server's reply: the chosen version, its own maximum frame length, the source id.

@@ -72,6 +72,7 @@
 //!
 //! About half of each is the CRC ([`crc32c`]: 16–20 GB/s on 6 KiB with SSE4.2).
 
+mod consumer;
 mod crc;
 mod decoder;
 mod encode;
@@ -85,6 +86,13 @@ mod tests;
 
 use core::fmt;
 
+pub use self::consumer::{
+    CONSUMER_VERSION, DATA_HEAD_LEN, DATA_OVERHEAD, DATA_PREFIX_LEN, DataPrefix, MAX_CONSUMER_NAME,
+    MAX_STORED_RECORD, MIN_CONSUMER_FRAME_LEN, NO_COMMIT, POSITION_BODY_LEN, Records,
+    SUBSCRIBE_PREFIX_LEN, SUBSCRIBED_BODY_LEN, Start, StreamLog, Subscribe, Subscribed,
+    encode_commit, encode_committed, encode_credit, encode_data, encode_data_head,
+    encode_subscribe, encode_subscribed, valid_consumer_name,
+};
 pub use self::crc::{Crc32c, crc32c, crc32c_update};
 pub use self::decoder::StreamDecoder;
 pub use self::encode::{
@@ -96,9 +104,10 @@ use crate::reason::Reason;
 
 /// The protocol version encoders write by default (version 1: what every peer reads).
 pub const VERSION: u8 = 1;
-/// The highest protocol version this module speaks. Version 2 adds producer sessions to the
-/// HELLO ([`Hello::producer_id`]) and a `duplicates` count to the ACK; every other frame's
-/// layout is the same in both versions.
+/// The highest protocol version of producer connections. Version 2 adds producer sessions to
+/// the HELLO ([`Hello::producer_id`]) and a `duplicates` count to the ACK; every other frame's
+/// layout is the same in both versions. Version 3 ([`CONSUMER_VERSION`]) is the consumers'
+/// (kinds 6–11), spoken on the engine's consumer listener.
 pub const MAX_VERSION: u8 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 16;
@@ -176,7 +185,7 @@ pub fn frame_seq(prefix: &[u8]) -> Option<u64> {
 /// use pinstream_core::wire::{FrameKind, frame_kind};
 ///
 /// assert_eq!(frame_kind(&[36, 0, 0, 0, 1, 1]), Some(FrameKind::Hello));
-/// assert_eq!(frame_kind(&[36, 0, 0, 0, 1, 9]), None); // not a kind
+/// assert_eq!(frame_kind(&[36, 0, 0, 0, 1, 12]), None); // not a kind
 /// assert_eq!(frame_kind(&[36, 0, 0, 0, 1]), None); // not there yet
 /// ```
 #[inline]
@@ -212,7 +221,7 @@ pub fn frame_event_count(prefix: &[u8]) -> Option<u32> {
             let body = prefix.get(HEADER_LEN..)?;
             Some(u32::from_le_bytes(read(body, field::batch::COUNT)?))
         }
-        FrameKind::Hello | FrameKind::Ack | FrameKind::Reject => Some(0),
+        _ => Some(0),
     }
 }
 
@@ -231,16 +240,34 @@ pub enum FrameKind {
     Ack = 4,
     /// A frame or an event was refused, with a reason.
     Reject = 5,
+    /// Version 3, consumer → server: read a log.
+    Subscribe = 6,
+    /// Version 3, server → consumer: the subscription's start.
+    Subscribed = 7,
+    /// Version 3, server → consumer: stored records.
+    Data = 8,
+    /// Version 3, consumer → server: more credit, in bytes.
+    Credit = 9,
+    /// Version 3, consumer → server: a named consumer's position.
+    Commit = 10,
+    /// Version 3, server → consumer: the position is stored durably.
+    Committed = 11,
 }
 
 impl FrameKind {
     /// Every kind, in code order.
-    pub const ALL: [FrameKind; 5] = [
+    pub const ALL: [FrameKind; 11] = [
         FrameKind::Hello,
         FrameKind::Event,
         FrameKind::Batch,
         FrameKind::Ack,
         FrameKind::Reject,
+        FrameKind::Subscribe,
+        FrameKind::Subscribed,
+        FrameKind::Data,
+        FrameKind::Credit,
+        FrameKind::Commit,
+        FrameKind::Committed,
     ];
 
     /// The kind with wire code `code`, if defined.
@@ -252,6 +279,12 @@ impl FrameKind {
             3 => Some(FrameKind::Batch),
             4 => Some(FrameKind::Ack),
             5 => Some(FrameKind::Reject),
+            6 => Some(FrameKind::Subscribe),
+            7 => Some(FrameKind::Subscribed),
+            8 => Some(FrameKind::Data),
+            9 => Some(FrameKind::Credit),
+            10 => Some(FrameKind::Commit),
+            11 => Some(FrameKind::Committed),
             _ => None,
         }
     }
@@ -270,7 +303,20 @@ impl FrameKind {
             FrameKind::Batch => "BATCH",
             FrameKind::Ack => "ACK",
             FrameKind::Reject => "REJECT",
+            FrameKind::Subscribe => "SUBSCRIBE",
+            FrameKind::Subscribed => "SUBSCRIBED",
+            FrameKind::Data => "DATA",
+            FrameKind::Credit => "CREDIT",
+            FrameKind::Commit => "COMMIT",
+            FrameKind::Committed => "COMMITTED",
         }
+    }
+
+    /// Whether this is a consumer kind of version 3 (SUBSCRIBE to COMMITTED), whose frames
+    /// carry header version 3.
+    #[inline]
+    pub const fn is_consumer(self) -> bool {
+        self as u8 >= FrameKind::Subscribe as u8
     }
 }
 
@@ -428,6 +474,11 @@ pub enum EncodeError {
     BadVersionRange,
     /// A HELLO whose `max_frame_len` is below [`MIN_FRAME_LEN`].
     BadHelloFrameLen,
+    /// A consumer name longer than [`MAX_CONSUMER_NAME`] bytes.
+    NameTooLong {
+        /// The name's length.
+        len: usize,
+    },
 }
 
 impl fmt::Display for EncodeError {
@@ -448,6 +499,12 @@ impl fmt::Display for EncodeError {
             }
             EncodeError::BadVersionRange => f.write_str("empty HELLO version range"),
             EncodeError::BadHelloFrameLen => f.write_str("HELLO max_frame_len below 20"),
+            EncodeError::NameTooLong { len } => {
+                write!(
+                    f,
+                    "consumer name of {len} bytes exceeds {MAX_CONSUMER_NAME}"
+                )
+            }
         }
     }
 }

@@ -18,6 +18,26 @@ enum Msg {
     Ack(Ack),
     Reject(Reject),
     Hello(Hello),
+    /// log, start code, start value, credit, name.
+    Subscribe(u8, u8, u64, u64, Vec<u8>),
+    Subscribed(Subscribed),
+    /// first offset, high watermark, the records' bodies (kind 1, consecutive offsets).
+    Data(u64, u64, Vec<Vec<u8>>),
+    Credit(u64),
+    Commit(u64),
+    Committed(u64),
+}
+
+/// Stored records with consecutive offsets from `first`, back to back.
+fn stored_records(first: u64, bodies: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, b) in bodies.iter().enumerate() {
+        let at = out.len();
+        out.resize(at + crate::record::RECORD_HEADER_LEN, 0);
+        out.extend_from_slice(b);
+        crate::record::seal(&mut out[at..], first + i as u64, crate::record::KIND_EVENT);
+    }
+    out
 }
 
 fn arb_header() -> impl Strategy<Value = EventHeader> {
@@ -86,6 +106,30 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
                     dedup_window_ms: if long { window } else { 0 },
                 })
             }),
+        (
+            any::<u8>(),
+            any::<u8>(),
+            any::<[u64; 2]>(),
+            proptest::collection::vec(any::<u8>(), 0..=64)
+        )
+            .prop_map(|(log, start, [value, credit], name)| Msg::Subscribe(
+                log, start, value, credit, name
+            )),
+        any::<[u64; 4]>().prop_map(|[a, b, c, d]| Msg::Subscribed(Subscribed {
+            start_offset: a,
+            first_offset: b,
+            high_watermark: c,
+            committed: d,
+        })),
+        (
+            0u64..u64::MAX / 2,
+            any::<u64>(),
+            proptest::collection::vec(arb_payload(), 1..8)
+        )
+            .prop_map(|(first, hw, bodies)| Msg::Data(first, hw, bodies)),
+        any::<u64>().prop_map(Msg::Credit),
+        any::<u64>().prop_map(Msg::Commit),
+        any::<u64>().prop_map(Msg::Committed),
     ]
 }
 
@@ -103,6 +147,26 @@ fn encode(seq: u64, msg: &Msg) -> Vec<u8> {
         Msg::Ack(a) => encode_ack(&mut buf, seq, a).unwrap(),
         Msg::Reject(r) => encode_reject(&mut buf, seq, r).unwrap(),
         Msg::Hello(h) => encode_hello(&mut buf, seq, h).unwrap(),
+        Msg::Subscribe(log, start, start_value, credit, name) => {
+            let sub = Subscribe {
+                log: *log,
+                start: *start,
+                start_value: *start_value,
+                credit: *credit,
+                name,
+            };
+            encode_subscribe(&mut buf, seq, &sub).unwrap()
+        }
+        Msg::Subscribed(x) => encode_subscribed(&mut buf, seq, x).unwrap(),
+        Msg::Data(first, hw, bodies) => {
+            let records = stored_records(*first, bodies);
+            let end = first + bodies.len() as u64;
+            let prefix = DataPrefix::new(StreamLog::Batch, *first, end, *hw, records.len());
+            encode_data(&mut buf, seq, &prefix, &records).unwrap()
+        }
+        Msg::Credit(x) => encode_credit(&mut buf, seq, *x).unwrap(),
+        Msg::Commit(x) => encode_commit(&mut buf, seq, *x).unwrap(),
+        Msg::Committed(x) => encode_committed(&mut buf, seq, *x).unwrap(),
     };
     buf.truncate(n);
     buf
@@ -131,6 +195,21 @@ fn decode(frame: &Frame<'_>) -> Msg {
         FrameKind::Ack => Msg::Ack(frame.ack().unwrap()),
         FrameKind::Reject => Msg::Reject(frame.reject().unwrap()),
         FrameKind::Hello => Msg::Hello(frame.hello().unwrap()),
+        FrameKind::Subscribe => {
+            let s = frame.subscribe().unwrap();
+            Msg::Subscribe(s.log, s.start, s.start_value, s.credit, s.name.to_vec())
+        }
+        FrameKind::Subscribed => Msg::Subscribed(frame.subscribed().unwrap()),
+        FrameKind::Data => {
+            let p = frame.data().unwrap();
+            assert_eq!(p.log, StreamLog::Batch.as_u8());
+            let bodies: Vec<Vec<u8>> = frame.records().map(|r| r.body().to_vec()).collect();
+            assert_eq!(bodies.len() as u64, p.count());
+            Msg::Data(p.first_offset, p.high_watermark, bodies)
+        }
+        FrameKind::Credit => Msg::Credit(frame.credit().unwrap()),
+        FrameKind::Commit => Msg::Commit(frame.commit().unwrap()),
+        FrameKind::Committed => Msg::Committed(frame.committed().unwrap()),
     }
 }
 

@@ -438,7 +438,7 @@ fn bad_version_range() {
 
 #[test]
 fn unknown_kind() {
-    for k in [0u8, 6, 255] {
+    for k in [0u8, 12, 255] {
         assert_eq!(
             check(&raw_frame(1, k, 0, &[])),
             Err(DecodeError::UnknownKind),

@@ -6,6 +6,7 @@
 use std::fs::{self, File};
 use std::path::Path;
 
+use pinstream_core::record::{self, record_crc};
 use pinstream_core::wire::{crc32c, crc32c_update};
 
 use super::StorageError;
@@ -13,12 +14,10 @@ use super::layout::parse_segment_name;
 // Re-exported for the log writer, which takes its file names from here.
 pub(crate) use super::layout::{CHECKPOINT_FILE, index_path, segment_path};
 
-/// Bytes of framing before each record body.
-pub const RECORD_HEADER_LEN: usize = 20;
+pub use pinstream_core::record::RECORD_HEADER_LEN;
 /// The largest `max_record_bytes` a log accepts (1 GiB); readers use it as their bound.
 pub const MAX_RECORD_LIMIT: u32 = 1 << 30;
-/// The framing version in byte 17 of each record.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) use pinstream_core::record::FORMAT_VERSION;
 /// Bytes per sparse index entry: `offset u64 | position u64`.
 pub(crate) const INDEX_ENTRY_LEN: usize = 16;
 /// The checkpoint's length on disk.
@@ -37,23 +36,11 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn record_crc(record: &[u8]) -> u32 {
-    crc32c_update(crc32c(&record[0..4]), &record[8..])
-}
-
 /// Fills in the header of `record` (header + body, body already in place) for `offset` and
-/// `kind`, CRC last.
+/// `kind`, CRC last: the framing of [`pinstream_core::record`], defined there once.
 pub(crate) fn seal(record: &mut [u8], offset: u64, kind: u8) {
     debug_assert!(record.len() >= RECORD_HEADER_LEN);
-    let body_len = (record.len() - RECORD_HEADER_LEN) as u32;
-    record[0..4].copy_from_slice(&body_len.to_le_bytes());
-    record[8..16].copy_from_slice(&offset.to_le_bytes());
-    record[16] = kind;
-    record[17] = FORMAT_VERSION;
-    record[18] = 0;
-    record[19] = 0;
-    let crc = record_crc(record);
-    record[4..8].copy_from_slice(&crc.to_le_bytes());
+    record::seal(record, offset, kind);
 }
 
 /// What the bytes at a position hold.

@@ -84,7 +84,7 @@ pub mod layout;
 mod lock;
 mod log;
 mod reader;
-pub mod record;
+pub use pinstream_core::record;
 mod recovery;
 mod repair;
 mod scan;

@@ -33,7 +33,7 @@
 //! ```
 //! use pinstream_core::event::{EventHeader, Lane, Origin, Priority};
 //! use pinstream_core::process::StoredEvent;
-//! use pinstream_host::storage::record::{self, RecordBody};
+//! use pinstream_core::record::{self, RecordBody};
 //!
 //! let header = EventHeader::new(7, 2, Priority::High, 100).with_value(-3);
 //! let ev = StoredEvent { lane: Lane::Realtime, header: &header, origin: Origin::new(1, 9),
@@ -48,12 +48,12 @@
 //! }
 //! ```
 
-use std::fmt;
+use core::fmt;
 
-use pinstream_core::event::{EventHeader, KNOWN_FLAGS, Lane, Origin, Priority};
-use pinstream_core::lanes::DeadLetter;
-use pinstream_core::process::{Aggregate, StoredEvent};
-use pinstream_core::reason::Reason;
+use crate::event::{EventHeader, KNOWN_FLAGS, Lane, Origin, Priority};
+use crate::lanes::DeadLetter;
+use crate::process::{Aggregate, StoredEvent};
+use crate::reason::Reason;
 
 /// Kind of a stored event.
 pub const KIND_EVENT: u8 = 1;
@@ -164,7 +164,7 @@ impl fmt::Display for RecordError {
     }
 }
 
-impl std::error::Error for RecordError {}
+impl core::error::Error for RecordError {}
 
 /// A decoded event body; the payload borrows the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
