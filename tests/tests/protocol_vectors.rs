@@ -8,8 +8,10 @@ use std::path::Path;
 
 use pinstream_core::event::{EventHeader, Priority};
 use pinstream_core::reason::Reason;
+use pinstream_core::record::{self, RECORD_HEADER_LEN};
 use pinstream_core::wire::{
-    self, Ack, BatchEncoder, DEFAULT_MAX_FRAME_LEN, Frame, FrameKind, Hello, Reject, StreamDecoder,
+    self, Ack, BatchEncoder, DEFAULT_MAX_FRAME_LEN, DataPrefix, Frame, FrameKind, Hello, Reject,
+    StreamDecoder, Subscribe, Subscribed,
 };
 
 /// One ```` ```vector ```` block.
@@ -27,6 +29,15 @@ struct Vector {
     ack_v2: bool,
     reject: Option<Reject>,
     hello: Option<Hello>,
+    /// log, start, start_value, credit, name.
+    subscribe: Option<(u8, u8, u64, u64, Vec<u8>)>,
+    subscribed: Option<Subscribed>,
+    data: Option<DataPrefix>,
+    /// The stored records of a DATA frame: offset, kind, body.
+    records: Vec<(u64, u8, Vec<u8>)>,
+    credit: Option<u64>,
+    commit: Option<u64>,
+    committed: Option<u64>,
     bytes: Vec<u8>,
 }
 
@@ -171,6 +182,49 @@ fn parse_vectors(page: &str) -> Vec<Vector> {
                             dedup_window_ms: opt_num(&f, "dedup_window_ms"),
                         });
                     }
+                    "subscribe" => {
+                        let f = fields(value);
+                        let name = match f.iter().find(|(k, _)| *k == "name") {
+                            Some((_, "-")) | None => Vec::new(),
+                            Some((_, n)) => n.as_bytes().to_vec(),
+                        };
+                        v.subscribe = Some((
+                            num(&f, "log"),
+                            num(&f, "start"),
+                            num(&f, "start_value"),
+                            num(&f, "credit"),
+                            name,
+                        ));
+                    }
+                    "subscribed" => {
+                        let f = fields(value);
+                        v.subscribed = Some(Subscribed {
+                            start_offset: num(&f, "start_offset"),
+                            first_offset: num(&f, "first_offset"),
+                            high_watermark: num(&f, "high_watermark"),
+                            committed: num(&f, "committed"),
+                        });
+                    }
+                    "data" => {
+                        let f = fields(value);
+                        v.data = Some(DataPrefix {
+                            first_offset: num(&f, "first_offset"),
+                            end_offset: num(&f, "end_offset"),
+                            high_watermark: num(&f, "high_watermark"),
+                            // Filled in from the records once they are all read.
+                            records_len: 0,
+                            log: num(&f, "log"),
+                        });
+                    }
+                    "record" => {
+                        let f = fields(value);
+                        let body = f.iter().find(|(k, _)| *k == "body").expect("body").1;
+                        v.records
+                            .push((num(&f, "offset"), num(&f, "kind"), unhex(body)));
+                    }
+                    "credit" => v.credit = Some(value.parse().unwrap()),
+                    "commit" => v.commit = Some(value.parse().unwrap()),
+                    "committed" => v.committed = Some(value.parse().unwrap()),
                     "hex" => v.bytes.extend(unhex(value)),
                     other => panic!("unknown key {other:?} in vector {:?}", v.name),
                 }
@@ -178,6 +232,28 @@ fn parse_vectors(page: &str) -> Vec<Vector> {
         }
     }
     assert!(current.is_none(), "unterminated vector block");
+    for v in &mut out {
+        let len: usize = v
+            .records
+            .iter()
+            .map(|r| RECORD_HEADER_LEN + r.2.len())
+            .sum();
+        if let Some(d) = &mut v.data {
+            d.records_len = u32::try_from(len).unwrap();
+        }
+    }
+    out
+}
+
+/// The stored records of a vector, sealed, back to back.
+fn stored_records(v: &Vector) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (offset, kind, body) in &v.records {
+        let at = out.len();
+        out.resize(at + RECORD_HEADER_LEN, 0);
+        out.extend_from_slice(body);
+        record::seal(&mut out[at..], *offset, *kind);
+    }
     out
 }
 
@@ -202,6 +278,22 @@ fn encode(v: &Vector) -> Vec<u8> {
         "ACK" => wire::encode_ack(&mut buf, seq, &v.ack.unwrap()).unwrap(),
         "REJECT" => wire::encode_reject(&mut buf, seq, &v.reject.unwrap()).unwrap(),
         "HELLO" => wire::encode_hello(&mut buf, seq, &v.hello.unwrap()).unwrap(),
+        "SUBSCRIBE" => {
+            let (log, start, start_value, credit, name) = v.subscribe.clone().unwrap();
+            let sub = Subscribe {
+                log,
+                start,
+                start_value,
+                credit,
+                name: &name,
+            };
+            wire::encode_subscribe(&mut buf, seq, &sub).unwrap()
+        }
+        "SUBSCRIBED" => wire::encode_subscribed(&mut buf, seq, &v.subscribed.unwrap()).unwrap(),
+        "DATA" => wire::encode_data(&mut buf, seq, &v.data.unwrap(), &stored_records(v)).unwrap(),
+        "CREDIT" => wire::encode_credit(&mut buf, seq, v.credit.unwrap()).unwrap(),
+        "COMMIT" => wire::encode_commit(&mut buf, seq, v.commit.unwrap()).unwrap(),
+        "COMMITTED" => wire::encode_committed(&mut buf, seq, v.committed.unwrap()).unwrap(),
         k => panic!("unknown kind {k}"),
     };
     buf.truncate(n);
@@ -222,6 +314,20 @@ fn check_valid(v: &Vector) {
     assert_eq!(frame.ack(), v.ack, "{}", v.name);
     assert_eq!(frame.reject(), v.reject, "{}", v.name);
     assert_eq!(frame.hello(), v.hello, "{}", v.name);
+    let sub = frame
+        .subscribe()
+        .map(|s| (s.log, s.start, s.start_value, s.credit, s.name.to_vec()));
+    assert_eq!(sub, v.subscribe, "{}", v.name);
+    assert_eq!(frame.subscribed(), v.subscribed, "{}", v.name);
+    assert_eq!(frame.data(), v.data, "{}", v.name);
+    let records: Vec<_> = frame
+        .records()
+        .map(|r| (r.offset(), r.kind(), r.body().to_vec()))
+        .collect();
+    assert_eq!(records, v.records, "{}", v.name);
+    assert_eq!(frame.credit(), v.credit, "{}", v.name);
+    assert_eq!(frame.commit(), v.commit, "{}", v.name);
+    assert_eq!(frame.committed(), v.committed, "{}", v.name);
     assert_eq!(encode(v), v.bytes, "{}: re-encoding differs", v.name);
 
     // The same through the datagram iterator and a stream fed byte by byte.

@@ -80,6 +80,8 @@ pub mod field;
 mod frame;
 
 #[cfg(all(test, not(loom)))]
+mod consumer_tests;
+#[cfg(all(test, not(loom)))]
 mod proptests;
 #[cfg(all(test, not(loom)))]
 mod tests;
