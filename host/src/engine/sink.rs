@@ -1,6 +1,6 @@
 //! The engine's sink ([`StoreSink`]): appends the processors' records to the lane logs, the
-//! dead-letter log and the aggregates log, starts and ends group commits ([`GroupSync`] runs their
-//! fdatasyncs), collects the completions a commit publishes to the ingest thread, and
+//! dead-letter log and the aggregates log, starts and ends group commits ([`GroupSync`] runs
+//! their fdatasyncs), collects the completions a commit publishes to the ingest thread, and
 //! counts the records a storage failure loses.
 
 use std::sync::atomic::Ordering;
