@@ -10,16 +10,16 @@
 //! | --- | --- |
 //! | TCP connections | `tcp.max_connections` + 1 (a connection past the limit is accepted, then closed) |
 //! | admin endpoint | `admin.max_connections` + 2 (its listener, one past the limit) |
-//! | logs | [`FILES_PER_LOG`] per log (4 logs): segment, index, checkpoint; a new segment and its index while rolling; the directory while syncing it |
+//! | logs | [`FILES_PER_LOG`] per log (5 logs): segment, index, checkpoint; a new segment and its index while rolling; the directory while syncing it |
 //! | engine | [`ENGINE_FIXED`]: stdin/stdout/stderr, the data directory's lock, the TCP listener, the UDP socket, epoll |
 //! | spare | [`SPARE`]: recovery's temporary files, `/proc` and `/sys` reads, the signal pipe, the runtime |
 //!
-//! The embedded default (1,024 TCP and 128 admin connections) needs 1,218.
+//! The embedded default (1,024 TCP and 128 admin connections) needs 1,224.
 //!
 //! ```
 //! use pinstream_host::fdlimit::FdBudget;
-//! let b = FdBudget::new(1024, 16, 4);
-//! assert_eq!(b.total(), 1025 + 18 + 24 + 7 + 32);
+//! let b = FdBudget::new(1024, 16, 5);
+//! assert_eq!(b.total(), 1025 + 18 + 30 + 7 + 32);
 //! ```
 
 use std::fmt;

@@ -53,8 +53,9 @@ fn append_event(log: &mut Log, lane: Lane, header: EventHeader, origin: Origin, 
 /// A data dir with every record kind:
 /// - realtime: id 7 (high, value -3, "hot"), id 8 (critical, binary payload);
 /// - transactional: id 20 (medium, topic 0), id 21 (medium, topic 5: unknown to a default engine);
-/// - batch: one aggregate of topic 2;
-/// - dead-letter: id 30, lane_full.
+/// - batch: id 40 (low, "bulk");
+/// - dead-letter: id 30, lane_full;
+/// - aggregates: one aggregate of topic 2.
 fn build_data_dir(dir: &Path) {
     let mut rt = open_log(&dir.join("realtime"), 64 << 20);
     append_event(
@@ -91,26 +92,9 @@ fn build_data_dir(dir: &Path) {
     tx.close().expect("close transactional");
 
     let mut batch = open_log(&dir.join("batch"), 64 << 20);
-    let mut buf = [0u8; 256];
-    let n = record::encode_aggregate(
-        &mut buf,
-        &Aggregate {
-            topic: 2,
-            start: 100,
-            end: 200,
-            count: 5,
-            bytes: 50,
-            values: 3,
-            min: -1,
-            max: 9,
-            sum: 12,
-        },
-    )
-    .expect("encode an aggregate");
-    batch
-        .append(record::KIND_AGGREGATE, &buf[..n])
-        .expect("append an aggregate");
+    append_batch_event(&mut batch);
     batch.close().expect("close batch");
+    let mut buf = [0u8; 256];
 
     let mut dl = open_log(&dir.join("dead-letter"), 64 << 20);
     let n = record::encode_dead_letter(
@@ -127,6 +111,43 @@ fn build_data_dir(dir: &Path) {
     dl.append(record::KIND_DEAD_LETTER, &buf[..n])
         .expect("append a dead letter");
     dl.close().expect("close dead-letter");
+
+    let mut aggregates = open_log(&dir.join("aggregates"), 64 << 20);
+    append_aggregate(&mut aggregates);
+    aggregates.close().expect("close aggregates");
+}
+
+/// The batch-lane event of [`build_data_dir`]: id 40, low, "bulk".
+fn append_batch_event(log: &mut Log) {
+    append_event(
+        log,
+        Lane::Batch,
+        EventHeader::new(40, 0, Priority::Low, 400),
+        Origin::new(4, 1),
+        b"bulk",
+    );
+}
+
+/// The aggregate of [`build_data_dir`]: topic 2, window [100, 200).
+fn append_aggregate(log: &mut Log) {
+    let mut buf = [0u8; 256];
+    let n = record::encode_aggregate(
+        &mut buf,
+        &Aggregate {
+            topic: 2,
+            start: 100,
+            end: 200,
+            count: 5,
+            bytes: 50,
+            values: 3,
+            min: -1,
+            max: 9,
+            sum: 12,
+        },
+    )
+    .expect("encode an aggregate");
+    log.append(record::KIND_AGGREGATE, &buf[..n])
+        .expect("append an aggregate");
 }
 
 fn first_segment(dir: &Path, log: &str) -> PathBuf {
@@ -143,7 +164,7 @@ fn inspect_prints_every_kind_as_text_and_json() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!(lines.len(), 7, "{stdout}");
     assert_eq!(
         lines[0],
         "realtime 0 event id=7 topic=0 priority=high lane=realtime source=1 seq=9 received=55 \
@@ -159,21 +180,26 @@ fn inspect_prints_every_kind_as_text_and_json() {
         "{stdout}"
     );
     assert!(lines[3].starts_with("transactional 1 event id=21 topic=5"));
-    assert_eq!(
-        lines[4],
-        "batch 0 aggregate topic=2 window=[100,200) count=5 bytes=50 values=3 min=-1 max=9 sum=12"
+    assert!(
+        lines[4].starts_with("batch 0 event id=40 topic=0 priority=low lane=batch"),
+        "{stdout}"
     );
     assert_eq!(
         lines[5],
         "dead-letter 0 dead-letter reason=lane_full(32) id=30 topic=1 priority=medium source=3 \
          seq=4 tick=77 events=1 timestamp=300 value=none"
     );
+    assert_eq!(
+        lines[6],
+        "aggregates 0 aggregate topic=2 window=[100,200) count=5 bytes=50 values=3 min=-1 max=9 \
+         sum=12"
+    );
 
     let out = run(&["log", "--dir", dir, "inspect", "--json"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!(lines.len(), 7, "{stdout}");
     assert_eq!(
         lines[0],
         r#"{"log":"realtime","offset":0,"kind":"event","id":7,"topic":0,"priority":"high","timestamp":100,"value":-3,"lane":"realtime","source":1,"seq":9,"index":0,"producer":0,"epoch":0,"resolved":0,"received":55,"payload_len":3,"payload_hex":"686f74","payload_utf8":"hot"}"#
@@ -182,13 +208,27 @@ fn inspect_prints_every_kind_as_text_and_json() {
         lines[1].contains(r#""value":null"#)
             && lines[1].contains(r#""payload_hex":"000102ff","payload_utf8":null"#)
     );
-    assert_eq!(
-        lines[4],
-        r#"{"log":"batch","offset":0,"kind":"aggregate","topic":2,"window_start":100,"window_end":200,"count":5,"bytes":50,"values":3,"min":-1,"max":9,"sum":12}"#
+    assert!(
+        lines[4].starts_with(r#"{"log":"batch","offset":0,"kind":"event","id":40,"#),
+        "{stdout}"
     );
     assert_eq!(
         lines[5],
         r#"{"log":"dead-letter","offset":0,"kind":"dead-letter","reason":"lane_full","reason_code":32,"id":30,"topic":1,"priority":"medium","timestamp":300,"value":null,"source":3,"seq":4,"index":0,"producer":0,"epoch":0,"resolved":0,"tick":77,"events":1}"#
+    );
+    assert_eq!(
+        lines[6],
+        r#"{"log":"aggregates","offset":0,"kind":"aggregate","topic":2,"window_start":100,"window_end":200,"count":5,"bytes":50,"values":3,"min":-1,"max":9,"sum":12}"#
+    );
+
+    // The aggregates log on its own.
+    let out = run(&["log", "inspect", "--dir", dir, "--log", "aggregates"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.starts_with("aggregates 0 aggregate topic=2 "),
+        "{stdout}"
     );
 
     // A range of one log.
@@ -244,7 +284,11 @@ fn verify_is_clean_then_reports_a_flipped_byte_without_changing_anything() {
         stdout.contains("dead-letter: 1 segment(s), 1 record(s)"),
         "{stdout}"
     );
-    assert_eq!(stdout.matches(": clean").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches(": clean").count(), 5, "{stdout}");
+    assert!(
+        stdout.contains("aggregates: 1 segment(s), 1 record(s)"),
+        "{stdout}"
+    );
 
     // A quarantined segment left by an earlier recovery is reported, not counted as damage.
     let quarantined = tmp
@@ -627,11 +671,26 @@ fn replay_sends_stored_events_to_a_running_engine() {
         "{stdout}"
     );
 
-    // Aggregates and dead letters are not replayable.
+    // The batch log's events are replayed when it is named.
     let out = run(&[
         "log", "replay", "--dir", dir, "--to", &addr, "--log", "batch",
     ]);
-    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("batch: 1 event(s), offsets 0..=0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("acknowledged there: 1 stored, 0 dead-lettered"),
+        "{stdout}"
+    );
+
+    // Aggregates and dead letters are not replayable.
+    for log in ["aggregates", "dead-letter"] {
+        let out = run(&["log", "replay", "--dir", dir, "--to", &addr, "--log", log]);
+        assert_eq!(out.status.code(), Some(2), "{log}");
+    }
 
     engine.stop().expect("stop the engine");
     let read = |log: &str| -> Vec<(u64, Vec<u8>, Option<i64>)> {
@@ -660,6 +719,66 @@ fn replay_sends_stored_events_to_a_running_engine() {
     );
     assert_eq!(read("transactional"), [(20, b"order-1".to_vec(), None)]);
     assert_eq!(read("dead-letter"), [(21, Vec::new(), None)]);
+}
+
+/// A data directory written before the aggregates had their own log (issue 15, item 3): its
+/// batch log holds the batch lane's events and aggregates side by side, and there is no
+/// aggregates log. It still inspects, verifies and replays (the aggregates skipped), and an
+/// engine still starts on it, leaving the old aggregates where they are.
+#[test]
+fn an_old_batch_log_with_aggregates_still_reads_and_opens() {
+    let src = TempDir::new("logtool-old-batch");
+    let mut batch = open_log(&src.path().join("batch"), 64 << 20);
+    append_batch_event(&mut batch);
+    append_aggregate(&mut batch);
+    batch.close().expect("close batch");
+    let dir = src.path().to_str().expect("utf-8 temp path");
+
+    let out = run(&["log", "inspect", "--dir", dir]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("batch 0 event id=40 "), "{stdout}");
+    assert!(
+        lines[1].starts_with("batch 1 aggregate topic=2 "),
+        "{stdout}"
+    );
+    let out = run(&["log", "verify", "--dir", dir, "--log", "batch"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // Named, the missing aggregates log is a usage error; under "all" it is skipped.
+    let out = run(&["log", "inspect", "--dir", dir, "--log", "aggregates"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let dst = TempDir::new("logtool-old-batch-dst");
+    let engine = Engine::start(EngineConfig::local(dst.path())).expect("start an engine");
+    let addr = engine.started.tcp.expect("TCP address").to_string();
+    let out = run(&[
+        "log", "replay", "--dir", dir, "--to", &addr, "--log", "batch",
+    ]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("batch: 1 event(s), offsets 0..=0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("acknowledged there: 1 stored"), "{stdout}");
+    assert!(
+        stderr.contains("the record at offset 1 is a aggregate, not an event"),
+        "{stderr}"
+    );
+    engine.stop().expect("stop the engine");
+
+    // An engine starts on the old data directory (recovery, dedup and session rebuild read
+    // the old batch log) and creates the aggregates log beside it.
+    let engine = Engine::start(EngineConfig::local(src.path())).expect("start on old data");
+    engine.stop().expect("stop the engine");
+    let out = run(&["log", "inspect", "--dir", dir, "--log", "batch"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("batch 1 aggregate topic=2 "), "{stdout}");
+    assert!(src.path().join("aggregates").is_dir());
 }
 
 #[test]

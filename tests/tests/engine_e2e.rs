@@ -126,6 +126,7 @@ fn durable_acks_cover_every_event_and_the_logs_hold_them() {
     let transactional = read_log(&dir, LogId::Transactional.name());
     let batch = read_log(&dir, LogId::Batch.name());
     let dead = read_log(&dir, LogId::DeadLetter.name());
+    let aggregates = read_log(&dir, LogId::Aggregates.name());
     assert_eq!(realtime.len() as u64, expect_events[0]);
     assert_eq!(
         transactional.len() as u64,
@@ -139,13 +140,20 @@ fn durable_acks_cover_every_event_and_the_logs_hold_them() {
         assert_eq!(e.payload.len(), want, "{:?}", e.header);
     }
     // The batch log holds every batch-lane event (`pipeline.batch_store = "events"`) and
-    // the per-window aggregates that summarise them.
-    let (mut batch_events, mut aggregated) = (0u64, 0u64);
+    // nothing else; the aggregates log the per-window aggregates that summarise them, and
+    // nothing else (a consumer subscribes to one log, one kind of record).
+    let mut batch_events = 0u64;
     for (k, b) in &batch {
         match record::decode(*k, b).unwrap() {
-            RecordBody::Aggregate(a) => aggregated += a.count,
             RecordBody::Event(_) => batch_events += 1,
-            other => panic!("an event or an aggregate expected, got {other:?}"),
+            other => panic!("only events expected in the batch log, got {other:?}"),
+        }
+    }
+    let mut aggregated = 0u64;
+    for (k, b) in &aggregates {
+        match record::decode(*k, b).unwrap() {
+            RecordBody::Aggregate(a) => aggregated += a.count,
+            other => panic!("only aggregates expected in the aggregates log, got {other:?}"),
         }
     }
     assert_eq!(batch_events, expect_events[2]);
@@ -687,14 +695,88 @@ fn batch_lane_acks_advance(store: BatchStore) {
     let (ack, _) = result.expect("batch frames acknowledged while the flood goes on");
     assert_eq!(ack.stored + ack.dead_lettered, 50, "{store:?}: {ack:?}");
     engine.stop().unwrap();
-    // What the batch log holds: the events themselves only when they are stored one by one.
-    let events = read_log(&dir, LogId::Batch.name())
-        .iter()
-        .filter(|(k, b)| matches!(record::decode(*k, b), Ok(RecordBody::Event(_))))
-        .count();
+    // What the batch log holds: the events themselves only when they are stored one by one,
+    // and never an aggregate; the aggregates are in their own log, whatever is stored.
+    let batch = read_log(&dir, LogId::Batch.name());
+    for (k, b) in &batch {
+        let rec = record::decode(*k, b).unwrap();
+        assert!(
+            matches!(rec, RecordBody::Event(_)),
+            "{store:?}: only events in the batch log, got {rec:?}"
+        );
+    }
     match store {
-        BatchStore::Events => assert!(events >= 50, "{events} batch events in the log"),
-        BatchStore::Aggregates => assert_eq!(events, 0),
+        BatchStore::Events => assert!(batch.len() >= 50, "{} batch events", batch.len()),
+        BatchStore::Aggregates => assert!(batch.is_empty(), "{} batch records", batch.len()),
+    }
+    let mut aggregated = 0u64;
+    for (k, b) in &read_log(&dir, LogId::Aggregates.name()) {
+        match record::decode(*k, b).unwrap() {
+            RecordBody::Aggregate(a) => aggregated += a.count,
+            other => panic!("{store:?}: only aggregates in the aggregates log, got {other:?}"),
+        }
+    }
+    // Under "aggregates" the 50 acknowledged events are acknowledged because their
+    // windows' aggregates were stored (in the aggregates log).
+    assert!(
+        aggregated >= 50,
+        "{store:?}: {aggregated} events aggregated"
+    );
+}
+
+/// Issue 15, item 3: one kind of record per log. Low-priority events go to the `batch` log
+/// (events only; none under `pipeline.batch_store = "aggregates"`), their windows'
+/// aggregates to the `aggregates` log (aggregates only), whatever is stored; every event is
+/// acknowledged as stored either way (under "aggregates", once its aggregate is committed in
+/// the aggregates log).
+#[test]
+fn batch_lane_events_and_aggregates_have_a_log_each() {
+    for store in [BatchStore::Events, BatchStore::Aggregates] {
+        let dir = TempDir::new("e2e-aggregates-log");
+        let mut cfg = config(&dir);
+        cfg.batch_store = store;
+        let engine = Engine::start(cfg).unwrap();
+        let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
+        let (frames, per_frame) = (20u64, 10u64);
+        for seq in 1..=frames {
+            let events: Vec<_> = (0..per_frame)
+                .map(|i| header(seq * 100 + i, (i % 2) as u16, Priority::Low))
+                .collect();
+            client
+                .send(&Client::batch(seq, &events, |_| vec![4; 30]))
+                .unwrap();
+        }
+        let (ack, _) = client.wait_ack(frames, WAIT).unwrap();
+        assert_eq!(ack.stored, frames * per_frame, "{store:?}: {ack:?}");
+        engine.stop().unwrap();
+
+        let batch = read_log(&dir, LogId::Batch.name());
+        let mut ids = Vec::new();
+        for (k, b) in &batch {
+            match record::decode(*k, b).unwrap() {
+                RecordBody::Event(e) => {
+                    assert_eq!(e.header.priority, Priority::Low);
+                    ids.push(e.header.id);
+                }
+                other => panic!("{store:?}: only events in the batch log, got {other:?}"),
+            }
+        }
+        match store {
+            BatchStore::Events => assert_eq!(ids.len() as u64, frames * per_frame),
+            BatchStore::Aggregates => assert!(ids.is_empty(), "{store:?}: {ids:?}"),
+        }
+        let mut aggregated = 0;
+        for (k, b) in &read_log(&dir, LogId::Aggregates.name()) {
+            match record::decode(*k, b).unwrap() {
+                RecordBody::Aggregate(a) => aggregated += a.count,
+                other => panic!("{store:?}: only aggregates in their log, got {other:?}"),
+            }
+        }
+        assert_eq!(aggregated, frames * per_frame, "{store:?}");
+        // The other logs hold none of it.
+        for log in [LogId::Realtime, LogId::Transactional, LogId::DeadLetter] {
+            assert!(read_log(&dir, log.name()).is_empty(), "{store:?}: {log:?}");
+        }
     }
 }
 

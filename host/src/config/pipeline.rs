@@ -8,12 +8,12 @@ use serde::Deserialize;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BatchStoreSetting {
-    /// Every batch-lane event is stored (and acknowledged) on its own; the per-window
-    /// aggregates are stored besides, as summaries.
+    /// Every batch-lane event is stored (and acknowledged) on its own, in the `batch` log;
+    /// the per-window aggregates are stored besides, as summaries, in the `aggregates` log.
     #[default]
     Events,
-    /// Only the aggregates: an event counts as stored (and is acknowledged) when the
-    /// aggregate of its window is.
+    /// Only the aggregates (the `batch` log gets no events): an event counts as stored (and
+    /// is acknowledged) when the aggregate of its window is.
     Aggregates,
 }
 
@@ -42,8 +42,8 @@ pub struct PipelineSection {
     pub dedup_window_ms: u64,
     /// Batch aggregation window, milliseconds.
     pub aggregate_window_ms: u64,
-    /// What the batch lane stores: every event and the aggregates (`"events"`), or only the
-    /// aggregates (`"aggregates"`).
+    /// What the batch lane stores: every event (in the `batch` log) and the aggregates (in
+    /// the `aggregates` log) (`"events"`), or only the aggregates (`"aggregates"`).
     pub batch_store: BatchStoreSetting,
     /// Sink attempts in all, the first included.
     pub retry_attempts: u32,

@@ -6,6 +6,7 @@
 //!  decode in place -> Dispatcher -> lanes  ====>  Sink: append to the lane's log
 //!  ACK / REJECT per connection            <====   group commit (fdatasync) -> Completions
 //!                                                 dead letters -> dead-letter log
+//!                                                 batch aggregates -> aggregates log
 //!                                                 control plane -> ControlSignal
 //!                                                 fdatasyncs on sync helpers (unpinned)
 //! ```

@@ -51,7 +51,8 @@ pub struct EngineConfig {
     pub udp: Option<(SocketAddr, usize, usize)>,
     /// When frames are acknowledged.
     pub ack: AckMode,
-    /// The data directory: one log per lane output and the dead-letter log below it.
+    /// The data directory: one log per lane's events, the dead-letter log and the aggregates
+    /// log below it ([`LogId`](crate::storage::LogId)).
     pub data_dir: PathBuf,
     /// The logs' settings (the directory is set per log from `data_dir`).
     pub log: LogConfig,

@@ -1,6 +1,6 @@
-//! The engine's sink ([`StoreSink`]): appends the processors' records to the lane logs and
-//! the dead-letter log, starts and ends group commits ([`GroupSync`] runs their
-//! fdatasyncs), collects the completions a commit publishes to the ingest thread, and
+//! The engine's sink ([`StoreSink`]): appends the processors' records to the lane logs, the
+//! dead-letter log and the aggregates log, starts and ends group commits ([`GroupSync`] runs
+//! their fdatasyncs), collects the completions a commit publishes to the ingest thread, and
 //! counts the records a storage failure loses.
 
 use std::sync::atomic::Ordering;
@@ -18,8 +18,8 @@ use crate::stats::Gauge;
 use crate::storage::layout::LogId;
 use crate::storage::{Durability, GroupSync, Log, StorageError, record};
 
-/// The engine's sink: appends records to the lane logs and the dead-letter log, collects
-/// the completions a commit will publish.
+/// The engine's sink: appends records to the lane logs, the dead-letter log and the
+/// aggregates log, collects the completions a commit will publish.
 pub(super) struct StoreSink<'a> {
     logs: Vec<Log>,
     /// Syncs the dirty logs of a commit at the same time.
@@ -58,7 +58,8 @@ pub(super) struct StoreSink<'a> {
 }
 
 /// The records of log `id` not written to its file yet: events (lane logs) and dead letters
-/// (the dead-letter log).
+/// (the dead-letter log); the aggregates log holds neither (its records are not counted as
+/// lost: no event's outcome hangs on one alone).
 fn unwritten(log: &Log, id: LogId) -> (u64, u64) {
     if id == LogId::DeadLetter {
         let dead = [record::KIND_DEAD_LETTER, record::KIND_PRODUCER_DEAD_LETTER];
@@ -425,8 +426,10 @@ impl Sink for StoreSink<'_> {
                 self.note(e.origin.source, e.origin.seq, 1, 0, 0);
             }
             Record::Aggregate(a) => {
+                // Aggregates have their own log, so the batch log holds only events (a
+                // consumer subscribes to one log, one kind of record).
                 self.append(
-                    LogId::Batch,
+                    LogId::Aggregates,
                     record::KIND_AGGREGATE,
                     record::AGGREGATE_LEN,
                     |dst| record::encode_aggregate(dst, a),

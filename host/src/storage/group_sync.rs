@@ -3,8 +3,8 @@
 //! fdatasyncs out; the caller goes on (appending to the logs, which the syncs do not
 //! cover) until [`GroupSync::finish`] waits for them and ends each in its log.
 //!
-//! The engine commits up to four logs per group commit (realtime, transactional, batch,
-//! dead letters). One after the other, their fdatasyncs add up; at the same time, the disk
+//! The engine commits up to five logs per group commit (realtime, transactional, batch,
+//! dead letters, aggregates). One after the other, their fdatasyncs add up; at the same time, the disk
 //! and ext4's journal serve them together. Measured on this machine's virtual disk (ext4; a
 //! small C program appending 40 KB to each file, then syncing them one after the other or on
 //! threads woken through a barrier; 400 rounds, two runs):

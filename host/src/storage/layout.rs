@@ -28,18 +28,31 @@ use pinstream_core::event::Lane;
 /// The lock file's name inside the data directory.
 pub const LOCK_FILE: &str = "LOCK";
 
-/// The names of the logs below the data directory, by lane index, then the dead letters
-/// ([`LogId::name`]).
-pub const LOG_NAMES: [&str; 4] = ["realtime", "transactional", "batch", "dead-letter"];
+/// The names of the logs below the data directory, by lane index, then the dead letters,
+/// then the batch lane's aggregates ([`LogId::name`]).
+pub const LOG_NAMES: [&str; 5] = [
+    "realtime",
+    "transactional",
+    "batch",
+    "dead-letter",
+    "aggregates",
+];
 
-/// One of the logs below the data directory: one per lane, then the dead letters.
+/// One of the logs below the data directory: one per lane (its events), then the dead
+/// letters, then the batch lane's aggregates.
+///
+/// Each log holds one kind of thing, so a consumer subscribing to one log gets one kind of
+/// record. The order (and so [`index`](Self::index)) is fixed: the consumer protocol names a
+/// log by it (realtime 0, transactional 1, batch 2, dead-letter 3, aggregates 4); a new log
+/// comes last.
 ///
 /// ```
 /// use pinstream_core::event::Lane;
 /// use pinstream_host::storage::LogId;
 /// assert_eq!(LogId::from(Lane::Transactional), LogId::Transactional);
 /// assert_eq!(LogId::DeadLetter.name(), "dead-letter");
-/// assert_eq!(LogId::ALL.map(LogId::index), [0, 1, 2, 3]);
+/// assert_eq!(LogId::Aggregates.name(), "aggregates");
+/// assert_eq!(LogId::ALL.map(LogId::index), [0, 1, 2, 3, 4]);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LogId {
@@ -47,19 +60,24 @@ pub enum LogId {
     Realtime,
     /// The transactional lane's log.
     Transactional,
-    /// The batch lane's log (its events and aggregates).
+    /// The batch lane's log: its events (none under `pipeline.batch_store =
+    /// "aggregates"`). Data directories written before the aggregates had their own log
+    /// also hold aggregates here; records say their kind, so they still read.
     Batch,
     /// The dead-letter log.
     DeadLetter,
+    /// The batch lane's aggregates, one record per topic and window.
+    Aggregates,
 }
 
 impl LogId {
     /// Every log, in [`LOG_NAMES`] order (the order of [`index`](Self::index)).
-    pub const ALL: [LogId; 4] = [
+    pub const ALL: [LogId; 5] = [
         LogId::Realtime,
         LogId::Transactional,
         LogId::Batch,
         LogId::DeadLetter,
+        LogId::Aggregates,
     ];
 
     /// How many logs there are.

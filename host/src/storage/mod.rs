@@ -1,4 +1,5 @@
-//! Durable storage: an append-only segmented log per lane output, and the dead-letter log.
+//! Durable storage: an append-only segmented log per lane's events, the dead-letter log and
+//! the batch lane's aggregates log ([`LogId`]).
 //!
 //! # Layout of a log directory
 //!
@@ -69,7 +70,9 @@
 //! region.
 //!
 //! The dead-letter log is a [`Log`] of its own directory whose records are kind
-//! [`record::KIND_DEAD_LETTER`], each carrying its reason code.
+//! [`record::KIND_DEAD_LETTER`], each carrying its reason code; the aggregates log one whose
+//! records are kind [`record::KIND_AGGREGATE`] (in a data directory written before it
+//! existed, the batch log holds them among its events).
 
 use std::fmt;
 use std::io;

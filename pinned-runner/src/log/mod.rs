@@ -1,8 +1,11 @@
 //! `pinstream log`: read the engine's logs offline or while it runs.
 //!
-//! The engine keeps four logs below its data directory (`storage.dir`): `realtime/` and
-//! `transactional/` (one record per stored event), `batch/` (one aggregate per topic and
-//! window) and `dead-letter/` (one record per dead letter, with its reason), named in
+//! The engine keeps five logs below its data directory (`storage.dir`): `realtime/`,
+//! `transactional/` and `batch/` (one record per stored event of the lane; `batch/` holds
+//! none under `pipeline.batch_store = "aggregates"`), `dead-letter/` (one record per dead
+//! letter, with its reason) and `aggregates/` (one aggregate of the batch lane per topic and
+//! window; data directories written before it existed hold their aggregates in `batch/`),
+//! named in
 //! [`storage::layout`](pinstream_host::storage::layout). Every command here but `repair`
 //! reads them through [`LogReader`](pinstream_host::storage::LogReader), which opens files
 //! read-only, checks the CRC of every record, runs no recovery, takes no lock and modifies
@@ -45,7 +48,8 @@ use crate::Failure;
 )]
 pub struct LogArgs {
     /// The engine's data directory (`storage.dir` in its config); the logs are its
-    /// `realtime/`, `transactional/`, `batch/` and `dead-letter/` subdirectories.
+    /// `realtime/`, `transactional/`, `batch/`, `dead-letter/` and `aggregates/`
+    /// subdirectories.
     #[arg(
         long,
         global = true,
@@ -72,12 +76,14 @@ enum LogCommand {
     Verify(VerifyArgs),
     /// Re-send the stored events of an offset range to an engine over TCP.
     ///
-    /// Events of the realtime and transactional logs are sent as BATCH frames (HELLO first,
-    /// seqs 1, 2, 3, …), keeping their ids, topics, priorities, timestamps, values and
+    /// Events of the realtime, transactional and batch logs are sent as BATCH frames (HELLO
+    /// first, seqs 1, 2, 3, …), keeping their ids, topics, priorities, timestamps, values and
     /// payloads; the command waits for the ACK of the last frame and prints how many events
-    /// the other engine stored, dead-lettered and rejected. Aggregates (the batch log) and
-    /// dead letters are not replayed: they are not events (a dead letter keeps no payload).
-    /// With `--log all` the realtime log is sent first, then the transactional one.
+    /// the other engine stored, dead-lettered and rejected. Aggregates (the aggregates log,
+    /// or the batch log of a data directory written before it existed) and dead letters are
+    /// not replayed: they are not events (a dead letter keeps no payload). With `--log all`
+    /// the realtime log is sent first, then the transactional one (the batch log only when
+    /// named).
     Replay(ReplayArgs),
     /// Follow logs while the engine writes them: print new records as they appear (polled
     /// every 100 ms, across segment rolls) until Ctrl-C (exit 0).
@@ -102,10 +108,12 @@ enum LogSelect {
     Realtime,
     /// Stored events of the transactional lane (medium).
     Transactional,
-    /// Aggregates of the batch lane (low, batch).
+    /// Stored events of the batch lane (low, batch).
     Batch,
     /// Dead letters with their reasons.
     DeadLetter,
+    /// Aggregates of the batch lane, one per topic and window.
+    Aggregates,
     /// Every log, in the order above.
     All,
 }
@@ -118,6 +126,7 @@ impl LogSelect {
             LogSelect::Transactional => &[LogId::Transactional],
             LogSelect::Batch => &[LogId::Batch],
             LogSelect::DeadLetter => &[LogId::DeadLetter],
+            LogSelect::Aggregates => &[LogId::Aggregates],
             LogSelect::All => &LogId::ALL,
         };
         logs.iter().map(|log| log.name()).collect()
@@ -131,7 +140,10 @@ enum ReplayLog {
     Realtime,
     /// The transactional log.
     Transactional,
-    /// Both: realtime first, then transactional.
+    /// The batch log (its aggregates, in a data directory written before they had their
+    /// own log, are skipped).
+    Batch,
+    /// Realtime first, then transactional (not batch: name it).
     All,
 }
 
@@ -141,6 +153,7 @@ impl ReplayLog {
         let logs: &[LogId] = match self {
             ReplayLog::Realtime => &[LogId::Realtime],
             ReplayLog::Transactional => &[LogId::Transactional],
+            ReplayLog::Batch => &[LogId::Batch],
             ReplayLog::All => &[LogId::Realtime, LogId::Transactional],
         };
         logs.iter().map(|log| log.name()).collect()

@@ -167,6 +167,7 @@ fn send_log(
         .seek(args.from)
         .map_err(|e| Failure::runtime(format!("cannot read the {name} log: {e}")))?;
     let (mut damaged, mut count, mut first, mut last) = (0u64, 0u64, None, None);
+    let mut skipped = 0u64;
     loop {
         let rec = match reader.next_record() {
             None => break,
@@ -191,12 +192,16 @@ fn send_log(
                 last = Some(rec.offset);
             }
             Ok(_) => {
-                eprintln!(
-                    "pinstream: {name} log: the record at offset {} is a {}, not an event: \
-                     not replayed",
-                    rec.offset,
-                    kind_name(rec.kind)
-                );
+                // An old batch log holds its aggregates among its events: said once, counted.
+                if skipped == 0 {
+                    eprintln!(
+                        "pinstream: {name} log: the record at offset {} is a {}, not an event: \
+                         not replayed",
+                        rec.offset,
+                        kind_name(rec.kind)
+                    );
+                }
+                skipped += 1;
             }
             Err(e) => {
                 damaged += 1;
@@ -206,6 +211,9 @@ fn send_log(
                 );
             }
         }
+    }
+    if skipped > 1 {
+        eprintln!("pinstream: {name} log: {skipped} record(s) that are not events not replayed");
     }
     match (first, last) {
         (Some(f), Some(l)) => println!("{name}: {count} event(s), offsets {f}..={l}"),
