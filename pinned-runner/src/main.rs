@@ -1,15 +1,19 @@
 //! `pinstream`: the command line of the pinstream engine.
 //!
-//! `run` starts the engine (the default command), `loadgen` drives one, `log` reads its
-//! logs offline, `host-check` shows what the machine offers, `demo` exercises the core
+//! `run` starts the engine (the default command), `loadgen` drives one, `publish` sends it
+//! events read as JSON lines, `consume` reads its logs back over the network, `log` reads
+//! its logs offline, `host-check` shows what the machine offers, `demo` exercises the core
 //! primitives. Every command prints what went wrong on stderr and exits non-zero:
 //! 2 for bad arguments or config, 3 when the engine cannot start, 1 for a failure while
 //! running.
 
+mod base64;
+mod consume;
 mod demo;
 mod hostcheck;
 mod loadgen;
 mod log;
+mod publish;
 mod run;
 
 use std::fmt;
@@ -33,6 +37,10 @@ enum Command {
     Run(run::RunArgs),
     /// Send events to an engine over TCP or UDP and measure throughput and ack latency.
     Loadgen(loadgen::LoadgenArgs),
+    /// Send events read as JSON lines on stdin and report what the engine answered.
+    Publish(publish::PublishArgs),
+    /// Read a running engine's log over its consumer listener and print JSON lines.
+    Consume(consume::ConsumeArgs),
     /// Read, verify, replay or follow the storage and dead-letter logs.
     Log(log::LogArgs),
     /// Show the CPU topology, isolated CPUs, NUMA nodes and what `run` would pin.
@@ -88,6 +96,8 @@ fn main() -> ExitCode {
         None => run::main(&run::RunArgs::default()),
         Some(Command::Run(args)) => run::main(&args),
         Some(Command::Loadgen(args)) => loadgen::main(&args),
+        Some(Command::Publish(args)) => publish::main(&args),
+        Some(Command::Consume(args)) => consume::main(&args),
         Some(Command::Log(args)) => log::main(&args),
         Some(Command::HostCheck(args)) => hostcheck::main(&args),
         Some(Command::Demo(args)) => demo::main(&args),
