@@ -39,8 +39,8 @@ payload_base64 for other bytes. Lines that `pinstream consume` prints are accept
 other fields are ignored). A missing id is generated: the producer id the engine assigned, \
 shifted left by 40 bits, plus a counter from 1 (unique per producer for 2^40 events; give ids \
 yourself when the transactional lane must recognise resends across runs).\n\n\
-Events are sent in frames as lines come and acknowledged before the command ends (and \
-whenever stdin pauses). A bad line is reported on stderr with its number, counted, and not \
+Events are sent in frames as lines come (at once when stdin pauses) and acknowledged before \
+the command ends. A bad line is reported on stderr with its number, counted, and not \
 sent. At the end it prints the outcomes: stored, duplicates (the engine had them already), \
 dead-lettered, rejected (each with its reason), bad lines; as one JSON object with --json. \
 The exit status is 1 if any event was rejected or dead-lettered or any line was bad."
@@ -233,7 +233,7 @@ pub fn main(args: &PublishArgs) -> Result<(), Failure> {
     let runtime = |e: io::Error| Failure::runtime(e.to_string());
     let (mut sent, mut bad, mut generated) = (0u64, 0u64, 0u64);
     let mut rejects = Vec::new();
-    let mut input = BufReader::new(io::stdin().lock());
+    let mut input = BufReader::with_capacity(1 << 20, io::stdin().lock());
     let mut text = String::new();
     for number in 1u64.. {
         text.clear();
@@ -263,10 +263,10 @@ pub fn main(args: &PublishArgs) -> Result<(), Failure> {
                 bad += 1;
             }
         }
-        // Stdin paused (an interactive or trickling source): send what is staged now.
+        // Stdin has nothing more buffered (a pause, or the next block of a file): send
+        // what is staged now, without waiting for acknowledgements.
         if input.buffer().is_empty() {
-            producer.flush().map_err(runtime)?;
-            rejects.extend(producer.take_rejects());
+            producer.send_now().map_err(runtime)?;
         }
     }
     let totals: Totals = producer.flush().map_err(runtime)?;
