@@ -7,7 +7,7 @@
 //! Exit codes: 2 for bad flags, 1 when the engine cannot be reached, refuses the
 //! subscription or sends damaged records.
 
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -253,33 +253,38 @@ pub fn main(args: &ConsumeArgs) -> Result<(), Failure> {
         _ => Failure::runtime(e.to_string()),
     })?;
     let end = (!args.follow).then(|| consumer.subscribed().high_watermark);
-    let log = args.log.name();
-    let mut out = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
-    let (mut printed, mut since_commit, mut last_commit) = (0u64, 0u64, Instant::now());
+    let mut out = Output {
+        out: BufWriter::with_capacity(64 * 1024, io::stdout().lock()),
+        flushed: consumer.position(),
+        closed: false,
+    };
+    let mut committed = consumer.position();
+    let mut last_commit = Instant::now();
+    let mut printed = 0u64;
     let committing = args.consumer.is_some();
     let runtime = |e: io::Error| Failure::runtime(e.to_string());
-    loop {
+    while !out.closed {
         let done = args.count.is_some_and(|n| printed >= n)
             || end.is_some_and(|end| consumer.position() >= end)
             || stop.load(Ordering::Relaxed);
         if done {
             break;
         }
-        if committing
-            && since_commit > 0
-            && (since_commit >= COMMIT_EVERY_RECORDS || last_commit.elapsed() >= COMMIT_EVERY)
-        {
-            consumer.commit_position().map_err(runtime)?;
-            (since_commit, last_commit) = (0, Instant::now());
+        let due = consumer.position().saturating_sub(committed) >= COMMIT_EVERY_RECORDS
+            || last_commit.elapsed() >= COMMIT_EVERY;
+        if committing && due && consumer.position() > committed {
+            out.flush(consumer.position())?;
+            if out.flushed > committed {
+                committed = consumer.commit(out.flushed).map_err(runtime)?;
+            }
+            last_commit = Instant::now();
         }
         let Some(rec) = consumer.next_timeout(POLL).map_err(runtime)? else {
-            if let Out::Closed = render::flush(&mut out)? {
-                break;
-            }
+            out.flush(consumer.position())?;
             continue;
         };
         let line = render::json_record_line(
-            log,
+            args.log.name(),
             rec.offset(),
             rec.kind(),
             rec.body(),
@@ -287,24 +292,42 @@ pub fn main(args: &ConsumeArgs) -> Result<(), Failure> {
             topics.as_deref(),
         );
         printed += 1;
-        since_commit += 1;
-        if let Out::Closed = render::emit(&mut out, &line)? {
-            break;
-        }
-        // Caught up: show what came without waiting for the buffer to fill.
-        if consumer.lag() == 0 {
-            if let Out::Closed = render::flush(&mut out)? {
-                break;
-            }
+        if let Out::Closed = render::emit(&mut out.out, &line)? {
+            out.closed = true;
+        } else if consumer.lag() == 0 {
+            // Caught up: show what came without waiting for the buffer to fill.
+            out.flush(consumer.position())?;
         }
     }
-    // The records printed count as processed, a closed stdout's last one included (it was
-    // handed to the pipe).
-    let _ = render::flush(&mut out)?;
-    if committing && since_commit > 0 {
-        consumer.commit_position().map_err(runtime)?;
+    out.flush(consumer.position())?;
+    if committing && out.flushed > committed {
+        consumer.commit(out.flushed).map_err(runtime)?;
     }
     Ok(())
+}
+
+/// Stdout and how far it took records: a named consumer commits only what was written
+/// out (a record lost in a closed pipe is read again by the next run).
+struct Output<W: Write> {
+    out: W,
+    /// The position after the last record stdout took (flushed without error).
+    flushed: u64,
+    /// The reader went away.
+    closed: bool,
+}
+
+impl<W: Write> Output<W> {
+    /// Flushes; on success every record below `position` was written out.
+    fn flush(&mut self, position: u64) -> Result<(), Failure> {
+        if self.closed {
+            return Ok(());
+        }
+        match render::flush(&mut self.out)? {
+            Out::Go => self.flushed = position,
+            Out::Closed => self.closed = true,
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
