@@ -7,7 +7,11 @@
 //! 1 when the server is unreachable, closes a connection, leaves a frame unacknowledged for
 //! `--ack-timeout`, its ACKs do not account for every event sent, or it dead-lettered or
 //! rejected any event (unless `--allow-dead-letters`). The throughput it reports is
-//! `stored_per_sec`: stored events only (`events_per_sec` is the offered rate).
+//! `stored_per_sec`: stored events only (`events_per_sec` is the offered rate). With
+//! `--consumers N` the summary and the JSON line (keys `consumers`, `consumed`,
+//! `consumer_reconnects`, `e2e_p50_us` … `e2e_max_us`, `consume_mismatch`, after the others)
+//! add what the consumers read; a consumer that read fewer or more events than were stored
+//! is reported (on stderr too), not a failure.
 
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
@@ -44,7 +48,10 @@ pub enum AckArg {
     about = "Send events to an engine over TCP or UDP and measure throughput and ack latency",
     long_about = "Send events to an engine over TCP or UDP, flat out or at a fixed rate, and \
 report events/s, bytes/s and ACK latency percentiles (send of a frame to the first ACK \
-covering it). Ids are unique in a run (--id-base on); each priority meets every topic."
+covering it). Ids are unique in a run (--id-base on); each priority meets every topic; \
+timestamps are the send time in nanoseconds since the Unix epoch. With --consumers N, N \
+consumers read the events back over the consumer listener and the report adds their \
+produce→consume latency percentiles and how many events each read."
 )]
 pub struct LoadgenArgs {
     /// Server address [default: 127.0.0.1:7070, or 127.0.0.1:7071 with --udp]

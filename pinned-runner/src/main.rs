@@ -35,11 +35,11 @@ struct Cli {
 enum Command {
     /// Run the engine: TCP/UDP ingest, lanes, storage, admin endpoint (the default).
     Run(run::RunArgs),
-    /// Send events to an engine over TCP or UDP and measure throughput and ack latency.
+    // See Publish and Consume below.
     Loadgen(loadgen::LoadgenArgs),
-    /// Send events read as JSON lines on stdin and report what the engine answered.
+    // No doc comments here: a one-paragraph one would replace the commands' long help
+    // (their `about` is the one line `pinstream --help` shows).
     Publish(publish::PublishArgs),
-    /// Read a running engine's log over its consumer listener and print JSON lines.
     Consume(consume::ConsumeArgs),
     /// Read, verify, replay or follow the storage and dead-letter logs.
     Log(log::LogArgs),
