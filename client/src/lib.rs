@@ -65,5 +65,5 @@ pub mod loadgen;
 mod producer;
 
 pub use connection::{ConnectOptions, Connection, Reader, Reply, Writer, reason_text};
-pub use consumer::{Consumer, ConsumerOptions, Record, Rejected, rejection};
+pub use consumer::{Consumer, ConsumerOptions, MAX_RECEIVE_FRAME_LEN, Record, Rejected, rejection};
 pub use producer::{Producer, ProducerOptions, Totals};

@@ -40,6 +40,10 @@ use self::stream::{Current, is_loss, open_stream};
 /// body ([`RecordView::decode`] decodes the body). Its CRC was checked.
 pub type Record<'a> = RecordView<'a>;
 
+/// The largest `max_frame_len` a consumer accepts (64 MiB): the receive buffer is that
+/// large, so a typo must not allocate gigabytes.
+pub const MAX_RECEIVE_FRAME_LEN: u32 = 64 << 20;
+
 /// How a [`Consumer`] subscribes.
 #[derive(Clone, Debug)]
 pub struct ConsumerOptions {
@@ -55,7 +59,7 @@ pub struct ConsumerOptions {
     /// the server. At least [`MAX_STORED_RECORD`] (the largest record must fit).
     pub window_bytes: u64,
     /// The largest DATA frame to receive, and the receive buffer's size. At least
-    /// [`MIN_CONSUMER_FRAME_LEN`].
+    /// [`MIN_CONSUMER_FRAME_LEN`], at most [`MAX_RECEIVE_FRAME_LEN`].
     pub max_frame_len: u32,
     /// Bound on connecting, on each write, on waiting for the HELLO, SUBSCRIBED and
     /// COMMITTED replies.
@@ -314,6 +318,12 @@ fn check_options(o: &ConsumerOptions) -> io::Result<()> {
             o.window_bytes
         ));
     }
+    if o.max_frame_len > MAX_RECEIVE_FRAME_LEN {
+        return bad(format!(
+            "max_frame_len {}: at most {MAX_RECEIVE_FRAME_LEN} (the receive buffer is that large)",
+            o.max_frame_len
+        ));
+    }
     if (o.max_frame_len as usize) < MIN_CONSUMER_FRAME_LEN {
         return bad(format!(
             "max_frame_len {}: must be at least {MIN_CONSUMER_FRAME_LEN} (a DATA frame with the \
@@ -345,8 +355,11 @@ mod tests {
         assert!(e.to_string().contains("credit window"), "{e}");
         o.window_bytes = 1 << 20;
         o.max_frame_len = 4096;
-        let e = Consumer::connect(addr, o).unwrap_err();
+        let e = Consumer::connect(addr, o.clone()).unwrap_err();
         assert!(e.to_string().contains("max_frame_len"), "{e}");
+        o.max_frame_len = u32::MAX;
+        let e = Consumer::connect(addr, o).unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
     }
 
     #[test]
