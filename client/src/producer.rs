@@ -184,6 +184,16 @@ impl Producer {
         Ok(self.totals())
     }
 
+    /// Sends the staged events now, without waiting for their acknowledgements (a source
+    /// that paused, e.g. an interactive one, should not leave events staged). Reads any
+    /// acknowledgements only when the window is full, as [`push`](Self::push) does.
+    ///
+    /// # Errors
+    /// As [`push`](Self::push).
+    pub fn send_now(&mut self) -> io::Result<()> {
+        self.send_staged()
+    }
+
     /// What the server answered so far.
     pub fn totals(&self) -> Totals {
         let mut t = self.before;

@@ -7,7 +7,11 @@
 //! 1 when the server is unreachable, closes a connection, leaves a frame unacknowledged for
 //! `--ack-timeout`, its ACKs do not account for every event sent, or it dead-lettered or
 //! rejected any event (unless `--allow-dead-letters`). The throughput it reports is
-//! `stored_per_sec`: stored events only (`events_per_sec` is the offered rate).
+//! `stored_per_sec`: stored events only (`events_per_sec` is the offered rate). With
+//! `--consumers N` the summary and the JSON line (keys `consumers`, `consumed`,
+//! `consumer_reconnects`, `e2e_p50_us` … `e2e_max_us`, `consume_mismatch`, after the others)
+//! add what the consumers read; a consumer that read fewer or more events than were stored
+//! is reported (on stderr too), not a failure.
 
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
@@ -44,7 +48,10 @@ pub enum AckArg {
     about = "Send events to an engine over TCP or UDP and measure throughput and ack latency",
     long_about = "Send events to an engine over TCP or UDP, flat out or at a fixed rate, and \
 report events/s, bytes/s and ACK latency percentiles (send of a frame to the first ACK \
-covering it). Ids are unique in a run (--id-base on); each priority meets every topic."
+covering it). Ids are unique in a run (--id-base on); each priority meets every topic; \
+timestamps are the send time in nanoseconds since the Unix epoch. With --consumers N, N \
+consumers read the events back over the consumer listener and the report adds their \
+produce→consume latency percentiles and how many events each read."
 )]
 pub struct LoadgenArgs {
     /// Server address [default: 127.0.0.1:7070, or 127.0.0.1:7071 with --udp]
@@ -114,6 +121,20 @@ pub struct LoadgenArgs {
     /// Id of the first event; ids are unique in a run
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub id_base: u64,
+
+    /// Consumers reading the events back over the engine's consumer listener, each
+    /// subscribed at `latest` (before the first send) to every log the --priority mix goes
+    /// to, measuring produce→consume latency per event (from its timestamp, the send time
+    /// since the Unix epoch, to its arrival); the report says when a consumer did not read
+    /// every stored event (batch-lane events stored only as aggregates never come)
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub consumers: u16,
+
+    /// The engine's consumer listener (consumers.listen) [default: the --addr host, port
+    /// 7072]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub consumer_addr: Option<String>,
 
     /// Print the result as one JSON line on stdout instead of the text summary
     #[arg(long)]
@@ -189,6 +210,14 @@ pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
     cfg.topics = args.topics;
     cfg.id_base = args.id_base;
     cfg.ack_timeout = Duration::from_secs_f64(args.ack_timeout);
+    cfg.consumers = usize::from(args.consumers);
+    cfg.consumer_addr = match &args.consumer_addr {
+        Some(text) => Some(
+            resolve(text)
+                .map_err(|f| Failure::usage(f.message.replace("--addr", "--consumer-addr")))?,
+        ),
+        None => None,
+    };
     cfg.validate()
         .map_err(|e| Failure::usage(format!("loadgen: {}", flag_names(&e))))?;
     Ok(cfg)
@@ -258,6 +287,11 @@ pub fn main(args: &LoadgenArgs) -> Result<(), Failure> {
         .write_all(out.as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(|e| Failure::runtime(format!("loadgen: writing the report to stdout: {e}")))?;
+    if let Some(e) = report.consume_error() {
+        // Said, not failed: batch-lane events under `pipeline.batch_store = "aggregates"`
+        // are never read back as events.
+        eprintln!("pinstream: loadgen: warning: {e}");
+    }
     if let Some(e) = report.accounting_error() {
         return Err(Failure::runtime(format!("loadgen: {e}")));
     }
@@ -397,6 +431,24 @@ struct LoadJson {
     ack_p99_us: Option<Box<RawValue>>,
     ack_p999_us: Option<Box<RawValue>>,
     ack_max_us: Option<Box<RawValue>>,
+    /// The consumers' part, only with `--consumers`: the line without it is unchanged.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    consume: Option<ConsumeJson>,
+}
+
+/// `--consumers`' part of the `--json` line.
+#[derive(Serialize)]
+struct ConsumeJson {
+    consumers: usize,
+    /// Events each consumer read.
+    consumed: Vec<u64>,
+    consumer_reconnects: u64,
+    e2e_p50_us: Option<Box<RawValue>>,
+    e2e_p99_us: Option<Box<RawValue>>,
+    e2e_p999_us: Option<Box<RawValue>>,
+    e2e_max_us: Option<Box<RawValue>>,
+    /// Why a consumer's count differs from the events stored; null when each matches.
+    consume_mismatch: Option<String>,
 }
 
 /// The report as one JSON line (keys fixed; see the module docs).
@@ -421,6 +473,20 @@ pub fn json(report: &LoadReport) -> String {
         ack_p99_us: quantile(2),
         ack_p999_us: quantile(3),
         ack_max_us: quantile(4),
+        consume: report.consume.as_ref().map(|c| {
+            let q = quantiles_us(&c.latency);
+            let e2e = |i: usize| fixed((!c.latency.is_empty()).then_some(q[i]), 1);
+            ConsumeJson {
+                consumers: c.consumers,
+                consumed: c.consumed.clone(),
+                consumer_reconnects: c.reconnects,
+                e2e_p50_us: e2e(0),
+                e2e_p99_us: e2e(2),
+                e2e_p999_us: e2e(3),
+                e2e_max_us: e2e(4),
+                consume_mismatch: report.consume_error(),
+            }
+        }),
     };
     // Cannot fail: no maps, and every field's `Serialize` is serde's or serde_json's own.
     let mut s = serde_json::to_string(&line).expect("the load report serialises to JSON");
@@ -503,6 +569,38 @@ fn summary(cfg: &LoadConfig, report: &LoadReport) -> String {
             let _ = writeln!(s, "  ack latency     not measured (--ack none)");
         }
     }
+    if let Some(c) = &report.consume {
+        let logs: Vec<&str> = c.logs.iter().map(|l| l.name()).collect();
+        let _ = writeln!(
+            s,
+            "  consumers       {} on {} ({} log(s): {}), {} reconnect(s)",
+            c.consumers,
+            cfg.consumer_addr(),
+            logs.len(),
+            logs.join(", "),
+            c.reconnects
+        );
+        let counts: Vec<String> = c.consumed.iter().map(u64::to_string).collect();
+        let _ = writeln!(s, "  consumed        {} (per consumer)", counts.join(" "));
+        if c.latency.is_empty() {
+            let _ = writeln!(s, "  e2e latency     no event read");
+        } else {
+            let [p50, _, p99, p999, max] = quantiles_us(&c.latency);
+            let _ = writeln!(
+                s,
+                "  e2e latency us  p50 {p50:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1} \
+                 (send to consume)"
+            );
+        }
+        match report.consume_error() {
+            Some(e) => {
+                let _ = writeln!(s, "  consumed != stored: {e}");
+            }
+            None => {
+                let _ = writeln!(s, "  consumed == stored for every consumer");
+            }
+        }
+    }
     s
 }
 
@@ -539,6 +637,15 @@ mod tests {
         assert_eq!(cfg.window, 256);
         assert_eq!(cfg.id_base, 1);
         assert_eq!(cfg.ack_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.consumers, 0);
+        assert_eq!(cfg.consumer_addr(), "127.0.0.1:7072".parse().unwrap());
+        let with =
+            config(&parse(&["--consumers", "3", "--consumer-addr", "127.0.0.1:9000"]).unwrap())
+                .unwrap();
+        assert_eq!(
+            (with.consumers, with.consumer_addr()),
+            (3, "127.0.0.1:9000".parse().unwrap())
+        );
         let udp = config(&parse(&["--udp"]).unwrap()).unwrap();
         assert_eq!(udp.addr, "127.0.0.1:7071".parse().unwrap());
         assert_eq!(udp.ack, AckWait::None);
@@ -603,6 +710,7 @@ mod tests {
             reject_frames: 0,
             first_reject: None,
             ack_latency: (ack == AckWait::Wait).then_some(h),
+            consume: None,
         }
     }
 

@@ -1,15 +1,19 @@
 //! `pinstream`: the command line of the pinstream engine.
 //!
-//! `run` starts the engine (the default command), `loadgen` drives one, `log` reads its
-//! logs offline, `host-check` shows what the machine offers, `demo` exercises the core
+//! `run` starts the engine (the default command), `loadgen` drives one, `publish` sends it
+//! events read as JSON lines, `consume` reads its logs back over the network, `log` reads
+//! its logs offline, `host-check` shows what the machine offers, `demo` exercises the core
 //! primitives. Every command prints what went wrong on stderr and exits non-zero:
 //! 2 for bad arguments or config, 3 when the engine cannot start, 1 for a failure while
 //! running.
 
+mod base64;
+mod consume;
 mod demo;
 mod hostcheck;
 mod loadgen;
 mod log;
+mod publish;
 mod run;
 
 use std::fmt;
@@ -31,8 +35,12 @@ struct Cli {
 enum Command {
     /// Run the engine: TCP/UDP ingest, lanes, storage, admin endpoint (the default).
     Run(run::RunArgs),
-    /// Send events to an engine over TCP or UDP and measure throughput and ack latency.
+    // See Publish and Consume below.
     Loadgen(loadgen::LoadgenArgs),
+    // No doc comments here: a one-paragraph one would replace the commands' long help
+    // (their `about` is the one line `pinstream --help` shows).
+    Publish(publish::PublishArgs),
+    Consume(consume::ConsumeArgs),
     /// Read, verify, replay or follow the storage and dead-letter logs.
     Log(log::LogArgs),
     /// Show the CPU topology, isolated CPUs, NUMA nodes and what `run` would pin.
@@ -88,6 +96,8 @@ fn main() -> ExitCode {
         None => run::main(&run::RunArgs::default()),
         Some(Command::Run(args)) => run::main(&args),
         Some(Command::Loadgen(args)) => loadgen::main(&args),
+        Some(Command::Publish(args)) => publish::main(&args),
+        Some(Command::Consume(args)) => consume::main(&args),
         Some(Command::Log(args)) => log::main(&args),
         Some(Command::HostCheck(args)) => hostcheck::main(&args),
         Some(Command::Demo(args)) => demo::main(&args),

@@ -29,6 +29,9 @@ pub(super) struct Plan {
     pub(super) id_first: u64,
     /// The run's start, shared by every connection.
     pub(super) start: Instant,
+    /// `start` in nanoseconds since the Unix epoch: events' timestamps are `epoch_ns` plus
+    /// their send time from `start`, so a consumer can tell how old an event is.
+    pub(super) epoch_ns: u64,
 }
 
 impl Plan {
@@ -334,7 +337,7 @@ impl Plan {
     }
 
     /// Encodes events `events` (this connection's numbering) as frame `seq` into `frame`,
-    /// stamped `ts`; returns its length.
+    /// stamped `ts` from the start (`epoch_ns + ts` in their timestamps); returns its length.
     fn encode(
         &self,
         frame: &mut [u8],
@@ -352,7 +355,8 @@ impl Plan {
             // priority meets every topic.
             let priority = cfg.priorities[(k % cycle) as usize];
             let topic = ((k / cycle) % topics) as u16;
-            EventHeader::new(id, topic, priority, ts).with_value(id as i64)
+            EventHeader::new(id, topic, priority, self.epoch_ns.saturating_add(ts))
+                .with_value(id as i64)
         };
         let encode_error = |e: wire::EncodeError| {
             io::Error::new(

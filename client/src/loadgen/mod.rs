@@ -22,7 +22,13 @@
 //! Events: priorities cycle through [`LoadConfig::priorities`] (see [`PriorityMix`] for a
 //! weighted cycle), topic ids `0..topics` change once per cycle, so every priority meets
 //! every topic; event `k` of connection `c` of `n` has id `id_base + c + k * n` (unique in
-//! the run) and its id as value. Payload bytes are `0xA5`.
+//! the run) and its id as value. Payload bytes are `0xA5`. An event's `timestamp` is when
+//! its frame was sent (at a fixed rate: when it was due), in nanoseconds since the Unix
+//! epoch.
+//!
+//! With [`LoadConfig::consumers`] above 0, consumers subscribed at `latest` on the engine's
+//! consumer listener read the events back and measure produce→consume latency
+//! ([`ConsumeReport`]).
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
@@ -39,16 +45,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use pinstream_core::event::Priority;
 use pinstream_core::wire::{self, Reject};
 
 mod conn;
+mod consume;
 mod mix;
 
+pub use consume::{ConsumeReport, DRAIN_IDLE, logs_of};
 pub use mix::PriorityMix;
+
+/// The engine's default consumer listener port (`consumers.listen`).
+pub const DEFAULT_CONSUMER_PORT: u16 = 7072;
 
 use conn::{ConnReport, Plan, Socket, connect_tcp, connect_udp, run_connection};
 
@@ -126,6 +137,12 @@ pub struct LoadConfig {
     pub id_base: u64,
     /// Give up on a connect, a HELLO, or a frame not acknowledged after this long.
     pub ack_timeout: Duration,
+    /// Consumers reading the events back (each subscribed to every log the priorities go
+    /// to); 0 for none.
+    pub consumers: usize,
+    /// The engine's consumer listener; `None`: `addr`'s host with port
+    /// [`DEFAULT_CONSUMER_PORT`].
+    pub consumer_addr: Option<SocketAddr>,
 }
 
 impl LoadConfig {
@@ -146,7 +163,16 @@ impl LoadConfig {
             topics: 1,
             id_base: 1,
             ack_timeout: Duration::from_secs(10),
+            consumers: 0,
+            consumer_addr: None,
         }
+    }
+
+    /// Where the consumers connect: [`consumer_addr`](Self::consumer_addr), or `addr`'s
+    /// host with port [`DEFAULT_CONSUMER_PORT`].
+    pub fn consumer_addr(&self) -> SocketAddr {
+        self.consumer_addr
+            .unwrap_or_else(|| SocketAddr::new(self.addr.ip(), DEFAULT_CONSUMER_PORT))
     }
 
     /// The length of a full frame: `52 + payload` for EVENT frames (`batch` 1),
@@ -269,6 +295,8 @@ pub struct LoadReport {
     pub first_reject: Option<Reject>,
     /// Send-to-ACK latency per frame, nanoseconds ([`AckWait::Wait`] only).
     pub ack_latency: Option<Histogram<u64>>,
+    /// What the consumers read ([`LoadConfig::consumers`] above 0).
+    pub consume: Option<ConsumeReport>,
 }
 
 impl LoadReport {
@@ -280,6 +308,13 @@ impl LoadReport {
     /// Frame bytes per second over `elapsed`.
     pub fn bytes_per_sec(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// With consumers, says what is wrong when one did not read every event the server
+    /// stored (per its ACKs; events sent without ACKs); `None` when each did.
+    pub fn consume_error(&self) -> Option<String> {
+        let stored = self.outcomes.map_or(self.sent, |o| o.stored);
+        self.consume.as_ref().and_then(|c| c.mismatch(stored))
     }
 
     /// With [`AckWait::Wait`], says what is wrong when the ACKs do not account for every
@@ -357,6 +392,7 @@ pub struct LoadRun {
     transport: Transport,
     ack: AckWait,
     connections: Vec<JoinHandle<io::Result<ConnReport>>>,
+    consume: Option<consume::ConsumeRun>,
 }
 
 impl LoadRun {
@@ -375,12 +411,31 @@ impl LoadRun {
         self.connections.iter().all(JoinHandle::is_finished)
     }
 
-    /// Waits for every connection and merges their reports.
+    /// Waits for every connection and merges their reports; with consumers, then waits
+    /// for them to read what the server stored.
     ///
     /// # Errors
     /// The first connection's failure (the others stop when one fails): a socket error, a
-    /// server that closed the connection or left a frame unacknowledged for the timeout.
-    pub fn join(self) -> io::Result<LoadReport> {
+    /// server that closed the connection or left a frame unacknowledged for the timeout;
+    /// a consumer's failure.
+    pub fn join(mut self) -> io::Result<LoadReport> {
+        let consume = self.consume.take();
+        match (self.join_writers(), consume) {
+            (Ok(mut report), Some(c)) => {
+                let stored = report.outcomes.map_or(report.sent, |o| o.stored);
+                report.consume = Some(c.finish(stored)?);
+                Ok(report)
+            }
+            (Err(e), Some(c)) => {
+                // Nothing more to wait for: the consumers stop at their next poll.
+                let _ = c.finish(0);
+                Err(e)
+            }
+            (result, None) => result,
+        }
+    }
+
+    fn join_writers(self) -> io::Result<LoadReport> {
         let n = self.connections.len();
         let mut results: Vec<io::Result<ConnReport>> = Vec::with_capacity(n);
         for (c, handle) in self.connections.into_iter().enumerate() {
@@ -411,6 +466,7 @@ impl LoadRun {
             reject_frames: 0,
             first_reject: None,
             ack_latency: None,
+            consume: None,
         };
         for r in reports {
             report.sent += r.sent;
@@ -487,8 +543,21 @@ pub fn spawn(cfg: &LoadConfig, connections: usize) -> io::Result<LoadRun> {
             Transport::Udp => Socket::Udp(connect_udp(cfg, c)?),
         });
     }
+    // Subscribed before the first send: every event of the run is above their start.
+    let consume = match cfg.consumers {
+        0 => None,
+        n => Some(consume::spawn(
+            cfg.consumer_addr(),
+            n,
+            logs_of(&cfg.priorities),
+            cfg.ack_timeout,
+        )?),
+    };
     let progress = Arc::new(Progress::new());
     let start = Instant::now();
+    let epoch_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let mut handles = Vec::with_capacity(connections);
     for (c, socket) in sockets.into_iter().enumerate() {
         let c64 = c as u64;
@@ -507,6 +576,7 @@ pub fn spawn(cfg: &LoadConfig, connections: usize) -> io::Result<LoadRun> {
             id_stride: n,
             id_first: cfg.id_base.wrapping_add(c64),
             start,
+            epoch_ns,
         };
         let progress = Arc::clone(&progress);
         let handle = thread::Builder::new()
@@ -526,6 +596,7 @@ pub fn spawn(cfg: &LoadConfig, connections: usize) -> io::Result<LoadRun> {
         transport: cfg.transport,
         ack: cfg.ack,
         connections: handles,
+        consume,
     })
 }
 
@@ -652,6 +723,7 @@ mod tests {
             id_stride: 1,
             id_first: 1,
             start: Instant::now(),
+            epoch_ns: 0,
         };
         assert_eq!(plan.due(0), Duration::ZERO);
         assert_eq!(plan.due(64), Duration::from_micros(3200));

@@ -24,7 +24,7 @@
 
 mod inspect;
 mod open;
-mod render;
+pub(crate) mod render;
 mod repair;
 mod replay;
 mod tail;

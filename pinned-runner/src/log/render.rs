@@ -11,14 +11,14 @@ use serde::Serialize;
 use crate::Failure;
 
 /// A write to stdout that stops quietly when the reader went away (`| head`).
-pub(super) enum Out {
+pub(crate) enum Out {
     /// Written: go on.
     Go,
     /// The reader went away: stop quietly.
     Closed,
 }
 
-pub(super) fn emit(out: &mut impl Write, line: &str) -> Result<Out, Failure> {
+pub(crate) fn emit(out: &mut impl Write, line: &str) -> Result<Out, Failure> {
     match writeln!(out, "{line}") {
         Ok(()) => Ok(Out::Go),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Out::Closed),
@@ -26,7 +26,7 @@ pub(super) fn emit(out: &mut impl Write, line: &str) -> Result<Out, Failure> {
     }
 }
 
-pub(super) fn flush(out: &mut impl Write) -> Result<Out, Failure> {
+pub(crate) fn flush(out: &mut impl Write) -> Result<Out, Failure> {
     match out.flush() {
         Ok(()) => Ok(Out::Go),
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Out::Closed),
@@ -165,19 +165,24 @@ fn producer_text(o: &Origin) -> String {
 
 /// The fields of an event header in a JSON line.
 #[derive(Serialize)]
-struct HeaderJson {
+struct HeaderJson<'a> {
     id: u64,
     topic: u16,
+    /// The topic's name, when the command was given the engine's config (`consume
+    /// --config`); absent otherwise, so `log inspect`'s lines keep their fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic_name: Option<&'a str>,
     priority: &'static str,
     timestamp: u64,
     value: Option<i64>,
 }
 
-impl HeaderJson {
-    fn new(h: &EventHeader) -> Self {
+impl<'a> HeaderJson<'a> {
+    fn new(h: &EventHeader, topics: Option<&'a [String]>) -> Self {
         Self {
             id: h.id,
             topic: h.topic,
+            topic_name: topics.and_then(|t| t.get(usize::from(h.topic)).map(String::as_str)),
             priority: h.priority.name(),
             timestamp: h.timestamp,
             value: h.value(),
@@ -226,14 +231,14 @@ struct RecordJson<'a> {
 enum BodyJson<'a> {
     Event {
         #[serde(flatten)]
-        header: HeaderJson,
+        header: HeaderJson<'a>,
         lane: &'static str,
         #[serde(flatten)]
         origin: OriginJson,
         received: u64,
         payload_len: usize,
-        payload_hex: String,
-        payload_utf8: Option<&'a str>,
+        #[serde(flatten)]
+        payload: PayloadJson<'a>,
     },
     Aggregate {
         topic: u16,
@@ -250,7 +255,7 @@ enum BodyJson<'a> {
         reason: &'static str,
         reason_code: u16,
         #[serde(flatten)]
-        header: HeaderJson,
+        header: HeaderJson<'a>,
         #[serde(flatten)]
         origin: OriginJson,
         tick: u64,
@@ -263,20 +268,89 @@ enum BodyJson<'a> {
     },
 }
 
+/// How a JSON line shows an event's payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PayloadStyle {
+    /// `payload_hex` always, `payload_utf8` (null when not UTF-8): the log tools, which
+    /// show the bytes exactly.
+    Hex,
+    /// `payload` as a string when it is UTF-8, else `payload_base64`: `consume`, whose
+    /// lines feed `publish` and other programs.
+    Text,
+}
+
+/// An event's payload in a JSON line, by [`PayloadStyle`].
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PayloadJson<'a> {
+    Hex {
+        payload_hex: String,
+        payload_utf8: Option<&'a str>,
+    },
+    Text {
+        payload: &'a str,
+    },
+    Base64 {
+        payload_base64: String,
+    },
+}
+
+impl<'a> PayloadJson<'a> {
+    fn new(payload: &'a [u8], style: PayloadStyle) -> Self {
+        let utf8 = std::str::from_utf8(payload).ok();
+        match (style, utf8) {
+            (PayloadStyle::Hex, _) => PayloadJson::Hex {
+                payload_hex: hex(payload),
+                payload_utf8: utf8,
+            },
+            (PayloadStyle::Text, Some(text)) => PayloadJson::Text { payload: text },
+            (PayloadStyle::Text, None) => PayloadJson::Base64 {
+                payload_base64: crate::base64::encode(payload),
+            },
+        }
+    }
+}
+
 fn json_record(
     log: &str,
     rec: &StoredRecord,
     decoded: &Result<RecordBody<'_>, RecordError>,
 ) -> String {
+    let at = (rec.offset, rec.kind, rec.body.len());
+    json_line(log, at, decoded, PayloadStyle::Hex, None)
+}
+
+/// A stored record (offset, kind and body, however it was read: from the files or from a
+/// consumer subscription) as one JSON line: the one JSON rendering of stored records.
+/// `topics` (the engine's `pipeline.topics`) adds `topic_name`.
+pub(crate) fn json_record_line(
+    log: &str,
+    offset: u64,
+    kind: u8,
+    body: &[u8],
+    style: PayloadStyle,
+    topics: Option<&[String]>,
+) -> String {
+    let decoded = record::decode(kind, body);
+    json_line(log, (offset, kind, body.len()), &decoded, style, topics)
+}
+
+/// `at`: the record's offset, kind and body length.
+fn json_line(
+    log: &str,
+    (offset, kind, body_len): (u64, u8, usize),
+    decoded: &Result<RecordBody<'_>, RecordError>,
+    style: PayloadStyle,
+    topics: Option<&[String]>,
+) -> String {
     let body = match decoded {
         Ok(RecordBody::Event(e)) => BodyJson::Event {
-            header: HeaderJson::new(&e.header),
+            header: HeaderJson::new(&e.header, topics),
             lane: e.lane.name(),
             origin: OriginJson::new(&e.origin),
             received: e.received,
             payload_len: e.payload.len(),
-            payload_hex: hex(e.payload),
-            payload_utf8: std::str::from_utf8(e.payload).ok(),
+            payload: PayloadJson::new(e.payload, style),
         },
         Ok(RecordBody::Aggregate(a)) => BodyJson::Aggregate {
             topic: a.topic,
@@ -292,28 +366,28 @@ fn json_record(
         Ok(RecordBody::DeadLetter(d)) => BodyJson::DeadLetter {
             reason: d.reason.name(),
             reason_code: d.reason.code(),
-            header: HeaderJson::new(&d.header),
+            header: HeaderJson::new(&d.header, topics),
             origin: OriginJson::new(&d.origin),
             tick: d.tick,
             events: d.events,
         },
         Err(e) => BodyJson::Undecodable {
-            kind_code: rec.kind,
-            body_len: rec.body.len(),
+            kind_code: kind,
+            body_len,
             error: e.to_string(),
         },
     };
     let line = RecordJson {
         log,
-        offset: rec.offset,
-        kind: kind_name(rec.kind),
+        offset,
+        kind: kind_name(kind),
         body,
     };
     to_json_line(&line)
 }
 
 /// `value` as one line of JSON.
-pub(super) fn to_json_line(value: &impl Serialize) -> String {
+pub(crate) fn to_json_line(value: &impl Serialize) -> String {
     // Only a map with non-string keys or a failing `Serialize` impl can fail; the report
     // structs here have neither.
     serde_json::to_string(value).expect("a report serialises to JSON")
