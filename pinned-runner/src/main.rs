@@ -7,7 +7,6 @@
 //! 2 for bad arguments or config, 3 when the engine cannot start, 1 for a failure while
 //! running.
 
-mod base64;
 mod consume;
 mod demo;
 mod hostcheck;

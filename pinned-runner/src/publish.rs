@@ -151,7 +151,8 @@ fn event(
     let payload = match (line.payload, line.payload_base64) {
         (Some(_), Some(_)) => return Err("both payload and payload_base64".to_owned()),
         (Some(p), None) => p.into_bytes(),
-        (None, Some(b)) => crate::base64::decode(&b).map_err(|e| format!("payload_base64: {e}"))?,
+        (None, Some(b)) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &b)
+            .map_err(|e| format!("payload_base64: {e}"))?,
         (None, None) => Vec::new(),
     };
     if payload.len() > pinstream_core::wire::MAX_PAYLOAD_LEN {

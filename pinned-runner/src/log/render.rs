@@ -305,7 +305,10 @@ impl<'a> PayloadJson<'a> {
             },
             (PayloadStyle::Text, Some(text)) => PayloadJson::Text { payload: text },
             (PayloadStyle::Text, None) => PayloadJson::Base64 {
-                payload_base64: crate::base64::encode(payload),
+                payload_base64: base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    payload,
+                ),
             },
         }
     }
