@@ -28,6 +28,7 @@ use super::sink::StoreSink;
 use super::stats::recovery_summary;
 use super::storage_loop::{StorageLoop, StorageParts};
 use super::{EngineConfig, EngineStats, Placement};
+use crate::consumers::{ConsumerServer, ConsumerShared};
 use crate::fdlimit::{self, FdBudget, FdLimit};
 use crate::idle::Idler;
 use crate::ingest::{COMPLETIONS, Completion, Ingest, IngestContext, Shared, TcpLimits};
@@ -145,6 +146,10 @@ pub struct Started {
     pub tcp: Option<SocketAddr>,
     /// UDP address, if listening.
     pub udp: Option<SocketAddr>,
+    /// The consumer listener's address, if serving consumers.
+    pub consumers: Option<SocketAddr>,
+    /// Consumer positions that could not be loaded (torn, corrupt, over `max_named`).
+    pub consumer_warnings: Vec<String>,
     /// One report per log ([`LogId::ALL`] order).
     pub recovery: Vec<RecoveryReport>,
     /// Whether the threads are pinned, and why.
@@ -164,6 +169,8 @@ pub struct Started {
 pub struct EngineHandle {
     stats: Arc<EngineStats>,
     supervisor: Option<thread::JoinHandle<Result<(), String>>>,
+    /// The consumer server, if serving.
+    consumers: Option<ConsumerServer>,
     /// Addresses and recovery reports.
     pub started: Started,
     /// `data_dir/LOCK`, held until the handle is gone: dropped after the supervisor has
@@ -175,6 +182,12 @@ impl EngineHandle {
     /// The shared counters and flags.
     pub fn stats(&self) -> &Arc<EngineStats> {
         &self.stats
+    }
+
+    /// Where consumers connect (`consumers.listen`, with the port the OS chose for port 0),
+    /// if the engine serves them.
+    pub fn consumer_addr(&self) -> Option<SocketAddr> {
+        self.started.consumers
     }
 
     /// Stops taking input, processes and stores everything accepted, syncs the logs, sends
@@ -191,16 +204,20 @@ impl EngineHandle {
     }
 
     fn stop_inner(&mut self) -> Result<(), EngineError> {
+        // Consumers first: they only read; the engine's drain does not wait for them.
+        let consumers = self.consumers.take().map(|mut c| c.stop());
         self.stats.shared.stop.store(true, Ordering::Release);
         match self.supervisor.take() {
             Some(h) => match h.join() {
                 Ok(Ok(())) => {
                     // Every thread has returned: the counters are final.
                     let books = BooksAtStop::of(&self.stats);
-                    if books.balanced() {
-                        Ok(())
-                    } else {
+                    if !books.balanced() {
                         Err(EngineError::Accounting(Box::new(books)))
+                    } else if let Some(Err(msg)) = consumers {
+                        Err(EngineError::Thread(msg))
+                    } else {
+                        Ok(())
                     }
                 }
                 Ok(Err(msg)) => Err(EngineError::Thread(msg)),
@@ -350,7 +367,14 @@ impl Engine {
         // engine cannot accept for want of one is refused by accident, not by the config).
         let fds = fdlimit::ensure(FdBudget::new(
             cfg.tcp_limits.max_connections,
-            cfg.admin_connections,
+            // A consumer connection holds its socket and one segment file (and, briefly, its
+            // index); counted with the admin endpoint's connections.
+            cfg.admin_connections
+                + if cfg.consumers.listen.is_some() {
+                    3 * (cfg.consumers.max_connections + 16) + 4
+                } else {
+                    0
+                },
             LogId::COUNT,
         ))
         .map_err(EngineError::Limit)?;
@@ -363,12 +387,34 @@ impl Engine {
             .udp
             .as_ref()
             .and_then(|(s, _, _)| s.local_addr().ok());
+        let consumer_socket = match cfg.consumers.listen {
+            Some(_) => Some(
+                ConsumerServer::bind(&cfg.consumers, &cfg.data_dir).map_err(EngineError::Config)?,
+            ),
+            None => None,
+        };
         let (logs, recovery) = open_logs(&cfg)?;
+        let shared = ConsumerShared::new().map_err(|source| EngineError::Socket {
+            what: "cannot make the consumer server's eventfd".into(),
+            source,
+        })?;
         let stats = Arc::new(EngineStats::new(
             recovery_summary(&recovery),
             cfg.data_dir.clone(),
+            Arc::new(shared),
         ));
         let placed = place(&cfg.placement)?;
+        if let Some(cpu) = cfg.consumers.cpu {
+            let engine_cpus = [placed.plan.cpu_of("ingest"), placed.plan.cpu_of("storage")];
+            if placed.plan.is_pinning() && engine_cpus.contains(&Some(cpu)) {
+                return Err(EngineError::Config(format!(
+                    "consumers.cpu = {cpu} is the CPU of a pinned engine thread: the consumer \
+                     server must never run there (choose another, or -1 for none)"
+                )));
+            }
+        }
+        let consumer_settings = cfg.consumers.clone();
+        let data_dir = cfg.data_dir.clone();
         let (tx, rx) = mpsc::channel();
         let supervision = Supervision {
             stats: Arc::clone(&stats),
@@ -401,12 +447,41 @@ impl Engine {
                 ));
             }
         };
+        // Started last: nothing above can fail once it runs.
+        let (consumers, consumer_addr, consumer_warnings) = match consumer_socket {
+            Some((listener, positions, warnings)) => {
+                let server = ConsumerServer::start(
+                    &consumer_settings,
+                    Arc::clone(&stats.consumers),
+                    listener,
+                    positions,
+                    data_dir,
+                );
+                match server {
+                    Ok(s) => {
+                        let addr = s.local_addr();
+                        (Some(s), Some(addr), warnings)
+                    }
+                    Err(e) => {
+                        stats.shared.stop.store(true, Ordering::Release);
+                        let _ = supervisor.join();
+                        return Err(EngineError::Thread(format!(
+                            "cannot start the consumer server thread: {e}"
+                        )));
+                    }
+                }
+            }
+            None => (None, None, Vec::new()),
+        };
         Ok(EngineHandle {
             stats,
             supervisor: Some(supervisor),
+            consumers,
             started: Started {
                 tcp: tcp_addr,
                 udp: udp_addr,
+                consumers: consumer_addr,
+                consumer_warnings,
                 recovery,
                 decision: placed.decision,
                 placement: placed.notes,
