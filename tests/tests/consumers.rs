@@ -13,8 +13,7 @@ use pinstream_core::event::{EventHeader, Priority};
 use pinstream_core::reason::Reason;
 use pinstream_core::record::{self, RecordBody};
 use pinstream_core::wire::{
-    self, Frame, FrameKind, Hello, Reject, Start, StreamDecoder, StreamLog, Subscribe,
-    Subscribed,
+    self, Frame, FrameKind, Hello, Reject, Start, StreamDecoder, StreamLog, Subscribe, Subscribed,
 };
 use pinstream_host::consumers::ConsumerSettings;
 use pinstream_host::engine::{Engine, EngineConfig, EngineHandle};
@@ -132,7 +131,10 @@ impl RawConsumer {
             let queue = &mut self.queue;
             self.dec.feed(&buf[..n], |r| {
                 let f: Frame<'_> = r.expect("a valid frame from the server");
-                assert!(f.as_bytes().len() <= MAX_FRAME, "a frame over max_frame_len");
+                assert!(
+                    f.as_bytes().len() <= MAX_FRAME,
+                    "a frame over max_frame_len"
+                );
                 queue.push_back(match f.kind() {
                     FrameKind::Hello => Got::Hello(f.hello().unwrap()),
                     FrameKind::Subscribed => Got::Subscribed(f.subscribed().unwrap()),
@@ -170,7 +172,10 @@ impl RawConsumer {
         {
             // The contract of every DATA frame.
             assert!(end > first);
-            assert!(*end <= *high_watermark, "records at or past the high watermark");
+            assert!(
+                *end <= *high_watermark,
+                "records at or past the high watermark"
+            );
             assert_eq!(records.len() as u64, end - first, "one record per offset");
             assert!(
                 u64::from(*records_len) <= self.credit,
@@ -186,7 +191,7 @@ impl RawConsumer {
     /// the credit left falls below half of it (0: never).
     fn read_until(&mut self, end: u64, grant: u64) -> Vec<Rec> {
         let mut out: Vec<Rec> = Vec::new();
-        while out.last().map_or(true, |r| r.offset + 1 < end) {
+        while out.last().is_none_or(|r| r.offset + 1 < end) {
             if grant > 0 && self.credit < grant / 2 {
                 self.grant(grant);
             }
@@ -207,7 +212,10 @@ impl RawConsumer {
             Some(Got::Reject(r)) => assert_eq!(r.reason(), Some(reason), "{r:?}"),
             other => panic!("expected REJECT {reason:?}, got {other:?}"),
         }
-        assert!(self.next().is_none(), "the connection is closed after a REJECT");
+        assert!(
+            self.next().is_none(),
+            "the connection is closed after a REJECT"
+        );
     }
 }
 
@@ -241,7 +249,8 @@ fn produce(engine: &EngineHandle, ids: std::ops::Range<u64>) {
     let n = ids.end - ids.start;
     for id in ids {
         let prio = PRIORITIES[(id % 5) as usize];
-        p.push(&EventHeader::new(id, 0, prio, 0), &payload(id)).unwrap();
+        p.push(&EventHeader::new(id, 0, prio, 0), &payload(id))
+            .unwrap();
     }
     let t = p.flush().unwrap();
     assert_eq!(t.stored, n, "{t:?}");
@@ -372,11 +381,15 @@ fn no_credit_no_data() {
     produce_realtime(&engine, 0..100);
     let mut c = RawConsumer::connect(addr);
     c.subscribe(LogId::Realtime, Start::Earliest, 0, "");
-    c.s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    c.s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     assert!(c.next().is_none(), "nothing before a CREDIT");
     // Less than one record: still nothing.
     c.grant(10);
-    assert!(c.next().is_none(), "nothing while the next record is larger than the credit");
+    assert!(
+        c.next().is_none(),
+        "nothing while the next record is larger than the credit"
+    );
     c.s.set_read_timeout(Some(WAIT)).unwrap();
     c.grant(1 << 20);
     let got = c.read_until(100, 0);
@@ -522,7 +535,10 @@ fn refusals_are_rejects_then_close() {
     c.expect_reject(Reason::BadCrc);
 
     let m = metrics(&engine);
-    assert!(m.contains("pinstream_consumer_rejects_total{reason=\"consumer_busy\"} 1"), "{m}");
+    assert!(
+        m.contains("pinstream_consumer_rejects_total{reason=\"consumer_busy\"} 1"),
+        "{m}"
+    );
     engine.stop().unwrap();
 }
 
@@ -555,7 +571,10 @@ fn a_stalled_consumer_does_not_stop_the_producers() {
         m.contains("pinstream_consumer_records_sent_total{log=\"realtime\"} 200000"),
         "{m}"
     );
-    assert!(m.contains("pinstream_log_high_watermark{log=\"realtime\"} 200000"), "{m}");
+    assert!(
+        m.contains("pinstream_log_high_watermark{log=\"realtime\"} 200000"),
+        "{m}"
+    );
     assert!(m.contains("pinstream_consumers_connected 1"), "{m}");
     engine.stop().unwrap();
 }

@@ -62,8 +62,14 @@ fn de_cpu<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     };
     match Cpu::deserialize(d)? {
         Cpu::Number(-1) => Ok(None),
-        Cpu::Number(n) => usize::try_from(n).map(Some).map_err(|_| bad(&n.to_string())),
+        Cpu::Number(n) => usize::try_from(n)
+            .map(Some)
+            .map_err(|_| bad(&n.to_string())),
         Cpu::Text(t) if t.trim().eq_ignore_ascii_case("none") => Ok(None),
-        Cpu::Text(t) => t.trim().parse().map(Some).map_err(|_| bad(&format!("{t:?}"))),
+        Cpu::Text(t) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| bad(&format!("{t:?}"))),
     }
 }

@@ -496,13 +496,7 @@ impl Config {
             4096,
             "each holds a socket and a segment file open",
         );
-        v.range(
-            "consumers.max_named",
-            c.max_named as u64,
-            1,
-            1 << 20,
-            "",
-        );
+        v.range("consumers.max_named", c.max_named as u64, 1, 1 << 20, "");
         if let Some(cpu) = c.cpu {
             v.range(
                 "consumers.cpu",

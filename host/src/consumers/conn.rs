@@ -11,9 +11,9 @@ use std::path::Path;
 
 use pinstream_core::reason::Reason;
 use pinstream_core::wire::{
-    self, CONSUMER_VERSION, DATA_OVERHEAD, DataPrefix, Frame, FrameKind, Hello,
-    MAX_CONSUMER_NAME, MIN_CONSUMER_FRAME_LEN, NO_COMMIT, Reject, Start, StreamDecoder,
-    StreamLog, Subscribed, valid_consumer_name,
+    self, CONSUMER_VERSION, DATA_OVERHEAD, DataPrefix, Frame, FrameKind, Hello, MAX_CONSUMER_NAME,
+    MIN_CONSUMER_FRAME_LEN, NO_COMMIT, Reject, Start, StreamDecoder, StreamLog, Subscribed,
+    valid_consumer_name,
 };
 
 use super::output::{CTL_CAP, DataSend, Flushed, Output};
@@ -279,15 +279,18 @@ impl Conn {
             (Phase::Hello, Msg::Subscribe { seq, .. }) => {
                 self.reject(ctx, seq, Reason::UnexpectedKind);
             }
-            (Phase::Subscribe, Msg::Subscribe {
-                seq,
-                log,
-                start,
-                value,
-                credit,
-                name,
-                name_len,
-            }) => self.subscribe(ctx, seq, log, (start, value), credit, &name[..name_len])?,
+            (
+                Phase::Subscribe,
+                Msg::Subscribe {
+                    seq,
+                    log,
+                    start,
+                    value,
+                    credit,
+                    name,
+                    name_len,
+                },
+            ) => self.subscribe(ctx, seq, log, (start, value), credit, &name[..name_len])?,
             (Phase::Streaming, Msg::Credit(_, bytes)) => {
                 if let Some(s) = self.sub.as_mut() {
                     s.credit = s.credit.saturating_add(bytes);

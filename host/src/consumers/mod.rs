@@ -127,7 +127,9 @@ impl ConsumerServer {
             .listen
             .ok_or_else(|| "consumers.listen is off".to_string())?;
         let listener = TcpListener::bind(addr).map_err(|e| {
-            format!("cannot listen for consumers on {addr}: {e} (change consumers.listen, or \"off\")")
+            format!(
+                "cannot listen for consumers on {addr}: {e} (change consumers.listen, or \"off\")"
+            )
         })?;
         let (positions, warnings) = Positions::load(data_dir, settings.max_named).map_err(|e| {
             format!(

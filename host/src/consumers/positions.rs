@@ -163,10 +163,8 @@ mod tests {
     use super::*;
 
     fn temp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "pinstream-positions-{tag}-{}",
-            std::process::id()
-        ));
+        let d =
+            std::env::temp_dir().join(format!("pinstream-positions-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
     }

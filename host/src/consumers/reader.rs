@@ -186,7 +186,11 @@ fn record_time(kind: u8, body: &[u8]) -> Option<u64> {
 }
 
 /// The record at `position` of `seg`: `(offset, total length, time)`; `buf` is scratch.
-fn timed_record_at(seg: &Segment, position: u64, buf: &mut Vec<u8>) -> io::Result<(u64, u64, Option<u64>)> {
+fn timed_record_at(
+    seg: &Segment,
+    position: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<(u64, u64, Option<u64>)> {
     use std::os::unix::fs::FileExt;
     let mut h = [0u8; RECORD_HEADER_LEN];
     seg.file().read_exact_at(&mut h, position)?;

@@ -162,8 +162,8 @@ impl Segment {
             }
             let mut i = 0usize;
             while i + RECORD_HEADER_LEN <= n {
-                let (offset, len) = parse_header(&buf[i..n])
-                    .ok_or_else(|| corrupt("unreadable header".into()))?;
+                let (offset, len) =
+                    parse_header(&buf[i..n]).ok_or_else(|| corrupt("unreadable header".into()))?;
                 if offset != at.offset {
                     return Err(corrupt(format!(
                         "segment {}: record at {} has offset {offset}, expected {}",
@@ -298,10 +298,22 @@ mod tests {
         let pos = log_with(&d, 300);
         let mut seg = Segment::open(&d, 0).unwrap();
         let end = seg.closed_end().unwrap();
-        assert_eq!(end, Boundary { position: pos[300], offset: 300 });
+        assert_eq!(
+            end,
+            Boundary {
+                position: pos[300],
+                offset: 300
+            }
+        );
         for o in 0..300u64 {
             let b = seg.locate(o, end).unwrap().unwrap();
-            assert_eq!(b, Boundary { position: pos[o as usize], offset: o });
+            assert_eq!(
+                b,
+                Boundary {
+                    position: pos[o as usize],
+                    offset: o
+                }
+            );
         }
         assert_eq!(seg.locate(300, end).unwrap(), None);
         std::fs::remove_dir_all(&d).unwrap();
@@ -314,7 +326,10 @@ mod tests {
         let mut seg = Segment::open(&d, 0).unwrap();
         let end = seg.closed_end().unwrap();
         for limit in [70u64, 100, 300, 1000, 5000, 1 << 20] {
-            let mut at = Boundary { position: 0, offset: 0 };
+            let mut at = Boundary {
+                position: 0,
+                offset: 0,
+            };
             while at.offset < 300 {
                 match seg.cut(at, end, limit).unwrap() {
                     Cut::Until(b) => {
@@ -333,7 +348,15 @@ mod tests {
         }
         // A limit below the next record: too big, with its length.
         assert_eq!(
-            seg.cut(Boundary { position: pos[49], offset: 49 }, end, 10).unwrap(),
+            seg.cut(
+                Boundary {
+                    position: pos[49],
+                    offset: 49
+                },
+                end,
+                10
+            )
+            .unwrap(),
             Cut::TooBig(70)
         );
         std::fs::remove_dir_all(&d).unwrap();

@@ -133,7 +133,11 @@ impl Server {
     fn on_event(&mut self, shared: &ConsumerShared, ev: Ready) {
         let index = (ev.token & 0xFFFF_FFFF) as usize - 2;
         let generation = (ev.token >> 32) as u32;
-        if self.slots.get(index).is_none_or(|s| s.generation != generation) {
+        if self
+            .slots
+            .get(index)
+            .is_none_or(|s| s.generation != generation)
+        {
             return;
         }
         let readable = ev.events & (EPOLLIN | EPOLLRDHUP | EPOLLERR_HUP) != 0;
@@ -197,9 +201,7 @@ pub(super) fn serve(
     let mut seen = shared.marks.version();
     while !shared.stop.load(Ordering::Acquire) {
         let sleep = shared.marks.prepare_sleep(seen);
-        let n = server
-            .epoll
-            .wait(&mut ready, if sleep { -1 } else { 0 })?;
+        let n = server.epoll.wait(&mut ready, if sleep { -1 } else { 0 })?;
         shared.marks.woke();
         let version = shared.marks.version();
         for ev in &ready[..n] {

@@ -124,7 +124,8 @@ pub fn write_metrics(w: &mut PromWriter<'_>, s: &ConsumerStats, marks: &Watermar
     for r in Reason::ALL {
         let n = s.rejects[r.index()].get();
         // The version-3 reasons always (the family is never empty), others once seen.
-        if n > 0 || r.code() >= Reason::UnknownLog.code() && r.code() <= Reason::ConsumerBusy.code() {
+        if n > 0 || r.code() >= Reason::UnknownLog.code() && r.code() <= Reason::ConsumerBusy.code()
+        {
             w.sample_u64(
                 "pinstream_consumer_rejects_total",
                 &[("reason", r.name())],

@@ -16,8 +16,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
-use crate::storage::layout::LogId;
 use crate::storage::SegmentMark;
+use crate::storage::layout::LogId;
 use crate::sys::consumer_io::EventFd;
 
 /// What a consumer of one log may read.

@@ -23,9 +23,8 @@ impl EventFd {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a new descriptor that nothing else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// Adds 1: wakes a thread waiting for it to be readable. Never blocks (the counter
@@ -55,7 +54,12 @@ impl EventFd {
 ///
 /// # Errors
 /// `WouldBlock` when the socket is full; the socket's or the file's error.
-pub(crate) fn sendfile(sock: RawFd, file: &File, offset: &mut u64, count: usize) -> io::Result<usize> {
+pub(crate) fn sendfile(
+    sock: RawFd,
+    file: &File,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
     let mut off = libc::off_t::try_from(*offset)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset above off_t"))?;
     loop {
