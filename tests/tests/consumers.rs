@@ -439,6 +439,13 @@ fn a_named_consumer_resumes_at_its_commit_across_restarts() {
         }
     }
     drop(c);
+    let m = metrics(&engine);
+    assert!(m.contains("pinstream_consumer_commits_total 1"), "{m}");
+    assert!(
+        m.contains("pinstream_consumer_lag_records{log=\"realtime\",consumer=\"app-1\"} 500"),
+        "{m}"
+    );
+    promtool_check(&m);
     let (mut c, s) = subscribe_named(addr, LogId::Realtime, "app-1");
     assert_eq!((s.committed, s.start_offset), (500, 500));
     assert_eq!(c.read_until(501, 0)[0].offset, 500);
@@ -542,6 +549,33 @@ fn refusals_are_rejects_then_close() {
     engine.stop().unwrap();
 }
 
+/// `promtool check metrics` on `text`, when promtool is installed.
+fn promtool_check(text: &str) {
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not on PATH: skipping `promtool check metrics`");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn metrics(engine: &EngineHandle) -> String {
     use pinstream_host::admin::AdminSource;
     let mut out = String::new();
@@ -576,6 +610,7 @@ fn a_stalled_consumer_does_not_stop_the_producers() {
         "{m}"
     );
     assert!(m.contains("pinstream_consumers_connected 1"), "{m}");
+    promtool_check(&m);
     engine.stop().unwrap();
 }
 
@@ -600,5 +635,64 @@ fn durable_acks_show_only_durable_records() {
     });
     produce_realtime(&engine, 0..5_000);
     assert_eq!(reader.join().unwrap(), 5_000);
+    engine.stop().unwrap();
+}
+
+#[test]
+fn small_segments_are_read_across_their_boundaries() {
+    let dir = TempDir::new("consumers-segments");
+    let mut cfg = config(&dir);
+    // Many segments, an index entry every 512 bytes; acks when accepted (the watermark is
+    // then the written offset).
+    cfg.log.segment_bytes = 24 << 10;
+    cfg.log.index_interval_bytes = 512;
+    cfg.ack = pinstream_host::ingest::AckMode::Accepted;
+    let engine = Engine::start(cfg).unwrap();
+    let addr = engine.consumer_addr().unwrap();
+    // Subscribed before anything is stored: woken as records arrive, segment after segment.
+    let mut early = RawConsumer::connect(addr);
+    early.subscribe(LogId::Realtime, Start::Earliest, 0, "");
+    produce_realtime(&engine, 0..6000);
+    let segments = std::fs::read_dir(dir.path().join("realtime"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
+        .count();
+    assert!(segments > 10, "{segments} segments");
+    // The high watermark under `accepted` may trail the acks by a commit: wait for it.
+    let until = Instant::now() + WAIT;
+    while engine
+        .stats()
+        .consumers
+        .marks
+        .high_watermark(LogId::Realtime)
+        < 6000
+    {
+        assert!(Instant::now() < until, "the watermark reaches 6000");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let expected = stored(&dir, LogId::Realtime);
+    assert_eq!(expected.len(), 6000);
+    // Credits of odd sizes: frames end inside index intervals and at segment ends.
+    for grant in [7_919u64, 65_700, 1 << 20] {
+        let mut c = RawConsumer::connect(addr);
+        c.subscribe(LogId::Realtime, Start::Earliest, 0, "");
+        let got = c.read_until(6000, grant);
+        assert_eq!(got, expected, "credit {grant}");
+    }
+    for start in [0u64, 1, 511, 2999, 5999] {
+        let mut c = RawConsumer::connect(addr);
+        let s = c.subscribe(LogId::Realtime, Start::Offset(start), 1 << 20, "");
+        assert_eq!(s.start_offset, start);
+        let got = c.read_until(6000, 1 << 20);
+        assert_eq!(got[..], expected[start as usize..]);
+    }
+    early.grant(u64::MAX / 2);
+    assert_eq!(early.read_until(6000, 0), expected);
     engine.stop().unwrap();
 }

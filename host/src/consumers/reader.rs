@@ -250,3 +250,142 @@ pub fn offset_at_time(dir: &Path, time: u64, vis: &Visible) -> io::Result<u64> {
     }
     Ok(vis.mark.offset)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Durability, Log, LogConfig, SegmentMark};
+
+    /// A closed log of `n` records of 100 bytes in segments of 1 KiB (10 per segment);
+    /// returns its directory and the visible state of all of it.
+    fn log(tag: &str, n: u64) -> (PathBuf, Visible) {
+        let dir =
+            std::env::temp_dir().join(format!("pinstream-cursor-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = LogConfig::new(&dir);
+        cfg.segment_bytes = 1000;
+        cfg.index_interval_bytes = 300;
+        cfg.durability = Durability::Always;
+        let (mut log, _) = Log::open(cfg).unwrap();
+        for i in 0..n {
+            log.append(1, &[i as u8; 80]).unwrap();
+            if i % 7 == 0 {
+                log.sync().unwrap();
+            }
+        }
+        log.sync().unwrap();
+        let vis = Visible {
+            mark: log.visible_mark(true),
+            first: log.first_offset(),
+        };
+        log.close().unwrap();
+        (dir, vis)
+    }
+
+    /// Every offset the cursor sends, frame by frame, with `limit`.
+    fn read_all(dir: &Path, start: u64, vis: &Visible, limit: u64) -> Vec<u64> {
+        let mut c = LogCursor::new(dir.to_path_buf(), start);
+        let mut out = Vec::new();
+        loop {
+            match c.next_frame(vis, limit).unwrap() {
+                Next::Frame { from, to } => {
+                    assert!(to.position - from.position <= limit);
+                    out.extend(from.offset..to.offset);
+                }
+                Next::Nothing => return out,
+                Next::TooBig(len) => panic!("a record of {len} bytes over {limit}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_cursor_crosses_segments_and_stops_at_the_watermark() {
+        let (dir, vis) = log("cross", 95);
+        assert_eq!(vis.mark.offset, 95);
+        assert_eq!(vis.mark.base, 90, "the active segment holds the last 5");
+        for limit in [100, 250, 1000, 1 << 20] {
+            assert_eq!(read_all(&dir, 0, &vis, limit), (0..95).collect::<Vec<_>>());
+            assert_eq!(
+                read_all(&dir, 37, &vis, limit),
+                (37..95).collect::<Vec<_>>()
+            );
+        }
+        // A watermark inside a segment: nothing at or past it.
+        let part = Visible {
+            mark: SegmentMark {
+                offset: 45,
+                base: 40,
+                position: 500,
+            },
+            first: 0,
+        };
+        assert_eq!(
+            read_all(&dir, 0, &part, 1 << 20),
+            (0..45).collect::<Vec<_>>()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn removed_segments_are_jumped_over() {
+        let (dir, vis) = log("gaps", 95);
+        // Retention removed the first two segments; a quarantine the fifth.
+        for base in [0u64, 10, 40] {
+            std::fs::remove_file(crate::storage::layout::segment_path(&dir, base)).unwrap();
+        }
+        let vis = Visible { first: 20, ..vis };
+        let want: Vec<u64> = (20..40).chain(50..95).collect();
+        assert_eq!(read_all(&dir, 0, &vis, 1 << 20), want);
+        assert_eq!(read_all(&dir, 42, &vis, 300), (50..95).collect::<Vec<_>>());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_time_finds_the_first_record_received_at_or_after_it() {
+        use pinstream_core::event::{EventHeader, Lane, Origin, Priority};
+        use pinstream_core::process::StoredEvent;
+        let dir =
+            std::env::temp_dir().join(format!("pinstream-cursor-time-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = LogConfig::new(&dir);
+        cfg.segment_bytes = 1000;
+        cfg.durability = Durability::None;
+        let (mut log, _) = Log::open(cfg).unwrap();
+        // Times 1000, 1010, 1020, … over segments of a few records each.
+        for i in 0..60u64 {
+            let header = EventHeader::new(i, 0, Priority::High, 0);
+            let ev = StoredEvent {
+                lane: Lane::Realtime,
+                header: &header,
+                origin: Origin::new(1, i),
+                received: 1000 + 10 * i,
+                payload: &[1; 40],
+            };
+            let (kind, len) = record::event_shape(&ev);
+            log.append_with(kind, len, |dst| record::encode_event(dst, &ev))
+                .unwrap();
+        }
+        log.flush().unwrap();
+        let vis = Visible {
+            mark: log.visible_mark(false),
+            first: log.first_offset(),
+        };
+        log.close().unwrap();
+        assert!(crate::storage::segment_bases(&dir).unwrap().len() > 5);
+        for (time, want) in [
+            (0, 0),
+            (1000, 0),
+            (1001, 1),
+            (1250, 25),
+            (1590, 59),
+            (1591, 60),
+        ] {
+            assert_eq!(
+                offset_at_time(&dir, time, &vis).unwrap(),
+                want,
+                "time {time}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
