@@ -106,7 +106,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     let signals = Signals::install()?;
     let handle = Engine::start(engine_cfg.clone()).map_err(|e| match e {
         EngineError::Socket { .. } => Failure::start(format!(
-            "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
+            "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen / consumers.listen)"
         )),
         // Another engine holds storage.dir: the message names the directory and its pid. A
         // record of a newer format: the message names the file and byte and what to do.

@@ -113,33 +113,6 @@ pub struct ConsumerServer {
 }
 
 impl ConsumerServer {
-    /// Binds `settings.listen` (which must be set); loads the positions below `data_dir`.
-    /// Returns the bound listener, the positions and their warnings, for [`start`](Self::start).
-    ///
-    /// # Errors
-    /// The address cannot be bound, or the positions directory cannot be listed; each
-    /// message names what and where.
-    pub fn bind(
-        settings: &ConsumerSettings,
-        data_dir: &std::path::Path,
-    ) -> Result<(TcpListener, Positions, Vec<String>), String> {
-        let addr = settings
-            .listen
-            .ok_or_else(|| "consumers.listen is off".to_string())?;
-        let listener = TcpListener::bind(addr).map_err(|e| {
-            format!(
-                "cannot listen for consumers on {addr}: {e} (change consumers.listen, or \"off\")"
-            )
-        })?;
-        let (positions, warnings) = Positions::load(data_dir, settings.max_named).map_err(|e| {
-            format!(
-                "cannot read the consumer positions in {}: {e}",
-                data_dir.join(POSITIONS_DIR).display()
-            )
-        })?;
-        Ok((listener, positions, warnings))
-    }
-
     /// Starts the serving thread over `listener`.
     ///
     /// # Errors

@@ -28,7 +28,7 @@ use super::sink::StoreSink;
 use super::stats::recovery_summary;
 use super::storage_loop::{StorageLoop, StorageParts};
 use super::{EngineConfig, EngineStats, Placement};
-use crate::consumers::{ConsumerServer, ConsumerShared};
+use crate::consumers::{ConsumerServer, ConsumerShared, POSITIONS_DIR, Positions};
 use crate::fdlimit::{self, FdBudget, FdLimit};
 use crate::idle::Idler;
 use crate::ingest::{COMPLETIONS, Completion, Ingest, IngestContext, Shared, TcpLimits};
@@ -388,9 +388,20 @@ impl Engine {
             .as_ref()
             .and_then(|(s, _, _)| s.local_addr().ok());
         let consumer_socket = match cfg.consumers.listen {
-            Some(_) => Some(
-                ConsumerServer::bind(&cfg.consumers, &cfg.data_dir).map_err(EngineError::Config)?,
-            ),
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).map_err(|source| EngineError::Socket {
+                    what: format!("cannot listen for consumers on {addr}"),
+                    source,
+                })?;
+                let (positions, warnings) = Positions::load(&cfg.data_dir, cfg.consumers.max_named)
+                    .map_err(|e| {
+                        EngineError::Config(format!(
+                            "cannot read the consumer positions in {}: {e}",
+                            cfg.data_dir.join(POSITIONS_DIR).display()
+                        ))
+                    })?;
+                Some((listener, positions, warnings))
+            }
             None => None,
         };
         let (logs, recovery) = open_logs(&cfg)?;
