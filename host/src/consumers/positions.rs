@@ -144,7 +144,11 @@ impl Positions {
         let ldir = self.dir.join(log.name());
         if !ldir.is_dir() {
             fs::create_dir_all(&ldir)?;
+            // The new directories' entries, up to the data directory.
             fs::File::open(&self.dir)?.sync_all()?;
+            if let Some(data_dir) = self.dir.parent() {
+                fs::File::open(data_dir)?.sync_all()?;
+            }
         }
         let tmp = ldir.join(format!("{name}{TMP_SUFFIX}"));
         let mut f = files::create(&tmp)?;
