@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use pinstream_core::event::{EventHeader, Priority};
+use pinstream_core::wire::{self, Hello, Start, StreamLog, Subscribe};
+use pinstream_host::consumers::ConsumerSettings;
 use pinstream_host::engine::{Engine, EngineConfig};
 use pinstream_tests::client::Client;
 use pinstream_tests::{CountingAllocator, TempDir};
@@ -31,6 +33,19 @@ fn a_watched_thread_allocating_is_counted() {
     assert_eq!(ALLOC.watched_count() - before, 1);
 }
 
+/// A consumer subscribed to the realtime log at its end, with no credit.
+fn waiting_consumer(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut buf = [0u8; 256];
+    let n = wire::encode_hello(&mut buf, 0, &Hello::consumer(1 << 20)).unwrap();
+    s.write_all(&buf[..n]).unwrap();
+    let sub = Subscribe::new(StreamLog::Realtime, Start::Latest, 0, b"");
+    let n = wire::encode_subscribe(&mut buf, 1, &sub).unwrap();
+    s.write_all(&buf[..n]).unwrap();
+    s
+}
+
 #[test]
 fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     a_watched_thread_allocating_is_counted();
@@ -38,7 +53,12 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     let mut cfg = EngineConfig::local(dir.path());
     cfg.thread_hook = Some(watch);
     cfg.aggregate_window = Duration::from_millis(5);
+    // A consumer waits at the end of the realtime log with no credit: every commit's new
+    // high watermark wakes the consumer server, so the storage thread publishes and writes
+    // the server's eventfd all along (the consumer server's own thread is not watched).
+    cfg.consumers = ConsumerSettings::on("127.0.0.1:0".parse().unwrap());
     let engine = Engine::start(cfg).unwrap();
+    let _consumer = waiting_consumer(engine.consumer_addr().unwrap());
     let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
     client.hello().unwrap();
     let mut seq = 0u64;
@@ -74,6 +94,16 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     ALLOC.disarm_watched();
     let allocations = ALLOC.watched_count() - before;
     let stored = engine.stats().process.stored.get();
+    // The consumer was there all along, waiting at the end of the log.
+    assert_eq!(engine.stats().consumers.stats.connected.get(), 1);
+    assert!(
+        engine
+            .stats()
+            .consumers
+            .marks
+            .high_watermark(pinstream_host::storage::LogId::Realtime)
+            > 0
+    );
     engine.stop().unwrap();
     assert!(
         stored > 10_000,
