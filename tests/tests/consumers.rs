@@ -696,3 +696,50 @@ fn small_segments_are_read_across_their_boundaries() {
     assert_eq!(early.read_until(6000, 0), expected);
     engine.stop().unwrap();
 }
+
+/// Not a test: a measurement (`cargo test -p pinstream-tests --test consumers
+/// tail_latency -- --ignored --nocapture`). One event at a time, from the producer's send
+/// to the DATA frame at a consumer waiting at the end of the log: the wake-up path, storage
+/// thread → eventfd → serving thread → sendfile, under `ack = durable` with a 1 ms group
+/// commit (the fdatasync included) and under `ack = accepted` without syncs.
+#[test]
+#[ignore = "a measurement, run on demand"]
+fn tail_latency() {
+    for durable in [true, false] {
+        let dir = TempDir::new("consumers-tail");
+        let mut cfg = config(&dir);
+        if !durable {
+            cfg.ack = pinstream_host::ingest::AckMode::Accepted;
+            cfg.log.durability = pinstream_host::storage::Durability::None;
+        }
+        let engine = Engine::start(cfg).unwrap();
+        let mut c = RawConsumer::connect(engine.consumer_addr().unwrap());
+        c.subscribe(LogId::Realtime, Start::Latest, u64::MAX, "");
+        let options = ProducerOptions {
+            max_batch: 1,
+            ..ProducerOptions::default()
+        };
+        let mut p = Producer::connect(engine.started.tcp.unwrap(), options).unwrap();
+        let mut lat = Vec::new();
+        for id in 0..500u64 {
+            let t0 = Instant::now();
+            p.push(&EventHeader::new(id, 0, Priority::High, 0), b"x")
+                .unwrap();
+            match c.next() {
+                Some(Got::Data { .. }) => lat.push(t0.elapsed()),
+                other => panic!("{other:?}"),
+            }
+        }
+        p.flush().unwrap();
+        lat.sort();
+        let q = |f: f64| lat[((lat.len() - 1) as f64 * f) as usize];
+        println!(
+            "durable {durable}: send -> DATA at the consumer: p50 {:?} p90 {:?} p99 {:?} max {:?}",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(1.0)
+        );
+        engine.stop().unwrap();
+    }
+}

@@ -26,6 +26,15 @@
 //! | `server.rs` | the epoll loop |
 //! | `positions.rs` | [`Positions`]: named consumers' committed positions on disk |
 //! | `stats.rs` | [`ConsumerStats`] and the Prometheus families |
+//!
+//! **Measured** (`cargo test -p pinstream-tests --test consumers tail_latency -- --ignored
+//! --nocapture`; debug build, 2-vCPU VM shared with other builds, 500 events one at a time):
+//! from the producer's send to the DATA frame at a consumer waiting at the end of the log.
+//!
+//! | mode | p50 | p90 | p99 |
+//! | --- | --- | --- | --- |
+//! | `ack = durable`, 1 ms group commit (fdatasync included) | 1.3 ms | 4.1 ms | 11 ms |
+//! | `ack = accepted`, `durability = none` | 0.7 ms | 1.2 ms | 6 ms |
 
 mod conn;
 mod output;
