@@ -208,8 +208,9 @@ fn timed_record_at(
 
 /// The offset of the first visible record of the log in `dir` whose reception time is at
 /// or after `time` (nanoseconds since the Unix epoch); the high watermark when there is
-/// none. Reads each segment's first record to find the segment, then that segment's
-/// records in order (a cold path: once per SUBSCRIBE with a time).
+/// none. Reads each segment's first record to find the segment, then bisects its index
+/// entries and reads at most one index interval record by record (a cold path: once per
+/// SUBSCRIBE with a time).
 ///
 /// # Errors
 /// A segment cannot be listed, opened or read.
@@ -239,7 +240,15 @@ pub fn offset_at_time(dir: &Path, time: u64, vis: &Visible) -> io::Result<u64> {
             Err(e) => return Err(e),
         };
         let end = LogCursor::end_of(&mut seg, vis)?;
-        let mut position = 0;
+        // Reception times only grow along a log (one storage thread stores in order): the
+        // index entries before the record looked for are a prefix, found by bisection; then
+        // at most one index interval is read record by record.
+        let before = |e: Boundary| {
+            e.position < end.position
+                && timed_record_at(&seg, e.position, &mut Vec::new())
+                    .is_ok_and(|(_, _, t)| t.is_some_and(|t| t < time))
+        };
+        let mut position = seg.last_entry_where(before).map_or(0, |e| e.position);
         while position < end.position {
             let (offset, len, t) = timed_record_at(&seg, position, &mut buf)?;
             if t.is_some_and(|t| t >= time) {
@@ -348,10 +357,12 @@ mod tests {
             std::env::temp_dir().join(format!("pinstream-cursor-time-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = LogConfig::new(&dir);
-        cfg.segment_bytes = 1000;
+        cfg.segment_bytes = 2000;
+        cfg.index_interval_bytes = 150;
         cfg.durability = Durability::None;
         let (mut log, _) = Log::open(cfg).unwrap();
-        // Times 1000, 1010, 1020, … over segments of a few records each.
+        // Times 1000, 1010, 1020, … over segments of a dozen records each, an index entry
+        // every record or two.
         for i in 0..60u64 {
             let header = EventHeader::new(i, 0, Priority::High, 0);
             let ev = StoredEvent {
@@ -371,15 +382,12 @@ mod tests {
             first: log.first_offset(),
         };
         log.close().unwrap();
-        assert!(crate::storage::segment_bases(&dir).unwrap().len() > 5);
-        for (time, want) in [
-            (0, 0),
-            (1000, 0),
-            (1001, 1),
-            (1250, 25),
-            (1590, 59),
-            (1591, 60),
-        ] {
+        assert!(crate::storage::segment_bases(&dir).unwrap().len() > 3);
+        let every: Vec<(u64, u64)> = (0..=600u64).map(|t| (1000 + t, t.div_ceil(10))).collect();
+        for (time, want) in [(0, 0), (1591, 60), (u64::MAX, 60)]
+            .into_iter()
+            .chain(every)
+        {
             assert_eq!(
                 offset_at_time(&dir, time, &vis).unwrap(),
                 want,

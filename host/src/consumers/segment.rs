@@ -117,7 +117,7 @@ impl Segment {
 
     /// The last index entry for which `pred` holds, `pred` being true for a prefix of the
     /// entries (binary search over `pread`s); checked against the record it points at.
-    fn last_entry_where(&self, pred: impl Fn(Boundary) -> bool) -> Option<Boundary> {
+    pub(super) fn last_entry_where(&self, pred: impl Fn(Boundary) -> bool) -> Option<Boundary> {
         let (mut lo, mut hi) = (0u64, self.index_len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
