@@ -240,9 +240,11 @@ pub fn offset_at_time(dir: &Path, time: u64, vis: &Visible) -> io::Result<u64> {
             Err(e) => return Err(e),
         };
         let end = LogCursor::end_of(&mut seg, vis)?;
-        // Reception times only grow along a log (one storage thread stores in order): the
-        // index entries before the record looked for are a prefix, found by bisection; then
-        // at most one index interval is read record by record.
+        // Reception times grow along a log (one storage thread stores in order): the index
+        // entries before the record looked for are a prefix, found by bisection; then at
+        // most one index interval is read record by record. Where times are not in order
+        // (dead letters of two stages may interleave their ticks), the answer is a record
+        // at or after the time, not necessarily the first one.
         let before = |e: Boundary| {
             e.position < end.position
                 && timed_record_at(&seg, e.position, &mut Vec::new())
