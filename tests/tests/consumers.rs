@@ -619,10 +619,15 @@ fn durable_acks_show_only_durable_records() {
     let dir = TempDir::new("consumers-durable");
     let mut cfg = config(&dir);
     cfg.log.durability = pinstream_host::storage::Durability::Always;
+    // Small segments: the log rolls while the consumers read.
+    cfg.log.segment_bytes = 16 << 10;
     let engine = Engine::start(cfg).unwrap();
     let addr = engine.consumer_addr().unwrap();
     let mut c = RawConsumer::connect(addr);
     c.subscribe(LogId::Realtime, Start::Earliest, u64::MAX, "");
+    let mut small = RawConsumer::connect(addr);
+    small.subscribe(LogId::Realtime, Start::Earliest, 0, "");
+    let small_reader = std::thread::spawn(move || small.read_until(5_000, 3_000).len());
     // Read while producing: every DATA frame is checked (in `next`) to end at or below the
     // high watermark it carries, which is the durable offset.
     let reader = std::thread::spawn(move || {
@@ -635,6 +640,7 @@ fn durable_acks_show_only_durable_records() {
     });
     produce_realtime(&engine, 0..5_000);
     assert_eq!(reader.join().unwrap(), 5_000);
+    assert_eq!(small_reader.join().unwrap(), 5_000);
     engine.stop().unwrap();
 }
 
