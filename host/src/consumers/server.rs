@@ -207,7 +207,7 @@ pub(super) fn serve(
         for ev in &ready[..n] {
             match ev.token {
                 LISTENER => server.accept(&shared),
-                WAKE => {}
+                WAKE => shared.marks.drain_wake(),
                 _ => server.on_event(&shared, *ev),
             }
         }

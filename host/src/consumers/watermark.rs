@@ -135,9 +135,13 @@ impl Watermarks {
         true
     }
 
-    /// Serving thread, after `epoll_wait`: awake again; clears the eventfd.
+    /// Serving thread, after `epoll_wait`: awake again (no wake-up is owed to it).
     pub(crate) fn woke(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Serving thread, when epoll reported the eventfd: clears it (it is level-triggered).
+    pub(crate) fn drain_wake(&self) {
         self.wake.drain();
     }
 
