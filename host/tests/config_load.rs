@@ -163,7 +163,8 @@ fn the_consumers_section_parses_and_refuses_an_engine_cpu() {
             .any(|p| p.starts_with("consumers.cpu = 1") && p.contains("engine.process_cpu")),
         "{p:?}"
     );
-    // Unpinned, any CPU will do.
+    // Unpinned, any CPU will do; under `auto` the engine decides at start.
+    assert!(warnings("[consumers]\ncpu = 1\n").is_empty());
     assert!(warnings("[engine]\nplacement = \"unpinned\"\n[consumers]\ncpu = 1\n").is_empty());
     let p = problems("[consumers]\nmax_connections = 0\nmax_named = 0\n");
     assert!(

@@ -763,3 +763,21 @@ fn tail_latency() {
         engine.stop().unwrap();
     }
 }
+
+#[test]
+fn the_consumer_server_never_takes_a_pinned_engine_cpu() {
+    let dir = TempDir::new("consumers-cpu");
+    let mut cfg = config(&dir);
+    cfg.placement.mode = pinstream_host::placement::PlacementMode::Pinned;
+    cfg.placement.overprovisioned = false;
+    cfg.consumers.cpu = Some(cfg.placement.process_cpu);
+    match Engine::start(cfg) {
+        Err(pinstream_host::engine::EngineError::Config(msg)) => {
+            assert!(msg.contains("consumers.cpu"), "{msg}");
+        }
+        // This machine cannot pin CPUs 0 and 1 at all: nothing to check here.
+        Err(pinstream_host::engine::EngineError::Placement(r)) => eprintln!("skipped: {r}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("the engine started with its consumer server on a pinned engine CPU"),
+    }
+}

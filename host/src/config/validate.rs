@@ -505,13 +505,15 @@ impl Config {
                 MAX_CPU as u64,
                 "the affinity mask's size; -1 or \"none\": not pinned",
             );
+            // Under `auto` the decision is made at start (`Engine::start` refuses the CPU
+            // then if the engine's threads are pinned); `pinned` is known now.
             let e = &self.engine;
-            let unpinned = e.overprovisioned || e.placement == PlacementMode::Unpinned;
-            if !unpinned && (cpu == e.ingest_cpu || cpu == e.process_cpu) {
+            let pinned = !e.overprovisioned && e.placement == PlacementMode::Pinned;
+            if pinned && (cpu == e.ingest_cpu || cpu == e.process_cpu) {
                 v.problem(format!(
                     "consumers.cpu = {cpu}: is a pinned engine thread's CPU (engine.ingest_cpu = {}, \
                      engine.process_cpu = {}); the serving thread must never share it: choose \
-                     another CPU, -1 for none, or engine.placement = \"unpinned\"",
+                     another CPU, or -1 for none",
                     e.ingest_cpu, e.process_cpu
                 ));
             }
