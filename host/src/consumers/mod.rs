@@ -122,7 +122,8 @@ pub struct ConsumerServer {
 }
 
 impl ConsumerServer {
-    /// Starts the serving thread over `listener`.
+    /// Starts the serving thread over `listener`; it runs `hook` first (the engine's
+    /// `thread_hook`, which tests use to watch its allocations).
     ///
     /// # Errors
     /// The thread cannot be started.
@@ -132,6 +133,7 @@ impl ConsumerServer {
         listener: TcpListener,
         positions: Positions,
         data_dir: PathBuf,
+        hook: Option<fn()>,
     ) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         {
@@ -145,6 +147,9 @@ impl ConsumerServer {
         let thread = thread::Builder::new()
             .name("pinstream-consumers".into())
             .spawn(move || {
+                if let Some(hook) = hook {
+                    hook();
+                }
                 if let Some(cpu) = cpu {
                     if let Err(e) = crate::pin::pin_current_thread(cpu) {
                         eprintln!("pinstream: consumer server: {e}; running unpinned");

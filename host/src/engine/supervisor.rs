@@ -426,6 +426,7 @@ impl Engine {
         }
         let consumer_settings = cfg.consumers.clone();
         let data_dir = cfg.data_dir.clone();
+        let hook = cfg.thread_hook;
         let (tx, rx) = mpsc::channel();
         let supervision = Supervision {
             stats: Arc::clone(&stats),
@@ -467,6 +468,7 @@ impl Engine {
                     listener,
                     positions,
                     data_dir,
+                    hook,
                 );
                 match server {
                     Ok(s) => {
