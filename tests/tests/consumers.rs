@@ -781,3 +781,29 @@ fn the_consumer_server_never_takes_a_pinned_engine_cpu() {
         Ok(_) => panic!("the engine started with its consumer server on a pinned engine CPU"),
     }
 }
+
+#[test]
+fn pipelined_commits_are_answered_in_order() {
+    let dir = TempDir::new("consumers-commits");
+    let engine = start(&dir);
+    let addr = engine.consumer_addr().unwrap();
+    produce_realtime(&engine, 0..100);
+    let (mut c, _) = subscribe_named(addr, LogId::Realtime, "many");
+    c.read_until(100, 0);
+    // More COMMITs at once than the server stores at once for one connection: its input
+    // waits while they are made durable, then is read on.
+    for offset in 1..=40 {
+        c.send_commit(offset);
+    }
+    for offset in 1..=40 {
+        match c.next() {
+            Some(Got::Committed(o)) => assert_eq!(o, offset),
+            other => panic!("expected COMMITTED {offset}, got {other:?}"),
+        }
+    }
+    drop(c);
+    let (_c, s) = subscribe_named(addr, LogId::Realtime, "many");
+    assert_eq!(s.committed, 40);
+    assert!(metrics(&engine).contains("pinstream_consumer_commits_total 40"));
+    engine.stop().unwrap();
+}

@@ -16,6 +16,7 @@ use pinstream_core::wire::{
     valid_consumer_name,
 };
 
+use super::committer::{Committer, Job};
 use super::output::{CTL_CAP, DataSend, Flushed, Output};
 use super::positions::Positions;
 use super::reader::{self, LogCursor, Next};
@@ -25,6 +26,8 @@ use crate::storage::layout::LogId;
 
 /// The largest frame the server accepts from a consumer (its HELLO reply says so).
 pub const MAX_IN: usize = 4096;
+/// COMMITs of one connection being stored at once; past it, its input waits.
+const MAX_PENDING_COMMITS: usize = 16;
 
 /// What the serving thread lends a connection while it handles it.
 pub struct Ctx<'a> {
@@ -40,6 +43,10 @@ pub struct Ctx<'a> {
     pub data_dir: &'a Path,
     /// Frames decoded from one read (scratch, reused).
     pub msgs: &'a mut Vec<Msg>,
+    /// Stores positions off the serving thread.
+    pub commits: &'a Committer,
+    /// The epoll token of the connection being handled (names it in commit jobs).
+    pub token: u64,
 }
 
 /// A consumer frame, decoded and copied out of the read buffer.
@@ -148,6 +155,8 @@ pub struct Conn {
     read_paused: bool,
     /// Accepted past `consumers.max_connections`: its SUBSCRIBE is refused.
     over_limit: bool,
+    /// COMMITs handed to the committer, not yet answered.
+    pending_commits: usize,
 }
 
 impl Conn {
@@ -165,6 +174,7 @@ impl Conn {
             closing: false,
             read_paused: false,
             over_limit,
+            pending_commits: 0,
         }
     }
 
@@ -220,7 +230,7 @@ impl Conn {
     pub fn on_readable(&mut self, ctx: &mut Ctx<'_>) -> Result<(), Close> {
         let mut buf = [0u8; MAX_IN];
         loop {
-            if self.out.ctl_pending() > CTL_CAP / 2 {
+            if self.out.ctl_pending() > CTL_CAP / 2 || self.pending_commits >= MAX_PENDING_COMMITS {
                 self.read_paused = true;
                 return Ok(());
             }
@@ -399,20 +409,30 @@ impl Conn {
             self.reject(ctx, seq, Reason::OffsetOutOfRange);
             return Ok(());
         }
-        if let Err(e) = ctx.positions.commit(log, &name, offset) {
-            ctx.stats.commit_failures.incr();
-            return Err(Close(format!(
-                "cannot store the position of consumer {name} on log {}: {e}",
-                log.name()
-            )));
+        let job = Job {
+            token: ctx.token,
+            log,
+            name,
+            offset,
+        };
+        if !ctx.commits.submit(job) {
+            return Err(Close(
+                "the consumer positions' helper thread is gone".into(),
+            ));
         }
-        ctx.stats.commits.incr();
-        {
-            let mut named = ctx.stats.named.lock().unwrap_or_else(|p| p.into_inner());
-            match named.iter_mut().find(|(l, n, _)| *l == log && *n == name) {
-                Some(entry) => entry.2 = offset,
-                None => named.push((log, name, offset)),
-            }
+        self.pending_commits += 1;
+        Ok(())
+    }
+
+    /// A COMMIT of this connection was stored (`Ok`) or could not be (`Err`: the
+    /// connection is closed, the consumer commits again elsewhere or later).
+    ///
+    /// # Errors
+    /// [`Close`] when the position could not be stored.
+    pub fn committed(&mut self, offset: u64, result: &Result<(), String>) -> Result<(), Close> {
+        self.pending_commits = self.pending_commits.saturating_sub(1);
+        if let Err(e) = result {
+            return Err(Close(format!("cannot store a consumer position: {e}")));
         }
         let s = self.next_seq();
         if let Ok(n) = wire::encode_committed(self.out.ctl_room(), s, offset) {

@@ -25,6 +25,7 @@
 //! | `conn.rs` | one connection: HELLO, SUBSCRIBE, CREDIT, COMMIT, DATA |
 //! | `server.rs` | the epoll loop |
 //! | `positions.rs` | [`Positions`]: named consumers' committed positions on disk |
+//! | `committer.rs` | the helper thread that makes COMMITs durable off the serving thread |
 //! | `stats.rs` | [`ConsumerStats`] and the Prometheus families |
 //!
 //! **Measured** (`cargo test -p pinstream-tests --test consumers tail_latency -- --ignored
@@ -36,6 +37,7 @@
 //! | `ack = durable`, 1 ms group commit (fdatasync included) | 1.3 ms | 4.1 ms | 11 ms |
 //! | `ack = accepted`, `durability = none` | 0.7 ms | 1.2 ms | 6 ms |
 
+mod committer;
 mod conn;
 mod output;
 mod positions;

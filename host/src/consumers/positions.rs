@@ -132,34 +132,53 @@ impl Positions {
     /// Stores `offset` as `name`'s position on `log`, durably, then remembers it.
     ///
     /// # Errors
-    /// A name that is not valid (the caller checks it first), or a file-system error: the
-    /// position is then not stored (the old one stays, on disk and here).
+    /// As [`store`]: the position is then not stored (the old one stays, on disk and here).
     pub fn commit(&mut self, log: LogId, name: &str, offset: u64) -> io::Result<()> {
-        if !valid_consumer_name(name.as_bytes()) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a consumer name",
-            ));
-        }
-        let ldir = self.dir.join(log.name());
-        if !ldir.is_dir() {
-            fs::create_dir_all(&ldir)?;
-            // The new directories' entries, up to the data directory.
-            fs::File::open(&self.dir)?.sync_all()?;
-            if let Some(data_dir) = self.dir.parent() {
-                fs::File::open(data_dir)?.sync_all()?;
-            }
-        }
-        let tmp = ldir.join(format!("{name}{TMP_SUFFIX}"));
-        let mut f = files::create(&tmp)?;
-        f.write_all(&encode(offset))?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, ldir.join(name))?;
-        fs::File::open(&ldir)?.sync_all()?;
-        self.map.insert((log.index(), name.to_owned()), offset);
+        store(&self.dir, log, name, offset)?;
+        self.remember(log, name, offset);
         Ok(())
     }
+
+    /// Remembers a position [`store`] made durable.
+    pub fn remember(&mut self, log: LogId, name: &str, offset: u64) {
+        self.map.insert((log.index(), name.to_owned()), offset);
+    }
+
+    /// The directory of the positions (`<storage.dir>/consumers`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Writes `offset` as `name`'s position on `log` below `dir` (the positions directory),
+/// durably: a temporary file, fsynced, renamed over the old one, the directory fsynced.
+///
+/// # Errors
+/// A name that is not valid (the caller checks it first), or a file-system error: the old
+/// position stays.
+pub fn store(dir: &Path, log: LogId, name: &str, offset: u64) -> io::Result<()> {
+    if !valid_consumer_name(name.as_bytes()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a consumer name",
+        ));
+    }
+    let ldir = dir.join(log.name());
+    if !ldir.is_dir() {
+        fs::create_dir_all(&ldir)?;
+        // The new directories' entries, up to the data directory.
+        fs::File::open(dir)?.sync_all()?;
+        if let Some(data_dir) = dir.parent() {
+            fs::File::open(data_dir)?.sync_all()?;
+        }
+    }
+    let tmp = ldir.join(format!("{name}{TMP_SUFFIX}"));
+    let mut f = files::create(&tmp)?;
+    f.write_all(&encode(offset))?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, ldir.join(name))?;
+    fs::File::open(&ldir)?.sync_all()
 }
 
 #[cfg(test)]

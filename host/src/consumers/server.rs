@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::ConsumerShared;
+use super::committer::{Committer, Done};
 use super::conn::{Conn, Ctx, Msg};
 use super::positions::Positions;
 use crate::sys::net::{EPOLLERR_HUP, EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready};
@@ -42,6 +43,7 @@ struct Server {
     busy: HashSet<(usize, String)>,
     data_dir: PathBuf,
     msgs: Vec<Msg>,
+    committer: Committer,
 }
 
 fn token(index: usize, generation: u32) -> u64 {
@@ -109,6 +111,7 @@ impl Server {
         let Some(conn) = slot.conn.as_mut() else {
             return;
         };
+        let token = token(index, slot.generation);
         let mut ctx = Ctx {
             marks: &shared.marks,
             stats: &shared.stats,
@@ -116,6 +119,8 @@ impl Server {
             busy: &mut self.busy,
             data_dir: &self.data_dir,
             msgs: &mut self.msgs,
+            commits: &self.committer,
+            token,
         };
         if let Err(super::conn::Close(msg)) = f(conn, &mut ctx) {
             if !msg.is_empty() {
@@ -155,6 +160,45 @@ impl Server {
         });
     }
 
+    /// A position was stored (or not): remember it, count it, answer the connection if it
+    /// is still there.
+    fn on_committed(&mut self, shared: &ConsumerShared, done: Done) {
+        let Done { job, result } = done;
+        match &result {
+            Ok(()) => {
+                self.positions.remember(job.log, &job.name, job.offset);
+                shared.stats.commits.incr();
+                let mut named = shared.stats.named.lock().unwrap_or_else(|p| p.into_inner());
+                match named
+                    .iter_mut()
+                    .find(|(l, n, _)| *l == job.log && *n == job.name)
+                {
+                    Some(entry) => entry.2 = job.offset,
+                    None => named.push((job.log, job.name.clone(), job.offset)),
+                }
+            }
+            Err(_) => shared.stats.commit_failures.incr(),
+        }
+        let index = (job.token & 0xFFFF_FFFF) as usize - 2;
+        let generation = (job.token >> 32) as u32;
+        if self
+            .slots
+            .get(index)
+            .is_none_or(|s| s.generation != generation)
+        {
+            return;
+        }
+        self.with_conn(shared, index, |c, ctx| {
+            c.committed(job.offset, &result)?;
+            c.pump(ctx)?;
+            if c.read_paused() {
+                c.on_readable(ctx)?;
+                c.pump(ctx)?;
+            }
+            Ok(())
+        });
+    }
+
     /// A high watermark moved: every idle subscription may have something to send.
     fn pump_idle(&mut self, shared: &ConsumerShared) {
         for index in 0..self.slots.len() {
@@ -183,6 +227,7 @@ pub(super) fn serve(
     use std::os::fd::AsRawFd;
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new()?;
+    let committer = Committer::start(positions.dir().to_path_buf(), Arc::clone(&shared))?;
     epoll.add(listener.as_raw_fd(), EPOLLIN, LISTENER)?;
     epoll.add(shared.marks.wake_fd(), EPOLLIN, WAKE)?;
     let mut server = Server {
@@ -196,6 +241,7 @@ pub(super) fn serve(
         busy: HashSet::new(),
         data_dir,
         msgs: Vec::with_capacity(256),
+        committer,
     };
     let mut ready = [Ready::default(); 64];
     let mut seen = shared.marks.version();
@@ -210,6 +256,9 @@ pub(super) fn serve(
                 WAKE => shared.marks.drain_wake(),
                 _ => server.on_event(&shared, *ev),
             }
+        }
+        while let Some(done) = server.committer.try_done() {
+            server.on_committed(&shared, done);
         }
         if version != seen {
             seen = version;
