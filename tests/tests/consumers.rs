@@ -807,3 +807,31 @@ fn pipelined_commits_are_answered_in_order() {
     assert!(metrics(&engine).contains("pinstream_consumer_commits_total 40"));
     engine.stop().unwrap();
 }
+
+#[test]
+fn connections_past_the_limit_are_told_too_many_consumers() {
+    let dir = TempDir::new("consumers-limit");
+    let mut cfg = config(&dir);
+    cfg.consumers.max_connections = 2;
+    cfg.consumers.max_named = 1;
+    let engine = Engine::start(cfg).unwrap();
+    let addr = engine.consumer_addr().unwrap();
+    // One name kept at most: a second name cannot commit a place, it is refused at once.
+    let (mut a, _) = subscribe_named(addr, LogId::Realtime, "first");
+    a.send_commit(0);
+    assert!(matches!(a.next(), Some(Got::Committed(0))));
+    let mut b = RawConsumer::connect(addr);
+    b.send_subscribe(0, Start::Earliest, 0, b"second");
+    b.expect_reject(Reason::TooManyConsumers);
+    // Two connections served; the third is told so.
+    let _b = RawConsumer::connect(addr);
+    let mut c = RawConsumer::connect(addr);
+    c.send_subscribe(0, Start::Earliest, 0, b"");
+    c.expect_reject(Reason::TooManyConsumers);
+    let m = metrics(&engine);
+    assert!(
+        m.contains("pinstream_consumer_rejects_total{reason=\"too_many_consumers\"} 2"),
+        "{m}"
+    );
+    engine.stop().unwrap();
+}
