@@ -835,3 +835,25 @@ fn connections_past_the_limit_are_told_too_many_consumers() {
     );
     engine.stop().unwrap();
 }
+
+#[test]
+fn a_connection_that_never_subscribes_is_closed() {
+    let dir = TempDir::new("consumers-handshake");
+    let mut cfg = config(&dir);
+    cfg.consumers.handshake_timeout = Duration::from_millis(300);
+    let engine = Engine::start(cfg).unwrap();
+    let addr = engine.consumer_addr().unwrap();
+    let mut subscribed = RawConsumer::connect(addr);
+    subscribed.subscribe(LogId::Realtime, Start::Latest, 1 << 20, "");
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let t0 = Instant::now();
+    let mut byte = [0u8; 1];
+    assert!(matches!(silent.read(&mut byte), Ok(0) | Err(_)), "closed");
+    assert!(t0.elapsed() < WAIT);
+    // The subscribed one is still served.
+    produce_realtime(&engine, 0..3);
+    assert_eq!(subscribed.read_until(3, 0).len(), 3);
+    assert!(metrics(&engine).contains("pinstream_consumer_handshake_timeouts_total 1"));
+    engine.stop().unwrap();
+}

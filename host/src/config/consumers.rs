@@ -22,6 +22,8 @@ pub struct ConsumersSection {
     pub max_connections: usize,
     /// Named positions kept, all logs together.
     pub max_named: usize,
+    /// Milliseconds a connection has to send its HELLO and SUBSCRIBE; then it is closed.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for ConsumersSection {
@@ -31,6 +33,7 @@ impl Default for ConsumersSection {
             cpu: None,
             max_connections: 64,
             max_named: 1024,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -43,6 +46,7 @@ impl ConsumersSection {
             cpu: self.cpu,
             max_connections: self.max_connections,
             max_named: self.max_named,
+            handshake_timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
         }
     }
 }

@@ -497,6 +497,13 @@ impl Config {
             "each holds a socket and a segment file open",
         );
         v.range("consumers.max_named", c.max_named as u64, 1, 1 << 20, "");
+        v.range(
+            "consumers.handshake_timeout_ms",
+            c.handshake_timeout_ms,
+            100,
+            600_000,
+            "ten minutes",
+        );
         if let Some(cpu) = c.cpu {
             v.range(
                 "consumers.cpu",

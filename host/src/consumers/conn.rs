@@ -157,6 +157,9 @@ pub struct Conn {
     over_limit: bool,
     /// COMMITs handed to the committer, not yet answered.
     pending_commits: usize,
+    /// When it was accepted (a connection not subscribed within the handshake timeout is
+    /// closed).
+    accepted: std::time::Instant,
 }
 
 impl Conn {
@@ -175,6 +178,7 @@ impl Conn {
             read_paused: false,
             over_limit,
             pending_commits: 0,
+            accepted: std::time::Instant::now(),
         }
     }
 
@@ -186,6 +190,16 @@ impl Conn {
     /// Whether input waits for replies to drain.
     pub fn read_paused(&self) -> bool {
         self.read_paused
+    }
+
+    /// Whether the connection has not subscribed yet (it is on the handshake clock).
+    pub fn handshaking(&self) -> bool {
+        self.phase != Phase::Streaming && !self.closing
+    }
+
+    /// Whether it has been handshaking for longer than `timeout`.
+    pub fn handshake_expired(&self, now: std::time::Instant, timeout: std::time::Duration) -> bool {
+        self.handshaking() && now.saturating_duration_since(self.accepted) >= timeout
     }
 
     /// Whether the connection is subscribed and idle (a new high watermark may give it

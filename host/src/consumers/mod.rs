@@ -70,6 +70,8 @@ pub struct ConsumerSettings {
     pub max_connections: usize,
     /// Named positions kept (all logs together).
     pub max_named: usize,
+    /// A connection that has not subscribed within this is closed.
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl ConsumerSettings {
@@ -79,6 +81,7 @@ impl ConsumerSettings {
         cpu: None,
         max_connections: 64,
         max_named: 1024,
+        handshake_timeout: std::time::Duration::from_secs(10),
     };
 
     /// Serving on `addr`, with the default limits.
@@ -146,6 +149,7 @@ impl ConsumerServer {
         let s = Arc::clone(&shared);
         let cpu = settings.cpu;
         let max = settings.max_connections;
+        let handshake = settings.handshake_timeout;
         let thread = thread::Builder::new()
             .name("pinstream-consumers".into())
             .spawn(move || {
@@ -157,7 +161,7 @@ impl ConsumerServer {
                         eprintln!("pinstream: consumer server: {e}; running unpinned");
                     }
                 }
-                server::serve(s, listener, positions, data_dir, max)
+                server::serve(s, listener, positions, data_dir, max, handshake)
             })?;
         Ok(Self {
             addr,

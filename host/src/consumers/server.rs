@@ -20,6 +20,9 @@ use crate::sys::net::{EPOLLERR_HUP, EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epol
 const LISTENER: u64 = 0;
 /// The eventfd's epoll token.
 const WAKE: u64 = 1;
+/// How often the handshake clock is looked at while some connection has not subscribed
+/// (never otherwise: a server with only subscribed consumers sleeps without a timeout).
+const HANDSHAKE_TICK_MS: i32 = 250;
 /// Connections accepted past `max_connections` (to be answered `too_many_consumers`)
 /// before the server stops accepting more: a bound on the descriptors it holds.
 const OVER_LIMIT_SLACK: usize = 16;
@@ -44,6 +47,8 @@ struct Server {
     data_dir: PathBuf,
     msgs: Vec<Msg>,
     committer: Committer,
+    /// Connections that have not subscribed within it are closed.
+    handshake_timeout: std::time::Duration,
 }
 
 fn token(index: usize, generation: u32) -> u64 {
@@ -199,6 +204,29 @@ impl Server {
         });
     }
 
+    /// Whether some connection is on the handshake clock.
+    fn handshaking(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.conn.as_ref().is_some_and(Conn::handshaking))
+    }
+
+    /// Closes the connections that did not subscribe in time.
+    fn expire_handshakes(&mut self, shared: &ConsumerShared) {
+        let now = std::time::Instant::now();
+        let timeout = self.handshake_timeout;
+        for index in 0..self.slots.len() {
+            let expired = self.slots[index]
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.handshake_expired(now, timeout));
+            if expired {
+                shared.stats.handshake_timeouts.incr();
+                self.with_conn(shared, index, |_, _| Err(super::conn::Close(String::new())));
+            }
+        }
+    }
+
     /// A high watermark moved: every idle subscription may have something to send.
     fn pump_idle(&mut self, shared: &ConsumerShared) {
         for index in 0..self.slots.len() {
@@ -223,6 +251,7 @@ pub(super) fn serve(
     positions: Positions,
     data_dir: PathBuf,
     max_connections: usize,
+    handshake_timeout: std::time::Duration,
 ) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     listener.set_nonblocking(true)?;
@@ -242,12 +271,18 @@ pub(super) fn serve(
         data_dir,
         msgs: Vec::with_capacity(256),
         committer,
+        handshake_timeout,
     };
     let mut ready = [Ready::default(); 64];
     let mut seen = shared.marks.version();
     while !shared.stop.load(Ordering::Acquire) {
         let sleep = shared.marks.prepare_sleep(seen);
-        let n = server.epoll.wait(&mut ready, if sleep { -1 } else { 0 })?;
+        let timeout = match (sleep, server.handshaking()) {
+            (false, _) => 0,
+            (true, true) => HANDSHAKE_TICK_MS,
+            (true, false) => -1,
+        };
+        let n = server.epoll.wait(&mut ready, timeout)?;
         shared.marks.woke();
         let version = shared.marks.version();
         for ev in &ready[..n] {
@@ -256,6 +291,9 @@ pub(super) fn serve(
                 WAKE => shared.marks.drain_wake(),
                 _ => server.on_event(&shared, *ev),
             }
+        }
+        if timeout == HANDSHAKE_TICK_MS {
+            server.expire_handshakes(&shared);
         }
         while let Some(done) = server.committer.try_done() {
             server.on_committed(&shared, done);

@@ -25,6 +25,8 @@ pub struct ConsumerStats {
     /// Connections closed at once because `consumers.max_connections` (and a small slack
     /// of connections told `too_many_consumers`) were open.
     pub refused_connections: Gauge,
+    /// Connections closed for not subscribing within `consumers.handshake_timeout_ms`.
+    pub handshake_timeouts: Gauge,
     /// COMMITs answered with COMMITTED.
     pub commits: Gauge,
     /// COMMITs whose position could not be stored (the connection is closed).
@@ -46,6 +48,7 @@ impl ConsumerStats {
             bytes_sent: [const { Gauge::new() }; LogId::COUNT],
             data_frames: [const { Gauge::new() }; LogId::COUNT],
             refused_connections: Gauge::new(),
+            handshake_timeouts: Gauge::new(),
             commits: Gauge::new(),
             commit_failures: Gauge::new(),
             rejects: [const { Gauge::new() }; Reason::COUNT],
@@ -109,6 +112,12 @@ pub fn write_metrics(w: &mut PromWriter<'_>, s: &ConsumerStats, marks: &Watermar
         MetricType::Counter,
         "Consumer connections closed at once: consumers.max_connections were open, and as many again were being told too_many_consumers.",
         s.refused_connections.get() as f64,
+    );
+    w.single(
+        "pinstream_consumer_handshake_timeouts_total",
+        MetricType::Counter,
+        "Consumer connections closed for not subscribing within consumers.handshake_timeout_ms.",
+        s.handshake_timeouts.get() as f64,
     );
     w.single(
         "pinstream_consumer_read_errors_total",
