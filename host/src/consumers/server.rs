@@ -9,6 +9,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::ConsumerShared;
 use super::committer::{Committer, Done};
@@ -275,9 +276,11 @@ pub(super) fn serve(
     };
     let mut ready = [Ready::default(); 64];
     let mut seen = shared.marks.version();
+    let mut last_tick = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
         let sleep = shared.marks.prepare_sleep(seen);
-        let timeout = match (sleep, server.handshaking()) {
+        let handshaking = server.handshaking();
+        let timeout = match (sleep, handshaking) {
             (false, _) => 0,
             (true, true) => HANDSHAKE_TICK_MS,
             (true, false) => -1,
@@ -292,7 +295,9 @@ pub(super) fn serve(
                 _ => server.on_event(&shared, *ev),
             }
         }
-        if timeout == HANDSHAKE_TICK_MS {
+        // Busy or asleep, the handshake clock is looked at every tick while it runs.
+        if handshaking && last_tick.elapsed() >= Duration::from_millis(HANDSHAKE_TICK_MS as u64) {
+            last_tick = Instant::now();
             server.expire_handshakes(&shared);
         }
         while let Some(done) = server.committer.try_done() {
