@@ -41,6 +41,21 @@ struct Slot {
 }
 
 /// The logs' high watermarks and the server's wake-up (see the module docs).
+///
+/// ```
+/// use pinstream_host::consumers::{Visible, Watermarks};
+/// use pinstream_host::storage::{LogId, SegmentMark};
+///
+/// let marks = Watermarks::new()?;
+/// // The storage thread, after a commit: 42 records durable, ending at byte 4200 of the
+/// // segment that starts at offset 0.
+/// let mark = SegmentMark { offset: 42, base: 0, position: 4200 };
+/// marks.publish(LogId::Realtime, Visible { mark, first: 0 });
+/// // The serving thread, any time, without a lock.
+/// assert_eq!(marks.read(LogId::Realtime).mark, mark);
+/// assert_eq!(marks.high_watermark(LogId::Batch), 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Watermarks {
     slots: [Slot; LogId::COUNT],
