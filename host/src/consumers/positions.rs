@@ -132,14 +132,14 @@ impl Positions {
     /// Stores `offset` as `name`'s position on `log`, durably, then remembers it.
     ///
     /// # Errors
-    /// As [`store`]: the position is then not stored (the old one stays, on disk and here).
+    /// As `positions::store`: the position is then not stored (the old one stays, on disk and here).
     pub fn commit(&mut self, log: LogId, name: &str, offset: u64) -> io::Result<()> {
         store(&self.dir, log, name, offset)?;
         self.remember(log, name, offset);
         Ok(())
     }
 
-    /// Remembers a position [`store`] made durable.
+    /// Remembers a position `positions::store` made durable (on the commits helper thread).
     pub fn remember(&mut self, log: LogId, name: &str, offset: u64) {
         self.map.insert((log.index(), name.to_owned()), offset);
     }
