@@ -337,6 +337,50 @@ fn place(p: &Placement) -> Result<Placed, EngineError> {
     })
 }
 
+/// The consumer listener, bound, and the named positions, loaded, when `consumers.listen`
+/// is on.
+///
+/// # Errors
+/// [`EngineError::Socket`] naming the address; [`EngineError::Config`] when the positions
+/// directory cannot be listed.
+fn bind_consumers(
+    cfg: &EngineConfig,
+) -> Result<Option<(TcpListener, Positions, Vec<String>)>, EngineError> {
+    let Some(addr) = cfg.consumers.listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).map_err(|source| EngineError::Socket {
+        what: format!("cannot listen for consumers on {addr}"),
+        source,
+    })?;
+    let (positions, warnings) =
+        Positions::load(&cfg.data_dir, cfg.consumers.max_named).map_err(|e| {
+            EngineError::Config(format!(
+                "cannot read the consumer positions in {}: {e}",
+                cfg.data_dir.join(POSITIONS_DIR).display()
+            ))
+        })?;
+    Ok(Some((listener, positions, warnings)))
+}
+
+/// The consumer server never runs on a pinned engine thread's CPU.
+///
+/// # Errors
+/// [`EngineError::Config`] when `cpu` is one of them under the plan.
+fn check_consumer_cpu(cpu: Option<usize>, plan: &PinPlan) -> Result<(), EngineError> {
+    let Some(cpu) = cpu else {
+        return Ok(());
+    };
+    let engine_cpus = [plan.cpu_of("ingest"), plan.cpu_of("storage")];
+    if plan.is_pinning() && engine_cpus.contains(&Some(cpu)) {
+        return Err(EngineError::Config(format!(
+            "consumers.cpu = {cpu} is the CPU of a pinned engine thread: the consumer server \
+             must never run there (choose another, or -1 for none)"
+        )));
+    }
+    Ok(())
+}
+
 /// Opens (recovering) every log below the data directory, in [`LogId::ALL`] order.
 ///
 /// # Errors
@@ -387,23 +431,7 @@ impl Engine {
             .udp
             .as_ref()
             .and_then(|(s, _, _)| s.local_addr().ok());
-        let consumer_socket = match cfg.consumers.listen {
-            Some(addr) => {
-                let listener = TcpListener::bind(addr).map_err(|source| EngineError::Socket {
-                    what: format!("cannot listen for consumers on {addr}"),
-                    source,
-                })?;
-                let (positions, warnings) = Positions::load(&cfg.data_dir, cfg.consumers.max_named)
-                    .map_err(|e| {
-                        EngineError::Config(format!(
-                            "cannot read the consumer positions in {}: {e}",
-                            cfg.data_dir.join(POSITIONS_DIR).display()
-                        ))
-                    })?;
-                Some((listener, positions, warnings))
-            }
-            None => None,
-        };
+        let consumer_socket = bind_consumers(&cfg)?;
         let (logs, recovery) = open_logs(&cfg)?;
         let shared = ConsumerShared::new().map_err(|source| EngineError::Socket {
             what: "cannot make the consumer server's eventfd".into(),
@@ -415,15 +443,7 @@ impl Engine {
             Arc::new(shared),
         ));
         let placed = place(&cfg.placement)?;
-        if let Some(cpu) = cfg.consumers.cpu {
-            let engine_cpus = [placed.plan.cpu_of("ingest"), placed.plan.cpu_of("storage")];
-            if placed.plan.is_pinning() && engine_cpus.contains(&Some(cpu)) {
-                return Err(EngineError::Config(format!(
-                    "consumers.cpu = {cpu} is the CPU of a pinned engine thread: the consumer \
-                     server must never run there (choose another, or -1 for none)"
-                )));
-            }
-        }
+        check_consumer_cpu(cfg.consumers.cpu, &placed.plan)?;
         let consumer_settings = cfg.consumers.clone();
         let data_dir = cfg.data_dir.clone();
         let hook = cfg.thread_hook;
