@@ -8,8 +8,10 @@ use std::path::Path;
 
 use pinstream_core::event::{EventHeader, Priority};
 use pinstream_core::reason::Reason;
+use pinstream_core::record::{self, RecordBody};
 use pinstream_core::wire::{
-    self, Ack, BatchEncoder, DEFAULT_MAX_FRAME_LEN, Frame, FrameKind, Hello, Reject, StreamDecoder,
+    self, Ack, BatchEncoder, DEFAULT_MAX_FRAME_LEN, DataPrefix, Frame, FrameKind, Hello, Reject,
+    StreamDecoder, Subscribed,
 };
 
 /// One ```` ```vector ```` block.
@@ -27,6 +29,13 @@ struct Vector {
     ack_v2: bool,
     reject: Option<Reject>,
     hello: Option<Hello>,
+    /// SUBSCRIBE: `(log, start, start_value, credit, name)`.
+    subscribe: Option<(u8, u8, u64, u64, Vec<u8>)>,
+    subscribed: Option<Subscribed>,
+    /// DATA: the prefix and the records' bytes.
+    data: Option<(DataPrefix, Vec<u8>)>,
+    /// CREDIT, COMMIT, COMMITTED: the body's u64.
+    position: Option<u64>,
     bytes: Vec<u8>,
 }
 
@@ -171,6 +180,39 @@ fn parse_vectors(page: &str) -> Vec<Vector> {
                             dedup_window_ms: opt_num(&f, "dedup_window_ms"),
                         });
                     }
+                    "subscribe" => {
+                        let f = fields(value);
+                        let name = f.iter().find(|(k, _)| *k == "name").map_or("", |(_, n)| n);
+                        v.subscribe = Some((
+                            num(&f, "log"),
+                            num(&f, "start"),
+                            num(&f, "start_value"),
+                            num(&f, "credit"),
+                            name.as_bytes().to_vec(),
+                        ));
+                    }
+                    "subscribed" => {
+                        let f = fields(value);
+                        v.subscribed = Some(Subscribed {
+                            start_offset: num(&f, "start_offset"),
+                            first_offset: num(&f, "first_offset"),
+                            high_watermark: num(&f, "high_watermark"),
+                            committed: num(&f, "committed"),
+                        });
+                    }
+                    "data" => {
+                        let f = fields(value);
+                        let records = unhex(f.iter().find(|(k, _)| *k == "records").unwrap().1);
+                        let prefix = DataPrefix {
+                            first_offset: num(&f, "first_offset"),
+                            end_offset: num(&f, "end_offset"),
+                            high_watermark: num(&f, "high_watermark"),
+                            records_len: records.len() as u32,
+                            log: num(&f, "log"),
+                        };
+                        v.data = Some((prefix, records));
+                    }
+                    "position" => v.position = Some(value.parse().unwrap()),
                     "hex" => v.bytes.extend(unhex(value)),
                     other => panic!("unknown key {other:?} in vector {:?}", v.name),
                 }
@@ -202,6 +244,25 @@ fn encode(v: &Vector) -> Vec<u8> {
         "ACK" => wire::encode_ack(&mut buf, seq, &v.ack.unwrap()).unwrap(),
         "REJECT" => wire::encode_reject(&mut buf, seq, &v.reject.unwrap()).unwrap(),
         "HELLO" => wire::encode_hello(&mut buf, seq, &v.hello.unwrap()).unwrap(),
+        "SUBSCRIBE" => {
+            let (log, start, start_value, credit, name) = v.subscribe.clone().unwrap();
+            let sub = wire::Subscribe {
+                log,
+                start,
+                start_value,
+                credit,
+                name: &name,
+            };
+            wire::encode_subscribe(&mut buf, seq, &sub).unwrap()
+        }
+        "SUBSCRIBED" => wire::encode_subscribed(&mut buf, seq, &v.subscribed.unwrap()).unwrap(),
+        "DATA" => {
+            let (prefix, records) = v.data.as_ref().unwrap();
+            wire::encode_data(&mut buf, seq, prefix, records).unwrap()
+        }
+        "CREDIT" => wire::encode_credit(&mut buf, seq, v.position.unwrap()).unwrap(),
+        "COMMIT" => wire::encode_commit(&mut buf, seq, v.position.unwrap()).unwrap(),
+        "COMMITTED" => wire::encode_committed(&mut buf, seq, v.position.unwrap()).unwrap(),
         k => panic!("unknown kind {k}"),
     };
     buf.truncate(n);
@@ -222,6 +283,25 @@ fn check_valid(v: &Vector) {
     assert_eq!(frame.ack(), v.ack, "{}", v.name);
     assert_eq!(frame.reject(), v.reject, "{}", v.name);
     assert_eq!(frame.hello(), v.hello, "{}", v.name);
+    let sub = frame
+        .subscribe()
+        .map(|s| (s.log, s.start, s.start_value, s.credit, s.name.to_vec()));
+    assert_eq!(sub, v.subscribe, "{}", v.name);
+    assert_eq!(frame.subscribed(), v.subscribed, "{}", v.name);
+    assert_eq!(frame.data(), v.data.as_ref().map(|d| d.0), "{}", v.name);
+    if frame.kind() == FrameKind::Data {
+        // Its records decode: the stored-record framing and the body of their kind.
+        for r in frame.records() {
+            let body = record::decode(r.kind(), r.body());
+            assert!(
+                matches!(body, Ok(RecordBody::Event(_))),
+                "{}: {body:?}",
+                v.name
+            );
+        }
+    }
+    let position = frame.credit().or(frame.commit()).or(frame.committed());
+    assert_eq!(position, v.position, "{}", v.name);
     assert_eq!(encode(v), v.bytes, "{}: re-encoding differs", v.name);
 
     // The same through the datagram iterator and a stream fed byte by byte.
