@@ -106,7 +106,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     let signals = Signals::install()?;
     let handle = Engine::start(engine_cfg.clone()).map_err(|e| match e {
         EngineError::Socket { .. } => Failure::start(format!(
-            "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
+            "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen / consumers.listen)"
         )),
         // Another engine holds storage.dir: the message names the directory and its pid. A
         // record of a newer format: the message names the file and byte and what to do.
@@ -196,11 +196,15 @@ fn report_start(
         |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     // One stable line for scripts and tests, then the details.
     say!(
-        "listening tcp={} udp={} admin={}",
+        "listening tcp={} udp={} admin={} consumers={}",
         show(handle.started.tcp),
         show(handle.started.udp),
-        show(admin.map(AdminHandle::local_addr))
+        show(admin.map(AdminHandle::local_addr)),
+        show(handle.consumer_addr())
     );
+    for w in &handle.started.consumer_warnings {
+        eprintln!("pinstream: warning: {w}");
+    }
     say!(
         "data {} (durability {}, acks {}), {} topic(s)",
         engine_cfg.data_dir.display(),
@@ -439,7 +443,7 @@ impl Status {
             written.saturating_sub(self.written) as f64 / secs,
         );
         let line = format!(
-            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} {disk} {acks}",
+            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} consumers {} {disk} {acks}",
             now.duration_since(self.started).as_secs_f64(),
             rate(ingested, self.ingested),
             rate(stored, self.stored),
@@ -453,6 +457,7 @@ impl Status {
                 stats.control.level().name()
             },
             stats.host.tcp_open.get(),
+            stats.consumers.stats.connected.get(),
         );
         (self.last, self.ingested, self.stored, self.dead) = (now, ingested, stored, dead);
         self.written = written;

@@ -27,6 +27,7 @@
 
 mod admin;
 mod capacity;
+mod consumers;
 mod control;
 mod engine;
 mod lines;
@@ -45,6 +46,7 @@ use serde::{Deserialize, Deserializer};
 
 pub use self::admin::AdminSection;
 pub use self::capacity::CapacitySection;
+pub use self::consumers::ConsumersSection;
 pub use self::control::ControlSection;
 pub use self::engine::{AckSetting, EngineSection, IdleSetting};
 pub use self::pipeline::{AlertRuleSection, AlertWhen, BatchStoreSetting, PipelineSection};
@@ -98,6 +100,8 @@ pub struct Config {
     pub control: ControlSection,
     /// The admin HTTP endpoint.
     pub admin: AdminSection,
+    /// The consumer listener.
+    pub consumers: ConsumersSection,
 }
 
 /// Parses a listen address: `""` or `"off"` is `None`, else `ip:port`.
