@@ -430,7 +430,8 @@ async fn catchup(opts: &Options) -> Result<(String, String), Error> {
 /// What one latency consumer saw.
 struct ConsumerResult {
     received: u64,
-    /// Messages received by the time the publisher finished.
+    /// Messages received when the consumer first noticed that the last publish ack had come
+    /// back (checked at least every 100 ms): below `received`, it was still catching up.
     received_at_publish_end: u64,
     latency_ns: Histogram<u64>,
 }
@@ -510,11 +511,16 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
     let mut pending = FuturesUnordered::new();
     let mut sent = 0u64;
     let mut measured_sent = 0u64;
-    let mut max_behind = 0u64; // messages the publisher was behind its schedule, at worst
+    // Messages the publisher was behind its schedule, at worst, after the warm-up.
+    let mut max_behind = 0u64;
     let start = Instant::now();
     let seconds = Duration::from_secs_f64(opts.seconds);
     let warmup = Duration::from_secs_f64(opts.warmup);
     let mut measure_start: Option<(Instant, u64)> = None;
+    // The schedule: message `base + i` is due at `origin + i / rate`. It starts again at the
+    // end of the warm-up, so a backlog from the warm-up is not sent in a burst into the
+    // measured part of the run.
+    let (mut origin, mut base) = (start, 0u64);
     loop {
         let elapsed = start.elapsed();
         if elapsed >= seconds {
@@ -523,13 +529,14 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
         let measuring = elapsed >= warmup;
         if measuring && measure_start.is_none() {
             measure_start = Some((Instant::now(), sent));
+            (origin, base) = (Instant::now(), sent);
         }
         let due = if opts.rate == 0 {
             u64::MAX
         } else {
-            (elapsed.as_secs_f64() * opts.rate as f64) as u64 + 1
+            base + (origin.elapsed().as_secs_f64() * opts.rate as f64) as u64 + 1
         };
-        if opts.rate != 0 {
+        if opts.rate != 0 && measuring {
             max_behind = max_behind.max(due.saturating_sub(sent));
         }
         if sent < due && pending.len() < inflight {
@@ -559,8 +566,8 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
             }
         } else {
             // Ahead of schedule: take acks that arrive, else sleep to the next message's time.
-            let next_at = Duration::from_secs_f64(sent as f64 / opts.rate as f64);
-            let sleep = tokio::time::sleep(next_at.saturating_sub(start.elapsed()));
+            let next_at = Duration::from_secs_f64((sent - base) as f64 / opts.rate as f64);
+            let sleep = tokio::time::sleep(next_at.saturating_sub(origin.elapsed()));
             tokio::select! {
                 Some((t, m, r)) = pending.next(), if !pending.is_empty() => {
                     r.map_err(err("publish ack"))?;
