@@ -55,14 +55,17 @@ catchup:  one consumer reads the first --events messages [all the stream holds] 
 latency:  deletes and recreates the stream, starts --consumers [1] ordered push consumers at new
           messages, publishes at --rate msgs/s [100000] (0 = as fast as --inflight [256] allows)
           for --seconds [10]; messages of the first --warmup seconds [1] are not recorded.
+          Latency is taken from each message's send time, and also from the time the fixed-rate
+          schedule meant it to be sent (the sched_* keys: includes the publisher falling behind).
 Each prints one JSON line on stdout.
 ";
 
 /// Latencies (ns) above this are clamped into the histogram's last bucket (and still counted).
 const MAX_TRACKED_NS: u64 = 60_000_000_000;
-/// Bytes at the start of a latency payload: send time (ns since EPOCH, little-endian u64) and
-/// a flag byte (1 = measured, 0 = warm-up).
-const STAMP: usize = 9;
+/// Bytes at the start of a latency payload: send time (ns since EPOCH, little-endian u64), a
+/// flag byte (1 = measured, 0 = warm-up), and the time the fixed-rate schedule meant the message
+/// to be sent (ns since EPOCH; the send time when there is no schedule, `--rate 0`).
+const STAMP: usize = 17;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -195,7 +198,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, Stri
     }
     if opts.command == Command::Latency && opts.payload < STAMP {
         return Err(format!(
-            "--payload {} is too small for latency: the send time takes {STAMP} bytes",
+            "--payload {} is too small for latency: the send times take {STAMP} bytes",
             opts.payload
         ));
     }
@@ -434,6 +437,9 @@ struct ConsumerResult {
     /// back (checked at least every 100 ms): below `received`, it was still catching up.
     received_at_publish_end: u64,
     latency_ns: Histogram<u64>,
+    /// Receive time minus the time the schedule meant the message to be sent: includes any
+    /// time the publisher was behind (no coordinated omission).
+    from_schedule_ns: Histogram<u64>,
 }
 
 async fn latency(opts: &Options) -> Result<(String, String), Error> {
@@ -466,6 +472,7 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
         let publish_done = publish_done.clone();
         tasks.push(tokio::spawn(async move {
             let mut h = histogram();
+            let mut hs = histogram();
             let mut received = 0u64;
             let mut at_end = None;
             loop {
@@ -494,13 +501,16 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
                 let p = &msg.payload;
                 if p.len() >= STAMP && p[8] == 1 {
                     let sent = u64::from_le_bytes(p[..8].try_into().unwrap());
+                    let due = u64::from_le_bytes(p[9..17].try_into().unwrap());
                     h.saturating_record(now.saturating_sub(sent).clamp(1, MAX_TRACKED_NS));
+                    hs.saturating_record(now.saturating_sub(due).clamp(1, MAX_TRACKED_NS));
                 }
             }
             Ok(ConsumerResult {
                 received,
                 received_at_publish_end: at_end.unwrap_or(received),
                 latency_ns: h,
+                from_schedule_ns: hs,
             })
         }));
     }
@@ -541,8 +551,15 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
         }
         if sent < due && pending.len() < inflight {
             let t = now_ns();
+            let scheduled = if opts.rate == 0 {
+                t
+            } else {
+                let at = origin + Duration::from_secs_f64((sent - base) as f64 / opts.rate as f64);
+                (at - *EPOCH.get().expect("EPOCH is set")).as_nanos() as u64
+            };
             payload[..8].copy_from_slice(&t.to_le_bytes());
             payload[8] = measuring as u8;
+            payload[9..17].copy_from_slice(&scheduled.to_le_bytes());
             let ack: PublishAckFuture = js
                 .publish(opts.subject.clone(), Bytes::copy_from_slice(&payload))
                 .await
@@ -593,6 +610,7 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
 
     // Consumers drain what is left, bounded by --timeout.
     let mut merged = histogram();
+    let mut merged_sched = histogram();
     let mut per_consumer = Vec::new();
     let deadline = Instant::now() + opts.timeout;
     for (k, task) in tasks.into_iter().enumerate() {
@@ -602,6 +620,9 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
             .map_err(|_| format!("consumer {k} did not receive all {sent} messages within --timeout"))?
             .map_err(err(format!("consumer {k} task")))??;
         merged.add(&result.latency_ns).map_err(err("merging histograms"))?;
+        merged_sched
+            .add(&result.from_schedule_ns)
+            .map_err(err("merging histograms"))?;
         per_consumer.push(serde_json::json!({
             "received": result.received,
             "received_at_publish_end": result.received_at_publish_end,
@@ -632,12 +653,14 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
         "e2e_count": merged.len(),
         "e2e_p50_us": us(&merged, 0.5), "e2e_p99_us": us(&merged, 0.99),
         "e2e_p999_us": us(&merged, 0.999), "e2e_max_us": merged.max() / 1000,
+        "sched_p50_us": us(&merged_sched, 0.5), "sched_p99_us": us(&merged_sched, 0.99),
+        "sched_p999_us": us(&merged_sched, 0.999), "sched_max_us": merged_sched.max() / 1000,
         "per_consumer": per_consumer,
     });
     let human = format!(
         "nats latency: {sent} published at target {} msgs/s ({publish_rate:.0} msgs/s reached after \
          warm-up), {} consumers; ack p50/p99/p99.9 {}/{}/{} us; publish->receive p50/p99/p99.9/max \
-         {}/{}/{}/{} us over {} receipts",
+         {}/{}/{}/{} us over {} receipts (from the schedule: p99 {} us, p99.9 {} us)",
         if opts.rate == 0 { "max".to_string() } else { opts.rate.to_string() },
         opts.consumers,
         us(&ack_ns, 0.5),
@@ -648,6 +671,8 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
         us(&merged, 0.999),
         merged.max() / 1000,
         merged.len(),
+        us(&merged_sched, 0.99),
+        us(&merged_sched, 0.999),
     );
     Ok((json.to_string(), human))
 }
