@@ -17,13 +17,13 @@
 
 use std::fmt;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::{DeleteStreamErrorKind, PublishAckFuture};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull, push};
+use async_nats::jetstream::context::{DeleteStreamErrorKind, PublishAckFuture};
 use async_nats::jetstream::{self, ErrorCode, stream};
 use bytes::Bytes;
 use futures::FutureExt;
@@ -484,13 +484,12 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
                     }
                 }
                 // Wake up now and then to notice the end of publishing.
-                let next = match tokio::time::timeout(Duration::from_millis(100), messages.next())
-                    .await
-                {
-                    Ok(next) => next,
-                    // The wait for the rest is bounded by --timeout in the caller.
-                    Err(_) => continue,
-                };
+                let next =
+                    match tokio::time::timeout(Duration::from_millis(100), messages.next()).await {
+                        Ok(next) => next,
+                        // The wait for the rest is bounded by --timeout in the caller.
+                        Err(_) => continue,
+                    };
                 let msg = match next {
                     Some(Ok(msg)) => msg,
                     Some(Err(e)) => return Err(format!("consumer {k} after {received}: {e}")),
@@ -617,9 +616,13 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
         let left = deadline.saturating_duration_since(Instant::now());
         let result = tokio::time::timeout(left, task)
             .await
-            .map_err(|_| format!("consumer {k} did not receive all {sent} messages within --timeout"))?
+            .map_err(|_| {
+                format!("consumer {k} did not receive all {sent} messages within --timeout")
+            })?
             .map_err(err(format!("consumer {k} task")))??;
-        merged.add(&result.latency_ns).map_err(err("merging histograms"))?;
+        merged
+            .add(&result.latency_ns)
+            .map_err(err("merging histograms"))?;
         merged_sched
             .add(&result.from_schedule_ns)
             .map_err(err("merging histograms"))?;
@@ -661,7 +664,11 @@ async fn latency(opts: &Options) -> Result<(String, String), Error> {
         "nats latency: {sent} published at target {} msgs/s ({publish_rate:.0} msgs/s reached after \
          warm-up), {} consumers; ack p50/p99/p99.9 {}/{}/{} us; publish->receive p50/p99/p99.9/max \
          {}/{}/{}/{} us over {} receipts (from the schedule: p99 {} us, p99.9 {} us)",
-        if opts.rate == 0 { "max".to_string() } else { opts.rate.to_string() },
+        if opts.rate == 0 {
+            "max".to_string()
+        } else {
+            opts.rate.to_string()
+        },
         opts.consumers,
         us(&ack_ns, 0.5),
         us(&ack_ns, 0.99),
@@ -733,16 +740,26 @@ mod tests {
 
     #[test]
     fn commands_and_flags_are_read() {
-        let o = parse(args(&["catchup", "--mode", "ordered", "--events", "5", "--batch", "7"]))
-            .unwrap()
-            .unwrap();
+        let o = parse(args(&[
+            "catchup", "--mode", "ordered", "--events", "5", "--batch", "7",
+        ]))
+        .unwrap()
+        .unwrap();
         assert_eq!(o.command, Command::Catchup);
         assert_eq!(o.mode, Mode::Ordered);
         assert_eq!(o.events, Some(5));
         assert_eq!(o.batch, 7);
-        let o = parse(args(&["latency", "--rate", "0", "--consumers", "4", "--seconds", "2"]))
-            .unwrap()
-            .unwrap();
+        let o = parse(args(&[
+            "latency",
+            "--rate",
+            "0",
+            "--consumers",
+            "4",
+            "--seconds",
+            "2",
+        ]))
+        .unwrap()
+        .unwrap();
         assert_eq!((o.rate, o.consumers, o.seconds), (0, 4, 2.0));
         assert_eq!(parse(args(&[])).unwrap(), None);
         assert_eq!(parse(args(&["fill", "--help"])).unwrap(), None);
@@ -751,9 +768,21 @@ mod tests {
     #[test]
     fn bad_arguments_are_refused() {
         assert!(parse(args(&["drain"])).unwrap_err().contains("drain"));
-        assert!(parse(args(&["catchup", "--mode", "push"])).unwrap_err().contains("--mode"));
-        assert!(parse(args(&["latency", "--payload", "4"])).unwrap_err().contains("--payload"));
+        assert!(
+            parse(args(&["catchup", "--mode", "push"]))
+                .unwrap_err()
+                .contains("--mode")
+        );
+        assert!(
+            parse(args(&["latency", "--payload", "4"]))
+                .unwrap_err()
+                .contains("--payload")
+        );
         assert!(parse(args(&["latency", "--seconds", "1", "--warmup", "2"])).is_err());
-        assert!(parse(args(&["fill", "--events", "0"])).unwrap_err().contains("--events"));
+        assert!(
+            parse(args(&["fill", "--events", "0"]))
+                .unwrap_err()
+                .contains("--events")
+        );
     }
 }
