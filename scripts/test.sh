@@ -173,6 +173,19 @@ main_job() {
     $ok
 }
 
+packaging() {
+    # The four published crates as crates.io would take them: each packaged, then built from
+    # its packaged files alone against the others' packages (dependency order). Then the
+    # README's install command, into a temporary root, reusing the main job's release build.
+    cargo publish --dry-run --allow-dirty -p pinstream-core -p pinstream-client \
+        -p pinstream-host -p pinstream
+    local root
+    root=$(mktemp -d)
+    cargo install --locked --path pinned-runner --root "$root" --target-dir "${CARGO_TARGET_DIR:-target}"
+    "$root/bin/pinstream" --version
+    rm -rf "$root"
+}
+
 step "toolchain set-up" setup
 step "cargo fmt --check" cargo fmt --all --check
 step "clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
@@ -186,6 +199,7 @@ if ! $quick; then
     step "bare-metal builds" bare_metal
     step "benches compile (never run in CI)" cargo bench --workspace --no-run
     step "main job (README's run command) with the load generator" main_job
+    step "packaging (cargo publish --dry-run, cargo install)" packaging
     step "firmware under QEMU (run, test, thumbv6m, defmt, no-alloc check)" firmware
     step "miri (stacked + tree borrows)" miri
     step "loom models" loom

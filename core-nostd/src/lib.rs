@@ -43,38 +43,52 @@
 //! The core never reads a clock: operations that need time take `now` in ticks.
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// docs.rs: `pinstream_cas` is the build script's cfg, not something a user sets; the items it
+// gates (through `with_cas!`) name what a user controls instead.
+#![cfg_attr(docsrs, doc(auto_cfg(hide(pinstream_cas))))]
 #![warn(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 
 #[cfg(test)]
 extern crate std;
 
+/// Items that need compare-and-swap: built when the target has it or one of the features
+/// `critical-section` / `unsafe-assume-single-core` provides it (the build script then sets
+/// `pinstream_cas`), and documented with that condition on docs.rs.
+macro_rules! with_cas {
+    ($($item:item)*) => {
+        $(
+            #[cfg(pinstream_cas)]
+            #[cfg_attr(
+                docsrs,
+                doc(cfg(any(
+                    target_has_atomic = "ptr",
+                    feature = "critical-section",
+                    feature = "unsafe-assume-single-core"
+                )))
+            )]
+            $item
+        )*
+    };
+}
+
 pub(crate) mod sync;
 
-#[cfg(pinstream_cas)]
-pub mod arena;
-
-#[cfg(pinstream_cas)]
-pub mod dedup;
-#[cfg(pinstream_cas)]
-pub mod pool;
-#[cfg(pinstream_cas)]
-pub mod ratelimit;
-pub mod ring;
-
-#[cfg(pinstream_cas)]
-pub mod accounting;
+with_cas! {
+    pub mod accounting;
+    pub mod arena;
+    pub mod dedup;
+    pub mod dispatch;
+    pub mod lanes;
+    pub mod metrics;
+    pub mod pool;
+    pub mod process;
+    pub mod ratelimit;
+}
 pub mod control;
-#[cfg(pinstream_cas)]
-pub mod dispatch;
 pub mod event;
-#[cfg(pinstream_cas)]
-pub mod lanes;
-#[cfg(pinstream_cas)]
-pub mod metrics;
-#[cfg(pinstream_cas)]
-pub mod process;
 pub mod reason;
 pub mod record;
+pub mod ring;
 pub mod topic;
 pub mod wire;
 
@@ -82,3 +96,8 @@ pub mod wire;
 mod loom_tests;
 #[cfg(all(test, not(loom)))]
 mod test_rng;
+
+// The README's examples compile and run with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
