@@ -3,7 +3,7 @@
 //! `run` starts the engine (the default command), `loadgen` drives one, `publish` sends it
 //! events read as JSON lines, `consume` reads its logs back over the network, `log` reads
 //! its logs offline, `host-check` shows what the machine offers, `demo` exercises the core
-//! primitives. Every command prints what went wrong on stderr and exits non-zero:
+//! primitives, `completions` and `man` print the shell completion script and the manual. Every command prints what went wrong on stderr and exits non-zero:
 //! 2 for bad arguments or config, 3 when the engine cannot start, 1 for a failure while
 //! running.
 
@@ -14,6 +14,7 @@ mod loadgen;
 mod log;
 mod publish;
 mod run;
+mod shell;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -46,6 +47,8 @@ enum Command {
     HostCheck(hostcheck::HostCheckArgs),
     /// Move items through the core primitives across two pinned threads.
     Demo(demo::DemoArgs),
+    Completions(shell::CompletionsArgs),
+    Man(shell::ManArgs),
 }
 
 /// A command's failure: what to print and the exit code.
@@ -100,6 +103,8 @@ fn main() -> ExitCode {
         Some(Command::Log(args)) => log::main(&args),
         Some(Command::HostCheck(args)) => hostcheck::main(&args),
         Some(Command::Demo(args)) => demo::main(&args),
+        Some(Command::Completions(args)) => shell::completions(&args),
+        Some(Command::Man(args)) => shell::man(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
