@@ -14,7 +14,7 @@ use crate::{Cli, Failure};
 ///
 /// Install it where your shell looks, for example:
 ///   bash: pinstream completions bash > ~/.local/share/bash-completion/completions/pinstream
-///   zsh:  pinstream completions zsh > "${fpath[1]}/_pinstream"
+///   zsh:  pinstream completions zsh > ~/.zfunc/_pinstream   (with fpath+=~/.zfunc in .zshrc)
 ///   fish: pinstream completions fish > ~/.config/fish/completions/pinstream.fish
 #[derive(Args, Debug)]
 pub struct CompletionsArgs {
