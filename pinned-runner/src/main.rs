@@ -12,6 +12,7 @@ mod demo;
 mod hostcheck;
 mod loadgen;
 mod log;
+mod logging;
 mod publish;
 mod run;
 mod shell;
@@ -27,6 +28,12 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "pinstream", version, about, long_about)]
 struct Cli {
+    /// How start-up lines, warnings and errors are written: text (information on stdout,
+    /// warnings and errors on stderr, as a terminal shows them) or json (one object per
+    /// line on stdout, for journald, Loki or jq). Command output (reports, JSON lines of
+    /// consume) is not affected.
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -94,6 +101,7 @@ impl fmt::Display for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     let result = match cli.command {
         None => run::main(&run::RunArgs::default()),
         Some(Command::Run(args)) => run::main(&args),
@@ -109,7 +117,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("pinstream: {failure}");
+            tracing::error!("{failure}");
             ExitCode::from(failure.code)
         }
     }
