@@ -55,9 +55,15 @@ def main():
     panels = dash["panels"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     fig = plt.figure(figsize=(18, rows * 0.42))
-    fig.suptitle(f"{dash['title']} (rendered from Prometheus: {args.minutes:g} min)", fontsize=14)
+    fig.suptitle(
+        f"{dash['title']}: deploy/grafana-dashboard.json's queries, rendered from Prometheus "
+        f"({args.minutes:.1f} min; all-zero series left out)",
+        fontsize=13,
+        y=0.93,
+    )
     grid = fig.add_gridspec(rows, 24, hspace=2.4, wspace=1.2)
     series = 0
+    hidden = 0
     for p in panels:
         g = p["gridPos"]
         ax = fig.add_subplot(grid[g["y"] + 1 : g["y"] + g["h"], g["x"] : g["x"] + g["w"]])
@@ -67,6 +73,11 @@ def main():
             for r in query_range(args.prometheus, expr, start, end, args.step):
                 xs = [float(v[0]) - end for v in r["values"]]
                 ys = [float(v[1]) for v in r["values"]]
+                # Grafana would draw a flat line at zero for every reason never seen; here
+                # they are left out so the legend shows what happened.
+                if not any(ys):
+                    hidden += 1
+                    continue
                 ax.plot(xs, ys, label=legend(t.get("legendFormat", ""), r["metric"]), lw=1.2)
                 series += 1
         unit = p["fieldConfig"]["defaults"].get("unit", "")
@@ -79,7 +90,7 @@ def main():
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
     fig.savefig(args.out, dpi=80, bbox_inches="tight")
-    print(f"{args.out}: {len(panels)} panels, {series} series")
+    print(f"{args.out}: {len(panels)} panels, {series} series drawn, {hidden} all-zero series left out")
 
 
 if __name__ == "__main__":

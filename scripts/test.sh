@@ -28,7 +28,7 @@ esac
 preflight() {
     local missing=() tool
     local needed=(cargo rustup)
-    $quick || needed+=(qemu-system-arm arm-none-eabi-size promtool curl)
+    $quick || needed+=(qemu-system-arm arm-none-eabi-size promtool curl python3)
     for tool in "${needed[@]}"; do
         command -v "$tool" > /dev/null || missing+=("$tool")
     done
@@ -173,6 +173,19 @@ main_job() {
     $ok
 }
 
+msrv() {
+    # The core and the command with the oldest toolchain each declares (rust-version): a
+    # newer feature (a let chain, a new std API) fails here, not on a user's machine.
+    local pkg rv
+    for pkg in pinstream-core pinstream; do
+        rv=$(cargo metadata --no-deps --format-version 1 |
+            python3 -c "import json,sys; print(next(p['rust_version'] for p in json.load(sys.stdin)['packages'] if p['name'] == '$pkg'))")
+        echo "$pkg: rust-version $rv"
+        rustup toolchain install "$rv" --profile minimal
+        cargo "+$rv" build -p "$pkg" --target-dir target/msrv
+    done
+}
+
 packaging() {
     # The four published crates as crates.io would take them: each packaged, then built from
     # its packaged files alone against the others' packages (dependency order). Then the
@@ -197,6 +210,7 @@ step "cargo test (debug: unit, doc, zero-allocation, end to end)" env PINSTREAM_
 if ! $quick; then
     step "rustdoc -D warnings" docs
     step "bare-metal builds" bare_metal
+    step "MSRV: core and command with their rust-version toolchains" msrv
     step "benches compile (never run in CI)" cargo bench --workspace --no-run
     step "main job (README's run command) with the load generator" main_job
     step "packaging (cargo publish --dry-run, cargo install)" packaging
