@@ -101,8 +101,10 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         if let Some(slot) = self.free.pop() {
             return Some(slot);
         }
-        let used = self.open.len() + self.free.len();
-        (used < self.conns.len()).then_some(used)
+        // The gateway's slot, after the TCP slots, is never handed out.
+        let gateway = usize::from(self.gateway_slot.is_some_and(|s| self.open.contains(&s)));
+        let used = self.open.len() - gateway + self.free.len();
+        (used < self.limits.max_connections).then_some(used)
     }
 
     fn open_conn(

@@ -81,7 +81,11 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         }
         if let Some(pos) = self.open.iter().position(|&s| s == slot) {
             self.open.swap_remove(pos);
-            self.free.push(slot);
+            // The gateway's slot is its own: closed (storage failed, shutdown), it stays
+            // empty.
+            if Some(slot) != self.gateway_slot {
+                self.free.push(slot);
+            }
         }
         if reason != CloseReason::Drained {
             self.count_close(reason);

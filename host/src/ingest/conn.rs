@@ -12,7 +12,10 @@ use pinstream_core::wire::{
     self, Ack, MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, encode_ack, encode_ack_v2, encode_reject,
 };
 
+use pinstream_core::ring::{Consumer, Producer};
+
 use super::SourceId;
+use super::gateway::{GATEWAY_FRAMES, GATEWAY_REPLIES};
 
 /// Largest control frame the server sends: a version-2 ACK or HELLO reply (header 16 + body
 /// 40 + trailer 4).
@@ -236,6 +239,9 @@ pub(crate) struct Conn {
     /// Batch-lane events are stored one by one (settled by completions, not the batch
     /// watermark).
     pub(crate) batch_events_stored: bool,
+    /// A gateway's connection ([`super::gateway`]): its bytes come and go through rings,
+    /// each frame is acknowledged on its own, and housekeeping leaves it alone.
+    pub(crate) gateway: bool,
 }
 
 impl Conn {
@@ -286,6 +292,7 @@ impl Conn {
             draining: false,
             duplicates: 0,
             batch_events_stored: false,
+            gateway: false,
         }
     }
 
@@ -431,11 +438,16 @@ impl Conn {
         latency: &mut LatencyRecorder,
     ) -> u64 {
         let mut freed = 0;
-        while let Some(front) = self.tracks.front() {
+        while let Some(&front) = self.tracks.front() {
             if !front.resolved(batch_watermark) {
                 break;
             }
-            let t = *front;
+            // A gateway learns each frame's counts from its own ACK: the one owed for the
+            // frame before goes out first (or this one waits for room).
+            if self.gateway && self.ack_owed && !self.queue_ack() {
+                break;
+            }
+            let t = front;
             self.tracks.pop_front();
             // Resolved once, whole: every event (or the one unit) of the frame has exactly
             // one outcome when its track leaves the window.
@@ -557,6 +569,47 @@ impl Conn {
                 Some(0)
             }
         }
+    }
+
+    /// A gateway's [`fill`](Self::fill): takes what its frame ring holds into the receive
+    /// buffer. `WouldBlock` when the ring is empty (a gateway never ends its stream).
+    pub(crate) fn fill_from(
+        &mut self,
+        ring: &mut Consumer<'_, u8, GATEWAY_FRAMES>,
+    ) -> io::Result<usize> {
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        } else if self.rend == self.rbuf.len() && self.rstart > 0 {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        let n = ring.pop_slice(&mut self.rbuf[self.rend..]);
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.rend += n;
+        self.received += n as u64;
+        Ok(n)
+    }
+
+    /// A gateway's [`flush`](Self::flush): copies queued output into its reply ring, as much
+    /// as fits (`writable` is cleared when nothing did).
+    pub(crate) fn flush_to(&mut self, ring: &mut Producer<'_, u8, GATEWAY_REPLIES>) -> usize {
+        if self.wstart == self.wend {
+            return 0;
+        }
+        let n = ring.push_slice(&self.wbuf[self.wstart..self.wend]);
+        self.wstart += n;
+        if self.wstart == self.wend {
+            self.wstart = 0;
+            self.wend = 0;
+        }
+        if n == 0 {
+            self.writable = false;
+        }
+        n
     }
 
     /// Writes queued output; returns bytes written (0 when it would block or nothing waits).

@@ -25,6 +25,10 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             let slot = self.open[i];
             let now = self.now;
             let verdict = self.conns[slot].as_mut().and_then(|c| {
+                if c.gateway {
+                    // Its peer is a thread of this process: no timeout applies.
+                    return None;
+                }
                 // Bytes alone do not hold a slot: a frame begun must arrive whole in time.
                 if c.partial_frame_age(now).is_some_and(|age| age > frame) {
                     return Some(CloseReason::FrameTimeout);

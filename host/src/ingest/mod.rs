@@ -24,6 +24,7 @@ mod accept;
 mod addrs;
 mod close;
 mod conn;
+mod gateway;
 mod hello;
 mod housekeeping;
 mod parse;
@@ -50,6 +51,7 @@ use crate::sys::net::{EPOLLERR_HUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready}
 
 use self::addrs::PeerCounts;
 use self::conn::{CloseReason, Conn, Track};
+pub use self::gateway::{GATEWAY_FRAMES, GATEWAY_REPLIES, GatewayEnd, GatewayLink, GatewayRings};
 pub use self::source::SourceId;
 pub use self::udp::UdpIngest;
 
@@ -278,6 +280,10 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     /// Tick of the last sweep of idle producer sessions.
     last_producer_sweep: u64,
     batch_watermark: u64,
+    /// The HTTP gateway's rings, if it runs ([`gateway`]).
+    gateway: Option<GatewayEnd<'a>>,
+    /// The gateway's connection slot (after the TCP slots), while it is open.
+    gateway_slot: Option<usize>,
 }
 
 /// What the ingest thread shares with the engine: the flags and counters, and where it
@@ -381,7 +387,73 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             last_housekeeping: 0,
             last_producer_sweep: 0,
             batch_watermark: 0,
+            gateway: None,
+            gateway_slot: None,
         })
+    }
+
+    /// Serves a gateway thread's rings as one more connection, in a slot of its own after
+    /// the TCP slots (see [`gateway`]). It is acknowledged like TCP clients (under the
+    /// engine's ack mode; `accepted` when that is `none`, so the gateway can answer), with
+    /// one ACK per frame, and sends as a version-2 client without a producer session.
+    /// Call after [`set_batch_events_stored`](Self::set_batch_events_stored).
+    ///
+    /// # Errors
+    /// A gateway is served already, or the slots would exceed [`SourceId::MAX_SLOTS`].
+    pub fn set_gateway(&mut self, end: GatewayEnd<'a>) -> io::Result<()> {
+        let slot = self.conns.len();
+        if self.gateway.is_some() || slot + 1 > SourceId::MAX_SLOTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "one gateway at most, within the connection slots",
+            ));
+        }
+        let limits = &self.limits;
+        let mut conn = Conn::with_buffers(
+            limits.recv_buffer,
+            limits.send_buffer,
+            limits.inflight_frames,
+        );
+        self.generations.push(1);
+        conn.source = SourceId::tcp(slot, 1);
+        conn.max_frame = limits.max_frame_len;
+        conn.version = 2;
+        conn.hello_seen = true;
+        conn.writable = true;
+        conn.last_input = self.now;
+        conn.gateway = true;
+        conn.batch_events_stored = self.batch_events_stored;
+        self.conns.push(Some(conn));
+        // Room for it in the lists sized for the TCP slots (nothing grows later).
+        self.open.reserve(1);
+        self.waiting.reserve(1);
+        self.open.push(slot);
+        self.gateway = Some(end);
+        self.gateway_slot = Some(slot);
+        self.counters.tcp_open.set(self.open.len() as u64);
+        Ok(())
+    }
+
+    /// The ack mode a gateway's frames are settled under.
+    fn gateway_ack(&self) -> AckMode {
+        match self.ack {
+            AckMode::None => AckMode::Accepted,
+            mode => mode,
+        }
+    }
+
+    /// Marks the gateway's connection readable when its ring holds frames, and writable
+    /// (its reply ring is tried on every round).
+    fn poll_gateway(&mut self) {
+        let (Some(slot), Some(end)) = (self.gateway_slot, self.gateway.as_mut()) else {
+            return;
+        };
+        if let Some(conn) = self.conns[slot].as_mut() {
+            if !end.frames.is_empty() {
+                conn.readable = true;
+            }
+            conn.writable = true;
+        }
     }
 
     /// Puts the producer sessions found in the logs into the producer table (before the
@@ -461,6 +533,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             ) > 0;
         }
         work |= self.take_completions();
+        self.poll_gateway();
         work |= self.serve_connections();
         self.shared
             .pushed_before
@@ -498,7 +571,11 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                     }
                     // Blocked writers get a chance every round until the deadline.
                     conn.writable = true;
-                    if conn.flush().is_err() {
+                    if conn.gateway {
+                        if let Some(end) = self.gateway.as_mut() {
+                            conn.flush_to(&mut end.replies);
+                        }
+                    } else if conn.flush().is_err() {
                         conn.wstart = conn.wend;
                     }
                     pending_output |= conn.has_output() || conn.ack_owed;

@@ -23,7 +23,8 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 continue;
             };
             if let Some(conn) = self.conns[slot].as_mut() {
-                if (conn.stream.is_some() || conn.draining) && conn.source == source {
+                if (conn.stream.is_some() || conn.draining || conn.gateway) && conn.source == source
+                {
                     conn.complete(c.seq, c.stored, c.dead, c.duplicates);
                 }
             }
@@ -146,6 +147,11 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     /// room for replies (`dispatch`: whether it may take input at all). Returns (did work,
     /// close reason).
     fn take_input(&mut self, slot: usize, dispatch: bool) -> (bool, Option<CloseReason>) {
+        let ack = if self.conns[slot].as_ref().is_some_and(|c| c.gateway) {
+            self.gateway_ack()
+        } else {
+            self.ack
+        };
         let Some(conn) = self.conns[slot].as_mut() else {
             return (false, None);
         };
@@ -167,7 +173,7 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 &mut self.latency,
                 &mut self.dispatcher,
                 self.counters,
-                self.ack,
+                ack,
                 &self.limits,
                 self.now,
             );
@@ -201,7 +207,12 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             if parsed.out_of_room {
                 break;
             }
-            match conn.fill() {
+            let filled = match (conn.gateway, self.gateway.as_mut()) {
+                (false, _) => conn.fill(),
+                (true, Some(end)) => conn.fill_from(&mut end.frames),
+                (true, None) => Err(io::ErrorKind::NotConnected.into()),
+            };
+            match filled {
                 Ok(0) => {
                     // End of input (a half close, or the client is gone): what it sent is
                     // still acknowledged; the connection closes once its window is empty.
@@ -242,7 +253,12 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             self.counters.tcp_acks_sent.incr();
         }
         if conn.has_output() && conn.writable {
-            match conn.flush() {
+            let flushed = match (conn.gateway, self.gateway.as_mut()) {
+                (false, _) => conn.flush(),
+                (true, Some(end)) => Ok(conn.flush_to(&mut end.replies)),
+                (true, None) => Err(io::ErrorKind::NotConnected.into()),
+            };
+            match flushed {
                 Ok(n) => {
                     if n > 0 {
                         work = true;
