@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pinstream_host::config::{
-    AckSetting, AdminSection, AlertWhen, CAPACITY_PRESETS, CapacitySection, Config, ConfigError,
-    ConsumersSection, ControlSection, DEFAULT_TOML, DurabilitySetting, EngineSection, IdleSetting,
-    PipelineSection, StorageSection, TcpSection, UdpSection,
+    AckSetting, AdminSection, AlertWhen, AuthSection, CAPACITY_PRESETS, CapacitySection, Config,
+    ConfigError, ConsumersSection, ControlSection, DEFAULT_TOML, DurabilitySetting, EngineSection,
+    HttpSection, IdleSetting, PipelineSection, StorageSection, TcpSection, UdpSection,
 };
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
 
@@ -119,7 +119,7 @@ fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
 #[test]
 fn the_default_file_names_every_key() {
     let file: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
-    let sections: [(&str, &[&str]); 9] = [
+    let sections: [(&str, &[&str]); 11] = [
         ("engine", fields_of::<EngineSection>()),
         ("tcp", fields_of::<TcpSection>()),
         ("udp", fields_of::<UdpSection>()),
@@ -129,6 +129,8 @@ fn the_default_file_names_every_key() {
         ("control", fields_of::<ControlSection>()),
         ("admin", fields_of::<AdminSection>()),
         ("consumers", fields_of::<ConsumersSection>()),
+        ("http", fields_of::<HttpSection>()),
+        ("auth", fields_of::<AuthSection>()),
     ];
     let top: Vec<&str> = sections.iter().map(|(s, _)| *s).collect();
     assert_eq!(fields_of::<Config>(), top.as_slice());
@@ -139,6 +141,45 @@ fn the_default_file_names_every_key() {
         }
         assert_eq!(table.len(), fields.len(), "[{section}]");
     }
+}
+
+#[test]
+fn the_http_and_auth_sections_parse_validate_and_warn() {
+    let d = Config::default();
+    assert_eq!(d.http.listen, None, "the gateway is off by default");
+    assert!(d.auth.tokens.is_empty());
+    let hash = pinstream_host::gateway::hash_token("s3cret");
+    let ok = format!(
+        "[http]\nlisten = \"127.0.0.1:7080\"\n[[auth.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\ntopics = [\"default\"]\nrate = 100\nburst = 200\n"
+    );
+    let c = parse(&ok);
+    assert_eq!(c.http.listen, Some("127.0.0.1:7080".parse().unwrap()));
+    assert_eq!(
+        c.auth.tokens[0].hash_bytes().map(|b| b[0]),
+        u8::from_str_radix(&hash[..2], 16).ok()
+    );
+    assert!(warnings(&ok).is_empty());
+    // Beyond loopback without tokens: a loud warning.
+    let w = warnings("[http]\nlisten = \"0.0.0.0:7080\"\n");
+    assert!(w.iter().any(|w| w.contains("no authentication")), "{w:?}");
+    // Unknown keys are refused with their line; bad values named by key.
+    let (key, line, _, _, _) = parse_err("[http]\nlisten = \"off\"\nmax_body = 3\n");
+    assert_eq!((key.as_str(), line), ("http.max_body", 3));
+    let p = problems(
+        "[http]\nmax_body_bytes = 1\nretry_after_secs = 0\n[[auth.tokens]]\nname = \"\"\nsha256 = \"xyz\"\ntopics = [\"nope\"]\nrate = 5\n",
+    );
+    for want in [
+        "http.max_body_bytes = 1",
+        "http.retry_after_secs = 0",
+        "auth.tokens[0].name",
+        "auth.tokens[0].sha256",
+        "auth.tokens[0].topics: \"nope\"",
+        "auth.tokens[0].burst = 0",
+    ] {
+        assert!(p.iter().any(|p| p.starts_with(want)), "{want}: {p:?}");
+    }
+    let p = problems("[engine]\nplacement = \"pinned\"\n[http]\ncpu = 0\n");
+    assert!(p.iter().any(|p| p.starts_with("http.cpu = 0")), "{p:?}");
 }
 
 #[test]

@@ -52,7 +52,7 @@ impl ConsumersSection {
 }
 
 /// A CPU number, or `-1` / `"none"` for none.
-fn de_cpu<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+pub(super) fn de_cpu<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Cpu {

@@ -30,6 +30,7 @@ mod capacity;
 mod consumers;
 mod control;
 mod engine;
+mod http;
 mod lines;
 mod pipeline;
 mod storage;
@@ -49,6 +50,7 @@ pub use self::capacity::CapacitySection;
 pub use self::consumers::ConsumersSection;
 pub use self::control::ControlSection;
 pub use self::engine::{AckSetting, EngineSection, IdleSetting};
+pub use self::http::{AuthSection, HttpSection, TokenSection};
 pub use self::pipeline::{AlertRuleSection, AlertWhen, BatchStoreSetting, PipelineSection};
 pub use self::storage::{DurabilitySetting, StorageSection};
 pub use self::tcp::TcpSection;
@@ -102,6 +104,10 @@ pub struct Config {
     pub admin: AdminSection,
     /// The consumer listener.
     pub consumers: ConsumersSection,
+    /// The HTTP/JSON ingest gateway.
+    pub http: HttpSection,
+    /// Authentication tokens (the HTTP gateway's, in this version).
+    pub auth: AuthSection,
 }
 
 /// Parses a listen address: `""` or `"off"` is `None`, else `ip:port`.

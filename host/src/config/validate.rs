@@ -32,6 +32,7 @@ impl Config {
         self.check_control(&mut v);
         self.check_admin(&mut v);
         self.check_consumers(&mut v);
+        self.check_http(&mut v);
         if v.problems.is_empty() {
             Ok(v.warnings)
         } else {
@@ -522,6 +523,138 @@ impl Config {
                      engine.process_cpu = {}); the serving thread must never share it: choose \
                      another CPU, or -1 for none",
                     e.ingest_cpu, e.process_cpu
+                ));
+            }
+        }
+    }
+}
+
+impl Config {
+    fn check_http(&self, v: &mut Validator) {
+        let h = &self.http;
+        if let Some(a) = h.listen {
+            if !a.ip().is_loopback() && self.auth.tokens.is_empty() {
+                v.warn(format!(
+                    "http.listen = \"{a}\" is not a loopback address and [[auth.tokens]] is \
+                     empty: ANYONE who can reach it may publish events, with no authentication"
+                ));
+            }
+            for (key, other) in [
+                ("tcp.listen", self.tcp.listen),
+                ("admin.listen", self.admin.listen),
+                ("consumers.listen", self.consumers.listen),
+            ] {
+                if other == Some(a) && a.port() != 0 {
+                    v.problem(format!(
+                        "http.listen = \"{a}\": the same address as {key}; give one of them \
+                         another port"
+                    ));
+                }
+            }
+        }
+        v.range(
+            "http.max_body_bytes",
+            h.max_body_bytes as u64,
+            64,
+            64 << 20,
+            "64 MiB",
+        );
+        v.range(
+            "http.max_connections",
+            h.max_connections as u64,
+            1,
+            65_536,
+            "",
+        );
+        v.range(
+            "http.header_timeout_ms",
+            h.header_timeout_ms,
+            10,
+            600_000,
+            "ten minutes",
+        );
+        v.range(
+            "http.body_timeout_ms",
+            h.body_timeout_ms,
+            10,
+            600_000,
+            "ten minutes",
+        );
+        v.range(
+            "http.max_events_per_request",
+            h.max_events_per_request as u64,
+            1,
+            1_000_000,
+            "",
+        );
+        v.range(
+            "http.backpressure_wait_ms",
+            h.backpressure_wait_ms,
+            0,
+            60_000,
+            "a minute",
+        );
+        v.range(
+            "http.retry_after_secs",
+            h.retry_after_secs.into(),
+            1,
+            3600,
+            "an hour",
+        );
+        if let Some(cpu) = h.cpu {
+            v.range(
+                "http.cpu",
+                cpu as u64,
+                0,
+                MAX_CPU as u64,
+                "the affinity mask's size; -1 or \"none\": not pinned",
+            );
+            let e = &self.engine;
+            let pinned = !e.overprovisioned && e.placement == PlacementMode::Pinned;
+            if pinned && (cpu == e.ingest_cpu || cpu == e.process_cpu) {
+                v.problem(format!(
+                    "http.cpu = {cpu}: is a pinned engine thread's CPU (engine.ingest_cpu = {}, \
+                     engine.process_cpu = {}); the gateway thread must never share it: choose \
+                     another CPU, or -1 for none",
+                    e.ingest_cpu, e.process_cpu
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let key = format!("auth.tokens[{i}]");
+            if t.name.trim().is_empty() {
+                v.problem(format!(
+                    "{key}.name: must be given (it names the token in logs and metrics)"
+                ));
+            } else if !names.insert(t.name.as_str()) {
+                v.problem(format!(
+                    "{key}.name = {:?}: another token has that name",
+                    t.name
+                ));
+            }
+            if t.hash_bytes().is_none() {
+                v.problem(format!(
+                    "{key}.sha256: must be the token's SHA-256 as 64 hex digits \
+                     (`pinstream token-hash`, or `printf %s \"$TOKEN\" | sha256sum`)"
+                ));
+            }
+            if t.topics.is_empty() {
+                v.problem(format!(
+                    "{key}.topics: empty; name the topics of pipeline.topics it may send to, or [\"*\"] for all"
+                ));
+            }
+            for topic in &t.topics {
+                if topic != "*" && !self.pipeline.topics.contains(topic) {
+                    v.problem(format!(
+                        "{key}.topics: {topic:?} is not in pipeline.topics ({})",
+                        self.pipeline.topics.join(", ")
+                    ));
+                }
+            }
+            if t.rate > 0 && t.burst == 0 {
+                v.problem(format!(
+                    "{key}.burst = 0: must be at least 1 when rate is set"
                 ));
             }
         }
