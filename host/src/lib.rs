@@ -11,6 +11,7 @@ pub mod consumers;
 pub mod disk;
 pub mod engine;
 pub mod fdlimit;
+pub mod gateway;
 pub mod ingest;
 /// The load generator lives in the client crate; kept here under its old path.
 pub use pinstream_client::loadgen;

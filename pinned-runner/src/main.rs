@@ -56,6 +56,8 @@ enum Command {
     Demo(demo::DemoArgs),
     Completions(shell::CompletionsArgs),
     Man(shell::ManArgs),
+    /// Print the SHA-256 of a token read on stdin, for `[[auth.tokens]] sha256`.
+    TokenHash,
 }
 
 /// A command's failure: what to print and the exit code.
@@ -99,6 +101,21 @@ impl fmt::Display for Failure {
     }
 }
 
+/// `pinstream token-hash`: the token is read on stdin (not an argument, which `ps` shows),
+/// its trailing newline dropped.
+fn token_hash() -> Result<(), Failure> {
+    let mut token = String::new();
+    std::io::stdin()
+        .read_line(&mut token)
+        .map_err(|e| Failure::usage(format!("cannot read the token on stdin: {e}")))?;
+    let token = token.trim_end_matches(['\n', '\r']);
+    if token.is_empty() {
+        return Err(Failure::usage("no token on stdin"));
+    }
+    println!("{}", pinstream_host::gateway::hash_token(token));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
@@ -113,6 +130,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(args)) => demo::main(&args),
         Some(Command::Completions(args)) => shell::completions(&args),
         Some(Command::Man(args)) => shell::man(&args),
+        Some(Command::TokenHash) => token_hash(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -194,12 +194,23 @@ fn report_start(
         |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     // One stable line for scripts and tests, then the details.
     say!(
-        "listening tcp={} udp={} admin={} consumers={}",
+        "listening tcp={} udp={} admin={} consumers={} http={}",
         show(handle.started.tcp),
         show(handle.started.udp),
         show(admin.map(AdminHandle::local_addr)),
-        show(handle.consumer_addr())
+        show(handle.consumer_addr()),
+        show(handle.http_addr())
     );
+    if handle.http_addr().is_some() {
+        say!(
+            "http gateway: POST /v1/events, {}",
+            if config.auth.tokens.is_empty() {
+                "no authentication ([[auth.tokens]] is empty)".to_string()
+            } else {
+                format!("{} token(s)", config.auth.tokens.len())
+            }
+        );
+    }
     for w in &handle.started.consumer_warnings {
         tracing::warn!("{w}");
     }

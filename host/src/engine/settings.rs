@@ -89,6 +89,8 @@ pub struct EngineConfig {
     pub admin_connections: usize,
     /// The consumer server (`[consumers]`); off in [`local`](Self::local).
     pub consumers: crate::consumers::ConsumerSettings,
+    /// The HTTP/JSON gateway (`[http]`, `[auth]`); off in [`local`](Self::local).
+    pub http: crate::gateway::HttpSettings,
 }
 
 /// The idle strategy of [`EngineConfig::local`]: what tests and examples have always run
@@ -142,6 +144,7 @@ impl EngineConfig {
             thread_hook: None,
             admin_connections: 0,
             consumers: crate::consumers::ConsumerSettings::OFF,
+            http: crate::gateway::HttpSettings::off(),
         }
     }
 
@@ -178,6 +181,7 @@ impl EngineConfig {
                 0
             },
             consumers: c.consumers.to_settings(),
+            http: crate::gateway::HttpSettings::from_config(c),
         })
     }
 }

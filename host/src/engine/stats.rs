@@ -65,6 +65,8 @@ pub struct EngineStats {
     /// The logs' high watermarks (published by the storage thread) and the consumer
     /// server's counters.
     pub consumers: Arc<crate::consumers::ConsumerShared>,
+    /// The HTTP gateway's counters (zero while it is off).
+    pub http: Arc<crate::gateway::GatewayCounters>,
 }
 
 impl EngineStats {
@@ -96,6 +98,7 @@ impl EngineStats {
             ack_latency: Arc::new(SharedLatency::new()),
             data_dir,
             consumers,
+            http: Arc::new(crate::gateway::GatewayCounters::default()),
         }
     }
 
@@ -134,6 +137,7 @@ impl AdminSource for EngineStats {
             ],
         );
         prom::write_control(&mut w, self.control.level(), self.control_transitions.get());
+        self.http.render(&mut w);
         w.single(
             "pinstream_dedup_effective_window_seconds",
             MetricType::Gauge,

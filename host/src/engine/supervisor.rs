@@ -30,8 +30,11 @@ use super::storage_loop::{StorageLoop, StorageParts};
 use super::{EngineConfig, EngineStats, Placement};
 use crate::consumers::{ConsumerServer, ConsumerShared, POSITIONS_DIR, Positions};
 use crate::fdlimit::{self, FdBudget, FdLimit};
+use crate::gateway::GatewayRun;
 use crate::idle::Idler;
-use crate::ingest::{COMPLETIONS, Completion, Ingest, IngestContext, Shared, TcpLimits};
+use crate::ingest::{
+    AckMode, COMPLETIONS, Completion, GatewayRings, Ingest, IngestContext, Shared, TcpLimits,
+};
 use crate::numa;
 use crate::pin::{self, PinPlan};
 use crate::placement::{self, PlacementDecision};
@@ -148,6 +151,8 @@ pub struct Started {
     pub udp: Option<SocketAddr>,
     /// The consumer listener's address, if serving consumers.
     pub consumers: Option<SocketAddr>,
+    /// The HTTP gateway's address, if it runs.
+    pub http: Option<SocketAddr>,
     /// Consumer positions that could not be loaded (torn, corrupt, over `max_named`).
     pub consumer_warnings: Vec<String>,
     /// One report per log ([`LogId::ALL`] order).
@@ -188,6 +193,12 @@ impl EngineHandle {
     /// if the engine serves them.
     pub fn consumer_addr(&self) -> Option<SocketAddr> {
         self.started.consumers
+    }
+
+    /// Where the HTTP gateway listens (`http.listen`, with the port the OS chose for port
+    /// 0), if it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.started.http
     }
 
     /// Stops taking input, processes and stores everything accepted, syncs the logs, sends
@@ -246,6 +257,8 @@ struct Memory {
     completions: Spsc<Completion, COMPLETIONS>,
     limiter: RateLimiter<SOURCES>,
     procs: EngineLaneProcessors,
+    /// The HTTP gateway's rings, when it runs.
+    gateway: Option<Box<GatewayRings>>,
 }
 
 /// The engine's sockets, bound by [`Engine::start`], polled by the ingest thread.
@@ -254,6 +267,8 @@ struct Sockets {
     listener: Option<TcpListener>,
     /// The UDP socket, datagrams per `recvmmsg`, largest datagram.
     udp: Option<(UdpSocket, usize, usize)>,
+    /// The HTTP gateway's listener, if any.
+    http: Option<TcpListener>,
 }
 
 impl Sockets {
@@ -282,7 +297,22 @@ impl Sockets {
             )),
             None => None,
         };
-        Ok(Self { listener, udp })
+        let http = match cfg.http.listen {
+            Some(addr) => {
+                Some(
+                    crate::gateway::bind(addr).map_err(|source| EngineError::Socket {
+                        what: format!("cannot listen for HTTP on {addr}"),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            listener,
+            udp,
+            http,
+        })
     }
 }
 
@@ -381,6 +411,24 @@ fn check_consumer_cpu(cpu: Option<usize>, plan: &PinPlan) -> Result<(), EngineEr
     Ok(())
 }
 
+/// The HTTP gateway thread never runs on a pinned engine thread's CPU.
+///
+/// # Errors
+/// [`EngineError::Config`] when `cpu` is one of them under the plan.
+fn check_http_cpu(cpu: Option<usize>, plan: &PinPlan) -> Result<(), EngineError> {
+    let Some(cpu) = cpu else {
+        return Ok(());
+    };
+    let engine_cpus = [plan.cpu_of("ingest"), plan.cpu_of("storage")];
+    if plan.is_pinning() && engine_cpus.contains(&Some(cpu)) {
+        return Err(EngineError::Config(format!(
+            "http.cpu = {cpu} is the CPU of a pinned engine thread: the HTTP gateway must \
+             never run there (choose another, or -1 for none)"
+        )));
+    }
+    Ok(())
+}
+
 /// Opens (recovering) every log below the data directory, in [`LogId::ALL`] order.
 ///
 /// # Errors
@@ -414,6 +462,11 @@ impl Engine {
             // A consumer connection holds its socket and one segment file (and, briefly, its
             // index); counted with the admin endpoint's connections.
             cfg.admin_connections
+                + if cfg.http.listen.is_some() {
+                    cfg.http.max_connections + 1
+                } else {
+                    0
+                }
                 + if cfg.consumers.listen.is_some() {
                     3 * (cfg.consumers.max_connections + 16) + 4
                 } else {
@@ -431,6 +484,7 @@ impl Engine {
             .udp
             .as_ref()
             .and_then(|(s, _, _)| s.local_addr().ok());
+        let http_addr = sockets.http.as_ref().and_then(|l| l.local_addr().ok());
         let consumer_socket = bind_consumers(&cfg)?;
         let (logs, recovery) = open_logs(&cfg)?;
         let shared = ConsumerShared::new().map_err(|source| EngineError::Socket {
@@ -444,6 +498,7 @@ impl Engine {
         ));
         let placed = place(&cfg.placement)?;
         check_consumer_cpu(cfg.consumers.cpu, &placed.plan)?;
+        check_http_cpu(cfg.http.cpu, &placed.plan)?;
         let consumer_settings = cfg.consumers.clone();
         let data_dir = cfg.data_dir.clone();
         let hook = cfg.thread_hook;
@@ -514,6 +569,7 @@ impl Engine {
                 tcp: tcp_addr,
                 udp: udp_addr,
                 consumers: consumer_addr,
+                http: http_addr,
                 consumer_warnings,
                 recovery,
                 decision: placed.decision,
@@ -546,6 +602,8 @@ struct Threads<'m> {
     ingest: EngineIngest<'m>,
     storage: StorageParts<'m>,
     sink: StoreSink<'m>,
+    /// The HTTP gateway, when it runs.
+    gateway: Option<GatewayRun<'m>>,
 }
 
 /// Nanoseconds of `d`, saturated.
@@ -570,6 +628,7 @@ fn supervise(s: Supervision) -> Result<(), String> {
         completions: Spsc::new(),
         limiter: RateLimiter::new(cfg.rate),
         procs: LaneProcessors::new(ns(cfg.dedup_window), ns(cfg.aggregate_window).max(1)),
+        gateway: sockets.http.as_ref().map(|_| Box::new(GatewayRings::new())),
     });
     // The payload arena: once, here; every page written now so none faults later (a
     // memset of a non-zero byte cannot be skipped the way zeroed pages are).
@@ -619,7 +678,13 @@ fn set_up<'m>(
         completions,
         limiter,
         procs,
+        gateway: gateway_rings,
     } = memory;
+    let Sockets {
+        listener: tcp_listener,
+        udp: udp_socket,
+        http: http_listener,
+    } = sockets;
     let (input, output, dead) = lanes.split_with_arena(arena);
     let (done_tx, done_rx) = completions.split();
     // Keyed per client (producer or address) by the ingest thread: see `set_rate_limit`.
@@ -653,14 +718,36 @@ fn set_up<'m>(
             max_payload: u32::try_from(PAYLOAD).unwrap_or(u32::MAX),
             ..cfg.tcp_limits.clone()
         },
-        sockets.listener,
-        sockets.udp,
+        tcp_listener,
+        udp_socket,
     )
     .map_err(|e| format!("ingest set-up: {e}"))?;
     let mut processors: EngineProcessors<'_> = Processors::new(output, cfg.retry, &stats.process);
     processors.set_batch_store(cfg.batch_store);
     let batch_events = cfg.batch_store == BatchStore::Events;
     ingest.set_batch_events_stored(batch_events);
+    let gateway = match (http_listener, gateway_rings.as_deref_mut()) {
+        (Some(listener), Some(rings)) => {
+            let (end, link) = rings.split();
+            ingest
+                .set_gateway(end)
+                .map_err(|e| format!("http gateway set-up: {e}"))?;
+            Some(GatewayRun {
+                listener,
+                settings: cfg.http.clone(),
+                link,
+                shared: &stats.shared,
+                counters: Arc::clone(&stats.http),
+                topics: cfg.topics.clone(),
+                max_frame: cfg.tcp_limits.max_frame_len,
+                engine_durable: cfg.ack == AckMode::Durable,
+            })
+        }
+        _ => None,
+    };
+    if let Some(g) = &gateway {
+        crate::gateway::check(g)?;
+    }
     ingest.set_rate_limit(SOURCES, cfg.rate);
     let mut sink = StoreSink::new(logs, stats, cfg.ack)?;
     sink.batch_events = batch_events;
@@ -679,6 +766,7 @@ fn set_up<'m>(
             ingest,
             storage,
             sink,
+            gateway,
         },
         restored,
     ))
@@ -698,6 +786,7 @@ fn run_threads(
         mut ingest,
         storage,
         mut sink,
+        gateway,
     } = threads;
     let idle = cfg.placement.idle.effective(!plan.is_pinning());
     let hook = cfg.thread_hook;
@@ -728,13 +817,36 @@ fn run_threads(
                 StorageLoop::new(storage, &mut sink, stats, cfg).run(idle)
             })
             .map_err(|e| format!("cannot start the storage thread: {e}"))?;
+        let http_thread = match gateway {
+            Some(g) => {
+                let cpu = cfg.http.cpu;
+                Some(
+                    thread::Builder::new()
+                        .name("pinstream-http".into())
+                        .spawn_scoped(s, move || {
+                            if let Some(cpu) = cpu {
+                                if let Err(e) = crate::pin::pin_current_thread(cpu) {
+                                    tracing::warn!("http.cpu = {cpu}: {e}; running unpinned");
+                                }
+                            }
+                            crate::gateway::run(g)
+                        })
+                        .map_err(|e| format!("cannot start the http gateway thread: {e}"))?,
+                )
+            }
+            None => None,
+        };
         let a = ingest_thread
             .join()
             .unwrap_or_else(|_| Err("the ingest thread panicked".into()));
+        let c = http_thread.map_or(Ok(()), |h| {
+            h.join()
+                .unwrap_or_else(|_| Err("the http gateway thread panicked".into()))
+        });
         let b = storage_thread
             .join()
             .unwrap_or_else(|_| Err("the storage thread panicked".into()));
-        a.and(b)
+        a.and(b).and(c)
     })
 }
 /// Marks the ingest thread's end (see its use).

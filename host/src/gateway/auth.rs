@@ -1,0 +1,184 @@
+//! Bearer tokens: stored as SHA-256 hashes in the config (`[[auth.tokens]]`), each allowed a
+//! set of topics and a rate (a token bucket of the core's, per token).
+
+use std::collections::HashSet;
+
+use pinstream_core::ratelimit::{RateConfig, TokenBucket};
+use sha2::{Digest, Sha256};
+
+use crate::config::TokenSection;
+
+/// The SHA-256 of `token` as 64 lowercase hex digits (what `[[auth.tokens]] sha256` holds).
+///
+/// ```
+/// use pinstream_host::gateway::hash_token;
+/// assert_eq!(
+///     hash_token("abc"),
+///     "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+/// );
+/// ```
+pub fn hash_token(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// One configured token.
+pub(crate) struct Token {
+    pub(crate) name: String,
+    hash: [u8; 32],
+    /// Topic ids it may send to; `None`: all.
+    topics: Option<HashSet<u16>>,
+    /// Its rate, if limited.
+    bucket: Option<TokenBucket>,
+}
+
+impl Token {
+    /// Whether it may send to `topic`.
+    pub(crate) fn allows(&self, topic: u16) -> bool {
+        self.topics.as_ref().is_none_or(|t| t.contains(&topic))
+    }
+
+    /// Takes `n` events from its bucket at `now` (nanoseconds), all or none.
+    pub(crate) fn admit(&self, n: u32, now: u64) -> bool {
+        self.bucket
+            .as_ref()
+            .is_none_or(|b| b.try_acquire_all(n, now))
+    }
+}
+
+/// The configured tokens (none: no authentication).
+pub(crate) struct Tokens(Vec<Token>);
+
+/// Why a request was not authenticated.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AuthError {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// A token that is not configured.
+    Wrong,
+}
+
+impl Tokens {
+    /// The tokens of `[[auth.tokens]]`, topics resolved against `topics` (validated by the
+    /// config already; a bad entry here is refused again).
+    ///
+    /// # Errors
+    /// A hash that is not 64 hex digits, a topic not in `topics`, a bad rate.
+    pub(crate) fn new(entries: &[TokenSection], topics: &[String]) -> Result<Self, String> {
+        let mut out = Vec::with_capacity(entries.len());
+        for t in entries {
+            let hash = t
+                .hash_bytes()
+                .ok_or_else(|| format!("auth token {:?}: sha256 is not 64 hex digits", t.name))?;
+            let allowed = if t.topics.iter().any(|x| x == "*") {
+                None
+            } else {
+                let mut set = HashSet::new();
+                for name in &t.topics {
+                    let id = topics
+                        .iter()
+                        .position(|n| n == name)
+                        .and_then(|i| u16::try_from(i).ok())
+                        .ok_or_else(|| {
+                            format!("auth token {:?}: topic {name:?} is not configured", t.name)
+                        })?;
+                    set.insert(id);
+                }
+                Some(set)
+            };
+            let bucket = if t.rate == 0 {
+                None
+            } else {
+                let cfg = RateConfig::new(t.rate, 1_000_000_000, t.burst)
+                    .map_err(|e| format!("auth token {:?}: rate: {e:?}", t.name))?;
+                Some(TokenBucket::new(cfg))
+            };
+            out.push(Token {
+                name: t.name.clone(),
+                hash,
+                topics: allowed,
+                bucket,
+            });
+        }
+        Ok(Self(out))
+    }
+
+    /// Whether any token is configured (then every request needs one).
+    pub(crate) fn enabled(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// The token an `Authorization` header value names.
+    pub(crate) fn check(&self, header: Option<&[u8]>) -> Result<&Token, AuthError> {
+        let value = header.ok_or(AuthError::Missing)?;
+        let presented = value
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.strip_prefix(b"bearer "))
+            .ok_or(AuthError::Missing)?;
+        let presented = presented.trim_ascii();
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        // Every entry is compared in full, without an early exit on the first differing byte.
+        let mut found = None;
+        for t in &self.0 {
+            let diff = t
+                .hash
+                .iter()
+                .zip(&digest)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                found = Some(t);
+            }
+        }
+        found.ok_or(AuthError::Wrong)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, token: &str, topics: &[&str], rate: u64, burst: u32) -> TokenSection {
+        TokenSection {
+            name: name.into(),
+            sha256: hash_token(token),
+            topics: topics.iter().map(|s| (*s).to_owned()).collect(),
+            rate,
+            burst,
+        }
+    }
+
+    #[test]
+    fn a_token_is_found_by_its_hash_and_limited_to_its_topics_and_rate() {
+        let topics = vec!["default".to_owned(), "metrics".to_owned()];
+        let tokens = Tokens::new(
+            &[
+                entry("a", "secret-a", &["metrics"], 10, 3),
+                entry("b", "secret-b", &["*"], 0, 0),
+            ],
+            &topics,
+        )
+        .unwrap();
+        assert!(tokens.enabled());
+        assert_eq!(tokens.check(None).err(), Some(AuthError::Missing));
+        assert_eq!(
+            tokens.check(Some(b"Basic eA==")).err(),
+            Some(AuthError::Missing)
+        );
+        assert_eq!(
+            tokens.check(Some(b"Bearer nope")).err(),
+            Some(AuthError::Wrong)
+        );
+        let a = tokens.check(Some(b"Bearer secret-a")).unwrap();
+        assert_eq!(a.name, "a");
+        assert!(a.allows(1) && !a.allows(0));
+        // A burst of 3: three events pass, the fourth finds the bucket empty.
+        assert!(a.admit(3, 0));
+        assert!(!a.admit(1, 0));
+        let b = tokens.check(Some(b"Bearer secret-b")).unwrap();
+        assert!(b.allows(0) && b.allows(1) && b.admit(1_000_000, 0));
+    }
+}

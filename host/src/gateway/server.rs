@@ -1,0 +1,460 @@
+//! The HTTP/1.1 server: connections within `http.max_connections`, hyper with a header
+//! deadline, bodies bounded in size and time, and `POST /v1/events`.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pinstream_core::event::EventHeader;
+use pinstream_core::reason::Reason;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use super::auth::{AuthError, Tokens};
+use super::events::{self, BodyKind, EventRules};
+use super::pump::{Hub, NotTaken, Outcome};
+use super::{GatewayCounters, HttpSettings};
+use crate::ingest::Shared;
+
+/// What every request's task shares.
+pub(crate) struct State {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) settings: HttpSettings,
+    pub(crate) tokens: Tokens,
+    pub(crate) topics: Vec<String>,
+    pub(crate) counters: Arc<GatewayCounters>,
+    /// Gateway start, for the rate limits' ticks.
+    pub(crate) start: Instant,
+    /// The high bits of generated ids (see [`State::next_id`]).
+    pub(crate) id_prefix: u64,
+    pub(crate) next_id: std::sync::atomic::AtomicU64,
+    /// The engine's ack mode is `durable`.
+    pub(crate) engine_durable: bool,
+    pub(crate) open: AtomicUsize,
+}
+
+impl State {
+    /// An id for an event that has none: the gateway's start time in seconds (23 bits, the
+    /// top bit set so it never collides with a producer-generated id's small prefixes) above
+    /// a 40-bit counter.
+    fn next_id(&self) -> u64 {
+        self.id_prefix | (self.next_id.fetch_add(1, Ordering::Relaxed) & ((1 << 40) - 1))
+    }
+}
+
+/// Accepts connections until the engine stops.
+pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>, shared: &Shared) {
+    loop {
+        if shared.stop.load(Ordering::Acquire) || shared.ingest_exited.load(Ordering::Acquire) {
+            return;
+        }
+        let accepted = tokio::time::timeout(Duration::from_millis(20), listener.accept()).await;
+        let (mut stream, _) = match accepted {
+            Err(_) => continue,
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if state.open.load(Ordering::Relaxed) >= state.settings.max_connections {
+            state
+                .counters
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            state.counters.status(503);
+            let retry = state.settings.retry_after_secs;
+            tokio::spawn(async move {
+                let msg = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {retry}\r\nContent-Type: application/json\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{{\"error\":\"too many connections (http)\"}}\n"
+                );
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(msg.as_bytes()))
+                        .await;
+            });
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        state.open.fetch_add(1, Ordering::Relaxed);
+        let st = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = {
+                let st = Arc::clone(&st);
+                service_fn(move |req| answer(req, Arc::clone(&st)))
+            };
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                .header_read_timeout(st.settings.header_timeout)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            st.open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// A JSON answer.
+fn reply(state: &State, status: StatusCode, body: String) -> Response<String> {
+    state.counters.status(status.as_u16());
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.settings.retry_after_secs),
+        );
+    }
+    r
+}
+
+/// `{"error": …}` plus optional fields.
+fn error(
+    state: &State,
+    status: StatusCode,
+    message: &str,
+    extra: &[(&str, &str)],
+) -> Response<String> {
+    let mut m = serde_json::Map::new();
+    m.insert("error".into(), message.into());
+    for (k, v) in extra {
+        m.insert((*k).into(), (*v).into());
+    }
+    reply(
+        state,
+        status,
+        serde_json::Value::Object(m).to_string() + "\n",
+    )
+}
+
+/// When to answer a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AckParam {
+    None,
+    Accepted,
+    Durable,
+}
+
+async fn answer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<String>, Infallible> {
+    Ok(handle(req, &state).await)
+}
+
+async fn handle(req: Request<Incoming>, state: &State) -> Response<String> {
+    if req.uri().path() != "/v1/events" {
+        return error(
+            state,
+            StatusCode::NOT_FOUND,
+            "no such path: POST /v1/events",
+            &[],
+        );
+    }
+    if req.method() != Method::POST {
+        let mut r = error(state, StatusCode::METHOD_NOT_ALLOWED, "POST only", &[]);
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    // Authentication before anything is read.
+    let token = if state.tokens.enabled() {
+        let h = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        match state.tokens.check(h) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                state.counters.auth_failed.fetch_add(1, Ordering::Relaxed);
+                let msg = match e {
+                    AuthError::Missing => "missing Authorization: Bearer <token>",
+                    AuthError::Wrong => "unknown token",
+                };
+                let mut r = error(state, StatusCode::UNAUTHORIZED, msg, &[]);
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"pinstream\""),
+                );
+                return r;
+            }
+        }
+    } else {
+        None
+    };
+    let ack = match query_ack(req.uri().query()) {
+        Ok(Some(a)) => a,
+        Ok(None) if state.engine_durable => AckParam::Durable,
+        Ok(None) => AckParam::Accepted,
+        Err(v) => {
+            return error(
+                state,
+                StatusCode::BAD_REQUEST,
+                &format!("ack={v}: expected durable, accepted or none"),
+                &[("field", "ack")],
+            );
+        }
+    };
+    if ack == AckParam::Durable && !state.engine_durable {
+        return error(
+            state,
+            StatusCode::BAD_REQUEST,
+            "ack=durable: the engine acknowledges on acceptance (engine.ack); ask for accepted or none",
+            &[("field", "ack")],
+        );
+    }
+    let kind = match req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+    {
+        Some(ct)
+            if ct.starts_with(b"application/x-ndjson")
+                || ct.starts_with(b"application/jsonlines")
+                || ct.starts_with(b"application/jsonl") =>
+        {
+            BodyKind::Ndjson
+        }
+        _ => BodyKind::Json,
+    };
+    // The body: its announced length checked first, then read within the limit and the
+    // deadline.
+    let limit = state.settings.max_body_bytes;
+    let announced = req.body().size_hint().lower();
+    if announced > limit as u64 {
+        return too_large(state, announced);
+    }
+    let mut body = req.into_body();
+    let mut buf: Vec<u8> = Vec::with_capacity(usize::try_from(announced).unwrap_or(0).min(limit));
+    let read = tokio::time::timeout(state.settings.body_timeout, async {
+        loop {
+            match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if buf.len() + data.len() > limit {
+                            return Err("too large".to_owned());
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    match read {
+        Err(_) => {
+            state.counters.body_timeouts.fetch_add(1, Ordering::Relaxed);
+            let mut r = error(
+                state,
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive within http.body_timeout_ms",
+                &[],
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        Ok(Err(e)) if e == "too large" => return too_large(state, buf.len() as u64 + 1),
+        Ok(Err(e)) => {
+            return error(
+                state,
+                StatusCode::BAD_REQUEST,
+                &format!("reading the body: {e}"),
+                &[],
+            );
+        }
+        Ok(Ok(())) => {}
+    }
+    let now_wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let rules = EventRules {
+        topics: &state.topics,
+        now_wall,
+        max_events: state.settings.max_events_per_request,
+    };
+    let mut parsed = match events::parse(&buf, kind, &rules) {
+        Ok(p) => p,
+        Err(bad) if bad.message.starts_with("more than") => {
+            return error(
+                state,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &bad.message,
+                &[("at", &bad.at)],
+            );
+        }
+        Err(bad) => {
+            let mut extra = vec![("at", bad.at.as_str())];
+            if let Some(f) = bad.field {
+                extra.push(("field", f));
+            }
+            return error(state, StatusCode::BAD_REQUEST, &bad.message, &extra);
+        }
+    };
+    if let Some(t) = token {
+        if let Some((i, e)) = parsed
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !t.allows(e.header.topic))
+        {
+            state.counters.forbidden.fetch_add(1, Ordering::Relaxed);
+            let topic = state
+                .topics
+                .get(usize::from(e.header.topic))
+                .map_or(Cow::Borrowed("?"), |s| Cow::Borrowed(s.as_str()));
+            return error(
+                state,
+                StatusCode::FORBIDDEN,
+                &format!("token {:?} may not send to topic {topic:?}", t.name),
+                &[("at", &format!("event {i}")), ("field", "topic")],
+            );
+        }
+        let n = u32::try_from(parsed.len()).unwrap_or(u32::MAX);
+        let now = u64::try_from(state.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if !t.admit(n, now) {
+            state.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return error(
+                state,
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "token {:?} is over its rate ([[auth.tokens]] rate, burst)",
+                    t.name
+                ),
+                &[],
+            );
+        }
+    }
+    for e in parsed.iter_mut().filter(|e| !e.id_given) {
+        e.header.id = state.next_id();
+    }
+    let Some(bytes) = state
+        .hub
+        .encoded_len(parsed.iter().map(|e| e.payload.len()))
+    else {
+        return error(
+            state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "an event does not fit one frame of tcp.max_frame_len",
+            &[],
+        );
+    };
+    let list: Vec<(EventHeader, &[u8])> = parsed.iter().map(|e| (e.header, &*e.payload)).collect();
+    let rx = match state
+        .hub
+        .submit(&list, bytes, state.settings.backpressure_wait)
+        .await
+    {
+        Ok(rx) => rx,
+        Err(why) => return unavailable(state, why),
+    };
+    let events = list.len() as u64;
+    if ack == AckParam::None {
+        // Handed to the ingest thread; its outcome is counted when it comes, unseen here.
+        let counters = Arc::clone(&state.counters);
+        tokio::spawn(async move {
+            if let Ok(Ok(o)) = rx.await {
+                counters.outcome(&o);
+            }
+        });
+        return reply(
+            state,
+            StatusCode::ACCEPTED,
+            format!("{{\"ack\":\"none\",\"events\":{events}}}\n"),
+        );
+    }
+    match rx.await {
+        Ok(Ok(outcome)) => {
+            state.counters.outcome(&outcome);
+            let ack_name = if state.engine_durable {
+                "durable"
+            } else {
+                "accepted"
+            };
+            reply(state, StatusCode::OK, outcome_json(&outcome, ack_name))
+        }
+        Ok(Err(why)) => unavailable(state, why),
+        Err(_) => unavailable(state, NotTaken::Stopped),
+    }
+}
+
+fn too_large(state: &State, len: u64) -> Response<String> {
+    let mut r = error(
+        state,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!(
+            "body of {len} bytes or more: at most {} (http.max_body_bytes)",
+            state.settings.max_body_bytes
+        ),
+        &[],
+    );
+    // The rest of the body is not read: the connection cannot be reused.
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn unavailable(state: &State, why: NotTaken) -> Response<String> {
+    let msg = match why {
+        NotTaken::Full => {
+            state.counters.backpressure.fetch_add(1, Ordering::Relaxed);
+            "the engine is full: nothing of this request was taken; retry after Retry-After"
+        }
+        NotTaken::Stopped => {
+            "the engine stopped before acknowledging this request; it may be retried"
+        }
+    };
+    error(state, StatusCode::SERVICE_UNAVAILABLE, msg, &[])
+}
+
+fn query_ack(query: Option<&str>) -> Result<Option<AckParam>, String> {
+    let Some(q) = query else { return Ok(None) };
+    for pair in q.split('&') {
+        if let Some(v) = pair.strip_prefix("ack=") {
+            return match v {
+                "durable" => Ok(Some(AckParam::Durable)),
+                "accepted" => Ok(Some(AckParam::Accepted)),
+                "none" => Ok(Some(AckParam::None)),
+                other => Err(other.to_owned()),
+            };
+        }
+    }
+    Ok(None)
+}
+
+/// `{"stored":…,"duplicates":…,"dead_lettered":…,"rejected":…,"ack":…,"refusals":[…]}`.
+fn outcome_json(o: &Outcome, ack: &str) -> String {
+    let refusals: Vec<serde_json::Value> = o
+        .refusals
+        .iter()
+        .map(|&(index, id, code)| {
+            let reason = Reason::from_code(code).map_or("unknown", Reason::name);
+            serde_json::json!({"index": index, "id": id, "reason": reason, "code": code})
+        })
+        .collect();
+    serde_json::json!({
+        "stored": o.stored,
+        "duplicates": o.duplicates,
+        "dead_lettered": o.dead_lettered,
+        "rejected": o.rejected,
+        "ack": ack,
+        "refusals": refusals,
+    })
+    .to_string()
+        + "\n"
+}
