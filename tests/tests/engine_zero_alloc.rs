@@ -63,6 +63,46 @@ fn reading_consumer(
     (t, received)
 }
 
+/// Posts NDJSON requests of 20 events on one keep-alive connection until `stop`, each
+/// answered once durable; returns the events answered as stored.
+fn http_load(addr: std::net::SocketAddr, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let body: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"priority\":\"{}\",\"payload\":\"http-{i}\"}}\n",
+                ["high", "medium", "low"][i % 3]
+            )
+        })
+        .collect();
+    let req = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stored = 0;
+    let mut buf = vec![0u8; 4096];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        s.write_all(req.as_bytes()).unwrap();
+        let mut got = 0;
+        // One small answer: read until its JSON line ends.
+        while !buf[..got].ends_with(b"}\n") {
+            let n = s.read(&mut buf[got..]).unwrap();
+            assert!(n > 0, "the gateway closed the connection");
+            got += n;
+        }
+        let text = String::from_utf8_lossy(&buf[..got]);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        stored += text
+            .split("\"stored\":")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    stored
+}
+
 #[test]
 fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     a_watched_thread_allocating_is_counted();
@@ -76,7 +116,17 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     // too (the hook runs on it). Moving to a new segment lists the log's directory (an
     // allocation, once per segment): the 64 MiB segments do not roll within the window.
     cfg.consumers = ConsumerSettings::on("127.0.0.1:0".parse().unwrap());
+    // The HTTP gateway runs too (its own thread, not watched: it parses JSON and allocates
+    // as it likes); its events reach the ingest thread through its ring, which the ingest
+    // thread polls on every round, and must cost that thread no allocation either.
+    cfg.http.listen = Some("127.0.0.1:0".parse().unwrap());
     let engine = Engine::start(cfg).unwrap();
+    let http_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http_client = {
+        let addr = engine.http_addr().unwrap();
+        let stop = std::sync::Arc::clone(&http_stop);
+        std::thread::spawn(move || http_load(addr, &stop))
+    };
     let (_consumer, received) = reading_consumer(engine.consumer_addr().unwrap());
     let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
     client.hello().unwrap();
@@ -112,6 +162,8 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     }
     ALLOC.disarm_watched();
     let allocations = ALLOC.watched_count() - before;
+    http_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let http_stored = http_client.join().unwrap();
     let stored = engine.stats().process.stored.get();
     // The consumer was served all along.
     let c = &engine.stats().consumers;
@@ -119,6 +171,10 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     assert!(c.stats.data_frames[0].get() > 0);
     assert!(received.load(std::sync::atomic::Ordering::Relaxed) > 0);
     engine.stop().unwrap();
+    assert!(
+        http_stored > 1_000,
+        "the gateway's ring was used: {http_stored} events"
+    );
     assert!(
         stored > 10_000,
         "the engine did real work: {stored} events stored"

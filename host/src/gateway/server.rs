@@ -153,11 +153,41 @@ enum AckParam {
 }
 
 async fn answer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<String>, Infallible> {
-    Ok(handle(req, &state).await)
+    let (parts, mut body) = req.into_parts();
+    let mut r = handle(&parts, &mut body, &state).await;
+    // Refused before its body was read (401, 404, …): a body within the limit is read and
+    // thrown away so that the connection can serve the next request; a larger one closes it.
+    if !body.is_end_stream() {
+        let small = body.size_hint().lower() <= state.settings.max_body_bytes as u64;
+        let drained = small
+            && tokio::time::timeout(state.settings.body_timeout, async {
+                let mut left = state.settings.max_body_bytes;
+                while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                    if let Ok(d) = frame.into_data() {
+                        if d.len() > left {
+                            return false;
+                        }
+                        left -= d.len();
+                    }
+                }
+                true
+            })
+            .await
+            .unwrap_or(false);
+        if !drained {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    Ok(r)
 }
 
-async fn handle(req: Request<Incoming>, state: &State) -> Response<String> {
-    if req.uri().path() != "/v1/events" {
+async fn handle(
+    req: &hyper::http::request::Parts,
+    body: &mut Incoming,
+    state: &State,
+) -> Response<String> {
+    if req.uri.path() != "/v1/events" {
         return error(
             state,
             StatusCode::NOT_FOUND,
@@ -165,7 +195,7 @@ async fn handle(req: Request<Incoming>, state: &State) -> Response<String> {
             &[],
         );
     }
-    if req.method() != Method::POST {
+    if req.method != Method::POST {
         let mut r = error(state, StatusCode::METHOD_NOT_ALLOWED, "POST only", &[]);
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -174,7 +204,7 @@ async fn handle(req: Request<Incoming>, state: &State) -> Response<String> {
     // Authentication before anything is read.
     let token = if state.tokens.enabled() {
         let h = req
-            .headers()
+            .headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
         match state.tokens.check(h) {
@@ -196,7 +226,7 @@ async fn handle(req: Request<Incoming>, state: &State) -> Response<String> {
     } else {
         None
     };
-    let ack = match query_ack(req.uri().query()) {
+    let ack = match query_ack(req.uri.query()) {
         Ok(Some(a)) => a,
         Ok(None) if state.engine_durable => AckParam::Durable,
         Ok(None) => AckParam::Accepted,
@@ -218,7 +248,7 @@ async fn handle(req: Request<Incoming>, state: &State) -> Response<String> {
         );
     }
     let kind = match req
-        .headers()
+        .headers
         .get(header::CONTENT_TYPE)
         .map(HeaderValue::as_bytes)
     {
@@ -234,15 +264,14 @@ async fn handle(req: Request<Incoming>, state: &State) -> Response<String> {
     // The body: its announced length checked first, then read within the limit and the
     // deadline.
     let limit = state.settings.max_body_bytes;
-    let announced = req.body().size_hint().lower();
+    let announced = body.size_hint().lower();
     if announced > limit as u64 {
         return too_large(state, announced);
     }
-    let mut body = req.into_body();
     let mut buf: Vec<u8> = Vec::with_capacity(usize::try_from(announced).unwrap_or(0).min(limit));
     let read = tokio::time::timeout(state.settings.body_timeout, async {
         loop {
-            match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            match poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
                 None => return Ok(()),
                 Some(Err(e)) => return Err(e.to_string()),
                 Some(Ok(frame)) => {
@@ -443,8 +472,13 @@ fn outcome_json(o: &Outcome, ack: &str) -> String {
         .refusals
         .iter()
         .map(|&(index, id, code)| {
-            let reason = Reason::from_code(code).map_or("unknown", Reason::name);
-            serde_json::json!({"index": index, "id": id, "reason": reason, "code": code})
+            let reason = Reason::from_code(code);
+            let outcome = match reason {
+                Some(r) if !r.is_rejection() => "dead_lettered",
+                _ => "rejected",
+            };
+            let name = reason.map_or("unknown", Reason::name);
+            serde_json::json!({"index": index, "id": id, "outcome": outcome, "reason": name, "code": code})
         })
         .collect();
     serde_json::json!({

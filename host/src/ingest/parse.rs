@@ -371,6 +371,14 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
                 if conn.queue_reject(&Reject::event(seq, reason, index, header.id)) {
                     rejects += 1;
                 }
+            } else if let Outcome::DeadLettered(reason) = outcome {
+                // A gateway answers per event, so it is told of the dead letters made at
+                // dispatch too (with their reason; the ACK's counts cover them either way,
+                // so one that finds no room is only not itemised).
+                if conn.gateway {
+                    let index = u16::try_from(i).unwrap_or(u16::MAX - 1);
+                    let _ = conn.queue_reject(&Reject::event(seq, reason, index, header.id));
+                }
             }
             if ack == AckMode::None {
                 return;
