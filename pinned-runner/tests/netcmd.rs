@@ -266,3 +266,33 @@ fn publish_of_good_lines_exits_zero_with_a_text_report() {
     );
     assert_eq!(srv.join().unwrap().len(), 2);
 }
+
+/// `pinstream token-hash` prints the SHA-256 that `[[auth.tokens]] sha256` takes, of the
+/// token read on stdin (its newline dropped), and refuses an empty one.
+#[test]
+fn token_hash_prints_the_sha256_of_stdin() {
+    let run = |input: &str| {
+        let mut child = Command::new(BIN)
+            .arg("token-hash")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("abc\n");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let out = run("\n");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
