@@ -4,13 +4,14 @@
 # pinstream_events_stored_total before and after, over the same seconds). Then the binary TCP
 # path with `pinstream loadgen`, gateway enabled and idle vs disabled, in the same run.
 #
-#   cargo build --release -p pinstream && benches/http/measure.sh [seconds] [connections]
+#   cargo build --release -p pinstream && benches/http/measure.sh [seconds] [connections] [connections for single events]
 #
 # Needs wrk (Debian: apt-get install wrk) and curl. Ports 17070 (tcp), 17080 (http), 19090
 # (admin) on loopback; data in a temporary directory, removed at the end.
 set -euo pipefail
 secs=${1:-10}
 conns=${2:-32}
+single_conns=${3:-$conns}
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${PINSTREAM:-$here/../../target/release/pinstream}
 dir=$(mktemp -d /tmp/pinstream-http-bench.XXXXXX)
@@ -56,7 +57,7 @@ wrk_run() { # $1: script, $2: label
 
 start "127.0.0.1:17080"
 wrk_run ndjson.lua "NDJSON, 100 events x 100 bytes per request, keep-alive"
-wrk_run single.lua "one event per request, keep-alive"
+conns=$single_conns wrk_run single.lua "one event per request, keep-alive"
 stop
 
 loadgen() { "$bin" loadgen --addr 127.0.0.1:17070 --events 2000000 --payload 100 --priority high --json \

@@ -309,9 +309,9 @@ fn the_engines_refusals_come_back_per_event_with_reason_names() {
     );
     for index in 2..5 {
         let item = format!(
-            "{{\"code\":{},\"id\":{},\"index\":{index},\"outcome\":\"dead_lettered\",\"reason\":\"rate_limited\"}}",
-            pinstream_core::reason::Reason::RateLimited.code(),
-            index + 1
+            "{{\"index\":{index},\"id\":{},\"outcome\":\"dead_lettered\",\"reason\":\"rate_limited\",\"code\":{}}}",
+            index + 1,
+            pinstream_core::reason::Reason::RateLimited.code()
         );
         assert!(a.body.contains(&item), "{item} not in {a:?}");
     }

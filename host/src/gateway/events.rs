@@ -204,9 +204,19 @@ fn one<'b>(
         topic: field(raw.topic, "topic", &bad, "a topic name or id")?,
         priority: field(raw.priority, "priority", &bad, "a string")?,
         value: field(raw.value, "value", &bad, "a signed 64-bit integer")?,
-        timestamp: field(raw.timestamp, "timestamp", &bad, "nanoseconds since the epoch")?,
+        timestamp: field(
+            raw.timestamp,
+            "timestamp",
+            &bad,
+            "nanoseconds since the epoch",
+        )?,
         payload: field(raw.payload, "payload", &bad, "a string")?,
-        payload_base64: field(raw.payload_base64, "payload_base64", &bad, "a base64 string")?,
+        payload_base64: field(
+            raw.payload_base64,
+            "payload_base64",
+            &bad,
+            "a base64 string",
+        )?,
     };
     build(typed, rules, &bad)
 }

@@ -466,29 +466,30 @@ fn query_ack(query: Option<&str>) -> Result<Option<AckParam>, String> {
     Ok(None)
 }
 
-/// `{"stored":…,"duplicates":…,"dead_lettered":…,"rejected":…,"ack":…,"refusals":[…]}`.
+/// `{"stored":…,"duplicates":…,"dead_lettered":…,"rejected":…,"ack":…,"refusals":[…]}`,
+/// written directly (the common answer has no refusals: no `Value` tree for it).
 fn outcome_json(o: &Outcome, ack: &str) -> String {
-    let refusals: Vec<serde_json::Value> = o
-        .refusals
-        .iter()
-        .map(|&(index, id, code)| {
-            let reason = Reason::from_code(code);
-            let outcome = match reason {
-                Some(r) if !r.is_rejection() => "dead_lettered",
-                _ => "rejected",
-            };
-            let name = reason.map_or("unknown", Reason::name);
-            serde_json::json!({"index": index, "id": id, "outcome": outcome, "reason": name, "code": code})
-        })
-        .collect();
-    serde_json::json!({
-        "stored": o.stored,
-        "duplicates": o.duplicates,
-        "dead_lettered": o.dead_lettered,
-        "rejected": o.rejected,
-        "ack": ack,
-        "refusals": refusals,
-    })
-    .to_string()
-        + "\n"
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(128 + o.refusals.len() * 96);
+    let _ = write!(
+        out,
+        "{{\"stored\":{},\"duplicates\":{},\"dead_lettered\":{},\"rejected\":{},\"ack\":\"{ack}\",\"refusals\":[",
+        o.stored, o.duplicates, o.dead_lettered, o.rejected
+    );
+    for (i, &(index, id, code)) in o.refusals.iter().enumerate() {
+        let reason = Reason::from_code(code);
+        let outcome = match reason {
+            Some(r) if !r.is_rejection() => "dead_lettered",
+            _ => "rejected",
+        };
+        // Reason names are snake_case identifiers: nothing to escape.
+        let name = reason.map_or("unknown", Reason::name);
+        let _ = write!(
+            out,
+            "{}{{\"index\":{index},\"id\":{id},\"outcome\":\"{outcome}\",\"reason\":\"{name}\",\"code\":{code}}}",
+            if i == 0 { "" } else { "," }
+        );
+    }
+    out.push_str("]}\n");
+    out
 }
