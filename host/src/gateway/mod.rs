@@ -2,12 +2,12 @@
 //! pinned engine threads.
 //!
 //! The gateway thread runs a current-thread tokio runtime with hyper's HTTP/1.1 server. It
-//! authenticates ([`auth`]: bearer tokens stored as SHA-256 hashes, each with topics and a
+//! authenticates (`auth`: bearer tokens stored as SHA-256 hashes, each with topics and a
 //! rate), reads the body within `http.max_body_bytes` and `http.body_timeout_ms`, parses the
-//! events ([`events`]), and hands them to the ingest thread as binary-protocol BATCH frames
+//! events (`events`), and hands them to the ingest thread as binary-protocol BATCH frames
 //! through a bounded lock-free ring ([`crate::ingest::GatewayRings`]); the ingest thread
 //! serves that ring like a TCP connection and answers one ACK per frame (and a REJECT per
-//! refused event) through a second ring, which the gateway's pump ([`pump`]) books per
+//! refused event) through a second ring, which the gateway's pump (`pump`) books per
 //! request. The pinned threads never parse JSON, never run async code and allocate nothing
 //! for it.
 //!

@@ -393,7 +393,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     }
 
     /// Serves a gateway thread's rings as one more connection, in a slot of its own after
-    /// the TCP slots (see [`gateway`]). It is acknowledged like TCP clients (under the
+    /// the TCP slots (see [`GatewayRings`]). It is acknowledged like TCP clients (under the
     /// engine's ack mode; `accepted` when that is `none`, so the gateway can answer), with
     /// one ACK per frame, and sends as a version-2 client without a producer session.
     /// Call after [`set_batch_events_stored`](Self::set_batch_events_stored).
