@@ -16,7 +16,8 @@
 //!
 //! The embedded default (1,024 TCP and 128 admin connections) needs 1,224 here; the consumer
 //! listener, on by default, adds `3 × (consumers.max_connections + 16) + 4` (244: 1,468 in all),
-//! counted where the engine starts it.
+//! and the HTTP gateway, off by default, `http.max_connections + 1`, both counted where the
+//! engine starts them (with the admin endpoint's).
 //!
 //! ```
 //! use pinstream_host::fdlimit::FdBudget;
@@ -89,7 +90,7 @@ impl FdBudget {
     /// What the total is made of, in words.
     fn parts(&self) -> String {
         format!(
-            "{} for tcp.max_connections = {}, {} for the admin endpoint, {} for {} logs, \
+            "{} for tcp.max_connections = {}, {} for the admin endpoint, the consumer server and the HTTP gateway, {} for {} logs, \
              {ENGINE_FIXED} for stdio, the lock and sockets, {SPARE} spare",
             self.connections(),
             self.tcp_connections,

@@ -515,3 +515,57 @@ fn curl_posts_ndjson_when_installed() {
     assert!(body.contains("\"stored\":2"), "{body}");
     engine.stop().unwrap();
 }
+
+#[test]
+fn connections_over_the_limit_are_answered_503_and_closed() {
+    let dir = TempDir::new("http-conns");
+    let mut cfg = config(&dir);
+    cfg.http.max_connections = 2;
+    let (engine, addr) = start(cfg);
+    let mut held: Vec<Http> = (0..2).map(|_| Http::connect(addr)).collect();
+    for c in &mut held {
+        let a = c.post("/v1/events", &[], b"{}");
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let mut third = Http::connect(addr);
+    let a = third.answer();
+    assert_eq!(
+        (a.status, a.header("retry-after")),
+        (503, Some("2")),
+        "{a:?}"
+    );
+    assert!(third.closed());
+    // A held connection closes: room for the next one.
+    drop(held.pop());
+    let until = Instant::now() + WAIT;
+    let mut next = loop {
+        // A refused connection is answered at once; an accepted one hears nothing until it
+        // asks (so nothing is sent on a connection the server may be closing).
+        let c = Http::connect(addr);
+        c.stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match c.stream.peek(&mut byte) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                c.stream.set_read_timeout(Some(WAIT)).unwrap();
+                break c;
+            }
+            _ => {
+                assert!(Instant::now() < until, "no room came back");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let a = next.post("/v1/events", &[], b"{}");
+    assert_eq!(a.status, 200, "{a:?}");
+    let stats = std::sync::Arc::clone(engine.stats());
+    engine.stop().unwrap();
+    assert!(stats.http.connections_refused.load(Ordering::Relaxed) >= 1);
+    assert_eq!(stats.process.stored.get(), 3);
+}
