@@ -294,28 +294,48 @@ fn one_object_an_array_and_acks_answer_as_asked_and_errors_name_the_field() {
 fn the_engines_refusals_come_back_per_event_with_reason_names() {
     let dir = TempDir::new("http-refusals");
     let mut cfg = config(&dir);
-    // Two events per second for everyone: the third of a burst is refused by the engine.
-    cfg.rate = pinstream_core::ratelimit::RateConfig::new(2, 1_000_000_000, 2).unwrap();
+    // No payload arena: a payload longer than a pool slot (256 bytes) is refused by the
+    // engine's dispatcher, event by event.
+    cfg.payload_arena_bytes = 0;
     let (engine, addr) = start(cfg);
     let mut c = Http::connect(addr);
-    let body: String = (1..=5).map(|id| format!("{{\"id\":{id}}}\n")).collect();
+    let long = "L".repeat(300);
+    let body = format!(
+        "{{\"id\":1,\"payload\":\"ok\"}}\n{{\"id\":2,\"payload\":\"{long}\"}}\n{{\"id\":3}}\n"
+    );
     let a = c.post("/v1/events", &[NDJSON], body.as_bytes());
     assert_eq!(a.status, 200, "{a:?}");
-    // Two pass; the other three are dead-lettered at dispatch, each itemised by name.
+    assert_eq!((a.count("stored"), a.count("rejected")), (2, 1), "{a:?}");
+    let item = format!(
+        "{{\"index\":1,\"id\":2,\"outcome\":\"rejected\",\"reason\":\"payload_too_large\",\"code\":{}}}",
+        pinstream_core::reason::Reason::PayloadTooLarge.code()
+    );
+    assert!(a.body.contains(&item), "{item} not in {a:?}");
+    engine.stop().unwrap();
+}
+
+#[test]
+fn clients_without_a_token_get_the_engines_per_client_rate_as_429() {
+    let dir = TempDir::new("http-rate");
+    let mut cfg = config(&dir);
+    // Two events per second per client, a burst of 3.
+    cfg.rate = pinstream_core::ratelimit::RateConfig::new(2, 1_000_000_000, 3).unwrap();
+    let (engine, addr) = start(cfg);
+    let mut c = Http::connect(addr);
+    let a = c.post("/v1/events", &[NDJSON], b"{}\n{}\n{}\n");
+    assert_eq!((a.status, a.count("stored")), (200, 3), "{a:?}");
+    let a = c.post("/v1/events", &[NDJSON], b"{}\n{}\n{}\n");
     assert_eq!(
-        (a.count("stored"), a.count("dead_lettered")),
-        (2, 3),
+        (a.status, a.header("retry-after")),
+        (429, Some("2")),
         "{a:?}"
     );
-    for index in 2..5 {
-        let item = format!(
-            "{{\"index\":{index},\"id\":{},\"outcome\":\"dead_lettered\",\"reason\":\"rate_limited\",\"code\":{}}}",
-            index + 1,
-            pinstream_core::reason::Reason::RateLimited.code()
-        );
-        assert!(a.body.contains(&item), "{item} not in {a:?}");
-    }
+    let stats = std::sync::Arc::clone(engine.stats());
     engine.stop().unwrap();
+    // Refused at the gateway: never dead-lettered by the engine's limiter.
+    assert_eq!(stats.process.stored.get(), 3);
+    assert_eq!(stats.http.rate_limited.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.books().dead_lettered, 0);
 }
 
 #[test]

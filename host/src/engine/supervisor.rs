@@ -16,7 +16,7 @@ use pinstream_core::accounting::Accounting;
 use pinstream_core::dispatch::{Admission, Dispatcher, Unlimited};
 use pinstream_core::lanes::Lanes;
 use pinstream_core::process::{BatchStore, LaneProcessors, Processors};
-use pinstream_core::ratelimit::RateLimiter;
+use pinstream_core::ratelimit::{RateConfig, RateLimiter};
 use pinstream_core::ring::Spsc;
 
 use super::capacity::{
@@ -250,6 +250,10 @@ impl Drop for EngineHandle {
 
 /// The engine (see the module docs).
 pub struct Engine;
+
+/// The rate-limit key of the HTTP gateway's connection: the last of the table, unlimited
+/// (the gateway limits its own clients).
+const GATEWAY_RATE_KEY: u32 = SOURCES as u32 - 1;
 
 /// The memory the threads share by reference, owned by the supervisor thread.
 struct Memory {
@@ -687,6 +691,19 @@ fn set_up<'m>(
     } = sockets;
     let (input, output, dead) = lanes.split_with_arena(arena);
     let (done_tx, done_rx) = completions.split();
+    // The HTTP gateway limits its clients itself (429 before anything is queued) and is
+    // never limited as one client of the engine: its key's bucket is unlimited, and the
+    // ingest thread hands out the keys below it.
+    let gateway_on = http_listener.is_some();
+    if gateway_on
+        && limiter
+            .set_config(GATEWAY_RATE_KEY, RateConfig::UNLIMITED)
+            .is_err()
+    {
+        return Err(format!(
+            "rate-limit key {GATEWAY_RATE_KEY} is not in the table"
+        ));
+    }
     // Keyed per client (producer or address) by the ingest thread: see `set_rate_limit`.
     let limiter: &RateLimiter<SOURCES> = limiter;
     let admission: &dyn Admission = if cfg.rate.is_unlimited() {
@@ -730,7 +747,7 @@ fn set_up<'m>(
         (Some(listener), Some(rings)) => {
             let (end, link) = rings.split();
             ingest
-                .set_gateway(end)
+                .set_gateway(end, GATEWAY_RATE_KEY)
                 .map_err(|e| format!("http gateway set-up: {e}"))?;
             Some(GatewayRun {
                 listener,
@@ -741,6 +758,7 @@ fn set_up<'m>(
                 topics: cfg.topics.clone(),
                 max_frame: cfg.tcp_limits.max_frame_len,
                 engine_durable: cfg.ack == AckMode::Durable,
+                rate: cfg.rate,
             })
         }
         _ => None,
@@ -748,7 +766,7 @@ fn set_up<'m>(
     if let Some(g) = &gateway {
         crate::gateway::check(g)?;
     }
-    ingest.set_rate_limit(SOURCES, cfg.rate);
+    ingest.set_rate_limit(if gateway_on { SOURCES - 1 } else { SOURCES }, cfg.rate);
     let mut sink = StoreSink::new(logs, stats, cfg.ack)?;
     sink.batch_events = batch_events;
     stats

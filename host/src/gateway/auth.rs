@@ -1,7 +1,9 @@
 //! Bearer tokens: stored as SHA-256 hashes in the config (`[[auth.tokens]]`), each allowed a
 //! set of topics and a rate (a token bucket of the core's, per token).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Mutex;
 
 use pinstream_core::ratelimit::{RateConfig, TokenBucket};
 use sha2::{Digest, Sha256};
@@ -137,6 +139,49 @@ impl Tokens {
     }
 }
 
+/// The engine's per-client rate (`[pipeline]` rate) for requests without a token, one
+/// bucket per IP address (the port ignored, as the engine does for TCP and UDP clients). The
+/// table holds `cap` addresses; a new one finding it full first frees the buckets that are
+/// full again (an address idle that long gains nothing by coming back), then shares one
+/// overflow bucket with every other newcomer.
+pub(crate) struct ClientLimits {
+    config: RateConfig,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+    overflow: TokenBucket,
+    cap: usize,
+}
+
+impl ClientLimits {
+    pub(crate) fn new(config: RateConfig, cap: usize) -> Self {
+        Self {
+            config,
+            buckets: Mutex::new(HashMap::new()),
+            overflow: TokenBucket::new(config),
+            cap,
+        }
+    }
+
+    /// Takes `n` events from `ip`'s bucket at `now` (nanoseconds), all or none.
+    pub(crate) fn admit(&self, ip: IpAddr, n: u32, now: u64) -> bool {
+        if self.config.is_unlimited() {
+            return true;
+        }
+        let ip = ip.to_canonical();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if !buckets.contains_key(&ip) && buckets.len() >= self.cap {
+            let burst = self.config.burst();
+            buckets.retain(|_, b| b.available(now) < burst);
+            if buckets.len() >= self.cap {
+                return self.overflow.try_acquire_all(n, now);
+            }
+        }
+        buckets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(self.config))
+            .try_acquire_all(n, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +225,21 @@ mod tests {
         assert!(!a.admit(1, 0));
         let b = tokens.check(Some(b"Bearer secret-b")).unwrap();
         assert!(b.allows(0) && b.allows(1) && b.admit(1_000_000, 0));
+    }
+
+    #[test]
+    fn addresses_have_their_own_buckets_until_the_table_is_full() {
+        let cfg = RateConfig::new(1, 1_000_000_000, 2).unwrap();
+        let limits = ClientLimits::new(cfg, 2);
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        assert!(limits.admit(ip(1), 2, 0));
+        assert!(!limits.admit(ip(1), 1, 0), "its bucket is empty");
+        assert!(limits.admit(ip(2), 2, 0), "another address has its own");
+        // Full: a third address shares the overflow bucket with any fourth.
+        assert!(limits.admit(ip(3), 2, 0));
+        assert!(!limits.admit(ip(4), 1, 0));
+        // Two seconds later every bucket is full again: the table makes room.
+        assert!(limits.admit(ip(4), 2, 2_000_000_000));
+        assert!(ClientLimits::new(RateConfig::UNLIMITED, 1).admit(ip(9), u32::MAX, 0));
     }
 }

@@ -197,6 +197,8 @@ pub(crate) struct GatewayRun<'a> {
     pub(crate) topics: Vec<String>,
     pub(crate) max_frame: usize,
     pub(crate) engine_durable: bool,
+    /// The engine's per-client rate, applied per address to requests without a token.
+    pub(crate) rate: pinstream_core::ratelimit::RateConfig,
 }
 
 /// Checks what the gateway will be given before the engine starts (its tokens).
@@ -222,6 +224,7 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
         topics,
         max_frame,
         engine_durable,
+        rate,
     } = g;
     let tokens = auth::Tokens::new(&settings.tokens, &topics)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -243,6 +246,7 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
         next_id: AtomicU64::new(1),
         engine_durable,
         open: std::sync::atomic::AtomicUsize::new(0),
+        clients: auth::ClientLimits::new(rate, 4096),
     });
     rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)

@@ -41,6 +41,8 @@ pub(crate) struct State {
     /// The engine's ack mode is `durable`.
     pub(crate) engine_durable: bool,
     pub(crate) open: AtomicUsize,
+    /// The engine's per-client rate for requests without a token, by address.
+    pub(crate) clients: super::auth::ClientLimits,
 }
 
 impl State {
@@ -59,7 +61,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>, shared
             return;
         }
         let accepted = tokio::time::timeout(Duration::from_millis(20), listener.accept()).await;
-        let (mut stream, _) = match accepted {
+        let (mut stream, peer) = match accepted {
             Err(_) => continue,
             Ok(Ok(s)) => s,
             Ok(Err(_)) => {
@@ -90,7 +92,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>, shared
         tokio::spawn(async move {
             let service = {
                 let st = Arc::clone(&st);
-                service_fn(move |req| answer(req, Arc::clone(&st)))
+                service_fn(move |req| answer(req, Arc::clone(&st), peer.ip()))
             };
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -152,9 +154,13 @@ enum AckParam {
     Durable,
 }
 
-async fn answer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<String>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    peer: std::net::IpAddr,
+) -> Result<Response<String>, Infallible> {
     let (parts, mut body) = req.into_parts();
-    let mut r = handle(&parts, &mut body, &state).await;
+    let mut r = handle(&parts, &mut body, &state, peer).await;
     // Refused before its body was read (401, 404, …): a body within the limit is read and
     // thrown away so that the connection can serve the next request; a larger one closes it.
     if !body.is_end_stream() {
@@ -186,6 +192,7 @@ async fn handle(
     req: &hyper::http::request::Parts,
     body: &mut Incoming,
     state: &State,
+    peer: std::net::IpAddr,
 ) -> Response<String> {
     if req.uri.path() != "/v1/events" {
         return error(
@@ -364,6 +371,21 @@ async fn handle(
                 &format!(
                     "token {:?} is over its rate ([[auth.tokens]] rate, burst)",
                     t.name
+                ),
+                &[],
+            );
+        }
+    }
+    if token.is_none() {
+        let n = u32::try_from(parsed.len()).unwrap_or(u32::MAX);
+        let now = u64::try_from(state.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if !state.clients.admit(peer, n, now) {
+            state.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return error(
+                state,
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "{peer} is over the per-client rate (pipeline.rate_per_source, burst_per_source)"
                 ),
                 &[],
             );

@@ -396,11 +396,14 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     /// the TCP slots (see [`GatewayRings`]). It is acknowledged like TCP clients (under the
     /// engine's ack mode; `accepted` when that is `none`, so the gateway can answer), with
     /// one ACK per frame, and sends as a version-2 client without a producer session.
-    /// Call after [`set_batch_events_stored`](Self::set_batch_events_stored).
+    /// Its events are admitted under `rate_key` (the engine gives it an unlimited one: the
+    /// gateway limits its own clients). Call after
+    /// [`set_batch_events_stored`](Self::set_batch_events_stored) and
+    /// [`set_rate_limit`](Self::set_rate_limit), which must leave `rate_key` out.
     ///
     /// # Errors
     /// A gateway is served already, or the slots would exceed [`SourceId::MAX_SLOTS`].
-    pub fn set_gateway(&mut self, end: GatewayEnd<'a>) -> io::Result<()> {
+    pub fn set_gateway(&mut self, end: GatewayEnd<'a>, rate_key: u32) -> io::Result<()> {
         let slot = self.conns.len();
         if self.gateway.is_some() || slot + 1 > SourceId::MAX_SLOTS {
             return Err(io::Error::new(
@@ -423,6 +426,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         conn.last_input = self.now;
         conn.gateway = true;
         conn.batch_events_stored = self.batch_events_stored;
+        conn.rate_key = rate_key;
         self.conns.push(Some(conn));
         // Room for it in the lists sized for the TCP slots (nothing grows later).
         self.open.reserve(1);
