@@ -589,3 +589,67 @@ fn connections_over_the_limit_are_answered_503_and_closed() {
     assert!(stats.http.connections_refused.load(Ordering::Relaxed) >= 1);
     assert_eq!(stats.process.stored.get(), 3);
 }
+
+/// Stopping the engine while requests are in flight: each is answered with its outcome, or
+/// `503` (nothing of it was read by the ingest thread), or loses its connection as the
+/// gateway closes; every event stored belongs to a request answered `200` or to one that
+/// got no answer, and the engine's books balance (`stop` checks them).
+#[test]
+fn stopping_with_requests_in_flight_answers_each_or_closes_and_the_books_balance() {
+    let dir = TempDir::new("http-stop");
+    let (engine, addr) = start(config(&dir));
+    let body: String = (0..50).map(|_| "{\"payload\":\"s\"}\n").collect();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                // (events answered stored, requests answered 503, requests without answer)
+                let (mut stored, mut unavailable, mut unanswered) = (0u64, 0u64, 0u64);
+                let mut c = Http::connect(addr);
+                loop {
+                    let req = format!(
+                        "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if c.stream.write_all(req.as_bytes()).is_err() {
+                        break;
+                    }
+                    let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.answer()));
+                    match answered {
+                        Ok(a) if a.status == 200 => stored += a.count("stored"),
+                        Ok(a) if a.status == 503 => {
+                            unavailable += 1;
+                            break;
+                        }
+                        Ok(a) => panic!("unexpected {a:?}"),
+                        Err(_) => {
+                            unanswered += 1;
+                            break;
+                        }
+                    }
+                }
+                (stored, unavailable, unanswered)
+            })
+        })
+        .collect();
+    let stats = std::sync::Arc::clone(engine.stats());
+    eventually("requests flowing", || stats.process.stored.get() > 2_000);
+    engine.stop().unwrap();
+    let mut answered_stored = 0;
+    let mut unanswered = 0;
+    for t in clients {
+        let (s, _, u) = t.join().unwrap();
+        answered_stored += s;
+        unanswered += u;
+    }
+    let stored = stats.process.stored.get();
+    eprintln!("{stored} stored, {answered_stored} answered stored, {unanswered} unanswered");
+    assert!(
+        answered_stored <= stored,
+        "{answered_stored} answered, {stored} stored"
+    );
+    assert!(
+        stored - answered_stored <= unanswered * 50,
+        "{stored} stored: {answered_stored} answered, {unanswered} requests without an answer"
+    );
+}
