@@ -34,6 +34,7 @@ dir = "$dir/data-$RANDOM"
 [http]
 listen = "$1"
 TOML
+  rm -f "$dir/run.log"
   "$bin" run --config "$dir/c.toml" > "$dir/run.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do grep -q '^listening' "$dir/run.log" 2>/dev/null && return; sleep 0.1; done
@@ -42,14 +43,14 @@ TOML
 stop() { kill "$pid"; wait "$pid" || true; pid=; grep -E '^stopped' "$dir/run.log"; }
 stored() { curl -s 127.0.0.1:19090/metrics | grep '^pinstream_events_stored_total{stage="process"}' | awk '{print $2}'; }
 
-wrk_run() { # $1: script, $2: label
+wrk_run() { # $1: script, $2: label; $threads wrk threads
   local before after
   before=$(stored)
   local t0=$(date +%s.%N)
-  wrk -t1 -c"$conns" -d"${secs}s" -s "$here/$1" http://127.0.0.1:17080/v1/events > "$dir/wrk.out"
+  wrk -t"${threads:-1}" -c"$conns" -d"${secs}s" -s "$here/$1" http://127.0.0.1:17080/v1/events > "$dir/wrk.out"
   local t1=$(date +%s.%N)
   after=$(stored)
-  echo "== $2: wrk -t1 -c$conns -d${secs}s -s benches/http/$1"
+  echo "== $2: wrk -t${threads:-1} -c$conns -d${secs}s -s benches/http/$1"
   grep -E 'Requests/sec|Non-2xx|Latency|Socket errors' "$dir/wrk.out" || true
   awk -v a="$after" -v b="$before" -v t0="$t0" -v t1="$t1" \
     'BEGIN{printf "stored events/s: %.0f (%d stored in %.1f s)\n", (a-b)/(t1-t0), a-b, t1-t0}'
@@ -57,7 +58,7 @@ wrk_run() { # $1: script, $2: label
 
 start "127.0.0.1:17080"
 wrk_run ndjson.lua "NDJSON, 100 events x 100 bytes per request, keep-alive"
-conns=$single_conns wrk_run single.lua "one event per request, keep-alive"
+threads=2 conns=$single_conns wrk_run single.lua "one event per request, keep-alive"
 stop
 
 loadgen() { "$bin" loadgen --addr 127.0.0.1:17070 --events 2000000 --payload 100 --priority high --json \
