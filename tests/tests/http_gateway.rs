@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use pinstream_host::config::TokenSection;
 use pinstream_host::engine::{Engine, EngineConfig, EngineHandle};
 use pinstream_host::gateway::{HttpSettings, hash_token};
+use pinstream_host::ingest::AckMode;
 use pinstream_host::storage::LogReader;
 use pinstream_tests::TempDir;
 
@@ -652,4 +653,28 @@ fn stopping_with_requests_in_flight_answers_each_or_closes_and_the_books_balance
         stored - answered_stored <= unanswered * 50,
         "{stored} stored: {answered_stored} answered, {unanswered} requests without an answer"
     );
+}
+
+/// Under `engine.ack = "accepted"` or `"none"` the gateway answers on acceptance (it is
+/// acknowledged as `accepted` either way) and refuses `ack=durable`, which it cannot keep.
+#[test]
+fn without_durable_acks_the_answer_says_accepted_and_durable_is_refused() {
+    for mode in [AckMode::Accepted, AckMode::None] {
+        let dir = TempDir::new("http-accepted");
+        let mut cfg = config(&dir);
+        cfg.ack = mode;
+        let (engine, addr) = start(cfg);
+        let mut c = Http::connect(addr);
+        let a = c.post("/v1/events", &[NDJSON], b"{\"priority\":\"low\"}\n{}\n");
+        assert_eq!((a.status, a.count("stored")), (200, 2), "{mode:?}: {a:?}");
+        assert!(a.body.contains("\"ack\":\"accepted\""), "{a:?}");
+        let a = c.post("/v1/events?ack=durable", &[], b"{}");
+        assert!(
+            a.status == 400 && a.body.contains("\"field\":\"ack\""),
+            "{a:?}"
+        );
+        let stats = std::sync::Arc::clone(engine.stats());
+        engine.stop().unwrap();
+        assert_eq!(stats.process.stored.get(), 2, "{mode:?}");
+    }
 }
