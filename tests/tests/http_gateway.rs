@@ -678,3 +678,45 @@ fn without_durable_acks_the_answer_says_accepted_and_durable_is_refused() {
         assert_eq!(stats.process.stored.get(), 2, "{mode:?}");
     }
 }
+
+/// Events dead-lettered at dispatch come back itemised too: here the control plane sits at
+/// `elevated` (a depth threshold of 0), which sheds the batch priority, configured sheddable.
+#[test]
+fn dead_letters_at_dispatch_are_itemised_by_reason() {
+    use pinstream_core::control::{ControlConfig, Level};
+    use pinstream_core::event::Priority;
+    let dir = TempDir::new("http-shed");
+    let mut cfg = config(&dir);
+    cfg.control = ControlConfig {
+        depth_permille: [0, 1000, 1000, 1000],
+        drop_permille: [1000; 4],
+        recover_permille: 1000,
+        warmup_events: 0,
+    };
+    cfg.sheddable = vec![Priority::Batch];
+    let (engine, addr) = start(cfg);
+    let stats = std::sync::Arc::clone(engine.stats());
+    let mut c = Http::connect(addr);
+    // The level is decided on the storage thread's ticks: the first events may be taken
+    // before it is `elevated`.
+    let until = Instant::now() + WAIT;
+    let a = loop {
+        let a = c.post(
+            "/v1/events",
+            &[NDJSON],
+            b"{\"id\":11,\"priority\":\"high\"}\n{\"id\":12,\"priority\":\"batch\"}\n",
+        );
+        assert_eq!(a.status, 200, "{a:?}");
+        if stats.control.level() == Level::Elevated && a.count("dead_lettered") == 1 {
+            break a;
+        }
+        assert!(Instant::now() < until, "never shed: {a:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let item = format!(
+        "{{\"index\":1,\"id\":12,\"outcome\":\"dead_lettered\",\"reason\":\"shed\",\"code\":{}}}",
+        pinstream_core::reason::Reason::Shed.code()
+    );
+    assert!(a.body.contains(&item), "{item} not in {a:?}");
+    engine.stop().unwrap();
+}
