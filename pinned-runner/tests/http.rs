@@ -134,11 +134,10 @@ fn run_serves_http_with_tokens_from_the_config_and_stops_with_balanced_books() {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"stored\":2"), "{body}");
+    let pid = runner.child.id() as i32;
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(runner.child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0);
     let line = runner.wait_line("stopped in");
     assert!(line.contains("2 events in, 2 stored"), "{line}");
     let until = Instant::now() + WAIT;
