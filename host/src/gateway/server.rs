@@ -1,7 +1,6 @@
 //! The HTTP/1.1 server: connections within `http.max_connections`, hyper with a header
 //! deadline, bodies bounded in size and time, and `POST /v1/events`.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -21,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use super::auth::{AuthError, Tokens};
-use super::events::{self, BodyKind, EventRules};
+use super::events::{self, BodyKind, EventRules, HttpEvent};
 use super::pump::{Hub, NotTaken, Outcome};
 use super::{GatewayCounters, HttpSettings};
 use crate::ingest::Shared;
@@ -188,73 +187,123 @@ async fn answer(
     Ok(r)
 }
 
+/// `POST /v1/events`: each step refuses with its answer, or hands on.
 async fn handle(
     req: &hyper::http::request::Parts,
     body: &mut Incoming,
     state: &State,
     peer: std::net::IpAddr,
 ) -> Response<String> {
+    match events_request(req, body, state, peer).await {
+        Ok(r) => r,
+        Err(r) => *r,
+    }
+}
+
+/// A step's result: go on with `T`, or answer this refusal (boxed: refusals are the rare
+/// path, and a `Response` is large).
+type Step<T> = Result<T, Box<Response<String>>>;
+
+/// Refuses with `r`.
+fn refuse<T>(r: Response<String>) -> Step<T> {
+    Err(Box::new(r))
+}
+
+async fn events_request(
+    req: &hyper::http::request::Parts,
+    body: &mut Incoming,
+    state: &State,
+    peer: std::net::IpAddr,
+) -> Step<Response<String>> {
+    route(req, state)?;
+    // Authentication before anything is read.
+    let token = authenticate(req, state)?;
+    let ack = ack_param(req, state)?;
+    let kind = body_kind(req);
+    let buf = read_body(body, state).await?;
+    let mut parsed = parse_events(&buf, kind, state)?;
+    admit(&parsed, token, peer, state)?;
+    Ok(submit(&mut parsed, ack, state).await)
+}
+
+/// 404 for another path, 405 for another method.
+fn route(req: &hyper::http::request::Parts, state: &State) -> Step<()> {
     if req.uri.path() != "/v1/events" {
-        return error(
+        return refuse(error(
             state,
             StatusCode::NOT_FOUND,
             "no such path: POST /v1/events",
             &[],
-        );
+        ));
     }
     if req.method != Method::POST {
         let mut r = error(state, StatusCode::METHOD_NOT_ALLOWED, "POST only", &[]);
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
+        return refuse(r);
     }
-    // Authentication before anything is read.
-    let token = if state.tokens.enabled() {
-        let h = req
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        match state.tokens.check(h) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                state.counters.auth_failed.fetch_add(1, Ordering::Relaxed);
-                let msg = match e {
-                    AuthError::Missing => "missing Authorization: Bearer <token>",
-                    AuthError::Wrong => "unknown token",
-                };
-                let mut r = error(state, StatusCode::UNAUTHORIZED, msg, &[]);
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"pinstream\""),
-                );
-                return r;
-            }
+    Ok(())
+}
+
+/// The request's token when tokens are configured (401 without a known one).
+fn authenticate<'s>(
+    req: &hyper::http::request::Parts,
+    state: &'s State,
+) -> Step<Option<&'s super::auth::Token>> {
+    if !state.tokens.enabled() {
+        return Ok(None);
+    }
+    let h = req
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match state.tokens.check(h) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => {
+            state.counters.auth_failed.fetch_add(1, Ordering::Relaxed);
+            let msg = match e {
+                AuthError::Missing => "missing Authorization: Bearer <token>",
+                AuthError::Wrong => "unknown token",
+            };
+            let mut r = error(state, StatusCode::UNAUTHORIZED, msg, &[]);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"pinstream\""),
+            );
+            refuse(r)
         }
-    } else {
-        None
-    };
+    }
+}
+
+/// `?ack=`, or the engine's mode (400 for another value, or `durable` the engine cannot keep).
+fn ack_param(req: &hyper::http::request::Parts, state: &State) -> Step<AckParam> {
     let ack = match query_ack(req.uri.query()) {
         Ok(Some(a)) => a,
         Ok(None) if state.engine_durable => AckParam::Durable,
         Ok(None) => AckParam::Accepted,
         Err(v) => {
-            return error(
+            return refuse(error(
                 state,
                 StatusCode::BAD_REQUEST,
                 &format!("ack={v}: expected durable, accepted or none"),
                 &[("field", "ack")],
-            );
+            ));
         }
     };
     if ack == AckParam::Durable && !state.engine_durable {
-        return error(
+        return refuse(error(
             state,
             StatusCode::BAD_REQUEST,
             "ack=durable: the engine acknowledges on acceptance (engine.ack); ask for accepted or none",
             &[("field", "ack")],
-        );
+        ));
     }
-    let kind = match req
+    Ok(ack)
+}
+
+/// NDJSON by its content type, else JSON.
+fn body_kind(req: &hyper::http::request::Parts) -> BodyKind {
+    match req
         .headers
         .get(header::CONTENT_TYPE)
         .map(HeaderValue::as_bytes)
@@ -267,24 +316,28 @@ async fn handle(
             BodyKind::Ndjson
         }
         _ => BodyKind::Json,
-    };
-    // The body: its announced length checked first, then read within the limit and the
-    // deadline.
+    }
+}
+
+/// The body: its announced length checked first (413 before a byte is read), then read
+/// within the limit (413) and the deadline (408, the connection closed).
+async fn read_body(body: &mut Incoming, state: &State) -> Step<Vec<u8>> {
     let limit = state.settings.max_body_bytes;
     let announced = body.size_hint().lower();
     if announced > limit as u64 {
-        return too_large(state, announced);
+        return refuse(too_large(state, announced));
     }
     let mut buf: Vec<u8> = Vec::with_capacity(usize::try_from(announced).unwrap_or(0).min(limit));
     let read = tokio::time::timeout(state.settings.body_timeout, async {
         loop {
             match poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
                 None => return Ok(()),
-                Some(Err(e)) => return Err(e.to_string()),
+                Some(Err(e)) => return Err(Some(e.to_string())),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         if buf.len() + data.len() > limit {
-                            return Err("too large".to_owned());
+                            // Over the limit (`None`).
+                            return Err(None);
                         }
                         buf.extend_from_slice(&data);
                     }
@@ -304,19 +357,21 @@ async fn handle(
             );
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            refuse(r)
         }
-        Ok(Err(e)) if e == "too large" => return too_large(state, buf.len() as u64 + 1),
-        Ok(Err(e)) => {
-            return error(
-                state,
-                StatusCode::BAD_REQUEST,
-                &format!("reading the body: {e}"),
-                &[],
-            );
-        }
-        Ok(Ok(())) => {}
+        Ok(Err(None)) => refuse(too_large(state, buf.len() as u64 + 1)),
+        Ok(Err(Some(e))) => refuse(error(
+            state,
+            StatusCode::BAD_REQUEST,
+            &format!("reading the body: {e}"),
+            &[],
+        )),
+        Ok(Ok(())) => Ok(buf),
     }
+}
+
+/// The events of the body (400 naming the field and the place; 413 for too many).
+fn parse_events<'b>(buf: &'b [u8], kind: BodyKind, state: &State) -> Step<Vec<HttpEvent<'b>>> {
     let now_wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
@@ -325,72 +380,82 @@ async fn handle(
         now_wall,
         max_events: state.settings.max_events_per_request,
     };
-    let mut parsed = match events::parse(&buf, kind, &rules) {
-        Ok(p) => p,
-        Err(bad) if bad.message.starts_with("more than") => {
-            return error(
+    events::parse(buf, kind, &rules).map_err(|bad| {
+        if bad.message.starts_with("more than") {
+            return Box::new(error(
                 state,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &bad.message,
                 &[("at", &bad.at)],
-            );
+            ));
         }
-        Err(bad) => {
-            let mut extra = vec![("at", bad.at.as_str())];
-            if let Some(f) = bad.field {
-                extra.push(("field", f));
-            }
-            return error(state, StatusCode::BAD_REQUEST, &bad.message, &extra);
+        let mut extra = vec![("at", bad.at.as_str())];
+        if let Some(f) = bad.field {
+            extra.push(("field", f));
         }
+        Box::new(error(state, StatusCode::BAD_REQUEST, &bad.message, &extra))
+    })
+}
+
+/// The token's topics (403) and rate (429), or without a token the address's share of the
+/// engine's per-client rate (429).
+fn admit(
+    parsed: &[HttpEvent<'_>],
+    token: Option<&super::auth::Token>,
+    peer: std::net::IpAddr,
+    state: &State,
+) -> Step<()> {
+    let n = u32::try_from(parsed.len()).unwrap_or(u32::MAX);
+    let now = u64::try_from(state.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let Some(t) = token else {
+        if state.clients.admit(peer, n, now) {
+            return Ok(());
+        }
+        state.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return refuse(error(
+            state,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "{peer} is over the per-client rate (pipeline.rate_per_source, burst_per_source)"
+            ),
+            &[],
+        ));
     };
-    if let Some(t) = token {
-        if let Some((i, e)) = parsed
-            .iter()
-            .enumerate()
-            .find(|(_, e)| !t.allows(e.header.topic))
-        {
-            state.counters.forbidden.fetch_add(1, Ordering::Relaxed);
-            let topic = state
-                .topics
-                .get(usize::from(e.header.topic))
-                .map_or(Cow::Borrowed("?"), |s| Cow::Borrowed(s.as_str()));
-            return error(
-                state,
-                StatusCode::FORBIDDEN,
-                &format!("token {:?} may not send to topic {topic:?}", t.name),
-                &[("at", &format!("event {i}")), ("field", "topic")],
-            );
-        }
-        let n = u32::try_from(parsed.len()).unwrap_or(u32::MAX);
-        let now = u64::try_from(state.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if !t.admit(n, now) {
-            state.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return error(
-                state,
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!(
-                    "token {:?} is over its rate ([[auth.tokens]] rate, burst)",
-                    t.name
-                ),
-                &[],
-            );
-        }
+    if let Some((i, e)) = parsed
+        .iter()
+        .enumerate()
+        .find(|(_, e)| !t.allows(e.header.topic))
+    {
+        state.counters.forbidden.fetch_add(1, Ordering::Relaxed);
+        let topic = state
+            .topics
+            .get(usize::from(e.header.topic))
+            .map_or("?", String::as_str);
+        return refuse(error(
+            state,
+            StatusCode::FORBIDDEN,
+            &format!("token {:?} may not send to topic {topic:?}", t.name),
+            &[("at", &format!("event {i}")), ("field", "topic")],
+        ));
     }
-    if token.is_none() {
-        let n = u32::try_from(parsed.len()).unwrap_or(u32::MAX);
-        let now = u64::try_from(state.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if !state.clients.admit(peer, n, now) {
-            state.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return error(
-                state,
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!(
-                    "{peer} is over the per-client rate (pipeline.rate_per_source, burst_per_source)"
-                ),
-                &[],
-            );
-        }
+    if !t.admit(n, now) {
+        state.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return refuse(error(
+            state,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "token {:?} is over its rate ([[auth.tokens]] rate, burst)",
+                t.name
+            ),
+            &[],
+        ));
     }
+    Ok(())
+}
+
+/// Gives ids to the events without one, hands them to the ingest thread and answers: at
+/// once for `ack=none` (202), else with their outcome (200), or 503.
+async fn submit(parsed: &mut [HttpEvent<'_>], ack: AckParam, state: &State) -> Response<String> {
     for e in parsed.iter_mut().filter(|e| !e.id_given) {
         e.header.id = state.next_id();
     }
