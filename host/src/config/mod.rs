@@ -26,6 +26,7 @@
 //! ```
 
 mod admin;
+mod bridge;
 mod capacity;
 mod control;
 mod engine;
@@ -44,6 +45,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 pub use self::admin::AdminSection;
+pub use self::bridge::{BridgeSection, SUBJECT_PLACEHOLDERS};
 pub use self::capacity::CapacitySection;
 pub use self::control::ControlSection;
 pub use self::engine::{AckSetting, EngineSection, IdleSetting};
@@ -98,6 +100,8 @@ pub struct Config {
     pub control: ControlSection,
     /// The admin HTTP endpoint.
     pub admin: AdminSection,
+    /// Bridges to NATS JetStream (`[[bridge]]` tables; none by default).
+    pub bridge: Vec<BridgeSection>,
 }
 
 /// Parses a listen address: `""` or `"off"` is `None`, else `ip:port`.

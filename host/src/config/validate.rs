@@ -31,6 +31,7 @@ impl Config {
         self.check_capacity(&mut v);
         self.check_control(&mut v);
         self.check_admin(&mut v);
+        self.check_bridges(&mut v);
         if v.problems.is_empty() {
             Ok(v.warnings)
         } else {
@@ -481,6 +482,25 @@ impl Config {
             1024,
             "",
         );
+    }
+}
+
+impl Config {
+    fn check_bridges(&self, v: &mut Validator) {
+        for (i, b) in self.bridge.iter().enumerate() {
+            for p in b.problems(i) {
+                v.problem(p);
+            }
+            if self.bridge[..i]
+                .iter()
+                .any(|o| o.name == b.name && o.log == b.log)
+            {
+                v.problem(format!(
+                    "bridge[{i}].name = {:?}: another bridge reads the {} log under this name",
+                    b.name, b.log
+                ));
+            }
+        }
     }
 }
 
