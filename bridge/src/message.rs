@@ -1,0 +1,235 @@
+//! Stored record → JetStream message: subject from the template, `Nats-Msg-Id` from the
+//! record's offset, the event's payload as the payload and its other fields as headers.
+//!
+//! **The message id is `{source}-{log}-{offset}`.** A record's offset in its log never changes:
+//! not across bridge restarts, not across engine restarts (recovery keeps every acknowledged
+//! record at its offset), so a record sent again after a crash carries the id it had the
+//! first time and JetStream's duplicate window drops it. The event's own id or its producer
+//! and sequence would not do: two producers may use the same event id, and an engine outside
+//! its dedup window stores a resent event again under a new offset — two stored records,
+//! which the stream should hold twice, as the engine does. `source` tells the engines that feed
+//! one stream apart.
+
+use async_nats::HeaderMap;
+use async_nats::header::NATS_MESSAGE_ID;
+use bytes::Bytes;
+use pinstream_core::record::{RecordBody, RecordError, RecordView};
+use pinstream_core::wire::StreamLog;
+
+/// Header names, defined once (the tests and the resume scan read them back).
+pub mod header {
+    /// The engine the record comes from (the bridge's `source`).
+    pub const SOURCE: &str = "Pinstream-Source";
+    /// The log's name.
+    pub const LOG: &str = "Pinstream-Log";
+    /// The record's offset in its log.
+    pub const OFFSET: &str = "Pinstream-Offset";
+    /// The record kind (`docs/PROTOCOL.md` §12): 1 event, 2 dead letter, 3 aggregate, 4/5
+    /// with a producer.
+    pub const KIND: &str = "Pinstream-Kind";
+    /// The event's id.
+    pub const ID: &str = "Pinstream-Id";
+    /// The topic id.
+    pub const TOPIC: &str = "Pinstream-Topic";
+    /// The priority code.
+    pub const PRIORITY: &str = "Pinstream-Priority";
+    /// The producer's timestamp.
+    pub const TIMESTAMP: &str = "Pinstream-Timestamp";
+    /// The event's value, when it has one.
+    pub const VALUE: &str = "Pinstream-Value";
+    /// The engine's reception time, ns since the Unix epoch.
+    pub const RECEIVED: &str = "Pinstream-Received";
+    /// The producer session id (0: none) and the frame's seq and the event's index in it.
+    pub const PRODUCER: &str = "Pinstream-Producer";
+    /// See [`PRODUCER`].
+    pub const SEQ: &str = "Pinstream-Seq";
+    /// See [`PRODUCER`].
+    pub const INDEX: &str = "Pinstream-Index";
+    /// A dead letter's reason name.
+    pub const REASON: &str = "Pinstream-Reason";
+    /// An aggregate's fields: `count bytes values min max sum start end`, space separated.
+    pub const AGGREGATE: &str = "Pinstream-Aggregate";
+}
+
+/// A message ready to publish, kept until its PubAck (a retry sends it again as is).
+#[derive(Clone, Debug)]
+pub struct OutMessage {
+    /// The record's offset in its log.
+    pub offset: u64,
+    /// The subject.
+    pub subject: String,
+    /// Headers, `Nats-Msg-Id` among them.
+    pub headers: HeaderMap,
+    /// The event's payload (empty for dead letters and aggregates).
+    pub payload: Bytes,
+}
+
+/// Makes [`OutMessage`]s for one bridge.
+#[derive(Clone, Debug)]
+pub struct MessageMaker {
+    log: StreamLog,
+    source: String,
+    template: String,
+    topic_names: Vec<String>,
+}
+
+impl MessageMaker {
+    /// For records of `log`, ids under `source`, subjects from `template` (placeholders
+    /// `{log}`, `{topic}`, `{topic_name}`, `{source}`), topic names by id.
+    pub fn new(log: StreamLog, source: &str, template: &str, topic_names: Vec<String>) -> Self {
+        Self {
+            log,
+            source: source.to_owned(),
+            template: template.to_owned(),
+            topic_names,
+        }
+    }
+
+    /// The `Nats-Msg-Id` of the record at `offset`.
+    pub fn msg_id(&self, offset: u64) -> String {
+        format!("{}-{}-{offset}", self.source, self.log.name())
+    }
+
+    /// The subject of a record of topic `topic`.
+    pub fn subject(&self, topic: u16) -> String {
+        let id = topic.to_string();
+        let name = self
+            .topic_names
+            .get(usize::from(topic))
+            .map_or(id.as_str(), String::as_str);
+        self.template
+            .replace("{log}", self.log.name())
+            .replace("{topic}", &id)
+            .replace("{topic_name}", name)
+            .replace("{source}", &self.source)
+    }
+
+    /// The message for `rec`.
+    ///
+    /// # Errors
+    /// A body that does not decode (the bridge stops rather than drop or mangle a record).
+    pub fn make(&self, rec: &RecordView<'_>) -> Result<OutMessage, RecordError> {
+        let offset = rec.offset();
+        let mut h = HeaderMap::new();
+        h.insert(NATS_MESSAGE_ID, self.msg_id(offset).as_str());
+        h.insert(header::SOURCE, self.source.as_str());
+        h.insert(header::LOG, self.log.name());
+        h.insert(header::OFFSET, offset.to_string());
+        h.insert(header::KIND, rec.kind().to_string());
+        let (topic, payload) = match rec.decode()? {
+            RecordBody::Event(ev) => {
+                let e = &ev.header;
+                h.insert(header::ID, e.id.to_string());
+                h.insert(header::TOPIC, e.topic.to_string());
+                h.insert(header::PRIORITY, e.priority.as_u8().to_string());
+                h.insert(header::TIMESTAMP, e.timestamp.to_string());
+                if let Some(v) = e.value() {
+                    h.insert(header::VALUE, v.to_string());
+                }
+                h.insert(header::RECEIVED, ev.received.to_string());
+                h.insert(header::PRODUCER, ev.origin.producer.to_string());
+                h.insert(header::SEQ, ev.origin.seq.to_string());
+                h.insert(header::INDEX, ev.origin.index.to_string());
+                (e.topic, Bytes::copy_from_slice(ev.payload))
+            }
+            RecordBody::DeadLetter(dl) => {
+                let e = &dl.header;
+                h.insert(header::ID, e.id.to_string());
+                h.insert(header::TOPIC, e.topic.to_string());
+                h.insert(header::PRIORITY, e.priority.as_u8().to_string());
+                h.insert(header::TIMESTAMP, e.timestamp.to_string());
+                if let Some(v) = e.value() {
+                    h.insert(header::VALUE, v.to_string());
+                }
+                h.insert(header::REASON, dl.reason.name());
+                h.insert(header::PRODUCER, dl.origin.producer.to_string());
+                h.insert(header::SEQ, dl.origin.seq.to_string());
+                h.insert(header::INDEX, dl.origin.index.to_string());
+                (e.topic, Bytes::new())
+            }
+            RecordBody::Aggregate(a) => {
+                h.insert(header::TOPIC, a.topic.to_string());
+                h.insert(
+                    header::AGGREGATE,
+                    format!(
+                        "{} {} {} {} {} {} {} {}",
+                        a.count, a.bytes, a.values, a.min, a.max, a.sum, a.start, a.end
+                    ),
+                );
+                (a.topic, Bytes::new())
+            }
+        };
+        Ok(OutMessage {
+            offset,
+            subject: self.subject(topic),
+            headers: h,
+            payload,
+        })
+    }
+}
+
+/// The offset a message of this bridge carries: `Some` only when its source and log are
+/// this maker's (another engine's messages in the same stream are not ours).
+pub fn offset_of(maker: &MessageMaker, headers: Option<&HeaderMap>) -> Option<u64> {
+    let h = headers?;
+    if h.get(header::SOURCE)?.as_str() != maker.source
+        || h.get(header::LOG)?.as_str() != maker.log.name()
+    {
+        return None;
+    }
+    h.get(header::OFFSET)?.as_str().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use pinstream_core::event::{EventHeader, Lane, Origin, Priority};
+    use pinstream_core::process::StoredEvent;
+    use pinstream_core::record::{encode_event, seal};
+
+    use super::*;
+
+    #[test]
+    fn an_event_becomes_a_message_with_a_stable_id_and_its_fields_as_headers() {
+        let header = EventHeader {
+            id: 42,
+            topic: 1,
+            priority: Priority::High,
+            flags: pinstream_core::event::FLAG_HAS_VALUE,
+            timestamp: 1000,
+            raw_value: -7,
+        };
+        let ev = StoredEvent {
+            lane: Lane::Realtime,
+            header: &header,
+            origin: Origin::default(),
+            received: 5,
+            payload: b"hello",
+        };
+        let mut rec = [0u8; 256];
+        let body = encode_event(&mut rec[20..], &ev).unwrap();
+        seal(&mut rec[..20 + body], 77, 1);
+        let (view, _) = RecordView::new_checked(&rec[..20 + body], u32::MAX).unwrap();
+        let maker = MessageMaker::new(
+            StreamLog::Realtime,
+            "edge1",
+            "ps.{source}.{log}.{topic_name}.{topic}",
+            vec!["default".into(), "orders".into()],
+        );
+        let m = maker.make(&view).unwrap();
+        assert_eq!(m.offset, 77);
+        assert_eq!(m.subject, "ps.edge1.realtime.orders.1");
+        assert_eq!(&m.payload[..], b"hello");
+        let h = &m.headers;
+        assert_eq!(
+            h.get(NATS_MESSAGE_ID).unwrap().as_str(),
+            "edge1-realtime-77"
+        );
+        assert_eq!(h.get(header::ID).unwrap().as_str(), "42");
+        assert_eq!(h.get(header::VALUE).unwrap().as_str(), "-7");
+        assert_eq!(offset_of(&maker, Some(h)), Some(77));
+        let other = MessageMaker::new(StreamLog::Realtime, "edge2", "x", vec![]);
+        assert_eq!(offset_of(&other, Some(h)), None);
+        // An unnamed topic uses its id.
+        assert_eq!(maker.subject(9), "ps.edge1.realtime.9.9");
+    }
+}
