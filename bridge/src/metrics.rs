@@ -72,11 +72,15 @@ impl BridgeMetrics {
     pub fn status(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "bridge {} lag {} acked {} errors {}{}",
+            "bridge {} lag {} acked {} errors {}{}{}",
             self.name,
             self.lag(),
             g(&self.acked),
             g(&self.errors),
+            match g(&self.skipped) {
+                0 => String::new(),
+                s => format!(" skipped {s}"),
+            },
             if g(&self.nats_connected) == 1 {
                 ""
             } else {

