@@ -72,7 +72,7 @@ impl BridgeMetrics {
     pub fn status(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "bridge {} lag {} acked {} errors {}{}{}",
+            "bridge {} lag {} acked {} errors {}{}{}{}",
             self.name,
             self.lag(),
             g(&self.acked),
@@ -80,6 +80,10 @@ impl BridgeMetrics {
             match g(&self.skipped) {
                 0 => String::new(),
                 s => format!(" skipped {s}"),
+            },
+            match g(&self.duplicates) {
+                0 => String::new(),
+                d => format!(" duplicates {d}"),
             },
             if g(&self.nats_connected) == 1 {
                 ""
