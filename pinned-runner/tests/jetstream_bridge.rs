@@ -13,6 +13,8 @@
 //! | `PINSTREAM_BRIDGE_OUTAGE_SECS` | 3 | how long nats-server stays down under load |
 //! | `NATS_SERVER` | | a `nats-server` (≥ 2.10) to use instead of the one on PATH / the venv |
 //!
+//! `PINSTREAM_BRIDGE_KILLS` applies to the bridge and, in its own test, to the engine.
+//!
 //! e.g. `PINSTREAM_BRIDGE_EVENTS=1000000 PINSTREAM_BRIDGE_KILLS=5 PINSTREAM_BRIDGE_OUTAGE_SECS=30
 //! cargo test --release -p pinstream --test jetstream_bridge`.
 
@@ -108,14 +110,43 @@ struct NatsServer {
 
 impl NatsServer {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir.join("nats"), free_port(), Vec::new())
+    }
+
+    fn start_with(dir: PathBuf, port: u16, args: Vec<String>) -> Self {
         let mut s = Self {
             child: None,
-            port: free_port(),
-            dir: dir.join("nats"),
-            args: Vec::new(),
+            port,
+            dir,
+            args,
         };
         s.run();
         s
+    }
+
+    /// Three servers in one cluster on loopback ports, JetStream on each.
+    fn cluster(dir: &Path) -> Vec<Self> {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let all = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        (0..3)
+            .map(|i| {
+                let args = vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "bridge".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes".into(),
+                    all.clone(),
+                ];
+                Self::start_with(dir.join(format!("nats{i}")), free_port(), args)
+            })
+            .collect()
     }
 
     fn url(&self) -> String {
@@ -143,6 +174,14 @@ impl NatsServer {
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < until, "nats-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, and wait for the exit.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -234,6 +273,13 @@ impl Proc {
         self.lines.lock().unwrap().join("\n")
     }
 
+    /// Panics with its output if it exited.
+    fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("exited ({status}):\n{}", self.output());
+        }
+    }
+
     fn kill9(&mut self) {
         signal(&self.child, libc::SIGKILL);
         let _ = self.child.wait();
@@ -270,14 +316,19 @@ struct Engine {
 
 impl Engine {
     fn start(dir: &Path, extra: &str) -> Self {
+        Self::start_at(dir, extra, 0, 0)
+    }
+
+    /// With its TCP and consumer ports fixed (0: ephemeral), so that a restart keeps them.
+    fn start_at(dir: &Path, extra: &str, tcp: u16, consumers: u16) -> Self {
         let config = dir.join("engine.toml");
         let data = dir.join("data");
         std::fs::write(
             &config,
             format!(
-                "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+                "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:{tcp}\"\n\
                  [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-                 [consumers]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = \"{}\"\n{extra}",
+                 [consumers]\nlisten = \"127.0.0.1:{consumers}\"\n[storage]\ndir = \"{}\"\n{extra}",
                 data.display()
             ),
         )
@@ -318,10 +369,15 @@ impl Engine {
 }
 
 fn bridge_table(name: &str, nats: &str, stream: &str, extra: &str) -> String {
+    let window = if extra.contains("max_in_flight") {
+        ""
+    } else {
+        "max_in_flight = 512\n"
+    };
     format!(
         "[[bridge]]\nname = \"{name}\"\nlog = \"realtime\"\nnats_url = \"{nats}\"\n\
          stream = \"{stream}\"\nsubjects = [\"{stream}.>\"]\nsubject = \"{stream}.{{log}}.{{topic}}\"\n\
-         max_in_flight = 512\nack_timeout_ms = 2000\nmax_backoff_ms = 500\n{extra}"
+         {window}ack_timeout_ms = 2000\nmax_backoff_ms = 500\n{extra}"
     )
 }
 
@@ -385,7 +441,7 @@ fn stream_len(rt: &tokio::runtime::Runtime, url: &str, name: &str) -> u64 {
 }
 
 /// Waits until the stream holds `n` messages (and no more arrive for a moment).
-fn wait_stream_len(rt: &tokio::runtime::Runtime, url: &str, name: &str, n: u64, what: &Proc) {
+fn wait_stream_len(rt: &tokio::runtime::Runtime, url: &str, name: &str, n: u64, what: &mut Proc) {
     let until = Instant::now() + WAIT * 4;
     loop {
         let len = stream_len(rt, url, name);
@@ -394,6 +450,7 @@ fn wait_stream_len(rt: &tokio::runtime::Runtime, url: &str, name: &str, n: u64, 
             assert_eq!(stream_len(rt, url, name), len);
             return;
         }
+        what.assert_alive();
         assert!(
             Instant::now() < until,
             "stream {name} holds {len} of {n} messages; bridge output:\n{}",
@@ -484,6 +541,7 @@ fn kill_9_of_the_bridge_mid_stream_forwards_every_event_exactly_once() {
         let at = n * k / (kills + 1);
         let until = Instant::now() + WAIT * 2;
         while stream_len(&rt, &nats.url(), "KILL") < at {
+            bridge.assert_alive();
             assert!(Instant::now() < until, "bridge stuck:\n{}", bridge.output());
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -491,7 +549,7 @@ fn kill_9_of_the_bridge_mid_stream_forwards_every_event_exactly_once() {
         bridge = start_bridge();
     }
     producer.join().unwrap();
-    wait_stream_len(&rt, &nats.url(), "KILL", n, &bridge);
+    wait_stream_len(&rt, &nats.url(), "KILL", n, &mut bridge);
     let streamed = read_stream(&rt, &nats.url(), "KILL");
     assert!(bridge.stop().success(), "{}", bridge.output());
     assert!(engine.proc.stop().success());
@@ -547,7 +605,7 @@ fn nats_down_under_load_slows_only_the_bridge_and_loses_nothing() {
         "ingest slowed by the outage: {during} acked in {outage:?}, {expected} expected"
     );
     assert!(lag_during > 0.0, "the lag shows while NATS is down");
-    wait_stream_len(&rt, &nats.url(), "OUTAGE", n, &engine.proc);
+    wait_stream_len(&rt, &nats.url(), "OUTAGE", n, &mut engine.proc);
     let streamed = read_stream(&rt, &nats.url(), "OUTAGE");
     assert!(
         metric(
@@ -605,7 +663,7 @@ fn a_restart_after_the_duplicate_window_adds_no_duplicate() {
     .unwrap();
     let engine_addr = engine.consumers.to_string();
     let mut bridge = Proc::spawn(&["bridge", "--engine", &engine_addr], &config);
-    wait_stream_len(&rt, &nats.url(), "WINDOW", n, &bridge);
+    wait_stream_len(&rt, &nats.url(), "WINDOW", n, &mut bridge);
     bridge.kill9(); // nothing committed: the next start re-reads from offset 0
     std::thread::sleep(Duration::from_secs(3));
     let mut bridge = Proc::spawn(&["bridge", "--engine", &engine_addr], &config);
@@ -648,4 +706,100 @@ fn metric(admin: SocketAddr, sample: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+#[test]
+fn kill_9_of_the_engine_mid_stream_loses_and_duplicates_nothing() {
+    let n = env_u64("PINSTREAM_BRIDGE_EVENTS", 20_000);
+    let kills = env_u64("PINSTREAM_BRIDGE_KILLS", 1);
+    let dir = TempDir::new("bridge-engine-kill");
+    let nats = NatsServer::start(dir.path());
+    let (tcp, consumers) = (free_port(), free_port());
+    let mut engine = Engine::start_at(dir.path(), "", tcp, consumers);
+    let acked = AtomicU64::new(0);
+    produce(engine.tcp, 1..n + 1, 0, &acked);
+    let config = dir.path().join("bridge.toml");
+    // Small publish windows so that the engine dies with the bridge mid-stream.
+    std::fs::write(
+        &config,
+        bridge_table("edge", &nats.url(), "ENGINEKILL", "max_in_flight = 64\n"),
+    )
+    .unwrap();
+    let mut bridge = Proc::spawn(
+        &["bridge", "--engine", &engine.consumers.to_string()],
+        &config,
+    );
+    let rt = runtime();
+    for k in 1..=kills {
+        let at = n * k / (kills + 1);
+        let until = Instant::now() + WAIT * 2;
+        while stream_len(&rt, &nats.url(), "ENGINEKILL") < at {
+            bridge.assert_alive();
+            assert!(Instant::now() < until, "{}", bridge.output());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        engine.proc.kill9();
+        std::thread::sleep(Duration::from_millis(500));
+        engine = Engine::start_at(dir.path(), "", tcp, consumers);
+    }
+    wait_stream_len(&rt, &nats.url(), "ENGINEKILL", n, &mut bridge);
+    let streamed = read_stream(&rt, &nats.url(), "ENGINEKILL");
+    assert!(bridge.stop().success(), "{}", bridge.output());
+    assert!(engine.proc.stop().success());
+    assert_same(&engine.stored(), &streamed);
+}
+
+#[test]
+fn an_r3_stream_on_a_three_node_cluster_survives_the_loss_of_its_leader() {
+    let n = env_u64("PINSTREAM_BRIDGE_EVENTS", 20_000);
+    let dir = TempDir::new("bridge-cluster");
+    let mut nodes = NatsServer::cluster(dir.path());
+    let urls = nodes
+        .iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut engine = Engine::start(dir.path(), "");
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        bridge_table("r3", &urls, "RTHREE", "replicas = 3\n"),
+    )
+    .unwrap();
+    let mut bridge = Proc::spawn(
+        &["bridge", "--engine", &engine.consumers.to_string()],
+        &config,
+    );
+    let acked = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (addr, acked) = (engine.tcp, Arc::clone(&acked));
+        std::thread::spawn(move || produce(addr, 1..n + 1, (n / 6).max(1000), &acked))
+    };
+    let rt = runtime();
+    // Wait for a third of the events, then kill the stream's leader.
+    let until = Instant::now() + WAIT * 2;
+    let leader = loop {
+        let found = rt.block_on(async {
+            let js = js(&nodes[0].url()).await;
+            let mut s = js.get_stream("RTHREE").await.ok()?;
+            let info = s.info().await.ok()?;
+            (info.state.messages >= n / 3)
+                .then(|| info.cluster.as_ref()?.leader.clone())
+                .flatten()
+        });
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(Instant::now() < until, "{}", bridge.output());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let i: usize = leader.trim_start_matches('n').parse().expect("a node name");
+    nodes[i].kill9();
+    let alive = nodes[(i + 1) % 3].url();
+    producer.join().unwrap();
+    wait_stream_len(&rt, &alive, "RTHREE", n, &mut bridge);
+    let streamed = read_stream(&rt, &alive, "RTHREE");
+    assert!(bridge.stop().success(), "{}", bridge.output());
+    assert!(engine.proc.stop().success());
+    assert_same(&engine.stored(), &streamed);
 }
