@@ -159,7 +159,9 @@ pub fn start(
             log,
             start: Start::Earliest,
             name: Some(section.name.clone()),
-            max_reconnect_attempts: u32::MAX,
+            // A few quick attempts inside the consumer; past them this thread reconnects
+            // itself, without limit, looking at the stop flag between attempts.
+            max_reconnect_attempts: 3,
             ..ConsumerOptions::default()
         };
         let every = Duration::from_millis(section.commit_interval_ms);

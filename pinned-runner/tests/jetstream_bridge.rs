@@ -803,3 +803,160 @@ fn an_r3_stream_on_a_three_node_cluster_survives_the_loss_of_its_leader() {
     assert!(engine.proc.stop().success());
     assert_same(&engine.stored(), &streamed);
 }
+
+/// JetStream's own ingest with async-nats: `n` messages of 100 bytes with a `Nats-Msg-Id`
+/// each, `window` PubAcks in flight; messages per second.
+fn jetstream_ingest(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    replicas: usize,
+    n: u64,
+    window: usize,
+) -> f64 {
+    rt.block_on(async {
+        let js = js(url).await;
+        js.create_stream(stream::Config {
+            name: "OWN".into(),
+            subjects: vec!["OWN.>".into()],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut acks = std::collections::VecDeque::new();
+        let t0 = Instant::now();
+        for i in 0..n {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("own-{i}").as_str());
+            let ack = js
+                .publish_with_headers("OWN.x", h, payload(i).into())
+                .await
+                .unwrap();
+            acks.push_back(ack);
+            if acks.len() >= window {
+                acks.pop_front().unwrap().await.unwrap();
+            }
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+        n as f64 / t0.elapsed().as_secs_f64()
+    })
+}
+
+/// Seconds from the engine's reception of each event (`Pinstream-Received`) to JetStream's
+/// storing it (the message's stream timestamp): p50, p99, max.
+fn end_to_end(rt: &tokio::runtime::Runtime, url: &str, name: &str) -> (f64, f64, f64) {
+    rt.block_on(async {
+        let js = js(url).await;
+        let mut s = js.get_stream(name).await.unwrap();
+        let total = s.info().await.unwrap().state.messages;
+        let consumer = s
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .unwrap();
+        let mut msgs = consumer.messages().await.unwrap();
+        let mut lat = Vec::new();
+        for _ in 0..total {
+            let m = msgs.next().await.unwrap().unwrap();
+            let received: i128 = m
+                .headers
+                .as_ref()
+                .unwrap()
+                .get("Pinstream-Received")
+                .unwrap()
+                .as_str()
+                .parse()
+                .unwrap();
+            let stored = m.info().unwrap().published.unix_timestamp_nanos();
+            lat.push((stored - received) as f64 / 1e9);
+        }
+        lat.sort_by(f64::total_cmp);
+        let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+        (q(0.5), q(0.99), q(1.0))
+    })
+}
+
+/// Bridge throughput into a one-node and a three-node JetStream against JetStream's own
+/// ingest with the same client in the same run, and the end-to-end latency at a paced rate.
+/// Run on demand, in release:
+/// `cargo test --release -p pinstream --test jetstream_bridge -- --ignored --nocapture measure`
+/// (`PINSTREAM_BRIDGE_EVENTS`, default 200000; `PINSTREAM_BRIDGE_RATE` for the paced run,
+/// default 20000 events/s).
+#[test]
+#[ignore = "a measurement: run on demand"]
+fn measure_bridge_against_jetstream_own_ingest() {
+    let n = env_u64("PINSTREAM_BRIDGE_EVENTS", 200_000);
+    let rate = env_u64("PINSTREAM_BRIDGE_RATE", 20_000);
+    let rt = runtime();
+    for nodes in [1usize, 3] {
+        let dir = TempDir::new("bridge-measure");
+        let servers = if nodes == 1 {
+            vec![NatsServer::start(dir.path())]
+        } else {
+            NatsServer::cluster(dir.path())
+        };
+        let urls = servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",");
+        let own = jetstream_ingest(&rt, &servers[0].url(), nodes, n, 1024);
+        // Throughput: the log filled first, then the bridge drains it.
+        let mut engine = Engine::start(dir.path(), "");
+        let acked = AtomicU64::new(0);
+        produce(engine.tcp, 1..n + 1, 0, &acked);
+        let config = dir.path().join("bridge.toml");
+        std::fs::write(
+            &config,
+            bridge_table(
+                "m",
+                &urls,
+                "BRIDGED",
+                &format!("replicas = {nodes}\nmax_in_flight = 1024\n"),
+            ),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let mut bridge = Proc::spawn(
+            &["bridge", "--engine", &engine.consumers.to_string()],
+            &config,
+        );
+        wait_stream_len(&rt, &servers[0].url(), "BRIDGED", n, &mut bridge);
+        // wait_stream_len waits 1 s more to see that nothing else arrives.
+        let bridged = n as f64 / (t0.elapsed().as_secs_f64() - 1.0);
+        assert!(bridge.stop().success());
+        // Latency: a paced load through engine and bridge together.
+        std::fs::write(
+            &config,
+            bridge_table(
+                "p",
+                &urls,
+                "PACED",
+                &format!("replicas = {nodes}\nmax_in_flight = 1024\n"),
+            ),
+        )
+        .unwrap();
+        let mut bridge = Proc::spawn(
+            &["bridge", "--engine", &engine.consumers.to_string()],
+            &config,
+        );
+        bridge.wait_line("bridge(s) reading the engine");
+        let paced = (rate * 5).min(n);
+        produce(engine.tcp, n + 1..n + paced + 1, rate, &acked);
+        wait_stream_len(&rt, &servers[0].url(), "PACED", n + paced, &mut bridge);
+        let (p50, p99, max) = end_to_end(&rt, &servers[0].url(), "PACED");
+        assert!(bridge.stop().success());
+        assert!(engine.proc.stop().success());
+        println!(
+            "nodes {nodes}: JetStream's own ingest {own:.0} msg/s, the bridge {bridged:.0} msg/s \
+             ({:.0} %); engine reception -> stored in JetStream at {rate}/s: p50 {:.2} ms \
+             p99 {:.2} ms max {:.2} ms",
+            100.0 * bridged / own,
+            p50 * 1e3,
+            p99 * 1e3,
+            max * 1e3
+        );
+    }
+}
