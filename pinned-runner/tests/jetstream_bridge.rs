@@ -815,15 +815,21 @@ fn jetstream_ingest(
 ) -> f64 {
     rt.block_on(async {
         let js = js(url).await;
-        js.create_stream(stream::Config {
-            name: "OWN".into(),
-            subjects: vec!["OWN.>".into()],
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let until = Instant::now() + WAIT;
+        // A fresh cluster elects its JetStream leader first: retry until it answers.
+        while let Err(e) = js
+            .create_stream(stream::Config {
+                name: "OWN".into(),
+                subjects: vec!["OWN.>".into()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+        {
+            assert!(Instant::now() < until, "cannot create the stream: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let mut acks = std::collections::VecDeque::new();
         let t0 = Instant::now();
         for i in 0..n {
@@ -927,7 +933,11 @@ fn measure_bridge_against_jetstream_own_ingest() {
         // wait_stream_len waits 1 s more to see that nothing else arrives.
         let bridged = n as f64 / (t0.elapsed().as_secs_f64() - 1.0);
         assert!(bridge.stop().success());
-        // Latency: a paced load through engine and bridge together.
+        assert!(engine.proc.stop().success());
+        // Latency: a paced load through a fresh engine and its bridge, already connected.
+        let paced_dir = dir.path().join("paced");
+        std::fs::create_dir_all(&paced_dir).unwrap();
+        let mut engine = Engine::start(&paced_dir, "");
         std::fs::write(
             &config,
             bridge_table(
@@ -942,10 +952,11 @@ fn measure_bridge_against_jetstream_own_ingest() {
             &["bridge", "--engine", &engine.consumers.to_string()],
             &config,
         );
-        bridge.wait_line("bridge(s) reading the engine");
+        bridge.wait_line("bridge p lag 0 acked 0 errors 0");
+        std::thread::sleep(Duration::from_secs(2));
         let paced = (rate * 5).min(n);
-        produce(engine.tcp, n + 1..n + paced + 1, rate, &acked);
-        wait_stream_len(&rt, &servers[0].url(), "PACED", n + paced, &mut bridge);
+        produce(engine.tcp, 1..paced + 1, rate, &acked);
+        wait_stream_len(&rt, &servers[0].url(), "PACED", paced, &mut bridge);
         let (p50, p99, max) = end_to_end(&rt, &servers[0].url(), "PACED");
         assert!(bridge.stop().success());
         assert!(engine.proc.stop().success());
