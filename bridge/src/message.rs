@@ -13,6 +13,9 @@
 use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
 use bytes::Bytes;
+use pinstream_core::event::EventHeader;
+use pinstream_core::lanes::DeadLetter;
+use pinstream_core::process::Aggregate;
 use pinstream_core::record::{RecordBody, RecordError, RecordView};
 use pinstream_core::wire::StreamLog;
 
@@ -39,29 +42,42 @@ pub mod header {
     pub const VALUE: &str = "Pinstream-Value";
     /// The engine's reception time, ns since the Unix epoch.
     pub const RECEIVED: &str = "Pinstream-Received";
-    /// The producer session id (0: none) and the frame's seq and the event's index in it.
-    pub const PRODUCER: &str = "Pinstream-Producer";
-    /// See [`PRODUCER`].
-    pub const SEQ: &str = "Pinstream-Seq";
-    /// See [`PRODUCER`].
-    pub const INDEX: &str = "Pinstream-Index";
     /// A dead letter's reason name.
     pub const REASON: &str = "Pinstream-Reason";
     /// An aggregate's fields: `count bytes values min max sum start end`, space separated.
     pub const AGGREGATE: &str = "Pinstream-Aggregate";
 }
 
-/// A message ready to publish, kept until its PubAck (a retry sends it again as is).
+/// A record ready to publish, kept until its PubAck: its decoded fields and its payload.
+/// The subject and headers are made at each send ([`MessageMaker::subject`],
+/// [`MessageMaker::headers`]) on the publisher's thread: the consumer thread only copies the
+/// payload out of its receive buffer.
 #[derive(Clone, Debug)]
 pub struct OutMessage {
     /// The record's offset in its log.
     pub offset: u64,
-    /// The subject.
-    pub subject: String,
-    /// Headers, `Nats-Msg-Id` among them.
-    pub headers: HeaderMap,
+    /// The record kind (`docs/PROTOCOL.md` §12).
+    pub kind: u8,
+    /// Its fields.
+    pub body: OutBody,
     /// The event's payload (empty for dead letters and aggregates).
     pub payload: Bytes,
+}
+
+/// The fields of an [`OutMessage`], by record kind.
+#[derive(Clone, Copy, Debug)]
+pub enum OutBody {
+    /// An event: its header and reception time.
+    Event {
+        /// The header.
+        header: EventHeader,
+        /// Reception, ns since the Unix epoch.
+        received: u64,
+    },
+    /// A dead letter.
+    DeadLetter(DeadLetter),
+    /// An aggregate.
+    Aggregate(Aggregate),
 }
 
 /// Makes [`OutMessage`]s for one bridge.
@@ -91,7 +107,7 @@ impl MessageMaker {
     }
 
     /// The subject of a record of topic `topic`.
-    pub fn subject(&self, topic: u16) -> String {
+    pub fn subject_of(&self, topic: u16) -> String {
         let id = topic.to_string();
         let name = self
             .topic_names
@@ -104,50 +120,69 @@ impl MessageMaker {
             .replace("{source}", &self.source)
     }
 
+    /// The subject of `m`.
+    pub fn subject(&self, m: &OutMessage) -> String {
+        self.subject_of(match &m.body {
+            OutBody::Event { header, .. } => header.topic,
+            OutBody::DeadLetter(dl) => dl.header.topic,
+            OutBody::Aggregate(a) => a.topic,
+        })
+    }
+
     /// The message for `rec`.
     ///
     /// # Errors
     /// A body that does not decode (the bridge stops rather than drop or mangle a record).
     pub fn make(&self, rec: &RecordView<'_>) -> Result<OutMessage, RecordError> {
-        let offset = rec.offset();
+        let (body, payload) = match rec.decode()? {
+            RecordBody::Event(ev) => (
+                OutBody::Event {
+                    header: ev.header,
+                    received: ev.received,
+                },
+                Bytes::copy_from_slice(ev.payload),
+            ),
+            RecordBody::DeadLetter(dl) => (OutBody::DeadLetter(dl), Bytes::new()),
+            RecordBody::Aggregate(a) => (OutBody::Aggregate(a), Bytes::new()),
+        };
+        Ok(OutMessage {
+            offset: rec.offset(),
+            kind: rec.kind(),
+            body,
+            payload,
+        })
+    }
+
+    /// The headers of `m`: `Nats-Msg-Id` and the record's fields.
+    pub fn headers(&self, m: &OutMessage) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(NATS_MESSAGE_ID, self.msg_id(offset).as_str());
+        h.insert(NATS_MESSAGE_ID, self.msg_id(m.offset).as_str());
         h.insert(header::SOURCE, self.source.as_str());
         h.insert(header::LOG, self.log.name());
-        h.insert(header::OFFSET, offset.to_string());
-        h.insert(header::KIND, rec.kind().to_string());
-        let (topic, payload) = match rec.decode()? {
-            RecordBody::Event(ev) => {
-                let e = &ev.header;
-                h.insert(header::ID, e.id.to_string());
-                h.insert(header::TOPIC, e.topic.to_string());
-                h.insert(header::PRIORITY, e.priority.as_u8().to_string());
-                h.insert(header::TIMESTAMP, e.timestamp.to_string());
-                if let Some(v) = e.value() {
-                    h.insert(header::VALUE, v.to_string());
-                }
-                h.insert(header::RECEIVED, ev.received.to_string());
-                h.insert(header::PRODUCER, ev.origin.producer.to_string());
-                h.insert(header::SEQ, ev.origin.seq.to_string());
-                h.insert(header::INDEX, ev.origin.index.to_string());
-                (e.topic, Bytes::copy_from_slice(ev.payload))
+        h.insert(header::OFFSET, m.offset.to_string());
+        h.insert(header::KIND, m.kind.to_string());
+        let event = |h: &mut HeaderMap, e: &EventHeader| {
+            h.insert(header::ID, e.id.to_string());
+            h.insert(header::TOPIC, e.topic.to_string());
+            h.insert(header::PRIORITY, e.priority.as_u8().to_string());
+            h.insert(header::TIMESTAMP, e.timestamp.to_string());
+            if let Some(v) = e.value() {
+                h.insert(header::VALUE, v.to_string());
             }
-            RecordBody::DeadLetter(dl) => {
-                let e = &dl.header;
-                h.insert(header::ID, e.id.to_string());
-                h.insert(header::TOPIC, e.topic.to_string());
-                h.insert(header::PRIORITY, e.priority.as_u8().to_string());
-                h.insert(header::TIMESTAMP, e.timestamp.to_string());
-                if let Some(v) = e.value() {
-                    h.insert(header::VALUE, v.to_string());
-                }
+        };
+        match &m.body {
+            OutBody::Event {
+                header: e,
+                received,
+            } => {
+                event(&mut h, e);
+                h.insert(header::RECEIVED, received.to_string());
+            }
+            OutBody::DeadLetter(dl) => {
+                event(&mut h, &dl.header);
                 h.insert(header::REASON, dl.reason.name());
-                h.insert(header::PRODUCER, dl.origin.producer.to_string());
-                h.insert(header::SEQ, dl.origin.seq.to_string());
-                h.insert(header::INDEX, dl.origin.index.to_string());
-                (e.topic, Bytes::new())
             }
-            RecordBody::Aggregate(a) => {
+            OutBody::Aggregate(a) => {
                 h.insert(header::TOPIC, a.topic.to_string());
                 h.insert(
                     header::AGGREGATE,
@@ -156,15 +191,9 @@ impl MessageMaker {
                         a.count, a.bytes, a.values, a.min, a.max, a.sum, a.start, a.end
                     ),
                 );
-                (a.topic, Bytes::new())
             }
-        };
-        Ok(OutMessage {
-            offset,
-            subject: self.subject(topic),
-            headers: h,
-            payload,
-        })
+        }
+        h
     }
 }
 
@@ -217,9 +246,9 @@ mod tests {
         );
         let m = maker.make(&view).unwrap();
         assert_eq!(m.offset, 77);
-        assert_eq!(m.subject, "ps.edge1.realtime.orders.1");
+        assert_eq!(maker.subject(&m), "ps.edge1.realtime.orders.1");
         assert_eq!(&m.payload[..], b"hello");
-        let h = &m.headers;
+        let h = &maker.headers(&m);
         assert_eq!(
             h.get(NATS_MESSAGE_ID).unwrap().as_str(),
             "edge1-realtime-77"
@@ -230,6 +259,6 @@ mod tests {
         let other = MessageMaker::new(StreamLog::Realtime, "edge2", "x", vec![]);
         assert_eq!(offset_of(&other, Some(h)), None);
         // An unnamed topic uses its id.
-        assert_eq!(maker.subject(9), "ps.edge1.realtime.9.9");
+        assert_eq!(maker.subject_of(9), "ps.edge1.realtime.9.9");
     }
 }

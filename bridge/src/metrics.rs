@@ -214,5 +214,28 @@ mod tests {
         );
         assert!(out.contains("pinstream_bridge_publish_latency_seconds_count{bridge=\"b\"} 0"));
         assert_eq!(a.status(), "bridge a lag 60 acked 0 errors 0 NATS DOWN");
+        // `promtool check metrics` accepts it, where promtool is installed (CI installs it).
+        if let Ok(mut child) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(out.as_bytes())
+                .unwrap();
+            let o = child.wait_with_output().unwrap();
+            assert!(
+                o.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
     }
 }

@@ -131,6 +131,9 @@ impl Publisher {
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Item>) {
         let stream = self.ensure_stream().await;
         let mut open = true;
+        // Wakes the loop now and then for `abort` (one timer for the whole run).
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.shared.abort.load(Ordering::Relaxed) {
                 return;
@@ -156,8 +159,7 @@ impl Publisher {
                     Some(Item::Record(m)) => self.offer(m),
                 },
                 Some(done) = self.futs.next(), if !self.futs.is_empty() => self.settle(done),
-                // Wake now and then for `abort`.
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tick.tick() => {}
             }
         }
     }
@@ -225,7 +227,11 @@ impl Publisher {
     fn send(&mut self, offset: u64) {
         let p = &self.pending[&offset];
         let js = self.js.clone();
-        let m = p.msg.clone();
+        let (subject, headers, payload) = (
+            self.maker.subject(&p.msg),
+            self.maker.headers(&p.msg),
+            p.msg.payload.clone(),
+        );
         let timeout = self.settings.ack_timeout;
         self.metrics.published.fetch_add(1, Ordering::Relaxed);
         self.futs.push(Box::pin(async move {
@@ -233,7 +239,7 @@ impl Publisher {
             let result = async {
                 let ack = tokio::time::timeout(
                     timeout,
-                    js.publish_with_headers(m.subject, m.headers, m.payload),
+                    js.publish_with_headers(subject, headers, payload),
                 )
                 .await
                 .map_err(|_| "publish timed out".to_string())?
@@ -358,31 +364,77 @@ impl Publisher {
         }
     }
 
+    /// The offsets of ours at or above `lo` in the stream. Reads backwards in chunks, each
+    /// chunk forwards through an ordered consumer of headers only (a request per message
+    /// would take minutes on a large stream of other engines' messages).
     async fn scan(&self, stream: &stream::Stream, lo: u64) -> Result<HashSet<u64>, String> {
         let mut stream = stream.clone();
         let info = stream.info().await.map_err(|e| e.to_string())?;
-        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let (first, last) = (info.state.first_sequence.max(1), info.state.last_sequence);
         let floor = lo.saturating_sub(self.settings.max_in_flight);
+        let chunk = (self.settings.max_in_flight * 4).max(4096);
         let mut found = HashSet::new();
         if info.state.messages == 0 {
             return Ok(found);
         }
-        let mut seq = last;
-        while seq >= first.max(1) {
-            match stream.get_raw_message(seq).await {
-                Ok(m) => match offset_of(&self.maker, Some(&m.headers)) {
-                    Some(o) if o >= lo => {
-                        found.insert(o);
-                    }
-                    Some(o) if o < floor => break,
-                    _ => {}
-                },
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
-                Err(e) => return Err(e.to_string()),
+        let mut hi = last;
+        loop {
+            let from = hi.saturating_sub(chunk - 1).max(first);
+            let (mine, below_floor) = self.scan_chunk(&stream, from, hi, lo, floor).await?;
+            found.extend(mine);
+            if below_floor || from == first {
+                return Ok(found);
             }
-            seq -= 1;
+            hi = from - 1;
         }
-        Ok(found)
+    }
+
+    /// Sequences `from ..= to`: our offsets at or above `lo`, and whether one of ours lies
+    /// below `floor`.
+    async fn scan_chunk(
+        &self,
+        stream: &stream::Stream,
+        from: u64,
+        to: u64,
+        lo: u64,
+        floor: u64,
+    ) -> Result<(Vec<u64>, bool), String> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut msgs = consumer.messages().await.map_err(|e| e.to_string())?;
+        let (mut mine, mut below) = (Vec::new(), false);
+        loop {
+            let m = tokio::time::timeout(self.settings.ack_timeout, msgs.next())
+                .await
+                .map_err(|_| "timed out reading the stream".to_string())?
+                .ok_or("the stream's consumer ended")?
+                .map_err(|e| e.to_string())?;
+            let (seq, pending) = {
+                let i = m.info().map_err(|e| e.to_string())?;
+                (i.stream_sequence, i.pending)
+            };
+            if seq > to {
+                break;
+            }
+            match offset_of(&self.maker, m.headers.as_ref()) {
+                Some(o) if o >= lo => mine.push(o),
+                Some(o) if o < floor => below = true,
+                _ => {}
+            }
+            if seq == to || pending == 0 {
+                break;
+            }
+        }
+        Ok((mine, below))
     }
 }
 
