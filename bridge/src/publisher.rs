@@ -236,21 +236,18 @@ impl Publisher {
         self.metrics.published.fetch_add(1, Ordering::Relaxed);
         self.futs.push(Box::pin(async move {
             let sent = Instant::now();
-            let result = async {
-                let ack = tokio::time::timeout(
-                    timeout,
-                    js.publish_with_headers(subject, headers, payload),
-                )
-                .await
-                .map_err(|_| "publish timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-                let ack = tokio::time::timeout(timeout, ack)
+            // One bound on the whole exchange (the send into the client's buffer, which
+            // waits while it is full, then the PubAck).
+            let result = tokio::time::timeout(timeout, async {
+                let ack = js
+                    .publish_with_headers(subject, headers, payload)
                     .await
-                    .map_err(|_| "PubAck timed out".to_string())?
                     .map_err(|e| e.to_string())?;
-                Ok(ack.duplicate)
-            }
-            .await;
+                let ack = ack.await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(ack.duplicate)
+            })
+            .await
+            .unwrap_or_else(|_| Err("no PubAck in time".to_string()));
             Done::Acked {
                 offset,
                 sent,
