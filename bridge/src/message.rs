@@ -64,6 +64,17 @@ pub struct OutMessage {
     pub payload: Bytes,
 }
 
+impl OutMessage {
+    /// The topic id (of the event, the dead letter's event, the aggregate).
+    pub fn topic(&self) -> u16 {
+        match &self.body {
+            OutBody::Event { header, .. } => header.topic,
+            OutBody::DeadLetter(dl) => dl.header.topic,
+            OutBody::Aggregate(a) => a.topic,
+        }
+    }
+}
+
 /// The fields of an [`OutMessage`], by record kind.
 #[derive(Clone, Copy, Debug)]
 pub enum OutBody {
@@ -122,11 +133,7 @@ impl MessageMaker {
 
     /// The subject of `m`.
     pub fn subject(&self, m: &OutMessage) -> String {
-        self.subject_of(match &m.body {
-            OutBody::Event { header, .. } => header.topic,
-            OutBody::DeadLetter(dl) => dl.header.topic,
-            OutBody::Aggregate(a) => a.topic,
-        })
+        self.subject_of(m.topic())
     }
 
     /// The message for `rec`.

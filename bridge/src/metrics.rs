@@ -3,8 +3,22 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use pinstream_host::prom::{MetricType, PromWriter};
+
+/// The last error and when one was last reported.
+#[derive(Debug, Default)]
+struct ErrorLog {
+    last: Option<String>,
+    reported: bool,
+    at: Option<Instant>,
+    /// Errors not reported since the last report.
+    unreported: u64,
+}
+
+/// At most one error line per bridge this often.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// One bridge's counters and gauges (relaxed atomics: figures, not synchronisation).
 #[derive(Debug, Default)]
@@ -35,8 +49,9 @@ pub struct BridgeMetrics {
     pub latency_count: AtomicU64,
     /// 1 while connected to NATS.
     pub nats_connected: AtomicU64,
-    /// The last error, for the status line and the logs.
-    pub last_error: Mutex<Option<String>>,
+    /// The last error, for the status line and the logs, and how it was reported
+    /// ([`take_new_error`](Self::take_new_error)).
+    last_error: Mutex<ErrorLog>,
 }
 
 impl BridgeMetrics {
@@ -57,7 +72,10 @@ impl BridgeMetrics {
 
     /// Keeps `e` as the last error.
     pub fn set_error(&self, e: String) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        let mut log = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        log.last = Some(e);
+        log.reported = false;
+        log.unreported += 1;
     }
 
     /// The last error, if any.
@@ -65,7 +83,25 @@ impl BridgeMetrics {
         self.last_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .last
             .clone()
+    }
+
+    /// The last error if it was not reported yet and none was in the last 5 s, with how
+    /// many came since the last report: the runner prints errors without flooding.
+    pub fn take_new_error(&self) -> Option<String> {
+        let mut log = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        if log.reported || log.at.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+            return None;
+        }
+        let e = log.last.clone()?;
+        let more = log.unreported.saturating_sub(1);
+        (log.reported, log.at, log.unreported) = (true, Some(Instant::now()), 0);
+        Some(if more > 0 {
+            format!("{e} ({more} more error(s) since the last report)")
+        } else {
+            e
+        })
     }
 
     /// `bridge NAME lag N published/s …`: one part of the runner's status line.

@@ -99,6 +99,8 @@ pub(crate) struct Publisher {
     /// Retries that came due while a scan waited.
     due: VecDeque<u64>,
     dup_window: Duration,
+    /// Subjects by topic id, made from the template once.
+    subjects: HashMap<u16, String>,
 }
 
 impl Publisher {
@@ -123,6 +125,7 @@ impl Publisher {
             rescan: false,
             due: VecDeque::new(),
             dup_window: Duration::from_secs(120),
+            subjects: HashMap::new(),
         }
     }
 
@@ -227,11 +230,13 @@ impl Publisher {
     fn send(&mut self, offset: u64) {
         let p = &self.pending[&offset];
         let js = self.js.clone();
-        let (subject, headers, payload) = (
-            self.maker.subject(&p.msg),
-            self.maker.headers(&p.msg),
-            p.msg.payload.clone(),
-        );
+        let maker = &self.maker;
+        let subject = self
+            .subjects
+            .entry(p.msg.topic())
+            .or_insert_with(|| maker.subject(&p.msg))
+            .clone();
+        let (headers, payload) = (self.maker.headers(&p.msg), p.msg.payload.clone());
         let timeout = self.settings.ack_timeout;
         self.metrics.published.fetch_add(1, Ordering::Relaxed);
         self.futs.push(Box::pin(async move {

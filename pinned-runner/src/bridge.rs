@@ -149,6 +149,24 @@ impl Bridges {
         failures
     }
 
+    /// Errors the bridges met since the last call, each once (`bridge NAME: …`): the engine
+    /// unreachable, NATS down, a publish retried. They go on by themselves.
+    pub fn new_errors(&self) -> Vec<String> {
+        #[cfg(feature = "bridge")]
+        let errors = self
+            .handles
+            .iter()
+            .filter_map(|h| {
+                let m = h.metrics();
+                m.take_new_error()
+                    .map(|e| format!("bridge {}: {e}", m.name))
+            })
+            .collect();
+        #[cfg(not(feature = "bridge"))]
+        let errors = Vec::new();
+        errors
+    }
+
     /// Stops every bridge (PubAcks in flight awaited, positions committed).
     pub fn stop(self) {
         #[cfg(feature = "bridge")]
@@ -245,6 +263,9 @@ pub fn main(args: &BridgeArgs) -> Result<(), Failure> {
         for f in bridges.failures() {
             eprintln!("pinstream: {f}");
             failed = Some(f);
+        }
+        for e in bridges.new_errors() {
+            eprintln!("pinstream: {e}");
         }
         if failed.is_some() && bridges.len() == 0 {
             break;

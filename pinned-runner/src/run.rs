@@ -344,6 +344,9 @@ fn wait_for_stop(
         for f in bridges.failures() {
             eprintln!("pinstream: {f} (the engine goes on)");
         }
+        for e in bridges.new_errors() {
+            eprintln!("pinstream: {e}");
+        }
         if args.status_every != 0 && Instant::now() >= next {
             next += every;
             say!("{}{}", status.line(stats), bridges.status());
