@@ -135,7 +135,8 @@ pub fn start(
                 if let Some(c) = cpu {
                     let _ = pin::pin_current_thread(c);
                 }
-                runtime.block_on(async move {
+                let abort = Arc::clone(&shared);
+                let work = async move {
                     let client = loop {
                         match connect(&section, &metrics).await {
                             Ok(c) => break c,
@@ -153,6 +154,17 @@ pub fn start(
                     Publisher::new(js, settings, maker, metrics, shared)
                         .run(rx)
                         .await;
+                };
+                // `abort` ends the work wherever it waits (a NATS request included).
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = work => {}
+                        () = async {
+                            while !abort.abort.load(Ordering::Relaxed) {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        } => {}
+                    }
                 });
                 // Publishes still in flight are abandoned (not committed).
                 runtime.shutdown_timeout(Duration::from_millis(100));
@@ -380,9 +392,15 @@ impl ConsumerLoop {
                 self.commit(&mut consumer, &mut committed);
             }
         }
-        // Stopping: let the publisher finish what is in flight, then commit it.
+        // Stopping: let the publisher finish what is in flight (if anything was handed to
+        // it), then commit it.
         drop(self.tx);
-        let until = Instant::now() + STOP_DRAIN;
+        let until = Instant::now()
+            + if handed.is_some() {
+                STOP_DRAIN
+            } else {
+                Duration::ZERO
+            };
         while !self.shared.drained.load(Ordering::Acquire) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }

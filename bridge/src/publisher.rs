@@ -132,7 +132,9 @@ impl Publisher {
     /// Runs until the channel closes and everything in flight has its PubAck, or until
     /// `abort`.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Item>) {
-        let stream = self.ensure_stream().await;
+        let Some(stream) = self.ensure_stream().await else {
+            return; // aborted
+        };
         let mut open = true;
         // Wakes the loop now and then for `abort` (one timer for the whole run).
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -167,10 +169,13 @@ impl Publisher {
         }
     }
 
-    /// Gets the stream, creating it when missing; retries until it can.
-    async fn ensure_stream(&mut self) -> stream::Stream {
+    /// Gets the stream, creating it when missing; retries until it can (`None`: aborted).
+    async fn ensure_stream(&mut self) -> Option<stream::Stream> {
         let mut attempts = 0;
         loop {
+            if self.shared.abort.load(Ordering::Relaxed) {
+                return None;
+            }
             let config = stream::Config {
                 name: self.settings.stream.clone(),
                 subjects: self.settings.subjects.clone(),
@@ -184,7 +189,7 @@ impl Publisher {
                     if !w.is_zero() {
                         self.dup_window = w;
                     }
-                    return s;
+                    return Some(s);
                 }
                 Err(e) => {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -335,6 +340,8 @@ impl Publisher {
         let found = loop {
             match self.scan(stream, lo).await {
                 Ok(found) => break found,
+                // Stopping: the run loop sees `abort` next.
+                Err(_) if self.shared.abort.load(Ordering::Relaxed) => return,
                 Err(e) => {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
                     self.metrics.set_error(format!(
