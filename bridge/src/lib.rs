@@ -5,7 +5,7 @@
 //! `{source}-{log}-{offset}` ([`message`]), many publishes in flight ([`window`]); its
 //! position is committed only up to the lowest offset whose PubAck, and every earlier one's,
 //! came. After a crash it sends again at most what was not committed: JetStream's duplicate
-//! window drops those, and a resume scan of the stream's tail ([`publisher`] docs) skips what
+//! window drops those, and a resume scan of the stream's tail (module `publisher`) skips what
 //! the stream holds even when the window has passed.
 //!
 //! Configured by `[[bridge]]` tables ([`pinstream_host::config::BridgeSection`]); the runner

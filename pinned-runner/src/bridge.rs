@@ -44,7 +44,7 @@ subject = \"pinstream.{log}.{topic_name}\"\n\nExample:\n  pinstream bridge --con
 --engine 127.0.0.1:7072"
 )]
 pub struct BridgeArgs {
-    /// The engine's config file with the [[bridge]] tables.
+    /// The engine's config file with the `[[bridge]]` tables.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: PathBuf,
     /// The engine's consumer listener (default: the config's consumers.listen, else
