@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod consumers;
 pub mod disk;
 pub mod engine;
 pub mod fdlimit;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pinstream_host::config::{
     AckSetting, AdminSection, AlertWhen, CAPACITY_PRESETS, CapacitySection, Config, ConfigError,
-    ControlSection, DEFAULT_TOML, DurabilitySetting, EngineSection, IdleSetting, PipelineSection,
-    StorageSection, TcpSection, UdpSection,
+    ConsumersSection, ControlSection, DEFAULT_TOML, DurabilitySetting, EngineSection, IdleSetting,
+    PipelineSection, StorageSection, TcpSection, UdpSection,
 };
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
 
@@ -119,7 +119,7 @@ fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
 #[test]
 fn the_default_file_names_every_key() {
     let file: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
-    let sections: [(&str, &[&str]); 8] = [
+    let sections: [(&str, &[&str]); 9] = [
         ("engine", fields_of::<EngineSection>()),
         ("tcp", fields_of::<TcpSection>()),
         ("udp", fields_of::<UdpSection>()),
@@ -128,6 +128,7 @@ fn the_default_file_names_every_key() {
         ("capacity", fields_of::<CapacitySection>()),
         ("control", fields_of::<ControlSection>()),
         ("admin", fields_of::<AdminSection>()),
+        ("consumers", fields_of::<ConsumersSection>()),
     ];
     let mut top: Vec<&str> = sections.iter().map(|(s, _)| *s).collect();
     // `[[bridge]]` is a list, empty by default: the file shows it as a commented example
@@ -142,6 +143,43 @@ fn the_default_file_names_every_key() {
         }
         assert_eq!(table.len(), fields.len(), "[{section}]");
     }
+}
+
+#[test]
+fn the_consumers_section_parses_and_refuses_an_engine_cpu() {
+    let d = Config::default().consumers;
+    assert_eq!(d.listen, Some("127.0.0.1:7072".parse().unwrap()));
+    assert_eq!((d.cpu, d.max_connections, d.max_named), (None, 64, 1024));
+    assert_eq!(parse("[consumers]\ncpu = \"none\"").consumers.cpu, None);
+    assert_eq!(parse("[consumers]\ncpu = -1").consumers.cpu, None);
+    assert_eq!(parse("[consumers]\ncpu = 3").consumers.cpu, Some(3));
+    assert_eq!(
+        parse("[consumers]\nlisten = \"off\"").consumers.listen,
+        None
+    );
+    let (key, _, _, message, _) = parse_err("[consumers]\ncpu = -2\n");
+    assert_eq!(key, "consumers.cpu");
+    assert!(message.contains("-1 / \"none\""), "{message}");
+    // A pinned engine thread's CPU is refused, naming both keys.
+    let p = problems("[engine]\nplacement = \"pinned\"\n[consumers]\ncpu = 1\n");
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("consumers.cpu = 1") && p.contains("engine.process_cpu")),
+        "{p:?}"
+    );
+    // Unpinned, any CPU will do; under `auto` the engine decides at start.
+    assert!(warnings("[consumers]\ncpu = 1\n").is_empty());
+    assert!(warnings("[engine]\nplacement = \"unpinned\"\n[consumers]\ncpu = 1\n").is_empty());
+    let p = problems("[consumers]\nmax_connections = 0\nmax_named = 0\n");
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("consumers.max_connections = 0")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|p| p.starts_with("consumers.max_named = 0")),
+        "{p:?}"
+    );
 }
 
 #[test]

@@ -279,7 +279,12 @@ pub fn main(args: &BridgeArgs) -> Result<(), Failure> {
     failed.map_or(Ok(()), |f| Err(Failure::runtime(f)))
 }
 
-/// Where the engine of `config` serves consumers.
-pub fn default_engine_addr(_config: &Config) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 7072))
+/// Where the engine of `config` serves consumers: `consumers.listen` (an unspecified IP
+/// such as 0.0.0.0 is reached on loopback), else the default 127.0.0.1:7072.
+pub fn default_engine_addr(config: &Config) -> SocketAddr {
+    match config.consumers.listen {
+        Some(a) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
+        Some(a) => a,
+        None => SocketAddr::from(([127, 0, 0, 1], 7072)),
+    }
 }

@@ -107,7 +107,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     let signals = Signals::install()?;
     let handle = Engine::start(engine_cfg.clone()).map_err(|e| match e {
         EngineError::Socket { .. } => Failure::start(format!(
-            "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen)"
+            "{e} (is another pinstream or another program using it? change tcp.listen / udp.listen / consumers.listen)"
         )),
         // Another engine holds storage.dir: the message names the directory and its pid. A
         // record of a newer format: the message names the file and byte and what to do.
@@ -145,7 +145,12 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     report_start(&handle, admin.as_ref(), &config, &engine_cfg, &stats);
     // The bridges read the engine like any consumer, on their own unpinned threads, once it
     // serves.
-    let mut bridges = match Bridges::start(&config, bridge::default_engine_addr(&config)) {
+    let mut bridges = match Bridges::start(
+        &config,
+        handle
+            .consumer_addr()
+            .unwrap_or_else(|| bridge::default_engine_addr(&config)),
+    ) {
         Ok(b) => b,
         Err(f) => {
             if let Some(a) = admin {
@@ -221,11 +226,15 @@ fn report_start(
         |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     // One stable line for scripts and tests, then the details.
     say!(
-        "listening tcp={} udp={} admin={}",
+        "listening tcp={} udp={} admin={} consumers={}",
         show(handle.started.tcp),
         show(handle.started.udp),
-        show(admin.map(AdminHandle::local_addr))
+        show(admin.map(AdminHandle::local_addr)),
+        show(handle.consumer_addr())
     );
+    for w in &handle.started.consumer_warnings {
+        eprintln!("pinstream: warning: {w}");
+    }
     say!(
         "data {} (durability {}, acks {}), {} topic(s)",
         engine_cfg.data_dir.display(),
@@ -475,7 +484,7 @@ impl Status {
             written.saturating_sub(self.written) as f64 / secs,
         );
         let line = format!(
-            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} {disk} {acks}",
+            "{:>6.0}s in {}/s stored {}/s dead {}/s lanes rt={} tx={} batch={} {} conns {} consumers {} {disk} {acks}",
             now.duration_since(self.started).as_secs_f64(),
             rate(ingested, self.ingested),
             rate(stored, self.stored),
@@ -489,6 +498,7 @@ impl Status {
                 stats.control.level().name()
             },
             stats.host.tcp_open.get(),
+            stats.consumers.stats.connected.get(),
         );
         (self.last, self.ingested, self.stored, self.dead) = (now, ingested, stored, dead);
         self.written = written;

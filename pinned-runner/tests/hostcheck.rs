@@ -201,7 +201,7 @@ fn host_check_and_run_print_the_same_placement_decision() {
         &path,
         format!(
             "[engine]\ningest_cpu = {a}\nprocess_cpu = {b}\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
-             [udp]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
+             [udp]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[consumers]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
             tmp.path().join("data").display()
         ),
     )

@@ -46,7 +46,7 @@ fn config(dir: &Path, tcp: &str) -> std::path::PathBuf {
         &path,
         format!(
             "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:0\"\n{tcp}\n\
-             [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[consumers]\nlisten = \"127.0.0.1:0\"\n\
              [storage]\ndir = \"{}\"\n",
             dir.join("data").display()
         ),

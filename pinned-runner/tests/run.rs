@@ -36,7 +36,7 @@ impl Runner {
             &config,
             format!(
                 "[engine]\noverprovisioned = true\n{extra_engine}\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
-                 [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[consumers]\nlisten = \"127.0.0.1:0\"\n\
                  [storage]\ndir = \"{}\"\n{extra_storage}\n",
                 dir.join("data").display(),
                 extra_engine = section(extra, "engine"),
@@ -717,7 +717,7 @@ fn bad_config_and_taken_ports_are_clear_errors() {
         &config,
         format!(
             "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"{addr}\"\n[udp]\nlisten = \"off\"\n\
-             [admin]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
+             [admin]\nlisten = \"off\"\n[consumers]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
             dir.path().join("data").display()
         ),
     )
@@ -735,7 +735,7 @@ fn bad_config_and_taken_ports_are_clear_errors() {
         &config,
         format!(
             "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:0\"\n[udp]\nlisten = \"off\"\n\
-             [admin]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
+             [admin]\nlisten = \"off\"\n[consumers]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
             blocker.join("data").display()
         ),
     )
@@ -773,7 +773,7 @@ fn a_log_of_a_newer_format_stops_start_up_and_is_left_as_it_was() {
         &config,
         format!(
             "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:0\"\n[udp]\nlisten = \"off\"\n\
-             [admin]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
+             [admin]\nlisten = \"off\"\n[consumers]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
             dir.path().join("data").display()
         ),
     )
@@ -816,7 +816,7 @@ fn a_second_run_on_one_data_dir_exits_3_naming_the_holder_pid() {
         &config,
         format!(
             "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:0\"\n[udp]\nlisten = \"off\"\n\
-             [admin]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
+             [admin]\nlisten = \"off\"\n[consumers]\nlisten = \"off\"\n[storage]\ndir = \"{}\"\n",
             data.display()
         ),
     )

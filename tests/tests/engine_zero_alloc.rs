@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use pinstream_core::event::{EventHeader, Priority};
+use pinstream_core::wire::{self, Hello, Start, StreamLog, Subscribe};
+use pinstream_host::consumers::ConsumerSettings;
 use pinstream_host::engine::{Engine, EngineConfig};
 use pinstream_tests::client::Client;
 use pinstream_tests::{CountingAllocator, TempDir};
@@ -31,6 +33,36 @@ fn a_watched_thread_allocating_is_counted() {
     assert_eq!(ALLOC.watched_count() - before, 1);
 }
 
+/// A consumer of the realtime log with all the credit it needs, its bytes read and counted
+/// by a thread of the test (not watched).
+fn reading_consumer(
+    addr: std::net::SocketAddr,
+) -> (
+    std::thread::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut buf = [0u8; 256];
+    let n = wire::encode_hello(&mut buf, 0, &Hello::consumer(1 << 20)).unwrap();
+    s.write_all(&buf[..n]).unwrap();
+    let sub = Subscribe::new(StreamLog::Realtime, Start::Earliest, u64::MAX, b"");
+    let n = wire::encode_subscribe(&mut buf, 1, &sub).unwrap();
+    s.write_all(&buf[..n]).unwrap();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&received);
+    let t = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    (t, received)
+}
+
 #[test]
 fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     a_watched_thread_allocating_is_counted();
@@ -38,7 +70,14 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     let mut cfg = EngineConfig::local(dir.path());
     cfg.thread_hook = Some(watch);
     cfg.aggregate_window = Duration::from_millis(5);
+    // A consumer reads the realtime log as it grows: every commit's new high watermark
+    // wakes the consumer server (the storage thread publishes it and writes the server's
+    // eventfd), which sends the new records with sendfile. The serving thread is watched
+    // too (the hook runs on it). Moving to a new segment lists the log's directory (an
+    // allocation, once per segment): the 64 MiB segments do not roll within the window.
+    cfg.consumers = ConsumerSettings::on("127.0.0.1:0".parse().unwrap());
     let engine = Engine::start(cfg).unwrap();
+    let (_consumer, received) = reading_consumer(engine.consumer_addr().unwrap());
     let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
     client.hello().unwrap();
     let mut seq = 0u64;
@@ -74,6 +113,11 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     ALLOC.disarm_watched();
     let allocations = ALLOC.watched_count() - before;
     let stored = engine.stats().process.stored.get();
+    // The consumer was served all along.
+    let c = &engine.stats().consumers;
+    assert_eq!(c.stats.connected.get(), 1);
+    assert!(c.stats.data_frames[0].get() > 0);
+    assert!(received.load(std::sync::atomic::Ordering::Relaxed) > 0);
     engine.stop().unwrap();
     assert!(
         stored > 10_000,

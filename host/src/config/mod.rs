@@ -28,6 +28,7 @@
 mod admin;
 mod bridge;
 mod capacity;
+mod consumers;
 mod control;
 mod engine;
 mod lines;
@@ -47,6 +48,7 @@ use serde::{Deserialize, Deserializer};
 pub use self::admin::AdminSection;
 pub use self::bridge::{BridgeSection, SUBJECT_PLACEHOLDERS};
 pub use self::capacity::CapacitySection;
+pub use self::consumers::ConsumersSection;
 pub use self::control::ControlSection;
 pub use self::engine::{AckSetting, EngineSection, IdleSetting};
 pub use self::pipeline::{AlertRuleSection, AlertWhen, BatchStoreSetting, PipelineSection};
@@ -100,6 +102,8 @@ pub struct Config {
     pub control: ControlSection,
     /// The admin HTTP endpoint.
     pub admin: AdminSection,
+    /// The consumer listener.
+    pub consumers: ConsumersSection,
     /// Bridges to NATS JetStream (`[[bridge]]` tables; none by default).
     pub bridge: Vec<BridgeSection>,
 }

@@ -31,6 +31,7 @@ impl Config {
         self.check_capacity(&mut v);
         self.check_control(&mut v);
         self.check_admin(&mut v);
+        self.check_consumers(&mut v);
         self.check_bridges(&mut v);
         if v.problems.is_empty() {
             Ok(v.warnings)
@@ -482,6 +483,49 @@ impl Config {
             1024,
             "",
         );
+    }
+}
+
+impl Config {
+    fn check_consumers(&self, v: &mut Validator) {
+        let c = &self.consumers;
+        v.listen("consumers.listen", c.listen);
+        v.range(
+            "consumers.max_connections",
+            c.max_connections as u64,
+            1,
+            4096,
+            "each holds a socket and a segment file open",
+        );
+        v.range("consumers.max_named", c.max_named as u64, 1, 1 << 20, "");
+        v.range(
+            "consumers.handshake_timeout_ms",
+            c.handshake_timeout_ms,
+            100,
+            600_000,
+            "ten minutes",
+        );
+        if let Some(cpu) = c.cpu {
+            v.range(
+                "consumers.cpu",
+                cpu as u64,
+                0,
+                MAX_CPU as u64,
+                "the affinity mask's size; -1 or \"none\": not pinned",
+            );
+            // Under `auto` the decision is made at start (`Engine::start` refuses the CPU
+            // then if the engine's threads are pinned); `pinned` is known now.
+            let e = &self.engine;
+            let pinned = !e.overprovisioned && e.placement == PlacementMode::Pinned;
+            if pinned && (cpu == e.ingest_cpu || cpu == e.process_cpu) {
+                v.problem(format!(
+                    "consumers.cpu = {cpu}: is a pinned engine thread's CPU (engine.ingest_cpu = {}, \
+                     engine.process_cpu = {}); the serving thread must never share it: choose \
+                     another CPU, or -1 for none",
+                    e.ingest_cpu, e.process_cpu
+                ));
+            }
+        }
     }
 }
 

@@ -87,6 +87,8 @@ pub struct EngineConfig {
     /// Connections the admin endpoint serves at once (0: it is off): counted in the file
     /// descriptors the process needs ([`crate::fdlimit`]).
     pub admin_connections: usize,
+    /// The consumer server (`[consumers]`); off in [`local`](Self::local).
+    pub consumers: crate::consumers::ConsumerSettings,
 }
 
 /// The idle strategy of [`EngineConfig::local`]: what tests and examples have always run
@@ -139,6 +141,7 @@ impl EngineConfig {
             },
             thread_hook: None,
             admin_connections: 0,
+            consumers: crate::consumers::ConsumerSettings::OFF,
         }
     }
 
@@ -174,6 +177,7 @@ impl EngineConfig {
             } else {
                 0
             },
+            consumers: c.consumers.to_settings(),
         })
     }
 }

@@ -13,6 +13,7 @@ use pinstream_core::process::{Record, Sink, SinkError, StoredEvent};
 use pinstream_core::ring::Producer;
 
 use super::EngineStats;
+use crate::consumers::{ConsumerShared, Visible};
 use crate::ingest::{AckMode, COMPLETIONS, Completion, Shared};
 use crate::stats::Gauge;
 use crate::storage::layout::LogId;
@@ -72,6 +73,22 @@ fn unwritten(log: &Log, id: LogId) -> (u64, u64) {
     }
 }
 
+/// Publishes each log's high watermark to the consumer server: durable under
+/// `engine.ack = "durable"`, written otherwise (no lock, no allocation; a syscall only to
+/// wake a sleeping server).
+fn publish_marks(logs: &[Log], consumers: &ConsumerShared, ack: AckMode) {
+    let durable = ack == AckMode::Durable;
+    for (id, log) in LogId::ALL.into_iter().zip(logs) {
+        consumers.marks.publish(
+            id,
+            Visible {
+                mark: log.visible_mark(durable),
+                first: log.first_offset(),
+            },
+        );
+    }
+}
+
 /// Why [`StoreSink::append`] wrote nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum AppendError {
@@ -94,6 +111,8 @@ impl<'a> StoreSink<'a> {
         stats: &'a EngineStats,
         ack: AckMode,
     ) -> Result<Self, String> {
+        // What recovery left is durable: consumers may read it from the start.
+        publish_marks(&logs, &stats.consumers, ack);
         assert_eq!(logs.len(), LogId::COUNT, "one log per LogId");
         // Each log's fdatasync runs on a helper, off the storage thread (none when no log is
         // ever synced).
@@ -165,6 +184,7 @@ impl<'a> StoreSink<'a> {
                 return;
             }
         }
+        publish_marks(&self.logs, &self.stats.consumers, self.ack);
     }
 
     /// Records or completions wait for a commit.
@@ -208,6 +228,10 @@ impl<'a> StoreSink<'a> {
             return Err(e);
         }
         self.dirty = [false; LogId::COUNT];
+        if self.ack != AckMode::Durable {
+            // Written to the files: visible under `accepted` and `none`.
+            publish_marks(&self.logs, &self.stats.consumers, self.ack);
+        }
         std::mem::swap(&mut self.completions, &mut self.in_flight);
         self.in_flight_batch = self.pending_batch.take();
         self.in_flight_oldest = std::mem::replace(&mut self.oldest, u64::MAX);
@@ -234,6 +258,7 @@ impl<'a> StoreSink<'a> {
         }
         self.stats.host.storage_segments.set(segments);
         self.stats.host.storage_syncs.set(syncs);
+        publish_marks(&self.logs, &self.stats.consumers, self.ack);
         Ok(())
     }
 

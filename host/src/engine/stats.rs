@@ -60,12 +60,19 @@ pub struct EngineStats {
     pub ack_latency: Arc<SharedLatency>,
     /// The data directory, whose file system's free space `/metrics` reports.
     pub data_dir: PathBuf,
+    /// The logs' high watermarks (published by the storage thread) and the consumer
+    /// server's counters.
+    pub consumers: Arc<crate::consumers::ConsumerShared>,
 }
 
 impl EngineStats {
     /// Everything at zero, before the threads start: `recovery` is what start-up recovery
     /// found ([`recovery_summary`]), `data_dir` the directory whose free space is reported.
-    pub(super) fn new(recovery: String, data_dir: PathBuf) -> Self {
+    pub(super) fn new(
+        recovery: String,
+        data_dir: PathBuf,
+        consumers: Arc<crate::consumers::ConsumerShared>,
+    ) -> Self {
         Self {
             shared: Shared::new(),
             host: HostCounters::new(),
@@ -86,6 +93,7 @@ impl EngineStats {
             durable_latency: Arc::new(SharedLatency::new()),
             ack_latency: Arc::new(SharedLatency::new()),
             data_dir,
+            consumers,
         }
     }
 
@@ -156,6 +164,7 @@ impl AdminSource for EngineStats {
             "Events inside the engine: in lanes, parked for retry, in open aggregation windows.",
             self.in_flight.get() as f64,
         );
+        crate::consumers::write_metrics(&mut w, &self.consumers.stats, &self.consumers.marks);
     }
 
     fn health(&self) -> Health {

@@ -28,6 +28,7 @@ use super::sink::StoreSink;
 use super::stats::recovery_summary;
 use super::storage_loop::{StorageLoop, StorageParts};
 use super::{EngineConfig, EngineStats, Placement};
+use crate::consumers::{ConsumerServer, ConsumerShared, POSITIONS_DIR, Positions};
 use crate::fdlimit::{self, FdBudget, FdLimit};
 use crate::idle::Idler;
 use crate::ingest::{COMPLETIONS, Completion, Ingest, IngestContext, Shared, TcpLimits};
@@ -145,6 +146,10 @@ pub struct Started {
     pub tcp: Option<SocketAddr>,
     /// UDP address, if listening.
     pub udp: Option<SocketAddr>,
+    /// The consumer listener's address, if serving consumers.
+    pub consumers: Option<SocketAddr>,
+    /// Consumer positions that could not be loaded (torn, corrupt, over `max_named`).
+    pub consumer_warnings: Vec<String>,
     /// One report per log ([`LogId::ALL`] order).
     pub recovery: Vec<RecoveryReport>,
     /// Whether the threads are pinned, and why.
@@ -164,6 +169,8 @@ pub struct Started {
 pub struct EngineHandle {
     stats: Arc<EngineStats>,
     supervisor: Option<thread::JoinHandle<Result<(), String>>>,
+    /// The consumer server, if serving.
+    consumers: Option<ConsumerServer>,
     /// Addresses and recovery reports.
     pub started: Started,
     /// `data_dir/LOCK`, held until the handle is gone: dropped after the supervisor has
@@ -175,6 +182,12 @@ impl EngineHandle {
     /// The shared counters and flags.
     pub fn stats(&self) -> &Arc<EngineStats> {
         &self.stats
+    }
+
+    /// Where consumers connect (`consumers.listen`, with the port the OS chose for port 0),
+    /// if the engine serves them.
+    pub fn consumer_addr(&self) -> Option<SocketAddr> {
+        self.started.consumers
     }
 
     /// Stops taking input, processes and stores everything accepted, syncs the logs, sends
@@ -191,16 +204,20 @@ impl EngineHandle {
     }
 
     fn stop_inner(&mut self) -> Result<(), EngineError> {
+        // Consumers first: they only read; the engine's drain does not wait for them.
+        let consumers = self.consumers.take().map(|mut c| c.stop());
         self.stats.shared.stop.store(true, Ordering::Release);
         match self.supervisor.take() {
             Some(h) => match h.join() {
                 Ok(Ok(())) => {
                     // Every thread has returned: the counters are final.
                     let books = BooksAtStop::of(&self.stats);
-                    if books.balanced() {
-                        Ok(())
-                    } else {
+                    if !books.balanced() {
                         Err(EngineError::Accounting(Box::new(books)))
+                    } else if let Some(Err(msg)) = consumers {
+                        Err(EngineError::Thread(msg))
+                    } else {
+                        Ok(())
                     }
                 }
                 Ok(Err(msg)) => Err(EngineError::Thread(msg)),
@@ -320,6 +337,50 @@ fn place(p: &Placement) -> Result<Placed, EngineError> {
     })
 }
 
+/// The consumer listener, bound, and the named positions, loaded, when `consumers.listen`
+/// is on.
+///
+/// # Errors
+/// [`EngineError::Socket`] naming the address; [`EngineError::Config`] when the positions
+/// directory cannot be listed.
+fn bind_consumers(
+    cfg: &EngineConfig,
+) -> Result<Option<(TcpListener, Positions, Vec<String>)>, EngineError> {
+    let Some(addr) = cfg.consumers.listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).map_err(|source| EngineError::Socket {
+        what: format!("cannot listen for consumers on {addr}"),
+        source,
+    })?;
+    let (positions, warnings) =
+        Positions::load(&cfg.data_dir, cfg.consumers.max_named).map_err(|e| {
+            EngineError::Config(format!(
+                "cannot read the consumer positions in {}: {e}",
+                cfg.data_dir.join(POSITIONS_DIR).display()
+            ))
+        })?;
+    Ok(Some((listener, positions, warnings)))
+}
+
+/// The consumer server never runs on a pinned engine thread's CPU.
+///
+/// # Errors
+/// [`EngineError::Config`] when `cpu` is one of them under the plan.
+fn check_consumer_cpu(cpu: Option<usize>, plan: &PinPlan) -> Result<(), EngineError> {
+    let Some(cpu) = cpu else {
+        return Ok(());
+    };
+    let engine_cpus = [plan.cpu_of("ingest"), plan.cpu_of("storage")];
+    if plan.is_pinning() && engine_cpus.contains(&Some(cpu)) {
+        return Err(EngineError::Config(format!(
+            "consumers.cpu = {cpu} is the CPU of a pinned engine thread: the consumer server \
+             must never run there (choose another, or -1 for none)"
+        )));
+    }
+    Ok(())
+}
+
 /// Opens (recovering) every log below the data directory, in [`LogId::ALL`] order.
 ///
 /// # Errors
@@ -350,7 +411,14 @@ impl Engine {
         // engine cannot accept for want of one is refused by accident, not by the config).
         let fds = fdlimit::ensure(FdBudget::new(
             cfg.tcp_limits.max_connections,
-            cfg.admin_connections,
+            // A consumer connection holds its socket and one segment file (and, briefly, its
+            // index); counted with the admin endpoint's connections.
+            cfg.admin_connections
+                + if cfg.consumers.listen.is_some() {
+                    3 * (cfg.consumers.max_connections + 16) + 4
+                } else {
+                    0
+                },
             LogId::COUNT,
         ))
         .map_err(EngineError::Limit)?;
@@ -363,12 +431,22 @@ impl Engine {
             .udp
             .as_ref()
             .and_then(|(s, _, _)| s.local_addr().ok());
+        let consumer_socket = bind_consumers(&cfg)?;
         let (logs, recovery) = open_logs(&cfg)?;
+        let shared = ConsumerShared::new().map_err(|source| EngineError::Socket {
+            what: "cannot make the consumer server's eventfd".into(),
+            source,
+        })?;
         let stats = Arc::new(EngineStats::new(
             recovery_summary(&recovery),
             cfg.data_dir.clone(),
+            Arc::new(shared),
         ));
         let placed = place(&cfg.placement)?;
+        check_consumer_cpu(cfg.consumers.cpu, &placed.plan)?;
+        let consumer_settings = cfg.consumers.clone();
+        let data_dir = cfg.data_dir.clone();
+        let hook = cfg.thread_hook;
         let (tx, rx) = mpsc::channel();
         let supervision = Supervision {
             stats: Arc::clone(&stats),
@@ -401,12 +479,42 @@ impl Engine {
                 ));
             }
         };
+        // Started last: nothing above can fail once it runs.
+        let (consumers, consumer_addr, consumer_warnings) = match consumer_socket {
+            Some((listener, positions, warnings)) => {
+                let server = ConsumerServer::start(
+                    &consumer_settings,
+                    Arc::clone(&stats.consumers),
+                    listener,
+                    positions,
+                    data_dir,
+                    hook,
+                );
+                match server {
+                    Ok(s) => {
+                        let addr = s.local_addr();
+                        (Some(s), Some(addr), warnings)
+                    }
+                    Err(e) => {
+                        stats.shared.stop.store(true, Ordering::Release);
+                        let _ = supervisor.join();
+                        return Err(EngineError::Thread(format!(
+                            "cannot start the consumer server thread: {e}"
+                        )));
+                    }
+                }
+            }
+            None => (None, None, Vec::new()),
+        };
         Ok(EngineHandle {
             stats,
             supervisor: Some(supervisor),
+            consumers,
             started: Started {
                 tcp: tcp_addr,
                 udp: udp_addr,
+                consumers: consumer_addr,
+                consumer_warnings,
                 recovery,
                 decision: placed.decision,
                 placement: placed.notes,

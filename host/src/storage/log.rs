@@ -37,6 +37,9 @@ pub struct SyncJob {
     file: Arc<File>,
     /// The log's written offset when the job was made: what the sync makes durable.
     target: u64,
+    /// Where `target` lies: the segment's base and the byte position of the end of the
+    /// records below `target` in it (the consumer server sends records up to there).
+    mark: SegmentMark,
     /// Bytes unsynced when the job was made (they are synced when it ends).
     bytes: u64,
     /// The checkpoint naming `target`, when the mode keeps one and the segment has a
@@ -61,6 +64,21 @@ impl SyncJob {
         self.file.sync_data()?;
         Ok(t0.elapsed())
     }
+}
+
+/// An offset of a log and where it lies on disk: every record below `offset` is in the
+/// segment files, and those of segment `base` end at byte `position` of it. Published to
+/// the consumer server ([`Log::visible_mark`]) so that it finds the last record boundary it
+/// may send without reading the files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentMark {
+    /// Offsets below this are in the files.
+    pub offset: u64,
+    /// The base offset of the segment `offset` ends in (the active one, or the one just
+    /// closed when `offset` is a new segment's base).
+    pub base: u64,
+    /// Bytes of that segment holding records below `offset`.
+    pub position: u64,
 }
 
 /// Counters of one log since it was opened, and its current bounds.
@@ -222,6 +240,8 @@ pub struct Log {
     buffered: [u64; 8],
     /// Offsets below this were fdatasynced.
     synced_offset: u64,
+    /// Where `synced_offset` lies on disk.
+    synced_mark: SegmentMark,
     unsynced_bytes: u64,
     last_sync: Instant,
     checkpoint: File,
@@ -271,6 +291,7 @@ impl Log {
             written_offset: rec.next_offset,
             buffered: [0; 8],
             synced_offset: rec.next_offset,
+            synced_mark: SegmentMark::default(),
             unsynced_bytes: 0,
             last_sync: Instant::now(),
             checkpoint,
@@ -283,6 +304,8 @@ impl Log {
             #[cfg(test)]
             fail_next_sync: None,
         };
+        // Everything recovered was synced above.
+        log.synced_mark = log.written_mark();
         log.write_checkpoint();
         Ok((log, report))
     }
@@ -539,6 +562,7 @@ impl Log {
         SyncJob {
             file: Arc::clone(&self.active.file),
             target: self.written_offset,
+            mark: self.written_mark(),
             bytes: self.unsynced_bytes - self.buf.len() as u64,
             checkpoint,
             #[cfg(test)]
@@ -573,7 +597,9 @@ impl Log {
         // A roll may have synced past the job's target in the meantime (and counted its
         // bytes as synced then).
         if job.target > self.synced_offset {
+            debug_assert_eq!(job.mark.offset, job.target);
             self.synced_offset = job.target;
+            self.synced_mark = job.mark;
             self.unsynced_bytes = self.unsynced_bytes.saturating_sub(job.bytes);
         }
         self.last_sync = now;
@@ -645,6 +671,28 @@ impl Log {
         match self.cfg.durability {
             Durability::None => self.written_offset,
             Durability::Interval { .. } | Durability::Always => self.synced_offset,
+        }
+    }
+
+    /// Where the written offset lies: every record below it was written to the files with
+    /// `write(2)` (the write buffer is not included). Between appends, the active segment
+    /// ends at `written` bytes exactly at the written offset (a roll writes the buffer
+    /// before it starts the next segment, whose base is the written offset).
+    fn written_mark(&self) -> SegmentMark {
+        SegmentMark {
+            offset: self.written_offset,
+            base: self.active.base,
+            position: self.active.written,
+        }
+    }
+
+    /// What a consumer may read: the records below [`durable_offset`](Self::durable_offset)
+    /// when `durable` (`engine.ack = "durable"`), else those written to the files; and where
+    /// the last of them ends on disk. Never past what `write(2)` put in the files.
+    pub fn visible_mark(&self, durable: bool) -> SegmentMark {
+        match self.cfg.durability {
+            Durability::Interval { .. } | Durability::Always if durable => self.synced_mark,
+            _ => self.written_mark(),
         }
     }
 

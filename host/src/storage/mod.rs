@@ -80,7 +80,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-mod files;
+pub(crate) mod files;
 mod format;
 mod group_sync;
 pub mod layout;
@@ -111,7 +111,7 @@ pub fn segment_bases(dir: &std::path::Path) -> Result<Vec<u64>, StorageError> {
 }
 pub use self::group_sync::GroupSync;
 pub use self::lock::DataDirLock;
-pub use self::log::{Log, LogStats, RetentionReport, SyncJob};
+pub use self::log::{Log, LogStats, RetentionReport, SegmentMark, SyncJob};
 pub use self::reader::{LogReader, StoredRecord};
 pub use self::recovery::{
     CheckpointStatus, MissingRange, QuarantinedSegment, RecoveryReport, TornTail,

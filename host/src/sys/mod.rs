@@ -3,6 +3,7 @@
 #![allow(unsafe_code)]
 
 mod affinity;
+pub(crate) mod consumer_io;
 mod flock;
 pub(crate) mod fs;
 pub(crate) mod mem;
