@@ -28,7 +28,52 @@
 #                      always write to the same filesystem)
 #   CARGO_TARGET_DIR   honoured for both builds
 #   KEEP=1             keep the store directories and server logs
+#
+# Consumer measurements (issue 15), opt in: `benches/vs-nats.sh --consumers` (or CONSUMERS=1)
+# runs them after the publish comparison, `--consumers-only` (or CONSUMERS=only) instead of it.
+# Each on a fresh nats-server (JetStream, file storage, default sync), driven by
+# benches/vs-nats `nats-consume`:
+#   catch-up    fill a stream with N stored events, then one consumer reads them all from the
+#               start: a pull consumer (AckPolicy::None) and an ordered push consumer;
+#               events/s and ns/event, for every N in EVENTS_CATCHUP
+#   latency     LAT_CONSUMERS ordered consumers on new messages while events are published at
+#               LAT_RATE/s for LAT_SECONDS; publish-to-receive p50/p99/p99.9/max
+#   ingest      publishing as fast as INFLIGHT acks in flight allow for INGEST_SECONDS, with
+#               each count of live ordered consumers in INGEST_CONSUMERS
+# The table goes to target/vs-nats/results-consumers.md. The pinstream half of each is
+# run_pinstream_consumers below, which waits for `pinstream loadgen --consumers`.
+#   EVENTS_CATCHUP="1000000"  stored events per catch-up run; a list runs each (e.g.
+#                             "1000000 10000000"; the store needs ~150 B of disk per event)
+#   CATCHUP_BATCH=10000       messages per pull request of the pull consumer
+#   LAT_RATE=100000  LAT_SECONDS=10  LAT_CONSUMERS=1  WARMUP=1 (seconds not recorded)
+#   INGEST_CONSUMERS="0 4"  INGEST_SECONDS=10
+#   CLIENT_THREADS=2   tokio workers of nats-consume in the latency and ingest runs (the
+#                      catch-up client runs on one thread)
+#   PINSTREAM=none     skip building and running pinstream
 set -euo pipefail
+
+CONSUMERS=${CONSUMERS:-0}
+for arg in "$@"; do
+    case $arg in
+    --consumers) CONSUMERS=1 ;;
+    --consumers-only) CONSUMERS=only ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "vs-nats: unknown argument $arg (--consumers, --consumers-only, --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+case $CONSUMERS in
+0 | 1 | only) ;;
+*)
+    echo "vs-nats: CONSUMERS=$CONSUMERS must be 0, 1 or only" >&2
+    exit 2
+    ;;
+esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -40,12 +85,37 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=$ROOT/target/vs-nats
 STORE_ROOT=${STORE_ROOT:-$OUT}
 RUN_TIMEOUT=${RUN_TIMEOUT:-900} # seconds one load run may take before it counts as hung
+EVENTS_CATCHUP=${EVENTS_CATCHUP:-1000000}
+CATCHUP_BATCH=${CATCHUP_BATCH:-10000}
+LAT_RATE=${LAT_RATE:-100000}
+LAT_SECONDS=${LAT_SECONDS:-10}
+LAT_CONSUMERS=${LAT_CONSUMERS:-1}
+WARMUP=${WARMUP:-1}
+INGEST_CONSUMERS=${INGEST_CONSUMERS:-0 4}
+INGEST_SECONDS=${INGEST_SECONDS:-10}
+CLIENT_THREADS=${CLIENT_THREADS:-2}
 
-for v in EVENTS PAYLOAD INFLIGHT RUN_TIMEOUT; do
+for v in EVENTS PAYLOAD INFLIGHT RUN_TIMEOUT CATCHUP_BATCH LAT_RATE LAT_SECONDS LAT_CONSUMERS INGEST_SECONDS; do
     if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
         echo "vs-nats: $v=${!v} must be a positive integer" >&2
         exit 2
     fi
+done
+for v in WARMUP CLIENT_THREADS; do
+    if ! [[ ${!v} =~ ^[0-9]+$ ]]; then
+        echo "vs-nats: $v=${!v} must be a non-negative integer" >&2
+        exit 2
+    fi
+done
+[ "$WARMUP" -lt "$LAT_SECONDS" ] && [ "$WARMUP" -lt "$INGEST_SECONDS" ] || {
+    echo "vs-nats: WARMUP=$WARMUP must be below LAT_SECONDS and INGEST_SECONDS" >&2
+    exit 2
+}
+for n in $EVENTS_CATCHUP; do
+    [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "vs-nats: EVENTS_CATCHUP holds $n, not a positive integer" >&2; exit 2; }
+done
+for n in $INGEST_CONSUMERS; do
+    [[ $n =~ ^[0-9]+$ ]] || { echo "vs-nats: INGEST_CONSUMERS holds $n, not a count" >&2; exit 2; }
 done
 
 say() { echo "vs-nats [${SECONDS}s]: $*" >&2; }
@@ -55,10 +125,14 @@ die() {
 }
 
 mkdir -p "$OUT" "$STORE_ROOT"
-rm -f "$OUT/results.md" # never leave an old table behind a failed run
+# Never leave an old table behind a failed run.
+[ "$CONSUMERS" = only ] || rm -f "$OUT/results.md"
+[ "$CONSUMERS" = 0 ] || rm -f "$OUT/results-consumers.md"
 WORK=$(mktemp -d "$STORE_ROOT/run.XXXXXX") || die "cannot create a work directory under $STORE_ROOT"
 RESULTS=$WORK/results.tsv
+CONS_RESULTS=$WORK/results-consumers.tsv
 : >"$RESULTS"
+: >"$CONS_RESULTS"
 
 # ---------------------------------------------------------------------------------------------
 # Processes: every background process goes into PIDS and is stopped on any exit.
@@ -196,10 +270,10 @@ find_nats_server() {
     NATS_SERVER=$venv/bin/nats-server
 }
 
-# run_nats LABEL SYNC_ALWAYS(0|1)
-run_nats() {
-    local label=$1 sync=$2 dir conf log pid addr line
-    dir=$WORK/nats-$sync
+# start_nats DIR LABEL SYNC_ALWAYS(0|1): starts nats-server with JetStream storing in DIR/store
+# (fresh), config and log in DIR; sets NATS_PID and NATS_ADDR (host:port).
+start_nats() {
+    local dir=$1 label=$2 sync=$3 conf log line
     mkdir -p "$dir/store"
     conf=$dir/nats.conf
     log=$dir/nats.log
@@ -213,14 +287,24 @@ run_nats() {
         fi
     } >"$conf"
     "$NATS_SERVER" -c "$conf" >"$log" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    wait_for_line "$log" 'Server is ready' "$pid" "nats-server ($label)" >/dev/null ||
+    NATS_PID=$!
+    PIDS+=("$NATS_PID")
+    wait_for_line "$log" 'Server is ready' "$NATS_PID" "nats-server ($label)" >/dev/null ||
         die "nats-server did not start with $conf"
     line=$(grep -m1 -oE 'Listening for client connections on [0-9.]+:[0-9]+' "$log") ||
         die "no client port in the nats-server log $log"
-    addr=${line##* }
-    say "nats ($label): nats-server $NATS_VERSION on $addr, store $dir/store"
+    NATS_ADDR=${line##* }
+    say "nats ($label): nats-server $NATS_VERSION on $NATS_ADDR, store $dir/store"
+}
+
+# run_nats LABEL SYNC_ALWAYS(0|1)
+run_nats() {
+    local label=$1 sync=$2 dir log pid addr line
+    dir=$WORK/nats-$sync
+    log=$dir/nats.log
+    start_nats "$dir" "$label" "$sync"
+    pid=$NATS_PID
+    addr=$NATS_ADDR
     if ! run_client "$dir/load.out" "$NATS_LOAD" --url "nats://$addr" --events "$EVENTS" \
         --payload "$PAYLOAD" --inflight "$INFLIGHT" --label "$label"; then
         stop_pid "$pid" nats-server
@@ -319,6 +403,105 @@ PY
 }
 
 # ---------------------------------------------------------------------------------------------
+# Consumer measurements (issue 15): catch-up read, publish-to-receive latency at a fixed rate,
+# ingest with live consumers. Rows go to CONS_RESULTS as
+#   SECTION<TAB>SYSTEM<TAB>WHAT<TAB>JSON
+# with SECTION one of catchup, latency, ingest.
+
+# nats_consume OUT ARGS...: runs nats-consume ARGS against the current server (NATS_ADDR),
+# its JSON line into OUT and into LINE; dies on failure. (Not for `$(...)`, like stop_pid.)
+nats_consume() {
+    local out=$1
+    shift
+    if ! run_client "$out" "$NATS_CONSUME" "$@" --url "nats://$NATS_ADDR"; then
+        stop_pid "$NATS_PID" nats-server
+        die "nats-consume $* failed against nats-server $NATS_ADDR; server log in $(dirname "$out") (KEEP=1 keeps it)"
+    fi
+    LINE=$(tail -n1 "$out")
+}
+
+# stop_nats LABEL: stops the current nats-server.
+stop_nats() {
+    stop_pid "$NATS_PID" nats-server
+    [ "$STOP_STATUS" = 0 ] || say "nats-server ($1) exited with status $STOP_STATUS after SIGTERM"
+}
+
+run_nats_consumers() {
+    local n dir k mode i=0
+    # Catch-up: one fresh server and stream per size, so each size reads a store of exactly N.
+    for n in $EVENTS_CATCHUP; do
+        dir=$WORK/nats-catchup-$n
+        start_nats "$dir" "catch-up of $n" 0
+        say "nats: filling stream CATCHUP with $n events of $PAYLOAD B"
+        nats_consume "$dir/fill.out" fill --stream CATCHUP --subject catchup.events \
+            --events "$n" --payload "$PAYLOAD" --inflight 1024 --timeout 120
+        printf 'fill\tNATS JetStream\t%s\t%s\n' "$n" "$LINE" >>"$CONS_RESULTS"
+        for mode in pull ordered; do
+            say "nats: catch-up of $n stored events, $mode consumer"
+            nats_consume "$dir/catchup-$mode.out" catchup --stream CATCHUP \
+                --events "$n" --mode "$mode" --batch "$CATCHUP_BATCH"
+            printf 'catchup\tNATS JetStream\t%s\t%s\n' "$mode" "$LINE" >>"$CONS_RESULTS"
+        done
+        stop_nats "catch-up of $n"
+        [ "${KEEP:-0}" = 1 ] || rm -rf "$dir/store" # the biggest store need not outlive its run
+    done
+
+    # Latency at a fixed rate.
+    dir=$WORK/nats-latency
+    start_nats "$dir" "latency at $LAT_RATE/s" 0
+    say "nats: $LAT_CONSUMERS ordered consumer(s), publishing $LAT_RATE events/s for $LAT_SECONDS s"
+    nats_consume "$dir/latency.out" latency --stream LATENCY --subject latency.events \
+        --rate "$LAT_RATE" --seconds "$LAT_SECONDS" --warmup "$WARMUP" \
+        --consumers "$LAT_CONSUMERS" --payload "$PAYLOAD" --inflight "$INFLIGHT" \
+        --threads "$CLIENT_THREADS"
+    printf 'latency\tNATS JetStream\t%s\t%s\n' "$LAT_CONSUMERS" "$LINE" >>"$CONS_RESULTS"
+    stop_nats "latency"
+
+    # Ingest as fast as the ack window allows, with 0, 4, ... live consumers; a fresh server each.
+    for k in $INGEST_CONSUMERS; do
+        i=$((i + 1))
+        dir=$WORK/nats-ingest-$i
+        start_nats "$dir" "ingest with $k consumers" 0
+        say "nats: publishing as fast as $INFLIGHT acks in flight allow for $INGEST_SECONDS s, $k live consumer(s)"
+        nats_consume "$dir/ingest.out" latency --stream INGEST --subject ingest.events \
+            --rate 0 --seconds "$INGEST_SECONDS" --warmup "$WARMUP" --consumers "$k" \
+            --payload "$PAYLOAD" --inflight "$INFLIGHT" --threads "$CLIENT_THREADS"
+        printf 'ingest\tNATS JetStream\t%s\t%s\n' "$k" "$LINE" >>"$CONS_RESULTS"
+        stop_nats "ingest with $k consumers"
+    done
+}
+
+# ------------------------------------------------------------------------------------------
+# PINSTREAM SIDE OF THE CONSUMER MEASUREMENTS (issue 15) — to be written.
+#
+# `pinstream consume` and `pinstream loadgen --consumers N` are being written; until loadgen
+# offers --consumers this prints "pinstream side: not available in this build" and the table
+# says so. When they land, fill in the three steps below (same sizes, rate and consumer counts
+# as run_nats_consumers, a fresh `pinstream run` per step as run_pinstream starts one) and
+# append rows to CONS_RESULTS in the same shape:
+#   catchup  pinstream  <consumer kind>  {"events":N,"events_per_sec":..,"ns_per_event":..}
+#   latency  pinstream  <consumers>      {"publish_events_per_sec":..,"e2e_p50_us":..,"e2e_p99_us":..,"e2e_p999_us":..,"e2e_max_us":..,"e2e_count":..}
+#   ingest   pinstream  <consumers>      {"publish_events_per_sec":..,"ack_p50_us":..,"ack_p99_us":..}
+# (the keys the table below reads; extra keys are ignored).
+PIN_CONSUMERS_NOTE=""
+run_pinstream_consumers() {
+    if [ -n "$PIN_SKIP" ]; then
+        PIN_CONSUMERS_NOTE="pinstream side skipped: $PIN_SKIP"
+    elif ! "$PINSTREAM" loadgen --help 2>&1 | grep -q -- '--consumers'; then
+        PIN_CONSUMERS_NOTE="pinstream side: not available in this build"
+    else
+        # TODO(issue 15): step 1, catch-up: fill a store with each N in EVENTS_CATCHUP, then
+        # time `pinstream consume` reading it from the start.
+        # TODO(issue 15): step 2, latency: `pinstream loadgen --consumers $LAT_CONSUMERS` at
+        # LAT_RATE events/s for LAT_SECONDS.
+        # TODO(issue 15): step 3, ingest: `pinstream loadgen --consumers K` for each K in
+        # INGEST_CONSUMERS, as fast as INFLIGHT allows.
+        PIN_CONSUMERS_NOTE="pinstream side: this build's loadgen has --consumers, but run_pinstream_consumers in benches/vs-nats.sh does not drive it yet"
+    fi
+    say "$PIN_CONSUMERS_NOTE"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Build, run, report.
 
 command -v python3 >/dev/null || die "python3 is needed (port picking, pip, and the table)"
@@ -327,12 +510,15 @@ command -v timeout >/dev/null || die "timeout (coreutils) is needed"
 find_nats_server
 say "using $NATS_SERVER (nats-server $NATS_VERSION)"
 
-say "building nats-load (release)"
+say "building nats-load and nats-consume (release)"
 cargo build --release --quiet --manifest-path benches/vs-nats/Cargo.toml --target-dir "$TARGET" ||
     die "building benches/vs-nats failed"
 NATS_LOAD=$TARGET/release/nats-load
+NATS_CONSUME=$TARGET/release/nats-consume
 
-if [ -n "${PINSTREAM:-}" ]; then
+if [ "${PINSTREAM:-}" = none ]; then
+    PIN_SKIP="PINSTREAM=none"
+elif [ -n "${PINSTREAM:-}" ]; then
     say "using PINSTREAM=$PINSTREAM (not building)"
     [ -x "$PINSTREAM" ] || PIN_SKIP="PINSTREAM=$PINSTREAM is not an executable file"
 else
@@ -349,24 +535,27 @@ elif ! "$PINSTREAM" loadgen --help >/dev/null 2>&1; then
 fi
 [ -z "$PIN_SKIP" ] || say "pinstream side skipped: $PIN_SKIP"
 
-FSYNC_BEFORE=$(fsync_probe "$WORK") || die "cannot fdatasync a file in $WORK"
-say "fdatasync of a 128-byte append in $WORK: $FSYNC_BEFORE"
-for pair in "off:0:none" "fsync before ack:1:always"; do
-    label=${pair%%:*}
-    rest=${pair#*:}
-    run_nats "$label" "${rest%%:*}"
-    [ -n "$PIN_SKIP" ] || run_pinstream "$label" "${rest#*:}"
-done
+# publish_comparison: the publish side (the default run): NATS and pinstream at both
+# durabilities, table in target/vs-nats/results.md.
+publish_comparison() {
+    FSYNC_BEFORE=$(fsync_probe "$WORK") || die "cannot fdatasync a file in $WORK"
+    say "fdatasync of a 128-byte append in $WORK: $FSYNC_BEFORE"
+    for pair in "off:0:none" "fsync before ack:1:always"; do
+        label=${pair%%:*}
+        rest=${pair#*:}
+        run_nats "$label" "${rest%%:*}"
+        [ -n "$PIN_SKIP" ] || run_pinstream "$label" "${rest#*:}"
+    done
 
-FSYNC_AFTER=$(fsync_probe "$WORK") || die "cannot fdatasync a file in $WORK"
-RUSTC_VERSION=$(rustc --version 2>/dev/null || echo unknown)
-ASYNC_NATS_VERSION=$(grep -A1 '^name = "async-nats"$' benches/vs-nats/Cargo.lock | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' || echo unknown)
-CPU=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo unknown)
-FS=$(df -T "$WORK" 2>/dev/null | awk 'NR == 2 { print $2 }' || echo unknown)
-GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    FSYNC_AFTER=$(fsync_probe "$WORK") || die "cannot fdatasync a file in $WORK"
+    RUSTC_VERSION=$(rustc --version 2>/dev/null || echo unknown)
+    ASYNC_NATS_VERSION=$(grep -A1 '^name = "async-nats"$' benches/vs-nats/Cargo.lock | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' || echo unknown)
+    CPU=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo unknown)
+    FS=$(df -T "$WORK" 2>/dev/null | awk 'NR == 2 { print $2 }' || echo unknown)
+    GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-export EVENTS PAYLOAD INFLIGHT FSYNC_BEFORE FSYNC_AFTER NATS_VERSION RUSTC_VERSION ASYNC_NATS_VERSION CPU FS GIT_REV PIN_SKIP PIN_FAILED
-python3 - "$RESULTS" >"$OUT/results.md" <<'PY' || die "cannot render the table from $RESULTS"
+    export EVENTS PAYLOAD INFLIGHT FSYNC_BEFORE FSYNC_AFTER NATS_VERSION RUSTC_VERSION ASYNC_NATS_VERSION CPU FS GIT_REV PIN_SKIP PIN_FAILED
+    python3 - "$RESULTS" >"$OUT/results.md" <<'PY' || die "cannot render the table from $RESULTS"
 import json, os, sys
 
 rows = []
@@ -418,7 +607,116 @@ print()
 print("Reproduce: `benches/vs-nats.sh` from the repository root (EVENTS=N to change the count).")
 PY
 
-echo
-cat "$OUT/results.md"
-say "table written to $OUT/results.md"
+    echo
+    cat "$OUT/results.md"
+    say "table written to $OUT/results.md"
+}
+
+# consumer_comparison: issue 15's consumer measurements, table in
+# target/vs-nats/results-consumers.md.
+consumer_comparison() {
+    local load_before load_after
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+    run_nats_consumers
+    run_pinstream_consumers
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+    export EVENTS_CATCHUP CATCHUP_BATCH LAT_RATE LAT_SECONDS LAT_CONSUMERS WARMUP INGEST_SECONDS \
+        CLIENT_THREADS PAYLOAD INFLIGHT NATS_VERSION PIN_CONSUMERS_NOTE load_before load_after
+    export RUSTC_VERSION=${RUSTC_VERSION:-$(rustc --version 2>/dev/null || echo unknown)}
+    export ASYNC_NATS_VERSION=${ASYNC_NATS_VERSION:-$(grep -A1 '^name = "async-nats"$' benches/vs-nats/Cargo.lock | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' || echo unknown)}
+    export CPU=${CPU:-$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || echo unknown)}
+    export FS=${FS:-$(df -T "$WORK" 2>/dev/null | awk 'NR == 2 { print $2 }' || echo unknown)}
+    export GIT_REV=${GIT_REV:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+    python3 - "$CONS_RESULTS" >"$OUT/results-consumers.md" <<'PY' || die "cannot render the consumer table from $CONS_RESULTS"
+import json, os, sys
+
+rows = []
+with open(sys.argv[1]) as f:
+    for raw in f:
+        section, system, what, line = raw.rstrip("\n").split("\t", 3)
+        rows.append((section, system, what, json.loads(line)))
+env = os.environ
+
+def ms(us):
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us} µs"
+
+def sched(r):
+    if "sched_p50_us" not in r:
+        return "–"
+    return " / ".join(ms(r[k]) for k in ("sched_p50_us", "sched_p99_us", "sched_p999_us"))
+
+print(f"Consumer side (issue 15), {env['PAYLOAD']}-byte events, one client process, loopback, "
+      f"file storage on {env['FS']}; {os.cpu_count()} CPUs ({env['CPU']}), load average "
+      f"{env['load_before']} before and {env['load_after']} after (other work on the machine "
+      f"shares the CPUs with server and client); nats-server {env['NATS_VERSION']} (JetStream, "
+      f"default sync), nats-consume on async-nats {env['ASYNC_NATS_VERSION']}; "
+      f"{env['RUSTC_VERSION']}; pinstream {env['GIT_REV']}.")
+print()
+print("### Catch-up read: one consumer reads every stored event from the start")
+print()
+print("| system | stored events | consumer | events/s | ns/event | first event after | fill rate (events/s) |")
+print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+fills = {(s, w): r for sec, s, w, r in rows if sec == "fill"}
+for sec, system, what, r in rows:
+    if sec != "catchup":
+        continue
+    fill = fills.get((system, str(r["events"])), {})
+    kind = {"pull": f"pull, AckPolicy::None, {r.get('batch')} per pull",
+            "ordered": "ordered push"}.get(what, what)
+    print(f"| {system} | {r['events']:,} | {kind} | {r['events_per_sec']:,} | {r['ns_per_event']:,} | "
+          f"{r.get('first_message_ms', 0):.1f} ms | {fill.get('events_per_sec', 0):,} |")
+print()
+print(f"### Publish-to-receive latency at {int(env['LAT_RATE']):,} events/s")
+print()
+print("| system | consumers | events/s reached | most events behind schedule | receipts | p50 | p99 | p99.9 | max "
+      "| from the schedule: p50 / p99 / p99.9 | publish ack p50 / p99 |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for sec, system, what, r in rows:
+    if sec != "latency":
+        continue
+    print(f"| {system} | {what} | {r['publish_events_per_sec']:,} | {r.get('publisher_max_behind', 0):,} | "
+          f"{r['e2e_count']:,} | {ms(r['e2e_p50_us'])} | "
+          f"{ms(r['e2e_p99_us'])} | {ms(r['e2e_p999_us'])} | {ms(r['e2e_max_us'])} | "
+          f"{sched(r)} | {ms(r.get('ack_p50_us', 0))} / {ms(r.get('ack_p99_us', 0))} |")
+print()
+print("Latency is receive time minus send time (stamped in the payload); \"from the schedule\" "
+      "takes it from the time the fixed-rate schedule meant each event to be sent instead, so it "
+      "also counts any time the publisher was behind. The two agree when the rate was held.")
+print()
+print("### Ingest with live consumers: publishing as fast as the ack window allows")
+print()
+print("| system | live consumers | stored events/s | publish ack p50 | ack p99 | each consumer received | publish-to-receive p50 / p99 |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+base = {}
+for sec, system, what, r in rows:
+    if sec != "ingest":
+        continue
+    got = ", ".join(f"{c['received']:,}" for c in r.get("per_consumer", [])) or "–"
+    e2e = f"{ms(r['e2e_p50_us'])} / {ms(r['e2e_p99_us'])}" if r.get("e2e_count") else "–"
+    print(f"| {system} | {what} | {r['publish_events_per_sec']:,} | {ms(r['ack_p50_us'])} | "
+          f"{ms(r['ack_p99_us'])} | {got} of {r.get('published', 0):,} | {e2e} |")
+print()
+print(f"NATS: catch-up with `nats-consume fill` then `catchup --mode pull|ordered` (one thread); "
+      f"latency and ingest with `nats-consume latency` ({env['CLIENT_THREADS']} tokio worker(s) "
+      f"in the client; consumers are ordered push consumers from new messages; each payload "
+      f"carries its send time; the first {env['WARMUP']} s are not recorded; {env['INFLIGHT']} "
+      f"publish acks in flight at most). Latency runs {env['LAT_SECONDS']} s, ingest runs "
+      f"{env['INGEST_SECONDS']} s, every run on a fresh server and store.")
+print()
+print(env.get("PIN_CONSUMERS_NOTE") or "pinstream side: no rows.")
+print()
+print("Reproduce: `benches/vs-nats.sh --consumers-only` from the repository root "
+      "(EVENTS_CATCHUP=\"1000000 10000000\" for the growth check).")
+PY
+    echo
+    cat "$OUT/results-consumers.md"
+    say "table written to $OUT/results-consumers.md"
+}
+
+if [ "$CONSUMERS" != only ]; then
+    publish_comparison
+fi
+if [ "$CONSUMERS" != 0 ]; then
+    consumer_comparison
+fi
 [ -z "$PIN_FAILED" ] || die "pinstream side failed: $PIN_FAILED"

@@ -14,7 +14,9 @@
 //! | engine | [`ENGINE_FIXED`]: stdin/stdout/stderr, the data directory's lock, the TCP listener, the UDP socket, epoll |
 //! | spare | [`SPARE`]: recovery's temporary files, `/proc` and `/sys` reads, the signal pipe, the runtime |
 //!
-//! The embedded default (1,024 TCP and 128 admin connections) needs 1,224.
+//! The embedded default (1,024 TCP and 128 admin connections) needs 1,224 here; the consumer
+//! listener, on by default, adds `3 × (consumers.max_connections + 16) + 4` (244: 1,468 in all),
+//! counted where the engine starts it.
 //!
 //! ```
 //! use pinstream_host::fdlimit::FdBudget;

@@ -62,7 +62,7 @@ pub struct ConsumeArgs {
 
     /// Where to start: earliest, latest (only what is stored from now on), an OFFSET, or a
     /// TIME: RFC 3339 UTC (2026-12-03T18:00:00Z, fractions and +HH:MM offsets allowed) or
-    /// <N>s, <N>m, <N>h, <N>d meaning that long ago (the first record the engine received
+    /// Ns, Nm, Nh, Nd (a number N of seconds, minutes, hours, days) meaning that long ago (the first record the engine received
     /// at or after it). A --consumer name with a committed position resumes there instead.
     #[arg(long, value_name = "WHERE", default_value = "earliest", value_parser = parse_from)]
     pub from: FromArg,

@@ -174,15 +174,7 @@ impl Consumer {
             }
             match self.fill(Some(deadline))? {
                 Fill::Read => {}
-                Fill::Timeout => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "the server at {} did not answer the COMMIT of {offset} within {:?}",
-                            self.addr, self.options.timeout
-                        ),
-                    ));
-                }
+                Fill::Timeout => return Err(self.no_answer(&format!("the COMMIT of {offset}"))),
                 Fill::Closed => return Err(self.closed("before answering a COMMIT")),
             }
         }
@@ -240,6 +232,17 @@ impl Consumer {
         }
     }
 
+    /// The error of a server that did not answer `what` within the timeout.
+    fn no_answer(&self, what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the server at {} did not answer {what} within {:?}",
+                self.addr, self.options.timeout
+            ),
+        )
+    }
+
     /// The next frame during the handshake, as (start, length), consumed.
     fn handshake_frame(&mut self, deadline: Instant, what: &str) -> io::Result<(usize, usize)> {
         loop {
@@ -250,15 +253,7 @@ impl Consumer {
             }
             match self.fill(Some(deadline))? {
                 Fill::Read => {}
-                Fill::Timeout => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "the server at {} did not answer {what} within {:?}",
-                            self.addr, self.options.timeout
-                        ),
-                    ));
-                }
+                Fill::Timeout => return Err(self.no_answer(what)),
                 Fill::Closed => {
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,

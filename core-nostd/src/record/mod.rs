@@ -8,7 +8,7 @@
 //! | 0 | 4 | `body_len` |
 //! | 4 | 4 | CRC32C of bytes 0–3, then of bytes 8 to the end (everything but itself) |
 //! | 8 | 8 | `offset`: the record's place in its log |
-//! | 16 | 1 | `kind` ([`KIND_EVENT`], …) |
+//! | 16 | 1 | `kind` (`KIND_EVENT`, …) |
 //! | 17 | 1 | format version ([`FORMAT_VERSION`]) |
 //! | 18 | 2 | reserved, 0 |
 //! | 20 | `body_len` | body |
@@ -30,10 +30,14 @@
 //! # Ok::<(), record::FramingError>(())
 //! ```
 
+// The bodies name the pipeline's types (dead letters, aggregates, stored events), which need
+// compare-and-swap; the framing does not, and the wire codec's DATA frames use it everywhere.
+#[cfg(pinstream_cas)]
 mod body;
 
 use core::fmt;
 
+#[cfg(pinstream_cas)]
 pub use self::body::*;
 use crate::wire::{crc32c, crc32c_update};
 
@@ -137,7 +141,7 @@ impl<'a> RecordView<'a> {
         u64::from_le_bytes(a)
     }
 
-    /// Its kind ([`KIND_EVENT`], …).
+    /// Its kind (`KIND_EVENT`, …).
     #[inline]
     pub fn kind(&self) -> u8 {
         self.bytes.get(16).copied().unwrap_or(0)
@@ -156,6 +160,7 @@ impl<'a> RecordView<'a> {
     }
 
     /// Its body decoded by kind ([`decode`]).
+    #[cfg(pinstream_cas)]
     ///
     /// # Errors
     /// As [`decode`].
