@@ -48,6 +48,27 @@ pub mod header {
     pub const AGGREGATE: &str = "Pinstream-Aggregate";
 }
 
+/// The header names as [`HeaderName`]s made once: `HeaderMap::insert` with a `&str` checks
+/// and copies the name for every message.
+mod name {
+    use async_nats::HeaderName;
+
+    use super::header;
+
+    pub const SOURCE: HeaderName = HeaderName::from_static(header::SOURCE);
+    pub const LOG: HeaderName = HeaderName::from_static(header::LOG);
+    pub const OFFSET: HeaderName = HeaderName::from_static(header::OFFSET);
+    pub const KIND: HeaderName = HeaderName::from_static(header::KIND);
+    pub const ID: HeaderName = HeaderName::from_static(header::ID);
+    pub const TOPIC: HeaderName = HeaderName::from_static(header::TOPIC);
+    pub const PRIORITY: HeaderName = HeaderName::from_static(header::PRIORITY);
+    pub const TIMESTAMP: HeaderName = HeaderName::from_static(header::TIMESTAMP);
+    pub const VALUE: HeaderName = HeaderName::from_static(header::VALUE);
+    pub const RECEIVED: HeaderName = HeaderName::from_static(header::RECEIVED);
+    pub const REASON: HeaderName = HeaderName::from_static(header::REASON);
+    pub const AGGREGATE: HeaderName = HeaderName::from_static(header::AGGREGATE);
+}
+
 /// A record ready to publish, kept until its PubAck: its decoded fields and its payload.
 /// The subject and headers are made at each send ([`MessageMaker::subject`],
 /// [`MessageMaker::headers`]) on the publisher's thread: the consumer thread only copies the
@@ -96,25 +117,48 @@ pub enum OutBody {
 pub struct MessageMaker {
     log: StreamLog,
     source: String,
+    /// `{source}-{log}-`: every message id of this bridge starts so.
+    id_prefix: String,
     template: String,
     topic_names: Vec<String>,
+    fields: bool,
 }
 
 impl MessageMaker {
     /// For records of `log`, ids under `source`, subjects from `template` (placeholders
-    /// `{log}`, `{topic}`, `{topic_name}`, `{source}`), topic names by id.
-    pub fn new(log: StreamLog, source: &str, template: &str, topic_names: Vec<String>) -> Self {
+    /// `{log}`, `{topic}`, `{topic_name}`, `{source}`), topic names by id; the record's
+    /// fields as headers when `fields`, else `Nats-Msg-Id` alone.
+    pub fn new(
+        log: StreamLog,
+        source: &str,
+        template: &str,
+        topic_names: Vec<String>,
+        fields: bool,
+    ) -> Self {
         Self {
             log,
             source: source.to_owned(),
+            id_prefix: format!("{source}-{}-", log.name()),
             template: template.to_owned(),
             topic_names,
+            fields,
         }
     }
 
     /// The `Nats-Msg-Id` of the record at `offset`.
     pub fn msg_id(&self, offset: u64) -> String {
-        format!("{}-{}-{offset}", self.source, self.log.name())
+        format!("{}{offset}", self.id_prefix)
+    }
+
+    /// The offset a `Nats-Msg-Id` of this bridge names; `None` for another source's or
+    /// log's id. (Unambiguous: a log name is not a number, so `a-realtime-5` is never
+    /// source `a-realtime`'s.)
+    pub fn offset_in_id(&self, id: &str) -> Option<u64> {
+        let digits = id.strip_prefix(&self.id_prefix)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
     }
 
     /// The subject of a record of topic `topic`.
@@ -160,21 +204,24 @@ impl MessageMaker {
         })
     }
 
-    /// The headers of `m`: `Nats-Msg-Id` and the record's fields.
+    /// The headers of `m`: `Nats-Msg-Id` and, with `fields`, the record's fields.
     pub fn headers(&self, m: &OutMessage) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(NATS_MESSAGE_ID, self.msg_id(m.offset).as_str());
-        h.insert(header::SOURCE, self.source.as_str());
-        h.insert(header::LOG, self.log.name());
-        h.insert(header::OFFSET, m.offset.to_string());
-        h.insert(header::KIND, m.kind.to_string());
+        h.insert(NATS_MESSAGE_ID, self.msg_id(m.offset));
+        if !self.fields {
+            return h;
+        }
+        h.insert(name::SOURCE, self.source.as_str());
+        h.insert(name::LOG, self.log.name());
+        h.insert(name::OFFSET, m.offset.to_string());
+        h.insert(name::KIND, m.kind.to_string());
         let event = |h: &mut HeaderMap, e: &EventHeader| {
-            h.insert(header::ID, e.id.to_string());
-            h.insert(header::TOPIC, e.topic.to_string());
-            h.insert(header::PRIORITY, e.priority.as_u8().to_string());
-            h.insert(header::TIMESTAMP, e.timestamp.to_string());
+            h.insert(name::ID, e.id.to_string());
+            h.insert(name::TOPIC, e.topic.to_string());
+            h.insert(name::PRIORITY, e.priority.as_u8().to_string());
+            h.insert(name::TIMESTAMP, e.timestamp.to_string());
             if let Some(v) = e.value() {
-                h.insert(header::VALUE, v.to_string());
+                h.insert(name::VALUE, v.to_string());
             }
         };
         match &m.body {
@@ -183,16 +230,16 @@ impl MessageMaker {
                 received,
             } => {
                 event(&mut h, e);
-                h.insert(header::RECEIVED, received.to_string());
+                h.insert(name::RECEIVED, received.to_string());
             }
             OutBody::DeadLetter(dl) => {
                 event(&mut h, &dl.header);
-                h.insert(header::REASON, dl.reason.name());
+                h.insert(name::REASON, dl.reason.name());
             }
             OutBody::Aggregate(a) => {
-                h.insert(header::TOPIC, a.topic.to_string());
+                h.insert(name::TOPIC, a.topic.to_string());
                 h.insert(
-                    header::AGGREGATE,
+                    name::AGGREGATE,
                     format!(
                         "{} {} {} {} {} {} {} {}",
                         a.count, a.bytes, a.values, a.min, a.max, a.sum, a.start, a.end
@@ -204,16 +251,11 @@ impl MessageMaker {
     }
 }
 
-/// The offset a message of this bridge carries: `Some` only when its source and log are
-/// this maker's (another engine's messages in the same stream are not ours).
+/// The offset a message of this bridge carries (its `Nats-Msg-Id`): `Some` only when its
+/// source and log are this maker's (another engine's messages in the same stream are not
+/// ours).
 pub fn offset_of(maker: &MessageMaker, headers: Option<&HeaderMap>) -> Option<u64> {
-    let h = headers?;
-    if h.get(header::SOURCE)?.as_str() != maker.source
-        || h.get(header::LOG)?.as_str() != maker.log.name()
-    {
-        return None;
-    }
-    h.get(header::OFFSET)?.as_str().parse().ok()
+    maker.offset_in_id(headers?.get(NATS_MESSAGE_ID)?.as_str())
 }
 
 #[cfg(test)]
@@ -250,6 +292,7 @@ mod tests {
             "edge1",
             "ps.{source}.{log}.{topic_name}.{topic}",
             vec!["default".into(), "orders".into()],
+            true,
         );
         let m = maker.make(&view).unwrap();
         assert_eq!(m.offset, 77);
@@ -263,8 +306,19 @@ mod tests {
         assert_eq!(h.get(header::ID).unwrap().as_str(), "42");
         assert_eq!(h.get(header::VALUE).unwrap().as_str(), "-7");
         assert_eq!(offset_of(&maker, Some(h)), Some(77));
-        let other = MessageMaker::new(StreamLog::Realtime, "edge2", "x", vec![]);
+        let other = MessageMaker::new(StreamLog::Realtime, "edge2", "x", vec![], true);
         assert_eq!(offset_of(&other, Some(h)), None);
+        // A source whose name ends like a log's: its ids are not ours.
+        let edge = MessageMaker::new(StreamLog::Realtime, "edge", "x", vec![], true);
+        let longer = MessageMaker::new(StreamLog::Realtime, "edge-realtime", "x", vec![], true);
+        assert_eq!(edge.offset_in_id(&longer.msg_id(5)), None);
+        assert_eq!(longer.offset_in_id(&longer.msg_id(5)), Some(5));
+        assert_eq!(edge.offset_in_id("edge-realtime-+5"), None);
+        // `id`: the message id and nothing else.
+        let bare = MessageMaker::new(StreamLog::Realtime, "edge1", "x", vec![], false);
+        let h = bare.headers(&m);
+        assert_eq!(h.len(), 1);
+        assert_eq!(offset_of(&bare, Some(&h)), Some(77));
         // An unnamed topic uses its id.
         assert_eq!(maker.subject_of(9), "ps.edge1.realtime.9.9");
     }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
+use async_nats::{Client, StatusCode, Subject, Subscriber};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -33,8 +34,8 @@ pub(crate) enum Item {
     /// The subscription starts (or starts again) at this offset: run the resume scan from
     /// there. Only the first counts; records follow.
     Start(u64),
-    /// A record to publish.
-    Record(OutMessage),
+    /// Records to publish, in offset order.
+    Records(Vec<OutMessage>),
 }
 
 /// State both halves share.
@@ -59,18 +60,12 @@ pub(crate) struct PublishSettings {
     pub max_backoff: Duration,
 }
 
-enum Done {
-    Acked {
-        offset: u64,
-        sent: Instant,
-        result: Result<bool, String>,
-    },
-    RetryDue(u64),
-}
-
 struct Pending {
     msg: OutMessage,
     first_sent: Instant,
+    /// When the current attempt went out; `None` while a retry waits (backoff or scan).
+    sent: Option<Instant>,
+    /// Failed attempts so far; the current attempt's number is in its reply subject.
     attempts: u32,
 }
 
@@ -81,7 +76,65 @@ fn backoff(attempts: u32, max: Duration) -> Duration {
         .min(max)
 }
 
+/// A PubAck (or JetStream's error) as the stream's leader sends it.
+#[derive(serde::Deserialize)]
+struct PubAckReply {
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+/// What a reply says: `Ok(duplicate)` when the stream holds the message.
+fn read_reply(m: &async_nats::Message) -> Result<bool, String> {
+    if m.status == Some(StatusCode::NO_RESPONDERS) {
+        return Err("no responders (no such stream, or no leader yet)".into());
+    }
+    if let Some(status) = m.status
+        && status != StatusCode::OK
+    {
+        return Err(format!("status {status}"));
+    }
+    match serde_json::from_slice::<PubAckReply>(&m.payload) {
+        Ok(PubAckReply { error: Some(e), .. }) => {
+            Err(format!("JetStream error {}: {}", e.code, e.description))
+        }
+        Ok(PubAckReply {
+            seq: Some(_),
+            duplicate,
+            ..
+        }) => Ok(duplicate),
+        _ => Err(format!(
+            "not a PubAck: {:?}",
+            String::from_utf8_lossy(&m.payload[..m.payload.len().min(200)])
+        )),
+    }
+}
+
+/// The offset and attempt a reply subject `{inbox}.{offset}.{attempt}` names.
+fn parse_reply_subject(subject: &str, inbox: &str) -> Option<(u64, u32)> {
+    let rest = subject.strip_prefix(inbox)?.strip_prefix('.')?;
+    let (offset, attempt) = rest.split_once('.')?;
+    Some((offset.parse().ok()?, attempt.parse().ok()?))
+}
+
+/// Publishes through the core client (`PUB subject reply`) rather than `jetstream::Context`'s
+/// `publish`, which per message takes a semaphore permit, a oneshot channel, a fresh inbox
+/// and two timers: here one subscription, `{inbox}.>`, receives every PubAck, its subject
+/// names the offset and the attempt, and the run loop's tick finds the publishes whose
+/// PubAck is late.
 pub(crate) struct Publisher {
+    client: Client,
     js: jetstream::Context,
     settings: PublishSettings,
     maker: MessageMaker,
@@ -89,29 +142,38 @@ pub(crate) struct Publisher {
     shared: Arc<Shared>,
     window: Option<AckWindow>,
     pending: HashMap<u64, Pending>,
-    futs: FuturesUnordered<BoxFuture<'static, Done>>,
+    /// Publishes sent and awaiting their reply (`pending` entries with `sent`).
+    in_flight: usize,
+    /// Retries waiting out their backoff; each yields its offset.
+    retries: FuturesUnordered<BoxFuture<'static, u64>>,
+    /// The reply subjects' prefix.
+    inbox: String,
     /// Offsets the resume scan found in the stream.
     present: HashSet<u64>,
-    /// A record received but outside the window's span: sent once the window moves.
-    held: Option<OutMessage>,
+    /// Records received, the first outside the window's span: sent as the window moves.
+    held: VecDeque<OutMessage>,
     /// A resume scan is due: nothing is sent until the in-flight publishes are settled.
     rescan: bool,
     /// Retries that came due while a scan waited.
     due: VecDeque<u64>,
     dup_window: Duration,
     /// Subjects by topic id, made from the template once.
-    subjects: HashMap<u16, String>,
+    subjects: HashMap<u16, Subject>,
 }
 
 impl Publisher {
     pub(crate) fn new(
-        js: jetstream::Context,
+        client: Client,
         settings: PublishSettings,
         maker: MessageMaker,
         metrics: Arc<BridgeMetrics>,
         shared: Arc<Shared>,
     ) -> Self {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(settings.ack_timeout);
+        let inbox = client.new_inbox();
         Self {
+            client,
             js,
             settings,
             maker,
@@ -119,9 +181,11 @@ impl Publisher {
             shared,
             window: None,
             pending: HashMap::new(),
-            futs: FuturesUnordered::new(),
+            in_flight: 0,
+            retries: FuturesUnordered::new(),
+            inbox,
             present: HashSet::new(),
-            held: None,
+            held: VecDeque::new(),
             rescan: false,
             due: VecDeque::new(),
             dup_window: Duration::from_secs(120),
@@ -135,23 +199,26 @@ impl Publisher {
         let Some(stream) = self.ensure_stream().await else {
             return; // aborted
         };
+        let Some(mut replies) = self.subscribe_replies().await else {
+            return;
+        };
         let mut open = true;
-        // Wakes the loop now and then for `abort` (one timer for the whole run).
+        // Wakes the loop now and then for `abort` and late PubAcks (one timer for the run).
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.shared.abort.load(Ordering::Relaxed) {
                 return;
             }
-            if self.rescan && self.futs.is_empty() {
+            if self.rescan && self.in_flight == 0 && self.retries.is_empty() {
                 self.resume_scan(&stream).await;
                 continue;
             }
-            if !open && self.futs.is_empty() && self.held.is_none() && self.due.is_empty() {
+            if !open && self.pending.is_empty() && self.held.is_empty() {
                 self.shared.drained.store(true, Ordering::Release);
                 return;
             }
-            let take = open && self.held.is_none() && !self.rescan;
+            let take = open && self.held.is_empty() && !self.rescan;
             tokio::select! {
                 item = rx.recv(), if take => match item {
                     None => open = false,
@@ -161,10 +228,36 @@ impl Publisher {
                             self.rescan = true;
                         }
                     }
-                    Some(Item::Record(m)) => self.offer(m),
+                    Some(Item::Records(batch)) => {
+                        self.held.extend(batch);
+                        self.offer_held().await;
+                    }
                 },
-                Some(done) = self.futs.next(), if !self.futs.is_empty() => self.settle(done),
-                _ = tick.tick() => {}
+                Some(reply) = replies.next() => self.on_reply(&reply).await,
+                Some(offset) = self.retries.next(), if !self.retries.is_empty() => {
+                    self.retry_due(offset).await;
+                }
+                _ = tick.tick() => self.check_late(),
+            }
+        }
+    }
+
+    /// The subscription for the PubAcks; retries until it is made (`None`: aborted).
+    async fn subscribe_replies(&mut self) -> Option<Subscriber> {
+        let mut attempts = 0;
+        loop {
+            if self.shared.abort.load(Ordering::Relaxed) {
+                return None;
+            }
+            match self.client.subscribe(format!("{}.>", self.inbox)).await {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .set_error(format!("subscribing to the PubAcks: {e} (retrying)"));
+                    tokio::time::sleep(backoff(attempts, self.settings.max_backoff)).await;
+                    attempts += 1;
+                }
             }
         }
     }
@@ -204,123 +297,155 @@ impl Publisher {
         }
     }
 
-    /// A record from the consumer thread.
-    fn offer(&mut self, m: OutMessage) {
-        let Some(window) = self.window.as_mut() else {
-            unreachable!("the consumer thread sends Start before any record");
-        };
-        if !window.admits(m.offset) {
-            self.held = Some(m);
-            return;
+    /// Sends the held records while the window admits them.
+    async fn offer_held(&mut self) {
+        while !self.rescan
+            && let Some(m) = self.held.front()
+        {
+            let Some(window) = self.window.as_mut() else {
+                unreachable!("the consumer thread sends Start before any record");
+            };
+            if !window.admits(m.offset) {
+                return;
+            }
+            let m = self.held.pop_front().expect("a front");
+            window.push(m.offset);
+            if self.present.remove(&m.offset) {
+                self.metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                window.ack(m.offset);
+                self.publish_committable();
+                continue;
+            }
+            let offset = m.offset;
+            self.pending.insert(
+                offset,
+                Pending {
+                    msg: m,
+                    first_sent: Instant::now(),
+                    sent: None,
+                    attempts: 0,
+                },
+            );
+            self.send(offset).await;
         }
-        window.push(m.offset);
-        if self.present.remove(&m.offset) {
-            self.metrics.skipped.fetch_add(1, Ordering::Relaxed);
-            window.ack(m.offset);
-            self.publish_committable();
-            return;
-        }
-        let offset = m.offset;
-        self.pending.insert(
-            offset,
-            Pending {
-                msg: m,
-                first_sent: Instant::now(),
-                attempts: 0,
-            },
-        );
-        self.send(offset);
     }
 
-    fn send(&mut self, offset: u64) {
-        let p = &self.pending[&offset];
-        let js = self.js.clone();
+    /// Sends the current attempt of `offset` (a `pending` entry not in flight).
+    async fn send(&mut self, offset: u64) {
+        let p = self.pending.get_mut(&offset).expect("a pending publish");
         let maker = &self.maker;
         let subject = self
             .subjects
             .entry(p.msg.topic())
-            .or_insert_with(|| maker.subject(&p.msg))
+            .or_insert_with(|| Subject::from(maker.subject(&p.msg)))
             .clone();
-        let (headers, payload) = (self.maker.headers(&p.msg), p.msg.payload.clone());
-        let timeout = self.settings.ack_timeout;
+        let headers = maker.headers(&p.msg);
+        let reply = format!("{}.{offset}.{}", self.inbox, p.attempts);
+        p.sent = Some(Instant::now());
+        let payload = p.msg.payload.clone();
+        self.in_flight += 1;
         self.metrics.published.fetch_add(1, Ordering::Relaxed);
-        self.futs.push(Box::pin(async move {
-            let sent = Instant::now();
-            // One bound on the whole exchange (the send into the client's buffer, which
-            // waits while it is full, then the PubAck).
-            let result = tokio::time::timeout(timeout, async {
-                let ack = js
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let ack = ack.await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(ack.duplicate)
-            })
-            .await
-            .unwrap_or_else(|_| Err("no PubAck in time".to_string()));
-            Done::Acked {
-                offset,
-                sent,
-                result,
-            }
-        }));
+        // Waits only while the client's buffer is full (NATS slow or away).
+        let queued = tokio::time::timeout(
+            self.settings.ack_timeout,
+            self.client
+                .publish_with_reply_and_headers(subject, reply, headers, payload),
+        )
+        .await;
+        match queued {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failed(offset, &e.to_string()),
+            Err(_) => self.failed(offset, "the NATS client's buffer stayed full"),
+        }
     }
 
-    fn settle(&mut self, done: Done) {
-        match done {
-            Done::Acked {
-                offset,
-                sent,
-                result: Ok(duplicate),
-            } => {
+    /// A reply on the PubAck subscription.
+    async fn on_reply(&mut self, reply: &async_nats::Message) {
+        let Some((offset, attempt)) = parse_reply_subject(reply.subject.as_str(), &self.inbox)
+        else {
+            return;
+        };
+        let Some(p) = self.pending.get(&offset) else {
+            return; // already settled (a reply to an earlier attempt)
+        };
+        match read_reply(reply) {
+            Ok(duplicate) => {
                 let m = &self.metrics;
                 m.acked.fetch_add(1, Ordering::Relaxed);
                 if duplicate {
                     m.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
-                let ns = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                m.latency_ns_sum.fetch_add(ns, Ordering::Relaxed);
-                m.latency_count.fetch_add(1, Ordering::Relaxed);
+                if let Some(sent) = p.sent {
+                    let ns = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    m.latency_ns_sum.fetch_add(ns, Ordering::Relaxed);
+                    m.latency_count.fetch_add(1, Ordering::Relaxed);
+                    self.in_flight -= 1;
+                }
+                // A retry waiting for its backoff finds no entry and does nothing.
                 self.pending.remove(&offset);
+                self.due.retain(|&o| o != offset);
                 if let Some(w) = self.window.as_mut() {
                     w.ack(offset);
                 }
                 self.publish_committable();
-                if let Some(h) = self.held.take() {
-                    self.offer(h);
-                }
+                self.offer_held().await;
             }
-            Done::Acked {
-                offset,
-                result: Err(e),
-                ..
-            } => {
-                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                self.metrics
-                    .set_error(format!("publish of offset {offset}: {e} (retrying)"));
-                if self.rescan {
-                    self.due.push_back(offset);
-                    return;
-                }
-                let p = self.pending.get_mut(&offset).expect("a pending publish");
-                let pause = backoff(p.attempts, self.settings.max_backoff);
-                p.attempts += 1;
-                self.futs.push(Box::pin(async move {
-                    tokio::time::sleep(pause).await;
-                    Done::RetryDue(offset)
-                }));
-            }
-            Done::RetryDue(offset) => {
-                let p = &self.pending[&offset];
-                if self.rescan || p.first_sent.elapsed() > self.dup_window / 2 {
-                    // JetStream may have stored the first send and forgotten its id by the
-                    // time this one lands: look in the stream first.
-                    self.rescan = true;
-                    self.due.push_back(offset);
-                } else {
-                    self.send(offset);
-                }
-            }
+            // An error for an attempt already given up (a late reply) changes nothing.
+            Err(e) if p.sent.is_some() && p.attempts == attempt => self.failed(offset, &e),
+            Err(_) => {}
+        }
+    }
+
+    /// Every publish whose PubAck is later than `ack_timeout` failed.
+    fn check_late(&mut self) {
+        if self.in_flight == 0 {
+            return;
+        }
+        let timeout = self.settings.ack_timeout;
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.sent.is_some_and(|s| s.elapsed() > timeout))
+            .map(|(&o, _)| o)
+            .collect();
+        for offset in late {
+            self.failed(offset, "no PubAck in time");
+        }
+    }
+
+    /// The current attempt of `offset` failed: retried after a backoff (or after the scan).
+    fn failed(&mut self, offset: u64, e: &str) {
+        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .set_error(format!("publish of offset {offset}: {e} (retrying)"));
+        let p = self.pending.get_mut(&offset).expect("a pending publish");
+        if p.sent.take().is_some() {
+            self.in_flight -= 1;
+        }
+        let pause = backoff(p.attempts, self.settings.max_backoff);
+        p.attempts += 1;
+        if self.rescan {
+            self.due.push_back(offset);
+            return;
+        }
+        self.retries.push(Box::pin(async move {
+            tokio::time::sleep(pause).await;
+            offset
+        }));
+    }
+
+    /// A retry's backoff is over.
+    async fn retry_due(&mut self, offset: u64) {
+        let Some(p) = self.pending.get(&offset) else {
+            return; // a late PubAck of an earlier attempt settled it
+        };
+        if self.rescan || p.first_sent.elapsed() > self.dup_window / 2 {
+            // JetStream may have stored the first send and forgotten its id by the
+            // time this one lands: look in the stream first.
+            self.rescan = true;
+            self.due.push_back(offset);
+        } else {
+            self.send(offset).await;
         }
     }
 
@@ -364,13 +489,11 @@ impl Publisher {
                 }
             } else if let Some(p) = self.pending.get_mut(&offset) {
                 p.first_sent = Instant::now();
-                self.send(offset);
+                self.send(offset).await;
             }
         }
         self.publish_committable();
-        if let Some(h) = self.held.take() {
-            self.offer(h);
-        }
+        self.offer_held().await;
     }
 
     /// The offsets of ours at or above `lo` in the stream. Reads backwards in chunks, each
@@ -449,4 +572,49 @@ impl Publisher {
 
 fn stream_name(s: &stream::Stream) -> &str {
     &s.cached_info().config.name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(payload: &str, status: Option<StatusCode>) -> async_nats::Message {
+        async_nats::Message {
+            subject: "_INBOX.x.7.0".into(),
+            reply: None,
+            payload: payload.to_owned().into(),
+            headers: None,
+            status,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    #[test]
+    fn replies_are_told_apart_by_offset_attempt_and_outcome() {
+        assert_eq!(
+            parse_reply_subject("_INBOX.x.7.2", "_INBOX.x"),
+            Some((7, 2))
+        );
+        assert_eq!(parse_reply_subject("_INBOX.xy.7.2", "_INBOX.x"), None);
+        assert_eq!(parse_reply_subject("_INBOX.x.7", "_INBOX.x"), None);
+        assert_eq!(parse_reply_subject("_INBOX.x.a.2", "_INBOX.x"), None);
+        assert_eq!(
+            read_reply(&reply(r#"{"stream":"S","seq":3}"#, None)),
+            Ok(false)
+        );
+        assert_eq!(
+            read_reply(&reply(r#"{"stream":"S","seq":3,"duplicate":true}"#, None)),
+            Ok(true)
+        );
+        let e = read_reply(&reply(
+            r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+            None,
+        ))
+        .unwrap_err();
+        assert!(e.contains("503") && e.contains("maximum messages"), "{e}");
+        let e = read_reply(&reply("", Some(StatusCode::NO_RESPONDERS))).unwrap_err();
+        assert!(e.contains("no responders"), "{e}");
+        assert!(read_reply(&reply("+OK", None)).is_err());
+    }
 }
