@@ -9,14 +9,14 @@
 //! | variable | default | meaning |
 //! | --- | --- | --- |
 //! | `PINSTREAM_BRIDGE_EVENTS` | 20000 | events forwarded per test |
-//! | `PINSTREAM_BRIDGE_KILLS` | 1 | `kill -9` of the bridge process while it forwards |
+//! | `PINSTREAM_BRIDGE_KILLS` | 2 | `kill -9` of the bridge process while it forwards |
 //! | `PINSTREAM_BRIDGE_OUTAGE_SECS` | 3 | how long nats-server stays down under load |
 //! | `NATS_SERVER` | | a `nats-server` (≥ 2.10) to use instead of the one on PATH / the venv |
 //!
 //! `PINSTREAM_BRIDGE_KILLS` applies to the bridge and, in its own test, to the engine.
 //!
 //! e.g. `PINSTREAM_BRIDGE_EVENTS=1000000 PINSTREAM_BRIDGE_KILLS=5 PINSTREAM_BRIDGE_OUTAGE_SECS=30
-//! cargo test --release -p pinstream --test jetstream_bridge`.
+//! cargo test --release -p pinstream-tests --test jetstream_bridge`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -24,7 +24,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
@@ -89,6 +89,82 @@ fn nats_server_bin() -> PathBuf {
         );
     }
     bin
+}
+
+/// The `pinstream` binary of this build, `target/<profile>/pinstream` beside this test's
+/// `deps/` directory (a test of the `tests` package cannot name another package's binary).
+/// Built with `cargo build -p pinstream` in the same profile when it is missing or older than
+/// a source file of the crates it is made of, so these tests never run a stale engine or
+/// bridge (under `cargo test --workspace` it is there and fresh: a no-op).
+fn pinstream_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test runs from target/<profile>/deps/");
+        let bin = profile_dir.join("pinstream");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace");
+        let stale = match std::fs::metadata(&bin).and_then(|m| m.modified()) {
+            Err(_) => true,
+            Ok(built) => {
+                newer_than(&root.join("Cargo.lock"), built)
+                    || ["core-nostd", "client", "host", "bridge", "pinned-runner"]
+                        .iter()
+                        .any(|c| {
+                            newer_than(&root.join(c).join("Cargo.toml"), built)
+                                || newer_than(&root.join(c).join("src"), built)
+                        })
+            }
+        };
+        if stale {
+            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => "dev",
+                Some(other) => other,
+            };
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let built = Command::new(&cargo)
+                .current_dir(root)
+                .args([
+                    "build",
+                    "-p",
+                    "pinstream",
+                    "--bin",
+                    "pinstream",
+                    "--profile",
+                    profile,
+                ])
+                .arg("--target-dir")
+                .arg(profile_dir.parent().expect("the target directory"))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                built && bin.exists(),
+                "cannot build {}: `cargo build -p pinstream --profile {profile}` failed",
+                bin.display()
+            );
+        }
+        bin
+    })
+}
+
+/// Whether `path`, or a file below it, was modified after `t`.
+fn newer_than(path: &Path, t: std::time::SystemTime) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| newer_than(&e.path(), t))
+    } else {
+        meta.modified().is_ok_and(|m| m > t)
+    }
 }
 
 fn free_port() -> u16 {
@@ -222,7 +298,7 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[&str], config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+        let mut child = Command::new(pinstream_bin())
             .args(args)
             .arg("--config")
             .arg(config)
@@ -517,7 +593,7 @@ fn assert_same(stored: &HashMap<u64, (u64, Vec<u8>)>, streamed: &HashMap<u64, (u
 #[test]
 fn kill_9_of_the_bridge_mid_stream_forwards_every_event_exactly_once() {
     let n = env_u64("PINSTREAM_BRIDGE_EVENTS", 20_000);
-    let kills = env_u64("PINSTREAM_BRIDGE_KILLS", 1);
+    let kills = env_u64("PINSTREAM_BRIDGE_KILLS", 2);
     let dir = TempDir::new("bridge-kill");
     let nats = NatsServer::start(dir.path());
     let mut engine = Engine::start(dir.path(), "");
@@ -531,20 +607,28 @@ fn kill_9_of_the_bridge_mid_stream_forwards_every_event_exactly_once() {
     };
     let mut bridge = start_bridge();
     let acked = Arc::new(AtomicU64::new(0));
+    // Paced over about 5 s, so that every kill comes while events still arrive (the bridge
+    // cannot be done before the producer is).
     let producer = {
         let (addr, acked) = (engine.tcp, Arc::clone(&acked));
-        std::thread::spawn(move || produce(addr, 1..n + 1, 0, &acked))
+        std::thread::spawn(move || produce(addr, 1..n + 1, (n / 5).max(1), &acked))
     };
     let rt = runtime();
     for k in 1..=kills {
         // Kill while the stream is filling: at k/(kills+1) of the events.
         let at = n * k / (kills + 1);
         let until = Instant::now() + WAIT * 2;
-        while stream_len(&rt, &nats.url(), "KILL") < at {
+        let mut len = 0;
+        while len < at {
             bridge.assert_alive();
             assert!(Instant::now() < until, "bridge stuck:\n{}", bridge.output());
             std::thread::sleep(Duration::from_millis(20));
+            len = stream_len(&rt, &nats.url(), "KILL");
         }
+        assert!(
+            len < n,
+            "kill {k} came after the last event: not mid-stream"
+        );
         bridge.kill9();
         bridge = start_bridge();
     }
@@ -711,7 +795,7 @@ fn metric(admin: SocketAddr, sample: &str) -> f64 {
 #[test]
 fn kill_9_of_the_engine_mid_stream_loses_and_duplicates_nothing() {
     let n = env_u64("PINSTREAM_BRIDGE_EVENTS", 20_000);
-    let kills = env_u64("PINSTREAM_BRIDGE_KILLS", 1);
+    let kills = env_u64("PINSTREAM_BRIDGE_KILLS", 2);
     let dir = TempDir::new("bridge-engine-kill");
     let nats = NatsServer::start(dir.path());
     let (tcp, consumers) = (free_port(), free_port());
@@ -984,7 +1068,7 @@ fn end_to_end(rt: &tokio::runtime::Runtime, url: &str, name: &str) -> (f64, f64,
 /// The throughputs are stored messages per second between the stream's first and last
 /// message (JetStream's timestamps), the runs interleaved (own ingest, bridge, own ingest,
 /// bridge…), medians printed. Run on demand, in release:
-/// `cargo test --release -p pinstream --test jetstream_bridge -- --ignored --nocapture measure`
+/// `cargo test --release -p pinstream-tests --test jetstream_bridge -- --ignored --nocapture measure`
 /// (`PINSTREAM_BRIDGE_EVENTS`, default 200000; `PINSTREAM_BRIDGE_ROUNDS`, default 3;
 /// `PINSTREAM_BRIDGE_RATE` for the paced run, default 20000 events/s).
 #[test]
@@ -1027,9 +1111,10 @@ fn measure_bridge_against_jetstream_own_ingest() {
             let (name, stream) = (format!("m{round}"), format!("BRIDGED{round}"));
             std::fs::write(
                 &config,
+                // The server the own ingest connects to (a cluster forwards to the leader).
                 bridge_table(
                     &name,
-                    &urls,
+                    &url,
                     &stream,
                     &format!(
                         "replicas = {nodes}\nmax_in_flight = {window}\nheaders = \"{headers}\"\n"
