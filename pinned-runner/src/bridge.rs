@@ -36,7 +36,7 @@ most) and the position committed.
 
 Keys of a [[bridge]] table (see `pinstream run --print-default-config`): name, log, source, \
 nats_url, stream, subjects, replicas, subject (template: {log} {topic} {topic_name} \
-{source}), max_in_flight, commit_interval_ms, ack_timeout_ms, max_backoff_ms, token | \
+{source}), headers (fields | id), max_in_flight, commit_interval_ms, ack_timeout_ms, max_backoff_ms, token | \
 user + password | nkey_seed | creds_file, ca_file, client_cert + client_key, tls_required, cpu.",
     after_help = "Example config:\n  [[bridge]]\n  name = \"to-nats\"\n  log = \"realtime\"\n  \
 nats_url = \"nats://127.0.0.1:4222\"\n  stream = \"PINSTREAM\"\n  subjects = [\"pinstream.>\"]\n  \

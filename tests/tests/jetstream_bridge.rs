@@ -1070,7 +1070,9 @@ fn end_to_end(rt: &tokio::runtime::Runtime, url: &str, name: &str) -> (f64, f64,
 /// bridge…), medians printed. Run on demand, in release:
 /// `cargo test --release -p pinstream-tests --test jetstream_bridge -- --ignored --nocapture measure`
 /// (`PINSTREAM_BRIDGE_EVENTS`, default 200000; `PINSTREAM_BRIDGE_ROUNDS`, default 3;
-/// `PINSTREAM_BRIDGE_RATE` for the paced run, default 20000 events/s).
+/// `PINSTREAM_BRIDGE_NODES`, default `1,3`; `PINSTREAM_BRIDGE_HEADERS`, the bridge's
+/// `headers` in the throughput rounds, default `fields`; `PINSTREAM_BRIDGE_RATE` for the
+/// paced run, default 20000 events/s, whose bridge always sends the fields).
 #[test]
 #[ignore = "a measurement: run on demand"]
 fn measure_bridge_against_jetstream_own_ingest() {
