@@ -36,8 +36,8 @@ pub struct BridgeSection {
     pub subject: String,
     /// What each message carries besides `Nats-Msg-Id` (which names the source, the log and
     /// the offset): `fields`, the record's fields as `Pinstream-*` headers, or `id`, nothing
-    /// else (about a third faster when JetStream is the limit: the headers are most of a
-    /// small event's bytes).
+    /// else (smaller messages: the ten headers are most of a small event's bytes; the
+    /// README's figures).
     pub headers: String,
     /// Publishes awaiting their PubAck at most (a span of offsets).
     pub max_in_flight: usize,
