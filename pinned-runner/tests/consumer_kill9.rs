@@ -1,18 +1,21 @@
 //! Consumers across a `kill -9` of the real `pinstream run` (acks durable): a named consumer
 //! resumes at its last commit on the restarted engine, nothing skipped, only what came after
-//! the commit delivered again; and nothing a consumer saw before the kill is what a power cut
+//! the commit delivered again; a `pinstream consume --consumer` process killed with `-9`
+//! resumes at the last position it committed; and nothing a consumer saw before the kill is what a power cut
 //! at that moment could take (the log is cut back to what its checkpoint says was synced,
 //! recovery truncates the torn tail, and every record the consumer saw is still there).
 
-use std::io;
+use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pinstream_client::{Consumer, ConsumerOptions, Producer, ProducerOptions};
+use pinstream_client::{Consumer, ConsumerOptions, Producer, ProducerOptions, rejection};
 use pinstream_core::event::{EventHeader, Priority};
+use pinstream_core::reason::Reason;
 use pinstream_core::wire::{Start, StreamLog};
 use pinstream_host::storage::layout::segment_path;
 use pinstream_host::storage::{LogId, LogReader, segment_bases, synced_point};
@@ -244,5 +247,82 @@ fn kill_a_followed_engine_and_cut_power(dir: &TempDir) {
     assert!(
         seen[..] == after[..seen.len()],
         "every record the consumer saw is in the recovered log, byte for byte"
+    );
+}
+
+/// Connects `options`, retrying while the engine still holds the name for a connection
+/// that is going away (`consumer_busy`).
+fn connect_retrying(addr: SocketAddr, options: &ConsumerOptions) -> Consumer {
+    let until = Instant::now() + WAIT;
+    loop {
+        match Consumer::connect(addr, options.clone()) {
+            Ok(c) => return c,
+            Err(e)
+                if rejection(&e).and_then(|r| r.reason()) == Some(Reason::ConsumerBusy)
+                    && Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("connecting a consumer: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_consume_process_killed_with_9_resumes_at_its_last_commit() {
+    let dir = TempDir::new("consumer-kill9-process");
+    let runner = Runner::start(dir.path(), DURABLE);
+    produce(runner.tcp, 0..20_000);
+    // `pinstream consume --consumer tail --follow` commits what it printed every 1000 records
+    // or second; it is killed once it has printed 5 000 lines.
+    let mut consume = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+        .args(["consume", "--addr", &runner.consumers.to_string()])
+        .args(["--consumer", "tail", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(consume.stdout.take().unwrap()).lines();
+    let mut printed = 0u64;
+    while printed < 5_000 {
+        let line = lines.next().expect("consume printed 5 000 lines").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v["offset"], printed,
+            "printed in order from the first record"
+        );
+        assert_eq!(v["id"], printed, "the event stored at that offset");
+        printed += 1;
+    }
+    consume.kill().unwrap();
+    consume.wait().unwrap();
+    // What it wrote before the kill is still in the pipe (a line may be cut by the kill).
+    while let Some(Ok(line)) = lines.next() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            assert!(lines.next().is_none(), "only the last line is cut");
+            break;
+        };
+        assert_eq!(v["offset"], printed, "printed in order");
+        printed += 1;
+    }
+    // Its last commit covers only what it printed: nothing is skipped on resuming.
+    let options = named("tail");
+    let mut c = connect_retrying(runner.consumers, &options);
+    let committed = c.subscribed().committed;
+    assert!(
+        (1_000..=printed).contains(&committed),
+        "a commit of the killed process landed, within the {printed} records it printed: {committed}"
+    );
+    assert_eq!(c.subscribed().start_offset, committed);
+    let rest = read(&mut c, (20_000 - committed) as usize);
+    drop(c);
+    runner.signal(libc::SIGTERM);
+    let mut runner = runner;
+    assert!(runner.wait().success(), "{}", runner.output());
+    drop(runner);
+    let stored = stored(dir.path());
+    assert!(
+        rest == stored[committed as usize..],
+        "resumed at the commit"
     );
 }
