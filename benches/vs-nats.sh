@@ -42,7 +42,8 @@
 #               each count of live ordered consumers in INGEST_CONSUMERS
 # The pinstream half of each (run_pinstream_consumers): a fresh `pinstream run` per step with
 # acks durable and durability `interval`, the catch-up read by client/examples/catchup.rs,
-# latency and ingest by `pinstream loadgen --consumers N`, events in frames of 64.
+# latency and ingest by `pinstream loadgen --consumers N` after WARMUP s of the same load
+# without consumers (not recorded, as on the NATS side), events in frames of 64.
 # The table goes to target/vs-nats/results-consumers.md.
 #   EVENTS_CATCHUP="1000000"  stored events per catch-up run; a list runs each (e.g.
 #                             "1000000 10000000"; the store needs ~150 B of disk per event)
@@ -566,6 +567,17 @@ print(f"{section}\tpinstream\t{what}\t{json.dumps(row)}")
 ' "$1" "$2" "$LINE" >>"$CONS_RESULTS"
 }
 
+# pin_warmup DIR ARGS...: WARMUP seconds of the same load against the current engine, without
+# consumers and with ids of their own (a repeated id would be a duplicate), not recorded: the
+# NATS side does not record its first WARMUP seconds either.
+pin_warmup() {
+    local dir=$1
+    shift
+    [ "$WARMUP" -gt 0 ] || return 0
+    pin_loadgen "$dir/warmup.out" --duration "$WARMUP" --inflight "$frames_inflight" \
+        --id-base 1000000000000 "$@" || true
+}
+
 run_pinstream_consumers() {
     local n dir k i=0 frames_inflight
     if [ -n "$PIN_SKIP" ]; then
@@ -597,8 +609,9 @@ run_pinstream_consumers() {
 
     dir=$WORK/pinstream-latency
     if start_pinstream_consumers "$dir" "latency at $LAT_RATE/s"; then
-        say "pinstream: $LAT_CONSUMERS consumer(s), publishing $LAT_RATE events/s for $LAT_SECONDS s"
-        if pin_loadgen "$dir/latency.out" --rate "$LAT_RATE" --duration "$LAT_SECONDS" \
+        say "pinstream: $LAT_CONSUMERS consumer(s), publishing $LAT_RATE events/s for $LAT_SECONDS s ($WARMUP s warm-up)"
+        pin_warmup "$dir" --rate "$LAT_RATE"
+        if pin_loadgen "$dir/latency.out" --rate "$LAT_RATE" --duration "$((LAT_SECONDS - WARMUP))" \
             --consumers "$LAT_CONSUMERS" --inflight "$frames_inflight"; then
             pin_row latency "$LAT_CONSUMERS"
         fi
@@ -611,14 +624,15 @@ run_pinstream_consumers() {
         dir=$WORK/pinstream-ingest-$i
         start_pinstream_consumers "$dir" "ingest with $k consumers" || continue
         say "pinstream: publishing as fast as $INFLIGHT events in flight allow for $INGEST_SECONDS s, $k live consumer(s)"
-        if pin_loadgen "$dir/ingest.out" --duration "$INGEST_SECONDS" --consumers "$k" \
+        pin_warmup "$dir" --rate 0
+        if pin_loadgen "$dir/ingest.out" --duration "$((INGEST_SECONDS - WARMUP))" --consumers "$k" \
             --inflight "$frames_inflight"; then
             pin_row ingest "$k"
         fi
         stop_pinstream_consumers "ingest with $k consumers"
         [ "${KEEP:-0}" = 1 ] || rm -rf "$dir/store"
     done
-    PIN_CONSUMERS_NOTE="pinstream: a fresh \`pinstream run\` per step with acks durable and durability \`interval\` (a consumer sees an event once it is fdatasynced; JetStream's consumers see a message once it is in the page cache), high priority (realtime lane), frames of 64 events with $frames_inflight frames ($INFLIGHT events) in flight; catch-up with client/examples/catchup.rs, latency and ingest with \`pinstream loadgen --consumers N\` (consumers subscribed at \`latest\`; the first second is included: loadgen has no warm-up)."
+    PIN_CONSUMERS_NOTE="pinstream: a fresh \`pinstream run\` per step with acks durable and durability \`interval\` (a consumer sees an event once it is fdatasynced; JetStream's consumers see a message once it is in the page cache), high priority (realtime lane), frames of 64 events with $frames_inflight frames ($INFLIGHT events) in flight; catch-up with client/examples/catchup.rs, latency and ingest with \`pinstream loadgen --consumers N\` (consumers subscribed at \`latest\`) after $WARMUP s of the same load without consumers, not recorded."
 }
 
 # ---------------------------------------------------------------------------------------------
