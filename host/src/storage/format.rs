@@ -428,6 +428,39 @@ mod tests {
             assert!(Checkpoint::from_bytes(&f).is_err());
         }
     }
+
+    #[test]
+    fn synced_point_reads_a_valid_checkpoint_only() {
+        let dir =
+            std::env::temp_dir().join(format!("pinstream-synced-point-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        assert_eq!(synced_point(&dir), None, "no checkpoint file");
+        let c = Checkpoint {
+            segment: 3,
+            position: 4096,
+            next_offset: 21,
+            last_record_pos: 3900,
+        };
+        let path = dir.join(CHECKPOINT_FILE);
+        fs::write(&path, c.to_bytes()).unwrap();
+        assert_eq!(
+            synced_point(&dir),
+            Some(SyncedPoint {
+                segment: 3,
+                position: 4096,
+                next_offset: 21
+            })
+        );
+        let mut torn = c.to_bytes();
+        torn[20] ^= 1;
+        fs::write(&path, torn).unwrap();
+        assert_eq!(
+            synced_point(&dir),
+            None,
+            "a damaged checkpoint says nothing"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[cfg(test)]
