@@ -45,6 +45,13 @@ bare_metal() {
         RUSTFLAGS="-D warnings" cargo build -p pinstream-core --target thumbv6m-none-eabi \
             --features "$f" --target-dir target/bare-metal
     done
+    # Without the per-stage latency histograms (15.6 KB of a firmware's RAM): what small
+    # parts build, the firmware among them.
+    for t in thumbv7m-none-eabi thumbv6m-none-eabi; do
+        echo "pinstream-core for $t without default features (no latency-histograms)"
+        RUSTFLAGS="-D warnings" cargo build -p pinstream-core --target "$t" --no-default-features \
+            --target-dir target/bare-metal
+    done
     # Only `core` exists in this build: any `alloc` in the dependency tree fails to compile.
     echo "pinstream-core with -Zbuild-std=core (no alloc anywhere)"
     cargo +nightly build -Zbuild-std=core --target thumbv7em-none-eabihf -p pinstream-core \
