@@ -1,5 +1,6 @@
-//! The pipeline scenario the firmware runs: pinstream-core with every structure in a
-//! `static`, no heap, fed a deterministic stream of encoded frames.
+//! The self-check (`cargo test --release --features semihosting`, test `pipeline`):
+//! pinstream-core with every structure in a `static`, no heap, fed a built-in deterministic
+//! stream of encoded frames, reporting and exiting through semihosting.
 //!
 //! Phases, each with outcomes known in advance:
 //! 1. **warm**: 4 BATCH frames of 8 events, all priorities and 4 topics; processed after each
@@ -14,8 +15,6 @@
 //!
 //! Then the processors drain, and the books must balance exactly:
 //! `ingested == stored + duplicates + dead_lettered + rejected`, and per reason.
-#![no_std]
-
 use core::fmt;
 
 use cortex_m_semihosting::debug;
@@ -31,17 +30,6 @@ use pinstream_core::ratelimit::{RateConfig, RateLimiter};
 use pinstream_core::reason::Reason;
 use pinstream_core::wire::{BatchEncoder, StreamDecoder};
 use static_cell::StaticCell;
-
-/// Prints a line over semihosting: text, or a defmt frame with the `defmt` feature (text and
-/// defmt frames cannot share the output stream).
-macro_rules! say {
-    ($fmt:literal $(, $arg:expr)*) => {{
-        #[cfg(not(feature = "defmt"))]
-        cortex_m_semihosting::hprintln!($fmt $(, $arg)*);
-        #[cfg(feature = "defmt")]
-        defmt::println!($fmt $(, defmt::Display2Format(&$arg))*);
-    }};
-}
 
 /// Payload bytes per event slot.
 pub const PAYLOAD: usize = 32;
@@ -444,27 +432,18 @@ pub fn run_and_exit() -> ! {
     match run() {
         Some(Ok(summary)) => {
             report(&summary);
-            say!("pinstream firmware: all checks passed");
+            crate::say!("pinstream firmware: all checks passed");
             debug::exit(debug::EXIT_SUCCESS);
         }
         Some(Err(mismatch)) => {
-            say!("pinstream firmware: MISMATCH: {}", mismatch);
+            crate::say!("pinstream firmware: MISMATCH: {}", mismatch);
             debug::exit(debug::EXIT_FAILURE);
         }
         None => {
-            say!("pinstream firmware: statics already taken");
+            crate::say!("pinstream firmware: statics already taken");
             debug::exit(debug::EXIT_FAILURE);
         }
     }
-    loop {
-        cortex_m::asm::wfi();
-    }
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    say!("pinstream firmware: panic: {}", info);
-    debug::exit(debug::EXIT_FAILURE);
     loop {
         cortex_m::asm::wfi();
     }
