@@ -90,9 +90,16 @@ firmware() {
         cd firmware
         cargo fmt --check
         cargo clippy --release -- -D warnings
-        # The scenario, as the README's firmware command runs it, then as a test.
+        cargo clippy --release --features semihosting --all-targets -- -D warnings
+        (cd host-test && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings)
+        # The application booted in QEMU and driven over UART0 from the host (host-test/, by
+        # the runner qemu-run.sh): as the README's firmware command runs it, then as the
+        # `uart` test (the board build: a panic resets).
         cargo run --release
         cargo test --release
+        # The built-in self-check (`pipeline`), and the application again with semihosting
+        # (a firmware panic fails the test at once instead of resetting).
+        cargo test --release --features semihosting
         # Cortex-M0 (no CAS): the final binary picks critical-section (single core).
         cargo build --release --target thumbv6m-none-eabi --features no-cas
         # The core's defmt feature with a real logger.
@@ -157,7 +164,7 @@ if ! $quick; then
     step "bare-metal builds" bare_metal
     step "benches compile (never run in CI)" cargo bench --workspace --no-run
     step "main job (README's run command) with the load generator" main_job
-    step "firmware under QEMU (run, test, thumbv6m, defmt, no-alloc check)" firmware
+    step "firmware under QEMU (UART driven from the host, self-check, thumbv6m, defmt, no-alloc check)" firmware
     step "miri (stacked + tree borrows)" miri
     step "loom models" loom
 fi

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The firmware's cargo runner (.cargo/config.toml): `cargo run` / `cargo test` hand it the
+# ELF they built for the LM3S6965.
+#   - the self-check (the `pipeline` test, `--features semihosting`): booted in QEMU with
+#     semihosting, whose exit status is the verdict;
+#   - the application (`pinstream-firmware`, the `uart` test): handed to host-test/, which
+#     boots it in QEMU with UART0 on a unix socket, drives it over the line and checks every
+#     answer (its `cargo test` builds for the host: host-test/.cargo/config.toml).
+set -euo pipefail
+elf=$(realpath "$1") # cargo run passes it relative to the current directory
+shift
+here=$(cd "$(dirname "$0")" && pwd)
+case "$(basename "$elf")" in
+    pipeline-*)
+        exec qemu-system-arm -cpu cortex-m3 -machine lm3s6965evb -nographic \
+            -semihosting-config enable=on,target=native -kernel "$elf" "$@"
+        ;;
+    *)
+        cd "$here/host-test"
+        FIRMWARE_ELF=$elf exec cargo test --release --test uart "$@"
+        ;;
+esac
