@@ -17,6 +17,6 @@ case "$(basename "$elf")" in
         ;;
     *)
         cd "$here/host-test"
-        FIRMWARE_ELF=$elf exec cargo test --release --test uart "$@"
+        FIRMWARE_ELF=$elf exec cargo test --release --test uart -- "$@"
         ;;
 esac

@@ -38,6 +38,8 @@
 //! answered (`in_flight` is 0 then), where a frame that failed to decode, a refused HELLO and
 //! each loss of framing count as one rejected unit.
 
+use core::mem::MaybeUninit;
+
 use pinstream_core::accounting::{Accounting, StageCounters};
 use pinstream_core::arena::ArenaRegion;
 use pinstream_core::control::ControlSignal;
@@ -51,7 +53,7 @@ use pinstream_core::wire::{
     self, Ack, BatchEncoder, Frame, FrameError, FrameKind, Hello, Reject, encode_ack, encode_hello,
     encode_reject,
 };
-use static_cell::StaticCell;
+use static_cell::{ConstStaticCell, StaticCell};
 
 use crate::board::{self, Clock};
 use crate::line::{Line, loses_framing};
@@ -139,11 +141,15 @@ pub enum Stat {
     Alerts = 20,
     /// Sessions started by a HELLO.
     Sessions = 21,
+    /// Stack bytes used at most since reset (measured, see `board::stack_usage`).
+    StackUsed = 22,
+    /// Stack bytes there are (RAM above the statics).
+    StackSize = 23,
 }
 
 impl Stat {
     /// Every counter, in code order.
-    pub const ALL: [Stat; 22] = [
+    pub const ALL: [Stat; 24] = [
         Stat::Ingested,
         Stat::Stored,
         Stat::Duplicates,
@@ -166,6 +172,8 @@ impl Stat {
         Stat::DeadLetterRecords,
         Stat::Alerts,
         Stat::Sessions,
+        Stat::StackUsed,
+        Stat::StackSize,
     ];
 }
 
@@ -178,10 +186,14 @@ static DISPATCH_COUNTERS: StageCounters = StageCounters::new();
 static PROCESS_COUNTERS: StageCounters = StageCounters::new();
 static SIGNAL: ControlSignal = ControlSignal::new();
 static ADMIT_ALL: Unlimited = Unlimited;
-static PROCS: StaticCell<Procs> = StaticCell::new();
-static LINE: StaticCell<Line<MAX_FRAME>> = StaticCell::new();
-static STORE: StaticCell<RecordRing> = StaticCell::new();
-static TX: StaticCell<[u8; TX_FRAME]> = StaticCell::new();
+// Built at compile time, in place: a value built at run time passes through the stack,
+// which is what RAM is short of (see `Stat::StackUsed`).
+static PROCS: ConstStaticCell<Procs> =
+    ConstStaticCell::new(Procs::new(DEDUP_WINDOW, AGGREGATE_WINDOW));
+static LINE: ConstStaticCell<Line<MAX_FRAME>> = ConstStaticCell::new(Line::new());
+static STORE: ConstStaticCell<RecordRing> = ConstStaticCell::new(RecordRing::new());
+static TX: ConstStaticCell<[u8; TX_FRAME]> = ConstStaticCell::new([0; TX_FRAME]);
+/// The dispatcher and the processors hold references made at run time: built by `run`.
 static APP: StaticCell<App> = StaticCell::new();
 
 /// One session on the line (from boot or from a HELLO).
@@ -238,7 +250,7 @@ pub fn run() -> ! {
     };
     // Built in its static, not on the stack (the dispatcher's staging alone is 7.7 KB, and
     // every move of it would be another copy on the stack).
-    let (Some(app), Some(line)) = (APP.try_init_with(App::new), LINE.try_init(Line::new())) else {
+    let (Some(app), Some(line)) = (APP.try_uninit().map(App::init), LINE.try_take()) else {
         panic!("the application's statics are already taken");
     };
     let Some(mut rx) = board::init(&mut cp.SYST) else {
@@ -273,13 +285,19 @@ impl App {
     ///
     /// # Panics
     /// When a static was taken already: only [`run`] calls this, once (through `APP`).
+    /// Builds the application in `slot` (its static): written there directly, not built on
+    /// the stack and copied (the dispatcher's staging area alone is 7.7 KB).
+    #[inline(never)]
+    fn init(slot: &'static mut MaybeUninit<Self>) -> &'static mut Self {
+        slot.write(Self::new())
+    }
+
+    #[inline(always)]
     fn new() -> Self {
         let taken = "the application's statics are taken once, by run()";
         let arena = ARENA_REGION.take().expect(taken);
         let (input, output, dead_letters) = LANES.try_split_with_arena(arena).expect(taken);
-        let procs = PROCS
-            .try_init(Procs::new(DEDUP_WINDOW, AGGREGATE_WINDOW))
-            .expect(taken);
+        let procs = PROCS.try_take().expect(taken);
         // Realtime events of topic 0 whose value is above 1000 fire an alert.
         procs
             .realtime
@@ -300,9 +318,9 @@ impl App {
             processors,
             procs,
             dead_letters,
-            store: STORE.try_init(RecordRing::new()).expect(taken),
+            store: STORE.try_take().expect(taken),
             alerts: CountAlerts::default(),
-            tx: TX.try_init([0; TX_FRAME]).expect(taken),
+            tx: TX.try_take().expect(taken),
             clock: Clock::default(),
             session: Session::default(),
             counts: Counts::default(),
@@ -464,6 +482,7 @@ impl App {
         let books = Self::books();
         let in_flight = self.processors.in_flight(self.procs);
         let c = self.counts;
+        let (stack_used, stack_size) = board::stack_usage();
         let value = |stat: Stat| -> u64 {
             match stat {
                 Stat::Ingested => books.ingested,
@@ -488,6 +507,8 @@ impl App {
                 Stat::DeadLetterRecords => self.store.dead.written(),
                 Stat::Alerts => self.alerts.0,
                 Stat::Sessions => c.sessions,
+                Stat::StackUsed => stack_used as u64,
+                Stat::StackSize => stack_size as u64,
             }
         };
         self.session.tx_seq += 1;

@@ -248,6 +248,33 @@ fn SysTick() {
     TICKS.store(ticks().wrapping_add(1), Ordering::Relaxed);
 }
 
+/// The stack's deepest use since reset and its size, in bytes: cortex-m-rt (`paint-stack`)
+/// fills the stack with the pattern `0xCCCC_CCCC` before
+/// `main`; the lowest word that no longer holds it is as deep as the stack went. A use equal
+/// to the size means the stack may have run into the statics below it.
+pub fn stack_usage() -> (usize, usize) {
+    unsafe extern "C" {
+        /// The stack's lowest address (cortex-m-rt's `link.x`: the end of the statics).
+        static _stack_end: u32;
+        /// The stack's top (the end of RAM).
+        static _stack_start: u32;
+    }
+    let end = (&raw const _stack_end) as usize;
+    let top = (&raw const _stack_start) as usize;
+    let mut p = end;
+    while p < top {
+        // SAFETY: `end..top` is the stack's RAM (the linker's symbols), word-aligned
+        // (cortex-m-rt asserts it), readable at any time; below the stack pointer it holds
+        // no live data, and reading it does not disturb what is above.
+        let word = unsafe { read_volatile(p as *const u32) };
+        if word != 0xCCCC_CCCC {
+            break;
+        }
+        p += 4;
+    }
+    (top - p, top - end)
+}
+
 /// One entry of the device part of the vector table.
 #[repr(C)]
 pub union Vector {

@@ -53,8 +53,10 @@ pub mod stat {
     pub const DEAD_LETTER_RECORDS: u64 = 19;
     pub const ALERTS: u64 = 20;
     pub const SESSIONS: u64 = 21;
+    pub const STACK_USED: u64 = 22;
+    pub const STACK_SIZE: u64 = 23;
     /// Counters in a report.
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 24;
 }
 
 /// How long to wait for an answer before calling the firmware stuck: a hang guard, far
@@ -415,6 +417,8 @@ pub fn summary(stats: &Stats) -> String {
         "dead_records",
         "alerts",
         "sessions",
+        "stack_used",
+        "stack_size",
     ];
     for (id, value) in &stats.0 {
         match names.get(*id as usize) {

@@ -27,8 +27,19 @@ fn ack(through_seq: u64, stored: u64, dead_lettered: u64, rejected: u64) -> Ack 
     }
 }
 
-/// The books balance, nothing is in flight, and the reasons add up to the classes.
+/// The books balance, nothing is in flight, the reasons add up to the classes, every
+/// counter is there, and the stack stayed clear of the statics.
 fn check_books(s: &Stats) {
+    assert_eq!(
+        s.0.len(),
+        stat::COUNT + s.reasons().len(),
+        "one entry per counter"
+    );
+    let (used, size) = (s.get(stat::STACK_USED), s.get(stat::STACK_SIZE));
+    assert!(
+        used > 0 && used < size,
+        "stack: {used} of {size} bytes used"
+    );
     let resolved = s.get(stat::STORED)
         + s.get(stat::DUPLICATES)
         + s.get(stat::DEAD_LETTERED)
