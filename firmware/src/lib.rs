@@ -15,6 +15,10 @@
 //! Without either, the firmware writes only to UART0 and a panic resets the chip.
 #![no_std]
 
+// The defmt logger (defmt frames over semihosting), for every binary of the crate.
+#[cfg(feature = "defmt")]
+use defmt_semihosting as _;
+
 pub mod app;
 pub mod board;
 pub mod line;

@@ -6,10 +6,6 @@
 #[cfg(feature = "alloc-probe")]
 extern crate alloc;
 
-// The defmt logger (semihosting), linked in only with the `defmt` feature.
-#[cfg(feature = "defmt")]
-use defmt_semihosting as _;
-
 use cortex_m_rt::entry;
 
 #[entry]
