@@ -209,7 +209,9 @@ impl Clock {
 }
 
 /// UART0's interrupt: drains the FIFO into the ring, or masks itself when the ring is full.
-unsafe extern "C" fn uart0() {
+/// A safe function: the vector table stores it as `unsafe extern "C" fn()` only because
+/// that is the entry type.
+extern "C" fn uart0() {
     interrupt::free(|cs| {
         let mut producer = RX_PRODUCER.borrow(cs).borrow_mut();
         let Some(producer) = producer.as_mut() else {
