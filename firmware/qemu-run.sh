@@ -3,9 +3,10 @@
 # ELF they built for the LM3S6965.
 #   - the self-check (the `pipeline` test, `--features semihosting`): booted in QEMU with
 #     semihosting, whose exit status is the verdict;
-#   - the application (`pinstream-firmware`, the `uart` test): handed to host-test/, which
-#     boots it in QEMU with UART0 on a unix socket, drives it over the line and checks every
-#     answer (its `cargo test` builds for the host: host-test/.cargo/config.toml).
+#   - the application (`pinstream-firmware`, the `uart` test): handed to host-test/, whose
+#     tests boot it in QEMU with UART0 on a unix socket, drive it over the line and check
+#     every answer (tests/uart.rs), and check the line's framing alone (tests/line.rs); its
+#     `cargo test` builds for the host (host-test/.cargo/config.toml).
 set -euo pipefail
 elf=$(realpath "$1") # cargo run passes it relative to the current directory
 shift
@@ -17,6 +18,6 @@ case "$(basename "$elf")" in
         ;;
     *)
         cd "$here/host-test"
-        FIRMWARE_ELF=$elf exec cargo test --release --test uart -- "$@"
+        FIRMWARE_ELF=$elf exec cargo test --release -- "$@"
         ;;
 esac
