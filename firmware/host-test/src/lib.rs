@@ -63,6 +63,16 @@ pub mod stat {
 /// above any answer's time, not a measurement.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The machine QEMU emulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    /// `qemu-system-arm -machine lm3s6965evb`: the firmware, UART0.
+    Lm3s6965,
+    /// `qemu-system-x86_64`, booted through the PVH entry: the unikernel, COM1, with the
+    /// `isa-debug-exit` device.
+    X86Pvh,
+}
+
 /// A frame the firmware sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -167,18 +177,38 @@ pub struct Device {
 }
 
 impl Device {
-    /// Boots `elf`, connects to its UART0 and waits for the device's boot HELLO.
+    /// Boots `elf` on QEMU's LM3S6965, connects to its UART0 and waits for the device's
+    /// boot HELLO.
     ///
     /// # Panics
     /// When QEMU cannot start or its socket does not appear.
     pub fn boot(elf: &Path) -> Self {
+        Self::boot_on(Machine::Lm3s6965, elf)
+    }
+
+    /// Boots `elf` on `machine`, connects to its serial line and waits for the boot HELLO.
+    ///
+    /// # Panics
+    /// When QEMU cannot start or its socket does not appear.
+    pub fn boot_on(machine: Machine, elf: &Path) -> Self {
         let dir = TempDir::new();
         let socket = dir.0.join("uart0.sock");
-        let qemu = Command::new("qemu-system-arm")
-            .args(["-cpu", "cortex-m3", "-machine", "lm3s6965evb"])
+        let mut qemu = match machine {
+            Machine::Lm3s6965 => {
+                let mut c = Command::new("qemu-system-arm");
+                c.args(["-cpu", "cortex-m3", "-machine", "lm3s6965evb"])
+                    // Only used by firmware built with `semihosting` or `defmt`.
+                    .args(["-semihosting-config", "enable=on,target=native"]);
+                c
+            }
+            Machine::X86Pvh => {
+                let mut c = Command::new("qemu-system-x86_64");
+                c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+                c
+            }
+        };
+        let qemu = qemu
             .args(["-display", "none", "-monitor", "none", "-no-reboot"])
-            // Only used by firmware built with `semihosting` or `defmt` (logs, panics).
-            .args(["-semihosting-config", "enable=on,target=native"])
             // `wait=on`: QEMU starts the guest only once this side is connected, so the
             // device's boot HELLO cannot go out to nobody.
             .arg("-chardev")
@@ -191,7 +221,7 @@ impl Device {
             .arg(elf)
             .stdin(Stdio::null())
             .spawn()
-            .expect("start qemu-system-arm");
+            .expect("start QEMU");
         let mut device = Self {
             qemu,
             line: connect(&socket),
@@ -252,16 +282,37 @@ impl Device {
         (batch_frame(seq, events), seq)
     }
 
+    /// Sends an EVENT frame of one event of `topic` (a request: STATS, or the unikernel's
+    /// EXIT) with the next seq.
+    pub fn request(&mut self, topic: u16) {
+        let seq = self.next_seq();
+        let mut buf = [0u8; 64];
+        let request = EventHeader::new(0, topic, pinstream_core::event::Priority::Low, 0);
+        let n = encode_event(&mut buf, seq, &request, &[]).expect("encode a request");
+        self.send_bytes(&buf[..n]);
+    }
+
+    /// Waits for QEMU to exit on its own and returns its exit code.
+    ///
+    /// # Panics
+    /// When it does not exit within [`ANSWER_TIMEOUT`], or is killed by a signal.
+    pub fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            if let Some(status) = self.qemu.try_wait().expect("wait for QEMU") {
+                return status.code().expect("QEMU exited, not killed");
+            }
+            assert!(Instant::now() < deadline, "QEMU did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends a STATS request and returns the report.
     ///
     /// # Panics
     /// When the answer is not a report.
     pub fn stats(&mut self) -> Stats {
-        let seq = self.next_seq();
-        let mut buf = [0u8; 64];
-        let request = EventHeader::new(0, STATS_TOPIC, pinstream_core::event::Priority::Low, 0);
-        let n = encode_event(&mut buf, seq, &request, &[]).expect("encode STATS");
-        self.send_bytes(&buf[..n]);
+        self.request(STATS_TOPIC);
         match self.answer() {
             Answer::Stats(stats) => stats,
             other => panic!("expected a STATS report, got {other:?}"),
