@@ -124,6 +124,25 @@ firmware() {
     )
 }
 
+unikernel() {
+    # The core in an x86_64 kernel under QEMU, driven over COM1 (unikernel/README.md). Needs
+    # qemu-system-x86 (.ci/run installs it).
+    if ! command -v qemu-system-x86_64 > /dev/null; then
+        echo "missing qemu-system-x86_64: apt-get install qemu-system-x86"
+        return 1
+    fi
+    (
+        cd unikernel
+        cargo fmt --check
+        cargo clippy --release --all-targets -- -D warnings
+        (cd host-test && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings)
+        # Boots the kernel and drives it from the host (host-test/, by the runner
+        # qemu-run.sh): every answer, the books, and the kernel's exit verdict.
+        cargo test --release
+        size target/x86_64-unknown-none/release/pinstream-unikernel
+    )
+}
+
 main_job() {
     # The README's first command: the engine on its embedded default config (loopback
     # ports 7070, 7071, 9090; data in ./pinstream-data, here a temp dir), driven by the load
@@ -169,6 +188,7 @@ if ! $quick; then
     step "benches compile (never run in CI)" cargo bench --workspace --no-run
     step "main job (README's run command) with the load generator" main_job
     step "firmware under QEMU (UART driven from the host, self-check, thumbv6m, defmt, no-alloc check)" firmware
+    step "unikernel under QEMU (x86_64, driven over COM1 from the host)" unikernel
     step "miri (stacked + tree borrows)" miri
     step "loom models" loom
 fi
