@@ -18,6 +18,9 @@ case "$(basename "$elf")" in
         ;;
     *)
         cd "$here/host-test"
-        FIRMWARE_ELF=$elf exec cargo test --release -- "$@"
+        # Its own target directory and target: an outer CARGO_TARGET_DIR would be the one the
+        # outer cargo holds locked while its tests run.
+        FIRMWARE_ELF=$elf exec env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET \
+            cargo test --release -- "$@"
         ;;
 esac

@@ -8,4 +8,7 @@ elf=$(realpath "$1") # cargo run passes it relative to the current directory
 shift
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/host-test"
-UNIKERNEL_ELF=$elf exec cargo test --release -- "$@"
+# Its own target directory and target: an outer CARGO_TARGET_DIR would be the one the
+# outer cargo holds locked while its tests run.
+UNIKERNEL_ELF=$elf exec env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET \
+    cargo test --release -- "$@"
