@@ -16,11 +16,17 @@ case "$(basename "$elf")" in
         exec qemu-system-arm -cpu cortex-m3 -machine lm3s6965evb -nographic \
             -semihosting-config enable=on,target=native -kernel "$elf" "$@"
         ;;
+    reset-*)
+        # The application with `panic-probe`: the test that a panic resets the chip.
+        cd "$here/host-test"
+        FIRMWARE_PANIC_PROBE_ELF=$elf exec env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET \
+            cargo test --release --test reset -- "$@"
+        ;;
     *)
         cd "$here/host-test"
         # Its own target directory and target: an outer CARGO_TARGET_DIR would be the one the
         # outer cargo holds locked while its tests run.
         FIRMWARE_ELF=$elf exec env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET \
-            cargo test --release -- "$@"
+            cargo test --release --test uart --test line -- "$@"
         ;;
 esac

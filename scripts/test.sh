@@ -102,6 +102,8 @@ firmware() {
         cargo test --release --features semihosting
         # With the core's latency histograms (15.6 KB more RAM): still fits, still passes.
         cargo test --release --features latency-histograms
+        # A panic asked for over the line resets the chip, which boots and serves again.
+        cargo test --release --features panic-probe
         # Cortex-M0 (no CAS): the final binary picks critical-section (single core).
         cargo build --release --target thumbv6m-none-eabi --features no-cas
         # The core's defmt feature with a real logger.

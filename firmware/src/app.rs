@@ -86,6 +86,10 @@ pub const TOPICS: usize = 4;
 pub const SOURCE: u32 = 1;
 /// The topic of a STATS request (an EVENT frame with one event of this topic).
 pub const STATS_TOPIC: u16 = u16::MAX;
+/// With the `panic-probe` feature (tests only): an EVENT of this topic makes the firmware
+/// panic, so a test can see the panic reset the chip.
+#[cfg(feature = "panic-probe")]
+pub const PANIC_TOPIC: u16 = u16::MAX - 2;
 /// Alert rules, dedup slots, aggregated topics.
 pub type Procs = LaneProcessors<2, 128, 4>;
 /// Ticks (ms) the transactional lane remembers an id.
@@ -401,6 +405,10 @@ impl App {
             self.send_report(at);
             return;
         }
+        #[cfg(feature = "panic-probe")]
+        if is_request(frame, PANIC_TOPIC) {
+            panic!("panic probe: asked for over the line");
+        }
         let now = self.clock.now();
         self.dispatch(frame, now);
         self.processors
@@ -539,9 +547,14 @@ impl App {
 
 /// Whether `frame` is a STATS request: an EVENT whose event has topic [`STATS_TOPIC`].
 fn is_stats_request(frame: &Frame<'_>) -> bool {
+    is_request(frame, STATS_TOPIC)
+}
+
+/// Whether `frame` is an EVENT whose event has topic `topic`.
+fn is_request(frame: &Frame<'_>, topic: u16) -> bool {
     frame.kind() == FrameKind::Event
         && frame
             .events()
             .next()
-            .is_some_and(|e| e.header().topic == STATS_TOPIC)
+            .is_some_and(|e| e.header().topic == topic)
 }

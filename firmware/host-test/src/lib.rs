@@ -121,15 +121,29 @@ pub fn firmware_elf() -> PathBuf {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
     ELF.get_or_init(|| match std::env::var_os("FIRMWARE_ELF") {
         Some(path) => PathBuf::from(path),
-        None => build_firmware(),
+        None => build_firmware(&[], "target"),
     })
     .clone()
 }
 
-fn build_firmware() -> PathBuf {
+/// The application built with the `panic-probe` feature (for the `reset` test):
+/// `$FIRMWARE_PANIC_PROBE_ELF`, or built in `../target/panic-probe` (apart from the
+/// default build, which other tests may be running meanwhile).
+pub fn panic_probe_elf() -> PathBuf {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| match std::env::var_os("FIRMWARE_PANIC_PROBE_ELF") {
+        Some(path) => PathBuf::from(path),
+        None => build_firmware(&["--features", "panic-probe"], "target/panic-probe"),
+    })
+    .clone()
+}
+
+fn build_firmware(features: &[&str], target_dir: &str) -> PathBuf {
     let firmware = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["build", "--release", "--bin", "pinstream-firmware"])
+        .args(features)
+        .args(["--target-dir", target_dir])
         .current_dir(&firmware)
         // This process's cargo set these for a host build; the firmware's are its own.
         .env_remove("CARGO_BUILD_TARGET")
@@ -137,7 +151,9 @@ fn build_firmware() -> PathBuf {
         .status()
         .expect("run cargo build in firmware/");
     assert!(status.success(), "building the firmware failed");
-    firmware.join("target/thumbv7m-none-eabi/release/pinstream-firmware")
+    firmware
+        .join(target_dir)
+        .join("thumbv7m-none-eabi/release/pinstream-firmware")
 }
 
 /// A temporary directory, removed on drop.
@@ -191,6 +207,19 @@ impl Device {
     /// # Panics
     /// When QEMU cannot start or its socket does not appear.
     pub fn boot_on(machine: Machine, elf: &Path) -> Self {
+        Self::start(machine, elf, false)
+    }
+
+    /// [`boot`](Self::boot), with QEMU left to reset the machine when the firmware asks
+    /// (`SCB::sys_reset`) instead of exiting: a test of what a panic does.
+    ///
+    /// # Panics
+    /// As [`boot`](Self::boot).
+    pub fn boot_allowing_reset(elf: &Path) -> Self {
+        Self::start(Machine::Lm3s6965, elf, true)
+    }
+
+    fn start(machine: Machine, elf: &Path, allow_reset: bool) -> Self {
         let dir = TempDir::new();
         let socket = dir.0.join("uart0.sock");
         let mut qemu = match machine {
@@ -207,8 +236,13 @@ impl Device {
                 c
             }
         };
+        if !allow_reset {
+            // A reset request (a panic, without `semihosting`) ends QEMU: the test fails at
+            // once instead of talking to a rebooted device.
+            qemu.arg("-no-reboot");
+        }
         let qemu = qemu
-            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+            .args(["-display", "none", "-monitor", "none"])
             // `wait=on`: QEMU starts the guest only once this side is connected, so the
             // device's boot HELLO cannot go out to nobody.
             .arg("-chardev")
