@@ -121,6 +121,15 @@ impl<const CAP: usize> Line<CAP> {
         }
     }
 
+    /// Starts a new stream (a new connection): drops a partial frame and the hunt; the
+    /// counters go on.
+    pub fn reset(&mut self) {
+        self.decoder.reset();
+        self.hunting = false;
+        self.held = 0;
+        self.recent = 0;
+    }
+
     /// Bytes dropped to find the framing again.
     pub fn discarded(&self) -> u64 {
         self.discarded

@@ -1,5 +1,6 @@
 //! pinstream-core in a minimal x86_64 kernel: booted by QEMU (`-kernel`, PVH entry,
-//! [`boot`]), fed over COM1 ([`serial`]) with the firmware's line protocol
+//! [`boot`]), fed over TCP (`virtio`, `net`: a virtio-net device and smoltcp) or, without a
+//! network device, over COM1 ([`serial`]) with the firmware's line protocol
 //! (`firmware/README.md`, "The line's protocol"), every structure a `static`, no heap.
 //!
 //! The framing with resynchronisation and the RAM-ring sink are the firmware's own source
@@ -16,6 +17,7 @@
 
 mod boot;
 mod serial;
+mod virtio;
 
 #[allow(dead_code)]
 #[path = "../../firmware/src/line.rs"]
@@ -78,9 +80,15 @@ static STORE: ConstStaticCell<RecordRing> = ConstStaticCell::new(RecordRing::new
 static TX: ConstStaticCell<[u8; TX_FRAME]> = ConstStaticCell::new([0; TX_FRAME]);
 static KERNEL: StaticCell<Kernel> = StaticCell::new();
 
+mod net;
+
 /// Everything a frame needs.
 struct Kernel {
-    com1: Com1,
+    /// Frames to send, written out by the transport after each chunk of input.
+    out: Out,
+    /// Bytes received, and UART overruns (serial only).
+    received: u64,
+    line_errors: u64,
     dispatcher: Dispatcher<'static, PAYLOAD, POOL, LANE, DEAD>,
     processors: Processors<'static, PAYLOAD, POOL, LANE, DEAD, 1>,
     procs: &'static mut Procs,
@@ -102,25 +110,68 @@ struct Kernel {
     rejects: u64,
 }
 
-/// Called by the boot code in long mode, on the boot stack.
+/// Called by the boot code in long mode, on the boot stack: serves the network if QEMU gave
+/// the kernel a virtio-net device, else COM1.
 #[unsafe(no_mangle)]
 pub extern "C" fn kernel_main() -> ! {
     let (Some(kernel), Some(line)) = (KERNEL.try_uninit().map(Kernel::init), LINE.try_take())
     else {
         serial::exit(serial::FAIL);
     };
+    let com1 = Com1::init();
+    match virtio::VirtioNet::init() {
+        Some(dev) => net::serve(kernel, line, dev),
+        None => serve_serial(kernel, line, com1),
+    }
+}
+
+/// COM1: the boot HELLO, then bytes in, answers out.
+fn serve_serial(kernel: &mut Kernel, line: &mut Line<MAX_FRAME>, mut com1: Com1) -> ! {
     kernel.send_hello();
+    com1.send(kernel.out.take());
     let mut chunk = [0u8; 64];
     loop {
-        let n = kernel.com1.read(&mut chunk);
-        for &byte in &chunk[..n] {
-            line.push(byte, &mut |result, discarded, resyncs| {
-                kernel.on_frame(result, discarded, resyncs);
-            });
-        }
+        let n = com1.read(&mut chunk);
+        kernel.line_errors = u64::from(com1.overruns());
+        kernel.take_bytes(line, &chunk[..n]);
+        com1.send(kernel.out.take());
         if n == 0 {
             core::hint::spin_loop();
         }
+    }
+}
+
+/// Answers waiting to be written out.
+struct Out {
+    buf: [u8; 8192],
+    len: usize,
+}
+
+impl Out {
+    const fn new() -> Self {
+        Self {
+            buf: [0; 8192],
+            len: 0,
+        }
+    }
+
+    /// Appends a frame. The transport empties the buffer after every chunk of input, and a
+    /// chunk (at most 64 bytes) completes at most a few frames, each answered by at most an
+    /// ACK and one REJECT per event: far below 8 KiB.
+    fn push(&mut self, frame: &[u8]) {
+        let end = self.len + frame.len();
+        assert!(
+            end <= self.buf.len(),
+            "the answers of one chunk fit the buffer"
+        );
+        self.buf[self.len..end].copy_from_slice(frame);
+        self.len = end;
+    }
+
+    /// Everything queued, emptied.
+    fn take(&mut self) -> &[u8] {
+        let len = core::mem::take(&mut self.len);
+        &self.buf[..len]
     }
 }
 
@@ -142,7 +193,9 @@ impl Kernel {
             max_backoff: 1,
         };
         Self {
-            com1: Com1::init(),
+            out: Out::new(),
+            received: 0,
+            line_errors: 0,
             dispatcher: Dispatcher::new(input, &ADMIT_ALL, &SIGNAL, TOPICS, &DISPATCH_COUNTERS),
             processors: Processors::new(output, policy, &PROCESS_COUNTERS),
             procs: PROCS.try_take().expect(taken),
@@ -162,6 +215,16 @@ impl Kernel {
         }
     }
 
+    /// Feeds received bytes to the line; answers go to `out`.
+    fn take_bytes(&mut self, line: &mut Line<MAX_FRAME>, bytes: &[u8]) {
+        self.received += bytes.len() as u64;
+        for &byte in bytes {
+            line.push(byte, &mut |result, discarded, resyncs| {
+                self.on_frame(result, discarded, resyncs);
+            });
+        }
+    }
+
     fn books() -> Accounting {
         Accounting::of(&[&DISPATCH_COUNTERS, &PROCESS_COUNTERS])
     }
@@ -170,14 +233,14 @@ impl Kernel {
         self.tx_seq += 1;
         let hello = Hello::reply(1, MAX_FRAME as u32, SOURCE);
         if let Ok(n) = encode_hello(&mut self.tx[..], self.tx_seq, &hello) {
-            self.com1.send(&self.tx[..n]);
+            self.out.push(&self.tx[..n]);
         }
     }
 
     fn send_reject(&mut self, reject: &Reject) {
         self.tx_seq += 1;
         if let Ok(n) = encode_reject(&mut self.tx[..], self.tx_seq, reject) {
-            self.com1.send(&self.tx[..n]);
+            self.out.push(&self.tx[..n]);
             self.rejects += 1;
         }
     }
@@ -236,7 +299,7 @@ impl Kernel {
         loop {
             let Self {
                 dispatcher,
-                com1,
+                out,
                 tx,
                 tx_seq,
                 rejects,
@@ -253,7 +316,7 @@ impl Kernel {
                         let reject = Reject::event(frame.seq(), reason, index as u16, header.id);
                         *tx_seq += 1;
                         if let Ok(n) = encode_reject(&mut tx[..], *tx_seq, &reject) {
-                            com1.send(&tx[..n]);
+                            out.push(&tx[..n]);
                             *rejects += 1;
                         }
                     }
@@ -287,7 +350,7 @@ impl Kernel {
         };
         self.tx_seq += 1;
         if let Ok(n) = encode_ack(&mut self.tx[..], self.tx_seq, &ack) {
-            self.com1.send(&self.tx[..n]);
+            self.out.push(&self.tx[..n]);
             self.acks += 1;
         }
     }
@@ -303,8 +366,8 @@ impl Kernel {
             (3, books.dead_lettered),
             (4, books.rejected),
             (5, in_flight),
-            (6, self.com1.received()),
-            (8, u64::from(self.com1.overruns())),
+            (6, self.received),
+            (8, self.line_errors),
             (9, discarded),
             (10, u64::from(resyncs)),
             (11, self.frames_ok),
@@ -333,7 +396,7 @@ impl Kernel {
         }
         debug_assert!(complete, "TX_FRAME holds a whole report");
         if let Ok(n) = batch.finish() {
-            self.com1.send(&self.tx[..n]);
+            self.out.push(&self.tx[..n]);
         }
     }
 

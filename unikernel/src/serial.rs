@@ -34,7 +34,6 @@ fn inb(port: u16) -> u8 {
 /// COM1, set up for 115 200 baud 8N1 with FIFOs.
 pub struct Com1 {
     overruns: u32,
-    received: u64,
 }
 
 impl Com1 {
@@ -47,10 +46,7 @@ impl Com1 {
         outb(COM1 + 3, 0x03);
         outb(COM1 + 2, 0xC7);
         outb(COM1 + 4, 0x0B);
-        Self {
-            overruns: 0,
-            received: 0,
-        }
+        Self { overruns: 0 }
     }
 
     /// Reads what the FIFO holds into `out`; returns how many bytes.
@@ -67,7 +63,6 @@ impl Com1 {
             out[n] = inb(COM1);
             n += 1;
         }
-        self.received += n as u64;
         n
     }
 
@@ -82,11 +77,6 @@ impl Com1 {
     /// Times the line status said bytes were lost (overrun).
     pub fn overruns(&self) -> u32 {
         self.overruns
-    }
-
-    /// Bytes received.
-    pub fn received(&self) -> u64 {
-        self.received
     }
 }
 

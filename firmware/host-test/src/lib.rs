@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -71,6 +72,112 @@ pub enum Machine {
     /// `qemu-system-x86_64`, booted through the PVH entry: the unikernel, COM1, with the
     /// `isa-debug-exit` device.
     X86Pvh,
+    /// The same with a virtio-net device on QEMU's user network: the unikernel serves TCP
+    /// port [`NET_PORT`], forwarded from a free loopback port of the host.
+    X86PvhNet,
+}
+
+/// The unikernel's TCP port (`net::PORT`).
+pub const NET_PORT: u16 = 7070;
+
+/// The line to the device: a unix socket (a serial port) or a TCP connection.
+pub enum Stream {
+    /// QEMU's serial port on a unix socket.
+    Unix(UnixStream),
+    /// A TCP connection forwarded by QEMU's user network.
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(timeout),
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+/// A loopback port free now (bound, read, released; QEMU binds it right after).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// Connects to the kernel through QEMU's forwarded port and opens the session with a
+/// HELLO. QEMU accepts on the host side before the kernel listens, and closes the
+/// connection when the kernel refuses it: so this retries until a HELLO reply comes back.
+fn connect_tcp(port: u16) -> (Stream, Hello) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut hello = [0u8; 64];
+    let n =
+        encode_hello(&mut hello, 0, &Hello::client(1, 1, MAX_FRAME as u32)).expect("encode HELLO");
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel never answered on port {port}"
+        );
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        if stream.write_all(&hello[..n]).is_err() {
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let mut decoder: StreamDecoder<256> = StreamDecoder::new();
+        let mut buf = [0u8; 256];
+        let mut reply = None;
+        while let Ok(got) = stream.read(&mut buf) {
+            if got == 0 {
+                break;
+            }
+            decoder.feed(&buf[..got], |f| {
+                if let Ok(f) = f {
+                    reply = f.hello();
+                }
+            });
+            if reply.is_some() {
+                break;
+            }
+        }
+        match reply {
+            Some(h) => return (Stream::Tcp(stream), h),
+            None => thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// A frame the firmware sent.
@@ -182,7 +289,7 @@ impl Drop for TempDir {
 /// The firmware running in QEMU, and the line to its UART0.
 pub struct Device {
     qemu: Child,
-    line: UnixStream,
+    line: Stream,
     decoder: StreamDecoder<DEFAULT_MAX_FRAME_LEN>,
     /// Answers decoded but not taken yet.
     pending: std::collections::VecDeque<Answer>,
@@ -230,35 +337,56 @@ impl Device {
                     .args(["-semihosting-config", "enable=on,target=native"]);
                 c
             }
-            Machine::X86Pvh => {
+            Machine::X86Pvh | Machine::X86PvhNet => {
                 let mut c = Command::new("qemu-system-x86_64");
                 c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
                 c
             }
         };
+        let mut net_port = None;
+        if machine == Machine::X86PvhNet {
+            let port = free_port();
+            qemu.arg("-netdev")
+                .arg(format!(
+                    "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{NET_PORT}"
+                ))
+                .args(["-device", "virtio-net-pci,netdev=n0,disable-modern=on"]);
+            net_port = Some(port);
+        }
         if !allow_reset {
             // A reset request (a panic, without `semihosting`) ends QEMU: the test fails at
             // once instead of talking to a rebooted device.
             qemu.arg("-no-reboot");
         }
-        let qemu = qemu
-            .args(["-display", "none", "-monitor", "none"])
+        qemu.args(["-display", "none", "-monitor", "none"]);
+        if net_port.is_some() {
+            qemu.args(["-serial", "null"]);
+        } else {
             // `wait=on`: QEMU starts the guest only once this side is connected, so the
             // device's boot HELLO cannot go out to nobody.
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=uart0,path={},server=on,wait=on",
-                socket.display()
-            ))
-            .args(["-serial", "chardev:uart0"])
+            qemu.arg("-chardev")
+                .arg(format!(
+                    "socket,id=uart0,path={},server=on,wait=on",
+                    socket.display()
+                ))
+                .args(["-serial", "chardev:uart0"]);
+        }
+        let qemu = qemu
             .arg("-kernel")
             .arg(elf)
             .stdin(Stdio::null())
             .spawn()
             .expect("start QEMU");
+        let (line, answered) = match net_port {
+            Some(port) => {
+                let (stream, hello) = connect_tcp(port);
+                (stream, Some(hello))
+            }
+            None => (Stream::Unix(connect(&socket)), None),
+        };
         let mut device = Self {
             qemu,
-            line: connect(&socket),
+            line,
             decoder: StreamDecoder::new(),
             pending: Default::default(),
             seq: 0,
@@ -268,11 +396,15 @@ impl Device {
             .line
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("socket timeout");
-        // The device says when it is listening (bytes sent while it sets up its UART would
-        // be lost, as on a board that powers up mid-frame).
-        match device.answer() {
-            Answer::Hello(h) => assert_eq!((h.min_version, h.max_version), (1, 1)),
-            other => panic!("expected the boot HELLO, got {other:?}"),
+        match answered {
+            // Over TCP the client speaks first: `connect_tcp` sent a HELLO and got the reply.
+            Some(hello) => assert_eq!((hello.min_version, hello.max_version), (1, 1)),
+            // On a serial line the device says when it is listening (bytes sent while it
+            // sets up its UART would be lost, as on a board that powers up mid-frame).
+            None => match device.answer() {
+                Answer::Hello(h) => assert_eq!((h.min_version, h.max_version), (1, 1)),
+                other => panic!("expected the boot HELLO, got {other:?}"),
+            },
         }
         device
     }
@@ -291,7 +423,7 @@ impl Device {
     }
 
     /// A second handle on the line, to write from another thread while this one reads.
-    pub fn writer(&self) -> UnixStream {
+    pub fn writer(&self) -> Stream {
         self.line.try_clone().expect("clone the socket")
     }
 
