@@ -52,6 +52,8 @@ bare_metal() {
         RUSTFLAGS="-D warnings" cargo build -p pinstream-core --target "$t" --no-default-features \
             --target-dir target/bare-metal
     done
+    # The core's own tests without the histograms (the ones about them are cfg'd out).
+    cargo test -p pinstream-core --lib --no-default-features --target-dir target/bare-metal
     # Only `core` exists in this build: any `alloc` in the dependency tree fails to compile.
     echo "pinstream-core with -Zbuild-std=core (no alloc anywhere)"
     cargo +nightly build -Zbuild-std=core --target thumbv7em-none-eabihf -p pinstream-core \
