@@ -155,6 +155,9 @@ impl Sink for RecordRing {
                     sum: a.sum.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
                 }
             }
+            // A kind newer than this firmware (`Record` is non-exhaustive): refused, so the
+            // pipeline retries and then dead-letters it with a reason, never loses it.
+            _ => return Err(SinkError),
         };
         self.records.push(kept);
         Ok(())

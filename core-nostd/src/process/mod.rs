@@ -78,6 +78,8 @@ pub struct StoredEvent<'a> {
 
 /// What the processors hand to the sink.
 #[derive(Clone, Copy, Debug)]
+// New stored kinds may come (the aggregates became one): a sink needs a `_` arm.
+#[non_exhaustive]
 pub enum Record<'a> {
     /// A realtime or transactional event.
     Event(StoredEvent<'a>),
