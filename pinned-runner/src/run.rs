@@ -10,7 +10,6 @@
 //! error, the status line says `STORAGE FAILED`; a signal then stops it with exit 1.
 //! Everything acknowledged before the failure is in the logs.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,13 +58,12 @@ impl Default for RunArgs {
 /// Exit code after a second signal.
 const FORCED_EXIT: i32 = 130;
 
-/// Prints a line on stdout; a closed stdout (`pinstream run | head`) stops the printing,
-/// never the engine.
+/// Logs a start-up or stop line (`crate::logging`: stdout in text, JSON with --log-format
+/// json); a closed stdout (`pinstream run | head`) stops the printing, never the engine.
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*).and_then(|()| out.flush());
-    }};
+    ($($arg:tt)*) => {
+        tracing::info!($($arg)*)
+    };
 }
 
 /// Runs the engine until a signal.
@@ -87,7 +85,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         }
     };
     for w in &warnings {
-        eprintln!("pinstream: warning: {w}");
+        tracing::warn!("{w}");
     }
     let mut engine_cfg = EngineConfig::from_config(&config).map_err(Failure::usage)?;
     let origin = args.config.as_ref().map_or_else(
@@ -139,7 +137,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     report_start(&handle, admin.as_ref(), &config, &engine_cfg, &stats);
     let failed = wait_for_stop(args, &signals, &stats);
     match &failed {
-        Some(_) => eprintln!("pinstream: stopping after the storage failure"),
+        Some(_) => tracing::error!("stopping after the storage failure"),
         None => say!("stopping: intake closed, draining the lanes, syncing the logs"),
     }
     if let Some(a) = admin {
@@ -203,7 +201,7 @@ fn report_start(
         show(handle.consumer_addr())
     );
     for w in &handle.started.consumer_warnings {
-        eprintln!("pinstream: warning: {w}");
+        tracing::warn!("{w}");
     }
     say!(
         "data {} (durability {}, acks {}), {} topic(s)",
@@ -234,10 +232,10 @@ fn report_start(
     match space
         .map(|s| disk::low_space_warning(&engine_cfg.data_dir, config.storage.retention_bytes, s))
     {
-        Ok(Some(w)) => eprintln!("pinstream: warning: {w}"),
+        Ok(Some(w)) => tracing::warn!("{w}"),
         Ok(None) => {}
-        Err(e) => eprintln!(
-            "pinstream: warning: cannot read the free space of storage.dir {}: {e}",
+        Err(e) => tracing::warn!(
+            "cannot read the free space of storage.dir {}: {e}",
             engine_cfg.data_dir.display()
         ),
     }
@@ -260,7 +258,6 @@ fn report_start(
     {
         say!("placement: {note}");
     }
-    let _ = std::io::stdout().flush();
 }
 
 /// Prints what the engine restored from its logs: the dedup window, producer sessions.
@@ -317,8 +314,7 @@ fn wait_for_stop(args: &RunArgs, signals: &Signals, stats: &EngineStats) -> Opti
         std::thread::sleep(Duration::from_millis(50));
         if args.status_every != 0 && Instant::now() >= next {
             next += every;
-            say!("{}", status.line(stats));
-            let _ = std::io::stdout().flush();
+            crate::logging::status(&status.line(stats));
         }
         let error = stats
             .storage_error
@@ -327,8 +323,8 @@ fn wait_for_stop(args: &RunArgs, signals: &Signals, stats: &EngineStats) -> Opti
             .clone();
         if let (Some(e), None) = (error, &failed) {
             // Stay up: health says 503, the operator decides (a signal stops the engine).
-            eprintln!(
-                "pinstream: storage failed: {e}; intake closed, /health answers 503, nothing \
+            tracing::error!(
+                "storage failed: {e}; intake closed, /health answers 503, nothing \
                  acknowledged is lost; stop with SIGTERM (exit 1), free the space or fix the \
                  disk, restart to recover the logs"
             );
