@@ -19,3 +19,9 @@ pub mod window;
 
 pub use bridge::{BridgeHandle, start};
 pub use metrics::BridgeMetrics;
+
+// The README is compiled with the doc tests (it has no code block today; it stays checked
+// if one is added).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

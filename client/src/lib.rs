@@ -67,3 +67,8 @@ mod producer;
 pub use connection::{ConnectOptions, Connection, Reader, Reply, Writer, reason_text};
 pub use consumer::{Consumer, ConsumerOptions, MAX_RECEIVE_FRAME_LEN, Record, Rejected, rejection};
 pub use producer::{Producer, ProducerOptions, Totals};
+
+// The README's examples compile and run with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -77,6 +77,8 @@ impl<const SOURCES: usize> Admission for RateLimiter<SOURCES> {
 /// What happened to one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+// New outcomes may come with new lanes or checks: a match elsewhere needs a `_` arm.
+#[non_exhaustive]
 pub enum Outcome {
     /// In its lane.
     Queued(Lane),

@@ -137,6 +137,9 @@ fn check_round_trip(frame: &Frame<'_>) {
         FrameKind::Ack => wire::encode_ack(&mut buf, seq, &frame.ack().unwrap()),
         FrameKind::Reject => wire::encode_reject(&mut buf, seq, &frame.reject().unwrap()),
         FrameKind::Hello => wire::encode_hello(&mut buf, seq, &frame.hello().unwrap()),
+        // The consumer kinds of version 3 (and any later ones: `FrameKind` is non-exhaustive)
+        // have their round trips in the codec's property tests (wire::consumer).
+        _ => return,
     }
     .expect("a decoded frame encodes");
     assert_eq!(n, buf.len());

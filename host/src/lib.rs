@@ -22,3 +22,8 @@ mod sys;
 
 // Their paths from before they were grouped under `placement`.
 pub use placement::{idle, numa, pin, topology};
+
+// The README's examples compile and run with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -100,7 +100,9 @@ pub struct HostCounters {
     /// `accept` calls that failed (out of file descriptors or memory: the listener then
     /// rests 100 ms; or a connection reset before it was accepted).
     pub tcp_accept_errors: Gauge,
-    /// TCP connections closed, for any reason (the `tcp_closed_*` counters are subsets).
+    /// TCP connections closed, for any reason: the sum of the `tcp_closed_*` counters and
+    /// [`tcp_drains_abandoned`](Self::tcp_drains_abandoned) (`/metrics` exports the parts as
+    /// `pinstream_tcp_connections_closed_total{reason}`).
     pub tcp_closed: Gauge,
     /// Connections closed because they sent more than `tcp.max_rejects` malformed frames or
     /// lost framing.
@@ -113,6 +115,16 @@ pub struct HostCounters {
     /// Connections closed because a frame they began was not whole within
     /// `tcp.frame_timeout_ms`.
     pub tcp_closed_frame_timeout: Gauge,
+    /// Connections the client closed (or reset).
+    pub tcp_closed_peer: Gauge,
+    /// Connections closed on a socket error, or failing their set-up right after `accept`.
+    pub tcp_closed_error: Gauge,
+    /// Connections closed because storage failed (the engine takes nothing it cannot store).
+    pub tcp_closed_storage_failed: Gauge,
+    /// Connections closed because the engine was shutting down.
+    pub tcp_closed_shutdown: Gauge,
+    /// Connections closed because another connection took over their producer id.
+    pub tcp_closed_fenced: Gauge,
     /// Bytes received over TCP.
     pub tcp_bytes_in: Gauge,
     /// Frames received over TCP (well-formed or not).
@@ -221,6 +233,11 @@ impl HostCounters {
             tcp_closed_stalled: Gauge::new(),
             tcp_closed_idle: Gauge::new(),
             tcp_closed_frame_timeout: Gauge::new(),
+            tcp_closed_peer: Gauge::new(),
+            tcp_closed_error: Gauge::new(),
+            tcp_closed_storage_failed: Gauge::new(),
+            tcp_closed_shutdown: Gauge::new(),
+            tcp_closed_fenced: Gauge::new(),
             tcp_bytes_in: Gauge::new(),
             tcp_frames_in: Gauge::new(),
             tcp_rejects_sent: Gauge::new(),
@@ -321,6 +338,46 @@ impl Default for SharedLatency {
 /// The quantiles a [`LatencySummary`] carries.
 pub const SUMMARY_QUANTILES: [f64; 6] = [0.5, 0.9, 0.99, 0.999, 0.9999, 1.0];
 
+/// The upper bounds (`le`) of the latency histograms `/metrics` exports, in nanoseconds:
+/// 1 µs to 10 s in 1-2.5-5 steps (22 buckets, then `+Inf`). Cumulative since start-up, as
+/// Prometheus histograms are: `histogram_quantile(0.99, rate(…_bucket[1m]))` gives a
+/// windowed quantile, where the old cumulative summary froze.
+pub const LATENCY_BUCKETS_NS: [u64; 22] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A [`SharedLatency`] as a Prometheus histogram ([`SharedLatency::buckets`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyBuckets {
+    /// Values recorded (the `+Inf` bucket and `_count`).
+    pub count: u64,
+    /// Their sum in nanoseconds.
+    pub sum_ns: u128,
+    /// `le[i]`: values at most [`LATENCY_BUCKETS_NS`]`[i]`.
+    pub le: [u64; LATENCY_BUCKETS_NS.len()],
+}
+
 /// A read-out of a [`SharedLatency`]: what the admin thread renders.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LatencySummary {
@@ -349,6 +406,25 @@ impl SharedLatency {
         // A recorder that panicked while adding leaves counts that are still meaningful.
         let totals = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         summarize(&totals.histogram, totals.sum_ns)
+    }
+
+    /// The cumulative histogram in Prometheus' shape: for each bound of
+    /// [`LATENCY_BUCKETS_NS`], how many values were at most that bound, plus the count and
+    /// the sum. Takes the lock like [`summary`](Self::summary).
+    pub fn buckets(&self) -> LatencyBuckets {
+        let totals = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let h = &totals.histogram;
+        let mut le = [0u64; LATENCY_BUCKETS_NS.len()];
+        for (slot, &bound) in le.iter_mut().zip(&LATENCY_BUCKETS_NS) {
+            // hdrhistogram counts a value into the bucket of its equivalent range: a value
+            // within 3 significant digits of `bound` may land either side of it.
+            *slot = h.count_between(0, bound);
+        }
+        LatencyBuckets {
+            count: h.len(),
+            sum_ns: totals.sum_ns,
+            le,
+        }
     }
 
     /// Copies the cumulative histogram into `into` (same bounds: no allocation) and returns
@@ -543,6 +619,25 @@ impl LatencyRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_count_values_at_most_each_bound() {
+        let shared = Arc::new(SharedLatency::new());
+        let mut rec = LatencyRecorder::new(Arc::clone(&shared));
+        for us in 1..=1000u64 {
+            rec.record(us * 1_000);
+        }
+        rec.record(30_000_000_000); // 30 s: past the last bound, only in +Inf
+        assert!(rec.publish());
+        let b = shared.buckets();
+        assert_eq!(b.count, 1001);
+        let at = |ns: u64| b.le[LATENCY_BUCKETS_NS.iter().position(|&x| x == ns).unwrap()];
+        assert_eq!(at(1_000), 1);
+        assert_eq!(at(500_000), 500);
+        assert_eq!(at(1_000_000), 1000);
+        assert_eq!(at(10_000_000_000), 1000);
+        assert!(b.le.windows(2).all(|p| p[0] <= p[1]));
+    }
 
     #[test]
     fn gauge_levels_saturate() {

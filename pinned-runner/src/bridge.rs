@@ -173,7 +173,7 @@ impl Bridges {
         for h in self.handles {
             let name = h.metrics().name.clone();
             if let Err(e) = h.stop() {
-                eprintln!("pinstream: bridge {name}: {e}");
+                tracing::error!("bridge {name}: {e}");
             }
         }
     }
@@ -228,7 +228,7 @@ pub fn main(args: &BridgeArgs) -> Result<(), Failure> {
     let (config, warnings) =
         Config::load_checked(&args.config).map_err(|e| Failure::usage(e.to_string()))?;
     for w in &warnings {
-        eprintln!("pinstream: warning: {w}");
+        tracing::warn!("{w}");
     }
     if config.bridge.is_empty() {
         return Err(Failure::usage(format!(
@@ -251,7 +251,7 @@ pub fn main(args: &BridgeArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::start(format!("cannot install the signal handlers: {e}")))?;
     }
     let mut bridges = Bridges::start(&config, engine)?;
-    println!(
+    tracing::info!(
         "pinstream bridge: {} bridge(s) reading the engine at {engine}",
         bridges.len()
     );
@@ -261,18 +261,22 @@ pub fn main(args: &BridgeArgs) -> Result<(), Failure> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         for f in bridges.failures() {
-            eprintln!("pinstream: {f}");
+            tracing::error!("{f}");
             failed = Some(f);
         }
         for e in bridges.new_errors() {
-            eprintln!("pinstream: {e}");
+            tracing::error!("{e}");
         }
         if failed.is_some() && bridges.len() == 0 {
             break;
         }
         if args.status_every != 0 && Instant::now() >= next {
             next += every;
-            println!("{:>6.0}s{}", t0.elapsed().as_secs_f64(), bridges.status());
+            crate::logging::status(&format!(
+                "{:>6.0}s{}",
+                t0.elapsed().as_secs_f64(),
+                bridges.status()
+            ));
         }
     }
     bridges.stop();

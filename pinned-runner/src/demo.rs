@@ -89,9 +89,8 @@ fn choose_cpus(opts: &Options) -> Option<(usize, usize)> {
 }
 
 fn pin_to(cpu: Option<usize>) {
-    if let Some(cpu) = cpu
-        && let Err(e) = pin::pin_current_thread(cpu)
-    {
+    // Not a let chain: rust-version 1.85 has none.
+    if let Some(Err(e)) = cpu.map(pin::pin_current_thread) {
         eprintln!("pinstream: warning: {e}; this thread runs unpinned");
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! `run` starts the engine (the default command), `loadgen` drives one, `publish` sends it
 //! events read as JSON lines, `consume` reads its logs back over the network, `bridge`
-//! forwards them to NATS JetStream, `log` reads its logs offline, `host-check` shows what the machine offers, `demo` exercises the core
-//! primitives. Every command prints what went wrong on stderr and exits non-zero:
+//! forwards them to NATS JetStream, `log` reads its logs offline, `host-check` shows what the
+//! machine offers, `demo` exercises the core primitives, `completions` and `man` print the
+//! shell completion script and the manual. Every command prints what went wrong on stderr and
+//! exits non-zero:
 //! 2 for bad arguments or config, 3 when the engine cannot start, 1 for a failure while
 //! running.
 
@@ -13,8 +15,10 @@ mod demo;
 mod hostcheck;
 mod loadgen;
 mod log;
+mod logging;
 mod publish;
 mod run;
+mod shell;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -27,6 +31,12 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "pinstream", version, about, long_about)]
 struct Cli {
+    /// How start-up lines, warnings and errors are written: text (information on stdout,
+    /// warnings and errors on stderr, as a terminal shows them) or json (one object per
+    /// line on stdout, for journald, Loki or jq). Command output (reports, JSON lines of
+    /// consume) is not affected.
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -48,6 +58,8 @@ enum Command {
     HostCheck(hostcheck::HostCheckArgs),
     /// Move items through the core primitives across two pinned threads.
     Demo(demo::DemoArgs),
+    Completions(shell::CompletionsArgs),
+    Man(shell::ManArgs),
 }
 
 /// A command's failure: what to print and the exit code.
@@ -93,6 +105,7 @@ impl fmt::Display for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     let result = match cli.command {
         None => run::main(&run::RunArgs::default()),
         Some(Command::Run(args)) => run::main(&args),
@@ -103,11 +116,13 @@ fn main() -> ExitCode {
         Some(Command::Log(args)) => log::main(&args),
         Some(Command::HostCheck(args)) => hostcheck::main(&args),
         Some(Command::Demo(args)) => demo::main(&args),
+        Some(Command::Completions(args)) => shell::completions(&args),
+        Some(Command::Man(args)) => shell::man(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("pinstream: {failure}");
+            tracing::error!("{failure}");
             ExitCode::from(failure.code)
         }
     }

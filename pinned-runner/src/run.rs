@@ -10,7 +10,6 @@
 //! error, the status line says `STORAGE FAILED`; a signal then stops it with exit 1.
 //! Everything acknowledged before the failure is in the logs.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,13 +59,12 @@ impl Default for RunArgs {
 /// Exit code after a second signal.
 const FORCED_EXIT: i32 = 130;
 
-/// Prints a line on stdout; a closed stdout (`pinstream run | head`) stops the printing,
-/// never the engine.
+/// Logs a start-up or stop line (`crate::logging`: stdout in text, JSON with --log-format
+/// json); a closed stdout (`pinstream run | head`) stops the printing, never the engine.
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*).and_then(|()| out.flush());
-    }};
+    ($($arg:tt)*) => {
+        tracing::info!($($arg)*)
+    };
 }
 
 /// Runs the engine until a signal.
@@ -88,7 +86,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         }
     };
     for w in &warnings {
-        eprintln!("pinstream: warning: {w}");
+        tracing::warn!("{w}");
     }
     let mut engine_cfg = EngineConfig::from_config(&config).map_err(Failure::usage)?;
     let origin = args.config.as_ref().map_or_else(
@@ -169,7 +167,7 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     // serves.
     bridges.stop();
     match &failed {
-        Some(_) => eprintln!("pinstream: stopping after the storage failure"),
+        Some(_) => tracing::error!("stopping after the storage failure"),
         None => say!("stopping: intake closed, draining the lanes, syncing the logs"),
     }
     if let Some(a) = admin {
@@ -233,7 +231,7 @@ fn report_start(
         show(handle.consumer_addr())
     );
     for w in &handle.started.consumer_warnings {
-        eprintln!("pinstream: warning: {w}");
+        tracing::warn!("{w}");
     }
     say!(
         "data {} (durability {}, acks {}), {} topic(s)",
@@ -264,10 +262,10 @@ fn report_start(
     match space
         .map(|s| disk::low_space_warning(&engine_cfg.data_dir, config.storage.retention_bytes, s))
     {
-        Ok(Some(w)) => eprintln!("pinstream: warning: {w}"),
+        Ok(Some(w)) => tracing::warn!("{w}"),
         Ok(None) => {}
-        Err(e) => eprintln!(
-            "pinstream: warning: cannot read the free space of storage.dir {}: {e}",
+        Err(e) => tracing::warn!(
+            "cannot read the free space of storage.dir {}: {e}",
             engine_cfg.data_dir.display()
         ),
     }
@@ -290,7 +288,6 @@ fn report_start(
     {
         say!("placement: {note}");
     }
-    let _ = std::io::stdout().flush();
 }
 
 /// Prints what the engine restored from its logs: the dedup window, producer sessions.
@@ -351,15 +348,14 @@ fn wait_for_stop(
     while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         for f in bridges.failures() {
-            eprintln!("pinstream: {f} (the engine goes on)");
+            tracing::error!("{f} (the engine goes on)");
         }
         for e in bridges.new_errors() {
-            eprintln!("pinstream: {e}");
+            tracing::error!("{e}");
         }
         if args.status_every != 0 && Instant::now() >= next {
             next += every;
-            say!("{}{}", status.line(stats), bridges.status());
-            let _ = std::io::stdout().flush();
+            crate::logging::status(&format!("{}{}", status.line(stats), bridges.status()));
         }
         let error = stats
             .storage_error
@@ -368,8 +364,8 @@ fn wait_for_stop(
             .clone();
         if let (Some(e), None) = (error, &failed) {
             // Stay up: health says 503, the operator decides (a signal stops the engine).
-            eprintln!(
-                "pinstream: storage failed: {e}; intake closed, /health answers 503, nothing \
+            tracing::error!(
+                "storage failed: {e}; intake closed, /health answers 503, nothing \
                  acknowledged is lost; stop with SIGTERM (exit 1), free the space or fix the \
                  disk, restart to recover the logs"
             );

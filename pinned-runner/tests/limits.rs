@@ -434,11 +434,14 @@ fn a_client_trickling_a_frame_is_closed_by_the_frame_deadline() {
         t0.elapsed()
     );
     assert_eq!(
-        runner.wait_metric("pinstream_tcp_connections_closed_frame_timeout_total", 1),
+        runner.wait_metric(
+            "pinstream_tcp_connections_closed_total{reason=\"frame_timeout\"}",
+            1
+        ),
         1
     );
     assert_eq!(
-        runner.metric("pinstream_tcp_connections_closed_idle_total"),
+        runner.metric("pinstream_tcp_connections_closed_total{reason=\"idle\"}"),
         0
     );
     // The steady client is still served.

@@ -50,6 +50,7 @@ impl Sink for SimSink {
                 );
             }
             Record::Aggregate(a) => self.aggregated_events += a.count,
+            other => panic!("record {other:?} unknown to this simulation"),
         }
         Ok(())
     }
@@ -330,6 +331,7 @@ fn run(seed: u64) {
             }
             // This simulation resends nothing.
             Outcome::Duplicate => panic!("event {serial} answered as held by the engine"),
+            other => panic!("event {serial}: outcome {other:?} unknown to this simulation"),
         }
     }
     assert_eq!(sink.aggregated_events + batch_dead_events, batch_queued);

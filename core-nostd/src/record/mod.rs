@@ -37,8 +37,9 @@ mod body;
 
 use core::fmt;
 
-#[cfg(pinstream_cas)]
-pub use self::body::*;
+with_cas! {
+    pub use self::body::*;
+}
 use crate::wire::{crc32c, crc32c_update};
 
 /// Bytes of framing before each record body.

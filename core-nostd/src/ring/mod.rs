@@ -6,12 +6,12 @@
 
 use core::fmt;
 
-#[cfg(pinstream_cas)]
-pub mod mpsc;
+with_cas! {
+    pub mod mpsc;
+    pub use mpsc::{Mpsc, MpscConsumer};
+}
 pub mod spsc;
 
-#[cfg(pinstream_cas)]
-pub use mpsc::{Mpsc, MpscConsumer};
 pub use spsc::{Consumer, Producer, Spsc};
 
 /// Why a push did not happen. The value comes back so nothing is lost.

@@ -130,6 +130,14 @@ impl<T, const N: usize> Spsc<T, N> {
     /// assert_eq!(rx.pop(), Some(7));
     /// ```
     #[cfg(pinstream_cas)]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(
+            target_has_atomic = "ptr",
+            feature = "critical-section",
+            feature = "unsafe-assume-single-core"
+        )))
+    )]
     pub fn try_split(&'static self) -> Option<(Producer<'static, T, N>, Consumer<'static, T, N>)> {
         if self.taken.swap(true, Ordering::AcqRel) {
             return None;

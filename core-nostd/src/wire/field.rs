@@ -132,6 +132,10 @@ pub mod hello {
 
 /// `fields` tile `0..end`: each starts where the one before ends (a one-byte field `at` is
 /// `at..at + 1`).
+#[allow(
+    dead_code,
+    reason = "used by the `const _` checks below, which rustc before 1.88 does not count as uses"
+)]
 const fn tiles(fields: &[(usize, usize)], end: usize) -> bool {
     let mut at = 0;
     let mut i = 0;
@@ -146,11 +150,19 @@ const fn tiles(fields: &[(usize, usize)], end: usize) -> bool {
 }
 
 /// A one-byte field as a `(start, end)` pair for [`tiles`].
+#[allow(
+    dead_code,
+    reason = "used by the `const _` checks below, which rustc before 1.88 does not count as uses"
+)]
 const fn byte(at: usize) -> (usize, usize) {
     (at, at + 1)
 }
 
 /// A range as a `(start, end)` pair for [`tiles`].
+#[allow(
+    dead_code,
+    reason = "used by the `const _` checks below, which rustc before 1.88 does not count as uses"
+)]
 const fn span(f: Field) -> (usize, usize) {
     (f.start, f.end)
 }

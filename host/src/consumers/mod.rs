@@ -158,7 +158,7 @@ impl ConsumerServer {
                 }
                 if let Some(cpu) = cpu {
                     if let Err(e) = crate::pin::pin_current_thread(cpu) {
-                        eprintln!("pinstream: consumer server: {e}; running unpinned");
+                        tracing::warn!("consumer server: {e}; running unpinned");
                     }
                 }
                 server::serve(s, listener, positions, data_dir, max, handshake)

@@ -130,8 +130,8 @@ impl Server {
         };
         if let Err(super::conn::Close(msg)) = f(conn, &mut ctx) {
             if !msg.is_empty() {
-                // Rare and about the engine's own files: worth a line on stderr.
-                eprintln!("pinstream: consumer connection closed: {msg}");
+                // Rare and about the engine's own files: worth a log line.
+                tracing::warn!("consumer connection closed: {msg}");
             }
             conn.release(&mut ctx);
             let _ = self.epoll.delete(conn.fd());

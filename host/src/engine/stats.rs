@@ -17,6 +17,8 @@ use crate::prom::{self, MetricType, PromWriter};
 use crate::stats::{Gauge, HostCounters, SharedLatency};
 use crate::storage::RecoveryReport;
 
+use super::capacity;
+
 /// What the engine's threads publish, read by the handle and the admin endpoint.
 #[derive(Debug)]
 pub struct EngineStats {
@@ -117,10 +119,10 @@ impl AdminSource for EngineStats {
             "pinstream_stage_latency_seconds",
             "Latency per stage: dispatch (decode and route one frame), commit (start to end of a group commit: write the logs, their fdatasyncs overlapping processing), durable (oldest event of a commit, dispatch to durable), ack (one TCP frame, dispatch to its ACK being owed).",
             &[
-                ("dispatch", &self.dispatch_latency.summary()),
-                ("ack", &self.ack_latency.summary()),
-                ("commit", &self.commit_latency.summary()),
-                ("durable", &self.durable_latency.summary()),
+                ("dispatch", &self.dispatch_latency.buckets()),
+                ("ack", &self.ack_latency.buckets()),
+                ("commit", &self.commit_latency.buckets()),
+                ("durable", &self.durable_latency.buckets()),
             ],
         );
         let (i, s) = (self.ingest_load.snapshot(), self.storage_load.snapshot());
@@ -164,7 +166,32 @@ impl AdminSource for EngineStats {
             "Events inside the engine: in lanes, parked for retry, in open aggregation windows.",
             self.in_flight.get() as f64,
         );
+        w.family(
+            "pinstream_lane_capacity",
+            MetricType::Gauge,
+            "Events each lane holds at most (this build's size; a lane at capacity makes producers wait).",
+        );
+        for lane in Lane::ALL {
+            w.sample_u64(
+                "pinstream_lane_capacity",
+                &[("lane", lane.name())],
+                capacity::LANE as u64,
+            );
+        }
+        w.single(
+            "pinstream_pool_slots",
+            MetricType::Gauge,
+            "Event slots in the pool (this build's size), shared by the lanes.",
+            capacity::POOL as f64,
+        );
+        w.single(
+            "pinstream_dead_letter_capacity",
+            MetricType::Gauge,
+            "Dead letters the ring between the pipeline and the dead-letter log holds at most.",
+            capacity::DEAD_LETTERS as f64,
+        );
         crate::consumers::write_metrics(&mut w, &self.consumers.stats, &self.consumers.marks);
+        prom::write_process(&mut w, self.shared.start_wall);
     }
 
     fn health(&self) -> Health {

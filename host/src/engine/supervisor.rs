@@ -232,7 +232,7 @@ impl Drop for EngineHandle {
     fn drop(&mut self) {
         // Nobody sees the result here: a broken invariant must still not pass in silence.
         if let Err(e @ EngineError::Accounting(_)) = self.stop_inner() {
-            eprintln!("pinstream: {e}");
+            tracing::error!("{e}");
         }
     }
 }

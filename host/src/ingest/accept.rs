@@ -52,6 +52,7 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                         }
                         Err(_e) => {
                             self.counters.tcp_closed.incr();
+                            self.counters.tcp_closed_error.incr();
                             self.free.push(slot);
                         }
                     }

@@ -98,12 +98,12 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             CloseReason::Stalled => c.tcp_closed_stalled.incr(),
             CloseReason::Idle => c.tcp_closed_idle.incr(),
             CloseReason::FrameTimeout => c.tcp_closed_frame_timeout.incr(),
-            CloseReason::Peer
-            | CloseReason::Error
-            | CloseReason::Shutdown
-            | CloseReason::StorageFailed
-            | CloseReason::Fenced
-            | CloseReason::Drained => {}
+            CloseReason::Peer => c.tcp_closed_peer.incr(),
+            CloseReason::Error => c.tcp_closed_error.incr(),
+            CloseReason::Shutdown => c.tcp_closed_shutdown.incr(),
+            CloseReason::StorageFailed => c.tcp_closed_storage_failed.incr(),
+            CloseReason::Fenced => c.tcp_closed_fenced.incr(),
+            CloseReason::Drained => {}
             CloseReason::DrainAbandoned => c.tcp_drains_abandoned.incr(),
         }
     }

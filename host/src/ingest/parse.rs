@@ -392,6 +392,9 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
                     Outcome::DeadLettered(_) => track.dead += 1,
                     Outcome::Rejected(_) => track.rejected += 1,
                     Outcome::Duplicate => track.duplicates += 1,
+                    // An outcome newer than this host (`Outcome` is non-exhaustive) settles
+                    // the frame as a refusal rather than leaving its acknowledgement waiting.
+                    _ => track.rejected += 1,
                 }
             }
         },

@@ -30,15 +30,15 @@ pub struct UdpIngest {
 impl UdpIngest {
     /// Receives up to `batch` datagrams of up to `max_datagram` bytes per system call, and
     /// asks the kernel to report the datagrams it drops on the socket. A kernel (or sandbox)
-    /// that refuses `SO_RXQ_OVFL` is said once on stderr; UDP works, its kernel drops are
+    /// that refuses `SO_RXQ_OVFL` is logged once (a `tracing` warning); UDP works, its kernel drops are
     /// then not counted.
     ///
     /// # Errors
     /// None today (the signature keeps room for set-up that can fail).
     pub fn new(socket: UdpSocket, batch: usize, max_datagram: usize) -> std::io::Result<Self> {
         if let Err(e) = enable_drop_count(socket.as_raw_fd()) {
-            eprintln!(
-                "pinstream: warning: the kernel refused SO_RXQ_OVFL on the UDP socket ({e}): \
+            tracing::warn!(
+                "the kernel refused SO_RXQ_OVFL on the UDP socket ({e}): \
                  datagrams it drops will not be counted in pinstream_udp_kernel_drops_total"
             );
         }

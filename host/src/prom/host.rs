@@ -44,36 +44,6 @@ pub const HOST_METRICS: &[HostMetric] = &[
         |c| &c.tcp_accept_errors,
     ),
     (
-        "pinstream_tcp_connections_closed_total",
-        MetricType::Counter,
-        "TCP connections closed, any reason.",
-        |c| &c.tcp_closed,
-    ),
-    (
-        "pinstream_tcp_connections_closed_malformed_total",
-        MetricType::Counter,
-        "TCP connections closed past tcp.max_rejects or after losing framing.",
-        |c| &c.tcp_closed_malformed,
-    ),
-    (
-        "pinstream_tcp_connections_closed_stalled_total",
-        MetricType::Counter,
-        "TCP connections closed for not reading acks within tcp.stall_timeout_ms.",
-        |c| &c.tcp_closed_stalled,
-    ),
-    (
-        "pinstream_tcp_connections_closed_idle_total",
-        MetricType::Counter,
-        "TCP connections closed after tcp.idle_timeout_ms of silence.",
-        |c| &c.tcp_closed_idle,
-    ),
-    (
-        "pinstream_tcp_connections_closed_frame_timeout_total",
-        MetricType::Counter,
-        "TCP connections closed for a frame not whole within tcp.frame_timeout_ms.",
-        |c| &c.tcp_closed_frame_timeout,
-    ),
-    (
         "pinstream_tcp_received_bytes_total",
         MetricType::Counter,
         "Bytes received over TCP.",
@@ -150,12 +120,6 @@ pub const HOST_METRICS: &[HostMetric] = &[
         MetricType::Counter,
         "Connections closed because another connection took over their producer.",
         |c| &c.tcp_producers_fenced,
-    ),
-    (
-        "pinstream_tcp_drains_abandoned_total",
-        MetricType::Counter,
-        "Closed producer connections whose frames did not resolve within the drain timeout (60 s): their resend may be stored twice.",
-        |c| &c.tcp_drains_abandoned,
     ),
     (
         "pinstream_tcp_partial_frames_dropped_total",
@@ -303,9 +267,37 @@ pub const HOST_METRICS: &[HostMetric] = &[
     ),
 ];
 
-/// Renders every [`HostCounters`] field (see [`HOST_METRICS`] for the names).
+/// Which [`HostCounters`] field a row reads.
+pub type CounterField = fn(&HostCounters) -> &Gauge;
+
+/// Why TCP connections closed: the `reason` label of `pinstream_tcp_connections_closed_total`
+/// and the field that counts it. The reasons partition the closes.
+pub const TCP_CLOSE_REASONS: &[(&str, CounterField)] = &[
+    ("peer", |c| &c.tcp_closed_peer),
+    ("malformed", |c| &c.tcp_closed_malformed),
+    ("stalled", |c| &c.tcp_closed_stalled),
+    ("idle", |c| &c.tcp_closed_idle),
+    ("frame_timeout", |c| &c.tcp_closed_frame_timeout),
+    ("error", |c| &c.tcp_closed_error),
+    ("storage_failed", |c| &c.tcp_closed_storage_failed),
+    ("shutdown", |c| &c.tcp_closed_shutdown),
+    ("fenced", |c| &c.tcp_closed_fenced),
+    ("drain_abandoned", |c| &c.tcp_drains_abandoned),
+];
+
+/// Renders every [`HostCounters`] field (see [`HOST_METRICS`] for the names, and
+/// [`TCP_CLOSE_REASONS`] for the closes by reason).
 pub fn write_host_counters(w: &mut PromWriter<'_>, counters: &HostCounters) {
     for &(name, kind, help, field) in HOST_METRICS {
         w.single(name, kind, help, field(counters).get() as f64);
+    }
+    let name = "pinstream_tcp_connections_closed_total";
+    w.family(
+        name,
+        MetricType::Counter,
+        "TCP connections closed, by reason: peer (the client closed), malformed (past tcp.max_rejects or framing lost), stalled (acks unread for tcp.stall_timeout_ms), idle (tcp.idle_timeout_ms of silence), frame_timeout (a frame not whole within tcp.frame_timeout_ms), error (socket error or set-up failure), storage_failed, shutdown, fenced (another connection took over the producer id), drain_abandoned (a closed producer's frames not resolved in time).",
+    );
+    for &(reason, field) in TCP_CLOSE_REASONS {
+        w.sample_u64(name, &[("reason", reason)], field(counters).get());
     }
 }

@@ -4,12 +4,13 @@
 //! and `# TYPE` lines of a metric family (once; a second call for the same family is a bug and
 //! is ignored), [`sample`](PromWriter::sample) writes one series. Label values are escaped
 //! (`\\`, `\"`, `\n`), help texts too (`\\`, `\n`); floats are written so Go's `ParseFloat`
-//! reads them (`NaN`, `+Inf`, `-Inf`). Counters end in `_total`, latencies are summaries in
-//! seconds with `quantile` labels, `_sum` and `_count`: `promtool check metrics` accepts the
-//! output (the admin tests run it when `promtool` is on `PATH`).
+//! reads them (`NaN`, `+Inf`, `-Inf`). Counters end in `_total`, latencies are histograms in
+//! seconds (`_bucket` with `le` labels from 1 µs to 10 s, `_sum`, `_count`), so a windowed
+//! quantile is `histogram_quantile(0.99, rate(…_bucket[1m]))`: `promtool check metrics`
+//! accepts the output (the admin tests run it when `promtool` is on `PATH`).
 //!
 //! The `write_*` functions render pinstream's figures: the core's
-//! [`StageCounters`], the host's [`HostCounters`](crate::stats::HostCounters), latency summaries, the busy ratio of each
+//! [`StageCounters`], the host's [`HostCounters`](crate::stats::HostCounters), latency histograms, the busy ratio of each
 //! polling thread and the control plane's level.
 //!
 //! ```
@@ -32,10 +33,12 @@ use std::fmt::Write as _;
 use pinstream_core::accounting::StageCounters;
 use pinstream_core::control::Level;
 use pinstream_core::event::Lane;
-use pinstream_core::metrics::Histogram as CoreHistogram;
+use pinstream_core::metrics::{
+    BUCKETS as CORE_BUCKETS, Histogram as CoreHistogram, bucket_upper as core_bucket_upper,
+};
 use pinstream_core::reason::Reason;
 
-use crate::stats::{LatencySummary, busy_ratio};
+use crate::stats::{LATENCY_BUCKETS_NS, LatencyBuckets, busy_ratio};
 
 /// The `# TYPE` of a metric family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub enum MetricType {
     Gauge,
     /// Quantiles plus `_sum` and `_count`.
     Summary,
+    /// Cumulative `_bucket`s with an `le` label, plus `_sum` and `_count`.
+    Histogram,
 }
 
 impl MetricType {
@@ -55,6 +60,7 @@ impl MetricType {
             MetricType::Counter => "counter",
             MetricType::Gauge => "gauge",
             MetricType::Summary => "summary",
+            MetricType::Histogram => "histogram",
         }
     }
 }
@@ -114,14 +120,18 @@ impl<'a> PromWriter<'a> {
     }
 
     /// Writes one sample `name{labels} value`. For a summary family `name` is the family name
-    /// (with a `quantile` label), or it with `_sum` / `_count`.
+    /// (with a `quantile` label), or it with `_sum` / `_count`; for a histogram family it is
+    /// the family name with `_bucket` (with an `le` label), `_sum` or `_count`.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let suffix = name.strip_prefix(self.current.as_str());
         debug_assert!(
-            name == self.current
-                || (self.current_type == Some(MetricType::Summary)
-                    && name
-                        .strip_prefix(self.current.as_str())
-                        .is_some_and(|s| s == "_sum" || s == "_count")),
+            match self.current_type {
+                Some(MetricType::Summary) => matches!(suffix, Some("" | "_sum" | "_count")),
+                Some(MetricType::Histogram) => {
+                    matches!(suffix, Some("_bucket" | "_sum" | "_count"))
+                }
+                _ => name == self.current,
+            },
             "sample {name} outside its family (current: {})",
             self.current
         );
@@ -184,7 +194,7 @@ fn write_float(out: &mut String, v: f64) {
 /// Renders the core's outcome counters of each stage, labelled `stage` (and `reason` or
 /// `lane`): `pinstream_events_{ingested,stored,rejected,dead_lettered}_total`, lane
 /// throughput, frames, alerts, aggregates, sink retries, dead-letter overflow, and the lane
-/// wait as a summary in seconds (`seconds_per_tick` converts the core's ticks).
+/// wait as a histogram in seconds (`seconds_per_tick` converts the core's ticks).
 pub fn write_stage_counters(
     w: &mut PromWriter<'_>,
     stages: &[(&str, &StageCounters)],
@@ -299,7 +309,7 @@ pub fn write_stage_counters(
     let name = "pinstream_lane_wait_seconds";
     w.family(
         name,
-        MetricType::Summary,
+        MetricType::Histogram,
         "Time from dispatch into a lane to a processor taking the event out.",
     );
     for (stage, c) in stages {
@@ -307,6 +317,10 @@ pub fn write_stage_counters(
     }
 }
 
+/// A core histogram (log-linear, 16 sub-buckets per power of two) as a Prometheus histogram
+/// with the `le` bounds of [`LATENCY_BUCKETS_NS`]: a core bucket counts towards a bound when
+/// its largest value is at most the bound, so each `le` count is exact to one core bucket
+/// (6.25 % of the value).
 fn write_core_histogram(
     w: &mut PromWriter<'_>,
     name: &str,
@@ -314,26 +328,47 @@ fn write_core_histogram(
     h: &CoreHistogram,
     seconds_per_tick: f64,
 ) {
-    let empty = h.count() == 0;
-    for q in crate::stats::SUMMARY_QUANTILES {
-        // No observation: no quantile (NaN, as Prometheus client libraries write it).
-        let value = if empty {
-            f64::NAN
-        } else {
-            h.percentile((q * 1_000_000.0).round() as u32) as f64 * seconds_per_tick
-        };
-        w.sample(
-            name,
-            &[("stage", stage), ("quantile", &quantile_label(q))],
-            value,
+    let mut le = [0u64; LATENCY_BUCKETS_NS.len()];
+    let mut b = 0;
+    let mut below = 0u64;
+    for (slot, &bound_ns) in le.iter_mut().zip(&LATENCY_BUCKETS_NS) {
+        let bound_ticks = (bound_ns as f64 * 1e-9 / seconds_per_tick) as u64;
+        while b < CORE_BUCKETS && core_bucket_upper(b) <= bound_ticks {
+            below += h.bucket_count(b);
+            b += 1;
+        }
+        *slot = below;
+    }
+    let buckets = LatencyBuckets {
+        count: h.count(),
+        sum_ns: (h.sum() as f64 * seconds_per_tick * 1e9) as u128,
+        le,
+    };
+    write_buckets(w, name, stage, &buckets);
+}
+
+/// One stage's `_bucket` series (22 bounds and `+Inf`), `_sum` and `_count`.
+fn write_buckets(w: &mut PromWriter<'_>, name: &str, stage: &str, b: &LatencyBuckets) {
+    let bucket = suffixed(name, "_bucket");
+    let mut label = String::new();
+    for (&bound_ns, &count) in LATENCY_BUCKETS_NS.iter().zip(&b.le) {
+        label.clear();
+        write_float(&mut label, bound_ns as f64 / 1e9);
+        // The counts are cumulative by construction; never let one exceed the total (a
+        // recorder publishing between two reads of the same lock cannot, but be safe).
+        w.sample_u64(
+            &bucket,
+            &[("stage", stage), ("le", &label)],
+            count.min(b.count),
         );
     }
+    w.sample_u64(&bucket, &[("stage", stage), ("le", "+Inf")], b.count);
     w.sample(
         &suffixed(name, "_sum"),
         &[("stage", stage)],
-        h.sum() as f64 * seconds_per_tick,
+        b.sum_ns as f64 / 1e9,
     );
-    w.sample_u64(&suffixed(name, "_count"), &[("stage", stage)], h.count());
+    w.sample_u64(&suffixed(name, "_count"), &[("stage", stage)], b.count);
 }
 
 fn suffixed(name: &str, suffix: &str) -> String {
@@ -344,42 +379,22 @@ fn suffixed(name: &str, suffix: &str) -> String {
 }
 
 mod host;
+mod process;
 
-pub use host::{HOST_METRICS, HostMetric, write_host_counters};
+pub use host::{HOST_METRICS, HostMetric, TCP_CLOSE_REASONS, write_host_counters};
+pub use process::write_process;
 
-fn quantile_label(q: f64) -> String {
-    let mut s = String::new();
-    write_float(&mut s, q);
-    s
-}
-
-/// Renders latency summaries as the family `name` (which should end in `_seconds`), one
-/// series per `(stage, summary)`, quantiles from [`crate::stats::SUMMARY_QUANTILES`] (`NaN`
-/// while a stage has no observation).
+/// Renders latency histograms as the family `name` (which should end in `_seconds`), one
+/// set of series per `(stage, buckets)`, bounds from [`LATENCY_BUCKETS_NS`].
 pub fn write_latency(
     w: &mut PromWriter<'_>,
     name: &str,
     help: &str,
-    stages: &[(&str, &LatencySummary)],
+    stages: &[(&str, &LatencyBuckets)],
 ) {
-    w.family(name, MetricType::Summary, help);
-    let (sum, count) = (suffixed(name, "_sum"), suffixed(name, "_count"));
-    for (stage, s) in stages {
-        for (q, ns) in s.quantiles {
-            // No observation: no quantile (NaN, as Prometheus client libraries write it).
-            let value = if s.count == 0 {
-                f64::NAN
-            } else {
-                ns as f64 / 1e9
-            };
-            w.sample(
-                name,
-                &[("stage", stage), ("quantile", &quantile_label(q))],
-                value,
-            );
-        }
-        w.sample(&sum, &[("stage", stage)], s.sum_ns as f64 / 1e9);
-        w.sample_u64(&count, &[("stage", stage)], s.count);
+    w.family(name, MetricType::Histogram, help);
+    for (stage, b) in stages {
+        write_buckets(w, name, stage, b);
     }
 }
 
@@ -468,6 +483,39 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn core_histogram_as_prometheus_buckets() {
+        let h = CoreHistogram::new();
+        for _ in 0..1000 {
+            h.record(2_000); // 2 µs
+        }
+        for _ in 0..10 {
+            h.record(20_000_000); // 20 ms
+        }
+        let mut out = String::new();
+        let mut w = PromWriter::new(&mut out);
+        w.family("x_seconds", MetricType::Histogram, "x.");
+        write_core_histogram(&mut w, "x_seconds", "s", &h, 1e-9);
+        for line in [
+            "x_seconds_bucket{stage=\"s\",le=\"0.000001\"} 0\n",
+            "x_seconds_bucket{stage=\"s\",le=\"0.0000025\"} 1000\n",
+            "x_seconds_bucket{stage=\"s\",le=\"0.01\"} 1000\n",
+            "x_seconds_bucket{stage=\"s\",le=\"0.025\"} 1010\n",
+            "x_seconds_bucket{stage=\"s\",le=\"+Inf\"} 1010\n",
+            "x_seconds_count{stage=\"s\"} 1010\n",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+        // The buckets never decrease.
+        let counts: Vec<u64> = out
+            .lines()
+            .filter(|l| l.starts_with("x_seconds_bucket"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(counts.len(), LATENCY_BUCKETS_NS.len() + 1);
+        assert!(counts.windows(2).all(|p| p[0] <= p[1]), "{counts:?}");
     }
 
     #[test]

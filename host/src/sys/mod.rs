@@ -13,4 +13,4 @@ mod rlimit;
 pub(crate) use affinity::{set_thread_affinity, thread_affinity};
 pub(crate) use flock::{Flock, try_lock_exclusive};
 pub(crate) use mem::{Mapping, lock_all, mbind, node_of_address, page_size};
-pub(crate) use rlimit::{nofile, set_nofile};
+pub(crate) use rlimit::{nofile, process_cpu_ns, set_nofile};

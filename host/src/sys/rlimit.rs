@@ -41,3 +41,26 @@ pub(crate) fn set_nofile(soft: u64, hard: u64) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// The CPU time the whole process has used, user and system, in nanoseconds
+/// (`getrusage(RUSAGE_SELF)`).
+///
+/// # Errors
+/// What `getrusage` says (it cannot fail with a valid `who` and pointer).
+pub(crate) fn process_cpu_ns() -> io::Result<(u64, u64)> {
+    // SAFETY: `rusage` is plain data (integers and timevals) for which all-zero bytes are a
+    // valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a live, writable `rusage` for the duration of the call; the kernel
+    // writes it and reads nothing else of ours.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ns = |t: libc::timeval| {
+        (t.tv_sec.max(0) as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_usec.max(0) as u64 * 1_000)
+    };
+    Ok((ns(usage.ru_utime), ns(usage.ru_stime)))
+}
