@@ -40,8 +40,11 @@
 #               LAT_RATE/s for LAT_SECONDS; publish-to-receive p50/p99/p99.9/max
 #   ingest      publishing as fast as INFLIGHT acks in flight allow for INGEST_SECONDS, with
 #               each count of live ordered consumers in INGEST_CONSUMERS
-# The table goes to target/vs-nats/results-consumers.md. The pinstream half of each is
-# run_pinstream_consumers below, which waits for `pinstream loadgen --consumers`.
+# The pinstream half of each (run_pinstream_consumers): a fresh `pinstream run` per step with
+# acks durable and durability `interval`, the catch-up read by client/examples/catchup.rs,
+# latency and ingest by `pinstream loadgen --consumers N` after WARMUP s of the same load
+# without consumers (not recorded, as on the NATS side), events in frames of 64.
+# The table goes to target/vs-nats/results-consumers.md.
 #   EVENTS_CATCHUP="1000000"  stored events per catch-up run; a list runs each (e.g.
 #                             "1000000 10000000"; the store needs ~150 B of disk per event)
 #   CATCHUP_BATCH=10000       messages per pull request of the pull consumer
@@ -50,6 +53,8 @@
 #   CLIENT_THREADS=2   tokio workers of nats-consume in the latency and ingest runs (the
 #                      catch-up client runs on one thread)
 #   PINSTREAM=none     skip building and running pinstream
+#   CATCHUP=PATH       the catch-up reader (client/examples/catchup.rs) to use instead of
+#                      building one
 set -euo pipefail
 
 CONSUMERS=${CONSUMERS:-0}
@@ -472,33 +477,162 @@ run_nats_consumers() {
 }
 
 # ------------------------------------------------------------------------------------------
-# PINSTREAM SIDE OF THE CONSUMER MEASUREMENTS (issue 15) — to be written.
-#
-# `pinstream consume` and `pinstream loadgen --consumers N` are being written; until loadgen
-# offers --consumers this prints "pinstream side: not available in this build" and the table
-# says so. When they land, fill in the three steps below (same sizes, rate and consumer counts
-# as run_nats_consumers, a fresh `pinstream run` per step as run_pinstream starts one) and
-# append rows to CONS_RESULTS in the same shape:
-#   catchup  pinstream  <consumer kind>  {"events":N,"events_per_sec":..,"ns_per_event":..}
-#   latency  pinstream  <consumers>      {"publish_events_per_sec":..,"e2e_p50_us":..,"e2e_p99_us":..,"e2e_p999_us":..,"e2e_max_us":..,"e2e_count":..}
-#   ingest   pinstream  <consumers>      {"publish_events_per_sec":..,"ack_p50_us":..,"ack_p99_us":..}
-# (the keys the table below reads; extra keys are ignored).
+# The pinstream side of the consumer measurements: the same sizes, rate and consumer counts as
+# run_nats_consumers, a fresh `pinstream run` (acks durable, durability `interval`, as the
+# default config) per step, rows appended to CONS_RESULTS in the shape the table reads.
+# Catch-up reads with client/examples/catchup.rs (built with pinstream; one consumer, 64 MiB
+# credit window); latency and ingest with `pinstream loadgen --consumers N`, which subscribes
+# its consumers at `latest` before the first send. Events are high priority (realtime lane).
+
 PIN_CONSUMERS_NOTE=""
+PIN_CONS_PID=""
+PIN_CONS_TCP=""
+PIN_CONS_ADDR=""
+
+# start_pinstream_consumers DIR LABEL: a fresh `pinstream run` storing in DIR/store with a
+# consumer listener; sets PIN_CONS_PID, PIN_CONS_TCP, PIN_CONS_ADDR. False if it did not start.
+start_pinstream_consumers() {
+    local dir=$1 label=$2 conf log line
+    mkdir -p "$dir/store"
+    conf=$dir/pinstream.toml
+    log=$dir/pinstream.log
+    cat >"$conf" <<EOF
+[engine]
+overprovisioned = true
+ack = "durable"
+[tcp]
+listen = "127.0.0.1:0"
+[udp]
+listen = "off"
+[admin]
+listen = "off"
+[consumers]
+listen = "127.0.0.1:0"
+[storage]
+dir = "$dir/store"
+durability = "interval"
+EOF
+    "$PINSTREAM" run --config "$conf" >"$log" 2>&1 &
+    PIN_CONS_PID=$!
+    PIDS+=("$PIN_CONS_PID")
+    if ! line=$(wait_for_line "$log" '^listening tcp=' "$PIN_CONS_PID" "pinstream run ($label)"); then
+        stop_pid "$PIN_CONS_PID" pinstream
+        PIN_FAILED+="pinstream run --config $conf did not start ($label); "
+        return 1
+    fi
+    PIN_CONS_TCP=$(sed -E 's/.* tcp=([^ ]+).*/\1/' <<<"$line")
+    PIN_CONS_ADDR=$(sed -E 's/.* consumers=([^ ]+).*/\1/' <<<"$line")
+    say "pinstream ($label): tcp $PIN_CONS_TCP, consumers $PIN_CONS_ADDR, store $dir/store"
+}
+
+# stop_pinstream_consumers LABEL: stops the current engine, noting a bad exit.
+stop_pinstream_consumers() {
+    stop_pid "$PIN_CONS_PID" pinstream
+    [ "$STOP_STATUS" = 0 ] || PIN_FAILED+="pinstream run exited with status $STOP_STATUS on SIGTERM ($1); "
+}
+
+# pin_loadgen OUT ARGS...: `pinstream loadgen ARGS --json` against the current engine, its
+# JSON line into LINE. False (and noted) when it fails or not every event was stored.
+pin_loadgen() {
+    local out=$1
+    shift
+    if run_client "$out" "$PINSTREAM" loadgen --addr "$PIN_CONS_TCP" --consumer-addr "$PIN_CONS_ADDR" \
+        --payload "$PAYLOAD" --priority high --json "$@" &&
+        LINE=$(grep -E '^\{' "$out" | tail -n1) && [ -n "$LINE" ] &&
+        python3 -c 'import json,sys; j=json.loads(sys.argv[1]); sys.exit(0 if j["stored"]==j["events"] and j["dead_lettered"]==0 else 1)' "$LINE"; then
+        return 0
+    fi
+    PIN_FAILED+="pinstream loadgen $* failed or did not store every event (output $out); "
+    return 1
+}
+
+# pin_row SECTION WHAT: loadgen's JSON in LINE as a CONS_RESULTS row with the table's keys.
+pin_row() {
+    python3 -c '
+import json, sys
+section, what, j = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+consumed = j.get("consumed") or []
+row = {
+    "publish_events_per_sec": round(j["stored_per_sec"]),
+    "published": j["stored"],
+    "ack_p50_us": round(j["ack_p50_us"]),
+    "ack_p99_us": round(j["ack_p99_us"]),
+    "per_consumer": [{"received": n} for n in consumed],
+    "e2e_count": sum(consumed),
+}
+for k in ("e2e_p50_us", "e2e_p99_us", "e2e_p999_us", "e2e_max_us"):
+    if j.get(k) is not None:
+        row[k] = round(j[k])
+print(f"{section}\tpinstream\t{what}\t{json.dumps(row)}")
+' "$1" "$2" "$LINE" >>"$CONS_RESULTS"
+}
+
+# pin_warmup DIR ARGS...: WARMUP seconds of the same load against the current engine, without
+# consumers and with ids of their own (a repeated id would be a duplicate), not recorded: the
+# NATS side does not record its first WARMUP seconds either.
+pin_warmup() {
+    local dir=$1
+    shift
+    [ "$WARMUP" -gt 0 ] || return 0
+    pin_loadgen "$dir/warmup.out" --duration "$WARMUP" --inflight "$frames_inflight" \
+        --id-base 1000000000000 "$@" || true
+}
+
 run_pinstream_consumers() {
+    local n dir k i=0 frames_inflight
     if [ -n "$PIN_SKIP" ]; then
         PIN_CONSUMERS_NOTE="pinstream side skipped: $PIN_SKIP"
-    elif ! "$PINSTREAM" loadgen --help 2>&1 | grep -q -- '--consumers'; then
-        PIN_CONSUMERS_NOTE="pinstream side: not available in this build"
-    else
-        # TODO(issue 15): step 1, catch-up: fill a store with each N in EVENTS_CATCHUP, then
-        # time `pinstream consume` reading it from the start.
-        # TODO(issue 15): step 2, latency: `pinstream loadgen --consumers $LAT_CONSUMERS` at
-        # LAT_RATE events/s for LAT_SECONDS.
-        # TODO(issue 15): step 3, ingest: `pinstream loadgen --consumers K` for each K in
-        # INGEST_CONSUMERS, as fast as INFLIGHT allows.
-        PIN_CONSUMERS_NOTE="pinstream side: this build's loadgen has --consumers, but run_pinstream_consumers in benches/vs-nats.sh does not drive it yet"
+        say "$PIN_CONSUMERS_NOTE"
+        return
     fi
-    say "$PIN_CONSUMERS_NOTE"
+    # As many events in flight as NATS's INFLIGHT acks: frames of 64 events.
+    frames_inflight=$((INFLIGHT / 64 > 0 ? INFLIGHT / 64 : 1))
+    for n in $EVENTS_CATCHUP; do
+        dir=$WORK/pinstream-catchup-$n
+        start_pinstream_consumers "$dir" "catch-up of $n" || continue
+        say "pinstream: filling the realtime log with $n events of $PAYLOAD B"
+        if pin_loadgen "$dir/fill.out" --events "$n" --inflight "$frames_inflight"; then
+            python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print("fill\tpinstream\t%d\t%s" % (j["stored"], json.dumps({"events_per_sec": round(j["stored_per_sec"])})))' \
+                "$LINE" >>"$CONS_RESULTS"
+            say "pinstream: catch-up of $n stored events, one consumer"
+            if run_client "$dir/catchup.out" "$CATCHUP" "$PIN_CONS_ADDR" realtime --json &&
+                LINE=$(tail -n1 "$dir/catchup.out") &&
+                python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["events"]==int(sys.argv[2]) else 1)' "$LINE" "$n"; then
+                printf 'catchup\tpinstream\t%s\t%s\n' "consumer, 64 MiB credit window" "$LINE" >>"$CONS_RESULTS"
+            else
+                PIN_FAILED+="catch-up read of $n events failed (output $dir/catchup.out); "
+            fi
+        fi
+        stop_pinstream_consumers "catch-up of $n"
+        [ "${KEEP:-0}" = 1 ] || rm -rf "$dir/store" # the biggest store need not outlive its run
+    done
+
+    dir=$WORK/pinstream-latency
+    if start_pinstream_consumers "$dir" "latency at $LAT_RATE/s"; then
+        say "pinstream: $LAT_CONSUMERS consumer(s), publishing $LAT_RATE events/s for $LAT_SECONDS s ($WARMUP s warm-up)"
+        pin_warmup "$dir" --rate "$LAT_RATE"
+        if pin_loadgen "$dir/latency.out" --rate "$LAT_RATE" --duration "$((LAT_SECONDS - WARMUP))" \
+            --consumers "$LAT_CONSUMERS" --inflight "$frames_inflight"; then
+            pin_row latency "$LAT_CONSUMERS"
+        fi
+        stop_pinstream_consumers "latency"
+        [ "${KEEP:-0}" = 1 ] || rm -rf "$dir/store"
+    fi
+
+    for k in $INGEST_CONSUMERS; do
+        i=$((i + 1))
+        dir=$WORK/pinstream-ingest-$i
+        start_pinstream_consumers "$dir" "ingest with $k consumers" || continue
+        say "pinstream: publishing as fast as $INFLIGHT events in flight allow for $INGEST_SECONDS s, $k live consumer(s)"
+        pin_warmup "$dir" --rate 0
+        if pin_loadgen "$dir/ingest.out" --duration "$((INGEST_SECONDS - WARMUP))" --consumers "$k" \
+            --inflight "$frames_inflight"; then
+            pin_row ingest "$k"
+        fi
+        stop_pinstream_consumers "ingest with $k consumers"
+        [ "${KEEP:-0}" = 1 ] || rm -rf "$dir/store"
+    done
+    PIN_CONSUMERS_NOTE="pinstream: a fresh \`pinstream run\` per step with acks durable and durability \`interval\` (a consumer sees an event once it is fdatasynced; JetStream's consumers see a message once it is in the page cache), high priority (realtime lane), frames of 64 events with $frames_inflight frames ($INFLIGHT events) in flight; catch-up with client/examples/catchup.rs, latency and ingest with \`pinstream loadgen --consumers N\` (consumers subscribed at \`latest\`) after $WARMUP s of the same load without consumers, not recorded."
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -532,6 +666,12 @@ elif ! "$PINSTREAM" run --help >/dev/null 2>&1; then
     PIN_SKIP="$PINSTREAM has no \`run\` command yet"
 elif ! "$PINSTREAM" loadgen --help >/dev/null 2>&1; then
     PIN_SKIP="$PINSTREAM has no \`loadgen\` command yet"
+fi
+if [ -z "$PIN_SKIP" ] && [ "$CONSUMERS" != 0 ] && [ -z "${CATCHUP:-}" ]; then
+    say "building the catch-up reader (client/examples/catchup.rs, release)"
+    CATCHUP=$TARGET/release/examples/catchup
+    cargo build --release --quiet -p pinstream-client --example catchup ||
+        PIN_SKIP="cargo build --release -p pinstream-client --example catchup failed"
 fi
 [ -z "$PIN_SKIP" ] || say "pinstream side skipped: $PIN_SKIP"
 

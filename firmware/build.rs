@@ -1,4 +1,5 @@
-//! Puts the board's `memory.x` (from `../linker/`) where cortex-m-rt's `link.x` finds it, and
+//! Puts the board's `memory.x` (from `../linker/`) and a `device.x` where cortex-m-rt's
+//! `link.x` finds them, and
 //! links with `link.x` (plus `defmt.x` when the `defmt` feature is on).
 
 use std::env;
@@ -10,6 +11,14 @@ fn main() {
     let memory = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"))
         .join("../linker/memory.x");
     fs::copy(&memory, out.join("memory.x")).expect("copy linker/memory.x");
+    // cortex-m-rt's `device` feature makes `link.x` include `device.x`, where a PAC would
+    // PROVIDE each interrupt's default handler; `board::__INTERRUPTS` names its handlers
+    // itself, so there is nothing to provide.
+    fs::write(
+        out.join("device.x"),
+        "/* The interrupt vectors: board::__INTERRUPTS. */\n",
+    )
+    .expect("write device.x");
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rerun-if-changed={}", memory.display());
     println!("cargo:rerun-if-changed=build.rs");

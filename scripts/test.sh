@@ -28,14 +28,14 @@ esac
 preflight() {
     local missing=() tool
     local needed=(cargo rustup)
-    $quick || needed+=(qemu-system-arm arm-none-eabi-size promtool curl python3)
+    $quick || needed+=(qemu-system-arm qemu-system-x86_64 arm-none-eabi-size promtool curl python3)
     for tool in "${needed[@]}"; do
         command -v "$tool" > /dev/null || missing+=("$tool")
     done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "missing: ${missing[*]}" >&2
         echo "install them with .ci/run's packages (Debian):" >&2
-        echo "  sudo apt-get install qemu-system-arm binutils-arm-none-eabi prometheus curl" >&2
+        echo "  sudo apt-get install qemu-system-arm qemu-system-x86 binutils-arm-none-eabi prometheus curl" >&2
         echo "or run ./scripts/test.sh --quick (fmt, clippy and the tests only)" >&2
         exit 1
     fi
@@ -78,6 +78,15 @@ bare_metal() {
         RUSTFLAGS="-D warnings" cargo build -p pinstream-core --target thumbv6m-none-eabi \
             --features "$f" --target-dir target/bare-metal
     done
+    # Without the per-stage latency histograms (15.6 KB of a firmware's RAM): what small
+    # parts build, the firmware among them.
+    for t in thumbv7m-none-eabi thumbv6m-none-eabi; do
+        echo "pinstream-core for $t without default features (no latency-histograms)"
+        RUSTFLAGS="-D warnings" cargo build -p pinstream-core --target "$t" --no-default-features \
+            --target-dir target/bare-metal
+    done
+    # The core's own tests without the histograms (the ones about them are cfg'd out).
+    cargo test -p pinstream-core --lib --no-default-features --target-dir target/bare-metal
     # Only `core` exists in this build: any `alloc` in the dependency tree fails to compile.
     echo "pinstream-core with -Zbuild-std=core (no alloc anywhere)"
     cargo +nightly build -Zbuild-std=core --target thumbv7em-none-eabihf -p pinstream-core \
@@ -116,9 +125,20 @@ firmware() {
         cd firmware
         cargo fmt --check
         cargo clippy --release -- -D warnings
-        # The scenario, as the README's firmware command runs it, then as a test.
+        cargo clippy --release --features semihosting --all-targets -- -D warnings
+        (cd host-test && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings)
+        # The application booted in QEMU and driven over UART0 from the host (host-test/, by
+        # the runner qemu-run.sh): as the README's firmware command runs it, then as the
+        # `uart` test (the board build: a panic resets).
         cargo run --release
         cargo test --release
+        # The built-in self-check (`pipeline`), and the application again with semihosting
+        # (a firmware panic fails the test at once instead of resetting).
+        cargo test --release --features semihosting
+        # With the core's latency histograms (15.6 KB more RAM): still fits, still passes.
+        cargo test --release --features latency-histograms
+        # A panic asked for over the line resets the chip, which boots and serves again.
+        cargo test --release --features panic-probe
         # Cortex-M0 (no CAS): the final binary picks critical-section (single core).
         cargo build --release --target thumbv6m-none-eabi --features no-cas
         # The core's defmt feature with a real logger.
@@ -135,7 +155,28 @@ firmware() {
             return 1
         fi
         echo "alloc-probe: refused as expected (no global memory allocator)"
+        # The footprint of the default build (the README's table), not of the last one built.
+        cargo build --release
         arm-none-eabi-size target/thumbv7m-none-eabi/release/pinstream-firmware
+    )
+}
+
+unikernel() {
+    # The core in an x86_64 kernel under QEMU, driven over COM1 (unikernel/README.md). Needs
+    # qemu-system-x86 (.ci/run installs it).
+    if ! command -v qemu-system-x86_64 > /dev/null; then
+        echo "missing qemu-system-x86_64: apt-get install qemu-system-x86"
+        return 1
+    fi
+    (
+        cd unikernel
+        cargo fmt --check
+        cargo clippy --release --all-targets -- -D warnings
+        (cd host-test && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings)
+        # Boots the kernel and drives it from the host (host-test/, by the runner
+        # qemu-run.sh): every answer, the books, and the kernel's exit verdict.
+        cargo test --release
+        size target/x86_64-unknown-none/release/pinstream-unikernel
     )
 }
 
@@ -187,11 +228,11 @@ msrv() {
 }
 
 packaging() {
-    # The four published crates as crates.io would take them: each packaged, then built from
+    # The five published crates as crates.io would take them: each packaged, then built from
     # its packaged files alone against the others' packages (dependency order). Then the
     # README's install command, into a temporary root, reusing the main job's release build.
     cargo publish --dry-run --allow-dirty -p pinstream-core -p pinstream-client \
-        -p pinstream-host -p pinstream
+        -p pinstream-host -p pinstream-bridge -p pinstream
     local root
     root=$(mktemp -d)
     cargo install --locked --path pinned-runner --root "$root" --target-dir "${CARGO_TARGET_DIR:-target}"
@@ -214,7 +255,8 @@ if ! $quick; then
     step "benches compile (never run in CI)" cargo bench --workspace --no-run
     step "main job (README's run command) with the load generator" main_job
     step "packaging (cargo publish --dry-run, cargo install)" packaging
-    step "firmware under QEMU (run, test, thumbv6m, defmt, no-alloc check)" firmware
+    step "firmware under QEMU (UART driven from the host, self-check, thumbv6m, defmt, no-alloc check)" firmware
+    step "unikernel under QEMU (x86_64, driven over COM1 and virtio-net from the host)" unikernel
     step "miri (stacked + tree borrows)" miri
     step "loom models" loom
 fi

@@ -21,7 +21,9 @@
 use core::fmt;
 
 use crate::event::Lane;
-use crate::metrics::{Counter, Histogram};
+use crate::metrics::Counter;
+#[cfg(feature = "latency-histograms")]
+use crate::metrics::Histogram;
 use crate::reason::Reason;
 use crate::sync::array_of;
 
@@ -56,7 +58,9 @@ pub struct StageCounters {
     /// Dead letters counted but not written to the dead-letter ring because it was full
     /// (the count by reason still includes them; only the record is missing).
     pub dead_letter_overflow: Counter,
-    /// Ticks between the dispatcher taking an event in and a processor taking it out.
+    /// Ticks between the dispatcher taking an event in and a processor taking it out (only
+    /// with the `latency-histograms` feature, on by default: 7.8 KB per stage).
+    #[cfg(feature = "latency-histograms")]
     pub lane_wait: Histogram,
 }
 
@@ -77,6 +81,7 @@ impl StageCounters {
                 sink_retries: Counter::new(),
                 dedup_evictions: Counter::new(),
                 dead_letter_overflow: Counter::new(),
+                #[cfg(feature = "latency-histograms")]
                 lane_wait: Histogram::new(),
             }
         }

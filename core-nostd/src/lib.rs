@@ -39,6 +39,13 @@
 //! portable-atomic disables interrupts around each CAS). The same can be set with
 //! `RUSTFLAGS="--cfg portable_atomic_unsafe_assume_single_core"`.
 //!
+//! ## Features
+//! `latency-histograms` (default): each stage's [`accounting::StageCounters`] carries a
+//! latency histogram (`lane_wait`, 976 buckets, 7.8 KB). Small parts leave it out with
+//! `default-features = false`; every count and the accounting stay the same. `defmt`,
+//! `critical-section` and `unsafe-assume-single-core` are described above and in
+//! `Cargo.toml`.
+//!
 //! ## Time
 //! The core never reads a clock: operations that need time take `now` in ticks.
 //!

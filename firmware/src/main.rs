@@ -1,14 +1,10 @@
-//! `cargo run --release`: the pipeline scenario under QEMU (see the library's docs). QEMU's
-//! exit status is the firmware's: 0 when every check held, 1 on a mismatch or a panic.
+//! The application (see the library's docs): serves UART0 forever. `cargo run --release`
+//! boots it under QEMU and drives it from the host (`qemu-run.sh`, `host-test/`).
 #![no_std]
 #![no_main]
 
 #[cfg(feature = "alloc-probe")]
 extern crate alloc;
-
-// The defmt logger (semihosting), linked in only with the `defmt` feature.
-#[cfg(feature = "defmt")]
-use defmt_semihosting as _;
 
 use cortex_m_rt::entry;
 
@@ -18,5 +14,5 @@ fn main() -> ! {
     // does not have, and linking fails for want of a global allocator.
     #[cfg(feature = "alloc-probe")]
     core::hint::black_box(alloc::vec![1u8, 2, 3]);
-    pinstream_firmware::run_and_exit()
+    pinstream_firmware::app::run()
 }

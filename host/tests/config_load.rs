@@ -132,8 +132,12 @@ fn the_default_file_names_every_key() {
         ("http", fields_of::<HttpSection>()),
         ("auth", fields_of::<AuthSection>()),
     ];
-    let top: Vec<&str> = sections.iter().map(|(s, _)| *s).collect();
+    let mut top: Vec<&str> = sections.iter().map(|(s, _)| *s).collect();
+    // `[[bridge]]` is a list, empty by default: the file shows it as a commented example
+    // (`the_commented_bridge_example_parses`).
+    top.push("bridge");
     assert_eq!(fields_of::<Config>(), top.as_slice());
+    top.pop();
     for (section, fields) in sections {
         let table = file[section].as_table().unwrap();
         for f in fields {
@@ -667,4 +671,19 @@ fn engine_placement_is_auto_by_default_and_checked() {
         )),
         "{w:?}"
     );
+}
+
+#[test]
+fn the_commented_bridge_example_parses() {
+    let example: String = DEFAULT_TOML
+        .lines()
+        .skip_while(|l| !l.starts_with("# [[bridge]]"))
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+        .collect();
+    assert!(example.starts_with("[[bridge]]"), "{example}");
+    let cfg = parse(&example);
+    assert_eq!(cfg.bridge.len(), 1);
+    assert_eq!(cfg.bridge[0].name, "to-nats");
+    assert_eq!(cfg.bridge[0].cpu, Some(3));
+    assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
 }

@@ -262,11 +262,11 @@ pub fn main(args: &LoadgenArgs) -> Result<(), Failure> {
     let mut next_draw = Instant::now() + PROGRESS_EVERY;
     while !run.is_finished() {
         thread::sleep(Duration::from_millis(20));
-        if let Some(bar) = &mut bar {
-            if Instant::now() >= next_draw {
-                next_draw += PROGRESS_EVERY;
-                bar.draw(run.progress().events_sent(), run.elapsed());
-            }
+        if let Some(bar) = &mut bar
+            && Instant::now() >= next_draw
+        {
+            next_draw += PROGRESS_EVERY;
+            bar.draw(run.progress().events_sent(), run.elapsed());
         }
     }
     if let Some(bar) = &mut bar {

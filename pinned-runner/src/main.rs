@@ -1,12 +1,15 @@
 //! `pinstream`: the command line of the pinstream engine.
 //!
 //! `run` starts the engine (the default command), `loadgen` drives one, `publish` sends it
-//! events read as JSON lines, `consume` reads its logs back over the network, `log` reads
-//! its logs offline, `host-check` shows what the machine offers, `demo` exercises the core
-//! primitives, `completions` and `man` print the shell completion script and the manual. Every command prints what went wrong on stderr and exits non-zero:
+//! events read as JSON lines, `consume` reads its logs back over the network, `bridge`
+//! forwards them to NATS JetStream, `log` reads its logs offline, `host-check` shows what the
+//! machine offers, `demo` exercises the core primitives, `completions` and `man` print the
+//! shell completion script and the manual. Every command prints what went wrong on stderr and
+//! exits non-zero:
 //! 2 for bad arguments or config, 3 when the engine cannot start, 1 for a failure while
 //! running.
 
+mod bridge;
 mod consume;
 mod demo;
 mod hostcheck;
@@ -48,6 +51,7 @@ enum Command {
     // (their `about` is the one line `pinstream --help` shows).
     Publish(publish::PublishArgs),
     Consume(consume::ConsumeArgs),
+    Bridge(bridge::BridgeArgs),
     /// Read, verify, replay or follow the storage and dead-letter logs.
     Log(log::LogArgs),
     /// Show the CPU topology, isolated CPUs, NUMA nodes and what `run` would pin.
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
         Some(Command::Loadgen(args)) => loadgen::main(&args),
         Some(Command::Publish(args)) => publish::main(&args),
         Some(Command::Consume(args)) => consume::main(&args),
+        Some(Command::Bridge(args)) => bridge::main(&args),
         Some(Command::Log(args)) => log::main(&args),
         Some(Command::HostCheck(args)) => hostcheck::main(&args),
         Some(Command::Demo(args)) => demo::main(&args),

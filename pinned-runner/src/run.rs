@@ -28,6 +28,7 @@ use pinstream_host::storage::StorageError;
 use pinstream_host::topology::Topology;
 
 use crate::Failure;
+use crate::bridge::{self, Bridges, WithBridges};
 
 /// `pinstream run` flags.
 #[derive(clap::Args, Debug)]
@@ -118,9 +119,14 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
         other => Failure::start(other.to_string()),
     })?;
     let stats = Arc::clone(handle.stats());
+    // `/metrics` shows the bridges' families too, once they run.
+    let with_bridges = Arc::new(WithBridges {
+        engine: stats.clone(),
+        bridges: std::sync::OnceLock::new(),
+    });
     let admin = match config.admin.listen {
         Some(addr) => {
-            let source: Arc<dyn admin::AdminSource> = stats.clone();
+            let source: Arc<dyn admin::AdminSource> = with_bridges.clone();
             match AdminServer::new(AdminOptions::from_config(&config.admin)).start(addr, source) {
                 Ok(a) => Some(a),
                 Err(e) => {
@@ -135,7 +141,31 @@ pub fn main(args: &RunArgs) -> Result<(), Failure> {
     };
 
     report_start(&handle, admin.as_ref(), &config, &engine_cfg, &stats);
-    let failed = wait_for_stop(args, &signals, &stats);
+    // The bridges read the engine like any consumer, on their own unpinned threads, once it
+    // serves.
+    let mut bridges = match Bridges::start(
+        &config,
+        handle
+            .consumer_addr()
+            .unwrap_or_else(|| bridge::default_engine_addr(&config)),
+    ) {
+        Ok(b) => b,
+        Err(f) => {
+            if let Some(a) = admin {
+                a.stop();
+            }
+            let _ = handle.stop();
+            return Err(f);
+        }
+    };
+    if bridges.len() > 0 {
+        say!("{} bridge(s) to NATS JetStream started", bridges.len());
+    }
+    let _ = with_bridges.bridges.set(bridges.metrics_source());
+    let failed = wait_for_stop(args, &signals, &stats, &mut bridges);
+    // The bridges first: they commit what JetStream acknowledged while the engine still
+    // serves.
+    bridges.stop();
     match &failed {
         Some(_) => tracing::error!("stopping after the storage failure"),
         None => say!("stopping: intake closed, draining the lanes, syncing the logs"),
@@ -316,16 +346,27 @@ fn report_restored(handle: &EngineHandle) {
 
 /// Prints a status line every `--status-every` seconds until a signal; reports a storage
 /// failure once. Returns the failure, if any.
-fn wait_for_stop(args: &RunArgs, signals: &Signals, stats: &EngineStats) -> Option<String> {
+fn wait_for_stop(
+    args: &RunArgs,
+    signals: &Signals,
+    stats: &EngineStats,
+    bridges: &mut Bridges,
+) -> Option<String> {
     let mut status = Status::new(stats);
     let every = Duration::from_secs(args.status_every);
     let mut next = Instant::now() + every;
     let mut failed: Option<String> = None;
     while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        for f in bridges.failures() {
+            tracing::error!("{f} (the engine goes on)");
+        }
+        for e in bridges.new_errors() {
+            tracing::error!("{e}");
+        }
         if args.status_every != 0 && Instant::now() >= next {
             next += every;
-            crate::logging::status(&status.line(stats));
+            crate::logging::status(&format!("{}{}", status.line(stats), bridges.status()));
         }
         let error = stats
             .storage_error

@@ -1,11 +1,9 @@
 //! `pinstream run` as a user runs it: the real binary on ephemeral loopback ports, events
 //! over TCP, SIGTERM, `kill -9` and a restart, exit codes, and a memory soak.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pinstream_core::event::{EventHeader, Priority};
@@ -13,142 +11,8 @@ use pinstream_host::storage::{LogId, LogReader};
 use pinstream_tests::TempDir;
 use pinstream_tests::client::Client;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-/// A running `pinstream run`, killed on drop (a failed test leaves no process behind).
-struct Runner {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    tcp: SocketAddr,
-}
-
-impl Runner {
-    /// Starts `pinstream run --config <dir>/config.toml` with `extra` TOML appended to a base
-    /// that listens on ephemeral loopback ports and stores in `dir/data`.
-    fn start(dir: &Path, extra: &str) -> Self {
-        Self::start_with(dir, extra, |_| {})
-    }
-
-    /// [`start`](Self::start), the command adjusted by `adjust` before it is spawned.
-    fn start_with(dir: &Path, extra: &str, adjust: impl FnOnce(&mut Command)) -> Self {
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[engine]\noverprovisioned = true\n{extra_engine}\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
-                 [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[consumers]\nlisten = \"127.0.0.1:0\"\n\
-                 [storage]\ndir = \"{}\"\n{extra_storage}\n",
-                dir.join("data").display(),
-                extra_engine = section(extra, "engine"),
-                extra_storage = section(extra, "storage"),
-            ),
-        )
-        .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pinstream"));
-        command
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        adjust(&mut command);
-        let mut child = command.spawn().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        let mut runner = Self {
-            child,
-            lines,
-            tcp: "127.0.0.1:1".parse().unwrap(),
-        };
-        let line = runner.wait_line("listening tcp=");
-        let tcp = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("tcp="))
-            .unwrap();
-        runner.tcp = tcp.parse().unwrap();
-        runner
-    }
-
-    /// The first output line containing `needle` (waits for it).
-    fn wait_line(&mut self, needle: &str) -> String {
-        let until = Instant::now() + WAIT;
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "pinstream exited ({status}) before printing {needle:?}:\n{}",
-                    self.output()
-                );
-            }
-            assert!(
-                Instant::now() < until,
-                "no {needle:?} in\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-    }
-
-    /// Waits for the exit status (panics after `WAIT`).
-    fn wait(&mut self) -> std::process::ExitStatus {
-        let until = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < until, "still running:\n{}", self.output());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The lines of `extra` under `[name]` (a tiny helper for the tests' config snippets).
-fn section(extra: &str, name: &str) -> String {
-    let mut out = String::new();
-    let mut inside = false;
-    for line in extra.lines() {
-        if let Some(h) = line.strip_prefix('[') {
-            inside = h.trim_end_matches(']') == name;
-        } else if inside {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
+mod common;
+use common::{Runner, WAIT};
 
 fn realtime_records(data: &Path) -> Vec<u64> {
     let mut reader = LogReader::open(&data.join(LogId::Realtime.name())).unwrap();
@@ -525,13 +389,7 @@ fn a_storage_failure_keeps_the_engine_up_with_503_until_stopped() {
             });
         }
     });
-    let line = runner.wait_line("listening tcp=");
-    let admin: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("admin="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = runner.admin;
     let mut client = Client::connect(runner.tcp).unwrap();
     let until = Instant::now() + WAIT;
     for seq in 1.. {
@@ -647,14 +505,8 @@ fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> (String, String)
 fn health_answers_while_slow_clients_hold_admin_connections() {
     use std::io::Write;
     let dir = TempDir::new("run-admin-slow");
-    let mut runner = Runner::start(dir.path(), "");
-    let admin: SocketAddr = runner
-        .wait_line("listening tcp=")
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("admin="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let runner = Runner::start(dir.path(), "");
+    let admin = runner.admin;
     let slow: Vec<std::net::TcpStream> = (0..64)
         .map(|i| {
             let mut s = std::net::TcpStream::connect(admin).unwrap();

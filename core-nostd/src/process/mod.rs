@@ -426,13 +426,17 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize, 
         }
     }
 
-    /// The next event of `lane`, its time in the lane recorded.
+    /// The next event of `lane`, its time in the lane recorded (with the
+    /// `latency-histograms` feature).
     #[inline(always)]
     fn take(&mut self, lane: Lane, now: u64) -> Option<Handle<'a, Event<P>, POOL>> {
         let slot = self.lanes.pop(lane)?;
+        #[cfg(feature = "latency-histograms")]
         self.counters
             .lane_wait
             .record(now.saturating_sub(slot.received));
+        #[cfg(not(feature = "latency-histograms"))]
+        let _ = now;
         Some(slot)
     }
 

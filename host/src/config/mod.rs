@@ -26,6 +26,7 @@
 //! ```
 
 mod admin;
+mod bridge;
 mod capacity;
 mod consumers;
 mod control;
@@ -46,6 +47,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 pub use self::admin::AdminSection;
+pub use self::bridge::{BridgeSection, SUBJECT_PLACEHOLDERS};
 pub use self::capacity::CapacitySection;
 pub use self::consumers::ConsumersSection;
 pub use self::control::ControlSection;
@@ -108,6 +110,8 @@ pub struct Config {
     pub http: HttpSection,
     /// Authentication tokens (the HTTP gateway's, in this version).
     pub auth: AuthSection,
+    /// Bridges to NATS JetStream (`[[bridge]]` tables; none by default).
+    pub bridge: Vec<BridgeSection>,
 }
 
 /// Parses a listen address: `""` or `"off"` is `None`, else `ip:port`.

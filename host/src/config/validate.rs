@@ -33,6 +33,7 @@ impl Config {
         self.check_admin(&mut v);
         self.check_consumers(&mut v);
         self.check_http(&mut v);
+        self.check_bridges(&mut v);
         if v.problems.is_empty() {
             Ok(v.warnings)
         } else {
@@ -655,6 +656,23 @@ impl Config {
             if t.rate > 0 && t.burst == 0 {
                 v.problem(format!(
                     "{key}.burst = 0: must be at least 1 when rate is set"
+                ));
+            }
+        }
+    }
+
+    fn check_bridges(&self, v: &mut Validator) {
+        for (i, b) in self.bridge.iter().enumerate() {
+            for p in b.problems(i) {
+                v.problem(p);
+            }
+            if self.bridge[..i]
+                .iter()
+                .any(|o| o.name == b.name && o.log == b.log)
+            {
+                v.problem(format!(
+                    "bridge[{i}].name = {:?}: another bridge reads the {} log under this name",
+                    b.name, b.log
                 ));
             }
         }

@@ -258,6 +258,32 @@ pub(crate) fn parse_index(
     Ok(out)
 }
 
+/// What a log's checkpoint says was synced: the bytes of segment `segment` before `position`
+/// and every record below `next_offset`. A hint, as the checkpoint is: it is rewritten after
+/// each sync (before the high watermark that sync allows is published to consumers), so what
+/// it names is durable, and a power cut may take anything after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncedPoint {
+    /// Base offset of the segment the checkpoint is in.
+    pub segment: u64,
+    /// Bytes of that segment known synced.
+    pub position: u64,
+    /// Offsets below this were synced.
+    pub next_offset: u64,
+}
+
+/// The checkpoint of the log in `dir` (see [`SyncedPoint`]); `None` when it is missing or
+/// not valid (a stale or torn hint, or durability `none`, which keeps none).
+pub fn synced_point(dir: &Path) -> Option<SyncedPoint> {
+    let bytes = super::files::read(&dir.join(CHECKPOINT_FILE)).ok()?;
+    let c = Checkpoint::from_bytes(&bytes).ok()?;
+    Some(SyncedPoint {
+        segment: c.segment,
+        position: c.position,
+        next_offset: c.next_offset,
+    })
+}
+
 /// A known-good point of the log: everything before `position` in segment `segment` was
 /// synced, and the next record there has offset `next_offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,6 +427,39 @@ mod tests {
             f[i] ^= 0x10;
             assert!(Checkpoint::from_bytes(&f).is_err());
         }
+    }
+
+    #[test]
+    fn synced_point_reads_a_valid_checkpoint_only() {
+        let dir =
+            std::env::temp_dir().join(format!("pinstream-synced-point-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        assert_eq!(synced_point(&dir), None, "no checkpoint file");
+        let c = Checkpoint {
+            segment: 3,
+            position: 4096,
+            next_offset: 21,
+            last_record_pos: 3900,
+        };
+        let path = dir.join(CHECKPOINT_FILE);
+        fs::write(&path, c.to_bytes()).unwrap();
+        assert_eq!(
+            synced_point(&dir),
+            Some(SyncedPoint {
+                segment: 3,
+                position: 4096,
+                next_offset: 21
+            })
+        );
+        let mut torn = c.to_bytes();
+        torn[20] ^= 1;
+        fs::write(&path, torn).unwrap();
+        assert_eq!(
+            synced_point(&dir),
+            None,
+            "a damaged checkpoint says nothing"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
 

@@ -95,7 +95,7 @@ pub mod sessions;
 #[cfg(test)]
 mod tests;
 
-pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN};
+pub use self::format::{MAX_RECORD_LIMIT, RECORD_HEADER_LEN, SyncedPoint, synced_point};
 pub use self::layout::{LOCK_FILE, LogId, parse_segment_name};
 
 /// The base offsets of the segments in the log directory `dir`, oldest first (empty when

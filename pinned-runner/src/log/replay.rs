@@ -129,13 +129,13 @@ impl Sender {
 }
 
 pub(super) fn run(dir: &Path, args: &ReplayArgs) -> Result<(), Failure> {
-    if let Some(to) = args.to_offset {
-        if to <= args.from {
-            return Err(Failure::usage(format!(
-                "--to-offset {to} is not above --from {}: the range [from, to-offset) is empty",
-                args.from
-            )));
-        }
+    if let Some(to) = args.to_offset
+        && to <= args.from
+    {
+        return Err(Failure::usage(format!(
+            "--to-offset {to} is not above --from {}: the range [from, to-offset) is empty",
+            args.from
+        )));
     }
     let logs = open_logs(dir, &args.log.names())?;
     let timeout = Duration::from_secs(args.ack_timeout);

@@ -124,20 +124,21 @@ fn verify_log(dir: &Path) -> Result<LogCheck, Failure> {
     // The segment before, its base and the offset after its last record.
     let mut prev: Option<(&Segment, u64)> = None;
     for (i, seg) in segments.iter().enumerate() {
-        if let Some((p, end)) = prev {
-            if end < seg.base && !accounted(p.base, seg.base) {
-                check.problems.push(Problem {
-                    kind: "missing",
-                    file: p.path.clone(),
-                    bytes: None,
-                    offsets: Some(end..seg.base),
-                    why: format!(
-                        "not in it nor in the next segment, {}, and no quarantined file \
+        if let Some((p, end)) = prev
+            && end < seg.base
+            && !accounted(p.base, seg.base)
+        {
+            check.problems.push(Problem {
+                kind: "missing",
+                file: p.path.clone(),
+                bytes: None,
+                offsets: Some(end..seg.base),
+                why: format!(
+                    "not in it nor in the next segment, {}, and no quarantined file \
                          accounts for them (a segment deleted, emptied or cut?)",
-                        seg.path.display()
-                    ),
-                });
-            }
+                    seg.path.display()
+                ),
+            });
         }
         let mut undecodable = Vec::new();
         let result = check_segment(
