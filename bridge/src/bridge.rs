@@ -221,14 +221,16 @@ pub fn start(
     })
 }
 
-/// The NATS connection with the section's credentials and TLS; reconnects forever.
+/// The NATS connection with the section's credentials and TLS; once made, it reconnects
+/// forever. The first connection is one attempt per server, its caller retrying: its error
+/// keeps the reason (async-nats' retrying first connect reports a TLS failure only as
+/// "IO error").
 async fn connect(
     s: &BridgeSection,
     metrics: &Arc<BridgeMetrics>,
 ) -> Result<async_nats::Client, String> {
     let mut o = ConnectOptions::new()
         .name(format!("pinstream-bridge-{}", s.name))
-        .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis(50 * (1 << attempts.min(5)) as u64).min(Duration::from_secs(1))
@@ -267,6 +269,12 @@ async fn connect(
                     m.nats_connected.store(0, Ordering::Relaxed);
                     m.nats_reconnects.fetch_add(1, Ordering::Relaxed);
                 }
+                // Why a (re)connection failed: a refused token, user, NKey or creds file, a
+                // TLS handshake (an unknown CA, no client certificate), a server down.
+                // async-nats retries by itself; without this the bridge showed only
+                // `NATS DOWN`, no reason.
+                Event::ClientError(e) => m.set_error(format!("NATS: {e} (retrying)")),
+                Event::ServerError(e) => m.set_error(format!("NATS server: {e}")),
                 _ => {}
             }
         }
