@@ -226,6 +226,15 @@ impl NatsServer {
             .collect()
     }
 
+    /// One node with JetStream and the `nats-server` configuration `conf` (its
+    /// `authorization` and `tls` blocks; the command line sets the port and the store).
+    fn start_conf(dir: &Path, conf: &str) -> Self {
+        let file = dir.join("nats.conf");
+        std::fs::write(&file, conf).unwrap();
+        let args = vec!["-c".into(), file.display().to_string()];
+        Self::start_with(dir.join("nats"), free_port(), args)
+    }
+
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -497,8 +506,52 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// How the tests' own client authenticates to a server that asks for credentials or TLS.
+#[derive(Clone, Debug, Default)]
+struct ClientAuth {
+    token: Option<String>,
+    user_password: Option<(String, String)>,
+    nkey_seed: Option<String>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// The credentials the tests' client uses per server URL (each server has its own port).
+static CLIENT_AUTH: Mutex<Vec<(String, ClientAuth)>> = Mutex::new(Vec::new());
+
+/// From now on, [`js`] connects to `url` with `auth`.
+fn client_auth(url: &str, auth: ClientAuth) {
+    CLIENT_AUTH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((url.to_owned(), auth));
+}
+
 async fn js(url: &str) -> jetstream::Context {
-    jetstream::new(async_nats::connect(url).await.expect("connect to nats"))
+    let auth = CLIENT_AUTH
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(u, _)| u == url)
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default();
+    let mut o = async_nats::ConnectOptions::new();
+    if let Some(t) = auth.token {
+        o = o.token(t);
+    }
+    if let Some((u, p)) = auth.user_password {
+        o = o.user_and_password(u, p);
+    }
+    if let Some(seed) = auth.nkey_seed {
+        o = o.nkey(seed);
+    }
+    if let Some(ca) = auth.ca_file {
+        o = o.add_root_certificates(ca).require_tls(true);
+    }
+    if let Some((cert, key)) = auth.client_cert {
+        o = o.add_client_certificate(cert, key);
+    }
+    jetstream::new(o.connect(url).await.expect("connect to nats"))
 }
 
 /// Messages in the stream (0 while it does not exist or the server is down).
@@ -1196,4 +1249,250 @@ fn measure_bridge_against_jetstream_own_ingest() {
             max * 1e3
         );
     }
+}
+
+/// A throwaway CA and, signed by it, a server certificate for 127.0.0.1 and localhost and a
+/// client certificate, made with the `openssl` command in `dir`: `ca.pem`, `server.pem` +
+/// `server.key`, `client.pem` + `client.key`; and a second CA, `other-ca.pem`, that signed
+/// neither.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("the openssl command (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, pem, subj) = (
+            format!("{ca}.key"),
+            format!("{ca}.pem"),
+            format!("/CN=pinstream test {ca}"),
+        );
+        let mut a = vec!["req", "-x509"];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj]);
+        a.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        a.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        openssl(&a);
+    }
+    for (who, usage, serial) in [("server", "serverAuth", "2"), ("client", "clientAuth", "3")] {
+        let (key, csr, pem, ext) = (
+            format!("{who}.key"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.ext"),
+        );
+        std::fs::write(
+            dir.join(&ext),
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage={usage}\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            ),
+        )
+        .unwrap();
+        let subj = format!("/CN=pinstream test {who}");
+        let mut a = vec!["req"];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(&a);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            serial,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ]);
+    }
+}
+
+/// A server asking for credentials (or TLS) by its configuration `conf`; the tests' client
+/// connects with `auth`. The engine stores a few thousand events; a bridge with `wrong`
+/// (its `[[bridge]]` keys) forwards none of them, reports why (`expect_error`, in its error
+/// lines), commits nothing, and keeps trying; stopped, and started again with `right`, it
+/// forwards every event exactly once.
+fn refused_then_forwarded(
+    dir: &TempDir,
+    conf: &str,
+    auth: ClientAuth,
+    wrong: &str,
+    expect_error: &str,
+    right: &str,
+) {
+    let n = env_u64("PINSTREAM_BRIDGE_AUTH_EVENTS", 3_000);
+    let nats = NatsServer::start_conf(dir.path(), conf);
+    client_auth(&nats.url(), auth);
+    let mut engine = Engine::start(dir.path(), "");
+    let acked = AtomicU64::new(0);
+    produce(engine.tcp, 1..n + 1, 0, &acked);
+    let config = dir.path().join("bridge.toml");
+    let engine_addr = engine.consumers.to_string();
+    let rt = runtime();
+    std::fs::write(&config, bridge_table("auth", &nats.url(), "AUTH", wrong)).unwrap();
+    let mut bridge = Proc::spawn(&["bridge", "--engine", &engine_addr], &config);
+    // The bridge's own report (`bridge NAME: …`, at most one per 5 s), with the reason.
+    let report = bridge.wait_line("bridge auth: NATS");
+    assert!(
+        report.contains(expect_error),
+        "{expect_error:?} not in {report:?}:\n{}",
+        bridge.output()
+    );
+    // It keeps trying: a second report, the process still up.
+    let until = Instant::now() + WAIT;
+    while bridge.output().matches("bridge auth: NATS").count() < 2 {
+        bridge.assert_alive();
+        assert!(
+            Instant::now() < until,
+            "one report only:\n{}",
+            bridge.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stream_len(&rt, &nats.url(), "AUTH"), 0, "nothing forwarded");
+    bridge.wait_line("bridge auth lag");
+    let status = bridge.stop();
+    assert!(status.success(), "{status}:\n{}", bridge.output());
+
+    std::fs::write(&config, bridge_table("auth", &nats.url(), "AUTH", right)).unwrap();
+    let mut bridge = Proc::spawn(&["bridge", "--engine", &engine_addr], &config);
+    wait_stream_len(&rt, &nats.url(), "AUTH", n, &mut bridge);
+    let streamed = read_stream(&rt, &nats.url(), "AUTH");
+    assert!(bridge.stop().success(), "{}", bridge.output());
+    assert!(engine.proc.stop().success());
+    let stored = engine.stored();
+    assert_eq!(stored.len() as u64, n);
+    assert_same(&stored, &streamed);
+}
+
+#[test]
+fn token_auth_refuses_a_wrong_token_visibly_and_forwards_with_the_right_one() {
+    let dir = TempDir::new("bridge-token");
+    refused_then_forwarded(
+        &dir,
+        "authorization { token: \"s3cret-edge-token\" }\n",
+        ClientAuth {
+            token: Some("s3cret-edge-token".into()),
+            ..ClientAuth::default()
+        },
+        "token = \"not-the-token\"\n",
+        "authorization violation",
+        "token = \"s3cret-edge-token\"\n",
+    );
+}
+
+#[test]
+fn user_password_auth_refuses_a_wrong_password_visibly_and_forwards_with_the_right_one() {
+    let dir = TempDir::new("bridge-userpass");
+    refused_then_forwarded(
+        &dir,
+        "authorization { users = [\n  { user: \"edge\", password: \"p4ss-word\" }\n  \
+         { user: \"reader\", password: \"r3ader\" }\n] }\n",
+        ClientAuth {
+            user_password: Some(("reader".into(), "r3ader".into())),
+            ..ClientAuth::default()
+        },
+        "user = \"edge\"\npassword = \"wrong\"\n",
+        "authorization violation",
+        "user = \"edge\"\npassword = \"p4ss-word\"\n",
+    );
+}
+
+#[test]
+fn tls_with_the_servers_ca_forwards_and_without_it_fails_visibly() {
+    let dir = TempDir::new("bridge-tls");
+    make_certificates(dir.path());
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    refused_then_forwarded(
+        &dir,
+        &format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+            p("server.pem"),
+            p("server.key")
+        ),
+        ClientAuth {
+            ca_file: Some(dir.path().join("ca.pem")),
+            ..ClientAuth::default()
+        },
+        &format!("ca_file = \"{}\"\n", p("other-ca.pem")),
+        "invalid peer certificate: UnknownIssuer",
+        &format!("ca_file = \"{}\"\n", p("ca.pem")),
+    );
+}
+
+#[test]
+fn mutual_tls_forwards_with_a_client_certificate_and_fails_visibly_without_one() {
+    let dir = TempDir::new("bridge-mtls");
+    make_certificates(dir.path());
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    refused_then_forwarded(
+        &dir,
+        &format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}\n",
+            p("server.pem"),
+            p("server.key"),
+            p("ca.pem")
+        ),
+        ClientAuth {
+            ca_file: Some(dir.path().join("ca.pem")),
+            client_cert: Some((dir.path().join("client.pem"), dir.path().join("client.key"))),
+            ..ClientAuth::default()
+        },
+        &format!("ca_file = \"{}\"\n", p("ca.pem")),
+        "CertificateRequired",
+        &format!(
+            "ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            p("ca.pem"),
+            p("client.pem"),
+            p("client.key")
+        ),
+    );
+}
+
+#[test]
+fn nkey_auth_refuses_an_unknown_key_visibly_and_forwards_with_the_right_seed() {
+    let dir = TempDir::new("bridge-nkey");
+    let (edge, reader, stranger) = (
+        nkeys::KeyPair::new_user(),
+        nkeys::KeyPair::new_user(),
+        nkeys::KeyPair::new_user(),
+    );
+    let seed = |k: &nkeys::KeyPair| k.seed().expect("a user key pair has a seed");
+    refused_then_forwarded(
+        &dir,
+        &format!(
+            "authorization {{ users = [\n  {{ nkey: \"{}\" }}\n  {{ nkey: \"{}\" }}\n] }}\n",
+            edge.public_key(),
+            reader.public_key()
+        ),
+        ClientAuth {
+            nkey_seed: Some(seed(&reader)),
+            ..ClientAuth::default()
+        },
+        &format!("nkey_seed = \"{}\"\n", seed(&stranger)),
+        "authorization violation",
+        &format!("nkey_seed = \"{}\"\n", seed(&edge)),
+    );
 }
