@@ -12,9 +12,14 @@
 //! | `PINSTREAM_BRIDGE_EVENTS` | 20000 | events forwarded per test |
 //! | `PINSTREAM_BRIDGE_KILLS` | 2 | `kill -9` of the bridge process while it forwards |
 //! | `PINSTREAM_BRIDGE_OUTAGE_SECS` | 3 | how long nats-server stays down under load |
+//! | `PINSTREAM_BRIDGE_AUTH_EVENTS` | 3000 | events forwarded per credentials / TLS test |
 //! | `NATS_SERVER` | | a `nats-server` (≥ 2.10) to use instead of the one on PATH / the venv |
 //!
 //! `PINSTREAM_BRIDGE_KILLS` applies to the bridge and, in its own test, to the engine.
+//!
+//! The credentials and TLS tests start nats-server with a configuration file (a token, users
+//! with passwords or NKeys, a `tls` block) and make their throwaway CA and certificates with
+//! the `openssl` command ([`make_certificates`]).
 //!
 //! e.g. `PINSTREAM_BRIDGE_EVENTS=1000000 PINSTREAM_BRIDGE_KILLS=5 PINSTREAM_BRIDGE_OUTAGE_SECS=30
 //! cargo test --release -p pinstream-tests --test jetstream_bridge -- --test-threads=1`.
@@ -1495,4 +1500,57 @@ fn nkey_auth_refuses_an_unknown_key_visibly_and_forwards_with_the_right_seed() {
         "authorization violation",
         &format!("nkey_seed = \"{}\"\n", seed(&edge)),
     );
+}
+
+#[test]
+fn a_token_refused_after_a_server_restart_is_reported_and_forwarding_resumes_once_accepted() {
+    // The connected bridge's reconnections: the server comes back asking for another token
+    // (the bridge reports it and keeps trying), then for its token again (it resumes).
+    let n = env_u64("PINSTREAM_BRIDGE_AUTH_EVENTS", 3_000);
+    let dir = TempDir::new("bridge-revoked");
+    let conf = |t: &str| format!("authorization {{ token: \"{t}\" }}\n");
+    let mut nats = NatsServer::start_conf(dir.path(), &conf("edge-token"));
+    client_auth(
+        &nats.url(),
+        ClientAuth {
+            token: Some("edge-token".into()),
+            ..ClientAuth::default()
+        },
+    );
+    let mut engine = Engine::start(dir.path(), "");
+    let acked = AtomicU64::new(0);
+    produce(engine.tcp, 1..n / 2 + 1, 0, &acked);
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        bridge_table(
+            "revoked",
+            &nats.url(),
+            "REVOKED",
+            "token = \"edge-token\"\n",
+        ),
+    )
+    .unwrap();
+    let mut bridge = Proc::spawn(
+        &["bridge", "--engine", &engine.consumers.to_string()],
+        &config,
+    );
+    let rt = runtime();
+    wait_stream_len(&rt, &nats.url(), "REVOKED", n / 2, &mut bridge);
+    nats.stop();
+    std::fs::write(dir.path().join("nats.conf"), conf("another-token")).unwrap();
+    nats.run();
+    bridge.wait_line("bridge revoked: NATS: nats: authorization violation (retrying)");
+    bridge.assert_alive();
+    nats.stop();
+    std::fs::write(dir.path().join("nats.conf"), conf("edge-token")).unwrap();
+    nats.run();
+    produce(engine.tcp, n / 2 + 1..n + 1, 0, &acked);
+    wait_stream_len(&rt, &nats.url(), "REVOKED", n, &mut bridge);
+    let streamed = read_stream(&rt, &nats.url(), "REVOKED");
+    assert!(bridge.stop().success(), "{}", bridge.output());
+    assert!(engine.proc.stop().success());
+    let stored = engine.stored();
+    assert_eq!(stored.len() as u64, n);
+    assert_same(&stored, &streamed);
 }
