@@ -27,7 +27,8 @@ esac
 # surface 25 minutes in. `.ci/run` installs them on a fresh machine.
 preflight() {
     local missing=() tool
-    local needed=(cargo rustup)
+    # openssl: the JetStream bridge's TLS tests make their throwaway CA and certificates with it.
+    local needed=(cargo rustup openssl)
     $quick || needed+=(qemu-system-arm qemu-system-x86_64 arm-none-eabi-size promtool curl python3)
     for tool in "${needed[@]}"; do
         command -v "$tool" > /dev/null || missing+=("$tool")
@@ -35,7 +36,7 @@ preflight() {
     if [ ${#missing[@]} -gt 0 ]; then
         echo "missing: ${missing[*]}" >&2
         echo "install them with .ci/run's packages (Debian):" >&2
-        echo "  sudo apt-get install qemu-system-arm qemu-system-x86 binutils-arm-none-eabi prometheus curl" >&2
+        echo "  sudo apt-get install qemu-system-arm qemu-system-x86 binutils-arm-none-eabi prometheus curl openssl" >&2
         echo "or run ./scripts/test.sh --quick (fmt, clippy and the tests only)" >&2
         exit 1
     fi
