@@ -257,15 +257,24 @@ impl NatsServer {
             .arg(&self.dir)
             .args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn nats-server");
-        self.child = Some(child);
+        let mut child = child;
         let until = Instant::now() + WAIT;
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+                panic!("nats-server exited ({status}): {err}");
+            }
             assert!(Instant::now() < until, "nats-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Its log is not read past the start: a thread drains it so that it never blocks.
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        self.child = Some(child);
     }
 
     /// SIGKILL, and wait for the exit.
@@ -517,6 +526,7 @@ struct ClientAuth {
     token: Option<String>,
     user_password: Option<(String, String)>,
     nkey_seed: Option<String>,
+    creds_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     client_cert: Option<(PathBuf, PathBuf)>,
 }
@@ -549,6 +559,9 @@ async fn js(url: &str) -> jetstream::Context {
     }
     if let Some(seed) = auth.nkey_seed {
         o = o.nkey(seed);
+    }
+    if let Some(f) = auth.creds_file {
+        o = o.credentials_file(f).await.expect("a creds file");
     }
     if let Some(ca) = auth.ca_file {
         o = o.add_root_certificates(ca).require_tls(true);
@@ -1553,4 +1566,110 @@ fn a_token_refused_after_a_server_restart_is_reported_and_forwarding_resumes_onc
     let stored = engine.stored();
     assert_eq!(stored.len() as u64, n);
     assert_same(&stored, &streamed);
+}
+
+/// Base64url without padding (a JWT's parts).
+fn base64url(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let v = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ABC[(v >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A NATS JWT (`ed25519-nkey`) with the claims `nats`, for `subject`, signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: &str) -> String {
+    let header = base64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = base64url(
+        format!(
+            r#"{{"jti":"{name}-{subject}","iat":1700000000,"iss":"{}","sub":"{subject}","name":"{name}","nats":{nats}}}"#,
+            issuer.public_key()
+        )
+        .as_bytes(),
+    );
+    let signed = format!("{header}.{claims}");
+    let sig = issuer.sign(signed.as_bytes()).expect("sign");
+    format!("{signed}.{}", base64url(&sig))
+}
+
+/// A `.creds` file for a user of `account`: its JWT and its seed.
+fn creds_file(path: &Path, account: &nkeys::KeyPair, name: &str) {
+    let user = nkeys::KeyPair::new_user();
+    let jwt = nats_jwt(
+        account,
+        &user.public_key(),
+        name,
+        r#"{"pub":{},"sub":{},"subs":-1,"data":-1,"payload":-1,"type":"user","version":2}"#,
+    );
+    std::fs::write(
+        path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().expect("a seed")
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn creds_file_auth_refuses_a_user_of_an_unknown_account_and_forwards_with_a_trusted_one() {
+    // Operator mode: an operator, an account with JetStream (preloaded in the server's
+    // memory resolver) and its users' `.creds` files; a user of an account the server does
+    // not know is refused.
+    let dir = TempDir::new("bridge-creds");
+    let (operator, system, account, stranger) = (
+        nkeys::KeyPair::new_operator(),
+        nkeys::KeyPair::new_account(),
+        nkeys::KeyPair::new_account(),
+        nkeys::KeyPair::new_account(),
+    );
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        r#"{"type":"operator","version":2}"#,
+    );
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "edge",
+        r#"{"limits":{"subs":-1,"data":-1,"payload":-1,"imports":-1,"exports":-1,"wildcards":true,"conn":-1,"leaf":-1,"mem_storage":-1,"disk_storage":-1,"streams":-1,"consumer":-1},"type":"account","version":2}"#,
+    );
+    // JetStream needs a system account.
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        r#"{"type":"account","version":2}"#,
+    );
+    let p = |f: &str| dir.path().join(f);
+    creds_file(&p("edge.creds"), &account, "edge");
+    creds_file(&p("reader.creds"), &account, "reader");
+    creds_file(&p("stranger.creds"), &stranger, "stranger");
+    refused_then_forwarded(
+        &dir,
+        &format!(
+            "operator: \"{operator_jwt}\"\nsystem_account: {0}\nresolver: MEMORY\n\
+             resolver_preload: {{ {0}: \"{system_jwt}\", {1}: \"{account_jwt}\" }}\n",
+            system.public_key(),
+            account.public_key()
+        ),
+        ClientAuth {
+            creds_file: Some(p("reader.creds")),
+            ..ClientAuth::default()
+        },
+        &format!("creds_file = \"{}\"\n", p("stranger.creds").display()),
+        "authorization violation",
+        &format!("creds_file = \"{}\"\n", p("edge.creds").display()),
+    );
 }
