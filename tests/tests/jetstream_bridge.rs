@@ -18,7 +18,7 @@
 //! `PINSTREAM_BRIDGE_KILLS` applies to the bridge and, in its own test, to the engine.
 //!
 //! The credentials and TLS tests start nats-server with a configuration file (a token, users
-//! with passwords or NKeys, a `tls` block) and make their throwaway CA and certificates with
+//! with passwords or NKeys, operator mode for `.creds` files, a `tls` block) and make their throwaway CA and certificates with
 //! the `openssl` command ([`make_certificates`]).
 //!
 //! e.g. `PINSTREAM_BRIDGE_EVENTS=1000000 PINSTREAM_BRIDGE_KILLS=5 PINSTREAM_BRIDGE_OUTAGE_SECS=30
