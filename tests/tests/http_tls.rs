@@ -2,7 +2,8 @@
 //! the `openssl` command (skipped with a message when it is not installed; CI installs it):
 //! HTTPS with a rustls client and with `curl --cacert`, events stored exactly once; plain HTTP
 //! to the TLS port refused and counted; mutual TLS with and without a client certificate;
-//! bad TLS files refused at start-up and by the config check, naming the key and the file.
+//! bad TLS files refused at start-up and by the config check, naming the key and the file;
+//! `loadgen --transport http` over HTTPS and with a token, every event accounted for.
 //! Engines bind 127.0.0.1 on ephemeral ports and are stopped by their handles' `Drop` even
 //! when an assertion fails.
 
@@ -14,9 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use pinstream_host::config::Config;
+use pinstream_client::loadgen;
+use pinstream_host::config::{Config, TokenSection};
 use pinstream_host::engine::{Engine, EngineConfig, EngineHandle};
-use pinstream_host::gateway::{HttpSettings, TlsFiles};
+use pinstream_host::gateway::{HttpSettings, TlsFiles, hash_token};
 use pinstream_host::storage::LogReader;
 use pinstream_tests::TempDir;
 use rustls::pki_types::pem::PemObject;
@@ -500,4 +502,74 @@ fn a_non_loopback_listener_without_tls_or_tokens_is_warned_about() {
         w.contains("clear text") && !w.contains("no authentication"),
         "{w}"
     );
+}
+
+/// `loadgen --transport http`'s library: `n` events in requests of 100 over 3 connections.
+fn http_load(
+    addr: SocketAddr,
+    n: u64,
+    http: loadgen::HttpOptions,
+) -> std::io::Result<loadgen::LoadReport> {
+    let mut cfg = loadgen::LoadConfig::new(addr, n);
+    cfg.transport = loadgen::Transport::Http;
+    cfg.batch = 100;
+    cfg.http = http;
+    loadgen::spawn(&cfg, 3)?.join()
+}
+
+#[test]
+fn loadgen_over_https_and_http_with_a_token_counts_every_event_stored_once() {
+    let Some(pki) = pki() else { return };
+    // HTTPS.
+    let dir = TempDir::new("http-tls-loadgen");
+    let (engine, addr) = start(config(&dir, &pki, false));
+    let tls = loadgen::HttpOptions {
+        tls_ca: Some(pki.file("ca.pem")),
+        ..Default::default()
+    };
+    let r = http_load(addr, 3_001, tls).unwrap();
+    assert_eq!(r.accounting_error(), None);
+    assert_eq!((r.sent, r.outcomes.unwrap().stored), (3_001, 3_001));
+    // 1 000 or 1 001 events per connection: 10 or 11 requests each.
+    assert_eq!(r.frames, 31);
+    assert_eq!(r.ack_latency.as_ref().unwrap().len(), 31);
+    engine.stop().unwrap();
+    assert_eq!(records(&dir, "transactional").len(), 3_001);
+    // A CA the server's certificate does not chain to: refused before anything is sent.
+    let dir = TempDir::new("http-tls-loadgen-bad");
+    let (engine, addr) = start(config(&dir, &pki, false));
+    let other = loadgen::HttpOptions {
+        tls_ca: Some(pki.file("other-ca.pem")),
+        ..Default::default()
+    };
+    let e = http_load(addr, 300, other).unwrap_err().to_string();
+    assert!(e.contains("TLS handshake"), "{e}");
+    engine.stop().unwrap();
+    assert!(records(&dir, "transactional").is_empty());
+
+    // Plain HTTP with tokens: with the token every event is stored, without it 401.
+    let dir = TempDir::new("http-loadgen-token");
+    let mut cfg = config(&dir, &pki, false);
+    cfg.http.tls = None;
+    cfg.http.tokens = vec![TokenSection {
+        name: "load".into(),
+        sha256: hash_token("tok-load"),
+        topics: vec!["*".into()],
+        rate: 0,
+        burst: 0,
+    }];
+    let (engine, addr) = start(cfg);
+    let e = http_load(addr, 300, loadgen::HttpOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("401"), "{e}");
+    let token = loadgen::HttpOptions {
+        token: Some("tok-load".into()),
+        ..Default::default()
+    };
+    let r = http_load(addr, 2_000, token).unwrap();
+    assert_eq!(r.accounting_error(), None);
+    assert_eq!(r.outcomes.unwrap().stored, 2_000);
+    engine.stop().unwrap();
+    assert_eq!(records(&dir, "transactional").len(), 2_000);
 }
