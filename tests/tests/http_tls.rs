@@ -573,3 +573,26 @@ fn loadgen_over_https_and_http_with_a_token_counts_every_event_stored_once() {
     engine.stop().unwrap();
     assert_eq!(records(&dir, "transactional").len(), 2_000);
 }
+
+#[test]
+fn a_stalled_handshake_blocks_no_one_and_is_closed_and_counted() {
+    let Some(pki) = pki() else { return };
+    let dir = TempDir::new("http-tls-stall");
+    let (engine, addr) = start(config(&dir, &pki, false));
+    let stats = Arc::clone(engine.stats());
+    // Connected, never says hello.
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled.set_read_timeout(Some(WAIT)).unwrap();
+    // Another client is served meanwhile.
+    let mut s = connect(addr, client_config(&pki, "ca.pem", None));
+    let (status, body) = post(&mut s, &ndjson(0, 3)).unwrap();
+    assert_eq!((status, stored_count(&body)), (200, 3), "{body}");
+    // The stalled one is closed once http.header_timeout passes, and counted.
+    let mut rest = Vec::new();
+    let n = stalled.read_to_end(&mut rest);
+    assert!(matches!(n, Ok(0)) || n.is_err(), "{n:?} {rest:?}");
+    eventually("the stalled handshake counted", || {
+        stats.http.tls_handshake_failures.load(Ordering::Relaxed) == 1
+    });
+    engine.stop().unwrap();
+}
