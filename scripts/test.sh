@@ -28,14 +28,14 @@ esac
 preflight() {
     local missing=() tool
     local needed=(cargo rustup)
-    $quick || needed+=(qemu-system-arm qemu-system-x86_64 arm-none-eabi-size promtool curl python3)
+    $quick || needed+=(qemu-system-arm qemu-system-x86_64 arm-none-eabi-size promtool curl python3 openssl)
     for tool in "${needed[@]}"; do
         command -v "$tool" > /dev/null || missing+=("$tool")
     done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "missing: ${missing[*]}" >&2
         echo "install them with .ci/run's packages (Debian):" >&2
-        echo "  sudo apt-get install qemu-system-arm qemu-system-x86 binutils-arm-none-eabi prometheus curl" >&2
+        echo "  sudo apt-get install qemu-system-arm qemu-system-x86 binutils-arm-none-eabi prometheus curl openssl" >&2
         echo "or run ./scripts/test.sh --quick (fmt, clippy and the tests only)" >&2
         exit 1
     fi
