@@ -231,6 +231,12 @@ packaging() {
     # The five published crates as crates.io would take them: each packaged, then built from
     # its packaged files alone against the others' packages (dependency order). Then the
     # README's install command, into a temporary root, reusing the main job's release build.
+    # Cargo unpacks the dry run's local registry under $CARGO_HOME/registry/src/-<hash>/ and
+    # never unpacks the same name and version again: a second run on one machine would verify
+    # against the first run's sources. Remove them (and the packages) first.
+    rm -rf target/package
+    find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 2 -path '*/-*/pinstream-*' \
+        -exec rm -rf {} + 2> /dev/null || true
     cargo publish --dry-run --allow-dirty -p pinstream-core -p pinstream-client \
         -p pinstream-host -p pinstream-bridge -p pinstream
     local root
