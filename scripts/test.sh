@@ -27,7 +27,7 @@ esac
 # surface 25 minutes in. `.ci/run` installs them on a fresh machine.
 preflight() {
     local missing=() tool
-    # openssl: the JetStream bridge's TLS tests make their throwaway CA and certificates with it.
+    # openssl: the TLS tests (HTTP gateway, JetStream bridge) make their throwaway CAs with it.
     local needed=(cargo rustup openssl)
     $quick || needed+=(qemu-system-arm qemu-system-x86_64 arm-none-eabi-size promtool curl python3)
     for tool in "${needed[@]}"; do
@@ -232,6 +232,12 @@ packaging() {
     # The five published crates as crates.io would take them: each packaged, then built from
     # its packaged files alone against the others' packages (dependency order). Then the
     # README's install command, into a temporary root, reusing the main job's release build.
+    # Cargo unpacks the dry run's local registry under $CARGO_HOME/registry/src/-<hash>/ and
+    # never unpacks the same name and version again: a second run on one machine would verify
+    # against the first run's sources. Remove them (and the packages) first.
+    rm -rf target/package
+    find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 2 -path '*/-*/pinstream-*' \
+        -exec rm -rf {} + 2> /dev/null || true
     cargo publish --dry-run --allow-dirty -p pinstream-core -p pinstream-client \
         -p pinstream-host -p pinstream-bridge -p pinstream
     local root

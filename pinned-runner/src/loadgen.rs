@@ -30,6 +30,8 @@ use crate::Failure;
 const DEFAULT_TCP_ADDR: &str = "127.0.0.1:7070";
 /// Default UDP address (the engine's default `udp.listen`).
 const DEFAULT_UDP_ADDR: &str = "127.0.0.1:7071";
+/// Default HTTP gateway address (the README's example `http.listen`; off by default).
+const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7080";
 /// How often the progress bar is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
@@ -42,26 +44,60 @@ pub enum AckArg {
     None,
 }
 
+/// How events travel (`--transport`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportArg {
+    /// The binary protocol over TCP, HELLO first, ACKs back.
+    Tcp,
+    /// One frame per datagram, no acknowledgements (as --udp).
+    Udp,
+    /// NDJSON requests of --batch events to the HTTP gateway (POST /v1/events), keep-alive,
+    /// one request at a time per connection; the answers' counts are the acknowledgement.
+    Http,
+}
+
 /// `pinstream loadgen` flags.
 #[derive(clap::Args, Debug)]
 #[command(
-    about = "Send events to an engine over TCP or UDP and measure throughput and ack latency",
-    long_about = "Send events to an engine over TCP or UDP, flat out or at a fixed rate, and \
-report events/s, bytes/s and ACK latency percentiles (send of a frame to the first ACK \
-covering it). Ids are unique in a run (--id-base on); each priority meets every topic; \
+    about = "Send events to an engine over TCP, UDP or HTTP and measure throughput and ack latency",
+    long_about = "Send events to an engine over TCP or UDP, or to its HTTP gateway as NDJSON \
+requests (--transport http), flat out or at a fixed rate, and report events/s, bytes/s and \
+ACK latency percentiles (send of a frame to the first ACK covering it; over HTTP, of a \
+request to its answer). Ids are unique in a run (--id-base on); each priority meets every topic; \
 timestamps are the send time in nanoseconds since the Unix epoch. With --consumers N, N \
 consumers read the events back over the consumer listener and the report adds their \
 produce→consume latency percentiles and how many events each read."
 )]
 pub struct LoadgenArgs {
-    /// Server address [default: 127.0.0.1:7070, or 127.0.0.1:7071 with --udp]
+    /// Server address [default: 127.0.0.1:7070, 127.0.0.1:7071 with UDP, 127.0.0.1:7080
+    /// with HTTP]
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<String>,
 
     /// Send over UDP: one frame per datagram (at most 65507 bytes), no acknowledgements
-    /// (implies --ack none)
-    #[arg(long)]
+    /// (implies --ack none); the same as --transport udp
+    #[arg(long, conflicts_with = "transport")]
     pub udp: bool,
+
+    /// tcp, udp or http [default: tcp]
+    #[arg(long, value_name = "TRANSPORT", value_enum)]
+    pub transport: Option<TransportArg>,
+
+    /// With --transport http: sent as "Authorization: Bearer TOKEN"
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// With --transport http: HTTPS, trusting the CA certificates of --cacert
+    #[arg(long, requires = "cacert")]
+    pub https: bool,
+
+    /// With --https: PEM file of the CA certificates the gateway's certificate chains to
+    #[arg(long, value_name = "FILE", requires = "https")]
+    pub cacert: Option<std::path::PathBuf>,
+
+    /// With --https: the name the gateway's certificate must carry [default: the --addr IP]
+    #[arg(long, value_name = "NAME", requires = "https")]
+    pub tls_name: Option<String>,
 
     /// Events to send in all, split between the connections
     #[arg(long, value_name = "N", default_value_t = 1_000_000, conflicts_with = "duration",
@@ -175,12 +211,13 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 /// A usage failure: an address that does not resolve, `--ack wait` with `--udp`, or a
 /// setting [`LoadConfig::validate`] refuses.
 pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
-    let transport = if args.udp {
-        Transport::Udp
-    } else {
-        Transport::Tcp
+    let transport = match (args.udp, args.transport) {
+        (true, _) | (false, Some(TransportArg::Udp)) => Transport::Udp,
+        (false, Some(TransportArg::Http)) => Transport::Http,
+        (false, Some(TransportArg::Tcp) | None) => Transport::Tcp,
     };
-    let ack = match (args.ack, args.udp) {
+    let udp = transport == Transport::Udp;
+    let ack = match (args.ack, udp) {
         (Some(AckArg::Wait), true) => {
             return Err(Failure::usage(
                 "--ack wait needs TCP: UDP has no acknowledgements (leave --ack out or use --ack none)",
@@ -189,15 +226,25 @@ pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
         (Some(AckArg::Wait), false) | (None, false) => AckWait::Wait,
         (Some(AckArg::None), _) | (None, true) => AckWait::None,
     };
-    let addr_text = args.addr.as_deref().unwrap_or(if args.udp {
-        DEFAULT_UDP_ADDR
-    } else {
-        DEFAULT_TCP_ADDR
+    if transport != Transport::Http && (args.token.is_some() || args.https) {
+        return Err(Failure::usage(
+            "--token and --https are for --transport http",
+        ));
+    }
+    let addr_text = args.addr.as_deref().unwrap_or(match transport {
+        Transport::Udp => DEFAULT_UDP_ADDR,
+        Transport::Http => DEFAULT_HTTP_ADDR,
+        Transport::Tcp => DEFAULT_TCP_ADDR,
     });
     let addr = resolve(addr_text)?;
     let mut cfg = LoadConfig::new(addr, args.events);
     cfg.transport = transport;
     cfg.ack = ack;
+    cfg.http = loadgen::HttpOptions {
+        token: args.token.clone(),
+        tls_ca: args.cacert.clone(),
+        server_name: args.tls_name.clone(),
+    };
     if let Some(secs) = args.duration {
         cfg.duration = Some(Duration::from_secs_f64(secs));
         cfg.events = u64::MAX;
@@ -560,9 +607,15 @@ fn summary(cfg: &LoadConfig, report: &LoadReport) -> String {
     match &report.ack_latency {
         Some(h) => {
             let [p50, p90, p99, p999, max] = quantiles_us(h);
+            // Over HTTP the acknowledgement is the answer: a request's latency.
+            let what = if report.transport == Transport::Http {
+                "request latency us"
+            } else {
+                "ack latency us "
+            };
             let _ = writeln!(
                 s,
-                "  ack latency us  p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}"
+                "  {what} p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}"
             );
         }
         None => {
@@ -649,6 +702,35 @@ mod tests {
         let udp = config(&parse(&["--udp"]).unwrap()).unwrap();
         assert_eq!(udp.addr, "127.0.0.1:7071".parse().unwrap());
         assert_eq!(udp.ack, AckWait::None);
+    }
+
+    #[test]
+    fn transport_http_takes_a_token_and_https_and_the_others_refuse_them() {
+        let udp = config(&parse(&["--transport", "udp"]).unwrap()).unwrap();
+        assert_eq!((udp.transport, udp.ack), (Transport::Udp, AckWait::None));
+        let h = config(
+            &parse(&[
+                "--transport",
+                "http",
+                "--token",
+                "t0k",
+                "--https",
+                "--cacert",
+                "ca.pem",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(h.transport, Transport::Http);
+        assert_eq!(h.addr, "127.0.0.1:7080".parse().unwrap());
+        assert_eq!(h.ack, AckWait::Wait);
+        assert_eq!(h.http.token.as_deref(), Some("t0k"));
+        assert_eq!(h.http.tls_ca, Some("ca.pem".into()));
+        // --https needs the CA; --udp and --transport are one choice.
+        assert!(parse(&["--transport", "http", "--https"]).is_err());
+        assert!(parse(&["--udp", "--transport", "http"]).is_err());
+        let e = config(&parse(&["--token", "t0k"]).unwrap()).unwrap_err();
+        assert!(e.message.contains("--transport http"), "{}", e.message);
     }
 
     #[test]

@@ -45,6 +45,7 @@ impl Plan {
 pub(super) enum Socket {
     Tcp(Connection),
     Udp(UdpSocket),
+    Http(super::http::HttpConn),
 }
 
 /// What one connection did.
@@ -153,6 +154,7 @@ pub(super) fn run_connection(
     match socket {
         Socket::Udp(socket) => run_udp(plan, &socket, progress, &window),
         Socket::Tcp(conn) => run_tcp(plan, conn, progress, &window),
+        Socket::Http(conn) => super::http::run_http(plan, conn, progress),
     }
 }
 

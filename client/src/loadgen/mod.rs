@@ -1,4 +1,4 @@
-//! A load generator: EVENT or BATCH frames over TCP or UDP, flat out or at a fixed rate, on
+//! A load generator: EVENT or BATCH frames over TCP or UDP (or NDJSON over HTTP), flat out or at a fixed rate, on
 //! one or more connections, with the acknowledgement latency of every frame measured.
 //!
 //! [`spawn`] opens the connections (TCP: connect and HELLO, so an unreachable server or a
@@ -14,6 +14,12 @@
 //!   nanoseconds). A frame left unacknowledged for `ack_timeout`, a connection closed
 //!   before every frame is acknowledged, or any socket error ends the whole run with an
 //!   error that says which.
+//!
+//! HTTP ([`Transport::Http`]) sends NDJSON requests of `batch` events to the engine's HTTP
+//! gateway (`POST /v1/events`), one at a time per keep-alive connection, optionally over
+//! TLS and with a bearer token ([`HttpOptions`]); the answer's counts are the
+//! acknowledgement and the latency recorded is each request's, send to answer. `429` and
+//! `503` (nothing taken) are retried after a pause.
 //!
 //! UDP sends one frame per datagram (at most [`MAX_DATAGRAM`] bytes, which is what the
 //! server's `recvmmsg` takes whole) and has no acknowledgements: nothing says whether the
@@ -53,9 +59,11 @@ use pinstream_core::wire::{self, Reject};
 
 mod conn;
 mod consume;
+mod http;
 mod mix;
 
 pub use consume::{ConsumeReport, DRAIN_IDLE, logs_of};
+pub use http::HttpOptions;
 pub use mix::PriorityMix;
 
 /// The engine's default consumer listener port (`consumers.listen`).
@@ -83,6 +91,9 @@ pub enum Transport {
     Tcp,
     /// One UDP socket each, one frame per datagram, no acknowledgements.
     Udp,
+    /// One keep-alive HTTP/1.1 connection each to the HTTP gateway, NDJSON requests of
+    /// `batch` events, one at a time; the answer's counts are the acknowledgement.
+    Http,
 }
 
 impl Transport {
@@ -91,6 +102,7 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::Udp => "udp",
+            Transport::Http => "http",
         }
     }
 }
@@ -143,6 +155,8 @@ pub struct LoadConfig {
     /// The engine's consumer listener; `None`: `addr`'s host with port
     /// [`DEFAULT_CONSUMER_PORT`].
     pub consumer_addr: Option<SocketAddr>,
+    /// Token and TLS for [`Transport::Http`].
+    pub http: HttpOptions,
 }
 
 impl LoadConfig {
@@ -165,6 +179,7 @@ impl LoadConfig {
             ack_timeout: Duration::from_secs(10),
             consumers: 0,
             consumer_addr: None,
+            http: HttpOptions::default(),
         }
     }
 
@@ -225,10 +240,18 @@ impl LoadConfig {
                 "UDP has no acknowledgements: use ack mode none with UDP (--ack none)".into(),
             );
         }
+        if self.transport != Transport::Http
+            && (self.http.token.is_some() || self.http.tls_ca.is_some())
+        {
+            return Err("a token and HTTPS are for the HTTP transport (--transport http)".into());
+        }
         let len = self.frame_len();
         let (limit, what) = match self.transport {
             Transport::Tcp => (wire::DEFAULT_MAX_FRAME_LEN, "the default maximum frame"),
             Transport::Udp => (MAX_DATAGRAM, "the largest UDP datagram"),
+            // NDJSON requests: the gateway's http.max_body_bytes and max_events_per_request
+            // decide (413, reported with the server's words).
+            Transport::Http => return Ok(()),
         };
         if len > limit {
             return Err(format!(
@@ -541,6 +564,7 @@ pub fn spawn(cfg: &LoadConfig, connections: usize) -> io::Result<LoadRun> {
         sockets.push(match cfg.transport {
             Transport::Tcp => Socket::Tcp(connect_tcp(cfg, c)?),
             Transport::Udp => Socket::Udp(connect_udp(cfg, c)?),
+            Transport::Http => Socket::Http(http::connect_http(cfg, c)?),
         });
     }
     // Subscribed before the first send: every event of the run is above their start.

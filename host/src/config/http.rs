@@ -2,6 +2,7 @@
 //! use it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -35,6 +36,23 @@ pub struct HttpSection {
     pub backpressure_wait_ms: u64,
     /// The `Retry-After` header's seconds on `503` and `429`.
     pub retry_after_secs: u32,
+    /// The server certificate chain (PEM); with `tls_key`, the gateway speaks HTTPS only.
+    /// `None` (`""`, the default): plain HTTP.
+    #[serde(deserialize_with = "de_path")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(deserialize_with = "de_path")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to: set, a client without a
+    /// valid certificate is refused at the handshake (mutual TLS). Needs `tls_cert`.
+    #[serde(deserialize_with = "de_path")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// A path, `""` meaning none.
+fn de_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
 }
 
 impl Default for HttpSection {
@@ -49,6 +67,9 @@ impl Default for HttpSection {
             max_events_per_request: 10_000,
             backpressure_wait_ms: 100,
             retry_after_secs: 1,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }

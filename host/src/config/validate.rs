@@ -534,10 +534,27 @@ impl Config {
     fn check_http(&self, v: &mut Validator) {
         let h = &self.http;
         if let Some(a) = h.listen {
-            if !a.ip().is_loopback() && self.auth.tokens.is_empty() {
+            let tls = h.tls_cert.is_some();
+            if !a.ip().is_loopback() && self.auth.tokens.is_empty() && !tls {
+                v.warn(format!(
+                    "http.listen = \"{a}\" is not a loopback address, [[auth.tokens]] is \
+                     empty and http.tls_cert is not set: ANYONE who can reach it may publish \
+                     events, with no authentication and in clear text"
+                ));
+            } else if !a.ip().is_loopback() && self.auth.tokens.is_empty() {
                 v.warn(format!(
                     "http.listen = \"{a}\" is not a loopback address and [[auth.tokens]] is \
-                     empty: ANYONE who can reach it may publish events, with no authentication"
+                     empty: ANYONE who can reach it may publish events, with no authentication{}",
+                    if h.tls_client_ca.is_some() {
+                        " beyond the client certificate"
+                    } else {
+                        ""
+                    }
+                ));
+            } else if !a.ip().is_loopback() && !tls {
+                v.warn(format!(
+                    "http.listen = \"{a}\" is not a loopback address and http.tls_cert is not \
+                     set: bearer tokens and events cross the network in clear text"
                 ));
             }
             for (key, other) in [
@@ -553,6 +570,7 @@ impl Config {
                 }
             }
         }
+        self.check_http_tls(v);
         v.range(
             "http.max_body_bytes",
             h.max_body_bytes as u64,
@@ -674,6 +692,41 @@ impl Config {
                     "bridge[{i}].name = {:?}: another bridge reads the {} log under this name",
                     b.name, b.log
                 ));
+            }
+        }
+    }
+}
+
+impl Config {
+    /// `http.tls_*`: both or neither of cert and key, the client CA only with them, and the
+    /// files readable, PEM, and the key the certificate's.
+    fn check_http_tls(&self, v: &mut Validator) {
+        let h = &self.http;
+        match (&h.tls_cert, &h.tls_key) {
+            (None, None) => {
+                if h.tls_client_ca.is_some() {
+                    v.problem(
+                        "http.tls_client_ca is set but http.tls_cert and http.tls_key are not: \
+                         client certificates need TLS"
+                            .to_owned(),
+                    );
+                }
+            }
+            (Some(_), None) => v.problem(
+                "http.tls_cert is set but http.tls_key is not: give both (PEM files)".to_owned(),
+            ),
+            (None, Some(_)) => v.problem(
+                "http.tls_key is set but http.tls_cert is not: give both (PEM files)".to_owned(),
+            ),
+            (Some(cert), Some(key)) => {
+                let files = crate::gateway::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: h.tls_client_ca.clone(),
+                };
+                if let Err(e) = crate::gateway::tls_server_config(&files) {
+                    v.problem(e);
+                }
             }
         }
     }

@@ -22,6 +22,7 @@ mod auth;
 mod events;
 mod pump;
 mod server;
+mod tls;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -30,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use self::auth::hash_token;
+pub use self::tls::{TlsFiles, server_config as tls_server_config};
 use crate::config::{Config, TokenSection};
 use crate::ingest::{GatewayLink, Shared};
 use crate::prom::{MetricType, PromWriter};
@@ -57,6 +59,8 @@ pub struct HttpSettings {
     pub retry_after_secs: u32,
     /// `[[auth.tokens]]`.
     pub tokens: Vec<TokenSection>,
+    /// `http.tls_*`: HTTPS only when set.
+    pub tls: Option<TlsFiles>,
 }
 
 impl HttpSettings {
@@ -79,6 +83,15 @@ impl HttpSettings {
             backpressure_wait: h.backpressure_wait(),
             retry_after_secs: h.retry_after_secs,
             tokens: c.auth.tokens.clone(),
+            tls: h
+                .tls_cert
+                .clone()
+                .zip(h.tls_key.clone())
+                .map(|(cert, key)| TlsFiles {
+                    cert,
+                    key,
+                    client_ca: h.tls_client_ca.clone(),
+                }),
         }
     }
 }
@@ -104,6 +117,8 @@ pub struct GatewayCounters {
     pub body_timeouts: AtomicU64,
     /// Connections refused over `http.max_connections`.
     pub connections_refused: AtomicU64,
+    /// TLS handshakes that failed or did not finish within `http.header_timeout_ms`.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl GatewayCounters {
@@ -174,6 +189,17 @@ impl GatewayCounters {
         ] {
             w.sample_u64(name, &[("reason", r)], c.load(Ordering::Relaxed));
         }
+        let name = "pinstream_http_tls_handshake_failures_total";
+        w.family(
+            name,
+            MetricType::Counter,
+            "HTTPS connections closed before a request: the TLS handshake failed (plain HTTP, an untrusted or missing client certificate, a bad hello) or did not finish within http.header_timeout_ms.",
+        );
+        w.sample_u64(
+            name,
+            &[],
+            self.tls_handshake_failures.load(Ordering::Relaxed),
+        );
     }
 }
 
@@ -207,7 +233,11 @@ pub(crate) struct GatewayRun<'a> {
 /// A token entry that is bad (a hash that is not 64 hex digits, an unknown topic, a rate the
 /// core refuses).
 pub(crate) fn check(g: &GatewayRun<'_>) -> Result<(), String> {
-    auth::Tokens::new(&g.settings.tokens, &g.topics).map(|_| ())
+    auth::Tokens::new(&g.settings.tokens, &g.topics)?;
+    if let Some(f) = &g.settings.tls {
+        tls::server_config(f)?;
+    }
+    Ok(())
 }
 
 /// Runs the gateway on the calling thread until the ingest thread has exited.
@@ -227,6 +257,10 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
         rate,
     } = g;
     let tokens = auth::Tokens::new(&settings.tokens, &topics)?;
+    let tls = match &settings.tls {
+        Some(f) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(f)?)),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -247,6 +281,7 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
         engine_durable,
         open: std::sync::atomic::AtomicUsize::new(0),
         clients: auth::ClientLimits::new(rate, 4096),
+        tls,
     });
     rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)

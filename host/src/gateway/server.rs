@@ -42,6 +42,8 @@ pub(crate) struct State {
     pub(crate) open: AtomicUsize,
     /// The engine's per-client rate for requests without a token, by address.
     pub(crate) clients: super::auth::ClientLimits,
+    /// HTTPS: every connection's TLS handshake first (`http.tls_cert`).
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl State {
@@ -89,20 +91,45 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<State>, shared
         state.open.fetch_add(1, Ordering::Relaxed);
         let st = Arc::clone(&state);
         tokio::spawn(async move {
-            let service = {
-                let st = Arc::clone(&st);
-                service_fn(move |req| answer(req, Arc::clone(&st), peer.ip()))
-            };
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .keep_alive(true)
-                .header_read_timeout(st.settings.header_timeout)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match st.tls.clone() {
+                None => serve(stream, &st, peer.ip()).await,
+                // The handshake runs in the connection's own task, under the header deadline:
+                // a slow or failing client holds only its own connection.
+                Some(acceptor) => {
+                    let hs =
+                        tokio::time::timeout(st.settings.header_timeout, acceptor.accept(stream))
+                            .await;
+                    match hs {
+                        Ok(Ok(tls)) => serve(tls, &st, peer.ip()).await,
+                        Ok(Err(_)) | Err(_) => {
+                            st.counters
+                                .tls_handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
             st.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
+}
+
+/// Serves one connection's requests (plain TCP or TLS) until it closes.
+async fn serve<S>(stream: S, st: &Arc<State>, ip: std::net::IpAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let st = Arc::clone(st);
+        service_fn(move |req| answer(req, Arc::clone(&st), ip))
+    };
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(st.settings.header_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// A JSON answer.
