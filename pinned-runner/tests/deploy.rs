@@ -4,89 +4,15 @@
 //! dashboard is well-formed. `promtool check rules/config` runs when promtool is on PATH.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use pinstream_tests::TempDir;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-/// `pinstream run` on ephemeral loopback ports, killed on drop.
-struct Engine {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Engine {
-    fn start(dir: &Path) -> Self {
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[engine]\nplacement = \"unpinned\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
-                 [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-                 [consumers]\nlisten = \"127.0.0.1:0\"\n[storage]\ndir = \"{}\"\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
-            .args(["run", "--status-every", "0", "--config"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        Self { child, lines }
-    }
-
-    /// `key=` of the `listening` line (waits for it).
-    fn addr(&mut self, key: &str) -> SocketAddr {
-        let until = Instant::now() + WAIT;
-        loop {
-            let found = self.lines.lock().unwrap().iter().find_map(|l| {
-                l.strip_prefix("listening ")?
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-                    .map(str::to_owned)
-            });
-            if let Some(a) = found {
-                return a.parse().unwrap();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "pinstream exited ({status}):\n{}",
-                    self.lines.lock().unwrap().join("\n")
-                );
-            }
-            assert!(Instant::now() < until, "no listening line");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
+mod common;
+use common::{Runner, WAIT};
 
 fn pinstream(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_pinstream"))
@@ -177,12 +103,8 @@ fn rule_exprs() -> Vec<String> {
 #[test]
 fn every_metric_the_dashboard_and_the_alerts_query_exists_in_a_live_engine() {
     let dir = TempDir::new("deploy");
-    let mut engine = Engine::start(&dir.0);
-    let (tcp, admin, consumers) = (
-        engine.addr("tcp"),
-        engine.addr("admin"),
-        engine.addr("consumers"),
-    );
+    let engine = Runner::start(&dir.0, "");
+    let (tcp, admin, consumers) = (engine.tcp, engine.admin, engine.consumers);
     // Events (the loadgen's connection closes: a close with a reason), then a named consumer
     // (its lag series) reading one of them.
     let (tcp, consumers) = (tcp.to_string(), consumers.to_string());

@@ -1,6 +1,8 @@
 //! A running `pinstream run` for the integration tests that start the real binary: a
 //! config in a temp dir, ephemeral loopback ports read from its `listening` line, killed on
 //! drop.
+// Each test crate that includes this module uses a different part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
