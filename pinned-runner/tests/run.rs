@@ -192,7 +192,10 @@ fn log_ids(data: &Path, log: LogId) -> Vec<u64> {
 #[test]
 fn resends_after_kill_9_and_restart_are_duplicates_not_copies() {
     let dir = TempDir::new("run-resend");
-    let extra = "[storage]\ndurability = \"always\"\n";
+    // A dedup window far longer than the test: the resends must be duplicates however slowly
+    // a loaded machine runs the kill and the restart (with the default 10 s, a resend later
+    // than that is a new event by definition, and the test failed once under load).
+    let extra = "[storage]\ndurability = \"always\"\n[pipeline]\ndedup_window_ms = 600000\n";
     let mut runner = Runner::start(dir.path(), extra);
     let medium = |seq: u64| {
         let events: Vec<_> = (0..20)

@@ -29,7 +29,8 @@ pub struct Runner {
 
 impl Runner {
     /// Starts `pinstream run --config <dir>/config.toml` with `extra` TOML appended to a base
-    /// that listens on ephemeral loopback ports and stores in `dir/data`.
+    /// that listens on ephemeral loopback ports and stores in `dir/data` (its `[engine]`,
+    /// `[storage]` and `[pipeline]` lines are used).
     pub fn start(dir: &Path, extra: &str) -> Self {
         Self::start_with(dir, extra, |_| {})
     }
@@ -42,10 +43,11 @@ impl Runner {
             format!(
                 "[engine]\noverprovisioned = true\n{extra_engine}\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
                  [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[consumers]\nlisten = \"127.0.0.1:0\"\n\
-                 [storage]\ndir = \"{}\"\n{extra_storage}\n",
+                 [storage]\ndir = \"{}\"\n{extra_storage}\n[pipeline]\n{extra_pipeline}\n",
                 dir.join("data").display(),
                 extra_engine = section(extra, "engine"),
                 extra_storage = section(extra, "storage"),
+                extra_pipeline = section(extra, "pipeline"),
             ),
         )
         .unwrap();
