@@ -27,9 +27,11 @@ esac
 # surface 25 minutes in. `.ci/run` installs them on a fresh machine.
 preflight() {
     local missing=() tool
-    # openssl: the TLS tests (HTTP gateway, JetStream bridge) make their throwaway CAs with it.
-    local needed=(cargo rustup openssl)
-    $quick || needed+=(qemu-system-arm qemu-system-x86_64 arm-none-eabi-size promtool curl python3)
+    # openssl: the TLS tests (HTTP gateway, JetStream bridge) make their throwaway CAs with it;
+    # python3: the bridge tests install nats-server into a venv, and the MSRV step reads
+    # `cargo metadata` with it.
+    local needed=(cargo rustup openssl python3)
+    $quick || needed+=(qemu-system-arm qemu-system-x86_64 arm-none-eabi-size promtool curl)
     for tool in "${needed[@]}"; do
         command -v "$tool" > /dev/null || missing+=("$tool")
     done
