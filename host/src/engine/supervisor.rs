@@ -397,37 +397,25 @@ fn bind_consumers(
     Ok(Some((listener, positions, warnings)))
 }
 
-/// The consumer server never runs on a pinned engine thread's CPU.
+/// A helper thread (the consumer server, the HTTP gateway) never runs on a pinned engine
+/// thread's CPU: `key` is its config key, `what` names it in the message.
 ///
 /// # Errors
 /// [`EngineError::Config`] when `cpu` is one of them under the plan.
-fn check_consumer_cpu(cpu: Option<usize>, plan: &PinPlan) -> Result<(), EngineError> {
+fn check_helper_cpu(
+    key: &str,
+    what: &str,
+    cpu: Option<usize>,
+    plan: &PinPlan,
+) -> Result<(), EngineError> {
     let Some(cpu) = cpu else {
         return Ok(());
     };
     let engine_cpus = [plan.cpu_of("ingest"), plan.cpu_of("storage")];
     if plan.is_pinning() && engine_cpus.contains(&Some(cpu)) {
         return Err(EngineError::Config(format!(
-            "consumers.cpu = {cpu} is the CPU of a pinned engine thread: the consumer server \
-             must never run there (choose another, or -1 for none)"
-        )));
-    }
-    Ok(())
-}
-
-/// The HTTP gateway thread never runs on a pinned engine thread's CPU.
-///
-/// # Errors
-/// [`EngineError::Config`] when `cpu` is one of them under the plan.
-fn check_http_cpu(cpu: Option<usize>, plan: &PinPlan) -> Result<(), EngineError> {
-    let Some(cpu) = cpu else {
-        return Ok(());
-    };
-    let engine_cpus = [plan.cpu_of("ingest"), plan.cpu_of("storage")];
-    if plan.is_pinning() && engine_cpus.contains(&Some(cpu)) {
-        return Err(EngineError::Config(format!(
-            "http.cpu = {cpu} is the CPU of a pinned engine thread: the HTTP gateway must \
-             never run there (choose another, or -1 for none)"
+            "{key} = {cpu} is the CPU of a pinned engine thread: {what} must never run there \
+             (choose another, or -1 for none)"
         )));
     }
     Ok(())
@@ -501,8 +489,13 @@ impl Engine {
             Arc::new(shared),
         ));
         let placed = place(&cfg.placement)?;
-        check_consumer_cpu(cfg.consumers.cpu, &placed.plan)?;
-        check_http_cpu(cfg.http.cpu, &placed.plan)?;
+        check_helper_cpu(
+            "consumers.cpu",
+            "the consumer server",
+            cfg.consumers.cpu,
+            &placed.plan,
+        )?;
+        check_helper_cpu("http.cpu", "the HTTP gateway", cfg.http.cpu, &placed.plan)?;
         let consumer_settings = cfg.consumers.clone();
         let data_dir = cfg.data_dir.clone();
         let hook = cfg.thread_hook;
