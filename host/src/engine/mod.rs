@@ -34,6 +34,7 @@ mod capacity;
 mod restore;
 mod settings;
 mod sink;
+mod startup;
 mod stats;
 mod storage_loop;
 mod supervisor;
