@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use pinstream_host::config::{
     AckSetting, AdminSection, AlertWhen, AuthSection, CAPACITY_PRESETS, CapacitySection, Config,
     ConfigError, ConsumersSection, ControlSection, DEFAULT_TOML, DurabilitySetting, EngineSection,
-    HttpSection, IdleSetting, PipelineSection, StorageSection, TcpSection, UdpSection,
+    GrpcSection, HttpSection, IdleSetting, PipelineSection, StorageSection, TcpSection, UdpSection,
 };
 use serde::de::{DeserializeOwned, Deserializer, Visitor};
 
@@ -119,7 +119,7 @@ fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
 #[test]
 fn the_default_file_names_every_key() {
     let file: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
-    let sections: [(&str, &[&str]); 11] = [
+    let sections: [(&str, &[&str]); 12] = [
         ("engine", fields_of::<EngineSection>()),
         ("tcp", fields_of::<TcpSection>()),
         ("udp", fields_of::<UdpSection>()),
@@ -130,6 +130,7 @@ fn the_default_file_names_every_key() {
         ("admin", fields_of::<AdminSection>()),
         ("consumers", fields_of::<ConsumersSection>()),
         ("http", fields_of::<HttpSection>()),
+        ("grpc", fields_of::<GrpcSection>()),
         ("auth", fields_of::<AuthSection>()),
     ];
     let mut top: Vec<&str> = sections.iter().map(|(s, _)| *s).collect();

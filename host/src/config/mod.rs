@@ -31,6 +31,7 @@ mod capacity;
 mod consumers;
 mod control;
 mod engine;
+mod grpc;
 mod http;
 mod lines;
 mod pipeline;
@@ -52,6 +53,7 @@ pub use self::capacity::CapacitySection;
 pub use self::consumers::ConsumersSection;
 pub use self::control::ControlSection;
 pub use self::engine::{AckSetting, EngineSection, IdleSetting};
+pub use self::grpc::GrpcSection;
 pub use self::http::{AuthSection, HttpSection, TokenSection};
 pub use self::pipeline::{AlertRuleSection, AlertWhen, BatchStoreSetting, PipelineSection};
 pub use self::storage::{DurabilitySetting, StorageSection};
@@ -108,6 +110,8 @@ pub struct Config {
     pub consumers: ConsumersSection,
     /// The HTTP/JSON ingest gateway.
     pub http: HttpSection,
+    /// The gRPC ingest gateway.
+    pub grpc: GrpcSection,
     /// Authentication tokens (the HTTP gateway's, in this version).
     pub auth: AuthSection,
     /// Bridges to NATS JetStream (`[[bridge]]` tables; none by default).

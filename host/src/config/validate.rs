@@ -33,6 +33,7 @@ impl Config {
         self.check_admin(&mut v);
         self.check_consumers(&mut v);
         self.check_http(&mut v);
+        self.check_grpc(&mut v);
         self.check_bridges(&mut v);
         if v.problems.is_empty() {
             Ok(v.warnings)
@@ -702,31 +703,135 @@ impl Config {
     /// files readable, PEM, and the key the certificate's.
     fn check_http_tls(&self, v: &mut Validator) {
         let h = &self.http;
-        match (&h.tls_cert, &h.tls_key) {
-            (None, None) => {
-                if h.tls_client_ca.is_some() {
-                    v.problem(
-                        "http.tls_client_ca is set but http.tls_cert and http.tls_key are not: \
-                         client certificates need TLS"
-                            .to_owned(),
-                    );
+        check_tls(v, "http", &h.tls_cert, &h.tls_key, &h.tls_client_ca);
+    }
+
+    /// `[grpc]`: as `[http]`, the same loud warnings beyond loopback.
+    fn check_grpc(&self, v: &mut Validator) {
+        let g = &self.grpc;
+        if let Some(a) = g.listen {
+            let tls = g.tls_cert.is_some();
+            let open = self.auth.tokens.is_empty();
+            if !a.ip().is_loopback() && open && !tls {
+                v.warn(format!(
+                    "grpc.listen = \"{a}\" is not a loopback address, [[auth.tokens]] is \
+                     empty and grpc.tls_cert is not set: ANYONE who can reach it may publish \
+                     events, with no authentication and in clear text"
+                ));
+            } else if !a.ip().is_loopback() && open {
+                v.warn(format!(
+                    "grpc.listen = \"{a}\" is not a loopback address and [[auth.tokens]] is \
+                     empty: ANYONE who can reach it may publish events, with no authentication{}",
+                    if g.tls_client_ca.is_some() {
+                        " beyond the client certificate"
+                    } else {
+                        ""
+                    }
+                ));
+            } else if !a.ip().is_loopback() && !tls {
+                v.warn(format!(
+                    "grpc.listen = \"{a}\" is not a loopback address and grpc.tls_cert is not \
+                     set: bearer tokens and events cross the network in clear text"
+                ));
+            }
+            for (key, other) in [
+                ("tcp.listen", self.tcp.listen),
+                ("admin.listen", self.admin.listen),
+                ("consumers.listen", self.consumers.listen),
+                ("http.listen", self.http.listen),
+            ] {
+                if other == Some(a) && a.port() != 0 {
+                    v.problem(format!(
+                        "grpc.listen = \"{a}\": the same address as {key}; give one of them \
+                         another port"
+                    ));
                 }
             }
-            (Some(_), None) => v.problem(
-                "http.tls_cert is set but http.tls_key is not: give both (PEM files)".to_owned(),
-            ),
-            (None, Some(_)) => v.problem(
-                "http.tls_key is set but http.tls_cert is not: give both (PEM files)".to_owned(),
-            ),
-            (Some(cert), Some(key)) => {
-                let files = crate::gateway::TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: h.tls_client_ca.clone(),
-                };
-                if let Err(e) = crate::gateway::tls_server_config(&files) {
-                    v.problem(e);
-                }
+        }
+        check_tls(v, "grpc", &g.tls_cert, &g.tls_key, &g.tls_client_ca);
+        v.range(
+            "grpc.max_connections",
+            g.max_connections as u64,
+            1,
+            65_536,
+            "",
+        );
+        v.range(
+            "grpc.max_concurrent_streams",
+            g.max_concurrent_streams.into(),
+            1,
+            10_000,
+            "",
+        );
+        v.range(
+            "grpc.max_message_bytes",
+            g.max_message_bytes as u64,
+            1024,
+            64 << 20,
+            "64 MiB",
+        );
+        v.range(
+            "grpc.max_events_per_request",
+            g.max_events_per_request as u64,
+            1,
+            1_000_000,
+            "",
+        );
+        v.range(
+            "grpc.backpressure_wait_ms",
+            g.backpressure_wait_ms,
+            0,
+            60_000,
+            "a minute",
+        );
+        v.range(
+            "grpc.handshake_timeout_ms",
+            g.handshake_timeout_ms,
+            10,
+            600_000,
+            "ten minutes",
+        );
+        v.range("grpc.stream_window", g.stream_window as u64, 1, 4096, "");
+    }
+}
+
+/// `<section>.tls_*`: both or neither of cert and key, the client CA only with them, and the
+/// files readable, PEM, and the key the certificate's.
+fn check_tls(
+    v: &mut Validator,
+    section: &str,
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+    client_ca: &Option<std::path::PathBuf>,
+) {
+    match (cert, key) {
+        (None, None) => {
+            if client_ca.is_some() {
+                v.problem(format!(
+                    "{section}.tls_client_ca is set but {section}.tls_cert and {section}.tls_key \
+                     are not: client certificates need TLS"
+                ));
+            }
+        }
+        (Some(_), None) => v.problem(format!(
+            "{section}.tls_cert is set but {section}.tls_key is not: give both (PEM files)"
+        )),
+        (None, Some(_)) => v.problem(format!(
+            "{section}.tls_key is set but {section}.tls_cert is not: give both (PEM files)"
+        )),
+        (Some(cert), Some(key)) => {
+            let files = crate::gateway::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            };
+            let alpn: &[u8] = if section == "grpc" {
+                b"h2"
+            } else {
+                b"http/1.1"
+            };
+            if let Err(e) = crate::gateway::tls_server_config_for(section, &files, alpn) {
+                v.problem(e);
             }
         }
     }

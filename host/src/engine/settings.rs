@@ -91,6 +91,9 @@ pub struct EngineConfig {
     pub consumers: crate::consumers::ConsumerSettings,
     /// The HTTP/JSON gateway (`[http]`, `[auth]`); off in [`local`](Self::local).
     pub http: crate::gateway::HttpSettings,
+    /// The gRPC gateway (`[grpc]`, on the HTTP gateway's thread); off in
+    /// [`local`](Self::local).
+    pub grpc: crate::gateway::GrpcSettings,
 }
 
 /// The idle strategy of [`EngineConfig::local`]: what tests and examples have always run
@@ -145,6 +148,7 @@ impl EngineConfig {
             admin_connections: 0,
             consumers: crate::consumers::ConsumerSettings::OFF,
             http: crate::gateway::HttpSettings::off(),
+            grpc: crate::gateway::GrpcSettings::off(),
         }
     }
 
@@ -182,6 +186,7 @@ impl EngineConfig {
             },
             consumers: c.consumers.to_settings(),
             http: crate::gateway::HttpSettings::from_config(c),
+            grpc: crate::gateway::GrpcSettings::from_config(c),
         })
     }
 }

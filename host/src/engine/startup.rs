@@ -21,6 +21,8 @@ pub(super) struct Sockets {
     pub(super) udp: Option<(UdpSocket, usize, usize)>,
     /// The HTTP gateway's listener, if any.
     pub(super) http: Option<TcpListener>,
+    /// The gRPC gateway's listener, if any.
+    pub(super) grpc: Option<TcpListener>,
 }
 
 impl Sockets {
@@ -60,10 +62,22 @@ impl Sockets {
             }
             None => None,
         };
+        let grpc = match cfg.grpc.listen {
+            Some(addr) => {
+                Some(
+                    crate::gateway::bind(addr).map_err(|source| EngineError::Socket {
+                        what: format!("cannot listen for gRPC on {addr}"),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             udp,
             http,
+            grpc,
         })
     }
 }

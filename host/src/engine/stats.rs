@@ -67,6 +67,8 @@ pub struct EngineStats {
     pub consumers: Arc<crate::consumers::ConsumerShared>,
     /// The HTTP gateway's counters (zero while it is off).
     pub http: Arc<crate::gateway::GatewayCounters>,
+    /// The gRPC gateway's counters (zero while it is off).
+    pub grpc: Arc<crate::gateway::GrpcCounters>,
 }
 
 impl EngineStats {
@@ -99,6 +101,7 @@ impl EngineStats {
             data_dir,
             consumers,
             http: Arc::new(crate::gateway::GatewayCounters::default()),
+            grpc: Arc::new(crate::gateway::GrpcCounters::default()),
         }
     }
 
@@ -138,6 +141,7 @@ impl AdminSource for EngineStats {
         );
         prom::write_control(&mut w, self.control.level(), self.control_transitions.get());
         self.http.render(&mut w);
+        self.grpc.render(&mut w);
         w.single(
             "pinstream_dedup_effective_window_seconds",
             MetricType::Gauge,

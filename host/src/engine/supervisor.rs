@@ -153,6 +153,8 @@ pub struct Started {
     pub consumers: Option<SocketAddr>,
     /// The HTTP gateway's address, if it runs.
     pub http: Option<SocketAddr>,
+    /// The gRPC gateway's address, if it runs.
+    pub grpc: Option<SocketAddr>,
     /// Consumer positions that could not be loaded (torn, corrupt, over `max_named`).
     pub consumer_warnings: Vec<String>,
     /// One report per log ([`LogId::ALL`] order).
@@ -199,6 +201,12 @@ impl EngineHandle {
     /// 0), if it runs.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.started.http
+    }
+
+    /// Where the gRPC gateway listens (`grpc.listen`, with the port the OS chose for port
+    /// 0), if it runs.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.started.grpc
     }
 
     /// Stops taking input, processes and stores everything accepted, syncs the logs, sends
@@ -286,6 +294,11 @@ impl Engine {
                 } else {
                     0
                 }
+                + if cfg.grpc.listen.is_some() {
+                    cfg.grpc.max_connections + 1
+                } else {
+                    0
+                }
                 + if cfg.consumers.listen.is_some() {
                     3 * (cfg.consumers.max_connections + 16) + 4
                 } else {
@@ -304,6 +317,7 @@ impl Engine {
             .as_ref()
             .and_then(|(s, _, _)| s.local_addr().ok());
         let http_addr = sockets.http.as_ref().and_then(|l| l.local_addr().ok());
+        let grpc_addr = sockets.grpc.as_ref().and_then(|l| l.local_addr().ok());
         let consumer_socket = bind_consumers(&cfg)?;
         let (logs, recovery) = open_logs(&cfg)?;
         let shared = ConsumerShared::new().map_err(|source| EngineError::Socket {
@@ -394,6 +408,7 @@ impl Engine {
                 udp: udp_addr,
                 consumers: consumer_addr,
                 http: http_addr,
+                grpc: grpc_addr,
                 consumer_warnings,
                 recovery,
                 decision: placed.decision,
@@ -452,7 +467,8 @@ fn supervise(s: Supervision) -> Result<(), String> {
         completions: Spsc::new(),
         limiter: RateLimiter::new(cfg.rate),
         procs: LaneProcessors::new(ns(cfg.dedup_window), ns(cfg.aggregate_window).max(1)),
-        gateway: sockets.http.as_ref().map(|_| Box::new(GatewayRings::new())),
+        gateway: (sockets.http.is_some() || sockets.grpc.is_some())
+            .then(|| Box::new(GatewayRings::new())),
     });
     // The payload arena: once, here; every page written now so none faults later (a
     // memset of a non-zero byte cannot be skipped the way zeroed pages are).
@@ -508,13 +524,14 @@ fn set_up<'m>(
         listener: tcp_listener,
         udp: udp_socket,
         http: http_listener,
+        grpc: grpc_listener,
     } = sockets;
     let (input, output, dead) = lanes.split_with_arena(arena);
     let (done_tx, done_rx) = completions.split();
     // The HTTP gateway limits its clients itself (429 before anything is queued) and is
     // never limited as one client of the engine: its key's bucket is unlimited, and the
     // ingest thread hands out the keys below it.
-    let gateway_on = http_listener.is_some();
+    let gateway_on = http_listener.is_some() || grpc_listener.is_some();
     if gateway_on
         && limiter
             .set_config(GATEWAY_RATE_KEY, RateConfig::UNLIMITED)
@@ -563,15 +580,18 @@ fn set_up<'m>(
     processors.set_batch_store(cfg.batch_store);
     let batch_events = cfg.batch_store == BatchStore::Events;
     ingest.set_batch_events_stored(batch_events);
-    let gateway = match (http_listener, gateway_rings.as_deref_mut()) {
-        (Some(listener), Some(rings)) => {
+    let gateway = match (gateway_on, gateway_rings.as_deref_mut()) {
+        (true, Some(rings)) => {
             let (end, link) = rings.split();
             ingest
                 .set_gateway(end, GATEWAY_RATE_KEY)
                 .map_err(|e| format!("http gateway set-up: {e}"))?;
             Some(GatewayRun {
-                listener,
+                listener: http_listener,
                 settings: cfg.http.clone(),
+                grpc: grpc_listener,
+                grpc_settings: cfg.grpc.clone(),
+                grpc_counters: Arc::clone(&stats.grpc),
                 link,
                 shared: &stats.shared,
                 counters: Arc::clone(&stats.http),

@@ -20,6 +20,7 @@
 
 mod auth;
 mod events;
+pub mod grpc;
 mod pump;
 mod server;
 mod tls;
@@ -31,7 +32,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use self::auth::hash_token;
-pub use self::tls::{TlsFiles, server_config as tls_server_config};
+pub use self::grpc::{GrpcCounters, GrpcSettings};
+pub use self::tls::{
+    TlsFiles, server_config as tls_server_config, server_config_for as tls_server_config_for,
+};
 use crate::config::{Config, TokenSection};
 use crate::ingest::{GatewayLink, Shared};
 use crate::prom::{MetricType, PromWriter};
@@ -215,8 +219,13 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// What the gateway thread is given.
 pub(crate) struct GatewayRun<'a> {
-    pub(crate) listener: TcpListener,
+    /// The HTTP listener (`http.listen`), if any.
+    pub(crate) listener: Option<TcpListener>,
     pub(crate) settings: HttpSettings,
+    /// The gRPC listener (`grpc.listen`), if any: served on the same thread and rings.
+    pub(crate) grpc: Option<TcpListener>,
+    pub(crate) grpc_settings: GrpcSettings,
+    pub(crate) grpc_counters: Arc<GrpcCounters>,
     pub(crate) link: GatewayLink<'a>,
     pub(crate) shared: &'a Shared,
     pub(crate) counters: Arc<GatewayCounters>,
@@ -237,6 +246,9 @@ pub(crate) fn check(g: &GatewayRun<'_>) -> Result<(), String> {
     if let Some(f) = &g.settings.tls {
         tls::server_config(f)?;
     }
+    if let Some(f) = &g.grpc_settings.tls {
+        tls::server_config_for("grpc", f, b"h2")?;
+    }
     Ok(())
 }
 
@@ -248,6 +260,9 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
     let GatewayRun {
         listener,
         settings,
+        grpc,
+        grpc_settings,
+        grpc_counters,
         link,
         shared,
         counters,
@@ -259,6 +274,12 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
     let tokens = auth::Tokens::new(&settings.tokens, &topics)?;
     let tls = match &settings.tls {
         Some(f) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(f)?)),
+        None => None,
+    };
+    let grpc_tls = match &grpc_settings.tls {
+        Some(f) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config_for(
+            "grpc", f, b"h2",
+        )?)),
         None => None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -283,19 +304,46 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
         clients: auth::ClientLimits::new(rate, 4096),
         tls,
     });
+    let grpc_state = Arc::new(grpc::GrpcState {
+        base: Arc::clone(&state),
+        settings: grpc_settings,
+        counters: grpc_counters,
+        open: std::sync::atomic::AtomicUsize::new(0),
+        tls: grpc_tls,
+    });
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::from_std(listener)
+        let listener = listener
+            .map(tokio::net::TcpListener::from_std)
+            .transpose()
             .map_err(|e| format!("http gateway listener: {e}"))?;
-        // The accept loop borrows `shared` (not 'static): it runs in this future, beside
-        // the pump, not as a spawned task; connections are spawned tasks.
-        let accept = server::accept_loop(listener, Arc::clone(&state), shared);
+        let grpc = grpc
+            .map(tokio::net::TcpListener::from_std)
+            .transpose()
+            .map_err(|e| format!("grpc gateway listener: {e}"))?;
+        // The accept loops borrow `shared` (not 'static): they run in this future, beside
+        // the pump, not as spawned tasks; connections are spawned tasks.
+        let accept = async {
+            if let Some(l) = listener {
+                server::accept_loop(l, Arc::clone(&state), shared).await;
+            }
+        };
+        let accept_grpc = async {
+            if let Some(l) = grpc {
+                grpc::accept_loop(l, Arc::clone(&grpc_state), shared).await;
+            }
+        };
         let pump = pump::pump(&hub, link, shared);
         let mut accept = std::pin::pin!(accept);
+        let mut accept_grpc = std::pin::pin!(accept_grpc);
         let mut pump = std::pin::pin!(pump);
         let mut accept_done = false;
+        let mut grpc_done = false;
         std::future::poll_fn(|cx| {
             if !accept_done && accept.as_mut().poll(cx).is_ready() {
                 accept_done = true;
+            }
+            if !grpc_done && accept_grpc.as_mut().poll(cx).is_ready() {
+                grpc_done = true;
             }
             pump.as_mut().poll(cx)
         })

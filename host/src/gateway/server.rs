@@ -50,7 +50,7 @@ impl State {
     /// An id for an event that has none: the gateway's start time in seconds (23 bits, the
     /// top bit set so it never collides with a producer-generated id's small prefixes) above
     /// a 40-bit counter.
-    fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.id_prefix | (self.next_id.fetch_add(1, Ordering::Relaxed) & ((1 << 40) - 1))
     }
 }

@@ -1,4 +1,4 @@
-//! TLS on the HTTP gateway (`http.tls_cert`, `http.tls_key`, `http.tls_client_ca`): rustls
+//! TLS on the HTTP and gRPC gateways (`http.tls_*`, `grpc.tls_*`): rustls
 //! with the `ring` provider, built once at start-up from PEM files. Every problem names the
 //! config key and the file, so the config check and the gateway give the same message.
 
@@ -36,8 +36,7 @@ fn certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
     Ok(certs)
 }
 
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let key = "http.tls_key";
+fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let bytes = std::fs::read(path)
         .map_err(|e| format!("{key} = \"{}\": cannot read the file: {e}", path.display()))?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
@@ -54,37 +53,50 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 /// A file that cannot be read, holds no certificate or key, a key that does not match the
 /// certificate, or client CAs rustls refuses; the message names the key and the file.
 pub fn server_config(f: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
-    let chain = certs("http.tls_cert", &f.cert)?;
-    let key = private_key(&f.key)?;
+    server_config_for("http", f, b"http/1.1")
+}
+
+/// The TLS configuration of the gateway whose keys start with `section` (`http`, `grpc`),
+/// offering the one ALPN protocol `alpn` (`http/1.1`, `h2`).
+///
+/// # Errors
+/// As [`server_config`], the message naming `section`'s keys.
+pub fn server_config_for(
+    section: &str,
+    f: &TlsFiles,
+    alpn: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain = certs(&format!("{section}.tls_cert"), &f.cert)?;
+    let key = private_key(&format!("{section}.tls_key"), &f.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("http TLS: {e}"))?;
+        .map_err(|e| format!("{section} TLS: {e}"))?;
     let builder = match &f.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for c in certs("http.tls_client_ca", ca)? {
+            for c in certs(&format!("{section}.tls_client_ca"), ca)? {
                 roots.add(c).map_err(|e| {
                     format!(
-                        "http.tls_client_ca = \"{}\": a certificate rustls refuses: {e}",
+                        "{section}.tls_client_ca = \"{}\": a certificate rustls refuses: {e}",
                         ca.display()
                     )
                 })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| format!("http.tls_client_ca = \"{}\": {e}", ca.display()))?;
+                .map_err(|e| format!("{section}.tls_client_ca = \"{}\": {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder.with_single_cert(chain, key).map_err(|e| {
         format!(
-            "http.tls_key = \"{}\" does not fit http.tls_cert = \"{}\": {e}",
+            "{section}.tls_key = \"{}\" does not fit {section}.tls_cert = \"{}\": {e}",
             f.key.display(),
             f.cert.display()
         )
     })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
