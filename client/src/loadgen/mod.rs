@@ -94,6 +94,9 @@ pub enum Transport {
     /// One keep-alive HTTP/1.1 connection each to the HTTP gateway, NDJSON requests of
     /// `batch` events, one at a time; the answer's counts are the acknowledgement.
     Http,
+    /// gRPC to the engine's gRPC gateway (`pinstream.v1.Ingest`): run by the `pinstream`
+    /// command's loadgen (it has the tonic client); [`spawn`] refuses it.
+    Grpc,
 }
 
 impl Transport {
@@ -103,6 +106,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Udp => "udp",
             Transport::Http => "http",
+            Transport::Grpc => "grpc",
         }
     }
 }
@@ -240,10 +244,13 @@ impl LoadConfig {
                 "UDP has no acknowledgements: use ack mode none with UDP (--ack none)".into(),
             );
         }
-        if self.transport != Transport::Http
+        if !matches!(self.transport, Transport::Http | Transport::Grpc)
             && (self.http.token.is_some() || self.http.tls_ca.is_some())
         {
-            return Err("a token and HTTPS are for the HTTP transport (--transport http)".into());
+            return Err(
+                "a token and TLS are for the HTTP and gRPC transports (--transport http|grpc)"
+                    .into(),
+            );
         }
         let len = self.frame_len();
         let (limit, what) = match self.transport {
@@ -251,7 +258,7 @@ impl LoadConfig {
             Transport::Udp => (MAX_DATAGRAM, "the largest UDP datagram"),
             // NDJSON requests: the gateway's http.max_body_bytes and max_events_per_request
             // decide (413, reported with the server's words).
-            Transport::Http => return Ok(()),
+            Transport::Http | Transport::Grpc => return Ok(()),
         };
         if len > limit {
             return Err(format!(
@@ -565,6 +572,12 @@ pub fn spawn(cfg: &LoadConfig, connections: usize) -> io::Result<LoadRun> {
             Transport::Tcp => Socket::Tcp(connect_tcp(cfg, c)?),
             Transport::Udp => Socket::Udp(connect_udp(cfg, c)?),
             Transport::Http => Socket::Http(http::connect_http(cfg, c)?),
+            Transport::Grpc => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "--transport grpc is run by the pinstream command's loadgen (tonic), not by this library",
+                ));
+            }
         });
     }
     // Subscribed before the first send: every event of the run is above their start.

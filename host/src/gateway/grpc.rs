@@ -320,9 +320,16 @@ impl GrpcState {
             let topic = if e.topic.is_empty() {
                 0
             } else {
+                // A name, or (as the HTTP gateway takes) the topic's id as a number.
                 st.topics
                     .iter()
                     .position(|t| *t == e.topic)
+                    .or_else(|| {
+                        e.topic
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|&i| i < st.topics.len())
+                    })
                     .and_then(|i| u16::try_from(i).ok())
                     .ok_or_else(|| {
                         bad(

@@ -22,6 +22,7 @@ use pinstream_host::loadgen::{self, AckWait, LoadConfig, PriorityMix, Transport}
 
 use crate::Failure;
 
+mod grpc;
 mod report;
 use report::{ProgressBar, json, summary};
 
@@ -31,6 +32,8 @@ const DEFAULT_TCP_ADDR: &str = "127.0.0.1:7070";
 const DEFAULT_UDP_ADDR: &str = "127.0.0.1:7071";
 /// Default HTTP gateway address (the README's example `http.listen`; off by default).
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7080";
+/// Default gRPC gateway address (the README's example `grpc.listen`; off by default).
+const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7090";
 /// How often the progress bar is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
@@ -53,6 +56,9 @@ pub enum TransportArg {
     /// NDJSON requests of --batch events to the HTTP gateway (POST /v1/events), keep-alive,
     /// one request at a time per connection; the answers' counts are the acknowledgement.
     Http,
+    /// Requests of --batch events to the gRPC gateway: one PublishStream per connection with
+    /// --inflight requests unacknowledged (or one Publish at a time with --grpc-unary).
+    Grpc,
 }
 
 /// `pinstream loadgen` flags.
@@ -78,15 +84,20 @@ pub struct LoadgenArgs {
     #[arg(long, conflicts_with = "transport")]
     pub udp: bool,
 
-    /// tcp, udp or http [default: tcp]
+    /// tcp, udp, http or grpc [default: tcp]
     #[arg(long, value_name = "TRANSPORT", value_enum)]
     pub transport: Option<TransportArg>,
 
-    /// With --transport http: sent as "Authorization: Bearer TOKEN"
+    /// With --transport grpc: unary Publish calls, one at a time per connection, instead of
+    /// one PublishStream per connection
+    #[arg(long)]
+    pub grpc_unary: bool,
+
+    /// With --transport http or grpc: sent as "Authorization: Bearer TOKEN"
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
 
-    /// With --transport http: HTTPS, trusting the CA certificates of --cacert
+    /// With --transport http or grpc: TLS, trusting the CA certificates of --cacert
     #[arg(long, requires = "cacert")]
     pub https: bool,
 
@@ -213,6 +224,7 @@ pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
     let transport = match (args.udp, args.transport) {
         (true, _) | (false, Some(TransportArg::Udp)) => Transport::Udp,
         (false, Some(TransportArg::Http)) => Transport::Http,
+        (false, Some(TransportArg::Grpc)) => Transport::Grpc,
         (false, Some(TransportArg::Tcp) | None) => Transport::Tcp,
     };
     let udp = transport == Transport::Udp;
@@ -225,14 +237,20 @@ pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
         (Some(AckArg::Wait), false) | (None, false) => AckWait::Wait,
         (Some(AckArg::None), _) | (None, true) => AckWait::None,
     };
-    if transport != Transport::Http && (args.token.is_some() || args.https) {
+    if !matches!(transport, Transport::Http | Transport::Grpc)
+        && (args.token.is_some() || args.https)
+    {
         return Err(Failure::usage(
-            "--token and --https are for --transport http",
+            "--token and --https are for --transport http or grpc",
         ));
+    }
+    if args.grpc_unary && transport != Transport::Grpc {
+        return Err(Failure::usage("--grpc-unary is for --transport grpc"));
     }
     let addr_text = args.addr.as_deref().unwrap_or(match transport {
         Transport::Udp => DEFAULT_UDP_ADDR,
         Transport::Http => DEFAULT_HTTP_ADDR,
+        Transport::Grpc => DEFAULT_GRPC_ADDR,
         Transport::Tcp => DEFAULT_TCP_ADDR,
     });
     let addr = resolve(addr_text)?;
@@ -294,6 +312,17 @@ fn resolve(text: &str) -> Result<SocketAddr, Failure> {
 pub fn main(args: &LoadgenArgs) -> Result<(), Failure> {
     let cfg = config(args)?;
     let connections = usize::from(args.connections);
+    if cfg.transport == Transport::Grpc {
+        let report = grpc::run(&cfg, connections, args.grpc_unary).map_err(|e| {
+            let message = format!("loadgen: {e}");
+            if e.kind() == io::ErrorKind::InvalidInput {
+                Failure::usage(message)
+            } else {
+                Failure::runtime(message)
+            }
+        })?;
+        return finish(args, &cfg, &report);
+    }
     let show_progress =
         !args.quiet && (args.progress || (!args.json && io::stderr().is_terminal()));
     let run = loadgen::spawn(&cfg, connections).map_err(|e| {
@@ -321,12 +350,21 @@ pub fn main(args: &LoadgenArgs) -> Result<(), Failure> {
     let report = run
         .join()
         .map_err(|e| Failure::runtime(format!("loadgen: {e}")))?;
+    finish(args, &cfg, &report)
+}
+
+/// Prints the report and fails as its accounting says.
+fn finish(
+    args: &LoadgenArgs,
+    cfg: &LoadConfig,
+    report: &loadgen::LoadReport,
+) -> Result<(), Failure> {
     let out = if args.json {
-        json(&report)
+        json(report)
     } else if args.quiet {
         String::new()
     } else {
-        summary(&cfg, &report)
+        summary(cfg, report)
     };
     let mut stdout = io::stdout().lock();
     stdout
