@@ -224,13 +224,29 @@ fn report_start(
         |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     // One stable line for scripts and tests, then the details.
     say!(
-        "listening tcp={} udp={} admin={} consumers={} http={}",
+        "listening tcp={} udp={} admin={} consumers={} http={} grpc={}",
         show(handle.started.tcp),
         show(handle.started.udp),
         show(admin.map(AdminHandle::local_addr)),
         show(handle.consumer_addr()),
-        show(handle.http_addr())
+        show(handle.http_addr()),
+        show(handle.grpc_addr())
     );
+    if handle.grpc_addr().is_some() {
+        say!(
+            "grpc gateway: pinstream.v1.Ingest (Publish, PublishStream), health, reflection, {}{}",
+            if config.auth.tokens.is_empty() {
+                "no authentication ([[auth.tokens]] is empty)".to_string()
+            } else {
+                format!("{} token(s)", config.auth.tokens.len())
+            },
+            if config.grpc.tls_cert.is_some() {
+                ", TLS"
+            } else {
+                ""
+            }
+        );
+    }
     if handle.http_addr().is_some() {
         say!(
             "http gateway: POST /v1/events, {}",

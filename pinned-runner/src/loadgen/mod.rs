@@ -470,6 +470,29 @@ mod tests {
     }
 
     #[test]
+    fn transport_grpc_takes_a_token_tls_and_unary_and_the_others_refuse_unary() {
+        let g = config(
+            &parse(&[
+                "--transport",
+                "grpc",
+                "--token",
+                "t0k",
+                "--https",
+                "--cacert",
+                "ca.pem",
+                "--grpc-unary",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(g.transport, Transport::Grpc);
+        assert_eq!(g.addr, "127.0.0.1:7090".parse().unwrap());
+        assert_eq!(g.http.token.as_deref(), Some("t0k"));
+        let e = config(&parse(&["--grpc-unary"]).unwrap()).unwrap_err();
+        assert!(e.message.contains("--transport grpc"), "{}", e.message);
+    }
+
+    #[test]
     fn duration_replaces_events_and_conflicts_with_it() {
         let cfg = config(&parse(&["--duration", "0.5", "--rate", "100"]).unwrap()).unwrap();
         assert_eq!(cfg.duration, Some(Duration::from_millis(500)));
