@@ -4,7 +4,7 @@
 //!
 //! It shares everything after the parsing with the HTTP gateway: the tokens and their rate
 //! buckets, the per-address limits of requests without a token, the id generator, and the
-//! pump ([`super::pump::Hub`]) that hands BATCH frames to the ingest thread and books its
+//! pump (`pump::Hub`) that hands BATCH frames to the ingest thread and books its
 //! ACK and REJECT frames per request. Connections are served by hyper's HTTP/2 server (no
 //! tonic transport): at most `grpc.max_connections`, each with at most
 //! `grpc.max_concurrent_streams` streams and hyper's bounds on reset streams (the "rapid
