@@ -188,6 +188,45 @@ fn the_http_and_auth_sections_parse_validate_and_warn() {
 }
 
 #[test]
+fn the_grpc_section_parses_validates_and_warns() {
+    let d = Config::default();
+    assert_eq!(d.grpc.listen, None, "the gRPC gateway is off by default");
+    let c = parse("[grpc]\nlisten = \"127.0.0.1:7090\"\nmax_concurrent_streams = 32\n");
+    assert_eq!(c.grpc.listen, Some("127.0.0.1:7090".parse().unwrap()));
+    assert_eq!(c.grpc.max_concurrent_streams, 32);
+    assert!(warnings("[grpc]\nlisten = \"127.0.0.1:7090\"\n").is_empty());
+    // Beyond loopback: as loud as [http].
+    let w = warnings("[grpc]\nlisten = \"0.0.0.0:7090\"\n");
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("grpc.listen") && w.contains("no authentication")),
+        "{w:?}"
+    );
+    let (key, line, _, _, _) = parse_err("[grpc]\nlisten = \"off\"\nmax_streams = 3\n");
+    assert_eq!((key.as_str(), line), ("grpc.max_streams", 3));
+    let p = problems(
+        "[http]\nlisten = \"127.0.0.1:7080\"\n[grpc]\nlisten = \"127.0.0.1:7080\"\n\
+         max_concurrent_streams = 0\nmax_message_bytes = 1\nstream_window = 0\ntls_key = \"k.pem\"\n",
+    );
+    for want in [
+        "grpc.listen = \"127.0.0.1:7080\": the same address as http.listen",
+        "grpc.max_concurrent_streams = 0",
+        "grpc.max_message_bytes = 1",
+        "grpc.stream_window = 0",
+        "grpc.tls_key is set but grpc.tls_cert is not",
+    ] {
+        assert!(p.iter().any(|p| p.starts_with(want)), "{want}: {p:?}");
+    }
+    let p =
+        problems("[grpc]\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n");
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("grpc.tls_cert = \"/nonexistent/c.pem\"")),
+        "{p:?}"
+    );
+}
+
+#[test]
 fn the_consumers_section_parses_and_refuses_an_engine_cpu() {
     let d = Config::default().consumers;
     assert_eq!(d.listen, Some("127.0.0.1:7072".parse().unwrap()));
