@@ -671,3 +671,69 @@ fn tls_serves_a_client_trusting_the_ca_and_refuses_plain_text() {
     engine.stop().unwrap();
     assert_eq!(stats.process.stored.get(), 1);
 }
+
+/// gRPC and HTTP on one engine share the gateway thread and its rings; reflection lists the
+/// service.
+#[test]
+fn grpc_and_http_share_the_gateway_and_reflection_lists_the_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let dir = TempDir::new("grpc-and-http");
+    let mut cfg = config(&dir);
+    cfg.http.listen = Some("127.0.0.1:0".parse().unwrap());
+    let engine = Engine::start(cfg).unwrap();
+    let http = engine.http_addr().expect("http listens");
+    let grpc = engine.grpc_addr().expect("grpc listens");
+    let rt = runtime();
+    rt.block_on(async {
+        let ch = Endpoint::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut refl = ServerReflectionClient::new(ch.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = refl
+            .server_reflection_info(futures_util::stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let a = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = a.message_response else {
+            panic!("{a:?}");
+        };
+        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"pinstream.v1.Ingest"), "{names:?}");
+        let r = IngestClient::new(ch)
+            .publish(request(vec![event("metrics", 0, "over grpc")], 0))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.stored, 1);
+    });
+    // The same engine over HTTP.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let body = "{\"topic\":\"metrics\",\"payload\":\"over http\"}";
+    write!(
+        s,
+        "POST /v1/events HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let stats = std::sync::Arc::clone(engine.stats());
+    engine.stop().unwrap();
+    assert_eq!(stats.process.stored.get(), 2);
+    assert_eq!(stats.grpc.stored(), 1);
+    assert_eq!(stats.http.requests(200), 1);
+}
