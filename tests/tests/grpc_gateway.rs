@@ -710,6 +710,22 @@ fn grpc_and_http_share_the_gateway_and_reflection_lists_the_service() {
         };
         let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
         assert!(names.contains(&"pinstream.v1.Ingest"), "{names:?}");
+        // v1alpha too (older grpcurl).
+        {
+            use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as Alpha;
+            use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as M;
+            let req = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(M::ListServices(String::new())),
+            };
+            let mut answers = Alpha::new(ch.clone())
+                .server_reflection_info(futures_util::stream::iter(vec![req]))
+                .await
+                .unwrap()
+                .into_inner();
+            let a = answers.message().await.unwrap().unwrap();
+            assert!(format!("{a:?}").contains("pinstream.v1.Ingest"), "{a:?}");
+        }
         let r = IngestClient::new(ch)
             .publish(request(vec![event("metrics", 0, "over grpc")], 0))
             .await

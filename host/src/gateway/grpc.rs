@@ -628,12 +628,18 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<GrpcState>, sh
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .ok();
+    // v1alpha too: older grpcurl and grpc_cli ask for it.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .ok();
     let ingest = IngestServer::new(IngestService(Arc::clone(&state)))
         .max_decoding_message_size(state.settings.max_message_bytes);
     let router = Router {
         ingest,
         health: health_svc,
         reflection,
+        reflection_alpha,
     };
     loop {
         if shared.stop.load(Ordering::Acquire) || shared.ingest_exited.load(Ordering::Acquire) {
@@ -714,15 +720,16 @@ impl<T> GrpcService for T where
 
 /// The services by path.
 #[derive(Clone)]
-struct Router<H, R> {
+struct Router<H, R, A> {
     ingest: IngestServer<IngestService>,
     health: H,
     reflection: Option<R>,
+    reflection_alpha: Option<A>,
 }
 
 type HttpResponse = hyper::Response<tonic::body::Body>;
 
-impl<H: GrpcService, R: GrpcService> Router<H, R> {
+impl<H: GrpcService, R: GrpcService, A: GrpcService> Router<H, R, A> {
     async fn route(mut self, mut req: hyper::Request<Incoming>, ip: IpAddr) -> HttpResponse {
         req.extensions_mut().insert(PeerIp(ip));
         let path = req.uri().path();
@@ -733,6 +740,11 @@ impl<H: GrpcService, R: GrpcService> Router<H, R> {
         } else if let (true, Some(refl)) = (
             path.starts_with("/grpc.reflection.v1.ServerReflection/"),
             self.reflection.as_mut(),
+        ) {
+            refl.call(req).await
+        } else if let (true, Some(refl)) = (
+            path.starts_with("/grpc.reflection.v1alpha.ServerReflection/"),
+            self.reflection_alpha.as_mut(),
         ) {
             refl.call(req).await
         } else {
@@ -746,11 +758,12 @@ impl<H: GrpcService, R: GrpcService> Router<H, R> {
 }
 
 /// Serves one connection's calls (plain TCP or TLS) until it closes.
-async fn serve<S, H, R>(stream: S, st: &GrpcState, router: Router<H, R>, ip: IpAddr)
+async fn serve<S, H, R, A>(stream: S, st: &GrpcState, router: Router<H, R, A>, ip: IpAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: GrpcService,
     R: GrpcService,
+    A: GrpcService,
 {
     let service = service_fn(move |req| {
         let r = router.clone();
