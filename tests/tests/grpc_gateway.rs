@@ -259,6 +259,18 @@ fn tokens_authenticate_restrict_topics_and_rate_limit() {
             .unwrap();
         assert_eq!(r.get_ref().stored, 1);
     });
+    // Counted by code on /metrics.
+    let mut page = String::new();
+    pinstream_host::admin::AdminSource::render_metrics(&**engine.stats(), &mut page);
+    for line in [
+        "pinstream_grpc_requests_total{code=\"unauthenticated\"} 3",
+        "pinstream_grpc_requests_total{code=\"permission_denied\"} 2",
+        "pinstream_grpc_requests_total{code=\"resource_exhausted\"} 2",
+        "pinstream_grpc_events_total{outcome=\"stored\"} 6",
+        "pinstream_grpc_streams_total 1",
+    ] {
+        assert!(page.lines().any(|l| l == line), "{line} not in:\n{page}");
+    }
     let stats = std::sync::Arc::clone(engine.stats());
     engine.stop().unwrap();
     assert_eq!(stats.process.stored.get(), 6);
@@ -269,7 +281,9 @@ fn tokens_authenticate_restrict_topics_and_rate_limit() {
 #[test]
 fn bad_fields_are_invalid_argument_naming_the_event_and_field() {
     let dir = TempDir::new("grpc-invalid");
-    let (engine, addr) = start(config(&dir));
+    let mut cfg = config(&dir);
+    cfg.grpc.max_message_bytes = 6000;
+    let (engine, addr) = start(cfg);
     let rt = runtime();
     rt.block_on(async {
         let mut c = client(addr).await;
@@ -292,6 +306,10 @@ fn bad_fields_are_invalid_argument_naming_the_event_and_field() {
         let many = (0..1001).map(|_| event("", 0, "m")).collect();
         let e = c.publish(request(many, 0)).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        // Over grpc.max_message_bytes: refused by the decoder before it is buffered whole.
+        let big = vec![event("", 0, vec![b'b'; 8 * 1024])];
+        let e = c.publish(request(big, 0)).await.unwrap_err();
+        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
     });
     let stats = std::sync::Arc::clone(engine.stats());
     engine.stop().unwrap();
