@@ -771,3 +771,41 @@ fn grpc_and_http_share_the_gateway_and_reflection_lists_the_service() {
     assert_eq!(stats.grpc.stored(), 1);
     assert_eq!(stats.http.requests(200), 1);
 }
+
+/// Past `grpc.max_connections` a connection is closed at once and counted; the ones within
+/// are served.
+#[test]
+fn connections_over_the_limit_are_closed_and_counted() {
+    let dir = TempDir::new("grpc-conns");
+    let mut cfg = config(&dir);
+    cfg.grpc.max_connections = 2;
+    let (engine, addr) = start(cfg);
+    let stats = std::sync::Arc::clone(engine.stats());
+    let rt = runtime();
+    rt.block_on(async {
+        let mut a = client(addr).await;
+        let mut b = client(addr).await;
+        for c in [&mut a, &mut b] {
+            let r = c
+                .publish(request(vec![event("", 0, "in")], 0))
+                .await
+                .unwrap();
+            assert_eq!(r.get_ref().stored, 1);
+        }
+        // A third: accepted by the kernel, closed by the gateway before HTTP/2.
+        let third = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await;
+        if let Ok(ch) = third {
+            let e = IngestClient::new(ch)
+                .publish(request(vec![event("", 0, "out")], 0))
+                .await;
+            assert!(e.is_err(), "{e:?}");
+        }
+    });
+    assert!(stats.grpc.connections_refused.load(Ordering::Relaxed) >= 1);
+    engine.stop().unwrap();
+    assert_eq!(stats.process.stored.get(), 2);
+}
