@@ -155,6 +155,16 @@ pub struct HostCounters {
     pub tcp_producers_refused: Gauge,
     /// Connections closed because another connection took over their producer.
     pub tcp_producers_fenced: Gauge,
+    /// `tcp.auth = "token"`: connections refused `unauthenticated` (a HELLO without a
+    /// token or with an unknown one, or a data frame before any HELLO).
+    pub tcp_auth_unauthenticated: Gauge,
+    /// `tcp.auth = "token"`: events rejected `forbidden_topic` (a topic their connection's
+    /// token may not use).
+    pub tcp_auth_forbidden_topic: Gauge,
+    /// `tcp.auth = "token"`: events dead-lettered `rate_limited` because their connection's
+    /// token was over its rate (the engine's per-client limit is counted apart, under the
+    /// dispatcher's reasons).
+    pub tcp_auth_rate_limited: Gauge,
     /// Closed producer connections whose frames did not resolve within the drain timeout.
     pub tcp_drains_abandoned: Gauge,
     /// Connections that ended (closed by the peer with FIN or RST, or by the engine for any
@@ -251,6 +261,9 @@ impl HostCounters {
             tcp_producers_evicted: Gauge::new(),
             tcp_producers_refused: Gauge::new(),
             tcp_producers_fenced: Gauge::new(),
+            tcp_auth_unauthenticated: Gauge::new(),
+            tcp_auth_forbidden_topic: Gauge::new(),
+            tcp_auth_rate_limited: Gauge::new(),
             tcp_drains_abandoned: Gauge::new(),
             tcp_partial_frames_dropped: Gauge::new(),
             tcp_partial_frame_bytes_dropped: Gauge::new(),

@@ -41,6 +41,31 @@ pub struct TcpSection {
     pub max_producers: usize,
     /// A producer without a connection is forgotten after this long, milliseconds.
     pub producer_idle_ms: u64,
+    /// Whether a connection must authenticate with a token of `[[auth.tokens]]` in its
+    /// HELLO (`"token"`) or not (`"none"`, the default: old clients keep working).
+    pub auth: TcpAuth,
+}
+
+/// `tcp.auth`: what a connection to the binary port must show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpAuth {
+    /// Nothing: any client may send (a token in a HELLO is ignored).
+    #[default]
+    None,
+    /// A token of `[[auth.tokens]]` in the HELLO; its topics and rate apply to the
+    /// connection's events (`docs/PROTOCOL.md` §5).
+    Token,
+}
+
+impl TcpAuth {
+    /// The config spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TcpAuth::None => "none",
+            TcpAuth::Token => "token",
+        }
+    }
 }
 
 impl Default for TcpSection {
@@ -60,6 +85,7 @@ impl Default for TcpSection {
             max_connections_per_ip: 256,
             max_producers: 4096,
             producer_idle_ms: 3_600_000,
+            auth: TcpAuth::None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use pinstream_core::event::Priority;
 use pinstream_core::wire::{ACK_BODY_LEN, MIN_FRAME_LEN, REJECT_BODY_LEN};
 
+use super::TcpAuth;
 use super::{
     AckSetting, CAPACITY_PRESETS, Config, ConfigError, DurabilitySetting, IdleSetting, MAX_CPU,
     MAX_FRAME_LEN_LIMIT, MAX_TCP_CONNECTIONS, MAX_UDP_DATAGRAM, PlacementMode,
@@ -109,7 +110,7 @@ impl Config {
 
     fn check_tcp(&self, v: &mut Validator) {
         let t = &self.tcp;
-        v.listen("tcp.listen", t.listen);
+        self.check_tcp_auth(v);
         v.range("tcp.max_producers", t.max_producers as u64, 1, 1 << 20, "");
         v.range(
             "tcp.producer_idle_ms",
@@ -531,6 +532,52 @@ impl Config {
 }
 
 impl Config {
+    /// `tcp.auth`: tokens to check against, UDP (which has no HELLO) off or explicitly
+    /// allowed, and the loud warning for a port beyond loopback that anyone may use.
+    fn check_tcp_auth(&self, v: &mut Validator) {
+        let t = &self.tcp;
+        match t.auth {
+            TcpAuth::Token => {
+                if self.auth.tokens.is_empty() {
+                    v.problem(
+                        "tcp.auth = \"token\" with no [[auth.tokens]]: no client could connect; \
+                         add a token (pinstream token-hash) or set tcp.auth = \"none\""
+                            .to_owned(),
+                    );
+                }
+                match t.listen {
+                    None => {
+                        v.warn("tcp.auth = \"token\" has no effect: tcp.listen is off".to_owned());
+                    }
+                    Some(a) if !a.ip().is_loopback() => v.warn(format!(
+                        "tcp.listen = \"{a}\" is not a loopback address and the port has no \
+                         TLS: tokens and events cross the network in clear text"
+                    )),
+                    Some(_) => {}
+                }
+                match self.udp.listen {
+                    Some(a) if !self.udp.allow_unauthenticated => v.problem(format!(
+                        "tcp.auth = \"token\" with udp.listen = \"{a}\": UDP has no HELLO to \
+                         carry a token, so anyone who can reach it may publish; set udp.listen = \
+                         \"off\", or udp.allow_unauthenticated = true to keep it open knowingly"
+                    )),
+                    // Beyond loopback, `udp.listen`'s own warning says anyone may publish.
+                    _ => {}
+                }
+            }
+            TcpAuth::None => {
+                if let Some(a) = t.listen.filter(|a| !a.ip().is_loopback()) {
+                    v.warn(format!(
+                        "tcp.listen = \"{a}\" is not a loopback address and tcp.auth = \"none\" \
+                         (and the port has no TLS): ANYONE who can reach it may publish events, \
+                         with no authentication and in clear text; set tcp.auth = \"token\" \
+                         with [[auth.tokens]]"
+                    ));
+                }
+            }
+        }
+    }
+
     fn check_http(&self, v: &mut Validator) {
         let h = &self.http;
         if let Some(a) = h.listen {

@@ -29,9 +29,10 @@ use super::startup::{Sockets, bind_consumers, check_helper_cpu, open_logs, place
 use super::stats::recovery_summary;
 use super::storage_loop::{StorageLoop, StorageParts};
 use super::{EngineConfig, EngineStats};
+use crate::config::TcpAuth;
 use crate::consumers::{ConsumerServer, ConsumerShared};
 use crate::fdlimit::{self, FdBudget, FdLimit};
-use crate::gateway::GatewayRun;
+use crate::gateway::{GatewayRun, Tokens};
 use crate::idle::Idler;
 use crate::ingest::{
     AckMode, COMPLETIONS, Completion, GatewayRings, Ingest, IngestContext, Shared, TcpLimits,
@@ -563,6 +564,16 @@ fn set_up<'m>(
     processors.set_batch_store(cfg.batch_store);
     let batch_events = cfg.batch_store == BatchStore::Events;
     ingest.set_batch_events_stored(batch_events);
+    // One table of `[[auth.tokens]]` for the gateway and the binary port: a token's rate
+    // bucket is shared by both (built here, at start-up; the ingest thread only reads it).
+    let tcp_auth = cfg.tcp_auth == TcpAuth::Token;
+    if tcp_auth && cfg.http.tokens.is_empty() {
+        return Err("tcp.auth = \"token\" with no [[auth.tokens]]: no client could connect".into());
+    }
+    let tokens = Arc::new(Tokens::new(&cfg.http.tokens, &cfg.topics)?);
+    if tcp_auth {
+        ingest.set_auth(Arc::clone(&tokens));
+    }
     let gateway = match (http_listener, gateway_rings.as_deref_mut()) {
         (Some(listener), Some(rings)) => {
             let (end, link) = rings.split();
@@ -579,6 +590,7 @@ fn set_up<'m>(
                 max_frame: cfg.tcp_limits.max_frame_len,
                 engine_durable: cfg.ack == AckMode::Durable,
                 rate: cfg.rate,
+                tokens,
             })
         }
         _ => None,

@@ -28,9 +28,9 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use self::auth::hash_token;
+pub use self::auth::{Token, Tokens, hash_token};
 pub use self::tls::{TlsFiles, server_config as tls_server_config};
 use crate::config::{Config, TokenSection};
 use crate::ingest::{GatewayLink, Shared};
@@ -225,6 +225,9 @@ pub(crate) struct GatewayRun<'a> {
     pub(crate) engine_durable: bool,
     /// The engine's per-client rate, applied per address to requests without a token.
     pub(crate) rate: pinstream_core::ratelimit::RateConfig,
+    /// `[[auth.tokens]]`, built once by the engine: a token's bucket is shared with the
+    /// binary TCP port.
+    pub(crate) tokens: Arc<Tokens>,
 }
 
 /// Checks what the gateway will be given before the engine starts (its tokens).
@@ -255,8 +258,8 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
         max_frame,
         engine_durable,
         rate,
+        tokens,
     } = g;
-    let tokens = auth::Tokens::new(&settings.tokens, &topics)?;
     let tls = match &settings.tls {
         Some(f) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(f)?)),
         None => None,
@@ -275,7 +278,9 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
         tokens,
         topics,
         counters,
-        start: Instant::now(),
+        // The engine's clock: the token buckets are shared with the ingest thread, which
+        // counts nanoseconds from the same instant.
+        start: shared.start,
         id_prefix: ((secs & 0x3F_FFFF) | 0x40_0000) << 40,
         next_id: AtomicU64::new(1),
         engine_durable,

@@ -29,7 +29,7 @@ use crate::ingest::Shared;
 pub(crate) struct State {
     pub(crate) hub: Arc<Hub>,
     pub(crate) settings: HttpSettings,
-    pub(crate) tokens: Tokens,
+    pub(crate) tokens: std::sync::Arc<Tokens>,
     pub(crate) topics: Vec<String>,
     pub(crate) counters: Arc<GatewayCounters>,
     /// Gateway start, for the rate limits' ticks.

@@ -38,6 +38,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,7 @@ use pinstream_core::ratelimit::RateConfig;
 use pinstream_core::ring::Consumer;
 use pinstream_core::wire::MIN_FRAME_LEN;
 
+use crate::gateway::Tokens;
 use crate::stats::{HostCounters, LatencyRecorder};
 use crate::sys::net::{EPOLLERR_HUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready};
 
@@ -284,6 +286,9 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     gateway: Option<GatewayEnd<'a>>,
     /// The gateway's connection slot (after the TCP slots), while it is open.
     gateway_slot: Option<usize>,
+    /// `tcp.auth = "token"`: the tokens a TCP connection's HELLO must show one of (the
+    /// gateway's slot is exempt: the gateway authenticates its own clients).
+    auth: Option<Arc<Tokens>>,
 }
 
 /// What the ingest thread shares with the engine: the flags and counters, and where it
@@ -389,7 +394,16 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             batch_watermark: 0,
             gateway: None,
             gateway_slot: None,
+            auth: None,
         })
+    }
+
+    /// Requires every TCP connection to show one of `tokens` in its HELLO (`tcp.auth =
+    /// "token"`, `docs/PROTOCOL.md` §5): without one it is refused (`unauthenticated`) and
+    /// closed; its events are limited to its token's topics (`forbidden_topic`) and rate
+    /// (`rate_limited`). The gateway's slot is exempt. Call before the engine takes input.
+    pub fn set_auth(&mut self, tokens: Arc<Tokens>) {
+        self.auth = Some(tokens);
     }
 
     /// Serves a gateway thread's rings as one more connection, in a slot of its own after

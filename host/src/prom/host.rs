@@ -300,4 +300,20 @@ pub fn write_host_counters(w: &mut PromWriter<'_>, counters: &HostCounters) {
     for &(reason, field) in TCP_CLOSE_REASONS {
         w.sample_u64(name, &[("reason", reason)], field(counters).get());
     }
+    let name = "pinstream_tcp_auth_refusals_total";
+    w.family(
+        name,
+        MetricType::Counter,
+        "Refusals of tcp.auth = \"token\" on the binary port, by reason: unauthenticated (connections whose HELLO showed no known token, or that sent data before a HELLO: REJECT 29, closed), forbidden_topic (events to a topic their token may not use: REJECT 30), rate_limited (events over their token's rate: dead-lettered 33).",
+    );
+    for &(reason, field) in TCP_AUTH_REFUSALS {
+        w.sample_u64(name, &[("reason", reason)], field(counters).get());
+    }
 }
+
+/// The refusals of `tcp.auth = "token"`, by reason (the registry's names).
+pub const TCP_AUTH_REFUSALS: &[(&str, fn(&HostCounters) -> &Gauge)] = &[
+    ("unauthenticated", |c| &c.tcp_auth_unauthenticated),
+    ("forbidden_topic", |c| &c.tcp_auth_forbidden_topic),
+    ("rate_limited", |c| &c.tcp_auth_rate_limited),
+];
