@@ -5,7 +5,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use pinstream_core::reason::Reason;
-use pinstream_core::wire::{self, Ack, Frame, FrameKind, Hello, Reject, encode_hello};
+use pinstream_core::wire::{
+    self, Ack, Frame, FrameKind, HELLO_TOKEN_MAX, Hello, Reject, encode_hello, encode_hello_token,
+};
 
 /// What the server sent, copied out of the receive buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,13 +23,16 @@ pub enum Reply {
 }
 
 /// How to connect.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectOptions {
     /// Bound on connecting, on each read and on each write (a server that stops answering
     /// is an error of kind `TimedOut` or `WouldBlock`, not a hang).
     pub timeout: Duration,
     /// The HELLO to say; `None` sends none (the connection speaks version 1).
     pub hello: Option<Hello>,
+    /// The authentication token the HELLO carries (1 to 256 bytes; the HELLO must offer
+    /// version 2), for a server with `tcp.auth = "token"`; `None`: none.
+    pub token: Option<Vec<u8>>,
 }
 
 impl Default for ConnectOptions {
@@ -37,6 +42,7 @@ impl Default for ConnectOptions {
         Self {
             timeout: Duration::from_secs(10),
             hello: Some(Hello::producer(65_536, 0)),
+            token: None,
         }
     }
 }
@@ -209,7 +215,7 @@ impl Connection {
             timeout: options.timeout,
         };
         let reply = match &options.hello {
-            Some(hello) => Some(conn.hello(hello)?),
+            Some(hello) => Some(conn.hello_with_token(hello, options.token.as_deref())?),
             None => None,
         };
         Ok((conn, reply))
@@ -221,10 +227,27 @@ impl Connection {
     /// # Errors
     /// As [`connect`](Self::connect).
     pub fn hello(&mut self, hello: &Hello) -> io::Result<Hello> {
+        self.hello_with_token(hello, None)
+    }
+
+    /// [`hello`](Self::hello), the HELLO carrying `token` (if any) for a server that
+    /// requires one; a server that does not know it refuses the HELLO (`unauthenticated`).
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); `InvalidInput` for a token the HELLO cannot carry.
+    pub fn hello_with_token(&mut self, hello: &Hello, token: Option<&[u8]>) -> io::Result<Hello> {
         let addr = self.addr;
-        let mut buf = [0u8; 64];
-        let n = encode_hello(&mut buf, 0, hello)
-            .map_err(|e| io::Error::other(format!("encoding the HELLO: {e:?}")))?;
+        let mut buf = [0u8; 64 + 2 + HELLO_TOKEN_MAX];
+        let n = match token {
+            Some(t) => encode_hello_token(&mut buf, 0, hello, t).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("the HELLO's token: {e}"),
+                )
+            })?,
+            None => encode_hello(&mut buf, 0, hello)
+                .map_err(|e| io::Error::other(format!("encoding the HELLO: {e:?}")))?,
+        };
         self.send(&buf[..n])
             .map_err(|e| io::Error::new(e.kind(), format!("{addr}: sending the HELLO: {e}")))?;
         loop {

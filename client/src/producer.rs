@@ -11,7 +11,7 @@ use pinstream_core::wire::{Ack, BatchEncoder, Hello, Reject};
 use crate::connection::{ConnectOptions, Connection, Reply, is_timeout};
 
 /// How a [`Producer`] sends.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ProducerOptions {
     /// The producer id to keep across reconnects; 0 lets the server assign one (the producer
     /// then keeps that one: [`Producer::producer_id`]).
@@ -30,6 +30,9 @@ pub struct ProducerOptions {
     /// Attempts to connect again after a lost connection (with a doubling pause from 50 ms)
     /// before giving up.
     pub reconnects: u32,
+    /// The authentication token its HELLOs carry (a server with `tcp.auth = "token"`
+    /// requires one); `None`: none.
+    pub token: Option<Vec<u8>>,
 }
 
 impl Default for ProducerOptions {
@@ -41,6 +44,7 @@ impl Default for ProducerOptions {
             window: 128,
             timeout: Duration::from_secs(10),
             reconnects: 5,
+            token: None,
         }
     }
 }
@@ -112,18 +116,19 @@ impl Producer {
     /// As [`Connection::connect`]; `Unsupported` when the server does not speak version 2.
     pub fn connect(addr: SocketAddr, options: ProducerOptions) -> io::Result<Producer> {
         let (conn, hello) = open(addr, &options, options.producer_id)?;
+        let (window, max_batch, max_frame_len) =
+            (options.window, options.max_batch, options.max_frame_len);
         let mut producer = Producer {
             addr,
             options,
             conn,
             producer_id: hello.producer_id,
-            max_frame_len: options
-                .max_frame_len
+            max_frame_len: max_frame_len
                 .min(hello.max_frame_len as usize)
                 .max(pinstream_core::wire::MIN_FRAME_LEN + 8),
             next_seq: hello.last_seq + 1,
-            in_flight: VecDeque::with_capacity(options.window),
-            staged: Vec::with_capacity(options.max_batch),
+            in_flight: VecDeque::with_capacity(window),
+            staged: Vec::with_capacity(max_batch),
             staged_payload: Vec::new(),
             spare: Vec::new(),
             before: Totals::default(),
@@ -372,6 +377,7 @@ fn open(
         &ConnectOptions {
             timeout: options.timeout,
             hello: Some(Hello::producer(max_frame, producer_id)),
+            token: options.token.clone(),
         },
     )?;
     let hello = hello.unwrap_or_default();

@@ -69,6 +69,10 @@ pub struct PublishArgs {
     /// Give up when the engine does not connect or acknowledge within this many seconds
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub timeout: u64,
+
+    /// The authentication token the HELLO carries, for an engine with tcp.auth = "token"
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
@@ -226,6 +230,7 @@ pub fn main(args: &PublishArgs) -> Result<(), Failure> {
     let options = ProducerOptions {
         max_frame_len: 1 << 20,
         timeout: Duration::from_secs(args.timeout.max(1)),
+        token: args.token.as_ref().map(|t| t.as_bytes().to_vec()),
         ..ProducerOptions::default()
     };
     let mut producer =

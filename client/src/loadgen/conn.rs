@@ -82,6 +82,8 @@ pub(super) fn connect_tcp(cfg: &LoadConfig, c: usize) -> io::Result<Connection> 
                 u32::try_from(frame_len).unwrap_or(u32::MAX),
                 0,
             )),
+            // The same token as over HTTP, carried in the HELLO (`tcp.auth = "token"`).
+            token: cfg.http.token.as_ref().map(|t| t.as_bytes().to_vec()),
         },
     )
     .map_err(|e| io::Error::new(e.kind(), format!("{e} (connection {c})")))?;

@@ -17,7 +17,8 @@
 //!
 //! HTTP ([`Transport::Http`]) sends NDJSON requests of `batch` events to the engine's HTTP
 //! gateway (`POST /v1/events`), one at a time per keep-alive connection, optionally over
-//! TLS and with a bearer token ([`HttpOptions`]); the answer's counts are the
+//! TLS and with a bearer token ([`HttpOptions`]; over TCP the same token goes in each
+//! connection's HELLO); the answer's counts are the
 //! acknowledgement and the latency recorded is each request's, send to answer. `429` and
 //! `503` (nothing taken) are retried after a pause.
 //!
@@ -240,10 +241,14 @@ impl LoadConfig {
                 "UDP has no acknowledgements: use ack mode none with UDP (--ack none)".into(),
             );
         }
-        if self.transport != Transport::Http
-            && (self.http.token.is_some() || self.http.tls_ca.is_some())
-        {
-            return Err("a token and HTTPS are for the HTTP transport (--transport http)".into());
+        if self.transport != Transport::Http && self.http.tls_ca.is_some() {
+            return Err("HTTPS is for the HTTP transport (--transport http)".into());
+        }
+        if self.transport == Transport::Udp && self.http.token.is_some() {
+            return Err(
+                "UDP has no HELLO to carry a token: use a token with --transport tcp or http"
+                    .into(),
+            );
         }
         let len = self.frame_len();
         let (limit, what) = match self.transport {

@@ -82,7 +82,8 @@ pub struct LoadgenArgs {
     #[arg(long, value_name = "TRANSPORT", value_enum)]
     pub transport: Option<TransportArg>,
 
-    /// With --transport http: sent as "Authorization: Bearer TOKEN"
+    /// An authentication token: with --transport http sent as "Authorization: Bearer
+    /// TOKEN", with tcp carried in each connection's HELLO (tcp.auth = "token")
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
 
@@ -225,9 +226,12 @@ pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
         (Some(AckArg::Wait), false) | (None, false) => AckWait::Wait,
         (Some(AckArg::None), _) | (None, true) => AckWait::None,
     };
-    if transport != Transport::Http && (args.token.is_some() || args.https) {
+    if transport != Transport::Http && args.https {
+        return Err(Failure::usage("--https is for --transport http"));
+    }
+    if transport == Transport::Udp && args.token.is_some() {
         return Err(Failure::usage(
-            "--token and --https are for --transport http",
+            "--token is for --transport tcp or http: UDP has no HELLO to carry it",
         ));
     }
     let addr_text = args.addr.as_deref().unwrap_or(match transport {
@@ -403,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn transport_http_takes_a_token_and_https_and_the_others_refuse_them() {
+    fn a_token_goes_over_http_or_tcp_and_https_over_http_only() {
         let udp = config(&parse(&["--transport", "udp"]).unwrap()).unwrap();
         assert_eq!((udp.transport, udp.ack), (Transport::Udp, AckWait::None));
         let h = config(
@@ -427,7 +431,15 @@ mod tests {
         // --https needs the CA; --udp and --transport are one choice.
         assert!(parse(&["--transport", "http", "--https"]).is_err());
         assert!(parse(&["--udp", "--transport", "http"]).is_err());
-        let e = config(&parse(&["--token", "t0k"]).unwrap()).unwrap_err();
+        // A token over TCP goes in the HELLO; UDP has none.
+        let t = config(&parse(&["--token", "t0k"]).unwrap()).unwrap();
+        assert_eq!(
+            (t.transport, t.http.token.as_deref()),
+            (Transport::Tcp, Some("t0k"))
+        );
+        let e = config(&parse(&["--udp", "--token", "t0k"]).unwrap()).unwrap_err();
+        assert!(e.message.contains("UDP has no HELLO"), "{}", e.message);
+        let e = config(&parse(&["--https", "--cacert", "ca.pem"]).unwrap()).unwrap_err();
         assert!(e.message.contains("--transport http"), "{}", e.message);
     }
 

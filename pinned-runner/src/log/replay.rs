@@ -56,7 +56,7 @@ impl Sender {
         };
         let mut last_err = None;
         for addr in addrs {
-            match Producer::connect(addr, options) {
+            match Producer::connect(addr, options.clone()) {
                 Ok(producer) => {
                     return Ok(Sender {
                         addr,
