@@ -44,6 +44,10 @@ impl Parsed {
 }
 
 /// Decodes and dispatches every whole frame in the connection's receive buffer, in place.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the ingest thread's parts, borrowed apart from the connection for one pass"
+)]
 pub(super) fn dispatch_buffered<
     const P: usize,
     const POOL: usize,

@@ -312,7 +312,7 @@ pub fn write_host_counters(w: &mut PromWriter<'_>, counters: &HostCounters) {
 }
 
 /// The refusals of `tcp.auth = "token"`, by reason (the registry's names).
-pub const TCP_AUTH_REFUSALS: &[(&str, fn(&HostCounters) -> &Gauge)] = &[
+pub const TCP_AUTH_REFUSALS: &[(&str, CounterField)] = &[
     ("unauthenticated", |c| &c.tcp_auth_unauthenticated),
     ("forbidden_topic", |c| &c.tcp_auth_forbidden_topic),
     ("rate_limited", |c| &c.tcp_auth_rate_limited),
