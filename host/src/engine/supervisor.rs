@@ -573,6 +573,14 @@ fn set_up<'m>(
     let tokens = Arc::new(Tokens::new(&cfg.http.tokens, &cfg.topics)?);
     if tcp_auth {
         ingest.set_auth(Arc::clone(&tokens));
+        if let Some((addr, _, _)) = cfg.udp {
+            // The config refuses this unless udp.allow_unauthenticated says so; an
+            // EngineConfig built in code is told here.
+            tracing::warn!(
+                "tcp.auth = \"token\" but UDP listens on {addr}: UDP has no HELLO, its events \
+                 are taken without a token"
+            );
+        }
     }
     let gateway = match (http_listener, gateway_rings.as_deref_mut()) {
         (Some(listener), Some(rings)) => {
