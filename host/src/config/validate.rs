@@ -2,6 +2,7 @@
 //! naming its key; and the warnings the runner prints.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use pinstream_core::event::Priority;
 use pinstream_core::wire::{ACK_BODY_LEN, MIN_FRAME_LEN, REJECT_BODY_LEN};
@@ -126,6 +127,7 @@ impl Config {
             "each connection may hold its own rate-limit key, of which this build has 4,096",
         );
         self.check_tcp_buffers(v);
+        self.check_tcp_tls(v);
         v.range(
             "tcp.max_rejects",
             t.max_rejects.into(),
@@ -698,35 +700,81 @@ impl Config {
 }
 
 impl Config {
+    /// `tcp.tls_*`: as [`check_http_tls`](Self::check_http_tls); and the loud warning for a
+    /// TCP listener beyond loopback with neither TLS nor authentication (client
+    /// certificates are the binary port's authentication here).
+    fn check_tcp_tls(&self, v: &mut Validator) {
+        let t = &self.tcp;
+        tls_pair(v, "tcp", &t.tls_cert, &t.tls_key, &t.tls_client_ca, |f| {
+            crate::gateway::tcp_server_config(f).map(drop)
+        });
+        v.range(
+            "tcp.tls_handshake_timeout_ms",
+            t.tls_handshake_timeout_ms,
+            1,
+            3_600_000,
+            "",
+        );
+        if let Some(a) = t.listen {
+            if !a.ip().is_loopback() && t.tls_cert.is_none() {
+                v.warn(format!(
+                    "tcp.listen = \"{a}\" is not a loopback address and tcp.tls_cert is not \
+                     set: ANYONE who can reach it may publish events, with no authentication \
+                     and in clear text"
+                ));
+            } else if !a.ip().is_loopback() && t.tls_client_ca.is_none() {
+                v.warn(format!(
+                    "tcp.listen = \"{a}\" is not a loopback address and tcp.tls_client_ca is \
+                     not set: ANYONE who can reach it may publish events (TLS encrypts, it \
+                     authenticates no client)"
+                ));
+            }
+        }
+    }
+
     /// `http.tls_*`: both or neither of cert and key, the client CA only with them, and the
     /// files readable, PEM, and the key the certificate's.
     fn check_http_tls(&self, v: &mut Validator) {
         let h = &self.http;
-        match (&h.tls_cert, &h.tls_key) {
-            (None, None) => {
-                if h.tls_client_ca.is_some() {
-                    v.problem(
-                        "http.tls_client_ca is set but http.tls_cert and http.tls_key are not: \
-                         client certificates need TLS"
-                            .to_owned(),
-                    );
-                }
+        tls_pair(v, "http", &h.tls_cert, &h.tls_key, &h.tls_client_ca, |f| {
+            crate::gateway::tls_server_config(f).map(drop)
+        });
+    }
+}
+
+/// `section.tls_*`: both or neither of cert and key, the client CA only with them, and the
+/// files readable, PEM, and the key the certificate's (`build` makes the configuration).
+fn tls_pair(
+    v: &mut Validator,
+    section: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    client_ca: &Option<PathBuf>,
+    build: impl Fn(&crate::gateway::TlsFiles) -> Result<(), String>,
+) {
+    match (cert, key) {
+        (None, None) => {
+            if client_ca.is_some() {
+                v.problem(format!(
+                    "{section}.tls_client_ca is set but {section}.tls_cert and \
+                     {section}.tls_key are not: client certificates need TLS"
+                ));
             }
-            (Some(_), None) => v.problem(
-                "http.tls_cert is set but http.tls_key is not: give both (PEM files)".to_owned(),
-            ),
-            (None, Some(_)) => v.problem(
-                "http.tls_key is set but http.tls_cert is not: give both (PEM files)".to_owned(),
-            ),
-            (Some(cert), Some(key)) => {
-                let files = crate::gateway::TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: h.tls_client_ca.clone(),
-                };
-                if let Err(e) = crate::gateway::tls_server_config(&files) {
-                    v.problem(e);
-                }
+        }
+        (Some(_), None) => v.problem(format!(
+            "{section}.tls_cert is set but {section}.tls_key is not: give both (PEM files)"
+        )),
+        (None, Some(_)) => v.problem(format!(
+            "{section}.tls_key is set but {section}.tls_cert is not: give both (PEM files)"
+        )),
+        (Some(cert), Some(key)) => {
+            let files = crate::gateway::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            };
+            if let Err(e) = build(&files) {
+                v.problem(e);
             }
         }
     }

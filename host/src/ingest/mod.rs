@@ -25,6 +25,7 @@ mod addrs;
 mod close;
 mod conn;
 mod gateway;
+mod handoff;
 mod hello;
 mod housekeeping;
 mod parse;
@@ -52,6 +53,7 @@ use crate::sys::net::{EPOLLERR_HUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready}
 use self::addrs::PeerCounts;
 use self::conn::{CloseReason, Conn, Track};
 pub use self::gateway::{GATEWAY_FRAMES, GATEWAY_REPLIES, GatewayEnd, GatewayLink, GatewayRings};
+pub use self::handoff::{Handoff, HandoffRing, HandoffRx, HandoffTx, TLS_HANDOFF};
 pub use self::source::SourceId;
 pub use self::udp::UdpIngest;
 
@@ -284,6 +286,8 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     gateway: Option<GatewayEnd<'a>>,
     /// The gateway's connection slot (after the TCP slots), while it is open.
     gateway_slot: Option<usize>,
+    /// Connections from the TLS terminator, if `tcp.tls_cert` is set ([`handoff`]).
+    tls: Option<HandoffRx<'a>>,
 }
 
 /// What the ingest thread shares with the engine: the flags and counters, and where it
@@ -389,6 +393,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             batch_watermark: 0,
             gateway: None,
             gateway_slot: None,
+            tls: None,
         })
     }
 
@@ -436,6 +441,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         self.gateway_slot = Some(slot);
         self.counters.tcp_open.set(self.open.len() as u64);
         Ok(())
+    }
+
+    /// Takes connections from the TLS terminator's ring (see [`handoff`]) besides (or,
+    /// with no listener, instead of) accepting TCP connections.
+    pub fn set_tls_handoff(&mut self, rx: HandoffRx<'a>) {
+        self.tls = Some(rx);
     }
 
     /// The ack mode a gateway's frames are settled under.
@@ -536,6 +547,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 self.now,
             ) > 0;
         }
+        work |= self.take_handoffs();
         work |= self.take_completions();
         self.poll_gateway();
         work |= self.serve_connections();
