@@ -322,7 +322,7 @@ impl Session {
 }
 
 /// Runs the terminator until the ingest thread has ended (then flushes the last replies for
-/// up to [`LAST_FLUSH`]).
+/// up to 2 s).
 ///
 /// # Errors
 /// Only epoll failing (a bug or resource exhaustion); a bad client never is one.

@@ -110,7 +110,7 @@ impl Config {
 
     fn check_tcp(&self, v: &mut Validator) {
         let t = &self.tcp;
-        v.listen("tcp.listen", t.listen);
+        // `tcp.listen` beyond loopback: warned about in `check_tcp_tls`, which knows TLS.
         v.range("tcp.max_producers", t.max_producers as u64, 1, 1 << 20, "");
         v.range(
             "tcp.producer_idle_ms",

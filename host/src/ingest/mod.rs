@@ -443,7 +443,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         Ok(())
     }
 
-    /// Takes connections from the TLS terminator's ring (see [`handoff`]) besides (or,
+    /// Takes connections from the TLS terminator's ring (see [`Handoff`]) besides (or,
     /// with no listener, instead of) accepting TCP connections.
     pub fn set_tls_handoff(&mut self, rx: HandoffRx<'a>) {
         self.tls = Some(rx);
