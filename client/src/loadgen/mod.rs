@@ -157,6 +157,8 @@ pub struct LoadConfig {
     pub consumer_addr: Option<SocketAddr>,
     /// Token and TLS for [`Transport::Http`].
     pub http: HttpOptions,
+    /// TLS for [`Transport::Tcp`] (a server with `tcp.tls_cert`); `None`: plain TCP.
+    pub tls: Option<crate::TlsOptions>,
 }
 
 impl LoadConfig {
@@ -180,6 +182,7 @@ impl LoadConfig {
             consumers: 0,
             consumer_addr: None,
             http: HttpOptions::default(),
+            tls: None,
         }
     }
 
@@ -244,6 +247,9 @@ impl LoadConfig {
             && (self.http.token.is_some() || self.http.tls_ca.is_some())
         {
             return Err("a token and HTTPS are for the HTTP transport (--transport http)".into());
+        }
+        if self.transport != Transport::Tcp && self.tls.is_some() {
+            return Err("TLS on the binary port is for the TCP transport (--transport tcp)".into());
         }
         let len = self.frame_len();
         let (limit, what) = match self.transport {
