@@ -19,8 +19,9 @@
 //! **Closing**: a client's `close_notify` or end of stream becomes a `shutdown(SHUT_WR)` of
 //! the pair once its plaintext is delivered (the ingest thread sees the end of stream it
 //! would see on TCP); the engine closing the connection (a REJECT limit, a timeout,
-//! shutdown) becomes a `close_notify` and a TCP `shutdown(SHUT_WR)` after the last reply;
-//! a reset or error on either side closes both.
+//! shutdown) becomes a `close_notify` and a TCP `shutdown(SHUT_WR)` after the last reply
+//! (a client that does not read them is closed 10 s after the engine let go); a reset or
+//! error on either side closes both.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -79,6 +80,10 @@ const TICK: Duration = Duration::from_millis(50);
 /// How long a connection the engine closed waits for the client's end of stream after the
 /// `close_notify` before it is closed anyway.
 const LINGER: Duration = Duration::from_secs(1);
+/// How long the last replies and the `close_notify` of a connection the engine closed may
+/// wait for a client that does not read before the connection is closed anyway (the engine
+/// has let go of it; its own stall timeout has usually passed already).
+const LAST_REPLIES: Duration = Duration::from_secs(10);
 /// How long the thread keeps flushing the last replies once the ingest thread has ended.
 const LAST_FLUSH: Duration = Duration::from_secs(2);
 /// Bytes of client plaintext a session holds for the ingest thread (beyond what rustls
@@ -112,8 +117,9 @@ struct Session {
     client_done: bool,
     /// The pair's write side is shut (the ingest thread saw the end of stream).
     pair_shut: bool,
-    /// The engine closed its end: replies are over, `close_notify` queued.
-    engine_done: bool,
+    /// The engine closed its end: replies are over, `close_notify` queued; the session ends
+    /// by this time at the latest.
+    engine_done: Option<Instant>,
     /// The TCP write side is shut; close by this time at the latest.
     tcp_shut: Option<Instant>,
 }
@@ -189,7 +195,7 @@ impl Session {
                     Err(_) => return Err(End::Closed),
                 }
             }
-            if self.engine_done && !self.tls.wants_write() && self.tcp_shut.is_none() {
+            if self.engine_done.is_some() && !self.tls.wants_write() && self.tcp_shut.is_none() {
                 let _ = self.tcp.shutdown(Shutdown::Write);
                 self.tcp_shut = Some(Instant::now() + LINGER);
                 progress = true;
@@ -270,7 +276,7 @@ impl Session {
     /// Replies from the pair into rustls, once it has sent what it held.
     fn replies_in(&mut self, scratch: &mut [u8]) -> bool {
         let mut progress = false;
-        while !self.engine_done && !self.tls.wants_write() {
+        while self.engine_done.is_none() && !self.tls.wants_write() {
             let Some(pair) = self.pair.as_mut() else {
                 break;
             };
@@ -298,8 +304,8 @@ impl Session {
 
     /// The engine closed its end: no more replies; `close_notify` follows the last one.
     fn engine_gone(&mut self) {
-        if !self.engine_done {
-            self.engine_done = true;
+        if self.engine_done.is_none() {
+            self.engine_done = Some(Instant::now() + LAST_REPLIES);
             self.tls.send_close_notify();
         }
     }
@@ -401,7 +407,9 @@ pub fn run(r: TlsPortRun<'_>) -> Result<(), String> {
                 if s.deadline.is_some_and(|d| now >= d) {
                     counters.tls_handshake_timeouts.incr();
                     close(slot, &epoll, &mut sessions, &mut free, counters);
-                } else if s.tcp_shut.is_some_and(|d| now >= d) {
+                } else if s.tcp_shut.is_some_and(|d| now >= d)
+                    || s.engine_done.is_some_and(|d| now >= d)
+                {
                     close(slot, &epoll, &mut sessions, &mut free, counters);
                 }
             }
@@ -480,7 +488,7 @@ fn accept(
             tcp_eof: false,
             client_done: false,
             pair_shut: false,
-            engine_done: false,
+            engine_done: None,
             tcp_shut: None,
         });
         counters.tls_open.set((sessions.len() - free.len()) as u64);
