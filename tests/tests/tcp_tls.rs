@@ -371,3 +371,29 @@ fn tcp_tls_config_is_checked_and_an_open_port_is_warned_about() {
         .join("\n");
     assert!(!w.contains("tcp.listen"), "{w}");
 }
+
+#[test]
+fn the_per_address_limit_applies_to_tls_clients_by_their_own_address() {
+    let Some(pki) = pki() else { return };
+    let dir = TempDir::new("tcp-tls-per-ip");
+    let mut cfg = config(&dir, &pki, false);
+    cfg.tcp_limits.max_connections_per_ip = 1;
+    let (engine, addr) = start(cfg);
+    let stats = std::sync::Arc::clone(engine.stats());
+    let first = Producer::connect_with(addr, options(), Some(tls(&pki, "ca.pem", None))).unwrap();
+    // The handshake succeeds (the terminator does not count addresses); the ingest thread
+    // then refuses the connection as 127.0.0.1's second, and the client sees it closed.
+    let e = Producer::connect_with(addr, options(), Some(tls(&pki, "ca.pem", None)))
+        .expect_err("a second connection from 127.0.0.1");
+    assert!(e.to_string().contains("closed the connection"), "{e}");
+    assert_eq!(stats.host.tcp_refused_per_ip.get(), 1);
+    eventually("the refused session closed", || {
+        stats.host.tls_open.get() == 1
+    });
+    drop(first);
+    eventually("the first connection closed", || {
+        stats.host.tcp_open.get() == 0
+    });
+    assert_eq!(publish(addr, tls(&pki, "ca.pem", None), 1, 10).unwrap(), 10);
+    stop_balanced(engine);
+}
