@@ -397,3 +397,63 @@ fn the_per_address_limit_applies_to_tls_clients_by_their_own_address() {
     assert_eq!(publish(addr, tls(&pki, "ca.pem", None), 1, 10).unwrap(), 10);
     stop_balanced(engine);
 }
+
+/// Closes `s` with a reset (SO_LINGER 0), as a crashed client's kernel would.
+fn reset(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` that lives for the call, its size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn a_client_reset_mid_frame_closes_both_sides_and_loses_only_that_frame() {
+    let Some(pki) = pki() else { return };
+    let dir = TempDir::new("tcp-tls-reset");
+    let (engine, addr) = start(config(&dir, &pki, false));
+    let stats = std::sync::Arc::clone(engine.stats());
+    let opts = ConnectOptions {
+        timeout: WAIT,
+        ..ConnectOptions::default()
+    };
+    let (mut conn, _) =
+        Connection::connect_with(addr, &opts, Some(&tls(&pki, "ca.pem", None))).unwrap();
+    let ok = Client::batch(1, &[EventHeader::new(1, 0, Priority::High, 0)], |_| {
+        b"kept".to_vec()
+    });
+    conn.send(&ok).unwrap();
+    assert_eq!(conn.wait_ack(1, WAIT).unwrap().0.stored, 1);
+    // Half a frame, then a reset.
+    let next = Client::batch(2, &[EventHeader::new(2, 0, Priority::High, 0)], |_| {
+        b"lost".to_vec()
+    });
+    let before = stats.host.tcp_bytes_in.get();
+    conn.send(&next[..next.len() / 2]).unwrap();
+    // Taken in before the reset (a reset discards what the kernel has not handed over).
+    eventually("the half frame read", || {
+        stats.host.tcp_bytes_in.get() == before + (next.len() / 2) as u64
+    });
+    let plain = conn.stream().try_clone().unwrap();
+    reset(&plain);
+    drop(plain);
+    drop(conn);
+    eventually("the TLS session closed", || stats.host.tls_open.get() == 0);
+    eventually("the engine's connection closed", || {
+        stats.host.tcp_open.get() == 0
+    });
+    let stats = stop_balanced(engine);
+    assert_eq!(stats.books().stored, 1);
+    assert_eq!(stats.host.tcp_partial_frames_dropped.get(), 1);
+}
