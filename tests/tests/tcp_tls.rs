@@ -3,9 +3,10 @@
 //! installs it): a TLS producer gets durable ACKs and its events are stored once; a
 //! plaintext client, an untrusted server certificate and (with `tcp.tls_client_ca`) a
 //! missing or foreign client certificate are refused at the handshake and counted; the
-//! engine closing a connection after bad frames reaches the TLS client; many connections at
-//! once; a silent client is closed at the handshake deadline; `loadgen` over TLS; the books
-//! balance at every stop. Engines bind 127.0.0.1 on ephemeral ports and are stopped by their
+//! engine closing a connection after bad frames reaches the TLS client; a client reset
+//! mid-frame closes both sides; many connections at once; the per-address limit counts a TLS
+//! client by its real address; a silent client is closed at the handshake deadline;
+//! `loadgen` over TLS; the books balance at every stop. Engines bind 127.0.0.1 on ephemeral ports and are stopped by their
 //! handles' `Drop` even when an assertion fails.
 
 use std::io::Read;
