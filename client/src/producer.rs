@@ -9,6 +9,7 @@ use pinstream_core::event::EventHeader;
 use pinstream_core::wire::{Ack, BatchEncoder, Hello, Reject};
 
 use crate::connection::{ConnectOptions, Connection, Reply, is_timeout};
+use crate::tls::TlsOptions;
 
 /// How a [`Producer`] sends.
 #[derive(Clone, Debug)]
@@ -91,6 +92,8 @@ struct Pending {
 pub struct Producer {
     addr: SocketAddr,
     options: ProducerOptions,
+    /// TLS, for every connection (the first and the reconnects).
+    tls: Option<TlsOptions>,
     conn: Connection,
     producer_id: u64,
     max_frame_len: usize,
@@ -115,12 +118,26 @@ impl Producer {
     /// # Errors
     /// As [`Connection::connect`]; `Unsupported` when the server does not speak version 2.
     pub fn connect(addr: SocketAddr, options: ProducerOptions) -> io::Result<Producer> {
-        let (conn, hello) = open(addr, &options, options.producer_id)?;
+        Self::connect_with(addr, options, None)
+    }
+
+    /// [`connect`](Self::connect), over TLS when `tls` is given (reconnects too).
+    ///
+    /// # Errors
+    /// As [`Connection::connect_with`]; `Unsupported` when the server does not speak
+    /// version 2.
+    pub fn connect_with(
+        addr: SocketAddr,
+        options: ProducerOptions,
+        tls: Option<TlsOptions>,
+    ) -> io::Result<Producer> {
+        let (conn, hello) = open(addr, &options, options.producer_id, tls.as_ref())?;
         let (window, max_batch, max_frame_len) =
             (options.window, options.max_batch, options.max_frame_len);
         let mut producer = Producer {
             addr,
             options,
+            tls,
             conn,
             producer_id: hello.producer_id,
             max_frame_len: max_frame_len
@@ -316,7 +333,12 @@ impl Producer {
         for _ in 0..self.options.reconnects {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_secs(2));
-            let (conn, hello) = match open(self.addr, &self.options, self.producer_id) {
+            let (conn, hello) = match open(
+                self.addr,
+                &self.options,
+                self.producer_id,
+                self.tls.as_ref(),
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     last = e;
@@ -370,15 +392,17 @@ fn open(
     addr: SocketAddr,
     options: &ProducerOptions,
     producer_id: u64,
+    tls: Option<&TlsOptions>,
 ) -> io::Result<(Connection, Hello)> {
     let max_frame = u32::try_from(options.max_frame_len).unwrap_or(u32::MAX);
-    let (conn, hello) = Connection::connect(
+    let (conn, hello) = Connection::connect_with(
         addr,
         &ConnectOptions {
             timeout: options.timeout,
             hello: Some(Hello::producer(max_frame, producer_id)),
             token: options.token.clone(),
         },
+        tls,
     )?;
     let hello = hello.unwrap_or_default();
     if hello.max_version < 2 {

@@ -158,6 +158,8 @@ pub struct LoadConfig {
     pub consumer_addr: Option<SocketAddr>,
     /// Token and TLS for [`Transport::Http`].
     pub http: HttpOptions,
+    /// TLS for [`Transport::Tcp`] (a server with `tcp.tls_cert`); `None`: plain TCP.
+    pub tls: Option<crate::TlsOptions>,
 }
 
 impl LoadConfig {
@@ -181,6 +183,7 @@ impl LoadConfig {
             consumers: 0,
             consumer_addr: None,
             http: HttpOptions::default(),
+            tls: None,
         }
     }
 
@@ -249,6 +252,9 @@ impl LoadConfig {
                 "UDP has no HELLO to carry a token: use a token with --transport tcp or http"
                     .into(),
             );
+        }
+        if self.transport != Transport::Tcp && self.tls.is_some() {
+            return Err("TLS on the binary port is for the TCP transport (--transport tcp)".into());
         }
         let len = self.frame_len();
         let (limit, what) = match self.transport {

@@ -50,7 +50,7 @@ pub struct HttpSection {
 }
 
 /// A path, `""` meaning none.
-fn de_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+pub(super) fn de_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
     let s = String::deserialize(d)?;
     Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
 }

@@ -1,12 +1,14 @@
 //! `[tcp]`: TCP ingest and its per-connection limits.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pinstream_core::wire::{BATCH_PREFIX_LEN, EVENT_RECORD_LEN, MIN_FRAME_LEN};
 use serde::Deserialize;
 
 use super::de_listen;
+use super::http::de_path;
 
 /// `[tcp]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -44,6 +46,20 @@ pub struct TcpSection {
     /// Whether a connection must authenticate with a token of `[[auth.tokens]]` in its
     /// HELLO (`"token"`) or not (`"none"`, the default: old clients keep working).
     pub auth: TcpAuth,
+    /// The server certificate chain (PEM); with `tls_key`, the port speaks TLS only (a
+    /// terminator thread off the engine CPUs, [`crate::tlsport`]). `None` (`""`, the
+    /// default): plain TCP.
+    #[serde(deserialize_with = "de_path")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(deserialize_with = "de_path")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to: set, a client without a
+    /// valid certificate is refused at the handshake (mutual TLS). Needs `tls_cert`.
+    #[serde(deserialize_with = "de_path")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Milliseconds a TLS handshake may take before the connection is closed (counted).
+    pub tls_handshake_timeout_ms: u64,
 }
 
 /// `tcp.auth`: what a connection to the binary port must show.
@@ -86,6 +102,10 @@ impl Default for TcpSection {
             max_producers: 4096,
             producer_idle_ms: 3_600_000,
             auth: TcpAuth::None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -98,6 +118,15 @@ impl TcpSection {
     /// `stall_timeout_ms` as a duration.
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_millis(self.stall_timeout_ms)
+    }
+    /// `tls_cert`, `tls_key` and `tls_client_ca` when TLS is on (both of cert and key).
+    pub fn tls_files(&self) -> Option<crate::gateway::TlsFiles> {
+        let (cert, key) = self.tls_cert.clone().zip(self.tls_key.clone())?;
+        Some(crate::gateway::TlsFiles {
+            cert,
+            key,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
     /// The most events one frame of `max_frame_len` bytes can carry.
     pub fn max_events_per_frame(&self) -> u64 {

@@ -2,6 +2,7 @@
 //! naming its key; and the warnings the runner prints.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use pinstream_core::event::Priority;
 use pinstream_core::wire::{ACK_BODY_LEN, MIN_FRAME_LEN, REJECT_BODY_LEN};
@@ -111,6 +112,8 @@ impl Config {
     fn check_tcp(&self, v: &mut Validator) {
         let t = &self.tcp;
         self.check_tcp_auth(v);
+        // `tcp.listen` beyond loopback: warned about in `check_tcp_exposure`, which knows
+        // both TLS and authentication.
         v.range("tcp.max_producers", t.max_producers as u64, 1, 1 << 20, "");
         v.range(
             "tcp.producer_idle_ms",
@@ -127,6 +130,7 @@ impl Config {
             "each connection may hold its own rate-limit key, of which this build has 4,096",
         );
         self.check_tcp_buffers(v);
+        self.check_tcp_tls(v);
         v.range(
             "tcp.max_rejects",
             t.max_rejects.into(),
@@ -532,49 +536,31 @@ impl Config {
 }
 
 impl Config {
-    /// `tcp.auth`: tokens to check against, UDP (which has no HELLO) off or explicitly
-    /// allowed, and the loud warning for a port beyond loopback that anyone may use.
+    /// `tcp.auth`: tokens to check against, and UDP (which has no HELLO) off or explicitly
+    /// allowed. The warning for a port beyond loopback is `check_tcp_exposure`'s.
     fn check_tcp_auth(&self, v: &mut Validator) {
         let t = &self.tcp;
-        match t.auth {
-            TcpAuth::Token => {
-                if self.auth.tokens.is_empty() {
-                    v.problem(
-                        "tcp.auth = \"token\" with no [[auth.tokens]]: no client could connect; \
-                         add a token (pinstream token-hash) or set tcp.auth = \"none\""
-                            .to_owned(),
-                    );
-                }
-                match t.listen {
-                    None => {
-                        v.warn("tcp.auth = \"token\" has no effect: tcp.listen is off".to_owned());
-                    }
-                    Some(a) if !a.ip().is_loopback() => v.warn(format!(
-                        "tcp.listen = \"{a}\" is not a loopback address and the port has no \
-                         TLS: tokens and events cross the network in clear text"
-                    )),
-                    Some(_) => {}
-                }
-                match self.udp.listen {
-                    Some(a) if !self.udp.allow_unauthenticated => v.problem(format!(
-                        "tcp.auth = \"token\" with udp.listen = \"{a}\": UDP has no HELLO to \
-                         carry a token, so anyone who can reach it may publish; set udp.listen = \
-                         \"off\", or udp.allow_unauthenticated = true to keep it open knowingly"
-                    )),
-                    // Beyond loopback, `udp.listen`'s own warning says anyone may publish.
-                    _ => {}
-                }
-            }
-            TcpAuth::None => {
-                if let Some(a) = t.listen.filter(|a| !a.ip().is_loopback()) {
-                    v.warn(format!(
-                        "tcp.listen = \"{a}\" is not a loopback address and tcp.auth = \"none\" \
-                         (and the port has no TLS): ANYONE who can reach it may publish events, \
-                         with no authentication and in clear text; set tcp.auth = \"token\" \
-                         with [[auth.tokens]]"
-                    ));
-                }
-            }
+        if t.auth != TcpAuth::Token {
+            return;
+        }
+        if self.auth.tokens.is_empty() {
+            v.problem(
+                "tcp.auth = \"token\" with no [[auth.tokens]]: no client could connect; \
+                 add a token (pinstream token-hash) or set tcp.auth = \"none\""
+                    .to_owned(),
+            );
+        }
+        if t.listen.is_none() {
+            v.warn("tcp.auth = \"token\" has no effect: tcp.listen is off".to_owned());
+        }
+        match self.udp.listen {
+            Some(a) if !self.udp.allow_unauthenticated => v.problem(format!(
+                "tcp.auth = \"token\" with udp.listen = \"{a}\": UDP has no HELLO to \
+                 carry a token, so anyone who can reach it may publish; set udp.listen = \
+                 \"off\", or udp.allow_unauthenticated = true to keep it open knowingly"
+            )),
+            // Beyond loopback, `udp.listen`'s own warning says anyone may publish.
+            _ => {}
         }
     }
 
@@ -745,35 +731,97 @@ impl Config {
 }
 
 impl Config {
+    /// `tcp.tls_*`: as [`check_http_tls`](Self::check_http_tls); and the loud warning for a
+    /// TCP listener beyond loopback with neither TLS nor authentication (client
+    /// certificates are the binary port's authentication here).
+    fn check_tcp_tls(&self, v: &mut Validator) {
+        let t = &self.tcp;
+        tls_pair(v, "tcp", &t.tls_cert, &t.tls_key, &t.tls_client_ca, |f| {
+            crate::gateway::tcp_server_config(f).map(drop)
+        });
+        v.range(
+            "tcp.tls_handshake_timeout_ms",
+            t.tls_handshake_timeout_ms,
+            1,
+            3_600_000,
+            "",
+        );
+        self.check_tcp_exposure(v);
+    }
+
+    /// One warning for a `tcp.listen` beyond loopback that lacks TLS, authentication
+    /// (`tcp.auth = "token"`, or client certificates), or both.
+    fn check_tcp_exposure(&self, v: &mut Validator) {
+        let t = &self.tcp;
+        let Some(a) = t.listen.filter(|a| !a.ip().is_loopback()) else {
+            return;
+        };
+        let tls = t.tls_cert.is_some();
+        let token = t.auth == TcpAuth::Token;
+        let authenticated = token || (tls && t.tls_client_ca.is_some());
+        match (tls, authenticated) {
+            (false, false) => v.warn(format!(
+                "tcp.listen = \"{a}\" is not a loopback address, tcp.auth = \"none\" and \
+                 tcp.tls_cert is not set: ANYONE who can reach it may publish events, with no \
+                 authentication and in clear text; set tcp.auth = \"token\" with \
+                 [[auth.tokens]] and tcp.tls_cert/tls_key"
+            )),
+            (false, true) => v.warn(format!(
+                "tcp.listen = \"{a}\" is not a loopback address and tcp.tls_cert is not set: \
+                 tokens and events cross the network in clear text"
+            )),
+            (true, false) => v.warn(format!(
+                "tcp.listen = \"{a}\" is not a loopback address, tcp.auth = \"none\" and \
+                 tcp.tls_client_ca is not set: ANYONE who can reach it may publish events \
+                 (TLS encrypts, it authenticates no client)"
+            )),
+            (true, true) => {}
+        }
+    }
+
     /// `http.tls_*`: both or neither of cert and key, the client CA only with them, and the
     /// files readable, PEM, and the key the certificate's.
     fn check_http_tls(&self, v: &mut Validator) {
         let h = &self.http;
-        match (&h.tls_cert, &h.tls_key) {
-            (None, None) => {
-                if h.tls_client_ca.is_some() {
-                    v.problem(
-                        "http.tls_client_ca is set but http.tls_cert and http.tls_key are not: \
-                         client certificates need TLS"
-                            .to_owned(),
-                    );
-                }
+        tls_pair(v, "http", &h.tls_cert, &h.tls_key, &h.tls_client_ca, |f| {
+            crate::gateway::tls_server_config(f).map(drop)
+        });
+    }
+}
+
+/// `section.tls_*`: both or neither of cert and key, the client CA only with them, and the
+/// files readable, PEM, and the key the certificate's (`build` makes the configuration).
+fn tls_pair(
+    v: &mut Validator,
+    section: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    client_ca: &Option<PathBuf>,
+    build: impl Fn(&crate::gateway::TlsFiles) -> Result<(), String>,
+) {
+    match (cert, key) {
+        (None, None) => {
+            if client_ca.is_some() {
+                v.problem(format!(
+                    "{section}.tls_client_ca is set but {section}.tls_cert and \
+                     {section}.tls_key are not: client certificates need TLS"
+                ));
             }
-            (Some(_), None) => v.problem(
-                "http.tls_cert is set but http.tls_key is not: give both (PEM files)".to_owned(),
-            ),
-            (None, Some(_)) => v.problem(
-                "http.tls_key is set but http.tls_cert is not: give both (PEM files)".to_owned(),
-            ),
-            (Some(cert), Some(key)) => {
-                let files = crate::gateway::TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: h.tls_client_ca.clone(),
-                };
-                if let Err(e) = crate::gateway::tls_server_config(&files) {
-                    v.problem(e);
-                }
+        }
+        (Some(_), None) => v.problem(format!(
+            "{section}.tls_cert is set but {section}.tls_key is not: give both (PEM files)"
+        )),
+        (None, Some(_)) => v.problem(format!(
+            "{section}.tls_key is set but {section}.tls_cert is not: give both (PEM files)"
+        )),
+        (Some(cert), Some(key)) => {
+            let files = crate::gateway::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            };
+            if let Err(e) = build(&files) {
+                v.problem(e);
             }
         }
     }

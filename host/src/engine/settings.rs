@@ -50,6 +50,9 @@ pub struct EngineConfig {
     /// `tcp.auth`: whether a TCP connection must show a token of `http.tokens`
     /// (`[[auth.tokens]]`) in its HELLO.
     pub tcp_auth: crate::config::TcpAuth,
+    /// TLS on the TCP port (`tcp.tls_*`): served by a terminator thread
+    /// ([`crate::tlsport`]) that hands the ingest thread plaintext connections.
+    pub tcp_tls: Option<crate::tlsport::TcpTlsSettings>,
     /// UDP listen address, datagrams per `recvmmsg`, largest datagram.
     pub udp: Option<(SocketAddr, usize, usize)>,
     /// When frames are acknowledged.
@@ -121,6 +124,7 @@ impl EngineConfig {
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             tcp_limits: TcpLimits::default(),
             tcp_auth: crate::config::TcpAuth::None,
+            tcp_tls: None,
             udp: Some((SocketAddr::from(([127, 0, 0, 1], 0)), 64, 65_507)),
             ack: AckMode::Durable,
             data_dir: dir,
@@ -163,6 +167,7 @@ impl EngineConfig {
             tcp: c.tcp.listen,
             tcp_limits: TcpLimits::from_config(&c.tcp),
             tcp_auth: c.tcp.auth,
+            tcp_tls: crate::tlsport::TcpTlsSettings::from_config(&c.tcp),
             udp: c.udp.listen.map(|a| (a, c.udp.batch, c.udp.max_datagram)),
             ack: ack_mode(c.engine.ack),
             data_dir: c.storage.dir.clone(),

@@ -35,7 +35,8 @@ use crate::fdlimit::{self, FdBudget, FdLimit};
 use crate::gateway::{GatewayRun, Tokens};
 use crate::idle::Idler;
 use crate::ingest::{
-    AckMode, COMPLETIONS, Completion, GatewayRings, Ingest, IngestContext, Shared, TcpLimits,
+    AckMode, COMPLETIONS, Completion, GatewayRings, HandoffRing, Ingest, IngestContext, Shared,
+    TcpLimits,
 };
 use crate::numa;
 use crate::pin::PinPlan;
@@ -43,6 +44,7 @@ use crate::placement::{self, PlacementDecision};
 use crate::stats::LatencyRecorder;
 use crate::storage::layout::LogId;
 use crate::storage::{DataDirLock, Log, RecoveryReport, StorageError};
+use crate::tlsport::TlsPortRun;
 
 /// Why the engine could not start.
 #[derive(Debug)]
@@ -264,6 +266,8 @@ struct Memory {
     procs: EngineLaneProcessors,
     /// The HTTP gateway's rings, when it runs.
     gateway: Option<Box<GatewayRings>>,
+    /// The TLS terminator's hand-over ring, when the TCP port speaks TLS.
+    tls_handoff: Option<Box<HandoffRing>>,
 }
 
 impl Engine {
@@ -282,6 +286,12 @@ impl Engine {
             // A consumer connection holds its socket and one segment file (and, briefly, its
             // index); counted with the admin endpoint's connections.
             cfg.admin_connections
+                // A TLS connection holds its TCP socket and both ends of its socket pair.
+                + if cfg.tcp_tls.is_some() {
+                    2 * cfg.tcp_limits.max_connections + 2
+                } else {
+                    0
+                }
                 + if cfg.http.listen.is_some() {
                     cfg.http.max_connections + 1
                 } else {
@@ -299,7 +309,11 @@ impl Engine {
         // engine on the default config would otherwise fail on the TCP port first).
         let lock = DataDirLock::acquire(&cfg.data_dir).map_err(EngineError::Storage)?;
         let sockets = Sockets::bind(&cfg)?;
-        let tcp_addr = sockets.listener.as_ref().and_then(|l| l.local_addr().ok());
+        let tcp_addr = sockets
+            .listener
+            .as_ref()
+            .or(sockets.tls_listener.as_ref())
+            .and_then(|l| l.local_addr().ok());
         let udp_addr = sockets
             .udp
             .as_ref()
@@ -429,6 +443,8 @@ struct Threads<'m> {
     sink: StoreSink<'m>,
     /// The HTTP gateway, when it runs.
     gateway: Option<GatewayRun<'m>>,
+    /// The TLS terminator of the TCP port, when it speaks TLS.
+    tls: Option<TlsPortRun<'m>>,
 }
 
 /// Nanoseconds of `d`, saturated.
@@ -454,6 +470,10 @@ fn supervise(s: Supervision) -> Result<(), String> {
         limiter: RateLimiter::new(cfg.rate),
         procs: LaneProcessors::new(ns(cfg.dedup_window), ns(cfg.aggregate_window).max(1)),
         gateway: sockets.http.as_ref().map(|_| Box::new(GatewayRings::new())),
+        tls_handoff: sockets
+            .tls_listener
+            .as_ref()
+            .map(|_| Box::new(HandoffRing::new())),
     });
     // The payload arena: once, here; every page written now so none faults later (a
     // memset of a non-zero byte cannot be skipped the way zeroed pages are).
@@ -504,9 +524,11 @@ fn set_up<'m>(
         limiter,
         procs,
         gateway: gateway_rings,
+        tls_handoff,
     } = memory;
     let Sockets {
         listener: tcp_listener,
+        tls_listener,
         udp: udp_socket,
         http: http_listener,
     } = sockets;
@@ -606,6 +628,23 @@ fn set_up<'m>(
     if let Some(g) = &gateway {
         crate::gateway::check(g)?;
     }
+    let tls = match (tls_listener, tls_handoff.as_deref_mut(), &cfg.tcp_tls) {
+        (Some(listener), Some(ring), Some(settings)) => {
+            let config = crate::gateway::tcp_server_config(&settings.files)?;
+            let (tx, rx) = ring.split();
+            ingest.set_tls_handoff(rx);
+            Some(TlsPortRun {
+                listener,
+                config,
+                handshake_timeout: settings.handshake_timeout,
+                max_sessions: cfg.tcp_limits.max_connections,
+                handoff: tx,
+                shared: &stats.shared,
+                counters: &stats.host,
+            })
+        }
+        _ => None,
+    };
     ingest.set_rate_limit(if gateway_on { SOURCES - 1 } else { SOURCES }, cfg.rate);
     let mut sink = StoreSink::new(logs, stats, cfg.ack)?;
     sink.batch_events = batch_events;
@@ -625,6 +664,7 @@ fn set_up<'m>(
             storage,
             sink,
             gateway,
+            tls,
         },
         restored,
     ))
@@ -645,6 +685,7 @@ fn run_threads(
         storage,
         mut sink,
         gateway,
+        tls,
     } = threads;
     let idle = cfg.placement.idle.effective(!plan.is_pinning());
     let hook = cfg.thread_hook;
@@ -694,9 +735,24 @@ fn run_threads(
             }
             None => None,
         };
+        // Unpinned like the gateway: it must never take a pinned engine CPU's time by
+        // choice (the OS schedules it where the engine threads are not bound).
+        let tls_thread = match tls {
+            Some(t) => Some(
+                thread::Builder::new()
+                    .name("pinstream-tls".into())
+                    .spawn_scoped(s, move || crate::tlsport::run(t))
+                    .map_err(|e| format!("cannot start the tls terminator thread: {e}"))?,
+            ),
+            None => None,
+        };
         let a = ingest_thread
             .join()
             .unwrap_or_else(|_| Err("the ingest thread panicked".into()));
+        let d = tls_thread.map_or(Ok(()), |h| {
+            h.join()
+                .unwrap_or_else(|_| Err("the tls terminator thread panicked".into()))
+        });
         let c = http_thread.map_or(Ok(()), |h| {
             h.join()
                 .unwrap_or_else(|_| Err("the http gateway thread panicked".into()))
@@ -704,7 +760,7 @@ fn run_threads(
         let b = storage_thread
             .join()
             .unwrap_or_else(|_| Err("the storage thread panicked".into()));
-        a.and(b).and(c)
+        a.and(b).and(c).and(d)
     })
 }
 /// Marks the ingest thread's end (see its use).

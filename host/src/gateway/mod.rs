@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::auth::{Token, Tokens, hash_token};
-pub use self::tls::{TlsFiles, server_config as tls_server_config};
+pub use self::tls::{TlsFiles, server_config as tls_server_config, tcp_server_config};
 use crate::config::{Config, TokenSection};
 use crate::ingest::{GatewayLink, Shared};
 use crate::prom::{MetricType, PromWriter};

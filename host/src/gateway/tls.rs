@@ -1,6 +1,7 @@
-//! TLS on the HTTP gateway (`http.tls_cert`, `http.tls_key`, `http.tls_client_ca`): rustls
-//! with the `ring` provider, built once at start-up from PEM files. Every problem names the
-//! config key and the file, so the config check and the gateway give the same message.
+//! TLS on the HTTP gateway (`http.tls_cert`, `http.tls_key`, `http.tls_client_ca`) and on the
+//! binary TCP port (`tcp.tls_*`, [`crate::tlsport`]): rustls with the `ring` provider, built
+//! once at start-up from PEM files. Every problem names the config key and the file, so the
+//! config check and the thread that serves TLS give the same message.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,14 +11,14 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-/// The TLS files of `[http]`.
+/// The TLS files of `[http]` or `[tcp]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
-    /// `http.tls_cert`.
+    /// `tls_cert`.
     pub cert: PathBuf,
-    /// `http.tls_key`.
+    /// `tls_key`.
     pub key: PathBuf,
-    /// `http.tls_client_ca` (mutual TLS when set).
+    /// `tls_client_ca` (mutual TLS when set).
     pub client_ca: Option<PathBuf>,
 }
 
@@ -36,8 +37,7 @@ fn certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
     Ok(certs)
 }
 
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let key = "http.tls_key";
+fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let bytes = std::fs::read(path)
         .map_err(|e| format!("{key} = \"{}\": cannot read the file: {e}", path.display()))?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
@@ -48,43 +48,57 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
-/// The server's TLS configuration: HTTP/1.1 only (ALPN `http/1.1`), TLS 1.2 and 1.3.
+/// The HTTP gateway's TLS configuration: HTTP/1.1 only (ALPN `http/1.1`), TLS 1.2 and 1.3.
 ///
 /// # Errors
 /// A file that cannot be read, holds no certificate or key, a key that does not match the
 /// certificate, or client CAs rustls refuses; the message names the key and the file.
 pub fn server_config(f: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
-    let chain = certs("http.tls_cert", &f.cert)?;
-    let key = private_key(&f.key)?;
+    let mut config = section_config("http", f)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The binary TCP port's TLS configuration (`tcp.tls_*`): TLS 1.2 and 1.3, no ALPN (the
+/// binary protocol is the only one spoken there).
+///
+/// # Errors
+/// As [`server_config`], naming the `tcp.` keys.
+pub fn tcp_server_config(f: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    section_config("tcp", f).map(Arc::new)
+}
+
+/// The configuration of `section`'s TLS files; every message names `section.tls_*`.
+fn section_config(section: &str, f: &TlsFiles) -> Result<rustls::ServerConfig, String> {
+    let chain = certs(&format!("{section}.tls_cert"), &f.cert)?;
+    let key = private_key(&format!("{section}.tls_key"), &f.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("http TLS: {e}"))?;
+        .map_err(|e| format!("{section} TLS: {e}"))?;
     let builder = match &f.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for c in certs("http.tls_client_ca", ca)? {
+            for c in certs(&format!("{section}.tls_client_ca"), ca)? {
                 roots.add(c).map_err(|e| {
                     format!(
-                        "http.tls_client_ca = \"{}\": a certificate rustls refuses: {e}",
+                        "{section}.tls_client_ca = \"{}\": a certificate rustls refuses: {e}",
                         ca.display()
                     )
                 })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| format!("http.tls_client_ca = \"{}\": {e}", ca.display()))?;
+                .map_err(|e| format!("{section}.tls_client_ca = \"{}\": {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+    builder.with_single_cert(chain, key).map_err(|e| {
         format!(
-            "http.tls_key = \"{}\" does not fit http.tls_cert = \"{}\": {e}",
+            "{section}.tls_key = \"{}\" does not fit {section}.tls_cert = \"{}\": {e}",
             f.key.display(),
             f.cert.display()
         )
-    })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    })
 }

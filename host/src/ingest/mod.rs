@@ -25,6 +25,7 @@ mod addrs;
 mod close;
 mod conn;
 mod gateway;
+mod handoff;
 mod hello;
 mod housekeeping;
 mod parse;
@@ -54,6 +55,7 @@ use crate::sys::net::{EPOLLERR_HUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready}
 use self::addrs::PeerCounts;
 use self::conn::{CloseReason, Conn, Track};
 pub use self::gateway::{GATEWAY_FRAMES, GATEWAY_REPLIES, GatewayEnd, GatewayLink, GatewayRings};
+pub use self::handoff::{Handoff, HandoffRing, HandoffRx, HandoffTx, TLS_HANDOFF};
 pub use self::source::SourceId;
 pub use self::udp::UdpIngest;
 
@@ -289,6 +291,8 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     /// `tcp.auth = "token"`: the tokens a TCP connection's HELLO must show one of (the
     /// gateway's slot is exempt: the gateway authenticates its own clients).
     auth: Option<Arc<Tokens>>,
+    /// Connections from the TLS terminator, if `tcp.tls_cert` is set ([`handoff`]).
+    tls: Option<HandoffRx<'a>>,
 }
 
 /// What the ingest thread shares with the engine: the flags and counters, and where it
@@ -395,6 +399,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             gateway: None,
             gateway_slot: None,
             auth: None,
+            tls: None,
         })
     }
 
@@ -450,6 +455,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         self.gateway_slot = Some(slot);
         self.counters.tcp_open.set(self.open.len() as u64);
         Ok(())
+    }
+
+    /// Takes connections from the TLS terminator's ring (see [`Handoff`]) besides (or,
+    /// with no listener, instead of) accepting TCP connections.
+    pub fn set_tls_handoff(&mut self, rx: HandoffRx<'a>) {
+        self.tls = Some(rx);
     }
 
     /// The ack mode a gateway's frames are settled under.
@@ -550,6 +561,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 self.now,
             ) > 0;
         }
+        work |= self.take_handoffs();
         work |= self.take_completions();
         self.poll_gateway();
         work |= self.serve_connections();

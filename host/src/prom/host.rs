@@ -44,6 +44,42 @@ pub const HOST_METRICS: &[HostMetric] = &[
         |c| &c.tcp_accept_errors,
     ),
     (
+        "pinstream_tcp_tls_connections_accepted_total",
+        MetricType::Counter,
+        "TCP connections accepted on the TLS port (tcp.tls_cert), before their handshake.",
+        |c| &c.tls_accepted,
+    ),
+    (
+        "pinstream_tcp_tls_handshakes_total",
+        MetricType::Counter,
+        "TLS handshakes finished on the binary port (connections handed to the ingest thread).",
+        |c| &c.tls_handshakes,
+    ),
+    (
+        "pinstream_tcp_tls_handshake_failures_total",
+        MetricType::Counter,
+        "TLS handshakes failed on the binary port (not TLS, bad or missing client certificate, protocol error).",
+        |c| &c.tls_handshake_failures,
+    ),
+    (
+        "pinstream_tcp_tls_handshake_timeouts_total",
+        MetricType::Counter,
+        "TLS handshakes not finished within tcp.tls_handshake_timeout_ms.",
+        |c| &c.tls_handshake_timeouts,
+    ),
+    (
+        "pinstream_tcp_tls_connections_open",
+        MetricType::Gauge,
+        "TLS connections open now in the terminator thread.",
+        |c| &c.tls_open,
+    ),
+    (
+        "pinstream_tcp_tls_connections_refused_total",
+        MetricType::Counter,
+        "TLS connections closed at once by the terminator (tcp.max_connections sessions, or the hand-over ring full).",
+        |c| &c.tls_refused,
+    ),
+    (
         "pinstream_tcp_received_bytes_total",
         MetricType::Counter,
         "Bytes received over TCP.",

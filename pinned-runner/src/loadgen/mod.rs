@@ -91,13 +91,29 @@ pub struct LoadgenArgs {
     #[arg(long, requires = "cacert")]
     pub https: bool,
 
-    /// With --https: PEM file of the CA certificates the gateway's certificate chains to
-    #[arg(long, value_name = "FILE", requires = "https")]
+    /// With --transport tcp: TLS on the binary port (a server with tcp.tls_cert), trusting
+    /// the CA certificates of --cacert
+    #[arg(long, requires = "cacert", conflicts_with = "https")]
+    pub tls: bool,
+
+    /// With --https or --tls: PEM file of the CA certificates the server's certificate
+    /// chains to
+    #[arg(long, value_name = "FILE")]
     pub cacert: Option<std::path::PathBuf>,
 
-    /// With --https: the name the gateway's certificate must carry [default: the --addr IP]
-    #[arg(long, value_name = "NAME", requires = "https")]
+    /// With --https or --tls: the name the server's certificate must carry [default: the
+    /// --addr IP]
+    #[arg(long, value_name = "NAME")]
     pub tls_name: Option<String>,
+
+    /// With --tls: PEM client certificate chain to present (a server with
+    /// tcp.tls_client_ca)
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// With --cert: its PEM private key
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
 
     /// Events to send in all, split between the connections
     #[arg(long, value_name = "N", default_value_t = 1_000_000, conflicts_with = "duration",
@@ -234,6 +250,16 @@ pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
             "--token is for --transport tcp or http: UDP has no HELLO to carry it",
         ));
     }
+    if args.tls && transport != Transport::Tcp {
+        return Err(Failure::usage(
+            "--tls is for --transport tcp (with --transport http, use --https)",
+        ));
+    }
+    if !args.tls && !args.https && (args.cacert.is_some() || args.tls_name.is_some()) {
+        return Err(Failure::usage(
+            "--cacert and --tls-name need --https or --tls",
+        ));
+    }
     let addr_text = args.addr.as_deref().unwrap_or(match transport {
         Transport::Udp => DEFAULT_UDP_ADDR,
         Transport::Http => DEFAULT_HTTP_ADDR,
@@ -245,9 +271,17 @@ pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
     cfg.ack = ack;
     cfg.http = loadgen::HttpOptions {
         token: args.token.clone(),
-        tls_ca: args.cacert.clone(),
-        server_name: args.tls_name.clone(),
+        tls_ca: args.cacert.clone().filter(|_| args.https),
+        server_name: args.tls_name.clone().filter(|_| args.https),
     };
+    if args.tls {
+        let files = pinstream_client::TlsFiles {
+            ca: args.cacert.clone().unwrap_or_default(),
+            client: args.cert.clone().zip(args.key.clone()),
+            server_name: args.tls_name.clone(),
+        };
+        cfg.tls = Some(files.options().map_err(|e| Failure::usage(e.to_string()))?);
+    }
     if let Some(secs) = args.duration {
         cfg.duration = Some(Duration::from_secs_f64(secs));
         cfg.events = u64::MAX;
@@ -441,6 +475,22 @@ mod tests {
         assert!(e.message.contains("UDP has no HELLO"), "{}", e.message);
         let e = config(&parse(&["--https", "--cacert", "ca.pem"]).unwrap()).unwrap_err();
         assert!(e.message.contains("--transport http"), "{}", e.message);
+    }
+
+    #[test]
+    fn tls_is_for_tcp_and_needs_a_ca() {
+        // --tls needs --cacert; a client certificate needs --tls and its key.
+        assert!(parse(&["--tls"]).is_err());
+        assert!(parse(&["--tls", "--cacert", "ca.pem", "--cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls", "--https", "--cacert", "ca.pem"]).is_err());
+        let e = config(&parse(&["--transport", "udp", "--tls", "--cacert", "ca.pem"]).unwrap())
+            .unwrap_err();
+        assert!(e.message.contains("--transport tcp"), "{}", e.message);
+        let e = config(&parse(&["--cacert", "ca.pem"]).unwrap()).unwrap_err();
+        assert!(e.message.contains("--https or --tls"), "{}", e.message);
+        // A CA file that is not there is named.
+        let e = config(&parse(&["--tls", "--cacert", "/nonexistent/ca.pem"]).unwrap()).unwrap_err();
+        assert!(e.message.contains("/nonexistent/ca.pem"), "{}", e.message);
     }
 
     #[test]
