@@ -705,6 +705,10 @@ fn run_threads(
                     };
                     idler.step(work);
                 }
+                // What the gateway took (a 202 included) goes in before the doors close.
+                if let Err(e) = ingest.drain_gateway(Duration::from_secs(5)) {
+                    return Err(format!("ingest: epoll failed: {e}"));
+                }
                 ingest.shut_down(Duration::from_secs(10));
                 Ok(())
             })

@@ -119,6 +119,9 @@ pub struct GatewayCounters {
     pub connections_refused: AtomicU64,
     /// TLS handshakes that failed or did not finish within `http.header_timeout_ms`.
     pub tls_handshake_failures: AtomicU64,
+    /// Events of `ack=none` requests (answered `202`) that the engine stopped before
+    /// taking in: the stop's drain of the gateway ran out of time (storage stuck).
+    pub not_taken_at_stop: AtomicU64,
 }
 
 impl GatewayCounters {
@@ -189,6 +192,13 @@ impl GatewayCounters {
         ] {
             w.sample_u64(name, &[("reason", r)], c.load(Ordering::Relaxed));
         }
+        let name = "pinstream_http_events_not_taken_at_stop_total";
+        w.family(
+            name,
+            MetricType::Counter,
+            "Events of ack=none requests (answered 202) the engine stopped before taking in: the stop's drain of the gateway ran out of time.",
+        );
+        w.sample_u64(name, &[], self.not_taken_at_stop.load(Ordering::Relaxed));
         let name = "pinstream_http_tls_handshake_failures_total";
         w.family(
             name,

@@ -108,6 +108,9 @@ pub struct Shared {
     pub storage_done: AtomicBool,
     /// The ingest thread has returned (normally or not): nobody takes completions any more.
     pub ingest_exited: AtomicBool,
+    /// After `stop`, the gateway has taken nothing more and pushed every frame it had taken
+    /// into its ring (so the ingest thread, reading the ring dry, takes them all in).
+    pub gateway_drained: AtomicBool,
     /// Storage failed: the ingest thread closes every connection and takes no more input.
     pub storage_failed: AtomicBool,
     /// Engine start: ticks are nanoseconds since it.
@@ -128,6 +131,7 @@ impl Shared {
             ingest_done: AtomicBool::new(false),
             storage_done: AtomicBool::new(false),
             ingest_exited: AtomicBool::new(false),
+            gateway_drained: AtomicBool::new(false),
             storage_failed: AtomicBool::new(false),
             start: Instant::now(),
             start_wall: std::time::SystemTime::now()
@@ -578,6 +582,37 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             self.housekeeping();
         }
         Ok(work)
+    }
+
+    /// After `stop`, before [`shut_down`](Self::shut_down): keeps serving (every
+    /// connection, as [`poll`](Self::poll) does) until the gateway has pushed every frame it
+    /// took into its ring and this thread has read the ring dry and dispatched what it read,
+    /// or until `deadline`. A request the gateway answered `202` (`ack=none`) was taken: it
+    /// must be stored, not left in the ring at a clean stop. Without a gateway: at once.
+    ///
+    /// # Errors
+    /// As [`poll`](Self::poll).
+    pub fn drain_gateway(&mut self, deadline: Duration) -> io::Result<()> {
+        let Some(slot) = self.gateway_slot else {
+            return Ok(());
+        };
+        let until = Instant::now() + deadline;
+        loop {
+            // Read before polling: a drained gateway pushes nothing after it.
+            let drained = self.shared.gateway_drained.load(Ordering::Acquire);
+            let work = self.poll()?;
+            let ring_empty = self
+                .gateway
+                .as_mut()
+                .is_none_or(|end| end.frames.is_empty());
+            let conn_idle = self.conns[slot].as_ref().is_none_or(|c| c.rstart == c.rend);
+            if (drained && ring_empty && conn_idle) || Instant::now() >= until {
+                return Ok(());
+            }
+            if !work {
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Stops taking input; keeps acknowledging what the storage thread reports until it is
