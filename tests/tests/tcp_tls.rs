@@ -486,9 +486,9 @@ fn a_token_is_checked_behind_tls() {
             reconnects: 0,
             ..options()
         };
-        let e = Producer::connect_with(addr, options, Some(tls(&pki, "ca.pem", None)))
-            .err()
-            .expect("refused without the right token");
+        let Err(e) = Producer::connect_with(addr, options, Some(tls(&pki, "ca.pem", None))) else {
+            panic!("refused without the right token");
+        };
         assert!(e.to_string().contains("unauthenticated"), "{e}");
     }
     let options = ProducerOptions {
