@@ -5,7 +5,11 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use pinstream_core::reason::Reason;
-use pinstream_core::wire::{self, Ack, Frame, FrameKind, Hello, Reject, encode_hello};
+use pinstream_core::wire::{
+    self, Ack, Frame, FrameKind, HELLO_TOKEN_MAX, Hello, Reject, encode_hello, encode_hello_token,
+};
+
+use crate::tls::{TlsOptions, TlsReader, TlsWriter};
 
 /// What the server sent, copied out of the receive buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,13 +25,16 @@ pub enum Reply {
 }
 
 /// How to connect.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectOptions {
     /// Bound on connecting, on each read and on each write (a server that stops answering
     /// is an error of kind `TimedOut` or `WouldBlock`, not a hang).
     pub timeout: Duration,
     /// The HELLO to say; `None` sends none (the connection speaks version 1).
     pub hello: Option<Hello>,
+    /// The authentication token the HELLO carries (1 to 256 bytes; the HELLO must offer
+    /// version 2), for a server with `tcp.auth = "token"`; `None`: none.
+    pub token: Option<Vec<u8>>,
 }
 
 impl Default for ConnectOptions {
@@ -37,6 +44,7 @@ impl Default for ConnectOptions {
         Self {
             timeout: Duration::from_secs(10),
             hello: Some(Hello::producer(65_536, 0)),
+            token: None,
         }
     }
 }
@@ -54,6 +62,8 @@ pub fn reason_text(code: u16) -> String {
 #[derive(Debug)]
 pub struct Reader {
     stream: TcpStream,
+    /// The TLS session's reading side, on a TLS connection.
+    tls: Option<TlsReader>,
     addr: SocketAddr,
     buf: Vec<u8>,
     start: usize,
@@ -61,9 +71,10 @@ pub struct Reader {
 }
 
 impl Reader {
-    fn new(stream: TcpStream, addr: SocketAddr) -> Self {
+    fn new(stream: TcpStream, tls: Option<TlsReader>, addr: SocketAddr) -> Self {
         Self {
             stream,
+            tls,
             addr,
             buf: vec![0; 1 << 16],
             start: 0,
@@ -108,7 +119,11 @@ impl Reader {
                 self.end -= self.start;
                 self.start = 0;
             }
-            match self.stream.read(&mut self.buf[self.end..]) {
+            let read = match self.tls.as_mut() {
+                Some(t) => t.read(&mut self.stream, &mut self.buf[self.end..]),
+                None => self.stream.read(&mut self.buf[self.end..]),
+            };
+            match read {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -134,6 +149,8 @@ impl Reader {
 #[derive(Debug)]
 pub struct Writer {
     stream: TcpStream,
+    /// The TLS session's writing side, on a TLS connection.
+    tls: Option<TlsWriter>,
 }
 
 impl Writer {
@@ -143,7 +160,22 @@ impl Writer {
     /// # Errors
     /// The socket's errors.
     pub fn send(&mut self, frames: &[u8]) -> io::Result<()> {
-        self.stream.write_all(frames)
+        match self.tls.as_mut() {
+            Some(t) => t.write_all(&mut self.stream, frames),
+            None => self.stream.write_all(frames),
+        }
+    }
+
+    /// Closes the sending side (the server sees the end of the input): on TLS, a
+    /// `close_notify` first.
+    ///
+    /// # Errors
+    /// The socket's errors.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if let Some(t) = self.tls.as_mut() {
+            t.close_notify(&mut self.stream)?;
+        }
+        self.stream.shutdown(Shutdown::Write)
     }
 
     /// The socket.
@@ -180,7 +212,21 @@ impl Connection {
         addr: SocketAddr,
         options: &ConnectOptions,
     ) -> io::Result<(Connection, Option<Hello>)> {
-        let stream = TcpStream::connect_timeout(&addr, options.timeout).map_err(|e| {
+        Self::connect_with(addr, options, None)
+    }
+
+    /// [`connect`](Self::connect), over TLS when `tls` is given (a server with
+    /// `tcp.tls_cert`): the handshake comes before the HELLO.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); and the TLS handshake failing (an untrusted
+    /// certificate, a client certificate the server refuses, not a TLS server).
+    pub fn connect_with(
+        addr: SocketAddr,
+        options: &ConnectOptions,
+        tls: Option<&TlsOptions>,
+    ) -> io::Result<(Connection, Option<Hello>)> {
+        let mut stream = TcpStream::connect_timeout(&addr, options.timeout).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -199,17 +245,24 @@ impl Connection {
         stream
             .set_write_timeout(Some(options.timeout))
             .map_err(|e| context("setting a write timeout", e))?;
+        let session = match tls {
+            Some(t) => Some(t.handshake(addr, &mut stream)?),
+            None => None,
+        };
         let reading = stream
             .try_clone()
             .map_err(|e| context("cloning the socket", e))?;
         let mut conn = Connection {
-            writer: Writer { stream },
-            reader: Reader::new(reading, addr),
+            writer: Writer {
+                stream,
+                tls: session.clone().map(TlsWriter::new),
+            },
+            reader: Reader::new(reading, session.map(TlsReader::new), addr),
             addr,
             timeout: options.timeout,
         };
         let reply = match &options.hello {
-            Some(hello) => Some(conn.hello(hello)?),
+            Some(hello) => Some(conn.hello_with_token(hello, options.token.as_deref())?),
             None => None,
         };
         Ok((conn, reply))
@@ -221,10 +274,27 @@ impl Connection {
     /// # Errors
     /// As [`connect`](Self::connect).
     pub fn hello(&mut self, hello: &Hello) -> io::Result<Hello> {
+        self.hello_with_token(hello, None)
+    }
+
+    /// [`hello`](Self::hello), the HELLO carrying `token` (if any) for a server that
+    /// requires one; a server that does not know it refuses the HELLO (`unauthenticated`).
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); `InvalidInput` for a token the HELLO cannot carry.
+    pub fn hello_with_token(&mut self, hello: &Hello, token: Option<&[u8]>) -> io::Result<Hello> {
         let addr = self.addr;
-        let mut buf = [0u8; 64];
-        let n = encode_hello(&mut buf, 0, hello)
-            .map_err(|e| io::Error::other(format!("encoding the HELLO: {e:?}")))?;
+        let mut buf = [0u8; 64 + 2 + HELLO_TOKEN_MAX];
+        let n = match token {
+            Some(t) => encode_hello_token(&mut buf, 0, hello, t).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("the HELLO's token: {e}"),
+                )
+            })?,
+            None => encode_hello(&mut buf, 0, hello)
+                .map_err(|e| io::Error::other(format!("encoding the HELLO: {e:?}")))?,
+        };
         self.send(&buf[..n])
             .map_err(|e| io::Error::new(e.kind(), format!("{addr}: sending the HELLO: {e}")))?;
         loop {
@@ -339,8 +409,8 @@ impl Connection {
     ///
     /// # Errors
     /// The socket's errors.
-    pub fn finish_sending(&self) -> io::Result<()> {
-        self.writer.stream.shutdown(Shutdown::Write)
+    pub fn finish_sending(&mut self) -> io::Result<()> {
+        self.writer.finish()
     }
 
     /// The server's address.

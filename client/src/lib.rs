@@ -4,7 +4,8 @@
 //! - [`Connection`]: a TCP connection that has said HELLO ([`Connection::connect`]), sends
 //!   frames, and reads the server's ACK, REJECT and HELLO frames ([`Connection::next_reply`]).
 //!   It can be split into a writing and a reading half for a client that sends from one
-//!   thread and reads acknowledgements on another ([`Connection::split`]).
+//!   thread and reads acknowledgements on another ([`Connection::split`]). Over TLS with
+//!   [`Connection::connect_with`] and [`TlsOptions`] (a server with `tcp.tls_cert`).
 //! - [`Producer`]: a blocking producer over a version-2 producer session. It batches events
 //!   into frames, keeps up to a window of frames in flight (waiting for acknowledgements
 //!   when the window is full), counts what the server answered, and after a lost connection
@@ -63,10 +64,12 @@ mod connection;
 mod consumer;
 pub mod loadgen;
 mod producer;
+mod tls;
 
 pub use connection::{ConnectOptions, Connection, Reader, Reply, Writer, reason_text};
 pub use consumer::{Consumer, ConsumerOptions, MAX_RECEIVE_FRAME_LEN, Record, Rejected, rejection};
 pub use producer::{Producer, ProducerOptions, Totals};
+pub use tls::{TlsFiles, TlsOptions};
 
 // The README's examples compile and run with the doc tests.
 #[cfg(doctest)]

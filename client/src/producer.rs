@@ -9,9 +9,10 @@ use pinstream_core::event::EventHeader;
 use pinstream_core::wire::{Ack, BatchEncoder, Hello, Reject};
 
 use crate::connection::{ConnectOptions, Connection, Reply, is_timeout};
+use crate::tls::TlsOptions;
 
 /// How a [`Producer`] sends.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ProducerOptions {
     /// The producer id to keep across reconnects; 0 lets the server assign one (the producer
     /// then keeps that one: [`Producer::producer_id`]).
@@ -30,6 +31,9 @@ pub struct ProducerOptions {
     /// Attempts to connect again after a lost connection (with a doubling pause from 50 ms)
     /// before giving up.
     pub reconnects: u32,
+    /// The authentication token its HELLOs carry (a server with `tcp.auth = "token"`
+    /// requires one); `None`: none.
+    pub token: Option<Vec<u8>>,
 }
 
 impl Default for ProducerOptions {
@@ -41,6 +45,7 @@ impl Default for ProducerOptions {
             window: 128,
             timeout: Duration::from_secs(10),
             reconnects: 5,
+            token: None,
         }
     }
 }
@@ -87,6 +92,8 @@ struct Pending {
 pub struct Producer {
     addr: SocketAddr,
     options: ProducerOptions,
+    /// TLS, for every connection (the first and the reconnects).
+    tls: Option<TlsOptions>,
     conn: Connection,
     producer_id: u64,
     max_frame_len: usize,
@@ -111,19 +118,34 @@ impl Producer {
     /// # Errors
     /// As [`Connection::connect`]; `Unsupported` when the server does not speak version 2.
     pub fn connect(addr: SocketAddr, options: ProducerOptions) -> io::Result<Producer> {
-        let (conn, hello) = open(addr, &options, options.producer_id)?;
+        Self::connect_with(addr, options, None)
+    }
+
+    /// [`connect`](Self::connect), over TLS when `tls` is given (reconnects too).
+    ///
+    /// # Errors
+    /// As [`Connection::connect_with`]; `Unsupported` when the server does not speak
+    /// version 2.
+    pub fn connect_with(
+        addr: SocketAddr,
+        options: ProducerOptions,
+        tls: Option<TlsOptions>,
+    ) -> io::Result<Producer> {
+        let (conn, hello) = open(addr, &options, options.producer_id, tls.as_ref())?;
+        let (window, max_batch, max_frame_len) =
+            (options.window, options.max_batch, options.max_frame_len);
         let mut producer = Producer {
             addr,
             options,
+            tls,
             conn,
             producer_id: hello.producer_id,
-            max_frame_len: options
-                .max_frame_len
+            max_frame_len: max_frame_len
                 .min(hello.max_frame_len as usize)
                 .max(pinstream_core::wire::MIN_FRAME_LEN + 8),
             next_seq: hello.last_seq + 1,
-            in_flight: VecDeque::with_capacity(options.window),
-            staged: Vec::with_capacity(options.max_batch),
+            in_flight: VecDeque::with_capacity(window),
+            staged: Vec::with_capacity(max_batch),
             staged_payload: Vec::new(),
             spare: Vec::new(),
             before: Totals::default(),
@@ -311,7 +333,12 @@ impl Producer {
         for _ in 0..self.options.reconnects {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_secs(2));
-            let (conn, hello) = match open(self.addr, &self.options, self.producer_id) {
+            let (conn, hello) = match open(
+                self.addr,
+                &self.options,
+                self.producer_id,
+                self.tls.as_ref(),
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     last = e;
@@ -365,14 +392,17 @@ fn open(
     addr: SocketAddr,
     options: &ProducerOptions,
     producer_id: u64,
+    tls: Option<&TlsOptions>,
 ) -> io::Result<(Connection, Hello)> {
     let max_frame = u32::try_from(options.max_frame_len).unwrap_or(u32::MAX);
-    let (conn, hello) = Connection::connect(
+    let (conn, hello) = Connection::connect_with(
         addr,
         &ConnectOptions {
             timeout: options.timeout,
             hello: Some(Hello::producer(max_frame, producer_id)),
+            token: options.token.clone(),
         },
+        tls,
     )?;
     let hello = hello.unwrap_or_default();
     if hello.max_version < 2 {

@@ -501,7 +501,16 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         progress: &mut FrameProgress,
         each: impl FnMut(u32, &EventHeader, Outcome),
     ) -> FrameStep {
-        self.dispatch_inner(frame, source, now, flow, progress, |_, _, _| false, each)
+        self.dispatch_inner(
+            frame,
+            source,
+            now,
+            flow,
+            progress,
+            |_, _, _| false,
+            |_, _| None,
+            each,
+        )
     }
 
     /// [`dispatch_frame_flow`](Self::dispatch_frame_flow) for a frame a producer sends
@@ -521,7 +530,29 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         held: impl FnMut(u32, &EventHeader, &[u8]) -> bool,
         each: impl FnMut(u32, &EventHeader, Outcome),
     ) -> FrameStep {
-        self.dispatch_inner(frame, source, now, flow, progress, held, each)
+        self.dispatch_inner(frame, source, now, flow, progress, held, |_, _| None, each)
+    }
+
+    /// [`dispatch_frame_resent`](Self::dispatch_frame_resent) with a `screen` the ingest
+    /// side applies to every event before anything else judges it (after `held`): an event
+    /// for which it names a reason is refused with it, at once and without taking a slot
+    /// (rejected for a rejection code, dead-lettered for a dead-letter code); the others of
+    /// the frame go on. An authenticated connection screens the topics its token may not use
+    /// ([`Reason::ForbiddenTopic`]) and the events past its token's rate
+    /// ([`Reason::RateLimited`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch_frame_screened(
+        &mut self,
+        frame: &Frame<'_>,
+        source: u32,
+        now: u64,
+        flow: Flow,
+        progress: &mut FrameProgress,
+        held: impl FnMut(u32, &EventHeader, &[u8]) -> bool,
+        screen: impl FnMut(u32, &EventHeader) -> Option<Reason>,
+        each: impl FnMut(u32, &EventHeader, Outcome),
+    ) -> FrameStep {
+        self.dispatch_inner(frame, source, now, flow, progress, held, screen, each)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -534,6 +565,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         flow: Flow,
         progress: &mut FrameProgress,
         mut held: impl FnMut(u32, &EventHeader, &[u8]) -> bool,
+        mut screen: impl FnMut(u32, &EventHeader) -> Option<Reason>,
         mut each: impl FnMut(u32, &EventHeader, Outcome),
     ) -> FrameStep {
         let mut step = FrameStep::default();
@@ -596,7 +628,13 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 i += 1;
                 continue;
             }
-            let judged = if i < progress.granted {
+            let judged = if let Some(reason) = screen(i, &header) {
+                if reason.is_rejection() {
+                    Judged::Reject(reason)
+                } else {
+                    Judged::Dead(reason)
+                }
+            } else if i < progress.granted {
                 self.judge(&header, payload.len(), level, flow)
             } else {
                 Judged::Dead(Reason::RateLimited)
@@ -938,6 +976,49 @@ mod tests {
         // Without a key, source 2's own bucket (full) decides.
         assert_eq!(send(2, FrameProgress::new()).dead_lettered, 0);
         assert_eq!(counters.reason(Reason::RateLimited).get(), 2);
+    }
+
+    /// A screen refuses the events it names, each with its reason (a rejection or a dead
+    /// letter), and the others of the frame go on; everything is accounted once.
+    #[test]
+    fn a_screen_refuses_single_events_and_the_frame_goes_on() {
+        let mut lanes: Lanes<64, 64, 64, 64> = Lanes::new();
+        let (input, _output, _dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let mut d = Dispatcher::new(input, &Unlimited, &signal, 4, &counters);
+        let bytes = batch(&[
+            (1, Priority::High),
+            (2, Priority::High),
+            (3, Priority::High),
+            (4, Priority::High),
+        ]);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut progress = FrameProgress::new();
+        let mut seen = Vec::new();
+        let step = d.dispatch_frame_screened(
+            &frame,
+            1,
+            0,
+            Flow::Waits,
+            &mut progress,
+            |_, _, _| false,
+            |i, h| match (i, h.id) {
+                (1, 2) => Some(Reason::ForbiddenTopic),
+                (3, _) => Some(Reason::RateLimited),
+                _ => None,
+            },
+            |i, _, o| seen.push((i, o)),
+        );
+        assert_eq!(step.waiting, None);
+        assert_eq!(
+            (step.outcome.queued, step.outcome.rejected, step.outcome.dead_lettered),
+            (2, 1, 1)
+        );
+        assert!(seen.contains(&(1, Outcome::Rejected(Reason::ForbiddenTopic))));
+        assert!(seen.contains(&(3, Outcome::DeadLettered(Reason::RateLimited))));
+        assert_eq!(counters.reason(Reason::ForbiddenTopic).get(), 1);
+        assert_eq!(counters.reason(Reason::RateLimited).get(), 1);
+        assert_eq!(counters.ingested.get(), 4);
     }
 
     /// A source that waits loses nothing to a full lane: the frame stops, the lane drains,

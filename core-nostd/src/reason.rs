@@ -66,6 +66,13 @@ pub enum Reason {
     TooManyConsumers = 27,
     /// Another connection is subscribed under the same name to the same log.
     ConsumerBusy = 28,
+    // ---- rejected: authentication (`docs/PROTOCOL.md` §5, tokens) ----
+    /// The port requires a token and the connection's HELLO carried none, or one the server
+    /// does not know (or a data frame came before any HELLO); the connection is closed.
+    Unauthenticated = 29,
+    /// The connection's token may not send to the event's topic: that event is rejected,
+    /// the others of its frame go on.
+    ForbiddenTopic = 30,
 
     // ---- dead-lettered (one event, one unit) ----
     /// The event's lane was full.
@@ -92,7 +99,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in code order.
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 32] = [
         Reason::TooShort,
         Reason::TooLong,
         Reason::BadLength,
@@ -115,6 +122,8 @@ impl Reason {
         Reason::NotSubscribed,
         Reason::TooManyConsumers,
         Reason::ConsumerBusy,
+        Reason::Unauthenticated,
+        Reason::ForbiddenTopic,
         Reason::LaneFull,
         Reason::RateLimited,
         Reason::Shed,
@@ -151,8 +160,8 @@ impl Reason {
     pub const fn index(self) -> usize {
         match self as u16 {
             c @ 1..=13 => c as usize - 1,
-            c @ 20..=28 => c as usize - 20 + 13,
-            c => c as usize - 32 + 22,
+            c @ 20..=30 => c as usize - 20 + 13,
+            c => c as usize - 32 + 24,
         }
     }
 
@@ -193,6 +202,8 @@ impl Reason {
             Reason::NotSubscribed => "not_subscribed",
             Reason::TooManyConsumers => "too_many_consumers",
             Reason::ConsumerBusy => "consumer_busy",
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::ForbiddenTopic => "forbidden_topic",
             Reason::LaneFull => "lane_full",
             Reason::RateLimited => "rate_limited",
             Reason::Shed => "shed",
@@ -225,7 +236,7 @@ mod tests {
             assert_eq!(r.is_rejection(), r.code() < 32);
         }
         assert!(seen.iter().all(|&s| s));
-        for code in [0, 14, 19, 29, 31, 40, 63, u16::MAX] {
+        for code in [0, 14, 19, 31, 40, 63, u16::MAX] {
             assert_eq!(Reason::from_code(code), None, "code {code}");
         }
     }

@@ -20,6 +20,7 @@ pub mod prom;
 pub mod stats;
 pub mod storage;
 mod sys;
+pub mod tlsport;
 
 // Their paths from before they were grouped under `placement`.
 pub use placement::{idle, numa, pin, topology};

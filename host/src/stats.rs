@@ -82,7 +82,8 @@ impl Gauge {
 /// The host's own counters: sockets and storage. The core's per-stage outcome counters live in
 /// [`pinstream_core::accounting::StageCounters`]; these are what only the host sees.
 ///
-/// All fields are monotonic counters except [`tcp_open`](Self::tcp_open) and
+/// All fields are monotonic counters except [`tcp_open`](Self::tcp_open),
+/// [`tls_open`](Self::tls_open) and
 /// [`storage_segments`](Self::storage_segments), which are levels.
 #[derive(Debug, Default)]
 pub struct HostCounters {
@@ -100,6 +101,23 @@ pub struct HostCounters {
     /// `accept` calls that failed (out of file descriptors or memory: the listener then
     /// rests 100 ms; or a connection reset before it was accepted).
     pub tcp_accept_errors: Gauge,
+    /// TCP connections the TLS terminator accepted on a `tcp.tls_cert` port (before their
+    /// handshake; those that finish it are counted again in
+    /// [`tcp_accepted`](Self::tcp_accepted) when the ingest thread admits them).
+    pub tls_accepted: Gauge,
+    /// TLS handshakes finished on the binary port (the connection was handed over).
+    pub tls_handshakes: Gauge,
+    /// TLS handshakes that failed on the binary port: not TLS (a plaintext client), no or a
+    /// refused client certificate, a protocol error, or the client closed mid-handshake.
+    pub tls_handshake_failures: Gauge,
+    /// TLS handshakes not finished within `tcp.tls_handshake_timeout_ms` (not in
+    /// [`tls_handshake_failures`](Self::tls_handshake_failures)).
+    pub tls_handshake_timeouts: Gauge,
+    /// TLS connections open now in the terminator (a level).
+    pub tls_open: Gauge,
+    /// TLS connections the terminator closed at once: `tcp.max_connections` TLS sessions
+    /// were open, or the hand-over ring to the ingest thread was full.
+    pub tls_refused: Gauge,
     /// TCP connections closed, for any reason: the sum of the `tcp_closed_*` counters and
     /// [`tcp_drains_abandoned`](Self::tcp_drains_abandoned) (`/metrics` exports the parts as
     /// `pinstream_tcp_connections_closed_total{reason}`).
@@ -155,6 +173,16 @@ pub struct HostCounters {
     pub tcp_producers_refused: Gauge,
     /// Connections closed because another connection took over their producer.
     pub tcp_producers_fenced: Gauge,
+    /// `tcp.auth = "token"`: connections refused `unauthenticated` (a HELLO without a
+    /// token or with an unknown one, or a data frame before any HELLO).
+    pub tcp_auth_unauthenticated: Gauge,
+    /// `tcp.auth = "token"`: events rejected `forbidden_topic` (a topic their connection's
+    /// token may not use).
+    pub tcp_auth_forbidden_topic: Gauge,
+    /// `tcp.auth = "token"`: events dead-lettered `rate_limited` because their connection's
+    /// token was over its rate (the engine's per-client limit is counted apart, under the
+    /// dispatcher's reasons).
+    pub tcp_auth_rate_limited: Gauge,
     /// Closed producer connections whose frames did not resolve within the drain timeout.
     pub tcp_drains_abandoned: Gauge,
     /// Connections that ended (closed by the peer with FIN or RST, or by the engine for any
@@ -228,6 +256,12 @@ impl HostCounters {
             tcp_refused: Gauge::new(),
             tcp_refused_per_ip: Gauge::new(),
             tcp_accept_errors: Gauge::new(),
+            tls_accepted: Gauge::new(),
+            tls_handshakes: Gauge::new(),
+            tls_handshake_failures: Gauge::new(),
+            tls_handshake_timeouts: Gauge::new(),
+            tls_open: Gauge::new(),
+            tls_refused: Gauge::new(),
             tcp_closed: Gauge::new(),
             tcp_closed_malformed: Gauge::new(),
             tcp_closed_stalled: Gauge::new(),
@@ -251,6 +285,9 @@ impl HostCounters {
             tcp_producers_evicted: Gauge::new(),
             tcp_producers_refused: Gauge::new(),
             tcp_producers_fenced: Gauge::new(),
+            tcp_auth_unauthenticated: Gauge::new(),
+            tcp_auth_forbidden_topic: Gauge::new(),
+            tcp_auth_rate_limited: Gauge::new(),
             tcp_drains_abandoned: Gauge::new(),
             tcp_partial_frames_dropped: Gauge::new(),
             tcp_partial_frame_bytes_dropped: Gauge::new(),

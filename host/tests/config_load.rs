@@ -227,6 +227,61 @@ fn the_grpc_section_parses_validates_and_warns() {
 }
 
 #[test]
+fn tcp_auth_needs_tokens_and_udp_off_or_explicitly_open() {
+    use pinstream_host::config::TcpAuth;
+    assert_eq!(
+        Config::default().tcp.auth,
+        TcpAuth::None,
+        "old clients keep working"
+    );
+    assert!(!Config::default().udp.allow_unauthenticated);
+    let hash = pinstream_host::gateway::hash_token("s3cret");
+    let token =
+        format!("[[auth.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\ntopics = [\"default\"]\n");
+    // Tokens, UDP off: fine, and the auth is on.
+    let ok = format!("[tcp]\nauth = \"token\"\n[udp]\nlisten = \"off\"\n{token}");
+    assert_eq!(parse(&ok).tcp.auth, TcpAuth::Token);
+    assert!(warnings(&ok).is_empty(), "{:?}", warnings(&ok));
+    // No token to check against.
+    let p = problems("[tcp]\nauth = \"token\"\n[udp]\nlisten = \"off\"\n");
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("tcp.auth = \"token\" with no [[auth.tokens]]")),
+        "{p:?}"
+    );
+    // UDP (on by default) has no HELLO: refused unless explicitly allowed, then warned
+    // about beyond loopback.
+    let p = problems(&format!("[tcp]\nauth = \"token\"\n{token}"));
+    assert!(
+        p.iter().any(|p| p.contains("udp.allow_unauthenticated")),
+        "{p:?}"
+    );
+    let open = format!(
+        "[tcp]\nauth = \"token\"\n[udp]\nallow_unauthenticated = true\nlisten = \"0.0.0.0:7071\"\n{token}"
+    );
+    let w = warnings(&open);
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("udp.listen") && w.contains("no authentication")),
+        "{w:?}"
+    );
+    // The binary port beyond loopback: loud without auth, about clear text with it.
+    let w = warnings("[tcp]\nlisten = \"0.0.0.0:7070\"\n");
+    assert!(
+        w.iter()
+            .any(|w| w.contains("ANYONE") && w.contains("tcp.auth")),
+        "{w:?}"
+    );
+    let w = warnings(&format!(
+        "[tcp]\nlisten = \"0.0.0.0:7070\"\nauth = \"token\"\n[udp]\nlisten = \"off\"\n{token}"
+    ));
+    assert!(w.iter().any(|w| w.contains("clear text")), "{w:?}");
+    assert!(!w.iter().any(|w| w.contains("ANYONE")), "{w:?}");
+    let (key, _, _, _, _) = parse_err("[tcp]\nauth = \"password\"\n");
+    assert_eq!(key, "tcp.auth");
+}
+
+#[test]
 fn the_consumers_section_parses_and_refuses_an_engine_cpu() {
     let d = Config::default().consumers;
     assert_eq!(d.listen, Some("127.0.0.1:7072".parse().unwrap()));

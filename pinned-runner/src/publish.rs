@@ -69,6 +69,31 @@ pub struct PublishArgs {
     /// Give up when the engine does not connect or acknowledge within this many seconds
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub timeout: u64,
+
+    /// The authentication token the HELLO carries, for an engine with tcp.auth = "token"
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// TLS on the binary port (an engine with tcp.tls_cert), trusting the CA certificates
+    /// of --cacert
+    #[arg(long, requires = "cacert")]
+    pub tls: bool,
+
+    /// With --tls: PEM file of the CA certificates the engine's certificate chains to
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub cacert: Option<PathBuf>,
+
+    /// With --tls: the name the engine's certificate must carry [default: the --addr IP]
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub tls_name: Option<String>,
+
+    /// With --tls: PEM client certificate chain to present (an engine with
+    /// tcp.tls_client_ca)
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+
+    /// With --cert: its PEM private key
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
@@ -226,10 +251,23 @@ pub fn main(args: &PublishArgs) -> Result<(), Failure> {
     let options = ProducerOptions {
         max_frame_len: 1 << 20,
         timeout: Duration::from_secs(args.timeout.max(1)),
+        token: args.token.as_ref().map(|t| t.as_bytes().to_vec()),
         ..ProducerOptions::default()
     };
+    let tls = match (&args.tls, &args.cacert) {
+        (true, Some(ca)) => Some(
+            pinstream_client::TlsFiles {
+                ca: ca.clone(),
+                client: args.cert.clone().zip(args.key.clone()),
+                server_name: args.tls_name.clone(),
+            }
+            .options()
+            .map_err(|e| Failure::usage(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let mut producer =
-        Producer::connect(addr, options).map_err(|e| Failure::runtime(e.to_string()))?;
+        Producer::connect_with(addr, options, tls).map_err(|e| Failure::runtime(e.to_string()))?;
     let id_base = producer.producer_id() << GENERATED_ID_BITS;
     let runtime = |e: io::Error| Failure::runtime(e.to_string());
     let (mut sent, mut bad, mut generated) = (0u64, 0u64, 0u64);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pinstream_core::accounting::Accounting;
 use pinstream_core::event::Lane;
 use pinstream_host::admin::{self, AdminHandle, AdminOptions, AdminServer};
-use pinstream_host::config::{Config, DEFAULT_TOML};
+use pinstream_host::config::{Config, DEFAULT_TOML, TcpAuth};
 use pinstream_host::disk::{self, DiskSpace};
 use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineHandle, EngineStats};
 use pinstream_host::pin;
@@ -254,6 +254,18 @@ fn report_start(
                 "no authentication ([[auth.tokens]] is empty)".to_string()
             } else {
                 format!("{} token(s)", config.auth.tokens.len())
+            }
+        );
+    }
+    if handle.started.tcp.is_some() {
+        say!(
+            "tcp auth: {}",
+            match config.tcp.auth {
+                TcpAuth::Token => format!(
+                    "token ({} token(s); a HELLO without a known one is refused)",
+                    config.auth.tokens.len()
+                ),
+                TcpAuth::None => "none (any client may send)".to_string(),
             }
         );
     }

@@ -27,6 +27,7 @@ impl Client {
             &ConnectOptions {
                 timeout: Duration::from_secs(10),
                 hello: None,
+                token: None,
             },
         )?;
         Ok(Self {
@@ -49,6 +50,13 @@ impl Client {
     /// Sends `hello` and returns the server's reply (an error when it refuses).
     pub fn hello_with(&mut self, hello: &Hello) -> io::Result<Hello> {
         self.conn.hello(hello)
+    }
+
+    /// Sends a version-2 HELLO carrying `token` (for `tcp.auth = "token"`) and returns the
+    /// server's reply (an error when it refuses).
+    pub fn hello_token(&mut self, token: &[u8]) -> io::Result<Hello> {
+        self.conn
+            .hello_with_token(&Hello::producer(65_536, 0), Some(token))
     }
 
     /// Encodes one BATCH frame of `events` with payloads from `payload(i)`.

@@ -10,6 +10,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub mod client;
+pub mod pki;
 
 /// A global allocator that counts allocations (alloc, alloc_zeroed, realloc) made by each
 /// thread while it is armed. Install it in a test binary with `#[global_allocator]`.

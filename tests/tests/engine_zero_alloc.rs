@@ -5,13 +5,18 @@ use std::time::{Duration, Instant};
 
 use pinstream_core::event::{EventHeader, Priority};
 use pinstream_core::wire::{self, Hello, Start, StreamLog, Subscribe};
+use pinstream_host::config::{TcpAuth, TokenSection};
 use pinstream_host::consumers::ConsumerSettings;
 use pinstream_host::engine::{Engine, EngineConfig};
+use pinstream_host::gateway::hash_token;
 use pinstream_tests::client::Client;
 use pinstream_tests::{CountingAllocator, TempDir};
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator::new();
+
+/// The token the TCP client's HELLO and the HTTP requests carry.
+const TOKEN: &str = "zero-alloc-token";
 
 fn watch() {
     ALLOC.watch_this_thread();
@@ -77,7 +82,7 @@ fn http_load(addr: std::net::SocketAddr, stop: &std::sync::atomic::AtomicBool) -
         })
         .collect();
     let req = format!(
-        "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let mut stored = 0;
@@ -120,6 +125,18 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     // as it likes); its events reach the ingest thread through its ring, which the ingest
     // thread polls on every round, and must cost that thread no allocation either.
     cfg.http.listen = Some("127.0.0.1:0".parse().unwrap());
+    // Tokens on the binary port too: every event of the TCP connection is screened (its
+    // token's topic bits, a grant of its rate per frame) on the ingest thread, and the
+    // gateway's requests carry the same token. The rate is far above what the test sends,
+    // so nothing is refused, but the bucket is asked every frame.
+    cfg.tcp_auth = TcpAuth::Token;
+    cfg.http.tokens = vec![TokenSection {
+        name: "load".into(),
+        sha256: hash_token(TOKEN),
+        topics: vec!["default".into()],
+        rate: 1_000_000_000,
+        burst: 10_000_000,
+    }];
     let engine = Engine::start(cfg).unwrap();
     let http_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let http_client = {
@@ -129,7 +146,7 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     };
     let (_consumer, received) = reading_consumer(engine.consumer_addr().unwrap());
     let mut client = Client::connect(engine.started.tcp.unwrap()).unwrap();
-    client.hello().unwrap();
+    client.hello_token(TOKEN.as_bytes()).unwrap();
     let mut seq = 0u64;
     let mut round = |client: &mut Client, n: u64| {
         for _ in 0..n {

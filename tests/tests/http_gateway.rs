@@ -720,3 +720,34 @@ fn dead_letters_at_dispatch_are_itemised_by_reason() {
     assert!(a.body.contains(&item), "{item} not in {a:?}");
     engine.stop().unwrap();
 }
+
+/// A request answered `202` (`ack=none`) was taken: a clean stop right after it stores its
+/// events (the gateway's queue and ring are drained before the ingest thread stops), and
+/// nothing is counted as not taken.
+#[test]
+fn events_answered_202_are_stored_by_a_stop_right_after() {
+    for round in 0..5 {
+        let dir = TempDir::new("http-202-stop");
+        let (engine, addr) = start(config(&dir));
+        let mut c = Http::connect(addr);
+        let mut sent = 0u64;
+        for r in 0..10u64 {
+            let body: String = (0..50u64)
+                .map(|i| format!("{{\"payload\":\"r{round}-{r}-{i}\"}}\n"))
+                .collect();
+            let a = c.post("/v1/events?ack=none", &[NDJSON], body.as_bytes());
+            assert_eq!(a.status, 202, "{a:?}");
+            sent += 50;
+        }
+        let stats = std::sync::Arc::clone(engine.stats());
+        let gateway = std::sync::Arc::clone(&stats.http);
+        engine.stop().unwrap();
+        assert_eq!(stats.process.stored.get(), sent, "round {round}");
+        assert_eq!(
+            gateway
+                .not_taken_at_stop
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    }
+}

@@ -29,6 +29,8 @@ struct Vector {
     ack_v2: bool,
     reject: Option<Reject>,
     hello: Option<Hello>,
+    /// The HELLO's authentication token (`token`, hex), if it carries one.
+    token: Option<Vec<u8>>,
     /// log, start, start_value, credit, name.
     subscribe: Option<(u8, u8, u64, u64, Vec<u8>)>,
     subscribed: Option<Subscribed>,
@@ -181,6 +183,7 @@ fn parse_vectors(page: &str) -> Vec<Vector> {
                             max_payload: opt_num(&f, "max_payload"),
                             dedup_window_ms: opt_num(&f, "dedup_window_ms"),
                         });
+                        v.token = f.iter().find(|(k, _)| *k == "token").map(|(_, t)| unhex(t));
                     }
                     "subscribe" => {
                         let f = fields(value);
@@ -277,7 +280,10 @@ fn encode(v: &Vector) -> Vec<u8> {
         "ACK" if v.ack_v2 => wire::encode_ack_v2(&mut buf, seq, &v.ack.unwrap()).unwrap(),
         "ACK" => wire::encode_ack(&mut buf, seq, &v.ack.unwrap()).unwrap(),
         "REJECT" => wire::encode_reject(&mut buf, seq, &v.reject.unwrap()).unwrap(),
-        "HELLO" => wire::encode_hello(&mut buf, seq, &v.hello.unwrap()).unwrap(),
+        "HELLO" => match &v.token {
+            Some(t) => wire::encode_hello_token(&mut buf, seq, &v.hello.unwrap(), t).unwrap(),
+            None => wire::encode_hello(&mut buf, seq, &v.hello.unwrap()).unwrap(),
+        },
         "SUBSCRIBE" => {
             let (log, start, start_value, credit, name) = v.subscribe.clone().unwrap();
             let sub = Subscribe {
@@ -314,6 +320,12 @@ fn check_valid(v: &Vector) {
     assert_eq!(frame.ack(), v.ack, "{}", v.name);
     assert_eq!(frame.reject(), v.reject, "{}", v.name);
     assert_eq!(frame.hello(), v.hello, "{}", v.name);
+    assert_eq!(
+        frame.hello_token().map(<[u8]>::to_vec),
+        v.token,
+        "{}",
+        v.name
+    );
     let sub = frame
         .subscribe()
         .map(|s| (s.log, s.start, s.start_value, s.credit, s.name.to_vec()));

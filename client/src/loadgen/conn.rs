@@ -71,7 +71,7 @@ fn is_timeout(e: &io::Error) -> bool {
 pub(super) fn connect_tcp(cfg: &LoadConfig, c: usize) -> io::Result<Connection> {
     let addr = cfg.addr;
     let frame_len = cfg.frame_len();
-    let (conn, hello) = Connection::connect(
+    let (conn, hello) = Connection::connect_with(
         addr,
         &ConnectOptions {
             timeout: cfg.ack_timeout,
@@ -82,7 +82,10 @@ pub(super) fn connect_tcp(cfg: &LoadConfig, c: usize) -> io::Result<Connection> 
                 u32::try_from(frame_len).unwrap_or(u32::MAX),
                 0,
             )),
+            // The same token as over HTTP, carried in the HELLO (`tcp.auth = "token"`).
+            token: cfg.http.token.as_ref().map(|t| t.as_bytes().to_vec()),
         },
+        cfg.tls.as_ref(),
     )
     .map_err(|e| io::Error::new(e.kind(), format!("{e} (connection {c})")))?;
     let h = hello.unwrap_or_default();
@@ -215,8 +218,9 @@ fn run_tcp(
         })
     });
     if sent.is_ok() {
-        // Half close: the server acknowledges what it got, then closes.
-        let _ = closer.shutdown(Shutdown::Write);
+        // Half close (on TLS after a close_notify): the server acknowledges what it got,
+        // then closes.
+        let _ = writer.finish();
     } else {
         let _ = closer.shutdown(Shutdown::Both);
     }

@@ -29,7 +29,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// What the HTTP transport needs besides the address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HttpOptions {
-    /// Sent as `Authorization: Bearer <token>`.
+    /// Sent as `Authorization: Bearer <token>`; over TCP, carried in each connection's
+    /// HELLO (for an engine with `tcp.auth = "token"`).
     pub token: Option<String>,
     /// HTTPS, trusting the CA certificates of this PEM file.
     pub tls_ca: Option<PathBuf>,

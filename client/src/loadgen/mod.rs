@@ -17,7 +17,8 @@
 //!
 //! HTTP ([`Transport::Http`]) sends NDJSON requests of `batch` events to the engine's HTTP
 //! gateway (`POST /v1/events`), one at a time per keep-alive connection, optionally over
-//! TLS and with a bearer token ([`HttpOptions`]); the answer's counts are the
+//! TLS and with a bearer token ([`HttpOptions`]; over TCP the same token goes in each
+//! connection's HELLO); the answer's counts are the
 //! acknowledgement and the latency recorded is each request's, send to answer. `429` and
 //! `503` (nothing taken) are retried after a pause.
 //!
@@ -161,6 +162,8 @@ pub struct LoadConfig {
     pub consumer_addr: Option<SocketAddr>,
     /// Token and TLS for [`Transport::Http`].
     pub http: HttpOptions,
+    /// TLS for [`Transport::Tcp`] (a server with `tcp.tls_cert`); `None`: plain TCP.
+    pub tls: Option<crate::TlsOptions>,
 }
 
 impl LoadConfig {
@@ -184,6 +187,7 @@ impl LoadConfig {
             consumers: 0,
             consumer_addr: None,
             http: HttpOptions::default(),
+            tls: None,
         }
     }
 
@@ -245,12 +249,18 @@ impl LoadConfig {
             );
         }
         if !matches!(self.transport, Transport::Http | Transport::Grpc)
-            && (self.http.token.is_some() || self.http.tls_ca.is_some())
+            && self.http.tls_ca.is_some()
         {
+            return Err("HTTPS is for the HTTP and gRPC transports (--transport http|grpc)".into());
+        }
+        if self.transport == Transport::Udp && self.http.token.is_some() {
             return Err(
-                "a token and TLS are for the HTTP and gRPC transports (--transport http|grpc)"
+                "UDP has no HELLO to carry a token: use a token with --transport tcp, http or grpc"
                     .into(),
             );
+        }
+        if self.transport != Transport::Tcp && self.tls.is_some() {
+            return Err("TLS on the binary port is for the TCP transport (--transport tcp)".into());
         }
         let len = self.frame_len();
         let (limit, what) = match self.transport {

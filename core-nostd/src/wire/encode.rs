@@ -10,8 +10,9 @@
 use super::field::{self, Field, batch, event, header};
 use super::{
     ACK_BODY_LEN, ACK_BODY_LEN_V2, Ack, BATCH_PREFIX_LEN, EVENT_RECORD_LEN, EncodeError, FrameKind,
-    HEADER_LEN, HELLO_BODY_LEN, HELLO_BODY_LEN_V2, Hello, MAX_PAYLOAD_LEN, MIN_FRAME_LEN,
-    REJECT_BODY_LEN, Reject, TRAILER_LEN, VERSION, crc32c, event_frame_len, put, set,
+    HEADER_LEN, HELLO_BODY_LEN, HELLO_BODY_LEN_V2, HELLO_TOKEN_MAX, Hello, MAX_PAYLOAD_LEN,
+    MIN_FRAME_LEN, REJECT_BODY_LEN, Reject, TRAILER_LEN, VERSION, crc32c, event_frame_len, put,
+    set,
 };
 use crate::event::{EventHeader, FLAG_HAS_VALUE, KNOWN_FLAGS};
 
@@ -241,6 +242,52 @@ pub fn encode_reject(buf: &mut [u8], seq: u64, reject: &Reject) -> Result<usize,
 /// `max_version`), [`BadHelloFrameLen`](EncodeError::BadHelloFrameLen) (`max_frame_len`
 /// below 20), [`BufferTooSmall`](EncodeError::BufferTooSmall).
 pub fn encode_hello(buf: &mut [u8], seq: u64, hello: &Hello) -> Result<usize, EncodeError> {
+    let body = hello_body(hello)?;
+    if hello.max_version < 2 {
+        let short: &[u8; HELLO_BODY_LEN] = body[..HELLO_BODY_LEN]
+            .try_into()
+            .unwrap_or(&[0; HELLO_BODY_LEN]);
+        return encode_fixed(buf, FrameKind::Hello, seq, short);
+    }
+    encode_fixed(buf, FrameKind::Hello, seq, &body)
+}
+
+/// Writes a client's HELLO carrying an authentication token after the long body
+/// (`docs/PROTOCOL.md` §5): `token_len` (u16) and the token's bytes. Returns its length,
+/// 62 + `token.len()`. A server that requires tokens (`tcp.auth = "token"`) hashes it and
+/// compares it with its configured hashes.
+///
+/// # Errors
+/// [`BadToken`](EncodeError::BadToken) for an empty token, one longer than
+/// [`HELLO_TOKEN_MAX`], or a `max_version` below 2; otherwise as [`encode_hello`].
+pub fn encode_hello_token(
+    buf: &mut [u8],
+    seq: u64,
+    hello: &Hello,
+    token: &[u8],
+) -> Result<usize, EncodeError> {
+    if token.is_empty() || token.len() > HELLO_TOKEN_MAX || hello.max_version < 2 {
+        return Err(EncodeError::BadToken { len: token.len() });
+    }
+    let body = hello_body(hello)?;
+    let body_len = field::hello::TOKEN + token.len();
+    let total = HEADER_LEN + body_len + TRAILER_LEN;
+    let frame = frame_buf(buf, total)?;
+    // At most 16 + 42 + 256 + 4 bytes: the length fits a u32, the token's a u16.
+    put(frame, 0, &header_bytes(total as u32, FrameKind::Hello, seq));
+    put(frame, HEADER_LEN, &body);
+    put(
+        frame,
+        HEADER_LEN + field::hello::TOKEN_LEN.start,
+        &(token.len() as u16).to_le_bytes(),
+    );
+    put(frame, HEADER_LEN + field::hello::TOKEN, token);
+    seal(frame);
+    Ok(total)
+}
+
+/// The long HELLO body of `hello` (a version-1 sender uses its first 16 bytes), checked.
+fn hello_body(hello: &Hello) -> Result<[u8; HELLO_BODY_LEN_V2], EncodeError> {
     if hello.min_version == 0 || hello.min_version > hello.max_version {
         return Err(EncodeError::BadVersionRange);
     }
@@ -259,10 +306,7 @@ pub fn encode_hello(buf: &mut [u8], seq: u64, hello: &Hello) -> Result<usize, En
     set(&mut body, field::hello::SOURCE, &hello.source.to_le_bytes());
     // `field::hello::RESERVED_1`: 0.
     if hello.max_version < 2 {
-        let short: &[u8; HELLO_BODY_LEN] = body[..HELLO_BODY_LEN]
-            .try_into()
-            .unwrap_or(&[0; HELLO_BODY_LEN]);
-        return encode_fixed(buf, FrameKind::Hello, seq, short);
+        return Ok(body);
     }
     set(
         &mut body,
@@ -284,7 +328,7 @@ pub fn encode_hello(buf: &mut [u8], seq: u64, hello: &Hello) -> Result<usize, En
         field::hello::DEDUP_WINDOW_MS,
         &hello.dedup_window_ms.to_le_bytes(),
     );
-    encode_fixed(buf, FrameKind::Hello, seq, &body)
+    Ok(body)
 }
 
 /// Builds a BATCH frame in the caller's buffer, one event at a time.

@@ -128,6 +128,11 @@ pub mod hello {
     pub const MAX_PAYLOAD: Field = 32..36;
     /// `dedup_window_ms` (u32, version 2): the transactional lane's memory of ids.
     pub const DEDUP_WINDOW_MS: Field = 36..40;
+    /// `token_len` (u16, optional, after the long body): bytes of the client's
+    /// authentication token that follow, 1 to [`HELLO_TOKEN_MAX`](crate::wire::HELLO_TOKEN_MAX).
+    pub const TOKEN_LEN: Field = 40..42;
+    /// Where the token's bytes start (`token_len` of them end the body).
+    pub const TOKEN: usize = 42;
 }
 
 /// `fields` tile `0..end`: each starts where the one before ends (a one-byte field `at` is
@@ -242,6 +247,7 @@ const _: () = {
         ],
         HELLO_BODY_LEN_V2
     ));
+    assert!(o::TOKEN_LEN.start == HELLO_BODY_LEN_V2 && o::TOKEN == o::TOKEN_LEN.end);
 };
 
 /// A SUBSCRIBE body (version 3), from the start of the body; the name follows at

@@ -8,8 +8,9 @@ use super::consumer::{self, CONSUMER_VERSION};
 use super::field::{self, ack, batch, event, hello, reject};
 use super::{
     ACK_BODY_LEN, ACK_BODY_LEN_V2, BATCH_PREFIX_LEN, DecodeError, EVENT_RECORD_LEN, FrameKind,
-    HEADER_LEN, HELLO_BODY_LEN, HELLO_BODY_LEN_V2, MAX_VERSION, MIN_FRAME_LEN, REJECT_BODY_LEN,
-    TRAILER_LEN, VERSION, WHOLE_FRAME, crc32c, frame_len, frame_seq, get_u16, get_u32, get_u64,
+    HEADER_LEN, HELLO_BODY_LEN, HELLO_BODY_LEN_V2, HELLO_TOKEN_MAX, MAX_VERSION, MIN_FRAME_LEN,
+    REJECT_BODY_LEN, TRAILER_LEN, VERSION, WHOLE_FRAME, crc32c, frame_len, frame_seq, get_u16,
+    get_u32, get_u64,
 };
 use crate::event::{EventHeader, FLAG_HAS_VALUE, KNOWN_FLAGS, Priority};
 use crate::reason::Reason;
@@ -260,6 +261,30 @@ impl<'a> Frame<'a> {
         })
     }
 
+    /// The authentication token a client's HELLO carries after its long body (`None`: a
+    /// HELLO without one, or not a HELLO). Validated by [`new_checked`](Self::new_checked):
+    /// 1 to [`HELLO_TOKEN_MAX`] bytes.
+    ///
+    /// ```
+    /// use pinstream_core::wire::{Frame, Hello, encode_hello, encode_hello_token};
+    ///
+    /// let mut buf = [0u8; 128];
+    /// let n = encode_hello_token(&mut buf, 0, &Hello::producer(65_536, 0), b"s3cret")?;
+    /// assert_eq!(n, 60 + 2 + 6);
+    /// let frame = Frame::new_checked(&buf[..n], 65_536)?;
+    /// assert_eq!(frame.hello_token(), Some(&b"s3cret"[..]));
+    /// assert_eq!(frame.hello().unwrap().max_version, 2);
+    /// let n = encode_hello(&mut buf, 0, &Hello::producer(65_536, 0))?;
+    /// assert_eq!(Frame::new_checked(&buf[..n], 65_536)?.hello_token(), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn hello_token(&self) -> Option<&'a [u8]> {
+        if self.kind != FrameKind::Hello {
+            return None;
+        }
+        self.body().get(hello::TOKEN..).filter(|t| !t.is_empty())
+    }
+
     /// The frame itself if its kind is one of `accepted`.
     ///
     /// # Errors
@@ -343,11 +368,23 @@ fn check_batch_body(body: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// A HELLO body: 16 bytes, a non-empty version range, a usable frame length, reserved 0.
+/// A HELLO body: 16 bytes, or 40 (the long form), or 40 followed by a token (`token_len`,
+/// 1 to [`HELLO_TOKEN_MAX`], then as many bytes); a non-empty version range, a usable frame
+/// length, reserved 0.
 fn check_hello_body(body: &[u8]) -> Result<(), DecodeError> {
-    if body.len() != HELLO_BODY_LEN && body.len() != HELLO_BODY_LEN_V2 {
-        return Err(DecodeError::BadBodyLength);
-    }
+    let long = match body.len() {
+        HELLO_BODY_LEN => false,
+        HELLO_BODY_LEN_V2 => true,
+        n if n > hello::TOKEN => {
+            // The token extension: its length field must say exactly what follows.
+            let token_len = usize::from(get_u16(body, hello::TOKEN_LEN));
+            if token_len == 0 || token_len > HELLO_TOKEN_MAX || n - hello::TOKEN != token_len {
+                return Err(DecodeError::BadBodyLength);
+            }
+            true
+        }
+        _ => return Err(DecodeError::BadBodyLength),
+    };
     if get_u16(body, hello::RESERVED_0) != 0 || get_u32(body, hello::RESERVED_1) != 0 {
         return Err(DecodeError::ReservedNonZero);
     }
@@ -363,7 +400,7 @@ fn check_hello_body(body: &[u8]) -> Result<(), DecodeError> {
     }
     // The long form belongs to senders that speak version 2 or later, the short one to the
     // others: each side can tell from the length what the other will read.
-    if (body.len() == HELLO_BODY_LEN_V2) != (max >= 2) {
+    if long != (max >= 2) {
         return Err(DecodeError::BadBodyLength);
     }
     Ok(())

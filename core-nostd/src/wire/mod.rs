@@ -98,7 +98,8 @@ pub use self::consumer::{
 pub use self::crc::{Crc32c, crc32c, crc32c_update};
 pub use self::decoder::StreamDecoder;
 pub use self::encode::{
-    BatchEncoder, encode_ack, encode_ack_v2, encode_event, encode_hello, encode_reject,
+    BatchEncoder, encode_ack, encode_ack_v2, encode_event, encode_hello, encode_hello_token,
+    encode_reject,
 };
 pub use self::field::Field;
 pub use self::frame::{Ack, EventView, Events, Frame, FrameError, Frames, Hello, Reject, frames};
@@ -136,6 +137,9 @@ pub const HELLO_BODY_LEN: usize = 16;
 /// Bytes in a HELLO body of a sender that speaks version 2 or later (the version-1 part,
 /// then the producer session and the server's limits).
 pub const HELLO_BODY_LEN_V2: usize = 40;
+/// The longest authentication token a HELLO may carry (its optional `token` field, after the
+/// long body: `docs/PROTOCOL.md` §5).
+pub const HELLO_TOKEN_MAX: usize = 256;
 /// [`Reject::index`] when the rejection concerns the whole frame, not one event of a batch.
 pub const WHOLE_FRAME: u16 = 0xFFFF;
 
@@ -483,6 +487,12 @@ pub enum EncodeError {
         /// The name's length.
         len: usize,
     },
+    /// A HELLO token that is empty or longer than [`HELLO_TOKEN_MAX`] bytes, or given with a
+    /// HELLO whose `max_version` is below 2 (the token follows the long body only).
+    BadToken {
+        /// The token's length.
+        len: usize,
+    },
 }
 
 impl fmt::Display for EncodeError {
@@ -503,6 +513,10 @@ impl fmt::Display for EncodeError {
             }
             EncodeError::BadVersionRange => f.write_str("empty HELLO version range"),
             EncodeError::BadHelloFrameLen => f.write_str("HELLO max_frame_len below 20"),
+            EncodeError::BadToken { len } => write!(
+                f,
+                "a HELLO token of {len} bytes: it must be 1 to {HELLO_TOKEN_MAX} bytes, in a HELLO offering version 2"
+            ),
             EncodeError::NameTooLong { len } => {
                 write!(
                     f,

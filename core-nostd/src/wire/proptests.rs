@@ -17,7 +17,8 @@ enum Msg {
     Batch(Vec<(EventHeader, Vec<u8>)>),
     Ack(Ack),
     Reject(Reject),
-    Hello(Hello),
+    /// The HELLO and its token (empty: none; only after the long body).
+    Hello(Hello, Vec<u8>),
     /// log, start code, start value, credit, name.
     Subscribe(u8, u8, u64, u64, Vec<u8>),
     Subscribed(Subscribed),
@@ -89,23 +90,31 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
             20u32..,
             any::<u32>(),
             any::<[u64; 2]>(),
-            any::<[u32; 2]>()
+            any::<[u32; 2]>(),
+            proptest::collection::vec(any::<u8>(), 0..=HELLO_TOKEN_MAX)
         )
-            .prop_map(|(min, span, len, source, [id, last], [payload, window])| {
-                let max = min.saturating_add(span);
-                // The long body (producer session, limits) only from version-2 speakers.
-                let long = max >= 2;
-                Msg::Hello(Hello {
-                    min_version: min,
-                    max_version: max,
-                    max_frame_len: len,
-                    source,
-                    producer_id: if long { id } else { 0 },
-                    last_seq: if long { last } else { 0 },
-                    max_payload: if long { payload } else { 0 },
-                    dedup_window_ms: if long { window } else { 0 },
-                })
-            }),
+            .prop_map(
+                |(min, span, len, source, [id, last], [payload, window], token)| {
+                    let max = min.saturating_add(span);
+                    // The long body (producer session, limits) only from version-2 speakers,
+                    // and a token only after it.
+                    let long = max >= 2;
+                    let token = if long { token } else { Vec::new() };
+                    Msg::Hello(
+                        Hello {
+                            min_version: min,
+                            max_version: max,
+                            max_frame_len: len,
+                            source,
+                            producer_id: if long { id } else { 0 },
+                            last_seq: if long { last } else { 0 },
+                            max_payload: if long { payload } else { 0 },
+                            dedup_window_ms: if long { window } else { 0 },
+                        },
+                        token,
+                    )
+                }
+            ),
         (
             any::<u8>(),
             any::<u8>(),
@@ -146,7 +155,8 @@ fn encode(seq: u64, msg: &Msg) -> Vec<u8> {
         }
         Msg::Ack(a) => encode_ack(&mut buf, seq, a).unwrap(),
         Msg::Reject(r) => encode_reject(&mut buf, seq, r).unwrap(),
-        Msg::Hello(h) => encode_hello(&mut buf, seq, h).unwrap(),
+        Msg::Hello(h, t) if t.is_empty() => encode_hello(&mut buf, seq, h).unwrap(),
+        Msg::Hello(h, t) => encode_hello_token(&mut buf, seq, h, t).unwrap(),
         Msg::Subscribe(log, start, start_value, credit, name) => {
             let sub = Subscribe {
                 log: *log,
@@ -194,7 +204,10 @@ fn decode(frame: &Frame<'_>) -> Msg {
         }
         FrameKind::Ack => Msg::Ack(frame.ack().unwrap()),
         FrameKind::Reject => Msg::Reject(frame.reject().unwrap()),
-        FrameKind::Hello => Msg::Hello(frame.hello().unwrap()),
+        FrameKind::Hello => Msg::Hello(
+            frame.hello().unwrap(),
+            frame.hello_token().map(<[u8]>::to_vec).unwrap_or_default(),
+        ),
         FrameKind::Subscribe => {
             let s = frame.subscribe().unwrap();
             Msg::Subscribe(s.log, s.start, s.start_value, s.credit, s.name.to_vec())

@@ -1291,3 +1291,58 @@ fn hello_long_form_for_version_2_speakers() {
     buf[n - 4..n].copy_from_slice(&crc.to_le_bytes());
     assert_eq!(check(&buf[..n]).unwrap_err(), DecodeError::BadBodyLength);
 }
+
+#[test]
+fn a_hello_token_follows_the_long_body_and_is_bounded() {
+    use crate::wire::{EncodeError, HELLO_TOKEN_MAX, encode_hello_token};
+    let mut buf = [0u8; 512];
+    let hello = Hello::producer(65_536, 7);
+    for token in [&b"t"[..], b"s3cret-token", &[0xAB; HELLO_TOKEN_MAX]] {
+        let n = encode_hello_token(&mut buf, 0, &hello, token).unwrap();
+        assert_eq!(n, 16 + 42 + token.len() + 4);
+        let frame = check(&buf[..n]).unwrap();
+        assert_eq!(
+            frame.hello(),
+            Some(hello),
+            "the HELLO's fields are unchanged"
+        );
+        assert_eq!(frame.hello_token(), Some(token));
+    }
+    // What cannot be encoded: nothing, too much, or a token in a version-1 (short) HELLO.
+    for (h, token) in [
+        (hello, &[][..]),
+        (hello, &[1; HELLO_TOKEN_MAX + 1][..]),
+        (Hello::client(1, 1, 4096), &b"t"[..]),
+    ] {
+        assert_eq!(
+            encode_hello_token(&mut buf, 0, &h, token),
+            Err(EncodeError::BadToken { len: token.len() })
+        );
+    }
+    // A token_len that disagrees with the bytes, or is 0, or above the maximum: malformed.
+    let n = encode_hello_token(&mut buf, 0, &hello, b"abcd").unwrap();
+    for bad_len in [0u16, 3, 5, HELLO_TOKEN_MAX as u16 + 1] {
+        let mut f = buf[..n].to_vec();
+        f[16 + 40..16 + 42].copy_from_slice(&bad_len.to_le_bytes());
+        reseal(&mut f);
+        assert_eq!(
+            check(&f).unwrap_err(),
+            DecodeError::BadBodyLength,
+            "{bad_len}"
+        );
+    }
+    // A 41-byte body (a token_len cut short) is malformed too.
+    let mut f = buf[..16 + 41].to_vec();
+    f[..4].copy_from_slice(&(16u32 + 41 + 4).to_le_bytes());
+    f.extend_from_slice(&[0; 4]);
+    reseal(&mut f);
+    assert_eq!(check(&f).unwrap_err(), DecodeError::BadBodyLength);
+    // A token after a body claiming version 1 only: malformed, as a long body would be.
+    let mut f = buf[..n].to_vec();
+    f[16 + 1] = 1;
+    reseal(&mut f);
+    assert_eq!(check(&f).unwrap_err(), DecodeError::BadBodyLength);
+    // Without a token, or on another kind, there is none.
+    let n = encode_hello(&mut buf, 0, &hello).unwrap();
+    assert_eq!(check(&buf[..n]).unwrap().hello_token(), None);
+}

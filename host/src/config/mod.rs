@@ -57,7 +57,7 @@ pub use self::grpc::GrpcSection;
 pub use self::http::{AuthSection, HttpSection, TokenSection};
 pub use self::pipeline::{AlertRuleSection, AlertWhen, BatchStoreSetting, PipelineSection};
 pub use self::storage::{DurabilitySetting, StorageSection};
-pub use self::tcp::TcpSection;
+pub use self::tcp::{TcpAuth, TcpSection};
 pub use self::udp::UdpSection;
 pub use crate::placement::PlacementMode;
 

@@ -1,12 +1,14 @@
 //! `[tcp]`: TCP ingest and its per-connection limits.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pinstream_core::wire::{BATCH_PREFIX_LEN, EVENT_RECORD_LEN, MIN_FRAME_LEN};
 use serde::Deserialize;
 
 use super::de_listen;
+use super::http::de_path;
 
 /// `[tcp]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -41,6 +43,45 @@ pub struct TcpSection {
     pub max_producers: usize,
     /// A producer without a connection is forgotten after this long, milliseconds.
     pub producer_idle_ms: u64,
+    /// Whether a connection must authenticate with a token of `[[auth.tokens]]` in its
+    /// HELLO (`"token"`) or not (`"none"`, the default: old clients keep working).
+    pub auth: TcpAuth,
+    /// The server certificate chain (PEM); with `tls_key`, the port speaks TLS only (a
+    /// terminator thread off the engine CPUs, [`crate::tlsport`]). `None` (`""`, the
+    /// default): plain TCP.
+    #[serde(deserialize_with = "de_path")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(deserialize_with = "de_path")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to: set, a client without a
+    /// valid certificate is refused at the handshake (mutual TLS). Needs `tls_cert`.
+    #[serde(deserialize_with = "de_path")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Milliseconds a TLS handshake may take before the connection is closed (counted).
+    pub tls_handshake_timeout_ms: u64,
+}
+
+/// `tcp.auth`: what a connection to the binary port must show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpAuth {
+    /// Nothing: any client may send (a token in a HELLO is ignored).
+    #[default]
+    None,
+    /// A token of `[[auth.tokens]]` in the HELLO; its topics and rate apply to the
+    /// connection's events (`docs/PROTOCOL.md` §5).
+    Token,
+}
+
+impl TcpAuth {
+    /// The config spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TcpAuth::None => "none",
+            TcpAuth::Token => "token",
+        }
+    }
 }
 
 impl Default for TcpSection {
@@ -60,6 +101,11 @@ impl Default for TcpSection {
             max_connections_per_ip: 256,
             max_producers: 4096,
             producer_idle_ms: 3_600_000,
+            auth: TcpAuth::None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -72,6 +118,15 @@ impl TcpSection {
     /// `stall_timeout_ms` as a duration.
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_millis(self.stall_timeout_ms)
+    }
+    /// `tls_cert`, `tls_key` and `tls_client_ca` when TLS is on (both of cert and key).
+    pub fn tls_files(&self) -> Option<crate::gateway::TlsFiles> {
+        let (cert, key) = self.tls_cert.clone().zip(self.tls_key.clone())?;
+        Some(crate::gateway::TlsFiles {
+            cert,
+            key,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
     /// The most events one frame of `max_frame_len` bytes can carry.
     pub fn max_events_per_frame(&self) -> u64 {

@@ -17,6 +17,9 @@ pub struct UdpSection {
     pub batch: usize,
     /// The longest datagram accepted, bytes.
     pub max_datagram: usize,
+    /// With `tcp.auth = "token"`, whether UDP may stay on without authentication (UDP has
+    /// no HELLO to carry a token): `false` (the default) refuses that config.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for UdpSection {
@@ -25,6 +28,7 @@ impl Default for UdpSection {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
             batch: 64,
             max_datagram: MAX_UDP_DATAGRAM,
+            allow_unauthenticated: false,
         }
     }
 }

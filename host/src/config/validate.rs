@@ -2,10 +2,12 @@
 //! naming its key; and the warnings the runner prints.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use pinstream_core::event::Priority;
 use pinstream_core::wire::{ACK_BODY_LEN, MIN_FRAME_LEN, REJECT_BODY_LEN};
 
+use super::TcpAuth;
 use super::{
     AckSetting, CAPACITY_PRESETS, Config, ConfigError, DurabilitySetting, IdleSetting, MAX_CPU,
     MAX_FRAME_LEN_LIMIT, MAX_TCP_CONNECTIONS, MAX_UDP_DATAGRAM, PlacementMode,
@@ -110,7 +112,9 @@ impl Config {
 
     fn check_tcp(&self, v: &mut Validator) {
         let t = &self.tcp;
-        v.listen("tcp.listen", t.listen);
+        self.check_tcp_auth(v);
+        // `tcp.listen` beyond loopback: warned about in `check_tcp_exposure`, which knows
+        // both TLS and authentication.
         v.range("tcp.max_producers", t.max_producers as u64, 1, 1 << 20, "");
         v.range(
             "tcp.producer_idle_ms",
@@ -127,6 +131,7 @@ impl Config {
             "each connection may hold its own rate-limit key, of which this build has 4,096",
         );
         self.check_tcp_buffers(v);
+        self.check_tcp_tls(v);
         v.range(
             "tcp.max_rejects",
             t.max_rejects.into(),
@@ -532,6 +537,34 @@ impl Config {
 }
 
 impl Config {
+    /// `tcp.auth`: tokens to check against, and UDP (which has no HELLO) off or explicitly
+    /// allowed. The warning for a port beyond loopback is `check_tcp_exposure`'s.
+    fn check_tcp_auth(&self, v: &mut Validator) {
+        let t = &self.tcp;
+        if t.auth != TcpAuth::Token {
+            return;
+        }
+        if self.auth.tokens.is_empty() {
+            v.problem(
+                "tcp.auth = \"token\" with no [[auth.tokens]]: no client could connect; \
+                 add a token (pinstream token-hash) or set tcp.auth = \"none\""
+                    .to_owned(),
+            );
+        }
+        if t.listen.is_none() {
+            v.warn("tcp.auth = \"token\" has no effect: tcp.listen is off".to_owned());
+        }
+        match self.udp.listen {
+            Some(a) if !self.udp.allow_unauthenticated => v.problem(format!(
+                "tcp.auth = \"token\" with udp.listen = \"{a}\": UDP has no HELLO to \
+                 carry a token, so anyone who can reach it may publish; set udp.listen = \
+                 \"off\", or udp.allow_unauthenticated = true to keep it open knowingly"
+            )),
+            // Beyond loopback, `udp.listen`'s own warning says anyone may publish.
+            _ => {}
+        }
+    }
+
     fn check_http(&self, v: &mut Validator) {
         let h = &self.http;
         if let Some(a) = h.listen {
@@ -699,11 +732,61 @@ impl Config {
 }
 
 impl Config {
+    /// `tcp.tls_*`: as [`check_http_tls`](Self::check_http_tls); and the loud warning for a
+    /// TCP listener beyond loopback with neither TLS nor authentication (client
+    /// certificates are the binary port's authentication here).
+    fn check_tcp_tls(&self, v: &mut Validator) {
+        let t = &self.tcp;
+        tls_pair(v, "tcp", &t.tls_cert, &t.tls_key, &t.tls_client_ca, |f| {
+            crate::gateway::tcp_server_config(f).map(drop)
+        });
+        v.range(
+            "tcp.tls_handshake_timeout_ms",
+            t.tls_handshake_timeout_ms,
+            1,
+            3_600_000,
+            "",
+        );
+        self.check_tcp_exposure(v);
+    }
+
+    /// One warning for a `tcp.listen` beyond loopback that lacks TLS, authentication
+    /// (`tcp.auth = "token"`, or client certificates), or both.
+    fn check_tcp_exposure(&self, v: &mut Validator) {
+        let t = &self.tcp;
+        let Some(a) = t.listen.filter(|a| !a.ip().is_loopback()) else {
+            return;
+        };
+        let tls = t.tls_cert.is_some();
+        let token = t.auth == TcpAuth::Token;
+        let authenticated = token || (tls && t.tls_client_ca.is_some());
+        match (tls, authenticated) {
+            (false, false) => v.warn(format!(
+                "tcp.listen = \"{a}\" is not a loopback address, tcp.auth = \"none\" and \
+                 tcp.tls_cert is not set: ANYONE who can reach it may publish events, with no \
+                 authentication and in clear text; set tcp.auth = \"token\" with \
+                 [[auth.tokens]] and tcp.tls_cert/tls_key"
+            )),
+            (false, true) => v.warn(format!(
+                "tcp.listen = \"{a}\" is not a loopback address and tcp.tls_cert is not set: \
+                 tokens and events cross the network in clear text"
+            )),
+            (true, false) => v.warn(format!(
+                "tcp.listen = \"{a}\" is not a loopback address, tcp.auth = \"none\" and \
+                 tcp.tls_client_ca is not set: ANYONE who can reach it may publish events \
+                 (TLS encrypts, it authenticates no client)"
+            )),
+            (true, true) => {}
+        }
+    }
+
     /// `http.tls_*`: both or neither of cert and key, the client CA only with them, and the
     /// files readable, PEM, and the key the certificate's.
     fn check_http_tls(&self, v: &mut Validator) {
         let h = &self.http;
-        check_tls(v, "http", &h.tls_cert, &h.tls_key, &h.tls_client_ca);
+        tls_pair(v, "http", &h.tls_cert, &h.tls_key, &h.tls_client_ca, |f| {
+            crate::gateway::tls_server_config(f).map(drop)
+        });
     }
 
     /// `[grpc]`: as `[http]`, the same loud warnings beyond loopback.
@@ -748,7 +831,9 @@ impl Config {
                 }
             }
         }
-        check_tls(v, "grpc", &g.tls_cert, &g.tls_key, &g.tls_client_ca);
+        tls_pair(v, "grpc", &g.tls_cert, &g.tls_key, &g.tls_client_ca, |f| {
+            crate::gateway::tls_server_config_for("grpc", f, b"h2").map(drop)
+        });
         v.range(
             "grpc.max_connections",
             g.max_connections as u64,
@@ -795,21 +880,22 @@ impl Config {
     }
 }
 
-/// `<section>.tls_*`: both or neither of cert and key, the client CA only with them, and the
-/// files readable, PEM, and the key the certificate's.
-fn check_tls(
+/// `section.tls_*`: both or neither of cert and key, the client CA only with them, and the
+/// files readable, PEM, and the key the certificate's (`build` makes the configuration).
+fn tls_pair(
     v: &mut Validator,
     section: &str,
-    cert: &Option<std::path::PathBuf>,
-    key: &Option<std::path::PathBuf>,
-    client_ca: &Option<std::path::PathBuf>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    client_ca: &Option<PathBuf>,
+    build: impl Fn(&crate::gateway::TlsFiles) -> Result<(), String>,
 ) {
     match (cert, key) {
         (None, None) => {
             if client_ca.is_some() {
                 v.problem(format!(
-                    "{section}.tls_client_ca is set but {section}.tls_cert and {section}.tls_key \
-                     are not: client certificates need TLS"
+                    "{section}.tls_client_ca is set but {section}.tls_cert and \
+                     {section}.tls_key are not: client certificates need TLS"
                 ));
             }
         }
@@ -825,12 +911,7 @@ fn check_tls(
                 key: key.clone(),
                 client_ca: client_ca.clone(),
             };
-            let alpn: &[u8] = if section == "grpc" {
-                b"h2"
-            } else {
-                b"http/1.1"
-            };
-            if let Err(e) = crate::gateway::tls_server_config_for(section, &files, alpn) {
+            if let Err(e) = build(&files) {
                 v.problem(e);
             }
         }

@@ -47,6 +47,12 @@ pub struct EngineConfig {
     pub tcp: Option<SocketAddr>,
     /// TCP limits.
     pub tcp_limits: TcpLimits,
+    /// `tcp.auth`: whether a TCP connection must show a token of `http.tokens`
+    /// (`[[auth.tokens]]`) in its HELLO.
+    pub tcp_auth: crate::config::TcpAuth,
+    /// TLS on the TCP port (`tcp.tls_*`): served by a terminator thread
+    /// ([`crate::tlsport`]) that hands the ingest thread plaintext connections.
+    pub tcp_tls: Option<crate::tlsport::TcpTlsSettings>,
     /// UDP listen address, datagrams per `recvmmsg`, largest datagram.
     pub udp: Option<(SocketAddr, usize, usize)>,
     /// When frames are acknowledged.
@@ -120,6 +126,8 @@ impl EngineConfig {
         Self {
             tcp: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             tcp_limits: TcpLimits::default(),
+            tcp_auth: crate::config::TcpAuth::None,
+            tcp_tls: None,
             udp: Some((SocketAddr::from(([127, 0, 0, 1], 0)), 64, 65_507)),
             ack: AckMode::Durable,
             data_dir: dir,
@@ -162,6 +170,8 @@ impl EngineConfig {
         Ok(Self {
             tcp: c.tcp.listen,
             tcp_limits: TcpLimits::from_config(&c.tcp),
+            tcp_auth: c.tcp.auth,
+            tcp_tls: crate::tlsport::TcpTlsSettings::from_config(&c.tcp),
             udp: c.udp.listen.map(|a| (a, c.udp.batch, c.udp.max_datagram)),
             ack: ack_mode(c.engine.ack),
             data_dir: c.storage.dir.clone(),

@@ -15,8 +15,10 @@ use crate::topology::Topology;
 
 /// The engine's sockets, bound by [`Engine::start`](super::Engine::start), polled by the ingest thread.
 pub(super) struct Sockets {
-    /// The TCP listener, if any.
+    /// The TCP listener, if any, when the ingest thread accepts itself (no `tcp.tls_cert`).
     pub(super) listener: Option<TcpListener>,
+    /// The TCP listener when the port speaks TLS: the terminator thread's.
+    pub(super) tls_listener: Option<TcpListener>,
     /// The UDP socket, datagrams per `recvmmsg`, largest datagram.
     pub(super) udp: Option<(UdpSocket, usize, usize)>,
     /// The HTTP gateway's listener, if any.
@@ -31,7 +33,7 @@ impl Sockets {
     /// # Errors
     /// [`EngineError::Socket`], naming the address.
     pub(super) fn bind(cfg: &EngineConfig) -> Result<Self, EngineError> {
-        let listener = match cfg.tcp {
+        let mut listener = match cfg.tcp {
             Some(addr) => Some(
                 TcpListener::bind(addr).map_err(|source| EngineError::Socket {
                     what: format!("cannot listen on TCP {addr}"),
@@ -73,8 +75,14 @@ impl Sockets {
             }
             None => None,
         };
+        let tls_listener = if cfg.tcp_tls.is_some() {
+            listener.take()
+        } else {
+            None
+        };
         Ok(Self {
             listener,
+            tls_listener,
             udp,
             http,
             grpc,

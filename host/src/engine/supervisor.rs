@@ -29,12 +29,14 @@ use super::startup::{Sockets, bind_consumers, check_helper_cpu, open_logs, place
 use super::stats::recovery_summary;
 use super::storage_loop::{StorageLoop, StorageParts};
 use super::{EngineConfig, EngineStats};
+use crate::config::TcpAuth;
 use crate::consumers::{ConsumerServer, ConsumerShared};
 use crate::fdlimit::{self, FdBudget, FdLimit};
-use crate::gateway::GatewayRun;
+use crate::gateway::{GatewayRun, Tokens};
 use crate::idle::Idler;
 use crate::ingest::{
-    AckMode, COMPLETIONS, Completion, GatewayRings, Ingest, IngestContext, Shared, TcpLimits,
+    AckMode, COMPLETIONS, Completion, GatewayRings, HandoffRing, Ingest, IngestContext, Shared,
+    TcpLimits,
 };
 use crate::numa;
 use crate::pin::PinPlan;
@@ -42,6 +44,7 @@ use crate::placement::{self, PlacementDecision};
 use crate::stats::LatencyRecorder;
 use crate::storage::layout::LogId;
 use crate::storage::{DataDirLock, Log, RecoveryReport, StorageError};
+use crate::tlsport::TlsPortRun;
 
 /// Why the engine could not start.
 #[derive(Debug)]
@@ -271,6 +274,8 @@ struct Memory {
     procs: EngineLaneProcessors,
     /// The HTTP gateway's rings, when it runs.
     gateway: Option<Box<GatewayRings>>,
+    /// The TLS terminator's hand-over ring, when the TCP port speaks TLS.
+    tls_handoff: Option<Box<HandoffRing>>,
 }
 
 impl Engine {
@@ -289,6 +294,12 @@ impl Engine {
             // A consumer connection holds its socket and one segment file (and, briefly, its
             // index); counted with the admin endpoint's connections.
             cfg.admin_connections
+                // A TLS connection holds its TCP socket and both ends of its socket pair.
+                + if cfg.tcp_tls.is_some() {
+                    2 * cfg.tcp_limits.max_connections + 2
+                } else {
+                    0
+                }
                 + if cfg.http.listen.is_some() {
                     cfg.http.max_connections + 1
                 } else {
@@ -311,7 +322,11 @@ impl Engine {
         // engine on the default config would otherwise fail on the TCP port first).
         let lock = DataDirLock::acquire(&cfg.data_dir).map_err(EngineError::Storage)?;
         let sockets = Sockets::bind(&cfg)?;
-        let tcp_addr = sockets.listener.as_ref().and_then(|l| l.local_addr().ok());
+        let tcp_addr = sockets
+            .listener
+            .as_ref()
+            .or(sockets.tls_listener.as_ref())
+            .and_then(|l| l.local_addr().ok());
         let udp_addr = sockets
             .udp
             .as_ref()
@@ -443,6 +458,8 @@ struct Threads<'m> {
     sink: StoreSink<'m>,
     /// The HTTP gateway, when it runs.
     gateway: Option<GatewayRun<'m>>,
+    /// The TLS terminator of the TCP port, when it speaks TLS.
+    tls: Option<TlsPortRun<'m>>,
 }
 
 /// Nanoseconds of `d`, saturated.
@@ -469,6 +486,10 @@ fn supervise(s: Supervision) -> Result<(), String> {
         procs: LaneProcessors::new(ns(cfg.dedup_window), ns(cfg.aggregate_window).max(1)),
         gateway: (sockets.http.is_some() || sockets.grpc.is_some())
             .then(|| Box::new(GatewayRings::new())),
+        tls_handoff: sockets
+            .tls_listener
+            .as_ref()
+            .map(|_| Box::new(HandoffRing::new())),
     });
     // The payload arena: once, here; every page written now so none faults later (a
     // memset of a non-zero byte cannot be skipped the way zeroed pages are).
@@ -519,9 +540,11 @@ fn set_up<'m>(
         limiter,
         procs,
         gateway: gateway_rings,
+        tls_handoff,
     } = memory;
     let Sockets {
         listener: tcp_listener,
+        tls_listener,
         udp: udp_socket,
         http: http_listener,
         grpc: grpc_listener,
@@ -580,6 +603,24 @@ fn set_up<'m>(
     processors.set_batch_store(cfg.batch_store);
     let batch_events = cfg.batch_store == BatchStore::Events;
     ingest.set_batch_events_stored(batch_events);
+    // One table of `[[auth.tokens]]` for the gateways and the binary port: a token's rate
+    // bucket is shared by all (built here, at start-up; the ingest thread only reads it).
+    let tcp_auth = cfg.tcp_auth == TcpAuth::Token;
+    if tcp_auth && cfg.http.tokens.is_empty() {
+        return Err("tcp.auth = \"token\" with no [[auth.tokens]]: no client could connect".into());
+    }
+    let tokens = Arc::new(Tokens::new(&cfg.http.tokens, &cfg.topics)?);
+    if tcp_auth {
+        ingest.set_auth(Arc::clone(&tokens));
+        if let Some((addr, _, _)) = cfg.udp {
+            // The config refuses this unless udp.allow_unauthenticated says so; an
+            // EngineConfig built in code is told here.
+            tracing::warn!(
+                "tcp.auth = \"token\" but UDP listens on {addr}: UDP has no HELLO, its events \
+                 are taken without a token"
+            );
+        }
+    }
     let gateway = match (gateway_on, gateway_rings.as_deref_mut()) {
         (true, Some(rings)) => {
             let (end, link) = rings.split();
@@ -599,6 +640,7 @@ fn set_up<'m>(
                 max_frame: cfg.tcp_limits.max_frame_len,
                 engine_durable: cfg.ack == AckMode::Durable,
                 rate: cfg.rate,
+                tokens,
             })
         }
         _ => None,
@@ -606,6 +648,23 @@ fn set_up<'m>(
     if let Some(g) = &gateway {
         crate::gateway::check(g)?;
     }
+    let tls = match (tls_listener, tls_handoff.as_deref_mut(), &cfg.tcp_tls) {
+        (Some(listener), Some(ring), Some(settings)) => {
+            let config = crate::gateway::tcp_server_config(&settings.files)?;
+            let (tx, rx) = ring.split();
+            ingest.set_tls_handoff(rx);
+            Some(TlsPortRun {
+                listener,
+                config,
+                handshake_timeout: settings.handshake_timeout,
+                max_sessions: cfg.tcp_limits.max_connections,
+                handoff: tx,
+                shared: &stats.shared,
+                counters: &stats.host,
+            })
+        }
+        _ => None,
+    };
     ingest.set_rate_limit(if gateway_on { SOURCES - 1 } else { SOURCES }, cfg.rate);
     let mut sink = StoreSink::new(logs, stats, cfg.ack)?;
     sink.batch_events = batch_events;
@@ -625,6 +684,7 @@ fn set_up<'m>(
             storage,
             sink,
             gateway,
+            tls,
         },
         restored,
     ))
@@ -645,6 +705,7 @@ fn run_threads(
         storage,
         mut sink,
         gateway,
+        tls,
     } = threads;
     let idle = cfg.placement.idle.effective(!plan.is_pinning());
     let hook = cfg.thread_hook;
@@ -663,6 +724,10 @@ fn run_threads(
                         Err(e) => return Err(format!("ingest: epoll failed: {e}")),
                     };
                     idler.step(work);
+                }
+                // What the gateway took (a 202 included) goes in before the doors close.
+                if let Err(e) = ingest.drain_gateway(Duration::from_secs(5)) {
+                    return Err(format!("ingest: epoll failed: {e}"));
                 }
                 ingest.shut_down(Duration::from_secs(10));
                 Ok(())
@@ -694,9 +759,24 @@ fn run_threads(
             }
             None => None,
         };
+        // Unpinned like the gateway: it must never take a pinned engine CPU's time by
+        // choice (the OS schedules it where the engine threads are not bound).
+        let tls_thread = match tls {
+            Some(t) => Some(
+                thread::Builder::new()
+                    .name("pinstream-tls".into())
+                    .spawn_scoped(s, move || crate::tlsport::run(t))
+                    .map_err(|e| format!("cannot start the tls terminator thread: {e}"))?,
+            ),
+            None => None,
+        };
         let a = ingest_thread
             .join()
             .unwrap_or_else(|_| Err("the ingest thread panicked".into()));
+        let d = tls_thread.map_or(Ok(()), |h| {
+            h.join()
+                .unwrap_or_else(|_| Err("the tls terminator thread panicked".into()))
+        });
         let c = http_thread.map_or(Ok(()), |h| {
             h.join()
                 .unwrap_or_else(|_| Err("the http gateway thread panicked".into()))
@@ -704,7 +784,7 @@ fn run_threads(
         let b = storage_thread
             .join()
             .unwrap_or_else(|_| Err("the storage thread panicked".into()));
-        a.and(b).and(c)
+        a.and(b).and(c).and(d)
     })
 }
 /// Marks the ingest thread's end (see its use).

@@ -1,7 +1,10 @@
-//! Bearer tokens: stored as SHA-256 hashes in the config (`[[auth.tokens]]`), each allowed a
-//! set of topics and a rate (a token bucket of the core's, per token).
+//! Tokens: stored as SHA-256 hashes in the config (`[[auth.tokens]]`), each allowed a set of
+//! topics and a rate (a token bucket of the core's, per token). One table, built at engine
+//! start-up, serves the HTTP gateway (bearer headers) and the binary TCP port (a token in
+//! the HELLO, `tcp.auth = "token"`): a token's bucket is shared by both. Looking a token up,
+//! checking a topic and taking from a bucket allocate nothing (the ingest thread does them).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -29,19 +32,30 @@ pub fn hash_token(token: &str) -> String {
 }
 
 /// One configured token.
-pub(crate) struct Token {
+pub struct Token {
     pub(crate) name: String,
     hash: [u8; 32],
-    /// Topic ids it may send to; `None`: all.
-    topics: Option<HashSet<u16>>,
+    /// Topic ids it may send to, one bit each (bit `t % 64` of word `t / 64`); `None`: all.
+    topics: Option<Box<[u64]>>,
     /// Its rate, if limited.
     bucket: Option<TokenBucket>,
 }
 
 impl Token {
     /// Whether it may send to `topic`.
+    #[inline]
     pub(crate) fn allows(&self, topic: u16) -> bool {
-        self.topics.as_ref().is_none_or(|t| t.contains(&topic))
+        self.topics.as_ref().is_none_or(|bits| {
+            bits.get(usize::from(topic) / 64)
+                .is_some_and(|w| w & (1 << (topic % 64)) != 0)
+        })
+    }
+
+    /// Takes up to `n` events from its bucket at `now` (nanoseconds since the engine
+    /// started); returns how many it got (`n` without a limit).
+    #[inline]
+    pub(crate) fn grant(&self, n: u32, now: u64) -> u32 {
+        self.bucket.as_ref().map_or(n, |b| b.try_acquire(n, now))
     }
 
     /// Takes `n` events from its bucket at `now` (nanoseconds), all or none.
@@ -53,7 +67,7 @@ impl Token {
 }
 
 /// The configured tokens (none: no authentication).
-pub(crate) struct Tokens(Vec<Token>);
+pub struct Tokens(Vec<Token>);
 
 /// Why a request was not authenticated.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,7 +84,7 @@ impl Tokens {
     ///
     /// # Errors
     /// A hash that is not 64 hex digits, a topic not in `topics`, a bad rate.
-    pub(crate) fn new(entries: &[TokenSection], topics: &[String]) -> Result<Self, String> {
+    pub fn new(entries: &[TokenSection], topics: &[String]) -> Result<Self, String> {
         let mut out = Vec::with_capacity(entries.len());
         for t in entries {
             let hash = t
@@ -79,7 +93,7 @@ impl Tokens {
             let allowed = if t.topics.iter().any(|x| x == "*") {
                 None
             } else {
-                let mut set = HashSet::new();
+                let mut set = vec![0u64; topics.len().div_ceil(64)].into_boxed_slice();
                 for name in &t.topics {
                     let id = topics
                         .iter()
@@ -88,7 +102,7 @@ impl Tokens {
                         .ok_or_else(|| {
                             format!("auth token {:?}: topic {name:?} is not configured", t.name)
                         })?;
-                    set.insert(id);
+                    set[usize::from(id) / 64] |= 1 << (id % 64);
                 }
                 Some(set)
             };
@@ -122,20 +136,35 @@ impl Tokens {
             .or_else(|| value.strip_prefix(b"bearer "))
             .ok_or(AuthError::Missing)?;
         let presented = presented.trim_ascii();
+        self.find(presented)
+            .and_then(|i| self.0.get(i))
+            .ok_or(AuthError::Wrong)
+    }
+
+    /// The index of the token whose hash is the SHA-256 of `presented` (the bytes of a
+    /// HELLO's token). Hashing and comparing allocate nothing; every entry is compared in
+    /// full, without an early exit on the first differing byte, so the time does not tell
+    /// how much of a hash matched.
+    pub(crate) fn find(&self, presented: &[u8]) -> Option<usize> {
         let digest: [u8; 32] = Sha256::digest(presented).into();
-        // Every entry is compared in full, without an early exit on the first differing byte.
         let mut found = None;
-        for t in &self.0 {
+        for (i, t) in self.0.iter().enumerate() {
             let diff = t
                 .hash
                 .iter()
                 .zip(&digest)
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if diff == 0 {
-                found = Some(t);
+                found = Some(i);
             }
         }
-        found.ok_or(AuthError::Wrong)
+        found
+    }
+
+    /// Token `index` (from [`find`](Self::find)).
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> Option<&Token> {
+        self.0.get(index)
     }
 }
 
@@ -225,6 +254,27 @@ mod tests {
         assert!(!a.admit(1, 0));
         let b = tokens.check(Some(b"Bearer secret-b")).unwrap();
         assert!(b.allows(0) && b.allows(1) && b.admit(1_000_000, 0));
+        // The binary port's lookup: raw bytes, an index; a partial grant of the rate.
+        assert_eq!(tokens.find(b"secret-b"), Some(1));
+        assert_eq!(tokens.find(b"secret-"), None);
+        let a = tokens.get(tokens.find(b"secret-a").unwrap()).unwrap();
+        assert_eq!(
+            a.grant(5, 1_000_000_000),
+            3,
+            "10/s for 1 s, capped at the burst of 3"
+        );
+        assert_eq!(tokens.get(1).unwrap().grant(7, 0), 7);
+    }
+
+    #[test]
+    fn topic_bits_beyond_the_first_word() {
+        let topics: Vec<String> = (0..130).map(|i| format!("t{i}")).collect();
+        let tokens =
+            Tokens::new(&[entry("a", "x", &["t0", "t64", "t129"], 0, 0)], &topics).unwrap();
+        let a = tokens.get(0).unwrap();
+        for t in 0..140u16 {
+            assert_eq!(a.allows(t), [0, 64, 129].contains(&t), "topic {t}");
+        }
     }
 
     #[test]

@@ -29,12 +29,13 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub use self::auth::hash_token;
+pub use self::auth::{Token, Tokens, hash_token};
 pub use self::grpc::{GrpcCounters, GrpcSettings};
 pub use self::tls::{
     TlsFiles, server_config as tls_server_config, server_config_for as tls_server_config_for,
+    tcp_server_config,
 };
 use crate::config::{Config, TokenSection};
 use crate::ingest::{GatewayLink, Shared};
@@ -123,6 +124,9 @@ pub struct GatewayCounters {
     pub connections_refused: AtomicU64,
     /// TLS handshakes that failed or did not finish within `http.header_timeout_ms`.
     pub tls_handshake_failures: AtomicU64,
+    /// Events of `ack=none` requests (answered `202`) that the engine stopped before
+    /// taking in: the stop's drain of the gateway ran out of time (storage stuck).
+    pub not_taken_at_stop: AtomicU64,
 }
 
 impl GatewayCounters {
@@ -193,6 +197,13 @@ impl GatewayCounters {
         ] {
             w.sample_u64(name, &[("reason", r)], c.load(Ordering::Relaxed));
         }
+        let name = "pinstream_http_events_not_taken_at_stop_total";
+        w.family(
+            name,
+            MetricType::Counter,
+            "Events of ack=none requests (answered 202) the engine stopped before taking in: the stop's drain of the gateway ran out of time.",
+        );
+        w.sample_u64(name, &[], self.not_taken_at_stop.load(Ordering::Relaxed));
         let name = "pinstream_http_tls_handshake_failures_total";
         w.family(
             name,
@@ -234,6 +245,9 @@ pub(crate) struct GatewayRun<'a> {
     pub(crate) engine_durable: bool,
     /// The engine's per-client rate, applied per address to requests without a token.
     pub(crate) rate: pinstream_core::ratelimit::RateConfig,
+    /// `[[auth.tokens]]`, built once by the engine: a token's bucket is shared with the
+    /// binary TCP port.
+    pub(crate) tokens: Arc<Tokens>,
 }
 
 /// Checks what the gateway will be given before the engine starts (its tokens).
@@ -270,8 +284,8 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
         max_frame,
         engine_durable,
         rate,
+        tokens,
     } = g;
-    let tokens = auth::Tokens::new(&settings.tokens, &topics)?;
     let tls = match &settings.tls {
         Some(f) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(f)?)),
         None => None,
@@ -296,7 +310,9 @@ pub(crate) fn run(g: GatewayRun<'_>) -> Result<(), String> {
         tokens,
         topics,
         counters,
-        start: Instant::now(),
+        // The engine's clock: the token buckets are shared with the ingest thread, which
+        // counts nanoseconds from the same instant.
+        start: shared.start,
         id_prefix: ((secs & 0x3F_FFFF) | 0x40_0000) << 40,
         next_id: AtomicU64::new(1),
         engine_durable,

@@ -246,10 +246,16 @@ pub(crate) async fn pump(hub: &Hub, mut link: GatewayLink<'_>, shared: &Shared) 
     let mut idle_rounds = 0u32;
     loop {
         let exited = shared.ingest_exited.load(Ordering::Acquire);
+        // The engine stops: nothing more is taken (a new request is answered 503), what
+        // was taken goes into the ring, and the ingest thread reads it dry before it stops.
+        let stopping = shared.stop.load(Ordering::Acquire);
         let mut did = false;
         // Frames out, whole ones only, in queue order.
         {
             let mut inbox = hub.lock();
+            if stopping {
+                inbox.closed = true;
+            }
             let mut freed = 0;
             while let Some(sub) = inbox.queue.front_mut() {
                 let mut blocked = false;
@@ -281,6 +287,9 @@ pub(crate) async fn pump(hub: &Hub, mut link: GatewayLink<'_>, shared: &Shared) 
             if freed > 0 {
                 inbox.bytes -= freed;
                 hub.room.notify_waiters();
+            }
+            if stopping && inbox.queue.is_empty() {
+                shared.gateway_drained.store(true, Ordering::Release);
             }
         }
         // Replies in.

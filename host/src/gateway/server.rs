@@ -29,7 +29,7 @@ use crate::ingest::Shared;
 pub(crate) struct State {
     pub(crate) hub: Arc<Hub>,
     pub(crate) settings: HttpSettings,
-    pub(crate) tokens: Tokens,
+    pub(crate) tokens: std::sync::Arc<Tokens>,
     pub(crate) topics: Vec<String>,
     pub(crate) counters: Arc<GatewayCounters>,
     /// Gateway start, for the rate limits' ticks.
@@ -511,8 +511,19 @@ async fn submit(parsed: &mut [HttpEvent<'_>], ack: AckParam, state: &State) -> R
         // Handed to the ingest thread; its outcome is counted when it comes, unseen here.
         let counters = Arc::clone(&state.counters);
         tokio::spawn(async move {
-            if let Ok(Ok(o)) = rx.await {
-                counters.outcome(&o);
+            match rx.await {
+                Ok(Ok(o)) => counters.outcome(&o),
+                // The engine stopped with these still queued (its drain ran out of time):
+                // counted and said, never lost unseen.
+                _ => {
+                    counters
+                        .not_taken_at_stop
+                        .fetch_add(events, Ordering::Relaxed);
+                    tracing::warn!(
+                        "http: {events} event(s) of an ack=none request answered 202 were not \
+                         taken in before the engine stopped"
+                    );
+                }
             }
         });
         return reply(

@@ -1,6 +1,7 @@
-//! TLS on the HTTP and gRPC gateways (`http.tls_*`, `grpc.tls_*`): rustls
-//! with the `ring` provider, built once at start-up from PEM files. Every problem names the
-//! config key and the file, so the config check and the gateway give the same message.
+//! TLS on the HTTP and gRPC gateways (`http.tls_*`, `grpc.tls_*`) and on the binary TCP port
+//! (`tcp.tls_*`, [`crate::tlsport`]): rustls with the `ring` provider, built once at
+//! start-up from PEM files. Every problem names the config key and the file, so the config
+//! check and the thread that serves TLS give the same message.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,14 +11,14 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-/// The TLS files of `[http]`.
+/// The TLS files of `[http]` or `[tcp]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
-    /// `http.tls_cert`.
+    /// `tls_cert`.
     pub cert: PathBuf,
-    /// `http.tls_key`.
+    /// `tls_key`.
     pub key: PathBuf,
-    /// `http.tls_client_ca` (mutual TLS when set).
+    /// `tls_client_ca` (mutual TLS when set).
     pub client_ca: Option<PathBuf>,
 }
 
@@ -47,7 +48,7 @@ fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String>
     })
 }
 
-/// The server's TLS configuration: HTTP/1.1 only (ALPN `http/1.1`), TLS 1.2 and 1.3.
+/// The HTTP gateway's TLS configuration: HTTP/1.1 only (ALPN `http/1.1`), TLS 1.2 and 1.3.
 ///
 /// # Errors
 /// A file that cannot be read, holds no certificate or key, a key that does not match the
@@ -66,6 +67,22 @@ pub fn server_config_for(
     f: &TlsFiles,
     alpn: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, String> {
+    let mut config = section_config(section, f)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The binary TCP port's TLS configuration (`tcp.tls_*`): TLS 1.2 and 1.3, no ALPN (the
+/// binary protocol is the only one spoken there).
+///
+/// # Errors
+/// As [`server_config`], naming the `tcp.` keys.
+pub fn tcp_server_config(f: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
+    section_config("tcp", f).map(Arc::new)
+}
+
+/// The configuration of `section`'s TLS files; every message names `section.tls_*`.
+fn section_config(section: &str, f: &TlsFiles) -> Result<rustls::ServerConfig, String> {
     let chain = certs(&format!("{section}.tls_cert"), &f.cert)?;
     let key = private_key(&format!("{section}.tls_key"), &f.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -90,13 +107,11 @@ pub fn server_config_for(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+    builder.with_single_cert(chain, key).map_err(|e| {
         format!(
             "{section}.tls_key = \"{}\" does not fit {section}.tls_cert = \"{}\": {e}",
             f.key.display(),
             f.cert.display()
         )
-    })?;
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(config))
+    })
 }

@@ -27,36 +27,7 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 return;
             };
             match listener.accept() {
-                Ok((stream, addr)) => {
-                    self.counters.tcp_accepted.incr();
-                    let peer = PeerCounts::key(addr.ip());
-                    if self.peers.count(peer) as usize >= self.limits.max_connections_per_ip {
-                        // This address has its share: closed at once, counted.
-                        self.counters.tcp_refused.incr();
-                        self.counters.tcp_refused_per_ip.incr();
-                        continue;
-                    }
-                    let refuse = self.shared.storage_failed.load(Ordering::Relaxed);
-                    let slot = if refuse { None } else { self.take_slot() };
-                    let Some(slot) = slot else {
-                        // Over the limit (or storage failed): closed at once, counted.
-                        self.counters.tcp_refused.incr();
-                        continue;
-                    };
-                    match self.open_conn(slot, stream, addr) {
-                        Ok(()) => {
-                            self.peers.add(peer);
-                            if let Some(conn) = self.conns[slot].as_mut() {
-                                conn.peer = Some(peer);
-                            }
-                        }
-                        Err(_e) => {
-                            self.counters.tcp_closed.incr();
-                            self.counters.tcp_closed_error.incr();
-                            self.free.push(slot);
-                        }
-                    }
-                }
+                Ok((stream, addr)) => self.admit(stream, addr, false),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // The peer reset before it was accepted: that connection is gone, the next
@@ -74,6 +45,53 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 }
             }
         }
+    }
+
+    /// Admits an accepted connection (`handed_over`: a Unix socket from the TLS terminator
+    /// with its client's address), or refuses it (closed at once, counted) at the limits.
+    fn admit(&mut self, stream: std::net::TcpStream, addr: SocketAddr, handed_over: bool) {
+        self.counters.tcp_accepted.incr();
+        let peer = PeerCounts::key(addr.ip());
+        if self.peers.count(peer) as usize >= self.limits.max_connections_per_ip {
+            // This address has its share: closed at once, counted.
+            self.counters.tcp_refused.incr();
+            self.counters.tcp_refused_per_ip.incr();
+            return;
+        }
+        let refuse = self.shared.storage_failed.load(Ordering::Relaxed);
+        let slot = if refuse { None } else { self.take_slot() };
+        let Some(slot) = slot else {
+            // Over the limit (or storage failed): closed at once, counted.
+            self.counters.tcp_refused.incr();
+            return;
+        };
+        match self.open_conn(slot, stream, addr, handed_over) {
+            Ok(()) => {
+                self.peers.add(peer);
+                if let Some(conn) = self.conns[slot].as_mut() {
+                    conn.peer = Some(peer);
+                }
+            }
+            Err(_e) => {
+                self.counters.tcp_closed.incr();
+                self.counters.tcp_closed_error.incr();
+                self.free.push(slot);
+            }
+        }
+    }
+
+    /// Admits the connections the TLS terminator handed over. Returns whether there were
+    /// any.
+    pub(super) fn take_handoffs(&mut self) -> bool {
+        let mut any = false;
+        while let Some(h) = self.tls.as_mut().and_then(|rx| rx.pop()) {
+            any = true;
+            // A stream socket all the same (see `handoff`): read, write, shutdown and
+            // epoll are what the connection does with it.
+            let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(h.stream));
+            self.admit(stream, h.peer, true);
+        }
+        any
     }
 
     /// Takes the listener out of epoll for [`ACCEPT_BACKOFF`].
@@ -112,9 +130,13 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         slot: usize,
         stream: std::net::TcpStream,
         peer: SocketAddr,
+        handed_over: bool,
     ) -> io::Result<()> {
         stream.set_nonblocking(true)?;
-        stream.set_nodelay(true)?;
+        if !handed_over {
+            // A Unix socket has no Nagle to turn off.
+            stream.set_nodelay(true)?;
+        }
         // The kernel's buffer for our replies is bounded like ours: a client that does not
         // read shows up as a stall within about twice `send_buffer` bytes, not megabytes.
         set_send_buffer(stream.as_raw_fd(), self.limits.send_buffer)?;

@@ -242,6 +242,12 @@ pub(crate) struct Conn {
     /// A gateway's connection ([`super::gateway`]): its bytes come and go through rings,
     /// each frame is acknowledged on its own, and housekeeping leaves it alone.
     pub(crate) gateway: bool,
+    /// The index of the token its HELLO showed (`tcp.auth = "token"`), in the engine's
+    /// [`Tokens`](crate::gateway::Tokens); `None`: none shown (or none required).
+    pub(crate) token: Option<usize>,
+    /// Events of the frame being dispatched that its token's rate granted (asked once per
+    /// frame, when it starts); the events after them are dead-lettered `rate_limited`.
+    pub(crate) token_grant: u32,
 }
 
 impl Conn {
@@ -293,6 +299,8 @@ impl Conn {
             duplicates: 0,
             batch_events_stored: false,
             gateway: false,
+            token: None,
+            token_grant: 0,
         }
     }
 
@@ -345,6 +353,8 @@ impl Conn {
         self.held = None;
         self.draining = false;
         self.duplicates = 0;
+        self.token = None;
+        self.token_grant = 0;
     }
 
     /// Free bytes at the end of the output buffer.

@@ -44,12 +44,30 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             .rbuf
             .get(at..at + len)
             .and_then(|b| Frame::new_checked(b, conn.max_frame).ok())
-            .and_then(|f| f.hello().map(|h| (h, f.seq())))
+            .and_then(|f| {
+                // `tcp.auth = "token"`: the token it shows, if the engine knows it (a hash
+                // and a constant-time compare per configured token; no allocation).
+                let token = self
+                    .auth
+                    .as_deref()
+                    .zip(f.hello_token())
+                    .and_then(|(tokens, t)| tokens.find(t));
+                f.hello().map(|h| (h, f.seq(), token))
+            })
         else {
             conn.hello_pending = false;
             return false;
         };
-        let (client, hello_seq) = client;
+        let (client, hello_seq, token) = client;
+        if self.auth.is_some() && !conn.gateway {
+            let Some(token) = token else {
+                // No token, or one the engine does not know: REJECT and close (§5).
+                self.counters.tcp_auth_unauthenticated.incr();
+                refuse_hello(conn, self.counters, hello_seq, Reason::Unauthenticated, len);
+                return true;
+            };
+            conn.token = Some(token);
+        }
         let Some(version) = client.negotiate(1, MAX_VERSION) else {
             // No common version: REJECT and close (PROTOCOL.md §5).
             refuse_hello(

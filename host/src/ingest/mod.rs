@@ -25,6 +25,7 @@ mod addrs;
 mod close;
 mod conn;
 mod gateway;
+mod handoff;
 mod hello;
 mod housekeeping;
 mod parse;
@@ -38,6 +39,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -46,12 +48,14 @@ use pinstream_core::ratelimit::RateConfig;
 use pinstream_core::ring::Consumer;
 use pinstream_core::wire::MIN_FRAME_LEN;
 
+use crate::gateway::Tokens;
 use crate::stats::{HostCounters, LatencyRecorder};
 use crate::sys::net::{EPOLLERR_HUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready};
 
 use self::addrs::PeerCounts;
 use self::conn::{CloseReason, Conn, Track};
 pub use self::gateway::{GATEWAY_FRAMES, GATEWAY_REPLIES, GatewayEnd, GatewayLink, GatewayRings};
+pub use self::handoff::{Handoff, HandoffRing, HandoffRx, HandoffTx, TLS_HANDOFF};
 pub use self::source::SourceId;
 pub use self::udp::UdpIngest;
 
@@ -104,6 +108,9 @@ pub struct Shared {
     pub storage_done: AtomicBool,
     /// The ingest thread has returned (normally or not): nobody takes completions any more.
     pub ingest_exited: AtomicBool,
+    /// After `stop`, the gateway has taken nothing more and pushed every frame it had taken
+    /// into its ring (so the ingest thread, reading the ring dry, takes them all in).
+    pub gateway_drained: AtomicBool,
     /// Storage failed: the ingest thread closes every connection and takes no more input.
     pub storage_failed: AtomicBool,
     /// Engine start: ticks are nanoseconds since it.
@@ -124,6 +131,7 @@ impl Shared {
             ingest_done: AtomicBool::new(false),
             storage_done: AtomicBool::new(false),
             ingest_exited: AtomicBool::new(false),
+            gateway_drained: AtomicBool::new(false),
             storage_failed: AtomicBool::new(false),
             start: Instant::now(),
             start_wall: std::time::SystemTime::now()
@@ -284,6 +292,11 @@ pub struct Ingest<'a, const P: usize, const POOL: usize, const LANE: usize, cons
     gateway: Option<GatewayEnd<'a>>,
     /// The gateway's connection slot (after the TCP slots), while it is open.
     gateway_slot: Option<usize>,
+    /// `tcp.auth = "token"`: the tokens a TCP connection's HELLO must show one of (the
+    /// gateway's slot is exempt: the gateway authenticates its own clients).
+    auth: Option<Arc<Tokens>>,
+    /// Connections from the TLS terminator, if `tcp.tls_cert` is set ([`handoff`]).
+    tls: Option<HandoffRx<'a>>,
 }
 
 /// What the ingest thread shares with the engine: the flags and counters, and where it
@@ -389,7 +402,17 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             batch_watermark: 0,
             gateway: None,
             gateway_slot: None,
+            auth: None,
+            tls: None,
         })
+    }
+
+    /// Requires every TCP connection to show one of `tokens` in its HELLO (`tcp.auth =
+    /// "token"`, `docs/PROTOCOL.md` §5): without one it is refused (`unauthenticated`) and
+    /// closed; its events are limited to its token's topics (`forbidden_topic`) and rate
+    /// (`rate_limited`). The gateway's slot is exempt. Call before the engine takes input.
+    pub fn set_auth(&mut self, tokens: Arc<Tokens>) {
+        self.auth = Some(tokens);
     }
 
     /// Serves a gateway thread's rings as one more connection, in a slot of its own after
@@ -436,6 +459,12 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         self.gateway_slot = Some(slot);
         self.counters.tcp_open.set(self.open.len() as u64);
         Ok(())
+    }
+
+    /// Takes connections from the TLS terminator's ring (see [`Handoff`]) besides (or,
+    /// with no listener, instead of) accepting TCP connections.
+    pub fn set_tls_handoff(&mut self, rx: HandoffRx<'a>) {
+        self.tls = Some(rx);
     }
 
     /// The ack mode a gateway's frames are settled under.
@@ -536,6 +565,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 self.now,
             ) > 0;
         }
+        work |= self.take_handoffs();
         work |= self.take_completions();
         self.poll_gateway();
         work |= self.serve_connections();
@@ -552,6 +582,37 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             self.housekeeping();
         }
         Ok(work)
+    }
+
+    /// After `stop`, before [`shut_down`](Self::shut_down): keeps serving (every
+    /// connection, as [`poll`](Self::poll) does) until the gateway has pushed every frame it
+    /// took into its ring and this thread has read the ring dry and dispatched what it read,
+    /// or until `deadline`. A request the gateway answered `202` (`ack=none`) was taken: it
+    /// must be stored, not left in the ring at a clean stop. Without a gateway: at once.
+    ///
+    /// # Errors
+    /// As [`poll`](Self::poll).
+    pub fn drain_gateway(&mut self, deadline: Duration) -> io::Result<()> {
+        let Some(slot) = self.gateway_slot else {
+            return Ok(());
+        };
+        let until = Instant::now() + deadline;
+        loop {
+            // Read before polling: a drained gateway pushes nothing after it.
+            let drained = self.shared.gateway_drained.load(Ordering::Acquire);
+            let work = self.poll()?;
+            let ring_empty = self
+                .gateway
+                .as_mut()
+                .is_none_or(|end| end.frames.is_empty());
+            let conn_idle = self.conns[slot].as_ref().is_none_or(|c| c.rstart == c.rend);
+            if (drained && ring_empty && conn_idle) || Instant::now() >= until {
+                return Ok(());
+            }
+            if !work {
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Stops taking input; keeps acknowledging what the storage thread reports until it is

@@ -11,6 +11,7 @@ use pinstream_core::event::Lane;
 use pinstream_core::reason::Reason;
 use pinstream_core::wire::{self, DecodeError, Frame, FrameKind, MIN_FRAME_LEN, Reject};
 
+use crate::gateway::{Token, Tokens};
 use crate::stats::{HostCounters, LatencyRecorder};
 
 use super::conn::{self, CloseReason, Conn, Track};
@@ -43,6 +44,10 @@ impl Parsed {
 }
 
 /// Decodes and dispatches every whole frame in the connection's receive buffer, in place.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the ingest thread's parts, borrowed apart from the connection for one pass"
+)]
 pub(super) fn dispatch_buffered<
     const P: usize,
     const POOL: usize,
@@ -55,6 +60,7 @@ pub(super) fn dispatch_buffered<
     counters: &HostCounters,
     ack: AckMode,
     limits: &TcpLimits,
+    auth: Option<&Tokens>,
     now: u64,
 ) -> Parsed {
     // The frames borrow the receive buffer while the rest of the connection (its window,
@@ -67,6 +73,7 @@ pub(super) fn dispatch_buffered<
         counters,
         ack,
         limits,
+        auth,
         now,
     };
     let parsed = take.frames(conn, &rbuf);
@@ -82,6 +89,8 @@ struct TakeIn<'i, 'a, const P: usize, const POOL: usize, const LANE: usize, cons
     counters: &'i HostCounters,
     ack: AckMode,
     limits: &'i TcpLimits,
+    /// `tcp.auth = "token"`: the tokens (the gateway's connection is exempt).
+    auth: Option<&'i Tokens>,
     now: u64,
 }
 
@@ -207,6 +216,25 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                     &Reject::frame(frame.seq(), Reason::UnexpectedKind),
                 );
             }
+            Ok(frame)
+                if self.auth.is_some()
+                    && !conn.hello_seen
+                    && !conn.gateway
+                    && matches!(frame.kind(), FrameKind::Event | FrameKind::Batch) =>
+            {
+                // A port that requires a token takes no data frame before a HELLO that
+                // showed one: refused as a HELLO without a token is (REJECT, close), never
+                // dispatched (PROTOCOL.md §5).
+                counters.tcp_auth_unauthenticated.incr();
+                reject(
+                    conn,
+                    counters,
+                    &Reject::frame(frame.seq(), Reason::Unauthenticated),
+                );
+                parsed.consume(conn, counters, bytes.len());
+                parsed.close = Some(CloseReason::Malformed);
+                return false;
+            }
             Ok(frame) if frame.kind() == FrameKind::Hello => {
                 // Answered by the ingest thread, which owns the producer table: it stays at
                 // the front of the input until then.
@@ -264,6 +292,11 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     fn start_frame(&mut self, conn: &mut Conn, frame: &Frame<'_>) -> Option<Reason> {
         let ack = self.ack;
         conn.last_seq = Some(frame.seq());
+        // Its token's rate, asked once for the whole frame (as the engine's per-client
+        // limit is): the events past the grant are dead-lettered `rate_limited`.
+        if let Some(t) = token(self.auth, conn) {
+            conn.token_grant = t.grant(frame.event_count(), self.now);
+        }
         if ack != AckMode::None {
             conn.inflight_events += u64::from(frame.event_count());
             conn.tracks.push_back(Track::dispatching(
@@ -321,6 +354,7 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
             self.dispatcher,
             self.counters,
             self.ack,
+            token(self.auth, conn),
             frame,
             self.now,
         );
@@ -334,11 +368,15 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
 /// [`FrameProgress`] says, and books its events in the frame's track (the newest one). The
 /// connection's source waits ([`Flow::Waits`]): returns the cause when the frame stopped for
 /// room in the engine (`conn.progress` keeps its place), `None` when it is done.
+/// With a `token` (the connection authenticated with it), its events are screened first:
+/// a topic it may not use is rejected `forbidden_topic`, an event past the frame's grant of
+/// its rate dead-lettered `rate_limited` (the frame's other events go on).
 fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
     conn: &mut Conn,
     dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
     counters: &HostCounters,
     ack: AckMode,
+    token: Option<&Token>,
     frame: &Frame<'_>,
     now: u64,
 ) -> Option<Reason> {
@@ -354,7 +392,8 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         .filter(|h| seq <= h.max_seq())
         .map(Arc::clone);
     let source = conn.source.get();
-    let step = dispatcher.dispatch_frame_resent(
+    let grant = conn.token_grant;
+    let step = dispatcher.dispatch_frame_screened(
         frame,
         source,
         now,
@@ -363,6 +402,20 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         |i, header, payload| {
             held.as_ref()
                 .is_some_and(|h| h.holds(seq, i, header, payload))
+        },
+        |i, header| {
+            // Called once per event that is then resolved with the reason given (a refused
+            // event never waits), so each refusal is counted once.
+            let t = token?;
+            if !t.allows(header.topic) {
+                counters.tcp_auth_forbidden_topic.incr();
+                Some(Reason::ForbiddenTopic)
+            } else if i >= grant {
+                counters.tcp_auth_rate_limited.incr();
+                Some(Reason::RateLimited)
+            } else {
+                None
+            }
         },
         |i, header, outcome| {
             if let Outcome::Rejected(reason) = outcome {
@@ -422,6 +475,12 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         }
     }
     None
+}
+
+/// The token the connection authenticated with, if any (and if tokens are required).
+#[inline]
+fn token<'t>(auth: Option<&'t Tokens>, conn: &Conn) -> Option<&'t Token> {
+    auth.zip(conn.token).and_then(|(tokens, i)| tokens.get(i))
 }
 
 /// Queues a REJECT and counts it, or counts it dropped (output full; the ACK still counts

@@ -175,6 +175,7 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 self.counters,
                 ack,
                 &self.limits,
+                self.auth.as_deref(),
                 self.now,
             );
             work |= parsed.frames > 0;

@@ -44,6 +44,42 @@ pub const HOST_METRICS: &[HostMetric] = &[
         |c| &c.tcp_accept_errors,
     ),
     (
+        "pinstream_tcp_tls_connections_accepted_total",
+        MetricType::Counter,
+        "TCP connections accepted on the TLS port (tcp.tls_cert), before their handshake.",
+        |c| &c.tls_accepted,
+    ),
+    (
+        "pinstream_tcp_tls_handshakes_total",
+        MetricType::Counter,
+        "TLS handshakes finished on the binary port (connections handed to the ingest thread).",
+        |c| &c.tls_handshakes,
+    ),
+    (
+        "pinstream_tcp_tls_handshake_failures_total",
+        MetricType::Counter,
+        "TLS handshakes failed on the binary port (not TLS, bad or missing client certificate, protocol error).",
+        |c| &c.tls_handshake_failures,
+    ),
+    (
+        "pinstream_tcp_tls_handshake_timeouts_total",
+        MetricType::Counter,
+        "TLS handshakes not finished within tcp.tls_handshake_timeout_ms.",
+        |c| &c.tls_handshake_timeouts,
+    ),
+    (
+        "pinstream_tcp_tls_connections_open",
+        MetricType::Gauge,
+        "TLS connections open now in the terminator thread.",
+        |c| &c.tls_open,
+    ),
+    (
+        "pinstream_tcp_tls_connections_refused_total",
+        MetricType::Counter,
+        "TLS connections closed at once by the terminator (tcp.max_connections sessions, or the hand-over ring full).",
+        |c| &c.tls_refused,
+    ),
+    (
         "pinstream_tcp_received_bytes_total",
         MetricType::Counter,
         "Bytes received over TCP.",
@@ -300,4 +336,20 @@ pub fn write_host_counters(w: &mut PromWriter<'_>, counters: &HostCounters) {
     for &(reason, field) in TCP_CLOSE_REASONS {
         w.sample_u64(name, &[("reason", reason)], field(counters).get());
     }
+    let name = "pinstream_tcp_auth_refusals_total";
+    w.family(
+        name,
+        MetricType::Counter,
+        "Refusals of tcp.auth = \"token\" on the binary port, by reason: unauthenticated (connections whose HELLO showed no known token, or that sent data before a HELLO: REJECT 29, closed), forbidden_topic (events to a topic their token may not use: REJECT 30), rate_limited (events over their token's rate: dead-lettered 33).",
+    );
+    for &(reason, field) in TCP_AUTH_REFUSALS {
+        w.sample_u64(name, &[("reason", reason)], field(counters).get());
+    }
 }
+
+/// The refusals of `tcp.auth = "token"`, by reason (the registry's names).
+pub const TCP_AUTH_REFUSALS: &[(&str, CounterField)] = &[
+    ("unauthenticated", |c| &c.tcp_auth_unauthenticated),
+    ("forbidden_topic", |c| &c.tcp_auth_forbidden_topic),
+    ("rate_limited", |c| &c.tcp_auth_rate_limited),
+];

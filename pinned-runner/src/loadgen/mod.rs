@@ -93,7 +93,8 @@ pub struct LoadgenArgs {
     #[arg(long)]
     pub grpc_unary: bool,
 
-    /// With --transport http or grpc: sent as "Authorization: Bearer TOKEN"
+    /// An authentication token: with --transport http or grpc sent as "Authorization:
+    /// Bearer TOKEN", with tcp carried in each connection's HELLO (tcp.auth = "token")
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
 
@@ -101,13 +102,29 @@ pub struct LoadgenArgs {
     #[arg(long, requires = "cacert")]
     pub https: bool,
 
-    /// With --https: PEM file of the CA certificates the gateway's certificate chains to
-    #[arg(long, value_name = "FILE", requires = "https")]
+    /// With --transport tcp: TLS on the binary port (a server with tcp.tls_cert), trusting
+    /// the CA certificates of --cacert
+    #[arg(long, requires = "cacert", conflicts_with = "https")]
+    pub tls: bool,
+
+    /// With --https or --tls: PEM file of the CA certificates the server's certificate
+    /// chains to
+    #[arg(long, value_name = "FILE")]
     pub cacert: Option<std::path::PathBuf>,
 
-    /// With --https: the name the gateway's certificate must carry [default: the --addr IP]
-    #[arg(long, value_name = "NAME", requires = "https")]
+    /// With --https or --tls: the name the server's certificate must carry [default: the
+    /// --addr IP]
+    #[arg(long, value_name = "NAME")]
     pub tls_name: Option<String>,
+
+    /// With --tls: PEM client certificate chain to present (a server with
+    /// tcp.tls_client_ca)
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// With --cert: its PEM private key
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
 
     /// Events to send in all, split between the connections
     #[arg(long, value_name = "N", default_value_t = 1_000_000, conflicts_with = "duration",
@@ -237,11 +254,22 @@ pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
         (Some(AckArg::Wait), false) | (None, false) => AckWait::Wait,
         (Some(AckArg::None), _) | (None, true) => AckWait::None,
     };
-    if !matches!(transport, Transport::Http | Transport::Grpc)
-        && (args.token.is_some() || args.https)
-    {
+    if !matches!(transport, Transport::Http | Transport::Grpc) && args.https {
+        return Err(Failure::usage("--https is for --transport http or grpc"));
+    }
+    if transport == Transport::Udp && args.token.is_some() {
         return Err(Failure::usage(
-            "--token and --https are for --transport http or grpc",
+            "--token is for --transport tcp, http or grpc: UDP has no HELLO to carry it",
+        ));
+    }
+    if args.tls && transport != Transport::Tcp {
+        return Err(Failure::usage(
+            "--tls is for --transport tcp (with --transport http or grpc, use --https)",
+        ));
+    }
+    if !args.tls && !args.https && (args.cacert.is_some() || args.tls_name.is_some()) {
+        return Err(Failure::usage(
+            "--cacert and --tls-name need --https or --tls",
         ));
     }
     if args.grpc_unary && transport != Transport::Grpc {
@@ -259,9 +287,17 @@ pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
     cfg.ack = ack;
     cfg.http = loadgen::HttpOptions {
         token: args.token.clone(),
-        tls_ca: args.cacert.clone(),
-        server_name: args.tls_name.clone(),
+        tls_ca: args.cacert.clone().filter(|_| args.https),
+        server_name: args.tls_name.clone().filter(|_| args.https),
     };
+    if args.tls {
+        let files = pinstream_client::TlsFiles {
+            ca: args.cacert.clone().unwrap_or_default(),
+            client: args.cert.clone().zip(args.key.clone()),
+            server_name: args.tls_name.clone(),
+        };
+        cfg.tls = Some(files.options().map_err(|e| Failure::usage(e.to_string()))?);
+    }
     if let Some(secs) = args.duration {
         cfg.duration = Some(Duration::from_secs_f64(secs));
         cfg.events = u64::MAX;
@@ -441,7 +477,7 @@ mod tests {
     }
 
     #[test]
-    fn transport_http_takes_a_token_and_https_and_the_others_refuse_them() {
+    fn a_token_goes_over_http_or_tcp_and_https_over_http_only() {
         let udp = config(&parse(&["--transport", "udp"]).unwrap()).unwrap();
         assert_eq!((udp.transport, udp.ack), (Transport::Udp, AckWait::None));
         let h = config(
@@ -465,7 +501,15 @@ mod tests {
         // --https needs the CA; --udp and --transport are one choice.
         assert!(parse(&["--transport", "http", "--https"]).is_err());
         assert!(parse(&["--udp", "--transport", "http"]).is_err());
-        let e = config(&parse(&["--token", "t0k"]).unwrap()).unwrap_err();
+        // A token over TCP goes in the HELLO; UDP has none.
+        let t = config(&parse(&["--token", "t0k"]).unwrap()).unwrap();
+        assert_eq!(
+            (t.transport, t.http.token.as_deref()),
+            (Transport::Tcp, Some("t0k"))
+        );
+        let e = config(&parse(&["--udp", "--token", "t0k"]).unwrap()).unwrap_err();
+        assert!(e.message.contains("UDP has no HELLO"), "{}", e.message);
+        let e = config(&parse(&["--https", "--cacert", "ca.pem"]).unwrap()).unwrap_err();
         assert!(e.message.contains("--transport http"), "{}", e.message);
     }
 
@@ -490,6 +534,22 @@ mod tests {
         assert_eq!(g.http.token.as_deref(), Some("t0k"));
         let e = config(&parse(&["--grpc-unary"]).unwrap()).unwrap_err();
         assert!(e.message.contains("--transport grpc"), "{}", e.message);
+    }
+
+    #[test]
+    fn tls_is_for_tcp_and_needs_a_ca() {
+        // --tls needs --cacert; a client certificate needs --tls and its key.
+        assert!(parse(&["--tls"]).is_err());
+        assert!(parse(&["--tls", "--cacert", "ca.pem", "--cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls", "--https", "--cacert", "ca.pem"]).is_err());
+        let e = config(&parse(&["--transport", "udp", "--tls", "--cacert", "ca.pem"]).unwrap())
+            .unwrap_err();
+        assert!(e.message.contains("--transport tcp"), "{}", e.message);
+        let e = config(&parse(&["--cacert", "ca.pem"]).unwrap()).unwrap_err();
+        assert!(e.message.contains("--https or --tls"), "{}", e.message);
+        // A CA file that is not there is named.
+        let e = config(&parse(&["--tls", "--cacert", "/nonexistent/ca.pem"]).unwrap()).unwrap_err();
+        assert!(e.message.contains("/nonexistent/ca.pem"), "{}", e.message);
     }
 
     #[test]

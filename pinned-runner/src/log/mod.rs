@@ -213,6 +213,9 @@ struct ReplayArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     ack_timeout: u64,
+    /// The authentication token the HELLO carries, for an engine with tcp.auth = "token".
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -38,7 +38,12 @@ struct Sender {
 }
 
 impl Sender {
-    fn connect(target: &str, batch: u32, timeout: Duration) -> Result<Self, Failure> {
+    fn connect(
+        target: &str,
+        batch: u32,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<Self, Failure> {
         let addrs: Vec<SocketAddr> = target
             .to_socket_addrs()
             .map_err(|e| {
@@ -52,11 +57,12 @@ impl Sender {
             max_frame_len: REPLAY_MAX_FRAME,
             window: REPLAY_WINDOW,
             timeout,
+            token: token.map(|t| t.as_bytes().to_vec()),
             ..ProducerOptions::default()
         };
         let mut last_err = None;
         for addr in addrs {
-            match Producer::connect(addr, options) {
+            match Producer::connect(addr, options.clone()) {
                 Ok(producer) => {
                     return Ok(Sender {
                         addr,
@@ -139,7 +145,7 @@ pub(super) fn run(dir: &Path, args: &ReplayArgs) -> Result<(), Failure> {
     }
     let logs = open_logs(dir, &args.log.names())?;
     let timeout = Duration::from_secs(args.ack_timeout);
-    let mut sender = Sender::connect(&args.to, args.batch, timeout)?;
+    let mut sender = Sender::connect(&args.to, args.batch, timeout, args.token.as_deref())?;
     let mut damaged = 0u64;
     for (name, reader) in logs {
         damaged += send_log(&mut sender, name, reader, args)?;

@@ -30,7 +30,7 @@ pub struct Runner {
 impl Runner {
     /// Starts `pinstream run --config <dir>/config.toml` with `extra` TOML appended to a base
     /// that listens on ephemeral loopback ports and stores in `dir/data` (its `[engine]`,
-    /// `[storage]` and `[pipeline]` lines go into those tables; any other table, such as
+    /// `[tcp]`, `[storage]` and `[pipeline]` lines go into those tables; any other table, such as
     /// `[http]` or `[[auth.tokens]]`, is appended as it is).
     pub fn start(dir: &Path, extra: &str) -> Self {
         Self::start_with(dir, extra, |_| {})
@@ -42,11 +42,12 @@ impl Runner {
         std::fs::write(
             &config,
             format!(
-                "[engine]\noverprovisioned = true\n{extra_engine}\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+                "[engine]\noverprovisioned = true\n{extra_engine}\n[tcp]\nlisten = \"127.0.0.1:0\"\n{extra_tcp}\n\
                  [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[consumers]\nlisten = \"127.0.0.1:0\"\n\
                  [storage]\ndir = \"{}\"\n{extra_storage}\n[pipeline]\n{extra_pipeline}\n{rest}",
                 dir.join("data").display(),
                 extra_engine = section(extra, "engine"),
+                extra_tcp = section(extra, "tcp"),
                 extra_storage = section(extra, "storage"),
                 extra_pipeline = section(extra, "pipeline"),
                 rest = other_tables(extra),
@@ -152,14 +153,14 @@ impl Drop for Runner {
     }
 }
 
-/// The tables of `extra` other than `[engine]`, `[storage]` and `[pipeline]`, headers
+/// The tables of `extra` other than `[engine]`, `[tcp]`, `[storage]` and `[pipeline]`, headers
 /// included, for tables the base config does not have.
 pub fn other_tables(extra: &str) -> String {
     let mut out = String::new();
     let mut keep = false;
     for line in extra.lines() {
         if let Some(h) = line.strip_prefix('[') {
-            keep = !["engine", "storage", "pipeline"].contains(&h.trim_end_matches(']'));
+            keep = !["engine", "tcp", "storage", "pipeline"].contains(&h.trim_end_matches(']'));
         }
         if keep {
             out.push_str(line);
