@@ -188,6 +188,22 @@ fn the_http_and_auth_sections_parse_validate_and_warn() {
 }
 
 #[test]
+fn tcp_tls_cpu_is_a_cpu_never_an_engine_threads() {
+    assert_eq!(Config::default().tcp.tls_cpu, None);
+    assert_eq!(parse("[tcp]\ntls_cpu = 3").tcp.tls_cpu, Some(3));
+    assert_eq!(parse("[tcp]\ntls_cpu = \"none\"").tcp.tls_cpu, None);
+    let (key, _, _, _, _) = parse_err("[tcp]\ntls_cpu = -2\n");
+    assert_eq!(key, "tcp.tls_cpu");
+    let p = problems("[engine]\nplacement = \"pinned\"\n[tcp]\ntls_cpu = 1\n");
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("tcp.tls_cpu = 1") && p.contains("engine.process_cpu")),
+        "{p:?}"
+    );
+    assert!(warnings("[engine]\nplacement = \"unpinned\"\n[tcp]\ntls_cpu = 1\n").is_empty());
+}
+
+#[test]
 fn the_grpc_section_parses_validates_and_warns() {
     let d = Config::default();
     assert_eq!(d.grpc.listen, None, "the gRPC gateway is off by default");

@@ -747,6 +747,25 @@ impl Config {
             3_600_000,
             "",
         );
+        if let Some(cpu) = t.tls_cpu {
+            v.range(
+                "tcp.tls_cpu",
+                cpu as u64,
+                0,
+                MAX_CPU as u64,
+                "the affinity mask's size; -1 or \"none\": not pinned",
+            );
+            let e = &self.engine;
+            let pinned = !e.overprovisioned && e.placement == PlacementMode::Pinned;
+            if pinned && (cpu == e.ingest_cpu || cpu == e.process_cpu) {
+                v.problem(format!(
+                    "tcp.tls_cpu = {cpu}: is a pinned engine thread's CPU (engine.ingest_cpu = \
+                     {}, engine.process_cpu = {}); the TLS terminator must never share it: \
+                     choose another CPU, or -1 for none",
+                    e.ingest_cpu, e.process_cpu
+                ));
+            }
+        }
         self.check_tcp_exposure(v);
     }
 
