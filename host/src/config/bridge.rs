@@ -47,8 +47,11 @@ pub struct BridgeSection {
     pub ack_timeout_ms: u64,
     /// Longest pause between retries of a publish (they start at 50 ms and double).
     pub max_backoff_ms: u64,
-    /// Token authentication.
+    /// Token authentication (to NATS).
     pub token: Option<String>,
+    /// The token the bridge's consumer shows the engine (its HELLO), for an engine with
+    /// `consumers.auth = "token"`; not NATS's `token`. `None`: none.
+    pub engine_token: Option<String>,
     /// User/password authentication (both or neither).
     pub user: Option<String>,
     /// See `user`.
@@ -86,6 +89,7 @@ impl Default for BridgeSection {
             ack_timeout_ms: 5000,
             max_backoff_ms: 2000,
             token: None,
+            engine_token: None,
             user: None,
             password: None,
             nkey_seed: None,
@@ -155,6 +159,16 @@ impl BridgeSection {
                 key("source"),
                 self.source
             ));
+        }
+        if let Some(t) = &self.engine_token {
+            let max = pinstream_core::wire::HELLO_TOKEN_MAX;
+            if t.is_empty() || t.len() > max {
+                p.push(format!(
+                    "{}: {} bytes, must be 1 to {max}",
+                    key("engine_token"),
+                    t.len()
+                ));
+            }
         }
         if self.nats_url.trim().is_empty() {
             p.push(format!("{}: must name a NATS server", key("nats_url")));

@@ -24,6 +24,32 @@ pub struct ConsumersSection {
     pub max_named: usize,
     /// Milliseconds a connection has to send its HELLO and SUBSCRIBE; then it is closed.
     pub handshake_timeout_ms: u64,
+    /// Whether a consumer must show a token of `[[auth.tokens]]` in its HELLO (`"token"`)
+    /// or not (`"none"`, the default). A token grants reading every log and committing
+    /// any named consumer's position (logs are per lane, not per topic).
+    pub auth: ConsumerAuth,
+}
+
+/// `consumers.auth`: what a connection to the consumer listener must show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerAuth {
+    /// Nothing: anyone who reaches the listener may read (a token in a HELLO is ignored).
+    #[default]
+    None,
+    /// A token of `[[auth.tokens]]` in the HELLO (`docs/PROTOCOL.md` §12); without one the
+    /// HELLO is refused `unauthenticated` and the connection closed.
+    Token,
+}
+
+impl ConsumerAuth {
+    /// The config spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConsumerAuth::None => "none",
+            ConsumerAuth::Token => "token",
+        }
+    }
 }
 
 impl Default for ConsumersSection {
@@ -34,6 +60,7 @@ impl Default for ConsumersSection {
             max_connections: 64,
             max_named: 1024,
             handshake_timeout_ms: 10_000,
+            auth: ConsumerAuth::None,
         }
     }
 }
@@ -47,6 +74,7 @@ impl ConsumersSection {
             max_connections: self.max_connections,
             max_named: self.max_named,
             handshake_timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
+            auth: self.auth == ConsumerAuth::Token,
         }
     }
 }

@@ -50,7 +50,7 @@ use serde::{Deserialize, Deserializer};
 pub use self::admin::AdminSection;
 pub use self::bridge::{BridgeSection, SUBJECT_PLACEHOLDERS};
 pub use self::capacity::CapacitySection;
-pub use self::consumers::ConsumersSection;
+pub use self::consumers::{ConsumerAuth, ConsumersSection};
 pub use self::control::ControlSection;
 pub use self::engine::{AckSetting, EngineSection, IdleSetting};
 pub use self::grpc::GrpcSection;

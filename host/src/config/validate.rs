@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use pinstream_core::event::Priority;
 use pinstream_core::wire::{ACK_BODY_LEN, MIN_FRAME_LEN, REJECT_BODY_LEN};
 
-use super::TcpAuth;
 use super::{
     AckSetting, CAPACITY_PRESETS, Config, ConfigError, DurabilitySetting, IdleSetting, MAX_CPU,
     MAX_FRAME_LEN_LIMIT, MAX_TCP_CONNECTIONS, MAX_UDP_DATAGRAM, PlacementMode,
 };
+use super::{ConsumerAuth, TcpAuth};
 
 impl Config {
     /// Checks ranges and relations between keys.
@@ -496,7 +496,7 @@ impl Config {
 impl Config {
     fn check_consumers(&self, v: &mut Validator) {
         let c = &self.consumers;
-        v.listen("consumers.listen", c.listen);
+        self.check_consumer_auth(v);
         v.range(
             "consumers.max_connections",
             c.max_connections as u64,
@@ -537,6 +537,35 @@ impl Config {
 }
 
 impl Config {
+    /// `consumers.auth`: tokens to check against; and one warning for a `consumers.listen`
+    /// beyond loopback, loudest without authentication (the listener has no TLS).
+    fn check_consumer_auth(&self, v: &mut Validator) {
+        let c = &self.consumers;
+        let token = c.auth == ConsumerAuth::Token;
+        if token && self.auth.tokens.is_empty() {
+            v.problem(
+                "consumers.auth = \"token\" with no [[auth.tokens]]: no consumer could \
+                 connect; add a token (pinstream token-hash) or set consumers.auth = \"none\""
+                    .to_owned(),
+            );
+        }
+        match c.listen {
+            None if token => {
+                v.warn("consumers.auth = \"token\" has no effect: consumers.listen is off".into());
+            }
+            Some(a) if !a.ip().is_loopback() && !token => v.warn(format!(
+                "consumers.listen = \"{a}\" is not a loopback address and consumers.auth = \
+                 \"none\": ANYONE who can reach it may read every log and move named \
+                 consumers' positions; set consumers.auth = \"token\" with [[auth.tokens]]"
+            )),
+            Some(a) if !a.ip().is_loopback() => v.warn(format!(
+                "consumers.listen = \"{a}\" is not a loopback address: tokens and records \
+                 cross the network in clear text (the consumer listener has no TLS)"
+            )),
+            _ => {}
+        }
+    }
+
     /// `tcp.auth`: tokens to check against, and UDP (which has no HELLO) off or explicitly
     /// allowed. The warning for a port beyond loopback is `check_tcp_exposure`'s.
     fn check_tcp_auth(&self, v: &mut Validator) {
@@ -739,6 +768,13 @@ impl Config {
         for (i, b) in self.bridge.iter().enumerate() {
             for p in b.problems(i) {
                 v.problem(p);
+            }
+            if self.consumers.auth == ConsumerAuth::Token && b.engine_token.is_none() {
+                v.warn(format!(
+                    "bridge[{i}] has no engine_token and consumers.auth = \"token\": this \
+                     engine refuses its consumer (give it a token of [[auth.tokens]] as \
+                     engine_token)"
+                ));
             }
             if self.bridge[..i]
                 .iter()

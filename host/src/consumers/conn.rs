@@ -2,6 +2,13 @@
 //! decoded by a [`StreamDecoder`] with a small maximum: consumers send small frames), its
 //! replies out, and its subscription's DATA frames as far as the credit and the high
 //! watermark allow. Every refusal is a REJECT, then the connection closes once it is out.
+//!
+//! With `consumers.auth = "token"` the HELLO must carry a token of `[[auth.tokens]]` (the
+//! producer HELLO's token form, `docs/PROTOCOL.md` §5): it is hashed and compared in
+//! constant time while the frame is still borrowed ([`Msg::of`]), with no allocation. A
+//! HELLO without a known token, or a frame before any HELLO, is refused `unauthenticated`
+//! and the connection closed. A token grants reading every log and committing any named
+//! position: logs are per lane, not per topic, so a token's topics do not apply here.
 
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -20,8 +27,10 @@ use super::committer::{Committer, Job};
 use super::output::{CTL_CAP, DataSend, Flushed, Output};
 use super::positions::Positions;
 use super::reader::{self, LogCursor, Next};
+use super::stats::AuthRefusal;
 use super::stats::ConsumerStats;
 use super::watermark::Watermarks;
+use crate::gateway::Tokens;
 use crate::storage::layout::LogId;
 
 /// The largest frame the server accepts from a consumer (its HELLO reply says so).
@@ -47,13 +56,26 @@ pub struct Ctx<'a> {
     pub commits: &'a Committer,
     /// The epoll token of the connection being handled (names it in commit jobs).
     pub token: u64,
+    /// `consumers.auth = "token"`: the tokens a HELLO must show one of.
+    pub tokens: Option<&'a Tokens>,
+}
+
+/// What a HELLO's token proved, looked up while the frame was still borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shown {
+    /// No token in the HELLO.
+    Nothing,
+    /// A token the engine does not know (or tokens are not checked).
+    Unknown,
+    /// A token of `[[auth.tokens]]`.
+    Known,
 }
 
 /// A consumer frame, decoded and copied out of the read buffer.
 #[derive(Clone, Copy, Debug)]
 pub enum Msg {
-    /// HELLO.
-    Hello(u64, Hello),
+    /// HELLO, and what its token proved.
+    Hello(u64, Hello, Shown),
     /// SUBSCRIBE (the name copied, `name_len` bytes of it).
     Subscribe {
         /// Its seq.
@@ -80,11 +102,20 @@ pub enum Msg {
 }
 
 impl Msg {
-    fn of(frame: &Frame<'_>) -> Self {
+    /// The frame copied out; a HELLO's token looked up in `tokens` (a hash and a
+    /// constant-time compare per configured token, nothing allocated).
+    fn of(frame: &Frame<'_>, tokens: Option<&Tokens>) -> Self {
         let seq = frame.seq();
         match frame.kind() {
             FrameKind::Hello => match frame.hello() {
-                Some(h) => Msg::Hello(seq, h),
+                Some(h) => {
+                    let shown = match (frame.hello_token(), tokens) {
+                        (None, _) => Shown::Nothing,
+                        (Some(t), Some(tokens)) if tokens.find(t).is_some() => Shown::Known,
+                        (Some(_), _) => Shown::Unknown,
+                    };
+                    Msg::Hello(seq, h, shown)
+                }
                 None => Msg::Refuse(Reject::frame(seq, Reason::UnexpectedKind)),
             },
             FrameKind::Subscribe => match frame.subscribe() {
@@ -261,9 +292,10 @@ impl Conn {
             }
             ctx.msgs.clear();
             let msgs = &mut *ctx.msgs;
+            let tokens = ctx.tokens;
             self.decoder.feed_detailed(&buf[..n], |r| {
                 msgs.push(match r {
-                    Ok(f) => Msg::of(&f),
+                    Ok(f) => Msg::of(&f, tokens),
                     Err(e) => Msg::Refuse(e.to_reject()),
                 });
             });
@@ -284,7 +316,26 @@ impl Conn {
                 let reason = r.reason().unwrap_or(Reason::UnexpectedKind);
                 self.reject(ctx, r.frame_seq, reason);
             }
-            (Phase::Hello, Msg::Hello(seq, h)) => {
+            (Phase::Hello, Msg::Hello(seq, _, shown))
+                if ctx.tokens.is_some() && shown != Shown::Known =>
+            {
+                let why = if shown == Shown::Nothing {
+                    AuthRefusal::NoToken
+                } else {
+                    AuthRefusal::UnknownToken
+                };
+                ctx.stats.auth_refusals[why as usize].incr();
+                self.reject(ctx, seq, Reason::Unauthenticated);
+            }
+            (
+                Phase::Hello,
+                Msg::Subscribe { seq, .. } | Msg::Credit(seq, _) | Msg::Commit(seq, _),
+            ) if ctx.tokens.is_some() => {
+                // Nothing before an authenticated HELLO.
+                ctx.stats.auth_refusals[AuthRefusal::BeforeHello as usize].incr();
+                self.reject(ctx, seq, Reason::Unauthenticated);
+            }
+            (Phase::Hello, Msg::Hello(seq, h, _)) => {
                 if h.negotiate(CONSUMER_VERSION, CONSUMER_VERSION).is_none() {
                     self.reject(ctx, seq, Reason::UnsupportedVersion);
                 } else if (h.max_frame_len as usize) < MIN_CONSUMER_FRAME_LEN {
@@ -299,7 +350,7 @@ impl Conn {
                     self.phase = Phase::Subscribe;
                 }
             }
-            (_, Msg::Hello(seq, _)) => self.reject(ctx, seq, Reason::UnexpectedKind),
+            (_, Msg::Hello(seq, ..)) => self.reject(ctx, seq, Reason::UnexpectedKind),
             (Phase::Hello, Msg::Subscribe { seq, .. }) => {
                 self.reject(ctx, seq, Reason::UnexpectedKind);
             }

@@ -54,9 +54,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
+use crate::gateway::Tokens;
+
 pub use self::positions::{POSITIONS_DIR, Positions};
 pub use self::segment::{Boundary, Cut, Segment};
-pub use self::stats::{ConsumerStats, write_metrics};
+pub use self::stats::{AuthRefusal, ConsumerStats, write_metrics};
 pub use self::watermark::{Visible, Watermarks};
 
 /// The consumer server's settings (`[consumers]`).
@@ -72,6 +74,8 @@ pub struct ConsumerSettings {
     pub max_named: usize,
     /// A connection that has not subscribed within this is closed.
     pub handshake_timeout: std::time::Duration,
+    /// `consumers.auth = "token"`: a HELLO must carry a token of `[[auth.tokens]]`.
+    pub auth: bool,
 }
 
 impl ConsumerSettings {
@@ -82,6 +86,7 @@ impl ConsumerSettings {
         max_connections: 64,
         max_named: 1024,
         handshake_timeout: std::time::Duration::from_secs(10),
+        auth: false,
     };
 
     /// Serving on `addr`, with the default limits.
@@ -127,7 +132,8 @@ pub struct ConsumerServer {
 }
 
 impl ConsumerServer {
-    /// Starts the serving thread over `listener`; it runs `hook` first (the engine's
+    /// Starts the serving thread over `listener`; with `tokens` (`consumers.auth =
+    /// "token"`) every HELLO must carry one of them. The thread runs `hook` first (the engine's
     /// `thread_hook`, which tests use to watch its allocations).
     ///
     /// # Errors
@@ -138,6 +144,7 @@ impl ConsumerServer {
         listener: TcpListener,
         positions: Positions,
         data_dir: PathBuf,
+        tokens: Option<Arc<Tokens>>,
         hook: Option<fn()>,
     ) -> io::Result<Self> {
         let addr = listener.local_addr()?;
@@ -161,7 +168,7 @@ impl ConsumerServer {
                         tracing::warn!("consumer server: {e}; running unpinned");
                     }
                 }
-                server::serve(s, listener, positions, data_dir, max, handshake)
+                server::serve(s, listener, positions, data_dir, max, handshake, tokens)
             })?;
         Ok(Self {
             addr,

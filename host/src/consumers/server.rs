@@ -15,6 +15,7 @@ use super::ConsumerShared;
 use super::committer::{Committer, Done};
 use super::conn::{Conn, Ctx, Msg};
 use super::positions::Positions;
+use crate::gateway::Tokens;
 use crate::sys::net::{EPOLLERR_HUP, EPOLLET, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Epoll, Ready};
 
 /// The listener's epoll token.
@@ -50,6 +51,8 @@ struct Server {
     committer: Committer,
     /// Connections that have not subscribed within it are closed.
     handshake_timeout: std::time::Duration,
+    /// `consumers.auth = "token"`: the tokens a HELLO must show one of.
+    tokens: Option<Arc<Tokens>>,
 }
 
 fn token(index: usize, generation: u32) -> u64 {
@@ -127,6 +130,7 @@ impl Server {
             msgs: &mut self.msgs,
             commits: &self.committer,
             token,
+            tokens: self.tokens.as_deref(),
         };
         if let Err(super::conn::Close(msg)) = f(conn, &mut ctx) {
             if !msg.is_empty() {
@@ -253,6 +257,7 @@ pub(super) fn serve(
     data_dir: PathBuf,
     max_connections: usize,
     handshake_timeout: std::time::Duration,
+    tokens: Option<Arc<Tokens>>,
 ) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     listener.set_nonblocking(true)?;
@@ -273,6 +278,7 @@ pub(super) fn serve(
         msgs: Vec::with_capacity(256),
         committer,
         handshake_timeout,
+        tokens,
     };
     let mut ready = [Ready::default(); 64];
     let mut seen = shared.marks.version();

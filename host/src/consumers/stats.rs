@@ -35,6 +35,9 @@ pub struct ConsumerStats {
     pub rejects: [Gauge; Reason::COUNT],
     /// Connections closed because their segment files could not be read as expected.
     pub read_errors: Gauge,
+    /// `consumers.auth = "token"`: connections refused `unauthenticated`, by
+    /// [`AuthRefusal`] (its discriminant is the index).
+    pub auth_refusals: [Gauge; AuthRefusal::ALL.len()],
     /// The named positions, `(log, name, committed offset)`, as the server last stored them.
     pub named: Mutex<Vec<(LogId, String, u64)>>,
 }
@@ -53,7 +56,37 @@ impl ConsumerStats {
             commit_failures: Gauge::new(),
             rejects: [const { Gauge::new() }; Reason::COUNT],
             read_errors: Gauge::new(),
+            auth_refusals: [const { Gauge::new() }; AuthRefusal::ALL.len()],
             named: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Why `consumers.auth = "token"` refused a connection (REJECT `unauthenticated`, closed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// Its HELLO carried no token.
+    NoToken = 0,
+    /// Its HELLO carried a token the engine does not know.
+    UnknownToken = 1,
+    /// It sent a SUBSCRIBE, CREDIT or COMMIT before any HELLO.
+    BeforeHello = 2,
+}
+
+impl AuthRefusal {
+    /// Every reason, in index order.
+    pub const ALL: [AuthRefusal; 3] = [
+        AuthRefusal::NoToken,
+        AuthRefusal::UnknownToken,
+        AuthRefusal::BeforeHello,
+    ];
+
+    /// The metric's `reason` label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AuthRefusal::NoToken => "no_token",
+            AuthRefusal::UnknownToken => "unknown_token",
+            AuthRefusal::BeforeHello => "before_hello",
         }
     }
 }
@@ -125,6 +158,19 @@ pub fn write_metrics(w: &mut PromWriter<'_>, s: &ConsumerStats, marks: &Watermar
         "Consumer connections closed because a segment file could not be read as its framing says.",
         s.read_errors.get() as f64,
     );
+    let name = "pinstream_consumer_auth_refusals_total";
+    w.family(
+        name,
+        MetricType::Counter,
+        "Consumer connections refused by consumers.auth = \"token\" (REJECT 29 unauthenticated, closed), by reason: no_token (a HELLO without a token), unknown_token (a token not in [[auth.tokens]]), before_hello (a SUBSCRIBE, CREDIT or COMMIT before the HELLO).",
+    );
+    for r in AuthRefusal::ALL {
+        w.sample_u64(
+            name,
+            &[("reason", r.name())],
+            s.auth_refusals[r as usize].get(),
+        );
+    }
     w.family(
         "pinstream_consumer_rejects_total",
         MetricType::Counter,

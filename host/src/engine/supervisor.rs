@@ -334,6 +334,21 @@ impl Engine {
         let http_addr = sockets.http.as_ref().and_then(|l| l.local_addr().ok());
         let grpc_addr = sockets.grpc.as_ref().and_then(|l| l.local_addr().ok());
         let consumer_socket = bind_consumers(&cfg)?;
+        // `consumers.auth = "token"`: the serving thread checks HELLOs against a table of
+        // its own built from the same `[[auth.tokens]]` (it uses only their hashes).
+        let consumer_tokens = if cfg.consumers.auth && cfg.consumers.listen.is_some() {
+            if cfg.http.tokens.is_empty() {
+                return Err(EngineError::Config(
+                    "consumers.auth = \"token\" with no [[auth.tokens]]: no consumer could connect"
+                        .into(),
+                ));
+            }
+            Some(Arc::new(
+                Tokens::new(&cfg.http.tokens, &cfg.topics).map_err(EngineError::Config)?,
+            ))
+        } else {
+            None
+        };
         let (logs, recovery) = open_logs(&cfg)?;
         let shared = ConsumerShared::new().map_err(|source| EngineError::Socket {
             what: "cannot make the consumer server's eventfd".into(),
@@ -402,6 +417,7 @@ impl Engine {
                     listener,
                     positions,
                     data_dir,
+                    consumer_tokens,
                     hook,
                 );
                 match server {
