@@ -68,6 +68,10 @@ pub struct ConsumerOptions {
     pub reconnect: bool,
     /// Attempts to reconnect in a row (pauses doubling from 50 ms to 2 s) before giving up.
     pub max_reconnect_attempts: u32,
+    /// The token the HELLO carries (1 to [`HELLO_TOKEN_MAX`](wire::HELLO_TOKEN_MAX)
+    /// bytes) for an engine with `consumers.auth = "token"`; `None`: none. Without a known
+    /// one such an engine refuses the HELLO `unauthenticated` (not retried).
+    pub token: Option<Vec<u8>>,
 }
 
 impl ConsumerOptions {
@@ -94,6 +98,7 @@ impl Default for ConsumerOptions {
             timeout: Duration::from_secs(10),
             reconnect: true,
             max_reconnect_attempts: 8,
+            token: None,
         }
     }
 }
@@ -317,6 +322,15 @@ fn check_options(o: &ConsumerOptions) -> io::Result<()> {
              record), or the server could never send it",
             o.window_bytes
         ));
+    }
+    if let Some(t) = &o.token {
+        if t.is_empty() || t.len() > wire::HELLO_TOKEN_MAX {
+            return bad(format!(
+                "a token of {} bytes: must be 1 to {} bytes",
+                t.len(),
+                wire::HELLO_TOKEN_MAX
+            ));
+        }
     }
     if o.max_frame_len > MAX_RECEIVE_FRAME_LEN {
         return bad(format!(

@@ -186,9 +186,14 @@ impl Consumer {
         self.end = 0;
         self.cur = None;
         self.ungranted = 0;
-        let mut out = [0u8; 256];
-        let n = wire::encode_hello(&mut out, 0, &Hello::consumer(self.options.max_frame_len))
-            .map_err(|e| io::Error::other(format!("encoding the HELLO: {e:?}")))?;
+        // A HELLO with the largest token (322 bytes) and a SUBSCRIBE with the longest name.
+        let mut out = [0u8; 512];
+        let hello = Hello::consumer(self.options.max_frame_len);
+        let n = match self.options.token.as_deref() {
+            Some(t) => wire::encode_hello_token(&mut out, 0, &hello, t),
+            None => wire::encode_hello(&mut out, 0, &hello),
+        }
+        .map_err(|e| io::Error::other(format!("encoding the HELLO: {e:?}")))?;
         let name = self.options.name.as_deref().unwrap_or("").as_bytes();
         let sub = Subscribe::new(self.options.log, start, self.options.window_bytes, name);
         let m = wire::encode_subscribe(&mut out[n..], 1, &sub)

@@ -98,7 +98,8 @@ pub(super) struct ConsumeRun {
 }
 
 /// Subscribes `consumers` × `logs` connections at `latest` (all answered before this
-/// returns) and starts reading on them.
+/// returns) and starts reading on them; each HELLO carries `token` if given (an engine
+/// with `consumers.auth = "token"`).
 ///
 /// # Errors
 /// A consumer listener that cannot be reached or refuses a subscription.
@@ -107,6 +108,7 @@ pub(super) fn spawn(
     consumers: usize,
     logs: Vec<StreamLog>,
     timeout: Duration,
+    token: Option<Vec<u8>>,
 ) -> io::Result<ConsumeRun> {
     let done = Arc::new(AtomicBool::new(false));
     let target = Arc::new(AtomicU64::new(u64::MAX));
@@ -118,6 +120,7 @@ pub(super) fn spawn(
         for &log in &logs {
             let options = ConsumerOptions {
                 timeout,
+                token: token.clone(),
                 ..ConsumerOptions::new(log, Start::Latest)
             };
             let consumer = Consumer::connect(addr, options).map_err(|e| {

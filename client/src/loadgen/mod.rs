@@ -598,6 +598,8 @@ pub fn spawn(cfg: &LoadConfig, connections: usize) -> io::Result<LoadRun> {
             n,
             logs_of(&cfg.priorities),
             cfg.ack_timeout,
+            // The producers' token serves the consumers too (`consumers.auth = "token"`).
+            cfg.http.token.as_ref().map(|t| t.as_bytes().to_vec()),
         )?),
     };
     let progress = Arc::new(Progress::new());
