@@ -185,6 +185,8 @@ pub fn start(
             // A few quick attempts inside the consumer; past them this thread reconnects
             // itself, without limit, looking at the stop flag between attempts.
             max_reconnect_attempts: 3,
+            // The engine's token (`consumers.auth = "token"`), not NATS's `token`.
+            token: section.engine_token.as_ref().map(|t| t.as_bytes().to_vec()),
             ..ConsumerOptions::default()
         };
         let every = Duration::from_millis(section.commit_interval_ms);

@@ -37,7 +37,8 @@ most) and the position committed.
 Keys of a [[bridge]] table (see `pinstream run --print-default-config`): name, log, source, \
 nats_url, stream, subjects, replicas, subject (template: {log} {topic} {topic_name} \
 {source}), headers (fields | id), max_in_flight, commit_interval_ms, ack_timeout_ms, max_backoff_ms, token | \
-user + password | nkey_seed | creds_file, ca_file, client_cert + client_key, tls_required, cpu.",
+user + password | nkey_seed | creds_file (NATS auth), ca_file, client_cert + client_key, tls_required, \
+engine_token (the engine's consumers.auth = \"token\"), cpu.",
     after_help = "Example config:\n  [[bridge]]\n  name = \"to-nats\"\n  log = \"realtime\"\n  \
 nats_url = \"nats://127.0.0.1:4222\"\n  stream = \"PINSTREAM\"\n  subjects = [\"pinstream.>\"]\n  \
 subject = \"pinstream.{log}.{topic_name}\"\n\nExample:\n  pinstream bridge --config edge.toml \

@@ -72,6 +72,11 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "NAME")]
     pub consumer: Option<String>,
 
+    /// The authentication token the HELLO carries, for an engine with consumers.auth =
+    /// "token" (a token grants reading every log)
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+
     /// Stop after printing N records
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
@@ -246,6 +251,7 @@ pub fn main(args: &ConsumeArgs) -> Result<(), Failure> {
     let options = ConsumerOptions {
         name: args.consumer.clone(),
         timeout: Duration::from_secs(args.timeout.max(1)),
+        token: args.token.as_ref().map(|t| t.as_bytes().to_vec()),
         ..ConsumerOptions::new(args.log, args.from.0)
     };
     let mut consumer = Consumer::connect(addr, options).map_err(|e| match e.kind() {

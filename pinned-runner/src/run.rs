@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pinstream_core::accounting::Accounting;
 use pinstream_core::event::Lane;
 use pinstream_host::admin::{self, AdminHandle, AdminOptions, AdminServer};
-use pinstream_host::config::{Config, DEFAULT_TOML, TcpAuth};
+use pinstream_host::config::{Config, ConsumerAuth, DEFAULT_TOML, TcpAuth};
 use pinstream_host::disk::{self, DiskSpace};
 use pinstream_host::engine::{Engine, EngineConfig, EngineError, EngineHandle, EngineStats};
 use pinstream_host::pin;
@@ -266,6 +266,19 @@ fn report_start(
                     config.auth.tokens.len()
                 ),
                 TcpAuth::None => "none (any client may send)".to_string(),
+            }
+        );
+    }
+    if handle.started.consumers.is_some() {
+        say!(
+            "consumer auth: {}",
+            match config.consumers.auth {
+                ConsumerAuth::Token => format!(
+                    "token ({} token(s); a HELLO without a known one is refused; a token reads \
+                     every log)",
+                    config.auth.tokens.len()
+                ),
+                ConsumerAuth::None => "none (anyone who reaches it may read)".to_string(),
             }
         );
     }

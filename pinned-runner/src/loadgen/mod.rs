@@ -94,7 +94,8 @@ pub struct LoadgenArgs {
     pub grpc_unary: bool,
 
     /// An authentication token: with --transport http or grpc sent as "Authorization:
-    /// Bearer TOKEN", with tcp carried in each connection's HELLO (tcp.auth = "token")
+    /// Bearer TOKEN", with tcp carried in each connection's HELLO (tcp.auth = "token");
+    /// with --consumers also in each consumer's HELLO (consumers.auth = "token")
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
 
