@@ -361,6 +361,59 @@ fn tcp_auth_needs_tokens_and_udp_off_or_explicitly_open() {
 }
 
 #[test]
+fn consumers_auth_needs_tokens_and_warns_once_per_listener_beyond_loopback() {
+    use pinstream_host::config::ConsumerAuth;
+    assert_eq!(Config::default().consumers.auth, ConsumerAuth::None);
+    let hash = pinstream_host::gateway::hash_token("s3cret");
+    let token =
+        format!("[[auth.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\ntopics = [\"default\"]\n");
+    let ok = format!("[consumers]\nauth = \"token\"\n{token}");
+    assert_eq!(parse(&ok).consumers.auth, ConsumerAuth::Token);
+    assert!(parse(&ok).consumers.to_settings().auth);
+    assert!(warnings(&ok).is_empty(), "{:?}", warnings(&ok));
+    let p = problems("[consumers]\nauth = \"token\"\n");
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("consumers.auth = \"token\" with no [[auth.tokens]]")),
+        "{p:?}"
+    );
+    // Beyond loopback: one warning, loud without auth, about clear text with it.
+    let w = warnings("[consumers]\nlisten = \"0.0.0.0:7072\"\n");
+    let about = |w: &[String]| {
+        w.iter()
+            .filter(|w| w.starts_with("consumers.listen"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let loud = about(&w);
+    assert_eq!(loud.len(), 1, "{w:?}");
+    assert!(
+        loud[0].contains("ANYONE") && loud[0].contains("consumers.auth"),
+        "{loud:?}"
+    );
+    let w = warnings(&format!(
+        "[consumers]\nlisten = \"0.0.0.0:7072\"\nauth = \"token\"\n{token}"
+    ));
+    let quiet = about(&w);
+    assert_eq!(quiet.len(), 1, "{w:?}");
+    assert!(
+        quiet[0].contains("clear text") && !quiet[0].contains("ANYONE"),
+        "{quiet:?}"
+    );
+    // A bridge reading this engine without its token is told.
+    let w = warnings(&format!(
+        "[consumers]\nauth = \"token\"\n{token}[[bridge]]\nname = \"b\"\n"
+    ));
+    assert!(w.iter().any(|w| w.contains("engine_token")), "{w:?}");
+    let w = warnings(&format!(
+        "[consumers]\nauth = \"token\"\n{token}[[bridge]]\nname = \"b\"\nengine_token = \"s3cret\"\n"
+    ));
+    assert!(w.is_empty(), "{w:?}");
+    let (key, _, _, _, _) = parse_err("[consumers]\nauth = \"password\"\n");
+    assert_eq!(key, "consumers.auth");
+}
+
+#[test]
 fn the_consumers_section_parses_and_refuses_an_engine_cpu() {
     let d = Config::default().consumers;
     assert_eq!(d.listen, Some("127.0.0.1:7072".parse().unwrap()));
