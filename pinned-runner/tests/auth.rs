@@ -1,6 +1,7 @@
 //! `pinstream run` with `tcp.auth = "token"` from a config file (issue 17 item 4): the real
 //! binary on ephemeral loopback ports, then `pinstream publish` and `pinstream loadgen` with
-//! and without `--token`, SIGTERM, and the books printed at the end.
+//! and without `--token`, SIGTERM, and the books printed at the end; `consumers.auth =
+//! "token"` with `pinstream consume` and `loadgen --consumers` with and without `--token`.
 
 use pinstream_tests::TempDir;
 
@@ -74,6 +75,90 @@ fn publish_and_loadgen_need_the_token_when_the_config_asks_for_it() {
     runner.signal(libc::SIGTERM);
     let line = runner.wait_line("stopped in");
     assert!(line.contains("5002 events in, 5002 stored"), "{line}");
+    let status = runner.wait();
+    assert!(status.success(), "{status}\n{}", runner.output());
+}
+
+#[test]
+fn consume_and_loadgen_consumers_need_the_token_when_the_config_asks_for_it() {
+    let dir = TempDir::new("runner-consumer-auth");
+    let hash = pinstream_host::gateway::hash_token("reader-secret");
+    let mut runner = Runner::start(
+        dir.path(),
+        &format!(
+            "[consumers]\nauth = \"token\"\n[[auth.tokens]]\nname = \"reader\"\n\
+             sha256 = \"{hash}\"\ntopics = [\"*\"]\n"
+        ),
+    );
+    runner.wait_line("consumer auth: token (1 token(s)");
+    let (tcp, consumers) = (runner.tcp.to_string(), runner.consumers.to_string());
+    // Producers need none here (tcp.auth = "none").
+    let out = pinstream(
+        &["publish", "--addr", &tcp, "--priority", "high"],
+        "{\"payload\": \"a\"}\n{\"payload\": \"b\"}\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the token: refused, and consume says why.
+    let out = pinstream(&["consume", "--addr", &consumers], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("unauthenticated"), "{stderr}");
+    let out = pinstream(&["consume", "--addr", &consumers, "--token", "wrong"], "");
+    assert!(!out.status.success());
+    // With it: both records, and a named position committed.
+    let out = pinstream(
+        &[
+            "consume",
+            "--addr",
+            &consumers,
+            "--token",
+            "reader-secret",
+            "--consumer",
+            "cli",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    // loadgen's consumers carry the same --token its producers do.
+    let loadgen = |token: Option<&str>| {
+        let mut args = vec![
+            "loadgen",
+            "--addr",
+            &tcp,
+            "--consumer-addr",
+            &consumers,
+            "--consumers",
+            "1",
+            "--events",
+            "500",
+            "--json",
+        ];
+        if let Some(t) = token {
+            args.extend(["--token", t]);
+        }
+        pinstream(&args, "")
+    };
+    let out = loadgen(Some("reader-secret"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = loadgen(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("unauthenticated"), "{stderr}");
+    runner.signal(libc::SIGTERM);
     let status = runner.wait();
     assert!(status.success(), "{status}\n{}", runner.output());
 }

@@ -44,11 +44,12 @@ impl Runner {
             &config,
             format!(
                 "[engine]\noverprovisioned = true\n{extra_engine}\n[tcp]\nlisten = \"127.0.0.1:0\"\n{extra_tcp}\n\
-                 [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[consumers]\nlisten = \"127.0.0.1:0\"\n\
+                 [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[consumers]\nlisten = \"127.0.0.1:0\"\n{extra_consumers}\n\
                  [storage]\ndir = \"{}\"\n{extra_storage}\n[pipeline]\n{extra_pipeline}\n{rest}",
                 dir.join("data").display(),
                 extra_engine = section(extra, "engine"),
                 extra_tcp = section(extra, "tcp"),
+                extra_consumers = section(extra, "consumers"),
                 extra_storage = section(extra, "storage"),
                 extra_pipeline = section(extra, "pipeline"),
                 rest = other_tables(extra),
@@ -154,14 +155,16 @@ impl Drop for Runner {
     }
 }
 
-/// The tables of `extra` other than `[engine]`, `[tcp]`, `[storage]` and `[pipeline]`, headers
+/// The tables of `extra` other than `[engine]`, `[tcp]`, `[consumers]`, `[storage]` and
+/// `[pipeline]`, headers
 /// included, for tables the base config does not have.
 pub fn other_tables(extra: &str) -> String {
     let mut out = String::new();
     let mut keep = false;
     for line in extra.lines() {
         if let Some(h) = line.strip_prefix('[') {
-            keep = !["engine", "tcp", "storage", "pipeline"].contains(&h.trim_end_matches(']'));
+            keep = !["engine", "tcp", "consumers", "storage", "pipeline"]
+                .contains(&h.trim_end_matches(']'));
         }
         if keep {
             out.push_str(line);
