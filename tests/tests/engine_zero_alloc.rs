@@ -48,8 +48,10 @@ fn reading_consumer(
 ) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let mut buf = [0u8; 256];
-    let n = wire::encode_hello(&mut buf, 0, &Hello::consumer(1 << 20)).unwrap();
+    // `consumers.auth = "token"`: the HELLO carries the token.
+    let mut buf = [0u8; 512];
+    let n =
+        wire::encode_hello_token(&mut buf, 0, &Hello::consumer(1 << 20), TOKEN.as_bytes()).unwrap();
     s.write_all(&buf[..n]).unwrap();
     let sub = Subscribe::new(StreamLog::Realtime, Start::Earliest, u64::MAX, b"");
     let n = wire::encode_subscribe(&mut buf, 1, &sub).unwrap();
@@ -120,7 +122,11 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
     // eventfd), which sends the new records with sendfile. The serving thread is watched
     // too (the hook runs on it). Moving to a new segment lists the log's directory (an
     // allocation, once per segment): the 64 MiB segments do not roll within the window.
-    cfg.consumers = ConsumerSettings::on("127.0.0.1:0".parse().unwrap());
+    // With `consumers.auth = "token"` (the token checked at the HELLO, nothing per record).
+    cfg.consumers = ConsumerSettings {
+        auth: true,
+        ..ConsumerSettings::on("127.0.0.1:0".parse().unwrap())
+    };
     // The HTTP gateway runs too (its own thread, not watched: it parses JSON and allocates
     // as it likes); its events reach the ingest thread through its ring, which the ingest
     // thread polls on every round, and must cost that thread no allocation either.
