@@ -409,6 +409,12 @@ fn consumers_auth_needs_tokens_and_warns_once_per_listener_beyond_loopback() {
         "[consumers]\nauth = \"token\"\n{token}[[bridge]]\nname = \"b\"\nengine_token = \"s3cret\"\n"
     ));
     assert!(w.is_empty(), "{w:?}");
+    // A token may be kept from reading; if none may, nobody can connect.
+    let writer = token.replace("topics", "read = false\ntopics");
+    assert!(!parse(&writer).auth.tokens[0].read);
+    assert!(parse(&token).auth.tokens[0].read, "reading is the default");
+    let w = warnings(&format!("[consumers]\nauth = \"token\"\n{writer}"));
+    assert!(w.iter().any(|w| w.contains("read = false")), "{w:?}");
     let (key, _, _, _, _) = parse_err("[consumers]\nauth = \"password\"\n");
     assert_eq!(key, "consumers.auth");
 }

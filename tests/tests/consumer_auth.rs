@@ -1,6 +1,7 @@
 //! Tokens on the consumer listener (`consumers.auth = "token"`, PROTOCOL.md §12), over real
 //! loopback sockets: a HELLO without a known token, or a SUBSCRIBE, CREDIT or COMMIT before
-//! any HELLO, is refused `unauthenticated` and the connection closed, each counted in
+//! any HELLO, or a token whose entry says `read = false`, is refused `unauthenticated` and
+//! the connection closed, each counted in
 //! `pinstream_consumer_auth_refusals_total`; the right token reads and commits; without
 //! `consumers.auth` consumers need no token. Every engine is bound to 127.0.0.1 port 0 and
 //! stopped with `engine.stop()`; one left by a failing assertion is stopped by its handle's
@@ -22,9 +23,12 @@ use pinstream_tests::TempDir;
 
 const WAIT: Duration = Duration::from_secs(20);
 const TOKEN: &str = "reader-secret";
+/// A token that may send but not read (`read = false`).
+const WRITER: &str = "writer-secret";
 
 /// A consumer listener on an ephemeral loopback port, `consumers.auth` as given, one token
-/// (`reader-secret`, every topic). Producers need none (`tcp.auth = "none"`).
+/// (`reader-secret`, every topic) and one that may not read (`writer-secret`). Producers
+/// need none (`tcp.auth = "none"`).
 fn start(dir: &TempDir, auth: bool) -> (EngineHandle, SocketAddr) {
     let mut cfg = EngineConfig::local(dir.path());
     cfg.udp = None;
@@ -32,13 +36,23 @@ fn start(dir: &TempDir, auth: bool) -> (EngineHandle, SocketAddr) {
         auth,
         ..ConsumerSettings::on("127.0.0.1:0".parse().unwrap())
     };
-    cfg.http.tokens = vec![TokenSection {
-        name: "reader".into(),
-        sha256: hash_token(TOKEN),
-        topics: vec!["*".into()],
-        rate: 0,
-        burst: 0,
-    }];
+    cfg.http.tokens = vec![
+        TokenSection {
+            name: "reader".into(),
+            sha256: hash_token(TOKEN),
+            topics: vec!["*".into()],
+            rate: 0,
+            burst: 0,
+            read: true,
+        },
+        TokenSection {
+            name: "writer".into(),
+            sha256: hash_token(WRITER),
+            topics: vec!["*".into()],
+            read: false,
+            ..TokenSection::default()
+        },
+    ];
     let engine = Engine::start(cfg).expect("engine starts");
     let addr = engine.started.consumers.expect("consumers listening");
     (engine, addr)
@@ -152,6 +166,8 @@ fn without_a_known_token_a_consumer_is_refused_closed_and_counted() {
         addr,
         options(Some("reader-secreT"), None),
     ));
+    // A known token that may not read.
+    refused(Consumer::connect(addr, options(Some(WRITER), Some("w"))));
     // On the wire: the HELLO's REJECT, nothing after it (the SUBSCRIBE sent with it is not
     // answered), then the close.
     let mut bytes = hello(None);
@@ -168,9 +184,10 @@ fn without_a_known_token_a_consumer_is_refused_closed_and_counted() {
     assert_eq!(refusals(&engine, "no_token"), 2);
     assert_eq!(refusals(&engine, "unknown_token"), 3);
     assert_eq!(refusals(&engine, "before_hello"), 2);
+    assert_eq!(refusals(&engine, "read_denied"), 1);
     let m = metrics(&engine);
     assert!(
-        m.contains("pinstream_consumer_rejects_total{reason=\"unauthenticated\"} 7"),
+        m.contains("pinstream_consumer_rejects_total{reason=\"unauthenticated\"} 8"),
         "{m}"
     );
     // Nothing was read, no position moved.
@@ -206,7 +223,7 @@ fn the_right_token_reads_and_commits() {
     assert_eq!(c.subscribed().committed, 20);
     assert_eq!(c.position(), 20);
     drop(c);
-    for reason in ["no_token", "unknown_token", "before_hello"] {
+    for reason in ["no_token", "unknown_token", "before_hello", "read_denied"] {
         assert_eq!(refusals(&engine, reason), 0, "{reason}");
     }
     engine.stop().unwrap();

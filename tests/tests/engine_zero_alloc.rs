@@ -142,6 +142,7 @@ fn steady_state_ingest_to_storage_allocates_nothing_on_engine_threads() {
         topics: vec!["default".into()],
         rate: 1_000_000_000,
         burst: 10_000_000,
+        read: true,
     }];
     let engine = Engine::start(cfg).unwrap();
     let http_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

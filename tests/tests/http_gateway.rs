@@ -43,6 +43,7 @@ fn with_tokens(mut cfg: EngineConfig) -> EngineConfig {
             topics: vec!["metrics".into()],
             rate: 1,
             burst: 5,
+            read: true,
         },
         TokenSection {
             name: "all".into(),
@@ -50,6 +51,7 @@ fn with_tokens(mut cfg: EngineConfig) -> EngineConfig {
             topics: vec!["*".into()],
             rate: 0,
             burst: 0,
+            read: true,
         },
     ];
     cfg

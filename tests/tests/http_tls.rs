@@ -449,6 +449,7 @@ fn loadgen_over_https_and_http_with_a_token_counts_every_event_stored_once() {
         topics: vec!["*".into()],
         rate: 0,
         burst: 0,
+        read: true,
     }];
     let (engine, addr) = start(cfg);
     let e = http_load(addr, 300, loadgen::HttpOptions::default())

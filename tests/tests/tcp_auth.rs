@@ -39,6 +39,7 @@ fn config(dir: &TempDir, auth: TcpAuth) -> EngineConfig {
             topics: vec!["metrics".into()],
             rate: 1,
             burst: 5,
+            read: true,
         },
         TokenSection {
             name: "all".into(),
@@ -46,6 +47,7 @@ fn config(dir: &TempDir, auth: TcpAuth) -> EngineConfig {
             topics: vec!["*".into()],
             rate: 0,
             burst: 0,
+            read: true,
         },
     ];
     cfg

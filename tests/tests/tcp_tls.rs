@@ -478,6 +478,7 @@ fn a_token_is_checked_behind_tls() {
         topics: vec!["*".into()],
         rate: 0,
         burst: 0,
+        read: true,
     }];
     let (engine, addr) = start(cfg);
     let stats = std::sync::Arc::clone(engine.stats());

@@ -114,7 +114,7 @@ pub(super) struct TokensFile {
 }
 
 /// One `[[auth.tokens]]` entry.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenSection {
     /// A name for logs and metrics (never the token).
@@ -129,6 +129,24 @@ pub struct TokenSection {
     /// Events the token may send at once above the rate (the bucket's size; at least 1 when
     /// `rate` is set).
     pub burst: u32,
+    /// Whether the token may read on the consumer listener (`consumers.auth = "token"`):
+    /// every log, and commit any name. `true` by default; `false` for a token that only
+    /// sends.
+    pub read: bool,
+}
+
+impl Default for TokenSection {
+    /// No name, no hash, no topic, unlimited, allowed to read.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            sha256: String::new(),
+            topics: Vec::new(),
+            rate: 0,
+            burst: 0,
+            read: true,
+        }
+    }
 }
 
 impl TokenSection {

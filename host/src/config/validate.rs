@@ -549,6 +549,13 @@ impl Config {
                     .to_owned(),
             );
         }
+        if token && !self.auth.tokens.is_empty() && !self.auth.tokens.iter().any(|t| t.read) {
+            v.warn(
+                "consumers.auth = \"token\" but every token of [[auth.tokens]] says read = \
+                 false: no consumer could connect"
+                    .to_owned(),
+            );
+        }
         match c.listen {
             None if token => {
                 v.warn("consumers.auth = \"token\" has no effect: consumers.listen is off".into());

@@ -7,8 +7,9 @@
 //! producer HELLO's token form, `docs/PROTOCOL.md` §5): it is hashed and compared in
 //! constant time while the frame is still borrowed ([`Msg::of`]), with no allocation. A
 //! HELLO without a known token, or a frame before any HELLO, is refused `unauthenticated`
-//! and the connection closed. A token grants reading every log and committing any named
-//! position: logs are per lane, not per topic, so a token's topics do not apply here.
+//! and the connection closed; so is a token whose entry says `read = false`. A token
+//! grants reading every log and committing any named position: logs are per lane, not per
+//! topic, so a token's topics do not apply here.
 
 use std::collections::HashSet;
 use std::io::{self, Read};
@@ -67,7 +68,9 @@ pub enum Shown {
     Nothing,
     /// A token the engine does not know (or tokens are not checked).
     Unknown,
-    /// A token of `[[auth.tokens]]`.
+    /// A token of `[[auth.tokens]]` that may not read (`read = false`).
+    Denied,
+    /// A token of `[[auth.tokens]]` that may read.
     Known,
 }
 
@@ -111,8 +114,14 @@ impl Msg {
                 Some(h) => {
                     let shown = match (frame.hello_token(), tokens) {
                         (None, _) => Shown::Nothing,
-                        (Some(t), Some(tokens)) if tokens.find(t).is_some() => Shown::Known,
-                        (Some(_), _) => Shown::Unknown,
+                        (Some(t), Some(tokens)) => {
+                            match tokens.find(t).and_then(|i| tokens.get(i)) {
+                                Some(token) if token.reads() => Shown::Known,
+                                Some(_) => Shown::Denied,
+                                None => Shown::Unknown,
+                            }
+                        }
+                        (Some(_), None) => Shown::Unknown,
                     };
                     Msg::Hello(seq, h, shown)
                 }
@@ -319,10 +328,10 @@ impl Conn {
             (Phase::Hello, Msg::Hello(seq, _, shown))
                 if ctx.tokens.is_some() && shown != Shown::Known =>
             {
-                let why = if shown == Shown::Nothing {
-                    AuthRefusal::NoToken
-                } else {
-                    AuthRefusal::UnknownToken
+                let why = match shown {
+                    Shown::Nothing => AuthRefusal::NoToken,
+                    Shown::Denied => AuthRefusal::ReadDenied,
+                    Shown::Unknown | Shown::Known => AuthRefusal::UnknownToken,
                 };
                 ctx.stats.auth_refusals[why as usize].incr();
                 self.reject(ctx, seq, Reason::Unauthenticated);

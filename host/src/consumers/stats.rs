@@ -71,14 +71,17 @@ pub enum AuthRefusal {
     UnknownToken = 1,
     /// It sent a SUBSCRIBE, CREDIT or COMMIT before any HELLO.
     BeforeHello = 2,
+    /// Its HELLO carried a known token whose entry says `read = false`.
+    ReadDenied = 3,
 }
 
 impl AuthRefusal {
     /// Every reason, in index order.
-    pub const ALL: [AuthRefusal; 3] = [
+    pub const ALL: [AuthRefusal; 4] = [
         AuthRefusal::NoToken,
         AuthRefusal::UnknownToken,
         AuthRefusal::BeforeHello,
+        AuthRefusal::ReadDenied,
     ];
 
     /// The metric's `reason` label.
@@ -87,6 +90,7 @@ impl AuthRefusal {
             AuthRefusal::NoToken => "no_token",
             AuthRefusal::UnknownToken => "unknown_token",
             AuthRefusal::BeforeHello => "before_hello",
+            AuthRefusal::ReadDenied => "read_denied",
         }
     }
 }
@@ -162,7 +166,7 @@ pub fn write_metrics(w: &mut PromWriter<'_>, s: &ConsumerStats, marks: &Watermar
     w.family(
         name,
         MetricType::Counter,
-        "Consumer connections refused by consumers.auth = \"token\" (REJECT 29 unauthenticated, closed), by reason: no_token (a HELLO without a token), unknown_token (a token not in [[auth.tokens]]), before_hello (a SUBSCRIBE, CREDIT or COMMIT before the HELLO).",
+        "Consumer connections refused by consumers.auth = \"token\" (REJECT 29 unauthenticated, closed), by reason: no_token (a HELLO without a token), unknown_token (a token not in [[auth.tokens]]), before_hello (a SUBSCRIBE, CREDIT or COMMIT before the HELLO), read_denied (a token whose entry says read = false).",
     );
     for r in AuthRefusal::ALL {
         w.sample_u64(

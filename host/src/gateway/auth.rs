@@ -39,9 +39,17 @@ pub struct Token {
     topics: Option<Box<[u64]>>,
     /// Its rate, if limited.
     bucket: Option<TokenBucket>,
+    /// Whether it may read on the consumer listener (`read` of its entry).
+    read: bool,
 }
 
 impl Token {
+    /// Whether it may read on the consumer listener.
+    #[inline]
+    pub(crate) fn reads(&self) -> bool {
+        self.read
+    }
+
     /// Whether it may send to `topic`.
     #[inline]
     pub(crate) fn allows(&self, topic: u16) -> bool {
@@ -118,6 +126,7 @@ impl Tokens {
                 hash,
                 topics: allowed,
                 bucket,
+                read: t.read,
             });
         }
         Ok(Self(out))
@@ -222,6 +231,7 @@ mod tests {
             topics: topics.iter().map(|s| (*s).to_owned()).collect(),
             rate,
             burst,
+            read: true,
         }
     }
 
