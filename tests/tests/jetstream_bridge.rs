@@ -421,6 +421,17 @@ impl Engine {
 
     /// With its TCP and consumer ports fixed (0: ephemeral), so that a restart keeps them.
     fn start_at(dir: &Path, extra: &str, tcp: u16, consumers: u16) -> Self {
+        Self::start_full(dir, extra, tcp, consumers, "")
+    }
+
+    /// [`start_at`](Self::start_at), `consumers_extra` inside its `[consumers]` table.
+    fn start_full(
+        dir: &Path,
+        extra: &str,
+        tcp: u16,
+        consumers: u16,
+        consumers_extra: &str,
+    ) -> Self {
         let config = dir.join("engine.toml");
         let data = dir.join("data");
         std::fs::write(
@@ -428,7 +439,7 @@ impl Engine {
             format!(
                 "[engine]\noverprovisioned = true\n[tcp]\nlisten = \"127.0.0.1:{tcp}\"\n\
                  [udp]\nlisten = \"off\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-                 [consumers]\nlisten = \"127.0.0.1:{consumers}\"\n[storage]\ndir = \"{}\"\n{extra}",
+                 [consumers]\nlisten = \"127.0.0.1:{consumers}\"\n{consumers_extra}[storage]\ndir = \"{}\"\n{extra}",
                 data.display()
             ),
         )
@@ -660,6 +671,46 @@ fn assert_same(stored: &HashMap<u64, (u64, Vec<u8>)>, streamed: &HashMap<u64, (u
     for (offset, rec) in stored {
         assert_eq!(streamed.get(offset), Some(rec), "offset {offset}");
     }
+}
+
+#[test]
+fn a_bridge_shows_its_engine_token_to_an_engine_with_consumers_auth() {
+    let dir = TempDir::new("bridge-engine-token");
+    let nats = NatsServer::start(dir.path());
+    let hash = pinstream_host::gateway::hash_token("bridge-secret");
+    let tokens =
+        format!("[[auth.tokens]]\nname = \"bridge\"\nsha256 = \"{hash}\"\ntopics = [\"*\"]\n");
+    let mut engine = Engine::start_full(dir.path(), &tokens, 0, 0, "auth = \"token\"\n");
+    let n = 300;
+    produce(engine.tcp, 1..n + 1, 0, &AtomicU64::new(0));
+    let engine_addr = engine.consumers.to_string();
+    // Without engine_token the engine refuses the bridge's consumer: it says so, and
+    // retries (the token may come with an engine restart).
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, bridge_table("to-nats", &nats.url(), "TOK", "")).unwrap();
+    let mut bridge = Proc::spawn(&["bridge", "--engine", &engine_addr], &config);
+    bridge.wait_line("unauthenticated");
+    bridge.assert_alive();
+    assert!(bridge.stop().success(), "{}", bridge.output());
+    // With it (NATS's own `token` stays unset: the server here has none), every event.
+    std::fs::write(
+        &config,
+        bridge_table(
+            "to-nats",
+            &nats.url(),
+            "TOK",
+            "engine_token = \"bridge-secret\"\n",
+        ),
+    )
+    .unwrap();
+    let mut bridge = Proc::spawn(&["bridge", "--engine", &engine_addr], &config);
+    bridge.wait_line("bridge(s) reading the engine");
+    let rt = runtime();
+    wait_stream_len(&rt, &nats.url(), "TOK", n, &mut bridge);
+    let streamed = read_stream(&rt, &nats.url(), "TOK");
+    assert!(bridge.stop().success(), "{}", bridge.output());
+    assert!(engine.proc.stop().success());
+    assert_same(&engine.stored(), &streamed);
 }
 
 #[test]
