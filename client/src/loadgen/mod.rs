@@ -253,9 +253,11 @@ impl LoadConfig {
         {
             return Err("HTTPS is for the HTTP and gRPC transports (--transport http|grpc)".into());
         }
-        if self.transport == Transport::Udp && self.http.token.is_some() {
+        // With consumers the token is theirs (`consumers.auth = "token"`).
+        if self.transport == Transport::Udp && self.http.token.is_some() && self.consumers == 0 {
             return Err(
-                "UDP has no HELLO to carry a token: use a token with --transport tcp, http or grpc"
+                "UDP has no HELLO to carry a token: use a token with --transport tcp, http or \
+                 grpc, or with consumers"
                     .into(),
             );
         }

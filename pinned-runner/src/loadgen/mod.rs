@@ -258,9 +258,10 @@ pub fn config(args: &LoadgenArgs) -> Result<LoadConfig, Failure> {
     if !matches!(transport, Transport::Http | Transport::Grpc) && args.https {
         return Err(Failure::usage("--https is for --transport http or grpc"));
     }
-    if transport == Transport::Udp && args.token.is_some() {
+    if transport == Transport::Udp && args.token.is_some() && args.consumers == 0 {
         return Err(Failure::usage(
-            "--token is for --transport tcp, http or grpc: UDP has no HELLO to carry it",
+            "--token is for --transport tcp, http or grpc, or --consumers: UDP has no HELLO to \
+             carry it",
         ));
     }
     if args.tls && transport != Transport::Tcp {
@@ -510,6 +511,12 @@ mod tests {
         );
         let e = config(&parse(&["--udp", "--token", "t0k"]).unwrap()).unwrap_err();
         assert!(e.message.contains("UDP has no HELLO"), "{}", e.message);
+        // ... but its consumers have one (consumers.auth = "token").
+        let u = config(&parse(&["--udp", "--token", "t0k", "--consumers", "1"]).unwrap()).unwrap();
+        assert_eq!(
+            (u.transport, u.http.token.as_deref(), u.consumers),
+            (Transport::Udp, Some("t0k"), 1)
+        );
         let e = config(&parse(&["--https", "--cacert", "ca.pem"]).unwrap()).unwrap_err();
         assert!(e.message.contains("--transport http"), "{}", e.message);
     }

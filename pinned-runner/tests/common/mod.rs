@@ -156,8 +156,7 @@ impl Drop for Runner {
 }
 
 /// The tables of `extra` other than `[engine]`, `[tcp]`, `[consumers]`, `[storage]` and
-/// `[pipeline]`, headers
-/// included, for tables the base config does not have.
+/// `[pipeline]`, headers included, for tables the base config does not have.
 pub fn other_tables(extra: &str) -> String {
     let mut out = String::new();
     let mut keep = false;
