@@ -1,7 +1,9 @@
 //! Tokens: stored as SHA-256 hashes in the config (`[[auth.tokens]]`), each allowed a set of
 //! topics and a rate (a token bucket of the core's, per token). One table, built at engine
 //! start-up, serves the HTTP gateway (bearer headers) and the binary TCP port (a token in
-//! the HELLO, `tcp.auth = "token"`): a token's bucket is shared by both. Looking a token up,
+//! the HELLO, `tcp.auth = "token"`): a token's bucket is shared by both. The consumer
+//! listener (`consumers.auth = "token"`) gets a table of its own from the same entries, of
+//! which it uses only the hashes and `read`. Looking a token up,
 //! checking a topic and taking from a bucket allocate nothing (the ingest thread does them).
 
 use std::collections::HashMap;
