@@ -44,6 +44,8 @@ pub struct TcpTlsSettings {
     pub files: crate::gateway::TlsFiles,
     /// `tcp.tls_handshake_timeout_ms`.
     pub handshake_timeout: Duration,
+    /// `tcp.tls_cpu`: the terminator thread's CPU (`None`: not pinned).
+    pub cpu: Option<usize>,
 }
 
 impl TcpTlsSettings {
@@ -52,6 +54,7 @@ impl TcpTlsSettings {
         Some(Self {
             files: t.tls_files()?,
             handshake_timeout: Duration::from_millis(t.tls_handshake_timeout_ms),
+            cpu: t.tls_cpu,
         })
     }
 }

@@ -188,6 +188,85 @@ fn the_http_and_auth_sections_parse_validate_and_warn() {
 }
 
 #[test]
+fn auth_tokens_file_adds_its_tokens_after_the_configs_and_names_itself_in_errors() {
+    let dir = std::env::temp_dir().join(format!("pinstream-tokens-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hash = pinstream_host::gateway::hash_token("from-file");
+    let file = dir.join("tokens.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[tokens]]\nname = \"file\"\nsha256 = \"{hash}\"\ntopics = [\"*\"]\nrate = 5\nburst = 5\n"
+        ),
+    )
+    .unwrap();
+    let inline = pinstream_host::gateway::hash_token("inline");
+    let text = format!(
+        "[auth]\ntokens_file = {:?}\n[[auth.tokens]]\nname = \"inline\"\nsha256 = \"{inline}\"\n\
+         topics = [\"default\"]\n",
+        file.display().to_string()
+    );
+    let cfg = parse(&text);
+    let names: Vec<&str> = cfg.auth.tokens.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["inline", "file"]);
+    assert_eq!(
+        (cfg.auth.tokens[1].sha256.as_str(), cfg.auth.tokens[1].rate),
+        (&*hash, 5)
+    );
+    assert!(warnings(&text).is_empty(), "{:?}", warnings(&text));
+    // A name used in both: refused like two inline tokens with one name.
+    std::fs::write(
+        &file,
+        format!("[[tokens]]\nname = \"inline\"\nsha256 = \"{hash}\"\ntopics = [\"*\"]\n"),
+    )
+    .unwrap();
+    let p = problems(&text);
+    assert!(
+        p.iter().any(|p| p.contains("another token has that name")),
+        "{p:?}"
+    );
+    // A bad entry: the error names the file, the key, the line.
+    std::fs::write(
+        &file,
+        "[[tokens]]\nname = \"x\"\nsha256 = \"ab\"\ntopik = [\"*\"]\n",
+    )
+    .unwrap();
+    let e = Config::from_toml(&text, "<inline>")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokens.toml (auth.tokens_file):4:") && e.contains("topik"),
+        "{e}"
+    );
+    // A file that is not there: a read error naming it.
+    std::fs::remove_file(&file).unwrap();
+    let e = Config::from_toml(&text, "<inline>")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot read config file") && e.contains("tokens.toml"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tcp_tls_cpu_is_a_cpu_never_an_engine_threads() {
+    assert_eq!(Config::default().tcp.tls_cpu, None);
+    assert_eq!(parse("[tcp]\ntls_cpu = 3").tcp.tls_cpu, Some(3));
+    assert_eq!(parse("[tcp]\ntls_cpu = \"none\"").tcp.tls_cpu, None);
+    let (key, _, _, _, _) = parse_err("[tcp]\ntls_cpu = -2\n");
+    assert_eq!(key, "tcp.tls_cpu");
+    let p = problems("[engine]\nplacement = \"pinned\"\n[tcp]\ntls_cpu = 1\n");
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("tcp.tls_cpu = 1") && p.contains("engine.process_cpu")),
+        "{p:?}"
+    );
+    assert!(warnings("[engine]\nplacement = \"unpinned\"\n[tcp]\ntls_cpu = 1\n").is_empty());
+}
+
+#[test]
 fn the_grpc_section_parses_validates_and_warns() {
     let d = Config::default();
     assert_eq!(d.grpc.listen, None, "the gRPC gateway is off by default");

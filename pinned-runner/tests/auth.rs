@@ -2,40 +2,28 @@
 //! binary on ephemeral loopback ports, then `pinstream publish` and `pinstream loadgen` with
 //! and without `--token`, SIGTERM, and the books printed at the end.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
 use pinstream_tests::TempDir;
 
 mod common;
-use common::Runner;
-
-fn pinstream(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use common::{Runner, pinstream};
 
 #[test]
 fn publish_and_loadgen_need_the_token_when_the_config_asks_for_it() {
     let dir = TempDir::new("runner-tcp-auth");
     let hash = pinstream_host::gateway::hash_token("cli-secret");
+    // The token from `auth.tokens_file`, apart from the config (inline tokens are the other
+    // tests' way).
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!("[[tokens]]\nname = \"cli\"\nsha256 = \"{hash}\"\ntopics = [\"default\"]\n"),
+    )
+    .unwrap();
     let mut runner = Runner::start(
         dir.path(),
         &format!(
-            "[tcp]\nauth = \"token\"\n\
-             [[auth.tokens]]\nname = \"cli\"\nsha256 = \"{hash}\"\ntopics = [\"default\"]\n"
+            "[tcp]\nauth = \"token\"\n[auth]\ntokens_file = {:?}\n",
+            tokens.display().to_string()
         ),
     );
     runner.wait_line("tcp auth: token (1 token(s)");

@@ -4,31 +4,11 @@
 //! installed); `pinstream publish --tls` and `pinstream loadgen --tls` against it, a plaintext
 //! `publish` refused, SIGTERM, and the books printed at the end.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
-
 use pinstream_tests::TempDir;
 use pinstream_tests::pki::pki;
 
 mod common;
-use common::Runner;
-
-fn pinstream(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use common::{Runner, pinstream};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -37,6 +37,7 @@ fn steady_state_over_tls_allocates_nothing_on_engine_threads() {
             client_ca: None,
         },
         handshake_timeout: Duration::from_secs(5),
+        cpu: None,
     });
     let engine = Engine::start(cfg).unwrap();
     let addr = engine.started.tcp.unwrap();

@@ -40,6 +40,7 @@ fn config(dir: &TempDir, pki: &Pki, mutual: bool) -> EngineConfig {
             client_ca: mutual.then(|| pki.file("ca.pem")),
         },
         handshake_timeout: Duration::from_secs(5),
+        cpu: None,
     });
     cfg
 }

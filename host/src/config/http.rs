@@ -98,6 +98,19 @@ impl HttpSection {
 pub struct AuthSection {
     /// `[[auth.tokens]]`.
     pub tokens: Vec<TokenSection>,
+    /// A TOML file of more `[[tokens]]` entries (the same fields), so the hashes can live
+    /// apart from the config (its own owner and mode, its own deployment); read with the
+    /// config, its entries after the config's own. `None` (`""`, the default): none.
+    #[serde(deserialize_with = "de_path")]
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// The contents of `auth.tokens_file`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct TokensFile {
+    /// `[[tokens]]`.
+    pub(super) tokens: Vec<TokenSection>,
 }
 
 /// One `[[auth.tokens]]` entry.

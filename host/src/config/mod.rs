@@ -200,6 +200,21 @@ impl std::error::Error for ConfigError {
     }
 }
 
+/// `text` as a `T`; `origin` names it in errors, with the key path, line and column.
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let (line, column) = line_column(text, span.start);
+        ConfigError::Parse {
+            origin: origin.to_owned(),
+            key: key_path_at(text, span),
+            line,
+            column,
+            message: e.message().trim_end().to_owned(),
+        }
+    })
+}
+
 impl Config {
     /// The embedded default (`default.toml`), parsed.
     pub fn embedded_default() -> Self {
@@ -211,22 +226,26 @@ impl Config {
     }
 
     /// Parses `text`; `origin` names it in errors (a path, or `<inline>`). Keys not in `text`
-    /// keep their defaults. Does not check ranges: call [`validate`](Self::validate).
+    /// keep their defaults. Reads `auth.tokens_file` if set (its entries join
+    /// `auth.tokens`). Does not check ranges: call [`validate`](Self::validate).
     ///
     /// # Errors
-    /// [`ConfigError::Parse`] with the key path, line and column of the first problem.
+    /// [`ConfigError::Parse`] with the key path, line and column of the first problem (in the
+    /// config or in the tokens file, which the origin then names); [`ConfigError::Read`] for a
+    /// tokens file that cannot be read.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            let (line, column) = line_column(text, span.start);
-            ConfigError::Parse {
-                origin: origin.to_owned(),
-                key: key_path_at(text, span),
-                line,
-                column,
-                message: e.message().trim_end().to_owned(),
-            }
-        })
+        let mut cfg: Self = parse_toml(text, origin)?;
+        if let Some(path) = cfg.auth.tokens_file.clone() {
+            // `auth.tokens_file`: its `[[tokens]]` after the config's own `[[auth.tokens]]`.
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let file: http::TokensFile =
+                parse_toml(&text, &format!("{} (auth.tokens_file)", path.display()))?;
+            cfg.auth.tokens.extend(file.tokens);
+        }
+        Ok(cfg)
     }
 
     /// Reads and parses the file at `path`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use pinstream_core::wire::{BATCH_PREFIX_LEN, EVENT_RECORD_LEN, MIN_FRAME_LEN};
 use serde::Deserialize;
 
+use super::consumers::de_cpu;
 use super::de_listen;
 use super::http::de_path;
 
@@ -60,6 +61,10 @@ pub struct TcpSection {
     pub tls_client_ca: Option<PathBuf>,
     /// Milliseconds a TLS handshake may take before the connection is closed (counted).
     pub tls_handshake_timeout_ms: u64,
+    /// The TLS terminator thread's CPU (`None`, `-1` or `"none"`: not pinned); never a
+    /// pinned engine thread's CPU.
+    #[serde(deserialize_with = "de_cpu")]
+    pub tls_cpu: Option<usize>,
 }
 
 /// `tcp.auth`: what a connection to the binary port must show.
@@ -106,6 +111,7 @@ impl Default for TcpSection {
             tls_key: None,
             tls_client_ca: None,
             tls_handshake_timeout_ms: 10_000,
+            tls_cpu: None,
         }
     }
 }

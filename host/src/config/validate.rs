@@ -565,32 +565,54 @@ impl Config {
         }
     }
 
+    /// The warning for a gateway (`section` = `http` or `grpc`) listening on `a` beyond
+    /// loopback without tokens, without TLS, or without either (loudest).
+    fn warn_gateway_exposure(
+        &self,
+        v: &mut Validator,
+        section: &str,
+        a: SocketAddr,
+        tls: bool,
+        client_ca: bool,
+    ) {
+        if a.ip().is_loopback() {
+            return;
+        }
+        let open = self.auth.tokens.is_empty();
+        if open && !tls {
+            v.warn(format!(
+                "{section}.listen = \"{a}\" is not a loopback address, [[auth.tokens]] is \
+                 empty and {section}.tls_cert is not set: ANYONE who can reach it may publish \
+                 events, with no authentication and in clear text"
+            ));
+        } else if open {
+            let beyond = if client_ca {
+                " beyond the client certificate"
+            } else {
+                ""
+            };
+            v.warn(format!(
+                "{section}.listen = \"{a}\" is not a loopback address and [[auth.tokens]] is \
+                 empty: ANYONE who can reach it may publish events, with no authentication{beyond}"
+            ));
+        } else if !tls {
+            v.warn(format!(
+                "{section}.listen = \"{a}\" is not a loopback address and {section}.tls_cert is \
+                 not set: bearer tokens and events cross the network in clear text"
+            ));
+        }
+    }
+
     fn check_http(&self, v: &mut Validator) {
         let h = &self.http;
         if let Some(a) = h.listen {
-            let tls = h.tls_cert.is_some();
-            if !a.ip().is_loopback() && self.auth.tokens.is_empty() && !tls {
-                v.warn(format!(
-                    "http.listen = \"{a}\" is not a loopback address, [[auth.tokens]] is \
-                     empty and http.tls_cert is not set: ANYONE who can reach it may publish \
-                     events, with no authentication and in clear text"
-                ));
-            } else if !a.ip().is_loopback() && self.auth.tokens.is_empty() {
-                v.warn(format!(
-                    "http.listen = \"{a}\" is not a loopback address and [[auth.tokens]] is \
-                     empty: ANYONE who can reach it may publish events, with no authentication{}",
-                    if h.tls_client_ca.is_some() {
-                        " beyond the client certificate"
-                    } else {
-                        ""
-                    }
-                ));
-            } else if !a.ip().is_loopback() && !tls {
-                v.warn(format!(
-                    "http.listen = \"{a}\" is not a loopback address and http.tls_cert is not \
-                     set: bearer tokens and events cross the network in clear text"
-                ));
-            }
+            self.warn_gateway_exposure(
+                v,
+                "http",
+                a,
+                h.tls_cert.is_some(),
+                h.tls_client_ca.is_some(),
+            );
             for (key, other) in [
                 ("tcp.listen", self.tcp.listen),
                 ("admin.listen", self.admin.listen),
@@ -747,6 +769,25 @@ impl Config {
             3_600_000,
             "",
         );
+        if let Some(cpu) = t.tls_cpu {
+            v.range(
+                "tcp.tls_cpu",
+                cpu as u64,
+                0,
+                MAX_CPU as u64,
+                "the affinity mask's size; -1 or \"none\": not pinned",
+            );
+            let e = &self.engine;
+            let pinned = !e.overprovisioned && e.placement == PlacementMode::Pinned;
+            if pinned && (cpu == e.ingest_cpu || cpu == e.process_cpu) {
+                v.problem(format!(
+                    "tcp.tls_cpu = {cpu}: is a pinned engine thread's CPU (engine.ingest_cpu = \
+                     {}, engine.process_cpu = {}); the TLS terminator must never share it: \
+                     choose another CPU, or -1 for none",
+                    e.ingest_cpu, e.process_cpu
+                ));
+            }
+        }
         self.check_tcp_exposure(v);
     }
 
@@ -793,30 +834,13 @@ impl Config {
     fn check_grpc(&self, v: &mut Validator) {
         let g = &self.grpc;
         if let Some(a) = g.listen {
-            let tls = g.tls_cert.is_some();
-            let open = self.auth.tokens.is_empty();
-            if !a.ip().is_loopback() && open && !tls {
-                v.warn(format!(
-                    "grpc.listen = \"{a}\" is not a loopback address, [[auth.tokens]] is \
-                     empty and grpc.tls_cert is not set: ANYONE who can reach it may publish \
-                     events, with no authentication and in clear text"
-                ));
-            } else if !a.ip().is_loopback() && open {
-                v.warn(format!(
-                    "grpc.listen = \"{a}\" is not a loopback address and [[auth.tokens]] is \
-                     empty: ANYONE who can reach it may publish events, with no authentication{}",
-                    if g.tls_client_ca.is_some() {
-                        " beyond the client certificate"
-                    } else {
-                        ""
-                    }
-                ));
-            } else if !a.ip().is_loopback() && !tls {
-                v.warn(format!(
-                    "grpc.listen = \"{a}\" is not a loopback address and grpc.tls_cert is not \
-                     set: bearer tokens and events cross the network in clear text"
-                ));
-            }
+            self.warn_gateway_exposure(
+                v,
+                "grpc",
+                a,
+                g.tls_cert.is_some(),
+                g.tls_client_ca.is_some(),
+            );
             for (key, other) in [
                 ("tcp.listen", self.tcp.listen),
                 ("admin.listen", self.admin.listen),

@@ -352,6 +352,12 @@ impl Engine {
             &placed.plan,
         )?;
         check_helper_cpu("http.cpu", "the HTTP gateway", cfg.http.cpu, &placed.plan)?;
+        check_helper_cpu(
+            "tcp.tls_cpu",
+            "the TLS terminator",
+            cfg.tcp_tls.as_ref().and_then(|t| t.cpu),
+            &placed.plan,
+        )?;
         let consumer_settings = cfg.consumers.clone();
         let data_dir = cfg.data_dir.clone();
         let hook = cfg.thread_hook;
@@ -759,13 +765,21 @@ fn run_threads(
             }
             None => None,
         };
-        // Unpinned like the gateway: it must never take a pinned engine CPU's time by
-        // choice (the OS schedules it where the engine threads are not bound).
+        // On `tcp.tls_cpu` when set (never a pinned engine thread's CPU: checked at start),
+        // else unpinned like the gateway.
+        let tls_cpu = cfg.tcp_tls.as_ref().and_then(|t| t.cpu);
         let tls_thread = match tls {
             Some(t) => Some(
                 thread::Builder::new()
                     .name("pinstream-tls".into())
-                    .spawn_scoped(s, move || crate::tlsport::run(t))
+                    .spawn_scoped(s, move || {
+                        if let Some(cpu) = tls_cpu {
+                            if let Err(e) = crate::pin::pin_current_thread(cpu) {
+                                tracing::warn!("tcp.tls_cpu = {cpu}: {e}; running unpinned");
+                            }
+                        }
+                        crate::tlsport::run(t)
+                    })
                     .map_err(|e| format!("cannot start the tls terminator thread: {e}"))?,
             ),
             None => None,

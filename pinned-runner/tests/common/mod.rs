@@ -4,10 +4,11 @@
 // Each test crate that includes this module uses a different part of it.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -183,4 +184,22 @@ pub fn section(extra: &str, name: &str) -> String {
         }
     }
     out
+}
+
+/// Runs `pinstream ARGS` with `stdin` as its input and waits for it: its status and output.
+pub fn pinstream(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
