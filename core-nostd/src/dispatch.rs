@@ -3,7 +3,10 @@
 //! For every event of a frame, in order (the first check that fails decides):
 //!
 //! 1. **rate limit**: a frame asks its source's [`Admission`] for as many tokens as it has
-//!    events, once; events past the grant are dead-lettered `RateLimited`;
+//!    events (and no more than the caller's own limit granted, see
+//!    [`FrameProgress::with_caller_limit`]); for a source without flow control
+//!    ([`Flow::Lossy`]) once, and the events past the grant are dead-lettered `RateLimited`;
+//!    a source with flow control waits instead (below);
 //! 2. **size**: a payload larger than both the pool slot's `P` bytes and the payload arena
 //!    (see [`arena`](crate::arena)) is rejected `PayloadTooLarge`;
 //! 3. **topic**: an id not registered is dead-lettered `UnknownTopic`;
@@ -28,6 +31,13 @@
 //! order across the wait. Only priorities named by [`Dispatcher::set_sheddable`] are shed
 //! from such a source. Sources without flow control ([`Flow::Lossy`], UDP) keep the
 //! dead letters.
+//!
+//! A rate limit (step 1) slows such a source the same way: never drop what can be slowed
+//! down. The frame stops at the first event not granted (waiting `RateLimited`), and each
+//! later call asks again, only for the events still to go, so partial grants make progress
+//! and a burst smaller than the frame never deadlocks it. The caller retries when tokens
+//! may have refilled (the host by time; nothing else need wake it). Only [`Flow::Lossy`]
+//! sources get `RateLimited` dead letters.
 //!
 //! Free slots come in batches too: the dispatcher keeps up to [`SLOT_BATCH`] of them,
 //! refilled from the slots the processors handed back (see [`Lanes`](crate::lanes::Lanes))
@@ -137,7 +147,7 @@ pub enum Flow {
 /// [`Dispatcher::dispatch_frame_flow`] while the frame waits. A new frame starts with
 /// [`FrameProgress::new`], or [`FrameProgress::producing`] when it comes from a producer
 /// session.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameProgress {
     /// The producer session's id, epoch and resolved seq the events' [`Origin`]s carry.
     producer: u64,
@@ -145,8 +155,13 @@ pub struct FrameProgress {
     resolved: u64,
     /// The index of the first event not dispatched yet.
     next: u32,
-    /// Events of the frame the rate limit granted (asked once, on the first call).
+    /// Events of the frame the rate limit granted so far (asked on the first call, and for a
+    /// [`Flow::Waits`] source again on later calls for the events not granted yet).
+    /// Invariant: `granted <= caller_grant`.
     granted: u32,
+    /// Events of the frame the caller's own rate limit granted ([`Self::with_caller_limit`]);
+    /// `u32::MAX`: the caller limits nothing.
+    caller_grant: u32,
     /// Whether the first call happened (the frame is counted, the rate limit asked).
     started: bool,
     /// Bytes of the frame's records from event `next` on ([`Events::rest_len`]): where to
@@ -158,6 +173,13 @@ pub struct FrameProgress {
     rate_key: Option<u32>,
 }
 
+impl Default for FrameProgress {
+    /// [`FrameProgress::new`].
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FrameProgress {
     /// A frame not started.
     pub const fn new() -> Self {
@@ -167,6 +189,7 @@ impl FrameProgress {
             resolved: 0,
             next: 0,
             granted: 0,
+            caller_grant: u32::MAX,
             started: false,
             rest_len: 0,
             rate_key: None,
@@ -194,6 +217,34 @@ impl FrameProgress {
         }
     }
 
+    /// The same progress, with a rate limit of the caller's own on top of the dispatcher's
+    /// [`Admission`] (a token's bucket): no event is granted until the caller grants it with
+    /// [`add_caller_grant`](Self::add_caller_grant), and the [`Admission`] is asked only for
+    /// events the caller granted. An event past the caller's grant waits (`RateLimited`) for
+    /// a [`Flow::Waits`] source, and is dead-lettered `RateLimited` for a lossy one.
+    #[must_use]
+    pub const fn with_caller_limit(mut self) -> Self {
+        self.caller_grant = 0;
+        self
+    }
+
+    /// Grants `n` more events of the frame under the caller's own limit (see
+    /// [`with_caller_limit`](Self::with_caller_limit)); call before each dispatch call with
+    /// what the caller's limit granted for the events still to go.
+    pub fn add_caller_grant(&mut self, n: u32) {
+        self.caller_grant = self.caller_grant.saturating_add(n);
+    }
+
+    /// Events the caller's own limit granted so far (`u32::MAX` without one).
+    pub const fn caller_granted(&self) -> u32 {
+        self.caller_grant
+    }
+
+    /// Events the dispatcher's [`Admission`] granted so far.
+    pub const fn granted(&self) -> u32 {
+        self.granted
+    }
+
     /// The index of the first event not dispatched yet.
     pub const fn next(&self) -> u32 {
         self.next
@@ -207,8 +258,9 @@ pub struct FrameStep {
     /// The events this call dispatched.
     pub outcome: FrameOutcome,
     /// `None`: the frame is done. `Some(cause)`: it waits, for room in a lane (`LaneFull`),
-    /// a free pool slot or room in the payload arena (`PoolExhausted`) or the control plane
-    /// (`Shed`); call again later.
+    /// a free pool slot or room in the payload arena (`PoolExhausted`), the control plane
+    /// (`Shed`) or tokens of a rate limit (`RateLimited`: the [`Admission`]'s or the
+    /// caller's own, [`FrameProgress::with_caller_limit`]); call again later.
     pub waiting: Option<Reason>,
 }
 
@@ -487,8 +539,11 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     /// reported to `each`); call again with the same `progress` (and the same frame) once the
     /// engine has drained, and it continues with that event. An event is counted `ingested`
     /// when it is dispatched, so a frame that waits is in the books only as far as it went.
-    /// The rate limit is asked once, for the whole frame, on the first call, with the key
-    /// of [`FrameProgress::with_rate_key`] or else `source`.
+    /// The rate limit is asked with the key of [`FrameProgress::with_rate_key`] or else
+    /// `source`, on the first call for the whole frame (up to the caller's own grant), and on
+    /// each later call again for the events not granted yet: with [`Flow::Waits`] an event
+    /// past the grant waits (`RateLimited`) instead of being dead-lettered, and the frame
+    /// goes on with what later calls are granted.
     ///
     /// With [`Flow::Lossy`] the call never waits: what does not fit is dead-lettered
     /// (`LaneFull`, `PoolExhausted`, `Shed`).
@@ -538,8 +593,8 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     /// for which it names a reason is refused with it, at once and without taking a slot
     /// (rejected for a rejection code, dead-lettered for a dead-letter code); the others of
     /// the frame go on. An authenticated connection screens the topics its token may not use
-    /// ([`Reason::ForbiddenTopic`]) and the events past its token's rate
-    /// ([`Reason::RateLimited`]).
+    /// ([`Reason::ForbiddenTopic`]); its token's rate is no screen (a refusal) but a caller
+    /// limit ([`FrameProgress::with_caller_limit`]), which makes a waiting source wait.
     #[allow(clippy::too_many_arguments)]
     pub fn dispatch_frame_screened(
         &mut self,
@@ -582,11 +637,18 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         if !progress.started {
             progress.started = true;
             self.counters.frames.incr();
+        }
+        // Ask the rate limit for the events not granted yet (and granted by the caller's
+        // own limit): the whole frame on the first call; on a later call (a waiting source)
+        // only what is still to go, so a partial grant is progress.
+        let upto = count.min(progress.caller_grant);
+        if progress.granted < upto {
             let key = match progress.rate_key {
                 Some(key) => key,
                 None => source,
             };
-            progress.granted = self.admission.admit(key, count, now);
+            let want = upto - progress.granted;
+            progress.granted += self.admission.admit(key, want, now).min(want);
         }
         let level = self.control.level();
         let frame_origin = Origin::new(source, frame.seq()).with_producer(
@@ -636,6 +698,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 }
             } else if i < progress.granted {
                 self.judge(&header, payload.len(), level, flow)
+            } else if flow == Flow::Waits {
+                // Slowed, not dropped: the frame waits here for tokens.
+                Judged::Wait(Reason::RateLimited)
             } else {
                 Judged::Dead(Reason::RateLimited)
             };
@@ -976,6 +1041,127 @@ mod tests {
         // Without a key, source 2's own bucket (full) decides.
         assert_eq!(send(2, FrameProgress::new()).dead_lettered, 0);
         assert_eq!(counters.reason(Reason::RateLimited).get(), 2);
+    }
+
+    /// An [`Admission`] that grants from a fixed allowance, refilled by the test, and
+    /// records what it was asked for.
+    struct Allowance {
+        left: std::sync::Mutex<u32>,
+        asked: std::sync::Mutex<Vec<u32>>,
+    }
+
+    impl Allowance {
+        fn new(left: u32) -> Self {
+            Self {
+                left: std::sync::Mutex::new(left),
+                asked: std::sync::Mutex::new(Vec::new()),
+            }
+        }
+        fn refill(&self, n: u32) {
+            *self.left.lock().unwrap() += n;
+        }
+    }
+
+    impl Admission for Allowance {
+        fn admit(&self, _source: u32, n: u32, _now: u64) -> u32 {
+            self.asked.lock().unwrap().push(n);
+            let mut left = self.left.lock().unwrap();
+            let granted = n.min(*left);
+            *left -= granted;
+            granted
+        }
+    }
+
+    /// A waiting source is slowed by its rate limit, never dead-lettered: a frame of 10
+    /// events granted 3 stops at the 4th, goes on later from there (asking only for the
+    /// events still to go), and every event reaches its lane once, in order.
+    #[test]
+    fn rate_limit_makes_a_waiting_source_wait() {
+        let mut lanes: Lanes<8, 64, 64, 8> = Lanes::new();
+        let (input, mut output, mut dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let allowance = Allowance::new(3);
+        let mut d = Dispatcher::new(input, &allowance, &signal, 1, &counters);
+        let evs: Vec<(u64, Priority)> = (0..10).map(|i| (i, Priority::Medium)).collect();
+        let bytes = batch(&evs);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut progress = FrameProgress::new();
+        let mut seen = Vec::new();
+        let mut call = |d: &mut Dispatcher<'_, 8, 64, 64, 8>, progress: &mut FrameProgress| {
+            d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, progress, |i, _, o| {
+                assert_eq!(o, Outcome::Queued(Lane::Transactional));
+                seen.push(i);
+            })
+        };
+        let step = call(&mut d, &mut progress);
+        assert_eq!(step.waiting, Some(Reason::RateLimited));
+        assert_eq!((step.outcome.queued, progress.next()), (3, 3));
+        assert_eq!(counters.ingested.get(), 3, "only what went is in the books");
+        // No tokens: it waits again, having dispatched nothing.
+        let step = call(&mut d, &mut progress);
+        assert_eq!((step.waiting, step.outcome.queued), (Some(Reason::RateLimited), 0));
+        // Partial grants make progress: 2, then 4, then the rest.
+        allowance.refill(2);
+        let step = call(&mut d, &mut progress);
+        assert_eq!((step.waiting, progress.next()), (Some(Reason::RateLimited), 5));
+        allowance.refill(4);
+        let step = call(&mut d, &mut progress);
+        assert_eq!((step.waiting, progress.next()), (Some(Reason::RateLimited), 9));
+        allowance.refill(100);
+        let step = call(&mut d, &mut progress);
+        assert_eq!((step.waiting, step.outcome.queued), (None, 1));
+        assert_eq!(*allowance.asked.lock().unwrap(), [10, 7, 7, 5, 1]);
+        assert_eq!(seen, (0..10).collect::<Vec<u32>>());
+        let mut taken = Vec::new();
+        while let Some(slot) = output.pop(Lane::Transactional) {
+            taken.push(slot.header.id);
+        }
+        assert_eq!(taken, (0..10).collect::<Vec<u64>>());
+        assert!(dead.pop().is_none(), "nothing dead-lettered");
+        assert_eq!(counters.reason(Reason::RateLimited).get(), 0);
+        assert_eq!((counters.ingested.get(), counters.frames.get()), (10, 1));
+    }
+
+    /// The same grant from a lossy source dead-letters the events past it.
+    #[test]
+    fn rate_limit_dead_letters_a_lossy_source() {
+        let mut lanes: Lanes<8, 64, 64, 8> = Lanes::new();
+        let (input, _output, mut dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let allowance = Allowance::new(3);
+        let mut d = Dispatcher::new(input, &allowance, &signal, 1, &counters);
+        let evs: Vec<(u64, Priority)> = (0..10).map(|i| (i, Priority::Medium)).collect();
+        let bytes = batch(&evs);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let out = d.dispatch_frame(&frame, 3, 0);
+        assert_eq!((out.queued, out.dead_lettered), (3, 7));
+        assert_eq!(counters.reason(Reason::RateLimited).get(), 7);
+        assert_eq!(dead.pop().unwrap().reason, Reason::RateLimited);
+    }
+
+    /// A caller's own limit (a token's bucket) slows a waiting source too, and the
+    /// dispatcher's admission is asked only for the events the caller granted.
+    #[test]
+    fn a_caller_limit_makes_a_waiting_source_wait() {
+        let mut lanes: Lanes<8, 64, 64, 8> = Lanes::new();
+        let (input, _output, mut dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let allowance = Allowance::new(100);
+        let mut d = Dispatcher::new(input, &allowance, &signal, 1, &counters);
+        let evs: Vec<(u64, Priority)> = (0..6).map(|i| (i, Priority::High)).collect();
+        let bytes = batch(&evs);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut progress = FrameProgress::new().with_caller_limit();
+        progress.add_caller_grant(2);
+        let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
+        assert_eq!((step.waiting, progress.next()), (Some(Reason::RateLimited), 2));
+        assert_eq!((progress.granted(), progress.caller_granted()), (2, 2));
+        progress.add_caller_grant(4);
+        let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
+        assert_eq!((step.waiting, progress.next()), (None, 6));
+        assert_eq!(*allowance.asked.lock().unwrap(), [2, 4]);
+        assert!(dead.pop().is_none());
+        assert_eq!(counters.ingested.get(), 6);
     }
 
     /// A screen refuses the events it names, each with its reason (a rejection or a dead
