@@ -179,10 +179,12 @@ pub struct HostCounters {
     /// `tcp.auth = "token"`: events rejected `forbidden_topic` (a topic their connection's
     /// token may not use).
     pub tcp_auth_forbidden_topic: Gauge,
-    /// `tcp.auth = "token"`: events dead-lettered `rate_limited` because their connection's
-    /// token was over its rate (the engine's per-client limit is counted apart, under the
-    /// dispatcher's reasons).
-    pub tcp_auth_rate_limited: Gauge,
+    /// Times a connection's frame waited for tokens of the engine's per-client rate limit
+    /// (the producer slowed down, not dead-lettered `rate_limited`: that is for UDP).
+    pub rate_limit_waits_client: Gauge,
+    /// `tcp.auth = "token"`: times a connection's frame waited for tokens of its token's
+    /// rate (slowed down, nothing refused).
+    pub rate_limit_waits_token: Gauge,
     /// Closed producer connections whose frames did not resolve within the drain timeout.
     pub tcp_drains_abandoned: Gauge,
     /// Connections that ended (closed by the peer with FIN or RST, or by the engine for any
@@ -287,7 +289,8 @@ impl HostCounters {
             tcp_producers_fenced: Gauge::new(),
             tcp_auth_unauthenticated: Gauge::new(),
             tcp_auth_forbidden_topic: Gauge::new(),
-            tcp_auth_rate_limited: Gauge::new(),
+            rate_limit_waits_client: Gauge::new(),
+            rate_limit_waits_token: Gauge::new(),
             tcp_drains_abandoned: Gauge::new(),
             tcp_partial_frames_dropped: Gauge::new(),
             tcp_partial_frame_bytes_dropped: Gauge::new(),

@@ -293,6 +293,14 @@ fn limited(dir: &TempDir) -> EngineConfig {
     cfg
 }
 
+/// Bursts of 10 events, then 10 a second: a TCP client past its burst is slowed (its frame
+/// waits for tokens, about a second for 10 events) and stores everything.
+fn slowed(dir: &TempDir) -> EngineConfig {
+    let mut cfg = config(dir);
+    cfg.rate = pinstream_core::ratelimit::RateConfig::new(10, 1_000_000_000, 10).unwrap();
+    cfg
+}
+
 /// Ten high-priority events in one BATCH frame.
 fn ten(seq: u64, first_id: u64) -> Vec<u8> {
     let events: Vec<EventHeader> = (0..10)
@@ -308,25 +316,36 @@ fn sent(c: &mut Client, seq: u64, frame: &[u8]) -> (u64, u64) {
     (ack.stored, ack.dead_lettered)
 }
 
-/// Two version-1 connections from 127.0.0.1 are one client: one burst of 10 between them.
+/// Two version-1 connections from 127.0.0.1 are one client: one burst of 10 between them;
+/// the second is slowed (waits for tokens), nothing of it dead-lettered.
 #[test]
 fn connections_from_one_address_share_one_rate_limit() {
     let dir = TempDir::new("rate-address");
-    let engine = Engine::start(limited(&dir)).unwrap();
+    let engine = Engine::start(slowed(&dir)).unwrap();
     let addr = engine.started.tcp.unwrap();
+    let stats = engine.stats().clone();
     let (mut a, mut b) = (
         Client::connect(addr).unwrap(),
         Client::connect(addr).unwrap(),
     );
     assert_eq!(sent(&mut a, 1, &ten(1, 100)), (10, 0));
     assert_eq!(
-        sent(&mut b, 1, &ten(1, 200)),
-        (0, 10),
-        "the same address's limit"
+        stats.host.rate_limit_waits_client.get(),
+        0,
+        "within the burst"
     );
-    let stats = engine.stats().clone();
+    assert_eq!(
+        sent(&mut b, 1, &ten(1, 200)),
+        (10, 0),
+        "slowed, not dropped"
+    );
+    assert!(
+        stats.host.rate_limit_waits_client.get() > 0,
+        "the same address's limit slowed the second connection"
+    );
     engine.stop().unwrap();
-    assert_eq!(stats.dispatch.reason(Reason::RateLimited).get(), 10);
+    assert_eq!(stats.dispatch.reason(Reason::RateLimited).get(), 0);
+    assert_eq!(stats.process.stored.get(), 20);
 }
 
 /// A producer keeps its limit across connections (the second fences the first), and another
@@ -334,28 +353,37 @@ fn connections_from_one_address_share_one_rate_limit() {
 #[test]
 fn connections_of_one_producer_share_one_rate_limit() {
     let dir = TempDir::new("rate-producer");
-    let engine = Engine::start(limited(&dir)).unwrap();
+    let engine = Engine::start(slowed(&dir)).unwrap();
     let addr = engine.started.tcp.unwrap();
+    let stats = engine.stats().clone();
     let mut a = Client::connect(addr).unwrap();
     a.hello_producer(42).unwrap();
     assert_eq!(sent(&mut a, 1, &ten(1, 100)), (10, 0));
+    assert_eq!(
+        stats.host.rate_limit_waits_client.get(),
+        0,
+        "within the burst"
+    );
     let mut b = Client::connect(addr).unwrap();
     b.hello_producer(42).unwrap();
     assert_eq!(
         sent(&mut b, 2, &ten(2, 200)),
-        (0, 10),
-        "producer 42's limit"
+        (10, 0),
+        "slowed, not dropped"
     );
+    let waits = stats.host.rate_limit_waits_client.get();
+    assert!(waits > 0, "producer 42's limit slowed it");
     let mut c = Client::connect(addr).unwrap();
     c.hello_producer(43).unwrap();
+    assert_eq!(sent(&mut c, 1, &ten(1, 300)), (10, 0));
     assert_eq!(
-        sent(&mut c, 1, &ten(1, 300)),
-        (10, 0),
-        "producer 43 is another client"
+        stats.host.rate_limit_waits_client.get(),
+        waits,
+        "producer 43 is another client, with a full bucket"
     );
-    let stats = engine.stats().clone();
     engine.stop().unwrap();
-    assert_eq!(stats.dispatch.reason(Reason::RateLimited).get(), 10);
+    assert_eq!(stats.dispatch.reason(Reason::RateLimited).get(), 0);
+    assert_eq!(stats.process.stored.get(), 30);
     assert_eq!(
         stats.host.rate_keys.get(),
         3,
@@ -364,7 +392,8 @@ fn connections_of_one_producer_share_one_rate_limit() {
 }
 
 /// UDP senders are limited by address: two ports of 127.0.0.1 share one limit, 127.0.0.2
-/// has its own.
+/// has its own. UDP cannot be slowed down: what is past the limit is dead-lettered
+/// `rate_limited`.
 #[test]
 fn udp_senders_are_rate_limited_per_address() {
     let dir = TempDir::new("rate-udp");

@@ -68,6 +68,14 @@ impl Token {
         self.bucket.as_ref().map_or(n, |b| b.try_acquire(n, now))
     }
 
+    /// Nanoseconds one token of its rate takes to come (0 without a limit): how long a
+    /// connection whose frame waits for it is left alone before it asks again.
+    pub(crate) fn token_ticks(&self) -> u64 {
+        self.bucket
+            .as_ref()
+            .map_or(0, |b| crate::ingest::token_ticks(b.config()))
+    }
+
     /// Takes `n` events from its bucket at `now` (nanoseconds), all or none.
     pub(crate) fn admit(&self, n: u32, now: u64) -> bool {
         self.bucket

@@ -245,9 +245,12 @@ pub(crate) struct Conn {
     /// The index of the token its HELLO showed (`tcp.auth = "token"`), in the engine's
     /// [`Tokens`](crate::gateway::Tokens); `None`: none shown (or none required).
     pub(crate) token: Option<usize>,
-    /// Events of the frame being dispatched that its token's rate granted (asked once per
-    /// frame, when it starts); the events after them are dead-lettered `rate_limited`.
-    pub(crate) token_grant: u32,
+    /// Its frame waits (`RateLimited`) and its token's rate was exhausted there (else the
+    /// per-client limit's was): which limit to count the wait under and retry by.
+    pub(crate) rate_wait_token: bool,
+    /// Its frame waits for a rate limit's tokens: not retried before this tick (about when
+    /// one more token is due), so a long rate wait does not re-read its frame every round.
+    pub(crate) rate_retry_at: u64,
 }
 
 impl Conn {
@@ -300,7 +303,8 @@ impl Conn {
             batch_events_stored: false,
             gateway: false,
             token: None,
-            token_grant: 0,
+            rate_wait_token: false,
+            rate_retry_at: 0,
         }
     }
 
@@ -354,7 +358,8 @@ impl Conn {
         self.draining = false;
         self.duplicates = 0;
         self.token = None;
-        self.token_grant = 0;
+        self.rate_wait_token = false;
+        self.rate_retry_at = 0;
     }
 
     /// Free bytes at the end of the output buffer.

@@ -47,7 +47,11 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 } else if (c.closing.is_some() || c.peer_closed) && self.now - c.last_input > stall
                 {
                     Some(c.closing.unwrap_or(CloseReason::Peer))
-                } else if c.tracks.is_empty() && self.now - c.last_input > idle {
+                } else if c.tracks.is_empty()
+                    && c.progress.is_none()
+                    && self.now - c.last_input > idle
+                {
+                    // (A frame that waits, e.g. for rate-limit tokens, is no silence.)
                     Some(CloseReason::Idle)
                 } else {
                     None

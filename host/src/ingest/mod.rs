@@ -59,6 +59,8 @@ pub use self::handoff::{Handoff, HandoffRing, HandoffRx, HandoffTx, TLS_HANDOFF}
 pub use self::source::SourceId;
 pub use self::udp::UdpIngest;
 
+pub(crate) use self::ratekeys::token_ticks;
+
 /// When to acknowledge a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckMode {

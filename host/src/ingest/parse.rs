@@ -292,11 +292,9 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     fn start_frame(&mut self, conn: &mut Conn, frame: &Frame<'_>) -> Option<Reason> {
         let ack = self.ack;
         conn.last_seq = Some(frame.seq());
-        // Its token's rate, asked once for the whole frame (as the engine's per-client
-        // limit is): the events past the grant are dead-lettered `rate_limited`.
-        if let Some(t) = token(self.auth, conn) {
-            conn.token_grant = t.grant(frame.event_count(), self.now);
-        }
+        // Its token's rate is a limit of this side's own on top of the per-client one: asked
+        // in `continue_frame` for the events still to go, it makes the frame wait.
+        let token_limited = token(self.auth, conn).is_some();
         if ack != AckMode::None {
             conn.inflight_events += u64::from(frame.event_count());
             conn.tracks.push_back(Track::dispatching(
@@ -308,15 +306,18 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         // A producer's events carry its id, session and how far it was resolved, so
         // that a restart can rebuild its session from the logs (not without
         // acknowledgements: nothing is resolved then, and nothing is resent).
-        conn.progress = Some(
-            match conn.producer_id {
-                id if id != 0 && ack != AckMode::None => {
-                    FrameProgress::producing(id, conn.producer_epoch, conn.through)
-                }
-                _ => FrameProgress::new(),
+        let progress = match conn.producer_id {
+            id if id != 0 && ack != AckMode::None => {
+                FrameProgress::producing(id, conn.producer_epoch, conn.through)
             }
-            .with_rate_key(conn.rate_key),
-        );
+            _ => FrameProgress::new(),
+        }
+        .with_rate_key(conn.rate_key);
+        conn.progress = Some(if token_limited {
+            progress.with_caller_limit()
+        } else {
+            progress
+        });
         self.continue_timed(conn, frame)
     }
 
@@ -369,8 +370,10 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
 /// connection's source waits ([`Flow::Waits`]): returns the cause when the frame stopped for
 /// room in the engine (`conn.progress` keeps its place), `None` when it is done.
 /// With a `token` (the connection authenticated with it), its events are screened first:
-/// a topic it may not use is rejected `forbidden_topic`, an event past the frame's grant of
-/// its rate dead-lettered `rate_limited` (the frame's other events go on).
+/// a topic it may not use is rejected `forbidden_topic` (the frame's other events go on);
+/// its rate is asked for the events still to go, and the frame waits (`RateLimited`) at the
+/// first event neither it nor the per-client limit granted (`conn.rate_wait_token` says
+/// whether the token's was exhausted there): the producer is slowed, nothing dropped.
 fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>(
     conn: &mut Conn,
     dispatcher: &mut Dispatcher<'_, P, POOL, LANE, DL>,
@@ -392,7 +395,15 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         .filter(|h| seq <= h.max_seq())
         .map(Arc::clone);
     let source = conn.source.get();
-    let grant = conn.token_grant;
+    if let Some(t) = token {
+        // Only the events not granted yet: a partial grant is progress.
+        let want = frame
+            .event_count()
+            .saturating_sub(progress.caller_granted());
+        if want > 0 {
+            progress.add_caller_grant(t.grant(want, now));
+        }
+    }
     let step = dispatcher.dispatch_frame_screened(
         frame,
         source,
@@ -403,18 +414,15 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
             held.as_ref()
                 .is_some_and(|h| h.holds(seq, i, header, payload))
         },
-        |i, header| {
+        |_, header| {
             // Called once per event that is then resolved with the reason given (a refused
             // event never waits), so each refusal is counted once.
             let t = token?;
-            if !t.allows(header.topic) {
+            if t.allows(header.topic) {
+                None
+            } else {
                 counters.tcp_auth_forbidden_topic.incr();
                 Some(Reason::ForbiddenTopic)
-            } else if i >= grant {
-                counters.tcp_auth_rate_limited.incr();
-                Some(Reason::RateLimited)
-            } else {
-                None
             }
         },
         |i, header, outcome| {
@@ -465,6 +473,8 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         .tcp_rejects_dropped
         .add(u64::from(refused - rejects));
     if step.waiting.is_some() {
+        conn.rate_wait_token = step.waiting == Some(Reason::RateLimited)
+            && progress.next() >= progress.caller_granted();
         conn.progress = Some(progress);
         return step.waiting;
     }

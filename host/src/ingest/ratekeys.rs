@@ -68,6 +68,9 @@ pub(crate) struct RateKeys {
     free: Vec<u32>,
     /// Ticks an empty bucket takes to be full again: an unused key idle this long is free.
     refill: u64,
+    /// Ticks one token takes to come (0 when unlimited): how long a connection whose frame
+    /// waits for this limit is left alone before it asks again.
+    token: u64,
     last_sweep: u64,
 }
 
@@ -88,8 +91,14 @@ impl RateKeys {
             entries: vec![None; keys],
             free,
             refill: refill_ticks(config),
+            token: token_ticks(config),
             last_sweep: 0,
         }
+    }
+
+    /// Ticks one token of the per-client limit takes to come (0 when unlimited).
+    pub(crate) fn token_ticks(&self) -> u64 {
+        self.token
     }
 
     /// The key of `client` for a connection, which holds it until [`release`](Self::release).
@@ -160,6 +169,15 @@ impl RateKeys {
         counters.rate_keys.set(self.by_client.len() as u64);
         key
     }
+}
+
+/// Ticks one token of a bucket of `config` takes to come: `per_ticks / rate`, rounded up (0
+/// when unlimited).
+pub(crate) fn token_ticks(config: RateConfig) -> u64 {
+    if config.is_unlimited() {
+        return 0;
+    }
+    config.per_ticks().div_ceil(config.rate().max(1))
 }
 
 /// Ticks a bucket of `config` takes to refill from empty to full: `burst` tokens at `rate`

@@ -45,6 +45,11 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
 
     /// Serves the connections waiting for room, oldest first. Returns (did work, blocked:
     /// no other connection may dispatch this round).
+    ///
+    /// A connection waiting for rate-limit tokens holds nobody back (the limit is its
+    /// client's, not the engine's) and is retried by time: every round once the tick when
+    /// one more token is due has come (its replies are served meanwhile), whether or not
+    /// anything else wakes it.
     fn serve_waiting(&mut self) -> (bool, bool) {
         let mut work = false;
         let mut blocked = false;
@@ -52,7 +57,10 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         while k < self.waiting.len() {
             let slot = self.waiting[k];
             let allowed = !blocked;
-            let (did, close) = self.serve(slot, allowed);
+            let due = self.conns[slot]
+                .as_ref()
+                .is_none_or(|c| c.rate_retry_at <= self.now);
+            let (did, close) = self.serve(slot, allowed && due);
             work |= did;
             // Served: it leaves the queue unless its frame still waits. Held back: it keeps
             // its place. Only a wait for room in the engine holds the others back (not one
@@ -192,10 +200,33 @@ impl<const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
                 break;
             }
             if let Some(cause) = parsed.waiting {
-                conn.engine_wait = true;
                 // Back-pressure: the frame keeps its place, the connection is not read, the
                 // client's window and then its socket fill, and it waits. Counted once per
                 // wait.
+                if cause == Reason::RateLimited {
+                    // Its own client's limit: the others go on. Asked again once one more
+                    // token of the exhausted limit is due.
+                    let (ticks, counter) = if conn.rate_wait_token {
+                        let ticks = self
+                            .auth
+                            .as_deref()
+                            .zip(conn.token)
+                            .and_then(|(tokens, i)| tokens.get(i))
+                            .map_or(0, |t| t.token_ticks());
+                        (ticks, &self.counters.rate_limit_waits_token)
+                    } else {
+                        (
+                            self.rate_keys.token_ticks(),
+                            &self.counters.rate_limit_waits_client,
+                        )
+                    };
+                    conn.rate_retry_at = self.now.saturating_add(ticks);
+                    if !conn.queued {
+                        counter.incr();
+                    }
+                    break;
+                }
+                conn.engine_wait = true;
                 if !conn.queued {
                     match cause {
                         Reason::PoolExhausted => self.counters.tcp_waits_pool.incr(),

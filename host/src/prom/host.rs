@@ -340,16 +340,30 @@ pub fn write_host_counters(w: &mut PromWriter<'_>, counters: &HostCounters) {
     w.family(
         name,
         MetricType::Counter,
-        "Refusals of tcp.auth = \"token\" on the binary port, by reason: unauthenticated (connections whose HELLO showed no known token, or that sent data before a HELLO: REJECT 29, closed), forbidden_topic (events to a topic their token may not use: REJECT 30), rate_limited (events over their token's rate: dead-lettered 33).",
+        "Refusals of tcp.auth = \"token\" on the binary port, by reason: unauthenticated (connections whose HELLO showed no known token, or that sent data before a HELLO: REJECT 29, closed), forbidden_topic (events to a topic their token may not use: REJECT 30). A token's rate refuses nothing on TCP: it slows the connection (pinstream_rate_limit_waits_total{limit=\"token\"}).",
     );
     for &(reason, field) in TCP_AUTH_REFUSALS {
         w.sample_u64(name, &[("reason", reason)], field(counters).get());
     }
+    let name = "pinstream_rate_limit_waits_total";
+    w.family(
+        name,
+        MetricType::Counter,
+        "Times a TCP connection's frame waited for rate-limit tokens (the producer slowed down through its credit window, nothing dead-lettered), by limit: client (the engine's per-client limit), token (its tcp.auth token's rate). UDP cannot be slowed: its events past the limit are dead-lettered rate_limited.",
+    );
+    for &(limit, field) in RATE_LIMIT_WAITS {
+        w.sample_u64(name, &[("limit", limit)], field(counters).get());
+    }
 }
+
+/// The waits for rate-limit tokens, by limit (the registry's names).
+pub const RATE_LIMIT_WAITS: &[(&str, CounterField)] = &[
+    ("client", |c| &c.rate_limit_waits_client),
+    ("token", |c| &c.rate_limit_waits_token),
+];
 
 /// The refusals of `tcp.auth = "token"`, by reason (the registry's names).
 pub const TCP_AUTH_REFUSALS: &[(&str, CounterField)] = &[
     ("unauthenticated", |c| &c.tcp_auth_unauthenticated),
     ("forbidden_topic", |c| &c.tcp_auth_forbidden_topic),
-    ("rate_limited", |c| &c.tcp_auth_rate_limited),
 ];
