@@ -391,6 +391,32 @@ fn connections_of_one_producer_share_one_rate_limit() {
     );
 }
 
+/// A connection waiting for its client's rate holds nobody else back: the limit is its
+/// client's, not the engine's. Producer 42's frame of 20 waits after its burst of 10 (for
+/// an hour); producer 43 is served meanwhile.
+#[test]
+fn a_rate_waiting_connection_holds_no_other_back() {
+    let dir = TempDir::new("rate-no-block");
+    let engine = Engine::start(limited(&dir)).unwrap();
+    let addr = engine.started.tcp.unwrap();
+    let stats = engine.stats().clone();
+    let mut a = Client::connect(addr).unwrap();
+    a.hello_producer(42).unwrap();
+    let twenty: Vec<EventHeader> = (0..20)
+        .map(|i| EventHeader::new(100 + i, 0, Priority::High, 0))
+        .collect();
+    a.send(&Client::batch(1, &twenty, |_| vec![1])).unwrap();
+    eventually("producer 42 waits for tokens", || {
+        stats.host.rate_limit_waits_client.get() == 1
+    });
+    let mut b = Client::connect(addr).unwrap();
+    b.hello_producer(43).unwrap();
+    assert_eq!(sent(&mut b, 1, &ten(1, 300)), (10, 0));
+    engine.stop().unwrap();
+    assert_eq!(stats.dispatch.reason(Reason::RateLimited).get(), 0);
+    assert_eq!(stats.process.stored.get(), 20, "42's burst and 43's frame");
+}
+
 /// UDP senders are limited by address: two ports of 127.0.0.1 share one limit, 127.0.0.2
 /// has its own. UDP cannot be slowed down: what is past the limit is dead-lettered
 /// `rate_limited`.

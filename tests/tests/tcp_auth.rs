@@ -190,10 +190,17 @@ fn a_connection_past_its_tokens_rate_is_slowed_not_dead_lettered() {
         "{ack:?}"
     );
     let stats = engine.stats().clone();
+    let page = metrics(&engine);
     engine.stop().unwrap();
     assert!(
         stats.host.rate_limit_waits_token.get() > 0,
         "the producer was slowed"
+    );
+    assert!(
+        page.contains("pinstream_rate_limit_waits_total{limit=\"token\"} ")
+            && !page.contains("pinstream_rate_limit_waits_total{limit=\"token\"} 0\n")
+            && !page.contains("pinstream_tcp_auth_refusals_total{reason=\"rate_limited\"}"),
+        "the wait is visible in /metrics: {page}"
     );
     assert_eq!(stats.host.rate_limit_waits_client.get(), 0);
     assert_eq!(stats.dispatch.reason(Reason::RateLimited).get(), 0);
