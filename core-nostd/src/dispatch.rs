@@ -77,7 +77,8 @@ impl Admission for Unlimited {
 
 impl<const SOURCES: usize> Admission for RateLimiter<SOURCES> {
     /// A source id outside the table gets nothing: the ingest side numbers its sources, so
-    /// one out of range is a configuration error, and it shows as `RateLimited` counts.
+    /// one out of range is a configuration error, and it shows as `RateLimited` counts (a
+    /// lossy source's) or as a frame that never stops waiting (a source that waits).
     #[inline]
     fn admit(&self, source: u32, n: u32, now: u64) -> u32 {
         self.try_acquire(source, n, now).unwrap_or(0)

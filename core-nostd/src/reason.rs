@@ -77,7 +77,11 @@ pub enum Reason {
     // ---- dead-lettered (one event, one unit) ----
     /// The event's lane was full.
     LaneFull = 32,
-    /// The source exceeded its rate limit.
+    /// The source exceeded its rate limit. Only a source that cannot be slowed down
+    /// ([`Flow::Lossy`](crate::dispatch::Flow::Lossy), UDP) is dead-lettered for it; one with
+    /// flow control waits for tokens instead (a [`FrameStep::waiting`] cause).
+    ///
+    /// [`FrameStep::waiting`]: crate::dispatch::FrameStep::waiting
     RateLimited = 33,
     /// The control plane is shedding this priority.
     Shed = 34,

@@ -8,7 +8,10 @@
 //! frames and in events (credit is taken before a frame is accepted: a connection out of
 //! credit is not read, so TCP pushes back on the client), malformed frames before the
 //! connection is closed, an idle timeout and a stall timeout for a client that stops
-//! reading its acks. A bad client costs its own connection, never the engine.
+//! reading its acks. A bad client costs its own connection, never the engine. A connection
+//! past its rate limit (per client, or its token's) is slowed the same way, its frame
+//! waiting for tokens; UDP, which cannot be slowed, has its events past the limit
+//! dead-lettered `rate_limited`.
 //!
 //! **Acknowledgements** ([`AckMode`]): `none` sends none; `accepted` acknowledges a frame
 //! once its events are in lanes (or dead-lettered or rejected); `durable` waits for the
@@ -412,7 +415,7 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
     /// Requires every TCP connection to show one of `tokens` in its HELLO (`tcp.auth =
     /// "token"`, `docs/PROTOCOL.md` §5): without one it is refused (`unauthenticated`) and
     /// closed; its events are limited to its token's topics (`forbidden_topic`) and rate
-    /// (`rate_limited`). The gateway's slot is exempt. Call before the engine takes input.
+    /// (its frames wait for tokens). The gateway's slot is exempt. Call before the engine takes input.
     pub fn set_auth(&mut self, tokens: Arc<Tokens>) {
         self.auth = Some(tokens);
     }

@@ -1,7 +1,8 @@
 //! Taking frames in: every whole frame in a connection's receive buffer is decoded in
 //! place, checked against the connection's credit and output room, and dispatched (or
-//! rejected, or answered as a duplicate); a frame that finds no room in the engine keeps
-//! its place and goes on later from where it stopped.
+//! rejected, or answered as a duplicate); a frame that finds no room in the engine, or no
+//! tokens of its rate limits (the per-client one, its token's), keeps its place and goes on
+//! later from where it stopped.
 
 use std::sync::Arc;
 use std::time::Instant;
