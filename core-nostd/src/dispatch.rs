@@ -158,7 +158,8 @@ pub struct FrameProgress {
     next: u32,
     /// Events of the frame the rate limit granted so far (asked on the first call, and for a
     /// [`Flow::Waits`] source again on later calls for the events not granted yet).
-    /// Invariant: `granted <= caller_grant`.
+    /// Invariant: `granted <= caller_grant.max(next)` (events before `next` are resolved,
+    /// and need no grant any more).
     granted: u32,
     /// Events of the frame the caller's own rate limit granted ([`Self::with_caller_limit`]);
     /// `u32::MAX`: the caller limits nothing.
@@ -230,10 +231,23 @@ impl FrameProgress {
     }
 
     /// Grants `n` more events of the frame under the caller's own limit (see
-    /// [`with_caller_limit`](Self::with_caller_limit)); call before each dispatch call with
-    /// what the caller's limit granted for the events still to go.
+    /// [`with_caller_limit`](Self::with_caller_limit)), counted from the first event neither
+    /// granted nor dispatched yet; call before each dispatch call with what the caller's
+    /// limit granted for the [`caller_wanted`](Self::caller_wanted) events still to go.
     pub fn add_caller_grant(&mut self, n: u32) {
-        self.caller_grant = self.caller_grant.saturating_add(n);
+        self.caller_grant = self.caller_grant.max(self.next).saturating_add(n);
+    }
+
+    /// How many events of a frame of `count` still need the caller's grant: those neither
+    /// granted nor dispatched yet (events the frame resolved without a grant, refused by a
+    /// screen or held already, need none).
+    pub const fn caller_wanted(&self, count: u32) -> u32 {
+        let from = if self.caller_grant > self.next {
+            self.caller_grant
+        } else {
+            self.next
+        };
+        count.saturating_sub(from)
     }
 
     /// Events the caller's own limit granted so far (`u32::MAX` without one).
@@ -642,6 +656,9 @@ impl<'a, const P: usize, const POOL: usize, const LANE: usize, const DL: usize>
         // Ask the rate limit for the events not granted yet (and granted by the caller's
         // own limit): the whole frame on the first call; on a later call (a waiting source)
         // only what is still to go, so a partial grant is progress.
+        // Events before `next` are resolved already (some without a grant: refused by the
+        // screen, or held): no token is asked for them.
+        progress.granted = progress.granted.max(progress.next);
         let upto = count.min(progress.caller_grant);
         if progress.granted < upto {
             let key = match progress.rate_key {
@@ -1161,6 +1178,47 @@ mod tests {
         let step = d.dispatch_frame_flow(&frame, 3, 0, Flow::Waits, &mut progress, |_, _, _| {});
         assert_eq!((step.waiting, progress.next()), (None, 6));
         assert_eq!(*allowance.asked.lock().unwrap(), [2, 4]);
+        assert!(dead.pop().is_none());
+        assert_eq!(counters.ingested.get(), 6);
+    }
+
+    /// Events a screen refuses past the grant are resolved without a token, and a later
+    /// call asks (the caller and the admission) only for the events still to go.
+    #[test]
+    fn refused_events_past_the_grant_cost_no_tokens_later() {
+        let mut lanes: Lanes<8, 64, 64, 8> = Lanes::new();
+        let (input, _output, mut dead) = lanes.split();
+        let (signal, counters) = (ControlSignal::new(), StageCounters::new());
+        let allowance = Allowance::new(2);
+        let mut d = Dispatcher::new(input, &allowance, &signal, 1, &counters);
+        let evs: Vec<(u64, Priority)> = (0..6).map(|i| (i, Priority::High)).collect();
+        let bytes = batch(&evs);
+        let frame = Frame::new_checked(&bytes, bytes.len()).unwrap();
+        let mut progress = FrameProgress::new().with_caller_limit();
+        let forbidden = |i: u32, _: &EventHeader| (i == 2 || i == 3).then_some(Reason::ForbiddenTopic);
+        let go = |d: &mut Dispatcher<'_, 8, 64, 64, 8>, progress: &mut FrameProgress| {
+            d.dispatch_frame_screened(
+                &frame,
+                3,
+                0,
+                Flow::Waits,
+                progress,
+                |_, _, _| false,
+                forbidden,
+                |_, _, _| {},
+            )
+        };
+        progress.add_caller_grant(2);
+        // 0 and 1 granted, 2 and 3 refused, 4 waits.
+        let step = go(&mut d, &mut progress);
+        assert_eq!((step.waiting, progress.next()), (Some(Reason::RateLimited), 4));
+        assert_eq!((step.outcome.queued, step.outcome.rejected), (2, 2));
+        assert_eq!(progress.caller_wanted(6), 2, "events 4 and 5 only");
+        progress.add_caller_grant(2);
+        allowance.refill(2);
+        let step = go(&mut d, &mut progress);
+        assert_eq!((step.waiting, step.outcome.queued), (None, 2));
+        assert_eq!(*allowance.asked.lock().unwrap(), [2, 2]);
         assert!(dead.pop().is_none());
         assert_eq!(counters.ingested.get(), 6);
     }

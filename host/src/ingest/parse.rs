@@ -397,10 +397,8 @@ fn continue_frame<const P: usize, const POOL: usize, const LANE: usize, const DL
         .map(Arc::clone);
     let source = conn.source.get();
     if let Some(t) = token {
-        // Only the events not granted yet: a partial grant is progress.
-        let want = frame
-            .event_count()
-            .saturating_sub(progress.caller_granted());
+        // Only the events neither granted nor dispatched yet: a partial grant is progress.
+        let want = progress.caller_wanted(frame.event_count());
         if want > 0 {
             progress.add_caller_grant(t.grant(want, now));
         }
