@@ -240,6 +240,12 @@ packaging() {
     rm -rf target/package
     find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 2 -path '*/-*/pinstream-*' \
         -exec rm -rf {} + 2> /dev/null || true
+    # Cargo also takes a registry crate's build as final (a published version never
+    # changes): the verification would link the previous run's compiled pinstream-client
+    # 0.1.0 against today's sources. Drop every pinstream build in the dev profile (the
+    # tests are done; only these crates are rebuilt).
+    local dev="${CARGO_TARGET_DIR:-target}/debug"
+    rm -rf "$dev"/.fingerprint/pinstream-* "$dev"/deps/libpinstream_* "$dev"/deps/pinstream_*
     cargo publish --dry-run --allow-dirty -p pinstream-core -p pinstream-client \
         -p pinstream-host -p pinstream-bridge -p pinstream
     local root
