@@ -512,26 +512,35 @@ impl Config {
             600_000,
             "ten minutes",
         );
-        if let Some(cpu) = c.cpu {
-            v.range(
-                "consumers.cpu",
-                cpu as u64,
-                0,
-                MAX_CPU as u64,
-                "the affinity mask's size; -1 or \"none\": not pinned",
-            );
-            // Under `auto` the decision is made at start (`Engine::start` refuses the CPU
-            // then if the engine's threads are pinned); `pinned` is known now.
-            let e = &self.engine;
-            let pinned = !e.overprovisioned && e.placement == PlacementMode::Pinned;
-            if pinned && (cpu == e.ingest_cpu || cpu == e.process_cpu) {
-                v.problem(format!(
-                    "consumers.cpu = {cpu}: is a pinned engine thread's CPU (engine.ingest_cpu = {}, \
-                     engine.process_cpu = {}); the serving thread must never share it: choose \
-                     another CPU, or -1 for none",
-                    e.ingest_cpu, e.process_cpu
-                ));
-            }
+        self.check_helper_cpu(v, "consumers.cpu", c.cpu, "the serving thread");
+    }
+}
+
+impl Config {
+    /// A helper thread's CPU (`consumers.cpu`, `http.cpu`, `tcp.tls_cpu`): within the
+    /// affinity mask, and never a pinned engine thread's CPU when `engine.placement` is
+    /// `pinned` (under `auto` the decision is made at start: `Engine::start` refuses the CPU
+    /// then if the engine's threads are pinned). `what` names the thread.
+    fn check_helper_cpu(&self, v: &mut Validator, key: &str, cpu: Option<usize>, what: &str) {
+        let Some(cpu) = cpu else {
+            return;
+        };
+        v.range(
+            key,
+            cpu as u64,
+            0,
+            MAX_CPU as u64,
+            "the affinity mask's size; -1 or \"none\": not pinned",
+        );
+        let e = &self.engine;
+        let pinned = !e.overprovisioned && e.placement == PlacementMode::Pinned;
+        if pinned && (cpu == e.ingest_cpu || cpu == e.process_cpu) {
+            v.problem(format!(
+                "{key} = {cpu}: is a pinned engine thread's CPU (engine.ingest_cpu = {}, \
+                 engine.process_cpu = {}); {what} must never share it: choose another CPU, or \
+                 -1 for none",
+                e.ingest_cpu, e.process_cpu
+            ));
         }
     }
 }
@@ -712,25 +721,7 @@ impl Config {
             3600,
             "an hour",
         );
-        if let Some(cpu) = h.cpu {
-            v.range(
-                "http.cpu",
-                cpu as u64,
-                0,
-                MAX_CPU as u64,
-                "the affinity mask's size; -1 or \"none\": not pinned",
-            );
-            let e = &self.engine;
-            let pinned = !e.overprovisioned && e.placement == PlacementMode::Pinned;
-            if pinned && (cpu == e.ingest_cpu || cpu == e.process_cpu) {
-                v.problem(format!(
-                    "http.cpu = {cpu}: is a pinned engine thread's CPU (engine.ingest_cpu = {}, \
-                     engine.process_cpu = {}); the gateway thread must never share it: choose \
-                     another CPU, or -1 for none",
-                    e.ingest_cpu, e.process_cpu
-                ));
-            }
-        }
+        self.check_helper_cpu(v, "http.cpu", h.cpu, "the gateway thread");
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.auth.tokens.iter().enumerate() {
             let key = format!("auth.tokens[{i}]");
@@ -812,25 +803,7 @@ impl Config {
             3_600_000,
             "",
         );
-        if let Some(cpu) = t.tls_cpu {
-            v.range(
-                "tcp.tls_cpu",
-                cpu as u64,
-                0,
-                MAX_CPU as u64,
-                "the affinity mask's size; -1 or \"none\": not pinned",
-            );
-            let e = &self.engine;
-            let pinned = !e.overprovisioned && e.placement == PlacementMode::Pinned;
-            if pinned && (cpu == e.ingest_cpu || cpu == e.process_cpu) {
-                v.problem(format!(
-                    "tcp.tls_cpu = {cpu}: is a pinned engine thread's CPU (engine.ingest_cpu = \
-                     {}, engine.process_cpu = {}); the TLS terminator must never share it: \
-                     choose another CPU, or -1 for none",
-                    e.ingest_cpu, e.process_cpu
-                ));
-            }
-        }
+        self.check_helper_cpu(v, "tcp.tls_cpu", t.tls_cpu, "the TLS terminator");
         self.check_tcp_exposure(v);
     }
 
