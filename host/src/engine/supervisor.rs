@@ -762,44 +762,19 @@ fn run_threads(
                 StorageLoop::new(storage, &mut sink, stats, cfg).run(idle)
             })
             .map_err(|e| format!("cannot start the storage thread: {e}"))?;
-        let http_thread = match gateway {
-            Some(g) => {
-                let cpu = cfg.http.cpu;
-                Some(
-                    thread::Builder::new()
-                        .name("pinstream-http".into())
-                        .spawn_scoped(s, move || {
-                            if let Some(cpu) = cpu {
-                                if let Err(e) = crate::pin::pin_current_thread(cpu) {
-                                    tracing::warn!("http.cpu = {cpu}: {e}; running unpinned");
-                                }
-                            }
-                            crate::gateway::run(g)
-                        })
-                        .map_err(|e| format!("cannot start the http gateway thread: {e}"))?,
-                )
-            }
-            None => None,
-        };
-        // On `tcp.tls_cpu` when set (never a pinned engine thread's CPU: checked at start),
-        // else unpinned like the gateway.
+        let http_thread = gateway
+            .map(|g| {
+                let run = move || crate::gateway::run(g);
+                spawn_helper(s, "pinstream-http", "http.cpu", cfg.http.cpu, run)
+            })
+            .transpose()?;
         let tls_cpu = cfg.tcp_tls.as_ref().and_then(|t| t.cpu);
-        let tls_thread = match tls {
-            Some(t) => Some(
-                thread::Builder::new()
-                    .name("pinstream-tls".into())
-                    .spawn_scoped(s, move || {
-                        if let Some(cpu) = tls_cpu {
-                            if let Err(e) = crate::pin::pin_current_thread(cpu) {
-                                tracing::warn!("tcp.tls_cpu = {cpu}: {e}; running unpinned");
-                            }
-                        }
-                        crate::tlsport::run(t)
-                    })
-                    .map_err(|e| format!("cannot start the tls terminator thread: {e}"))?,
-            ),
-            None => None,
-        };
+        let tls_thread = tls
+            .map(|t| {
+                let run = move || crate::tlsport::run(t);
+                spawn_helper(s, "pinstream-tls", "tcp.tls_cpu", tls_cpu, run)
+            })
+            .transpose()?;
         let a = ingest_thread
             .join()
             .unwrap_or_else(|_| Err("the ingest thread panicked".into()));
@@ -817,6 +792,30 @@ fn run_threads(
         a.and(b).and(c).and(d)
     })
 }
+/// Starts a helper thread (the gateway, the TLS terminator) named `name` in `s`: on `cpu`
+/// when set (`key`, its config key, is never a pinned engine thread's CPU: checked at start;
+/// a CPU that cannot be had is warned about and the thread runs unpinned), else where the OS
+/// puts it.
+fn spawn_helper<'scope>(
+    s: &'scope thread::Scope<'scope, '_>,
+    name: &str,
+    key: &'static str,
+    cpu: Option<usize>,
+    run: impl FnOnce() -> Result<(), String> + Send + 'scope,
+) -> Result<thread::ScopedJoinHandle<'scope, Result<(), String>>, String> {
+    thread::Builder::new()
+        .name(name.into())
+        .spawn_scoped(s, move || {
+            if let Some(cpu) = cpu {
+                if let Err(e) = crate::pin::pin_current_thread(cpu) {
+                    tracing::warn!("{key} = {cpu}: {e}; running unpinned");
+                }
+            }
+            run()
+        })
+        .map_err(|e| format!("cannot start the {name} thread: {e}"))
+}
+
 /// Marks the ingest thread's end (see its use).
 struct IngestExit<'a>(&'a Shared);
 
