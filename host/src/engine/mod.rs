@@ -25,7 +25,8 @@
 //! | `settings.rs` | [`EngineConfig`]: the engine's settings, translated from the TOML config |
 //! | `capacity.rs` | the compiled sizes and the checks of settings against them |
 //! | `stats.rs` | [`EngineStats`]: counters, Prometheus rendering, health |
-//! | `supervisor.rs` | [`Engine::start`], the threads, [`EngineHandle::stop`], [`EngineError`] |
+//! | `supervisor.rs` | [`Engine::start`], the set-up, [`EngineHandle::stop`], [`EngineError`] |
+//! | `threads.rs` | running the ingest, storage and helper threads and joining them |
 //! | `restore.rs` | the dedup window and producer sessions restored from the logs at start |
 //! | `storage_loop.rs` | the storage thread's loop |
 //! | `sink.rs` | the sink: appends, group commits, completions, lost-record counting |
@@ -38,6 +39,7 @@ mod startup;
 mod stats;
 mod storage_loop;
 mod supervisor;
+mod threads;
 
 pub use self::capacity::{
     DEAD_LETTERS, DEDUP, LANE, PAYLOAD, POOL, RETRY_QUEUE, RULES, SOURCES, TOPICS,

@@ -20,23 +20,21 @@ use pinstream_core::ratelimit::{RateConfig, RateLimiter};
 use pinstream_core::ring::Spsc;
 
 use super::capacity::{
-    self, EngineIngest, EngineLaneProcessors, EngineLanes, EngineProcessors, PAYLOAD, RULES,
-    SOURCES,
+    self, EngineLaneProcessors, EngineLanes, EngineProcessors, PAYLOAD, RULES, SOURCES,
 };
 use super::restore::{self, DedupRefill, Restored, SessionsRestored};
 use super::sink::StoreSink;
 use super::startup::{Sockets, bind_consumers, check_helper_cpu, open_logs, place};
 use super::stats::recovery_summary;
-use super::storage_loop::{StorageLoop, StorageParts};
+use super::storage_loop::StorageParts;
+use super::threads::{Threads, run_threads};
 use super::{EngineConfig, EngineStats};
 use crate::config::TcpAuth;
 use crate::consumers::{ConsumerServer, ConsumerShared};
 use crate::fdlimit::{self, FdBudget, FdLimit};
 use crate::gateway::{GatewayRun, Tokens};
-use crate::idle::Idler;
 use crate::ingest::{
-    AckMode, COMPLETIONS, Completion, GatewayRings, HandoffRing, Ingest, IngestContext, Shared,
-    TcpLimits,
+    AckMode, COMPLETIONS, Completion, GatewayRings, HandoffRing, Ingest, IngestContext, TcpLimits,
 };
 use crate::numa;
 use crate::pin::PinPlan;
@@ -473,17 +471,6 @@ struct Supervision {
     started: mpsc::Sender<Result<Restored, String>>,
 }
 
-/// What the engine's threads are handed once set-up is done.
-struct Threads<'m> {
-    ingest: EngineIngest<'m>,
-    storage: StorageParts<'m>,
-    sink: StoreSink<'m>,
-    /// The HTTP gateway, when it runs.
-    gateway: Option<GatewayRun<'m>>,
-    /// The TLS terminator of the TCP port, when it speaks TLS.
-    tls: Option<TlsPortRun<'m>>,
-}
-
 /// Nanoseconds of `d`, saturated.
 fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -710,135 +697,4 @@ fn set_up<'m>(
         },
         restored,
     ))
-}
-
-/// Runs the ingest and storage threads in a scope until both have returned.
-///
-/// # Errors
-/// The first thread's failure (the ingest thread's first), as a message.
-fn run_threads(
-    cfg: &EngineConfig,
-    plan: &PinPlan,
-    stats: &EngineStats,
-    threads: Threads<'_>,
-) -> Result<(), String> {
-    let Threads {
-        mut ingest,
-        storage,
-        mut sink,
-        gateway,
-        tls,
-    } = threads;
-    let idle = cfg.placement.idle.effective(!plan.is_pinning());
-    let hook = cfg.thread_hook;
-    thread::scope(|s| {
-        let ingest_thread = thread::Builder::new()
-            .name("pinstream-ingest".into())
-            .spawn_scoped(s, move || {
-                // However this thread ends (stop, an epoll error, a panic), the storage
-                // thread must learn that no more input and no more ACK sending will come.
-                let _exit = IngestExit(&stats.shared);
-                prepare_thread(plan, "ingest", stats, hook);
-                let mut idler = Idler::new(idle, Arc::clone(&stats.ingest_load));
-                while !stats.shared.stop.load(Ordering::Acquire) {
-                    let work = match ingest.poll() {
-                        Ok(w) => w,
-                        Err(e) => return Err(format!("ingest: epoll failed: {e}")),
-                    };
-                    idler.step(work);
-                }
-                // What the gateway took (a 202 included) goes in before the doors close.
-                if let Err(e) = ingest.drain_gateway(Duration::from_secs(5)) {
-                    return Err(format!("ingest: epoll failed: {e}"));
-                }
-                ingest.shut_down(Duration::from_secs(10));
-                Ok(())
-            })
-            .map_err(|e| format!("cannot start the ingest thread: {e}"))?;
-        let storage_thread = thread::Builder::new()
-            .name("pinstream-storage".into())
-            .spawn_scoped(s, move || {
-                prepare_thread(plan, "storage", stats, hook);
-                StorageLoop::new(storage, &mut sink, stats, cfg).run(idle)
-            })
-            .map_err(|e| format!("cannot start the storage thread: {e}"))?;
-        let http_thread = gateway
-            .map(|g| {
-                let run = move || crate::gateway::run(g);
-                spawn_helper(s, "pinstream-http", "http.cpu", cfg.http.cpu, run)
-            })
-            .transpose()?;
-        let tls_cpu = cfg.tcp_tls.as_ref().and_then(|t| t.cpu);
-        let tls_thread = tls
-            .map(|t| {
-                let run = move || crate::tlsport::run(t);
-                spawn_helper(s, "pinstream-tls", "tcp.tls_cpu", tls_cpu, run)
-            })
-            .transpose()?;
-        let a = ingest_thread
-            .join()
-            .unwrap_or_else(|_| Err("the ingest thread panicked".into()));
-        let d = tls_thread.map_or(Ok(()), |h| {
-            h.join()
-                .unwrap_or_else(|_| Err("the tls terminator thread panicked".into()))
-        });
-        let c = http_thread.map_or(Ok(()), |h| {
-            h.join()
-                .unwrap_or_else(|_| Err("the http gateway thread panicked".into()))
-        });
-        let b = storage_thread
-            .join()
-            .unwrap_or_else(|_| Err("the storage thread panicked".into()));
-        a.and(b).and(c).and(d)
-    })
-}
-/// Starts a helper thread (the gateway, the TLS terminator) named `name` in `s`: on `cpu`
-/// when set (`key`, its config key, is never a pinned engine thread's CPU: checked at start;
-/// a CPU that cannot be had is warned about and the thread runs unpinned), else where the OS
-/// puts it.
-fn spawn_helper<'scope>(
-    s: &'scope thread::Scope<'scope, '_>,
-    name: &str,
-    key: &'static str,
-    cpu: Option<usize>,
-    run: impl FnOnce() -> Result<(), String> + Send + 'scope,
-) -> Result<thread::ScopedJoinHandle<'scope, Result<(), String>>, String> {
-    thread::Builder::new()
-        .name(name.into())
-        .spawn_scoped(s, move || {
-            if let Some(cpu) = cpu {
-                if let Err(e) = crate::pin::pin_current_thread(cpu) {
-                    tracing::warn!("{key} = {cpu}: {e}; running unpinned");
-                }
-            }
-            run()
-        })
-        .map_err(|e| format!("cannot start the {name} thread: {e}"))
-}
-
-/// Marks the ingest thread's end (see its use).
-struct IngestExit<'a>(&'a Shared);
-
-impl Drop for IngestExit<'_> {
-    fn drop(&mut self) {
-        self.0.ingest_done.store(true, Ordering::Release);
-        self.0.ingest_exited.store(true, Ordering::Release);
-    }
-}
-
-/// Runs the hook, pins the calling thread per the plan (nothing when overprovisioned) and
-/// records what it got. A refusal is reported, not fatal: the engine still works unpinned.
-fn prepare_thread(plan: &PinPlan, thread: &'static str, stats: &EngineStats, hook: Option<fn()>) {
-    if let Some(hook) = hook {
-        hook();
-    }
-    let note = match plan.pin_current(thread) {
-        Ok(report) => report.to_string(),
-        Err(e) => format!("{thread}: {e}; running unpinned"),
-    };
-    stats
-        .placement
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(note);
 }
