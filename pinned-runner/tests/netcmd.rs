@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::thread;
 
 use pinstream_core::event::{EventHeader, Lane, Origin, Priority};
@@ -15,7 +15,8 @@ use pinstream_core::wire::{
     self, Ack, DataPrefix, Frame, FrameKind, Hello, NO_COMMIT, StreamLog, Subscribed,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_pinstream");
+mod common;
+use common::pinstream as run;
 
 /// What the fake consumer listener saw: the name subscribed with, the offsets committed.
 type ConsumerSeen = (Vec<u8>, Vec<u64>);
@@ -94,23 +95,6 @@ fn consumer_server(hw: u64) -> (SocketAddr, thread::JoinHandle<ConsumerSeen>) {
         (name, commits)
     });
     (addr, h)
-}
-
-fn run(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn json_lines(out: &Output) -> Vec<serde_json::Value> {
@@ -271,22 +255,7 @@ fn publish_of_good_lines_exits_zero_with_a_text_report() {
 /// token read on stdin (its newline dropped), and refuses an empty one.
 #[test]
 fn token_hash_prints_the_sha256_of_stdin() {
-    let run = |input: &str| {
-        let mut child = Command::new(BIN)
-            .arg("token-hash")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let run = |input: &str| common::pinstream(&["token-hash"], input);
     let out = run("abc\n");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
